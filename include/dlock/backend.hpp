@@ -1,0 +1,123 @@
+// dlock/backend.hpp: the Backend concept every lock service plugs in through.
+//
+// A backend performs single operations against its lock service: one acquire
+// attempt, one release, one extension. It never loops, sleeps or retries:
+// retry, backoff, jitter and deadlines belong to Lock<Backend>. A backend must
+// be safe to call from several threads at once.
+//
+// Required (B is the backend, H = typename B::Handle):
+//
+//   typename B::Handle        per-lease state the backend needs until release,
+//                             e.g. a pinned connection; NoHandle when none.
+//   b.kind() -> string_view   short backend name for metrics and logs ("redis").
+//   b.endpoint() -> string_view  where locks live, for errors and logs; must
+//                             never contain a password.
+//   b.try_acquire(const AcquireRequest&) -> AcquireResult<H>
+//        One atomic attempt. Grant{token, valid_until, handle} when the lock
+//        was free; Contended{holder_ttl} when someone else holds it (contention
+//        is a value, not an exception). valid_until must be computed from
+//        request.started, the time taken just before the request was sent, so
+//        that network delay only shortens the validity the caller sees.
+//   b.release(name, Lease<H>&) -> ReleaseResult
+//        Owner-checked and atomic: deletes the lock only if lease.owner still
+//        holds it. released, or not_held when it had expired or been taken;
+//        calling it again for the same lease returns not_held.
+//   b.extend(name, Lease<H>&, ttl, started) -> std::optional<time_point>
+//        Owner-checked: resets the TTL to `ttl` and returns the new valid_until
+//        (computed from `started`), or nullopt when the lease is no longer this
+//        owner's (lost).
+//
+// Failures of the service itself (unreachable, timed out, refused) are thrown
+// as dlock::Error subclasses; a ConnectionError means the outcome is unknown.
+//
+// Optional capabilities, detected at compile time:
+//
+//   NotifiesRelease: b.subscribe_release(name) -> S, where S is movable and
+//        S.wait_for(duration) -> bool blocks until a release of `name` is
+//        observed (true) or the duration passes (false). A blocking acquire
+//        subscribes *before* its next attempt, so a release between that
+//        attempt and the wait still wakes it: no lost wake-up.
+//   WaitsOnServer: b.acquire_wait(const AcquireRequest&, max_wait) -> AcquireResult<H>
+//        waits for the lock inside the server (in the server's queue order)
+//        for at most max_wait; the front end then never polls.
+#pragma once
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <variant>
+
+#include "owner_id.hpp"
+
+namespace dlock {
+
+using TimePoint = std::chrono::steady_clock::time_point;
+
+/// Handle type of backends that need no per-lease state.
+struct NoHandle {};
+
+struct AcquireRequest {
+  std::string_view name;          ///< the validated lock name
+  const OwnerId& owner;           ///< identity stored with the lock
+  std::chrono::milliseconds ttl;  ///< requested validity
+  TimePoint started;              ///< taken just before the request is sent
+};
+
+template <class Handle>
+struct Grant {
+  std::optional<std::uint64_t> token;  ///< fencing token; empty if the backend has none
+  TimePoint valid_until;
+  Handle handle{};
+};
+
+struct Contended {
+  /// The holder's remaining TTL when the backend knows it: the lock is free
+  /// no later than that, so a waiter never sleeps past it.
+  std::optional<std::chrono::milliseconds> holder_ttl{};
+};
+
+template <class Handle>
+using AcquireResult = std::variant<Grant<Handle>, Contended>;
+
+enum class ReleaseResult {
+  released,  ///< this owner held the lock and it is now free
+  not_held,  ///< the lock had expired or was held by another owner; nothing was deleted
+};
+
+/// The one object describing a held lock.
+template <class Handle>
+struct Lease {
+  OwnerId owner;
+  std::optional<std::uint64_t> token;
+  TimePoint acquired_at;
+  TimePoint valid_until;
+  Handle handle{};
+};
+
+template <class B>
+concept Backend =
+    requires(B& b, const B& cb, const AcquireRequest& request, std::string_view name,
+             Lease<typename B::Handle>& lease, std::chrono::milliseconds ttl, TimePoint started) {
+      typename B::Handle;
+      { cb.kind() } -> std::convertible_to<std::string_view>;
+      { cb.endpoint() } -> std::convertible_to<std::string_view>;
+      { b.try_acquire(request) } -> std::same_as<AcquireResult<typename B::Handle>>;
+      { b.release(name, lease) } -> std::same_as<ReleaseResult>;
+      { b.extend(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
+    };
+
+template <class B>
+concept NotifiesRelease =
+    Backend<B> && requires(B& b, std::string_view name, std::chrono::nanoseconds d) {
+      { b.subscribe_release(name).wait_for(d) } -> std::same_as<bool>;
+    };
+
+template <class B>
+concept WaitsOnServer =
+    Backend<B> && requires(B& b, const AcquireRequest& request, std::chrono::milliseconds max_wait) {
+      { b.acquire_wait(request, max_wait) } -> std::same_as<AcquireResult<typename B::Handle>>;
+    };
+
+}  // namespace dlock

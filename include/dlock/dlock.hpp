@@ -1,0 +1,17 @@
+// dlock/dlock.hpp: the umbrella header: Lock, Guard, options, errors, owner
+// ids, the retry policy and the in-process MemoryBackend. The Redis,
+// PostgreSQL and Redlock backends have headers of their own (dlock/redis.hpp,
+// dlock/postgres.hpp, dlock/redlock.hpp) and link libraries of their own.
+#pragma once
+
+#include "backend.hpp"
+#include "clock.hpp"
+#include "error.hpp"
+#include "guard.hpp"
+#include "lock.hpp"
+#include "memory.hpp"
+#include "observer.hpp"
+#include "options.hpp"
+#include "owner_id.hpp"
+#include "retry.hpp"
+#include "version.hpp"

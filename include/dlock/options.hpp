@@ -1,0 +1,83 @@
+// dlock/options.hpp: LockOptions, the per-lock settings, and their validation.
+//
+// LockOptions is an aggregate; set what you need with designated initialisers:
+//
+//   dlock::LockOptions{.ttl = 10s, .retry = {.max_delay = 200ms}, .acquire_timeout = 5s}
+//
+// A Lock validates its options and name once, in its constructor, and throws
+// dlock::InvalidArgument naming the field and the value.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include "clock.hpp"
+#include "detail/format.hpp"
+#include "error.hpp"
+#include "observer.hpp"
+#include "retry.hpp"
+
+namespace dlock {
+
+/// Longest accepted lock name, in bytes.
+inline constexpr std::size_t max_lock_name_size = 1024;
+
+struct LockOptions {
+  /// How long the lock stays valid after each acquire or extend without
+  /// another extension. The server frees it after this even if the holder died.
+  std::chrono::milliseconds ttl{std::chrono::seconds(30)};
+  /// Backoff between attempts of the blocking acquires.
+  RetryPolicy retry{};
+  /// lock() throws TimeoutError after this long; unset: lock() waits until it
+  /// gets the lock (or retry.max_attempts is used up).
+  std::optional<std::chrono::milliseconds> acquire_timeout{};
+  /// Receives every event; null: default_observer(), which logs problems.
+  std::shared_ptr<Observer> observer{};
+  /// The clock that decides validity and deadlines; null: steady_clock().
+  /// Must outlive the Lock.
+  const Clock* clock = nullptr;
+};
+
+namespace detail {
+
+[[noreturn]] inline void invalid_field(std::string_view field, std::string_view requirement,
+                                       std::string_view got) {
+  throw InvalidArgument(fmt::format("dlock: {} {} (got {})", field, requirement, got));
+}
+
+inline void validate_lock_name(std::string_view name) {
+  if (name.empty()) invalid_field("lock name", "must not be empty", "\"\"");
+  if (name.size() > max_lock_name_size)
+    invalid_field("lock name", fmt::format("must be at most {} bytes", max_lock_name_size),
+                  fmt::format("{} bytes", name.size()));
+}
+
+inline void validate(const RetryPolicy& r, std::string_view where) {
+  if (r.initial_delay <= r.initial_delay.zero())
+    invalid_field(fmt::format("{}.initial_delay", where), "must be positive", format_duration(r.initial_delay));
+  if (r.max_delay <= r.max_delay.zero())
+    invalid_field(fmt::format("{}.max_delay", where), "must be positive", format_duration(r.max_delay));
+  if (r.max_delay < r.initial_delay)
+    invalid_field(fmt::format("{}.max_delay", where),
+                  fmt::format("must be >= initial_delay ({})", format_duration(r.initial_delay)),
+                  format_duration(r.max_delay));
+  if (!(r.multiplier >= 1.0))  // also rejects NaN
+    invalid_field(fmt::format("{}.multiplier", where), "must be >= 1", fmt::format("{}", r.multiplier));
+}
+
+inline void validate(const LockOptions& o) {
+  if (o.ttl <= o.ttl.zero())
+    invalid_field("LockOptions.ttl", "must be positive", format_duration(o.ttl));
+  validate(o.retry, "LockOptions.retry");
+  if (o.acquire_timeout && *o.acquire_timeout < o.acquire_timeout->zero())
+    invalid_field("LockOptions.acquire_timeout", "must not be negative",
+                  format_duration(*o.acquire_timeout));
+}
+
+}  // namespace detail
+}  // namespace dlock

@@ -1,0 +1,440 @@
+// Lock<Backend> over the in-process backend: exclusion, tokens, expiry on an
+// injected clock, release semantics, standard guards, retry and reporting.
+#include <dlock/dlock.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using dlock::EventType;
+using dlock::Lock;
+using dlock::LockOptions;
+using dlock::MemoryBackend;
+using dlock::test::FaultyBackend;
+using dlock::test::RecordingObserver;
+
+static_assert(dlock::Backend<MemoryBackend>);
+static_assert(dlock::NotifiesRelease<MemoryBackend>);
+static_assert(!dlock::WaitsOnServer<MemoryBackend>);
+
+namespace {
+
+// Exclusion is checked with a plain int that the threads read, then write:
+// any overlap of two critical sections loses an increment.
+struct Shared {
+  long counter = 0;
+  std::uint64_t last_token = 0;
+  bool tokens_increase = true;
+};
+
+void critical_section(Lock<MemoryBackend>& lock, Shared& s) {
+  const std::uint64_t token = lock.fencing_token();
+  if (token <= s.last_token) s.tokens_increase = false;
+  s.last_token = token;
+  const long read = s.counter;
+  std::this_thread::yield();
+  s.counter = read + 1;
+}
+
+constexpr int kThreads = 8;
+constexpr int kCycles = 2000;
+
+LockOptions fast_retry() { return {.ttl = 30s, .retry = {.initial_delay = 50us, .max_delay = 2ms}}; }
+
+}  // namespace
+
+TEST(MutualExclusion, EightThreadsEachWithItsOwnLock) {
+  MemoryBackend mem;
+  Shared shared;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      Lock<MemoryBackend> lock(mem, "counter", fast_retry());  // a distinct owner per thread
+      for (int i = 0; i < kCycles; ++i) {
+        std::scoped_lock hold(lock);
+        critical_section(lock, shared);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(shared.counter, kThreads * kCycles);
+  EXPECT_TRUE(shared.tokens_increase);
+  EXPECT_EQ(shared.last_token, static_cast<std::uint64_t>(kThreads * kCycles));
+}
+
+TEST(MutualExclusion, EightThreadsSharingOneLockObject) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "counter", fast_retry());
+  Shared shared;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kCycles; ++i) {
+        auto g = lock.acquire();
+        critical_section(lock, shared);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(shared.counter, kThreads * kCycles);
+  EXPECT_TRUE(shared.tokens_increase);
+}
+
+TEST(Acquire, TryLockIsOneAttemptAndFalseOnContention) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> a(mem, "job");
+  Lock<MemoryBackend> b(mem, "job", {.observer = observer});
+  ASSERT_TRUE(a.try_lock());
+  EXPECT_FALSE(b.try_lock());
+  EXPECT_FALSE(b.owns_lock());
+  EXPECT_EQ(observer->count(EventType::attempt), 1u);
+  EXPECT_EQ(observer->count(EventType::contended), 1u);
+  a.unlock();
+  EXPECT_TRUE(b.try_lock());
+  EXPECT_EQ(observer->count(EventType::acquired), 1u);
+}
+
+TEST(Acquire, TryLockForHonoursItsDeadline) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> a(mem, "job");
+  Lock<MemoryBackend> b(mem, "job", {.retry = {.initial_delay = 5ms, .max_delay = 20ms}});
+  a.lock();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(b.try_lock_for(150ms));
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, 150ms);
+  EXPECT_LT(took, 5s);  // a bound that only a hang would break
+}
+
+TEST(Acquire, ReleaseWakesAWaiterLongBeforeItsBackoff) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> holder(mem, "job", {.ttl = 60s});
+  // Without a wake-up this waiter would sleep 30 s before its next attempt.
+  Lock<MemoryBackend> waiter(mem, "job",
+                             {.retry = {.initial_delay = 30s, .max_delay = 30s, .jitter = dlock::Jitter::none}});
+  holder.lock();
+  std::atomic<bool> acquired{false};
+  std::thread t([&] { acquired = waiter.try_lock_for(20s); });
+  std::this_thread::sleep_for(100ms);  // let the waiter block
+  const auto released_at = std::chrono::steady_clock::now();
+  holder.unlock();
+  t.join();
+  EXPECT_TRUE(acquired);
+  EXPECT_LT(std::chrono::steady_clock::now() - released_at, 10s);
+}
+
+TEST(Acquire, WaitIsCappedByTheHoldersRemainingTtl) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> holder(mem, "job", {.ttl = 200ms});
+  Lock<MemoryBackend> waiter(mem, "job",
+                             {.retry = {.initial_delay = 60s, .max_delay = 60s, .jitter = dlock::Jitter::none}});
+  holder.lock();  // never released: it expires after 200 ms
+  EXPECT_TRUE(waiter.try_lock_for(30s));
+  EXPECT_FALSE(holder.owns_lock());
+}
+
+TEST(Acquire, LockThrowsTimeoutErrorNamingLockBackendAndTimeout) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> a(mem, "orders:42");
+  Lock<MemoryBackend> b(mem, "orders:42", {.retry = {.initial_delay = 1ms, .max_delay = 5ms}, .acquire_timeout = 50ms});
+  a.lock();
+  try {
+    b.lock();
+    FAIL() << "lock() returned";
+  } catch (const dlock::TimeoutError& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(e.code(), dlock::errc::timeout);
+    EXPECT_NE(what.find("'orders:42'"), std::string::npos) << what;
+    EXPECT_NE(what.find("memory in-process"), std::string::npos) << what;
+    EXPECT_NE(what.find("acquire_timeout 50ms"), std::string::npos) << what;
+  }
+}
+
+TEST(Acquire, MaxAttemptsBoundsABlockingAcquire) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> a(mem, "job");
+  Lock<MemoryBackend> b(mem, "job", {.retry = {.initial_delay = 1ms, .max_delay = 1ms, .max_attempts = 4},
+                                     .observer = observer});
+  a.lock();
+  EXPECT_THROW(b.lock(), dlock::TimeoutError);
+  EXPECT_EQ(observer->count(EventType::attempt), 4u);
+  EXPECT_EQ(observer->count(EventType::acquire_failed), 1u);
+}
+
+TEST(Acquire, EachAcquisitionHasANewOwnerIdAndAHigherToken) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  lock.lock();
+  const std::string first(lock.owner_id());
+  const auto t1 = lock.fencing_token();
+  lock.unlock();
+  lock.lock();
+  EXPECT_NE(lock.owner_id(), first);
+  EXPECT_EQ(lock.owner_id().size(), 36u);
+  EXPECT_GT(lock.fencing_token(), t1);
+}
+
+TEST(Expiry, ExpiredLockIsAcquirableAndTheOldHolderCannotTouchIt) {
+  dlock::ManualClock clock;
+  MemoryBackend mem(clock);
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> old_holder(mem, "job", {.ttl = 10s, .observer = observer, .clock = &clock});
+  Lock<MemoryBackend> new_holder(mem, "job", {.ttl = 10s, .clock = &clock});
+
+  ASSERT_TRUE(old_holder.try_lock());
+  const auto old_token = old_holder.fencing_token();
+  clock.advance(9s);
+  EXPECT_TRUE(old_holder.owns_lock());
+  EXPECT_FALSE(new_holder.try_lock());
+
+  clock.advance(1s + 1ms);  // past the TTL, and the holder did not extend
+  EXPECT_FALSE(old_holder.owns_lock());
+  EXPECT_THROW((void)old_holder.fencing_token(), dlock::LockLostError);
+  ASSERT_TRUE(new_holder.try_lock());
+  EXPECT_GT(new_holder.fencing_token(), old_token);
+
+  EXPECT_THROW(old_holder.extend(), dlock::LockLostError);
+  EXPECT_EQ(observer->count(EventType::lost), 1u);
+  EXPECT_EQ(old_holder.release(), dlock::ReleaseResult::not_held);
+
+  EXPECT_TRUE(new_holder.owns_lock());  // untouched by the old holder
+  clock.advance(5s);
+  new_holder.extend();  // still its owner
+  clock.advance(9s);
+  EXPECT_TRUE(new_holder.owns_lock());
+}
+
+TEST(Expiry, ReleaseAfterExpiryIsReportedAsRunUnprotected) {
+  dlock::ManualClock clock;
+  MemoryBackend mem(clock);
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 1s, .observer = observer, .clock = &clock});
+  lock.lock();
+  clock.advance(2s);
+  lock.unlock();  // noexcept, but not silent
+  ASSERT_EQ(observer->count(EventType::release_not_held), 1u);
+  EXPECT_EQ(observer->count(EventType::released), 0u);
+  for (const auto& e : observer->events())
+    if (e.type == EventType::release_not_held) {
+      EXPECT_EQ(e.lock, "job");
+      EXPECT_EQ(e.error, dlock::errc::lock_lost);
+      EXPECT_NE(e.message.find("unprotected"), std::string::npos);
+    }
+}
+
+TEST(Release, UnlockIsIdempotent) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.observer = observer});
+  lock.lock();
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::not_held);
+  lock.unlock();
+  lock.unlock();
+  EXPECT_EQ(observer->count(EventType::released), 1u);
+  EXPECT_EQ(observer->count(EventType::release_not_held), 0u);
+  EXPECT_TRUE(lock.try_lock());  // and the lock is usable again
+}
+
+TEST(Release, ANonOwnerCannotReleaseTheOwnersLock) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> owner(mem, "job");
+  Lock<MemoryBackend> other(mem, "job");
+  owner.lock();
+  other.unlock();  // never acquired: no effect
+  EXPECT_EQ(other.release(), dlock::ReleaseResult::not_held);
+
+  // A forged lease with another owner id is refused by the backend.
+  dlock::Lease<dlock::NoHandle> forged{dlock::OwnerId::generate(), {}, {}, {}, {}};
+  EXPECT_EQ(mem.release("job", forged), dlock::ReleaseResult::not_held);
+  EXPECT_FALSE(mem.extend("job", forged, 1s, std::chrono::steady_clock::now()).has_value());
+
+  EXPECT_TRUE(owner.owns_lock());
+  EXPECT_FALSE(other.try_lock());
+}
+
+TEST(Release, FencingTokenAndExtendNeedTheLock) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  try {
+    (void)lock.fencing_token();
+    FAIL();
+  } catch (const dlock::LockLostError& e) {
+    EXPECT_EQ(e.code(), dlock::errc::not_held);
+  }
+  EXPECT_THROW(lock.extend(), dlock::LockLostError);
+  EXPECT_EQ(lock.valid_until(), dlock::TimePoint{});
+}
+
+TEST(StandardGuards, ScopedLockInOppositeOrdersDoesNotDeadlock) {
+  MemoryBackend mem;
+  constexpr int rounds = 300;
+  std::atomic<int> done{0};
+  auto worker = [&](bool reversed) {
+    Lock<MemoryBackend> a(mem, "account:a", fast_retry());
+    Lock<MemoryBackend> b(mem, "account:b", fast_retry());
+    for (int i = 0; i < rounds; ++i) {
+      if (reversed) {
+        std::scoped_lock both(b, a);
+        EXPECT_TRUE(a.owns_lock() && b.owns_lock());
+      } else {
+        std::scoped_lock both(a, b);
+        EXPECT_TRUE(a.owns_lock() && b.owns_lock());
+      }
+      ++done;
+    }
+  };
+  std::thread t1(worker, false);
+  std::thread t2(worker, true);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(done, 2 * rounds);
+}
+
+TEST(StandardGuards, UniqueLockAndTimedForms) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  {
+    std::unique_lock ul(lock, std::defer_lock);
+    EXPECT_TRUE(ul.try_lock_for(1s));
+    EXPECT_TRUE(lock.owns_lock());
+  }
+  EXPECT_FALSE(lock.owns_lock());
+  EXPECT_TRUE(lock.try_lock_until(std::chrono::system_clock::now() + 1s));  // other clocks convert
+  lock.unlock();
+}
+
+TEST(Guard, ReleasesOnScopeExitAndExposesTheAcquisition) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  {
+    auto g = lock.acquire();
+    EXPECT_TRUE(g);
+    EXPECT_TRUE(g.owns_lock());
+    EXPECT_EQ(g.owner_id(), lock.owner_id());
+    EXPECT_EQ(g.fencing_token(), lock.fencing_token());
+    auto moved = std::move(g);
+    EXPECT_FALSE(g);
+    EXPECT_TRUE(moved.owns_lock());
+  }
+  EXPECT_FALSE(lock.owns_lock());
+  Lock<MemoryBackend> other(mem, "job");
+  EXPECT_TRUE(other.try_lock());
+}
+
+TEST(Guard, EmptyOnContention) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> a(mem, "job");
+  Lock<MemoryBackend> b(mem, "job", {.retry = {.initial_delay = 1ms, .max_delay = 1ms}});
+  auto ga = a.acquire();
+  auto gb = b.try_acquire();
+  EXPECT_FALSE(gb);
+  EXPECT_FALSE(b.try_acquire_for(20ms));
+  EXPECT_THROW((void)gb.fencing_token(), dlock::LockLostError);
+  EXPECT_EQ(gb.release(), dlock::ReleaseResult::not_held);
+}
+
+TEST(Guard, FailingReleaseIsReportedNotThrownFromTheDestructor) {
+  FaultyBackend backend;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<FaultyBackend> lock(backend, "job", {.observer = observer});
+  static_assert(std::is_nothrow_destructible_v<Lock<FaultyBackend>::guard_type>);
+  {
+    auto g = lock.acquire();
+    backend.release_fails = true;
+  }  // must not throw or terminate
+  ASSERT_EQ(observer->count(EventType::release_failed), 1u);
+  for (const auto& e : observer->events())
+    if (e.type == EventType::release_failed) {
+      EXPECT_EQ(e.error, dlock::errc::connection);
+      EXPECT_EQ(e.lock, "job");
+      EXPECT_FALSE(e.owner.empty());
+      EXPECT_NE(e.message.find("connection reset"), std::string::npos) << e.message;
+      EXPECT_NE(e.message.find("expire by its TTL"), std::string::npos) << e.message;
+    }
+  EXPECT_FALSE(lock.owns_lock());
+
+  // The failed release left the lock to expire by its TTL; an operator clears it.
+  EXPECT_TRUE(backend.memory().force_release("job"));
+
+  // release() tells the caller instead, and still lets go locally.
+  backend.release_fails = false;
+  auto g = lock.acquire();
+  backend.release_fails = true;
+  EXPECT_THROW((void)g.release(), dlock::ConnectionError);
+  EXPECT_FALSE(g);
+}
+
+TEST(Transient, BlockingAcquireRetriesThroughConnectionErrors) {
+  FaultyBackend backend;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<FaultyBackend> lock(backend, "job", {.retry = {.initial_delay = 1ms, .max_delay = 2ms}, .observer = observer});
+  backend.failing_acquires = 3;
+  lock.lock();
+  EXPECT_TRUE(lock.owns_lock());
+  EXPECT_EQ(backend.acquire_calls, 4);
+  EXPECT_EQ(observer->count(EventType::acquire_failed), 3u);
+}
+
+TEST(Transient, TryLockThrowsAndTimedAcquireRethrowsAnOutage) {
+  FaultyBackend backend;
+  Lock<FaultyBackend> lock(backend, "job", {.retry = {.initial_delay = 1ms, .max_delay = 2ms}});
+  backend.failing_acquires = 1;
+  EXPECT_THROW((void)lock.try_lock(), dlock::ConnectionError);
+  backend.failing_acquires = 1'000'000;
+  EXPECT_THROW((void)lock.try_lock_for(30ms), dlock::ConnectionError);  // not "false": that would mean contention
+  EXPECT_FALSE(lock.owns_lock());
+  backend.failing_acquires = 0;
+  EXPECT_TRUE(lock.try_lock());  // the in-process gate was let go on every path
+}
+
+TEST(Transient, FailedExtendKeepsTheLeaseAndReports) {
+  FaultyBackend backend;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<FaultyBackend> lock(backend, "job", {.observer = observer});
+  lock.lock();
+  backend.extend_fails = true;
+  EXPECT_THROW(lock.extend(), dlock::ConnectionError);
+  EXPECT_TRUE(lock.owns_lock());
+  EXPECT_EQ(observer->count(EventType::extend_failed), 1u);
+  backend.extend_fails = false;
+  lock.extend();
+  EXPECT_EQ(observer->count(EventType::extended), 1u);
+}
+
+TEST(Observer, EventsOfAnUncontendedCycle) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.observer = observer});
+  lock.lock();
+  lock.unlock();
+  const auto events = observer->events();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].type, EventType::attempt);
+  EXPECT_EQ(events[1].type, EventType::acquired);
+  EXPECT_EQ(events[1].attempts, 1u);
+  EXPECT_TRUE(events[1].token.has_value());
+  EXPECT_EQ(events[2].type, EventType::released);
+  EXPECT_EQ(events[2].owner, events[1].owner);
+}
+
+TEST(MemoryBackend, SubscriptionReportsEachReleaseOnce) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  auto sub = mem.subscribe_release("job");
+  EXPECT_FALSE(sub.wait_for(1ms));
+  lock.lock();
+  lock.unlock();
+  EXPECT_TRUE(sub.wait_for(1ms));   // the release before the wait is not lost
+  EXPECT_FALSE(sub.wait_for(20ms));  // and is not reported again
+  EXPECT_TRUE(mem.subscribe_release("other").wait_for(0ms) == false);
+}

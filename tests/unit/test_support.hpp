@@ -1,0 +1,89 @@
+// Test helpers shared by the unit tests: an observer that records events and
+// a backend wrapper whose operations can be made to fail.
+#pragma once
+
+#include <dlock/dlock.hpp>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace dlock::test {
+
+struct RecordedEvent {
+  EventType type;
+  std::string lock;
+  std::string owner;
+  std::optional<std::uint64_t> token;
+  std::uint32_t attempts;
+  std::error_code error;
+  std::string message;
+};
+
+class RecordingObserver : public Observer {
+ public:
+  void on_event(const Event& e) noexcept override {
+    std::lock_guard lk(mu_);
+    events_.push_back({e.type, std::string(e.lock), std::string(e.owner), e.token, e.attempts, e.error,
+                       std::string(e.message)});
+  }
+  std::vector<RecordedEvent> events() const {
+    std::lock_guard lk(mu_);
+    return events_;
+  }
+  std::size_t count(EventType t) const {
+    std::lock_guard lk(mu_);
+    std::size_t n = 0;
+    for (const auto& e : events_) n += e.type == t;
+    return n;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<RecordedEvent> events_;
+};
+
+/// A MemoryBackend whose operations throw ConnectionError while told to.
+class FaultyBackend {
+ public:
+  using Handle = NoHandle;
+
+  explicit FaultyBackend(const Clock& clock = steady_clock()) : mem_(clock) {}
+
+  std::atomic<int> failing_acquires{0};  ///< the next N acquires throw
+  std::atomic<bool> release_fails{false};
+  std::atomic<bool> extend_fails{false};
+  std::atomic<int> acquire_calls{0};
+
+  [[nodiscard]] std::string_view kind() const noexcept { return "faulty"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:0"; }
+
+  AcquireResult<Handle> try_acquire(const AcquireRequest& r) {
+    ++acquire_calls;
+    if (failing_acquires.load() > 0) {
+      --failing_acquires;
+      throw ConnectionError("faulty: connection refused (test:0)");
+    }
+    return mem_.try_acquire(r);
+  }
+  ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
+    if (release_fails) throw ConnectionError("faulty: connection reset during release (test:0)");
+    return mem_.release(name, lease);
+  }
+  std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                  TimePoint started) {
+    if (extend_fails) throw ConnectionError("faulty: timeout during extend (test:0)");
+    return mem_.extend(name, lease, ttl, started);
+  }
+
+  MemoryBackend& memory() { return mem_; }
+
+ private:
+  MemoryBackend mem_;
+};
+
+static_assert(Backend<FaultyBackend>);
+static_assert(!NotifiesRelease<FaultyBackend>);
+
+}  // namespace dlock::test
