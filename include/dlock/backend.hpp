@@ -40,12 +40,21 @@
 //   WaitsOnServer: b.acquire_wait(const AcquireRequest&, max_wait) -> AcquireResult<H>
 //        waits for the lock inside the server (in the server's queue order)
 //        for at most max_wait; the front end then never polls.
+//   BatchesExtend: b.extend_many(std::span<ExtendItem>) extends many leases
+//        in as few round trips as it can (one pipelined batch per server),
+//        filling each item's `valid_until` (nullopt: lost) or `error`. The
+//        heartbeat uses it for leases that fall due together.
+//
+// extend() may also throw LockLostError when the lease is certainly gone for a
+// reason other than the server's word (e.g. the session that held it died).
 #pragma once
 
 #include <chrono>
 #include <concepts>
 #include <cstdint>
+#include <exception>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <variant>
 
@@ -108,6 +117,16 @@ concept Backend =
       { b.extend(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
     };
 
+/// One lease of a BatchesExtend::extend_many() call.
+struct ExtendItem {
+  std::string_view name;
+  const OwnerId* owner = nullptr;
+  std::chrono::milliseconds ttl{};
+  TimePoint started{};
+  std::optional<TimePoint> valid_until{};  ///< out: the new validity, or nullopt when lost
+  std::exception_ptr error{};              ///< out: set when this item could not be extended
+};
+
 template <class B>
 concept NotifiesRelease =
     Backend<B> && requires(B& b, std::string_view name, std::chrono::nanoseconds d) {
@@ -119,5 +138,10 @@ concept WaitsOnServer =
     Backend<B> && requires(B& b, const AcquireRequest& request, std::chrono::milliseconds max_wait) {
       { b.acquire_wait(request, max_wait) } -> std::same_as<AcquireResult<typename B::Handle>>;
     };
+
+template <class B>
+concept BatchesExtend = Backend<B> && requires(B& b, std::span<ExtendItem> items) {
+  { b.extend_many(items) } -> std::same_as<void>;
+};
 
 }  // namespace dlock

@@ -1,5 +1,5 @@
 // dlock/dlock.hpp: the umbrella header: Lock, Guard, options, errors, owner
-// ids, the retry policy and the in-process MemoryBackend. The Redis,
+// ids, the retry policy, the auto-extend Heartbeat and the in-process MemoryBackend. The Redis,
 // PostgreSQL and Redlock backends have headers of their own (dlock/redis.hpp,
 // dlock/postgres.hpp, dlock/redlock.hpp) and link libraries of their own.
 #pragma once
@@ -8,6 +8,7 @@
 #include "clock.hpp"
 #include "error.hpp"
 #include "guard.hpp"
+#include "heartbeat.hpp"
 #include "lock.hpp"
 #include "memory.hpp"
 #include "observer.hpp"

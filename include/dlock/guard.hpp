@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <stop_token>
 #include <string_view>
 #include <utility>
 
@@ -51,6 +52,13 @@ class [[nodiscard]] Guard {
   /// See Lock::extend().
   void extend(std::chrono::milliseconds ttl) { checked().extend(ttl); }
   void extend() { checked().extend(); }
+  /// See Lock::stop_token(); an empty guard gives a token that is never requested.
+  [[nodiscard]] std::stop_token stop_token() const { return lock_ ? lock_->stop_token() : std::stop_token{}; }
+  /// See Lock::on_lost().
+  template <class F>
+  void on_lost(F&& callback) {
+    checked().on_lost(std::forward<F>(callback));
+  }
 
   /// Releases now and reports the outcome; throws what Lock::release() throws.
   /// The guard is empty afterwards, even when it throws.

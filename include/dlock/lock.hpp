@@ -36,9 +36,12 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <stop_token>
 #include <string_view>
 #include <thread>
 #include <type_traits>
@@ -49,8 +52,10 @@
 
 #include "backend.hpp"
 #include "detail/format.hpp"
+#include "detail/held.hpp"
 #include "error.hpp"
 #include "guard.hpp"
+#include "heartbeat.hpp"
 #include "observer.hpp"
 #include "options.hpp"
 #include "owner_id.hpp"
@@ -149,41 +154,26 @@ class Lock {
   }
 
   /// As unlock(), but tells the outcome: released, or not_held when the lock
-  /// had expired or been taken (the end of the critical section ran
-  /// unprotected) or was not acquired. Throws when the release could not be
-  /// delivered (ConnectionError, ...); the lock then expires by its TTL.
+  /// had expired, been taken or been lost (the end of the critical section
+  /// ran unprotected) or was not acquired. Throws when the release could not
+  /// be delivered (ConnectionError, ...); the lock then expires by its TTL.
   /// Either way this object no longer holds the lock afterwards.
   ReleaseResult release() {
-    std::optional<Lease<handle_type>> lease;
-    std::unique_lock op(op_mu_);
+    std::shared_ptr<detail::Held<B>> held;
+    std::shared_ptr<Heartbeat> heartbeat;
     {
       std::lock_guard lk(mu_);
       if (!engaged_) return ReleaseResult::not_held;
       engaged_ = false;
-      lease.swap(lease_);
+      held.swap(held_);
+      heartbeat = heartbeat_;
     }
     struct Leave {  // lets the next in-process waiter in, whatever happens below
       Lock* self;
       ~Leave() { self->leave_gate(); }
     } leave{this};
-    if (!lease) return ReleaseResult::not_held;  // lost earlier, and reported then
-    const auto held = [&] { return clock_.now() - lease->acquired_at; };
-    ReleaseResult result{};
-    try {
-      result = backend_.release(name_, *lease);
-    } catch (const std::exception& e) {
-      report_failure(EventType::release_failed, *lease, held(), e,
-                     fmt::format("release of '{}' failed ({}); the lock will expire by its TTL", name_, e.what()));
-      throw;
-    }
-    Event ev = event(result == ReleaseResult::released ? EventType::released : EventType::release_not_held, *lease);
-    ev.held = held();
-    if (result == ReleaseResult::not_held) {
-      ev.error = make_error_code(errc::lock_lost);
-      ev.message = "the lock had already expired or been taken before release: the end of the critical section ran unprotected";
-    }
-    observer_->on_event(ev);
-    return result;
+    if (heartbeat && held->watched()) heartbeat->unwatch(*held);
+    return held->release();
   }
 
   // ---- RAII ----
@@ -207,75 +197,58 @@ class Lock {
   // ---- the current acquisition ----
 
   /// Resets the lease's TTL to `ttl` (owner-checked on the server). Throws
-  /// LockLostError if the lock is not held or was lost (the lease is then
-  /// dropped, the observer told), ConnectionError etc. if the backend could
-  /// not be reached (the lease stays as it was; try again within validity).
+  /// LockLostError if the lock is not held or was lost (the loss is then
+  /// signalled like any other), ConnectionError etc. if the backend could not
+  /// be reached (the lease stays as it was; try again within its validity).
   void extend(std::chrono::milliseconds ttl) {
     if (ttl <= ttl.zero()) detail::invalid_field("extend ttl", "must be positive", detail::format_duration(ttl));
-    std::lock_guard op(op_mu_);
-    Lease<handle_type>* lease = current_lease();
-    const TimePoint sent = clock_.now();
-    std::optional<TimePoint> valid;
-    try {
-      valid = backend_.extend(name_, *lease, ttl, sent);
-    } catch (const std::exception& e) {
-      report_failure(EventType::extend_failed, *lease, sent - lease->acquired_at, e,
-                     fmt::format("extend of '{}' failed ({})", name_, e.what()));
-      throw;
-    }
-    if (!valid) {
-      Event ev = event(EventType::lost, *lease);
-      ev.held = sent - lease->acquired_at;
-      ev.error = make_error_code(errc::lock_lost);
-      ev.message = "extend found the lock expired or held by another owner";
-      std::optional<Lease<handle_type>> gone;
-      {
-        std::lock_guard lk(mu_);
-        gone.swap(lease_);
-      }
-      observer_->on_event(ev);
-      throw LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost (expired or taken) before it could be extended",
-                                      name_, backend_.kind(), backend_.endpoint()));
-    }
-    {
-      std::lock_guard lk(mu_);
-      lease->valid_until = *valid;
-    }
-    Event ev = event(EventType::extended, *lease);
-    ev.held = sent - lease->acquired_at;
-    observer_->on_event(ev);
+    current()->extend(ttl);
   }
   /// extend(options().ttl).
   void extend() { extend(options_.ttl); }
 
-  /// True while this object holds the lock and its validity has not ended.
+  /// True while this object holds the lock, it was not lost, and its
+  /// validity has not ended.
   [[nodiscard]] bool owns_lock() const noexcept {
-    std::lock_guard lk(mu_);
-    return lease_ && clock_.now() < lease_->valid_until;
+    auto held = current_or_null();
+    return held && held->owns(clock_.now());
   }
   /// The fencing token of the current acquisition: strictly greater than the
   /// token of every earlier acquisition of this name. Pass it to the resource
   /// you protect so it can reject writes from a holder whose lock was lost.
-  /// Throws LockLostError if not held or past validity, Error(no_fencing_token)
-  /// if the backend provides no tokens.
-  [[nodiscard]] std::uint64_t fencing_token() const {
-    std::lock_guard lk(mu_);
-    const Lease<handle_type>& lease = valid_lease();
-    if (!lease.token)
-      throw Error(errc::no_fencing_token,
-                  fmt::format("dlock: backend {} provides no fencing tokens for lock '{}'", backend_.kind(), name_));
-    return *lease.token;
-  }
+  /// Throws LockLostError if not held, lost or past validity, and
+  /// Error(errc::no_fencing_token) if the backend provides no tokens.
+  [[nodiscard]] std::uint64_t fencing_token() const { return current()->fencing_token(); }
   /// The owner id (UUIDv7 text) of the current or last acquisition; empty
   /// before the first. Valid until the next acquisition of this object.
   [[nodiscard]] std::string_view owner_id() const noexcept {
     std::lock_guard lk(mu_);
     return owner_ ? owner_->str() : std::string_view{};
   }
-  /// End of validity on the steady clock; a default time_point if not held.
+  /// End of validity on the steady clock; a default time_point if not held or lost.
   [[nodiscard]] TimePoint valid_until() const noexcept {
-    std::lock_guard lk(mu_);
-    return lease_ ? lease_->valid_until : TimePoint{};
+    auto held = current_or_null();
+    return held ? held->valid_until() : TimePoint{};
+  }
+
+  /// Requested when the current acquisition is lost: its validity ended
+  /// without extension, an extension found it taken, its connection died, or
+  /// max_hold passed. Check it before each step of a long critical section.
+  /// With auto_extend off, the first call starts a heartbeat watch that
+  /// requests it when the validity ends. Throws LockLostError if not held.
+  [[nodiscard]] std::stop_token stop_token() {
+    auto held = current();
+    watch(held);
+    return held->stop_token();
+  }
+  /// Calls `callback` once if the current acquisition is lost (see
+  /// stop_token()), on the heartbeat's worker thread, or at once on this
+  /// thread if it is already lost. Not called after a normal release.
+  /// Exceptions from it are caught and reported to the observer.
+  void on_lost(std::function<void(const LostEvent&)> callback) {
+    auto held = current();
+    watch(held);
+    held->on_lost(std::move(callback));
   }
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
@@ -319,7 +292,6 @@ class Lock {
     } leave{this, acquired};
 
     const OwnerId owner = OwnerId::generate();
-    Lease<handle_type> probe{owner, {}, start, start, {}};  // identifies this acquisition in events
     std::optional<Subscription> subscription;
     detail::Backoff backoff(options_.retry, detail::thread_rng());
     std::uint32_t attempts = 0;
@@ -330,29 +302,28 @@ class Lock {
       std::optional<std::chrono::milliseconds> holder_ttl;
       const TimePoint sent = clock_.now();
       try {
-        observer_->on_event(event(EventType::attempt, probe));
+        source().emit(source().make(EventType::attempt, owner.str(), std::nullopt));
         AcquireResult<handle_type> result = attempt(AcquireRequest{name_, owner, options_.ttl, sent}, deadline, single);
         if (auto* grant = std::get_if<Grant<handle_type>>(&result)) {
-          probe.token = grant->token;
+          Event ev = source().make(EventType::acquired, owner.str(), grant->token);
           adopt(owner, std::move(*grant), sent);
           acquired = true;
-          Event ev = event(EventType::acquired, probe);
           ev.attempts = attempts;
           ev.wait = clock_.now() - start;
-          observer_->on_event(ev);
+          source().emit(ev);
           return true;
         }
         holder_ttl = std::get<Contended>(result).holder_ttl;
         failure = nullptr;
-        observer_->on_event(event(EventType::contended, probe));
+        source().emit(source().make(EventType::contended, owner.str(), std::nullopt));
         if (!single && !subscription) subscription = subscribe();  // then try once more before waiting
       } catch (const Error& e) {
         if (single || !detail::is_transient(e)) {
-          report_acquire_failure(probe, attempts, clock_.now() - start, &e);
+          report_acquire_failure(owner, attempts, clock_.now() - start, &e);
           throw;
         }
         failure = std::current_exception();
-        report_acquire_failure(probe, attempts, clock_.now() - start, &e);
+        report_acquire_failure(owner, attempts, clock_.now() - start, &e);
       }
       if (single) return false;
 
@@ -360,7 +331,7 @@ class Lock {
       const bool attempts_used = options_.retry.max_attempts != 0 && attempts >= options_.retry.max_attempts;
       if (attempts_used || (deadline && now >= *deadline)) {
         if (failure) std::rethrow_exception(failure);  // an outage is not contention
-        report_acquire_failure(probe, attempts, now - start, nullptr);
+        report_acquire_failure(owner, attempts, now - start, nullptr);
         return false;
       }
       if (!failure && attempts == 1 && subscription) continue;  // subscribed: retry before waiting
@@ -403,59 +374,51 @@ class Lock {
   }
 
   void adopt(const OwnerId& owner, Grant<handle_type>&& grant, TimePoint sent) {
-    std::lock_guard lk(mu_);
-    lease_.emplace(Lease<handle_type>{owner, grant.token, sent, grant.valid_until, std::move(grant.handle)});
-    owner_ = owner;
-    engaged_ = true;
+    auto held = std::make_shared<detail::Held<B>>(
+        backend_, name_, options_, clock_, observer_,
+        Lease<handle_type>{owner, grant.token, sent, grant.valid_until, std::move(grant.handle)});
+    {
+      std::lock_guard lk(mu_);
+      held_ = held;
+      owner_ = owner;
+      engaged_ = true;
+    }
+    if (options_.auto_extend) watch(held);
   }
 
-  // Requires op_mu_. The held lease, or LockLostError.
-  Lease<handle_type>* current_lease() {
-    std::lock_guard lk(mu_);
-    if (!lease_) throw not_held_error();
-    return &*lease_;
-  }
-  // Requires mu_.
-  const Lease<handle_type>& valid_lease() const {
-    if (!lease_) throw not_held_error();
-    if (clock_.now() >= lease_->valid_until)
-      throw LockLostError(fmt::format("dlock: lock '{}' on {} {} is past its validity (not extended in time)", name_,
-                                      backend_.kind(), backend_.endpoint()));
-    return *lease_;
-  }
-  LockLostError not_held_error() const {
-    return engaged_ ? LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost", name_, backend_.kind(),
-                                                backend_.endpoint()))
-                    : LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
+  // Has the heartbeat look after `held` (once).
+  void watch(const std::shared_ptr<detail::Held<B>>& held) {
+    if (!held->mark_watched()) return;
+    std::shared_ptr<Heartbeat> heartbeat;
+    {
+      std::lock_guard lk(mu_);
+      if (!heartbeat_) heartbeat_ = options_.heartbeat ? options_.heartbeat : Heartbeat::process_wide();
+      heartbeat = heartbeat_;
+    }
+    heartbeat->watch(held);
   }
 
-  Event event(EventType type, const Lease<handle_type>& lease) const noexcept {
-    Event ev;
-    ev.type = type;
-    ev.backend = backend_.kind();
-    ev.endpoint = backend_.endpoint();
-    ev.lock = name_;
-    ev.owner = lease.owner.str();
-    ev.token = lease.token;
-    return ev;
+  [[nodiscard]] std::shared_ptr<detail::Held<B>> current_or_null() const noexcept {
+    std::lock_guard lk(mu_);
+    return held_;
   }
-  void report_failure(EventType type, const Lease<handle_type>& lease, Clock::duration held, const std::exception& e,
-                      const std::string& message) const noexcept {
-    Event ev = event(type, lease);
-    ev.held = held;
-    const auto* err = dynamic_cast<const Error*>(&e);
-    ev.error = err ? err->code() : make_error_code(errc::server);
-    ev.message = message;
-    observer_->on_event(ev);
+  [[nodiscard]] std::shared_ptr<detail::Held<B>> current() const {
+    auto held = current_or_null();
+    if (!held) throw LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
+    return held;
   }
-  void report_acquire_failure(const Lease<handle_type>& probe, std::uint32_t attempts, Clock::duration waited,
+
+  [[nodiscard]] detail::EventSource source() const noexcept {
+    return {backend_.kind(), backend_.endpoint(), name_, observer_.get()};
+  }
+  void report_acquire_failure(const OwnerId& owner, std::uint32_t attempts, Clock::duration waited,
                               const Error* e) const noexcept {
-    Event ev = event(EventType::acquire_failed, probe);
+    Event ev = source().make(EventType::acquire_failed, owner.str(), std::nullopt);
     ev.attempts = attempts;
     ev.wait = waited;
     ev.error = e ? e->code() : make_error_code(errc::timeout);
     ev.message = e ? std::string_view(e->what()) : std::string_view("deadline passed or attempts used up");
-    observer_->on_event(ev);
+    source().emit(ev);
   }
 
   B& backend_;
@@ -464,13 +427,13 @@ class Lock {
   const Clock& clock_;
   const std::shared_ptr<Observer> observer_;
 
-  std::mutex op_mu_;  // serialises backend operations on lease_ (release, extend); taken before mu_
   mutable std::mutex mu_;
   std::condition_variable gate_cv_;
   bool busy_ = false;     // a thread is between acquire and unlock (the in-process gate)
   bool engaged_ = false;  // the last successful acquire has not been released yet
-  std::optional<Lease<handle_type>> lease_;  // the backend lease; empty once released or lost
+  std::shared_ptr<detail::Held<B>> held_;  // the current acquisition, while engaged
   std::optional<OwnerId> owner_;
+  std::shared_ptr<Heartbeat> heartbeat_;  // set by the first watched acquisition
 };
 
 }  // namespace dlock

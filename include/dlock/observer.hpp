@@ -38,6 +38,7 @@ enum class EventType {
   extend_failed,     ///< error set: transient failure; the lease may still be valid
   lost,              ///< the lease is gone (expired, taken, connection); reason in message
   long_held,         ///< a hold passed its long-held threshold
+  callback_failed,   ///< an on_lost callback threw; message says what
 };
 
 [[nodiscard]] constexpr std::string_view to_string(EventType t) noexcept {
@@ -53,6 +54,7 @@ enum class EventType {
     case EventType::extend_failed: return "extend_failed";
     case EventType::lost: return "lost";
     case EventType::long_held: return "long_held";
+    case EventType::callback_failed: return "callback_failed";
   }
   return "unknown";
 }
@@ -87,7 +89,8 @@ class LogObserver : public Observer {
       case EventType::extend_failed:
       case EventType::lost:
       case EventType::acquire_failed:
-      case EventType::long_held: break;
+      case EventType::long_held:
+      case EventType::callback_failed: break;
       default: return;
     }
     try {

@@ -19,6 +19,7 @@
 #include "clock.hpp"
 #include "detail/format.hpp"
 #include "error.hpp"
+#include "heartbeat.hpp"
 #include "observer.hpp"
 #include "retry.hpp"
 
@@ -36,6 +37,18 @@ struct LockOptions {
   /// lock() throws TimeoutError after this long; unset: lock() waits until it
   /// gets the lock (or retry.max_attempts is used up).
   std::optional<std::chrono::milliseconds> acquire_timeout{};
+  /// Keep the lock while held: a heartbeat extends it to `ttl` every
+  /// `extend_interval`, and signals loss (stop token, on_lost, observer) the
+  /// moment an extension fails for good or the validity ends.
+  bool auto_extend = false;
+  /// How often auto-extend extends; unset: ttl / 3. Must be below ttl.
+  std::optional<std::chrono::milliseconds> extend_interval{};
+  /// Longest total hold under auto-extend; past it the heartbeat stops
+  /// extending, releases the lock and reports a max_hold loss, so a hung
+  /// holder cannot keep a lock forever. Unset: no cap.
+  std::optional<std::chrono::milliseconds> max_hold{};
+  /// The heartbeat to use; null: Heartbeat::process_wide().
+  std::shared_ptr<Heartbeat> heartbeat{};
   /// Receives every event; null: default_observer(), which logs problems.
   std::shared_ptr<Observer> observer{};
   /// The clock that decides validity and deadlines; null: steady_clock().
@@ -74,6 +87,11 @@ inline void validate(const LockOptions& o) {
   if (o.ttl <= o.ttl.zero())
     invalid_field("LockOptions.ttl", "must be positive", format_duration(o.ttl));
   validate(o.retry, "LockOptions.retry");
+  if (o.extend_interval && (*o.extend_interval <= o.extend_interval->zero() || *o.extend_interval >= o.ttl))
+    invalid_field("LockOptions.extend_interval", fmt::format("must be positive and below ttl ({})", format_duration(o.ttl)),
+                  format_duration(*o.extend_interval));
+  if (o.max_hold && *o.max_hold <= o.max_hold->zero())
+    invalid_field("LockOptions.max_hold", "must be positive", format_duration(*o.max_hold));
   if (o.acquire_timeout && *o.acquire_timeout < o.acquire_timeout->zero())
     invalid_field("LockOptions.acquire_timeout", "must not be negative",
                   format_duration(*o.acquire_timeout));

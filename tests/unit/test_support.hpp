@@ -7,6 +7,7 @@
 #include <atomic>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace dlock::test {
@@ -73,9 +74,14 @@ class FaultyBackend {
   }
   std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                   TimePoint started) {
+    ++extend_calls;
+    if (const int ms = extend_delay_ms.load()) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     if (extend_fails) throw ConnectionError("faulty: timeout during extend (test:0)");
     return mem_.extend(name, lease, ttl, started);
   }
+
+  std::atomic<int> extend_delay_ms{0};  ///< every extend first sleeps this long
+  std::atomic<int> extend_calls{0};
 
   MemoryBackend& memory() { return mem_; }
 
@@ -85,5 +91,42 @@ class FaultyBackend {
 
 static_assert(Backend<FaultyBackend>);
 static_assert(!NotifiesRelease<FaultyBackend>);
+
+}  // namespace dlock::test
+
+namespace dlock::test {
+
+/// A MemoryBackend with a batch extend, counting batches (round trips).
+class BatchingBackend {
+ public:
+  using Handle = NoHandle;
+  [[nodiscard]] std::string_view kind() const noexcept { return "batching"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:1"; }
+  AcquireResult<Handle> try_acquire(const AcquireRequest& r) { return mem_.try_acquire(r); }
+  ReleaseResult release(std::string_view name, Lease<Handle>& lease) { return mem_.release(name, lease); }
+  std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                  TimePoint started) {
+    ++single_extends;
+    return mem_.extend(name, lease, ttl, started);
+  }
+  void extend_many(std::span<ExtendItem> items) {
+    ++batches;
+    extended_items += static_cast<int>(items.size());
+    for (auto& item : items) {
+      Lease<Handle> lease{*item.owner, {}, {}, {}, {}};
+      item.valid_until = mem_.extend(item.name, lease, item.ttl, item.started);
+    }
+  }
+  MemoryBackend& memory() { return mem_; }
+
+  std::atomic<int> batches{0};
+  std::atomic<int> extended_items{0};
+  std::atomic<int> single_extends{0};
+
+ private:
+  MemoryBackend mem_;
+};
+
+static_assert(BatchesExtend<BatchingBackend>);
 
 }  // namespace dlock::test

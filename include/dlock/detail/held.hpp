@@ -1,0 +1,486 @@
+// Internal: Held<B>, one acquisition of a Lock, shared by the Lock and the
+// heartbeat. The heartbeat only ever touches Held objects, never a Lock, so a
+// Lock (or its guard) may be destroyed while an extension is in flight.
+//
+// Mutex order: op_mu_ (backend operations on the lease) before mu_ (state).
+// Neither is held while calling the heartbeat, and mu_ is never held while
+// calling the backend or the observer.
+#pragma once
+
+#include <chrono>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "../backend.hpp"
+#include "../clock.hpp"
+#include "../error.hpp"
+#include "../heartbeat.hpp"
+#include "../observer.hpp"
+#include "../options.hpp"
+
+namespace dlock::detail {
+
+/// Builds the events of one Lock: same backend, endpoint, name and observer.
+struct EventSource {
+  std::string_view kind;
+  std::string_view endpoint;
+  std::string_view name;
+  Observer* observer;
+
+  [[nodiscard]] Event make(EventType type, std::string_view owner, std::optional<std::uint64_t> token) const noexcept {
+    Event ev;
+    ev.type = type;
+    ev.backend = kind;
+    ev.endpoint = endpoint;
+    ev.lock = name;
+    ev.owner = owner;
+    ev.token = token;
+    return ev;
+  }
+  void emit(const Event& ev) const noexcept { observer->on_event(ev); }
+};
+
+[[nodiscard]] inline std::error_code code_of(const std::exception& e) noexcept {
+  const auto* err = dynamic_cast<const Error*>(&e);
+  return err ? err->code() : make_error_code(errc::server);
+}
+
+template <class B>
+class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
+ public:
+  using H = typename B::Handle;
+  using Callback = std::function<void(const LostEvent&)>;
+
+  Held(B& backend, std::string_view name, const LockOptions& options, const Clock& clock,
+       std::shared_ptr<Observer> observer, Lease<H> lease)
+      : backend_(backend),
+        name_(name),
+        ttl_(options.ttl),
+        interval_(options.extend_interval ? *options.extend_interval : options.ttl / 3),
+        auto_extend_(options.auto_extend),
+        clock_(clock),
+        observer_(std::move(observer)),
+        lease_(std::move(lease)),
+        extend_due_(lease_.acquired_at + interval_) {
+    if (options.auto_extend && options.max_hold) max_hold_end_ = lease_.acquired_at + *options.max_hold;
+  }
+
+  // ---- queries (any thread) ----
+
+  [[nodiscard]] bool owns(TimePoint now) const noexcept {
+    std::lock_guard lk(mu_);
+    return state_ == State::held && now < lease_.valid_until;
+  }
+  [[nodiscard]] TimePoint valid_until() const noexcept {
+    std::lock_guard lk(mu_);
+    return state_ == State::held ? lease_.valid_until : TimePoint{};
+  }
+  /// The token while held and valid; otherwise LockLostError / no_fencing_token.
+  [[nodiscard]] std::uint64_t fencing_token() const {
+    std::lock_guard lk(mu_);
+    if (state_ != State::held) throw lost_error();
+    if (clock_.now() >= lease_.valid_until)
+      throw LockLostError(fmt::format("dlock: lock '{}' on {} {} is past its validity (not extended in time)", name_,
+                                      backend_.kind(), backend_.endpoint()));
+    if (!lease_.token)
+      throw Error(errc::no_fencing_token,
+                  fmt::format("dlock: backend {} provides no fencing tokens for lock '{}'", backend_.kind(), name_));
+    return *lease_.token;
+  }
+  [[nodiscard]] std::stop_token stop_token() const noexcept { return stop_.get_token(); }
+
+  /// Registers a loss callback; runs it at once (on this thread) if the lease
+  /// is already lost. Dropped if the lease is released normally.
+  void on_lost(Callback cb) {
+    LostEvent ev;
+    {
+      std::lock_guard lk(mu_);
+      if (state_ != State::lost) {
+        if (state_ == State::held) callbacks_.push_back(std::move(cb));
+        return;
+      }
+      ev = lost_;
+    }
+    run_callbacks(std::span<Callback>(&cb, 1), ev);
+  }
+
+  /// Marks the lease watched by a heartbeat; true the first time.
+  bool mark_watched() noexcept {
+    std::lock_guard lk(mu_);
+    return !std::exchange(watched_, true);
+  }
+  [[nodiscard]] bool watched() const noexcept {
+    std::lock_guard lk(mu_);
+    return watched_;
+  }
+
+  // ---- operations (the holder's thread) ----
+
+  /// Owner-checked release. not_held when already released, or lost (then
+  /// an owner-checked release is still attempted, quietly, in case the
+  /// server kept the key), or when the server says it had expired or been taken.
+  ReleaseResult release() {
+    std::lock_guard op(op_mu_);
+    State previous;
+    {
+      std::lock_guard lk(mu_);
+      previous = std::exchange(state_, State::released);
+      callbacks_.clear();
+    }
+    if (previous == State::released) return ReleaseResult::not_held;
+    if (previous == State::lost) {
+      if (!released_on_server_) {
+        try {
+          if (backend_.release(name_, lease_) == ReleaseResult::released) emit_released(ReleaseResult::released);
+        } catch (...) {  // lost already, and reported: the key expires by its TTL
+        }
+      }
+      return ReleaseResult::not_held;
+    }
+    ReleaseResult result{};
+    try {
+      result = backend_.release(name_, lease_);
+    } catch (const std::exception& e) {
+      report(EventType::release_failed, e,
+             fmt::format("release of '{}' failed ({}); the lock will expire by its TTL", name_, e.what()));
+      throw;
+    }
+    emit_released(result);
+    return result;
+  }
+
+  /// Owner-checked extension to `ttl`; throws LockLostError when lost.
+  void extend(std::chrono::milliseconds ttl) {
+    std::lock_guard op(op_mu_);
+    {
+      std::lock_guard lk(mu_);
+      if (state_ != State::held) throw lost_error();
+    }
+    const TimePoint sent = clock_.now();
+    std::optional<TimePoint> valid;
+    try {
+      valid = backend_.extend(name_, lease_, ttl, sent);
+    } catch (const LockLostError& e) {
+      declare_lost(LostReason::connection, e.what(), nullptr);
+      throw;
+    } catch (const std::exception& e) {
+      report(EventType::extend_failed, e, fmt::format("extend of '{}' failed ({})", name_, e.what()));
+      throw;
+    }
+    if (!apply_extension(valid, sent, nullptr)) {
+      std::lock_guard lk(mu_);
+      throw lost_error();
+    }
+  }
+
+  // ---- Beat (heartbeat threads) ----
+
+  [[nodiscard]] BatchKey batch_key() const noexcept override { return {&type_tag_, &backend_}; }
+  [[nodiscard]] const Clock& clock() const noexcept override { return clock_; }
+  [[nodiscard]] Clock::duration slack() const noexcept override { return auto_extend_ ? interval_ / 4 : Clock::duration{}; }
+
+  [[nodiscard]] std::optional<TimePoint> wake_at() const noexcept override {
+    std::lock_guard lk(mu_);
+    if (state_ != State::held) return std::nullopt;
+    return beat_wake(times());
+  }
+  [[nodiscard]] BeatAction claim(TimePoint now) noexcept override {
+    std::lock_guard lk(mu_);
+    if (state_ != State::held) return BeatAction::none;
+    const BeatAction action = beat_action(times(), now, slack());
+    if (action == BeatAction::extend) in_flight_ = true;
+    return action;
+  }
+  void expire(Heartbeat& hb) noexcept override {
+    bool failing;
+    {
+      std::lock_guard lk(mu_);
+      failing = failing_;
+    }
+    declare_lost(failing ? LostReason::connection : LostReason::expired,
+                 failing ? fmt::format("lock '{}': extensions kept failing until its validity ended", name_)
+                         : fmt::format("lock '{}': its validity ended without an extension", name_),
+                 &hb);
+  }
+  void stop_holding(Heartbeat& hb) noexcept override {
+    if (!declare_lost(LostReason::max_hold,
+                      fmt::format("lock '{}': held for max_hold; the heartbeat stopped extending and released it", name_),
+                      &hb))
+      return;
+    hb.post_work([self = this->shared_from_this()] { self->release_after_max_hold(); });
+  }
+  void extend_batch(Heartbeat& hb, std::span<const std::shared_ptr<Beat>> group) noexcept override {
+    if constexpr (BatchesExtend<B>) {
+      // The batch needs only names and owners, which never change, so no
+      // lease mutex is held across the round trip: a release racing with it
+      // makes its owner-checked extension a no-op, seen as not held below.
+      std::vector<Held*> members;
+      std::vector<ExtendItem> items;
+      for (const auto& beat : group) {
+        auto* h = static_cast<Held*>(beat.get());  // same batch key: same type
+        std::lock_guard op(h->op_mu_);
+        if (!h->still_held()) continue;
+        members.push_back(h);
+        items.push_back(ExtendItem{h->name_, &h->lease_.owner, h->ttl_, h->clock_.now()});
+      }
+      if (items.empty()) return;
+      try {
+        backend_.extend_many(items);
+      } catch (...) {
+        for (auto& item : items) item.error = std::current_exception();
+      }
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        std::lock_guard op(members[i]->op_mu_);
+        if (items[i].error) {
+          members[i]->extension_failed(items[i].error, items[i].started, hb);
+        } else {
+          members[i]->apply_extension(items[i].valid_until, items[i].started, &hb);
+        }
+      }
+    } else {
+      for (const auto& beat : group) static_cast<Held*>(beat.get())->extend_in_background(hb);
+    }
+  }
+
+ private:
+  enum class State { held, released, lost };
+
+  // Requires mu_.
+  [[nodiscard]] BeatTimes times() const noexcept {
+    return BeatTimes{lease_.valid_until, extend_due_, max_hold_end_, auto_extend_ && !in_flight_};
+  }
+  // Requires mu_.
+  [[nodiscard]] LockLostError lost_error() const {
+    if (state_ == State::lost)
+      return LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost ({}): {}", name_, backend_.kind(),
+                                       backend_.endpoint(), to_string(lost_.reason), lost_.message));
+    return LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
+  }
+  // Requires op_mu_. Clears in_flight_ when no longer held.
+  bool still_held() noexcept {
+    std::lock_guard lk(mu_);
+    if (state_ == State::held) return true;
+    in_flight_ = false;
+    return false;
+  }
+
+  // Worker thread: one extension of a claimed lease.
+  void extend_in_background(Heartbeat& hb) noexcept {
+    std::lock_guard op(op_mu_);
+    if (!still_held()) return;
+    const TimePoint sent = clock_.now();
+    std::optional<TimePoint> valid;
+    try {
+      valid = backend_.extend(name_, lease_, ttl_, sent);
+    } catch (...) {
+      extension_failed(std::current_exception(), sent, hb);
+      return;
+    }
+    apply_extension(valid, sent, &hb);
+  }
+
+  // Requires op_mu_. A transient failure is retried (a quarter interval
+  // later) until the validity ends; LockLostError means lost now.
+  void extension_failed(std::exception_ptr error, TimePoint sent, Heartbeat& hb) noexcept {
+    try {
+      std::rethrow_exception(error);
+    } catch (const LockLostError& e) {
+      {
+        std::lock_guard lk(mu_);
+        in_flight_ = false;
+      }
+      declare_lost(LostReason::connection, e.what(), &hb);
+    } catch (const std::exception& e) {
+      {
+        std::lock_guard lk(mu_);
+        in_flight_ = false;
+        failing_ = true;
+        extend_due_ = sent + std::max<Clock::duration>(interval_ / 4, std::chrono::milliseconds(1));
+      }
+      report(EventType::extend_failed, e,
+             fmt::format("auto-extend of '{}' failed ({}); retrying within its validity", name_, e.what()));
+    } catch (...) {
+      std::lock_guard lk(mu_);
+      in_flight_ = false;
+      failing_ = true;
+    }
+  }
+
+  // Requires op_mu_. Applies the backend's answer to an extension: the new
+  // validity, or loss (nullopt). Returns whether the lease is still held.
+  bool apply_extension(std::optional<TimePoint> valid, TimePoint sent, Heartbeat* hb) noexcept {
+    State state;
+    TimePoint old_validity;
+    {
+      std::lock_guard lk(mu_);
+      in_flight_ = false;
+      state = state_;
+      old_validity = lease_.valid_until;
+      if (valid && state == State::held) {
+        lease_.valid_until = *valid;
+        extend_due_ = sent + interval_;
+        failing_ = false;
+      }
+    }
+    if (!valid) {
+      if (sent < old_validity) {
+        declare_lost(LostReason::taken,
+                     fmt::format("lock '{}': the server no longer has it for this owner although it was still "
+                                 "valid (deleted, taken over, or the server lost its data)",
+                                 name_),
+                     hb);
+      } else {
+        declare_lost(LostReason::expired, fmt::format("lock '{}': it had expired when the extension arrived", name_), hb);
+      }
+      return false;
+    }
+    if (state == State::lost && !released_on_server_) {
+      // Declared lost (validity ended) while this late extension was on its
+      // way: do not leave the key blocking others for another TTL.
+      try {
+        (void)backend_.release(name_, lease_);
+      } catch (...) {  // it expires by its TTL
+      }
+      released_on_server_ = true;
+      return false;
+    }
+    if (state != State::held) return false;
+    Event ev = source().make(EventType::extended, lease_.owner.str(), lease_.token);
+    ev.held = sent - lease_.acquired_at;
+    source().emit(ev);
+    return true;
+  }
+
+  // Worker thread, after a max_hold loss.
+  void release_after_max_hold() noexcept {
+    std::lock_guard op(op_mu_);
+    {
+      std::lock_guard lk(mu_);
+      if (state_ != State::lost || released_on_server_) return;  // the holder released it meanwhile
+    }
+    released_on_server_ = true;
+    try {
+      emit_released(backend_.release(name_, lease_));
+    } catch (const std::exception& e) {
+      report(EventType::release_failed, e,
+             fmt::format("release of '{}' after max_hold failed ({}); the lock will expire by its TTL", name_, e.what()));
+    }
+  }
+
+  // Any thread. Marks the lease lost once: observer event, stop token, then
+  // the callbacks (on the heartbeat's worker when `hb` is given). Returns
+  // whether this call declared it.
+  bool declare_lost(LostReason reason, std::string message, Heartbeat* hb) noexcept {
+    std::vector<Callback> callbacks;
+    LostEvent lost;
+    TimePoint acquired_at;
+    try {
+      std::lock_guard lk(mu_);
+      if (state_ != State::held) return false;
+      state_ = State::lost;
+      lost_ = LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)};
+      lost = lost_;
+      callbacks.swap(callbacks_);
+      acquired_at = lease_.acquired_at;
+    } catch (...) {  // allocation failed: still mark it lost, with less detail
+      std::lock_guard lk(mu_);
+      state_ = State::lost;
+      callbacks.swap(callbacks_);
+    }
+    Event ev = source().make(EventType::lost, lease_.owner.str(), lease_.token);
+    ev.held = clock_.now() - acquired_at;
+    ev.error = make_error_code(errc::lock_lost);
+    ev.message = lost.message;
+    source().emit(ev);
+    stop_.request_stop();
+    if (!callbacks.empty()) {
+      if (hb) {
+        try {
+          hb->post_work([self = this->shared_from_this(), callbacks = std::move(callbacks), lost]() mutable {
+            self->run_callbacks(callbacks, lost);
+          });
+          return true;
+        } catch (...) {  // could not post: run them here rather than drop them
+        }
+      }
+      run_callbacks(callbacks, lost);
+    }
+    return true;
+  }
+
+  void run_callbacks(std::span<Callback> callbacks, const LostEvent& lost) noexcept {
+    for (auto& cb : callbacks) {
+      try {
+        cb(lost);
+      } catch (const std::exception& e) {
+        report(EventType::callback_failed, e, fmt::format("an on_lost callback of '{}' threw: {}", name_, e.what()));
+      } catch (...) {
+        Event ev = source().make(EventType::callback_failed, lease_.owner.str(), lease_.token);
+        ev.message = "an on_lost callback threw a non-standard exception";
+        source().emit(ev);
+      }
+    }
+  }
+
+  void emit_released(ReleaseResult result) const noexcept {
+    Event ev = source().make(result == ReleaseResult::released ? EventType::released : EventType::release_not_held,
+                             lease_.owner.str(), lease_.token);
+    ev.held = clock_.now() - lease_.acquired_at;
+    if (result == ReleaseResult::not_held) {
+      ev.error = make_error_code(errc::lock_lost);
+      ev.message =
+          "the lock had already expired or been taken before release: the end of the critical section ran unprotected";
+    }
+    source().emit(ev);
+  }
+
+  void report(EventType type, const std::exception& e, const std::string& message) const noexcept {
+    Event ev = source().make(type, lease_.owner.str(), lease_.token);
+    ev.held = clock_.now() - lease_.acquired_at;
+    ev.error = code_of(e);
+    ev.message = message;
+    source().emit(ev);
+  }
+
+  [[nodiscard]] EventSource source() const noexcept {
+    return {backend_.kind(), backend_.endpoint(), name_, observer_.get()};
+  }
+
+  inline static const char type_tag_ = 0;
+
+  B& backend_;
+  const std::string name_;
+  const std::chrono::milliseconds ttl_;
+  const Clock::duration interval_;
+  const bool auto_extend_;
+  const Clock& clock_;
+  const std::shared_ptr<Observer> observer_;
+  std::optional<TimePoint> max_hold_end_;
+
+  std::mutex op_mu_;
+  Lease<H> lease_;                   // owner, token, acquired_at immutable; valid_until under mu_ + op_mu_
+  bool released_on_server_ = false;  // under op_mu_
+
+  mutable std::mutex mu_;
+  State state_ = State::held;
+  LostEvent lost_;          // when state_ == lost
+  bool in_flight_ = false;  // the heartbeat claimed an extension that has not finished
+  bool failing_ = false;    // the last background extension failed with a transient error
+  bool watched_ = false;    // registered with a heartbeat
+  TimePoint extend_due_;
+  std::vector<Callback> callbacks_;
+  std::stop_source stop_;
+};
+
+}  // namespace dlock::detail

@@ -1,0 +1,307 @@
+// Auto-extend and lost-lock signalling over in-process backends: exclusive
+// long holds, loss on deletion, loss no later than validity on failing
+// extensions, max_hold, batching, callbacks, and destruction orders.
+#include <dlock/dlock.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdio>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using dlock::EventType;
+using dlock::Lock;
+using dlock::LockOptions;
+using dlock::LostEvent;
+using dlock::LostReason;
+using dlock::MemoryBackend;
+using dlock::TimePoint;
+using dlock::detail::BeatAction;
+using dlock::detail::BeatTimes;
+using dlock::test::FaultyBackend;
+using dlock::test::RecordingObserver;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+// Polls `pred` for up to `limit`; true as soon as it holds.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
+  const auto end = SteadyClock::now() + limit;
+  while (SteadyClock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return pred();
+}
+
+// Records, on whatever thread requests the stop, when it happened.
+struct StopTime {
+  std::mutex mu;
+  std::optional<SteadyClock::time_point> at;
+  void set() {
+    std::lock_guard lk(mu);
+    if (!at) at = SteadyClock::now();
+  }
+  std::optional<SteadyClock::time_point> get() {
+    std::lock_guard lk(mu);
+    return at;
+  }
+};
+
+}  // namespace
+
+TEST(BeatArithmetic, ActionsInPriorityOrder) {
+  const TimePoint t0{};
+  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = t0 + 10s, .extending = true};
+  EXPECT_EQ(dlock::detail::beat_action(t, t0, 0s), BeatAction::none);
+  EXPECT_EQ(dlock::detail::beat_action(t, t0 + 1s, 0s), BeatAction::extend);
+  EXPECT_EQ(dlock::detail::beat_action(t, t0 + 750ms, 250ms), BeatAction::extend);  // within the slack
+  EXPECT_EQ(dlock::detail::beat_action(t, t0 + 749ms, 250ms), BeatAction::none);
+  EXPECT_EQ(dlock::detail::beat_action(t, t0 + 3s, 0s), BeatAction::expire);  // expiry beats extension
+  t.valid_until = t0 + 20s;
+  EXPECT_EQ(dlock::detail::beat_action(t, t0 + 10s, 0s), BeatAction::max_hold);  // max_hold beats both
+  t.extending = false;  // an extension is in flight: only expiry and max_hold are watched
+  EXPECT_EQ(dlock::detail::beat_action(t, t0 + 2s, 0s), BeatAction::none);
+}
+
+TEST(BeatArithmetic, WakeIsTheEarliestRelevantTime) {
+  const TimePoint t0{};
+  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = std::nullopt, .extending = true};
+  EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 1s);
+  t.extending = false;
+  EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 3s);
+  t.max_hold_end = t0 + 2s;
+  EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 2s);
+}
+
+TEST(AutoExtend, HoldOfFiveTtlsStaysExclusive) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> holder(mem, "job", {.ttl = 200ms, .auto_extend = true, .observer = observer});
+  Lock<MemoryBackend> other(mem, "job");
+  auto g = holder.acquire();
+  const auto end = SteadyClock::now() + 1s;  // 5 x ttl
+  int tries = 0;
+  while (SteadyClock::now() < end) {
+    EXPECT_FALSE(other.try_lock());
+    EXPECT_TRUE(g.owns_lock());
+    ++tries;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_GT(tries, 20);
+  EXPECT_FALSE(g.stop_token().stop_requested());
+  EXPECT_GE(observer->count(EventType::extended), 10u);  // every ttl/3 for 5 ttls: ~15
+  EXPECT_EQ(observer->count(EventType::lost), 0u);
+  g.unlock();
+  EXPECT_TRUE(other.try_lock());
+}
+
+TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer});
+  auto g = lock.acquire();
+  std::atomic<int> calls{0};
+  std::optional<LostEvent> seen;
+  std::mutex mu;
+  g.on_lost([&](const LostEvent& e) {
+    std::lock_guard lk(mu);
+    seen = e;
+    ++calls;
+  });
+  const auto token = g.stop_token();
+  const auto owner = std::string(g.owner_id());
+
+  ASSERT_TRUE(mem.force_release("job"));  // an operator's DEL
+  const auto deleted_at = SteadyClock::now();
+  ASSERT_TRUE(eventually([&] { return token.stop_requested(); }));
+  EXPECT_LT(SteadyClock::now() - deleted_at, 300ms + 200ms);  // one interval, plus scheduling
+  ASSERT_TRUE(eventually([&] { return calls.load() == 1; }));
+  std::this_thread::sleep_for(400ms);
+  EXPECT_EQ(calls.load(), 1);  // once
+  {
+    std::lock_guard lk(mu);
+    EXPECT_EQ(seen->reason, LostReason::taken);
+    EXPECT_EQ(seen->lock, "job");
+    EXPECT_EQ(seen->owner, owner);
+  }
+  EXPECT_FALSE(g.owns_lock());
+  EXPECT_THROW((void)g.fencing_token(), dlock::LockLostError);
+  EXPECT_THROW(g.extend(), dlock::LockLostError);
+  EXPECT_EQ(observer->count(EventType::lost), 1u);
+  EXPECT_EQ(g.release(), dlock::ReleaseResult::not_held);
+}
+
+TEST(AutoExtend, FailingExtensionsAreDeclaredLostNoLaterThanValidityEnds) {
+  FaultyBackend backend;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<FaultyBackend> lock(backend, "job", {.ttl = 600ms, .auto_extend = true, .observer = observer});
+  auto g = lock.acquire();
+  StopTime stopped;
+  std::stop_callback on_stop(g.stop_token(), [&] { stopped.set(); });
+  std::atomic<int> reason{-1};
+  g.on_lost([&](const LostEvent& e) { reason = static_cast<int>(e.reason); });
+
+  backend.extend_fails = true;    // e.g. the server stopped answering
+  backend.extend_delay_ms = 250;  // and each attempt hangs a while
+  const TimePoint valid_until = g.valid_until();
+  ASSERT_TRUE(eventually([&] { return stopped.get().has_value(); }, 5s));
+  // Declared by the timer thread at the validity's end, not when a hung
+  // extension returns. Generous margin for a loaded machine.
+  EXPECT_LE(*stopped.get(), valid_until + 150ms);
+  EXPECT_GE(*stopped.get(), valid_until);
+  ASSERT_TRUE(eventually([&] { return reason.load() >= 0; }));
+  EXPECT_EQ(reason.load(), static_cast<int>(LostReason::connection));
+  EXPECT_GE(observer->count(EventType::extend_failed), 1u);
+  EXPECT_FALSE(g.owns_lock());
+}
+
+TEST(AutoExtend, TransientFailureIsRetriedAndTheLeaseSurvives) {
+  FaultyBackend backend;
+  Lock<FaultyBackend> lock(backend, "job", {.ttl = 900ms, .auto_extend = true});
+  auto g = lock.acquire();
+  backend.extend_fails = true;
+  std::this_thread::sleep_for(400ms);  // first extension (at 300 ms) failed
+  backend.extend_fails = false;        // the next retry succeeds within validity
+  std::this_thread::sleep_for(1200ms);
+  EXPECT_TRUE(g.owns_lock());
+  EXPECT_FALSE(g.stop_token().stop_requested());
+}
+
+TEST(AutoExtend, MaxHoldReleasesAndReports) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 300ms, .auto_extend = true, .max_hold = 700ms, .observer = observer});
+  Lock<MemoryBackend> other(mem, "job");
+  auto g = lock.acquire();
+  std::atomic<int> reason{-1};
+  g.on_lost([&](const LostEvent& e) { reason = static_cast<int>(e.reason); });
+  std::this_thread::sleep_for(400ms);
+  EXPECT_TRUE(g.owns_lock());  // extended past its ttl
+  ASSERT_TRUE(eventually([&] { return g.stop_token().stop_requested(); }));
+  EXPECT_EQ(reason.load(), static_cast<int>(LostReason::max_hold));
+  ASSERT_TRUE(eventually([&] { return observer->count(EventType::released) == 1; }));  // released by the heartbeat
+  EXPECT_TRUE(other.try_lock());  // immediately, not after a ttl
+  g.unlock();                     // the holder's own unlock is then a quiet no-op
+  EXPECT_TRUE(other.owns_lock());
+  EXPECT_EQ(observer->count(EventType::release_not_held), 0u);
+}
+
+TEST(LostSignal, WithoutAutoExtendTheStopTokenFiresWhenValidityEnds) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 150ms});
+  auto g = lock.acquire();
+  const auto token = g.stop_token();  // starts a watch
+  EXPECT_FALSE(token.stop_requested());
+  ASSERT_TRUE(eventually([&] { return token.stop_requested(); }, 2s));
+  EXPECT_FALSE(g.owns_lock());
+}
+
+TEST(LostSignal, CallbackRegisteredAfterTheLossRunsAtOnceAndThrowingOnesAreReported) {
+  dlock::ManualClock clock;
+  MemoryBackend mem(clock);
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 1s, .observer = observer, .clock = &clock});
+  lock.lock();
+  clock.advance(2s);
+  EXPECT_THROW(lock.extend(), dlock::LockLostError);  // discovers the loss
+  EXPECT_TRUE(lock.stop_token().stop_requested());
+  int ran = 0;
+  lock.on_lost([&](const LostEvent& e) {
+    ++ran;
+    EXPECT_EQ(e.reason, LostReason::expired);
+  });
+  EXPECT_EQ(ran, 1);
+  lock.on_lost([](const LostEvent&) { throw std::runtime_error("boom"); });
+  EXPECT_EQ(observer->count(EventType::callback_failed), 1u);
+  for (const auto& e : observer->events()) {
+    if (e.type == EventType::callback_failed) {
+      EXPECT_NE(e.message.find("boom"), std::string::npos);
+    }
+  }
+}
+
+TEST(LostSignal, NotSignalledOnNormalRelease) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 300ms, .auto_extend = true});
+  std::atomic<int> calls{0};
+  std::stop_token token;
+  {
+    auto g = lock.acquire();
+    token = g.stop_token();
+    g.on_lost([&](const LostEvent&) { ++calls; });
+  }
+  std::this_thread::sleep_for(500ms);
+  EXPECT_FALSE(token.stop_requested());
+  EXPECT_EQ(calls.load(), 0);
+}
+
+TEST(Batching, ExtensionsFallingDueTogetherShareOneRoundTrip) {
+  dlock::test::BatchingBackend backend;
+  constexpr int n = 200;
+  std::vector<std::unique_ptr<Lock<dlock::test::BatchingBackend>>> locks;
+  for (int i = 0; i < n; ++i) {
+    locks.push_back(std::make_unique<Lock<dlock::test::BatchingBackend>>(
+        backend, "job:" + std::to_string(i), LockOptions{.ttl = 600ms, .auto_extend = true}));
+    locks.back()->lock();
+  }
+  std::this_thread::sleep_for(1500ms);  // ~7 extension intervals of 200 ms
+  for (auto& l : locks) EXPECT_TRUE(l->owns_lock());
+  const int batches = backend.batches.load();
+  const int items = backend.extended_items.load();
+  EXPECT_EQ(backend.single_extends.load(), 0);
+  EXPECT_GE(items, n * 5);          // every lock was extended repeatedly
+  EXPECT_LE(batches, items / 20);   // far fewer round trips than extensions
+  RecordProperty("batches", batches);
+  RecordProperty("extensions", items);
+  std::printf("%d extensions in %d batches\n", items, batches);
+  for (auto& l : locks) l->unlock();
+}
+
+TEST(Destruction, GuardDestroyedWhileItsExtensionIsInFlight) {
+  FaultyBackend backend;
+  {
+    Lock<FaultyBackend> lock(backend, "job", {.ttl = 300ms, .auto_extend = true});
+    auto g = lock.acquire();
+    backend.extend_delay_ms = 150;
+    ASSERT_TRUE(eventually([&] { return backend.extend_calls.load() > 0; }));
+  }  // guard, then lock: waits for the extension, releases; the heartbeat goes with the last lock
+  backend.extend_delay_ms = 0;
+  Lock<FaultyBackend> again(backend, "job");
+  EXPECT_TRUE(again.try_lock());
+}
+
+TEST(Destruction, HeartbeatWithPendingTimersOutlivesOrPrecedesLocks) {
+  MemoryBackend mem;
+  auto hb = std::make_shared<dlock::Heartbeat>();
+  auto lock = std::make_unique<Lock<MemoryBackend>>(mem, "job",
+                                                    LockOptions{.ttl = 10s, .auto_extend = true, .heartbeat = hb});
+  lock->lock();
+  EXPECT_EQ(hb->watched(), 1u);
+  hb.reset();  // the lock keeps its heartbeat alive while it may need it
+  EXPECT_TRUE(lock->owns_lock());
+  lock.reset();  // releases, then destroys the heartbeat with nothing pending
+  Lock<MemoryBackend> other(mem, "job");
+  EXPECT_TRUE(other.try_lock());
+}
+
+TEST(Destruction, ProcessWideHeartbeatStopsWithTheLastLock) {
+  MemoryBackend mem;
+  std::weak_ptr<dlock::Heartbeat> weak;
+  {
+    Lock<MemoryBackend> a(mem, "a", {.auto_extend = true});
+    Lock<MemoryBackend> b(mem, "b", {.auto_extend = true});
+    a.lock();
+    b.lock();
+    weak = dlock::Heartbeat::process_wide();
+    EXPECT_EQ(weak.lock()->watched(), 2u);
+  }
+  EXPECT_TRUE(weak.expired());
+}
