@@ -1,0 +1,164 @@
+// Internal: the client for one Redis server, shared by RedisBackend and
+// Redlock: connections (connect, AUTH, SELECT, timeouts), the lock scripts
+// (SCRIPT LOAD per connection, EVALSHA with EVAL fallback), reply parsing and
+// error mapping, and a small thread-safe connection pool.
+//
+// Errors: ConnectionError when the server cannot be reached, resets the
+// connection or does not answer within command_timeout (the connection is
+// then dropped, never reused); ServerError for error replies (errc::auth for
+// NOAUTH / WRONGPASS / NOPERM); TimeoutError when no pooled connection became
+// free in time. Messages name the endpoint, never the password.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "redis_keys.hpp"
+#include "redis_options.hpp"
+#include "redis_scripts.hpp"
+
+struct redisContext;
+
+namespace dlock::detail {
+
+/// A reply, copied out of hiredis.
+struct RedisValue {
+  enum class Type { nil, integer, string, status, error, array };
+  Type type = Type::nil;
+  long long integer = 0;
+  std::string str;  ///< string, status and error replies
+  std::vector<RedisValue> elements;
+
+  [[nodiscard]] bool is_error() const noexcept { return type == Type::error; }
+};
+
+/// Throws the ServerError an error reply stands for; `what` says what was
+/// being done ("acquire of 'x'"). No-op for other replies.
+void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what);
+
+/// One hiredis connection. Not thread-safe; owned by one user at a time.
+class RedisConnection {
+ public:
+  /// Connects within options.connect_timeout, sets command_timeout on the
+  /// socket, and in one round trip sends AUTH (if a password is set), SELECT
+  /// (if database != 0) and, if `load_scripts`, SCRIPT LOAD for the lock scripts.
+  RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts = true);
+  RedisConnection(const RedisConnection&) = delete;
+  RedisConnection& operator=(const RedisConnection&) = delete;
+  ~RedisConnection();
+
+  /// Sends one command and reads its reply. Error replies are returned as
+  /// values; I/O failures throw ConnectionError and mark the connection broken.
+  RedisValue command(std::span<const std::string_view> args);
+  RedisValue command(std::initializer_list<std::string_view> args) {
+    return command(std::span<const std::string_view>(args.begin(), args.size()));
+  }
+
+  /// Queues a command without sending it (pipelining); read_reply() returns
+  /// the replies in order after the first read flushes the queue.
+  void append(std::span<const std::string_view> args);
+  RedisValue read_reply();
+
+  /// EVALSHA of a lock script, falling back to EVAL on NOSCRIPT. Error
+  /// replies other than NOSCRIPT are returned as values.
+  RedisValue eval(RedisScript script, std::span<const std::string_view> keys, std::span<const std::string_view> args);
+  /// Appends the EVALSHA of `script` (for pipelines; see RedisNode::extend_many).
+  void append_evalsha(RedisScript script, std::span<const std::string_view> keys,
+                      std::span<const std::string_view> args);
+  /// Appends the EVAL of `script` (the NOSCRIPT fallback in pipelines).
+  void append_eval(RedisScript script, std::span<const std::string_view> keys, std::span<const std::string_view> args);
+
+  /// True once an I/O error happened or the server closed the connection
+  /// (checked without blocking): the connection must not be used again.
+  [[nodiscard]] bool broken() noexcept;
+  void mark_broken() noexcept { broken_ = true; }
+  [[nodiscard]] redisContext* raw() noexcept { return ctx_; }
+  [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
+  /// Throws the ConnectionError for the context's current error and marks the connection broken.
+  [[noreturn]] void fail(std::string_view doing);
+
+ private:
+  void append_script(bool by_sha, RedisScript script, std::span<const std::string_view> keys,
+                     std::span<const std::string_view> args);
+
+  redisContext* ctx_ = nullptr;
+  std::string endpoint_;
+  std::chrono::milliseconds command_timeout_;
+  bool broken_ = false;
+  std::string sha_[redis_script_count];
+};
+
+/// One Redis server: a pool of RedisConnections and the lock operations.
+/// Thread-safe.
+class RedisNode {
+ public:
+  /// `options` must be valid (detail::validate). Connects lazily.
+  explicit RedisNode(RedisOptions options);
+  RedisNode(const RedisNode&) = delete;
+  RedisNode& operator=(const RedisNode&) = delete;
+  ~RedisNode();
+
+  [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
+  [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
+  [[nodiscard]] RedisKeys keys(std::string_view name) const { return redis_keys(options_.key_prefix, name); }
+
+  struct AcquireReply {
+    bool acquired = false;
+    std::uint64_t token = 0;                             ///< when acquired
+    std::optional<std::chrono::milliseconds> holder_ttl;  ///< when not; empty if the holder set no TTL
+  };
+  /// The acquire script: SET NX PX of keys.lock = owner plus the fencing counter.
+  AcquireReply acquire(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds ttl);
+  /// The release script: true if `owner` held the lock (it is now deleted and
+  /// the release published), false if it had expired or another owner holds it.
+  bool release(const RedisKeys& keys, std::string_view owner);
+  /// The extend script: true if `owner` holds the lock (TTL reset to `ttl`).
+  bool extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl);
+
+  struct ExtendItem {
+    std::string_view lock_key;
+    std::string_view owner;
+    std::chrono::milliseconds ttl;
+  };
+  /// Many owner-checked extensions in one round trip (pipelined EVALSHA).
+  /// result[i] is extend(items[i]...); all-or-nothing on connection errors.
+  std::vector<bool> extend_many(std::span<const ExtendItem> items);
+
+  /// Any command on a pooled connection (for tools and tests). Error replies
+  /// are returned as values.
+  RedisValue command(std::span<const std::string_view> args);
+  RedisValue command(std::initializer_list<std::string_view> args) {
+    return command(std::span<const std::string_view>(args.begin(), args.size()));
+  }
+
+  /// Number of connections currently open (idle or in use).
+  [[nodiscard]] std::size_t open_connections() const;
+
+ private:
+  class Checkout;
+  std::unique_ptr<RedisConnection> take();
+  void give_back(std::unique_ptr<RedisConnection> c) noexcept;
+
+  const RedisOptions options_;
+  const std::string endpoint_;
+  mutable std::mutex mu_;
+  std::condition_variable free_cv_;
+  struct Idle {
+    std::unique_ptr<RedisConnection> connection;
+    std::uint64_t generation;
+  };
+  std::vector<Idle> idle_;  ///< most recently used last
+  std::size_t open_ = 0;
+  std::uint64_t generation_ = 0;  ///< bumped when a connection breaks: idle ones from before are dropped
+};
+
+}  // namespace dlock::detail

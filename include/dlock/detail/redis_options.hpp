@@ -1,0 +1,52 @@
+// dlock/detail/redis_options.hpp: RedisOptions, the connection and key
+// settings of the Redis backend, and their validation and URI form. Included
+// by dlock/redis.hpp (use that); separate so the node client can use it.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace dlock {
+
+struct RedisOptions {
+  /// Server host name or IPv4/IPv6 address (ignored when unix_socket is set).
+  std::string host = "127.0.0.1";
+  /// Server TCP port, 1..65535.
+  int port = 6379;
+  /// Path of the server's unix socket; when set, used instead of host and port.
+  std::string unix_socket{};
+  /// Redis 6+ ACL user; empty: password-only AUTH (or none without a password).
+  std::string username{};
+  /// Password for AUTH; empty: no AUTH. Never appears in messages or endpoint().
+  std::string password{};
+  /// Database index selected on every connection (SELECT), >= 0.
+  int database = 0;
+  /// Limit for establishing a connection, including AUTH and SELECT.
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(2)};
+  /// Limit for one command's round trip; a connection that exceeds it is dropped.
+  std::chrono::milliseconds command_timeout{std::chrono::seconds(2)};
+  /// Prepended to every key and channel; must not contain '{' or '}'.
+  std::string key_prefix = "dlock:";
+  /// Connections kept for commands (callers beyond it wait for a free one), >= 1.
+  std::size_t pool_size = 4;
+  /// Idle lifetime of a fencing counter, refreshed on each acquire; see docs/redis.md.
+  std::chrono::milliseconds fence_ttl{std::chrono::hours(24 * 7)};
+};
+
+/// Parses `redis://[[user]:password@]host[:port][/db]` or
+/// `unix://[[user]:password@]/path/to/socket[?db=N]` (user and password
+/// percent-decoded) into a copy of `base`, whose other fields are kept. The
+/// result is validated. Throws InvalidArgument naming the problem; the
+/// password never appears in the message.
+[[nodiscard]] RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base = {});
+
+namespace detail {
+/// Throws InvalidArgument naming the first invalid field and its value.
+void validate(const RedisOptions& options);
+/// "host:port" ("[v6]:port" for IPv6 addresses) or the socket path.
+[[nodiscard]] std::string redis_endpoint(const RedisOptions& options);
+}  // namespace detail
+
+}  // namespace dlock

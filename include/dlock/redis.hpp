@@ -1,0 +1,94 @@
+// dlock/redis.hpp: RedisBackend, locks stored in one Redis server (hiredis).
+//
+//   dlock::RedisBackend redis(dlock::RedisOptions{.host = "127.0.0.1", .port = 6379});
+//   dlock::RedisBackend other("redis://app:secret@127.0.0.1:6379/0");
+//   dlock::Lock<dlock::RedisBackend> lock(redis, "orders:42", {.ttl = 10s});
+//
+// Lock N is the string key `<prefix>{N}` holding the owner id, with a TTL; its
+// fencing counter is `<prefix>{N}:fence` and releases are published on
+// `<prefix>{N}:released`. Acquire, release and extend are one Lua script each,
+// atomic on the server; see docs/redis.md for the scripts, the key layout and
+// how clients using plain `SET key value NX PX ttl` interoperate.
+//
+// Link dlock::redis. Thread-safe: share one RedisBackend between threads; it
+// keeps a small pool of connections (a broken one is dropped, never reused)
+// and one pub/sub connection that wakes every waiting Lock when a lock is
+// released. Every call is bounded by connect_timeout + command_timeout.
+// The backend must outlive the Locks that use it.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "backend.hpp"
+#include "detail/redis_node.hpp"
+#include "detail/redis_options.hpp"
+#include "detail/redis_subscriber.hpp"
+
+namespace dlock {
+
+class RedisBackend {
+ public:
+  using Handle = NoHandle;
+
+  /// Waits for releases of one lock name (see NotifiesRelease in backend.hpp).
+  /// Movable; unsubscribes when destroyed. May outlive the backend safely,
+  /// but then never fires again.
+  class Subscription {
+   public:
+    /// True when a release was published since subscribing or since the last
+    /// wait_for() that returned true; false when `d` passed first (also while
+    /// the pub/sub connection is down: the caller's backoff then takes over).
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) { return sub_.wait_for(d); }
+
+   private:
+    friend class RedisBackend;
+    explicit Subscription(detail::RedisSubscription s) : sub_(std::move(s)) {}
+    detail::RedisSubscription sub_;
+  };
+
+  /// Validates the options (InvalidArgument). Does not connect: connections
+  /// are opened on first use.
+  explicit RedisBackend(RedisOptions options);
+  /// parse_redis_uri(uri, base).
+  explicit RedisBackend(std::string_view uri, RedisOptions base = {});
+  explicit RedisBackend(const char* uri, RedisOptions base = {}) : RedisBackend(std::string_view(uri), std::move(base)) {}
+  RedisBackend(const RedisBackend&) = delete;
+  RedisBackend& operator=(const RedisBackend&) = delete;
+  ~RedisBackend();
+
+  [[nodiscard]] std::string_view kind() const noexcept { return "redis"; }
+  /// "host:port" or the socket path; never the password.
+  [[nodiscard]] std::string_view endpoint() const noexcept { return node_->endpoint(); }
+
+  // The Backend operations (backend.hpp). Each is one round trip on a pooled
+  // connection. Throw ConnectionError (unreachable, reset, timed out: the
+  // outcome is unknown), ServerError (errc::auth for a refused AUTH; wrong key
+  // type, read-only replica, out of memory, script errors), InvalidArgument
+  // (a name this backend cannot store, e.g. one starting with '}').
+  [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
+                                                std::chrono::milliseconds ttl, TimePoint started);
+
+  /// Subscribes to releases of `name` on the shared pub/sub connection and
+  /// returns once the server acknowledged it (or command_timeout passed, or
+  /// the pub/sub connection is down: the subscription then only times out).
+  /// Never throws for connection problems.
+  [[nodiscard]] Subscription subscribe_release(std::string_view name);
+
+  [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
+  /// The node client (connection pool, scripts), for tools and tests.
+  [[nodiscard]] detail::RedisNode& node() noexcept { return *node_; }
+
+ private:
+  RedisOptions options_;
+  std::unique_ptr<detail::RedisNode> node_;
+  detail::RedisSubscriber subscriber_;
+};
+
+}  // namespace dlock

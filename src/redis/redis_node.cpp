@@ -1,0 +1,480 @@
+// The Redis node client: connections, scripts, reply parsing, the pool.
+#include <dlock/detail/redis_node.hpp>
+
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include <dlock/detail/format.hpp>
+#include <dlock/error.hpp>
+
+namespace dlock::detail {
+
+namespace {
+
+timeval to_timeval(std::chrono::milliseconds d) {
+  timeval tv{};
+  tv.tv_sec = static_cast<decltype(tv.tv_sec)>(d.count() / 1000);
+  tv.tv_usec = static_cast<decltype(tv.tv_usec)>((d.count() % 1000) * 1000);
+  return tv;
+}
+
+RedisValue to_value(const redisReply* r) {
+  RedisValue v;
+  switch (r->type) {
+    case REDIS_REPLY_INTEGER:
+      v.type = RedisValue::Type::integer;
+      v.integer = r->integer;
+      break;
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+      v.type = r->type == REDIS_REPLY_STRING   ? RedisValue::Type::string
+               : r->type == REDIS_REPLY_STATUS ? RedisValue::Type::status
+                                               : RedisValue::Type::error;
+      v.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_ARRAY:
+      v.type = RedisValue::Type::array;
+      v.elements.reserve(r->elements);
+      for (std::size_t i = 0; i < r->elements; ++i) v.elements.push_back(to_value(r->element[i]));
+      break;
+    default: v.type = RedisValue::Type::nil;
+  }
+  return v;
+}
+
+struct ReplyDeleter {
+  void operator()(void* r) const noexcept { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<void, ReplyDeleter>;
+
+bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+std::string number(long long v) { return std::to_string(v); }
+
+// argv for hiredis: pointers and lengths of string_views.
+struct Argv {
+  std::vector<const char*> ptr;
+  std::vector<std::size_t> len;
+  void add(std::string_view s) {
+    ptr.push_back(s.data());
+    len.push_back(s.size());
+  }
+};
+
+}  // namespace
+
+void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what) {
+  if (!reply.is_error()) return;
+  const std::string_view m = reply.str;
+  if (starts_with(m, "NOAUTH"))
+    throw ServerError(fmt::format("dlock: Redis at {} requires authentication during {} ({}); set RedisOptions "
+                                  "password (and username for an ACL user)",
+                                  endpoint, what, m),
+                      errc::auth);
+  if (starts_with(m, "WRONGPASS") || starts_with(m, "ERR invalid password") || starts_with(m, "ERR AUTH") ||
+      starts_with(m, "ERR invalid username"))
+    throw ServerError(fmt::format("dlock: Redis at {} refused authentication ({}); check RedisOptions username "
+                                  "and password",
+                                  endpoint, m),
+                      errc::auth);
+  if (starts_with(m, "NOPERM"))
+    throw ServerError(fmt::format("dlock: the Redis user is not allowed to run {} at {} ({}); grant it the "
+                                  "commands and keys dlock uses (see docs/redis.md)",
+                                  what, endpoint, m),
+                      errc::auth);
+  const auto has = [&](std::string_view code) { return starts_with(m, code) || m.find(code) != std::string_view::npos; };
+  if (has("READONLY"))
+    throw ServerError(fmt::format("dlock: {} failed: Redis at {} is a read-only replica ({}); point dlock at the "
+                                  "primary",
+                                  what, endpoint, m));
+  if (starts_with(m, "OOM") || m.find("OOM command not allowed") != std::string_view::npos)
+    throw ServerError(fmt::format("dlock: {} failed: Redis at {} is out of memory ({}); raise maxmemory or free "
+                                  "memory",
+                                  what, endpoint, m));
+  if (has("WRONGTYPE"))
+    throw ServerError(fmt::format("dlock: {} failed at {}: a dlock key holds the wrong type ({}); another "
+                                  "program uses the same key, change RedisOptions key_prefix or the lock name",
+                                  what, endpoint, m));
+  if (starts_with(m, "NOSCRIPT"))
+    throw ServerError(fmt::format("dlock: {} failed at {}: the server does not know the script even after "
+                                  "EVAL ({})",
+                                  what, endpoint, m));
+  throw ServerError(fmt::format("dlock: {} failed at {}: {}", what, endpoint, m));
+}
+
+// ---- RedisConnection ----
+
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts)
+    : endpoint_(std::move(endpoint)), command_timeout_(options.command_timeout) {
+  const timeval connect_tv = to_timeval(options.connect_timeout);
+  ctx_ = options.unix_socket.empty() ? redisConnectWithTimeout(options.host.c_str(), options.port, connect_tv)
+                                     : redisConnectUnixWithTimeout(options.unix_socket.c_str(), connect_tv);
+  if (ctx_ == nullptr) throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
+  struct FreeOnThrow {
+    RedisConnection* self;
+    bool armed = true;
+    ~FreeOnThrow() {
+      if (armed) {
+        redisFree(self->ctx_);
+        self->ctx_ = nullptr;
+      }
+    }
+  } guard{this};
+  if (ctx_->err) {
+    const bool timed_out = ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN);
+    throw ConnectionError(fmt::format(
+        "dlock: cannot connect to Redis at {}: {}{}; check that redis-server is running there and that "
+        "RedisOptions {} is right",
+        endpoint_, ctx_->errstr,
+        timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
+        options.unix_socket.empty() ? "host and port" : "unix_socket"));
+  }
+  // Bounds the handshake below by connect_timeout, then every command by command_timeout.
+  if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
+
+  enum class Step { auth, select, script };
+  std::vector<std::pair<Step, RedisScript>> steps;
+  if (!options.password.empty()) {
+    if (options.username.empty()) {
+      append(std::array<std::string_view, 2>{"AUTH", options.password});
+    } else {
+      append(std::array<std::string_view, 3>{"AUTH", options.username, options.password});
+    }
+    steps.emplace_back(Step::auth, RedisScript::acquire);
+  }
+  const std::string db = number(options.database);
+  if (options.database != 0) {
+    append(std::array<std::string_view, 2>{"SELECT", db});
+    steps.emplace_back(Step::select, RedisScript::acquire);
+  }
+  if (load_scripts) {
+    for (std::size_t i = 0; i < redis_script_count; ++i) {
+      append(std::array<std::string_view, 3>{"SCRIPT", "LOAD", redis_scripts[i]});
+      steps.emplace_back(Step::script, static_cast<RedisScript>(i));
+    }
+  }
+  // Read every reply before judging, so that the first error reported is the cause (AUTH before NOAUTH).
+  std::vector<RedisValue> replies;
+  replies.reserve(steps.size());
+  for (std::size_t i = 0; i < steps.size(); ++i) replies.push_back(read_reply());
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    const RedisValue& r = replies[i];
+    switch (steps[i].first) {
+      case Step::auth:
+        if (r.is_error()) {
+          throw ServerError(fmt::format("dlock: Redis at {} refused authentication{} ({}); check RedisOptions "
+                                        "username and password",
+                                        endpoint_,
+                                        options.username.empty() ? std::string(" with the password")
+                                                                 : fmt::format(" of user '{}'", options.username),
+                                        r.str),
+                            errc::auth);
+        }
+        break;
+      case Step::select:
+        if (r.is_error())
+          throw ServerError(fmt::format("dlock: Redis at {} cannot select database {} ({}); check RedisOptions "
+                                        "database",
+                                        endpoint_, options.database, r.str));
+        break;
+      case Step::script: {
+        const auto s = steps[i].second;
+        throw_if_error(r, endpoint_, fmt::format("loading the {} script", redis_script_name(s)));
+        if (r.type != RedisValue::Type::string)
+          throw ServerError(fmt::format("dlock: unexpected reply to SCRIPT LOAD from Redis at {}", endpoint_));
+        sha_[static_cast<unsigned>(s)] = r.str;
+        break;
+      }
+    }
+  }
+  if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
+  guard.armed = false;
+}
+
+RedisConnection::~RedisConnection() {
+  if (ctx_ != nullptr) redisFree(ctx_);
+}
+
+void RedisConnection::fail(std::string_view doing) {
+  broken_ = true;
+  const int err = ctx_ != nullptr ? ctx_->err : REDIS_ERR_OTHER;
+  const std::string detail = ctx_ != nullptr ? std::string(ctx_->errstr) : std::string("no connection");
+  const bool timed_out = err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT);
+  if (timed_out)
+    throw ConnectionError(fmt::format(
+        "dlock: Redis at {} did not answer within command_timeout {} during {}; the server may be overloaded, "
+        "paused or unreachable (the outcome of the command is unknown)",
+        endpoint_, format_duration(command_timeout_), doing));
+  if (err == REDIS_ERR_EOF)
+    throw ConnectionError(fmt::format(
+        "dlock: Redis at {} closed the connection during {} ({}); the server may have restarted or dropped idle "
+        "clients (the outcome of the command is unknown)",
+        endpoint_, doing, detail));
+  throw ConnectionError(fmt::format("dlock: connection to Redis at {} failed during {} ({}); the outcome of the "
+                                    "command is unknown",
+                                    endpoint_, doing, detail));
+}
+
+void RedisConnection::append(std::span<const std::string_view> args) {
+  Argv argv;
+  argv.ptr.reserve(args.size());
+  argv.len.reserve(args.size());
+  for (auto a : args) argv.add(a);
+  if (redisAppendCommandArgv(ctx_, static_cast<int>(args.size()), argv.ptr.data(), argv.len.data()) != REDIS_OK)
+    fail("formatting a command");
+}
+
+RedisValue RedisConnection::read_reply() {
+  void* raw = nullptr;
+  if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) fail(ctx_->err ? "a command" : "a command (no reply)");
+  ReplyPtr reply(raw);
+  return to_value(static_cast<const redisReply*>(raw));
+}
+
+RedisValue RedisConnection::command(std::span<const std::string_view> args) {
+  append(args);
+  return read_reply();
+}
+
+void RedisConnection::append_script(bool by_sha, RedisScript script, std::span<const std::string_view> keys,
+                                    std::span<const std::string_view> args) {
+  const unsigned i = static_cast<unsigned>(script);
+  char numkeys[8];
+  const auto end = std::to_chars(numkeys, numkeys + sizeof numkeys, keys.size()).ptr;
+  Argv argv;
+  argv.ptr.reserve(3 + keys.size() + args.size());
+  argv.len.reserve(3 + keys.size() + args.size());
+  if (by_sha && !sha_[i].empty()) {
+    argv.add("EVALSHA");
+    argv.add(sha_[i]);
+  } else {
+    argv.add("EVAL");
+    argv.add(redis_scripts[i]);
+  }
+  argv.add(std::string_view(numkeys, static_cast<std::size_t>(end - numkeys)));
+  for (auto k : keys) argv.add(k);
+  for (auto a : args) argv.add(a);
+  if (redisAppendCommandArgv(ctx_, static_cast<int>(argv.ptr.size()), argv.ptr.data(), argv.len.data()) != REDIS_OK)
+    fail("formatting a command");
+}
+
+void RedisConnection::append_evalsha(RedisScript script, std::span<const std::string_view> keys,
+                                     std::span<const std::string_view> args) {
+  append_script(true, script, keys, args);
+}
+
+void RedisConnection::append_eval(RedisScript script, std::span<const std::string_view> keys,
+                                  std::span<const std::string_view> args) {
+  append_script(false, script, keys, args);
+}
+
+RedisValue RedisConnection::eval(RedisScript script, std::span<const std::string_view> keys,
+                                 std::span<const std::string_view> args) {
+  append_evalsha(script, keys, args);
+  RedisValue r = read_reply();
+  if (r.is_error() && starts_with(r.str, "NOSCRIPT")) {  // SCRIPT FLUSH since we connected
+    append_eval(script, keys, args);
+    r = read_reply();
+  }
+  return r;
+}
+
+bool RedisConnection::broken() noexcept {
+  if (broken_ || ctx_ == nullptr || ctx_->err) return broken_ = true;
+  // An idle connection has nothing to read: readable means EOF (the server
+  // closed it, e.g. restarted) or stray data; either way it is unusable.
+  pollfd p{ctx_->fd, POLLIN, 0};
+  if (::poll(&p, 1, 0) != 0) broken_ = true;
+  return broken_;
+}
+
+// ---- RedisNode ----
+
+class RedisNode::Checkout {
+ public:
+  explicit Checkout(RedisNode& node) : node_(node), c_(node.take()), exceptions_(std::uncaught_exceptions()) {}
+  ~Checkout() {
+    // Thrown out of the middle of a use: replies may be pending; never reuse it.
+    if (std::uncaught_exceptions() > exceptions_) c_->mark_broken();
+    node_.give_back(std::move(c_));
+  }
+  Checkout(const Checkout&) = delete;
+  Checkout& operator=(const Checkout&) = delete;
+  RedisConnection* operator->() const noexcept { return c_.get(); }
+  RedisConnection& operator*() const noexcept { return *c_; }
+
+ private:
+  RedisNode& node_;
+  std::unique_ptr<RedisConnection> c_;
+  int exceptions_;
+};
+
+RedisNode::RedisNode(RedisOptions options) : options_(std::move(options)), endpoint_(redis_endpoint(options_)) {}
+
+RedisNode::~RedisNode() = default;
+
+std::unique_ptr<RedisConnection> RedisNode::take() {
+  std::unique_lock lk(mu_);
+  const auto wait = options_.connect_timeout + options_.command_timeout;
+  for (;;) {
+    while (!idle_.empty()) {
+      Idle idle = std::move(idle_.back());
+      idle_.pop_back();
+      if (idle.generation == generation_ && !idle.connection->broken()) return std::move(idle.connection);
+      --open_;  // dropped: from before a failure, or closed by the server
+    }
+    if (open_ < options_.pool_size) break;
+    if (!free_cv_.wait_for(lk, wait, [&] { return !idle_.empty() || open_ < options_.pool_size; }))
+      throw TimeoutError(fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
+                                     "RedisOptions pool_size or use fewer threads",
+                                     options_.pool_size, endpoint_, format_duration(wait)));
+  }
+  ++open_;
+  lk.unlock();
+  try {
+    return std::make_unique<RedisConnection>(options_, endpoint_);
+  } catch (...) {
+    lk.lock();
+    --open_;
+    ++generation_;
+    lk.unlock();
+    free_cv_.notify_one();
+    throw;
+  }
+}
+
+void RedisNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
+  {
+    std::lock_guard lk(mu_);
+    if (c == nullptr || c->broken()) {
+      --open_;
+      ++generation_;  // the others to this server are suspect too
+    } else {
+      try {
+        idle_.push_back(Idle{std::move(c), generation_});
+      } catch (...) {
+        --open_;
+      }
+    }
+  }
+  free_cv_.notify_one();
+}
+
+std::size_t RedisNode::open_connections() const {
+  std::lock_guard lk(mu_);
+  return open_;
+}
+
+RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_view owner,
+                                           std::chrono::milliseconds ttl) {
+  const std::string ttl_ms = number(ttl.count());
+  const std::string fence_ms = number(options_.fence_ttl.count());
+  const std::array<std::string_view, 2> k{keys.lock, keys.fence};
+  const std::array<std::string_view, 3> a{owner, ttl_ms, fence_ms};
+  RedisValue r;
+  {
+    Checkout c(*this);
+    r = c->eval(RedisScript::acquire, k, a);
+  }
+  throw_if_error(r, endpoint_, fmt::format("acquire of '{}'", keys.lock));
+  if (r.type == RedisValue::Type::array && r.elements.size() == 2 &&
+      r.elements[0].type == RedisValue::Type::integer) {
+    const RedisValue& second = r.elements[1];
+    if (r.elements[0].integer == 1 && second.type == RedisValue::Type::string) {
+      AcquireReply out;
+      out.acquired = true;
+      const auto [p, ec] = std::from_chars(second.str.data(), second.str.data() + second.str.size(), out.token);
+      if (ec == std::errc{} && p == second.str.data() + second.str.size()) return out;
+    } else if (r.elements[0].integer == 0 && second.type == RedisValue::Type::integer) {
+      AcquireReply out;
+      if (second.integer >= 0) out.holder_ttl = std::chrono::milliseconds(second.integer);
+      return out;
+    }
+  }
+  throw ServerError(fmt::format("dlock: unexpected reply to the acquire script for '{}' from Redis at {}", keys.lock,
+                                endpoint_));
+}
+
+bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
+  const std::array<std::string_view, 1> k{keys.lock};
+  const std::array<std::string_view, 2> a{owner, keys.channel};
+  RedisValue r;
+  {
+    Checkout c(*this);
+    r = c->eval(RedisScript::release, k, a);
+  }
+  throw_if_error(r, endpoint_, fmt::format("release of '{}'", keys.lock));
+  if (r.type != RedisValue::Type::integer)
+    throw ServerError(fmt::format("dlock: unexpected reply to the release script from Redis at {}", endpoint_));
+  return r.integer == 1;
+}
+
+bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl) {
+  const std::string ttl_ms = number(ttl.count());
+  const std::array<std::string_view, 1> k{lock_key};
+  const std::array<std::string_view, 2> a{owner, ttl_ms};
+  RedisValue r;
+  {
+    Checkout c(*this);
+    r = c->eval(RedisScript::extend, k, a);
+  }
+  throw_if_error(r, endpoint_, fmt::format("extend of '{}'", lock_key));
+  if (r.type != RedisValue::Type::integer)
+    throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
+  return r.integer == 1;
+}
+
+std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items) {
+  std::vector<bool> out(items.size(), false);
+  if (items.empty()) return out;
+  std::vector<std::string> ttls;
+  ttls.reserve(items.size());
+  for (const auto& it : items) ttls.push_back(number(it.ttl.count()));
+  std::vector<RedisValue> replies;
+  replies.reserve(items.size());
+  {
+    Checkout c(*this);
+    auto append = [&](std::size_t i, bool by_sha) {
+      const std::array<std::string_view, 1> k{items[i].lock_key};
+      const std::array<std::string_view, 2> a{items[i].owner, ttls[i]};
+      if (by_sha) {
+        c->append_evalsha(RedisScript::extend, k, a);
+      } else {
+        c->append_eval(RedisScript::extend, k, a);
+      }
+    };
+    for (std::size_t i = 0; i < items.size(); ++i) append(i, true);
+    for (std::size_t i = 0; i < items.size(); ++i) replies.push_back(c->read_reply());
+    std::vector<std::size_t> again;  // NOSCRIPT: after SCRIPT FLUSH; resend those with EVAL
+    for (std::size_t i = 0; i < items.size(); ++i)
+      if (replies[i].is_error() && starts_with(replies[i].str, "NOSCRIPT")) again.push_back(i);
+    for (std::size_t i : again) append(i, false);
+    for (std::size_t i : again) replies[i] = c->read_reply();
+  }
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    throw_if_error(replies[i], endpoint_, fmt::format("extend of '{}'", items[i].lock_key));
+    if (replies[i].type != RedisValue::Type::integer)
+      throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
+    out[i] = replies[i].integer == 1;
+  }
+  return out;
+}
+
+RedisValue RedisNode::command(std::span<const std::string_view> args) {
+  Checkout c(*this);
+  return c->command(args);
+}
+
+}  // namespace dlock::detail

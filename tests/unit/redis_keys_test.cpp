@@ -1,0 +1,245 @@
+// The Redis backend's pure parts, without a server: key layout and hash
+// tags, the URI form, option validation, error-reply mapping.
+#include <dlock/redis.hpp>
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+using dlock::RedisOptions;
+using dlock::detail::redis_hash_tag;
+using dlock::detail::redis_keys;
+using namespace std::chrono_literals;
+
+static_assert(dlock::Backend<dlock::RedisBackend>);
+static_assert(dlock::NotifiesRelease<dlock::RedisBackend>);
+static_assert(!dlock::WaitsOnServer<dlock::RedisBackend>);
+
+namespace {
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const dlock::InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no InvalidArgument thrown)";
+}
+
+TEST(RedisKeys, Layout) {
+  const auto k = redis_keys("dlock:", "orders:42");
+  EXPECT_EQ(k.lock, "dlock:{orders:42}");
+  EXPECT_EQ(k.fence, "dlock:{orders:42}:fence");
+  EXPECT_EQ(k.channel, "dlock:{orders:42}:released");
+  const auto e = redis_keys("", "x");
+  EXPECT_EQ(e.lock, "{x}");
+  EXPECT_EQ(e.fence, "{x}:fence");
+}
+
+TEST(RedisKeys, AllThreeShareTheHashTag) {
+  for (const std::string name : {"orders:42", "a{b", "a}b", "{x}", "x{}", "ü-名前", "a b"}) {
+    const auto k = redis_keys("app:", name);
+    const auto tag = redis_hash_tag(k.lock);
+    EXPECT_NE(tag, k.lock) << name;  // a real tag, not the whole key
+    EXPECT_EQ(redis_hash_tag(k.fence), tag) << name;
+    EXPECT_EQ(redis_hash_tag(k.channel), tag) << name;
+  }
+}
+
+TEST(RedisKeys, HashTagRules) {
+  EXPECT_EQ(redis_hash_tag("plain"), "plain");
+  EXPECT_EQ(redis_hash_tag("a{b}c"), "b");
+  EXPECT_EQ(redis_hash_tag("a{}c"), "a{}c");  // empty tag: whole key
+  EXPECT_EQ(redis_hash_tag("a{b"), "a{b");
+  EXPECT_EQ(redis_hash_tag("{a}{b}"), "a");
+}
+
+TEST(RedisKeys, DistinctNamesGiveDistinctKeys) {
+  const auto a = redis_keys("p:", "x");
+  const auto b = redis_keys("p:", "x}:fence");  // would collide with a.fence if braces were not closed per name
+  EXPECT_NE(a.fence, b.lock);
+  EXPECT_NE(a.lock, b.lock);
+}
+
+TEST(RedisKeys, NameStartingWithCloseBraceIsRejected) {
+  EXPECT_THROW(dlock::detail::validate_redis_lock_name("}x"), dlock::InvalidArgument);
+  EXPECT_NO_THROW(dlock::detail::validate_redis_lock_name("x}"));
+}
+
+TEST(RedisUri, HostPortDatabase) {
+  const auto o = dlock::parse_redis_uri("redis://example.com:6380/3");
+  EXPECT_EQ(o.host, "example.com");
+  EXPECT_EQ(o.port, 6380);
+  EXPECT_EQ(o.database, 3);
+  EXPECT_TRUE(o.unix_socket.empty());
+  EXPECT_TRUE(o.username.empty());
+  EXPECT_TRUE(o.password.empty());
+}
+
+TEST(RedisUri, Defaults) {
+  const auto o = dlock::parse_redis_uri("redis://10.0.0.1");
+  EXPECT_EQ(o.host, "10.0.0.1");
+  EXPECT_EQ(o.port, 6379);
+  EXPECT_EQ(o.database, 0);
+  EXPECT_EQ(dlock::parse_redis_uri("redis://h/").database, 0);
+}
+
+TEST(RedisUri, UserAndPassword) {
+  const auto o = dlock::parse_redis_uri("redis://app:secret@127.0.0.1:6379/0");
+  EXPECT_EQ(o.username, "app");
+  EXPECT_EQ(o.password, "secret");
+  EXPECT_EQ(o.host, "127.0.0.1");
+  const auto p = dlock::parse_redis_uri("redis://:only%40pass%3A@h");
+  EXPECT_EQ(p.username, "");
+  EXPECT_EQ(p.password, "only@pass:");
+}
+
+TEST(RedisUri, Ipv6) {
+  const auto o = dlock::parse_redis_uri("redis://[::1]:7000/2");
+  EXPECT_EQ(o.host, "::1");
+  EXPECT_EQ(o.port, 7000);
+  EXPECT_EQ(o.database, 2);
+  EXPECT_EQ(dlock::detail::redis_endpoint(o), "[::1]:7000");
+}
+
+TEST(RedisUri, UnixSocket) {
+  const auto o = dlock::parse_redis_uri("unix:///run/redis/redis.sock?db=5");
+  EXPECT_EQ(o.unix_socket, "/run/redis/redis.sock");
+  EXPECT_EQ(o.database, 5);
+  EXPECT_EQ(dlock::detail::redis_endpoint(o), "/run/redis/redis.sock");
+  const auto a = dlock::parse_redis_uri("unix://app:pw@/tmp/r.sock");
+  EXPECT_EQ(a.username, "app");
+  EXPECT_EQ(a.password, "pw");
+  EXPECT_EQ(a.unix_socket, "/tmp/r.sock");
+}
+
+TEST(RedisUri, KeepsOtherFieldsOfTheBase) {
+  const auto o = dlock::parse_redis_uri("redis://h:1", RedisOptions{.key_prefix = "app:", .pool_size = 2});
+  EXPECT_EQ(o.key_prefix, "app:");
+  EXPECT_EQ(o.pool_size, 2u);
+  EXPECT_EQ(o.port, 1);
+}
+
+TEST(RedisUri, Errors) {
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("expected redis://"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("http://h"); }).find("unknown scheme"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("rediss://h"); }).find("TLS"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:0"); }).find("port"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:99999"); }).find("port"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:x"); }).find("port"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://:6379"); }).find("host"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h/db"); }).find("database"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("timeout"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("unix://relative.sock"); }).find("absolute"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://justuser@h"); }).find("user:password"),
+            std::string::npos);
+}
+
+TEST(RedisUri, ErrorsNeverShowThePassword) {
+  for (const char* uri : {"redis://app:hunter2@h:0", "redis://:hunter2@h/x", "unix://u:hunter2@rel",
+                          "redis://:hunter2@h?bad=1", "redis://app:hunter2@h:%zz", "redis://u:hun%zzter2@h"}) {
+    const std::string msg = error_of([&] { (void)dlock::parse_redis_uri(uri); });
+    EXPECT_NE(msg.find("dlock: "), std::string::npos) << uri;
+    EXPECT_EQ(msg.find("hunter2"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("hun"), std::string::npos) << msg;
+  }
+}
+
+TEST(RedisOptionsValidation, NamesFieldAndValue) {
+  struct Case {
+    RedisOptions o;
+    std::string field, value;
+  };
+  const Case cases[] = {
+      {{.host = ""}, "RedisOptions.host", "\"\""},
+      {{.port = 0}, "RedisOptions.port", "0"},
+      {{.port = 70000}, "RedisOptions.port", "70000"},
+      {{.unix_socket = "rel.sock"}, "RedisOptions.unix_socket", "rel.sock"},
+      {{.username = "app"}, "RedisOptions.username", "app"},
+      {{.database = -1}, "RedisOptions.database", "-1"},
+      {{.connect_timeout = 0ms}, "RedisOptions.connect_timeout", "0s"},
+      {{.command_timeout = -5ms}, "RedisOptions.command_timeout", "-5ms"},
+      {{.key_prefix = "a{b"}, "RedisOptions.key_prefix", "a{b"},
+      {{.pool_size = 0}, "RedisOptions.pool_size", "0"},
+      {{.fence_ttl = 10ms}, "RedisOptions.fence_ttl", "10ms"},
+  };
+  for (const auto& c : cases) {
+    const std::string msg = error_of([&] { dlock::detail::validate(c.o); });
+    EXPECT_NE(msg.find(c.field), std::string::npos) << msg;
+    EXPECT_NE(msg.find(c.value), std::string::npos) << msg;
+  }
+  EXPECT_NO_THROW(dlock::detail::validate(RedisOptions{}));
+  EXPECT_NO_THROW(dlock::detail::validate(RedisOptions{.host = "", .unix_socket = "/tmp/x.sock"}));
+  EXPECT_NO_THROW(dlock::detail::validate(RedisOptions{.password = "pw"}));
+}
+
+TEST(RedisOptionsValidation, BackendValidatesAtConstruction) {
+  EXPECT_THROW(dlock::RedisBackend(RedisOptions{.pool_size = 0}), dlock::InvalidArgument);
+  EXPECT_THROW(dlock::RedisBackend("redis://h:0"), dlock::InvalidArgument);
+}
+
+TEST(RedisErrors, ServerRepliesMapToErrorCodes) {
+  using dlock::detail::RedisValue;
+  auto code_of = [](std::string reply) {
+    try {
+      dlock::detail::throw_if_error(RedisValue{RedisValue::Type::error, 0, std::move(reply), {}}, "h:1", "test");
+    } catch (const dlock::ServerError& e) {
+      return e.code();
+    }
+    return std::error_code{};
+  };
+  EXPECT_EQ(code_of("WRONGPASS invalid username-password pair or user is disabled."), dlock::errc::auth);
+  EXPECT_EQ(code_of("NOAUTH Authentication required."), dlock::errc::auth);
+  EXPECT_EQ(code_of("NOPERM this user has no permissions to run the 'evalsha' command"), dlock::errc::auth);
+  EXPECT_EQ(code_of("READONLY You can't write against a read only replica."), dlock::errc::server);
+  EXPECT_EQ(code_of("OOM command not allowed when used memory > 'maxmemory'."), dlock::errc::server);
+  EXPECT_EQ(code_of("WRONGTYPE Operation against a key holding the wrong kind of value"), dlock::errc::server);
+  EXPECT_NO_THROW(dlock::detail::throw_if_error(RedisValue{RedisValue::Type::integer, 1, {}, {}}, "h:1", "test"));
+}
+
+// A port that nothing listens on: bound, then closed.
+int closed_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    return 1;
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST(RedisBackendNoServer, DoesNotConnectUntilUsedAndNamesTheEndpoint) {
+  const int port = closed_port();
+  dlock::RedisBackend redis(RedisOptions{.port = port, .password = "hunter2", .connect_timeout = 500ms});
+  EXPECT_EQ(redis.kind(), "redis");
+  EXPECT_EQ(redis.endpoint(), "127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(redis.node().open_connections(), 0u);
+  const auto owner = dlock::OwnerId::generate();
+  try {
+    (void)redis.try_acquire({"x", owner, 1000ms, std::chrono::steady_clock::now()});
+    FAIL() << "expected ConnectionError";
+  } catch (const dlock::ConnectionError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(redis.endpoint()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("redis-server is running"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("hunter2"), std::string::npos) << msg;
+    EXPECT_EQ(e.code(), dlock::errc::connection);
+  }
+  EXPECT_EQ(redis.node().open_connections(), 0u);
+}
+
+}  // namespace
