@@ -1,0 +1,227 @@
+// dlock/postgres.hpp: PostgresBackend, locks held as PostgreSQL advisory locks (libpq).
+//
+//   dlock::PostgresBackend pg({.conninfo = "host=127.0.0.1 port=5432 dbname=app user=app"});
+//   dlock::Lock<dlock::PostgresBackend> lock(pg, "orders:42", {.ttl = 30s});
+//   std::int64_t key = pg.advisory_key("orders:42");  // the bigint dlock locks
+//
+// Link dlock::postgres. Every lock name maps to one bigint advisory key
+// (SipHash-2-4 of lock_namespace and the name; docs/postgres-lock-ids.md);
+// names "pg_advisory:<int64>" (lock_for_key) use that number as the key.
+//
+// Scope::session (the default): a held lock pins one pooled connection until
+// release; the lock lives exactly as long as that server session. ttl bounds
+// how long the server keeps a silent client's session (idle_session_timeout
+// and TCP keepalives on the pinned connection), extend() is one round trip on
+// it, and any error on it means the lock is lost. Do not use session scope
+// behind PgBouncer in transaction pooling mode.
+// Scope::transaction: the lock is pg_advisory_xact_lock inside a transaction
+// the backend keeps open on the pinned connection, released by COMMIT; works
+// behind PgBouncer. To lock inside *your own* transaction, use pg_try_xact_lock
+// / pg_xact_lock on your PGconn. See docs/postgres.md.
+//
+// Fencing tokens come from a sequence (default dlock.fencing) that
+// install_schema() or sql/dlock_postgres.sql creates; without it locks work
+// and fencing_token() reports errc::no_fencing_token.
+//
+// Thread safety: PostgresBackend may be used from any number of threads; it
+// must outlive the Locks that use it. It connects lazily: the constructor only
+// validates. Every network call is bounded by connect_timeout /
+// statement_timeout (plus the wait asked for); connection failures are thrown
+// as ConnectionError naming host:port/database (never the password),
+// expired timeouts as TimeoutError, deadlocks (SQLSTATE 40P01) as
+// DeadlockError, other server refusals as ServerError.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "backend.hpp"
+#include "detail/pg_key.hpp"
+#include "lock.hpp"
+#include "options.hpp"
+
+// libpq's connection type, declared here so this header needs no libpq include path.
+typedef struct pg_conn PGconn;  // NOLINT(modernize-use-using): must match libpq-fe.h
+
+namespace dlock {
+
+struct PostgresOptions {
+  /// Scope of the locks taken through Lock<PostgresBackend>.
+  enum class Scope {
+    session,      ///< pg_try_advisory_lock on a pinned connection, until unlock
+    transaction,  ///< pg_try_advisory_xact_lock in a transaction held open until unlock
+  };
+
+  /// Any libpq connection string: keyword/value ("host=... dbname=...") or URI
+  /// ("postgresql://..."); sslmode, passwords, passfile, service files all work.
+  std::string conninfo{};
+  /// Mixed into every hashed key, so applications sharing a database do not
+  /// contend; must not contain a NUL byte. Not applied to explicit keys.
+  std::string lock_namespace{};
+  /// Most connections open at once: one per held lock plus one per operation in flight.
+  std::size_t pool_size = 16;
+  /// Session or transaction scope, see above.
+  Scope scope = Scope::session;
+  /// Bound on establishing one connection (TCP, TLS, authentication).
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
+  /// Bound on each round trip (a server-side wait adds the wait asked for);
+  /// when it passes the connection is closed and TimeoutError thrown.
+  std::chrono::milliseconds statement_timeout{std::chrono::seconds(5)};
+  /// application_name of lock connections, shown in pg_stat_activity and
+  /// monitor(); empty: keep the conninfo's / PGAPPNAME. At most 63 bytes.
+  std::string application_name = "dlock";
+  /// Sequence that issues fencing tokens, "schema.name" or "name", each part
+  /// lower-case letters, digits and '_' (not starting with a digit); install_schema() creates it.
+  std::string fencing_sequence = "dlock.fencing";
+};
+
+/// One row of monitor(): an advisory lock held or awaited in the database.
+struct PgAdvisoryLockInfo {
+  std::int64_t key = 0;        ///< the bigint key ((classid << 32) | objid)
+  bool granted = false;        ///< true: held; false: waiting for it
+  int pid = 0;                 ///< server process of the session
+  std::string application_name;
+  std::string client_addr;     ///< client address; empty for Unix sockets
+  std::string state;           ///< pg_stat_activity.state ("idle", "active", ...)
+  /// When the wait began (waiters only), on the server's wall clock.
+  std::optional<std::chrono::system_clock::time_point> wait_start;
+  /// How long the session has been in its current state (the server's now() - state_change).
+  std::chrono::milliseconds in_state_for{};
+};
+
+namespace detail {
+class PgPool;
+class PgSession;
+struct PgSessionDeleter {
+  void operator()(PgSession* s) const noexcept;  // closes the connection: its server session ends
+};
+using PgSessionPtr = std::unique_ptr<PgSession, PgSessionDeleter>;
+
+/// Checks every field but conninfo (which needs libpq); throws InvalidArgument.
+void validate_fields(const PostgresOptions& o);
+
+/// The DDL install_schema() runs for `sequence` (already validated), one
+/// statement per element; for "dlock.fencing" it is sql/dlock_postgres.sql.
+[[nodiscard]] std::vector<std::string> pg_schema_sql(std::string_view sequence);
+}  // namespace detail
+
+/// The per-lease state of a PostgresBackend lock: the pinned connection whose
+/// server session holds the advisory lock. Move-only. Destroying a handle that
+/// still holds a connection closes it, which ends the session and so frees the
+/// lock on the server: a lease is never silently leaked into the pool.
+class PgLockHandle {
+ public:
+  PgLockHandle() = default;
+  PgLockHandle(PgLockHandle&&) noexcept = default;
+  PgLockHandle& operator=(PgLockHandle&&) noexcept = default;
+  ~PgLockHandle() = default;
+
+  /// The advisory key held; 0 if empty.
+  [[nodiscard]] std::int64_t key() const noexcept { return key_; }
+  /// True while the handle pins a connection.
+  [[nodiscard]] explicit operator bool() const noexcept { return session_ != nullptr; }
+  /// Server process id of the pinned session (pg_stat_activity.pid); 0 if empty.
+  [[nodiscard]] int server_pid() const noexcept { return pid_; }
+
+ private:
+  friend class PostgresBackend;
+  detail::PgSessionPtr session_;
+  std::int64_t key_ = 0;
+  int pid_ = 0;
+};
+
+class PostgresBackend {
+ public:
+  using Handle = PgLockHandle;
+  using Options = PostgresOptions;
+
+  /// Validates the options (InvalidArgument naming the field). Does not connect.
+  explicit PostgresBackend(PostgresOptions options);
+  PostgresBackend(const PostgresBackend&) = delete;
+  PostgresBackend& operator=(const PostgresBackend&) = delete;
+  /// Closes idle connections. Every Lock using this backend must be gone.
+  ~PostgresBackend();
+
+  [[nodiscard]] std::string_view kind() const noexcept { return "postgres"; }
+  /// "host:port/database" from the conninfo (never the password).
+  [[nodiscard]] std::string_view endpoint() const noexcept { return endpoint_; }
+  [[nodiscard]] const PostgresOptions& options() const noexcept { return options_; }
+
+  /// The bigint advisory key dlock uses for `name`: SipHash-2-4 of
+  /// lock_namespace, 0x00 and the name; for "pg_advisory:<int64>" the number.
+  /// Throws InvalidArgument for a malformed "pg_advisory:" name.
+  [[nodiscard]] std::int64_t advisory_key(std::string_view name) const;
+
+  /// A lock on the explicit key `key` (not hashed, no namespace): it excludes
+  /// and is excluded by pg_advisory_lock(key) in any other code. Its name is
+  /// "pg_advisory:<key>".
+  /// (A template only so that Lock<PostgresBackend> is named once this class is complete.)
+  template <class B = PostgresBackend>
+  [[nodiscard]] Lock<B> lock_for_key(std::int64_t key, LockOptions options = {}) {
+    return Lock<B>(*this, detail::pg_explicit_key_name(key), std::move(options));
+  }
+
+  // ---- the Backend concept (see backend.hpp); called by Lock ----
+  [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& request);
+  /// Waits in the server's queue (pg_advisory_lock under lock_timeout = max_wait):
+  /// a release hands over at once. Contended when max_wait passes.
+  [[nodiscard]] AcquireResult<Handle> acquire_wait(const AcquireRequest& request, std::chrono::milliseconds max_wait);
+  [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
+                                                std::chrono::milliseconds ttl, TimePoint started);
+
+  // ---- administration ----
+
+  /// Creates the fencing sequence (and its schema) if missing: CREATE SCHEMA IF
+  /// NOT EXISTS, CREATE SEQUENCE IF NOT EXISTS ... CACHE 1, as in
+  /// sql/dlock_postgres.sql. Needs CREATE privilege. Later acquires through
+  /// this backend carry fencing tokens.
+  void install_schema();
+  /// Whether the fencing sequence exists (asks the server once, then cached;
+  /// install_schema() sets it).
+  [[nodiscard]] bool has_fencing();
+  /// Advisory locks (bigint keys) held and awaited in the connected database,
+  /// holders first; the query is in docs/postgres-monitoring.md.
+  [[nodiscard]] std::vector<PgAdvisoryLockInfo> monitor();
+
+  struct PoolStats {
+    std::size_t open = 0;  ///< connections open (idle + pinned + in use)
+    std::size_t idle = 0;  ///< connections waiting in the pool
+  };
+  [[nodiscard]] PoolStats pool_stats() const;
+
+ private:
+  PostgresOptions options_;
+  std::string endpoint_;
+  std::unique_ptr<detail::PgPool> pool_;
+};
+
+static_assert(Backend<PostgresBackend>);
+static_assert(WaitsOnServer<PostgresBackend>);
+
+// ---- transaction scope on your own connection ----
+
+/// pg_try_advisory_xact_lock(key) on `conn`, which must be inside a
+/// transaction you opened (BEGIN); the lock is released by your COMMIT or
+/// ROLLBACK. Returns false on contention. A blocking libpq call on your
+/// connection, bounded by your connection's own settings. Throws
+/// InvalidArgument if `conn` is not inside a transaction block (the lock would
+/// be released at once), ConnectionError if the connection failed, ServerError
+/// if the server refused.
+[[nodiscard]] bool pg_try_xact_lock(PGconn* conn, std::int64_t key);
+
+/// Waits up to `max_wait` in the server's queue for the transaction-scoped
+/// lock on `key` inside your open transaction on `conn`. Returns false when
+/// max_wait passed; your transaction stays usable (the wait runs under a
+/// savepoint, and lock_timeout is restored). Throws DeadlockError when the
+/// server detects a deadlock (your transaction also stays usable, but you
+/// should roll back and retry), ServerError / ConnectionError otherwise.
+[[nodiscard]] bool pg_xact_lock(PGconn* conn, std::int64_t key, std::chrono::milliseconds max_wait);
+
+}  // namespace dlock

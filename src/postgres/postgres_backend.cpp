@@ -1,0 +1,527 @@
+// PostgresBackend: advisory locks over libpq. See include/dlock/postgres.hpp
+// and docs/postgres.md for the behaviour; this file is the statements and the
+// bookkeeping of pinned connections.
+#include <dlock/postgres.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "pg_session.hpp"
+
+namespace dlock {
+
+namespace detail {
+
+namespace {
+
+using std::chrono::milliseconds;
+
+bool is_identifier(std::string_view s) {
+  if (s.empty() || s.size() > 63 || (s.front() >= '0' && s.front() <= '9')) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+}
+
+// Drops quoted fragments from libpq's parse error: they may be parts of a password.
+std::string redact(std::string_view msg) {
+  std::string out;
+  bool quoted = false;
+  for (const char c : msg) {
+    if (c == '"') {
+      quoted = !quoted;
+      out += quoted ? "\"..." : "\"";
+      continue;
+    }
+    if (!quoted && c != '\n') out += c;
+  }
+  return out;
+}
+
+std::string value_of(PQconninfoOption* opts, std::string_view key) {
+  for (PQconninfoOption* o = opts; o && o->keyword; ++o)
+    if (key == o->keyword && o->val && *o->val) return o->val;
+  return {};
+}
+
+// "host:port/database" from the conninfo, filled in with libpq's defaults
+// (environment, then built-ins). Never includes the password.
+std::string make_endpoint(const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &err);
+  PQfreemem(err);
+  PQconninfoOption* defaults = PQconndefaults();
+  auto pick = [&](std::string_view key) {
+    std::string v = value_of(parsed, key);
+    return v.empty() ? value_of(defaults, key) : v;
+  };
+  std::string host = pick("hostaddr");
+  if (host.empty()) host = pick("host");
+  if (host.empty()) host = "localhost";
+  std::string port = pick("port");
+  if (port.empty()) port = "5432";
+  std::string db = pick("dbname");
+  if (db.empty()) db = pick("user");
+  if (parsed) PQconninfoFree(parsed);
+  if (defaults) PQconninfoFree(defaults);
+  return fmt::format("{}:{}/{}", host, port, db);
+}
+
+std::int64_t ms_of(milliseconds d) { return std::max<std::int64_t>(1, d.count()); }
+
+}  // namespace
+
+void validate_fields(const PostgresOptions& o) {
+  if (o.pool_size == 0) invalid_field("PostgresOptions.pool_size", "must be at least 1", "0");
+  if (o.connect_timeout <= milliseconds::zero())
+    invalid_field("PostgresOptions.connect_timeout", "must be positive", format_duration(o.connect_timeout));
+  if (o.statement_timeout <= milliseconds::zero())
+    invalid_field("PostgresOptions.statement_timeout", "must be positive", format_duration(o.statement_timeout));
+  if (o.lock_namespace.find('\0') != std::string::npos)
+    invalid_field("PostgresOptions.lock_namespace", "must not contain a NUL byte (it separates namespace and name)",
+                  fmt::format("{} bytes with a NUL", o.lock_namespace.size()));
+  if (o.application_name.size() > 63 || o.application_name.find('\0') != std::string::npos)
+    invalid_field("PostgresOptions.application_name", "must be at most 63 bytes without NUL",
+                  fmt::format("\"{}\"", o.application_name));
+  const auto dot = o.fencing_sequence.find('.');
+  const bool ok = dot == std::string::npos
+                      ? is_identifier(o.fencing_sequence)
+                      : is_identifier(std::string_view(o.fencing_sequence).substr(0, dot)) &&
+                            is_identifier(std::string_view(o.fencing_sequence).substr(dot + 1));
+  if (!ok)
+    invalid_field("PostgresOptions.fencing_sequence",
+                  "must be \"schema.name\" or \"name\", each of lower-case letters, digits and '_', not starting "
+                  "with a digit",
+                  fmt::format("\"{}\"", o.fencing_sequence));
+}
+
+std::vector<std::string> pg_schema_sql(std::string_view sequence) {
+  std::vector<std::string> out;
+  if (const auto dot = sequence.find('.'); dot != std::string_view::npos)
+    out.push_back(fmt::format("CREATE SCHEMA IF NOT EXISTS {};", sequence.substr(0, dot)));
+  out.push_back(fmt::format(
+      "CREATE SEQUENCE IF NOT EXISTS {} AS bigint MINVALUE 1 START WITH 1 CACHE 1 NO CYCLE;", sequence));
+  return out;
+}
+
+// The statements, built once per backend. Parameters: $1 key (int8), $2 ttl
+// in ms (int8), then the wait in ms (int8) for waits, then the fencing
+// sequence (text) when fencing.
+class PgStatements {
+ public:
+  PgStatements() {
+    unsigned id = 0;
+    for (int modern = 0; modern < 2; ++modern) {
+      for (int xact = 0; xact < 2; ++xact) {
+        Set& s = sets_[modern][xact];
+        for (int fence = 0; fence < 2; ++fence) {
+          s.try_[fence] = make(id, acquire_sql(modern, xact, fence, false), fence ? 3 : 2, fence ? 3 : 0);
+          s.wait[fence] = make(id, acquire_sql(modern, xact, fence, true), fence ? 4 : 3, fence ? 4 : 0);
+        }
+        s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, 1)), 1, 0);
+        s.extend.types = {20};
+        s.unlock = make(id,
+                        modern ? "SELECT pg_catalog.pg_advisory_unlock($1), "
+                                 "pg_catalog.set_config('idle_session_timeout', '0', false)"
+                               : "SELECT pg_catalog.pg_advisory_unlock($1)",
+                        1, 0);
+      }
+    }
+  }
+  struct Set {
+    PgStatement try_[2], wait[2], extend, unlock;
+  };
+  [[nodiscard]] const Set& get(const PgSession& s, bool xact) const {
+    return sets_[s.server_version() >= 140000 ? 1 : 0][xact ? 1 : 0];
+  }
+
+ private:
+  // set_config of the server-side timeouts that free a silent client's lock after about the ttl.
+  static std::string settings(bool modern, bool xact, int ttl) {
+    std::string idle;
+    if (xact) {
+      idle = fmt::format("pg_catalog.set_config('idle_in_transaction_session_timeout', least(${0}, 2147483647)::text, true), ", ttl);
+    } else if (modern) {
+      idle = fmt::format("pg_catalog.set_config('idle_session_timeout', least(${0}, 2147483647)::text, false), ", ttl);
+    }
+    return fmt::format(
+        "concat({1}pg_catalog.set_config('tcp_keepalives_idle', greatest(1, ${0} / 2000)::text, false), "
+        "pg_catalog.set_config('tcp_keepalives_interval', greatest(1, ${0} / 6000)::text, false), "
+        "pg_catalog.set_config('tcp_keepalives_count', '3', false), "
+        "pg_catalog.set_config('tcp_user_timeout', least(${0}, 2147483647)::text, false))",
+        ttl, idle);
+  }
+  // The token is taken only when the lock is held: CASE evaluates nextval only
+  // after pg_try_advisory_lock returned true, and in the waiting form the
+  // subquery that takes the lock is scanned before the outer target list.
+  static std::string acquire_sql(bool modern, bool xact, bool fence, bool wait) {
+    const char* fn = xact ? (wait ? "pg_advisory_xact_lock" : "pg_try_advisory_xact_lock")
+                          : (wait ? "pg_advisory_lock" : "pg_try_advisory_lock");
+    if (!wait)
+      return fmt::format(
+          "SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a", fn,
+          settings(modern, xact, 2), fence ? "CASE WHEN a.l THEN pg_catalog.nextval($3::regclass) END" : "NULL");
+    return fmt::format(
+        "SELECT true, {1}, {2} FROM (SELECT pg_catalog.{0}($1) FROM (SELECT "
+        "pg_catalog.set_config('lock_timeout', $3::text, true) OFFSET 0) t OFFSET 0) a",
+        fn, settings(modern, xact, 2), fence ? "pg_catalog.nextval($4::regclass)" : "NULL");
+  }
+  static PgStatement make(unsigned& id, std::string sql, int nparams, int text_param) {
+    PgStatement s{id, fmt::format("dlock_{}", id), std::move(sql), {}};
+    ++id;
+    for (int i = 1; i <= nparams; ++i) s.types.push_back(i == text_param ? 25u : 20u);
+    return s;
+  }
+  Set sets_[2][2];
+};
+
+}  // namespace detail
+
+// PostgresBackend's private state. Declared as PgPool in the header; this
+// subclass adds what the operations need.
+namespace detail {
+class PgBackendState : public PgPool {
+ public:
+  using PgPool::PgPool;
+  PgStatements statements;
+  std::atomic<int> fencing{-1};  // -1 unknown, 0 no sequence, 1 sequence present
+};
+}  // namespace detail
+
+namespace {
+
+using detail::PgOutcome;
+using detail::PgParam;
+using detail::PgSessionPtr;
+using detail::SteadyTime;
+
+detail::PgBackendState& state(const std::unique_ptr<detail::PgPool>& p) {
+  return static_cast<detail::PgBackendState&>(*p);
+}
+
+SteadyTime after(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
+
+bool text_is_true(const PGresult* r, int row, int col) {
+  return !PQgetisnull(r, row, col) && PQgetvalue(r, row, col)[0] == 't';
+}
+
+}  // namespace
+
+PostgresBackend::PostgresBackend(PostgresOptions options) : options_(std::move(options)) {
+  detail::validate_fields(options_);
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(options_.conninfo.c_str(), &err);
+  if (!parsed) {
+    const std::string why = err ? detail::redact(err) : "out of memory";
+    PQfreemem(err);
+    detail::invalid_field("PostgresOptions.conninfo", "must be a libpq connection string or URI",
+                          fmt::format("{} bytes that libpq rejects: {}", options_.conninfo.size(), why));
+  }
+  PQconninfoFree(parsed);
+  endpoint_ = detail::make_endpoint(options_.conninfo);
+  pool_ = std::make_unique<detail::PgBackendState>(options_, endpoint_);
+}
+
+PostgresBackend::~PostgresBackend() = default;
+
+std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
+  bool malformed = false;
+  if (auto key = detail::pg_parse_explicit_key(name, malformed)) return *key;
+  if (malformed)
+    detail::invalid_field("lock name",
+                          fmt::format("starting with \"{}\" must continue with a canonical decimal int64",
+                                      detail::pg_explicit_key_prefix),
+                          fmt::format("\"{}\"", name));
+  return detail::pg_hash_key(options_.lock_namespace, name);
+}
+
+bool PostgresBackend::has_fencing() {
+  auto& st = state(pool_);
+  const int known = st.fencing.load(std::memory_order_acquire);
+  if (known >= 0) return known == 1;
+  PgSessionPtr s = pool_->checkout();
+  static const detail::PgStatement probe{0, "", "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
+                                                "pg_catalog.to_regclass($1) AND relkind = 'S')",
+                                         {25}};
+  PgOutcome o = s->run(probe, {PgParam::text(options_.fencing_sequence)}, false, after(options_.statement_timeout));
+  if (!o.ok()) detail::throw_outcome(o, endpoint_, "looking up the fencing sequence", options_.statement_timeout);
+  const bool present = text_is_true(o.result.get(), 0, 0);
+  pool_->checkin(std::move(s));
+  int expected = -1;
+  st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
+  return present;
+}
+
+void PostgresBackend::install_schema() {
+  PgSessionPtr s = pool_->checkout();
+  for (const std::string& sql : detail::pg_schema_sql(options_.fencing_sequence)) {
+    PgOutcome o = s->command(sql.c_str(), after(options_.statement_timeout));
+    if (!o.ok()) detail::throw_outcome(o, endpoint_, "install_schema", options_.statement_timeout);
+  }
+  pool_->checkin(std::move(s));
+  state(pool_).fencing.store(1, std::memory_order_release);
+}
+
+namespace {
+
+// The shared body of try_acquire and acquire_wait. `wait` is null for a try.
+AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                    const std::chrono::milliseconds* wait, PgSessionPtr& out_session,
+                                    std::int64_t key, bool fence) {
+  const PostgresOptions& o = self.options();
+  const bool xact = o.scope == PostgresOptions::Scope::transaction;
+  const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
+  const SteadyTime deadline = after(o.statement_timeout + (wait ? *wait : std::chrono::milliseconds::zero()));
+  PgSessionPtr s = st.checkout();
+  if (xact) {
+    PgOutcome b = s->command("BEGIN", after(o.statement_timeout));
+    if (!b.ok()) detail::throw_outcome(b, self.endpoint(), what(), o.statement_timeout);
+  }
+  const auto& set = st.statements.get(*s, xact);
+  std::vector<PgParam> params{PgParam::int8(key), PgParam::int8(detail::ms_of(r.ttl))};
+  if (wait) params.push_back(PgParam::int8(wait->count()));
+  if (fence) params.push_back(PgParam::text(o.fencing_sequence));
+  PgOutcome out = s->run(wait ? set.wait[fence] : set.try_[fence], params, !xact, deadline);
+  if (!out.ok()) {
+    const std::string_view code = out.sqlstate();
+    const bool not_taken = out.fail == PgOutcome::Fail::none && (code == "55P03" || code == "40P01");
+    if (not_taken && PQstatus(s->conn()) == CONNECTION_OK) {
+      if (xact) (void)s->command("ROLLBACK", after(o.statement_timeout));
+      st.checkin(std::move(s));  // lock_timeout or deadlock: the connection is fine
+      if (code == "55P03") return Contended{};
+    }
+    // Any other failure may have left a session lock taken (e.g. nextval failed
+    // after the lock was granted): the session is closed with `s`, which frees it.
+    detail::throw_outcome(out, self.endpoint(), what(), o.statement_timeout);
+  }
+  const PGresult* res = out.result.get();
+  if (!text_is_true(res, 0, 0)) {
+    if (xact) {
+      PgOutcome rb = s->command("ROLLBACK", after(o.statement_timeout));
+      if (!rb.ok()) detail::throw_outcome(rb, self.endpoint(), what(), o.statement_timeout);
+    }
+    st.checkin(std::move(s));
+    return Contended{};
+  }
+  Grant<PgLockHandle> g;
+  if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+  g.valid_until = r.started + r.ttl;
+  out_session = std::move(s);
+  return g;
+}
+
+}  // namespace
+
+
+AcquireResult<PgLockHandle> PostgresBackend::try_acquire(const AcquireRequest& request) {
+  const std::int64_t key = advisory_key(request.name);
+  const bool fence = has_fencing();
+  PgSessionPtr s;
+  AcquireResult<PgLockHandle> result = acquire(*this, state(pool_), request, nullptr, s, key, fence);
+  if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
+    g->handle.pid_ = s->pid();
+    g->handle.key_ = key;
+    g->handle.session_ = std::move(s);
+  }
+  return result;
+}
+
+AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& request,
+                                                          std::chrono::milliseconds max_wait) {
+  if (max_wait <= std::chrono::milliseconds::zero()) return try_acquire(request);  // lock_timeout 0 would mean forever
+  const std::int64_t key = advisory_key(request.name);
+  const bool fence = has_fencing();
+  PgSessionPtr s;
+  AcquireResult<PgLockHandle> result = acquire(*this, state(pool_), request, &max_wait, s, key, fence);
+  if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
+    g->handle.pid_ = s->pid();
+    g->handle.key_ = key;
+    g->handle.session_ = std::move(s);
+  }
+  return result;
+}
+
+ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lease) {
+  PgSessionPtr s = std::move(lease.handle.session_);
+  if (!s) return ReleaseResult::not_held;
+  const bool xact = options_.scope == PostgresOptions::Scope::transaction;
+  const auto what = [&] { return fmt::format("release of lock '{}' (key {})", name, lease.handle.key_); };
+  PgOutcome o = xact ? s->command("COMMIT", after(options_.statement_timeout))
+                     : s->run(state(pool_).statements.get(*s, false).unlock, {PgParam::int8(lease.handle.key_)},
+                              true, after(options_.statement_timeout));
+  if (o.fail == PgOutcome::Fail::timeout) {
+    // Unknown: the server may still hold it until it notices the closed session.
+    detail::throw_outcome(o, endpoint_, what(), options_.statement_timeout);
+  }
+  if (!o.ok()) {
+    // The server ended the session (terminated, idle timeout, restart) or
+    // refused: the session is gone with `s`, and with it the lock.
+    return ReleaseResult::not_held;
+  }
+  bool released = true;
+  if (xact) {
+    released = PQtransactionStatus(s->conn()) == PQTRANS_IDLE &&
+               std::string_view(PQcmdStatus(o.result.get())) == "COMMIT";
+  } else {
+    released = text_is_true(o.result.get(), 0, 0);
+  }
+  if (released) pool_->checkin(std::move(s));
+  return released ? ReleaseResult::released : ReleaseResult::not_held;
+}
+
+std::optional<TimePoint> PostgresBackend::extend(std::string_view, Lease<Handle>& lease,
+                                                 std::chrono::milliseconds ttl, TimePoint started) {
+  if (!lease.handle.session_) return std::nullopt;
+  detail::PgSession& s = *lease.handle.session_;
+  const bool xact = options_.scope == PostgresOptions::Scope::transaction;
+  PgOutcome o = s.run(state(pool_).statements.get(s, xact).extend, {PgParam::int8(detail::ms_of(ttl))}, !xact,
+                      after(options_.statement_timeout));
+  if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
+    lease.handle.session_.reset();  // a lost session is a lost lock; closing it makes sure
+    return std::nullopt;
+  }
+  return started + ttl;
+}
+
+std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
+  PgSessionPtr s = pool_->checkout();
+  const bool modern = s->server_version() >= 140000;
+  const detail::PgStatement q{
+      0, "",
+      fmt::format(
+          "SELECT (l.classid::int8 << 32) | l.objid::int8 AS key, l.granted, l.pid,\n"
+          "       coalesce(a.application_name, '') AS application_name,\n"
+          "       coalesce(host(a.client_addr), '') AS client_addr,\n"
+          "       coalesce(a.state, '') AS state,\n"
+          "       {} AS wait_start_us,\n"
+          "       coalesce((extract(epoch FROM now() - a.state_change) * 1000)::int8, 0) AS in_state_ms\n"
+          "FROM pg_catalog.pg_locks l\n"
+          "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid\n"
+          "WHERE l.locktype = 'advisory' AND l.objsubid = 1\n"
+          "  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())\n"
+          "ORDER BY key, l.granted DESC, {}",
+          modern ? "(extract(epoch FROM l.waitstart) * 1000000)::int8" : "NULL::int8",
+          modern ? "l.waitstart NULLS FIRST" : "l.pid"),
+      {}};
+  PgOutcome o = s->run(q, {}, false, after(options_.statement_timeout));
+  if (!o.ok()) detail::throw_outcome(o, endpoint_, "monitor query", options_.statement_timeout);
+  std::vector<PgAdvisoryLockInfo> rows;
+  const PGresult* r = o.result.get();
+  for (int i = 0; i < PQntuples(r); ++i) {
+    PgAdvisoryLockInfo info;
+    info.key = std::strtoll(PQgetvalue(r, i, 0), nullptr, 10);
+    info.granted = text_is_true(r, i, 1);
+    info.pid = std::atoi(PQgetvalue(r, i, 2));
+    info.application_name = PQgetvalue(r, i, 3);
+    info.client_addr = PQgetvalue(r, i, 4);
+    info.state = PQgetvalue(r, i, 5);
+    if (!PQgetisnull(r, i, 6))
+      info.wait_start = std::chrono::system_clock::time_point(
+          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+              std::chrono::microseconds(std::strtoll(PQgetvalue(r, i, 6), nullptr, 10))));
+    info.in_state_for = std::chrono::milliseconds(std::strtoll(PQgetvalue(r, i, 7), nullptr, 10));
+    rows.push_back(std::move(info));
+  }
+  pool_->checkin(std::move(s));
+  return rows;
+}
+
+PostgresBackend::PoolStats PostgresBackend::pool_stats() const { return pool_->stats(); }
+
+// ---- transaction scope on the caller's connection ----
+
+namespace {
+
+struct Exec {
+  PGresult* r;
+  ~Exec() { PQclear(r); }
+};
+
+std::string conn_endpoint(PGconn* c) {
+  const char* host = PQhost(c);
+  const char* port = PQport(c);
+  const char* db = PQdb(c);
+  return fmt::format("{}:{}/{}", host ? host : "?", port ? port : "?", db ? db : "?");
+}
+
+void require_transaction(PGconn* conn, std::string_view fn) {
+  if (!conn) detail::invalid_field(fn, "needs a connection", "null");
+  if (PQstatus(conn) != CONNECTION_OK)
+    throw ConnectionError(fmt::format("dlock: PostgreSQL {}: {}: the connection is not open", conn_endpoint(conn), fn));
+  if (PQtransactionStatus(conn) != PQTRANS_INTRANS)
+    detail::invalid_field(fn, "must be called inside an open transaction (BEGIN) that is not aborted",
+                          "a connection outside a usable transaction block");
+}
+
+[[noreturn]] void throw_result(PGconn* conn, PGresult* r, std::string_view what) {
+  detail::PgOutcome o;
+  if (r && PQstatus(conn) == CONNECTION_OK) {
+    o.result.reset(r);
+  } else {
+    o.fail = detail::PgOutcome::Fail::broken;
+    o.message = PQerrorMessage(conn);
+    PQclear(r);
+  }
+  detail::throw_outcome(o, conn_endpoint(conn), what, std::chrono::milliseconds::zero());
+}
+
+PGresult* exec_key(PGconn* conn, const char* sql, std::int64_t key, const std::int64_t* extra) {
+  const PgParam k = PgParam::int8(key);
+  const PgParam e = PgParam::int8(extra ? *extra : 0);
+  const Oid types[2] = {20, 20};
+  const char* values[2] = {k.bytes.data(), e.bytes.data()};
+  const int lengths[2] = {8, 8};
+  const int formats[2] = {1, 1};
+  return PQexecParams(conn, sql, extra ? 2 : 1, types, values, lengths, formats, 0);
+}
+
+}  // namespace
+
+bool pg_try_xact_lock(PGconn* conn, std::int64_t key) {
+  require_transaction(conn, "pg_try_xact_lock");
+  PGresult* r = exec_key(conn, "SELECT pg_catalog.pg_try_advisory_xact_lock($1)", key, nullptr);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) throw_result(conn, r, fmt::format("pg_try_xact_lock({})", key));
+  Exec guard{r};
+  return text_is_true(r, 0, 0);
+}
+
+bool pg_xact_lock(PGconn* conn, std::int64_t key, std::chrono::milliseconds max_wait) {
+  require_transaction(conn, "pg_xact_lock");
+  if (max_wait <= std::chrono::milliseconds::zero()) return pg_try_xact_lock(conn, key);
+  const std::string what = fmt::format("pg_xact_lock({})", key);
+  auto simple = [&](const char* sql) {
+    PGresult* r = PQexec(conn, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) throw_result(conn, r, what);
+    PQclear(r);
+  };
+  simple("SAVEPOINT dlock_xact_lock");
+  // Waits under lock_timeout = max_wait, then puts the caller's lock_timeout back.
+  const std::int64_t wait_ms = max_wait.count();
+  PGresult* r = exec_key(conn,
+                         "SELECT pg_catalog.set_config('lock_timeout', t.old, true) FROM ("
+                         "SELECT old, pg_catalog.pg_advisory_xact_lock($1) FROM ("
+                         "SELECT old, pg_catalog.set_config('lock_timeout', $2::text, true) FROM ("
+                         "SELECT pg_catalog.current_setting('lock_timeout') AS old OFFSET 0) o OFFSET 0) w "
+                         "OFFSET 0) t",
+                         key, &wait_ms);
+  if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+    PQclear(r);
+    simple("RELEASE SAVEPOINT dlock_xact_lock");
+    return true;
+  }
+  const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  const std::string_view state = code ? code : "";
+  if (PQstatus(conn) == CONNECTION_OK && (state == "55P03" || state == "40P01")) {
+    simple("ROLLBACK TO SAVEPOINT dlock_xact_lock");  // the transaction is usable again, lock_timeout restored
+    simple("RELEASE SAVEPOINT dlock_xact_lock");
+    if (state == "55P03") {
+      PQclear(r);
+      return false;
+    }
+  }
+  throw_result(conn, r, what);
+}
+
+}  // namespace dlock
