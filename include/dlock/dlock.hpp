@@ -11,6 +11,7 @@
 #include "heartbeat.hpp"
 #include "lock.hpp"
 #include "memory.hpp"
+#include "metrics.hpp"
 #include "observer.hpp"
 #include "options.hpp"
 #include "owner_id.hpp"

@@ -57,6 +57,22 @@ class ErrorCategory final : public std::error_category {
 };
 }  // namespace detail
 
+/// A short lowercase name for metrics labels and logs: "timeout", "connection", ...
+[[nodiscard]] constexpr const char* to_string(errc e) noexcept {
+  switch (e) {
+    case errc::timeout: return "timeout";
+    case errc::connection: return "connection";
+    case errc::lock_lost: return "lock_lost";
+    case errc::not_held: return "not_held";
+    case errc::deadlock: return "deadlock";
+    case errc::invalid_argument: return "invalid_argument";
+    case errc::server: return "server";
+    case errc::auth: return "auth";
+    case errc::no_fencing_token: return "no_fencing_token";
+  }
+  return "unknown";
+}
+
 [[nodiscard]] inline const std::error_category& error_category() noexcept {
   static const detail::ErrorCategory category;
   return category;

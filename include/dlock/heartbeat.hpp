@@ -86,6 +86,7 @@ struct BeatTimes {
   TimePoint extend_due;                   ///< meaningful when `extending`
   std::optional<TimePoint> max_hold_end;  ///< when to stop extending and release
   bool extending = false;                 ///< auto-extend is on and no extension is in flight
+  std::optional<TimePoint> long_held_at;  ///< when to report a long hold (until reported)
 };
 
 enum class BeatAction { none, extend, expire, max_hold };
@@ -104,6 +105,7 @@ enum class BeatAction { none, extend, expire, max_hold };
   TimePoint wake = t.valid_until;
   if (t.max_hold_end) wake = std::min(wake, *t.max_hold_end);
   if (t.extending) wake = std::min(wake, t.extend_due);
+  if (t.long_held_at) wake = std::min(wake, *t.long_held_at);
   return wake;
 }
 

@@ -383,7 +383,7 @@ class Lock {
       owner_ = owner;
       engaged_ = true;
     }
-    if (options_.auto_extend) watch(held);
+    if (held->needs_watch()) watch(held);
   }
 
   // Has the heartbeat look after `held` (once).
@@ -418,6 +418,7 @@ class Lock {
     ev.wait = waited;
     ev.error = e ? e->code() : make_error_code(errc::timeout);
     ev.message = e ? std::string_view(e->what()) : std::string_view("deadline passed or attempts used up");
+    ev.reason = to_string(static_cast<errc>(ev.error.value()));
     source().emit(ev);
   }
 

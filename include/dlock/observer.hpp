@@ -7,6 +7,10 @@
 // and must not throw (it is noexcept). The string views in an Event are valid
 // only during the call.
 //
+// Every acquisition ends with exactly one of released, release_not_held,
+// release_failed (reason other than "after_loss") or lost, so observers can
+// keep a gauge of held locks.
+//
 // With no observer configured, a Lock reports through default_observer(),
 // which writes one line to stderr for every event that means something went
 // wrong (a failed or expired release, a lost lock, a failed extension, an
@@ -71,6 +75,10 @@ struct Event {
   std::chrono::nanoseconds held{};   ///< released / release_*: / lost: time since acquisition
   std::error_code error;             ///< failures: what went wrong
   std::string_view message;          ///< failures: a sentence for humans
+  /// A short, bounded label: lost: "expired", "taken", "connection",
+  /// "max_hold"; acquire_failed: "timeout" or the error kind ("connection",
+  /// "server", ...); release_failed after a loss: "after_loss".
+  std::string_view reason;
 };
 
 class Observer {

@@ -47,6 +47,9 @@ struct LockOptions {
   /// extending, releases the lock and reports a max_hold loss, so a hung
   /// holder cannot keep a lock forever. Unset: no cap.
   std::optional<std::chrono::milliseconds> max_hold{};
+  /// Report a long_held event (to the observer, and so to metrics and
+  /// alerts) once a single hold lasts this long. Unset: never.
+  std::optional<std::chrono::milliseconds> long_held{};
   /// The heartbeat to use; null: Heartbeat::process_wide().
   std::shared_ptr<Heartbeat> heartbeat{};
   /// Receives every event; null: default_observer(), which logs problems.
@@ -92,6 +95,8 @@ inline void validate(const LockOptions& o) {
                   format_duration(*o.extend_interval));
   if (o.max_hold && *o.max_hold <= o.max_hold->zero())
     invalid_field("LockOptions.max_hold", "must be positive", format_duration(*o.max_hold));
+  if (o.long_held && *o.long_held <= o.long_held->zero())
+    invalid_field("LockOptions.long_held", "must be positive", format_duration(*o.long_held));
   if (o.acquire_timeout && *o.acquire_timeout < o.acquire_timeout->zero())
     invalid_field("LockOptions.acquire_timeout", "must not be negative",
                   format_duration(*o.acquire_timeout));

@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -74,6 +75,11 @@ class RedisBackend {
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
+
+  /// BatchesExtend (backend.hpp): all items' extensions pipelined in one
+  /// round trip. Fills valid_until (nullopt: lost) or error per item; a
+  /// connection failure sets every item's error. Never throws.
+  void extend_many(std::span<ExtendItem> items) noexcept;
 
   /// Subscribes to releases of `name` on the shared pub/sub connection and
   /// returns once the server acknowledged it (or command_timeout passed, or

@@ -1,7 +1,10 @@
 // RedisBackend: the Backend operations as a thin layer over one RedisNode.
 #include <dlock/redis.hpp>
 
+#include <exception>
+#include <string>
 #include <utility>
+#include <vector>
 
 namespace dlock {
 
@@ -32,6 +35,54 @@ std::optional<TimePoint> RedisBackend::extend(std::string_view name, Lease<Handl
   detail::validate_redis_lock_name(name);
   if (!node_->extend(node_->keys(name).lock, lease.owner.str(), ttl)) return std::nullopt;
   return started + ttl;
+}
+
+void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
+  try {
+    std::vector<std::string> keys;
+    std::vector<detail::RedisNode::ExtendItem> batch;
+    std::vector<std::size_t> index;  // batch position -> items position
+    keys.reserve(items.size());
+    batch.reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      ExtendItem& it = items[i];
+      it.valid_until.reset();
+      it.error = nullptr;
+      try {
+        detail::validate_redis_lock_name(it.name);
+        if (it.owner == nullptr) throw InvalidArgument("dlock: extend_many item without an owner");
+        keys.push_back(node_->keys(it.name).lock);
+      } catch (...) {
+        it.error = std::current_exception();
+        continue;
+      }
+      index.push_back(i);
+    }
+    for (std::size_t b = 0; b < index.size(); ++b) {
+      const ExtendItem& it = items[index[b]];
+      batch.push_back({keys[b], it.owner->str(), it.ttl});
+    }
+    std::vector<std::exception_ptr> errors;
+    std::vector<bool> extended;
+    try {
+      extended = node_->extend_many(batch, &errors);
+    } catch (...) {
+      const auto e = std::current_exception();
+      for (std::size_t i : index) items[i].error = e;
+      return;
+    }
+    for (std::size_t b = 0; b < index.size(); ++b) {
+      ExtendItem& it = items[index[b]];
+      if (errors[b]) {
+        it.error = errors[b];
+      } else if (extended[b]) {
+        it.valid_until = it.started + it.ttl;
+      }
+    }
+  } catch (...) {  // out of memory: report it on every item rather than lose the batch silently
+    const auto e = std::current_exception();
+    for (ExtendItem& it : items) it.error = e;
+  }
 }
 
 RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name) {

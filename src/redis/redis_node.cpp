@@ -436,8 +436,9 @@ bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::c
   return r.integer == 1;
 }
 
-std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items) {
+std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std::vector<std::exception_ptr>* errors) {
   std::vector<bool> out(items.size(), false);
+  if (errors != nullptr) errors->assign(items.size(), nullptr);
   if (items.empty()) return out;
   std::vector<std::string> ttls;
   ttls.reserve(items.size());
@@ -464,10 +465,15 @@ std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items) {
     for (std::size_t i : again) replies[i] = c->read_reply();
   }
   for (std::size_t i = 0; i < items.size(); ++i) {
-    throw_if_error(replies[i], endpoint_, fmt::format("extend of '{}'", items[i].lock_key));
-    if (replies[i].type != RedisValue::Type::integer)
-      throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
-    out[i] = replies[i].integer == 1;
+    try {
+      throw_if_error(replies[i], endpoint_, fmt::format("extend of '{}'", items[i].lock_key));
+      if (replies[i].type != RedisValue::Type::integer)
+        throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
+      out[i] = replies[i].integer == 1;
+    } catch (const ServerError&) {
+      if (errors == nullptr) throw;
+      (*errors)[i] = std::current_exception();
+    }
   }
   return out;
 }

@@ -59,7 +59,7 @@ struct StopTime {
 
 TEST(BeatArithmetic, ActionsInPriorityOrder) {
   const TimePoint t0{};
-  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = t0 + 10s, .extending = true};
+  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = t0 + 10s, .extending = true, .long_held_at = std::nullopt};
   EXPECT_EQ(dlock::detail::beat_action(t, t0, 0s), BeatAction::none);
   EXPECT_EQ(dlock::detail::beat_action(t, t0 + 1s, 0s), BeatAction::extend);
   EXPECT_EQ(dlock::detail::beat_action(t, t0 + 750ms, 250ms), BeatAction::extend);  // within the slack
@@ -73,7 +73,7 @@ TEST(BeatArithmetic, ActionsInPriorityOrder) {
 
 TEST(BeatArithmetic, WakeIsTheEarliestRelevantTime) {
   const TimePoint t0{};
-  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = std::nullopt, .extending = true};
+  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = std::nullopt, .extending = true, .long_held_at = std::nullopt};
   EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 1s);
   t.extending = false;
   EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 3s);
@@ -187,10 +187,12 @@ TEST(AutoExtend, MaxHoldReleasesAndReports) {
   EXPECT_TRUE(g.owns_lock());  // extended past its ttl
   ASSERT_TRUE(eventually([&] { return g.stop_token().stop_requested(); }));
   EXPECT_EQ(reason.load(), static_cast<int>(LostReason::max_hold));
-  ASSERT_TRUE(eventually([&] { return observer->count(EventType::released) == 1; }));  // released by the heartbeat
-  EXPECT_TRUE(other.try_lock());  // immediately, not after a ttl
+  // Released by the heartbeat: free at once, not only after its ttl.
+  ASSERT_TRUE(eventually([&] { return other.try_lock(); }, 200ms));
   g.unlock();                     // the holder's own unlock is then a quiet no-op
   EXPECT_TRUE(other.owns_lock());
+  EXPECT_EQ(observer->count(EventType::lost), 1u);  // the hold's one terminal event
+  EXPECT_EQ(observer->count(EventType::released), 0u);
   EXPECT_EQ(observer->count(EventType::release_not_held), 0u);
 }
 
@@ -304,4 +306,21 @@ TEST(Destruction, ProcessWideHeartbeatStopsWithTheLastLock) {
     EXPECT_EQ(weak.lock()->watched(), 2u);
   }
   EXPECT_TRUE(weak.expired());
+}
+
+TEST(LongHeld, ReportedOnceWhenAHoldPassesItsThreshold) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.ttl = 10s, .long_held = 100ms, .observer = observer});
+  auto g = lock.acquire();
+  ASSERT_TRUE(eventually([&] { return observer->count(EventType::long_held) == 1; }, 2s));
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(observer->count(EventType::long_held), 1u);
+  EXPECT_TRUE(g.owns_lock());  // a report, not a loss
+  g.unlock();
+  Lock<MemoryBackend> quick(mem, "job", {.ttl = 10s, .long_held = 5s, .observer = observer});
+  quick.lock();
+  quick.unlock();
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(observer->count(EventType::long_held), 1u);
 }

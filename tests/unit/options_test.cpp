@@ -77,3 +77,13 @@ TEST(Validation, ExtendTtlMustBePositive) {
   EXPECT_THROW(lock.extend(0ms), dlock::InvalidArgument);
   EXPECT_TRUE(lock.owns_lock());
 }
+
+TEST(Validation, AutoExtendFields) {
+  EXPECT_EQ(error_of("n", {.ttl = 3s, .extend_interval = 3s}),
+            "dlock: LockOptions.extend_interval must be positive and below ttl (3s) (got 3s)");
+  EXPECT_EQ(error_of("n", {.ttl = 3s, .extend_interval = 0ms}),
+            "dlock: LockOptions.extend_interval must be positive and below ttl (3s) (got 0s)");
+  EXPECT_EQ(error_of("n", {.max_hold = -1s}), "dlock: LockOptions.max_hold must be positive (got -1s)");
+  EXPECT_EQ(error_of("n", {.long_held = 0ms}), "dlock: LockOptions.long_held must be positive (got 0s)");
+  EXPECT_EQ(error_of("n", {.ttl = 3s, .auto_extend = true, .extend_interval = 1s, .max_hold = 1h}), "no error");
+}

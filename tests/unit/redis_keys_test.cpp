@@ -19,6 +19,7 @@ using namespace std::chrono_literals;
 static_assert(dlock::Backend<dlock::RedisBackend>);
 static_assert(dlock::NotifiesRelease<dlock::RedisBackend>);
 static_assert(!dlock::WaitsOnServer<dlock::RedisBackend>);
+static_assert(dlock::BatchesExtend<dlock::RedisBackend>);
 
 namespace {
 

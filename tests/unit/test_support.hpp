@@ -20,6 +20,7 @@ struct RecordedEvent {
   std::uint32_t attempts;
   std::error_code error;
   std::string message;
+  std::string reason;
 };
 
 class RecordingObserver : public Observer {
@@ -27,7 +28,7 @@ class RecordingObserver : public Observer {
   void on_event(const Event& e) noexcept override {
     std::lock_guard lk(mu_);
     events_.push_back({e.type, std::string(e.lock), std::string(e.owner), e.token, e.attempts, e.error,
-                       std::string(e.message)});
+                       std::string(e.message), std::string(e.reason)});
   }
   std::vector<RecordedEvent> events() const {
     std::lock_guard lk(mu_);

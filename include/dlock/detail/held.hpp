@@ -74,6 +74,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         lease_(std::move(lease)),
         extend_due_(lease_.acquired_at + interval_) {
     if (options.auto_extend && options.max_hold) max_hold_end_ = lease_.acquired_at + *options.max_hold;
+    if (options.long_held) long_held_at_ = lease_.acquired_at + *options.long_held;
   }
 
   // ---- queries (any thread) ----
@@ -115,6 +116,10 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     run_callbacks(std::span<Callback>(&cb, 1), ev);
   }
 
+  /// Whether a heartbeat must watch this lease even if nobody asks for its
+  /// stop token: it auto-extends or reports long holds.
+  [[nodiscard]] bool needs_watch() const noexcept { return auto_extend_ || long_held_at_.has_value(); }
+
   /// Marks the lease watched by a heartbeat; true the first time.
   bool mark_watched() noexcept {
     std::lock_guard lk(mu_);
@@ -139,11 +144,11 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       callbacks_.clear();
     }
     if (previous == State::released) return ReleaseResult::not_held;
-    if (previous == State::lost) {
+    if (previous == State::lost) {  // reported when it was lost; a quiet owner-checked cleanup
       if (!released_on_server_) {
         try {
-          if (backend_.release(name_, lease_) == ReleaseResult::released) emit_released(ReleaseResult::released);
-        } catch (...) {  // lost already, and reported: the key expires by its TTL
+          (void)backend_.release(name_, lease_);
+        } catch (...) {  // the key expires by its TTL
         }
       }
       return ReleaseResult::not_held;
@@ -196,10 +201,24 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     return beat_wake(times());
   }
   [[nodiscard]] BeatAction claim(TimePoint now) noexcept override {
-    std::lock_guard lk(mu_);
-    if (state_ != State::held) return BeatAction::none;
-    const BeatAction action = beat_action(times(), now, slack());
-    if (action == BeatAction::extend) in_flight_ = true;
+    BeatAction action;
+    bool long_held = false;
+    {
+      std::lock_guard lk(mu_);
+      if (state_ != State::held) return BeatAction::none;
+      action = beat_action(times(), now, slack());
+      if (action == BeatAction::extend) in_flight_ = true;
+      if (long_held_at_ && now >= *long_held_at_) {
+        long_held_at_.reset();  // once per hold
+        long_held = true;
+      }
+    }
+    if (long_held) {
+      Event ev = source().make(EventType::long_held, lease_.owner.str(), lease_.token);
+      ev.held = now - lease_.acquired_at;
+      ev.message = "held longer than its long_held threshold";
+      source().emit(ev);
+    }
     return action;
   }
   void expire(Heartbeat& hb) noexcept override {
@@ -258,7 +277,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // Requires mu_.
   [[nodiscard]] BeatTimes times() const noexcept {
-    return BeatTimes{lease_.valid_until, extend_due_, max_hold_end_, auto_extend_ && !in_flight_};
+    return BeatTimes{lease_.valid_until, extend_due_, max_hold_end_, auto_extend_ && !in_flight_, long_held_at_};
   }
   // Requires mu_.
   [[nodiscard]] LockLostError lost_error() const {
@@ -371,10 +390,11 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
     released_on_server_ = true;
     try {
-      emit_released(backend_.release(name_, lease_));
+      (void)backend_.release(name_, lease_);  // the lost event (max_hold) was this hold's end
     } catch (const std::exception& e) {
       report(EventType::release_failed, e,
-             fmt::format("release of '{}' after max_hold failed ({}); the lock will expire by its TTL", name_, e.what()));
+             fmt::format("release of '{}' after max_hold failed ({}); the lock will expire by its TTL", name_, e.what()),
+             "after_loss");
     }
   }
 
@@ -402,6 +422,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     ev.held = clock_.now() - acquired_at;
     ev.error = make_error_code(errc::lock_lost);
     ev.message = lost.message;
+    ev.reason = to_string(reason);
     source().emit(ev);
     stop_.request_stop();
     if (!callbacks.empty()) {
@@ -445,11 +466,13 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     source().emit(ev);
   }
 
-  void report(EventType type, const std::exception& e, const std::string& message) const noexcept {
+  void report(EventType type, const std::exception& e, const std::string& message,
+              std::string_view reason = {}) const noexcept {
     Event ev = source().make(type, lease_.owner.str(), lease_.token);
     ev.held = clock_.now() - lease_.acquired_at;
     ev.error = code_of(e);
     ev.message = message;
+    ev.reason = reason.empty() ? std::string_view(to_string(static_cast<errc>(ev.error.value()))) : reason;
     source().emit(ev);
   }
 
@@ -479,6 +502,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   bool failing_ = false;    // the last background extension failed with a transient error
   bool watched_ = false;    // registered with a heartbeat
   TimePoint extend_due_;
+  std::optional<TimePoint> long_held_at_;  // until reported
   std::vector<Callback> callbacks_;
   std::stop_source stop_;
 };

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -130,8 +131,10 @@ class RedisNode {
     std::chrono::milliseconds ttl;
   };
   /// Many owner-checked extensions in one round trip (pipelined EVALSHA).
-  /// result[i] is extend(items[i]...); all-or-nothing on connection errors.
-  std::vector<bool> extend_many(std::span<const ExtendItem> items);
+  /// result[i] is extend(items[i]...). A connection error fails the whole
+  /// batch (thrown). An error reply for one item is thrown too, unless
+  /// `errors` is given: then (*errors)[i] holds it and result[i] is false.
+  std::vector<bool> extend_many(std::span<const ExtendItem> items, std::vector<std::exception_ptr>* errors = nullptr);
 
   /// Any command on a pooled connection (for tools and tests). Error replies
   /// are returned as values.

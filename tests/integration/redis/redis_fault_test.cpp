@@ -1,0 +1,211 @@
+// RedisBackend when the server misbehaves: killed, paused (SIGSTOP),
+// restarted, protected by a password, a read-only replica, out of memory.
+// Each test starts its own redis-server; all are skipped when
+// DLOCK_TEST_REDIS points at an external server.
+#include <dlock/dlock.hpp>
+#include <dlock/redis.hpp>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "redis_test_support.hpp"
+
+using namespace std::chrono_literals;
+using dlock::Lock;
+using dlock::RedisBackend;
+using dlock::RedisOptions;
+using dlock::test::RedisServer;
+using Ms = std::chrono::milliseconds;
+
+namespace {
+
+std::shared_ptr<dlock::Observer> quiet() { return std::make_shared<dlock::test::QuietObserver>(); }
+
+Ms since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration_cast<Ms>(std::chrono::steady_clock::now() - t0);
+}
+
+TEST(RedisFault, KilledServerGivesConnectionErrorsThenReconnectsAfterRestart) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.command_timeout = 500ms;
+  o.connect_timeout = 500ms;
+  RedisBackend redis(o);
+  Lock<RedisBackend> lock(redis, "k", {.ttl = 10s, .observer = quiet()});
+  ASSERT_TRUE(lock.try_lock());
+
+  server.kill();
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    lock.extend(10s);
+    FAIL() << "expected ConnectionError";
+  } catch (const dlock::ConnectionError& e) {
+    EXPECT_NE(std::string(e.what()).find(redis.endpoint()), std::string::npos) << e.what();
+  }
+  EXPECT_LT(since(t0), o.command_timeout + o.connect_timeout + 500ms);
+
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW((void)lock.release(), dlock::ConnectionError);
+  EXPECT_LT(since(t0), o.command_timeout + o.connect_timeout + 500ms);
+
+  // A batch extension reports the outage on every item.
+  const auto owner = dlock::OwnerId::generate();
+  std::vector<dlock::ExtendItem> items(2);
+  items[0] = {.name = "k", .owner = &owner, .ttl = 10000ms, .started = std::chrono::steady_clock::now()};
+  items[1] = {.name = "k2", .owner = &owner, .ttl = 10000ms, .started = std::chrono::steady_clock::now()};
+  redis.extend_many(items);
+  for (const auto& it : items) {
+    ASSERT_TRUE(it.error);
+    EXPECT_THROW(std::rethrow_exception(it.error), dlock::ConnectionError);
+    EXPECT_FALSE(it.valid_until.has_value());
+  }
+
+  Lock<RedisBackend> other(redis, "k", {.ttl = 10s, .observer = quiet()});
+  t0 = std::chrono::steady_clock::now();
+  try {
+    (void)other.try_lock();
+    FAIL() << "expected ConnectionError";
+  } catch (const dlock::ConnectionError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(redis.endpoint()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("redis-server is running"), std::string::npos) << msg;
+  }
+  // A blocking acquire keeps retrying through the outage and reports it, not contention.
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW((void)other.try_lock_for(300ms), dlock::ConnectionError);
+  EXPECT_LT(since(t0), 300ms + o.connect_timeout + 1s);
+
+  server.restart();  // no persistence: the lock is gone with the old process
+  ASSERT_TRUE(other.try_lock());
+  EXPECT_GT(other.fencing_token(), 0u);
+  other.unlock();
+  ASSERT_TRUE(other.try_lock());
+  other.unlock();
+}
+
+TEST(RedisFault, IdleConnectionsToARestartedServerAreReplacedNotReused) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.pool_size = 4;
+  RedisBackend redis(o);
+  // Open four pooled connections.
+  std::vector<std::thread> threads;
+  std::vector<std::unique_ptr<Lock<RedisBackend>>> locks;
+  for (int i = 0; i < 4; ++i)
+    locks.push_back(std::make_unique<Lock<RedisBackend>>(redis, "n" + std::to_string(i), dlock::LockOptions{.ttl = 10s}));
+  for (auto& l : locks) threads.emplace_back([&l] { ASSERT_TRUE(l->try_lock()); });
+  for (auto& t : threads) t.join();
+  for (auto& l : locks) l->unlock();
+
+  server.restart();
+  // The server closed them; the pool notices instead of failing a call.
+  Lock<RedisBackend> lock(redis, "after", {.ttl = 10s});
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(lock.try_lock()) << i;
+    lock.unlock();
+  }
+}
+
+TEST(RedisFault, PausedServerBoundsTryLockForByItsTimeoutPlusTheCommandTimeout) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.command_timeout = 500ms;
+  RedisBackend redis(o);
+  Lock<RedisBackend> holder(redis, "p", {.ttl = 10s, .observer = quiet()});
+  ASSERT_TRUE(holder.try_lock());
+  RedisBackend second(o);
+  Lock<RedisBackend> waiter(second, "p", {.ttl = 10s, .retry = {.initial_delay = 20ms, .max_delay = 50ms},
+                                          .observer = quiet()});
+  ASSERT_FALSE(waiter.try_lock());  // connected and subscribed before the pause
+
+  server.pause();
+  const auto t0 = std::chrono::steady_clock::now();
+  bool acquired = true;
+  try {
+    acquired = waiter.try_lock_for(300ms);
+  } catch (const dlock::ConnectionError& e) {
+    acquired = false;
+    EXPECT_NE(std::string(e.what()).find("command_timeout"), std::string::npos) << e.what();
+  }
+  const Ms took = since(t0);
+  EXPECT_FALSE(acquired);
+  EXPECT_LT(took, 300ms + o.command_timeout + 1s) << took.count() << " ms";
+  server.resume();
+
+  // Afterwards everything works again.
+  holder.unlock();
+  ASSERT_TRUE(waiter.try_lock_for(2s));
+  waiter.unlock();
+}
+
+TEST(RedisFault, PasswordOnlyAuth) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server({"--requirepass", "pass-only-123"});
+  RedisOptions o = server.options();
+  o.password = "pass-only-123";
+  RedisBackend redis(o);
+  Lock<RedisBackend> lock(redis, "pw", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  lock.unlock();
+
+  RedisBackend by_uri("redis://:pass-only-123@127.0.0.1:" + std::to_string(server.port()));
+  Lock<RedisBackend> l2(by_uri, "pw", {.ttl = 10s});
+  ASSERT_TRUE(l2.try_lock());
+  l2.unlock();
+
+  for (const std::string& pw : {std::string("wrong-pw-456"), std::string()}) {
+    RedisOptions bad = server.options();
+    bad.password = pw;
+    RedisBackend b(bad);
+    Lock<RedisBackend> l(b, "pw", {.ttl = 10s, .observer = quiet()});
+    try {
+      (void)l.try_lock();
+      FAIL() << "expected ServerError(auth) for password '" << pw << "'";
+    } catch (const dlock::ServerError& e) {
+      EXPECT_EQ(e.code(), dlock::errc::auth) << e.what();
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.find("wrong-pw-456"), std::string::npos) << msg;
+      EXPECT_EQ(msg.find("pass-only-123"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("password"), std::string::npos) << msg;
+    }
+  }
+}
+
+TEST(RedisFault, ReadOnlyReplicaAndOutOfMemoryAreClearServerErrors) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer primary;
+  RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(primary.port())});
+  RedisBackend on_replica(replica.options());
+  Lock<RedisBackend> l(on_replica, "ro", {.ttl = 10s, .observer = quiet()});
+  try {
+    (void)l.try_lock();
+    FAIL() << "expected ServerError";
+  } catch (const dlock::ServerError& e) {
+    EXPECT_EQ(e.code(), dlock::errc::server);
+    EXPECT_NE(std::string(e.what()).find("read-only replica"), std::string::npos) << e.what();
+  }
+  // Not retried as if it were contention or an outage.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW((void)l.try_lock_for(3s), dlock::ServerError);
+  EXPECT_LT(since(t0), 1s);
+
+  RedisBackend on_primary(primary.options());
+  ASSERT_EQ(on_primary.node().command({"CONFIG", "SET", "maxmemory", "1"}).str, "OK");
+  Lock<RedisBackend> m(on_primary, "oom", {.ttl = 10s, .observer = quiet()});
+  try {
+    (void)m.try_lock();
+    FAIL() << "expected ServerError";
+  } catch (const dlock::ServerError& e) {
+    EXPECT_EQ(e.code(), dlock::errc::server);
+    EXPECT_NE(std::string(e.what()).find("out of memory"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

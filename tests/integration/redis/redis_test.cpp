@@ -1,0 +1,532 @@
+// RedisBackend against a real redis-server: the protocol (keys, scripts,
+// tokens, expiry, owner checks), interop with plain SET NX PX clients, AUTH,
+// pub/sub wake-up, and exclusion between threads of one process.
+#include <dlock/dlock.hpp>
+#include <dlock/redis.hpp>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "redis_test_support.hpp"
+
+using namespace std::chrono_literals;
+using dlock::Lock;
+using dlock::LockOptions;
+using dlock::RedisBackend;
+using dlock::RedisOptions;
+using dlock::detail::RedisValue;
+using dlock::test::RedisTest;
+using dlock::test::SharedRedis;
+using Ms = std::chrono::milliseconds;
+
+namespace {
+
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new SharedRedis);
+
+dlock::Lease<dlock::NoHandle> lease_for(const dlock::OwnerId& owner) {
+  const auto now = std::chrono::steady_clock::now();
+  return {owner, std::nullopt, now, now, {}};
+}
+
+// The server's clock (TIME) in microseconds.
+std::uint64_t server_time_us(RedisTest& t) {
+  const RedisValue r = t.cmd({"TIME"});
+  return std::stoull(r.elements.at(0).str) * 1'000'000 + std::stoull(r.elements.at(1).str);
+}
+
+// ---- protocol ----
+
+TEST_F(RedisTest, AcquireStoresOwnerWithTtlAndReleaseDeletes) {
+  Lock<RedisBackend> lock(redis(), "orders:42", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(cmd({"GET", key("orders:42")}).str, lock.owner_id());
+  const long long pttl = cmd({"PTTL", key("orders:42")}).integer;
+  EXPECT_GT(pttl, 9000);
+  EXPECT_LE(pttl, 10000);
+  EXPECT_EQ(cmd({"TYPE", key("orders:42")}).str, "string");
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
+  EXPECT_EQ(cmd({"EXISTS", key("orders:42")}).integer, 0);
+}
+
+TEST_F(RedisTest, KeysShareTheHashTag) {
+  Lock<RedisBackend> lock(redis(), "a:b", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(cmd({"EXISTS", prefix_ + "{a:b}"}).integer, 1);
+  EXPECT_EQ(cmd({"EXISTS", prefix_ + "{a:b}:fence"}).integer, 1);
+  EXPECT_EQ(cmd({"CLUSTER", "KEYSLOT", prefix_ + "{a:b}"}).integer,
+            cmd({"CLUSTER", "KEYSLOT", prefix_ + "{a:b}:fence"}).integer);
+}
+
+TEST_F(RedisTest, ContentionReportsTheHolderTtl) {
+  Lock<RedisBackend> a(redis(), "c", {.ttl = 5s});
+  ASSERT_TRUE(a.try_lock());
+  const auto owner = dlock::OwnerId::generate();
+  const auto r = redis().try_acquire({"c", owner, 1000ms, std::chrono::steady_clock::now()});
+  ASSERT_TRUE(std::holds_alternative<dlock::Contended>(r));
+  const auto ttl = std::get<dlock::Contended>(r).holder_ttl;
+  ASSERT_TRUE(ttl.has_value());
+  EXPECT_GT(*ttl, 4000ms);
+  EXPECT_LE(*ttl, 5000ms);
+  Lock<RedisBackend> b(redis(), "c", {.ttl = 5s});
+  EXPECT_FALSE(b.try_lock());
+}
+
+TEST_F(RedisTest, ValidityIsMeasuredFromBeforeTheRequest) {
+  const auto owner = dlock::OwnerId::generate();
+  const auto started = std::chrono::steady_clock::now() - 50ms;  // as if the request had been slow
+  const auto r = redis().try_acquire({"v", owner, 1000ms, started});
+  ASSERT_TRUE(std::holds_alternative<dlock::Grant<dlock::NoHandle>>(r));
+  EXPECT_EQ(std::get<dlock::Grant<dlock::NoHandle>>(r).valid_until, started + 1000ms);
+}
+
+TEST_F(RedisTest, ReleaseIsIdempotent) {
+  const auto owner = dlock::OwnerId::generate();
+  ASSERT_TRUE(std::holds_alternative<dlock::Grant<dlock::NoHandle>>(
+      redis().try_acquire({"idem", owner, 10000ms, std::chrono::steady_clock::now()})));
+  auto lease = lease_for(owner);
+  EXPECT_EQ(redis().release("idem", lease), dlock::ReleaseResult::released);
+  EXPECT_EQ(redis().release("idem", lease), dlock::ReleaseResult::not_held);
+
+  Lock<RedisBackend> lock(redis(), "idem2", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::not_held);
+  lock.unlock();  // and once more, quietly
+}
+
+TEST_F(RedisTest, NonOwnerCannotReleaseOrExtend) {
+  Lock<RedisBackend> holder(redis(), "n", {.ttl = 10s});
+  ASSERT_TRUE(holder.try_lock());
+  const std::string owner_text(holder.owner_id());
+  const long long before = cmd({"PTTL", key("n")}).integer;
+
+  auto stranger = lease_for(dlock::OwnerId::generate());
+  EXPECT_EQ(redis().release("n", stranger), dlock::ReleaseResult::not_held);
+  EXPECT_FALSE(redis().extend("n", stranger, 60000ms, std::chrono::steady_clock::now()).has_value());
+  EXPECT_EQ(cmd({"GET", key("n")}).str, owner_text);
+  const long long after = cmd({"PTTL", key("n")}).integer;
+  EXPECT_LE(after, before);  // not extended to 60 s
+  EXPECT_TRUE(holder.owns_lock());
+}
+
+TEST_F(RedisTest, ExtendResetsTheTtl) {
+  Lock<RedisBackend> lock(redis(), "e", {.ttl = 2s});
+  ASSERT_TRUE(lock.try_lock());
+  lock.extend(30s);
+  const long long pttl = cmd({"PTTL", key("e")}).integer;
+  EXPECT_GT(pttl, 29000);
+  EXPECT_GT(lock.valid_until(), std::chrono::steady_clock::now() + 29s);
+}
+
+TEST_F(RedisTest, ExpiredLockBecomesAcquirableAndTheStaleOwnerCannotTouchIt) {
+  Lock<RedisBackend> stale(redis(), "exp", {.ttl = 200ms, .observer = quiet()});
+  ASSERT_TRUE(stale.try_lock());
+  const std::uint64_t stale_token = stale.fencing_token();
+
+  Lock<RedisBackend> next(redis(), "exp", {.ttl = 10s, .retry = {.initial_delay = 20ms, .max_delay = 50ms}});
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(next.try_lock_for(3s));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 100ms);  // it really waited for the expiry
+  EXPECT_GT(next.fencing_token(), stale_token);
+  const std::string next_owner(next.owner_id());
+
+  EXPECT_THROW(stale.extend(10s), dlock::LockLostError);
+  EXPECT_EQ(stale.release(), dlock::ReleaseResult::not_held);
+  // And directly through the backend, with the stale owner id:
+  auto stale_lease = lease_for(dlock::OwnerId::generate());
+  EXPECT_EQ(redis().release("exp", stale_lease), dlock::ReleaseResult::not_held);
+
+  EXPECT_EQ(cmd({"GET", key("exp")}).str, next_owner);
+  EXPECT_GT(cmd({"PTTL", key("exp")}).integer, 9000);
+  EXPECT_TRUE(next.owns_lock());
+}
+
+TEST_F(RedisTest, TokensIncreaseAcrossAcquisitions) {
+  Lock<RedisBackend> lock(redis(), "t", {.ttl = 10s});
+  std::uint64_t last = 0;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(lock.try_lock());
+    EXPECT_GT(lock.fencing_token(), last);
+    last = lock.fencing_token();
+    lock.unlock();
+  }
+}
+
+TEST_F(RedisTest, FencingCounterHasATtlAndIsSeededFromServerTime) {
+  const auto fence = redis_keys_for("f").fence;
+  const std::uint64_t before = server_time_us(*this);
+  Lock<RedisBackend> lock(redis(), "f", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  const std::uint64_t first = lock.fencing_token();
+  const std::uint64_t after = server_time_us(*this);
+  // Seeded from TIME (then incremented once), not from 0.
+  EXPECT_GT(first, before);
+  EXPECT_LE(first, after + 1);
+  const long long pttl = cmd({"PTTL", fence}).integer;
+  EXPECT_GT(pttl, Ms(std::chrono::hours(24 * 7) - 1min).count());
+  lock.unlock();
+
+  // The counter expires (or is deleted): tokens still increase.
+  ASSERT_EQ(cmd({"DEL", fence}).integer, 1);
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_GT(lock.fencing_token(), first);
+  lock.unlock();
+
+  // The TTL follows RedisOptions::fence_ttl and is refreshed on each acquire.
+  RedisOptions o = options();
+  o.fence_ttl = 60s;
+  RedisBackend short_fence(o);
+  Lock<RedisBackend> l2(short_fence, "f", {.ttl = 10s});
+  ASSERT_TRUE(l2.try_lock());
+  const long long p2 = cmd({"PTTL", fence}).integer;
+  EXPECT_GT(p2, 59000);
+  EXPECT_LE(p2, 60000);
+}
+
+TEST_F(RedisTest, ExtendManyPipelinesOwnerCheckedExtensions) {
+  std::vector<std::unique_ptr<Lock<RedisBackend>>> locks;
+  for (const char* name : {"m1", "m2", "m3"}) {
+    locks.push_back(std::make_unique<Lock<RedisBackend>>(redis(), name, LockOptions{.ttl = 5s, .observer = quiet()}));
+    ASSERT_TRUE(locks.back()->try_lock());
+  }
+  ASSERT_EQ(cmd({"DEL", key("m2")}).integer, 1);  // m2 lost
+  const std::string stranger(dlock::OwnerId::generate().str());
+  const std::string owners[] = {std::string(locks[0]->owner_id()), std::string(locks[1]->owner_id()),
+                                std::string(locks[2]->owner_id())};
+  const auto k1 = key("m1"), k2 = key("m2"), k3 = key("m3");
+  const dlock::detail::RedisNode::ExtendItem items[] = {
+      {k1, owners[0], 60000ms}, {k2, owners[1], 60000ms}, {k3, stranger, 60000ms}, {k3, owners[2], 45000ms}};
+  const std::vector<bool> ok = redis().node().extend_many(items);
+  EXPECT_EQ(ok, (std::vector<bool>{true, false, false, true}));
+  EXPECT_GT(cmd({"PTTL", k1}).integer, 59000);
+  EXPECT_EQ(cmd({"EXISTS", k2}).integer, 0);
+  const long long p3 = cmd({"PTTL", k3}).integer;
+  EXPECT_GT(p3, 44000);
+  EXPECT_LE(p3, 45000);
+
+  // After SCRIPT FLUSH the pipelined EVALSHAs fall back to EVAL.
+  ASSERT_EQ(cmd({"SCRIPT", "FLUSH"}).str, "OK");
+  const dlock::detail::RedisNode::ExtendItem again[] = {{k1, owners[0], 30000ms}, {k3, owners[2], 30000ms}};
+  EXPECT_EQ(redis().node().extend_many(again), (std::vector<bool>{true, true}));
+  EXPECT_LE(cmd({"PTTL", k1}).integer, 30000);
+  EXPECT_TRUE(redis().node().extend_many({}).empty());
+}
+
+TEST_F(RedisTest, BackendExtendManyFillsEachItem) {
+  const auto now = std::chrono::steady_clock::now();
+  const auto o1 = dlock::OwnerId::generate(), o2 = dlock::OwnerId::generate(), o3 = dlock::OwnerId::generate();
+  ASSERT_TRUE(std::holds_alternative<dlock::Grant<dlock::NoHandle>>(redis().try_acquire({"c1", o1, 5000ms, now})));
+  ASSERT_EQ(cmd({"RPUSH", key("b3"), "x"}).integer, 1);  // wrong type: an error for that item only
+  std::vector<dlock::ExtendItem> items(4);
+  items[0] = {.name = "c1", .owner = &o1, .ttl = 40000ms, .started = now};
+  items[1] = {.name = "c1", .owner = &o2, .ttl = 40000ms, .started = now};  // not the owner
+  items[2] = {.name = "b3", .owner = &o3, .ttl = 40000ms, .started = now};  // wrong type
+  items[3] = {.name = "}bad", .owner = &o3, .ttl = 40000ms, .started = now};  // invalid name
+  redis().extend_many(items);
+  ASSERT_TRUE(items[0].valid_until.has_value());
+  EXPECT_EQ(*items[0].valid_until, now + 40000ms);
+  EXPECT_FALSE(items[0].error);
+  EXPECT_GT(cmd({"PTTL", key("c1")}).integer, 39000);
+  EXPECT_FALSE(items[1].valid_until.has_value());
+  EXPECT_FALSE(items[1].error);
+  EXPECT_TRUE(items[2].error);
+  EXPECT_THROW(std::rethrow_exception(items[2].error), dlock::ServerError);
+  EXPECT_THROW(std::rethrow_exception(items[3].error), dlock::InvalidArgument);
+}
+
+TEST_F(RedisTest, ScriptFlushFallsBackToEval) {
+  Lock<RedisBackend> lock(redis(), "sf", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());  // connection made, scripts loaded
+  ASSERT_EQ(cmd({"SCRIPT", "FLUSH"}).str, "OK");
+  lock.extend(20s);
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
+  ASSERT_EQ(cmd({"SCRIPT", "FLUSH"}).str, "OK");
+  ASSERT_TRUE(lock.try_lock());
+  lock.unlock();
+}
+
+TEST_F(RedisTest, WrongTypeIsAClearServerError) {
+  ASSERT_EQ(cmd({"RPUSH", key("w"), "x"}).integer, 1);
+  Lock<RedisBackend> lock(redis(), "w", {.ttl = 10s, .observer = quiet()});
+  try {
+    (void)lock.try_lock();
+    FAIL() << "expected ServerError";
+  } catch (const dlock::ServerError& e) {
+    EXPECT_EQ(e.code(), dlock::errc::server);
+    EXPECT_NE(std::string(e.what()).find("wrong type"), std::string::npos) << e.what();
+  }
+  // A fencing counter of the wrong type: the error leaves no lock behind.
+  const auto fence = redis_keys_for("w2").fence;
+  ASSERT_EQ(cmd({"RPUSH", fence, "x"}).integer, 1);
+  Lock<RedisBackend> l2(redis(), "w2", {.ttl = 10s, .observer = quiet()});
+  EXPECT_THROW((void)l2.try_lock(), dlock::ServerError);
+  EXPECT_EQ(cmd({"EXISTS", key("w2")}).integer, 0);
+}
+
+TEST_F(RedisTest, NamesThatWouldBreakTheHashTagAreRejected) {
+  Lock<RedisBackend> lock(redis(), "}x", {.ttl = 10s, .observer = quiet()});
+  EXPECT_THROW((void)lock.try_lock(), dlock::InvalidArgument);
+}
+
+// ---- interop with classic SET NX PX clients ----
+
+TEST_F(RedisTest, InteroperatesWithPlainSetNxPxClients) {
+  const std::string k = key("classic");
+  // A classic client holds it: dlock sees contention and the holder's TTL.
+  ASSERT_EQ(cmd({"SET", k, "classic-owner", "NX", "PX", "5000"}).str, "OK");
+  Lock<RedisBackend> lock(redis(), "classic", {.ttl = 10s, .observer = quiet()});  // released behind its back below
+  EXPECT_FALSE(lock.try_lock());
+  // The classic compare-and-delete releases it.
+  const char* cad = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+  EXPECT_EQ(cmd({"EVAL", cad, "1", k, "classic-owner"}).integer, 1);
+  // dlock holds it: the classic SET NX fails, and the value is dlock's owner id.
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(cmd({"SET", k, "classic-owner", "NX", "PX", "5000"}).type, RedisValue::Type::nil);
+  EXPECT_EQ(cmd({"GET", k}).str, lock.owner_id());
+  // A classic client that knows the owner id can release dlock's lock.
+  const std::string owner(lock.owner_id());
+  EXPECT_EQ(cmd({"EVAL", cad, "1", k, owner}).integer, 1);
+  Lock<RedisBackend> other(redis(), "classic", {.ttl = 10s});
+  EXPECT_TRUE(other.try_lock());
+  // A classic lock without TTL: contention without a holder TTL.
+  other.unlock();
+  ASSERT_EQ(cmd({"SET", k, "forever", "NX"}).str, "OK");
+  const auto r = redis().try_acquire({"classic", dlock::OwnerId::generate(), 1000ms, std::chrono::steady_clock::now()});
+  ASSERT_TRUE(std::holds_alternative<dlock::Contended>(r));
+  EXPECT_FALSE(std::get<dlock::Contended>(r).holder_ttl.has_value());
+}
+
+// ---- authentication and endpoints ----
+
+TEST_F(RedisTest, AclUserWithPasswordAndUriForm) {
+  const std::string user = "dlock-test-" + std::string(dlock::OwnerId::generate().str()).substr(24);
+  const std::string pw = "s3cret-pass";
+  ASSERT_EQ(cmd({"ACL", "SETUSER", user, "on", ">" + pw, "~*", "&*", "+@all"}).str, "OK");
+  struct DelUser {
+    RedisTest* t;
+    std::string user;
+    ~DelUser() {
+      try {
+        (void)t->cmd({"ACL", "DELUSER", user});
+      } catch (...) {
+      }
+    }
+  } del{this, user};
+
+  RedisOptions o = options();
+  o.username = user;
+  o.password = pw;
+  RedisBackend acl(o);
+  Lock<RedisBackend> lock(acl, "acl", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(cmd({"GET", key("acl")}).str, lock.owner_id());
+  lock.unlock();
+
+  const RedisOptions base = options();
+  RedisBackend by_uri(fmt::format("redis://{}:{}@{}:{}/0", user, pw, base.host, base.port), base);
+  Lock<RedisBackend> l2(by_uri, "acl-uri", {.ttl = 10s});
+  ASSERT_TRUE(l2.try_lock());
+  EXPECT_EQ(cmd({"GET", key("acl-uri")}).str, l2.owner_id());
+  l2.unlock();
+
+  o.password = "wrong-password-xyz";
+  RedisBackend bad(o);
+  Lock<RedisBackend> l3(bad, "acl-bad", {.ttl = 10s, .observer = quiet()});
+  try {
+    (void)l3.try_lock();
+    FAIL() << "expected ServerError(auth)";
+  } catch (const dlock::ServerError& e) {
+    EXPECT_EQ(e.code(), dlock::errc::auth);
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find("wrong-password-xyz"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(user), std::string::npos) << msg;
+    EXPECT_NE(msg.find(bad.endpoint()), std::string::npos) << msg;
+  }
+  // A blocking acquire does not retry an authentication failure.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW((void)l3.try_lock_for(5s), dlock::ServerError);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+}
+
+TEST_F(RedisTest, DatabaseIndexIsSelected) {
+  RedisOptions o = options();
+  o.database = 3;
+  RedisBackend db3(o);
+  Lock<RedisBackend> lock(db3, "db", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(cmd({"EXISTS", key("db")}).integer, 0);  // not in db 0
+  const auto r = db3.node().command({"GET", key("db")});
+  EXPECT_EQ(r.str, lock.owner_id());
+  lock.unlock();
+  dlock::test::delete_keys(db3.node(), prefix_);
+}
+
+TEST_F(RedisTest, UnixSocketAndUri) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  const std::string sock = SharedRedis::instance()->server()->unix_socket();
+  RedisOptions o = options();
+  o.unix_socket = sock;
+  RedisBackend unix_backend(o);
+  EXPECT_EQ(unix_backend.endpoint(), sock);
+  Lock<RedisBackend> lock(unix_backend, "unix", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(cmd({"GET", key("unix")}).str, lock.owner_id());
+  lock.unlock();
+
+  RedisBackend by_uri("unix://" + sock + "?db=0", options());
+  Lock<RedisBackend> l2(by_uri, "unix", {.ttl = 10s});
+  ASSERT_TRUE(l2.try_lock());
+  l2.unlock();
+}
+
+// ---- pub/sub wake-up ----
+
+TEST_F(RedisTest, WaiterWakesOnReleaseInsteadOfSleepingItsBackoff) {
+  Lock<RedisBackend> holder(redis(), "wake", {.ttl = 10s});
+  ASSERT_TRUE(holder.try_lock());
+  RedisBackend other(options());  // a second client, as another process would be
+  Lock<RedisBackend> waiter(other, "wake",
+                            {.ttl = 10s, .retry = {.initial_delay = 1s, .max_delay = 1s, .jitter = dlock::Jitter::none}});
+  std::atomic<bool> got{false};
+  std::chrono::steady_clock::time_point acquired_at{};
+  std::thread t([&] {
+    got = waiter.try_lock_for(5s);
+    acquired_at = std::chrono::steady_clock::now();
+  });
+  std::this_thread::sleep_for(300ms);  // the waiter has subscribed, retried and now waits up to 1 s
+  const auto released_at = std::chrono::steady_clock::now();
+  holder.unlock();
+  t.join();
+  ASSERT_TRUE(got);
+  const auto latency = std::chrono::duration_cast<Ms>(acquired_at - released_at);
+  EXPECT_LT(latency, 100ms) << "woke " << latency.count() << " ms after the release (backoff was 1 s)";
+  waiter.unlock();
+}
+
+TEST_F(RedisTest, OneSharedPubSubConnectionWithReferenceCounts) {
+  auto count_subscribers = [&](const std::string& channel) {
+    const auto r = cmd({"PUBSUB", "NUMSUB", channel});
+    return r.elements.at(1).integer;
+  };
+  const std::string ch1 = redis_keys_for("s1").channel, ch2 = redis_keys_for("s2").channel;
+  {
+    auto a = redis().subscribe_release("s1");
+    auto b = redis().subscribe_release("s1");
+    auto c = redis().subscribe_release("s2");
+    // Acknowledged before subscribe_release returned.
+    EXPECT_EQ(count_subscribers(ch1), 1);
+    EXPECT_EQ(count_subscribers(ch2), 1);
+    // One release wakes every waiter on that name, and only those.
+    Lock<RedisBackend> l(redis(), "s1", {.ttl = 10s});
+    ASSERT_TRUE(l.try_lock());
+    l.unlock();
+    EXPECT_TRUE(a.wait_for(2s));
+    EXPECT_TRUE(b.wait_for(2s));
+    EXPECT_FALSE(c.wait_for(50ms));
+    EXPECT_FALSE(a.wait_for(20ms));  // consumed
+    {
+      auto moved = std::move(c);
+      EXPECT_EQ(count_subscribers(ch2), 1);
+    }
+  }
+  // The last reference unsubscribes (asynchronously).
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  while ((count_subscribers(ch1) != 0 || count_subscribers(ch2) != 0) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(count_subscribers(ch1), 0);
+  EXPECT_EQ(count_subscribers(ch2), 0);
+}
+
+TEST_F(RedisTest, DeadPubSubConnectionDoesNotHangWaitersAndReconnects) {
+  auto sub = redis().subscribe_release("dead");
+  const std::string ch = redis_keys_for("dead").channel;
+  ASSERT_EQ(cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer, 1);
+  // Kill only our pub/sub connection(s) on the server.
+  ASSERT_GE(cmd({"CLIENT", "KILL", "TYPE", "pubsub"}).integer, 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(sub.wait_for(200ms));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  // A new subscription reconnects at once and works.
+  auto again = redis().subscribe_release("dead");
+  EXPECT_EQ(cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer, 1);
+  Lock<RedisBackend> l(redis(), "dead", {.ttl = 10s});
+  ASSERT_TRUE(l.try_lock());
+  l.unlock();
+  EXPECT_TRUE(again.wait_for(2s));
+}
+
+TEST_F(RedisTest, DestroyingTheBackendWithLiveSubscriptionsIsSafe) {
+  auto b = std::make_unique<RedisBackend>(options());
+  auto sub = b->subscribe_release("gone");
+  std::thread waiter([&] { (void)sub.wait_for(300ms); });
+  std::this_thread::sleep_for(50ms);
+  b.reset();
+  waiter.join();
+  EXPECT_FALSE(sub.wait_for(10ms));
+}
+
+// ---- threads of one process ----
+
+TEST_F(RedisTest, ThreadsSharingOneBackendExcludeEachOther) {
+  RedisOptions o = options();
+  o.pool_size = 3;  // fewer connections than threads
+  RedisBackend shared(o);
+  long counter = 0;  // deliberately unsynchronised: the lock is the only protection
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&] {
+      Lock<RedisBackend> lock(shared, "threads", {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}});
+      for (int i = 0; i < 100; ++i) {
+        std::scoped_lock hold(lock);
+        const long v = counter;
+        std::this_thread::yield();
+        counter = v + 1;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(counter, 600);
+  EXPECT_LE(shared.node().open_connections(), 3u);
+}
+
+TEST_F(RedisTest, ContendersAllGetAShare) {
+  constexpr int n = 8;
+  RedisBackend shared(options());
+  std::atomic<bool> stop{false};
+  std::vector<int> wins(n, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < n; ++t) {
+    threads.emplace_back([&, t] {
+      Lock<RedisBackend> lock(shared, "fair", {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 50ms}});
+      while (!stop) {
+        if (!lock.try_lock_for(500ms)) continue;
+        ++wins[static_cast<std::size_t>(t)];
+        std::this_thread::sleep_for(1ms);  // the critical section
+        lock.unlock();
+        std::this_thread::sleep_for(2ms);  // work outside the lock before asking again
+      }
+    });
+  }
+  std::this_thread::sleep_for(2500ms);
+  stop = true;
+  for (auto& t : threads) t.join();
+  const int total = std::accumulate(wins.begin(), wins.end(), 0);
+  const int least = *std::min_element(wins.begin(), wins.end());
+  std::string shares;
+  for (int w : wins) shares += std::to_string(w) + " ";
+  EXPECT_GE(total, 100) << shares;
+  EXPECT_GE(least, total / (n * 8)) << "acquisitions per contender: " << shares;
+  RecordProperty("shares", shares);
+}
+
+}  // namespace
