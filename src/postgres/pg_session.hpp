@@ -82,6 +82,8 @@ class PgSession {
   [[nodiscard]] bool reusable() noexcept;
 
   SteadyTime idle_since{};
+  /// The ttl whose TCP keepalive settings the server session carries (0: none yet).
+  std::int64_t keepalive_ttl_ms = 0;
 
  private:
   PgOutcome finish_send(int sent, SteadyTime deadline);

@@ -117,11 +117,12 @@ class PgStatements {
       for (int xact = 0; xact < 2; ++xact) {
         Set& s = sets_[modern][xact];
         for (int fence = 0; fence < 2; ++fence) {
-          s.try_[fence] = make(id, acquire_sql(modern, xact, fence, false), fence ? 3 : 2, fence ? 3 : 0);
-          s.wait[fence] = make(id, acquire_sql(modern, xact, fence, true), fence ? 4 : 3, fence ? 4 : 0);
+          for (int ka = 0; ka < 2; ++ka) {
+            s.try_[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, false), fence ? 3 : 2, fence ? 3 : 0);
+            s.wait[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, true), fence ? 4 : 3, fence ? 4 : 0);
+          }
         }
-        s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, 1)), 1, 0);
-        s.extend.types = {20};
+        s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, true, 1)), 1, 0);
         s.unlock = make(id,
                         modern ? "SELECT pg_catalog.pg_advisory_unlock($1), "
                                  "pg_catalog.set_config('idle_session_timeout', '0', false)"
@@ -131,7 +132,8 @@ class PgStatements {
     }
   }
   struct Set {
-    PgStatement try_[2], wait[2], extend, unlock;
+    PgStatement try_[2][2], wait[2][2];  // [fencing][with keepalive settings]
+    PgStatement extend, unlock;
   };
   [[nodiscard]] const Set& get(const PgSession& s, bool xact) const {
     return sets_[s.server_version() >= 140000 ? 1 : 0][xact ? 1 : 0];
@@ -139,15 +141,21 @@ class PgStatements {
 
  private:
   // set_config of the server-side timeouts that free a silent client's lock after about the ttl.
-  static std::string settings(bool modern, bool xact, int ttl) {
+  // The TCP keepalive settings persist on the connection and cost a few
+  // setsockopt calls, so they are sent only when the connection does not
+  // already carry them for this ttl (`keepalives`); the idle timeout always is.
+  static std::string settings(bool modern, bool xact, bool keepalives, int ttl) {
     std::string idle;
     if (xact) {
-      idle = fmt::format("pg_catalog.set_config('idle_in_transaction_session_timeout', least(${0}, 2147483647)::text, true), ", ttl);
+      idle = fmt::format("pg_catalog.set_config('idle_in_transaction_session_timeout', least(${0}, 2147483647)::text, true)", ttl);
     } else if (modern) {
-      idle = fmt::format("pg_catalog.set_config('idle_session_timeout', least(${0}, 2147483647)::text, false), ", ttl);
+      idle = fmt::format("pg_catalog.set_config('idle_session_timeout', least(${0}, 2147483647)::text, false)", ttl);
+    } else {
+      idle = "''";
     }
+    if (!keepalives) return idle;
     return fmt::format(
-        "concat({1}pg_catalog.set_config('tcp_keepalives_idle', greatest(1, ${0} / 2000)::text, false), "
+        "concat({1}, pg_catalog.set_config('tcp_keepalives_idle', greatest(1, ${0} / 2000)::text, false), "
         "pg_catalog.set_config('tcp_keepalives_interval', greatest(1, ${0} / 6000)::text, false), "
         "pg_catalog.set_config('tcp_keepalives_count', '3', false), "
         "pg_catalog.set_config('tcp_user_timeout', least(${0}, 2147483647)::text, false))",
@@ -156,17 +164,17 @@ class PgStatements {
   // The token is taken only when the lock is held: CASE evaluates nextval only
   // after pg_try_advisory_lock returned true, and in the waiting form the
   // subquery that takes the lock is scanned before the outer target list.
-  static std::string acquire_sql(bool modern, bool xact, bool fence, bool wait) {
+  static std::string acquire_sql(bool modern, bool xact, bool fence, bool keepalives, bool wait) {
     const char* fn = xact ? (wait ? "pg_advisory_xact_lock" : "pg_try_advisory_xact_lock")
                           : (wait ? "pg_advisory_lock" : "pg_try_advisory_lock");
     if (!wait)
       return fmt::format(
           "SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a", fn,
-          settings(modern, xact, 2), fence ? "CASE WHEN a.l THEN pg_catalog.nextval($3::regclass) END" : "NULL");
+          settings(modern, xact, keepalives, 2), fence ? "CASE WHEN a.l THEN pg_catalog.nextval($3::regclass) END" : "NULL");
     return fmt::format(
         "SELECT true, {1}, {2} FROM (SELECT pg_catalog.{0}($1) FROM (SELECT "
         "pg_catalog.set_config('lock_timeout', $3::text, true) OFFSET 0) t OFFSET 0) a",
-        fn, settings(modern, xact, 2), fence ? "pg_catalog.nextval($4::regclass)" : "NULL");
+        fn, settings(modern, xact, keepalives, 2), fence ? "pg_catalog.nextval($4::regclass)" : "NULL");
   }
   static PgStatement make(unsigned& id, std::string sql, int nparams, int text_param) {
     PgStatement s{id, fmt::format("dlock_{}", id), std::move(sql), {}};
@@ -283,7 +291,9 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   std::vector<PgParam> params{PgParam::int8(key), PgParam::int8(detail::ms_of(r.ttl))};
   if (wait) params.push_back(PgParam::int8(wait->count()));
   if (fence) params.push_back(PgParam::text(o.fencing_sequence));
-  PgOutcome out = s->run(wait ? set.wait[fence] : set.try_[fence], params, !xact, deadline);
+  const std::int64_t ttl_ms = detail::ms_of(r.ttl);
+  const bool keepalives = s->keepalive_ttl_ms != ttl_ms;
+  PgOutcome out = s->run(wait ? set.wait[fence][keepalives] : set.try_[fence][keepalives], params, !xact, deadline);
   if (!out.ok()) {
     const std::string_view code = out.sqlstate();
     const bool not_taken = out.fail == PgOutcome::Fail::none && (code == "55P03" || code == "40P01");
@@ -305,6 +315,7 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
     st.checkin(std::move(s));
     return Contended{};
   }
+  if (keepalives) s->keepalive_ttl_ms = ttl_ms;
   Grant<PgLockHandle> g;
   if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
   g.valid_until = r.started + r.ttl;
@@ -382,6 +393,7 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view, Lease<Handle>
     lease.handle.session_.reset();  // a lost session is a lost lock; closing it makes sure
     return std::nullopt;
   }
+  s.keepalive_ttl_ms = detail::ms_of(ttl);
   return started + ttl;
 }
 
