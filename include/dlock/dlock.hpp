@@ -10,6 +10,8 @@
 #include "guard.hpp"
 #include "heartbeat.hpp"
 #include "lock.hpp"
+#include "lock_all.hpp"
+#include "lock_order.hpp"
 #include "memory.hpp"
 #include "metrics.hpp"
 #include "observer.hpp"

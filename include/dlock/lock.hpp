@@ -173,6 +173,7 @@ class Lock {
       ~Leave() { self->leave_gate(); }
     } leave{this};
     if (heartbeat && held->watched()) heartbeat->unwatch(*held);
+    if (options_.lock_order) options_.lock_order->released(this);
     return held->release();
   }
 
@@ -281,6 +282,13 @@ class Lock {
   // The acquire loop shared by lock(), try_lock() and the timed forms.
   bool acquire_until(std::optional<TimePoint> deadline, bool single) {
     const TimePoint start = clock_.now();
+    if (options_.lock_order && !single) {
+      if (auto violation = options_.lock_order->before_acquire(this, name_)) {
+        Event ev = source().make(EventType::order_violation, {}, std::nullopt);
+        ev.message = *violation;
+        source().emit(ev);
+      }
+    }
     if (!enter_gate(deadline, single)) return false;
     bool acquired = false;
     struct Leave {
@@ -383,6 +391,7 @@ class Lock {
       owner_ = owner;
       engaged_ = true;
     }
+    if (options_.lock_order) options_.lock_order->acquired(this, name_);
     if (held->needs_watch()) watch(held);
   }
 

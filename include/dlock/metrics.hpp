@@ -68,6 +68,7 @@ class MetricsRegistry : public Observer {
     extensions,
     long_held,
     callback_failures,
+    order_violations,
     count_
   };
   /// The counters with a `reason` label.
@@ -190,6 +191,7 @@ class MetricsRegistry : public Observer {
           {"dlock_extensions_total", "Successful extensions."},
           {"dlock_long_held_total", "Holds that passed their long_held threshold."},
           {"dlock_callback_failures_total", "on_lost callbacks that threw."},
+          {"dlock_lock_order_violations_total", "Lock-order inversions found by the lock-order checker."},
       }};
   static constexpr std::array<std::pair<std::string_view, std::string_view>,
                               static_cast<std::size_t>(ReasonCounter::count_)>
@@ -243,6 +245,7 @@ class MetricsRegistry : public Observer {
         break;
       case EventType::long_held: count(Counter::long_held); break;
       case EventType::callback_failed: count(Counter::callback_failures); break;
+      case EventType::order_violation: count(Counter::order_violations); break;
     }
   }
 

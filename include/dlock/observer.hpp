@@ -43,6 +43,7 @@ enum class EventType {
   lost,              ///< the lease is gone (expired, taken, connection); reason in message
   long_held,         ///< a hold passed its long-held threshold
   callback_failed,   ///< an on_lost callback threw; message says what
+  order_violation,   ///< the lock-order checker found a cycle; message names it
 };
 
 [[nodiscard]] constexpr std::string_view to_string(EventType t) noexcept {
@@ -59,6 +60,7 @@ enum class EventType {
     case EventType::lost: return "lost";
     case EventType::long_held: return "long_held";
     case EventType::callback_failed: return "callback_failed";
+    case EventType::order_violation: return "order_violation";
   }
   return "unknown";
 }
@@ -98,7 +100,8 @@ class LogObserver : public Observer {
       case EventType::lost:
       case EventType::acquire_failed:
       case EventType::long_held:
-      case EventType::callback_failed: break;
+      case EventType::callback_failed:
+      case EventType::order_violation: break;
       default: return;
     }
     try {

@@ -20,6 +20,7 @@
 #include "detail/format.hpp"
 #include "error.hpp"
 #include "heartbeat.hpp"
+#include "lock_order.hpp"
 #include "observer.hpp"
 #include "retry.hpp"
 
@@ -50,10 +51,19 @@ struct LockOptions {
   /// Report a long_held event (to the observer, and so to metrics and
   /// alerts) once a single hold lasts this long. Unset: never.
   std::optional<std::chrono::milliseconds> long_held{};
-  /// The heartbeat to use; null: Heartbeat::process_wide().
-  std::shared_ptr<Heartbeat> heartbeat{};
   /// Receives every event; null: default_observer(), which logs problems.
   std::shared_ptr<Observer> observer{};
+  /// Check blocking acquires for lock-order inversions with this checker
+  /// (see lock_order.hpp), e.g. &LockOrderChecker::process_wide(). Null: off,
+  /// unless compiled with DLOCK_CHECK_LOCK_ORDER (then the process-wide one).
+  LockOrderChecker* lock_order =
+#ifdef DLOCK_CHECK_LOCK_ORDER
+      &LockOrderChecker::process_wide();
+#else
+      nullptr;
+#endif
+  /// The heartbeat to use; null: Heartbeat::process_wide().
+  std::shared_ptr<Heartbeat> heartbeat{};
   /// The clock that decides validity and deadlines; null: steady_clock().
   /// Must outlive the Lock.
   const Clock* clock = nullptr;
