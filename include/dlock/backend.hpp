@@ -55,6 +55,7 @@
 #include <exception>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <variant>
 
@@ -79,6 +80,10 @@ struct Grant {
   std::optional<std::uint64_t> token;  ///< fencing token; empty if the backend has none
   TimePoint valid_until;
   Handle handle{};
+  /// Set by degrading backends (FallbackBackend) when this grant did not come
+  /// from the primary lock service: why, in a sentence. Reported as a
+  /// `degraded` event.
+  std::string degraded{};
 };
 
 struct Contended {

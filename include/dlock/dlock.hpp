@@ -7,6 +7,7 @@
 #include "backend.hpp"
 #include "clock.hpp"
 #include "error.hpp"
+#include "fallback.hpp"
 #include "guard.hpp"
 #include "heartbeat.hpp"
 #include "lock.hpp"

@@ -313,6 +313,7 @@ class Lock {
         source().emit(source().make(EventType::attempt, owner.str(), std::nullopt));
         AcquireResult<handle_type> result = attempt(AcquireRequest{name_, owner, options_.ttl, sent}, deadline, single);
         if (auto* grant = std::get_if<Grant<handle_type>>(&result)) {
+          if (!grant->degraded.empty()) report_degraded(owner, *grant);
           Event ev = source().make(EventType::acquired, owner.str(), grant->token);
           adopt(owner, std::move(*grant), sent);
           acquired = true;
@@ -419,6 +420,12 @@ class Lock {
 
   [[nodiscard]] detail::EventSource source() const noexcept {
     return {backend_.kind(), backend_.endpoint(), name_, observer_.get()};
+  }
+  void report_degraded(const OwnerId& owner, const Grant<handle_type>& grant) const noexcept {
+    Event ev = source().make(EventType::degraded, owner.str(), grant.token);
+    ev.message = grant.degraded;
+    if constexpr (requires { backend_.fallback_kind(); }) ev.reason = backend_.fallback_kind();
+    source().emit(ev);
   }
   void report_acquire_failure(const OwnerId& owner, std::uint32_t attempts, Clock::duration waited,
                               const Error* e) const noexcept {

@@ -71,7 +71,7 @@ class MemoryBackend {
     }
     s.owner = r.owner;
     s.expires_at = now + r.ttl;
-    return Grant<Handle>{++s.fence, r.started + r.ttl, {}};
+    return Grant<Handle>{.token = ++s.fence, .valid_until = r.started + r.ttl};
   }
 
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {

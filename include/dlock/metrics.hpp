@@ -72,7 +72,7 @@ class MetricsRegistry : public Observer {
     count_
   };
   /// The counters with a `reason` label.
-  enum class ReasonCounter { acquire_failures, release_failures, extend_failures, lost, count_ };
+  enum class ReasonCounter { acquire_failures, release_failures, extend_failures, lost, degraded, count_ };
 
   struct Histogram {
     std::vector<std::uint64_t> buckets;  ///< cumulative is computed at exposition; these are per bucket
@@ -200,6 +200,8 @@ class MetricsRegistry : public Observer {
           {"dlock_release_failures_total", "Releases that could not be delivered, by reason."},
           {"dlock_extend_failures_total", "Extensions that failed with an error, by reason."},
           {"dlock_locks_lost_total", "Held locks that were lost, by reason."},
+          {"dlock_degraded_acquisitions_total",
+           "Acquisitions made without the primary lock service (fallback policy), by fallback."},
       }};
 
   void record(const Event& e) {
@@ -246,6 +248,7 @@ class MetricsRegistry : public Observer {
       case EventType::long_held: count(Counter::long_held); break;
       case EventType::callback_failed: count(Counter::callback_failures); break;
       case EventType::order_violation: count(Counter::order_violations); break;
+      case EventType::degraded: count_reason(ReasonCounter::degraded); break;
     }
   }
 

@@ -44,6 +44,7 @@ enum class EventType {
   long_held,         ///< a hold passed its long-held threshold
   callback_failed,   ///< an on_lost callback threw; message says what
   order_violation,   ///< the lock-order checker found a cycle; message names it
+  degraded,          ///< acquired without the primary lock service (fallback policy); reason, message
 };
 
 [[nodiscard]] constexpr std::string_view to_string(EventType t) noexcept {
@@ -61,6 +62,7 @@ enum class EventType {
     case EventType::long_held: return "long_held";
     case EventType::callback_failed: return "callback_failed";
     case EventType::order_violation: return "order_violation";
+    case EventType::degraded: return "degraded";
   }
   return "unknown";
 }
@@ -79,7 +81,8 @@ struct Event {
   std::string_view message;          ///< failures: a sentence for humans
   /// A short, bounded label: lost: "expired", "taken", "connection",
   /// "max_hold"; acquire_failed: "timeout" or the error kind ("connection",
-  /// "server", ...); release_failed after a loss: "after_loss".
+  /// "server", ...); release_failed after a loss: "after_loss"; degraded:
+  /// the secondary backend's kind ("memory", "unlocked").
   std::string_view reason;
 };
 
@@ -101,7 +104,8 @@ class LogObserver : public Observer {
       case EventType::acquire_failed:
       case EventType::long_held:
       case EventType::callback_failed:
-      case EventType::order_violation: break;
+      case EventType::order_violation:
+      case EventType::degraded: break;
       default: return;
     }
     try {

@@ -1,0 +1,130 @@
+// dlock/fallback.hpp: graceful degradation when the lock service is down.
+//
+// The default is to fail closed: Lock<RedisBackend> throws ConnectionError
+// when Redis cannot be reached, and nothing runs unprotected. That is the
+// only correct choice for *correctness* locks (two holders would corrupt
+// data). For *efficiency* locks, which only avoid duplicate work, a lock can
+// opt in, per lock, to keep working during an outage:
+//
+//   // Fall back to exclusion within this process only:
+//   dlock::FallbackBackend<dlock::RedisBackend, dlock::MemoryBackend> degrade(redis, local);
+//   // Or run without any lock:
+//   dlock::UnlockedBackend none;
+//   dlock::FallbackBackend<dlock::RedisBackend, dlock::UnlockedBackend> degrade(redis, none);
+//   dlock::Lock<decltype(degrade)> lock(degrade, "thumbnails:42", {.ttl = 30s});
+//
+// Each acquisition that the primary could not serve (it threw
+// ConnectionError) goes to the secondary and is reported as a `degraded`
+// event naming the lock and the reason (a log line with the default
+// observer, dlock_degraded_acquisitions_total in MetricsRegistry). Release and
+// extend go to whichever backend granted the lease. Fencing tokens of the two
+// backends are unrelated: a degraded grant carries the secondary's token (none
+// for UnlockedBackend), so a resource that checks tokens rejects or must
+// ignore them. See docs/choosing-a-backend.md.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+
+#include <fmt/format.h>
+
+#include "backend.hpp"
+#include "error.hpp"
+
+namespace dlock {
+
+/// Grants every request at once, with no exclusion and no fencing token: the
+/// "run without the lock" fallback. Never use it as a primary backend.
+class UnlockedBackend {
+ public:
+  using Handle = NoHandle;
+  [[nodiscard]] std::string_view kind() const noexcept { return "unlocked"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "none"; }
+  [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& r) {
+    return Grant<Handle>{.token = std::nullopt, .valid_until = r.started + r.ttl};
+  }
+  [[nodiscard]] ReleaseResult release(std::string_view, Lease<Handle>&) { return ReleaseResult::released; }
+  [[nodiscard]] std::optional<TimePoint> extend(std::string_view, Lease<Handle>&, std::chrono::milliseconds ttl,
+                                                TimePoint started) {
+    return started + ttl;
+  }
+};
+
+template <Backend Primary, Backend Secondary>
+class FallbackBackend {
+  using PH = typename Primary::Handle;
+  using SH = typename Secondary::Handle;
+
+ public:
+  /// Which backend granted the lease, and its handle.
+  struct Handle {
+    std::variant<PH, SH> of{};
+  };
+
+  /// Both must outlive this object and the locks that use it.
+  FallbackBackend(Primary& primary, Secondary& secondary) : primary_(primary), secondary_(secondary) {}
+
+  [[nodiscard]] std::string_view kind() const noexcept { return primary_.kind(); }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return primary_.endpoint(); }
+  /// The kind of the fallback, the `reason` of degraded events.
+  [[nodiscard]] std::string_view fallback_kind() const noexcept { return secondary_.kind(); }
+
+  [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& r) {
+    std::string why;
+    try {
+      return wrap<0>(primary_.try_acquire(r), {});
+    } catch (const ConnectionError& e) {
+      why = fmt::format("{} {} unreachable ({}); lock '{}' taken from the fallback {} instead", primary_.kind(),
+                        primary_.endpoint(), e.what(), r.name, secondary_.kind());
+    }
+    return wrap<1>(secondary_.try_acquire(r), std::move(why));
+  }
+
+  [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
+    return visit(lease, [&](auto& backend, auto& inner) { return backend.release(name, inner); });
+  }
+  [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
+                                                std::chrono::milliseconds ttl, TimePoint started) {
+    return visit(lease, [&](auto& backend, auto& inner) { return backend.extend(name, inner, ttl, started); });
+  }
+
+ private:
+  template <std::size_t I, class H>
+  static AcquireResult<Handle> wrap(AcquireResult<H>&& result, std::string degraded) {
+    if (auto* c = std::get_if<Contended>(&result)) return *c;
+    auto& g = std::get<Grant<H>>(result);
+    return Grant<Handle>{.token = g.token,
+                         .valid_until = g.valid_until,
+                         .handle = Handle{std::variant<PH, SH>(std::in_place_index<I>, std::move(g.handle))},
+                         .degraded = std::move(degraded)};
+  }
+
+  // Runs `f(backend, inner_lease)` on the backend that granted `lease`, with a
+  // lease of that backend's handle type, and copies the handle back.
+  template <class F>
+  auto visit(Lease<Handle>& lease, F&& f) {
+    if (lease.handle.of.index() == 0) return with_inner<0>(primary_, lease, f);
+    return with_inner<1>(secondary_, lease, f);
+  }
+  template <std::size_t I, class B, class F>
+  static auto with_inner(B& backend, Lease<Handle>& lease, F& f) {
+    auto& handle = std::get<I>(lease.handle.of);
+    Lease<std::decay_t<decltype(handle)>> inner{lease.owner, lease.token, lease.acquired_at, lease.valid_until,
+                                                std::move(handle)};
+    struct Restore {  // the inner backend may have changed its handle
+      decltype(handle)& out;
+      decltype(inner)& in;
+      ~Restore() { out = std::move(in.handle); }
+    } restore{handle, inner};
+    return f(backend, inner);
+  }
+
+  Primary& primary_;
+  Secondary& secondary_;
+};
+
+}  // namespace dlock
