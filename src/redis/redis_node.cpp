@@ -191,7 +191,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
         break;
       case Step::script: {
         const auto s = steps[i].second;
-        throw_if_error(r, endpoint_, fmt::format("loading the {} script", redis_script_name(s)));
+        if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("loading the {} script", redis_script_name(s)));
         if (r.type != RedisValue::Type::string)
           throw ServerError(fmt::format("dlock: unexpected reply to SCRIPT LOAD from Redis at {}", endpoint_));
         sha_[static_cast<unsigned>(s)] = r.str;
@@ -292,7 +292,12 @@ RedisValue RedisConnection::eval(RedisScript script, std::span<const std::string
 }
 
 bool RedisConnection::broken() noexcept {
-  if (broken_ || ctx_ == nullptr || ctx_->err) return broken_ = true;
+  if (broken_ || ctx_ == nullptr || ctx_->err) broken_ = true;
+  return broken_;
+}
+
+bool RedisConnection::closed_by_server() noexcept {
+  if (broken()) return true;
   // An idle connection has nothing to read: readable means EOF (the server
   // closed it, e.g. restarted) or stray data; either way it is unusable.
   pollfd p{ctx_->fd, POLLIN, 0};
@@ -332,7 +337,11 @@ std::unique_ptr<RedisConnection> RedisNode::take() {
     while (!idle_.empty()) {
       Idle idle = std::move(idle_.back());
       idle_.pop_back();
-      if (idle.generation == generation_ && !idle.connection->broken()) return std::move(idle.connection);
+      // Connections idle for a while are checked for a close by the server
+      // (restart, timeout); busy ones skip that syscall.
+      const bool check = std::chrono::steady_clock::now() - idle.since >= idle_check_after;
+      if (idle.generation == generation_ && !(check ? idle.connection->closed_by_server() : idle.connection->broken()))
+        return std::move(idle.connection);
       --open_;  // dropped: from before a failure, or closed by the server
     }
     if (open_ < options_.pool_size) break;
@@ -363,7 +372,7 @@ void RedisNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
       ++generation_;  // the others to this server are suspect too
     } else {
       try {
-        idle_.push_back(Idle{std::move(c), generation_});
+        idle_.push_back(Idle{std::move(c), generation_, std::chrono::steady_clock::now()});
       } catch (...) {
         --open_;
       }
@@ -388,7 +397,7 @@ RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_vi
     Checkout c(*this);
     r = c->eval(RedisScript::acquire, k, a);
   }
-  throw_if_error(r, endpoint_, fmt::format("acquire of '{}'", keys.lock));
+  if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("acquire of '{}'", keys.lock));
   if (r.type == RedisValue::Type::array && r.elements.size() == 2 &&
       r.elements[0].type == RedisValue::Type::integer) {
     const RedisValue& second = r.elements[1];
@@ -415,7 +424,7 @@ bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
     Checkout c(*this);
     r = c->eval(RedisScript::release, k, a);
   }
-  throw_if_error(r, endpoint_, fmt::format("release of '{}'", keys.lock));
+  if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("release of '{}'", keys.lock));
   if (r.type != RedisValue::Type::integer)
     throw ServerError(fmt::format("dlock: unexpected reply to the release script from Redis at {}", endpoint_));
   return r.integer == 1;
@@ -430,7 +439,7 @@ bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::c
     Checkout c(*this);
     r = c->eval(RedisScript::extend, k, a);
   }
-  throw_if_error(r, endpoint_, fmt::format("extend of '{}'", lock_key));
+  if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("extend of '{}'", lock_key));
   if (r.type != RedisValue::Type::integer)
     throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
   return r.integer == 1;
@@ -466,7 +475,7 @@ std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std:
   }
   for (std::size_t i = 0; i < items.size(); ++i) {
     try {
-      throw_if_error(replies[i], endpoint_, fmt::format("extend of '{}'", items[i].lock_key));
+      if (replies[i].is_error()) throw_if_error(replies[i], endpoint_, fmt::format("extend of '{}'", items[i].lock_key));
       if (replies[i].type != RedisValue::Type::integer)
         throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
       out[i] = replies[i].integer == 1;

@@ -78,9 +78,10 @@ class RedisConnection {
   /// Appends the EVAL of `script` (the NOSCRIPT fallback in pipelines).
   void append_eval(RedisScript script, std::span<const std::string_view> keys, std::span<const std::string_view> args);
 
-  /// True once an I/O error happened or the server closed the connection
-  /// (checked without blocking): the connection must not be used again.
+  /// True once an I/O error happened: the connection must not be used again.
   [[nodiscard]] bool broken() noexcept;
+  /// broken(), or the server closed the connection (one non-blocking poll()).
+  [[nodiscard]] bool closed_by_server() noexcept;
   void mark_broken() noexcept { broken_ = true; }
   [[nodiscard]] redisContext* raw() noexcept { return ctx_; }
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
@@ -158,7 +159,10 @@ class RedisNode {
   struct Idle {
     std::unique_ptr<RedisConnection> connection;
     std::uint64_t generation;
+    std::chrono::steady_clock::time_point since;
   };
+  /// Idle connections older than this are polled for a server-side close before use.
+  static constexpr std::chrono::milliseconds idle_check_after{10};
   std::vector<Idle> idle_;  ///< most recently used last
   std::size_t open_ = 0;
   std::uint64_t generation_ = 0;  ///< bumped when a connection breaks: idle ones from before are dropped
