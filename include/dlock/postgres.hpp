@@ -96,7 +96,7 @@ struct PgAdvisoryLockInfo {
 };
 
 namespace detail {
-class PgPool;
+class PgBackendState;
 class PgSession;
 struct PgSessionDeleter {
   void operator()(PgSession* s) const noexcept;  // closes the connection: its server session ends
@@ -199,7 +199,7 @@ class PostgresBackend {
  private:
   PostgresOptions options_;
   std::string endpoint_;
-  std::unique_ptr<detail::PgPool> pool_;
+  std::unique_ptr<detail::PgBackendState> pool_;  // the connection pool and cached state
 };
 
 static_assert(Backend<PostgresBackend>);

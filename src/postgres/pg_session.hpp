@@ -58,6 +58,8 @@ struct PgStatement {
   std::vector<unsigned> types;
 };
 
+class PgPool;
+
 class PgSession {
  public:
   PgSession(PGconn* conn, PgPool* pool) noexcept : conn_(conn), pool_(pool) {}

@@ -187,8 +187,7 @@ class PgStatements {
 
 }  // namespace detail
 
-// PostgresBackend's private state. Declared as PgPool in the header; this
-// subclass adds what the operations need.
+// PostgresBackend's private state: the pool plus what the operations need.
 namespace detail {
 class PgBackendState : public PgPool {
  public:
@@ -205,9 +204,7 @@ using detail::PgParam;
 using detail::PgSessionPtr;
 using detail::SteadyTime;
 
-detail::PgBackendState& state(const std::unique_ptr<detail::PgPool>& p) {
-  return static_cast<detail::PgBackendState&>(*p);
-}
+detail::PgBackendState& state(const std::unique_ptr<detail::PgBackendState>& p) { return *p; }
 
 SteadyTime after(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
 

@@ -4,9 +4,12 @@
 // on a free loopback port (Unix socket in the same directory), as the
 // `postgres` user when the tests run as root (PostgreSQL refuses root). The
 // server is a direct child (fork + setuid + exec, no pg_ctl), started with
-// PR_SET_PDEATHSIG=SIGQUIT so it dies with the test process even if the test
-// crashes; the destructor stops it (SIGINT, then SIGQUIT, then SIGKILL) and
-// removes the directory. It creates the database `dlock_test`.
+// PR_SET_PDEATHSIG=SIGQUIT so it dies with the test process; the destructor
+// stops it (SIGINT, then SIGQUIT, then SIGKILL) and removes the directory.
+// A small watchdog process also waits for the test process to end by any
+// means (crash, abort, sanitizer exit, SIGKILL) and then stops the server and
+// removes the directory, so nothing outlives a failed test. It creates the
+// database `dlock_test`.
 //
 // PostgresServer::shared() is one server per test executable (initdb once).
 // DLOCK_TEST_PG=<libpq conninfo> uses an external server instead: then nothing
@@ -28,6 +31,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -115,6 +119,11 @@ class PostgresServer {
       std::filesystem::remove_all(dir_, ec);
       dir_.clear();
     }
+    if (watchdog_fd_ >= 0) {
+      ::close(watchdog_fd_);
+      ::waitpid(watchdog_pid_, nullptr, 0);
+      watchdog_fd_ = -1;
+    }
   }
 
  private:
@@ -145,6 +154,7 @@ class PostgresServer {
       stop_child();  // most likely the port was taken in between: try another
     }
     if (pid_ <= 0) throw std::runtime_error("postgres did not start; log: " + dir_ + "/server.log");
+    start_watchdog();
     const std::string admin = "host=127.0.0.1 port=" + std::to_string(port_) + " dbname=postgres user=postgres";
     PGconn* c = PQconnectdb(admin.c_str());
     PGresult* r = PQexec(c, "CREATE DATABASE dlock_test");
@@ -153,6 +163,43 @@ class PostgresServer {
     PQfinish(c);
     if (!ok) throw std::runtime_error("CREATE DATABASE dlock_test failed");
     conninfo_ = "host=127.0.0.1 port=" + std::to_string(port_) + " dbname=dlock_test user=postgres";
+  }
+
+  // A forked child that blocks reading a pipe whose only write end we hold:
+  // EOF means this process is gone, however it ended. It then stops the
+  // server and removes the directory. A normal stop() does both first and
+  // then closes the pipe, and the watchdog finds nothing left to do.
+  void start_watchdog() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return;  // CLOEXEC: spawned workers must not keep it open
+    const pid_t server = pid_;
+    const std::string dir = dir_;
+    const pid_t w = ::fork();
+    if (w == 0) {
+      ::close(fds[1]);
+      for (int fd = 3; fd < 1024; ++fd)
+        if (fd != fds[0]) ::close(fd);
+      ::setpgid(0, 0);  // not killed along with the test's process group
+      char c;
+      while (::read(fds[0], &c, 1) > 0 || errno == EINTR) {
+      }
+      if (::kill(server, 0) == 0) {
+        ::kill(server, SIGQUIT);
+        for (int i = 0; i < 200 && ::kill(server, 0) == 0; ++i) ::usleep(25'000);
+        if (::kill(server, 0) == 0) ::kill(server, SIGKILL);
+      }
+      // exec rather than remove_all: after fork() in a threaded process only
+      // async-signal-safe calls are safe.
+      ::execl("/bin/rm", "rm", "-rf", dir.c_str(), static_cast<char*>(nullptr));
+      ::_exit(0);
+    }
+    ::close(fds[0]);
+    if (w > 0) {
+      watchdog_fd_ = fds[1];
+      watchdog_pid_ = w;
+    } else {
+      ::close(fds[1]);
+    }
   }
 
   bool wait_ready() {
@@ -227,6 +274,8 @@ class PostgresServer {
   std::string conninfo_;
   int port_ = 0;
   pid_t pid_ = -1;
+  int watchdog_fd_ = -1;
+  pid_t watchdog_pid_ = -1;
   uid_t uid_ = 0;
   gid_t gid_ = 0;
 };
