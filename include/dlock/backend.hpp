@@ -5,6 +5,12 @@
 // retry, backoff, jitter and deadlines belong to Lock<Backend>. A backend must
 // be safe to call from several threads at once.
 //
+// Lifetime: a backend that is copyable is treated as a handle: copies share
+// one state (connection pool, ...), each Lock keeps a copy, so destroying the
+// application's backend object before its locks and guards is safe; such a
+// backend provides identity(), equal for all copies. A non-copyable backend
+// is kept by reference and must outlive every Lock that uses it.
+//
 // Required (B is the backend, H = typename B::Handle):
 //
 //   typename B::Handle        per-lease state the backend needs until release,
@@ -57,6 +63,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <variant>
 
 #include "owner_id.hpp"
@@ -131,6 +138,24 @@ struct ExtendItem {
   std::optional<TimePoint> valid_until{};  ///< out: the new validity, or nullopt when lost
   std::exception_ptr error{};              ///< out: set when this item could not be extended
 };
+
+namespace detail {
+/// How the front end keeps a backend: a copy when the backend is a copyable
+/// handle (copies share one state, so the lock keeps it alive), else a reference.
+template <class B>
+using BackendStorage = std::conditional_t<std::is_copy_constructible_v<B>, B, B&>;
+
+/// Identity of a backend for ordering and batching: equal for copies of one
+/// handle (B::identity()), else the object's address.
+template <class B>
+[[nodiscard]] const void* backend_identity(const B& b) noexcept {
+  if constexpr (requires { { b.identity() } -> std::convertible_to<const void*>; }) {
+    return b.identity();
+  } else {
+    return &b;
+  }
+}
+}  // namespace detail
 
 template <class B>
 concept NotifiesRelease =

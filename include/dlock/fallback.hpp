@@ -65,7 +65,8 @@ class FallbackBackend {
     std::variant<PH, SH> of{};
   };
 
-  /// Both must outlive this object and the locks that use it.
+  /// Copyable backends (handles) are copied; others must outlive this
+  /// object and the locks that use it.
   FallbackBackend(Primary& primary, Secondary& secondary) : primary_(primary), secondary_(secondary) {}
 
   [[nodiscard]] std::string_view kind() const noexcept { return primary_.kind(); }
@@ -123,8 +124,8 @@ class FallbackBackend {
     return f(backend, inner);
   }
 
-  Primary& primary_;
-  Secondary& secondary_;
+  detail::BackendStorage<Primary> primary_;
+  detail::BackendStorage<Secondary> secondary_;
 };
 
 }  // namespace dlock

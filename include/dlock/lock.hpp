@@ -89,8 +89,10 @@ class Lock {
   using handle_type = typename B::Handle;
   using guard_type = Guard<Lock>;
 
-  /// Validates name and options (throws InvalidArgument). `backend` must
-  /// outlive the Lock. Does not contact the backend.
+  /// Validates name and options (throws InvalidArgument). Does not contact
+  /// the backend. A copyable backend (a handle, like the built-in ones) is
+  /// copied, so it may be destroyed before the Lock; a non-copyable one must
+  /// outlive it.
   Lock(B& backend, std::string name, LockOptions options = {})
       : backend_(backend),
         name_(std::move(name)),
@@ -254,7 +256,8 @@ class Lock {
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
   [[nodiscard]] const LockOptions& options() const noexcept { return options_; }
-  [[nodiscard]] B& backend() const noexcept { return backend_; }
+  [[nodiscard]] B& backend() noexcept { return backend_; }
+  [[nodiscard]] const B& backend() const noexcept { return backend_; }
 
  private:
   using Subscription = typename detail::SubscriptionOf<B>::type;
@@ -438,7 +441,7 @@ class Lock {
     source().emit(ev);
   }
 
-  B& backend_;
+  detail::BackendStorage<B> backend_;
   const std::string name_;
   const LockOptions options_;
   const Clock& clock_;

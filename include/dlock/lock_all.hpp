@@ -108,7 +108,7 @@ inline bool acquire_set(std::span<SetMember> members, std::optional<TimePoint> d
 template <class L>
 SetMember member_of(L& lock) {
   return SetMember{
-      &lock.backend(), lock.name(),
+      backend_identity(std::as_const(lock).backend()), lock.name(),
       [&lock](std::optional<TimePoint> deadline) {
         if (!deadline) {
           lock.lock();

@@ -4,15 +4,19 @@
 // backend's clock, release and extend are owner-checked, fencing tokens
 // increase per name, and releases wake waiters at once. Use it for locks
 // between threads of one process, as the embedded default, and in unit tests
-// (with a ManualClock to move time). Thread-safe; every operation is a short
-// critical section on one mutex. The backend keeps a small record per lock
-// name ever used (the fencing counter), so it suits a bounded set of names.
-// It must outlive the Locks and subscriptions that use it.
+// (with a ManualClock to move time).
+//
+// A MemoryBackend is a handle: copies share one lock table, and the table
+// lives as long as any copy, Lock or subscription that uses it. Thread-safe;
+// every operation is a short critical section on one mutex. The table keeps a
+// small record per lock name ever used (the fencing counter), so it suits a
+// bounded set of names. The clock must outlive the table.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -31,6 +35,17 @@ class MemoryBackend {
     std::uint64_t fence = 0;
     std::uint64_t releases = 0;  ///< bumped on every release, for subscribers
   };
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+  struct State {
+    explicit State(const Clock& c) : clock(c) {}
+    const Clock& clock;
+    std::mutex mu;
+    std::condition_variable released;
+    std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots;  // never erased; nodes never move
+  };
 
  public:
   using Handle = NoHandle;
@@ -41,31 +56,32 @@ class MemoryBackend {
     /// True when a release happened since subscribing or since the last
     /// wait_for() that returned true.
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
-      std::unique_lock lk(backend_->mu_);
-      if (!backend_->released_.wait_for(lk, d, [this] { return slot_->releases != seen_; })) return false;
+      std::unique_lock lk(state_->mu);
+      if (!state_->released.wait_for(lk, d, [this] { return slot_->releases != seen_; })) return false;
       seen_ = slot_->releases;
       return true;
     }
 
    private:
     friend class MemoryBackend;
-    Subscription(MemoryBackend& b, const Slot& s) : backend_(&b), slot_(&s), seen_(s.releases) {}
-    MemoryBackend* backend_;
-    const Slot* slot_;  // slots are never erased, and unordered_map nodes never move
+    Subscription(std::shared_ptr<State> state, const Slot& s)
+        : state_(std::move(state)), slot_(&s), seen_(s.releases) {}
+    std::shared_ptr<State> state_;
+    const Slot* slot_;
     std::uint64_t seen_;
   };
 
-  explicit MemoryBackend(const Clock& clock = steady_clock()) : clock_(clock) {}
-  MemoryBackend(const MemoryBackend&) = delete;
-  MemoryBackend& operator=(const MemoryBackend&) = delete;
+  explicit MemoryBackend(const Clock& clock = steady_clock()) : state_(std::make_shared<State>(clock)) {}
 
   [[nodiscard]] std::string_view kind() const noexcept { return "memory"; }
   [[nodiscard]] std::string_view endpoint() const noexcept { return "in-process"; }
+  /// Equal for all copies of this handle.
+  [[nodiscard]] const void* identity() const noexcept { return state_.get(); }
 
   [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& r) {
-    std::lock_guard lk(mu_);
+    std::lock_guard lk(state_->mu);
     Slot& s = slot(r.name);
-    const TimePoint now = clock_.now();
+    const TimePoint now = state_->clock.now();
     if (s.owner && now < s.expires_at) {
       return Contended{std::chrono::ceil<std::chrono::milliseconds>(s.expires_at - now)};
     }
@@ -76,28 +92,28 @@ class MemoryBackend {
 
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
     {
-      std::lock_guard lk(mu_);
+      std::lock_guard lk(state_->mu);
       Slot* s = held_by(name, lease.owner);
       if (!s) return ReleaseResult::not_held;
       s->owner.reset();
       ++s->releases;
     }
-    released_.notify_all();
+    state_->released.notify_all();
     return ReleaseResult::released;
   }
 
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started) {
-    std::lock_guard lk(mu_);
+    std::lock_guard lk(state_->mu);
     Slot* s = held_by(name, lease.owner);
     if (!s) return std::nullopt;
-    s->expires_at = clock_.now() + ttl;
+    s->expires_at = state_->clock.now() + ttl;
     return started + ttl;
   }
 
   [[nodiscard]] Subscription subscribe_release(std::string_view name) {
-    std::lock_guard lk(mu_);
-    return Subscription(*this, slot(name));
+    std::lock_guard lk(state_->mu);
+    return Subscription(state_, slot(name));
   }
 
   /// Administrative: deletes the lock whoever holds it (like an operator's
@@ -105,42 +121,34 @@ class MemoryBackend {
   bool force_release(std::string_view name) {
     bool removed = false;
     {
-      std::lock_guard lk(mu_);
-      auto it = slots_.find(name);
-      if (it != slots_.end() && it->second.owner) {
-        removed = clock_.now() < it->second.expires_at;
+      std::lock_guard lk(state_->mu);
+      auto it = state_->slots.find(name);
+      if (it != state_->slots.end() && it->second.owner) {
+        removed = state_->clock.now() < it->second.expires_at;
         it->second.owner.reset();
         ++it->second.releases;
       }
     }
-    released_.notify_all();
+    state_->released.notify_all();
     return removed;
   }
 
  private:
-  struct Hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
-
+  // Require state_->mu.
   Slot& slot(std::string_view name) {
-    auto it = slots_.find(name);
-    if (it == slots_.end()) it = slots_.emplace(std::string(name), Slot{}).first;
+    auto it = state_->slots.find(name);
+    if (it == state_->slots.end()) it = state_->slots.emplace(std::string(name), Slot{}).first;
     return it->second;
   }
-
   Slot* held_by(std::string_view name, const OwnerId& owner) {
-    auto it = slots_.find(name);
-    if (it == slots_.end()) return nullptr;
+    auto it = state_->slots.find(name);
+    if (it == state_->slots.end()) return nullptr;
     Slot& s = it->second;
-    if (!s.owner || *s.owner != owner || clock_.now() >= s.expires_at) return nullptr;
+    if (!s.owner || *s.owner != owner || state_->clock.now() >= s.expires_at) return nullptr;
     return &s;
   }
 
-  const Clock& clock_;
-  std::mutex mu_;
-  std::condition_variable released_;
-  std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots_;
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace dlock

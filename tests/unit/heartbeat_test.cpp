@@ -324,3 +324,17 @@ TEST(LongHeld, ReportedOnceWhenAHoldPassesItsThreshold) {
   std::this_thread::sleep_for(50ms);
   EXPECT_EQ(observer->count(EventType::long_held), 1u);
 }
+
+TEST(Destruction, GuardOutlivesTheBackendObject) {
+  auto backend = std::make_unique<MemoryBackend>();
+  auto lock = std::make_unique<Lock<MemoryBackend>>(*backend, "job", LockOptions{.ttl = 300ms, .auto_extend = true});
+  auto g = lock->acquire();
+  MemoryBackend observer_view = *backend;  // another handle on the same table
+  backend.reset();                         // the application's backend object goes first
+  std::this_thread::sleep_for(250ms);      // the heartbeat keeps extending through the lock's handle
+  EXPECT_TRUE(g.owns_lock());
+  Lock<MemoryBackend> other(observer_view, "job");
+  EXPECT_FALSE(other.try_lock());
+  g.unlock();
+  EXPECT_TRUE(other.try_lock());
+}

@@ -191,7 +191,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // ---- Beat (heartbeat threads) ----
 
-  [[nodiscard]] BatchKey batch_key() const noexcept override { return {&type_tag_, &backend_}; }
+  [[nodiscard]] BatchKey batch_key() const noexcept override { return {&type_tag_, backend_identity(backend_)}; }
   [[nodiscard]] const Clock& clock() const noexcept override { return clock_; }
   [[nodiscard]] Clock::duration slack() const noexcept override { return auto_extend_ ? interval_ / 4 : Clock::duration{}; }
 
@@ -482,7 +482,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   inline static const char type_tag_ = 0;
 
-  B& backend_;
+  BackendStorage<B> backend_;
   const std::string name_;
   const std::chrono::milliseconds ttl_;
   const Clock::duration interval_;
