@@ -23,8 +23,9 @@
 // install_schema() or sql/dlock_postgres.sql creates; without it locks work
 // and fencing_token() reports errc::no_fencing_token.
 //
-// Thread safety: PostgresBackend may be used from any number of threads; it
-// must outlive the Locks that use it. It connects lazily: the constructor only
+// Thread safety: PostgresBackend may be used from any number of threads. It
+// is a handle (copies share one pool; each Lock keeps a copy, so it may be
+// destroyed before its locks). It connects lazily: the constructor only
 // validates. Every network call is bounded by connect_timeout /
 // statement_timeout (plus the wait asked for); connection failures are thrown
 // as ConnectionError naming host:port/database (never the password),
@@ -142,16 +143,17 @@ class PostgresBackend {
   using Options = PostgresOptions;
 
   /// Validates the options (InvalidArgument naming the field). Does not connect.
+  /// A PostgresBackend is a handle: copies share the pool, which closes when
+  /// the last copy goes; each Lock keeps a copy, so the backend object may be
+  /// destroyed before its locks and guards.
   explicit PostgresBackend(PostgresOptions options);
-  PostgresBackend(const PostgresBackend&) = delete;
-  PostgresBackend& operator=(const PostgresBackend&) = delete;
-  /// Closes idle connections. Every Lock using this backend must be gone.
-  ~PostgresBackend();
 
   [[nodiscard]] std::string_view kind() const noexcept { return "postgres"; }
   /// "host:port/database" from the conninfo (never the password).
-  [[nodiscard]] std::string_view endpoint() const noexcept { return endpoint_; }
-  [[nodiscard]] const PostgresOptions& options() const noexcept { return options_; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return state_->endpoint; }
+  [[nodiscard]] const PostgresOptions& options() const noexcept { return state_->options; }
+  /// Equal for all copies of this handle.
+  [[nodiscard]] const void* identity() const noexcept { return state_.get(); }
 
   /// The bigint advisory key dlock uses for `name`: SipHash-2-4 of
   /// lock_namespace, 0x00 and the name; for "pg_advisory:<int64>" the number.
@@ -197,9 +199,13 @@ class PostgresBackend {
   [[nodiscard]] PoolStats pool_stats() const;
 
  private:
-  PostgresOptions options_;
-  std::string endpoint_;
-  std::unique_ptr<detail::PgBackendState> pool_;  // the connection pool and cached state
+  struct State {  // shared by all copies
+    PostgresOptions options;
+    std::string endpoint;
+    std::unique_ptr<detail::PgBackendState> pool;  // the connection pool and cached state
+    ~State();
+  };
+  std::shared_ptr<State> state_;
 };
 
 static_assert(Backend<PostgresBackend>);

@@ -14,7 +14,9 @@
 // keeps a small pool of connections (a broken one is dropped, never reused)
 // and one pub/sub connection that wakes every waiting Lock when a lock is
 // released. Every call is bounded by connect_timeout + command_timeout.
-// The backend must outlive the Locks that use it.
+// A RedisBackend is a handle: copies share the pool and the subscriber, which
+// close when the last copy goes. Each Lock keeps a copy, so the backend
+// object may be destroyed before its locks and guards.
 #pragma once
 
 #include <chrono>
@@ -58,13 +60,12 @@ class RedisBackend {
   /// parse_redis_uri(uri, base).
   explicit RedisBackend(std::string_view uri, RedisOptions base = {});
   explicit RedisBackend(const char* uri, RedisOptions base = {}) : RedisBackend(std::string_view(uri), std::move(base)) {}
-  RedisBackend(const RedisBackend&) = delete;
-  RedisBackend& operator=(const RedisBackend&) = delete;
-  ~RedisBackend();
 
   [[nodiscard]] std::string_view kind() const noexcept { return "redis"; }
   /// "host:port" or the socket path; never the password.
-  [[nodiscard]] std::string_view endpoint() const noexcept { return node_->endpoint(); }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return state_->node->endpoint(); }
+  /// Equal for all copies of this handle.
+  [[nodiscard]] const void* identity() const noexcept { return state_.get(); }
 
   // The Backend operations (backend.hpp). Each is one round trip on a pooled
   // connection. Throw ConnectionError (unreachable, reset, timed out: the
@@ -87,14 +88,18 @@ class RedisBackend {
   /// Never throws for connection problems.
   [[nodiscard]] Subscription subscribe_release(std::string_view name);
 
-  [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
+  [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
-  [[nodiscard]] detail::RedisNode& node() noexcept { return *node_; }
+  [[nodiscard]] detail::RedisNode& node() noexcept { return *state_->node; }
 
  private:
-  RedisOptions options_;
-  std::unique_ptr<detail::RedisNode> node_;
-  detail::RedisSubscriber subscriber_;
+  struct State {  // shared by all copies
+    explicit State(RedisOptions o);
+    RedisOptions options;
+    std::unique_ptr<detail::RedisNode> node;
+    detail::RedisSubscriber subscriber;
+  };
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace dlock

@@ -214,22 +214,24 @@ bool text_is_true(const PGresult* r, int row, int col) {
 
 }  // namespace
 
-PostgresBackend::PostgresBackend(PostgresOptions options) : options_(std::move(options)) {
-  detail::validate_fields(options_);
+PostgresBackend::PostgresBackend(PostgresOptions options) : state_(std::make_shared<State>()) {
+  state_->options = std::move(options);
+  const PostgresOptions& o = state_->options;
+  detail::validate_fields(o);
   char* err = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(options_.conninfo.c_str(), &err);
+  PQconninfoOption* parsed = PQconninfoParse(o.conninfo.c_str(), &err);
   if (!parsed) {
     const std::string why = err ? detail::redact(err) : "out of memory";
     PQfreemem(err);
     detail::invalid_field("PostgresOptions.conninfo", "must be a libpq connection string or URI",
-                          fmt::format("{} bytes that libpq rejects: {}", options_.conninfo.size(), why));
+                          fmt::format("{} bytes that libpq rejects: {}", o.conninfo.size(), why));
   }
   PQconninfoFree(parsed);
-  endpoint_ = detail::make_endpoint(options_.conninfo);
-  pool_ = std::make_unique<detail::PgBackendState>(options_, endpoint_);
+  state_->endpoint = detail::make_endpoint(o.conninfo);
+  state_->pool = std::make_unique<detail::PgBackendState>(state_->options, state_->endpoint);
 }
 
-PostgresBackend::~PostgresBackend() = default;
+PostgresBackend::State::~State() = default;
 
 std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
   bool malformed = false;
@@ -239,34 +241,34 @@ std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
                           fmt::format("starting with \"{}\" must continue with a canonical decimal int64",
                                       detail::pg_explicit_key_prefix),
                           fmt::format("\"{}\"", name));
-  return detail::pg_hash_key(options_.lock_namespace, name);
+  return detail::pg_hash_key(state_->options.lock_namespace, name);
 }
 
 bool PostgresBackend::has_fencing() {
-  auto& st = state(pool_);
+  auto& st = state(state_->pool);
   const int known = st.fencing.load(std::memory_order_acquire);
   if (known >= 0) return known == 1;
-  PgSessionPtr s = pool_->checkout();
+  PgSessionPtr s = state_->pool->checkout();
   static const detail::PgStatement probe{0, "", "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
                                                 "pg_catalog.to_regclass($1) AND relkind = 'S')",
                                          {25}};
-  PgOutcome o = s->run(probe, {PgParam::text(options_.fencing_sequence)}, false, after(options_.statement_timeout));
-  if (!o.ok()) detail::throw_outcome(o, endpoint_, "looking up the fencing sequence", options_.statement_timeout);
+  PgOutcome o = s->run(probe, {PgParam::text(state_->options.fencing_sequence)}, false, after(state_->options.statement_timeout));
+  if (!o.ok()) detail::throw_outcome(o, state_->endpoint, "looking up the fencing sequence", state_->options.statement_timeout);
   const bool present = text_is_true(o.result.get(), 0, 0);
-  pool_->checkin(std::move(s));
+  state_->pool->checkin(std::move(s));
   int expected = -1;
   st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
   return present;
 }
 
 void PostgresBackend::install_schema() {
-  PgSessionPtr s = pool_->checkout();
-  for (const std::string& sql : detail::pg_schema_sql(options_.fencing_sequence)) {
-    PgOutcome o = s->command(sql.c_str(), after(options_.statement_timeout));
-    if (!o.ok()) detail::throw_outcome(o, endpoint_, "install_schema", options_.statement_timeout);
+  PgSessionPtr s = state_->pool->checkout();
+  for (const std::string& sql : detail::pg_schema_sql(state_->options.fencing_sequence)) {
+    PgOutcome o = s->command(sql.c_str(), after(state_->options.statement_timeout));
+    if (!o.ok()) detail::throw_outcome(o, state_->endpoint, "install_schema", state_->options.statement_timeout);
   }
-  pool_->checkin(std::move(s));
-  state(pool_).fencing.store(1, std::memory_order_release);
+  state_->pool->checkin(std::move(s));
+  state(state_->pool).fencing.store(1, std::memory_order_release);
 }
 
 namespace {
@@ -327,7 +329,7 @@ AcquireResult<PgLockHandle> PostgresBackend::try_acquire(const AcquireRequest& r
   const std::int64_t key = advisory_key(request.name);
   const bool fence = has_fencing();
   PgSessionPtr s;
-  AcquireResult<PgLockHandle> result = acquire(*this, state(pool_), request, nullptr, s, key, fence);
+  AcquireResult<PgLockHandle> result = acquire(*this, state(state_->pool), request, nullptr, s, key, fence);
   if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
     g->handle.pid_ = s->pid();
     g->handle.key_ = key;
@@ -342,7 +344,7 @@ AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& 
   const std::int64_t key = advisory_key(request.name);
   const bool fence = has_fencing();
   PgSessionPtr s;
-  AcquireResult<PgLockHandle> result = acquire(*this, state(pool_), request, &max_wait, s, key, fence);
+  AcquireResult<PgLockHandle> result = acquire(*this, state(state_->pool), request, &max_wait, s, key, fence);
   if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
     g->handle.pid_ = s->pid();
     g->handle.key_ = key;
@@ -354,14 +356,14 @@ AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& 
 ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lease) {
   PgSessionPtr s = std::move(lease.handle.session_);
   if (!s) return ReleaseResult::not_held;
-  const bool xact = options_.scope == PostgresOptions::Scope::transaction;
+  const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
   const auto what = [&] { return fmt::format("release of lock '{}' (key {})", name, lease.handle.key_); };
-  PgOutcome o = xact ? s->command("COMMIT", after(options_.statement_timeout))
-                     : s->run(state(pool_).statements.get(*s, false).unlock, {PgParam::int8(lease.handle.key_)},
-                              true, after(options_.statement_timeout));
+  PgOutcome o = xact ? s->command("COMMIT", after(state_->options.statement_timeout))
+                     : s->run(state(state_->pool).statements.get(*s, false).unlock, {PgParam::int8(lease.handle.key_)},
+                              true, after(state_->options.statement_timeout));
   if (o.fail == PgOutcome::Fail::timeout) {
     // Unknown: the server may still hold it until it notices the closed session.
-    detail::throw_outcome(o, endpoint_, what(), options_.statement_timeout);
+    detail::throw_outcome(o, state_->endpoint, what(), state_->options.statement_timeout);
   }
   if (!o.ok()) {
     // The server ended the session (terminated, idle timeout, restart) or
@@ -375,7 +377,7 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
   } else {
     released = text_is_true(o.result.get(), 0, 0);
   }
-  if (released) pool_->checkin(std::move(s));
+  if (released) state_->pool->checkin(std::move(s));
   return released ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
@@ -383,9 +385,9 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view, Lease<Handle>
                                                  std::chrono::milliseconds ttl, TimePoint started) {
   if (!lease.handle.session_) return std::nullopt;
   detail::PgSession& s = *lease.handle.session_;
-  const bool xact = options_.scope == PostgresOptions::Scope::transaction;
-  PgOutcome o = s.run(state(pool_).statements.get(s, xact).extend, {PgParam::int8(detail::ms_of(ttl))}, !xact,
-                      after(options_.statement_timeout));
+  const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
+  PgOutcome o = s.run(state(state_->pool).statements.get(s, xact).extend, {PgParam::int8(detail::ms_of(ttl))}, !xact,
+                      after(state_->options.statement_timeout));
   if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
     lease.handle.session_.reset();  // a lost session is a lost lock; closing it makes sure
     return std::nullopt;
@@ -395,7 +397,7 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view, Lease<Handle>
 }
 
 std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
-  PgSessionPtr s = pool_->checkout();
+  PgSessionPtr s = state_->pool->checkout();
   const bool modern = s->server_version() >= 140000;
   const detail::PgStatement q{
       0, "",
@@ -414,8 +416,8 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
           modern ? "(extract(epoch FROM l.waitstart) * 1000000)::int8" : "NULL::int8",
           modern ? "l.waitstart NULLS FIRST" : "l.pid"),
       {}};
-  PgOutcome o = s->run(q, {}, false, after(options_.statement_timeout));
-  if (!o.ok()) detail::throw_outcome(o, endpoint_, "monitor query", options_.statement_timeout);
+  PgOutcome o = s->run(q, {}, false, after(state_->options.statement_timeout));
+  if (!o.ok()) detail::throw_outcome(o, state_->endpoint, "monitor query", state_->options.statement_timeout);
   std::vector<PgAdvisoryLockInfo> rows;
   const PGresult* r = o.result.get();
   for (int i = 0; i < PQntuples(r); ++i) {
@@ -433,11 +435,11 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
     info.in_state_for = std::chrono::milliseconds(std::strtoll(PQgetvalue(r, i, 7), nullptr, 10));
     rows.push_back(std::move(info));
   }
-  pool_->checkin(std::move(s));
+  state_->pool->checkin(std::move(s));
   return rows;
 }
 
-PostgresBackend::PoolStats PostgresBackend::pool_stats() const { return pool_->stats(); }
+PostgresBackend::PoolStats PostgresBackend::pool_stats() const { return state_->pool->stats(); }
 
 // ---- transaction scope on the caller's connection ----
 

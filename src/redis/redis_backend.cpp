@@ -8,32 +8,32 @@
 
 namespace dlock {
 
-RedisBackend::RedisBackend(RedisOptions options)
-    : options_((detail::validate(options), std::move(options))),
-      node_(std::make_unique<detail::RedisNode>(options_)),
-      subscriber_(options_, node_->endpoint()) {}
+RedisBackend::State::State(RedisOptions o)
+    : options((detail::validate(o), std::move(o))),
+      node(std::make_unique<detail::RedisNode>(options)),
+      subscriber(options, node->endpoint()) {}
+
+RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {}
 
 RedisBackend::RedisBackend(std::string_view uri, RedisOptions base)
     : RedisBackend(parse_redis_uri(uri, std::move(base))) {}
 
-RedisBackend::~RedisBackend() = default;
-
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
-  const auto reply = node_->acquire(node_->keys(request.name), request.owner.str(), request.ttl);
+  const auto reply = state_->node->acquire(state_->node->keys(request.name), request.owner.str(), request.ttl);
   if (!reply.acquired) return Contended{reply.holder_ttl};
-  return Grant<Handle>{reply.token, request.started + request.ttl, {}};
+  return Grant<Handle>{.token = reply.token, .valid_until = request.started + request.ttl};
 }
 
 ReleaseResult RedisBackend::release(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
-  return node_->release(node_->keys(name), lease.owner.str()) ? ReleaseResult::released : ReleaseResult::not_held;
+  return state_->node->release(state_->node->keys(name), lease.owner.str()) ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
 std::optional<TimePoint> RedisBackend::extend(std::string_view name, Lease<Handle>& lease,
                                               std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
-  if (!node_->extend(node_->keys(name).lock, lease.owner.str(), ttl)) return std::nullopt;
+  if (!state_->node->extend(state_->node->keys(name).lock, lease.owner.str(), ttl)) return std::nullopt;
   return started + ttl;
 }
 
@@ -51,7 +51,7 @@ void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
       try {
         detail::validate_redis_lock_name(it.name);
         if (it.owner == nullptr) throw InvalidArgument("dlock: extend_many item without an owner");
-        keys.push_back(node_->keys(it.name).lock);
+        keys.push_back(state_->node->keys(it.name).lock);
       } catch (...) {
         it.error = std::current_exception();
         continue;
@@ -65,7 +65,7 @@ void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
     std::vector<std::exception_ptr> errors;
     std::vector<bool> extended;
     try {
-      extended = node_->extend_many(batch, &errors);
+      extended = state_->node->extend_many(batch, &errors);
     } catch (...) {
       const auto e = std::current_exception();
       for (std::size_t i : index) items[i].error = e;
@@ -86,7 +86,7 @@ void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
 }
 
 RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name) {
-  return Subscription(subscriber_.subscribe(node_->keys(name).channel));
+  return Subscription(state_->subscriber.subscribe(state_->node->keys(name).channel));
 }
 
 }  // namespace dlock
