@@ -50,6 +50,11 @@
 //        in as few round trips as it can (one pipelined batch per server),
 //        filling each item's `valid_until` (nullopt: lost) or `error`. The
 //        heartbeat uses it for leases that fall due together.
+//   RecordsWaits: b.record_wait(const WaitRecord&) / b.clear_wait(const WaitRecord&)
+//        publish, while an acquire is blocked, what it waits for and what its
+//        thread already holds, with a TTL so the record vanishes with the
+//        waiter; operator tools build the cross-process wait-for graph from
+//        them (dlockctl deadlocks). Diagnostics only: never throw.
 //
 // extend() may also throw LockLostError when the lease is certainly gone for a
 // reason other than the server's word (e.g. the session that held it died).
@@ -157,6 +162,21 @@ template <class B>
 }
 }  // namespace detail
 
+/// A lock held by the thread of a blocked acquirer (see WaitRecord).
+struct HeldLockRef {
+  std::string_view name;
+  std::string_view owner;  ///< the owner id stored with the lock
+};
+
+/// What a blocked acquirer publishes for deadlock detection.
+struct WaitRecord {
+  std::string_view agent;               ///< "host:pid:thread", the waiting thread
+  std::string_view waiter;              ///< owner id of the blocked acquisition
+  std::string_view lock;                ///< the lock name it waits for
+  std::span<const HeldLockRef> holds;   ///< locks its thread holds on this backend
+  std::chrono::milliseconds ttl{};      ///< the record expires unless refreshed
+};
+
 template <class B>
 concept NotifiesRelease =
     Backend<B> && requires(B& b, std::string_view name, std::chrono::nanoseconds d) {
@@ -168,6 +188,12 @@ concept WaitsOnServer =
     Backend<B> && requires(B& b, const AcquireRequest& request, std::chrono::milliseconds max_wait) {
       { b.acquire_wait(request, max_wait) } -> std::same_as<AcquireResult<typename B::Handle>>;
     };
+
+template <class B>
+concept RecordsWaits = Backend<B> && requires(B& b, const WaitRecord& r) {
+  { b.record_wait(r) } noexcept;
+  { b.clear_wait(r) } noexcept;
+};
 
 template <class B>
 concept BatchesExtend = Backend<B> && requires(B& b, std::span<ExtendItem> items) {

@@ -53,6 +53,7 @@
 #include "backend.hpp"
 #include "detail/format.hpp"
 #include "detail/held.hpp"
+#include "detail/thread_holds.hpp"
 #include "error.hpp"
 #include "guard.hpp"
 #include "heartbeat.hpp"
@@ -176,6 +177,7 @@ class Lock {
     } leave{this};
     if (heartbeat && held->watched()) heartbeat->unwatch(*held);
     if (options_.lock_order) options_.lock_order->released(this);
+    if constexpr (RecordsWaits<B>) detail::forget_hold(held.get());
     return held->release();
   }
 
@@ -304,6 +306,8 @@ class Lock {
 
     const OwnerId owner = OwnerId::generate();
     std::optional<Subscription> subscription;
+    // RecordsWaits backends: published while blocked.
+    std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record;
     detail::Backoff backoff(options_.retry, detail::thread_rng());
     std::uint32_t attempts = 0;
     std::exception_ptr failure;  // the last attempt's transient error, if it failed
@@ -329,6 +333,15 @@ class Lock {
         failure = nullptr;
         source().emit(source().make(EventType::contended, owner.str(), std::nullopt));
         if (!single && !subscription) subscription = subscribe();  // then try once more before waiting
+        if constexpr (RecordsWaits<B>) {
+          if (!single) {
+            if (!wait_record) {
+              wait_record.emplace(backend_, name_, owner.str(), wait_record_ttl());
+            } else {
+              wait_record->refresh();
+            }
+          }
+        }
       } catch (const Error& e) {
         if (single || !detail::is_transient(e)) {
           report_acquire_failure(owner, attempts, clock_.now() - start, &e);
@@ -396,6 +409,10 @@ class Lock {
       engaged_ = true;
     }
     if (options_.lock_order) options_.lock_order->acquired(this, name_);
+    if constexpr (RecordsWaits<B>) {
+      detail::thread_holds().push_back(
+          detail::ThreadHold{held.get(), detail::backend_identity(backend_), name_, std::string(owner.str())});
+    }
     if (held->needs_watch()) watch(held);
   }
 
@@ -419,6 +436,12 @@ class Lock {
     auto held = current_or_null();
     if (!held) throw LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
     return held;
+  }
+
+  // A wait record outlives the longest wait between two refreshes.
+  [[nodiscard]] std::chrono::milliseconds wait_record_ttl() const noexcept {
+    const auto longest = std::chrono::duration_cast<std::chrono::milliseconds>(options_.retry.max_delay);
+    return std::max<std::chrono::milliseconds>(std::chrono::seconds(5), 4 * longest);
   }
 
   [[nodiscard]] detail::EventSource source() const noexcept {

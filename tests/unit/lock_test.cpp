@@ -438,3 +438,35 @@ TEST(MemoryBackend, SubscriptionReportsEachReleaseOnce) {
   EXPECT_FALSE(sub.wait_for(20ms));  // and is not reported again
   EXPECT_TRUE(mem.subscribe_release("other").wait_for(0ms) == false);
 }
+
+TEST(WaitRecords, ABlockedAcquirePublishesWhatItWaitsForAndWhatItsThreadHolds) {
+  dlock::test::WaitRecordingBackend backend;
+  Lock<dlock::test::WaitRecordingBackend> other_holder(backend, "b");
+  other_holder.lock();
+  std::atomic<bool> done{false};
+  std::string held_owner;
+  std::thread waiter([&] {
+    Lock<dlock::test::WaitRecordingBackend> a(backend, "a");
+    Lock<dlock::test::WaitRecordingBackend> b(backend, "b", {.retry = {.initial_delay = 5ms, .max_delay = 10ms}});
+    a.lock();
+    held_owner = std::string(a.owner_id());
+    b.lock();  // blocks until released below
+    done = true;
+  });
+  std::vector<dlock::test::WaitRecordingBackend::Record> live;
+  for (int i = 0; i < 500 && live.empty(); ++i) {
+    std::this_thread::sleep_for(2ms);
+    live = backend.live();
+  }
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].lock, "b");
+  ASSERT_EQ(live[0].holds.size(), 1u);
+  EXPECT_EQ(live[0].holds[0].first, "a");
+  EXPECT_EQ(live[0].holds[0].second, held_owner);
+  EXPECT_NE(live[0].agent.find(":"), std::string::npos);
+  EXPECT_FALSE(done);
+  other_holder.unlock();
+  waiter.join();
+  EXPECT_TRUE(backend.live().empty());  // cleared once acquired
+  EXPECT_GE(backend.published.load(), 1);
+}

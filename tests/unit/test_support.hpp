@@ -5,6 +5,7 @@
 #include <dlock/dlock.hpp>
 
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -129,5 +130,52 @@ class BatchingBackend {
 };
 
 static_assert(BatchesExtend<BatchingBackend>);
+
+}  // namespace dlock::test
+
+namespace dlock::test {
+
+/// A MemoryBackend that keeps the wait records published to it.
+class WaitRecordingBackend {
+ public:
+  using Handle = NoHandle;
+  struct Record {
+    std::string agent, waiter, lock;
+    std::vector<std::pair<std::string, std::string>> holds;
+  };
+  [[nodiscard]] std::string_view kind() const noexcept { return "waits"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:2"; }
+  AcquireResult<Handle> try_acquire(const AcquireRequest& r) { return mem_.try_acquire(r); }
+  ReleaseResult release(std::string_view name, Lease<Handle>& lease) { return mem_.release(name, lease); }
+  std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                  TimePoint started) {
+    return mem_.extend(name, lease, ttl, started);
+  }
+  void record_wait(const WaitRecord& r) noexcept {
+    Record rec{std::string(r.agent), std::string(r.waiter), std::string(r.lock), {}};
+    for (const auto& h : r.holds) rec.holds.emplace_back(std::string(h.name), std::string(h.owner));
+    std::lock_guard lk(mu_);
+    live_[rec.waiter] = rec;
+    ++published;
+  }
+  void clear_wait(const WaitRecord& r) noexcept {
+    std::lock_guard lk(mu_);
+    live_.erase(std::string(r.waiter));
+  }
+  std::vector<Record> live() const {
+    std::lock_guard lk(mu_);
+    std::vector<Record> out;
+    for (const auto& [k, v] : live_) out.push_back(v);
+    return out;
+  }
+  std::atomic<int> published{0};
+
+ private:
+  MemoryBackend mem_;
+  mutable std::mutex mu_;
+  std::map<std::string, Record> live_;
+};
+
+static_assert(RecordsWaits<WaitRecordingBackend>);
 
 }  // namespace dlock::test
