@@ -88,6 +88,14 @@ class RedisBackend {
   /// Never throws for connection problems.
   [[nodiscard]] Subscription subscribe_release(std::string_view name);
 
+  /// RecordsWaits (backend.hpp): publishes `record` as the string key
+  /// `<prefix>waiting:<waiter>` with PX record.ttl (one SET round trip; see
+  /// detail/redis_waits.hpp and docs/redis.md for the value format), read by
+  /// `dlockctl deadlocks`. clear_wait() deletes it (one DEL). Diagnostics
+  /// only: never throw; failures are ignored (the record then expires).
+  void record_wait(const WaitRecord& record) noexcept;
+  void clear_wait(const WaitRecord& record) noexcept;
+
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
   [[nodiscard]] detail::RedisNode& node() noexcept { return *state_->node; }
@@ -101,5 +109,7 @@ class RedisBackend {
   };
   std::shared_ptr<State> state_;
 };
+
+static_assert(RecordsWaits<RedisBackend>);
 
 }  // namespace dlock

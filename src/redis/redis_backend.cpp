@@ -1,6 +1,9 @@
 // RedisBackend: the Backend operations as a thin layer over one RedisNode.
 #include <dlock/redis.hpp>
 
+#include <dlock/detail/redis_waits.hpp>
+
+#include <algorithm>
 #include <exception>
 #include <string>
 #include <utility>
@@ -87,6 +90,23 @@ void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
 
 RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name) {
   return Subscription(state_->subscriber.subscribe(state_->node->keys(name).channel));
+}
+
+void RedisBackend::record_wait(const WaitRecord& record) noexcept {
+  try {
+    const std::string key = detail::redis_waiting_key(state_->options.key_prefix, record.waiter);
+    const std::string value = detail::encode_wait_record(record);
+    const std::string px = std::to_string(std::max<long long>(1, record.ttl.count()));
+    (void)state_->node->command({"SET", key, value, "PX", px});
+  } catch (...) {  // diagnostics only: the record is simply missing
+  }
+}
+
+void RedisBackend::clear_wait(const WaitRecord& record) noexcept {
+  try {
+    (void)state_->node->command({"DEL", detail::redis_waiting_key(state_->options.key_prefix, record.waiter)});
+  } catch (...) {  // diagnostics only: the record expires by its TTL
+  }
 }
 
 }  // namespace dlock
