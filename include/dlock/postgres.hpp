@@ -175,6 +175,9 @@ class PostgresBackend {
   /// a release hands over at once. Contended when max_wait passes.
   [[nodiscard]] AcquireResult<Handle> acquire_wait(const AcquireRequest& request, std::chrono::milliseconds max_wait);
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);
+  /// A round trip on the pinned session that also moves its idle timeout.
+  /// Throws LockLostError when the session has ended (terminated, network
+  /// failure, timeout): the server released the lock with it.
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 

@@ -381,7 +381,7 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
   return released ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
-std::optional<TimePoint> PostgresBackend::extend(std::string_view, Lease<Handle>& lease,
+std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Handle>& lease,
                                                  std::chrono::milliseconds ttl, TimePoint started) {
   if (!lease.handle.session_) return std::nullopt;
   detail::PgSession& s = *lease.handle.session_;
@@ -389,8 +389,15 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view, Lease<Handle>
   PgOutcome o = s.run(state(state_->pool).statements.get(s, xact).extend, {PgParam::int8(detail::ms_of(ttl))}, !xact,
                       after(state_->options.statement_timeout));
   if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
-    lease.handle.session_.reset();  // a lost session is a lost lock; closing it makes sure
-    return std::nullopt;
+    // A lost session is a lost lock (the server releases it with the session);
+    // closing it makes sure. Say why: it is the connection, not another owner.
+    const std::string why = !o.message.empty() ? o.message
+                            : o.result         ? detail::redact(PQresultErrorMessage(o.result.get()))
+                                               : std::string("the transaction ended");
+    lease.handle.session_.reset();
+    throw LockLostError(fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
+                                    "released the lock with it",
+                                    name, state_->endpoint, why));
   }
   s.keepalive_ttl_ms = detail::ms_of(ttl);
   return started + ttl;
