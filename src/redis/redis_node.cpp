@@ -3,6 +3,7 @@
 
 #include <hiredis/hiredis.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <algorithm>
@@ -114,10 +115,40 @@ void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::str
   throw ServerError(fmt::format("dlock: {} failed at {}: {}", what, endpoint, m));
 }
 
+AcquireReply parse_acquire_reply(const RedisValue& r, std::string_view endpoint, std::string_view lock_key) {
+  if (r.is_error()) throw_if_error(r, endpoint, fmt::format("acquire of '{}'", lock_key));
+  if (r.type == RedisValue::Type::array && r.elements.size() == 2 &&
+      r.elements[0].type == RedisValue::Type::integer) {
+    const RedisValue& second = r.elements[1];
+    if (r.elements[0].integer == 1 && second.type == RedisValue::Type::string) {
+      AcquireReply out;
+      out.acquired = true;
+      const auto [p, ec] = std::from_chars(second.str.data(), second.str.data() + second.str.size(), out.token);
+      if (ec == std::errc{} && p == second.str.data() + second.str.size()) return out;
+    } else if (r.elements[0].integer == 0 && second.type == RedisValue::Type::integer) {
+      AcquireReply out;
+      if (second.integer >= 0) out.holder_ttl = std::chrono::milliseconds(second.integer);
+      return out;
+    }
+  }
+  throw ServerError(fmt::format("dlock: unexpected reply to the acquire script for '{}' from Redis at {}", lock_key,
+                                endpoint));
+}
+
+bool parse_flag_reply(const RedisValue& r, std::string_view endpoint, std::string_view op, std::string_view key) {
+  if (r.is_error()) throw_if_error(r, endpoint, fmt::format("{} of '{}'", op, key));
+  if (r.type != RedisValue::Type::integer || (r.integer != 0 && r.integer != 1))
+    throw ServerError(fmt::format("dlock: unexpected reply to the {} script for '{}' from Redis at {}", op, key, endpoint));
+  return r.integer == 1;
+}
+
 // ---- RedisConnection ----
 
 RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts)
-    : endpoint_(std::move(endpoint)), command_timeout_(options.command_timeout) {
+    : endpoint_(std::move(endpoint)),
+      command_timeout_(options.command_timeout),
+      username_(options.username),
+      database_(options.database) {
   const timeval connect_tv = to_timeval(options.connect_timeout);
   ctx_ = options.unix_socket.empty() ? redisConnectWithTimeout(options.host.c_str(), options.port, connect_tv)
                                      : redisConnectUnixWithTimeout(options.unix_socket.c_str(), connect_tv);
@@ -132,44 +163,78 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
       }
     }
   } guard{this};
-  if (ctx_->err) {
-    const bool timed_out = ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN);
-    throw ConnectionError(fmt::format(
-        "dlock: cannot connect to Redis at {}: {}{}; check that redis-server is running there and that "
-        "RedisOptions {} is right",
-        endpoint_, ctx_->errstr,
-        timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
-        options.unix_socket.empty() ? "host and port" : "unix_socket"));
-  }
+  if (ctx_->err)
+    connect_failed(options, ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN));
   // Bounds the handshake below by connect_timeout, then every command by command_timeout.
   if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
+  queue_handshake(options, load_scripts);
+  // Read every reply before judging, so that the first error reported is the cause (AUTH before NOAUTH).
+  std::vector<RedisValue> replies;
+  replies.reserve(steps_.size());
+  for (std::size_t i = 0; i < steps_.size(); ++i) replies.push_back(read_reply());
+  check_handshake(replies);
+  if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
+  guard.armed = false;
+}
 
-  enum class Step { auth, select, script };
-  std::vector<std::pair<Step, RedisScript>> steps;
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking)
+    : endpoint_(std::move(endpoint)),
+      command_timeout_(options.command_timeout),
+      nonblocking_(true),
+      username_(options.username),
+      database_(options.database) {
+  ctx_ = options.unix_socket.empty() ? redisConnectNonBlock(options.host.c_str(), options.port)
+                                     : redisConnectUnixNonBlock(options.unix_socket.c_str());
+  if (ctx_ == nullptr) throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
+  if (ctx_->err) {
+    try {
+      connect_failed(options, false);
+    } catch (...) {
+      redisFree(ctx_);
+      ctx_ = nullptr;
+      throw;
+    }
+  }
+  queue_handshake(options, true);
+}
+
+void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {
+  broken_ = true;
+  throw ConnectionError(fmt::format(
+      "dlock: cannot connect to Redis at {}: {}{}; check that redis-server is running there and that "
+      "RedisOptions {} is right",
+      endpoint_, ctx_->errstr,
+      timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
+      options.unix_socket.empty() ? "host and port" : "unix_socket"));
+}
+
+void RedisConnection::queue_handshake(const RedisOptions& options, bool load_scripts) {
+  steps_.clear();
   if (!options.password.empty()) {
     if (options.username.empty()) {
       append(std::array<std::string_view, 2>{"AUTH", options.password});
     } else {
       append(std::array<std::string_view, 3>{"AUTH", options.username, options.password});
     }
-    steps.emplace_back(Step::auth, RedisScript::acquire);
+    steps_.emplace_back(Step::auth, RedisScript::acquire);
   }
   const std::string db = number(options.database);
   if (options.database != 0) {
     append(std::array<std::string_view, 2>{"SELECT", db});
-    steps.emplace_back(Step::select, RedisScript::acquire);
+    steps_.emplace_back(Step::select, RedisScript::acquire);
   }
   if (load_scripts) {
     for (std::size_t i = 0; i < redis_script_count; ++i) {
       append(std::array<std::string_view, 3>{"SCRIPT", "LOAD", redis_scripts[i]});
-      steps.emplace_back(Step::script, static_cast<RedisScript>(i));
+      steps_.emplace_back(Step::script, static_cast<RedisScript>(i));
     }
   }
-  // Read every reply before judging, so that the first error reported is the cause (AUTH before NOAUTH).
-  std::vector<RedisValue> replies;
-  replies.reserve(steps.size());
-  for (std::size_t i = 0; i < steps.size(); ++i) replies.push_back(read_reply());
-  for (std::size_t i = 0; i < steps.size(); ++i) {
+}
+
+void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
+  const auto steps = std::move(steps_);
+  steps_.clear();
+  for (std::size_t i = 0; i < steps.size() && i < replies.size(); ++i) {
     const RedisValue& r = replies[i];
     switch (steps[i].first) {
       case Step::auth:
@@ -177,8 +242,8 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
           throw ServerError(fmt::format("dlock: Redis at {} refused authentication{} ({}); check RedisOptions "
                                         "username and password",
                                         endpoint_,
-                                        options.username.empty() ? std::string(" with the password")
-                                                                 : fmt::format(" of user '{}'", options.username),
+                                        username_.empty() ? std::string(" with the password")
+                                                          : fmt::format(" of user '{}'", username_),
                                         r.str),
                             errc::auth);
         }
@@ -187,7 +252,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
         if (r.is_error())
           throw ServerError(fmt::format("dlock: Redis at {} cannot select database {} ({}); check RedisOptions "
                                         "database",
-                                        endpoint_, options.database, r.str));
+                                        endpoint_, database_, r.str));
         break;
       case Step::script: {
         const auto s = steps[i].second;
@@ -199,8 +264,6 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
       }
     }
   }
-  if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
-  guard.armed = false;
 }
 
 RedisConnection::~RedisConnection() {
@@ -227,13 +290,63 @@ void RedisConnection::fail(std::string_view doing) {
                                     endpoint_, doing, detail));
 }
 
+void RedisConnection::queue(std::size_t argc, const char** argv, const std::size_t* lens) {
+  if (!nonblocking_) {
+    if (redisAppendCommandArgv(ctx_, static_cast<int>(argc), argv, lens) != REDIS_OK) fail("formatting a command");
+    return;
+  }
+  char* cmd = nullptr;
+  const int len = redisFormatCommandArgv(&cmd, static_cast<int>(argc), argv, lens);
+  if (len < 0 || cmd == nullptr) fail("formatting a command");
+  try {
+    out_.append(cmd, static_cast<std::size_t>(len));
+  } catch (...) {
+    redisFreeCommand(cmd);
+    throw;
+  }
+  redisFreeCommand(cmd);
+}
+
 void RedisConnection::append(std::span<const std::string_view> args) {
   Argv argv;
   argv.ptr.reserve(args.size());
   argv.len.reserve(args.size());
   for (auto a : args) argv.add(a);
-  if (redisAppendCommandArgv(ctx_, static_cast<int>(args.size()), argv.ptr.data(), argv.len.data()) != REDIS_OK)
-    fail("formatting a command");
+  queue(args.size(), argv.ptr.data(), argv.len.data());
+}
+
+int RedisConnection::fd() const noexcept { return ctx_ != nullptr ? ctx_->fd : -1; }
+
+bool RedisConnection::flush() {
+  while (out_sent_ < out_.size()) {
+    const ssize_t n = ::send(ctx_->fd, out_.data() + out_sent_, out_.size() - out_sent_, MSG_NOSIGNAL);
+    if (n > 0) {
+      out_sent_ += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;  // also: connect still in progress
+    broken_ = true;
+    const int err = n < 0 ? errno : EPIPE;
+    throw ConnectionError(fmt::format("dlock: cannot send to Redis at {} ({}); check that redis-server is running "
+                                      "there (the outcome of the command is unknown)",
+                                      endpoint_, std::strerror(err)));
+  }
+  out_.clear();
+  out_sent_ = 0;
+  return true;
+}
+
+void RedisConnection::fill() {
+  if (redisBufferRead(ctx_) != REDIS_OK) fail("reading a reply");
+}
+
+std::optional<RedisValue> RedisConnection::next_reply() {
+  void* raw = nullptr;
+  if (redisGetReplyFromReader(ctx_, &raw) != REDIS_OK) fail("parsing a reply");
+  if (raw == nullptr) return std::nullopt;
+  ReplyPtr reply(raw);
+  return to_value(static_cast<const redisReply*>(raw));
 }
 
 RedisValue RedisConnection::read_reply() {
@@ -266,8 +379,7 @@ void RedisConnection::append_script(bool by_sha, RedisScript script, std::span<c
   argv.add(std::string_view(numkeys, static_cast<std::size_t>(end - numkeys)));
   for (auto k : keys) argv.add(k);
   for (auto a : args) argv.add(a);
-  if (redisAppendCommandArgv(ctx_, static_cast<int>(argv.ptr.size()), argv.ptr.data(), argv.len.data()) != REDIS_OK)
-    fail("formatting a command");
+  queue(argv.ptr.size(), argv.ptr.data(), argv.len.data());
 }
 
 void RedisConnection::append_evalsha(RedisScript script, std::span<const std::string_view> keys,
@@ -397,23 +509,7 @@ RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_vi
     Checkout c(*this);
     r = c->eval(RedisScript::acquire, k, a);
   }
-  if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("acquire of '{}'", keys.lock));
-  if (r.type == RedisValue::Type::array && r.elements.size() == 2 &&
-      r.elements[0].type == RedisValue::Type::integer) {
-    const RedisValue& second = r.elements[1];
-    if (r.elements[0].integer == 1 && second.type == RedisValue::Type::string) {
-      AcquireReply out;
-      out.acquired = true;
-      const auto [p, ec] = std::from_chars(second.str.data(), second.str.data() + second.str.size(), out.token);
-      if (ec == std::errc{} && p == second.str.data() + second.str.size()) return out;
-    } else if (r.elements[0].integer == 0 && second.type == RedisValue::Type::integer) {
-      AcquireReply out;
-      if (second.integer >= 0) out.holder_ttl = std::chrono::milliseconds(second.integer);
-      return out;
-    }
-  }
-  throw ServerError(fmt::format("dlock: unexpected reply to the acquire script for '{}' from Redis at {}", keys.lock,
-                                endpoint_));
+  return parse_acquire_reply(r, endpoint_, keys.lock);
 }
 
 bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
@@ -424,10 +520,7 @@ bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
     Checkout c(*this);
     r = c->eval(RedisScript::release, k, a);
   }
-  if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("release of '{}'", keys.lock));
-  if (r.type != RedisValue::Type::integer)
-    throw ServerError(fmt::format("dlock: unexpected reply to the release script from Redis at {}", endpoint_));
-  return r.integer == 1;
+  return parse_flag_reply(r, endpoint_, "release", keys.lock);
 }
 
 bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl) {
@@ -439,10 +532,7 @@ bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::c
     Checkout c(*this);
     r = c->eval(RedisScript::extend, k, a);
   }
-  if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("extend of '{}'", lock_key));
-  if (r.type != RedisValue::Type::integer)
-    throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
-  return r.integer == 1;
+  return parse_flag_reply(r, endpoint_, "extend", lock_key);
 }
 
 std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std::vector<std::exception_ptr>* errors) {
@@ -475,10 +565,7 @@ std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std:
   }
   for (std::size_t i = 0; i < items.size(); ++i) {
     try {
-      if (replies[i].is_error()) throw_if_error(replies[i], endpoint_, fmt::format("extend of '{}'", items[i].lock_key));
-      if (replies[i].type != RedisValue::Type::integer)
-        throw ServerError(fmt::format("dlock: unexpected reply to the extend script from Redis at {}", endpoint_));
-      out[i] = replies[i].integer == 1;
+      out[i] = parse_flag_reply(replies[i], endpoint_, "extend", items[i].lock_key);
     } catch (const ServerError&) {
       if (errors == nullptr) throw;
       (*errors)[i] = std::current_exception();

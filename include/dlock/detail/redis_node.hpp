@@ -46,6 +46,21 @@ struct RedisValue {
 /// being done ("acquire of 'x'"). No-op for other replies.
 void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what);
 
+/// The acquire script's answer (see redis_scripts.hpp).
+struct AcquireReply {
+  bool acquired = false;
+  std::uint64_t token = 0;                             ///< when acquired
+  std::optional<std::chrono::milliseconds> holder_ttl;  ///< when not; empty if the holder set no TTL
+};
+/// Parses the acquire script's reply from `endpoint` for `lock_key`; throws
+/// ServerError for error replies and for replies of an unexpected shape.
+[[nodiscard]] AcquireReply parse_acquire_reply(const RedisValue& reply, std::string_view endpoint,
+                                               std::string_view lock_key);
+/// Parses the 0/1 reply of the release, extend and fence-raise scripts; `op`
+/// ("release") and `key` name it in messages. Throws ServerError.
+[[nodiscard]] bool parse_flag_reply(const RedisValue& reply, std::string_view endpoint, std::string_view op,
+                                    std::string_view key);
+
 /// One hiredis connection. Not thread-safe; owned by one user at a time.
 class RedisConnection {
  public:
@@ -53,6 +68,16 @@ class RedisConnection {
   /// socket, and in one round trip sends AUTH (if a password is set), SELECT
   /// (if database != 0) and, if `load_scripts`, SCRIPT LOAD for the lock scripts.
   RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts = true);
+
+  /// Non-blocking mode (Redlock's parallel fan-out, detail/redlock_io.hpp):
+  /// starts the connect and queues the handshake (AUTH, SELECT, SCRIPT LOAD)
+  /// without waiting for anything; the caller queues its commands behind it
+  /// and drives the socket with poll(), flush(), fill() and next_reply(). The
+  /// first pending_handshake() replies are the handshake's: pass them to
+  /// check_handshake(). command() and read_reply() must not be used. Throws
+  /// ConnectionError when the connect fails at once (e.g. refused on loopback).
+  struct NonBlocking {};
+  RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking);
   RedisConnection(const RedisConnection&) = delete;
   RedisConnection& operator=(const RedisConnection&) = delete;
   ~RedisConnection();
@@ -78,6 +103,24 @@ class RedisConnection {
   /// Appends the EVAL of `script` (the NOSCRIPT fallback in pipelines).
   void append_eval(RedisScript script, std::span<const std::string_view> keys, std::span<const std::string_view> args);
 
+  // ---- non-blocking mode ----
+  [[nodiscard]] int fd() const noexcept;
+  /// Sends as much queued output as the socket takes now (send() with
+  /// MSG_NOSIGNAL: a peer that went away never raises SIGPIPE). True when
+  /// nothing is left to send. Throws ConnectionError (and marks it broken).
+  bool flush();
+  /// Reads what the socket has now (call when poll() reports it readable).
+  /// Throws ConnectionError on EOF or error (and marks it broken).
+  void fill();
+  /// The next complete reply among those read so far, if any. Throws
+  /// ConnectionError on a protocol error.
+  [[nodiscard]] std::optional<RedisValue> next_reply();
+  /// Replies still owed to the handshake of a new non-blocking connection.
+  [[nodiscard]] std::size_t pending_handshake() const noexcept { return steps_.size(); }
+  /// Judges the handshake's replies as the blocking constructor does (throws
+  /// ServerError for a refused AUTH or SELECT, a failed SCRIPT LOAD).
+  void check_handshake(std::span<const RedisValue> replies);
+
   /// True once an I/O error happened: the connection must not be used again.
   [[nodiscard]] bool broken() noexcept;
   /// broken(), or the server closed the connection (one non-blocking poll()).
@@ -89,6 +132,10 @@ class RedisConnection {
   [[noreturn]] void fail(std::string_view doing);
 
  private:
+  enum class Step { auth, select, script };
+  void connect_failed(const RedisOptions& options, bool timed_out);
+  void queue_handshake(const RedisOptions& options, bool load_scripts);
+  void queue(std::size_t argc, const char** argv, const std::size_t* lens);
   void append_script(bool by_sha, RedisScript script, std::span<const std::string_view> keys,
                      std::span<const std::string_view> args);
 
@@ -96,6 +143,12 @@ class RedisConnection {
   std::string endpoint_;
   std::chrono::milliseconds command_timeout_;
   bool broken_ = false;
+  bool nonblocking_ = false;
+  std::string username_;
+  int database_ = 0;
+  std::vector<std::pair<Step, RedisScript>> steps_;  ///< handshake replies still to judge
+  std::string out_;          ///< non-blocking mode: formatted commands not yet sent
+  std::size_t out_sent_ = 0;  ///< ... of which this many bytes are sent
   std::string sha_[redis_script_count];
 };
 
@@ -113,11 +166,7 @@ class RedisNode {
   [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
   [[nodiscard]] RedisKeys keys(std::string_view name) const { return redis_keys(options_.key_prefix, name); }
 
-  struct AcquireReply {
-    bool acquired = false;
-    std::uint64_t token = 0;                             ///< when acquired
-    std::optional<std::chrono::milliseconds> holder_ttl;  ///< when not; empty if the holder set no TTL
-  };
+  using AcquireReply = detail::AcquireReply;
   /// The acquire script: SET NX PX of keys.lock = owner plus the fencing counter.
   AcquireReply acquire(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds ttl);
   /// The release script: true if `owner` held the lock (it is now deleted and

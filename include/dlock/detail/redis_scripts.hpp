@@ -58,17 +58,33 @@ end
 return 0
 )lua";
 
-enum class RedisScript : unsigned { acquire, release, extend };
-inline constexpr std::size_t redis_script_count = 3;
+/// KEYS[1] fence; ARGV[1] token, ARGV[2] fence ttl ms. Used by Redlock only.
+/// Raises the fencing counter to the token if it is lower (compared exactly,
+/// as decimal strings, not as Lua doubles); never lowers it. Returns 1.
+/// Redlock's tokens are the maximum over the nodes that granted; raising
+/// the granting nodes' counters to that maximum is what makes every later
+/// quorum see it (docs/safety.md).
+inline constexpr std::string_view redis_fence_raise_script = R"lua(
+local c = redis.call('GET', KEYS[1])
+if c == false or string.len(c) < string.len(ARGV[1]) or (string.len(c) == string.len(ARGV[1]) and c < ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+)lua";
+
+enum class RedisScript : unsigned { acquire, release, extend, fence_raise };
+inline constexpr std::size_t redis_script_count = 4;
 
 inline constexpr std::array<std::string_view, redis_script_count> redis_scripts{
-    redis_acquire_script, redis_release_script, redis_extend_script};
+    redis_acquire_script, redis_release_script, redis_extend_script, redis_fence_raise_script};
 
 [[nodiscard]] constexpr std::string_view redis_script_name(RedisScript s) noexcept {
   switch (s) {
     case RedisScript::acquire: return "acquire";
     case RedisScript::release: return "release";
     case RedisScript::extend: return "extend";
+    case RedisScript::fence_raise: return "fence raise";
   }
   return "?";
 }
