@@ -1,0 +1,132 @@
+// dlock/redlock.hpp: RedlockBackend, one lock held by a majority of N
+// independent Redis servers (the Redlock algorithm).
+//
+//   dlock::RedlockBackend rl(dlock::RedlockOptions{.nodes = {
+//       {.host = "127.0.0.1", .port = 7001}, {.host = "127.0.0.1", .port = 7002},
+//       {.host = "127.0.0.1", .port = 7003}, {.host = "127.0.0.1", .port = 7004},
+//       {.host = "127.0.0.1", .port = 7005}}});
+//   dlock::Lock<dlock::RedlockBackend> lock(rl, "orders:42", {.ttl = 10s});
+//
+// Every operation goes to all nodes at once (one pipelined batch per node,
+// all nodes in parallel, driven by poll() on the calling thread) and waits
+// for each node at most node_timeout, so a down, slow or paused node costs
+// at most node_timeout and never blocks the others. An acquisition counts
+// with a quorum (N/2 + 1) of nodes and validity left after the round trip
+// and the clock-drift allowance; a failed attempt is released on all nodes
+// before try_acquire returns. The keys, scripts and fencing counters on each
+// node are the Redis backend's (docs/redis.md); tokens are the largest
+// counter among the granting nodes. docs/redlock.md describes the algorithm
+// and failure behaviour, docs/safety.md what its guarantees rest on.
+//
+// Link dlock::redlock. Thread-safe: share one RedlockBackend between threads.
+// It keeps up to pool_size idle connections per node (a broken one is
+// dropped, never reused) and no background thread. A RedlockBackend is a
+// handle: copies share the nodes and their connections, which close when the
+// last copy goes, so the backend object may be destroyed before its locks.
+// There are no release notifications: waiters retry on the front end's
+// jittered backoff, capped by the holder's remaining TTL (see docs/redlock.md).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "backend.hpp"
+#include "clock.hpp"
+#include "detail/redis_options.hpp"
+#include "error.hpp"
+
+namespace dlock {
+
+namespace detail {
+class RedlockNode;
+}
+
+struct RedlockOptions {
+  /// The independent Redis servers (not replicas of each other). At least 3
+  /// unless allow_fewer_than_three; an odd count is best (5 recommended): an
+  /// even count tolerates no more failures than one node fewer. Each node's
+  /// own key_prefix is ignored in favour of key_prefix below; its timeouts
+  /// are superseded by node_timeout.
+  std::vector<RedisOptions> nodes{};
+  /// Clock drift allowance per unit of TTL: validity loses ttl * factor; in [0, 1).
+  double clock_drift_factor = 0.01;
+  /// Clock drift allowance added to the above, >= 0.
+  std::chrono::milliseconds drift_constant{2};
+  /// Limit for one node's answer to one operation, including a connect and
+  /// handshake when a new connection is needed. Keep it small against the TTL.
+  std::chrono::milliseconds node_timeout{50};
+  /// Accept 1 or 2 nodes. Such a set has no fault tolerance at all (every node
+  /// is needed): for tests and migrations only.
+  bool allow_fewer_than_three = false;
+  /// Prepended to every key on every node; must not contain '{' or '}'.
+  std::string key_prefix = "dlock:";
+  /// The clock validity is measured with; null: steady_clock(). Must be the
+  /// clock of the locks that use this backend (LockOptions::clock), and outlive it.
+  const Clock* clock = nullptr;
+};
+
+namespace detail {
+/// Throws InvalidArgument naming the first invalid field and its value
+/// ("RedlockOptions.nodes[2].port must be in 1..65535 (got 0)").
+void validate(const RedlockOptions& options);
+}  // namespace detail
+
+class RedlockBackend {
+ public:
+  using Handle = NoHandle;
+
+  /// Validates the options (InvalidArgument). Does not connect: connections
+  /// are opened on first use.
+  explicit RedlockBackend(RedlockOptions options);
+
+  [[nodiscard]] std::string_view kind() const noexcept { return "redlock"; }
+  /// "redlock(127.0.0.1:7001,127.0.0.1:7002,...)"; never a password.
+  [[nodiscard]] std::string_view endpoint() const noexcept;
+  /// Equal for all copies of this handle.
+  [[nodiscard]] const void* identity() const noexcept { return state_.get(); }
+
+  // The Backend operations (backend.hpp), each one parallel round over all nodes.
+  //
+  // try_acquire: Grant when a quorum granted with validity left (token: the
+  //   largest counter among them; valid_until = started + ttl - drift).
+  //   Otherwise releases on all nodes, then returns Contended (holder_ttl:
+  //   when enough holder keys expire for a quorum to be free) if enough nodes
+  //   answered, or throws ConnectionError (ServerError if a node refused) when
+  //   too many nodes failed for any quorum, TimeoutError when the round used
+  //   up the whole validity. InvalidArgument for a ttl not above the drift
+  //   allowance or a name starting with '}'.
+  // release: released when at least one node deleted this owner's key;
+  //   not_held when none did and at least a quorum answered; else throws
+  //   ConnectionError (the keys expire by their TTL).
+  // extend: the new valid_until when a quorum extended with validity left;
+  //   nullopt (lost) when so many nodes no longer hold it that no quorum can,
+  //   or no validity is left (what remains of it is then released); throws
+  //   ConnectionError when failures kept the quorum from being reached (the
+  //   old validity still holds: try again within it).
+  [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
+                                                std::chrono::milliseconds ttl, TimePoint started);
+
+  /// BatchesExtend (backend.hpp): every item's extension in one pipelined
+  /// batch per node, all nodes in parallel; each item is judged as extend()
+  /// (valid_until, nullopt: lost, or error: ConnectionError). Never throws.
+  void extend_many(std::span<ExtendItem> items) noexcept;
+
+  [[nodiscard]] const RedlockOptions& options() const noexcept;
+  [[nodiscard]] std::size_t node_count() const noexcept;
+  /// N / 2 + 1.
+  [[nodiscard]] std::size_t quorum() const noexcept;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace dlock

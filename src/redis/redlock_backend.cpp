@@ -1,0 +1,410 @@
+// RedlockBackend: the Backend operations as parallel rounds over N Redis
+// nodes (detail/redlock_io.hpp), judged by the pure rules of
+// detail/redlock_math.hpp.
+#include <dlock/redlock.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <dlock/detail/format.hpp>
+#include <dlock/detail/redis_keys.hpp>
+#include <dlock/detail/redlock_io.hpp>
+#include <dlock/detail/redlock_math.hpp>
+#include <dlock/error.hpp>
+#include <dlock/options.hpp>
+
+namespace dlock {
+
+namespace detail {
+
+void validate(const RedlockOptions& o) {
+  const RedisOptions defaults{};
+  if (o.nodes.size() < 3 && !(o.allow_fewer_than_three && !o.nodes.empty()))
+    invalid_field("RedlockOptions.nodes",
+                  o.nodes.empty() ? std::string("must name the Redis servers (at least 3, 5 recommended)")
+                                  : std::string("must name at least 3 independent Redis servers (5 recommended); "
+                                                "fewer tolerate no failure at all (set allow_fewer_than_three to "
+                                                "accept that)"),
+                  fmt::format("{} node{}", o.nodes.size(), o.nodes.size() == 1 ? "" : "s"));
+  if (o.key_prefix.find_first_of("{}") != std::string::npos)
+    invalid_field("RedlockOptions.key_prefix", "must not contain '{' or '}' (they would break the {name} hash tag)",
+                  fmt::format("\"{}\"", o.key_prefix));
+  for (std::size_t i = 0; i < o.nodes.size(); ++i) {
+    const std::string field = fmt::format("RedlockOptions.nodes[{}]", i);
+    RedisOptions node = o.nodes[i];
+    if (node.key_prefix != defaults.key_prefix && node.key_prefix != o.key_prefix)
+      invalid_field(field + ".key_prefix",
+                    fmt::format("must be left unset or equal RedlockOptions.key_prefix (\"{}\"): Redlock uses one "
+                                "prefix on all nodes",
+                                o.key_prefix),
+                    fmt::format("\"{}\"", node.key_prefix));
+    node.key_prefix = o.key_prefix;
+    try {
+      validate(node);
+    } catch (const InvalidArgument& e) {  // name the node: "RedisOptions.port" -> "RedlockOptions.nodes[2].port"
+      std::string m = e.what();
+      if (const auto at = m.find("RedisOptions."); at != std::string::npos) m.replace(at, 12, field);
+      throw InvalidArgument(m);
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (redis_endpoint(o.nodes[j]) == redis_endpoint(o.nodes[i]) && o.nodes[j].database == o.nodes[i].database)
+        invalid_field(field,
+                      fmt::format("must be a different server than nodes[{}]: a node listed twice would vote twice",
+                                  j),
+                      fmt::format("{} database {}", redis_endpoint(o.nodes[i]), o.nodes[i].database));
+    }
+  }
+  if (!(o.clock_drift_factor >= 0.0 && o.clock_drift_factor < 1.0))  // also rejects NaN
+    invalid_field("RedlockOptions.clock_drift_factor", "must be in [0, 1)", fmt::format("{}", o.clock_drift_factor));
+  if (o.drift_constant < o.drift_constant.zero())
+    invalid_field("RedlockOptions.drift_constant", "must not be negative", format_duration(o.drift_constant));
+  if (o.node_timeout <= o.node_timeout.zero())
+    invalid_field("RedlockOptions.node_timeout", "must be positive", format_duration(o.node_timeout));
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::NodeReplies;
+using detail::RedlockVotes;
+using detail::ScriptCall;
+
+std::string_view without_prefix(std::string_view m) {
+  return m.substr(0, 7) == "dlock: " ? m.substr(7) : m;
+}
+
+// Why the nodes in `failures` failed, as "ep: reason; ep: reason".
+struct Failures {
+  std::vector<std::pair<std::string_view, std::exception_ptr>> list;  // endpoint, error
+  void add(std::string_view endpoint, std::exception_ptr e) { list.emplace_back(endpoint, std::move(e)); }
+
+  [[nodiscard]] std::string describe() const {
+    std::string out;
+    for (const auto& [endpoint, e] : list) {
+      if (!out.empty()) out += "; ";
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        out += without_prefix(x.what());
+      } catch (...) {
+        out += fmt::format("{}: unknown error", endpoint);
+      }
+    }
+    return out;
+  }
+  // The error a failed round throws: ServerError when a node refused (so a
+  // misconfiguration is not retried as an outage), else ConnectionError.
+  [[nodiscard]] std::exception_ptr error(const std::string& head) const {
+    const std::string message = fmt::format("{}: {}", head, describe());
+    for (const auto& [endpoint, e] : list) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const ServerError& x) {
+        return std::make_exception_ptr(ServerError(message, static_cast<errc>(x.code().value())));
+      } catch (...) {
+      }
+    }
+    return std::make_exception_ptr(ConnectionError(message));
+  }
+};
+
+}  // namespace
+
+struct RedlockBackend::State {
+  explicit State(RedlockOptions o)
+      : options((detail::validate(o), std::move(o))),
+        clock(options.clock != nullptr ? *options.clock : steady_clock()),
+        quorum(detail::redlock_quorum(options.nodes.size())) {
+    std::string eps;
+    for (const RedisOptions& n : options.nodes) {
+      RedisOptions node = n;
+      node.key_prefix = options.key_prefix;
+      nodes.push_back(std::make_unique<detail::RedlockNode>(std::move(node)));
+      ptrs.push_back(nodes.back().get());
+      if (!eps.empty()) eps += ',';
+      eps += nodes.back()->endpoint();
+    }
+    endpoint = fmt::format("redlock({})", eps);
+  }
+
+  [[nodiscard]] std::size_t size() const noexcept { return nodes.size(); }
+
+  Clock::duration drift(std::chrono::milliseconds ttl, std::string_view what) const {
+    const auto d = detail::redlock_drift(ttl, options.clock_drift_factor, options.drift_constant);
+    if (ttl <= d)
+      throw InvalidArgument(fmt::format(
+          "dlock: {} on {}: ttl {} is not above the Redlock clock-drift allowance {} (ttl * clock_drift_factor + "
+          "drift_constant); use a longer ttl",
+          what, endpoint, detail::format_duration(ttl), detail::format_duration(d)));
+    return d;
+  }
+
+  // One release round: the release script on every node (or those with
+  // only[i] set), in parallel. Votes: yes = deleted our key, no = not ours
+  // or absent, failed. Nodes left out count as neither.
+  RedlockVotes release_round(const detail::RedisKeys& keys, std::string_view owner, Failures* failures,
+                             const std::vector<bool>* only = nullptr) {
+    std::vector<std::vector<ScriptCall>> batches(size());
+    for (std::size_t i = 0; i < size(); ++i)
+      if (only == nullptr || (*only)[i])
+        batches[i].push_back(ScriptCall{detail::RedisScript::release, {keys.lock}, 1, {owner, keys.channel}, 2});
+    const auto what = fmt::format("release of '{}'", keys.lock);
+    const auto replies = detail::fan_out(ptrs, batches, options.node_timeout, what);
+    RedlockVotes v;
+    for (std::size_t i = 0; i < size(); ++i) {
+      if (batches[i].empty()) continue;
+      try {
+        if (replies[i].error) std::rethrow_exception(replies[i].error);
+        ++(detail::parse_flag_reply(replies[i].replies[0], nodes[i]->endpoint(), "release", keys.lock) ? v.yes : v.no);
+      } catch (...) {
+        ++v.failed;
+        if (failures != nullptr) failures->add(nodes[i]->endpoint(), std::current_exception());
+      }
+    }
+    return v;
+  }
+
+  const RedlockOptions options;
+  const Clock& clock;
+  const std::size_t quorum;
+  std::vector<std::unique_ptr<detail::RedlockNode>> nodes;
+  std::vector<detail::RedlockNode*> ptrs;
+  std::string endpoint;
+};
+
+RedlockBackend::RedlockBackend(RedlockOptions options) : state_(std::make_shared<State>(std::move(options))) {}
+
+std::string_view RedlockBackend::endpoint() const noexcept { return state_->endpoint; }
+const RedlockOptions& RedlockBackend::options() const noexcept { return state_->options; }
+std::size_t RedlockBackend::node_count() const noexcept { return state_->size(); }
+std::size_t RedlockBackend::quorum() const noexcept { return state_->quorum; }
+
+AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireRequest& request) {
+  State& s = *state_;
+  detail::validate_redis_lock_name(request.name);
+  const Clock::duration drift = s.drift(request.ttl, fmt::format("acquire of '{}'", request.name));
+  const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, request.name);
+  const std::string ttl_ms = std::to_string(request.ttl.count());
+  const std::string_view owner = request.owner.str();
+
+  std::vector<std::vector<ScriptCall>> batches(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i)
+    batches[i].push_back(ScriptCall{
+        detail::RedisScript::acquire, {keys.lock, keys.fence}, 2, {owner, ttl_ms, s.nodes[i]->fence_ttl_ms()}, 3});
+  const auto replies = detail::fan_out(s.ptrs, batches, s.options.node_timeout,
+                                       fmt::format("acquire of '{}'", request.name));
+
+  RedlockVotes votes;
+  Failures failures;
+  std::vector<std::optional<std::uint64_t>> values(s.size());
+  std::vector<bool> may_hold(s.size(), false);  // granted, or failed (its script may have run)
+  std::vector<std::chrono::milliseconds> held_ttls;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    try {
+      if (replies[i].error) std::rethrow_exception(replies[i].error);
+      const auto r = detail::parse_acquire_reply(replies[i].replies[0], s.nodes[i]->endpoint(), keys.lock);
+      if (r.acquired) {
+        values[i] = r.token;
+        may_hold[i] = true;
+        ++votes.yes;
+      } else {
+        ++votes.no;
+        if (r.holder_ttl) held_ttls.push_back(*r.holder_ttl);
+      }
+    } catch (...) {
+      ++votes.failed;
+      may_hold[i] = true;
+      failures.add(s.nodes[i]->endpoint(), std::current_exception());
+    }
+  }
+
+  auto judged = detail::redlock_judge_acquire(votes, request.started, request.ttl, drift, s.clock);
+  std::exception_ptr error;  // why a granted round still fails
+  std::optional<std::uint64_t> token;
+  if (judged.outcome == detail::RedlockAcquire::granted) {
+    token = detail::redlock_token(values);
+    // Bring the granting nodes' fencing counters up to the token, so that a
+    // quorum of counters is at least the token (docs/safety.md). In steady
+    // state all nodes grant together and their counters agree: no round.
+    const auto raise = detail::redlock_nodes_to_raise(values, *token);
+    if (!raise.empty()) {
+      const std::string token_text = std::to_string(*token);
+      std::vector<std::vector<ScriptCall>> raises(s.size());
+      for (std::size_t i : raise)
+        raises[i].push_back(ScriptCall{
+            detail::RedisScript::fence_raise, {keys.fence}, 1, {token_text, s.nodes[i]->fence_ttl_ms()}, 2});
+      const auto raised = detail::fan_out(s.ptrs, raises, s.options.node_timeout,
+                                          fmt::format("fencing counter update of '{}'", request.name));
+      Failures raise_failures;
+      std::size_t at_token = votes.yes - raise.size();
+      for (std::size_t i : raise) {
+        try {
+          if (raised[i].error) std::rethrow_exception(raised[i].error);
+          (void)detail::parse_flag_reply(raised[i].replies[0], s.nodes[i]->endpoint(), "fence raise", keys.fence);
+          ++at_token;
+        } catch (...) {
+          raise_failures.add(s.nodes[i]->endpoint(), std::current_exception());
+        }
+      }
+      if (at_token < s.quorum) {
+        error = raise_failures.error(fmt::format(
+            "dlock: Redlock acquire of '{}' on {} got a quorum but could bring only {} fencing counters (quorum {}) "
+            "up to its token, so a later holder might get a lower token; released it",
+            request.name, s.endpoint, at_token, s.quorum));
+      } else {
+        judged = detail::redlock_judge_acquire(votes, request.started, request.ttl, drift, s.clock);
+      }
+    }
+    if (!error && judged.outcome == detail::RedlockAcquire::granted)
+      return Grant<Handle>{.token = token, .valid_until = judged.valid_until};
+  }
+
+  // Not acquired: free what this attempt got, on all nodes at once that may
+  // hold it (those that granted, and those that did not answer: their script
+  // may have run; a node that answered "held" has nothing of ours), before
+  // anyone retries, so competing clients do not keep splitting the votes.
+  if (votes.yes + votes.failed > 0) (void)s.release_round(keys, owner, nullptr, &may_hold);
+  if (error) std::rethrow_exception(error);
+  switch (judged.outcome) {
+    case detail::RedlockAcquire::contended:
+      return Contended{detail::redlock_holder_ttl(s.quorum, votes.yes, std::move(held_ttls))};
+    case detail::RedlockAcquire::unavailable:
+      std::rethrow_exception(failures.error(fmt::format(
+          "dlock: Redlock acquire of '{}' reached only {} of {} nodes (quorum {})", request.name,
+          votes.total() - votes.failed, s.size(), s.quorum)));
+    case detail::RedlockAcquire::too_slow:
+    case detail::RedlockAcquire::granted:
+      break;
+  }
+  throw TimeoutError(fmt::format(
+      "dlock: Redlock acquire of '{}' on {} got a quorum but took {} of its ttl {} (drift allowance {}), leaving no "
+      "validity; released it. Raise the ttl or lower node_timeout",
+      request.name, s.endpoint,
+      detail::format_duration(std::chrono::duration_cast<std::chrono::microseconds>(s.clock.now() - request.started)),
+      detail::format_duration(request.ttl),
+      detail::format_duration(std::chrono::duration_cast<std::chrono::microseconds>(drift))));
+}
+
+ReleaseResult RedlockBackend::release(std::string_view name, Lease<Handle>& lease) {
+  State& s = *state_;
+  detail::validate_redis_lock_name(name);
+  const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, name);
+  Failures failures;
+  const RedlockVotes v = s.release_round(keys, lease.owner.str(), &failures);
+  switch (detail::redlock_judge_release(v)) {
+    case detail::RedlockRelease::released: return ReleaseResult::released;
+    case detail::RedlockRelease::not_held: return ReleaseResult::not_held;
+    case detail::RedlockRelease::unknown: break;
+  }
+  std::rethrow_exception(failures.error(fmt::format(
+      "dlock: Redlock release of '{}' reached only {} of {} nodes (quorum {}) and none of them had the lock; it "
+      "expires by its TTL",
+      name, v.total() - v.failed, s.size(), s.quorum)));
+}
+
+std::optional<TimePoint> RedlockBackend::extend(std::string_view name, Lease<Handle>& lease,
+                                                std::chrono::milliseconds ttl, TimePoint started) {
+  ExtendItem item{name, &lease.owner, ttl, started};
+  extend_many(std::span<ExtendItem>(&item, 1));
+  if (item.error) std::rethrow_exception(item.error);
+  return item.valid_until;
+}
+
+void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
+  State& s = *state_;
+  try {
+    // Everything the calls point at is built first, so that it never moves.
+    std::vector<std::size_t> index;  // batch position -> item
+    std::vector<detail::RedisKeys> keys;
+    std::vector<std::string> ttls;
+    std::vector<Clock::duration> drifts;
+    keys.reserve(items.size());
+    ttls.reserve(items.size());
+    drifts.reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      ExtendItem& it = items[i];
+      it.valid_until.reset();
+      it.error = nullptr;
+      try {
+        detail::validate_redis_lock_name(it.name);
+        if (it.owner == nullptr) throw InvalidArgument("dlock: extend_many item without an owner");
+        drifts.push_back(s.drift(it.ttl, fmt::format("extend of '{}'", it.name)));
+        keys.push_back(detail::redis_keys(s.options.key_prefix, it.name));
+        ttls.push_back(std::to_string(it.ttl.count()));
+      } catch (...) {
+        it.error = std::current_exception();
+        const auto kept = static_cast<std::ptrdiff_t>(index.size());  // drop this item's partial entries
+        drifts.erase(drifts.begin() + kept, drifts.end());
+        keys.erase(keys.begin() + kept, keys.end());
+        ttls.erase(ttls.begin() + kept, ttls.end());
+        continue;
+      }
+      index.push_back(i);
+    }
+    if (index.empty()) return;
+    std::vector<ScriptCall> calls;
+    calls.reserve(index.size());
+    for (std::size_t b = 0; b < index.size(); ++b)
+      calls.push_back(
+          ScriptCall{detail::RedisScript::extend, {keys[b].lock}, 1, {items[index[b]].owner->str(), ttls[b]}, 2});
+    const std::vector<std::vector<ScriptCall>> batches(s.size(), calls);
+    const auto replies = detail::fan_out(
+        s.ptrs, batches, s.options.node_timeout,
+        index.size() == 1 ? fmt::format("extend of '{}'", items[index[0]].name) : fmt::format("extend of {} locks", index.size()));
+
+    std::vector<std::size_t> lost;  // batch positions to release
+    for (std::size_t b = 0; b < index.size(); ++b) {
+      ExtendItem& it = items[index[b]];
+      RedlockVotes v;
+      Failures failures;
+      for (std::size_t n = 0; n < s.size(); ++n) {
+        try {
+          if (replies[n].error) std::rethrow_exception(replies[n].error);
+          ++(detail::parse_flag_reply(replies[n].replies[b], s.nodes[n]->endpoint(), "extend", keys[b].lock) ? v.yes
+                                                                                                             : v.no);
+        } catch (...) {
+          ++v.failed;
+          failures.add(s.nodes[n]->endpoint(), std::current_exception());
+        }
+      }
+      const Clock::duration validity = detail::redlock_validity(it.ttl, s.clock.now() - it.started, drifts[b]);
+      switch (detail::redlock_judge_extend(v, validity)) {
+        case detail::RedlockExtend::extended:
+          it.valid_until = detail::redlock_valid_until(it.started, it.ttl, drifts[b]);
+          break;
+        case detail::RedlockExtend::lost:
+          lost.push_back(b);
+          break;
+        case detail::RedlockExtend::unknown:
+          it.error = failures.error(fmt::format(
+              "dlock: Redlock extend of '{}' reached a quorum of neither yes nor no ({} extended, {} not held, {} "
+              "failed, quorum {}); the lock stays valid until its current validity ends",
+              it.name, v.yes, v.no, v.failed, s.quorum));
+          break;
+      }
+    }
+    if (lost.empty()) return;
+    // Lost: what is left of it is released on all nodes at once (pipelined),
+    // so that others need not wait out its TTL. Best effort.
+    std::vector<ScriptCall> releases;
+    releases.reserve(lost.size());
+    for (std::size_t b : lost)
+      releases.push_back(ScriptCall{
+          detail::RedisScript::release, {keys[b].lock}, 1, {items[index[b]].owner->str(), keys[b].channel}, 2});
+    (void)detail::fan_out(s.ptrs, std::vector<std::vector<ScriptCall>>(s.size(), releases), s.options.node_timeout,
+                          "release of lost locks");
+  } catch (...) {  // out of memory: report it on every item rather than lose the batch silently
+    const auto e = std::current_exception();
+    for (ExtendItem& it : items)
+      if (!it.valid_until) it.error = e;
+  }
+}
+
+}  // namespace dlock
