@@ -1,0 +1,125 @@
+// RedlockBackend over five nodes against RedisBackend on one, for bench/parts/redlock.sh.
+//
+//   DLOCK_BENCH_REDLOCK_PORTS=7001,7002,7003,7004,7005 redlock_bench
+//
+// BM_redis_single_uncontended: one thread, try_lock + unlock pairs on one
+//   lock with RedisBackend on the first node: two round trips per pair.
+// BM_redlock_uncontended: the same with RedlockBackend over all nodes: two
+//   parallel rounds per pair (each one pipelined request per node).
+// BM_redlock_contended/8: 8 contenders, each with its own backend (as 8
+//   processes would have) and Lock on one name, lock() + unlock() with zero
+//   hold time for DLOCK_BENCH_SECONDS (default 5); reports handoffs/s, the
+//   p50/p99 wait of lock(), and the fewest/most acquisitions of a contender.
+#include <dlock/dlock.hpp>
+#include <dlock/redis.hpp>
+#include <dlock/redlock.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+std::vector<int> ports() {
+  const char* p = std::getenv("DLOCK_BENCH_REDLOCK_PORTS");
+  std::vector<int> out;
+  std::stringstream in(p ? p : "7001,7002,7003,7004,7005");
+  for (std::string s; std::getline(in, s, ',');) out.push_back(std::stoi(s));
+  return out;
+}
+
+dlock::RedlockOptions redlock_options() {
+  dlock::RedlockOptions o{.allow_fewer_than_three = true, .key_prefix = "dlock-bench:"};  // 1..N nodes for experiments
+  for (int p : ports()) o.nodes.push_back({.host = "127.0.0.1", .port = p, .pool_size = 1});
+  return o;
+}
+
+template <class B>
+void pairs(benchmark::State& state, B& backend) {
+  dlock::Lock<B> lock(backend, "uncontended", {.ttl = 30s});
+  for (auto _ : state) {
+    if (!lock.try_lock()) {
+      state.SkipWithError("try_lock failed on a free lock");
+      break;
+    }
+    lock.unlock();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_redis_single_uncontended(benchmark::State& state) {
+  dlock::RedisBackend redis(
+      dlock::RedisOptions{.host = "127.0.0.1", .port = ports().at(0), .key_prefix = "dlock-bench:", .pool_size = 1});
+  pairs(state, redis);
+}
+BENCHMARK(BM_redis_single_uncontended)->UseRealTime();
+
+void BM_redlock_uncontended(benchmark::State& state) {
+  dlock::RedlockBackend rl(redlock_options());
+  pairs(state, rl);
+}
+BENCHMARK(BM_redlock_uncontended)->UseRealTime();
+
+double percentile(std::vector<double>& v, double p) {
+  if (v.empty()) return 0;
+  const auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+void BM_redlock_contended(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  const char* secs = std::getenv("DLOCK_BENCH_SECONDS");
+  const auto duration = std::chrono::seconds(std::max(1, secs ? std::atoi(secs) : 5));
+  std::vector<std::unique_ptr<dlock::RedlockBackend>> backends;
+  for (std::size_t i = 0; i < n; ++i) backends.push_back(std::make_unique<dlock::RedlockBackend>(redlock_options()));
+  for (auto _ : state) {
+    std::vector<std::vector<double>> waits(n);
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < n; ++i) {
+      threads.emplace_back([&, i] {
+        dlock::Lock<dlock::RedlockBackend> lock(*backends[i], "contended",
+                                                {.ttl = 30s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}});
+        while (!stop.load(std::memory_order_relaxed)) {
+          const auto t0 = std::chrono::steady_clock::now();
+          if (!lock.try_lock_for(1s)) continue;
+          waits[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+          lock.unlock();
+        }
+      });
+    }
+    std::this_thread::sleep_for(duration);
+    stop = true;
+    for (auto& t : threads) t.join();
+    std::vector<double> all;
+    std::size_t least = SIZE_MAX, most = 0;
+    for (auto& w : waits) {
+      all.insert(all.end(), w.begin(), w.end());
+      least = std::min(least, w.size());
+      most = std::max(most, w.size());
+    }
+    const double seconds = std::chrono::duration<double>(duration).count();
+    state.counters["handoffs_per_s"] = static_cast<double>(all.size()) / seconds;
+    state.counters["p50_wait_ms"] = percentile(all, 0.50);
+    state.counters["p99_wait_ms"] = percentile(all, 0.99);
+    state.counters["min_acquisitions"] = static_cast<double>(least);
+    state.counters["max_acquisitions"] = static_cast<double>(most);
+  }
+}
+BENCHMARK(BM_redlock_contended)->Arg(8)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
