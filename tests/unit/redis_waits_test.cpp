@@ -67,10 +67,13 @@ TEST(RedisWaits, RoundTripsAwkwardNames) {
 }
 
 TEST(RedisWaits, RoundTripsManyHolds) {
-  std::vector<std::string> storage;
-  for (int i = 0; i < 50; ++i) storage.push_back("lock-" + std::to_string(i));
+  std::vector<std::string> names, owners;
+  for (int i = 0; i < 50; ++i) {
+    names.push_back("lock-" + std::to_string(i));
+    owners.push_back(names.back() + "-owner");
+  }
   std::vector<HeldLockRef> holds;
-  for (const auto& s : storage) holds.push_back({s, s + "-owner"});
+  for (std::size_t i = 0; i < names.size(); ++i) holds.push_back({names[i], owners[i]});
   const WaitInfo w = round_trip("a", "b", "c", holds);
   ASSERT_EQ(w.holds.size(), 50u);
   EXPECT_EQ(w.holds[49].name, "lock-49");
