@@ -95,11 +95,7 @@ class Lock {
   /// copied, so it may be destroyed before the Lock; a non-copyable one must
   /// outlive it.
   Lock(B& backend, std::string name, LockOptions options = {})
-      : backend_(backend),
-        name_(std::move(name)),
-        options_(std::move(options)),
-        clock_(options_.clock ? *options_.clock : steady_clock()),
-        observer_(options_.observer ? options_.observer : default_observer()) {
+      : backend_(backend), name_(std::move(name)), options_(normalized(std::move(options))), clock_(*options_.clock) {
     detail::validate_lock_name(name_);
     detail::validate(options_);
   }
@@ -141,7 +137,7 @@ class Lock {
   template <class C, class D>
   [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& deadline) {
     if constexpr (std::is_same_v<C, std::chrono::steady_clock>) {
-      if (options_.clock == nullptr) return acquire_until(deadline, false);
+      if (options_.clock == &steady_clock()) return acquire_until(deadline, false);
     }
     return try_lock_for(deadline - C::now());
   }
@@ -263,6 +259,12 @@ class Lock {
 
  private:
   using Subscription = typename detail::SubscriptionOf<B>::type;
+
+  static LockOptions normalized(LockOptions o) {
+    if (!o.observer) o.observer = default_observer();
+    if (!o.clock) o.clock = &steady_clock();
+    return o;
+  }
 
   // The in-process gate: one thread at a time goes from acquire to unlock.
   bool enter_gate(std::optional<TimePoint> deadline, bool single) {
@@ -400,7 +402,7 @@ class Lock {
 
   void adopt(const OwnerId& owner, Grant<handle_type>&& grant, TimePoint sent) {
     auto held = std::make_shared<detail::Held<B>>(
-        backend_, name_, options_, clock_, observer_,
+        backend_, name_, options_, clock_, options_.observer,
         Lease<handle_type>{owner, grant.token, sent, grant.valid_until, std::move(grant.handle)});
     {
       std::lock_guard lk(mu_);
@@ -445,7 +447,7 @@ class Lock {
   }
 
   [[nodiscard]] detail::EventSource source() const noexcept {
-    return {backend_.kind(), backend_.endpoint(), name_, observer_.get()};
+    return {backend_.kind(), backend_.endpoint(), name_, options_.observer.get()};
   }
   void report_degraded(const OwnerId& owner, const Grant<handle_type>& grant) const noexcept {
     Event ev = source().make(EventType::degraded, owner.str(), grant.token);
@@ -466,9 +468,8 @@ class Lock {
 
   detail::BackendStorage<B> backend_;
   const std::string name_;
-  const LockOptions options_;
+  const LockOptions options_;  // observer and clock always set
   const Clock& clock_;
-  const std::shared_ptr<Observer> observer_;
 
   mutable std::mutex mu_;
   std::condition_variable gate_cv_;

@@ -99,7 +99,15 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
                   fmt::format("dlock: backend {} provides no fencing tokens for lock '{}'", backend_.kind(), name_));
     return *lease_.token;
   }
-  [[nodiscard]] std::stop_token stop_token() const noexcept { return stop_.get_token(); }
+  /// The stop source is made on first request (most acquisitions never ask).
+  [[nodiscard]] std::stop_token stop_token() {
+    std::lock_guard lk(mu_);
+    if (!stop_.stop_possible()) {
+      stop_ = std::stop_source();
+      if (state_ == State::lost) stop_.request_stop();  // no callbacks can be registered yet
+    }
+    return stop_.get_token();
+  }
 
   /// Registers a loss callback; runs it at once (on this thread) if the lease
   /// is already lost. Dropped if the lease is released normally.
@@ -111,14 +119,14 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         if (state_ == State::held) callbacks_.push_back(std::move(cb));
         return;
       }
-      ev = lost_;
+      ev = *lost_;
     }
     run_callbacks(std::span<Callback>(&cb, 1), ev);
   }
 
   /// Whether a heartbeat must watch this lease even if nobody asks for its
   /// stop token: it auto-extends or reports long holds.
-  [[nodiscard]] bool needs_watch() const noexcept { return auto_extend_ || long_held_at_.has_value(); }
+  [[nodiscard]] bool needs_watch() const noexcept { return auto_extend_ || long_held_at_ != never; }
 
   /// Marks the lease watched by a heartbeat; true the first time.
   bool mark_watched() noexcept {
@@ -208,8 +216,8 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       if (state_ != State::held) return BeatAction::none;
       action = beat_action(times(), now, slack());
       if (action == BeatAction::extend) in_flight_ = true;
-      if (long_held_at_ && now >= *long_held_at_) {
-        long_held_at_.reset();  // once per hold
+      if (now >= long_held_at_) {
+        long_held_at_ = never;  // once per hold
         long_held = true;
       }
     }
@@ -277,13 +285,17 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // Requires mu_.
   [[nodiscard]] BeatTimes times() const noexcept {
-    return BeatTimes{lease_.valid_until, extend_due_, max_hold_end_, auto_extend_ && !in_flight_, long_held_at_};
+    auto unless_never = [](TimePoint t) { return t == never ? std::nullopt : std::optional<TimePoint>(t); };
+    return BeatTimes{lease_.valid_until, extend_due_, unless_never(max_hold_end_), auto_extend_ && !in_flight_,
+                     unless_never(long_held_at_)};
   }
   // Requires mu_.
   [[nodiscard]] LockLostError lost_error() const {
-    if (state_ == State::lost)
+    if (state_ == State::lost && lost_)
       return LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost ({}): {}", name_, backend_.kind(),
-                                       backend_.endpoint(), to_string(lost_.reason), lost_.message));
+                                       backend_.endpoint(), to_string(lost_->reason), lost_->message));
+    if (state_ == State::lost)
+      return LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost", name_, backend_.kind(), backend_.endpoint()));
     return LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
   }
   // Requires op_mu_. Clears in_flight_ when no longer held.
@@ -404,27 +416,28 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   bool declare_lost(LostReason reason, std::string message, Heartbeat* hb) noexcept {
     std::vector<Callback> callbacks;
     LostEvent lost;
-    TimePoint acquired_at;
-    try {
+    std::stop_source stop;
+    {
       std::lock_guard lk(mu_);
       if (state_ != State::held) return false;
       state_ = State::lost;
-      lost_ = LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)};
-      lost = lost_;
       callbacks.swap(callbacks_);
-      acquired_at = lease_.acquired_at;
-    } catch (...) {  // allocation failed: still mark it lost, with less detail
-      std::lock_guard lk(mu_);
-      state_ = State::lost;
-      callbacks.swap(callbacks_);
+      stop = stop_;  // requested below, outside the mutex: stop callbacks run synchronously
+      try {
+        lost_ = std::make_unique<LostEvent>(
+            LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)});
+        lost = *lost_;
+      } catch (...) {  // out of memory: still lost, with less detail
+      }
     }
+    const TimePoint acquired_at = lease_.acquired_at;
     Event ev = source().make(EventType::lost, lease_.owner.str(), lease_.token);
     ev.held = clock_.now() - acquired_at;
     ev.error = make_error_code(errc::lock_lost);
     ev.message = lost.message;
     ev.reason = to_string(reason);
     source().emit(ev);
-    stop_.request_stop();
+    stop.request_stop();
     if (!callbacks.empty()) {
       if (hb) {
         try {
@@ -489,7 +502,8 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   const bool auto_extend_;
   const Clock& clock_;
   const std::shared_ptr<Observer> observer_;
-  std::optional<TimePoint> max_hold_end_;
+  static constexpr TimePoint never = TimePoint::max();
+  TimePoint max_hold_end_ = never;
 
   std::mutex op_mu_;
   Lease<H> lease_;                   // owner, token, acquired_at immutable; valid_until under mu_ + op_mu_
@@ -497,14 +511,14 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   mutable std::mutex mu_;
   State state_ = State::held;
-  LostEvent lost_;          // when state_ == lost
+  std::unique_ptr<LostEvent> lost_;  // set when state_ == lost
   bool in_flight_ = false;  // the heartbeat claimed an extension that has not finished
   bool failing_ = false;    // the last background extension failed with a transient error
   bool watched_ = false;    // registered with a heartbeat
   TimePoint extend_due_;
-  std::optional<TimePoint> long_held_at_;  // until reported
+  TimePoint long_held_at_ = never;  // until reported
   std::vector<Callback> callbacks_;
-  std::stop_source stop_;
+  std::stop_source stop_{std::nostopstate};  // made by stop_token()
 };
 
 }  // namespace dlock::detail

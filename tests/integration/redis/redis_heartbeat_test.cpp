@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "redis/redis_test_support.hpp"
+#include "support/counting_backend.hpp"
 #include "support/redis_server.hpp"
 
 using namespace std::chrono_literals;
@@ -137,35 +138,7 @@ TEST_F(RedisHeartbeat, PausedServerCostsTheLockNoLaterThanItsValidity) {
   EXPECT_FALSE(g.owns_lock());
 }
 
-// RedisBackend with counters of its extension round trips.
-class CountingRedis {
- public:
-  using Handle = RedisBackend::Handle;
-  explicit CountingRedis(RedisBackend inner) : inner_(std::move(inner)) {}
-  [[nodiscard]] std::string_view kind() const noexcept { return inner_.kind(); }
-  [[nodiscard]] std::string_view endpoint() const noexcept { return inner_.endpoint(); }
-  [[nodiscard]] const void* identity() const noexcept { return inner_.identity(); }
-  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return inner_.try_acquire(r); }
-  dlock::ReleaseResult release(std::string_view n, dlock::Lease<Handle>& l) { return inner_.release(n, l); }
-  std::optional<dlock::TimePoint> extend(std::string_view n, dlock::Lease<Handle>& l, std::chrono::milliseconds t,
-                                         dlock::TimePoint s) {
-    ++counts_->single;
-    return inner_.extend(n, l, t, s);
-  }
-  void extend_many(std::span<dlock::ExtendItem> items) noexcept {
-    ++counts_->batches;
-    counts_->items += static_cast<int>(items.size());
-    inner_.extend_many(items);
-  }
-  struct Counts {
-    std::atomic<int> single{0}, batches{0}, items{0};
-  };
-  [[nodiscard]] const Counts& counts() const { return *counts_; }
-
- private:
-  RedisBackend inner_;
-  std::shared_ptr<Counts> counts_ = std::make_shared<Counts>();
-};
+using CountingRedis = dlock::test::CountingBackend<RedisBackend>;
 static_assert(dlock::BatchesExtend<RedisBackend>);
 static_assert(dlock::BatchesExtend<CountingRedis>);
 
@@ -186,9 +159,9 @@ TEST_F(RedisHeartbeat, ManyLocksAreExtendedInPipelinedBatches) {
   EXPECT_GE(counting->extended.load(), n * 4);
   EXPECT_EQ(counting->lost.load(), 0);
   EXPECT_EQ(c.single.load(), 0);
-  EXPECT_GE(c.items.load(), n * 4);
+  EXPECT_GE(c.items.load(), long{n} * 4);
   EXPECT_LE(c.batches.load(), c.items.load() / 20) << "round trips should be far fewer than extensions";
-  std::printf("%d extensions of %d locks in %d pipelined round trips\n", c.items.load(), n, c.batches.load());
+  std::printf("%ld extensions of %d locks in %ld pipelined round trips\n", c.items.load(), n, c.batches.load());
   for (auto& l : locks) l->unlock();
 }
 
