@@ -1,22 +1,42 @@
-// dlock demo: several workers contend for one lock and increment a shared
-// counter with a deliberately non-atomic read-modify-write inside it. Each
-// acquisition prints the worker, its wait and its fencing token; the summary
-// shows acquisitions per worker, wait percentiles, whether the counter is
-// exact and whether the tokens only went up.
+// dlock demo: worker processes contend for one distributed lock and increment
+// a counter kept in a plain file with a deliberately non-atomic
+// read-then-write inside the lock. Each acquisition prints the worker, its
+// wait and its fencing token; the summary shows acquisitions per worker, wait
+// percentiles, whether the counter is exact and whether the tokens (in the
+// order the critical sections ran) only went up.
 //
-//   dlock_demo [--workers N] [--cycles N] [--hold-ms N] [--quiet]
+//   dlock_demo --backend redis    --redis redis://127.0.0.1:6379   [options]
+//   dlock_demo --backend postgres --pg "host=127.0.0.1 port=5432 dbname=dlock"
+//   dlock_demo --backend memory                                    (threads in one process)
+// options: --workers N (4) --cycles N (25) --hold-ms N (2) --quiet
 #include <dlock/dlock.hpp>
+#ifdef DLOCK_DEMO_REDIS
+#include <dlock/redis.hpp>
+#endif
+#ifdef DLOCK_DEMO_POSTGRES
+#include <dlock/postgres.hpp>
+#endif
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <mutex>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
+
+extern char** environ;
 
 namespace {
 
@@ -24,33 +44,106 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 struct Settings {
+  std::string backend = "memory";
+  std::string redis = "redis://127.0.0.1:6379";
+  std::string pg = "host=127.0.0.1 dbname=dlock";
   int workers = 4;
   int cycles = 25;
-  std::chrono::milliseconds hold{2};
+  int hold_ms = 2;
   bool quiet = false;
+  int worker = -1;       // >= 0: run as this worker (internal)
+  std::string dir;       // shared files (internal)
 };
+
+[[noreturn]] void usage() {
+  fmt::print(stderr,
+             "usage: dlock_demo [--backend memory|redis|postgres] [--redis URI] [--pg CONNINFO]\n"
+             "                  [--workers N] [--cycles N] [--hold-ms N] [--quiet]\n");
+  std::exit(2);
+}
 
 Settings parse(int argc, char** argv) {
   Settings s;
   for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&] {
-      if (i + 1 >= argc) {
-        fmt::print(stderr, "dlock_demo: {} needs a value\n", arg);
-        std::exit(2);
-      }
-      return std::atoi(argv[++i]);
+    const std::string_view a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage();
+      return argv[++i];
     };
-    if (arg == "--workers") s.workers = std::max(1, value());
-    else if (arg == "--cycles") s.cycles = std::max(1, value());
-    else if (arg == "--hold-ms") s.hold = std::chrono::milliseconds(std::max(0, value()));
-    else if (arg == "--quiet") s.quiet = true;
-    else {
-      fmt::print(stderr, "usage: dlock_demo [--workers N] [--cycles N] [--hold-ms N] [--quiet]\n");
-      std::exit(2);
-    }
+    if (a == "--backend") s.backend = value();
+    else if (a == "--redis") s.redis = value();
+    else if (a == "--pg") s.pg = value();
+    else if (a == "--workers") s.workers = std::max(1, std::atoi(value().c_str()));
+    else if (a == "--cycles") s.cycles = std::max(1, std::atoi(value().c_str()));
+    else if (a == "--hold-ms") s.hold_ms = std::max(0, std::atoi(value().c_str()));
+    else if (a == "--quiet") s.quiet = true;
+    else if (a == "--worker") s.worker = std::atoi(value().c_str());
+    else if (a == "--dir") s.dir = value();
+    else usage();
   }
   return s;
+}
+
+// The shared state, in files: the counter and the log of critical sections.
+long read_counter(const std::string& path) {
+  std::ifstream in(path);
+  long v = 0;
+  in >> v;
+  return v;
+}
+void write_counter(const std::string& path, long v) { std::ofstream(path, std::ios::trunc) << v << '\n'; }
+void append_line(const std::string& path, const std::string& line) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
+  if (fd < 0) return;
+  (void)!::write(fd, line.data(), line.size());
+  ::close(fd);
+}
+
+// One worker's cycles on any backend.
+template <class B>
+void run_worker(B& backend, const Settings& s, int id) {
+  dlock::Lock<B> lock(backend, "demo:counter", {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 50ms}});
+  for (int c = 0; c < s.cycles; ++c) {
+    const auto asked = Clock::now();
+    auto guard = lock.acquire();
+    const auto waited = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - asked);
+    const std::uint64_t token = guard.fencing_token();
+    const long seen = read_counter(s.dir + "/counter");
+    std::this_thread::sleep_for(std::chrono::milliseconds(s.hold_ms));
+    write_counter(s.dir + "/counter", seen + 1);
+    append_line(s.dir + "/log", fmt::format("{} {} {}\n", id, token, waited.count()));
+    if (!s.quiet)
+      fmt::print("worker {} (pid {}) acquired token {:>6} after {:7.2f} ms\n", id, ::getpid(), token,
+                 static_cast<double>(waited.count()) / 1000.0);
+  }
+}
+
+int worker_main(const Settings& s) {
+  try {
+    if (s.backend == "memory") {
+      fmt::print(stderr, "dlock_demo: the memory backend cannot span processes\n");
+      return 2;
+    }
+#ifdef DLOCK_DEMO_REDIS
+    if (s.backend == "redis") {
+      dlock::RedisBackend redis(s.redis);
+      run_worker(redis, s, s.worker);
+      return 0;
+    }
+#endif
+#ifdef DLOCK_DEMO_POSTGRES
+    if (s.backend == "postgres") {
+      dlock::PostgresBackend pg(dlock::PostgresOptions{.conninfo = s.pg, .lock_namespace = "dlock-demo"});
+      run_worker(pg, s, s.worker);
+      return 0;
+    }
+#endif
+    fmt::print(stderr, "dlock_demo: backend '{}' is not built in\n", s.backend);
+    return 2;
+  } catch (const dlock::Error& e) {
+    fmt::print(stderr, "dlock_demo: worker {}: {}\n", s.worker, e.what());
+    return 1;
+  }
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -62,53 +155,91 @@ double percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Settings settings = parse(argc, argv);
-  dlock::MemoryBackend backend;
+  Settings s = parse(argc, argv);
+  if (s.worker >= 0) return worker_main(s);
 
-  long counter = 0;  // protected only by the distributed lock
-  std::uint64_t last_token = 0;
-  bool tokens_increase = true;
-  std::mutex report_mu;  // serialises printing and the statistics, not the counter
-  std::vector<double> waits_ms;
-  std::vector<int> per_worker(static_cast<std::size_t>(settings.workers));
+  char tmpl[] = "/tmp/dlock-demo.XXXXXX";
+  if (!::mkdtemp(tmpl)) return 1;
+  s.dir = tmpl;
+  write_counter(s.dir + "/counter", 0);
+  fmt::print("dlock demo: {} workers x {} cycles on the {} backend, hold {} ms\n", s.workers, s.cycles, s.backend,
+             s.hold_ms);
 
-  fmt::print("dlock demo: {} workers x {} cycles on the in-process backend, hold {} ms\n", settings.workers,
-             settings.cycles, settings.hold.count());
-  const auto start = Clock::now();
-  std::vector<std::thread> threads;
-  for (int w = 0; w < settings.workers; ++w) {
-    threads.emplace_back([&, w] {
-      dlock::Lock<dlock::MemoryBackend> lock(backend, "demo:counter",
-                                             {.ttl = 5s, .retry = {.initial_delay = 1ms, .max_delay = 50ms}});
-      for (int c = 0; c < settings.cycles; ++c) {
-        const auto asked = Clock::now();
-        auto guard = lock.acquire();
-        const double waited = std::chrono::duration<double, std::milli>(Clock::now() - asked).count();
-        const std::uint64_t token = guard.fencing_token();
-        if (token <= last_token) tokens_increase = false;
-        last_token = token;
-        const long seen = counter;
-        std::this_thread::sleep_for(settings.hold);
-        counter = seen + 1;
-        std::lock_guard lk(report_mu);
-        waits_ms.push_back(waited);
-        ++per_worker[static_cast<std::size_t>(w)];
-        if (!settings.quiet)
-          fmt::print("worker {} acquired token {:>4} after {:6.2f} ms (owner {})\n", w, token, waited,
-                     guard.owner_id());
-      }
-    });
+#ifdef DLOCK_DEMO_POSTGRES
+  if (s.backend == "postgres") {  // the fencing sequence, created once, explicitly
+    try {
+      dlock::PostgresBackend(dlock::PostgresOptions{.conninfo = s.pg}).install_schema();
+    } catch (const dlock::Error& e) {
+      fmt::print(stderr, "dlock_demo: {}\n", e.what());
+      return 1;
+    }
   }
-  for (auto& t : threads) t.join();
+#endif
+  const auto start = Clock::now();
+  int failures = 0;
+  if (s.backend == "memory") {  // threads sharing one in-process backend
+    dlock::MemoryBackend memory;
+    std::vector<std::thread> threads;
+    for (int w = 0; w < s.workers; ++w) threads.emplace_back([&, w] { run_worker(memory, s, w); });
+    for (auto& t : threads) t.join();
+  } else {  // separate processes: this program again, as workers
+    std::vector<pid_t> pids;
+    for (int w = 0; w < s.workers; ++w) {
+      std::vector<std::string> args = {argv[0], "--worker", std::to_string(w), "--dir", s.dir, "--backend", s.backend,
+                                       "--redis", s.redis, "--pg", s.pg, "--cycles", std::to_string(s.cycles),
+                                       "--hold-ms", std::to_string(s.hold_ms)};
+      if (s.quiet) args.emplace_back("--quiet");
+      std::vector<char*> cargs;
+      for (auto& a : args) cargs.push_back(a.data());
+      cargs.push_back(nullptr);
+      pid_t pid = 0;
+      if (::posix_spawn(&pid, argv[0], nullptr, nullptr, cargs.data(), environ) != 0) {
+        fmt::print(stderr, "dlock_demo: could not start worker {}\n", w);
+        return 1;
+      }
+      pids.push_back(pid);
+    }
+    for (pid_t pid : pids) {
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failures;
+    }
+  }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
-  const long expected = static_cast<long>(settings.workers) * settings.cycles;
-  fmt::print("\nsummary\n");
+  // The log holds one line per critical section, in the order they ran.
+  std::ifstream log(s.dir + "/log");
+  std::map<int, int> per_worker;
+  std::vector<double> waits_ms;
+  std::uint64_t last = 0;
+  bool increasing = true;
+  for (std::string line; std::getline(log, line);) {
+    std::istringstream in(line);
+    int worker = 0;
+    std::uint64_t token = 0;
+    long wait_us = 0;
+    in >> worker >> token >> wait_us;
+    ++per_worker[worker];
+    waits_ms.push_back(static_cast<double>(wait_us) / 1000.0);
+    if (token <= last) increasing = false;
+    last = token;
+  }
+  const long counter = read_counter(s.dir + "/counter");
+  const long expected = static_cast<long>(s.workers) * s.cycles;
+  std::vector<int> shares;
+  for (int w = 0; w < s.workers; ++w) shares.push_back(per_worker[w]);
+
+  fmt::print("\nsummary ({} backend, {} {})\n", s.backend, s.workers, s.backend == "memory" ? "threads" : "processes");
   fmt::print("  acquisitions   {} in {:.2f} s ({:.0f}/s)\n", waits_ms.size(), seconds,
              static_cast<double>(waits_ms.size()) / seconds);
-  fmt::print("  per worker     {}\n", fmt::join(per_worker, " "));
+  fmt::print("  per worker     {}\n", fmt::join(shares, " "));
   fmt::print("  wait p50/p99   {:.2f} ms / {:.2f} ms\n", percentile(waits_ms, 0.50), percentile(waits_ms, 0.99));
   fmt::print("  counter        {} (expected {}): {}\n", counter, expected, counter == expected ? "exact" : "WRONG");
-  fmt::print("  fencing tokens {}\n", tokens_increase ? "strictly increasing" : "NOT increasing");
-  return counter == expected && tokens_increase ? 0 : 1;
+  fmt::print("  fencing tokens {}\n", increasing ? "strictly increasing in the order the critical sections ran"
+                                                 : "NOT increasing");
+  if (failures) fmt::print("  workers failed {}\n", failures);
+  std::remove((s.dir + "/counter").c_str());
+  std::remove((s.dir + "/log").c_str());
+  ::rmdir(s.dir.c_str());
+  return counter == expected && increasing && failures == 0 ? 0 : 1;
 }
