@@ -1,6 +1,8 @@
 // The Redis node client: connections, scripts, reply parsing, the pool.
 #include <dlock/detail/redis_node.hpp>
 
+#include "sigpipe.hpp"
+
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -351,7 +353,12 @@ std::optional<RedisValue> RedisConnection::next_reply() {
 
 RedisValue RedisConnection::read_reply() {
   void* raw = nullptr;
-  if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) fail(ctx_->err ? "a command" : "a command (no reply)");
+  int rc;
+  {
+    SigpipeGuard no_sigpipe;  // redisGetReply first writes what append() queued
+    rc = redisGetReply(ctx_, &raw);
+  }
+  if (rc != REDIS_OK || raw == nullptr) fail(ctx_->err ? "a command" : "a command (no reply)");
   ReplyPtr reply(raw);
   return to_value(static_cast<const redisReply*>(raw));
 }

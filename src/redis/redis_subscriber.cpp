@@ -3,6 +3,8 @@
 // the channel table (under Core::mu) and an eventfd that wakes its poll().
 #include <dlock/detail/redis_subscriber.hpp>
 
+#include "sigpipe.hpp"
+
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -93,6 +95,7 @@ void RedisSubscriber::Core::drop() noexcept {
 }
 
 bool RedisSubscriber::Core::flush() noexcept {
+  SigpipeGuard no_sigpipe;  // hiredis writes with write(): never let a dead server raise SIGPIPE
   int done = 0;
   while (!done) {
     if (redisBufferWrite(conn_->raw(), &done) != REDIS_OK) return false;

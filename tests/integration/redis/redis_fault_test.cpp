@@ -9,6 +9,10 @@
 
 #include <chrono>
 #include <string>
+#include <signal.h>
+
+#include <atomic>
+
 #include <thread>
 #include <vector>
 
@@ -209,3 +213,48 @@ TEST(RedisFault, ReadOnlyReplicaAndOutOfMemoryAreClearServerErrors) {
 }
 
 }  // namespace
+
+// hiredis writes with write(): a server that dies while a large pipelined
+// batch is being written must fail the batch, not kill this process with
+// SIGPIPE (whose default action is to terminate; dlock must not rely on the
+// application ignoring it).
+TEST(RedisFault, ServerDyingMidWriteNeverRaisesSigpipe) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  struct sigaction dfl {};
+  struct sigaction old {};
+  dfl.sa_handler = SIG_DFL;
+  ASSERT_EQ(::sigaction(SIGPIPE, &dfl, &old), 0);
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.command_timeout = 5s;
+  RedisBackend redis(o);
+  {
+    Lock<RedisBackend> warm(redis, "warm", {.observer = quiet()});
+    ASSERT_TRUE(warm.try_lock());  // a pooled connection exists
+  }
+  const auto owner = dlock::OwnerId::generate();
+  const std::string long_name(200, 'n');
+  std::vector<dlock::ExtendItem> items(150'000);
+  for (auto& it : items)
+    it = {.name = long_name, .owner = &owner, .ttl = 10000ms, .started = std::chrono::steady_clock::now()};
+  // While the client streams the batch (~45 MB: many write() calls), the
+  // server keeps dropping client connections; the writes that follow a drop
+  // hit a reset socket (EPIPE, and SIGPIPE unless dlock prevents it).
+  std::atomic<bool> done{false};
+  std::thread killer([&] {
+    RedisBackend admin(o);
+    std::this_thread::sleep_for(5ms);
+    while (!done) {
+      (void)admin.node().command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  redis.extend_many(items);  // must return, with every item failed
+  done = true;
+  killer.join();
+  ::sigaction(SIGPIPE, &old, nullptr);
+  for (const auto& it : items) {
+    ASSERT_TRUE(it.error != nullptr);
+    ASSERT_FALSE(it.valid_until.has_value());
+  }
+}
