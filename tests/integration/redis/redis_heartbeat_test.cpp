@@ -60,11 +60,11 @@ using RedisHeartbeat = RedisTest;
 
 TEST_F(RedisHeartbeat, HoldOfFiveTtlsStaysExclusive) {
   auto counting = std::make_shared<Counting>();
-  Lock<RedisBackend> holder(redis(), "job", {.ttl = 300ms, .auto_extend = true, .observer = counting});
+  Lock<RedisBackend> holder(redis(), "job", {.ttl = 500ms, .auto_extend = true, .observer = counting});
   RedisBackend other_client(options());  // another connection pool, as another process would have
   Lock<RedisBackend> other(other_client, "job");
   auto g = holder.acquire();
-  const auto end = SteadyClock::now() + 1500ms;  // 5 x ttl
+  const auto end = SteadyClock::now() + 2500ms;  // 5 x ttl
   int tries = 0;
   while (SteadyClock::now() < end) {
     EXPECT_FALSE(other.try_lock());
@@ -74,7 +74,7 @@ TEST_F(RedisHeartbeat, HoldOfFiveTtlsStaysExclusive) {
   EXPECT_GT(tries, 20);
   EXPECT_TRUE(g.owns_lock());
   EXPECT_FALSE(g.stop_token().stop_requested());
-  EXPECT_GE(counting->extended.load(), 10);  // every 100 ms for 1.5 s
+  EXPECT_GE(counting->extended.load(), 10);  // every ~167 ms for 2.5 s: ~15
   EXPECT_EQ(counting->lost.load(), 0);
   g.unlock();
   EXPECT_TRUE(other.try_lock());
@@ -96,7 +96,7 @@ TEST_F(RedisHeartbeat, AdminDelIsSignalledWithinOneExtensionInterval) {
   cmd({"DEL", key("job")});  // an operator deletes the key behind the holder's back
   const auto deleted_at = SteadyClock::now();
   ASSERT_TRUE(eventually([&] { return token.stop_requested(); }, 3s));
-  EXPECT_LT(SteadyClock::now() - deleted_at, 300ms + 250ms);  // one interval, plus scheduling
+  EXPECT_LT(SteadyClock::now() - deleted_at, 300ms + 500ms);  // one interval, plus scheduling on a busy machine
   ASSERT_TRUE(eventually([&] { return calls.load() == 1; }, 1s));
   std::this_thread::sleep_for(400ms);
   EXPECT_EQ(calls.load(), 1);
@@ -133,8 +133,8 @@ TEST_F(RedisHeartbeat, PausedServerCostsTheLockNoLaterThanItsValidity) {
   server.resume();
   std::lock_guard lk(mu);
   // Told at the end of its validity (steady clock), not when Redis came back.
-  EXPECT_LE(*stopped_at, valid_until + 150ms);
-  EXPECT_LT(*stopped_at - paused_at, 900ms + 150ms);
+  EXPECT_LE(*stopped_at, valid_until + 300ms);
+  EXPECT_LT(*stopped_at - paused_at, 900ms + 300ms);
   EXPECT_FALSE(g.owns_lock());
 }
 
