@@ -59,9 +59,12 @@ int main(int argc, char** argv) {
   int seconds = 30;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string_view a = argv[i];
-    if (a == "--locks") locks = std::atoi(argv[i + 1]);
-    else if (a == "--ttl-ms") ttl = std::chrono::milliseconds(std::atoi(argv[i + 1]));
-    else if (a == "--seconds") seconds = std::atoi(argv[i + 1]);
+    if (a == "--locks")
+      locks = std::atoi(argv[i + 1]);
+    else if (a == "--ttl-ms")
+      ttl = std::chrono::milliseconds(std::atoi(argv[i + 1]));
+    else if (a == "--seconds")
+      seconds = std::atoi(argv[i + 1]);
   }
 
   Redis redis{dlock::RedisBackend(argv[1])};

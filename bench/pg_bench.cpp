@@ -31,8 +31,10 @@ std::string conninfo() {
 }
 
 void uncontended(benchmark::State& state, bool fenced) {
-  dlock::PostgresBackend pg(dlock::PostgresOptions{
-      .conninfo = conninfo(), .lock_namespace = "bench", .fencing_sequence = fenced ? "dlock_bench.fencing" : "dlock_bench_none.fencing"});
+  dlock::PostgresBackend pg(
+      dlock::PostgresOptions{.conninfo = conninfo(),
+                             .lock_namespace = "bench",
+                             .fencing_sequence = fenced ? "dlock_bench.fencing" : "dlock_bench_none.fencing"});
   if (fenced) pg.install_schema();
   PgLock lock(pg, fenced ? "uncontended-fenced" : "uncontended", {.ttl = 30s});
   for (auto _ : state) {
@@ -51,7 +53,8 @@ void BM_pg_uncontended_fenced(benchmark::State& state) { uncontended(state, true
 
 void BM_pg_contended(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
-  const auto duration = std::chrono::seconds(std::max(1, std::atoi(std::getenv("DLOCK_BENCH_SECONDS") ? std::getenv("DLOCK_BENCH_SECONDS") : "5")));
+  const auto duration = std::chrono::seconds(
+      std::max(1, std::atoi(std::getenv("DLOCK_BENCH_SECONDS") ? std::getenv("DLOCK_BENCH_SECONDS") : "5")));
   dlock::PostgresBackend pg(dlock::PostgresOptions{
       .conninfo = conninfo(), .lock_namespace = "bench", .pool_size = static_cast<std::size_t>(threads) * 2});
   for (auto _ : state) {
@@ -79,7 +82,8 @@ void BM_pg_contended(benchmark::State& state) {
     for (const auto& w : waits) all.insert(all.end(), w.begin(), w.end());
     std::sort(all.begin(), all.end());
     const auto pct = [&](double p) {
-      return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<std::size_t>(p * static_cast<double>(all.size())))];
+      return all.empty() ? 0.0
+                         : all[std::min(all.size() - 1, static_cast<std::size_t>(p * static_cast<double>(all.size())))];
     };
     state.counters["handoffs_per_s"] = static_cast<double>(all.size()) / secs;
     state.counters["p50_wait_ms"] = pct(0.50);

@@ -51,8 +51,8 @@ struct Settings {
   int cycles = 25;
   int hold_ms = 2;
   bool quiet = false;
-  int worker = -1;       // >= 0: run as this worker (internal)
-  std::string dir;       // shared files (internal)
+  int worker = -1;  // >= 0: run as this worker (internal)
+  std::string dir;  // shared files (internal)
 };
 
 [[noreturn]] void usage() {
@@ -70,16 +70,26 @@ Settings parse(int argc, char** argv) {
       if (i + 1 >= argc) usage();
       return argv[++i];
     };
-    if (a == "--backend") s.backend = value();
-    else if (a == "--redis") s.redis = value();
-    else if (a == "--pg") s.pg = value();
-    else if (a == "--workers") s.workers = std::max(1, std::atoi(value().c_str()));
-    else if (a == "--cycles") s.cycles = std::max(1, std::atoi(value().c_str()));
-    else if (a == "--hold-ms") s.hold_ms = std::max(0, std::atoi(value().c_str()));
-    else if (a == "--quiet") s.quiet = true;
-    else if (a == "--worker") s.worker = std::atoi(value().c_str());
-    else if (a == "--dir") s.dir = value();
-    else usage();
+    if (a == "--backend")
+      s.backend = value();
+    else if (a == "--redis")
+      s.redis = value();
+    else if (a == "--pg")
+      s.pg = value();
+    else if (a == "--workers")
+      s.workers = std::max(1, std::atoi(value().c_str()));
+    else if (a == "--cycles")
+      s.cycles = std::max(1, std::atoi(value().c_str()));
+    else if (a == "--hold-ms")
+      s.hold_ms = std::max(0, std::atoi(value().c_str()));
+    else if (a == "--quiet")
+      s.quiet = true;
+    else if (a == "--worker")
+      s.worker = std::atoi(value().c_str());
+    else if (a == "--dir")
+      s.dir = value();
+    else
+      usage();
   }
   return s;
 }
@@ -185,9 +195,21 @@ int main(int argc, char** argv) {
   } else {  // separate processes: this program again, as workers
     std::vector<pid_t> pids;
     for (int w = 0; w < s.workers; ++w) {
-      std::vector<std::string> args = {argv[0], "--worker", std::to_string(w), "--dir", s.dir, "--backend", s.backend,
-                                       "--redis", s.redis, "--pg", s.pg, "--cycles", std::to_string(s.cycles),
-                                       "--hold-ms", std::to_string(s.hold_ms)};
+      std::vector<std::string> args = {argv[0],
+                                       "--worker",
+                                       std::to_string(w),
+                                       "--dir",
+                                       s.dir,
+                                       "--backend",
+                                       s.backend,
+                                       "--redis",
+                                       s.redis,
+                                       "--pg",
+                                       s.pg,
+                                       "--cycles",
+                                       std::to_string(s.cycles),
+                                       "--hold-ms",
+                                       std::to_string(s.hold_ms)};
       if (s.quiet) args.emplace_back("--quiet");
       std::vector<char*> cargs;
       for (auto& a : args) cargs.push_back(a.data());
@@ -235,8 +257,8 @@ int main(int argc, char** argv) {
   fmt::print("  per worker     {}\n", fmt::join(shares, " "));
   fmt::print("  wait p50/p99   {:.2f} ms / {:.2f} ms\n", percentile(waits_ms, 0.50), percentile(waits_ms, 0.99));
   fmt::print("  counter        {} (expected {}): {}\n", counter, expected, counter == expected ? "exact" : "WRONG");
-  fmt::print("  fencing tokens {}\n", increasing ? "strictly increasing in the order the critical sections ran"
-                                                 : "NOT increasing");
+  fmt::print("  fencing tokens {}\n",
+             increasing ? "strictly increasing in the order the critical sections ran" : "NOT increasing");
   if (failures) fmt::print("  workers failed {}\n", failures);
   std::remove((s.dir + "/counter").c_str());
   std::remove((s.dir + "/log").c_str());

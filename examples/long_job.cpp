@@ -60,7 +60,7 @@ int run(B& backend, int chunks, std::chrono::milliseconds lose_after, const std:
   FencedStore store;
   int done = 0;
   for (; done < chunks; ++done) {
-    if (stop.stop_requested()) break;  // never write without the lock
+    if (stop.stop_requested()) break;    // never write without the lock
     std::this_thread::sleep_for(100ms);  // the work of one chunk
     if (stop.stop_requested()) break;
     try {
@@ -88,9 +88,12 @@ int main(int argc, char** argv) {
   std::chrono::milliseconds lose_after{0};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string_view a = argv[i];
-    if (a == "--redis") redis_uri = argv[i + 1];
-    else if (a == "--chunks") chunks = std::atoi(argv[i + 1]);
-    else if (a == "--lose-after-ms") lose_after = std::chrono::milliseconds(std::atoi(argv[i + 1]));
+    if (a == "--redis")
+      redis_uri = argv[i + 1];
+    else if (a == "--chunks")
+      chunks = std::atoi(argv[i + 1]);
+    else if (a == "--lose-after-ms")
+      lose_after = std::chrono::milliseconds(std::atoi(argv[i + 1]));
     else {
       fmt::print(stderr, "usage: dlock_long_job [--redis URI] [--chunks N] [--lose-after-ms N]\n");
       return 2;

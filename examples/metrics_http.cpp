@@ -58,8 +58,10 @@ int main(int argc, char** argv) {
   int seconds = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string_view arg = argv[i];
-    if (arg == "--port") port = static_cast<unsigned short>(std::atoi(argv[i + 1]));
-    else if (arg == "--seconds") seconds = std::atoi(argv[i + 1]);
+    if (arg == "--port")
+      port = static_cast<unsigned short>(std::atoi(argv[i + 1]));
+    else if (arg == "--seconds")
+      seconds = std::atoi(argv[i + 1]);
     else {
       fmt::print(stderr, "usage: dlock_metrics_http [--port N] [--seconds N]\n");
       return 2;
@@ -75,9 +77,8 @@ int main(int argc, char** argv) {
   for (int w = 0; w < 4; ++w) {
     workers.emplace_back([&, w] {
       const char* names[] = {"orders:1", "orders:2", "reports:daily"};
-      dlock::Lock<dlock::MemoryBackend> lock(backend, names[w % 3],
-                                             {.ttl = 5s, .retry = {.initial_delay = 1ms, .max_delay = 20ms},
-                                              .observer = metrics});
+      dlock::Lock<dlock::MemoryBackend> lock(
+          backend, names[w % 3], {.ttl = 5s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}, .observer = metrics});
       while (!stop) {
         if (auto g = lock.try_acquire_for(100ms)) std::this_thread::sleep_for(2ms);
         std::this_thread::sleep_for(1ms);

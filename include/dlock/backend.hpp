@@ -123,16 +123,15 @@ struct Lease {
 };
 
 template <class B>
-concept Backend =
-    requires(B& b, const B& cb, const AcquireRequest& request, std::string_view name,
-             Lease<typename B::Handle>& lease, std::chrono::milliseconds ttl, TimePoint started) {
-      typename B::Handle;
-      { cb.kind() } -> std::convertible_to<std::string_view>;
-      { cb.endpoint() } -> std::convertible_to<std::string_view>;
-      { b.try_acquire(request) } -> std::same_as<AcquireResult<typename B::Handle>>;
-      { b.release(name, lease) } -> std::same_as<ReleaseResult>;
-      { b.extend(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
-    };
+concept Backend = requires(B& b, const B& cb, const AcquireRequest& request, std::string_view name,
+                           Lease<typename B::Handle>& lease, std::chrono::milliseconds ttl, TimePoint started) {
+  typename B::Handle;
+  { cb.kind() } -> std::convertible_to<std::string_view>;
+  { cb.endpoint() } -> std::convertible_to<std::string_view>;
+  { b.try_acquire(request) } -> std::same_as<AcquireResult<typename B::Handle>>;
+  { b.release(name, lease) } -> std::same_as<ReleaseResult>;
+  { b.extend(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
+};
 
 /// One lease of a BatchesExtend::extend_many() call.
 struct ExtendItem {
@@ -154,7 +153,9 @@ using BackendStorage = std::conditional_t<std::is_copy_constructible_v<B>, B, B&
 /// handle (B::identity()), else the object's address.
 template <class B>
 [[nodiscard]] const void* backend_identity(const B& b) noexcept {
-  if constexpr (requires { { b.identity() } -> std::convertible_to<const void*>; }) {
+  if constexpr (requires {
+                  { b.identity() } -> std::convertible_to<const void*>;
+                }) {
     return b.identity();
   } else {
     return &b;
@@ -170,29 +171,30 @@ struct HeldLockRef {
 
 /// What a blocked acquirer publishes for deadlock detection.
 struct WaitRecord {
-  std::string_view agent;               ///< "host:pid:thread", the waiting thread
-  std::string_view waiter;              ///< owner id of the blocked acquisition
-  std::string_view lock;                ///< the lock name it waits for
-  std::span<const HeldLockRef> holds;   ///< locks its thread holds on this backend
-  std::chrono::milliseconds ttl{};      ///< the record expires unless refreshed
+  std::string_view agent;              ///< "host:pid:thread", the waiting thread
+  std::string_view waiter;             ///< owner id of the blocked acquisition
+  std::string_view lock;               ///< the lock name it waits for
+  std::span<const HeldLockRef> holds;  ///< locks its thread holds on this backend
+  std::chrono::milliseconds ttl{};     ///< the record expires unless refreshed
 };
 
 template <class B>
-concept NotifiesRelease =
-    Backend<B> && requires(B& b, std::string_view name, std::chrono::nanoseconds d) {
-      { b.subscribe_release(name).wait_for(d) } -> std::same_as<bool>;
-    };
+concept NotifiesRelease = Backend<B> && requires(B& b, std::string_view name, std::chrono::nanoseconds d) {
+  { b.subscribe_release(name).wait_for(d) } -> std::same_as<bool>;
+};
 
 template <class B>
-concept WaitsOnServer =
-    Backend<B> && requires(B& b, const AcquireRequest& request, std::chrono::milliseconds max_wait) {
-      { b.acquire_wait(request, max_wait) } -> std::same_as<AcquireResult<typename B::Handle>>;
-    };
+concept WaitsOnServer = Backend<B> &&
+    requires(B& b, const AcquireRequest& request, std::chrono::milliseconds max_wait) {
+  { b.acquire_wait(request, max_wait) } -> std::same_as<AcquireResult<typename B::Handle>>;
+};
 
 template <class B>
 concept RecordsWaits = Backend<B> && requires(B& b, const WaitRecord& r) {
-  { b.record_wait(r) } noexcept;
-  { b.clear_wait(r) } noexcept;
+  { b.record_wait(r) }
+  noexcept;
+  { b.clear_wait(r) }
+  noexcept;
 };
 
 template <class B>

@@ -42,15 +42,24 @@ class ErrorCategory final : public std::error_category {
   [[nodiscard]] const char* name() const noexcept override { return "dlock"; }
   [[nodiscard]] std::string message(int ev) const override {
     switch (static_cast<errc>(ev)) {
-      case errc::timeout: return "timed out";
-      case errc::connection: return "connection to the lock service failed";
-      case errc::lock_lost: return "lock was lost";
-      case errc::not_held: return "lock is not held";
-      case errc::deadlock: return "deadlock detected";
-      case errc::invalid_argument: return "invalid argument";
-      case errc::server: return "lock service refused the request";
-      case errc::auth: return "authentication failed";
-      case errc::no_fencing_token: return "fencing tokens are not available";
+      case errc::timeout:
+        return "timed out";
+      case errc::connection:
+        return "connection to the lock service failed";
+      case errc::lock_lost:
+        return "lock was lost";
+      case errc::not_held:
+        return "lock is not held";
+      case errc::deadlock:
+        return "deadlock detected";
+      case errc::invalid_argument:
+        return "invalid argument";
+      case errc::server:
+        return "lock service refused the request";
+      case errc::auth:
+        return "authentication failed";
+      case errc::no_fencing_token:
+        return "fencing tokens are not available";
     }
     return "unknown dlock error";
   }
@@ -60,15 +69,24 @@ class ErrorCategory final : public std::error_category {
 /// A short lowercase name for metrics labels and logs: "timeout", "connection", ...
 [[nodiscard]] constexpr const char* to_string(errc e) noexcept {
   switch (e) {
-    case errc::timeout: return "timeout";
-    case errc::connection: return "connection";
-    case errc::lock_lost: return "lock_lost";
-    case errc::not_held: return "not_held";
-    case errc::deadlock: return "deadlock";
-    case errc::invalid_argument: return "invalid_argument";
-    case errc::server: return "server";
-    case errc::auth: return "auth";
-    case errc::no_fencing_token: return "no_fencing_token";
+    case errc::timeout:
+      return "timeout";
+    case errc::connection:
+      return "connection";
+    case errc::lock_lost:
+      return "lock_lost";
+    case errc::not_held:
+      return "not_held";
+    case errc::deadlock:
+      return "deadlock";
+    case errc::invalid_argument:
+      return "invalid_argument";
+    case errc::server:
+      return "server";
+    case errc::auth:
+      return "auth";
+    case errc::no_fencing_token:
+      return "no_fencing_token";
   }
   return "unknown";
 }
@@ -106,8 +124,7 @@ class ConnectionError : public Error {
 /// (code errc::lock_lost or errc::not_held).
 class LockLostError : public Error {
  public:
-  explicit LockLostError(const std::string& what, errc code = errc::lock_lost)
-      : Error(code, what) {}
+  explicit LockLostError(const std::string& what, errc code = errc::lock_lost) : Error(code, what) {}
 };
 
 class DeadlockError : public Error {

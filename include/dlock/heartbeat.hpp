@@ -59,10 +59,14 @@ enum class LostReason {
 
 [[nodiscard]] constexpr std::string_view to_string(LostReason r) noexcept {
   switch (r) {
-    case LostReason::expired: return "expired";
-    case LostReason::taken: return "taken";
-    case LostReason::connection: return "connection";
-    case LostReason::max_hold: return "max_hold";
+    case LostReason::expired:
+      return "expired";
+    case LostReason::taken:
+      return "taken";
+    case LostReason::connection:
+      return "connection";
+    case LostReason::max_hold:
+      return "max_hold";
   }
   return "unknown";
 }
@@ -245,10 +249,17 @@ class Heartbeat {
     std::map<detail::Beat::BatchKey, std::vector<std::shared_ptr<detail::Beat>>> batches;
     for (auto& beat : due) {
       switch (beat->claim(beat->clock().now())) {
-        case detail::BeatAction::extend: batches[beat->batch_key()].push_back(beat); break;
-        case detail::BeatAction::expire: beat->expire(*this); break;
-        case detail::BeatAction::max_hold: beat->stop_holding(*this); break;
-        case detail::BeatAction::none: break;
+        case detail::BeatAction::extend:
+          batches[beat->batch_key()].push_back(beat);
+          break;
+        case detail::BeatAction::expire:
+          beat->expire(*this);
+          break;
+        case detail::BeatAction::max_hold:
+          beat->stop_holding(*this);
+          break;
+        case detail::BeatAction::none:
+          break;
       }
       watch(beat);  // the next wake-up: expiry while an extension is in flight, or nothing once lost
     }

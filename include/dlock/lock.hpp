@@ -115,12 +115,12 @@ class Lock {
     if (options_.acquire_timeout) deadline = start + *options_.acquire_timeout;
     if (!acquire_until(deadline, false)) {
       const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - start);
-      throw TimeoutError(fmt::format(
-          "dlock: could not acquire lock '{}' on {} {} within {} (waited {}); another owner still holds it",
-          name_, backend_.kind(), backend_.endpoint(),
-          options_.acquire_timeout ? "acquire_timeout " + detail::format_duration(*options_.acquire_timeout)
-                                   : fmt::format("retry.max_attempts {}", options_.retry.max_attempts),
-          detail::format_duration(waited)));
+      throw TimeoutError(
+          fmt::format("dlock: could not acquire lock '{}' on {} {} within {} (waited {}); another owner still holds it",
+                      name_, backend_.kind(), backend_.endpoint(),
+                      options_.acquire_timeout ? "acquire_timeout " + detail::format_duration(*options_.acquire_timeout)
+                                               : fmt::format("retry.max_attempts {}", options_.retry.max_attempts),
+                      detail::format_duration(waited)));
     }
   }
   /// Exactly one attempt: true if acquired, false on contention (also when
@@ -473,8 +473,8 @@ class Lock {
 
   mutable std::mutex mu_;
   std::condition_variable gate_cv_;
-  bool busy_ = false;     // a thread is between acquire and unlock (the in-process gate)
-  bool engaged_ = false;  // the last successful acquire has not been released yet
+  bool busy_ = false;                      // a thread is between acquire and unlock (the in-process gate)
+  bool engaged_ = false;                   // the last successful acquire has not been released yet
   std::shared_ptr<detail::Held<B>> held_;  // the current acquisition, while engaged
   std::optional<OwnerId> owner_;
   std::shared_ptr<Heartbeat> heartbeat_;  // set by the first watched acquisition

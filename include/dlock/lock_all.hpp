@@ -107,16 +107,15 @@ inline bool acquire_set(std::span<SetMember> members, std::optional<TimePoint> d
 
 template <class L>
 SetMember member_of(L& lock) {
-  return SetMember{
-      backend_identity(std::as_const(lock).backend()), lock.name(),
-      [&lock](std::optional<TimePoint> deadline) {
-        if (!deadline) {
-          lock.lock();
-          return true;
-        }
-        return lock.try_lock_until(*deadline);
-      },
-      [&lock] { lock.unlock(); }};
+  return SetMember{backend_identity(std::as_const(lock).backend()), lock.name(),
+                   [&lock](std::optional<TimePoint> deadline) {
+                     if (!deadline) {
+                       lock.lock();
+                       return true;
+                     }
+                     return lock.try_lock_until(*deadline);
+                   },
+                   [&lock] { lock.unlock(); }};
 }
 
 }  // namespace detail
@@ -142,8 +141,8 @@ template <class... Ls>
 
 template <class Rep, class Period, class... Ls>
 [[nodiscard]] MultiGuard<Ls...> try_lock_all_for(const std::chrono::duration<Rep, Period>& timeout, Ls&... locks) {
-  return try_lock_all_until(std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout),
-                            locks...);
+  return try_lock_all_until(
+      std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout), locks...);
 }
 
 }  // namespace dlock

@@ -179,8 +179,7 @@ class MetricsRegistry : public Observer {
     Histogram hold;
   };
 
-  static constexpr std::array<std::pair<std::string_view, std::string_view>,
-                              static_cast<std::size_t>(Counter::count_)>
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, static_cast<std::size_t>(Counter::count_)>
       counter_info{{
           {"dlock_acquire_attempts_total", "Acquire attempts sent to the lock service."},
           {"dlock_acquisitions_total", "Locks acquired."},
@@ -217,14 +216,20 @@ class MetricsRegistry : public Observer {
       ++it->second;
     };
     switch (e.type) {
-      case EventType::attempt: count(Counter::attempts); break;
+      case EventType::attempt:
+        count(Counter::attempts);
+        break;
       case EventType::acquired:
         count(Counter::acquisitions);
         ++s.held;
         observe(s.wait, options_.wait_buckets, e.wait);
         break;
-      case EventType::contended: count(Counter::contentions); break;
-      case EventType::acquire_failed: count_reason(ReasonCounter::acquire_failures); break;
+      case EventType::contended:
+        count(Counter::contentions);
+        break;
+      case EventType::acquire_failed:
+        count_reason(ReasonCounter::acquire_failures);
+        break;
       case EventType::released:
         count(Counter::releases);
         --s.held;
@@ -239,16 +244,28 @@ class MetricsRegistry : public Observer {
         count_reason(ReasonCounter::release_failures);
         if (e.reason != "after_loss") --s.held;
         break;
-      case EventType::extended: count(Counter::extensions); break;
-      case EventType::extend_failed: count_reason(ReasonCounter::extend_failures); break;
+      case EventType::extended:
+        count(Counter::extensions);
+        break;
+      case EventType::extend_failed:
+        count_reason(ReasonCounter::extend_failures);
+        break;
       case EventType::lost:
         count_reason(ReasonCounter::lost);
         --s.held;
         break;
-      case EventType::long_held: count(Counter::long_held); break;
-      case EventType::callback_failed: count(Counter::callback_failures); break;
-      case EventType::order_violation: count(Counter::order_violations); break;
-      case EventType::degraded: count_reason(ReasonCounter::degraded); break;
+      case EventType::long_held:
+        count(Counter::long_held);
+        break;
+      case EventType::callback_failed:
+        count(Counter::callback_failures);
+        break;
+      case EventType::order_violation:
+        count(Counter::order_violations);
+        break;
+      case EventType::degraded:
+        count_reason(ReasonCounter::degraded);
+        break;
     }
   }
 
@@ -292,10 +309,14 @@ class MetricsRegistry : public Observer {
     std::string out;
     out.reserve(v.size());
     for (char c : v) {
-      if (c == '\\') out += "\\\\";
-      else if (c == '"') out += "\\\"";
-      else if (c == '\n') out += "\\n";
-      else out += c;
+      if (c == '\\')
+        out += "\\\\";
+      else if (c == '"')
+        out += "\\\"";
+      else if (c == '\n')
+        out += "\\n";
+      else
+        out += c;
     }
     return out;
   }

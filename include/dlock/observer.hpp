@@ -39,30 +39,44 @@ enum class EventType {
   release_not_held,  ///< at release the lock had already expired or been taken:
                      ///< the end of the critical section ran unprotected
   extended,
-  extend_failed,     ///< error set: transient failure; the lease may still be valid
-  lost,              ///< the lease is gone (expired, taken, connection); reason in message
-  long_held,         ///< a hold passed its long-held threshold
-  callback_failed,   ///< an on_lost callback threw; message says what
-  order_violation,   ///< the lock-order checker found a cycle; message names it
-  degraded,          ///< acquired without the primary lock service (fallback policy); reason, message
+  extend_failed,    ///< error set: transient failure; the lease may still be valid
+  lost,             ///< the lease is gone (expired, taken, connection); reason in message
+  long_held,        ///< a hold passed its long-held threshold
+  callback_failed,  ///< an on_lost callback threw; message says what
+  order_violation,  ///< the lock-order checker found a cycle; message names it
+  degraded,         ///< acquired without the primary lock service (fallback policy); reason, message
 };
 
 [[nodiscard]] constexpr std::string_view to_string(EventType t) noexcept {
   switch (t) {
-    case EventType::attempt: return "attempt";
-    case EventType::acquired: return "acquired";
-    case EventType::contended: return "contended";
-    case EventType::acquire_failed: return "acquire_failed";
-    case EventType::released: return "released";
-    case EventType::release_failed: return "release_failed";
-    case EventType::release_not_held: return "release_not_held";
-    case EventType::extended: return "extended";
-    case EventType::extend_failed: return "extend_failed";
-    case EventType::lost: return "lost";
-    case EventType::long_held: return "long_held";
-    case EventType::callback_failed: return "callback_failed";
-    case EventType::order_violation: return "order_violation";
-    case EventType::degraded: return "degraded";
+    case EventType::attempt:
+      return "attempt";
+    case EventType::acquired:
+      return "acquired";
+    case EventType::contended:
+      return "contended";
+    case EventType::acquire_failed:
+      return "acquire_failed";
+    case EventType::released:
+      return "released";
+    case EventType::release_failed:
+      return "release_failed";
+    case EventType::release_not_held:
+      return "release_not_held";
+    case EventType::extended:
+      return "extended";
+    case EventType::extend_failed:
+      return "extend_failed";
+    case EventType::lost:
+      return "lost";
+    case EventType::long_held:
+      return "long_held";
+    case EventType::callback_failed:
+      return "callback_failed";
+    case EventType::order_violation:
+      return "order_violation";
+    case EventType::degraded:
+      return "degraded";
   }
   return "unknown";
 }
@@ -74,11 +88,11 @@ struct Event {
   std::string_view lock;      ///< the lock name
   std::string_view owner;     ///< owner id of the acquisition, when there is one
   std::optional<std::uint64_t> token;
-  std::uint32_t attempts = 0;        ///< acquired / acquire_failed: attempts made
-  std::chrono::nanoseconds wait{};   ///< acquired / acquire_failed: time spent acquiring
-  std::chrono::nanoseconds held{};   ///< released / release_*: / lost: time since acquisition
-  std::error_code error;             ///< failures: what went wrong
-  std::string_view message;          ///< failures: a sentence for humans
+  std::uint32_t attempts = 0;       ///< acquired / acquire_failed: attempts made
+  std::chrono::nanoseconds wait{};  ///< acquired / acquire_failed: time spent acquiring
+  std::chrono::nanoseconds held{};  ///< released / release_*: / lost: time since acquisition
+  std::error_code error;            ///< failures: what went wrong
+  std::string_view message;         ///< failures: a sentence for humans
   /// A short, bounded label: lost: "expired", "taken", "connection",
   /// "max_hold"; acquire_failed: "timeout" or the error kind ("connection",
   /// "server", ...); release_failed after a loss: "after_loss"; degraded:
@@ -105,12 +119,14 @@ class LogObserver : public Observer {
       case EventType::long_held:
       case EventType::callback_failed:
       case EventType::order_violation:
-      case EventType::degraded: break;
-      default: return;
+      case EventType::degraded:
+        break;
+      default:
+        return;
     }
     try {
-      fmt::print(stderr, "dlock: {} lock='{}' backend={} endpoint={} owner={} held={}ms: {}\n",
-                 to_string(e.type), e.lock, e.backend, e.endpoint, e.owner,
+      fmt::print(stderr, "dlock: {} lock='{}' backend={} endpoint={} owner={} held={}ms: {}\n", to_string(e.type),
+                 e.lock, e.backend, e.endpoint, e.owner,
                  std::chrono::duration_cast<std::chrono::milliseconds>(e.held).count(),
                  e.message.empty() ? std::string_view("(no detail)") : e.message);
     } catch (...) {  // formatting or stderr failed: nothing sensible is left to report to

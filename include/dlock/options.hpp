@@ -71,8 +71,7 @@ struct LockOptions {
 
 namespace detail {
 
-[[noreturn]] inline void invalid_field(std::string_view field, std::string_view requirement,
-                                       std::string_view got) {
+[[noreturn]] inline void invalid_field(std::string_view field, std::string_view requirement, std::string_view got) {
   throw InvalidArgument(fmt::format("dlock: {} {} (got {})", field, requirement, got));
 }
 
@@ -97,19 +96,18 @@ inline void validate(const RetryPolicy& r, std::string_view where) {
 }
 
 inline void validate(const LockOptions& o) {
-  if (o.ttl <= o.ttl.zero())
-    invalid_field("LockOptions.ttl", "must be positive", format_duration(o.ttl));
+  if (o.ttl <= o.ttl.zero()) invalid_field("LockOptions.ttl", "must be positive", format_duration(o.ttl));
   validate(o.retry, "LockOptions.retry");
   if (o.extend_interval && (*o.extend_interval <= o.extend_interval->zero() || *o.extend_interval >= o.ttl))
-    invalid_field("LockOptions.extend_interval", fmt::format("must be positive and below ttl ({})", format_duration(o.ttl)),
+    invalid_field("LockOptions.extend_interval",
+                  fmt::format("must be positive and below ttl ({})", format_duration(o.ttl)),
                   format_duration(*o.extend_interval));
   if (o.max_hold && *o.max_hold <= o.max_hold->zero())
     invalid_field("LockOptions.max_hold", "must be positive", format_duration(*o.max_hold));
   if (o.long_held && *o.long_held <= o.long_held->zero())
     invalid_field("LockOptions.long_held", "must be positive", format_duration(*o.long_held));
   if (o.acquire_timeout && *o.acquire_timeout < o.acquire_timeout->zero())
-    invalid_field("LockOptions.acquire_timeout", "must not be negative",
-                  format_duration(*o.acquire_timeout));
+    invalid_field("LockOptions.acquire_timeout", "must not be negative", format_duration(*o.acquire_timeout));
 }
 
 }  // namespace detail

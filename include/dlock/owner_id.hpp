@@ -23,9 +23,9 @@ class OwnerId {
  public:
   /// A new UUIDv7 for the current time. Thread-safe.
   [[nodiscard]] static OwnerId generate() {
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count();
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     auto& rng = detail::thread_rng();
     const std::uint64_t hi = rng();
     const std::uint64_t lo = rng();

@@ -84,12 +84,12 @@ struct PostgresOptions {
 
 /// One row of monitor(): an advisory lock held or awaited in the database.
 struct PgAdvisoryLockInfo {
-  std::int64_t key = 0;        ///< the bigint key ((classid << 32) | objid)
-  bool granted = false;        ///< true: held; false: waiting for it
-  int pid = 0;                 ///< server process of the session
+  std::int64_t key = 0;  ///< the bigint key ((classid << 32) | objid)
+  bool granted = false;  ///< true: held; false: waiting for it
+  int pid = 0;           ///< server process of the session
   std::string application_name;
-  std::string client_addr;     ///< client address; empty for Unix sockets
-  std::string state;           ///< pg_stat_activity.state ("idle", "active", ...)
+  std::string client_addr;  ///< client address; empty for Unix sockets
+  std::string state;        ///< pg_stat_activity.state ("idle", "active", ...)
   /// When the wait began (waiters only), on the server's wall clock.
   std::optional<std::chrono::system_clock::time_point> wait_start;
   /// How long the session has been in its current state (the server's now() - state_change).

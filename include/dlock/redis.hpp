@@ -59,7 +59,8 @@ class RedisBackend {
   explicit RedisBackend(RedisOptions options);
   /// parse_redis_uri(uri, base).
   explicit RedisBackend(std::string_view uri, RedisOptions base = {});
-  explicit RedisBackend(const char* uri, RedisOptions base = {}) : RedisBackend(std::string_view(uri), std::move(base)) {}
+  explicit RedisBackend(const char* uri, RedisOptions base = {})
+      : RedisBackend(std::string_view(uri), std::move(base)) {}
 
   [[nodiscard]] std::string_view kind() const noexcept { return "redis"; }
   /// "host:port" or the socket path; never the password.

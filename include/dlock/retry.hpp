@@ -41,8 +41,7 @@ struct RetryPolicy {
 namespace detail {
 
 /// base(k) of the table above, saturating at max_delay.
-[[nodiscard]] inline std::chrono::microseconds base_delay(const RetryPolicy& p,
-                                                          std::uint32_t retry) noexcept {
+[[nodiscard]] inline std::chrono::microseconds base_delay(const RetryPolicy& p, std::uint32_t retry) noexcept {
   const double max = static_cast<double>(p.max_delay.count());
   double d = static_cast<double>(p.initial_delay.count());
   for (std::uint32_t i = 0; i < retry && d < max; ++i) d *= p.multiplier;
@@ -54,17 +53,19 @@ namespace detail {
 /// jitter; pass zero for the first retry).
 template <class URBG>
 [[nodiscard]] std::chrono::microseconds retry_delay(const RetryPolicy& p, std::uint32_t retry,
-                                                    std::chrono::microseconds previous,
-                                                    URBG& rng) {
+                                                    std::chrono::microseconds previous, URBG& rng) {
   using us = std::chrono::microseconds;
   auto uniform = [&rng](std::int64_t lo, std::int64_t hi) {
     return us(hi <= lo ? lo : std::uniform_int_distribution<std::int64_t>(lo, hi)(rng));
   };
   const us base = base_delay(p, retry);
   switch (p.jitter) {
-    case Jitter::none: return base;
-    case Jitter::full: return uniform(0, base.count());
-    case Jitter::equal: return base / 2 + uniform(0, base.count() - base.count() / 2);
+    case Jitter::none:
+      return base;
+    case Jitter::full:
+      return uniform(0, base.count());
+    case Jitter::equal:
+      return base / 2 + uniform(0, base.count() - base.count() / 2);
     case Jitter::decorrelated: {
       const us prev = std::max(previous, p.initial_delay);
       return std::min(p.max_delay, uniform(p.initial_delay.count(), 3 * prev.count()));

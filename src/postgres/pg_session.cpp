@@ -147,21 +147,20 @@ PgOutcome PgSession::run(const PgStatement& stmt, const std::vector<PgParam>& pa
   }
   const int n = static_cast<int>(params.size());
   if (!prepared) {
-    return finish_send(PQsendQueryParams(conn_, stmt.sql.c_str(), n, stmt.types.data(), values.data(),
-                                         lengths.data(), formats.data(), 0),
+    return finish_send(PQsendQueryParams(conn_, stmt.sql.c_str(), n, stmt.types.data(), values.data(), lengths.data(),
+                                         formats.data(), 0),
                        deadline);
   }
   const std::uint64_t bit = std::uint64_t{1} << stmt.id;
   if (!(prepared_ & bit)) {
-    PgOutcome prep = finish_send(
-        PQsendPrepare(conn_, stmt.name.c_str(), stmt.sql.c_str(), static_cast<int>(stmt.types.size()),
-                      stmt.types.data()),
-        deadline);
+    PgOutcome prep = finish_send(PQsendPrepare(conn_, stmt.name.c_str(), stmt.sql.c_str(),
+                                               static_cast<int>(stmt.types.size()), stmt.types.data()),
+                                 deadline);
     if (!prep.ok()) return prep;
     prepared_ |= bit;
   }
-  return finish_send(
-      PQsendQueryPrepared(conn_, stmt.name.c_str(), n, values.data(), lengths.data(), formats.data(), 0), deadline);
+  return finish_send(PQsendQueryPrepared(conn_, stmt.name.c_str(), n, values.data(), lengths.data(), formats.data(), 0),
+                     deadline);
 }
 
 PgOutcome PgSession::command(const char* sql, SteadyTime deadline) {
@@ -190,17 +189,18 @@ void PgSessionDeleter::operator()(PgSession* s) const noexcept {
 void throw_outcome(const PgOutcome& o, std::string_view endpoint, std::string_view what,
                    std::chrono::milliseconds timeout) {
   if (o.fail == PgOutcome::Fail::timeout)
-    throw TimeoutError(fmt::format("dlock: PostgreSQL {}: {} got no answer within statement_timeout {}; "
-                                   "the connection was closed",
-                                   endpoint, what, format_duration(timeout)));
+    throw TimeoutError(
+        fmt::format("dlock: PostgreSQL {}: {} got no answer within statement_timeout {}; "
+                    "the connection was closed",
+                    endpoint, what, format_duration(timeout)));
   if (o.fail == PgOutcome::Fail::broken || !o.result)
     throw ConnectionError(
         fmt::format("dlock: PostgreSQL {}: connection lost during {}: {}", endpoint, what, o.message));
   const std::string_view state = o.sqlstate();
   const char* primary = PQresultErrorField(o.result.get(), PG_DIAG_MESSAGE_PRIMARY);
-  const std::string msg = fmt::format("dlock: PostgreSQL {}: {} failed: {} (SQLSTATE {})", endpoint, what,
-                                      primary ? primary : trim(PQresultErrorMessage(o.result.get())),
-                                      state.empty() ? "none" : state);
+  const std::string msg =
+      fmt::format("dlock: PostgreSQL {}: {} failed: {} (SQLSTATE {})", endpoint, what,
+                  primary ? primary : trim(PQresultErrorMessage(o.result.get())), state.empty() ? "none" : state);
   if (state == "40P01") throw DeadlockError(msg);
   if (state == "57014" || state == "55P03") throw TimeoutError(msg);
   if (state.substr(0, 2) == "08" || state.substr(0, 4) == "57P0") throw ConnectionError(msg);
@@ -231,8 +231,8 @@ PgPool::PgPool(const PostgresOptions& options, std::string endpoint)
   }
   PQfreemem(err);
   if (!user_keepalives) {
-    const auto secs = std::max<std::int64_t>(
-        1, std::chrono::duration_cast<std::chrono::seconds>(options_.statement_timeout).count());
+    const auto secs =
+        std::max<std::int64_t>(1, std::chrono::duration_cast<std::chrono::seconds>(options_.statement_timeout).count());
     const std::pair<const char*, std::string> ka[] = {
         {"keepalives", "1"},
         {"keepalives_idle", std::to_string(secs)},
@@ -286,8 +286,8 @@ PgSessionPtr PgPool::connect() {
   }
   PQsetNoticeProcessor(c, no_notices, nullptr);
   if (PQsetnonblocking(c, 1) != 0)
-    throw ConnectionError(fmt::format("dlock: PostgreSQL {}: cannot make the connection non-blocking: {}",
-                                      endpoint_, conn_message(c)));
+    throw ConnectionError(
+        fmt::format("dlock: PostgreSQL {}: cannot make the connection non-blocking: {}", endpoint_, conn_message(c)));
   guard.release();
   return PgSessionPtr(new PgSession(c, this));
 }
@@ -306,10 +306,10 @@ PgSessionPtr PgPool::checkout() {
     }
     if (open_ < options_.pool_size) break;
     if (!returned_.wait_until(lk, deadline, [this] { return !idle_.empty() || open_ < options_.pool_size; }))
-      throw TimeoutError(fmt::format(
-          "dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} (each held "
-          "lock pins one); raise PostgresOptions.pool_size",
-          endpoint_, options_.pool_size, format_duration(options_.connect_timeout)));
+      throw TimeoutError(
+          fmt::format("dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} (each held "
+                      "lock pins one); raise PostgresOptions.pool_size",
+                      endpoint_, options_.pool_size, format_duration(options_.connect_timeout)));
   }
   ++open_;
   lk.unlock();

@@ -45,7 +45,7 @@ struct PgOutcome {
   PgResult result;
   std::string message;  ///< libpq's message for timeout/broken
 
-  [[nodiscard]] bool ok() const noexcept;        ///< no failure and a successful result
+  [[nodiscard]] bool ok() const noexcept;                    ///< no failure and a successful result
   [[nodiscard]] std::string_view sqlstate() const noexcept;  ///< "" if none
 };
 

@@ -22,7 +22,8 @@ using std::chrono::milliseconds;
 
 bool is_identifier(std::string_view s) {
   if (s.empty() || s.size() > 63 || (s.front() >= '0' && s.front() <= '9')) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
 }
 
 // Drops quoted fragments from libpq's parse error: they may be parts of a password.
@@ -86,10 +87,9 @@ void validate_fields(const PostgresOptions& o) {
     invalid_field("PostgresOptions.application_name", "must be at most 63 bytes without NUL",
                   fmt::format("\"{}\"", o.application_name));
   const auto dot = o.fencing_sequence.find('.');
-  const bool ok = dot == std::string::npos
-                      ? is_identifier(o.fencing_sequence)
-                      : is_identifier(std::string_view(o.fencing_sequence).substr(0, dot)) &&
-                            is_identifier(std::string_view(o.fencing_sequence).substr(dot + 1));
+  const bool ok = dot == std::string::npos ? is_identifier(o.fencing_sequence)
+                                           : is_identifier(std::string_view(o.fencing_sequence).substr(0, dot)) &&
+                                                 is_identifier(std::string_view(o.fencing_sequence).substr(dot + 1));
   if (!ok)
     invalid_field("PostgresOptions.fencing_sequence",
                   "must be \"schema.name\" or \"name\", each of lower-case letters, digits and '_', not starting "
@@ -101,8 +101,8 @@ std::vector<std::string> pg_schema_sql(std::string_view sequence) {
   std::vector<std::string> out;
   if (const auto dot = sequence.find('.'); dot != std::string_view::npos)
     out.push_back(fmt::format("CREATE SCHEMA IF NOT EXISTS {};", sequence.substr(0, dot)));
-  out.push_back(fmt::format(
-      "CREATE SEQUENCE IF NOT EXISTS {} AS bigint MINVALUE 1 START WITH 1 CACHE 1 NO CYCLE;", sequence));
+  out.push_back(
+      fmt::format("CREATE SEQUENCE IF NOT EXISTS {} AS bigint MINVALUE 1 START WITH 1 CACHE 1 NO CYCLE;", sequence));
   return out;
 }
 
@@ -147,7 +147,8 @@ class PgStatements {
   static std::string settings(bool modern, bool xact, bool keepalives, int ttl) {
     std::string idle;
     if (xact) {
-      idle = fmt::format("pg_catalog.set_config('idle_in_transaction_session_timeout', least(${0}, 2147483647)::text, true)", ttl);
+      idle = fmt::format(
+          "pg_catalog.set_config('idle_in_transaction_session_timeout', least(${0}, 2147483647)::text, true)", ttl);
     } else if (modern) {
       idle = fmt::format("pg_catalog.set_config('idle_session_timeout', least(${0}, 2147483647)::text, false)", ttl);
     } else {
@@ -168,9 +169,9 @@ class PgStatements {
     const char* fn = xact ? (wait ? "pg_advisory_xact_lock" : "pg_try_advisory_xact_lock")
                           : (wait ? "pg_advisory_lock" : "pg_try_advisory_lock");
     if (!wait)
-      return fmt::format(
-          "SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a", fn,
-          settings(modern, xact, keepalives, 2), fence ? "CASE WHEN a.l THEN pg_catalog.nextval($3::regclass) END" : "NULL");
+      return fmt::format("SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a",
+                         fn, settings(modern, xact, keepalives, 2),
+                         fence ? "CASE WHEN a.l THEN pg_catalog.nextval($3::regclass) END" : "NULL");
     return fmt::format(
         "SELECT true, {1}, {2} FROM (SELECT pg_catalog.{0}($1) FROM (SELECT "
         "pg_catalog.set_config('lock_timeout', $3::text, true) OFFSET 0) t OFFSET 0) a",
@@ -249,11 +250,15 @@ bool PostgresBackend::has_fencing() {
   const int known = st.fencing.load(std::memory_order_acquire);
   if (known >= 0) return known == 1;
   PgSessionPtr s = state_->pool->checkout();
-  static const detail::PgStatement probe{0, "", "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
-                                                "pg_catalog.to_regclass($1) AND relkind = 'S')",
+  static const detail::PgStatement probe{0,
+                                         "",
+                                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
+                                         "pg_catalog.to_regclass($1) AND relkind = 'S')",
                                          {25}};
-  PgOutcome o = s->run(probe, {PgParam::text(state_->options.fencing_sequence)}, false, after(state_->options.statement_timeout));
-  if (!o.ok()) detail::throw_outcome(o, state_->endpoint, "looking up the fencing sequence", state_->options.statement_timeout);
+  PgOutcome o =
+      s->run(probe, {PgParam::text(state_->options.fencing_sequence)}, false, after(state_->options.statement_timeout));
+  if (!o.ok())
+    detail::throw_outcome(o, state_->endpoint, "looking up the fencing sequence", state_->options.statement_timeout);
   const bool present = text_is_true(o.result.get(), 0, 0);
   state_->pool->checkin(std::move(s));
   int expected = -1;
@@ -275,8 +280,8 @@ namespace {
 
 // The shared body of try_acquire and acquire_wait. `wait` is null for a try.
 AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
-                                    const std::chrono::milliseconds* wait, PgSessionPtr& out_session,
-                                    std::int64_t key, bool fence) {
+                                    const std::chrono::milliseconds* wait, PgSessionPtr& out_session, std::int64_t key,
+                                    bool fence) {
   const PostgresOptions& o = self.options();
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
@@ -323,7 +328,6 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
 }
 
 }  // namespace
-
 
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire(const AcquireRequest& request) {
   const std::int64_t key = advisory_key(request.name);
@@ -372,8 +376,8 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
   }
   bool released = true;
   if (xact) {
-    released = PQtransactionStatus(s->conn()) == PQTRANS_IDLE &&
-               std::string_view(PQcmdStatus(o.result.get())) == "COMMIT";
+    released =
+        PQtransactionStatus(s->conn()) == PQTRANS_IDLE && std::string_view(PQcmdStatus(o.result.get())) == "COMMIT";
   } else {
     released = text_is_true(o.result.get(), 0, 0);
   }
@@ -395,9 +399,10 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
                             : o.result         ? detail::redact(PQresultErrorMessage(o.result.get()))
                                                : std::string("the transaction ended");
     lease.handle.session_.reset();
-    throw LockLostError(fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
-                                    "released the lock with it",
-                                    name, state_->endpoint, why));
+    throw LockLostError(
+        fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
+                    "released the lock with it",
+                    name, state_->endpoint, why));
   }
   s.keepalive_ttl_ms = detail::ms_of(ttl);
   return started + ttl;
@@ -407,7 +412,8 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
   PgSessionPtr s = state_->pool->checkout();
   const bool modern = s->server_version() >= 140000;
   const detail::PgStatement q{
-      0, "",
+      0,
+      "",
       fmt::format(
           "SELECT (l.classid::int8 << 32) | l.objid::int8 AS key, l.granted, l.pid,\n"
           "       coalesce(a.application_name, '') AS application_name,\n"
@@ -436,8 +442,8 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
     info.client_addr = PQgetvalue(r, i, 4);
     info.state = PQgetvalue(r, i, 5);
     if (!PQgetisnull(r, i, 6))
-      info.wait_start = std::chrono::system_clock::time_point(
-          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+      info.wait_start =
+          std::chrono::system_clock::time_point(std::chrono::duration_cast<std::chrono::system_clock::duration>(
               std::chrono::microseconds(std::strtoll(PQgetvalue(r, i, 6), nullptr, 10))));
     info.in_state_for = std::chrono::milliseconds(std::strtoll(PQgetvalue(r, i, 7), nullptr, 10));
     rows.push_back(std::move(info));

@@ -30,7 +30,8 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire(const AcquireReque
 
 ReleaseResult RedisBackend::release(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
-  return state_->node->release(state_->node->keys(name), lease.owner.str()) ? ReleaseResult::released : ReleaseResult::not_held;
+  return state_->node->release(state_->node->keys(name), lease.owner.str()) ? ReleaseResult::released
+                                                                            : ReleaseResult::not_held;
 }
 
 std::optional<TimePoint> RedisBackend::extend(std::string_view name, Lease<Handle>& lease,

@@ -52,7 +52,8 @@ RedisValue to_value(const redisReply* r) {
       v.elements.reserve(r->elements);
       for (std::size_t i = 0; i < r->elements; ++i) v.elements.push_back(to_value(r->element[i]));
       break;
-    default: v.type = RedisValue::Type::nil;
+    default:
+      v.type = RedisValue::Type::nil;
   }
   return v;
 }
@@ -97,30 +98,35 @@ void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::str
                                   "commands and keys dlock uses (see docs/redis.md)",
                                   what, endpoint, m),
                       errc::auth);
-  const auto has = [&](std::string_view code) { return starts_with(m, code) || m.find(code) != std::string_view::npos; };
+  const auto has = [&](std::string_view code) {
+    return starts_with(m, code) || m.find(code) != std::string_view::npos;
+  };
   if (has("READONLY"))
-    throw ServerError(fmt::format("dlock: {} failed: Redis at {} is a read-only replica ({}); point dlock at the "
-                                  "primary",
-                                  what, endpoint, m));
+    throw ServerError(
+        fmt::format("dlock: {} failed: Redis at {} is a read-only replica ({}); point dlock at the "
+                    "primary",
+                    what, endpoint, m));
   if (starts_with(m, "OOM") || m.find("OOM command not allowed") != std::string_view::npos)
-    throw ServerError(fmt::format("dlock: {} failed: Redis at {} is out of memory ({}); raise maxmemory or free "
-                                  "memory",
-                                  what, endpoint, m));
+    throw ServerError(
+        fmt::format("dlock: {} failed: Redis at {} is out of memory ({}); raise maxmemory or free "
+                    "memory",
+                    what, endpoint, m));
   if (has("WRONGTYPE"))
-    throw ServerError(fmt::format("dlock: {} failed at {}: a dlock key holds the wrong type ({}); another "
-                                  "program uses the same key, change RedisOptions key_prefix or the lock name",
-                                  what, endpoint, m));
+    throw ServerError(
+        fmt::format("dlock: {} failed at {}: a dlock key holds the wrong type ({}); another "
+                    "program uses the same key, change RedisOptions key_prefix or the lock name",
+                    what, endpoint, m));
   if (starts_with(m, "NOSCRIPT"))
-    throw ServerError(fmt::format("dlock: {} failed at {}: the server does not know the script even after "
-                                  "EVAL ({})",
-                                  what, endpoint, m));
+    throw ServerError(
+        fmt::format("dlock: {} failed at {}: the server does not know the script even after "
+                    "EVAL ({})",
+                    what, endpoint, m));
   throw ServerError(fmt::format("dlock: {} failed at {}: {}", what, endpoint, m));
 }
 
 AcquireReply parse_acquire_reply(const RedisValue& r, std::string_view endpoint, std::string_view lock_key) {
   if (r.is_error()) throw_if_error(r, endpoint, fmt::format("acquire of '{}'", lock_key));
-  if (r.type == RedisValue::Type::array && r.elements.size() == 2 &&
-      r.elements[0].type == RedisValue::Type::integer) {
+  if (r.type == RedisValue::Type::array && r.elements.size() == 2 && r.elements[0].type == RedisValue::Type::integer) {
     const RedisValue& second = r.elements[1];
     if (r.elements[0].integer == 1 && second.type == RedisValue::Type::string) {
       AcquireReply out;
@@ -133,14 +139,15 @@ AcquireReply parse_acquire_reply(const RedisValue& r, std::string_view endpoint,
       return out;
     }
   }
-  throw ServerError(fmt::format("dlock: unexpected reply to the acquire script for '{}' from Redis at {}", lock_key,
-                                endpoint));
+  throw ServerError(
+      fmt::format("dlock: unexpected reply to the acquire script for '{}' from Redis at {}", lock_key, endpoint));
 }
 
 bool parse_flag_reply(const RedisValue& r, std::string_view endpoint, std::string_view op, std::string_view key) {
   if (r.is_error()) throw_if_error(r, endpoint, fmt::format("{} of '{}'", op, key));
   if (r.type != RedisValue::Type::integer || (r.integer != 0 && r.integer != 1))
-    throw ServerError(fmt::format("dlock: unexpected reply to the {} script for '{}' from Redis at {}", op, key, endpoint));
+    throw ServerError(
+        fmt::format("dlock: unexpected reply to the {} script for '{}' from Redis at {}", op, key, endpoint));
   return r.integer == 1;
 }
 
@@ -154,7 +161,8 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   const timeval connect_tv = to_timeval(options.connect_timeout);
   ctx_ = options.unix_socket.empty() ? redisConnectWithTimeout(options.host.c_str(), options.port, connect_tv)
                                      : redisConnectUnixWithTimeout(options.unix_socket.c_str(), connect_tv);
-  if (ctx_ == nullptr) throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
+  if (ctx_ == nullptr)
+    throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
   struct FreeOnThrow {
     RedisConnection* self;
     bool armed = true;
@@ -166,7 +174,8 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
     }
   } guard{this};
   if (ctx_->err)
-    connect_failed(options, ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN));
+    connect_failed(options,
+                   ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN));
   // Bounds the handshake below by connect_timeout, then every command by command_timeout.
   if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
   queue_handshake(options, load_scripts);
@@ -187,7 +196,8 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
       database_(options.database) {
   ctx_ = options.unix_socket.empty() ? redisConnectNonBlock(options.host.c_str(), options.port)
                                      : redisConnectUnixNonBlock(options.unix_socket.c_str());
-  if (ctx_ == nullptr) throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
+  if (ctx_ == nullptr)
+    throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
   if (ctx_->err) {
     try {
       connect_failed(options, false);
@@ -252,9 +262,10 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
         break;
       case Step::select:
         if (r.is_error())
-          throw ServerError(fmt::format("dlock: Redis at {} cannot select database {} ({}); check RedisOptions "
-                                        "database",
-                                        endpoint_, database_, r.str));
+          throw ServerError(
+              fmt::format("dlock: Redis at {} cannot select database {} ({}); check RedisOptions "
+                          "database",
+                          endpoint_, database_, r.str));
         break;
       case Step::script: {
         const auto s = steps[i].second;
@@ -287,9 +298,10 @@ void RedisConnection::fail(std::string_view doing) {
         "dlock: Redis at {} closed the connection during {} ({}); the server may have restarted or dropped idle "
         "clients (the outcome of the command is unknown)",
         endpoint_, doing, detail));
-  throw ConnectionError(fmt::format("dlock: connection to Redis at {} failed during {} ({}); the outcome of the "
-                                    "command is unknown",
-                                    endpoint_, doing, detail));
+  throw ConnectionError(
+      fmt::format("dlock: connection to Redis at {} failed during {} ({}); the outcome of the "
+                  "command is unknown",
+                  endpoint_, doing, detail));
 }
 
 void RedisConnection::queue(std::size_t argc, const char** argv, const std::size_t* lens) {
@@ -330,9 +342,10 @@ bool RedisConnection::flush() {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;  // also: connect still in progress
     broken_ = true;
     const int err = n < 0 ? errno : EPIPE;
-    throw ConnectionError(fmt::format("dlock: cannot send to Redis at {} ({}); check that redis-server is running "
-                                      "there (the outcome of the command is unknown)",
-                                      endpoint_, std::strerror(err)));
+    throw ConnectionError(
+        fmt::format("dlock: cannot send to Redis at {} ({}); check that redis-server is running "
+                    "there (the outcome of the command is unknown)",
+                    endpoint_, std::strerror(err)));
   }
   out_.clear();
   out_sent_ = 0;
@@ -465,9 +478,10 @@ std::unique_ptr<RedisConnection> RedisNode::take() {
     }
     if (open_ < options_.pool_size) break;
     if (!free_cv_.wait_for(lk, wait, [&] { return !idle_.empty() || open_ < options_.pool_size; }))
-      throw TimeoutError(fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
-                                     "RedisOptions pool_size or use fewer threads",
-                                     options_.pool_size, endpoint_, format_duration(wait)));
+      throw TimeoutError(
+          fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
+                      "RedisOptions pool_size or use fewer threads",
+                      options_.pool_size, endpoint_, format_duration(wait)));
   }
   ++open_;
   lk.unlock();

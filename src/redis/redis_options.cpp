@@ -19,7 +19,8 @@ namespace detail {
 void validate(const RedisOptions& o) {
   if (o.unix_socket.empty()) {
     if (o.host.empty()) invalid_field("RedisOptions.host", "must not be empty (or set unix_socket)", "\"\"");
-    if (o.port < 1 || o.port > 65535) invalid_field("RedisOptions.port", "must be in 1..65535", fmt::format("{}", o.port));
+    if (o.port < 1 || o.port > 65535)
+      invalid_field("RedisOptions.port", "must be in 1..65535", fmt::format("{}", o.port));
   } else if (o.unix_socket.front() != '/') {
     invalid_field("RedisOptions.unix_socket", "must be an absolute path", fmt::format("\"{}\"", o.unix_socket));
   }
@@ -102,8 +103,7 @@ int parse_int(std::string_view uri, std::string_view s, std::string_view what, i
 // "user:password", ":password" -> options; returns false if there is no userinfo.
 void parse_userinfo(std::string_view uri, std::string_view userinfo, RedisOptions& o) {
   const auto colon = userinfo.find(':');
-  if (colon == std::string_view::npos)
-    bad_uri(uri, "credentials must be written user:password@ or :password@");
+  if (colon == std::string_view::npos) bad_uri(uri, "credentials must be written user:password@ or :password@");
   o.username = percent_decode(uri, userinfo.substr(0, colon), "user name");
   o.password = percent_decode(uri, userinfo.substr(colon + 1), "password");
 }
@@ -138,7 +138,8 @@ RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base) {
   if (scheme == "unix" || scheme == "redis+unix") {
     if (!rest.empty() && rest.front() != '/') {
       const auto at = rest.rfind('@');
-      if (at == std::string_view::npos) bad_uri(uri, "a unix socket URI needs an absolute path: unix:///path/to/socket");
+      if (at == std::string_view::npos)
+        bad_uri(uri, "a unix socket URI needs an absolute path: unix:///path/to/socket");
       parse_userinfo(uri, rest.substr(0, at), o);
       rest = rest.substr(at + 1);
     }

@@ -32,10 +32,10 @@ using Clock = std::chrono::steady_clock;
 struct RedisSubscriber::Channel {
   explicit Channel(std::string n) : name(std::move(n)) {}
   const std::string name;
-  int refs = 0;              // live RedisSubscriptions
-  bool sent = false;         // our last command for it on this connection was SUBSCRIBE
-  int pending_acks = 0;      // SUBSCRIBEs sent and not yet acknowledged
-  bool acked = false;        // the server confirmed the subscription and it is still wanted
+  int refs = 0;                // live RedisSubscriptions
+  bool sent = false;           // our last command for it on this connection was SUBSCRIBE
+  int pending_acks = 0;        // SUBSCRIBEs sent and not yet acknowledged
+  bool acked = false;          // the server confirmed the subscription and it is still wanted
   std::uint64_t releases = 0;  // messages received
 };
 
@@ -54,7 +54,7 @@ struct RedisSubscriber::Core {
   bool stop = false;
   bool started = false;
   bool connected = false;
-  bool kicked = false;  // a new subscription wants the connection now
+  bool kicked = false;         // a new subscription wants the connection now
   std::uint64_t failures = 0;  // connection attempts failed or connections lost: pending subscribes give up
   int efd = -1;
   std::thread thread;
@@ -134,7 +134,8 @@ void RedisSubscriber::Core::run() noexcept {
     {
       std::lock_guard lk(mu);
       if (stop) break;
-      const bool wanted = std::any_of(channels.begin(), channels.end(), [](const auto& c) { return c.second->refs > 0; });
+      const bool wanted =
+          std::any_of(channels.begin(), channels.end(), [](const auto& c) { return c.second->refs > 0; });
       connect = !conn_ && wanted && (kicked || Clock::now() >= next_connect_);
       kicked = false;
     }
@@ -195,14 +196,15 @@ void RedisSubscriber::Core::run() noexcept {
     int timeout_ms = -1;
     const auto now = Clock::now();
     auto until = [&](Clock::time_point t) {
-      return static_cast<int>(std::clamp<long long>(
-          std::chrono::ceil<std::chrono::milliseconds>(t - now).count(), 0, 60'000));
+      return static_cast<int>(
+          std::clamp<long long>(std::chrono::ceil<std::chrono::milliseconds>(t - now).count(), 0, 60'000));
     };
     if (conn_) {
       if (acks_due_) timeout_ms = until(*acks_due_);
     } else {
       std::lock_guard lk(mu);
-      const bool wanted = std::any_of(channels.begin(), channels.end(), [](const auto& c) { return c.second->refs > 0; });
+      const bool wanted =
+          std::any_of(channels.begin(), channels.end(), [](const auto& c) { return c.second->refs > 0; });
       if (wanted) timeout_ms = until(next_connect_);
     }
     std::array<pollfd, 2> fds{pollfd{efd, POLLIN, 0}, pollfd{conn_ ? conn_->raw()->fd : -1, POLLIN, 0}};

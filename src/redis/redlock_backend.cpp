@@ -55,8 +55,7 @@ void validate(const RedlockOptions& o) {
     for (std::size_t j = 0; j < i; ++j) {
       if (redis_endpoint(o.nodes[j]) == redis_endpoint(o.nodes[i]) && o.nodes[j].database == o.nodes[i].database)
         invalid_field(field,
-                      fmt::format("must be a different server than nodes[{}]: a node listed twice would vote twice",
-                                  j),
+                      fmt::format("must be a different server than nodes[{}]: a node listed twice would vote twice", j),
                       fmt::format("{} database {}", redis_endpoint(o.nodes[i]), o.nodes[i].database));
     }
   }
@@ -76,9 +75,7 @@ using detail::NodeReplies;
 using detail::RedlockVotes;
 using detail::ScriptCall;
 
-std::string_view without_prefix(std::string_view m) {
-  return m.substr(0, 7) == "dlock: " ? m.substr(7) : m;
-}
+std::string_view without_prefix(std::string_view m) { return m.substr(0, 7) == "dlock: " ? m.substr(7) : m; }
 
 // Why the nodes in `failures` failed, as "ep: reason; ep: reason".
 struct Failures {
@@ -198,8 +195,8 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
   for (std::size_t i = 0; i < s.size(); ++i)
     batches[i].push_back(ScriptCall{
         detail::RedisScript::acquire, {keys.lock, keys.fence}, 2, {owner, ttl_ms, s.nodes[i]->fence_ttl_ms()}, 3});
-  const auto replies = detail::fan_out(s.ptrs, batches, s.options.node_timeout,
-                                       fmt::format("acquire of '{}'", request.name));
+  const auto replies =
+      detail::fan_out(s.ptrs, batches, s.options.node_timeout, fmt::format("acquire of '{}'", request.name));
 
   RedlockVotes votes;
   Failures failures;
@@ -238,8 +235,8 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
       const std::string token_text = std::to_string(*token);
       std::vector<std::vector<ScriptCall>> raises(s.size());
       for (std::size_t i : raise)
-        raises[i].push_back(ScriptCall{
-            detail::RedisScript::fence_raise, {keys.fence}, 1, {token_text, s.nodes[i]->fence_ttl_ms()}, 2});
+        raises[i].push_back(
+            ScriptCall{detail::RedisScript::fence_raise, {keys.fence}, 1, {token_text, s.nodes[i]->fence_ttl_ms()}, 2});
       const auto raised = detail::fan_out(s.ptrs, raises, s.options.node_timeout,
                                           fmt::format("fencing counter update of '{}'", request.name));
       Failures raise_failures;
@@ -276,9 +273,9 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
     case detail::RedlockAcquire::contended:
       return Contended{detail::redlock_holder_ttl(s.quorum, votes.yes, std::move(held_ttls))};
     case detail::RedlockAcquire::unavailable:
-      std::rethrow_exception(failures.error(fmt::format(
-          "dlock: Redlock acquire of '{}' reached only {} of {} nodes (quorum {})", request.name,
-          votes.total() - votes.failed, s.size(), s.quorum)));
+      std::rethrow_exception(
+          failures.error(fmt::format("dlock: Redlock acquire of '{}' reached only {} of {} nodes (quorum {})",
+                                     request.name, votes.total() - votes.failed, s.size(), s.quorum)));
     case detail::RedlockAcquire::too_slow:
     case detail::RedlockAcquire::granted:
       break;
@@ -299,9 +296,12 @@ ReleaseResult RedlockBackend::release(std::string_view name, Lease<Handle>& leas
   Failures failures;
   const RedlockVotes v = s.release_round(keys, lease.owner.str(), &failures);
   switch (detail::redlock_judge_release(v)) {
-    case detail::RedlockRelease::released: return ReleaseResult::released;
-    case detail::RedlockRelease::not_held: return ReleaseResult::not_held;
-    case detail::RedlockRelease::unknown: break;
+    case detail::RedlockRelease::released:
+      return ReleaseResult::released;
+    case detail::RedlockRelease::not_held:
+      return ReleaseResult::not_held;
+    case detail::RedlockRelease::unknown:
+      break;
   }
   std::rethrow_exception(failures.error(fmt::format(
       "dlock: Redlock release of '{}' reached only {} of {} nodes (quorum {}) and none of them had the lock; it "
@@ -355,9 +355,9 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
       calls.push_back(
           ScriptCall{detail::RedisScript::extend, {keys[b].lock}, 1, {items[index[b]].owner->str(), ttls[b]}, 2});
     const std::vector<std::vector<ScriptCall>> batches(s.size(), calls);
-    const auto replies = detail::fan_out(
-        s.ptrs, batches, s.options.node_timeout,
-        index.size() == 1 ? fmt::format("extend of '{}'", items[index[0]].name) : fmt::format("extend of {} locks", index.size()));
+    const auto replies = detail::fan_out(s.ptrs, batches, s.options.node_timeout,
+                                         index.size() == 1 ? fmt::format("extend of '{}'", items[index[0]].name)
+                                                           : fmt::format("extend of {} locks", index.size()));
 
     std::vector<std::size_t> lost;  // batch positions to release
     for (std::size_t b = 0; b < index.size(); ++b) {

@@ -39,10 +39,10 @@ struct Io {
   RedlockNode* node = nullptr;
   const std::vector<ScriptCall>* calls = nullptr;
   std::unique_ptr<RedisConnection> conn;
-  std::deque<std::ptrdiff_t> owed;        // the replies still to come, in order: -1 handshake, else the call's index
-  std::vector<RedisValue> handshake;      // the handshake's replies
-  std::vector<bool> resent;               // per call: already sent again with EVAL
-  bool sent = false;                      // nothing left in the output buffer
+  std::deque<std::ptrdiff_t> owed;    // the replies still to come, in order: -1 handshake, else the call's index
+  std::vector<RedisValue> handshake;  // the handshake's replies
+  std::vector<bool> resent;           // per call: already sent again with EVAL
+  bool sent = false;                  // nothing left in the output buffer
   bool done = true;
 };
 
@@ -206,8 +206,8 @@ std::vector<NodeReplies> fan_out(std::span<RedlockNode* const> nodes, std::span<
       if (errno == EINTR) continue;
       const int err = errno;
       for (std::size_t i : index)
-        fail(i, std::make_exception_ptr(ConnectionError(
-                    fmt::format("dlock: poll() failed during {} ({})", what, std::strerror(err)))));
+        fail(i, std::make_exception_ptr(
+                    ConnectionError(fmt::format("dlock: poll() failed during {} ({})", what, std::strerror(err)))));
       break;
     }
     for (std::size_t k = 0; k < fds.size(); ++k) {

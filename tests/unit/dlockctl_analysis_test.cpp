@@ -51,9 +51,8 @@ TEST(DlockctlDeadlocks, TwoCycle) {
 
 TEST(DlockctlDeadlocks, ThreeCycleReportedOnceWithATail) {
   // A -> B -> C -> A, and D waits for A's lock (in no cycle).
-  const std::vector<WaitInfo> records{
-      rec("h:1:a", "b", {{"a", "oa"}}), rec("h:2:b", "c", {{"b", "ob"}}), rec("h:3:c", "a", {{"c", "oc"}}),
-      rec("h:4:d", "a", {})};
+  const std::vector<WaitInfo> records{rec("h:1:a", "b", {{"a", "oa"}}), rec("h:2:b", "c", {{"b", "ob"}}),
+                                      rec("h:3:c", "a", {{"c", "oc"}}), rec("h:4:d", "a", {})};
   const std::map<std::string, std::string> owners{{"a", "oa"}, {"b", "ob"}, {"c", "oc"}};
   const auto g = find_deadlocks(records, owners);
   EXPECT_EQ(g.edges.size(), 4u);

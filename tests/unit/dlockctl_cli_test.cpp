@@ -90,7 +90,7 @@ TEST(DlockctlCli, RedisSettingsPrecedence) {
                           const auto it = env.find(n);
                           return it == env.end() ? nullptr : it->second.c_str();
                         }};
-  const std::vector<dlockctl::OptionSpec> specs{{"redis", "U", ""}, {"host", "H", ""},  {"port", "P", ""},
+  const std::vector<dlockctl::OptionSpec> specs{{"redis", "U", ""},    {"host", "H", ""},   {"port", "P", ""},
                                                 {"password", "W", ""}, {"prefix", "X", ""}, {"timeout", "T", ""}};
   const std::vector<std::string> none;
   ctx.args = dlockctl::parse_args(none, specs);
@@ -101,7 +101,8 @@ TEST(DlockctlCli, RedisSettingsPrecedence) {
   EXPECT_EQ(o.password, "envpw");
   EXPECT_EQ(o.key_prefix, "dlock:");
   EXPECT_EQ(o.connect_timeout, std::chrono::milliseconds(2000));
-  const std::vector<std::string> flags{"--redis", "flaghost:7001", "--port", "7002", "--prefix", "p:", "--timeout", "0.3"};
+  const std::vector<std::string> flags{"--redis", "flaghost:7001", "--port", "7002", "--prefix",
+                                       "p:",      "--timeout",     "0.3"};
   ctx.args = dlockctl::parse_args(flags, specs);
   o = dlockctl::redis_options(ctx);
   EXPECT_EQ(o.host, "flaghost");

@@ -36,7 +36,8 @@ TEST(DlockctlOutput, JsonWriter) {
   j.begin_object().key("a").value(1).key("b").begin_array().value("x").null().value(true).end_array();
   j.name("n", "ok").name("bad", "\xff").key("t").token(std::string("17")).key("u").token(std::string("x1"));
   j.key("v").token(std::nullopt).key("e").begin_object().end_object().end_object();
-  EXPECT_EQ(j.str(), R"({"a":1,"b":["x",null,true],"n":"ok","bad":"\ufffd","bad_hex":"ff","t":17,"u":"x1","v":null,"e":{}})");
+  EXPECT_EQ(j.str(),
+            R"({"a":1,"b":["x",null,true],"n":"ok","bad":"\ufffd","bad_hex":"ff","t":17,"u":"x1","v":null,"e":{}})");
 }
 
 TEST(DlockctlOutput, EscapeTextNeutralisesTerminalControls) {

@@ -41,7 +41,7 @@ TEST(Degradation, FallbackToASecondaryBackendKeepsExclusionAndReports) {
   ASSERT_TRUE(a.try_lock());
   EXPECT_FALSE(b.try_lock());  // still exclusive within this process
   EXPECT_GT(a.fencing_token(), 0u);
-  a.extend();                  // goes to the backend that granted it
+  a.extend();  // goes to the backend that granted it
   EXPECT_EQ(a.release(), dlock::ReleaseResult::released);
   EXPECT_TRUE(b.try_lock());
   b.unlock();

@@ -59,7 +59,11 @@ struct StopTime {
 
 TEST(BeatArithmetic, ActionsInPriorityOrder) {
   const TimePoint t0{};
-  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = t0 + 10s, .extending = true, .long_held_at = std::nullopt};
+  BeatTimes t{.valid_until = t0 + 3s,
+              .extend_due = t0 + 1s,
+              .max_hold_end = t0 + 10s,
+              .extending = true,
+              .long_held_at = std::nullopt};
   EXPECT_EQ(dlock::detail::beat_action(t, t0, 0s), BeatAction::none);
   EXPECT_EQ(dlock::detail::beat_action(t, t0 + 1s, 0s), BeatAction::extend);
   EXPECT_EQ(dlock::detail::beat_action(t, t0 + 750ms, 250ms), BeatAction::extend);  // within the slack
@@ -73,7 +77,11 @@ TEST(BeatArithmetic, ActionsInPriorityOrder) {
 
 TEST(BeatArithmetic, WakeIsTheEarliestRelevantTime) {
   const TimePoint t0{};
-  BeatTimes t{.valid_until = t0 + 3s, .extend_due = t0 + 1s, .max_hold_end = std::nullopt, .extending = true, .long_held_at = std::nullopt};
+  BeatTimes t{.valid_until = t0 + 3s,
+              .extend_due = t0 + 1s,
+              .max_hold_end = std::nullopt,
+              .extending = true,
+              .long_held_at = std::nullopt};
   EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 1s);
   t.extending = false;
   EXPECT_EQ(dlock::detail::beat_wake(t), t0 + 3s);
@@ -106,7 +114,8 @@ TEST(AutoExtend, HoldOfFiveTtlsStaysExclusive) {
 TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
   MemoryBackend mem;
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer});
+  Lock<MemoryBackend> lock(mem, "job",
+                           {.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer});
   auto g = lock.acquire();
   std::atomic<int> calls{0};
   std::optional<LostEvent> seen;
@@ -191,7 +200,7 @@ TEST(AutoExtend, MaxHoldReleasesAndReports) {
   EXPECT_EQ(reason.load(), static_cast<int>(LostReason::max_hold));
   // Released by the heartbeat: free at once, not only after its ttl.
   ASSERT_TRUE(eventually([&] { return other.try_lock(); }, 1s));
-  g.unlock();                     // the holder's own unlock is then a quiet no-op
+  g.unlock();  // the holder's own unlock is then a quiet no-op
   EXPECT_TRUE(other.owns_lock());
   EXPECT_EQ(observer->count(EventType::lost), 1u);  // the hold's one terminal event
   EXPECT_EQ(observer->count(EventType::released), 0u);
@@ -261,8 +270,8 @@ TEST(Batching, ExtensionsFallingDueTogetherShareOneRoundTrip) {
   const int batches = backend.batches.load();
   const int items = backend.extended_items.load();
   EXPECT_EQ(backend.single_extends.load(), 0);
-  EXPECT_GE(items, n * 4);          // every lock was extended repeatedly
-  EXPECT_LE(batches, items / 20);   // far fewer round trips than extensions
+  EXPECT_GE(items, n * 4);         // every lock was extended repeatedly
+  EXPECT_LE(batches, items / 20);  // far fewer round trips than extensions
   RecordProperty("batches", batches);
   RecordProperty("extensions", items);
   std::printf("%d extensions in %d batches\n", items, batches);
@@ -285,8 +294,8 @@ TEST(Destruction, GuardDestroyedWhileItsExtensionIsInFlight) {
 TEST(Destruction, HeartbeatWithPendingTimersOutlivesOrPrecedesLocks) {
   MemoryBackend mem;
   auto hb = std::make_shared<dlock::Heartbeat>();
-  auto lock = std::make_unique<Lock<MemoryBackend>>(mem, "job",
-                                                    LockOptions{.ttl = 10s, .auto_extend = true, .heartbeat = hb});
+  auto lock =
+      std::make_unique<Lock<MemoryBackend>>(mem, "job", LockOptions{.ttl = 10s, .auto_extend = true, .heartbeat = hb});
   lock->lock();
   EXPECT_EQ(hb->watched(), 1u);
   hb.reset();  // the lock keeps its heartbeat alive while it may need it

@@ -162,8 +162,8 @@ TEST(Acquire, MaxAttemptsBoundsABlockingAcquire) {
   MemoryBackend mem;
   auto observer = std::make_shared<RecordingObserver>();
   Lock<MemoryBackend> a(mem, "job");
-  Lock<MemoryBackend> b(mem, "job", {.retry = {.initial_delay = 1ms, .max_delay = 1ms, .max_attempts = 4},
-                                     .observer = observer});
+  Lock<MemoryBackend> b(mem, "job",
+                        {.retry = {.initial_delay = 1ms, .max_delay = 1ms, .max_attempts = 4}, .observer = observer});
   a.lock();
   EXPECT_THROW(b.lock(), dlock::TimeoutError);
   EXPECT_EQ(observer->count(EventType::attempt), 4u);
@@ -434,7 +434,7 @@ TEST(MemoryBackend, SubscriptionReportsEachReleaseOnce) {
   EXPECT_FALSE(sub.wait_for(1ms));
   lock.lock();
   lock.unlock();
-  EXPECT_TRUE(sub.wait_for(1ms));   // the release before the wait is not lost
+  EXPECT_TRUE(sub.wait_for(1ms));    // the release before the wait is not lost
   EXPECT_FALSE(sub.wait_for(20ms));  // and is not reported again
   EXPECT_TRUE(mem.subscribe_release("other").wait_for(0ms) == false);
 }

@@ -27,7 +27,8 @@ namespace {
 void run_script(dlock::ManualClock& clock, MemoryBackend& mem, const std::shared_ptr<MetricsRegistry>& metrics) {
   Lock<MemoryBackend> a(mem, "orders:1", {.ttl = 10s, .observer = metrics, .clock = &clock});
   Lock<MemoryBackend> b(mem, "orders:2", {.ttl = 10s, .observer = metrics, .clock = &clock});
-  Lock<MemoryBackend> c(mem, "orders:1", {.ttl = 10s, .retry = {.max_attempts = 1}, .observer = metrics, .clock = &clock});
+  Lock<MemoryBackend> c(mem, "orders:1",
+                        {.ttl = 10s, .retry = {.max_attempts = 1}, .observer = metrics, .clock = &clock});
   Lock<MemoryBackend> job(mem, "reindex", {.ttl = 1s, .observer = metrics, .clock = &clock});
 
   for (int i = 0; i < 3; ++i) {  // 3 acquisitions held 2 s each
@@ -35,17 +36,17 @@ void run_script(dlock::ManualClock& clock, MemoryBackend& mem, const std::shared
     clock.advance(2s);
     a.unlock();
   }
-  b.lock();                     // 4th acquisition; released by its destructor at the end, after 5 s
-  a.lock();                     // 5th
-  EXPECT_FALSE(c.try_lock());   // 1 contention
+  b.lock();                                     // 4th acquisition; released by its destructor at the end, after 5 s
+  a.lock();                                     // 5th
+  EXPECT_FALSE(c.try_lock());                   // 1 contention
   EXPECT_THROW(c.lock(), dlock::TimeoutError);  // 1 more attempt, contention, failure (timeout)
-  a.extend();                   // 1 extension
+  a.extend();                                   // 1 extension
   a.unlock();
 
-  job.lock();                   // class "reindex": lost
+  job.lock();  // class "reindex": lost
   clock.advance(5s);
   EXPECT_THROW(job.extend(), dlock::LockLostError);
-  job.unlock();                 // quiet: the loss was the hold's end
+  job.unlock();  // quiet: the loss was the hold's end
 }
 
 }  // namespace

@@ -24,9 +24,7 @@ std::string error_of(const std::string& name, const LockOptions& options) {
 
 }  // namespace
 
-TEST(Validation, EmptyName) {
-  EXPECT_EQ(error_of("", {}), "dlock: lock name must not be empty (got \"\")");
-}
+TEST(Validation, EmptyName) { EXPECT_EQ(error_of("", {}), "dlock: lock name must not be empty (got \"\")"); }
 
 TEST(Validation, NameLongerThan1024Bytes) {
   EXPECT_EQ(error_of(std::string(1025, 'x'), {}), "dlock: lock name must be at most 1024 bytes (got 1025 bytes)");
@@ -65,7 +63,8 @@ TEST(Validation, NegativeAcquireTimeout) {
 
 TEST(Validation, DefaultsAreValid) {
   EXPECT_EQ(error_of("orders:42", {}), "no error");
-  EXPECT_EQ(error_of("n", {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 1ms, .multiplier = 1.0},
+  EXPECT_EQ(error_of("n", {.ttl = 10s,
+                           .retry = {.initial_delay = 1ms, .max_delay = 1ms, .multiplier = 1.0},
                            .acquire_timeout = 0ms}),
             "no error");
 }

@@ -25,11 +25,13 @@ TEST(Uuid, VersionAndVariantBitsWhateverTheRandomBits) {
 }
 
 TEST(OwnerId, CanonicalTextWithTimestampAndBits) {
-  const auto before = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto before =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   const auto id = dlock::OwnerId::generate();
-  const auto after = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto after =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   const std::string s(id.str());
   ASSERT_EQ(s.size(), 36u);
   for (std::size_t i : {8u, 13u, 18u, 23u}) EXPECT_EQ(s[i], '-');

@@ -54,7 +54,10 @@ TEST(PgAdvisoryKey, GoldenVectors) {
   EXPECT_EQ(pg_hash_key("billing", "orders:42"), 6356323626887764178LL);
   EXPECT_EQ(pg_hash_key("", "a"), -365423403647183899LL);
   EXPECT_EQ(pg_hash_key("app", std::string(100, 'x')), -5603571719541940899LL);
-  EXPECT_EQ(pg_hash_key("ns", "caf\xc3\xa9 \xc3\xbc" "ber"), 9021964816962707359LL);  // UTF-8 bytes
+  EXPECT_EQ(pg_hash_key("ns",
+                        "caf\xc3\xa9 \xc3\xbc"
+                        "ber"),
+            9021964816962707359LL);  // UTF-8 bytes
   EXPECT_EQ(pg_hash_key("", ""), 4172390027588428867LL);
   // The separator keeps ("orders", "42") and ("orders:", "42") apart.
   EXPECT_EQ(pg_hash_key("orders", "42"), -4429847607427714793LL);

@@ -137,10 +137,8 @@ TEST(RedisUri, Errors) {
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:x"); }).find("port"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://:6379"); }).find("host"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h/db"); }).find("database"), std::string::npos);
-  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("timeout"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("unix://relative.sock"); }).find("absolute"),
-            std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("timeout"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("unix://relative.sock"); }).find("absolute"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://justuser@h"); }).find("user:password"),
             std::string::npos);
 }

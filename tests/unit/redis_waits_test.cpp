@@ -32,8 +32,9 @@ TEST(RedisWaits, KeyIsPrefixWaitingWaiter) {
 TEST(RedisWaits, EncodesTheDocumentedFormat) {
   const std::vector<HeldLockRef> holds{{"a", "o1"}, {"orders:42", "owner-2"}};
   const WaitRecord r{"host:12:7f", "w-1", "b", holds, std::chrono::milliseconds(5000)};
-  EXPECT_EQ(encode_wait_record(r),
-            "v1 agent=10:host:12:7f waiter=3:w-1 lock=1:b holds=2 name=1:a owner=2:o1 name=9:orders:42 owner=7:owner-2");
+  EXPECT_EQ(
+      encode_wait_record(r),
+      "v1 agent=10:host:12:7f waiter=3:w-1 lock=1:b holds=2 name=1:a owner=2:o1 name=9:orders:42 owner=7:owner-2");
   const WaitRecord none{"h:1:2", "w", "x", {}, std::chrono::milliseconds(1)};
   EXPECT_EQ(encode_wait_record(none), "v1 agent=5:h:1:2 waiter=1:w lock=1:x holds=0");
 }
@@ -47,7 +48,8 @@ TEST(RedisWaits, RoundTripsAwkwardNames) {
       "new\nline\r\n",
       "colons:a:b: holds=3 name=1:x",
       "{braces}}{",
-      "caf\xc3\xa9 \xc3\xbc" "ber",
+      "caf\xc3\xa9 \xc3\xbc"
+      "ber",
       "\xff\xfe invalid utf-8 \x80",
       nul,
       " v1 agent=5:",
@@ -86,18 +88,18 @@ TEST(RedisWaits, RejectsMalformedValues) {
   const std::vector<std::string> bad{
       "",
       "v2 agent=1:a waiter=1:w lock=1:l holds=0",
-      "v1 agent=1:a waiter=1:w lock=1:l",                                    // no holds
-      "v1 agent=1:a waiter=1:w lock=1:l holds=1",                            // missing held lock
-      "v1 agent=1:a waiter=1:w lock=1:l holds=1 name=1:n",                   // missing owner
-      "v1 agent=2:a waiter=1:w lock=1:l holds=0",                            // length too long
-      "v1 agent=01:a waiter=1:w lock=1:l holds=0",                           // leading zero
-      "v1 agent=1:a waiter=1:w lock=1:l holds=0 ",                           // trailing bytes
-      "v1 agent=1:a waiter=1:w lock=1:l holds=00",                           // leading zero count
-      "v1 agent=1:a lock=1:l waiter=1:w holds=0",                            // wrong order
-      "v1 agent=:a waiter=1:w lock=1:l holds=0",                             // no length
-      "v1 agent=99999999999:a waiter=1:w lock=1:l holds=0",                  // absurd length
-      "v1 agent=1:a waiter=1:w lock=1:l holds=999999999",                    // absurd count
-      "v1  agent=1:a waiter=1:w lock=1:l holds=0",                           // double space
+      "v1 agent=1:a waiter=1:w lock=1:l",                    // no holds
+      "v1 agent=1:a waiter=1:w lock=1:l holds=1",            // missing held lock
+      "v1 agent=1:a waiter=1:w lock=1:l holds=1 name=1:n",   // missing owner
+      "v1 agent=2:a waiter=1:w lock=1:l holds=0",            // length too long
+      "v1 agent=01:a waiter=1:w lock=1:l holds=0",           // leading zero
+      "v1 agent=1:a waiter=1:w lock=1:l holds=0 ",           // trailing bytes
+      "v1 agent=1:a waiter=1:w lock=1:l holds=00",           // leading zero count
+      "v1 agent=1:a lock=1:l waiter=1:w holds=0",            // wrong order
+      "v1 agent=:a waiter=1:w lock=1:l holds=0",             // no length
+      "v1 agent=99999999999:a waiter=1:w lock=1:l holds=0",  // absurd length
+      "v1 agent=1:a waiter=1:w lock=1:l holds=999999999",    // absurd count
+      "v1  agent=1:a waiter=1:w lock=1:l holds=0",           // double space
       "SET NX value",
   };
   for (const auto& b : bad) EXPECT_FALSE(decode_wait_record(b).has_value()) << b;

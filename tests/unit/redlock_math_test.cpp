@@ -13,10 +13,6 @@
 #include <vector>
 
 using namespace std::chrono_literals;
-using dlock::detail::RedlockAcquire;
-using dlock::detail::RedlockExtend;
-using dlock::detail::RedlockRelease;
-using dlock::detail::RedlockVotes;
 using dlock::detail::redlock_drift;
 using dlock::detail::redlock_holder_ttl;
 using dlock::detail::redlock_judge_acquire;
@@ -27,6 +23,10 @@ using dlock::detail::redlock_quorum;
 using dlock::detail::redlock_token;
 using dlock::detail::redlock_valid_until;
 using dlock::detail::redlock_validity;
+using dlock::detail::RedlockAcquire;
+using dlock::detail::RedlockExtend;
+using dlock::detail::RedlockRelease;
+using dlock::detail::RedlockVotes;
 
 static_assert(dlock::Backend<dlock::RedlockBackend>);
 static_assert(dlock::BatchesExtend<dlock::RedlockBackend>);
@@ -97,12 +97,17 @@ TEST(RedlockMath, AcquireNeedsQuorumAndValidity) {
   const D drift = redlock_drift(100ms, 0.01, 2ms);  // 3ms
   clock.advance(10ms);
   // 5 nodes: 3 yes is a quorum, 2 is not.
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 2, 0}, started, 100ms, drift, clock).outcome, RedlockAcquire::granted);
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 0, 2}, started, 100ms, drift, clock).outcome, RedlockAcquire::granted);
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 3, 0}, started, 100ms, drift, clock).outcome, RedlockAcquire::contended);
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 2, 1}, started, 100ms, drift, clock).outcome, RedlockAcquire::contended);
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 2, 0}, started, 100ms, drift, clock).outcome,
+            RedlockAcquire::granted);
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 0, 2}, started, 100ms, drift, clock).outcome,
+            RedlockAcquire::granted);
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 3, 0}, started, 100ms, drift, clock).outcome,
+            RedlockAcquire::contended);
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 2, 1}, started, 100ms, drift, clock).outcome,
+            RedlockAcquire::contended);
   // Split votes 2/2/1 with nobody failing: contention, not outage.
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{1, 4, 0}, started, 100ms, drift, clock).outcome, RedlockAcquire::contended);
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{1, 4, 0}, started, 100ms, drift, clock).outcome,
+            RedlockAcquire::contended);
   // 3 of 5 failed: no quorum could answer at all.
   EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 0, 3}, started, 100ms, drift, clock).outcome,
             RedlockAcquire::unavailable);
@@ -123,13 +128,13 @@ TEST(RedlockMath, AcquireNeedsQuorumAndValidity) {
 }
 
 TEST(RedlockMath, AcquireWithEvenNodeCountsNeedsMoreThanHalf) {
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 2, 0}, D(1s)), RedlockAcquire::contended);   // N=4: 2 is not enough
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 2, 0}, D(1s)), RedlockAcquire::contended);  // N=4: 2 is not enough
   EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 1, 0}, D(1s)), RedlockAcquire::granted);
   EXPECT_EQ(redlock_judge_acquire(RedlockVotes{2, 0, 2}, D(1s)), RedlockAcquire::unavailable);  // N=4: 2 failed
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 3, 0}, D(1s)), RedlockAcquire::contended);   // N=6
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{3, 3, 0}, D(1s)), RedlockAcquire::contended);    // N=6
   EXPECT_EQ(redlock_judge_acquire(RedlockVotes{4, 0, 2}, D(1s)), RedlockAcquire::granted);
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{1, 0, 0}, D(1s)), RedlockAcquire::granted);     // N=1
-  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{1, 1, 0}, D(1s)), RedlockAcquire::contended);   // N=2: needs both
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{1, 0, 0}, D(1s)), RedlockAcquire::granted);    // N=1
+  EXPECT_EQ(redlock_judge_acquire(RedlockVotes{1, 1, 0}, D(1s)), RedlockAcquire::contended);  // N=2: needs both
 }
 
 TEST(RedlockMath, TokenIsTheLargestAmongGrantingNodes) {
@@ -208,8 +213,7 @@ TEST(RedlockOptions, DefaultsAndTheIssueExampleAreValid) {
   EXPECT_EQ(rl.node_count(), 5u);
   EXPECT_EQ(rl.quorum(), 3u);
   EXPECT_EQ(rl.kind(), "redlock");
-  EXPECT_EQ(rl.endpoint(),
-            "redlock(127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005)");
+  EXPECT_EQ(rl.endpoint(), "redlock(127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005)");
   const dlock::RedlockBackend copy = rl;
   EXPECT_EQ(copy.identity(), rl.identity());
   EXPECT_NE(dlock::RedlockBackend(five()).identity(), rl.identity());
@@ -235,22 +239,29 @@ TEST(RedlockOptions, FewerThanThreeNodesNeedAnExplicitOptIn) {
 TEST(RedlockOptions, ErrorsNameFieldAndValue) {
   auto o = five();
   o.nodes[2].port = 0;
-  EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.nodes[2].port must be in 1..65535 (got 0)"),
-            std::string::npos)
+  EXPECT_NE(
+      error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.nodes[2].port must be in 1..65535 (got 0)"),
+      std::string::npos)
       << error_of([&] { dlock::detail::validate(o); });
   o = five();
   o.nodes[4].port = 7002;
-  EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.nodes[4] must be a different server than nodes[1]"),
+  EXPECT_NE(error_of([&] {
+              dlock::detail::validate(o);
+            }).find("RedlockOptions.nodes[4] must be a different server than nodes[1]"),
             std::string::npos);
   o = five();
   o.clock_drift_factor = 1.5;
-  EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.clock_drift_factor must be in [0, 1) (got 1.5)"),
+  EXPECT_NE(error_of([&] {
+              dlock::detail::validate(o);
+            }).find("RedlockOptions.clock_drift_factor must be in [0, 1) (got 1.5)"),
             std::string::npos);
   o.clock_drift_factor = std::numeric_limits<double>::quiet_NaN();
   EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("clock_drift_factor"), std::string::npos);
   o = five();
   o.drift_constant = -1ms;
-  EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.drift_constant must not be negative (got -1ms)"),
+  EXPECT_NE(error_of([&] {
+              dlock::detail::validate(o);
+            }).find("RedlockOptions.drift_constant must not be negative (got -1ms)"),
             std::string::npos);
   o = five();
   o.node_timeout = 0ms;
@@ -261,7 +272,8 @@ TEST(RedlockOptions, ErrorsNameFieldAndValue) {
   EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.key_prefix"), std::string::npos);
   o = five();
   o.nodes[1].key_prefix = "other:";
-  EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.nodes[1].key_prefix"), std::string::npos);
+  EXPECT_NE(error_of([&] { dlock::detail::validate(o); }).find("RedlockOptions.nodes[1].key_prefix"),
+            std::string::npos);
   o.nodes[1].key_prefix = o.key_prefix;
   EXPECT_NO_THROW(dlock::detail::validate(o));
 }

@@ -58,12 +58,12 @@ struct NodeLockState {
 };
 
 struct QuorumView {
-  std::size_t nodes = 0;              ///< N, including unreachable nodes
-  std::size_t quorum = 0;             ///< N/2 + 1
+  std::size_t nodes = 0;   ///< N, including unreachable nodes
+  std::size_t quorum = 0;  ///< N/2 + 1
   std::size_t reachable = 0;
-  std::optional<std::string> owner;   ///< the owner on the most nodes (ties: the smallest id)
-  std::size_t agreeing = 0;           ///< nodes holding it for `owner`
-  bool held = false;                  ///< agreeing >= quorum
+  std::optional<std::string> owner;  ///< the owner on the most nodes (ties: the smallest id)
+  std::size_t agreeing = 0;          ///< nodes holding it for `owner`
+  bool held = false;                 ///< agreeing >= quorum
   /// While held: how long a quorum keeps holding it, the (agreeing-quorum+1)-th
   /// smallest PTTL among the agreeing nodes (-1: no TTL).
   long long quorum_pttl_ms = -2;

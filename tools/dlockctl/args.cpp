@@ -76,7 +76,8 @@ std::string format_options(std::span<const OptionSpec> specs) {
 
 std::chrono::milliseconds parse_duration(std::string_view text, std::string_view option, bool allow_zero) {
   const auto bad = [&] {
-    return UsageError(fmt::format("--{} must be a duration such as 2, 0.5, 1.5s, 250ms or 2m (got '{}')", option, text));
+    return UsageError(
+        fmt::format("--{} must be a duration such as 2, 0.5, 1.5s, 250ms or 2m (got '{}')", option, text));
   };
   double scale = 1000.0;  // seconds by default
   std::string_view number = text;
@@ -92,13 +93,15 @@ std::chrono::milliseconds parse_duration(std::string_view text, std::string_view
     scale = 60'000.0;
     number.remove_suffix(1);
   }
-  if (number.empty() || !std::all_of(number.begin(), number.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) ||
+  if (number.empty() ||
+      !std::all_of(number.begin(), number.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) ||
       std::count(number.begin(), number.end(), '.') > 1 || number.front() == '.' || number.back() == '.')
     throw bad();
   const double v = std::stod(std::string(number)) * scale;
   if (!std::isfinite(v) || v > 1e12) throw bad();
   const auto ms = std::chrono::milliseconds(static_cast<long long>(std::llround(v)));
-  if (ms.count() == 0 && !allow_zero) throw UsageError(fmt::format("--{} must be at least 1ms (got '{}')", option, text));
+  if (ms.count() == 0 && !allow_zero)
+    throw UsageError(fmt::format("--{} must be at least 1ms (got '{}')", option, text));
   return ms;
 }
 

@@ -15,7 +15,8 @@ namespace {
 
 const OptionSpec opt_json{"json", "", "print one JSON document instead of text"};
 const OptionSpec opt_timeout{"timeout", "SECONDS", "connect and command timeout per server (default 2)"};
-const OptionSpec opt_redis{"redis", "URI", "redis://[[user]:password@]host[:port][/db] or unix://... (env DLOCK_REDIS)"};
+const OptionSpec opt_redis{"redis", "URI",
+                           "redis://[[user]:password@]host[:port][/db] or unix://... (env DLOCK_REDIS)"};
 const OptionSpec opt_host{"host", "HOST", "Redis host (default 127.0.0.1)"};
 const OptionSpec opt_port{"port", "PORT", "Redis port (default 6379)"};
 const OptionSpec opt_user{"user", "USER", "Redis ACL user"};
@@ -29,7 +30,9 @@ const OptionSpec opt_namespace{"namespace", "NS", "lock_namespace the applicatio
 const OptionSpec opt_yes{"yes", "", "really do it (without it: say what would be done, exit 2)"};
 const OptionSpec opt_force{"force", "", "required: break a lock someone else holds"};
 
-std::vector<OptionSpec> redis_conn() { return {opt_redis, opt_host, opt_port, opt_user, opt_password, opt_db, opt_prefix, opt_timeout, opt_json}; }
+std::vector<OptionSpec> redis_conn() {
+  return {opt_redis, opt_host, opt_port, opt_user, opt_password, opt_db, opt_prefix, opt_timeout, opt_json};
+}
 std::vector<OptionSpec> redlock_conn() {
   return {opt_nodes, opt_redis, opt_user, opt_password, opt_db, opt_prefix, opt_timeout, opt_json};
 }
@@ -76,47 +79,100 @@ void print_help(std::ostream& out, std::string_view group) {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
-      {{"redis", "list"}, "", 0, 0, "list the locks on a Redis server: name, owner, remaining TTL, fencing token",
+      {{"redis", "list"},
+       "",
+       0,
+       0,
+       "list the locks on a Redis server: name, owner, remaining TTL, fencing token",
        "SCANs for keys <prefix>{name} (never KEYS); counters (:fence) and wait records are not locks.",
-       redis_conn(), cmd_redis_list},
-      {{"redis", "inspect"}, "NAME", 1, 1, "one lock: owner, remaining TTL, fencing token and its recorded waiters",
-       "Exit 1 if the lock is not held.", redis_conn(), cmd_redis_inspect},
-      {{"redis", "release"}, "--force NAME --yes", 1, 1,
+       redis_conn(),
+       cmd_redis_list},
+      {{"redis", "inspect"},
+       "NAME",
+       1,
+       1,
+       "one lock: owner, remaining TTL, fencing token and its recorded waiters",
+       "Exit 1 if the lock is not held.",
+       redis_conn(),
+       cmd_redis_inspect},
+      {{"redis", "release"},
+       "--force NAME --yes",
+       1,
+       1,
        "break-glass: delete a lock whoever holds it, and wake its waiters",
        "Deletes <prefix>{NAME} atomically and publishes on its release channel, so blocked acquirers\n"
        "retry at once. The holder is NOT told: it keeps running its critical section until its\n"
        "next extend() fails. Use only when the holder is known to be gone or stuck.\n"
        "Without --yes: shows what would be deleted and exits 2. Exit 1 if the lock is not held.",
-       with(redis_conn(), {opt_force, opt_yes}), cmd_redis_release},
-      {{"redlock", "list"}, "", 0, 0, "locks on every Redlock node, per node state, and whether a quorum holds them",
-       "A lock is held when N/2+1 of the N nodes given hold it for the same owner.", redlock_conn(), cmd_redlock_list},
-      {{"redlock", "inspect"}, "NAME", 1, 1, "one lock on every Redlock node and its quorum state",
-       "Exit 1 if no node holds it.", redlock_conn(), cmd_redlock_inspect},
-      {{"redlock", "release"}, "(--owner ID | --force --yes) NAME", 1, 1,
+       with(redis_conn(), {opt_force, opt_yes}),
+       cmd_redis_release},
+      {{"redlock", "list"},
+       "",
+       0,
+       0,
+       "locks on every Redlock node, per node state, and whether a quorum holds them",
+       "A lock is held when N/2+1 of the N nodes given hold it for the same owner.",
+       redlock_conn(),
+       cmd_redlock_list},
+      {{"redlock", "inspect"},
+       "NAME",
+       1,
+       1,
+       "one lock on every Redlock node and its quorum state",
+       "Exit 1 if no node holds it.",
+       redlock_conn(),
+       cmd_redlock_inspect},
+      {{"redlock", "release"},
+       "(--owner ID | --force --yes) NAME",
+       1,
+       1,
        "delete a lock on every reachable node: only for owner ID, or whoever holds it",
        "With --owner: deletes where ID holds it (the owner-checked release script).\n"
        "With --force --yes: deletes it on every node whoever holds it (break-glass).\n"
        "Exit 1 if no node held it; 3 if a node was unreachable (it may still hold it).",
        with(redlock_conn(), {{"owner", "ID", "release only where this owner id holds it"}, opt_force, opt_yes}),
        cmd_redlock_release},
-      {{"pg", "list"}, "", 0, 0, "PostgreSQL advisory locks held and awaited (pg_locks + pg_stat_activity)",
+      {{"pg", "list"},
+       "",
+       0,
+       0,
+       "PostgreSQL advisory locks held and awaited (pg_locks + pg_stat_activity)",
        "Keys are 64-bit hashes of the names: a name cannot be recovered from its key. Give the\n"
        "names you expect with --name to have them matched (or compute one with `dlockctl pg key`).",
-       with(pg_conn(), {{"name", "NAME", "label the key of NAME (repeatable)"}}), cmd_pg_list},
-      {{"pg", "key"}, "NAME", 1, 1, "the 64-bit advisory key of a lock name (no server needed)",
+       with(pg_conn(), {{"name", "NAME", "label the key of NAME (repeatable)"}}),
+       cmd_pg_list},
+      {{"pg", "key"},
+       "NAME",
+       1,
+       1,
+       "the 64-bit advisory key of a lock name (no server needed)",
        "SipHash-2-4 of the namespace and the name (docs/postgres-lock-ids.md); for\n"
        "pg_advisory:<int64> names, the number itself.",
-       {opt_namespace, opt_json}, cmd_pg_key},
-      {{"pg", "release"}, "--force (NAME | --key K) --yes", 0, 1,
+       {opt_namespace, opt_json},
+       cmd_pg_key},
+      {{"pg", "release"},
+       "--force (NAME | --key K) --yes",
+       0,
+       1,
        "break-glass: terminate the session(s) holding an advisory lock",
        "pg_terminate_backend() of the holder's pid: its session ends, and with it every lock and\n"
        "transaction of that session. Without --yes: shows the holders and exits 2. Exit 1 if no holder.",
-       with(pg_conn(), {{"key", "K", "the advisory key instead of a name"}, opt_force, opt_yes}), cmd_pg_release},
-      {{"deadlocks"}, "", 0, 0, "find cross-process deadlocks among blocked Redis acquirers (wait records)",
+       with(pg_conn(), {{"key", "K", "the advisory key instead of a name"}, opt_force, opt_yes}),
+       cmd_pg_release},
+      {{"deadlocks"},
+       "",
+       0,
+       0,
+       "find cross-process deadlocks among blocked Redis acquirers (wait records)",
        "Builds the wait-for graph from <prefix>waiting:* records and the lock keys, and prints every\n"
        "cycle. Exit 0: no deadlock; 1: a deadlock was found.",
-       redis_conn(), cmd_deadlocks},
-      {{"watch"}, "[redis|pg]", 0, 1, "refresh `redis list` (default) or `pg list` every interval",
+       redis_conn(),
+       cmd_deadlocks},
+      {{"watch"},
+       "[redis|pg]",
+       0,
+       1,
+       "refresh `redis list` (default) or `pg list` every interval",
        "Clears the screen between refreshes when stdout is a terminal. With --json: one JSON\n"
        "document per line per refresh.",
        [] {
@@ -173,9 +229,11 @@ int run(std::span<const std::string> argv, std::ostream& out, std::ostream& err,
     }
     const auto n = ctx.args.positionals().size();
     if (n < cmd->min_operands || n > cmd->max_operands)
-      throw UsageError(n < cmd->min_operands ? "missing operand" : "unexpected operand '" + ctx.args.positionals().back() + "'");
+      throw UsageError(n < cmd->min_operands ? "missing operand"
+                                             : "unexpected operand '" + ctx.args.positionals().back() + "'");
   } catch (const UsageError& e) {
-    err << "dlockctl: " << e.what() << "\n" << usage_line(*cmd) << "\n(dlockctl " << path_of(*cmd) << " --help for details)\n";
+    err << "dlockctl: " << e.what() << "\n"
+        << usage_line(*cmd) << "\n(dlockctl " << path_of(*cmd) << " --help for details)\n";
     return exit_usage;
   }
   ctx.json = ctx.args.has("json");
@@ -242,7 +300,8 @@ std::vector<dlock::RedisOptions> redlock_node_options(const Context& ctx) {
     if (colon == std::string::npos || colon == 0) throw UsageError(fmt::format("--nodes: '{}' is not host:port", n));
     o.unix_socket.clear();
     o.host = n.substr(0, colon);
-    if (o.host.size() > 2 && o.host.front() == '[' && o.host.back() == ']') o.host = o.host.substr(1, o.host.size() - 2);
+    if (o.host.size() > 2 && o.host.front() == '[' && o.host.back() == ']')
+      o.host = o.host.substr(1, o.host.size() - 2);
     o.port = static_cast<int>(parse_integer(std::string_view(n).substr(colon + 1), "nodes port", 1, 65535));
     out.push_back(std::move(o));
   }

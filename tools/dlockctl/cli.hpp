@@ -35,8 +35,8 @@ struct Command {
   std::string_view operands;           ///< usage of the positionals ("NAME"), may be empty
   std::size_t min_operands = 0;
   std::size_t max_operands = 0;
-  std::string_view summary;            ///< one line for the command list
-  std::string_view details;            ///< more text for --help (may be empty)
+  std::string_view summary;  ///< one line for the command list
+  std::string_view details;  ///< more text for --help (may be empty)
   std::vector<OptionSpec> options;
   int (*run)(Context&) = nullptr;
 };

@@ -30,7 +30,8 @@ struct Terminated {
   bool signalled = false;
 };
 
-std::vector<Terminated> terminate_holders(const dlock::PostgresOptions& o, std::string_view endpoint, std::int64_t key) {
+std::vector<Terminated> terminate_holders(const dlock::PostgresOptions& o, std::string_view endpoint,
+                                          std::int64_t key) {
   const std::string timeout_s = std::to_string(std::max<long long>(1, (o.connect_timeout.count() + 999) / 1000));
   const std::string options = fmt::format("-c statement_timeout={}", o.statement_timeout.count());
   const char* keywords[] = {"dbname", "connect_timeout", "application_name", "options", nullptr};
@@ -84,7 +85,12 @@ int cmd_pg_list(Context& ctx) {
     };
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(pg.endpoint()).name("namespace", o.lock_namespace).key("locks").begin_array();
+      j.begin_object()
+          .key("endpoint")
+          .value(pg.endpoint())
+          .name("namespace", o.lock_namespace)
+          .key("locks")
+          .begin_array();
       for (const auto& r : rows) {
         j.begin_object().key("key").value(static_cast<long long>(r.key));
         const std::string n = name_of(r.key);
@@ -112,8 +118,9 @@ int cmd_pg_list(Context& ctx) {
       held += r.granted ? 1 : 0;
       const std::string n = name_of(r.key);
       t.add({std::to_string(r.key), n.empty() ? "?" : escape_text(n), r.granted ? "held" : "waiting",
-             std::to_string(r.pid), escape_text(r.application_name), r.client_addr.empty() ? "(unix socket)" : r.client_addr,
-             escape_text(r.state), r.wait_start ? format_utc(*r.wait_start) : "-", format_ms(r.in_state_for)});
+             std::to_string(r.pid), escape_text(r.application_name),
+             r.client_addr.empty() ? "(unix socket)" : r.client_addr, escape_text(r.state),
+             r.wait_start ? format_utc(*r.wait_start) : "-", format_ms(r.in_state_for)});
     }
     if (!t.empty()) ctx.out << t.render();
     ctx.out << fmt::format("{} advisory lock(s) held, {} waiting, in {}\nnote: {}\n", held, rows.size() - held,
@@ -133,7 +140,11 @@ int cmd_pg_key(Context& ctx) {
     const bool explicit_key = dlock::detail::pg_parse_explicit_key(name, malformed).has_value();
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().name("name", name).name("namespace", o.lock_namespace).key("key").value(static_cast<long long>(key));
+      j.begin_object()
+          .name("name", name)
+          .name("namespace", o.lock_namespace)
+          .key("key")
+          .value(static_cast<long long>(key));
       j.key("explicit").value(explicit_key).end_object();
       ctx.out << j.str() << "\n";
     } else {
@@ -178,8 +189,15 @@ int cmd_pg_release(Context& ctx) {
       j.begin_object().key("endpoint").value(pg.endpoint()).key("key").value(static_cast<long long>(key));
       j.key("terminated").begin_array();
       for (const auto& t : done)
-        j.begin_object().key("pid").value(t.pid).name("application_name", t.application_name).key("client_addr")
-            .value(t.client_addr).key("signalled").value(t.signalled).end_object();
+        j.begin_object()
+            .key("pid")
+            .value(t.pid)
+            .name("application_name", t.application_name)
+            .key("client_addr")
+            .value(t.client_addr)
+            .key("signalled")
+            .value(t.signalled)
+            .end_object();
       j.end_array().end_object();
       ctx.out << j.str() << "\n";
     } else if (done.empty()) {

@@ -183,7 +183,12 @@ int cmd_redis_release(Context& ctx) {
     if (ctx.json) {
       JsonWriter j;
       j.begin_object().key("endpoint").value(node.endpoint()).name("prefix", o.key_prefix).name("name", name);
-      j.name("key", key).key("released").value(true).name("owner", removed->owner).key("ttl_ms").value(removed->pttl_ms);
+      j.name("key", key)
+          .key("released")
+          .value(true)
+          .name("owner", removed->owner)
+          .key("ttl_ms")
+          .value(removed->pttl_ms);
       j.end_object();
       ctx.out << j.str() << "\n";
     } else {
@@ -265,8 +270,8 @@ int cmd_watch(Context& ctx) {
     if (i > 0) std::this_thread::sleep_for(interval);
     if (!ctx.json) {
       if (ctx.tty) ctx.out << "\x1b[H\x1b[2J";
-      ctx.out << fmt::format("dlockctl watch {}: refresh {} every {}, {}\n\n", kind, i + 1, format_ttl(interval.count()),
-                             format_utc(std::chrono::system_clock::now()));
+      ctx.out << fmt::format("dlockctl watch {}: refresh {} every {}, {}\n\n", kind, i + 1,
+                             format_ttl(interval.count()), format_utc(std::chrono::system_clock::now()));
     }
     rc = kind == "redis" ? cmd_redis_list(ctx) : cmd_pg_list(ctx);
     ctx.out.flush();

@@ -26,8 +26,8 @@ struct NodeResult {
   std::string endpoint;
   bool reachable = true;
   std::string error;
-  std::vector<LockState> locks;                      // list / inspect
-  std::optional<std::optional<Removed>> removed;     // release: engaged when attempted
+  std::vector<LockState> locks;                   // list / inspect
+  std::optional<std::optional<Removed>> removed;  // release: engaged when attempted
 };
 
 // Runs `fn` on every node at once; a dlock::Error marks that node unreachable.
@@ -170,7 +170,8 @@ int list_or_inspect(Context& ctx, const std::optional<std::string>& only) {
       j.key("locks").begin_array();
       for (const auto& n : names) {
         const auto states = states_for(results, n);
-        any_held = any_held || std::any_of(states.begin(), states.end(), [](const NodeLockState& s) { return s.owner.has_value(); });
+        any_held = any_held || std::any_of(states.begin(), states.end(),
+                                           [](const NodeLockState& s) { return s.owner.has_value(); });
         write_lock_json(j, n, states);
       }
       j.end_array().end_object();
@@ -178,7 +179,8 @@ int list_or_inspect(Context& ctx, const std::optional<std::string>& only) {
     } else {
       for (const auto& n : names) {
         const auto states = states_for(results, n);
-        any_held = any_held || std::any_of(states.begin(), states.end(), [](const NodeLockState& s) { return s.owner.has_value(); });
+        any_held = any_held || std::any_of(states.begin(), states.end(),
+                                           [](const NodeLockState& s) { return s.owner.has_value(); });
         print_lock_text(ctx.out, n, states);
       }
       std::size_t reachable = 0;
@@ -217,18 +219,22 @@ int cmd_redlock_release(Context& ctx) {
       });
       print_unreachable(ctx, results);
       const auto states = states_for(results, name);
-      const auto holding = std::count_if(states.begin(), states.end(), [](const NodeLockState& s) { return s.owner.has_value(); });
+      const auto holding =
+          std::count_if(states.begin(), states.end(), [](const NodeLockState& s) { return s.owner.has_value(); });
       if (holding == 0) {
         ctx.out << fmt::format("\"{}\" is not held on any reachable node\n", escape_text(name));
         return static_cast<int>(all_unreachable(results) ? exit_connection : exit_not_found);
       }
       print_lock_text(ctx.err, name, states);
-      ctx.err << fmt::format("dlockctl: would delete \"{}\" on {} node(s) whoever holds it, and wake its waiters. "
-                             "Rerun with --yes to do it.\n", escape_text(name), holding);
+      ctx.err << fmt::format(
+          "dlockctl: would delete \"{}\" on {} node(s) whoever holds it, and wake its waiters. "
+          "Rerun with --yes to do it.\n",
+          escape_text(name), holding);
       return static_cast<int>(exit_usage);
     }
     const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisNode& node, NodeResult& r) {
-      r.removed.emplace(force_release(node, prefix, name, owner ? std::optional<std::string_view>(*owner) : std::nullopt));
+      r.removed.emplace(
+          force_release(node, prefix, name, owner ? std::optional<std::string_view>(*owner) : std::nullopt));
     });
     print_unreachable(ctx, results);
     std::size_t deleted = 0;

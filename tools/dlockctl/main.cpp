@@ -10,8 +10,8 @@
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  const int rc = dlockctl::run(args, std::cout, std::cerr, [](const char* n) { return std::getenv(n); },
-                               ::isatty(STDOUT_FILENO) == 1);
+  const int rc = dlockctl::run(
+      args, std::cout, std::cerr, [](const char* n) { return std::getenv(n); }, ::isatty(STDOUT_FILENO) == 1);
   std::cout.flush();
   return rc;
 }

@@ -84,8 +84,7 @@ std::vector<std::string> scan_keys(RedisNode& node, const std::string& pattern) 
   do {
     const std::string_view args[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
     const RedisValue r = checked(node, args, "SCAN");
-    if (r.type != RedisValue::Type::array || r.elements.size() != 2 ||
-        r.elements[1].type != RedisValue::Type::array)
+    if (r.type != RedisValue::Type::array || r.elements.size() != 2 || r.elements[1].type != RedisValue::Type::array)
       unexpected(node, "SCAN");
     cursor = r.elements[0].str;
     for (const auto& k : r.elements[1].elements) keys.insert(k.str);
@@ -116,7 +115,8 @@ std::vector<LockState> lock_states(RedisNode& node, std::string_view prefix, std
     std::vector<std::string_view> args{"EVAL", lock_states_script, count};
     args.insert(args.end(), keys.begin(), keys.end());
     const RedisValue r = checked(node, args, "the lock-state script");
-    if (r.type != RedisValue::Type::array || r.elements.size() != end - begin) unexpected(node, "the lock-state script");
+    if (r.type != RedisValue::Type::array || r.elements.size() != end - begin)
+      unexpected(node, "the lock-state script");
     for (std::size_t i = begin; i < end; ++i) {
       const RedisValue& e = r.elements[i - begin];
       if (e.type != RedisValue::Type::array || e.elements.size() != 4) unexpected(node, "the lock-state script");
@@ -135,8 +135,7 @@ std::vector<LockState> lock_states(RedisNode& node, std::string_view prefix, std
 
 WaitRecords wait_records(RedisNode& node, std::string_view prefix) {
   WaitRecords out;
-  const auto keys =
-      scan_keys(node, glob_escape(prefix) + glob_escape(dlock::detail::redis_waiting_infix) + "*");
+  const auto keys = scan_keys(node, glob_escape(prefix) + glob_escape(dlock::detail::redis_waiting_infix) + "*");
   for (std::size_t begin = 0; begin < keys.size(); begin += batch_size) {
     const std::size_t end = std::min(keys.size(), begin + batch_size);
     std::vector<std::string_view> args{"MGET"};

@@ -201,7 +201,9 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   [[nodiscard]] BatchKey batch_key() const noexcept override { return {&type_tag_, backend_identity(backend_)}; }
   [[nodiscard]] const Clock& clock() const noexcept override { return clock_; }
-  [[nodiscard]] Clock::duration slack() const noexcept override { return auto_extend_ ? interval_ / 4 : Clock::duration{}; }
+  [[nodiscard]] Clock::duration slack() const noexcept override {
+    return auto_extend_ ? interval_ / 4 : Clock::duration{};
+  }
 
   [[nodiscard]] std::optional<TimePoint> wake_at() const noexcept override {
     std::lock_guard lk(mu_);
@@ -241,9 +243,9 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
                  &hb);
   }
   void stop_holding(Heartbeat& hb) noexcept override {
-    if (!declare_lost(LostReason::max_hold,
-                      fmt::format("lock '{}': held for max_hold; the heartbeat stopped extending and released it", name_),
-                      &hb))
+    if (!declare_lost(
+            LostReason::max_hold,
+            fmt::format("lock '{}': held for max_hold; the heartbeat stopped extending and released it", name_), &hb))
       return;
     hb.post_work([self = this->shared_from_this()] { self->release_after_max_hold(); });
   }
@@ -295,7 +297,8 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       return LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost ({}): {}", name_, backend_.kind(),
                                        backend_.endpoint(), to_string(lost_->reason), lost_->message));
     if (state_ == State::lost)
-      return LockLostError(fmt::format("dlock: lock '{}' on {} {} was lost", name_, backend_.kind(), backend_.endpoint()));
+      return LockLostError(
+          fmt::format("dlock: lock '{}' on {} {} was lost", name_, backend_.kind(), backend_.endpoint()));
     return LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
   }
   // Requires op_mu_. Clears in_flight_ when no longer held.
@@ -372,7 +375,8 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
                                  name_),
                      hb);
       } else {
-        declare_lost(LostReason::expired, fmt::format("lock '{}': it had expired when the extension arrived", name_), hb);
+        declare_lost(LostReason::expired, fmt::format("lock '{}': it had expired when the extension arrived", name_),
+                     hb);
       }
       return false;
     }
@@ -404,9 +408,10 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     try {
       (void)backend_.release(name_, lease_);  // the lost event (max_hold) was this hold's end
     } catch (const std::exception& e) {
-      report(EventType::release_failed, e,
-             fmt::format("release of '{}' after max_hold failed ({}); the lock will expire by its TTL", name_, e.what()),
-             "after_loss");
+      report(
+          EventType::release_failed, e,
+          fmt::format("release of '{}' after max_hold failed ({}); the lock will expire by its TTL", name_, e.what()),
+          "after_loss");
     }
   }
 
@@ -512,9 +517,9 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   mutable std::mutex mu_;
   State state_ = State::held;
   std::unique_ptr<LostEvent> lost_;  // set when state_ == lost
-  bool in_flight_ = false;  // the heartbeat claimed an extension that has not finished
-  bool failing_ = false;    // the last background extension failed with a transient error
-  bool watched_ = false;    // registered with a heartbeat
+  bool in_flight_ = false;           // the heartbeat claimed an extension that has not finished
+  bool failing_ = false;             // the last background extension failed with a transient error
+  bool watched_ = false;             // registered with a heartbeat
   TimePoint extend_due_;
   TimePoint long_held_at_ = never;  // until reported
   std::vector<Callback> callbacks_;

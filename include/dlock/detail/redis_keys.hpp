@@ -27,10 +27,10 @@ struct RedisKeys {
 /// fence and channel could land in different cluster slots).
 inline void validate_redis_lock_name(std::string_view name) {
   if (!name.empty() && name.front() == '}')
-    throw InvalidArgument(fmt::format(
-        "dlock: lock name for the Redis backend must not start with '}}' (got \"{}\"): it would break the "
-        "{{name}} hash tag that keeps a lock's keys in one cluster slot",
-        name));
+    throw InvalidArgument(
+        fmt::format("dlock: lock name for the Redis backend must not start with '}}' (got \"{}\"): it would break the "
+                    "{{name}} hash tag that keeps a lock's keys in one cluster slot",
+                    name));
 }
 
 [[nodiscard]] inline RedisKeys redis_keys(std::string_view prefix, std::string_view name) {

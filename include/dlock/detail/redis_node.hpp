@@ -49,7 +49,7 @@ void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::str
 /// The acquire script's answer (see redis_scripts.hpp).
 struct AcquireReply {
   bool acquired = false;
-  std::uint64_t token = 0;                             ///< when acquired
+  std::uint64_t token = 0;                              ///< when acquired
   std::optional<std::chrono::milliseconds> holder_ttl;  ///< when not; empty if the holder set no TTL
 };
 /// Parses the acquire script's reply from `endpoint` for `lock_key`; throws
@@ -147,8 +147,8 @@ class RedisConnection {
   std::string username_;
   int database_ = 0;
   std::vector<std::pair<Step, RedisScript>> steps_;  ///< handshake replies still to judge
-  std::string out_;          ///< non-blocking mode: formatted commands not yet sent
-  std::size_t out_sent_ = 0;  ///< ... of which this many bytes are sent
+  std::string out_;                                  ///< non-blocking mode: formatted commands not yet sent
+  std::size_t out_sent_ = 0;                         ///< ... of which this many bytes are sent
   std::string sha_[redis_script_count];
 };
 

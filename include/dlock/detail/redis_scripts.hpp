@@ -81,10 +81,14 @@ inline constexpr std::array<std::string_view, redis_script_count> redis_scripts{
 
 [[nodiscard]] constexpr std::string_view redis_script_name(RedisScript s) noexcept {
   switch (s) {
-    case RedisScript::acquire: return "acquire";
-    case RedisScript::release: return "release";
-    case RedisScript::extend: return "extend";
-    case RedisScript::fence_raise: return "fence raise";
+    case RedisScript::acquire:
+      return "acquire";
+    case RedisScript::release:
+      return "release";
+    case RedisScript::extend:
+      return "extend";
+    case RedisScript::fence_raise:
+      return "fence raise";
   }
   return "?";
 }

@@ -42,9 +42,9 @@ struct WaitInfo {
     std::string owner;
     friend bool operator==(const Held&, const Held&) = default;
   };
-  std::string agent;   ///< "host:pid:thread" of the waiting thread
-  std::string waiter;  ///< owner id of the blocked acquisition
-  std::string lock;    ///< the lock it waits for
+  std::string agent;        ///< "host:pid:thread" of the waiting thread
+  std::string waiter;       ///< owner id of the blocked acquisition
+  std::string lock;         ///< the lock it waits for
   std::vector<Held> holds;  ///< locks its thread holds on the same backend
   friend bool operator==(const WaitInfo&, const WaitInfo&) = default;
 };

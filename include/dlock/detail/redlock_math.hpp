@@ -55,7 +55,8 @@ namespace dlock::detail {
 
 /// The fencing token of a grant: the largest counter value among the nodes
 /// that granted (nullopt entries: nodes that did not grant). nullopt when none granted.
-[[nodiscard]] inline std::optional<std::uint64_t> redlock_token(std::span<const std::optional<std::uint64_t>> values) noexcept {
+[[nodiscard]] inline std::optional<std::uint64_t> redlock_token(
+    std::span<const std::optional<std::uint64_t>> values) noexcept {
   std::optional<std::uint64_t> best;
   for (const auto& v : values)
     if (v && (!best || *v > *best)) best = v;
@@ -65,8 +66,8 @@ namespace dlock::detail {
 /// Indices of the granting nodes whose counter is below `token`: they must be
 /// raised to it before the grant is returned (docs/safety.md), so that a
 /// quorum of counters is at least the token.
-[[nodiscard]] inline std::vector<std::size_t> redlock_nodes_to_raise(std::span<const std::optional<std::uint64_t>> values,
-                                                                     std::uint64_t token) {
+[[nodiscard]] inline std::vector<std::size_t> redlock_nodes_to_raise(
+    std::span<const std::optional<std::uint64_t>> values, std::uint64_t token) {
   std::vector<std::size_t> out;
   for (std::size_t i = 0; i < values.size(); ++i)
     if (values[i] && *values[i] < token) out.push_back(i);
@@ -91,10 +92,10 @@ namespace dlock::detail {
 
 /// The outcome of one acquire round over all nodes.
 enum class RedlockAcquire {
-  granted,    ///< a quorum granted and validity is left
-  contended,  ///< enough nodes answered, but others hold the lock or votes split
+  granted,      ///< a quorum granted and validity is left
+  contended,    ///< enough nodes answered, but others hold the lock or votes split
   unavailable,  ///< too many nodes failed for any quorum: an outage, not contention
-  too_slow,   ///< a quorum granted, but the round took the whole validity
+  too_slow,     ///< a quorum granted, but the round took the whole validity
 };
 
 /// Counts of one round: nodes that said yes, no (held by another / not

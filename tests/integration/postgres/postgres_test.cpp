@@ -216,7 +216,8 @@ TEST(Postgres, BlockingLockIsHandedOverByTheServerQueueWithoutPolling) {
   const auto released = std::chrono::steady_clock::now();
   holder.unlock();
   t.join();
-  const auto handoff = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(acquired_at.load())) - released;
+  const auto handoff =
+      std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(acquired_at.load())) - released;
   EXPECT_LT(handoff, 200ms);
   // One attempt waited in the server's queue for the whole 1.5 s (the slice is 5 s).
   EXPECT_EQ(obs->count(dlock::EventType::attempt), 1u);
@@ -278,7 +279,7 @@ TEST(Postgres, CallerTransactionWaitTimesOutAndTheTransactionStaysUsable) {
   EXPECT_GE(since(t0), 290ms);
   EXPECT_LT(since(t0), 2s);
   EXPECT_EQ(mine.exec("SHOW lock_timeout"), "7s");  // restored
-  mine.exec("INSERT INTO t_usable VALUES (1)");      // not aborted
+  mine.exec("INSERT INTO t_usable VALUES (1)");     // not aborted
   raw_unlock(holder, key);
   EXPECT_TRUE(dlock::pg_xact_lock(mine.get(), key, 1s));
   EXPECT_EQ(mine.exec("SHOW lock_timeout"), "7s");

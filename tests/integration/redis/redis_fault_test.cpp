@@ -102,7 +102,8 @@ TEST(RedisFault, IdleConnectionsToARestartedServerAreReplacedNotReused) {
   std::vector<std::thread> threads;
   std::vector<std::unique_ptr<Lock<RedisBackend>>> locks;
   for (int i = 0; i < 4; ++i)
-    locks.push_back(std::make_unique<Lock<RedisBackend>>(redis, "n" + std::to_string(i), dlock::LockOptions{.ttl = 10s}));
+    locks.push_back(
+        std::make_unique<Lock<RedisBackend>>(redis, "n" + std::to_string(i), dlock::LockOptions{.ttl = 10s}));
   for (auto& l : locks) threads.emplace_back([&l] { ASSERT_TRUE(l->try_lock()); });
   for (auto& t : threads) t.join();
   for (auto& l : locks) l->unlock();
@@ -125,8 +126,8 @@ TEST(RedisFault, PausedServerBoundsTryLockForByItsTimeoutPlusTheCommandTimeout) 
   Lock<RedisBackend> holder(redis, "p", {.ttl = 10s, .observer = quiet()});
   ASSERT_TRUE(holder.try_lock());
   RedisBackend second(o);
-  Lock<RedisBackend> waiter(second, "p", {.ttl = 10s, .retry = {.initial_delay = 20ms, .max_delay = 50ms},
-                                          .observer = quiet()});
+  Lock<RedisBackend> waiter(second, "p",
+                            {.ttl = 10s, .retry = {.initial_delay = 20ms, .max_delay = 50ms}, .observer = quiet()});
   ASSERT_FALSE(waiter.try_lock());  // connected and subscribed before the pause
 
   server.pause();

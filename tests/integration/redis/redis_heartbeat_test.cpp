@@ -148,9 +148,9 @@ TEST_F(RedisHeartbeat, ManyLocksAreExtendedInPipelinedBatches) {
   auto counting = std::make_shared<Counting>();
   std::vector<std::unique_ptr<Lock<CountingRedis>>> locks;
   for (int i = 0; i < n; ++i) {
-    locks.push_back(std::make_unique<Lock<CountingRedis>>(
-        counting_redis, "batch:" + std::to_string(i),
-        LockOptions{.ttl = 900ms, .auto_extend = true, .observer = counting}));
+    locks.push_back(
+        std::make_unique<Lock<CountingRedis>>(counting_redis, "batch:" + std::to_string(i),
+                                              LockOptions{.ttl = 900ms, .auto_extend = true, .observer = counting}));
     locks.back()->lock();
   }
   std::this_thread::sleep_for(1800ms);  // two ttls: each lock extended ~6 times

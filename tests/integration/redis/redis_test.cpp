@@ -229,8 +229,8 @@ TEST_F(RedisTest, BackendExtendManyFillsEachItem) {
   ASSERT_EQ(cmd({"RPUSH", key("b3"), "x"}).integer, 1);  // wrong type: an error for that item only
   std::vector<dlock::ExtendItem> items(4);
   items[0] = {.name = "c1", .owner = &o1, .ttl = 40000ms, .started = now};
-  items[1] = {.name = "c1", .owner = &o2, .ttl = 40000ms, .started = now};  // not the owner
-  items[2] = {.name = "b3", .owner = &o3, .ttl = 40000ms, .started = now};  // wrong type
+  items[1] = {.name = "c1", .owner = &o2, .ttl = 40000ms, .started = now};    // not the owner
+  items[2] = {.name = "b3", .owner = &o3, .ttl = 40000ms, .started = now};    // wrong type
   items[3] = {.name = "}bad", .owner = &o3, .ttl = 40000ms, .started = now};  // invalid name
   redis().extend_many(items);
   ASSERT_TRUE(items[0].valid_until.has_value());
@@ -395,8 +395,8 @@ TEST_F(RedisTest, WaiterWakesOnReleaseInsteadOfSleepingItsBackoff) {
   Lock<RedisBackend> holder(redis(), "wake", {.ttl = 10s});
   ASSERT_TRUE(holder.try_lock());
   RedisBackend other(options());  // a second client, as another process would be
-  Lock<RedisBackend> waiter(other, "wake",
-                            {.ttl = 10s, .retry = {.initial_delay = 1s, .max_delay = 1s, .jitter = dlock::Jitter::none}});
+  Lock<RedisBackend> waiter(
+      other, "wake", {.ttl = 10s, .retry = {.initial_delay = 1s, .max_delay = 1s, .jitter = dlock::Jitter::none}});
   std::atomic<bool> got{false};
   std::chrono::steady_clock::time_point acquired_at{};
   std::thread t([&] {

@@ -47,7 +47,8 @@ TEST_F(RedlockTest, AcquireSetsTheKeyOnEveryNodeAndReleaseRemovesItFromEveryNode
   EXPECT_GE(lock.valid_until(), before + 10s - 102ms);
   // The token is the largest counter among the nodes, and all counters agree after the grant.
   std::uint64_t largest = 0;
-  for (std::size_t i = 0; i < 5; ++i) largest = std::max<std::uint64_t>(largest, std::stoull(get(i, fence("orders:42"))));
+  for (std::size_t i = 0; i < 5; ++i)
+    largest = std::max<std::uint64_t>(largest, std::stoull(get(i, fence("orders:42"))));
   EXPECT_EQ(lock.fencing_token(), largest);
   for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(std::stoull(get(i, fence("orders:42"))), largest) << "node " << i;
 

@@ -31,9 +31,7 @@ class CountingBackend {
     ++counts_->single;
     return inner_.extend(n, l, t, s);
   }
-  void extend_many(std::span<ExtendItem> items) noexcept
-    requires BatchesExtend<B>
-  {
+  void extend_many(std::span<ExtendItem> items) noexcept requires BatchesExtend<B> {
     ++counts_->batches;
     counts_->items += static_cast<long>(items.size());
     inner_.extend_many(items);

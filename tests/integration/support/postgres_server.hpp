@@ -140,10 +140,11 @@ class PostgresServer {
       if (::chown(dir_.c_str(), uid_, gid_) != 0) throw std::runtime_error("chown of the data directory failed");
     }
     const std::string bin = pg_bin_dir();
-    const int rc = run_wait({bin + "/initdb", "-D", dir_ + "/data", "-A", "trust", "-U", "postgres", "--no-sync",
-                             "-E", "UTF8", "--locale=C"},
+    const int rc = run_wait({bin + "/initdb", "-D", dir_ + "/data", "-A", "trust", "-U", "postgres", "--no-sync", "-E",
+                             "UTF8", "--locale=C"},
                             dir_ + "/initdb.log");
-    if (rc != 0) throw std::runtime_error("initdb failed (exit " + std::to_string(rc) + "); log: " + dir_ + "/initdb.log");
+    if (rc != 0)
+      throw std::runtime_error("initdb failed (exit " + std::to_string(rc) + "); log: " + dir_ + "/initdb.log");
     for (int attempt = 0; attempt < 3; ++attempt) {
       port_ = free_port();
       pid_ = spawn({bin + "/postgres", "-D", dir_ + "/data", "-p", std::to_string(port_), "-k", dir_, "-c",
@@ -250,8 +251,7 @@ class PostgresServer {
         ::close(fd);
       }
       if (::geteuid() == 0) {
-        if (::fchown(1, uid_, gid_) != 0 || ::setgroups(0, nullptr) != 0 || ::setgid(gid_) != 0 ||
-            ::setuid(uid_) != 0)
+        if (::fchown(1, uid_, gid_) != 0 || ::setgroups(0, nullptr) != 0 || ::setgid(gid_) != 0 || ::setuid(uid_) != 0)
           ::_exit(126);
       }
       // After setuid: a credential change clears the parent-death signal.
@@ -300,8 +300,8 @@ class RawConn {
   std::string exec(const std::string& sql, const std::vector<std::string>& params = {}) {
     std::vector<const char*> values;
     for (const auto& p : params) values.push_back(p.c_str());
-    PGresult* r = PQexecParams(c_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                               nullptr, 0);
+    PGresult* r =
+        PQexecParams(c_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 0);
     const auto st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
       const std::string msg = PQresultErrorMessage(r);

@@ -105,7 +105,9 @@ class RedisServer {
   [[nodiscard]] bool running() const noexcept { return pid_ > 0; }
   /// Options for this server with the given key prefix and short timeouts.
   [[nodiscard]] RedisOptions options() const {
-    return RedisOptions{.host = "127.0.0.1", .port = port_, .connect_timeout = std::chrono::milliseconds(1000),
+    return RedisOptions{.host = "127.0.0.1",
+                        .port = port_,
+                        .connect_timeout = std::chrono::milliseconds(1000),
                         .command_timeout = std::chrono::milliseconds(1000)};
   }
 
@@ -148,9 +150,10 @@ class RedisServer {
   bool try_start() {
     const std::string port = std::to_string(port_);
     const std::string log = dir_ + "/redis.log";
-    std::vector<std::string> args{"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", dir_, "--unixsocket", unix_socket(),
-                                  "--unixsocketperm", "700", "--daemonize", "no", "--logfile", log};
+    std::vector<std::string> args{
+        "redis-server", "--port",    port, "--bind",       "127.0.0.1",   "--save",           "",    "--appendonly",
+        "no",           "--dir",     dir_, "--unixsocket", unix_socket(), "--unixsocketperm", "700", "--daemonize",
+        "no",           "--logfile", log};
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -247,11 +250,11 @@ class SharedRedis : public ::testing::Environment {
 };
 
 /// Skips the current test when the servers are external (DLOCK_TEST_REDIS).
-#define DLOCK_REQUIRE_OWN_REDIS()                                                                      \
-  do {                                                                                                 \
-    if (::dlock::test::redis_is_external())                                                            \
+#define DLOCK_REQUIRE_OWN_REDIS()                                                                    \
+  do {                                                                                               \
+    if (::dlock::test::redis_is_external())                                                          \
       GTEST_SKIP() << "DLOCK_TEST_REDIS is set: this test needs a redis-server it can start, kill, " \
-                      "pause or reconfigure itself";                                                   \
+                      "pause or reconfigure itself";                                                 \
   } while (0)
 
 /// A key prefix unique to the running test, e.g. "dlock-test:Suite.Name:1a2b3c:".
@@ -260,8 +263,8 @@ inline std::string test_key_prefix() {
   std::random_device rd;
   char rnd[16];
   std::snprintf(rnd, sizeof rnd, "%06x", rd() & 0xffffffu);
-  return std::string("dlock-test:") + (info ? info->test_suite_name() : "?") + "." + (info ? info->name() : "?") +
-         ":" + rnd + ":";
+  return std::string("dlock-test:") + (info ? info->test_suite_name() : "?") + "." + (info ? info->name() : "?") + ":" +
+         rnd + ":";
 }
 
 /// Deletes every key under a prefix (SCAN + DEL) through a node.

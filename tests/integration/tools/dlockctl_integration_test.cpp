@@ -46,7 +46,9 @@ std::string uri_of(const dlock::RedisOptions& o) {
   return fmt::format("redis://{}{}:{}/{}", auth, o.host, o.port, o.database);
 }
 
-std::string describe(const RunResult& r) { return fmt::format("exit {}\nstdout:\n{}\nstderr:\n{}", r.rc, r.out, r.err); }
+std::string describe(const RunResult& r) {
+  return fmt::format("exit {}\nstdout:\n{}\nstderr:\n{}", r.rc, r.out, r.err);
+}
 
 std::size_t count_of(const std::string& haystack, const std::string& needle) {
   std::size_t n = 0;
@@ -110,8 +112,10 @@ TEST_F(ToolsRedis, ListShowsOwnerTtlAndTokenAndSkipsCountersAndWaitRecords) {
 
 TEST_F(ToolsRedis, ListScansManyKeysWithoutKeys) {
   constexpr int n = 2600;  // several SCAN pages and several lock-state batches
-  (void)cmd({"EVAL", "for i = 1, tonumber(ARGV[2]) do redis.call('SET', ARGV[1] .. '{k' .. i .. '}', 'o' .. i, 'PX', 60000) end",
-             "0", prefix_, std::to_string(n)});
+  (void)cmd(
+      {"EVAL",
+       "for i = 1, tonumber(ARGV[2]) do redis.call('SET', ARGV[1] .. '{k' .. i .. '}', 'o' .. i, 'PX', 60000) end", "0",
+       prefix_, std::to_string(n)});
   const bool own = !SharedRedis::instance()->external();
   if (own) (void)cmd({"CONFIG", "RESETSTAT"});
   const RunResult r = ctl(with_conn({"redis", "list", "--json"}));
@@ -147,11 +151,12 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
     other.lock();
     other_owner = std::string(other.owner_id());
     other_ready = true;
-    dlock::Lock<dlock::RedisBackend> job(redis(), "job",
-                                         {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s}, .observer = quiet()});
+    dlock::Lock<dlock::RedisBackend> job(
+        redis(), "job", {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s}, .observer = quiet()});
     if (job.try_lock_for(20s)) {
-      acquired_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::steady_clock::now().time_since_epoch()).count();
+      acquired_at_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+              .count();
       acquired = true;
       job.unlock();
     }
@@ -484,7 +489,10 @@ TEST(ToolsPg, KeyMatchesTheBackendAndTheGoldenVector) {
   ASSERT_EQ(r.rc, 0) << describe(r);
   EXPECT_EQ(r.out, "397916365248039175\n");
   for (const std::string ns : {"", "billing", "app"}) {
-    for (const std::string name : {"orders:42", "caf\xc3\xa9 \xc3\xbc" "ber", "pg_advisory:-7", "a b\nc"}) {
+    for (const std::string name : {"orders:42",
+                                   "caf\xc3\xa9 \xc3\xbc"
+                                   "ber",
+                                   "pg_advisory:-7", "a b\nc"}) {
       const dlock::PostgresBackend pg(dlock::PostgresOptions{.lock_namespace = ns});
       r = ctl({"pg", "key", "--namespace", ns, name, "--json"});
       ASSERT_EQ(r.rc, 0) << describe(r);
@@ -496,7 +504,8 @@ TEST(ToolsPg, KeyMatchesTheBackendAndTheGoldenVector) {
 }
 
 TEST(ToolsPg, ListShowsTheHolder) {
-  dlock::PostgresBackend pg(dlock::PostgresOptions{.conninfo = pg_conninfo(), .application_name = "dlockctl-it-holder"});
+  dlock::PostgresBackend pg(
+      dlock::PostgresOptions{.conninfo = pg_conninfo(), .application_name = "dlockctl-it-holder"});
   dlock::Lock<dlock::PostgresBackend> lock(pg, "pg-list-lock", {.ttl = 30s, .observer = quiet()});
   lock.lock();
   const std::int64_t key = pg.advisory_key("pg-list-lock");

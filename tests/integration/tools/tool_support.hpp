@@ -46,8 +46,8 @@ inline std::vector<std::string> child_environment(const std::map<std::string, st
 
 /// Runs `program args...` to completion (killed after `limit`), capturing stdout and stderr.
 inline RunResult run_program(const std::string& program, const std::vector<std::string>& args,
-                       const std::map<std::string, std::string>& env = {},
-                       std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+                             const std::map<std::string, std::string>& env = {},
+                             std::chrono::milliseconds limit = std::chrono::seconds(30)) {
   int out_pipe[2], err_pipe[2];
   if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
   posix_spawn_file_actions_t fa;
@@ -157,7 +157,8 @@ class Worker {
   }
   void write_line(const std::string& line) {
     const std::string l = line + "\n";
-    if (::write(to_, l.data(), l.size()) != static_cast<ssize_t>(l.size())) throw std::runtime_error("write to worker failed");
+    if (::write(to_, l.data(), l.size()) != static_cast<ssize_t>(l.size()))
+      throw std::runtime_error("write to worker failed");
   }
   /// SIGKILL and reap.
   void stop() noexcept {
@@ -323,10 +324,14 @@ class JsonParser {
     for (int k = 0; k < 4; ++k) {
       const char h = s_[i_++];
       v <<= 4;
-      if (h >= '0' && h <= '9') v |= static_cast<unsigned>(h - '0');
-      else if (h >= 'a' && h <= 'f') v |= static_cast<unsigned>(h - 'a' + 10);
-      else if (h >= 'A' && h <= 'F') v |= static_cast<unsigned>(h - 'A' + 10);
-      else fail("bad \\u escape");
+      if (h >= '0' && h <= '9')
+        v |= static_cast<unsigned>(h - '0');
+      else if (h >= 'a' && h <= 'f')
+        v |= static_cast<unsigned>(h - 'a' + 10);
+      else if (h >= 'A' && h <= 'F')
+        v |= static_cast<unsigned>(h - 'A' + 10);
+      else
+        fail("bad \\u escape");
     }
     return v;
   }
@@ -344,14 +349,30 @@ class JsonParser {
       }
       if (i_ >= s_.size()) fail("unterminated escape");
       switch (s_[i_++]) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           unsigned cp = hex4();
           if (cp >= 0xd800 && cp <= 0xdbff) {
@@ -365,7 +386,8 @@ class JsonParser {
           put_utf8(out, cp);
           break;
         }
-        default: fail("bad escape");
+        default:
+          fail("bad escape");
       }
     }
   }
