@@ -259,3 +259,44 @@ TEST(RedisFault, ServerDyingMidWriteNeverRaisesSigpipe) {
     ASSERT_FALSE(it.valid_until.has_value());
   }
 }
+
+// The degradation policies against a real, stopped redis-server: fail closed
+// (the default), fall back to in-process exclusion, or run without the lock,
+// each degraded grant reported with the lock's name and the reason.
+TEST(RedisFault, DegradationPoliciesAgainstAStoppedServer) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.connect_timeout = 300ms;
+  o.command_timeout = 300ms;
+  RedisBackend redis(o);
+  dlock::MemoryBackend local;
+  dlock::UnlockedBackend none;
+  dlock::FallbackBackend<RedisBackend, dlock::MemoryBackend> to_local(redis, local);
+  dlock::FallbackBackend<RedisBackend, dlock::UnlockedBackend> to_none(redis, none);
+  auto metrics = std::make_shared<dlock::MetricsRegistry>();
+  using R = dlock::MetricsRegistry::ReasonCounter;
+
+  {  // while the server runs, the primary serves and nothing is degraded
+    Lock<decltype(to_local)> lock(to_local, "thumbs:1", {.observer = metrics});
+    ASSERT_TRUE(lock.try_lock());
+    EXPECT_EQ(metrics->value(R::degraded, "redis", "thumbs", "memory"), 0u);
+  }
+  server.stop();
+
+  Lock<RedisBackend> closed(redis, "payments:1", {.observer = quiet()});
+  EXPECT_THROW((void)closed.try_lock(), dlock::ConnectionError);  // fail closed: nothing runs
+
+  Lock<decltype(to_local)> a(to_local, "thumbs:1", {.observer = metrics});
+  Lock<decltype(to_local)> b(to_local, "thumbs:1", {.observer = metrics});
+  ASSERT_TRUE(a.try_lock());   // from the in-process fallback
+  EXPECT_FALSE(b.try_lock());  // which still excludes within this process
+  a.unlock();
+  EXPECT_EQ(metrics->value(R::degraded, "redis", "thumbs", "memory"), 1u);  // a's grant (b was contended)
+
+  Lock<decltype(to_none)> c(to_none, "cache:warm", {.observer = metrics});
+  Lock<decltype(to_none)> d(to_none, "cache:warm", {.observer = metrics});
+  EXPECT_TRUE(c.try_lock());
+  EXPECT_TRUE(d.try_lock());  // no lock at all
+  EXPECT_EQ(metrics->value(R::degraded, "redis", "cache", "unlocked"), 2u);
+}
