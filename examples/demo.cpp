@@ -7,11 +7,13 @@
 //
 //   dlock_demo --backend redis    --redis redis://127.0.0.1:6379   [options]
 //   dlock_demo --backend postgres --pg "host=127.0.0.1 port=5432 dbname=dlock"
+//   dlock_demo --backend redlock  --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,...
 //   dlock_demo --backend memory                                    (threads in one process)
 // options: --workers N (4) --cycles N (25) --hold-ms N (2) --quiet
 #include <dlock/dlock.hpp>
 #ifdef DLOCK_DEMO_REDIS
 #include <dlock/redis.hpp>
+#include <dlock/redlock.hpp>
 #endif
 #ifdef DLOCK_DEMO_POSTGRES
 #include <dlock/postgres.hpp>
@@ -47,6 +49,7 @@ struct Settings {
   std::string backend = "memory";
   std::string redis = "redis://127.0.0.1:6379";
   std::string pg = "host=127.0.0.1 dbname=dlock";
+  std::string nodes;  // redlock: host:port,host:port,...
   int workers = 4;
   int cycles = 25;
   int hold_ms = 2;
@@ -57,7 +60,8 @@ struct Settings {
 
 [[noreturn]] void usage() {
   fmt::print(stderr,
-             "usage: dlock_demo [--backend memory|redis|postgres] [--redis URI] [--pg CONNINFO]\n"
+             "usage: dlock_demo [--backend memory|redis|postgres|redlock] [--redis URI] [--pg CONNINFO]\n"
+             "                  [--nodes HOST:PORT,...]\n"
              "                  [--workers N] [--cycles N] [--hold-ms N] [--quiet]\n");
   std::exit(2);
 }
@@ -76,6 +80,8 @@ Settings parse(int argc, char** argv) {
       s.redis = value();
     else if (a == "--pg")
       s.pg = value();
+    else if (a == "--nodes")
+      s.nodes = value();
     else if (a == "--workers")
       s.workers = std::max(1, std::atoi(value().c_str()));
     else if (a == "--cycles")
@@ -138,6 +144,16 @@ int worker_main(const Settings& s) {
     if (s.backend == "redis") {
       dlock::RedisBackend redis(s.redis);
       run_worker(redis, s, s.worker);
+      return 0;
+    }
+    if (s.backend == "redlock") {
+      dlock::RedlockOptions options;
+      std::istringstream list(s.nodes);
+      for (std::string node; std::getline(list, node, ',');)
+        options.nodes.push_back(
+            dlock::parse_redis_uri(node.find("://") == std::string::npos ? "redis://" + node : node));
+      dlock::RedlockBackend redlock(options);
+      run_worker(redlock, s, s.worker);
       return 0;
     }
 #endif
@@ -206,6 +222,8 @@ int main(int argc, char** argv) {
                                        s.redis,
                                        "--pg",
                                        s.pg,
+                                       "--nodes",
+                                       s.nodes,
                                        "--cycles",
                                        std::to_string(s.cycles),
                                        "--hold-ms",
