@@ -27,19 +27,9 @@ using dlock::detail::BeatTimes;
 using dlock::test::FaultyBackend;
 using dlock::test::RecordingObserver;
 using SteadyClock = std::chrono::steady_clock;
+using dlock::test::eventually;
 
 namespace {
-
-// Polls `pred` for up to `limit`; true as soon as it holds.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
-  const auto end = SteadyClock::now() + limit;
-  while (SteadyClock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(2ms);
-  }
-  return pred();
-}
 
 // Records, on whatever thread requests the stop, when it happened.
 struct StopTime {

@@ -13,6 +13,18 @@
 
 namespace dlock::test {
 
+/// Polls `pred` until it holds or `limit` passes; whether it held. For
+/// asynchronous outcomes (heartbeat, callbacks): a bound on a hang, not a timing.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return pred();
+}
+
 struct RecordedEvent {
   EventType type;
   std::string lock;

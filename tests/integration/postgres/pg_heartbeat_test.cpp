@@ -27,6 +27,7 @@ using dlock::PostgresOptions;
 using dlock::test::pg::PostgresServer;
 using dlock::test::pg::RawConn;
 using SteadyClock = std::chrono::steady_clock;
+using dlock::test::eventually;
 
 PostgresOptions options() {
   PostgresOptions o;
@@ -35,16 +36,6 @@ PostgresOptions options() {
   return o;
 }
 std::string test_name() { return ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit) {
-  const auto end = SteadyClock::now() + limit;
-  while (SteadyClock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
-}
 
 }  // namespace
 

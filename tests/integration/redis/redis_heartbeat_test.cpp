@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "redis/redis_test_support.hpp"
+#include "unit/test_support.hpp"
 #include "support/counting_backend.hpp"
 #include "support/redis_server.hpp"
 
@@ -30,20 +31,11 @@ using dlock::test::RedisServer;
 using dlock::test::RedisTest;
 using dlock::test::SharedRedis;
 using SteadyClock = std::chrono::steady_clock;
+using dlock::test::eventually;
 
 namespace {
 
 [[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new SharedRedis);
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit) {
-  const auto end = SteadyClock::now() + limit;
-  while (SteadyClock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(2ms);
-  }
-  return pred();
-}
 
 // Counts events of one type, thread-safely.
 struct Counting : dlock::Observer {

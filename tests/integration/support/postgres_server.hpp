@@ -16,6 +16,8 @@
 // is started (run such suites one at a time: they share the database).
 #pragma once
 
+#include "ports.hpp"
+
 #include <libpq-fe.h>
 
 #include <arpa/inet.h>
@@ -43,22 +45,7 @@
 
 namespace dlock::test::pg {
 
-/// A loopback TCP port nobody listens on right now (bound to port 0, then closed).
-inline int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("free_port: socket() failed");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(fd);
-    throw std::runtime_error("free_port: bind() failed");
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+inline int free_port() { return free_loopback_port(); }
 
 /// The directory of PostgreSQL's server programs: $DLOCK_PG_BIN, else the
 /// newest /usr/lib/postgresql/<version>/bin.

@@ -11,6 +11,8 @@
 // kill, pause or reconfigure their own server are skipped.
 #pragma once
 
+#include "ports.hpp"
+
 #include <dlock/redis.hpp>
 
 #include <gtest/gtest.h>
@@ -39,23 +41,6 @@
 #include <vector>
 
 namespace dlock::test {
-
-/// A loopback TCP port nobody listens on right now (bound to port 0, then closed).
-inline int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("free_loopback_port: socket() failed");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(fd);
-    throw std::runtime_error("free_loopback_port: bind() failed");
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 /// True if a Redis server answers PING at the endpoint within `timeout`.
 inline bool redis_ping(const RedisOptions& o, std::chrono::milliseconds timeout = std::chrono::milliseconds(200)) {

@@ -1,0 +1,31 @@
+// A free loopback TCP port, for the test harnesses that start servers.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <stdexcept>
+
+namespace dlock::test {
+
+/// A loopback TCP port nobody listens on right now (bound to port 0, then
+/// closed; a harness retries with another port if the server cannot bind it).
+inline int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("free_loopback_port: socket() failed");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error("free_loopback_port: bind() failed");
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace dlock::test
