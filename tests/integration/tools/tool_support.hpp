@@ -185,11 +185,14 @@ struct Json {
   bool boolean = false;
   std::string text;  ///< a string's value, or a number's literal
   std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;
+  // An object's members as two parallel vectors: a vector may hold the
+  // incomplete Json, a std::pair may not (clang rejects it).
+  std::vector<std::string> keys;
+  std::vector<Json> values;
 
   [[nodiscard]] const Json* find(std::string_view key) const {
-    for (const auto& [k, v] : members)
-      if (k == key) return &v;
+    for (std::size_t i = 0; i < keys.size(); ++i)
+      if (keys[i] == key) return &values[i];
     return nullptr;
   }
   [[nodiscard]] const Json& operator[](std::string_view key) const {
@@ -248,7 +251,8 @@ class JsonParser {
           if (i_ >= s_.size() || s_[i_] != '"') fail("expected a key");
           std::string k = string();
           if (!eat(':')) fail("expected ':'");
-          v.members.emplace_back(std::move(k), value());
+          v.keys.push_back(std::move(k));
+          v.values.push_back(value());
         } while (eat(','));
         if (!eat('}')) fail("expected '}'");
       }
