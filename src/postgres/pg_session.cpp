@@ -43,6 +43,22 @@ Ready wait_socket(PGconn* c, bool for_write, SteadyTime deadline) {
   }
 }
 
+// Waits for the socket, then reads what arrived. False, with `out` saying why,
+// when the deadline passed or the connection failed.
+bool await_input(PGconn* c, bool for_write, SteadyTime deadline, PgOutcome& out) {
+  const Ready r = wait_socket(c, for_write, deadline);
+  if (r == Ready::timeout) {
+    out.fail = PgOutcome::Fail::timeout;
+    return false;
+  }
+  if (r == Ready::error || !PQconsumeInput(c)) {
+    out.fail = PgOutcome::Fail::broken;
+    out.message = conn_message(c);
+    return false;
+  }
+  return true;
+}
+
 void no_notices(void*, const char*) {}  // pg_advisory_unlock's WARNING etc. are not for stderr
 
 }  // namespace
@@ -93,29 +109,11 @@ PgOutcome PgSession::finish_send(int sent, SteadyTime deadline) {
       out.message = conn_message(conn_);
       return out;
     }
-    const Ready r = wait_socket(conn_, true, deadline);
-    if (r == Ready::timeout) {
-      out.fail = PgOutcome::Fail::timeout;
-      return out;
-    }
-    if (r == Ready::error || !PQconsumeInput(conn_)) {
-      out.fail = PgOutcome::Fail::broken;
-      out.message = conn_message(conn_);
-      return out;
-    }
+    if (!await_input(conn_, true, deadline, out)) return out;
   }
   for (;;) {  // collect every result; keep the first error, else the last result
     while (PQisBusy(conn_)) {
-      const Ready r = wait_socket(conn_, false, deadline);
-      if (r == Ready::timeout) {
-        out.fail = PgOutcome::Fail::timeout;
-        return out;
-      }
-      if (r == Ready::error || !PQconsumeInput(conn_)) {
-        out.fail = PgOutcome::Fail::broken;
-        out.message = conn_message(conn_);
-        return out;
-      }
+      if (!await_input(conn_, false, deadline, out)) return out;
     }
     PGresult* res = PQgetResult(conn_);
     if (!res) break;

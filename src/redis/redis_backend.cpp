@@ -43,25 +43,12 @@ std::optional<TimePoint> RedisBackend::extend(std::string_view name, Lease<Handl
 
 void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
   try {
+    const std::vector<std::size_t> index = detail::checked_extend_items(items);  // batch position -> item
     std::vector<std::string> keys;
     std::vector<detail::RedisNode::ExtendItem> batch;
-    std::vector<std::size_t> index;  // batch position -> items position
-    keys.reserve(items.size());
-    batch.reserve(items.size());
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      ExtendItem& it = items[i];
-      it.valid_until.reset();
-      it.error = nullptr;
-      try {
-        detail::validate_redis_lock_name(it.name);
-        if (it.owner == nullptr) throw InvalidArgument("dlock: extend_many item without an owner");
-        keys.push_back(state_->node->keys(it.name).lock);
-      } catch (...) {
-        it.error = std::current_exception();
-        continue;
-      }
-      index.push_back(i);
-    }
+    keys.reserve(index.size());
+    batch.reserve(index.size());
+    for (std::size_t i : index) keys.push_back(state_->node->keys(items[i].name).lock);
     for (std::size_t b = 0; b < index.size(); ++b) {
       const ExtendItem& it = items[index[b]];
       batch.push_back({keys[b], it.owner->str(), it.ttl});

@@ -328,24 +328,18 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
     keys.reserve(items.size());
     ttls.reserve(items.size());
     drifts.reserve(items.size());
-    for (std::size_t i = 0; i < items.size(); ++i) {
+    for (std::size_t i : detail::checked_extend_items(items)) {
       ExtendItem& it = items[i];
-      it.valid_until.reset();
-      it.error = nullptr;
+      Clock::duration drift{};
       try {
-        detail::validate_redis_lock_name(it.name);
-        if (it.owner == nullptr) throw InvalidArgument("dlock: extend_many item without an owner");
-        drifts.push_back(s.drift(it.ttl, fmt::format("extend of '{}'", it.name)));
-        keys.push_back(detail::redis_keys(s.options.key_prefix, it.name));
-        ttls.push_back(std::to_string(it.ttl.count()));
+        drift = s.drift(it.ttl, fmt::format("extend of '{}'", it.name));
       } catch (...) {
         it.error = std::current_exception();
-        const auto kept = static_cast<std::ptrdiff_t>(index.size());  // drop this item's partial entries
-        drifts.erase(drifts.begin() + kept, drifts.end());
-        keys.erase(keys.begin() + kept, keys.end());
-        ttls.erase(ttls.begin() + kept, ttls.end());
         continue;
       }
+      drifts.push_back(drift);
+      keys.push_back(detail::redis_keys(s.options.key_prefix, it.name));
+      ttls.push_back(std::to_string(it.ttl.count()));
       index.push_back(i);
     }
     if (index.empty()) return;

@@ -7,11 +7,16 @@
 //   P{N}:released  the pub/sub channel a release publishes on
 #pragma once
 
+#include <cstddef>
+#include <exception>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 
+#include "../backend.hpp"
 #include "../error.hpp"
 
 namespace dlock::detail {
@@ -48,6 +53,27 @@ inline void validate_redis_lock_name(std::string_view name) {
   const auto close = key.find('}', open + 1);
   if (close == std::string_view::npos || close == open + 1) return key;
   return key.substr(open + 1, close - open - 1);
+}
+
+/// The Redis backends' extend_many preamble: clears every item's outputs and
+/// checks its name and owner. Returns the positions of the items to send; the
+/// others carry their error.
+inline std::vector<std::size_t> checked_extend_items(std::span<ExtendItem> items) {
+  std::vector<std::size_t> ok;
+  ok.reserve(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    ExtendItem& it = items[i];
+    it.valid_until.reset();
+    it.error = nullptr;
+    try {
+      validate_redis_lock_name(it.name);
+      if (it.owner == nullptr) throw InvalidArgument("dlock: extend_many item without an owner");
+      ok.push_back(i);
+    } catch (...) {
+      it.error = std::current_exception();
+    }
+  }
+  return ok;
 }
 
 }  // namespace dlock::detail
