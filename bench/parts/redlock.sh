@@ -1,55 +1,91 @@
 # Redlock part of bench/compare (sourced; common.sh loaded, BENCH_BUILD set).
 #
-# On five throw-away redis-servers, in the same run:
-#   single: Lock<RedisBackend> on the first server, try_lock + unlock pairs/s
-#   redlock: Lock<RedlockBackend> over all five, try_lock + unlock pairs/s
-#   ratio:  redlock latency / single latency = single pairs/s / redlock pairs/s
-#           (target <= 1.3: a 5-node round costs about one round trip to the
-#           slowest node, not five)
-#   contended: 8 contenders on one lock over five nodes, zero hold time:
-#           handoffs/s, p50/p99 wait of lock(), fewest/most acquisitions
-# DLOCK_BENCH_RUNS (default 5) rounds, single and redlock interleaved; medians are printed.
+# On five throw-away redis-servers, in the same run, uncontended try_lock +
+# unlock pairs (two rounds each) of:
+#   single:   Lock<RedisBackend> on the first server
+#   redlock:  Lock<RedlockBackend> over all five
+#   floor/1, floor/5: raw hiredis, no dlock, the same scripts and keys sent to
+#             1 or 5 servers at once (the least any client can pay here)
+#   serial/5: the raw client going to the five one after the other
+# Ratios: redlock/single is the target's (<= 1.3: a five-node round costs
+# about one round trip to the slowest node, not five); floor/5 / floor/1 is
+# the same ratio for the raw client, i.e. what this machine allows; redlock /
+# floor/5 is dlock's own overhead.
+#
+# Each run measures twice: on plain loopback, where client and five servers
+# share the machine's cores and a round trip is mostly CPU, and through
+# bench/latency_proxy with DLOCK_BENCH_LATENCY_US (default 250) of one-way
+# delay on every connection (a 0.5 ms round trip, as between hosts in one
+# data centre), where the network dominates as in a real deployment.
+# Then: 8 contenders on one lock over five nodes (loopback), zero hold time:
+# handoffs/s, p50/p99 wait of lock(), fewest/most acquisitions.
+# DLOCK_BENCH_RUNS (default 5) runs; medians are printed.
 redlock_ports=()
+redlock_proxied=()
+redlock_map=()
 for _ in 1 2 3 4 5; do
   redlock_p=$(free_port)
   start_redis "$redlock_p"
   redlock_ports+=("$redlock_p")
+  redlock_q=$(free_port)
+  redlock_proxied+=("$redlock_q")
+  redlock_map+=("$redlock_q:$redlock_p")
 done
-redlock_port_list=$(IFS=,; echo "${redlock_ports[*]}")
+redlock_latency_us=${DLOCK_BENCH_LATENCY_US:-250}
+redlock_proxy_out=$(mktemp -t dlock-latency-proxy.XXXXXX)
+"$BENCH_BUILD/bench/latency_proxy" "$redlock_latency_us" "${redlock_map[@]}" >"$redlock_proxy_out" &
+redlock_proxy_pid=$!
+_dlock_cleanup+=("kill $redlock_proxy_pid; rm -f '$redlock_proxy_out'")
+for _ in $(seq 1 100); do grep -q ready "$redlock_proxy_out" && break; sleep 0.05; done
+grep -q ready "$redlock_proxy_out" || { echo "redlock: latency_proxy did not start" >&2; exit 1; }
+
 redlock_bin="$BENCH_BUILD/bench/redlock_bench"
 redlock_runs=${DLOCK_BENCH_RUNS:-5}
 redlock_results=$(mktemp -t dlock-redlockbench-results.XXXXXX)
 _dlock_cleanup+=("rm -f '$redlock_results'")
 
-for ((run = 1; run <= redlock_runs; run++)); do
-  single_a=$(DLOCK_BENCH_REDLOCK_PORTS="$redlock_port_list" "$redlock_bin" --benchmark_filter=BM_redis_single_uncontended \
-    --benchmark_min_time=1 --benchmark_format=json 2>/dev/null)
-  redlock=$(DLOCK_BENCH_REDLOCK_PORTS="$redlock_port_list" "$redlock_bin" --benchmark_filter=BM_redlock_uncontended \
-    --benchmark_min_time=1 --benchmark_format=json 2>/dev/null)
-  single_b=$(DLOCK_BENCH_REDLOCK_PORTS="$redlock_port_list" "$redlock_bin" --benchmark_filter=BM_redis_single_uncontended \
-    --benchmark_min_time=1 --benchmark_format=json 2>/dev/null)
-  contended=$(DLOCK_BENCH_REDLOCK_PORTS="$redlock_port_list" DLOCK_BENCH_SECONDS=3 "$redlock_bin" \
-    --benchmark_filter=BM_redlock_contended --benchmark_format=json 2>/dev/null)
-  python3 -c '
+redlock_pairs() {  # PORTS: pairs/s of single, redlock, floor/1, floor/5, serial/5 as one line
+  DLOCK_BENCH_REDLOCK_PORTS="$1" "$redlock_bin" --benchmark_filter='uncontended|floor' --benchmark_min_time=1 \
+    --benchmark_format=json 2>/dev/null | python3 -c '
 import json, sys
-ips = lambda s: json.loads(s)["benchmarks"][0]["items_per_second"]
-single = (ips(sys.argv[1]) + ips(sys.argv[3])) / 2
-c = json.loads(sys.argv[4])["benchmarks"][0]
-print(single, ips(sys.argv[2]), c["handoffs_per_s"], c["p50_wait_ms"], c["p99_wait_ms"], c["min_acquisitions"], c["max_acquisitions"])
-' "$single_a" "$redlock" "$single_b" "$contended" | tee -a "$redlock_results" |
-    awk -v r="$run" '{printf "run %d: single node %.0f pairs/s (%.1f us), redlock 5 nodes %.0f pairs/s (%.1f us), latency ratio %.3f, contended(8) %.0f handoffs/s p50 %.2f ms p99 %.2f ms, acquisitions per contender %d..%d\n", r, $1, 1e6/$1, $2, 1e6/$2, $1/$2, $3, $4, $5, $6, $7}'
+r = {b["name"]: b["items_per_second"] for b in json.load(sys.stdin)["benchmarks"]}
+names = ["BM_redis_single_uncontended", "BM_redlock_uncontended", "BM_floor_parallel/1", "BM_floor_parallel/5",
+         "BM_floor_serial/5"]
+print(" ".join(str(r[n + "/real_time"]) for n in names))'
+}
+
+for ((run = 1; run <= redlock_runs; run++)); do
+  loopback=$(redlock_pairs "$(IFS=,; echo "${redlock_ports[*]}")")
+  delayed=$(redlock_pairs "$(IFS=,; echo "${redlock_proxied[*]}")")
+  contended=$(DLOCK_BENCH_REDLOCK_PORTS="$(IFS=,; echo "${redlock_ports[*]}")" DLOCK_BENCH_SECONDS=3 "$redlock_bin" \
+    --benchmark_filter=BM_redlock_contended --benchmark_format=json 2>/dev/null | python3 -c '
+import json, sys
+c = json.load(sys.stdin)["benchmarks"][0]
+print(c["handoffs_per_s"], c["p50_wait_ms"], c["p99_wait_ms"], c["min_acquisitions"], c["max_acquisitions"])')
+  echo "$loopback $delayed $contended" | tee -a "$redlock_results" | awk -v r="$run" '{
+    printf "run %d: loopback: single %.1f us, redlock %.1f us (ratio %.2f), floor %.1f/%.1f us (ratio %.2f), serial %.1f us;", r, 1e6/$1, 1e6/$2, $1/$2, 1e6/$3, 1e6/$4, $3/$4, 1e6/$5
+    printf " delayed: single %.0f us, redlock %.0f us (ratio %.2f), floor ratio %.2f, serial %.0f us;", 1e6/$6, 1e6/$7, $6/$7, $8/$9, 1e6/$10
+    printf " contended(8) %.0f handoffs/s p50 %.2f ms p99 %.2f ms\n", $11, $12, $13 }'
   for redlock_p in "${redlock_ports[@]}"; do redis-cli -p "$redlock_p" FLUSHALL >/dev/null; done
 done
 
-python3 - "$redlock_results" <<'PY'
+python3 - "$redlock_results" "$redlock_latency_us" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-med = [statistics.median(c) for c in zip(*rows)]
-ratios = [r[0] / r[1] for r in rows]
-print(f"median of {len(rows)} runs:")
-print(f"  single node RedisBackend try_lock+unlock:   {med[0]:.0f} pairs/s ({1e6 / med[0]:.1f} us per pair)")
-print(f"  Redlock over 5 nodes try_lock+unlock:       {med[1]:.0f} pairs/s ({1e6 / med[1]:.1f} us per pair)")
-print(f"  latency ratio redlock/single:               {statistics.median(ratios):.3f} (target <= 1.3)")
-print(f"  contended, 8 contenders on one lock:        {med[2]:.0f} handoffs/s, p50 wait {med[3]:.2f} ms, "
-      f"p99 wait {med[4]:.2f} ms, acquisitions per contender {med[5]:.0f}..{med[6]:.0f}")
+med = lambda f: statistics.median(f(r) for r in rows)
+us = lambda i: med(lambda r: 1e6 / r[i])
+print(f"median of {len(rows)} runs (us per try_lock+unlock pair; ratios are medians of per-run ratios):")
+for name, o in (("loopback", 0), (f"one-way delay {sys.argv[2]} us", 5)):
+    print(f"  {name}:")
+    print(f"    RedisBackend, 1 node:     {us(o):8.1f}    raw floor, 1 node:  {us(o + 2):8.1f}")
+    print(f"    RedlockBackend, 5 nodes:  {us(o + 1):8.1f}    raw floor, 5 nodes: {us(o + 3):8.1f}"
+          f"    raw, 5 nodes one by one: {us(o + 4):8.1f}")
+    print(f"    redlock/single {med(lambda r: r[o] / r[o + 1]):.2f} (target <= 1.3);"
+          f" floor 5/1 {med(lambda r: r[o + 2] / r[o + 3]):.2f};"
+          f" redlock/floor at 5 nodes {med(lambda r: r[o + 3] / r[o + 1]):.2f};"
+          f" one-by-one/floor 5 {med(lambda r: r[o + 3] / r[o + 4]):.2f}")
+c = 10
+print(f"  contended, 8 contenders on one lock over 5 nodes (loopback): {med(lambda r: r[c]):.0f} handoffs/s, "
+      f"p50 wait {med(lambda r: r[c + 1]):.2f} ms, p99 wait {med(lambda r: r[c + 2]):.2f} ms, "
+      f"acquisitions per contender {med(lambda r: r[c + 3]):.0f}..{med(lambda r: r[c + 4]):.0f}")
 PY
