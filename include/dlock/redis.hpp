@@ -84,8 +84,9 @@ class RedisBackend {
   void extend_many(std::span<ExtendItem> items) noexcept;
 
   /// Subscribes to releases of `name` on the shared pub/sub connection and
-  /// returns once the server acknowledged it (or command_timeout passed, or
-  /// the pub/sub connection is down: the subscription then only times out).
+  /// returns once the server acknowledged it (or connect_timeout +
+  /// command_timeout passed, or the server refused the SUBSCRIBE, or the
+  /// pub/sub connection is down: the subscription then only times out).
   /// Never throws for connection problems.
   [[nodiscard]] Subscription subscribe_release(std::string_view name);
 

@@ -188,7 +188,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   guard.armed = false;
 }
 
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking)
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, bool load_scripts)
     : endpoint_(std::move(endpoint)),
       command_timeout_(options.command_timeout),
       nonblocking_(true),
@@ -207,7 +207,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
       throw;
     }
   }
-  queue_handshake(options, true);
+  queue_handshake(options, load_scripts);
 }
 
 void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {

@@ -69,15 +69,18 @@ class RedisConnection {
   /// (if database != 0) and, if `load_scripts`, SCRIPT LOAD for the lock scripts.
   RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts = true);
 
-  /// Non-blocking mode (Redlock's parallel fan-out, detail/redlock_io.hpp):
-  /// starts the connect and queues the handshake (AUTH, SELECT, SCRIPT LOAD)
-  /// without waiting for anything; the caller queues its commands behind it
+  /// Non-blocking mode (Redlock's parallel fan-out, detail/redlock_io.hpp, and
+  /// the pub/sub connections, detail/redis_subscriber.hpp): starts the connect
+  /// and queues the handshake (AUTH, SELECT and, if `load_scripts`, SCRIPT
+  /// LOAD) without waiting for anything; the caller queues its commands behind it
   /// and drives the socket with poll(), flush(), fill() and next_reply(). The
   /// first pending_handshake() replies are the handshake's: pass them to
-  /// check_handshake(). command() and read_reply() must not be used. Throws
-  /// ConnectionError when the connect fails at once (e.g. refused on loopback).
+  /// check_handshake() (with nothing to send, pending_handshake() is 0 while
+  /// the connect may still be in progress). command() and read_reply() must
+  /// not be used. Throws ConnectionError when the connect fails at once (e.g.
+  /// refused on loopback).
   struct NonBlocking {};
-  RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking);
+  RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, bool load_scripts = true);
   RedisConnection(const RedisConnection&) = delete;
   RedisConnection& operator=(const RedisConnection&) = delete;
   ~RedisConnection();

@@ -1,20 +1,36 @@
-// Internal: one shared pub/sub connection that wakes waiters on releases.
+// Internal: pub/sub connections that wake waiters on releases.
 //
-// A RedisSubscriber owns (lazily) one connection and one background thread.
-// subscribe(channel) adds a reference to the channel, has the thread send
-// SUBSCRIBE when it is the first, and waits for the server's acknowledgement
-// (at most connect_timeout + command_timeout). Each published message bumps
-// the channel's release count and wakes the waiters through a condition
-// variable; the last reference sends UNSUBSCRIBE. When the connection dies,
-// waiters are not woken (their own timeouts and the caller's backoff take
-// over); the thread reconnects and resubscribes when a new subscription
-// arrives or, while there are subscribers, at most once per second.
+// A RedisSubscriber serves one or more Redis servers (one for RedisBackend,
+// every node for RedlockBackend) with one non-blocking pub/sub connection
+// per server, all driven by one background thread; thread and connections
+// start with the first subscribe(). subscribe(channel) adds a reference to
+// the channel, has the thread send SUBSCRIBE to every server when it is the
+// first, and waits until each server acknowledged it, refused it or failed
+// (connect refused or timed out, connection lost), at most the largest
+// connect_timeout + command_timeout among the servers: a down server does not
+// hold a subscription up, it just does not contribute. A message on the
+// channel from any server bumps the channel's release count and wakes the
+// waiters through a condition variable; the last reference sends
+// UNSUBSCRIBE. Per server: a connection that dies (or whose handshake takes
+// longer than connect_timeout, or a SUBSCRIBE's or UNSUBSCRIBE's reply longer
+// than command_timeout) is dropped without waking anyone (their own timeouts
+// and the caller's backoff take over). The thread reconnects it and
+// resubscribes one second after the failure at the earliest, while there are
+// subscribers or with the next subscription after that; a subscription made
+// within that second does not wait for the server (it counts as failed at
+// once). A server that answers SUBSCRIBE with an error (e.g. NOPERM: an ACL
+// user without permission for the channel) counts as failed for that channel
+// until it is unsubscribed (no reference left) or the connection is lost: it
+// is not retried meanwhile, and the error is kept for last_refusal().
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "redis_options.hpp"
 
@@ -27,18 +43,36 @@ class RedisSubscriber {
   struct Core;
   struct Channel;
 
-  RedisSubscriber(const RedisOptions& options, std::string endpoint);
+  /// One server to subscribe on. options must be valid (detail::validate);
+  /// endpoint names it in messages.
+  struct Server {
+    RedisOptions options;
+    std::string endpoint;
+  };
+
+  /// Does not connect and starts no thread: both wait for the first subscribe().
+  explicit RedisSubscriber(std::vector<Server> servers);
+  RedisSubscriber(const RedisOptions& options, std::string endpoint)
+      : RedisSubscriber(std::vector<Server>{Server{options, std::move(endpoint)}}) {}
   RedisSubscriber(const RedisSubscriber&) = delete;
   RedisSubscriber& operator=(const RedisSubscriber&) = delete;
-  /// Stops and joins the thread and closes the connection. Outstanding
+  /// Stops and joins the thread and closes the connections. Outstanding
   /// subscriptions stay valid but never fire again.
   ~RedisSubscriber();
 
-  /// Never throws for connection problems (see above).
+  /// Never throws for connection problems (see above); throws ConnectionError
+  /// only when the thread or its eventfd cannot be created (and std::bad_alloc).
   [[nodiscard]] RedisSubscription subscribe(std::string channel);
 
-  /// For tests: whether the pub/sub connection is currently up.
-  [[nodiscard]] bool connected() const;
+  /// For tests: how many pub/sub connections are up (handshake done).
+  [[nodiscard]] std::size_t connected() const;
+  /// For tests: whether the background thread was started.
+  [[nodiscard]] bool started() const;
+  /// For tests: connection attempts that failed plus connections lost, over all servers.
+  [[nodiscard]] std::uint64_t failures() const;
+  /// For diagnostics and tests: the last error a server answered a SUBSCRIBE
+  /// with (naming the server and the channel); empty if none.
+  [[nodiscard]] std::string last_refusal() const;
 
  private:
   std::shared_ptr<Core> core_;
@@ -50,23 +84,24 @@ class RedisSubscription {
   RedisSubscription& operator=(RedisSubscription&& other) noexcept;
   ~RedisSubscription();
 
-  /// True when a message arrived on the channel since subscribing or since the
-  /// last call that returned true; false when `d` passed first.
+  /// True when a message arrived on the channel (from any server) since
+  /// subscribing or since the last call that returned true; false when `d`
+  /// passed first.
   [[nodiscard]] bool wait_for(std::chrono::nanoseconds d);
-  /// Whether the server acknowledged the subscription before subscribe() returned.
-  [[nodiscard]] bool acknowledged() const noexcept { return acknowledged_; }
+  /// How many servers acknowledged the subscription before subscribe() returned.
+  [[nodiscard]] std::size_t acknowledged() const noexcept { return acknowledged_; }
 
  private:
   friend class RedisSubscriber;
   RedisSubscription(std::shared_ptr<RedisSubscriber::Core> core, std::shared_ptr<RedisSubscriber::Channel> channel,
-                    std::uint64_t seen, bool acknowledged) noexcept
-      : core_(std::move(core)), channel_(std::move(channel)), seen_(seen), acknowledged_(acknowledged) {}
+                    std::uint64_t seen) noexcept
+      : core_(std::move(core)), channel_(std::move(channel)), seen_(seen) {}
   void reset() noexcept;
 
   std::shared_ptr<RedisSubscriber::Core> core_;
   std::shared_ptr<RedisSubscriber::Channel> channel_;
   std::uint64_t seen_ = 0;
-  bool acknowledged_ = false;
+  std::size_t acknowledged_ = 0;
 };
 
 }  // namespace dlock::detail

@@ -1,6 +1,7 @@
 // RedisBackend against a real redis-server: the protocol (keys, scripts,
 // tokens, expiry, owner checks), interop with plain SET NX PX clients, AUTH,
 // pub/sub wake-up, and exclusion between threads of one process.
+#include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
 
@@ -309,19 +310,9 @@ TEST_F(RedisTest, InteroperatesWithPlainSetNxPxClients) {
 // ---- authentication and endpoints ----
 
 TEST_F(RedisTest, AclUserWithPasswordAndUriForm) {
-  const std::string user = "dlock-test-" + std::string(dlock::OwnerId::generate().str()).substr(24);
-  const std::string pw = "s3cret-pass";
-  ASSERT_EQ(cmd({"ACL", "SETUSER", user, "on", ">" + pw, "~*", "&*", "+@all"}).str, "OK");
-  struct DelUser {
-    RedisTest* t;
-    std::string user;
-    ~DelUser() {
-      try {
-        (void)t->cmd({"ACL", "DELUSER", user});
-      } catch (...) {
-      }
-    }
-  } del{this, user};
+  const auto acl_test_user = acl_user({"~*", "&*", "+@all"});
+  const std::string& user = acl_test_user->name;
+  const std::string& pw = acl_test_user->password;
 
   RedisOptions o = options();
   o.username = user;
@@ -450,19 +441,65 @@ TEST_F(RedisTest, OneSharedPubSubConnectionWithReferenceCounts) {
 TEST_F(RedisTest, DeadPubSubConnectionDoesNotHangWaitersAndReconnects) {
   auto sub = redis().subscribe_release("dead");
   const std::string ch = redis_keys_for("dead").channel;
-  ASSERT_EQ(cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer, 1);
+  const auto numsub = [&] { return cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer; };
+  ASSERT_EQ(numsub(), 1);
   // Kill only our pub/sub connection(s) on the server.
   ASSERT_GE(cmd({"CLIENT", "KILL", "TYPE", "pubsub"}).integer, 1);
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(sub.wait_for(200ms));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
-  // A new subscription reconnects at once and works.
+  // A new subscription within the 1 s reconnect backoff does not wait for
+  // the server (connect_timeout + command_timeout would be 4 s)...
+  const auto t1 = std::chrono::steady_clock::now();
   auto again = redis().subscribe_release("dead");
-  EXPECT_EQ(cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer, 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, 1s);
+  // ... and the thread reconnects and resubscribes by itself.
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (numsub() != 1 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(numsub(), 1);
   Lock<RedisBackend> l(redis(), "dead", {.ttl = 10s});
   ASSERT_TRUE(l.try_lock());
   l.unlock();
   EXPECT_TRUE(again.wait_for(2s));
+}
+
+TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetried) {
+  const std::string allowed = prefix_ + "ok", denied = prefix_ + "no";
+  // Every command and key, but only the channels matching `allowed`.
+  const std::string channels = "&" + allowed + "*";
+  const auto user = acl_user({"~*", "resetchannels", channels, "+@all"});
+
+  RedisOptions o = options();
+  o.username = user->name;
+  o.password = user->password;
+  o.command_timeout = 2s;
+  dlock::detail::RedisSubscriber subscriber(o, dlock::detail::redis_endpoint(o));
+  // The NOPERM reply settles the subscription at once instead of after command_timeout.
+  auto t0 = std::chrono::steady_clock::now();
+  auto refused = subscriber.subscribe(denied);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  EXPECT_EQ(refused.acknowledged(), 0u);
+  const std::string why = subscriber.last_refusal();
+  EXPECT_NE(why.find("NOPERM"), std::string::npos) << why;
+  EXPECT_NE(why.find(denied), std::string::npos) << why;
+  EXPECT_NE(why.find(dlock::detail::redis_endpoint(o)), std::string::npos) << why;
+  // Not resent while the channel is still subscribed.
+  t0 = std::chrono::steady_clock::now();
+  auto refused_again = subscriber.subscribe(denied);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  EXPECT_EQ(refused_again.acknowledged(), 0u);
+  // The connection goes on serving the channels the user may use.
+  auto ok = subscriber.subscribe(allowed);
+  EXPECT_EQ(ok.acknowledged(), 1u);
+  EXPECT_EQ(cmd({"PUBLISH", allowed, "x"}).integer, 1);
+  EXPECT_TRUE(ok.wait_for(2s));
+  // Past command_timeout: nothing was dropped for an acknowledgement that never came.
+  std::this_thread::sleep_for(o.command_timeout + 500ms);
+  EXPECT_EQ(subscriber.failures(), 0u);
+  EXPECT_EQ(subscriber.connected(), 1u);
+  EXPECT_EQ(cmd({"PUBLISH", allowed, "y"}).integer, 1);
+  EXPECT_TRUE(ok.wait_for(2s));
+  EXPECT_FALSE(refused.wait_for(10ms));
 }
 
 TEST_F(RedisTest, DestroyingTheBackendWithLiveSubscriptionsIsSafe) {
