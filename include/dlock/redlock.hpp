@@ -20,25 +20,33 @@
 //
 // Link dlock::redlock. Thread-safe: share one RedlockBackend between threads.
 // It keeps up to pool_size idle connections per node (a broken one is
-// dropped, never reused) and no background thread. A RedlockBackend is a
-// handle: copies share the nodes and their connections, which close when the
-// last copy goes, so the backend object may be destroyed before its locks.
-// There are no release notifications: waiters retry on the front end's
-// jittered backoff, capped by the holder's remaining TTL (see docs/redlock.md).
+// dropped, never reused). A RedlockBackend is a handle: copies share the
+// nodes and their connections, which close when the last copy goes, so the
+// backend object may be destroyed before its locks.
+//
+// Waiters are woken by releases (NotifiesRelease): the first blocking
+// acquire that meets contention starts one background thread with one
+// pub/sub connection per node; a release published by any node wakes the
+// waiters on that name. A backend whose locks never wait gets neither. A
+// failed attempt's cleanup publishes nothing, so it does not wake the others.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstddef>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "backend.hpp"
 #include "clock.hpp"
 #include "detail/redis_options.hpp"
+#include "detail/redis_subscriber.hpp"
 #include "error.hpp"
 
 namespace dlock {
@@ -81,6 +89,27 @@ class RedlockBackend {
  public:
   using Handle = NoHandle;
 
+  /// Waits for releases of one lock name on every node (see NotifiesRelease
+  /// in backend.hpp). Movable; unsubscribes when destroyed. May outlive the
+  /// backend safely, but then never fires again.
+  class Subscription {
+   public:
+    /// True when a node published a release since subscribing or since the
+    /// last wait_for() that returned true (one release may publish on several
+    /// nodes: a later call may then return true at once); false when `d`
+    /// passed first.
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d);
+    /// How many nodes acknowledged the subscription before subscribe_release returned.
+    [[nodiscard]] std::size_t acknowledged() const noexcept { return sub_.acknowledged(); }
+
+   private:
+    friend class RedlockBackend;
+    Subscription(detail::RedisSubscription s, std::shared_ptr<const std::atomic<std::int64_t>> round_ns)
+        : sub_(std::move(s)), round_ns_(std::move(round_ns)) {}
+    detail::RedisSubscription sub_;
+    std::shared_ptr<const std::atomic<std::int64_t>> round_ns_;
+  };
+
   /// Validates the options (InvalidArgument). Does not connect: connections
   /// are opened on first use.
   explicit RedlockBackend(RedlockOptions options);
@@ -119,6 +148,15 @@ class RedlockBackend {
   /// (valid_until, nullopt: lost, or error: ConnectionError). Never throws.
   void extend_many(std::span<ExtendItem> items) noexcept;
 
+  /// Subscribes to releases of `name` on every node and returns once each
+  /// node acknowledged it or failed (a down node at once, a paused one after
+  /// at most 2 x node_timeout, and not again within the second after that):
+  /// nodes that are down simply do not contribute until the background
+  /// thread reconnects them, at most once a second. Starts the thread and
+  /// connections on first use. Throws ConnectionError only when the thread
+  /// cannot be started; never for a node's connection problems.
+  [[nodiscard]] Subscription subscribe_release(std::string_view name);
+
   [[nodiscard]] const RedlockOptions& options() const noexcept;
   [[nodiscard]] std::size_t node_count() const noexcept;
   /// N / 2 + 1.
@@ -128,5 +166,7 @@ class RedlockBackend {
   struct State;
   std::shared_ptr<State> state_;
 };
+
+static_assert(NotifiesRelease<RedlockBackend>);
 
 }  // namespace dlock

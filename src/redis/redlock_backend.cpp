@@ -6,14 +6,18 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/random.hpp>
 #include <dlock/detail/redis_keys.hpp>
+#include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/detail/redlock_io.hpp>
 #include <dlock/detail/redlock_math.hpp>
 #include <dlock/error.hpp>
@@ -118,7 +122,8 @@ struct RedlockBackend::State {
   explicit State(RedlockOptions o)
       : options((detail::validate(o), std::move(o))),
         clock(options.clock != nullptr ? *options.clock : steady_clock()),
-        quorum(detail::redlock_quorum(options.nodes.size())) {
+        quorum(detail::redlock_quorum(options.nodes.size())),
+        subscriber(subscriber_servers(options)) {
     std::string eps;
     for (const RedisOptions& n : options.nodes) {
       RedisOptions node = n;
@@ -129,6 +134,21 @@ struct RedlockBackend::State {
       eps += nodes.back()->endpoint();
     }
     endpoint = fmt::format("redlock({})", eps);
+  }
+
+  // The nodes for the pub/sub subscriber: a (re)connect with its handshake,
+  // and a SUBSCRIBE's acknowledgement, are each bounded by node_timeout.
+  static std::vector<detail::RedisSubscriber::Server> subscriber_servers(const RedlockOptions& o) {
+    std::vector<detail::RedisSubscriber::Server> servers;
+    servers.reserve(o.nodes.size());
+    for (const RedisOptions& n : o.nodes) {
+      RedisOptions node = n;
+      node.key_prefix = o.key_prefix;
+      node.connect_timeout = o.node_timeout;
+      node.command_timeout = o.node_timeout;
+      servers.push_back({node, detail::redis_endpoint(node)});
+    }
+    return servers;
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return nodes.size(); }
@@ -145,13 +165,15 @@ struct RedlockBackend::State {
 
   // One release round: the release script on every node (or those with
   // only[i] set), in parallel. Votes: yes = deleted our key, no = not ours
-  // or absent, failed. Nodes left out count as neither.
+  // or absent, failed. Nodes left out count as neither. A release that is
+  // not `published` (a failed attempt's cleanup) wakes no waiter.
   RedlockVotes release_round(const detail::RedisKeys& keys, std::string_view owner, Failures* failures,
-                             const std::vector<bool>* only = nullptr) {
+                             const std::vector<bool>* only = nullptr, bool published = true) {
+    const std::string_view channel = published ? std::string_view(keys.channel) : std::string_view();
     std::vector<std::vector<ScriptCall>> batches(size());
     for (std::size_t i = 0; i < size(); ++i)
       if (only == nullptr || (*only)[i])
-        batches[i].push_back(ScriptCall{detail::RedisScript::release, {keys.lock}, 1, {owner, keys.channel}, 2});
+        batches[i].push_back(ScriptCall{detail::RedisScript::release, {keys.lock}, 1, {owner, channel}, 2});
     const auto what = fmt::format("release of '{}'", keys.lock);
     const auto replies = detail::fan_out(ptrs, batches, options.node_timeout, what);
     RedlockVotes v;
@@ -174,6 +196,10 @@ struct RedlockBackend::State {
   std::vector<std::unique_ptr<detail::RedlockNode>> nodes;
   std::vector<detail::RedlockNode*> ptrs;
   std::string endpoint;
+  // redlock_round_estimate of the acquire rounds' time to quorum, in ns; shared with the
+  // subscriptions, which spread woken waiters over it (redlock_wake_spread).
+  std::shared_ptr<std::atomic<std::int64_t>> round_ns = std::make_shared<std::atomic<std::int64_t>>(0);
+  detail::RedisSubscriber subscriber;  // no thread or connection before the first subscribe
 };
 
 RedlockBackend::RedlockBackend(RedlockOptions options) : state_(std::make_shared<State>(std::move(options))) {}
@@ -195,8 +221,19 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
   for (std::size_t i = 0; i < s.size(); ++i)
     batches[i].push_back(ScriptCall{
         detail::RedisScript::acquire, {keys.lock, keys.fence}, 2, {owner, ttl_ms, s.nodes[i]->fence_ttl_ms()}, 3});
+  const auto round_start = std::chrono::steady_clock::now();
   const auto replies =
       detail::fan_out(s.ptrs, batches, s.options.node_timeout, fmt::format("acquire of '{}'", request.name));
+  {
+    std::vector<std::chrono::nanoseconds> answered;
+    for (const NodeReplies& r : replies)
+      if (!r.error) answered.push_back(r.answered - round_start);
+    if (const auto sample = detail::redlock_time_to_quorum(std::move(answered), s.quorum)) {
+      const std::chrono::nanoseconds old(s.round_ns->load(std::memory_order_relaxed));
+      s.round_ns->store(detail::redlock_round_estimate(old, *sample).count(),
+                        std::memory_order_relaxed);  // racy between threads: an estimate
+    }
+  }
 
   RedlockVotes votes;
   Failures failures;
@@ -267,7 +304,9 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
   // hold it (those that granted, and those that did not answer: their script
   // may have run; a node that answered "held" has nothing of ours), before
   // anyone retries, so competing clients do not keep splitting the votes.
-  if (votes.yes + votes.failed > 0) (void)s.release_round(keys, owner, nullptr, &may_hold);
+  // Unpublished: waking every waiter for a lock that was never held would
+  // only have them split the votes again.
+  if (votes.yes + votes.failed > 0) (void)s.release_round(keys, owner, nullptr, &may_hold, false);
   if (error) std::rethrow_exception(error);
   switch (judged.outcome) {
     case detail::RedlockAcquire::contended:
@@ -315,6 +354,26 @@ std::optional<TimePoint> RedlockBackend::extend(std::string_view name, Lease<Han
   extend_many(std::span<ExtendItem>(&item, 1));
   if (item.error) std::rethrow_exception(item.error);
   return item.valid_until;
+}
+
+RedlockBackend::Subscription RedlockBackend::subscribe_release(std::string_view name) {
+  return Subscription(state_->subscriber.subscribe(detail::redis_keys(state_->options.key_prefix, name).channel),
+                      state_->round_ns);
+}
+
+bool RedlockBackend::Subscription::wait_for(std::chrono::nanoseconds d) {
+  const auto start = std::chrono::steady_clock::now();
+  if (!sub_.wait_for(d)) return false;
+  const auto spread = detail::redlock_wake_spread(std::chrono::nanoseconds(round_ns_->load(std::memory_order_relaxed)),
+                                                  d - (std::chrono::steady_clock::now() - start));
+  if (spread > spread.zero()) {
+    std::this_thread::sleep_for(
+        std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(0, spread.count())(detail::thread_rng())));
+    // One release publishes on every node it held: the copies that came in
+    // meanwhile are for this same wake-up, not a later one.
+    (void)sub_.wait_for(std::chrono::nanoseconds::zero());
+  }
+  return true;
 }
 
 void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
@@ -386,7 +445,8 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
     }
     if (lost.empty()) return;
     // Lost: what is left of it is released on all nodes at once (pipelined),
-    // so that others need not wait out its TTL. Best effort.
+    // so that others need not wait out its TTL, and published, which wakes
+    // them: the lock is free now. Best effort.
     std::vector<ScriptCall> releases;
     releases.reserve(lost.size());
     for (std::size_t b : lost)

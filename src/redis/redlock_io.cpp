@@ -153,6 +153,7 @@ std::vector<NodeReplies> fan_out(std::span<RedlockNode* const> nodes, std::span<
       return;
     }
     n.done = true;
+    out[i].answered = std::chrono::steady_clock::now();
     n.node->give_back(std::move(n.conn));
   };
 

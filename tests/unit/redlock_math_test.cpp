@@ -30,7 +30,7 @@ using dlock::detail::RedlockVotes;
 
 static_assert(dlock::Backend<dlock::RedlockBackend>);
 static_assert(dlock::BatchesExtend<dlock::RedlockBackend>);
-static_assert(!dlock::NotifiesRelease<dlock::RedlockBackend>);
+static_assert(dlock::NotifiesRelease<dlock::RedlockBackend>);
 static_assert(!dlock::WaitsOnServer<dlock::RedlockBackend>);
 static_assert(std::is_copy_constructible_v<dlock::RedlockBackend>);
 
@@ -200,6 +200,41 @@ dlock::RedlockOptions five() {
   dlock::RedlockOptions o;
   for (int p = 7001; p <= 7005; ++p) o.nodes.push_back({.host = "127.0.0.1", .port = p});
   return o;
+}
+
+TEST(RedlockMath, TimeToQuorumIsTheQuorumthFastestAnswerAndIgnoresASlowMinority) {
+  using dlock::detail::redlock_time_to_quorum;
+  using std::chrono::nanoseconds;
+  // Five nodes, one paused until node_timeout (50 ms): the quorum of 3 was there after 400 us.
+  EXPECT_EQ(redlock_time_to_quorum({nanoseconds(300'000), nanoseconds(50'000'000), nanoseconds(400'000),
+                                    nanoseconds(350'000), nanoseconds(500'000)},
+                                   3),
+            nanoseconds(400'000));
+  EXPECT_EQ(redlock_time_to_quorum({nanoseconds(300'000), nanoseconds(200'000)}, 3), std::nullopt);  // too few answered
+  EXPECT_EQ(redlock_time_to_quorum({}, 1), std::nullopt);
+  EXPECT_EQ(redlock_time_to_quorum({nanoseconds(7)}, 1), nanoseconds(7));
+}
+
+TEST(RedlockMath, RoundEstimateStartsAtTheFirstSampleThenMovesAnEighthTowardsEachNew) {
+  using dlock::detail::redlock_round_estimate;
+  using std::chrono::nanoseconds;
+  EXPECT_EQ(redlock_round_estimate(nanoseconds(0), nanoseconds(400'000)), nanoseconds(400'000));
+  EXPECT_EQ(redlock_round_estimate(nanoseconds(400'000), nanoseconds(1'200'000)), nanoseconds(500'000));
+  EXPECT_EQ(redlock_round_estimate(nanoseconds(400'000), nanoseconds(0)), nanoseconds(350'000));
+  // A node_timeout round (50 ms) among 300 us ones moves the estimate, but 20 normal rounds bring it back under 1 ms.
+  auto e = redlock_round_estimate(nanoseconds(300'000), nanoseconds(50'000'000));
+  EXPECT_EQ(e, nanoseconds(300'000 + 49'700'000 / 8));
+  for (int i = 0; i < 20; ++i) e = redlock_round_estimate(e, nanoseconds(300'000));
+  EXPECT_LT(e, nanoseconds(1'000'000));
+}
+
+TEST(RedlockMath, WakeSpreadIsTwoRoundsWithinWhatIsLeftOfTheWait) {
+  using dlock::detail::redlock_wake_spread;
+  using std::chrono::nanoseconds;
+  EXPECT_EQ(redlock_wake_spread(nanoseconds(300'000), nanoseconds(1'000'000'000)), nanoseconds(600'000));
+  EXPECT_EQ(redlock_wake_spread(nanoseconds(300'000), nanoseconds(100'000)), nanoseconds(100'000));
+  EXPECT_EQ(redlock_wake_spread(nanoseconds(300'000), nanoseconds(-5)), nanoseconds(0));
+  EXPECT_EQ(redlock_wake_spread(nanoseconds(0), nanoseconds(1'000'000)), nanoseconds(0));  // no round measured yet
 }
 
 TEST(RedlockOptions, DefaultsAndTheIssueExampleAreValid) {

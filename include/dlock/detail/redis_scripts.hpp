@@ -37,13 +37,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('GET', KEYS[2])}
 )lua";
 
-/// KEYS[1] lock; ARGV[1] owner id, ARGV[2] release channel.
+/// KEYS[1] lock; ARGV[1] owner id, ARGV[2] release channel ('' = do not publish).
 /// Deletes the lock and publishes the release if ARGV[1] holds it. Returns 1
-/// if released, 0 if it had expired or another owner holds it.
+/// if released, 0 if it had expired or another owner holds it. Redlock
+/// passes '' to undo a failed attempt without waking waiters.
 inline constexpr std::string_view redis_release_script = R"lua(
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[1])
+  if ARGV[2] ~= '' then
+    redis.call('PUBLISH', ARGV[2], ARGV[1])
+  end
   return 1
 end
 return 0

@@ -83,6 +83,8 @@ struct ScriptCall {
 struct NodeReplies {
   std::vector<RedisValue> replies;
   std::exception_ptr error;
+  /// When the last reply came in (steady clock); unset with an error.
+  std::chrono::steady_clock::time_point answered{};
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

@@ -154,4 +154,33 @@ enum class RedlockRelease {
   return RedlockRelease::unknown;
 }
 
+/// How long a round took to hear from a quorum: the quorum-th shortest of
+/// `answered` (the live nodes' reply times); nullopt when fewer answered. A
+/// paused minority node, which makes the round last node_timeout, does not count.
+[[nodiscard]] inline std::optional<std::chrono::nanoseconds> redlock_time_to_quorum(
+    std::vector<std::chrono::nanoseconds> answered, std::size_t quorum) {
+  if (quorum == 0 || answered.size() < quorum) return std::nullopt;
+  std::nth_element(answered.begin(), answered.begin() + static_cast<std::ptrdiff_t>(quorum - 1), answered.end());
+  return answered[quorum - 1];
+}
+
+/// A running estimate of an acquire round's time to quorum: the first sample, then
+/// an exponentially weighted mean giving each new sample 1/8.
+[[nodiscard]] constexpr std::chrono::nanoseconds redlock_round_estimate(std::chrono::nanoseconds estimate,
+                                                                        std::chrono::nanoseconds sample) noexcept {
+  return estimate.count() <= 0 ? sample : estimate + (sample - estimate) / 8;
+}
+
+/// How long a waiter woken by a release may wait, at random, before its next
+/// attempt: up to twice an acquire round's time to quorum
+/// (redlock_round_estimate), within what is left of its wait. Woken
+/// waiters that all tried at once would split the votes (none gets a quorum);
+/// spread over two rounds, the first usually wins every node and the others
+/// find it held.
+[[nodiscard]] constexpr std::chrono::nanoseconds redlock_wake_spread(std::chrono::nanoseconds round_estimate,
+                                                                     std::chrono::nanoseconds left) noexcept {
+  return std::clamp(2 * round_estimate, std::chrono::nanoseconds::zero(),
+                    std::max(left, std::chrono::nanoseconds::zero()));
+}
+
 }  // namespace dlock::detail
