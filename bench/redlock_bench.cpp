@@ -12,10 +12,11 @@
 //   read in order. /1 is the single-node floor, /5 the five-node one.
 // BM_floor_serial/5: the same, one node after the other (what a client that
 //   does not fan out in parallel would cost).
-// BM_redlock_contended/8: 8 contenders, each with its own backend (as 8
-//   processes would have) and Lock on one name, lock() + unlock() with zero
-//   hold time for DLOCK_BENCH_SECONDS (default 5); reports handoffs/s, the
-//   p50/p99 wait of lock(), and the fewest/most acquisitions of a contender.
+// BM_redlock_contended/8/H: 8 contenders, each with its own backend (as 8
+//   processes would have) and Lock on one name: lock(), H microseconds of
+//   work (a sleep; /0: none), unlock(), for DLOCK_BENCH_SECONDS (default 5).
+//   Reports handoffs/s, the p50/p99 wait of lock(), and the fewest/most
+//   acquisitions of a contender.
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
 #include <dlock/redlock.hpp>
@@ -195,6 +196,7 @@ double percentile(std::vector<double>& v, double p) {
 
 void BM_redlock_contended(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
+  const auto hold = std::chrono::microseconds(state.range(1));
   const char* secs = std::getenv("DLOCK_BENCH_SECONDS");
   const auto duration = std::chrono::seconds(std::max(1, secs ? std::atoi(secs) : 5));
   std::vector<std::unique_ptr<dlock::RedlockBackend>> backends;
@@ -211,6 +213,7 @@ void BM_redlock_contended(benchmark::State& state) {
           const auto t0 = std::chrono::steady_clock::now();
           if (!lock.try_lock_for(1s)) continue;
           waits[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+          if (hold.count() > 0) std::this_thread::sleep_for(hold);
           lock.unlock();
         }
       });
@@ -233,7 +236,7 @@ void BM_redlock_contended(benchmark::State& state) {
     state.counters["max_acquisitions"] = static_cast<double>(most);
   }
 }
-BENCHMARK(BM_redlock_contended)->Arg(8)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_redlock_contended)->Args({8, 0})->Args({8, 1000})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
