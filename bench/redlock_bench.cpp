@@ -27,8 +27,8 @@
 #include <benchmark/benchmark.h>
 #include <hiredis/hiredis.h>
 
-#include <algorithm>
-#include <atomic>
+#include "bench_common.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -36,7 +36,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -57,29 +56,16 @@ dlock::RedlockOptions redlock_options() {
   return o;
 }
 
-template <class B>
-void pairs(benchmark::State& state, B& backend) {
-  dlock::Lock<B> lock(backend, "uncontended", {.ttl = 30s});
-  for (auto _ : state) {
-    if (!lock.try_lock()) {
-      state.SkipWithError("try_lock failed on a free lock");
-      break;
-    }
-    lock.unlock();
-  }
-  state.SetItemsProcessed(state.iterations());
-}
-
 void BM_redis_single_uncontended(benchmark::State& state) {
   dlock::RedisBackend redis(
       dlock::RedisOptions{.host = "127.0.0.1", .port = ports().at(0), .key_prefix = "dlock-bench:", .pool_size = 1});
-  pairs(state, redis);
+  dlock::bench::lock_unlock_pairs(state, redis);
 }
 BENCHMARK(BM_redis_single_uncontended)->UseRealTime();
 
 void BM_redlock_uncontended(benchmark::State& state) {
   dlock::RedlockBackend rl(redlock_options());
-  pairs(state, rl);
+  dlock::bench::lock_unlock_pairs(state, rl);
 }
 BENCHMARK(BM_redlock_uncontended)->UseRealTime();
 
@@ -187,56 +173,19 @@ BENCHMARK(BM_floor_parallel)->Arg(1)->Arg(5)->UseRealTime();
 void BM_floor_serial(benchmark::State& state) { floor_pairs(state, false); }
 BENCHMARK(BM_floor_serial)->Arg(5)->UseRealTime();
 
-double percentile(std::vector<double>& v, double p) {
-  if (v.empty()) return 0;
-  const auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k];
-}
-
 void BM_redlock_contended(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  const auto hold = std::chrono::microseconds(state.range(1));
-  const char* secs = std::getenv("DLOCK_BENCH_SECONDS");
-  const auto duration = std::chrono::seconds(std::max(1, secs ? std::atoi(secs) : 5));
   std::vector<std::unique_ptr<dlock::RedlockBackend>> backends;
-  for (std::size_t i = 0; i < n; ++i) backends.push_back(std::make_unique<dlock::RedlockBackend>(redlock_options()));
-  for (auto _ : state) {
-    std::vector<std::vector<double>> waits(n);
-    std::atomic<bool> stop{false};
-    std::vector<std::thread> threads;
-    for (std::size_t i = 0; i < n; ++i) {
-      threads.emplace_back([&, i] {
-        dlock::Lock<dlock::RedlockBackend> lock(*backends[i], "contended",
-                                                {.ttl = 30s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}});
-        while (!stop.load(std::memory_order_relaxed)) {
-          const auto t0 = std::chrono::steady_clock::now();
-          if (!lock.try_lock_for(1s)) continue;
-          waits[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-          if (hold.count() > 0) std::this_thread::sleep_for(hold);
-          lock.unlock();
-        }
-      });
-    }
-    std::this_thread::sleep_for(duration);
-    stop = true;
-    for (auto& t : threads) t.join();
-    std::vector<double> all;
-    std::size_t least = SIZE_MAX, most = 0;
-    for (auto& w : waits) {
-      all.insert(all.end(), w.begin(), w.end());
-      least = std::min(least, w.size());
-      most = std::max(most, w.size());
-    }
-    const double seconds = std::chrono::duration<double>(duration).count();
-    state.counters["handoffs_per_s"] = static_cast<double>(all.size()) / seconds;
-    state.counters["p50_wait_ms"] = percentile(all, 0.50);
-    state.counters["p99_wait_ms"] = percentile(all, 0.99);
-    state.counters["min_acquisitions"] = static_cast<double>(least);
-    state.counters["max_acquisitions"] = static_cast<double>(most);
-  }
+  for (std::int64_t i = 0; i < state.range(0); ++i)
+    backends.push_back(std::make_unique<dlock::RedlockBackend>(redlock_options()));
+  dlock::bench::contended(state, backends, {.ttl = 30s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}},
+                          std::chrono::microseconds(state.range(1)));
 }
-BENCHMARK(BM_redlock_contended)->Args({8, 0})->Args({8, 1000})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_redlock_contended)
+    ->Args({8, 0})
+    ->Args({8, 1000})
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
