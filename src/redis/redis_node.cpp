@@ -4,6 +4,8 @@
 #include "sigpipe.hpp"
 
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -30,6 +32,19 @@ timeval to_timeval(std::chrono::milliseconds d) {
   tv.tv_sec = static_cast<decltype(tv.tv_sec)>(d.count() / 1000);
   tv.tv_usec = static_cast<decltype(tv.tv_usec)>((d.count() % 1000) * 1000);
   return tv;
+}
+
+// TCP keepalive on a Redis connection: a peer that vanished without a reset
+// (host down, partition) is noticed after about 30 s of silence (15 s idle,
+// then 3 probes 5 s apart) instead of never. That matters for connections that
+// wait without a command timeout: the pub/sub ones, and idle pooled ones.
+// Best effort: a failure leaves the connection as it was.
+void enable_keepalive(int fd) noexcept {
+  const int on = 1, idle = 15, interval = 5, count = 3;
+  (void)::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
 }
 
 RedisValue to_value(const redisReply* r) {
@@ -176,6 +191,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   if (ctx_->err)
     connect_failed(options,
                    ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN));
+  if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
   // Bounds the handshake below by connect_timeout, then every command by command_timeout.
   if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
   queue_handshake(options, load_scripts);
@@ -207,6 +223,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
       throw;
     }
   }
+  if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
   queue_handshake(options, load_scripts);
 }
 

@@ -7,6 +7,9 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +19,7 @@
 #include <numeric>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "redis_test_support.hpp"
@@ -500,6 +504,26 @@ TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetrie
   EXPECT_EQ(cmd({"PUBLISH", allowed, "y"}).integer, 1);
   EXPECT_TRUE(ok.wait_for(2s));
   EXPECT_FALSE(refused.wait_for(10ms));
+}
+
+// A server that vanishes without a reset (host down, partition) must not
+// leave a pub/sub or idle connection waiting forever: TCP keepalive is on,
+// with the first probe after 15 s of silence, in both connection modes.
+TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
+  const RedisOptions o = options();
+  const auto keepalive = [](int fd) {
+    int on = 0, idle = 0;
+    socklen_t len = sizeof on;
+    EXPECT_EQ(::getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &len), 0);
+    len = sizeof idle;
+    EXPECT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &len), 0);
+    return std::pair{on, idle};
+  };
+  dlock::detail::RedisConnection blocking(o, dlock::detail::redis_endpoint(o));
+  EXPECT_EQ(keepalive(blocking.fd()), std::pair(1, 15));
+  dlock::detail::RedisConnection nonblocking(o, dlock::detail::redis_endpoint(o),
+                                             dlock::detail::RedisConnection::NonBlocking{});
+  EXPECT_EQ(keepalive(nonblocking.fd()), std::pair(1, 15));
 }
 
 TEST_F(RedisTest, DestroyingTheBackendWithLiveSubscriptionsIsSafe) {
