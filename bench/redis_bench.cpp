@@ -14,16 +14,16 @@
 
 #include <benchmark/benchmark.h>
 
-#include "bench_common.hpp"
-
 #include <chrono>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "bench_common.hpp"
 
 namespace {
 

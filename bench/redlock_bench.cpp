@@ -27,8 +27,6 @@
 #include <benchmark/benchmark.h>
 #include <hiredis/hiredis.h>
 
-#include "bench_common.hpp"
-
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -37,6 +35,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "bench_common.hpp"
 
 namespace {
 

@@ -314,9 +314,9 @@ TEST_F(RedisTest, InteroperatesWithPlainSetNxPxClients) {
 // ---- authentication and endpoints ----
 
 TEST_F(RedisTest, AclUserWithPasswordAndUriForm) {
-  const auto acl_test_user = acl_user({"~*", "&*", "+@all"});
-  const std::string& user = acl_test_user->name;
-  const std::string& pw = acl_test_user->password;
+  const AclUser acl_test_user(*this, {"~*", "&*", "+@all"});
+  const std::string& user = acl_test_user.name;
+  const std::string& pw = acl_test_user.password;
 
   RedisOptions o = options();
   o.username = user;
@@ -471,11 +471,11 @@ TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetrie
   const std::string allowed = prefix_ + "ok", denied = prefix_ + "no";
   // Every command and key, but only the channels matching `allowed`.
   const std::string channels = "&" + allowed + "*";
-  const auto user = acl_user({"~*", "resetchannels", channels, "+@all"});
+  const AclUser user(*this, {"~*", "resetchannels", channels, "+@all"});
 
   RedisOptions o = options();
-  o.username = user->name;
-  o.password = user->password;
+  o.username = user.name;
+  o.password = user.password;
   o.command_timeout = 2s;
   dlock::detail::RedisSubscriber subscriber(o, dlock::detail::redis_endpoint(o));
   // The NOPERM reply settles the subscription at once instead of after command_timeout.

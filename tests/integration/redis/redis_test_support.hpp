@@ -53,29 +53,33 @@ class RedisTest : public ::testing::Test {
   detail::RedisValue cmd(std::initializer_list<std::string_view> args) { return backend_->node().command(args); }
 
   /// A throw-away ACL user on the shared server, deleted when this goes.
-  struct AclUser {
-    RedisTest* test;
-    std::string name;
-    std::string password;
+  class AclUser {
+   public:
+    /// Creates the user with these ACL rules (after "on" and its password).
+    AclUser(RedisTest& test, std::initializer_list<std::string_view> rules)
+        : name("dlock-test-" + std::string(OwnerId::generate().str()).substr(24)), test_(test) {
+      const std::string pw = ">" + password;
+      std::vector<std::string_view> args{"ACL", "SETUSER", name, "on", pw};
+      args.insert(args.end(), rules.begin(), rules.end());
+      const auto reply = test_.backend_->node().command(args);
+      if (reply.str != "OK") throw std::runtime_error("ACL SETUSER failed: " + reply.str);
+    }
+    AclUser(const AclUser&) = delete;
+    AclUser& operator=(const AclUser&) = delete;
     ~AclUser() {
       try {
-        (void)test->cmd({"ACL", "DELUSER", name});
+        (void)test_.cmd({"ACL", "DELUSER", name});
       } catch (...) {
       }
     }
+
+    const std::string name;
+    const std::string password = "s3cret-pass";
+
+   private:
+    RedisTest& test_;
   };
-  /// Creates the user with these ACL rules (after "on" and its password).
-  [[nodiscard]] std::unique_ptr<AclUser> acl_user(std::initializer_list<std::string_view> rules) {
-    auto u = std::unique_ptr<AclUser>(
-        new AclUser{this, "dlock-test-" + std::string(OwnerId::generate().str()).substr(24), "s3cret-pass"});
-    std::vector<std::string_view> args{"ACL", "SETUSER", std::string_view(u->name), "on"};
-    const std::string pw = ">" + u->password;
-    args.push_back(pw);
-    args.insert(args.end(), rules.begin(), rules.end());
-    const auto reply = backend_->node().command(args);
-    if (reply.str != "OK") throw std::runtime_error("ACL SETUSER failed: " + reply.str);
-    return u;
-  }
+
   [[nodiscard]] static std::shared_ptr<Observer> quiet() { return std::make_shared<QuietObserver>(); }
 
   std::string prefix_;
