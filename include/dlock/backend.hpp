@@ -56,6 +56,14 @@
 //        waiter; operator tools build the cross-process wait-for graph from
 //        them (dlockctl deadlocks). Diagnostics only: never throw.
 //
+//   AbandonsInDoubt: b.abandon(name, owner) noexcept: a best-effort,
+//        owner-checked delete of whatever an attempt by `owner` whose outcome
+//        is unknown (its reply timed out or the connection broke after the
+//        request was sent) may have left on the server. The front end calls it
+//        when it gives up on that owner id (a failed try_lock(), or a blocking
+//        acquire that ends on such an error), so an in-doubt grant does not
+//        block everyone for a TTL. Never throws.
+//
 // extend() may also throw LockLostError when the lease is certainly gone for a
 // reason other than the server's word (e.g. the session that held it died).
 #pragma once
@@ -194,6 +202,12 @@ concept RecordsWaits = Backend<B> && requires(B& b, const WaitRecord& r) {
   { b.record_wait(r) }
   noexcept;
   { b.clear_wait(r) }
+  noexcept;
+};
+
+template <class B>
+concept AbandonsInDoubt = Backend<B> && requires(B& b, std::string_view name, const OwnerId& owner) {
+  { b.abandon(name, owner) }
   noexcept;
 };
 
