@@ -33,3 +33,8 @@ add_test(NAME consumer_subproject
     -DWORK_DIR=${CMAKE_CURRENT_BINARY_DIR}/consumer-subproject
     -P ${CMAKE_CURRENT_LIST_DIR}/run-subproject.cmake)
 set_tests_properties(consumer_subproject PROPERTIES LABELS "package" TIMEOUT 900)
+
+# docs/usage.md's tables cover every option, exception and error code; links lead somewhere.
+add_test(NAME docs_reference
+  COMMAND ${CMAKE_COMMAND} -DSOURCE_DIR=${PROJECT_SOURCE_DIR} -P ${CMAKE_CURRENT_LIST_DIR}/check_docs.cmake)
+set_tests_properties(docs_reference PROPERTIES LABELS "docs")
