@@ -13,7 +13,13 @@
 // Link dlock::redis. Thread-safe: share one RedisBackend between threads; it
 // keeps a small pool of connections (a broken one is dropped, never reused)
 // and one pub/sub connection that wakes every waiting Lock when a lock is
-// released. Every call is bounded by connect_timeout + command_timeout.
+// released. Every call waits for a free pooled connection (up to
+// connect_timeout + command_timeout while all pool_size are busy, then
+// TimeoutError), opens one if it must (connect_timeout for the connect, again
+// for the handshake: AUTH, SELECT, SCRIPT LOAD), and waits command_timeout for
+// the reply (twice after a SCRIPT FLUSH: EVALSHA, then EVAL): at worst about
+// 3 x connect_timeout + 3 x command_timeout. The timeouts bound each wait on
+// the socket, so a server that trickles its reply can stretch them.
 // A RedisBackend is a handle: copies share the pool and the subscriber, which
 // close when the last copy goes. Each Lock keeps a copy, so the backend
 // object may be destroyed before its locks and guards.
