@@ -31,6 +31,7 @@ using dlock::RedisOptions;
 using dlock::detail::RedisValue;
 using dlock::test::RedisServer;
 using dlock::test::RedisTest;
+using dlock::test::server_time_us;
 using Ms = std::chrono::milliseconds;
 
 namespace {
@@ -39,14 +40,17 @@ namespace {
 
 std::shared_ptr<dlock::Observer> quiet() { return std::make_shared<dlock::test::QuietObserver>(); }
 
-std::uint64_t server_time_us(dlock::detail::RedisNode& node) {
-  const RedisValue r = node.command({"TIME"});
-  return std::stoull(r.elements.at(0).str) * 1'000'000 + std::stoull(r.elements.at(1).str);
-}
-
 std::string get(dlock::detail::RedisNode& node, std::string_view key) {
   const RedisValue v = node.command({"GET", key});
   return v.type == RedisValue::Type::string ? v.str : std::string();
+}
+
+// Options for a server of the test's own, with a short command timeout where the test pauses it.
+RedisOptions own(const RedisServer& server, Ms command_timeout = 1000ms) {
+  RedisOptions o = server.options();
+  o.key_prefix = "safety:";
+  o.command_timeout = command_timeout;
+  return o;
 }
 
 AcquireRequest request(std::string_view name, const OwnerId& owner, Ms ttl) {
@@ -59,9 +63,7 @@ AcquireRequest request(std::string_view name, const OwnerId& owner, Ms ttl) {
 TEST(RedisSafety, TokensKeepIncreasingAfterARestartFromAStaleSnapshot) {
   DLOCK_REQUIRE_OWN_REDIS();
   RedisServer server;
-  RedisOptions o = server.options();
-  o.key_prefix = "safety:";
-  RedisBackend redis(o);
+  RedisBackend redis(own(server));
   const std::string fence = redis.node().keys("stale").fence;
   Lock<RedisBackend> lock(redis, "stale", {.ttl = 10s, .observer = quiet()});
   ASSERT_TRUE(lock.try_lock());
@@ -146,13 +148,8 @@ TEST_F(RedisTest, TheFencingCounterIsKeptOnlyBrieflyAfterItsLock) {
 TEST(RedisSafety, AnInDoubtAcquireIsGrantedToItsOwnRetryAtOnce) {
   DLOCK_REQUIRE_OWN_REDIS();
   RedisServer server;
-  RedisOptions o = server.options();
-  o.key_prefix = "safety:";
-  o.command_timeout = 200ms;
-  RedisBackend redis(o);
-  RedisOptions io = server.options();
-  io.key_prefix = o.key_prefix;
-  dlock::detail::RedisNode inspect(io);
+  RedisBackend redis(own(server, 200ms));
+  dlock::detail::RedisNode inspect(own(server));
   const std::string key = redis.node().keys("doubt").lock;
   const OwnerId owner = OwnerId::generate();
   ASSERT_EQ(redis.node().command({"PING"}).str, "PONG");  // a pooled connection with the scripts loaded
@@ -185,10 +182,7 @@ TEST(RedisSafety, AnInDoubtAcquireIsGrantedToItsOwnRetryAtOnce) {
 TEST(RedisSafety, ABlockingAcquireWhoseFirstReplyTimedOutDoesNotWaitOutItsOwnTtl) {
   DLOCK_REQUIRE_OWN_REDIS();
   RedisServer server;
-  RedisOptions o = server.options();
-  o.key_prefix = "safety:";
-  o.command_timeout = 200ms;
-  RedisBackend redis(o);
+  RedisBackend redis(own(server, 200ms));
   ASSERT_EQ(redis.node().command({"PING"}).str, "PONG");
   Lock<RedisBackend> lock(redis, "blocking", {.ttl = 4s, .acquire_timeout = 15s, .observer = quiet()});
   server.pause();
@@ -211,9 +205,7 @@ TEST(RedisSafety, AbandonDeletesOnlyTheOwnersKeyAndNeverThrows) {
   DLOCK_REQUIRE_OWN_REDIS();
   static_assert(dlock::AbandonsInDoubt<RedisBackend>);
   RedisServer server;
-  RedisOptions o = server.options();
-  o.key_prefix = "safety:";
-  RedisBackend redis(o);
+  RedisBackend redis(own(server));
   const OwnerId owner = OwnerId::generate(), other = OwnerId::generate();
   ASSERT_TRUE(std::holds_alternative<dlock::Grant<dlock::NoHandle>>(redis.try_acquire(request("ab", owner, 10s))));
   auto waiting = redis.subscribe_release("ab");

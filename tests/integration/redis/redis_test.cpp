@@ -44,10 +44,7 @@ dlock::Lease<dlock::NoHandle> lease_for(const dlock::OwnerId& owner) {
 }
 
 // The server's clock (TIME) in microseconds.
-std::uint64_t server_time_us(RedisTest& t) {
-  const RedisValue r = t.cmd({"TIME"});
-  return std::stoull(r.elements.at(0).str) * 1'000'000 + std::stoull(r.elements.at(1).str);
-}
+std::uint64_t server_time_us(RedisTest& t) { return dlock::test::server_time_us(t.redis().node()); }
 
 // ---- protocol ----
 
