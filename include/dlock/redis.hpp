@@ -84,6 +84,21 @@ class RedisBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  /// AbandonsInDoubt (backend.hpp): deletes lock `name` if `owner` holds it
+  /// (the release script, published so that waiters wake), for an attempt
+  /// whose reply was lost although the server may have granted it. Uses a
+  /// connection of its own, with connect and command each bounded by
+  /// abandon_timeout (or the options' timeouts if shorter), not the pool.
+  /// Best effort: never throws; what it cannot delete expires by its TTL.
+  void abandon(std::string_view name, const OwnerId& owner) noexcept;
+  static constexpr std::chrono::milliseconds abandon_timeout{250};
+
+  /// The last refusal of a release's PUBLISH (e.g. an ACL user without
+  /// permission for the release channels), "" if none. Such a release still
+  /// succeeds, but waiters are not woken by it and fall back to their
+  /// backoff delay; the first refusal is also written to stderr once.
+  [[nodiscard]] std::string publish_refusal() const;
+
   /// BatchesExtend (backend.hpp): all items' extensions pipelined in one
   /// round trip. Fills valid_until (nullopt: lost) or error per item; a
   /// connection failure sets every item's error. Never throws.
@@ -119,5 +134,6 @@ class RedisBackend {
 };
 
 static_assert(RecordsWaits<RedisBackend>);
+static_assert(AbandonsInDoubt<RedisBackend>);
 
 }  // namespace dlock
