@@ -20,15 +20,35 @@
 // the deadline; if the last attempt failed that way, it is rethrown rather than
 // reported as contention. Other errors are thrown at once.
 //
-// Thread safety: all members may be called from any thread. Like a mutex, one
-// Lock object is held by at most one thread of this process at a time: other
-// threads calling lock() on the same object wait in-process without touching
-// the backend. unlock() may be called from another thread than lock().
-// For independent owners (e.g. in tests), use one Lock object each.
+// Thread safety: all members may be called from any thread, concurrently
+// (queries return copies, e.g. owner_id()). Like a mutex, one Lock object is
+// held by at most one thread of this process at a time: other threads calling
+// lock() on the same object wait in-process without touching the backend.
+// unlock() may be called from another thread than lock(). For independent
+// owners (e.g. in tests), use one Lock object each.
+//
+// Not recursive: lock() on a Lock this thread already holds waits for itself
+// (until its deadline; forever without one), and try_lock() returns false.
+// Not copyable and not movable: guards and the heartbeat refer to it; keep it
+// in place (or behind a unique_ptr) for as long as it is used.
+//
+// Guards (acquire(), try_acquire*(), lock_all()) are bound to the acquisition
+// they adopted, not to the Lock: after unlock() and a new acquire, an old guard
+// reports its own acquisition as not held and its destructor leaves the new
+// one alone. A guard must not outlive its Lock, as a std::unique_lock must not
+// outlive its mutex.
+//
+// fork(): a lease is owned by the process that acquired it. In a forked child
+// an inherited lease reads as lost (owns_lock() false, fencing_token() and
+// extend() throw LockLostError, stop_token() requested), and release() or
+// destruction never contacts the server, where the parent still holds it.
+// New acquisitions in the child get owner ids of their own (docs/safety.md).
 //
 // Validity: a lease is valid until valid_until() on the steady clock. Without
 // extension it lapses then; owns_lock() turns false and fencing_token()
-// throws LockLostError.
+// throws LockLostError. Durations too long for the clock (try_lock_for(
+// hours::max()), acquire_timeout = milliseconds::max()) mean "no deadline";
+// TTLs are bounded by dlock::max_ttl.
 #pragma once
 
 #include <algorithm>

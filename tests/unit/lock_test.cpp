@@ -525,6 +525,17 @@ TEST(GuardBinding, ReleaseOfAnOldGuardIsNotHeldAndLeavesTheNewGuardAlone) {
   EXPECT_FALSE(lock.owns_lock());
 }
 
+TEST(GuardBinding, ALockIsNotRecursive) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  auto g = lock.acquire();
+  EXPECT_FALSE(lock.try_lock());         // its own holder gets no second acquisition
+  EXPECT_FALSE(lock.try_lock_for(5ms));  // and a timed acquire waits for itself
+  EXPECT_TRUE(g.owns_lock());
+  static_assert(!std::is_move_constructible_v<Lock<MemoryBackend>>);
+  static_assert(!std::is_move_assignable_v<Lock<MemoryBackend>>);
+}
+
 // ---- issue 11: owner_id() may be read while another thread acquires ----
 
 TEST(ThreadSafety, OwnerIdCanBeReadWhileAnotherThreadAcquiresAndReleases) {
