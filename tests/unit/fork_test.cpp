@@ -6,10 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <string>
 
-#include <sys/wait.h>
-#include <unistd.h>
+#include "fork_support.hpp"
 
 using namespace std::chrono_literals;
 using dlock::Lock;
@@ -76,12 +76,7 @@ TEST(Fork, ALeaseInheritedByAChildIsLostThereAndTheParentKeepsIt) {
   auto guard = other.acquire();
   const auto token = lock.fencing_token();
 
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(fds[0]);
+  const auto report = dlock::test::in_child([&] {
     const int before = backend.releases + backend.extends;
     ChildReport r;
     r.owns_lock = lock.owns_lock();
@@ -94,16 +89,12 @@ TEST(Fork, ALeaseInheritedByAChildIsLostThereAndTheParentKeepsIt) {
     r.release_not_held = lock.release() == dlock::ReleaseResult::not_held;
     r.guard_release_not_held = guard.release() == dlock::ReleaseResult::not_held;
     r.server_calls = backend.releases + backend.extends - before;
-    const bool sent = ::write(fds[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
-    ::_exit(sent ? 0 : 1);
-  }
-  ::close(fds[1]);
+    return std::string(reinterpret_cast<const char*>(&r), sizeof r);
+  });
+  ASSERT_TRUE(report.has_value());
+  ASSERT_EQ(report->size(), sizeof(ChildReport));
   ChildReport r;
-  const bool got = ::read(fds[0], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
-  ::close(fds[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(got && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::memcpy(&r, report->data(), sizeof r);
 
   EXPECT_FALSE(r.owns_lock);
   EXPECT_FALSE(r.guard_owns_lock);

@@ -8,8 +8,7 @@
 #include <string>
 #include <thread>
 
-#include <sys/wait.h>
-#include <unistd.h>
+#include "fork_support.hpp"
 
 // RFC 9562, Appendix A.6: unix_ts_ms 0x017F22E279B0, rand_a 0xCC3, rand_b 0x18C4DC0C0C07398F.
 TEST(Uuid, RfcTestVector) {
@@ -76,31 +75,10 @@ TEST(OwnerId, UniqueAcrossThreads) {
 // A forked child inherits the parent's generator state; its ids must still differ.
 TEST(OwnerId, ParentAndForkedChildDrawDifferentIds) {
   (void)dlock::OwnerId::generate();  // the generator exists before the fork, so the child inherits it
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(fds[0]);
-    const auto id = dlock::OwnerId::generate();
-    const bool sent = ::write(fds[1], id.str().data(), id.str().size()) == static_cast<ssize_t>(id.str().size());
-    ::_exit(sent ? 0 : 1);
-  }
-  ::close(fds[1]);
-  const auto parent_id = dlock::OwnerId::generate();
-  char buf[36];
-  std::size_t got = 0;
-  while (got < sizeof buf) {
-    const ssize_t n = ::read(fds[0], buf + got, sizeof buf - got);
-    if (n <= 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  ::close(fds[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  ASSERT_EQ(got, sizeof buf);
-  const std::string child_id(buf, sizeof buf);
+  const auto child_id = dlock::test::in_child([] { return std::string(dlock::OwnerId::generate().str()); });
+  const std::string parent_id(dlock::OwnerId::generate().str());
+  ASSERT_TRUE(child_id.has_value());
+  ASSERT_EQ(child_id->size(), 36u);
   // The first 14 characters are the millisecond timestamp (and may match); the random bits must not.
-  EXPECT_NE(child_id.substr(14), std::string(parent_id.str().substr(14))) << child_id << " vs " << parent_id.str();
+  EXPECT_NE(child_id->substr(14), parent_id.substr(14)) << *child_id << " vs " << parent_id;
 }
