@@ -110,6 +110,29 @@ void validate_fields(const PostgresOptions& o);
 /// The DDL install_schema() runs for `sequence` (already validated), one
 /// statement per element; for "dlock.fencing" it is sql/dlock_postgres.sql.
 [[nodiscard]] std::vector<std::string> pg_schema_sql(std::string_view sequence);
+
+/// The largest TCP keepalive idle time or interval Linux accepts (MAX_TCP_KEEPIDLE).
+inline constexpr std::int64_t pg_max_keepalive_seconds = 32767;
+
+/// What a lock's ttl sets on its server session, each value clamped to what
+/// PostgreSQL (int settings) and Linux (keepalives) accept, so that no ttl,
+/// however long, makes the server refuse the acquire.
+struct PgTtlSettings {
+  /// idle_session_timeout (session scope) or idle_in_transaction_session_timeout
+  /// (transaction scope) in ms: the ttl; 0 (off) when the ttl is above INT_MAX
+  /// ms (24.8 days), the most PostgreSQL accepts: a shorter timeout would free
+  /// a silent holder's lock before the validity its client was given.
+  std::int64_t idle_timeout_ms = 0;
+  std::int64_t keepalives_idle_s = 1;      ///< tcp_keepalives_idle: ttl / 2, in [1, 32767] s
+  std::int64_t keepalives_interval_s = 1;  ///< tcp_keepalives_interval: ttl / 6, in [1, 32767] s
+  std::int64_t user_timeout_ms = 0;        ///< tcp_user_timeout: the ttl, at most INT_MAX ms
+};
+[[nodiscard]] PgTtlSettings pg_ttl_settings(std::chrono::milliseconds ttl) noexcept;
+
+/// A libpq message on one line without any quoted fragment: libpq quotes host,
+/// database and user names and the parts of a connection string it cannot
+/// parse, and any of them may be part of a password.
+[[nodiscard]] std::string pg_redact(std::string_view libpq_message);
 }  // namespace detail
 
 /// The per-lease state of a PostgresBackend lock: the pinned connection whose
