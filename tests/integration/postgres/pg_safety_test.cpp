@@ -164,6 +164,37 @@ TEST(PgUnreachable, FallbackDegradesWithinTheConnectTimeout) {
   a.unlock();
 }
 
+// ---- 13: connection failures quote no part of a password ----
+
+TEST(PgSecrets, ConnectFailuresAndEventsQuoteNoPartOfThePassword) {
+  const std::string pw = "Zq9@x/K7?wLm";
+  const int closed = dlock::test::pg::free_port();
+  const std::string server = PostgresServer::shared().conninfo();
+  const std::vector<std::string> conninfos = {
+      "host=127.0.0.1 port=" + std::to_string(closed) + " dbname=appdb user=app password=" + pw,
+      "postgresql://app:Zq9%40x%2FK7%3FwLm@127.0.0.1:" + std::to_string(closed) + "/appdb",
+      server + " dbname=no_such_db_Zq9 password=" + pw,  // the server answers: FATAL database "..." does not exist
+  };
+  for (const auto& info : conninfos) {
+    PostgresBackend pg(PostgresOptions{.conninfo = info, .connect_timeout = 2s});
+    auto obs = std::make_shared<dlock::test::RecordingObserver>();
+    PgLock lock(pg, test_name(), {.ttl = 10s, .observer = obs});
+    std::string what;
+    try {
+      (void)lock.try_lock();
+    } catch (const dlock::Error& e) {
+      what = e.what();
+    }
+    EXPECT_FALSE(what.empty()) << info;
+    EXPECT_NE(what.find(std::string(pg.endpoint())), std::string::npos) << what;
+    for (const std::string_view part : {"Zq9@", "x/K7", "K7?w", "?wLm", "Zq9%40"})
+      EXPECT_EQ(what.find(part), std::string::npos) << what;
+    for (const auto& e : obs->events())
+      for (const std::string_view part : {"Zq9@", "x/K7", "K7?w", "?wLm"})
+        EXPECT_EQ(e.message.find(part), std::string::npos) << e.message;
+  }
+}
+
 // ---- 5: "forever" durations are clamped, never overflowed or rejected by the server ----
 
 TEST(PgForever, AYearLongTtlIsHeldExtendedAndReleased) {
