@@ -21,7 +21,8 @@
 //
 // Fencing tokens come from a sequence (default dlock.fencing) that
 // install_schema() or sql/dlock_postgres.sql creates; without it locks work
-// and fencing_token() reports errc::no_fencing_token.
+// but carry no token: fencing_token() throws errc::no_fencing_token, saying to
+// run install_schema(). Tokens increase only once the sequence exists.
 //
 // Thread safety: PostgresBackend may be used from any number of threads. It
 // is a handle (copies share one pool; each Lock keeps a copy, so it may be
@@ -214,6 +215,9 @@ class PostgresBackend {
   /// Whether the fencing sequence exists (asks the server once, then cached;
   /// install_schema() sets it).
   [[nodiscard]] bool has_fencing();
+  /// Appended to the errc::no_fencing_token error of a lock taken while the
+  /// fencing sequence was missing: it names the sequence and says to run install_schema().
+  [[nodiscard]] std::string_view no_fencing_hint() const noexcept { return state_->no_fencing_hint; }
   /// Advisory locks (bigint keys) held and awaited in the connected database,
   /// holders first; the query is in docs/postgres-monitoring.md.
   [[nodiscard]] std::vector<PgAdvisoryLockInfo> monitor();
@@ -228,6 +232,7 @@ class PostgresBackend {
   struct State {  // shared by all copies
     PostgresOptions options;
     std::string endpoint;
+    std::string no_fencing_hint;
     std::unique_ptr<detail::PgBackendState> pool;  // the connection pool and cached state
     ~State();
   };

@@ -278,6 +278,10 @@ PostgresBackend::PostgresBackend(PostgresOptions options) : state_(std::make_sha
   std::unique_ptr<PQconninfoOption, void (*)(PQconninfoOption*)> free_parsed(parsed, PQconninfoFree);
   detail::check_conninfo(parsed, o.conninfo);
   state_->endpoint = detail::make_endpoint(o.conninfo);
+  state_->no_fencing_hint = fmt::format(
+      ": the fencing sequence {} did not exist in {} when it was taken; run PostgresBackend::install_schema() "
+      "once (or sql/dlock_postgres.sql in a migration), and locks taken after it carry tokens",
+      o.fencing_sequence, state_->endpoint);
   state_->pool = std::make_unique<detail::PgBackendState>(state_->options, state_->endpoint);
 }
 

@@ -414,6 +414,7 @@ TEST(Postgres, WithoutTheSchemaThereIsNoFencingToken) {
     ADD_FAILURE() << "fencing_token() returned without a sequence";
   } catch (const dlock::Error& e) {
     EXPECT_EQ(e.code(), dlock::errc::no_fencing_token);
+    EXPECT_NE(std::string(e.what()).find("install_schema()"), std::string::npos) << e.what();
   }
   lock.unlock();
 }
