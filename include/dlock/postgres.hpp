@@ -28,10 +28,15 @@
 // is a handle (copies share one pool; each Lock keeps a copy, so it may be
 // destroyed before its locks). It connects lazily: the constructor only
 // validates. Every network call is bounded by connect_timeout /
-// statement_timeout (plus the wait asked for); connection failures are thrown
-// as ConnectionError naming host:port/database (never the password),
-// expired timeouts as TimeoutError, deadlocks (SQLSTATE 40P01) as
-// DeadlockError, other server refusals as ServerError.
+// statement_timeout (plus the wait asked for). A server that cannot be
+// reached (refused, or no answer within connect_timeout) is a ConnectionError
+// naming host:port/database (never the password, nor any other part of the
+// conninfo); a statement that got no answer within statement_timeout is a
+// TimeoutError (its outcome is unknown); deadlocks (SQLSTATE 40P01) are
+// DeadlockError, other server refusals ServerError. A URI that libpq would
+// misread (an unencoded '@' or '/' in the password) is refused by the
+// constructor. After fork(), a child never uses or closes the connections it
+// inherited (docs/postgres.md).
 #pragma once
 
 #include <chrono>
