@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "postgres/pg_test_support.hpp"
 #include "support/postgres_server.hpp"
 #include "unit/test_support.hpp"
 
@@ -30,23 +31,8 @@ using namespace std::chrono_literals;
 using dlock::Lock;
 using dlock::PostgresBackend;
 using dlock::PostgresOptions;
-using dlock::test::pg::PostgresServer;
-using dlock::test::pg::RawConn;
+using namespace dlock::test::pg;  // conninfo(), options(), test_name(), since(), RawConn ...
 using PgLock = Lock<PostgresBackend>;
-
-const std::string& conninfo() { return PostgresServer::shared().conninfo(); }
-
-PostgresOptions options(PostgresOptions o = {}) {
-  if (o.conninfo.empty()) o.conninfo = conninfo();
-  if (o.lock_namespace.empty()) o.lock_namespace = "dlock-safety-" + std::to_string(::getpid());
-  return o;
-}
-
-std::string test_name() { return ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
-
-std::chrono::milliseconds since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t);
-}
 
 // How many sessions hold `key` granted in the test database (seen from another connection).
 std::string holders_of(RawConn& raw, std::int64_t key) {
