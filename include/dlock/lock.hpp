@@ -243,7 +243,7 @@ class Lock {
     return held->stop_token();
   }
   /// Calls `callback` once if the current acquisition is lost (see
-  /// stop_token()), on the heartbeat's worker thread, or at once on this
+  /// stop_token()), on a heartbeat callback thread, or at once on this
   /// thread if it is already lost. Not called after a normal release.
   /// Exceptions from it are caught and reported to the observer.
   void on_lost(std::function<void(const LostEvent&)> callback) {

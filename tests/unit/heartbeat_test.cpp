@@ -6,11 +6,17 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <chrono>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_support.hpp"
 
@@ -28,6 +34,15 @@ using dlock::test::FaultyBackend;
 using dlock::test::RecordingObserver;
 using SteadyClock = std::chrono::steady_clock;
 using dlock::test::eventually;
+
+#if defined(__SANITIZE_THREAD__)
+// ThreadSanitizer does not support threads started in the child of a
+// multi-threaded fork (it ends the child), so there the fork test checks only
+// what needs no thread in the child.
+constexpr bool threads_after_fork = false;
+#else
+constexpr bool threads_after_fork = true;
+#endif
 
 namespace {
 
@@ -338,4 +353,248 @@ TEST(Destruction, GuardOutlivesTheBackendObject) {
   EXPECT_FALSE(other.try_lock());
   g.unlock();
   EXPECT_TRUE(other.try_lock());
+}
+
+// ---- Isolation: one stalled backend or one slow callback must not cost other leases ----
+
+namespace {
+
+// A gate that test code opens once; waiters block until then.
+class Gate {
+ public:
+  void wait() {
+    std::unique_lock lk(mu_);
+    ++waiting_;
+    cv_.wait(lk, [&] { return open_; });
+  }
+  void open() {
+    std::lock_guard lk(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  [[nodiscard]] int waiting() {
+    std::lock_guard lk(mu_);
+    return waiting_;
+  }
+  // Opens the gate when a test leaves, also by a failed assertion, before its
+  // locks go (declare it after them).
+  struct OpenOnExit {
+    Gate& gate;
+    ~OpenOnExit() { gate.open(); }
+  };
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  int waiting_ = 0;
+};
+
+// A MemoryBackend whose extensions, once `stall` is set, block until `gate`
+// opens: a server that stopped answering, with a command timeout longer than
+// any lease's TTL.
+class StallingBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  [[nodiscard]] std::string_view kind() const noexcept { return "stalling"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:3"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return mem_.try_acquire(r); }
+  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) { return mem_.release(name, lease); }
+  std::optional<TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                  TimePoint started) {
+    if (stall) gate.wait();
+    return mem_.extend(name, lease, ttl, started);
+  }
+  std::atomic<bool> stall{false};
+  Gate gate;
+
+ private:
+  MemoryBackend mem_;
+};
+
+}  // namespace
+
+TEST(Isolation, AStalledBackendDoesNotDelayAnotherBackendsExtensions) {
+  StallingBackend stalled;
+  MemoryBackend healthy;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<StallingBackend> a(stalled, "a", {.ttl = 300ms, .auto_extend = true});
+  Lock<MemoryBackend> b(healthy, "b", {.ttl = 300ms, .auto_extend = true, .observer = observer});
+  Gate::OpenOnExit opener{stalled.gate};
+  a.lock();
+  b.lock();
+  const auto b_token = b.stop_token();
+  stalled.stall = true;
+  ASSERT_TRUE(eventually([&] { return stalled.gate.waiting() == 1; }));  // a's extension hangs from here on
+  const auto before = observer->count(EventType::extended);
+  // b falls due every 100 ms; each of these extensions would queue behind a's
+  // if both backends shared one thread, and b would be lost after 300 ms.
+  EXPECT_TRUE(eventually([&] { return observer->count(EventType::extended) >= before + 5; }, 3s));
+  EXPECT_FALSE(b_token.stop_requested());
+  EXPECT_TRUE(b.owns_lock());
+  EXPECT_EQ(observer->count(EventType::lost), 0u);
+  stalled.gate.open();
+  b.unlock();
+  a.unlock();
+}
+
+TEST(Isolation, ABlockingOnLostCallbackDelaysNeitherExtensionsNorOtherCallbacks) {
+  MemoryBackend mem;
+  Gate gate;
+  auto observer = std::make_shared<RecordingObserver>();
+  const LockOptions lose_fast{.ttl = 3s, .auto_extend = true, .extend_interval = 50ms};
+  Lock<MemoryBackend> slow(mem, "slow", lose_fast);
+  Lock<MemoryBackend> other(mem, "other", lose_fast);
+  Lock<MemoryBackend> b(mem, "b", {.ttl = 300ms, .auto_extend = true, .observer = observer});
+  slow.lock();
+  other.lock();
+  b.lock();
+  Gate::OpenOnExit opener{gate};
+  slow.on_lost([&](const LostEvent&) { gate.wait(); });  // e.g. waits for a worker to stop
+  std::atomic<bool> other_ran{false};
+  other.on_lost([&](const LostEvent&) { other_ran = true; });
+  const auto b_token = b.stop_token();
+
+  ASSERT_TRUE(mem.force_release("slow"));
+  ASSERT_TRUE(eventually([&] { return gate.waiting() == 1; }));  // the callback is blocked from here on
+  const auto before = observer->count(EventType::extended);
+  EXPECT_TRUE(eventually([&] { return observer->count(EventType::extended) >= before + 5; }, 3s));
+  EXPECT_FALSE(b_token.stop_requested());
+  EXPECT_TRUE(b.owns_lock());
+  ASSERT_TRUE(mem.force_release("other"));
+  EXPECT_TRUE(eventually([&] { return other_ran.load(); }, 3s));  // not queued behind the blocked one
+  gate.open();
+  b.unlock();
+}
+
+TEST(Destruction, LastLockOwnedByAnOnLostCallback) {
+  // The callback's closure holds the last reference to the Lock, and the Lock
+  // the last reference to its heartbeat: when the closure goes, the heartbeat
+  // is destroyed on one of its own threads. It must neither join that thread
+  // nor free what that thread still runs on (ASan saw a use-after-free).
+  MemoryBackend mem;
+  const int live_before = dlock::detail::HeartbeatCore::live_count().load();
+  auto hb = std::make_shared<dlock::Heartbeat>();
+  const std::weak_ptr<dlock::Heartbeat> weak_hb = hb;
+  auto lock = std::make_shared<Lock<MemoryBackend>>(
+      mem, "job", LockOptions{.ttl = 3s, .auto_extend = true, .extend_interval = 50ms, .heartbeat = hb});
+  hb.reset();
+  lock->lock();
+  std::atomic<bool> ran{false};
+  lock->on_lost([keep = lock, &ran](const LostEvent&) { ran = true; });
+  lock.reset();  // now only the callback owns it
+  ASSERT_TRUE(mem.force_release("job"));
+  ASSERT_TRUE(eventually([&] { return ran.load(); }));
+  ASSERT_TRUE(eventually([&] { return weak_hb.expired(); }));
+  // The deferred shutdown has joined every thread of that heartbeat.
+  EXPECT_TRUE(eventually([&] { return dlock::detail::HeartbeatCore::live_count().load() == live_before; }));
+}
+
+TEST(Fork, TheChildLosesInheritedLeasesAndGetsAFreshHeartbeat) {
+  MemoryBackend mem;
+  auto lock = std::make_unique<Lock<MemoryBackend>>(mem, "parent-job", LockOptions{.ttl = 600ms, .auto_extend = true});
+  lock->lock();
+  const auto token = lock->stop_token();
+  auto inherited = dlock::Heartbeat::process_wide();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the child: no gtest assertions here, only an exit status
+    int code = 0;
+    if (!token.stop_requested()) code |= 1;  // at once, without any heartbeat thread
+    if (threads_after_fork) {
+      MemoryBackend child_mem;
+      auto observer = std::make_shared<RecordingObserver>();
+      Lock<MemoryBackend> fresh(child_mem, "child-job", {.ttl = 300ms, .auto_extend = true, .observer = observer});
+      fresh.lock();
+      if (dlock::Heartbeat::process_wide() == inherited) code |= 2;
+      if (!eventually([&] { return observer->count(EventType::extended) >= 3; }, 5s)) code |= 4;
+      if (!fresh.owns_lock()) code |= 8;
+      fresh.unlock();
+    }
+    lock.reset();       // destroys an inherited Lock ...
+    inherited.reset();  // ... and the inherited heartbeat, whose threads do not exist here
+    ::_exit(code);
+  }
+  int status = 0;
+  const bool exited = eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 20s);
+  if (!exited) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  ASSERT_TRUE(exited) << "the child hung (in a destructor?)";
+  ASSERT_TRUE(WIFEXITED(status));
+  const int code = WEXITSTATUS(status);
+  EXPECT_EQ(code & 1, 0) << "the inherited lease's stop token was not requested in the child";
+  EXPECT_EQ(code & 2, 0) << "the child's process_wide() returned the parent's heartbeat";
+  EXPECT_EQ(code & 4, 0) << "a lock taken in the child was not auto-extended";
+  EXPECT_EQ(code & 8, 0) << "a lock taken in the child was lost";
+  // The parent is unaffected.
+  EXPECT_TRUE(lock->owns_lock());
+  EXPECT_FALSE(token.stop_requested());
+  lock->unlock();
+}
+
+TEST(Isolation, OneBackendNeedsOneExtensionThread) {
+  MemoryBackend mem;
+  auto hb = std::make_shared<dlock::Heartbeat>();
+  auto observer = std::make_shared<RecordingObserver>();
+  std::vector<std::unique_ptr<Lock<MemoryBackend>>> locks;
+  for (int i = 0; i < 50; ++i) {
+    locks.push_back(std::make_unique<Lock<MemoryBackend>>(
+        mem, "job:" + std::to_string(i),
+        LockOptions{.ttl = 300ms, .auto_extend = true, .observer = observer, .heartbeat = hb}));
+    locks.back()->lock();
+  }
+  ASSERT_TRUE(eventually([&] { return observer->count(EventType::extended) >= 150; }));
+  EXPECT_EQ(hb->threads(), 2u);  // the timer thread and one lane thread for the one backend
+  for (auto& l : locks) l->unlock();
+}
+
+TEST(Lanes, OneLaneRunsInOrderOthersDoNotWaitForIt) {
+  Gate gate;
+  std::mutex mu;
+  std::vector<int> order;
+  dlock::detail::Lanes lanes(4, 10s);  // after what its tasks use, before the opener
+  Gate::OpenOnExit opener{gate};
+  const dlock::detail::Lanes::Key stuck{&lanes, nullptr}, free{nullptr, &lanes};
+  auto record = [&](int i) {
+    std::lock_guard lk(mu);
+    order.push_back(i);
+  };
+  lanes.post(stuck, [&] { gate.wait(); });
+  lanes.post(stuck, [&] { record(1); });  // behind the blocked task of its own lane
+  for (int i = 10; i < 15; ++i) lanes.post(free, [&, i] { record(i); });
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lk(mu);
+    return order.size() == 5;
+  }));
+  {
+    std::lock_guard lk(mu);
+    EXPECT_EQ(order, (std::vector<int>{10, 11, 12, 13, 14}));  // in order, and not behind the stuck lane
+  }
+  EXPECT_EQ(lanes.threads(), 2u);
+  gate.open();
+  lanes.stop();  // runs what is queued
+  EXPECT_EQ(order.back(), 1);
+  EXPECT_EQ(lanes.threads(), 0u);
+}
+
+TEST(Lanes, IdleThreadsRetireAndTheThreadCountIsCapped) {
+  Gate gate;
+  std::atomic<int> ran{0};
+  dlock::detail::Lanes lanes(2, 50ms);
+  Gate::OpenOnExit opener{gate};
+  int keys[3];
+  for (auto& k : keys)
+    lanes.post({&k, nullptr}, [&] {
+      gate.wait();
+      ++ran;
+    });
+  ASSERT_TRUE(eventually([&] { return gate.waiting() == 2; }));
+  EXPECT_EQ(lanes.threads(), 2u);  // the third lane waits for a thread
+  gate.open();
+  ASSERT_TRUE(eventually([&] { return ran.load() == 3; }));
+  EXPECT_TRUE(eventually([&] { return lanes.threads() == 0; }));  // idle for 50 ms: retired
+  lanes.post({keys, nullptr}, [&] { ++ran; });                    // and started again on demand
+  EXPECT_TRUE(eventually([&] { return ran.load() == 4; }));
 }
