@@ -17,7 +17,7 @@
 //     max_hold): each backend (each batch key: backend type and identity) has
 //     its own serial lane, so a server that stalls delays only the leases held
 //     on it. A lane that has work takes an idle thread or starts one (at most
-//     HeartbeatCore::max_backend_threads, 64); threads idle for 30 s exit.
+//     AsioHeartbeatScheduler::max_backend_threads, 64); threads idle for 30 s exit.
 //     Locks on one backend therefore cost one thread, not one per lock;
 //   - callback lanes run on_lost callbacks, one lane per lost lease, on threads
 //     of their own (at most 4, started on demand, gone after 30 s idle): a
@@ -75,13 +75,9 @@
 #include <utility>
 #include <vector>
 
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/heartbeat_scheduler.hpp"
 #include "detail/lanes.hpp"
 #include "detail/time.hpp"
 
@@ -203,19 +199,15 @@ struct HeartbeatRegistry {
   return *registry;
 }
 
-/// The machinery of one Heartbeat: the timer thread and its queue, the lanes
-/// for backend operations and for callbacks. Every heartbeat thread refers to
-/// this object, never to the Heartbeat handle, so that the handle can go on
-/// one of these threads while the machinery is shut down elsewhere.
+/// The machinery of one Heartbeat: the queue of leases, driven by a
+/// scheduler (its timer, and its lanes for backend operations and for
+/// callbacks). Every heartbeat thread refers to this object, never to the
+/// Heartbeat handle, so that the handle can go on one of these threads while
+/// the machinery is shut down elsewhere.
 class HeartbeatCore {
  public:
-  /// Limits on the lanes' threads, and how long an idle one lives.
-  static constexpr std::size_t max_backend_threads = 64;
-  static constexpr std::size_t max_callback_threads = 4;
-  static constexpr std::chrono::seconds idle_thread_timeout{30};
-
-  /// Starts the timer thread; the lanes start theirs when given work.
-  HeartbeatCore() : work_(io_.get_executor()), timer_(io_), thread_([this] { io_.run(); }) {
+  explicit HeartbeatCore(std::shared_ptr<HeartbeatScheduler> scheduler) : sched_(std::move(scheduler)) {
+    sched_->start([this] { on_timer(); });
     ++live_count();
     register_fork_handlers();
   }
@@ -223,12 +215,7 @@ class HeartbeatCore {
   /// extensions find their leases released; pending callbacks run), and
   /// joins every thread. Must not run on one of them (see ~Heartbeat).
   ~HeartbeatCore() {
-    work_.reset();
-    boost::asio::post(io_, [this] { timer_.cancel(); });
-    io_.stop();
-    thread_.join();
-    backend_lanes_.stop();
-    callback_lanes_.stop();
+    sched_->stop();
     --live_count();
   }
   HeartbeatCore(const HeartbeatCore&) = delete;
@@ -244,9 +231,7 @@ class HeartbeatCore {
   /// Must not be called while holding the beat's own mutex.
   void watch(const std::shared_ptr<Beat>& beat) {
     const auto wake = beat->wake_at();
-    const auto real = wake
-                          ? saturating_add(std::chrono::steady_clock::now(), saturating_sub(*wake, beat->clock().now()))
-                          : std::chrono::steady_clock::time_point{};
+    const auto real = wake ? saturating_add(sched_->now(), saturating_sub(*wake, beat->clock().now())) : RealTime{};
     bool rearm = false;
     {
       std::lock_guard lk(mu_);
@@ -257,7 +242,7 @@ class HeartbeatCore {
       rearm = real < armed_for_;
       if (rearm) armed_for_ = real;
     }
-    if (rearm) boost::asio::post(io_, [this] { arm(); });
+    if (rearm) sched_->post_timer([this] { arm(); });
   }
   void unwatch(Beat& beat) noexcept {
     std::lock_guard lk(mu_);
@@ -269,19 +254,15 @@ class HeartbeatCore {
   }
 
   /// Runs a blocking operation of a backend on that backend's lane.
-  void post_backend(Beat::BatchKey key, Lanes::Task task) { backend_lanes_.post(key, std::move(task)); }
+  void post_backend(Beat::BatchKey key, Lanes::Task task) {
+    sched_->post(HeartbeatScheduler::Lane::backend, key, std::move(task));
+  }
   /// Runs a lease's on_lost callbacks on its callback lane.
-  void post_callbacks(const Beat& lease, Lanes::Task task) { callback_lanes_.post({&lease, nullptr}, std::move(task)); }
+  void post_callbacks(const Beat& lease, Lanes::Task task) {
+    sched_->post(HeartbeatScheduler::Lane::callback, {&lease, nullptr}, std::move(task));
+  }
 
-  /// Whether the calling thread is one of this core's threads.
-  [[nodiscard]] bool on_own_thread() const noexcept {
-    return std::this_thread::get_id() == thread_.get_id() || backend_lanes_.on_own_thread() ||
-           callback_lanes_.on_own_thread();
-  }
-  /// Threads running now: the timer thread and the lanes' (for tests).
-  [[nodiscard]] std::size_t threads() const noexcept {
-    return 1 + backend_lanes_.threads() + callback_lanes_.threads();
-  }
+  [[nodiscard]] HeartbeatScheduler& scheduler() const noexcept { return *sched_; }
 
   // ---- fork (see heartbeat.hpp's header comment) ----
 
@@ -289,8 +270,8 @@ class HeartbeatCore {
   [[nodiscard]] bool orphaned() const noexcept { return orphaned_.load(std::memory_order_acquire); }
 
  private:
-  friend class dlock::Heartbeat;  // an orphan's successor_, under mu_
-  using RealTime = std::chrono::steady_clock::time_point;
+  friend class dlock::Heartbeat;       // an orphan's successor_, under mu_
+  using RealTime = Clock::time_point;  // the scheduler's time
 
   static void register_fork_handlers() noexcept {
     static const int once = ::pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child);
@@ -352,17 +333,14 @@ class HeartbeatCore {
       next = queue_.begin()->first;
       armed_for_ = next;
     }
-    timer_.expires_at(next);
-    timer_.async_wait([this](const boost::system::error_code& ec) {
-      if (!ec) on_timer();
-    });
+    sched_->arm(next);
   }
 
   // Timer thread: handles every lease that is due, or due within the slack.
   void on_timer() {
     {
       std::lock_guard lk(mu_);
-      const RealTime horizon = saturating_add(std::chrono::steady_clock::now(), max_slack_);
+      const RealTime horizon = saturating_add(sched_->now(), max_slack_);
       while (!queue_.empty() && queue_.begin()->first <= horizon) {
         auto node = queue_.extract(queue_.begin());
         node.mapped()->slot_.reset();
@@ -405,19 +383,14 @@ class HeartbeatCore {
     arm();
   }
 
+  const std::shared_ptr<HeartbeatScheduler> sched_;
   mutable std::mutex mu_;
-  boost::asio::io_context io_;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
-  boost::asio::steady_timer timer_;
-  Lanes backend_lanes_{max_backend_threads, idle_thread_timeout};
-  Lanes callback_lanes_{max_callback_threads, idle_thread_timeout};
   Beat::Queue queue_;                            // guarded by mu_
   std::vector<std::shared_ptr<Beat>> handling_;  // guarded by mu_; taken off the queue by on_timer()
   RealTime armed_for_ = RealTime::max();         // guarded by mu_
   Clock::duration max_slack_{};                  // guarded by mu_
   std::atomic<bool> orphaned_{false};
   std::shared_ptr<Heartbeat> successor_;  // guarded by mu_: an orphan's stand-in in the child
-  std::thread thread_;                    // last: starts once everything above exists
 };
 
 }  // namespace detail
@@ -425,7 +398,11 @@ class HeartbeatCore {
 class Heartbeat {
  public:
   /// Starts the timer thread (the lanes start theirs on demand).
-  Heartbeat() : core_(std::make_unique<detail::HeartbeatCore>()) {
+  Heartbeat() : Heartbeat(std::make_shared<detail::AsioHeartbeatScheduler>()) {}
+  /// A heartbeat driven by `scheduler` (tests: a ManualHeartbeatScheduler,
+  /// which the test keeps a reference to while it drives it).
+  explicit Heartbeat(std::shared_ptr<detail::HeartbeatScheduler> scheduler)
+      : core_(std::make_unique<detail::HeartbeatCore>(std::move(scheduler))) {
     auto& r = detail::heartbeat_registry();
     std::lock_guard lk(r.mu);
     r.cores.push_back(core_.get());
@@ -452,12 +429,9 @@ class Heartbeat {
       (void)core_.release();  // deliberately leaked: see above
       return;
     }
-    if (core_->on_own_thread()) {
+    if (core_->scheduler().on_own_thread()) {
       auto* core = core_.release();
-      try {
-        std::thread([core] { delete core; }).detach();
-      } catch (...) {  // no thread to be had: leak it rather than join ourselves
-      }
+      core->scheduler().defer([core] { delete core; });  // if it cannot, a leak rather than a self-join
     }
   }
   Heartbeat(const Heartbeat&) = delete;
@@ -491,7 +465,7 @@ class Heartbeat {
 
   /// Threads it runs now: the timer thread, plus the lanes' threads that
   /// have not retired (see the header comment).
-  [[nodiscard]] std::size_t threads() const noexcept { return core_->orphaned() ? 0 : core_->threads(); }
+  [[nodiscard]] std::size_t threads() const noexcept { return core_->orphaned() ? 0 : core_->scheduler().threads(); }
 
   // ---- used by Lock ----
 
