@@ -29,6 +29,12 @@
 // while it holds auto-extended locks, and a callback thread only while
 // callbacks run (Heartbeat::threads() tells the current count).
 //
+// The timer and the lanes sit behind a scheduler seam
+// (detail::HeartbeatScheduler): production uses the Asio timer thread and the
+// lanes above; tests construct Heartbeat(std::make_shared<
+// detail::ManualHeartbeatScheduler>(manual_clock)), which runs everything on
+// the test's thread inside advance(), so heartbeat tests need no sleeping.
+//
 // Extensions that fall due close together (within a quarter of the extension
 // interval) are collected and, for backends that offer extend_many (Redis),
 // sent to each server as one pipelined batch.

@@ -46,19 +46,29 @@ constexpr bool threads_after_fork = true;
 
 namespace {
 
-// Records, on whatever thread requests the stop, when it happened.
-struct StopTime {
-  std::mutex mu;
-  std::optional<SteadyClock::time_point> at;
-  void set() {
-    std::lock_guard lk(mu);
-    if (!at) at = SteadyClock::now();
+// A heartbeat on a manual scheduler: time moves only in advance(), which runs
+// everything that falls due (extensions, losses, callbacks) on the test's
+// thread. Declare it before the backends and locks that use its clock.
+struct ManualBeat {
+  dlock::ManualClock clock;
+  std::shared_ptr<dlock::detail::ManualHeartbeatScheduler> scheduler =
+      std::make_shared<dlock::detail::ManualHeartbeatScheduler>(clock);
+  std::shared_ptr<dlock::Heartbeat> hb = std::make_shared<dlock::Heartbeat>(scheduler);
+
+  [[nodiscard]] LockOptions options(LockOptions o) const {
+    o.clock = &clock;
+    o.heartbeat = hb;
+    return o;
   }
-  std::optional<SteadyClock::time_point> get() {
-    std::lock_guard lk(mu);
-    return at;
-  }
+  void advance(std::chrono::milliseconds d) { scheduler->advance(d); }
 };
+
+std::shared_ptr<dlock::Observer> quiet() {
+  struct Quiet : dlock::Observer {
+    void on_event(const dlock::Event&) noexcept override {}
+  };
+  return std::make_shared<Quiet>();
+}
 
 }  // namespace
 
@@ -95,38 +105,34 @@ TEST(BeatArithmetic, WakeIsTheEarliestRelevantTime) {
 }
 
 TEST(AutoExtend, HoldOfFiveTtlsStaysExclusive) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> holder(mem, "job", {.ttl = 500ms, .auto_extend = true, .observer = observer});
-  Lock<MemoryBackend> other(mem, "job");
+  Lock<MemoryBackend> holder(mem, "job", beat.options({.ttl = 500ms, .auto_extend = true, .observer = observer}));
+  Lock<MemoryBackend> other(mem, "job", {.clock = &beat.clock});
   auto g = holder.acquire();
-  const auto end = SteadyClock::now() + 2500ms;  // 5 x ttl
-  int tries = 0;
-  while (SteadyClock::now() < end) {
-    EXPECT_FALSE(other.try_lock());
-    EXPECT_TRUE(g.owns_lock());
-    ++tries;
-    std::this_thread::sleep_for(20ms);
+  for (int step = 0; step < 125; ++step) {  // 5 x ttl in steps of 20 ms
+    beat.advance(20ms);
+    ASSERT_FALSE(other.try_lock()) << "at " << (step + 1) * 20 << " ms";
+    ASSERT_TRUE(g.owns_lock());
   }
-  EXPECT_GT(tries, 20);
   EXPECT_FALSE(g.stop_token().stop_requested());
-  EXPECT_GE(observer->count(EventType::extended), 10u);  // every ttl/3 for 5 ttls: ~15
+  EXPECT_EQ(observer->count(EventType::extended), 15u);  // every ttl/3 (less the batching slack) for 5 ttls
   EXPECT_EQ(observer->count(EventType::lost), 0u);
   g.unlock();
   EXPECT_TRUE(other.try_lock());
 }
 
 TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job",
-                           {.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer});
+  Lock<MemoryBackend> lock(
+      mem, "job", beat.options({.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer}));
   auto g = lock.acquire();
-  std::atomic<int> calls{0};
+  int calls = 0;
   std::optional<LostEvent> seen;
-  std::mutex mu;
   g.on_lost([&](const LostEvent& e) {
-    std::lock_guard lk(mu);
     seen = e;
     ++calls;
   });
@@ -134,18 +140,16 @@ TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
   const auto owner = std::string(g.owner_id());
 
   ASSERT_TRUE(mem.force_release("job"));  // an operator's DEL
-  const auto deleted_at = SteadyClock::now();
-  ASSERT_TRUE(eventually([&] { return token.stop_requested(); }));
-  EXPECT_LT(SteadyClock::now() - deleted_at, 300ms + 400ms);  // one interval, plus scheduling on a busy machine
-  ASSERT_TRUE(eventually([&] { return calls.load() == 1; }));
-  std::this_thread::sleep_for(400ms);
-  EXPECT_EQ(calls.load(), 1);  // once
-  {
-    std::lock_guard lk(mu);
-    EXPECT_EQ(seen->reason, LostReason::taken);
-    EXPECT_EQ(seen->lock, "job");
-    EXPECT_EQ(seen->owner, owner);
-  }
+  beat.advance(299ms);                    // the next extension is due at 300 ms
+  EXPECT_FALSE(token.stop_requested());
+  beat.advance(1ms);  // that extension finds the key gone
+  EXPECT_TRUE(token.stop_requested());
+  EXPECT_EQ(calls, 1);
+  beat.advance(1s);
+  EXPECT_EQ(calls, 1);  // once
+  EXPECT_EQ(seen->reason, LostReason::taken);
+  EXPECT_EQ(seen->lock, "job");
+  EXPECT_EQ(seen->owner, owner);
   EXPECT_FALSE(g.owns_lock());
   EXPECT_THROW((void)g.fencing_token(), dlock::LockLostError);
   EXPECT_THROW(g.extend(), dlock::LockLostError);
@@ -154,58 +158,60 @@ TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
 }
 
 TEST(AutoExtend, FailingExtensionsAreDeclaredLostNoLaterThanValidityEnds) {
-  FaultyBackend backend;
+  ManualBeat beat;
+  FaultyBackend backend(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<FaultyBackend> lock(backend, "job", {.ttl = 600ms, .auto_extend = true, .observer = observer});
+  Lock<FaultyBackend> lock(backend, "job", beat.options({.ttl = 600ms, .auto_extend = true, .observer = observer}));
   auto g = lock.acquire();
-  StopTime stopped;
-  std::stop_callback on_stop(g.stop_token(), [&] { stopped.set(); });
-  std::atomic<int> reason{-1};
+  std::optional<TimePoint> stopped;
+  std::stop_callback on_stop(g.stop_token(), [&] { stopped = beat.clock.now(); });
+  int reason = -1;
   g.on_lost([&](const LostEvent& e) { reason = static_cast<int>(e.reason); });
 
-  backend.extend_fails = true;    // e.g. the server stopped answering
-  backend.extend_delay_ms = 250;  // and each attempt hangs a while
+  backend.extend_fails = true;  // e.g. the server stopped answering
   const TimePoint valid_until = g.valid_until();
-  ASSERT_TRUE(eventually([&] { return stopped.get().has_value(); }, 5s));
-  // Declared by the timer thread at the validity's end, not when a hung
-  // extension returns. Generous margin for a loaded machine.
-  EXPECT_LE(*stopped.get(), valid_until + 300ms);
-  EXPECT_GE(*stopped.get(), valid_until);
-  ASSERT_TRUE(eventually([&] { return reason.load() >= 0; }));
-  EXPECT_EQ(reason.load(), static_cast<int>(LostReason::connection));
-  EXPECT_GE(observer->count(EventType::extend_failed), 1u);
+  beat.advance(std::chrono::ceil<std::chrono::milliseconds>(valid_until - beat.clock.now()) - 1ms);
+  EXPECT_FALSE(stopped.has_value());  // every retry failed, and the lease is still valid
+  EXPECT_GE(observer->count(EventType::extend_failed), 3u);
+  beat.advance(1ms);
+  ASSERT_TRUE(stopped.has_value());
+  EXPECT_EQ(*stopped, valid_until);  // declared at the validity's end exactly
+  EXPECT_EQ(reason, static_cast<int>(LostReason::connection));
   EXPECT_FALSE(g.owns_lock());
 }
 
 TEST(AutoExtend, TransientFailureIsRetriedAndTheLeaseSurvives) {
-  FaultyBackend backend;
-  Lock<FaultyBackend> lock(backend, "job", {.ttl = 900ms, .auto_extend = true});
+  ManualBeat beat;
+  FaultyBackend backend(beat.clock);
+  Lock<FaultyBackend> lock(backend, "job", beat.options({.ttl = 900ms, .auto_extend = true, .observer = quiet()}));
   auto g = lock.acquire();
   backend.extend_fails = true;
-  std::this_thread::sleep_for(400ms);  // first extension (at 300 ms) failed
-  backend.extend_fails = false;        // the next retry succeeds within validity
-  std::this_thread::sleep_for(1200ms);
+  beat.advance(400ms);  // the first extension (due at 300 ms) failed, and a retry too
+  EXPECT_GE(backend.extend_calls.load(), 2);
+  backend.extend_fails = false;  // the next retry succeeds within validity
+  beat.advance(1200ms);
   EXPECT_TRUE(g.owns_lock());
   EXPECT_FALSE(g.stop_token().stop_requested());
 }
 
 TEST(AutoExtend, MaxHoldReleasesAndReports) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 300ms, .auto_extend = true, .max_hold = 700ms, .observer = observer});
-  Lock<MemoryBackend> other(mem, "job");
+  Lock<MemoryBackend> lock(mem, "job",
+                           beat.options({.ttl = 300ms, .auto_extend = true, .max_hold = 700ms, .observer = observer}));
+  Lock<MemoryBackend> other(mem, "job", {.clock = &beat.clock});
   auto g = lock.acquire();
-  std::atomic<int> reason{-1};
+  int reason = -1;
   g.on_lost([&](const LostEvent& e) { reason = static_cast<int>(e.reason); });
-  std::this_thread::sleep_for(400ms);
+  beat.advance(699ms);
   EXPECT_TRUE(g.owns_lock());  // extended past its ttl
-  ASSERT_TRUE(eventually([&] { return g.stop_token().stop_requested(); }));
-  // The callback runs on the heartbeat's worker, after the stop was requested.
-  ASSERT_TRUE(eventually([&] { return reason.load() >= 0; }));
-  EXPECT_EQ(reason.load(), static_cast<int>(LostReason::max_hold));
-  // Released by the heartbeat: free at once, not only after its ttl.
-  ASSERT_TRUE(eventually([&] { return other.try_lock(); }, 1s));
-  g.unlock();  // the holder's own unlock is then a quiet no-op
+  EXPECT_FALSE(g.stop_token().stop_requested());
+  beat.advance(1ms);
+  EXPECT_TRUE(g.stop_token().stop_requested());
+  EXPECT_EQ(reason, static_cast<int>(LostReason::max_hold));
+  EXPECT_TRUE(other.try_lock());  // released by the heartbeat: free at once, not only after its ttl
+  g.unlock();                     // the holder's own unlock is then a quiet no-op
   EXPECT_TRUE(other.owns_lock());
   EXPECT_EQ(observer->count(EventType::lost), 1u);  // the hold's one terminal event
   EXPECT_EQ(observer->count(EventType::released), 0u);
@@ -213,12 +219,15 @@ TEST(AutoExtend, MaxHoldReleasesAndReports) {
 }
 
 TEST(LostSignal, WithoutAutoExtendTheStopTokenFiresWhenValidityEnds) {
-  MemoryBackend mem;
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 150ms});
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
+  Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 150ms, .observer = quiet()}));
   auto g = lock.acquire();
   const auto token = g.stop_token();  // starts a watch
+  beat.advance(149ms);
   EXPECT_FALSE(token.stop_requested());
-  ASSERT_TRUE(eventually([&] { return token.stop_requested(); }, 2s));
+  beat.advance(1ms);
+  EXPECT_TRUE(token.stop_requested());
   EXPECT_FALSE(g.owns_lock());
 }
 
@@ -247,35 +256,40 @@ TEST(LostSignal, CallbackRegisteredAfterTheLossRunsAtOnceAndThrowingOnesAreRepor
 }
 
 TEST(LostSignal, NotSignalledOnNormalRelease) {
-  MemoryBackend mem;
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 300ms, .auto_extend = true});
-  std::atomic<int> calls{0};
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
+  Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 300ms, .auto_extend = true}));
+  int calls = 0;
   std::stop_token token;
   {
     auto g = lock.acquire();
     token = g.stop_token();
     g.on_lost([&](const LostEvent&) { ++calls; });
+    beat.advance(200ms);
   }
-  std::this_thread::sleep_for(500ms);
+  beat.advance(1s);
   EXPECT_FALSE(token.stop_requested());
-  EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(beat.hb->watched(), 0u);
 }
 
 TEST(Batching, ExtensionsFallingDueTogetherShareOneRoundTrip) {
-  dlock::test::BatchingBackend backend;
+  ManualBeat beat;
+  dlock::test::BatchingBackend backend(beat.clock);
   constexpr int n = 200;
   std::vector<std::unique_ptr<Lock<dlock::test::BatchingBackend>>> locks;
   for (int i = 0; i < n; ++i) {
     locks.push_back(std::make_unique<Lock<dlock::test::BatchingBackend>>(
-        backend, "job:" + std::to_string(i), LockOptions{.ttl = 600ms, .auto_extend = true}));
+        backend, "job:" + std::to_string(i), beat.options({.ttl = 600ms, .auto_extend = true})));
     locks.back()->lock();
+    beat.advance(1ms);  // acquired over 200 ms: their extensions fall due spread out, not at one instant
   }
-  std::this_thread::sleep_for(1500ms);  // ~7 extension intervals of 200 ms
+  beat.advance(1400ms);
   for (auto& l : locks) EXPECT_TRUE(l->owns_lock());
   const int batches = backend.batches.load();
   const int items = backend.extended_items.load();
   EXPECT_EQ(backend.single_extends.load(), 0);
-  EXPECT_GE(items, n * 4);         // every lock was extended repeatedly
+  EXPECT_GE(items, n * 7);         // every lock was extended every 200 ms
   EXPECT_LE(batches, items / 20);  // far fewer round trips than extensions
   RecordProperty("batches", batches);
   RecordProperty("extensions", items);
@@ -325,31 +339,37 @@ TEST(Destruction, ProcessWideHeartbeatStopsWithTheLastLock) {
 }
 
 TEST(LongHeld, ReportedOnceWhenAHoldPassesItsThreshold) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 10s, .long_held = 100ms, .observer = observer});
+  Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 10s, .long_held = 100ms, .observer = observer}));
   auto g = lock.acquire();
-  ASSERT_TRUE(eventually([&] { return observer->count(EventType::long_held) == 1; }, 2s));
-  std::this_thread::sleep_for(300ms);
+  beat.advance(99ms);
+  EXPECT_EQ(observer->count(EventType::long_held), 0u);
+  beat.advance(1ms);
   EXPECT_EQ(observer->count(EventType::long_held), 1u);
-  EXPECT_TRUE(g.owns_lock());  // a report, not a loss
+  beat.advance(5s);
+  EXPECT_EQ(observer->count(EventType::long_held), 1u);  // once per hold
+  EXPECT_TRUE(g.owns_lock());                            // a report, not a loss
   g.unlock();
-  Lock<MemoryBackend> quick(mem, "job", {.ttl = 10s, .long_held = 5s, .observer = observer});
+  Lock<MemoryBackend> quick(mem, "job", beat.options({.ttl = 10s, .long_held = 5s, .observer = observer}));
   quick.lock();
+  beat.advance(4s);
   quick.unlock();
-  std::this_thread::sleep_for(50ms);
+  beat.advance(2s);
   EXPECT_EQ(observer->count(EventType::long_held), 1u);
 }
 
 TEST(Destruction, GuardOutlivesTheBackendObject) {
-  auto backend = std::make_unique<MemoryBackend>();
-  auto lock = std::make_unique<Lock<MemoryBackend>>(*backend, "job", LockOptions{.ttl = 300ms, .auto_extend = true});
+  ManualBeat beat;
+  auto backend = std::make_unique<MemoryBackend>(beat.clock);
+  auto lock = std::make_unique<Lock<MemoryBackend>>(*backend, "job", beat.options({.ttl = 300ms, .auto_extend = true}));
   auto g = lock->acquire();
   MemoryBackend observer_view = *backend;  // another handle on the same table
   backend.reset();                         // the application's backend object goes first
-  std::this_thread::sleep_for(250ms);      // the heartbeat keeps extending through the lock's handle
+  beat.advance(1s);                        // the heartbeat keeps extending through the lock's handle
   EXPECT_TRUE(g.owns_lock());
-  Lock<MemoryBackend> other(observer_view, "job");
+  Lock<MemoryBackend> other(observer_view, "job", {.clock = &beat.clock});
   EXPECT_FALSE(other.try_lock());
   g.unlock();
   EXPECT_TRUE(other.try_lock());
@@ -488,6 +508,27 @@ TEST(Destruction, LastLockOwnedByAnOnLostCallback) {
   ASSERT_TRUE(eventually([&] { return weak_hb.expired(); }));
   // The deferred shutdown has joined every thread of that heartbeat.
   EXPECT_TRUE(eventually([&] { return dlock::detail::HeartbeatCore::live_count().load() == live_before; }));
+}
+
+TEST(Destruction, LastLockOwnedByAnOnLostCallbackOnTheManualScheduler) {
+  // The same ownership on the manual scheduler: the heartbeat goes inside
+  // advance(), and its shutdown waits until advance() has finished.
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
+  const int live_before = dlock::detail::HeartbeatCore::live_count().load();
+  auto lock = std::make_shared<Lock<MemoryBackend>>(
+      mem, "job", beat.options({.ttl = 3s, .auto_extend = true, .extend_interval = 50ms}));
+  const std::weak_ptr<dlock::Heartbeat> weak_hb = beat.hb;
+  beat.hb.reset();
+  lock->lock();
+  bool ran = false;
+  lock->on_lost([keep = lock, &ran](const LostEvent&) { ran = true; });
+  lock.reset();
+  ASSERT_TRUE(mem.force_release("job"));
+  beat.advance(50ms);
+  EXPECT_TRUE(ran);
+  EXPECT_TRUE(weak_hb.expired());
+  EXPECT_EQ(dlock::detail::HeartbeatCore::live_count().load(), live_before - 1);
 }
 
 TEST(Fork, TheChildLosesInheritedLeasesAndGetsAFreshHeartbeat) {

@@ -439,14 +439,15 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   // the callbacks (on this lease's callback lane of `hb` when given, so that
   // they delay no extension). Returns whether this call declared it.
   bool declare_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
-    std::vector<Callback> callbacks;
+    bool has_callbacks;
     LostEvent lost;
     std::stop_source stop;
     {
       std::lock_guard lk(mu_);
       if (state_ != State::held) return false;
       state_ = State::lost;
-      callbacks.swap(callbacks_);
+      lost_callbacks_.swap(callbacks_);  // no copy of them here: see run_lost_callbacks()
+      has_callbacks = !lost_callbacks_.empty();
       stop = stop_;  // requested below, outside the mutex: stop callbacks run synchronously
       try {
         lost_ = std::make_unique<LostEvent>(
@@ -463,19 +464,29 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     ev.reason = to_string(reason);
     source().emit(ev);
     stop.request_stop();
-    if (!callbacks.empty()) {
+    if (has_callbacks) {
       if (hb) {
         try {
-          hb->post_callbacks(*this, [self = this->shared_from_this(), callbacks, lost]() mutable {
-            self->run_callbacks(callbacks, lost);
-          });
+          hb->post_callbacks(*this, [self = this->shared_from_this(), lost] { self->run_lost_callbacks(lost); });
           return true;
         } catch (...) {  // could not post: run them here rather than drop them
         }
       }
-      run_callbacks(callbacks, lost);
+      run_lost_callbacks(lost);
     }
     return true;
+  }
+
+  // Runs the loss's callbacks, then destroys them, on the calling thread: on
+  // a callback lane no lease mutex is held there, so a callback may own (and
+  // drop) the last reference to its Lock.
+  void run_lost_callbacks(const LostEvent& lost) noexcept {
+    std::vector<Callback> callbacks;
+    {
+      std::lock_guard lk(mu_);
+      callbacks.swap(lost_callbacks_);
+    }
+    run_callbacks(callbacks, lost);
   }
 
   void run_callbacks(std::span<Callback> callbacks, const LostEvent& lost) noexcept {
@@ -543,6 +554,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   TimePoint extend_due_;
   TimePoint long_held_at_ = never;  // until reported
   std::vector<Callback> callbacks_;
+  std::vector<Callback> lost_callbacks_;     // declare_lost() to run_lost_callbacks()
   std::stop_source stop_{std::nostopstate};  // made by stop_token()
 };
 
