@@ -258,7 +258,7 @@ class Lock {
   /// requests it when the validity ends. Throws LockLostError if not held.
   [[nodiscard]] std::stop_token stop_token() { return stop_token_of(current()); }
   /// Calls `callback` once if the current acquisition is lost (see
-  /// stop_token()), on the heartbeat's worker thread, or at once on this
+  /// stop_token()), on a heartbeat callback thread, or at once on this
   /// thread if it is already lost. Not called after a normal release.
   /// Exceptions from it are caught and reported to the observer.
   void on_lost(std::function<void(const LostEvent&)> callback) { on_lost_of(current(), std::move(callback)); }

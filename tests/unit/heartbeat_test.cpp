@@ -6,11 +6,17 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <chrono>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_support.hpp"
 
@@ -29,21 +35,40 @@ using dlock::test::RecordingObserver;
 using SteadyClock = std::chrono::steady_clock;
 using dlock::test::eventually;
 
+#if defined(__SANITIZE_THREAD__)
+// ThreadSanitizer does not support threads started in the child of a
+// multi-threaded fork (it ends the child), so there the fork test checks only
+// what needs no thread in the child.
+constexpr bool threads_after_fork = false;
+#else
+constexpr bool threads_after_fork = true;
+#endif
+
 namespace {
 
-// Records, on whatever thread requests the stop, when it happened.
-struct StopTime {
-  std::mutex mu;
-  std::optional<SteadyClock::time_point> at;
-  void set() {
-    std::lock_guard lk(mu);
-    if (!at) at = SteadyClock::now();
+// A heartbeat on a manual scheduler: time moves only in advance(), which runs
+// everything that falls due (extensions, losses, callbacks) on the test's
+// thread. Declare it before the backends and locks that use its clock.
+struct ManualBeat {
+  dlock::ManualClock clock;
+  std::shared_ptr<dlock::detail::ManualHeartbeatScheduler> scheduler =
+      std::make_shared<dlock::detail::ManualHeartbeatScheduler>(clock);
+  std::shared_ptr<dlock::Heartbeat> hb = std::make_shared<dlock::Heartbeat>(scheduler);
+
+  [[nodiscard]] LockOptions options(LockOptions o) const {
+    o.clock = &clock;
+    o.heartbeat = hb;
+    return o;
   }
-  std::optional<SteadyClock::time_point> get() {
-    std::lock_guard lk(mu);
-    return at;
-  }
+  void advance(std::chrono::milliseconds d) { scheduler->advance(d); }
 };
+
+std::shared_ptr<dlock::Observer> quiet() {
+  struct Quiet : dlock::Observer {
+    void on_event(const dlock::Event&) noexcept override {}
+  };
+  return std::make_shared<Quiet>();
+}
 
 }  // namespace
 
@@ -80,38 +105,34 @@ TEST(BeatArithmetic, WakeIsTheEarliestRelevantTime) {
 }
 
 TEST(AutoExtend, HoldOfFiveTtlsStaysExclusive) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> holder(mem, "job", {.ttl = 500ms, .auto_extend = true, .observer = observer});
-  Lock<MemoryBackend> other(mem, "job");
+  Lock<MemoryBackend> holder(mem, "job", beat.options({.ttl = 500ms, .auto_extend = true, .observer = observer}));
+  Lock<MemoryBackend> other(mem, "job", {.clock = &beat.clock});
   auto g = holder.acquire();
-  const auto end = SteadyClock::now() + 2500ms;  // 5 x ttl
-  int tries = 0;
-  while (SteadyClock::now() < end) {
-    EXPECT_FALSE(other.try_lock());
-    EXPECT_TRUE(g.owns_lock());
-    ++tries;
-    std::this_thread::sleep_for(20ms);
+  for (int step = 0; step < 125; ++step) {  // 5 x ttl in steps of 20 ms
+    beat.advance(20ms);
+    ASSERT_FALSE(other.try_lock()) << "at " << (step + 1) * 20 << " ms";
+    ASSERT_TRUE(g.owns_lock());
   }
-  EXPECT_GT(tries, 20);
   EXPECT_FALSE(g.stop_token().stop_requested());
-  EXPECT_GE(observer->count(EventType::extended), 10u);  // every ttl/3 for 5 ttls: ~15
+  EXPECT_EQ(observer->count(EventType::extended), 15u);  // every ttl/3 (less the batching slack) for 5 ttls
   EXPECT_EQ(observer->count(EventType::lost), 0u);
   g.unlock();
   EXPECT_TRUE(other.try_lock());
 }
 
 TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job",
-                           {.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer});
+  Lock<MemoryBackend> lock(
+      mem, "job", beat.options({.ttl = 3s, .auto_extend = true, .extend_interval = 300ms, .observer = observer}));
   auto g = lock.acquire();
-  std::atomic<int> calls{0};
+  int calls = 0;
   std::optional<LostEvent> seen;
-  std::mutex mu;
   g.on_lost([&](const LostEvent& e) {
-    std::lock_guard lk(mu);
     seen = e;
     ++calls;
   });
@@ -119,18 +140,16 @@ TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
   const auto owner = std::string(g.owner_id());
 
   ASSERT_TRUE(mem.force_release("job"));  // an operator's DEL
-  const auto deleted_at = SteadyClock::now();
-  ASSERT_TRUE(eventually([&] { return token.stop_requested(); }));
-  EXPECT_LT(SteadyClock::now() - deleted_at, 300ms + 400ms);  // one interval, plus scheduling on a busy machine
-  ASSERT_TRUE(eventually([&] { return calls.load() == 1; }));
-  std::this_thread::sleep_for(400ms);
-  EXPECT_EQ(calls.load(), 1);  // once
-  {
-    std::lock_guard lk(mu);
-    EXPECT_EQ(seen->reason, LostReason::taken);
-    EXPECT_EQ(seen->lock, "job");
-    EXPECT_EQ(seen->owner, owner);
-  }
+  beat.advance(299ms);                    // the next extension is due at 300 ms
+  EXPECT_FALSE(token.stop_requested());
+  beat.advance(1ms);  // that extension finds the key gone
+  EXPECT_TRUE(token.stop_requested());
+  EXPECT_EQ(calls, 1);
+  beat.advance(1s);
+  EXPECT_EQ(calls, 1);  // once
+  EXPECT_EQ(seen->reason, LostReason::taken);
+  EXPECT_EQ(seen->lock, "job");
+  EXPECT_EQ(seen->owner, owner);
   EXPECT_FALSE(g.owns_lock());
   EXPECT_THROW((void)g.fencing_token(), dlock::LockLostError);
   EXPECT_THROW(g.extend(), dlock::LockLostError);
@@ -139,58 +158,60 @@ TEST(AutoExtend, KeyDeletedBehindTheHoldersBackIsSignalledWithinOneInterval) {
 }
 
 TEST(AutoExtend, FailingExtensionsAreDeclaredLostNoLaterThanValidityEnds) {
-  FaultyBackend backend;
+  ManualBeat beat;
+  FaultyBackend backend(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<FaultyBackend> lock(backend, "job", {.ttl = 600ms, .auto_extend = true, .observer = observer});
+  Lock<FaultyBackend> lock(backend, "job", beat.options({.ttl = 600ms, .auto_extend = true, .observer = observer}));
   auto g = lock.acquire();
-  StopTime stopped;
-  std::stop_callback on_stop(g.stop_token(), [&] { stopped.set(); });
-  std::atomic<int> reason{-1};
+  std::optional<TimePoint> stopped;
+  std::stop_callback on_stop(g.stop_token(), [&] { stopped = beat.clock.now(); });
+  int reason = -1;
   g.on_lost([&](const LostEvent& e) { reason = static_cast<int>(e.reason); });
 
-  backend.extend_fails = true;    // e.g. the server stopped answering
-  backend.extend_delay_ms = 250;  // and each attempt hangs a while
+  backend.extend_fails = true;  // e.g. the server stopped answering
   const TimePoint valid_until = g.valid_until();
-  ASSERT_TRUE(eventually([&] { return stopped.get().has_value(); }, 5s));
-  // Declared by the timer thread at the validity's end, not when a hung
-  // extension returns. Generous margin for a loaded machine.
-  EXPECT_LE(*stopped.get(), valid_until + 300ms);
-  EXPECT_GE(*stopped.get(), valid_until);
-  ASSERT_TRUE(eventually([&] { return reason.load() >= 0; }));
-  EXPECT_EQ(reason.load(), static_cast<int>(LostReason::connection));
-  EXPECT_GE(observer->count(EventType::extend_failed), 1u);
+  beat.advance(std::chrono::ceil<std::chrono::milliseconds>(valid_until - beat.clock.now()) - 1ms);
+  EXPECT_FALSE(stopped.has_value());  // every retry failed, and the lease is still valid
+  EXPECT_GE(observer->count(EventType::extend_failed), 3u);
+  beat.advance(1ms);
+  ASSERT_TRUE(stopped.has_value());
+  EXPECT_EQ(*stopped, valid_until);  // declared at the validity's end exactly
+  EXPECT_EQ(reason, static_cast<int>(LostReason::connection));
   EXPECT_FALSE(g.owns_lock());
 }
 
 TEST(AutoExtend, TransientFailureIsRetriedAndTheLeaseSurvives) {
-  FaultyBackend backend;
-  Lock<FaultyBackend> lock(backend, "job", {.ttl = 900ms, .auto_extend = true});
+  ManualBeat beat;
+  FaultyBackend backend(beat.clock);
+  Lock<FaultyBackend> lock(backend, "job", beat.options({.ttl = 900ms, .auto_extend = true, .observer = quiet()}));
   auto g = lock.acquire();
   backend.extend_fails = true;
-  std::this_thread::sleep_for(400ms);  // first extension (at 300 ms) failed
-  backend.extend_fails = false;        // the next retry succeeds within validity
-  std::this_thread::sleep_for(1200ms);
+  beat.advance(400ms);  // the first extension (due at 300 ms) failed, and a retry too
+  EXPECT_GE(backend.extend_calls.load(), 2);
+  backend.extend_fails = false;  // the next retry succeeds within validity
+  beat.advance(1200ms);
   EXPECT_TRUE(g.owns_lock());
   EXPECT_FALSE(g.stop_token().stop_requested());
 }
 
 TEST(AutoExtend, MaxHoldReleasesAndReports) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 300ms, .auto_extend = true, .max_hold = 700ms, .observer = observer});
-  Lock<MemoryBackend> other(mem, "job");
+  Lock<MemoryBackend> lock(mem, "job",
+                           beat.options({.ttl = 300ms, .auto_extend = true, .max_hold = 700ms, .observer = observer}));
+  Lock<MemoryBackend> other(mem, "job", {.clock = &beat.clock});
   auto g = lock.acquire();
-  std::atomic<int> reason{-1};
+  int reason = -1;
   g.on_lost([&](const LostEvent& e) { reason = static_cast<int>(e.reason); });
-  std::this_thread::sleep_for(400ms);
+  beat.advance(699ms);
   EXPECT_TRUE(g.owns_lock());  // extended past its ttl
-  ASSERT_TRUE(eventually([&] { return g.stop_token().stop_requested(); }));
-  // The callback runs on the heartbeat's worker, after the stop was requested.
-  ASSERT_TRUE(eventually([&] { return reason.load() >= 0; }));
-  EXPECT_EQ(reason.load(), static_cast<int>(LostReason::max_hold));
-  // Released by the heartbeat: free at once, not only after its ttl.
-  ASSERT_TRUE(eventually([&] { return other.try_lock(); }, 1s));
-  g.unlock();  // the holder's own unlock is then a quiet no-op
+  EXPECT_FALSE(g.stop_token().stop_requested());
+  beat.advance(1ms);
+  EXPECT_TRUE(g.stop_token().stop_requested());
+  EXPECT_EQ(reason, static_cast<int>(LostReason::max_hold));
+  EXPECT_TRUE(other.try_lock());  // released by the heartbeat: free at once, not only after its ttl
+  g.unlock();                     // the holder's own unlock is then a quiet no-op
   EXPECT_TRUE(other.owns_lock());
   EXPECT_EQ(observer->count(EventType::lost), 1u);  // the hold's one terminal event
   EXPECT_EQ(observer->count(EventType::released), 0u);
@@ -198,12 +219,15 @@ TEST(AutoExtend, MaxHoldReleasesAndReports) {
 }
 
 TEST(LostSignal, WithoutAutoExtendTheStopTokenFiresWhenValidityEnds) {
-  MemoryBackend mem;
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 150ms});
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
+  Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 150ms, .observer = quiet()}));
   auto g = lock.acquire();
   const auto token = g.stop_token();  // starts a watch
+  beat.advance(149ms);
   EXPECT_FALSE(token.stop_requested());
-  ASSERT_TRUE(eventually([&] { return token.stop_requested(); }, 2s));
+  beat.advance(1ms);
+  EXPECT_TRUE(token.stop_requested());
   EXPECT_FALSE(g.owns_lock());
 }
 
@@ -232,35 +256,40 @@ TEST(LostSignal, CallbackRegisteredAfterTheLossRunsAtOnceAndThrowingOnesAreRepor
 }
 
 TEST(LostSignal, NotSignalledOnNormalRelease) {
-  MemoryBackend mem;
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 300ms, .auto_extend = true});
-  std::atomic<int> calls{0};
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
+  Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 300ms, .auto_extend = true}));
+  int calls = 0;
   std::stop_token token;
   {
     auto g = lock.acquire();
     token = g.stop_token();
     g.on_lost([&](const LostEvent&) { ++calls; });
+    beat.advance(200ms);
   }
-  std::this_thread::sleep_for(500ms);
+  beat.advance(1s);
   EXPECT_FALSE(token.stop_requested());
-  EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(beat.hb->watched(), 0u);
 }
 
 TEST(Batching, ExtensionsFallingDueTogetherShareOneRoundTrip) {
-  dlock::test::BatchingBackend backend;
+  ManualBeat beat;
+  dlock::test::BatchingBackend backend(beat.clock);
   constexpr int n = 200;
   std::vector<std::unique_ptr<Lock<dlock::test::BatchingBackend>>> locks;
   for (int i = 0; i < n; ++i) {
     locks.push_back(std::make_unique<Lock<dlock::test::BatchingBackend>>(
-        backend, "job:" + std::to_string(i), LockOptions{.ttl = 600ms, .auto_extend = true}));
+        backend, "job:" + std::to_string(i), beat.options({.ttl = 600ms, .auto_extend = true})));
     locks.back()->lock();
+    beat.advance(1ms);  // acquired over 200 ms: their extensions fall due spread out, not at one instant
   }
-  std::this_thread::sleep_for(1500ms);  // ~7 extension intervals of 200 ms
+  beat.advance(1400ms);
   for (auto& l : locks) EXPECT_TRUE(l->owns_lock());
   const int batches = backend.batches.load();
   const int items = backend.extended_items.load();
   EXPECT_EQ(backend.single_extends.load(), 0);
-  EXPECT_GE(items, n * 4);         // every lock was extended repeatedly
+  EXPECT_GE(items, n * 7);         // every lock was extended every 200 ms
   EXPECT_LE(batches, items / 20);  // far fewer round trips than extensions
   RecordProperty("batches", batches);
   RecordProperty("extensions", items);
@@ -310,32 +339,303 @@ TEST(Destruction, ProcessWideHeartbeatStopsWithTheLastLock) {
 }
 
 TEST(LongHeld, ReportedOnceWhenAHoldPassesItsThreshold) {
-  MemoryBackend mem;
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job", {.ttl = 10s, .long_held = 100ms, .observer = observer});
+  Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 10s, .long_held = 100ms, .observer = observer}));
   auto g = lock.acquire();
-  ASSERT_TRUE(eventually([&] { return observer->count(EventType::long_held) == 1; }, 2s));
-  std::this_thread::sleep_for(300ms);
+  beat.advance(99ms);
+  EXPECT_EQ(observer->count(EventType::long_held), 0u);
+  beat.advance(1ms);
   EXPECT_EQ(observer->count(EventType::long_held), 1u);
-  EXPECT_TRUE(g.owns_lock());  // a report, not a loss
+  beat.advance(5s);
+  EXPECT_EQ(observer->count(EventType::long_held), 1u);  // once per hold
+  EXPECT_TRUE(g.owns_lock());                            // a report, not a loss
   g.unlock();
-  Lock<MemoryBackend> quick(mem, "job", {.ttl = 10s, .long_held = 5s, .observer = observer});
+  Lock<MemoryBackend> quick(mem, "job", beat.options({.ttl = 10s, .long_held = 5s, .observer = observer}));
   quick.lock();
+  beat.advance(4s);
   quick.unlock();
-  std::this_thread::sleep_for(50ms);
+  beat.advance(2s);
   EXPECT_EQ(observer->count(EventType::long_held), 1u);
 }
 
 TEST(Destruction, GuardOutlivesTheBackendObject) {
-  auto backend = std::make_unique<MemoryBackend>();
-  auto lock = std::make_unique<Lock<MemoryBackend>>(*backend, "job", LockOptions{.ttl = 300ms, .auto_extend = true});
+  ManualBeat beat;
+  auto backend = std::make_unique<MemoryBackend>(beat.clock);
+  auto lock = std::make_unique<Lock<MemoryBackend>>(*backend, "job", beat.options({.ttl = 300ms, .auto_extend = true}));
   auto g = lock->acquire();
   MemoryBackend observer_view = *backend;  // another handle on the same table
   backend.reset();                         // the application's backend object goes first
-  std::this_thread::sleep_for(250ms);      // the heartbeat keeps extending through the lock's handle
+  beat.advance(1s);                        // the heartbeat keeps extending through the lock's handle
   EXPECT_TRUE(g.owns_lock());
-  Lock<MemoryBackend> other(observer_view, "job");
+  Lock<MemoryBackend> other(observer_view, "job", {.clock = &beat.clock});
   EXPECT_FALSE(other.try_lock());
   g.unlock();
   EXPECT_TRUE(other.try_lock());
+}
+
+// ---- Isolation: one stalled backend or one slow callback must not cost other leases ----
+
+namespace {
+
+// A gate that test code opens once; waiters block until then.
+class Gate {
+ public:
+  void wait() {
+    std::unique_lock lk(mu_);
+    ++waiting_;
+    cv_.wait(lk, [&] { return open_; });
+  }
+  void open() {
+    std::lock_guard lk(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  [[nodiscard]] int waiting() {
+    std::lock_guard lk(mu_);
+    return waiting_;
+  }
+  // Opens the gate when a test leaves, also by a failed assertion, before its
+  // locks go (declare it after them).
+  struct OpenOnExit {
+    Gate& gate;
+    ~OpenOnExit() { gate.open(); }
+  };
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  int waiting_ = 0;
+};
+
+// A MemoryBackend whose extensions, once `stall` is set, block until `gate`
+// opens: a server that stopped answering, with a command timeout longer than
+// any lease's TTL.
+class StallingBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  [[nodiscard]] std::string_view kind() const noexcept { return "stalling"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:3"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return mem_.try_acquire(r); }
+  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) { return mem_.release(name, lease); }
+  std::optional<TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                  TimePoint started) {
+    if (stall) gate.wait();
+    return mem_.extend(name, lease, ttl, started);
+  }
+  std::atomic<bool> stall{false};
+  Gate gate;
+
+ private:
+  MemoryBackend mem_;
+};
+
+}  // namespace
+
+TEST(Isolation, AStalledBackendDoesNotDelayAnotherBackendsExtensions) {
+  StallingBackend stalled;
+  MemoryBackend healthy;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<StallingBackend> a(stalled, "a", {.ttl = 300ms, .auto_extend = true});
+  Lock<MemoryBackend> b(healthy, "b", {.ttl = 300ms, .auto_extend = true, .observer = observer});
+  Gate::OpenOnExit opener{stalled.gate};
+  a.lock();
+  b.lock();
+  const auto b_token = b.stop_token();
+  stalled.stall = true;
+  ASSERT_TRUE(eventually([&] { return stalled.gate.waiting() == 1; }));  // a's extension hangs from here on
+  const auto before = observer->count(EventType::extended);
+  // b falls due every 100 ms; each of these extensions would queue behind a's
+  // if both backends shared one thread, and b would be lost after 300 ms.
+  EXPECT_TRUE(eventually([&] { return observer->count(EventType::extended) >= before + 5; }, 3s));
+  EXPECT_FALSE(b_token.stop_requested());
+  EXPECT_TRUE(b.owns_lock());
+  EXPECT_EQ(observer->count(EventType::lost), 0u);
+  stalled.gate.open();
+  b.unlock();
+  a.unlock();
+}
+
+TEST(Isolation, ABlockingOnLostCallbackDelaysNeitherExtensionsNorOtherCallbacks) {
+  MemoryBackend mem;
+  Gate gate;
+  auto observer = std::make_shared<RecordingObserver>();
+  const LockOptions lose_fast{.ttl = 3s, .auto_extend = true, .extend_interval = 50ms};
+  Lock<MemoryBackend> slow(mem, "slow", lose_fast);
+  Lock<MemoryBackend> other(mem, "other", lose_fast);
+  Lock<MemoryBackend> b(mem, "b", {.ttl = 300ms, .auto_extend = true, .observer = observer});
+  slow.lock();
+  other.lock();
+  b.lock();
+  Gate::OpenOnExit opener{gate};
+  slow.on_lost([&](const LostEvent&) { gate.wait(); });  // e.g. waits for a worker to stop
+  std::atomic<bool> other_ran{false};
+  other.on_lost([&](const LostEvent&) { other_ran = true; });
+  const auto b_token = b.stop_token();
+
+  ASSERT_TRUE(mem.force_release("slow"));
+  ASSERT_TRUE(eventually([&] { return gate.waiting() == 1; }));  // the callback is blocked from here on
+  const auto before = observer->count(EventType::extended);
+  EXPECT_TRUE(eventually([&] { return observer->count(EventType::extended) >= before + 5; }, 3s));
+  EXPECT_FALSE(b_token.stop_requested());
+  EXPECT_TRUE(b.owns_lock());
+  ASSERT_TRUE(mem.force_release("other"));
+  EXPECT_TRUE(eventually([&] { return other_ran.load(); }, 3s));  // not queued behind the blocked one
+  gate.open();
+  b.unlock();
+}
+
+TEST(Destruction, LastLockOwnedByAnOnLostCallback) {
+  // The callback's closure holds the last reference to the Lock, and the Lock
+  // the last reference to its heartbeat: when the closure goes, the heartbeat
+  // is destroyed on one of its own threads. It must neither join that thread
+  // nor free what that thread still runs on (ASan saw a use-after-free).
+  MemoryBackend mem;
+  const int live_before = dlock::detail::HeartbeatCore::live_count().load();
+  auto hb = std::make_shared<dlock::Heartbeat>();
+  const std::weak_ptr<dlock::Heartbeat> weak_hb = hb;
+  auto lock = std::make_shared<Lock<MemoryBackend>>(
+      mem, "job", LockOptions{.ttl = 3s, .auto_extend = true, .extend_interval = 50ms, .heartbeat = hb});
+  hb.reset();
+  lock->lock();
+  std::atomic<bool> ran{false};
+  lock->on_lost([keep = lock, &ran](const LostEvent&) { ran = true; });
+  lock.reset();  // now only the callback owns it
+  ASSERT_TRUE(mem.force_release("job"));
+  ASSERT_TRUE(eventually([&] { return ran.load(); }));
+  ASSERT_TRUE(eventually([&] { return weak_hb.expired(); }));
+  // The deferred shutdown has joined every thread of that heartbeat.
+  EXPECT_TRUE(eventually([&] { return dlock::detail::HeartbeatCore::live_count().load() == live_before; }));
+}
+
+TEST(Destruction, LastLockOwnedByAnOnLostCallbackOnTheManualScheduler) {
+  // The same ownership on the manual scheduler: the heartbeat goes inside
+  // advance(), and its shutdown waits until advance() has finished.
+  ManualBeat beat;
+  MemoryBackend mem(beat.clock);
+  const int live_before = dlock::detail::HeartbeatCore::live_count().load();
+  auto lock = std::make_shared<Lock<MemoryBackend>>(
+      mem, "job", beat.options({.ttl = 3s, .auto_extend = true, .extend_interval = 50ms}));
+  const std::weak_ptr<dlock::Heartbeat> weak_hb = beat.hb;
+  beat.hb.reset();
+  lock->lock();
+  bool ran = false;
+  lock->on_lost([keep = lock, &ran](const LostEvent&) { ran = true; });
+  lock.reset();
+  ASSERT_TRUE(mem.force_release("job"));
+  beat.advance(50ms);
+  EXPECT_TRUE(ran);
+  EXPECT_TRUE(weak_hb.expired());
+  EXPECT_EQ(dlock::detail::HeartbeatCore::live_count().load(), live_before - 1);
+}
+
+TEST(Fork, TheChildLosesInheritedLeasesAndGetsAFreshHeartbeat) {
+  MemoryBackend mem;
+  auto lock = std::make_unique<Lock<MemoryBackend>>(mem, "parent-job", LockOptions{.ttl = 600ms, .auto_extend = true});
+  lock->lock();
+  const auto token = lock->stop_token();
+  auto inherited = dlock::Heartbeat::process_wide();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the child: no gtest assertions here, only an exit status
+    int code = 0;
+    if (!token.stop_requested()) code |= 1;  // at once, without any heartbeat thread
+    if (threads_after_fork) {
+      MemoryBackend child_mem;
+      auto observer = std::make_shared<RecordingObserver>();
+      Lock<MemoryBackend> fresh(child_mem, "child-job", {.ttl = 300ms, .auto_extend = true, .observer = observer});
+      fresh.lock();
+      if (dlock::Heartbeat::process_wide() == inherited) code |= 2;
+      if (!eventually([&] { return observer->count(EventType::extended) >= 3; }, 5s)) code |= 4;
+      if (!fresh.owns_lock()) code |= 8;
+      fresh.unlock();
+    }
+    lock.reset();       // destroys an inherited Lock ...
+    inherited.reset();  // ... and the inherited heartbeat, whose threads do not exist here
+    ::_exit(code);
+  }
+  int status = 0;
+  const bool exited = eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 20s);
+  if (!exited) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  ASSERT_TRUE(exited) << "the child hung (in a destructor?)";
+  ASSERT_TRUE(WIFEXITED(status));
+  const int code = WEXITSTATUS(status);
+  EXPECT_EQ(code & 1, 0) << "the inherited lease's stop token was not requested in the child";
+  EXPECT_EQ(code & 2, 0) << "the child's process_wide() returned the parent's heartbeat";
+  EXPECT_EQ(code & 4, 0) << "a lock taken in the child was not auto-extended";
+  EXPECT_EQ(code & 8, 0) << "a lock taken in the child was lost";
+  // The parent is unaffected.
+  EXPECT_TRUE(lock->owns_lock());
+  EXPECT_FALSE(token.stop_requested());
+  lock->unlock();
+}
+
+TEST(Isolation, OneBackendNeedsOneExtensionThread) {
+  MemoryBackend mem;
+  auto hb = std::make_shared<dlock::Heartbeat>();
+  auto observer = std::make_shared<RecordingObserver>();
+  std::vector<std::unique_ptr<Lock<MemoryBackend>>> locks;
+  for (int i = 0; i < 50; ++i) {
+    locks.push_back(std::make_unique<Lock<MemoryBackend>>(
+        mem, "job:" + std::to_string(i),
+        LockOptions{.ttl = 300ms, .auto_extend = true, .observer = observer, .heartbeat = hb}));
+    locks.back()->lock();
+  }
+  ASSERT_TRUE(eventually([&] { return observer->count(EventType::extended) >= 150; }));
+  EXPECT_EQ(hb->threads(), 2u);  // the timer thread and one lane thread for the one backend
+  for (auto& l : locks) l->unlock();
+}
+
+TEST(Lanes, OneLaneRunsInOrderOthersDoNotWaitForIt) {
+  Gate gate;
+  std::mutex mu;
+  std::vector<int> order;
+  dlock::detail::Lanes lanes(4, 10s);  // after what its tasks use, before the opener
+  Gate::OpenOnExit opener{gate};
+  const dlock::detail::Lanes::Key stuck{&lanes, nullptr}, free{nullptr, &lanes};
+  auto record = [&](int i) {
+    std::lock_guard lk(mu);
+    order.push_back(i);
+  };
+  lanes.post(stuck, [&] { gate.wait(); });
+  lanes.post(stuck, [&] { record(1); });  // behind the blocked task of its own lane
+  for (int i = 10; i < 15; ++i) lanes.post(free, [&, i] { record(i); });
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lk(mu);
+    return order.size() == 5;
+  }));
+  {
+    std::lock_guard lk(mu);
+    EXPECT_EQ(order, (std::vector<int>{10, 11, 12, 13, 14}));  // in order, and not behind the stuck lane
+  }
+  EXPECT_EQ(lanes.threads(), 2u);
+  gate.open();
+  lanes.stop();  // runs what is queued
+  EXPECT_EQ(order.back(), 1);
+  EXPECT_EQ(lanes.threads(), 0u);
+}
+
+TEST(Lanes, IdleThreadsRetireAndTheThreadCountIsCapped) {
+  Gate gate;
+  std::atomic<int> ran{0};
+  dlock::detail::Lanes lanes(2, 50ms);
+  Gate::OpenOnExit opener{gate};
+  int keys[3];
+  for (auto& k : keys)
+    lanes.post({&k, nullptr}, [&] {
+      gate.wait();
+      ++ran;
+    });
+  ASSERT_TRUE(eventually([&] { return gate.waiting() == 2; }));
+  EXPECT_EQ(lanes.threads(), 2u);  // the third lane waits for a thread
+  gate.open();
+  ASSERT_TRUE(eventually([&] { return ran.load() == 3; }));
+  EXPECT_TRUE(eventually([&] { return lanes.threads() == 0; }));  // idle for 50 ms: retired
+  lanes.post({keys, nullptr}, [&] { ++ran; });                    // and started again on demand
+  EXPECT_TRUE(eventually([&] { return ran.load() == 4; }));
 }

@@ -114,6 +114,7 @@ namespace dlock::test {
 class BatchingBackend {
  public:
   using Handle = NoHandle;
+  explicit BatchingBackend(const Clock& clock = steady_clock()) : mem_(clock) {}
   [[nodiscard]] std::string_view kind() const noexcept { return "batching"; }
   [[nodiscard]] std::string_view endpoint() const noexcept { return "test:1"; }
   AcquireResult<Handle> try_acquire(const AcquireRequest& r) { return mem_.try_acquire(r); }

@@ -259,7 +259,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
     return action;
   }
-  void expire(Heartbeat& hb) noexcept override {
+  void expire(HeartbeatCore& hb) noexcept override {
     bool failing;
     {
       std::lock_guard lk(mu_);
@@ -270,14 +270,17 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
                          : fmt::format("lock '{}': its validity ended without an extension", name_),
                  &hb);
   }
-  void stop_holding(Heartbeat& hb) noexcept override {
+  void stop_holding(HeartbeatCore& hb) noexcept override {
     if (!declare_lost(
             LostReason::max_hold,
             fmt::format("lock '{}': held for max_hold; the heartbeat stopped extending and released it", name_), &hb))
       return;
-    hb.post_work([self = this->shared_from_this()] { self->release_after_max_hold(); });
+    try {
+      hb.post_backend(batch_key(), [self = this->shared_from_this()] { self->release_after_max_hold(); });
+    } catch (...) {  // out of memory: the lock expires by its TTL
+    }
   }
-  void extend_batch(Heartbeat& hb, std::span<const std::shared_ptr<Beat>> group) noexcept override {
+  void extend_batch(HeartbeatCore& hb, std::span<const std::shared_ptr<Beat>> group) noexcept override {
     if constexpr (BatchesExtend<B>) {
       // The batch needs only names and owners, which never change, so no
       // lease mutex is held across the round trip: a release racing with it
@@ -308,6 +311,23 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     } else {
       for (const auto& beat : group) static_cast<Held*>(beat.get())->extend_in_background(hb);
     }
+  }
+
+  [[nodiscard]] std::stop_source forked() noexcept override {
+    // Inside fork(), in the child, alone: a mutex that another thread of the
+    // parent held at the fork stays locked here for good, so only try.
+    std::unique_lock op(op_mu_, std::try_to_lock);
+    std::unique_lock lk(mu_, std::try_to_lock);
+    if (op) released_on_server_ = true;  // the parent's lock: this process must never delete it
+    if (!lk || state_ != State::held) return std::stop_source(std::nostopstate);
+    state_ = State::lost;  // its on_lost callbacks belong to the parent's hold: they do not run here
+    try {
+      lost_ = std::make_unique<LostEvent>(LostEvent{
+          LostReason::connection, name_, std::string(lease_.owner.str()), lease_.token,
+          fmt::format("lock '{}': inherited across fork(); the parent process holds it, not this one", name_)});
+    } catch (...) {  // out of memory: still lost, with less detail
+    }
+    return stop_;  // requested by the heartbeat once its mutexes are free; nostopstate if never asked for
   }
 
  private:
@@ -355,8 +375,8 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     return false;
   }
 
-  // Worker thread: one extension of a claimed lease.
-  void extend_in_background(Heartbeat& hb) noexcept {
+  // The backend's lane: one extension of a claimed lease.
+  void extend_in_background(HeartbeatCore& hb) noexcept {
     std::lock_guard op(op_mu_);
     if (!still_held()) return;
     const TimePoint sent = clock_.now();
@@ -372,7 +392,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // Requires op_mu_. A transient failure is retried (a quarter interval
   // later) until the validity ends; LockLostError means lost now.
-  void extension_failed(std::exception_ptr error, TimePoint sent, Heartbeat& hb) noexcept {
+  void extension_failed(std::exception_ptr error, TimePoint sent, HeartbeatCore& hb) noexcept {
     try {
       std::rethrow_exception(error);
     } catch (const LockLostError& e) {
@@ -399,7 +419,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // Requires op_mu_. Applies the backend's answer to an extension: the new
   // validity, or loss (nullopt). Returns whether the lease is still held.
-  bool apply_extension(std::optional<TimePoint> valid, TimePoint sent, Heartbeat* hb) noexcept {
+  bool apply_extension(std::optional<TimePoint> valid, TimePoint sent, HeartbeatCore* hb) noexcept {
     State state;
     TimePoint old_validity;
     {
@@ -443,7 +463,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     return true;
   }
 
-  // Worker thread, after a max_hold loss.
+  // The backend's lane, after a max_hold loss.
   void release_after_max_hold() noexcept {
     std::lock_guard op(op_mu_);
     {
@@ -462,17 +482,18 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   }
 
   // Any thread. Marks the lease lost once: observer event, stop token, then
-  // the callbacks (on the heartbeat's worker when `hb` is given). Returns
-  // whether this call declared it.
-  bool declare_lost(LostReason reason, std::string message, Heartbeat* hb) noexcept {
-    std::vector<Callback> callbacks;
+  // the callbacks (on this lease's callback lane of `hb` when given, so that
+  // they delay no extension). Returns whether this call declared it.
+  bool declare_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    bool has_callbacks;
     LostEvent lost;
     std::stop_source stop;
     {
       std::lock_guard lk(mu_);
       if (state_ != State::held) return false;
       state_ = State::lost;
-      callbacks.swap(callbacks_);
+      lost_callbacks_.swap(callbacks_);  // no copy of them here: see run_lost_callbacks()
+      has_callbacks = !lost_callbacks_.empty();
       stop = stop_;  // requested below, outside the mutex: stop callbacks run synchronously
       try {
         lost_ = std::make_unique<LostEvent>(
@@ -489,19 +510,29 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     ev.reason = to_string(reason);
     source().emit(ev);
     stop.request_stop();
-    if (!callbacks.empty()) {
+    if (has_callbacks) {
       if (hb) {
         try {
-          hb->post_work([self = this->shared_from_this(), callbacks = std::move(callbacks), lost]() mutable {
-            self->run_callbacks(callbacks, lost);
-          });
+          hb->post_callbacks(*this, [self = this->shared_from_this(), lost] { self->run_lost_callbacks(lost); });
           return true;
         } catch (...) {  // could not post: run them here rather than drop them
         }
       }
-      run_callbacks(callbacks, lost);
+      run_lost_callbacks(lost);
     }
     return true;
+  }
+
+  // Runs the loss's callbacks, then destroys them, on the calling thread: on
+  // a callback lane no lease mutex is held there, so a callback may own (and
+  // drop) the last reference to its Lock.
+  void run_lost_callbacks(const LostEvent& lost) noexcept {
+    std::vector<Callback> callbacks;
+    {
+      std::lock_guard lk(mu_);
+      callbacks.swap(lost_callbacks_);
+    }
+    run_callbacks(callbacks, lost);
   }
 
   void run_callbacks(std::span<Callback> callbacks, const LostEvent& lost) noexcept {
@@ -570,6 +601,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   TimePoint extend_due_;
   TimePoint long_held_at_ = never;  // until reported
   std::vector<Callback> callbacks_;
+  std::vector<Callback> lost_callbacks_;     // declare_lost() to run_lost_callbacks()
   std::stop_source stop_{std::nostopstate};  // made by stop_token()
 };
 

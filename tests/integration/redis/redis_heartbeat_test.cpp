@@ -186,3 +186,31 @@ TEST_F(RedisHeartbeat, GuardDestroyedWhileItsExtensionWaitsOnAPausedServer) {
   Lock<RedisBackend> other(redis, "job");
   EXPECT_TRUE(other.try_lock_for(3s));  // freed by TTL at the latest
 }
+
+TEST_F(RedisHeartbeat, AStalledServerDoesNotCostLocksOnAnotherServer) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer stalled({"--enable-debug-command", "local"});
+  RedisServer healthy;
+  dlock::RedisOptions so = stalled.options();
+  so.command_timeout = 5s;  // the stalled server's extensions wait out the whole stall
+  RedisBackend stalled_redis(so);
+  RedisBackend healthy_redis(healthy.options());
+  RedisBackend admin(so);
+  auto counting = std::make_shared<Counting>();
+  Lock<RedisBackend> a(stalled_redis, "a", {.ttl = 600ms, .auto_extend = true, .observer = quiet()});
+  Lock<RedisBackend> b(healthy_redis, "b", {.ttl = 600ms, .auto_extend = true, .observer = counting});
+  a.lock();
+  b.lock();
+  const auto b_token = b.stop_token();
+  const int before = counting->extended.load();
+  // DEBUG SLEEP blocks the whole server for 2 s, more than three of b's TTLs;
+  // waiting for it to end is the point of the test.
+  std::thread sleeper([&] { (void)admin.node().command({"DEBUG", "SLEEP", "2"}); });
+  sleeper.join();
+  EXPECT_FALSE(b_token.stop_requested());
+  EXPECT_TRUE(b.owns_lock());
+  EXPECT_EQ(counting->lost.load(), 0);
+  EXPECT_GE(counting->extended.load() - before, 6);  // every 200 ms for 2 s: ~10
+  b.unlock();
+  a.unlock();
+}
