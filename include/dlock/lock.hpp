@@ -20,15 +20,35 @@
 // the deadline; if the last attempt failed that way, it is rethrown rather than
 // reported as contention. Other errors are thrown at once.
 //
-// Thread safety: all members may be called from any thread. Like a mutex, one
-// Lock object is held by at most one thread of this process at a time: other
-// threads calling lock() on the same object wait in-process without touching
-// the backend. unlock() may be called from another thread than lock().
-// For independent owners (e.g. in tests), use one Lock object each.
+// Thread safety: all members may be called from any thread, concurrently
+// (queries return copies, e.g. owner_id()). Like a mutex, one Lock object is
+// held by at most one thread of this process at a time: other threads calling
+// lock() on the same object wait in-process without touching the backend.
+// unlock() may be called from another thread than lock(). For independent
+// owners (e.g. in tests), use one Lock object each.
+//
+// Not recursive: lock() on a Lock this thread already holds waits for itself
+// (until its deadline; forever without one), and try_lock() returns false.
+// Not copyable and not movable: guards and the heartbeat refer to it; keep it
+// in place (or behind a unique_ptr) for as long as it is used.
+//
+// Guards (acquire(), try_acquire*(), lock_all()) are bound to the acquisition
+// they adopted, not to the Lock: after unlock() and a new acquire, an old guard
+// reports its own acquisition as not held and its destructor leaves the new
+// one alone. A guard must not outlive its Lock, as a std::unique_lock must not
+// outlive its mutex.
+//
+// fork(): a lease is owned by the process that acquired it. In a forked child
+// an inherited lease reads as lost (owns_lock() false, fencing_token() and
+// extend() throw LockLostError, stop_token() requested), and release() or
+// destruction never contacts the server, where the parent still holds it.
+// New acquisitions in the child get owner ids of their own (docs/safety.md).
 //
 // Validity: a lease is valid until valid_until() on the steady clock. Without
 // extension it lapses then; owns_lock() turns false and fencing_token()
-// throws LockLostError.
+// throws LockLostError. Durations too long for the clock (try_lock_for(
+// hours::max()), acquire_timeout = milliseconds::max()) mean "no deadline";
+// TTLs are bounded by dlock::max_ttl.
 #pragma once
 
 #include <algorithm>
@@ -54,6 +74,7 @@
 #include "detail/format.hpp"
 #include "detail/held.hpp"
 #include "detail/thread_holds.hpp"
+#include "detail/time.hpp"
 #include "error.hpp"
 #include "guard.hpp"
 #include "heartbeat.hpp"
@@ -73,6 +94,21 @@ template <class B>
 struct SubscriptionOf<B, true> {
   using type = decltype(std::declval<B&>().subscribe_release(std::string_view{}));
 };
+
+/// The steady-clock time `d` from now, for a real-time wait (the in-process
+/// gate); "forever" saturates.
+[[nodiscard]] inline std::chrono::steady_clock::time_point steady_deadline(Clock::duration d) noexcept {
+  return saturating_add(std::chrono::steady_clock::now(), d);
+}
+
+/// Time left until `deadline` of any clock, saturating (a deadline such as
+/// system_clock::time_point::max() is "forever", not an overflow).
+template <class C, class D>
+[[nodiscard]] std::chrono::nanoseconds time_left(const std::chrono::time_point<C, D>& deadline) {
+  using Wide = std::chrono::duration<long double, std::nano>;  // holds any clock's range without overflow
+  return saturating_ceil<std::chrono::nanoseconds>(Wide(deadline.time_since_epoch()) -
+                                                   Wide(C::now().time_since_epoch()));
+}
 
 /// How long one server-side wait may last when the caller gave no deadline, so
 /// that a dead connection is noticed and the attempt is made again.
@@ -112,7 +148,7 @@ class Lock {
   void lock() {
     const TimePoint start = clock_.now();
     std::optional<TimePoint> deadline;
-    if (options_.acquire_timeout) deadline = start + *options_.acquire_timeout;
+    if (options_.acquire_timeout) deadline = detail::saturating_add(start, *options_.acquire_timeout);
     if (!acquire_until(deadline, false)) {
       const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - start);
       throw TimeoutError(
@@ -129,17 +165,19 @@ class Lock {
 
   /// Retries until acquired (true) or `timeout` passed (false). Throws
   /// ConnectionError if the backend was unreachable at the deadline.
+  /// A timeout too long for the clock (hours::max()) means "no deadline".
   template <class Rep, class Period>
   [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return acquire_until(clock_.now() + std::chrono::ceil<Clock::duration>(timeout), false);
+    return acquire_until(detail::saturating_add(clock_.now(), timeout), false);
   }
   /// As try_lock_for; deadlines of other clocks are converted to the steady clock.
   template <class C, class D>
   [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& deadline) {
     if constexpr (std::is_same_v<C, std::chrono::steady_clock>) {
-      if (options_.clock == &steady_clock()) return acquire_until(deadline, false);
+      if (options_.clock == &steady_clock())
+        return acquire_until(detail::saturating_add(TimePoint{}, deadline.time_since_epoch()), false);
     }
-    return try_lock_for(deadline - C::now());
+    return try_lock_for(detail::time_left(deadline));
   }
 
   /// Releases if held; never throws, and a second call is a no-op. A release
@@ -157,25 +195,7 @@ class Lock {
   /// ran unprotected) or was not acquired. Throws when the release could not
   /// be delivered (ConnectionError, ...); the lock then expires by its TTL.
   /// Either way this object no longer holds the lock afterwards.
-  ReleaseResult release() {
-    std::shared_ptr<detail::Held<B>> held;
-    std::shared_ptr<Heartbeat> heartbeat;
-    {
-      std::lock_guard lk(mu_);
-      if (!engaged_) return ReleaseResult::not_held;
-      engaged_ = false;
-      held.swap(held_);
-      heartbeat = heartbeat_;
-    }
-    struct Leave {  // lets the next in-process waiter in, whatever happens below
-      Lock* self;
-      ~Leave() { self->leave_gate(); }
-    } leave{this};
-    if (heartbeat && held->watched()) heartbeat->unwatch(*held);
-    if (options_.lock_order) options_.lock_order->released(this);
-    if constexpr (RecordsWaits<B>) detail::forget_hold(held.get());
-    return held->release();
-  }
+  ReleaseResult release() { return release_acquisition(nullptr); }
 
   // ---- RAII ----
 
@@ -201,10 +221,8 @@ class Lock {
   /// LockLostError if the lock is not held or was lost (the loss is then
   /// signalled like any other), ConnectionError etc. if the backend could not
   /// be reached (the lease stays as it was; try again within its validity).
-  void extend(std::chrono::milliseconds ttl) {
-    if (ttl <= ttl.zero()) detail::invalid_field("extend ttl", "must be positive", detail::format_duration(ttl));
-    current()->extend(ttl);
-  }
+  /// `ttl` must be positive and at most max_ttl (else InvalidArgument).
+  void extend(std::chrono::milliseconds ttl) { extend_acquisition(*current(), ttl); }
   /// extend(options().ttl).
   void extend() { extend(options_.ttl); }
 
@@ -221,10 +239,11 @@ class Lock {
   /// Error(errc::no_fencing_token) if the backend provides no tokens.
   [[nodiscard]] std::uint64_t fencing_token() const { return current()->fencing_token(); }
   /// The owner id (UUIDv7 text) of the current or last acquisition; empty
-  /// before the first. Valid until the next acquisition of this object.
-  [[nodiscard]] std::string_view owner_id() const noexcept {
+  /// before the first. A copy, so another thread's acquisition cannot change
+  /// it under the caller (a guard's owner_id() is its own acquisition's).
+  [[nodiscard]] std::string owner_id() const {
     std::lock_guard lk(mu_);
-    return owner_ ? owner_->str() : std::string_view{};
+    return owner_ ? std::string(owner_->str()) : std::string();
   }
   /// End of validity on the steady clock; a default time_point if not held or lost.
   [[nodiscard]] TimePoint valid_until() const noexcept {
@@ -237,20 +256,12 @@ class Lock {
   /// max_hold passed. Check it before each step of a long critical section.
   /// With auto_extend off, the first call starts a heartbeat watch that
   /// requests it when the validity ends. Throws LockLostError if not held.
-  [[nodiscard]] std::stop_token stop_token() {
-    auto held = current();
-    watch(held);
-    return held->stop_token();
-  }
+  [[nodiscard]] std::stop_token stop_token() { return stop_token_of(current()); }
   /// Calls `callback` once if the current acquisition is lost (see
   /// stop_token()), on the heartbeat's worker thread, or at once on this
   /// thread if it is already lost. Not called after a normal release.
   /// Exceptions from it are caught and reported to the observer.
-  void on_lost(std::function<void(const LostEvent&)> callback) {
-    auto held = current();
-    watch(held);
-    held->on_lost(std::move(callback));
-  }
+  void on_lost(std::function<void(const LostEvent&)> callback) { on_lost_of(current(), std::move(callback)); }
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
   [[nodiscard]] const LockOptions& options() const noexcept { return options_; }
@@ -258,7 +269,51 @@ class Lock {
   [[nodiscard]] const B& backend() const noexcept { return backend_; }
 
  private:
+  template <class>
+  friend class Guard;
+  using acquisition_type = detail::Held<B>;  // what a Guard binds to
   using Subscription = typename detail::SubscriptionOf<B>::type;
+
+  // Releases the current acquisition. With `only` (a guard's), releases it
+  // only if it is still the current one; otherwise the Lock has released it
+  // already (or is doing so), and `only` is just told to release, which then
+  // finds it released: a guard never releases a newer acquisition.
+  ReleaseResult release_acquisition(acquisition_type* only) {
+    std::shared_ptr<acquisition_type> held;
+    std::shared_ptr<Heartbeat> heartbeat;
+    std::shared_ptr<detail::ThreadHoldList> hold_list;
+    {
+      std::lock_guard lk(mu_);
+      if (engaged_ && (!only || held_.get() == only)) {
+        engaged_ = false;
+        held.swap(held_);
+        hold_list.swap(hold_list_);
+        heartbeat = heartbeat_;
+      }
+    }
+    if (!held) return only ? only->release() : ReleaseResult::not_held;
+    struct Leave {  // lets the next in-process waiter in, whatever happens below
+      Lock* self;
+      ~Leave() { self->leave_gate(); }
+    } leave{this};
+    // An inherited lease (forked child) was never watched by this process's heartbeat.
+    if (heartbeat && held->watched() && !held->inherited()) heartbeat->unwatch(*held);
+    if (options_.lock_order) options_.lock_order->released(this);
+    if (hold_list) hold_list->remove(held.get());
+    return held->release();
+  }
+  void extend_acquisition(acquisition_type& held, std::chrono::milliseconds ttl) {
+    detail::validate_ttl("extend ttl", ttl);
+    held.extend(ttl);
+  }
+  [[nodiscard]] std::stop_token stop_token_of(const std::shared_ptr<acquisition_type>& held) {
+    watch(held);
+    return held->stop_token();
+  }
+  void on_lost_of(const std::shared_ptr<acquisition_type>& held, std::function<void(const LostEvent&)> callback) {
+    watch(held);
+    held->on_lost(std::move(callback));
+  }
 
   static LockOptions normalized(LockOptions o) {
     if (!o.observer) o.observer = default_observer();
@@ -272,7 +327,8 @@ class Lock {
     if (single || !busy_) return !std::exchange(busy_, true);
     if (!deadline) {
       gate_cv_.wait(lk, [this] { return !busy_; });
-    } else if (!gate_cv_.wait_for(lk, *deadline - clock_.now(), [this] { return !busy_; })) {
+    } else if (!gate_cv_.wait_until(lk, detail::steady_deadline(detail::saturating_sub(*deadline, clock_.now())),
+                                    [this] { return !busy_; })) {
       return false;
     }
     busy_ = true;
@@ -307,6 +363,20 @@ class Lock {
     } leave{this, acquired};
 
     const OwnerId owner = OwnerId::generate();
+    // Set when an attempt failed after it may have reached the server (its
+    // reply timed out, the connection broke): a grant to `owner` may exist
+    // there. Giving up on `owner` then abandons it, so it does not block
+    // everyone for a TTL (AbandonsInDoubt backends).
+    bool in_doubt = false;
+    struct Abandon {
+      Lock* self;
+      const OwnerId& owner;
+      const bool& acquired;
+      const bool& in_doubt;
+      ~Abandon() {
+        if (!acquired && in_doubt) self->abandon(owner);
+      }
+    } abandon{this, owner, acquired, in_doubt};
     std::optional<Subscription> subscription;
     // RecordsWaits backends: published while blocked.
     std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record;
@@ -345,6 +415,7 @@ class Lock {
           }
         }
       } catch (const Error& e) {
+        in_doubt = in_doubt || detail::is_transient(e);
         if (single || !detail::is_transient(e)) {
           report_acquire_failure(owner, attempts, clock_.now() - start, &e);
           throw;
@@ -364,9 +435,9 @@ class Lock {
       if (!failure && attempts == 1 && subscription) continue;  // subscribed: retry before waiting
       if (!failure && WaitsOnServer<B>) continue;               // the server did the waiting
 
-      Clock::duration wait = std::chrono::duration_cast<Clock::duration>(backoff.next());
-      if (holder_ttl) wait = std::min<Clock::duration>(wait, *holder_ttl);
-      if (deadline) wait = std::min(wait, *deadline - now);
+      Clock::duration wait = detail::saturating_ceil<Clock::duration>(backoff.next());
+      if (holder_ttl) wait = std::min(wait, detail::saturating_ceil<Clock::duration>(*holder_ttl));
+      if (deadline) wait = std::min(wait, detail::saturating_sub(*deadline, now));
       if constexpr (NotifiesRelease<B>) {
         if (subscription) {
           (void)subscription->wait_for(wait);
@@ -382,14 +453,19 @@ class Lock {
       if (!single) {
         auto max_wait = detail::server_wait_slice;
         if (deadline)
-          max_wait = std::clamp(std::chrono::floor<std::chrono::milliseconds>(*deadline - request.started),
-                                std::chrono::milliseconds::zero(), max_wait);
+          max_wait = std::clamp(
+              std::chrono::floor<std::chrono::milliseconds>(detail::saturating_sub(*deadline, request.started)),
+              std::chrono::milliseconds::zero(), max_wait);
         return backend_.acquire_wait(request, max_wait);
       }
     }
     (void)deadline;
     (void)single;
     return backend_.try_acquire(request);
+  }
+
+  void abandon(const OwnerId& owner) noexcept {
+    if constexpr (AbandonsInDoubt<B>) backend_.abandon(name_, owner);
   }
 
   std::optional<Subscription> subscribe() {
@@ -401,26 +477,30 @@ class Lock {
   }
 
   void adopt(const OwnerId& owner, Grant<handle_type>&& grant, TimePoint sent) {
-    auto held = std::make_shared<detail::Held<B>>(
+    auto held = std::make_shared<acquisition_type>(
         backend_, name_, options_, clock_, options_.observer,
         Lease<handle_type>{owner, grant.token, sent, grant.valid_until, std::move(grant.handle)});
+    std::shared_ptr<detail::ThreadHoldList> hold_list;  // this thread's, for RecordsWaits backends
+    if constexpr (RecordsWaits<B>) {
+      hold_list = detail::thread_hold_list();
+      hold_list->add(
+          detail::ThreadHold{held.get(), detail::backend_identity(backend_), name_, std::string(owner.str())});
+    }
     {
       std::lock_guard lk(mu_);
       held_ = held;
+      hold_list_ = std::move(hold_list);
       owner_ = owner;
       engaged_ = true;
     }
     if (options_.lock_order) options_.lock_order->acquired(this, name_);
-    if constexpr (RecordsWaits<B>) {
-      detail::thread_holds().push_back(
-          detail::ThreadHold{held.get(), detail::backend_identity(backend_), name_, std::string(owner.str())});
-    }
     if (held->needs_watch()) watch(held);
   }
 
-  // Has the heartbeat look after `held` (once).
-  void watch(const std::shared_ptr<detail::Held<B>>& held) {
-    if (!held->mark_watched()) return;
+  // Has the heartbeat look after `held` (once). Not an inherited lease: the
+  // parent's heartbeat looks after that one.
+  void watch(const std::shared_ptr<acquisition_type>& held) {
+    if (held->inherited() || !held->mark_watched()) return;
     std::shared_ptr<Heartbeat> heartbeat;
     {
       std::lock_guard lk(mu_);
@@ -430,11 +510,11 @@ class Lock {
     heartbeat->watch(held);
   }
 
-  [[nodiscard]] std::shared_ptr<detail::Held<B>> current_or_null() const noexcept {
+  [[nodiscard]] std::shared_ptr<acquisition_type> current_or_null() const noexcept {
     std::lock_guard lk(mu_);
     return held_;
   }
-  [[nodiscard]] std::shared_ptr<detail::Held<B>> current() const {
+  [[nodiscard]] std::shared_ptr<acquisition_type> current() const {
     auto held = current_or_null();
     if (!held) throw LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
     return held;
@@ -473,9 +553,10 @@ class Lock {
 
   mutable std::mutex mu_;
   std::condition_variable gate_cv_;
-  bool busy_ = false;                      // a thread is between acquire and unlock (the in-process gate)
-  bool engaged_ = false;                   // the last successful acquire has not been released yet
-  std::shared_ptr<detail::Held<B>> held_;  // the current acquisition, while engaged
+  bool busy_ = false;                                  // a thread is between acquire and unlock (the in-process gate)
+  bool engaged_ = false;                               // the last successful acquire has not been released yet
+  std::shared_ptr<acquisition_type> held_;             // the current acquisition, while engaged
+  std::shared_ptr<detail::ThreadHoldList> hold_list_;  // the list held_ is in (RecordsWaits backends)
   std::optional<OwnerId> owner_;
   std::shared_ptr<Heartbeat> heartbeat_;  // set by the first watched acquisition
 };

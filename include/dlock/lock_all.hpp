@@ -6,11 +6,13 @@
 //   if (maybe) { ... }
 //
 // Whatever order the caller passes, the locks are acquired in one total order
-// (backend object, then lock name), so two processes taking the same set can
-// never deadlock on each other. If any acquisition fails (timeout, error), the
-// ones already taken are released before lock_all returns or throws. The guard
-// releases them all on destruction, without throwing (failures go to each
-// lock's observer).
+// that every process computes alike: backend kind, then endpoint, then lock
+// name (see detail::sort_canonically), so two processes taking the same set
+// can never deadlock on each other. If any acquisition fails (timeout,
+// error), the ones already taken are released before lock_all returns or
+// throws. The guard releases them all on destruction, without throwing
+// (failures go to each lock's observer); like Guard, it is bound to the
+// acquisitions it adopted and must not outlive the locks.
 //
 // std::scoped_lock also works with dlock locks, but its try-and-back-off
 // algorithm spins between processes under contention; prefer lock_all.
@@ -28,6 +30,8 @@
 #include <utility>
 
 #include "backend.hpp"
+#include "detail/time.hpp"
+#include "guard.hpp"
 
 namespace dlock {
 
@@ -35,12 +39,16 @@ template <class... Ls>
 class [[nodiscard]] MultiGuard {
  public:
   MultiGuard() noexcept = default;
-  explicit MultiGuard(Ls&... locks) noexcept : locks_(&locks...), engaged_(true) {}
-  MultiGuard(MultiGuard&& other) noexcept : locks_(other.locks_), engaged_(std::exchange(other.engaged_, false)) {}
+  /// Adopts the acquisitions the locks hold now.
+  explicit MultiGuard(Ls&... locks) noexcept
+      : locks_(&locks...), guards_(Guard<Ls>(locks, std::adopt_lock)...), engaged_(true) {}
+  MultiGuard(MultiGuard&& other) noexcept
+      : locks_(other.locks_), guards_(std::move(other.guards_)), engaged_(std::exchange(other.engaged_, false)) {}
   MultiGuard& operator=(MultiGuard&& other) noexcept {
     if (this != &other) {
       unlock();
       locks_ = other.locks_;
+      guards_ = std::move(other.guards_);
       engaged_ = std::exchange(other.engaged_, false);
     }
     return *this;
@@ -51,23 +59,25 @@ class [[nodiscard]] MultiGuard {
 
   /// True if the set was acquired (and not yet released).
   explicit operator bool() const noexcept { return engaged_; }
-  /// True while every lock of the set is held and valid.
+  /// True while every acquisition of the set is held and valid.
   [[nodiscard]] bool owns_lock() const noexcept {
-    return engaged_ && std::apply([](auto*... l) { return (l->owns_lock() && ...); }, locks_);
+    return engaged_ && std::apply([](const auto&... g) { return (g.owns_lock() && ...); }, guards_);
   }
   /// The I-th lock, in the order the caller passed them.
   template <std::size_t I>
   [[nodiscard]] auto& get() const noexcept {
     return *std::get<I>(locks_);
   }
-  /// Releases every lock; never throws.
+  /// Releases every acquisition of the set that is still its lock's current
+  /// one; never throws.
   void unlock() noexcept {
     if (!std::exchange(engaged_, false)) return;
-    std::apply([](auto*... l) { (l->unlock(), ...); }, locks_);
+    std::apply([](auto&... g) { (g.unlock(), ...); }, guards_);
   }
 
  private:
   std::tuple<Ls*...> locks_{};
+  std::tuple<Guard<Ls>...> guards_{};
   bool engaged_ = false;
 };
 
@@ -75,16 +85,23 @@ namespace detail {
 
 /// One lock of a set, type-erased for sorting and acquisition.
 struct SetMember {
-  const void* backend;
+  std::string_view kind;      // backend kind()
+  std::string_view endpoint;  // backend endpoint()
   std::string_view name;
+  const void* backend;                                    // backend_identity(): breaks ties within this process only
   std::function<bool(std::optional<TimePoint>)> acquire;  // nullopt: block (lock())
   std::function<void()> release;                          // noexcept unlock()
 };
 
-/// The canonical order: backend object, then name.
+/// The canonical order: backend kind, endpoint, then lock name, which every
+/// process computes alike (object addresses differ per process). Members
+/// equal in all three (two backend objects for one service) are ordered by
+/// backend identity, which is consistent within this process.
 inline void sort_canonically(std::span<SetMember> members) {
   std::sort(members.begin(), members.end(), [](const SetMember& a, const SetMember& b) {
-    return std::less<const void*>{}(a.backend, b.backend) || (a.backend == b.backend && a.name < b.name);
+    const auto ka = std::tie(a.kind, a.endpoint, a.name);
+    const auto kb = std::tie(b.kind, b.endpoint, b.name);
+    return ka < kb || (ka == kb && std::less<const void*>{}(a.backend, b.backend));
   });
 }
 
@@ -107,7 +124,11 @@ inline bool acquire_set(std::span<SetMember> members, std::optional<TimePoint> d
 
 template <class L>
 SetMember member_of(L& lock) {
-  return SetMember{backend_identity(std::as_const(lock).backend()), lock.name(),
+  const auto& backend = std::as_const(lock).backend();
+  return SetMember{backend.kind(),
+                   backend.endpoint(),
+                   lock.name(),
+                   backend_identity(backend),
                    [&lock](std::optional<TimePoint> deadline) {
                      if (!deadline) {
                        lock.lock();
@@ -141,8 +162,7 @@ template <class... Ls>
 
 template <class Rep, class Period, class... Ls>
 [[nodiscard]] MultiGuard<Ls...> try_lock_all_for(const std::chrono::duration<Rep, Period>& timeout, Ls&... locks) {
-  return try_lock_all_until(
-      std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout), locks...);
+  return try_lock_all_until(detail::saturating_add(std::chrono::steady_clock::now(), timeout), locks...);
 }
 
 }  // namespace dlock

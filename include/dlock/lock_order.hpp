@@ -2,8 +2,9 @@
 // inside a process before they deadlock (in the spirit of Linux's lockdep and
 // abseil's deadlock detection).
 //
-// Enable it per lock with LockOptions::check_lock_order, or for every lock by
-// compiling with -DDLOCK_CHECK_LOCK_ORDER. For each blocking acquire (lock(),
+// Enable it per lock with LockOptions::lock_order (a checker, e.g.
+// &LockOrderChecker::process_wide()), or for every lock by compiling with
+// -DDLOCK_CHECK_LOCK_ORDER (then the process-wide checker is the default). For each blocking acquire (lock(),
 // try_lock_for/until) it records "class A was held while class B was
 // acquired" for every class this thread holds, where a class is the lock name
 // up to the first ':' ("orders:42" -> "orders"). When a new edge would close
@@ -17,7 +18,9 @@
 // deadlock; std::lock relies on that). Locks held by one class at a time are
 // not checked against themselves: take several locks of one class with
 // lock_all(). A lock released on another thread than the one that acquired it
-// stays on the acquiring thread's list until that thread releases any lock.
+// stays on the acquiring thread's list until that thread releases the same
+// Lock object again (it then counts as held there, and may report a false
+// inversion).
 #pragma once
 
 #include <algorithm>

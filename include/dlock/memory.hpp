@@ -25,6 +25,7 @@
 
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/time.hpp"
 
 namespace dlock {
 
@@ -57,7 +58,8 @@ class MemoryBackend {
     /// wait_for() that returned true.
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
       std::unique_lock lk(state_->mu);
-      if (!state_->released.wait_for(lk, d, [this] { return slot_->releases != seen_; })) return false;
+      const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
+      if (!state_->released.wait_until(lk, until, [this] { return slot_->releases != seen_; })) return false;
       seen_ = slot_->releases;
       return true;
     }
@@ -83,11 +85,11 @@ class MemoryBackend {
     Slot& s = slot(r.name);
     const TimePoint now = state_->clock.now();
     if (s.owner && now < s.expires_at) {
-      return Contended{std::chrono::ceil<std::chrono::milliseconds>(s.expires_at - now)};
+      return Contended{detail::saturating_ceil<std::chrono::milliseconds>(detail::saturating_sub(s.expires_at, now))};
     }
     s.owner = r.owner;
-    s.expires_at = now + r.ttl;
-    return Grant<Handle>{.token = ++s.fence, .valid_until = r.started + r.ttl};
+    s.expires_at = detail::saturating_add(now, r.ttl);
+    return Grant<Handle>{.token = ++s.fence, .valid_until = detail::saturating_add(r.started, r.ttl)};
   }
 
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
@@ -107,8 +109,8 @@ class MemoryBackend {
     std::lock_guard lk(state_->mu);
     Slot* s = held_by(name, lease.owner);
     if (!s) return std::nullopt;
-    s->expires_at = state_->clock.now() + ttl;
-    return started + ttl;
+    s->expires_at = detail::saturating_add(state_->clock.now(), ttl);
+    return detail::saturating_add(started, ttl);
   }
 
   [[nodiscard]] Subscription subscribe_release(std::string_view name) {

@@ -29,6 +29,13 @@ namespace dlock {
 /// Longest accepted lock name, in bytes.
 inline constexpr std::size_t max_lock_name_size = 1024;
 
+/// Longest accepted TTL (LockOptions::ttl, Lock::extend(ttl)) and retry delay:
+/// 365 days. A TTL is how long a crashed holder keeps everyone else out, so a
+/// longer one is a mistake; the bound also keeps every validity and deadline
+/// computed from it far inside the range of the clocks and of the servers'
+/// expiry arithmetic (docs/safety.md, "Time arithmetic saturates").
+inline constexpr std::chrono::milliseconds max_ttl = std::chrono::days(365);
+
 struct LockOptions {
   /// How long the lock stays valid after each acquire or extend without
   /// another extension. The server frees it after this even if the holder died.
@@ -82,6 +89,19 @@ inline void validate_lock_name(std::string_view name) {
                   fmt::format("{} bytes", name.size()));
 }
 
+template <class Rep, class Period>
+void validate_within_max_ttl(std::string_view field, std::chrono::duration<Rep, Period> d) {
+  if (d > max_ttl)
+    invalid_field(field, fmt::format("must be at most dlock::max_ttl ({} days)", max_ttl / std::chrono::days(1)),
+                  format_duration(d));
+}
+
+/// A TTL is positive and at most max_ttl; `field` names it in the error.
+inline void validate_ttl(std::string_view field, std::chrono::milliseconds ttl) {
+  if (ttl <= ttl.zero()) invalid_field(field, "must be positive", format_duration(ttl));
+  validate_within_max_ttl(field, ttl);
+}
+
 inline void validate(const RetryPolicy& r, std::string_view where) {
   if (r.initial_delay <= r.initial_delay.zero())
     invalid_field(fmt::format("{}.initial_delay", where), "must be positive", format_duration(r.initial_delay));
@@ -91,12 +111,13 @@ inline void validate(const RetryPolicy& r, std::string_view where) {
     invalid_field(fmt::format("{}.max_delay", where),
                   fmt::format("must be >= initial_delay ({})", format_duration(r.initial_delay)),
                   format_duration(r.max_delay));
+  validate_within_max_ttl(fmt::format("{}.max_delay", where), r.max_delay);
   if (!(r.multiplier >= 1.0))  // also rejects NaN
     invalid_field(fmt::format("{}.multiplier", where), "must be >= 1", fmt::format("{}", r.multiplier));
 }
 
 inline void validate(const LockOptions& o) {
-  if (o.ttl <= o.ttl.zero()) invalid_field("LockOptions.ttl", "must be positive", format_duration(o.ttl));
+  validate_ttl("LockOptions.ttl", o.ttl);
   validate(o.retry, "LockOptions.retry");
   if (o.extend_interval && (*o.extend_interval <= o.extend_interval->zero() || *o.extend_interval >= o.ttl))
     invalid_field("LockOptions.extend_interval",

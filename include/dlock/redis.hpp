@@ -13,7 +13,13 @@
 // Link dlock::redis. Thread-safe: share one RedisBackend between threads; it
 // keeps a small pool of connections (a broken one is dropped, never reused)
 // and one pub/sub connection that wakes every waiting Lock when a lock is
-// released. Every call is bounded by connect_timeout + command_timeout.
+// released. Every call waits for a free pooled connection (up to
+// connect_timeout + command_timeout while all pool_size are busy, then
+// TimeoutError), opens one if it must (connect_timeout for the connect, again
+// for the handshake: AUTH, SELECT, SCRIPT LOAD), and waits command_timeout for
+// the reply (twice after a SCRIPT FLUSH: EVALSHA, then EVAL): at worst about
+// 3 x connect_timeout + 3 x command_timeout. The timeouts bound each wait on
+// the socket, so a server that trickles its reply can stretch them.
 // A RedisBackend is a handle: copies share the pool and the subscriber, which
 // close when the last copy goes. Each Lock keeps a copy, so the backend
 // object may be destroyed before its locks and guards.
@@ -78,6 +84,21 @@ class RedisBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  /// AbandonsInDoubt (backend.hpp): deletes lock `name` if `owner` holds it
+  /// (the release script, published so that waiters wake), for an attempt
+  /// whose reply was lost although the server may have granted it. Uses a
+  /// connection of its own, with connect and command each bounded by
+  /// abandon_timeout (or the options' timeouts if shorter), not the pool.
+  /// Best effort: never throws; what it cannot delete expires by its TTL.
+  void abandon(std::string_view name, const OwnerId& owner) noexcept;
+  static constexpr std::chrono::milliseconds abandon_timeout{250};
+
+  /// The last refusal of a release's PUBLISH (e.g. an ACL user without
+  /// permission for the release channels), "" if none. Such a release still
+  /// succeeds, but waiters are not woken by it and fall back to their
+  /// backoff delay; the first refusal is also written to stderr once.
+  [[nodiscard]] std::string publish_refusal() const;
+
   /// BatchesExtend (backend.hpp): all items' extensions pipelined in one
   /// round trip. Fills valid_until (nullopt: lost) or error per item; a
   /// connection failure sets every item's error. Never throws.
@@ -113,5 +134,6 @@ class RedisBackend {
 };
 
 static_assert(RecordsWaits<RedisBackend>);
+static_assert(AbandonsInDoubt<RedisBackend>);
 
 }  // namespace dlock

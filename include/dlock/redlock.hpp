@@ -143,6 +143,18 @@ class RedlockBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  /// AbandonsInDoubt (backend.hpp): deletes lock `name` on every node where
+  /// `owner` holds it (the release script, published), for an attempt whose
+  /// outcome is unknown. One parallel round bounded by node_timeout. Best
+  /// effort: never throws; what it cannot delete expires by its TTL.
+  void abandon(std::string_view name, const OwnerId& owner) noexcept;
+
+  /// The last refusal of a release's PUBLISH by a node (e.g. an ACL user
+  /// without permission for the release channels), "" if none. Such a
+  /// release still succeeds, but waiters are not woken by it; the first
+  /// refusal is also written to stderr once.
+  [[nodiscard]] std::string publish_refusal() const;
+
   /// BatchesExtend (backend.hpp): every item's extension in one pipelined
   /// batch per node, all nodes in parallel; each item is judged as extend()
   /// (valid_until, nullopt: lost, or error: ConnectionError). Never throws.
@@ -168,5 +180,6 @@ class RedlockBackend {
 };
 
 static_assert(NotifiesRelease<RedlockBackend>);
+static_assert(AbandonsInDoubt<RedlockBackend>);
 
 }  // namespace dlock

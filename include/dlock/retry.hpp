@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <random>
 
 namespace dlock {
@@ -45,7 +46,8 @@ namespace detail {
   const double max = static_cast<double>(p.max_delay.count());
   double d = static_cast<double>(p.initial_delay.count());
   for (std::uint32_t i = 0; i < retry && d < max; ++i) d *= p.multiplier;
-  return std::chrono::microseconds(static_cast<std::int64_t>(std::min(d, max)));
+  if (!(d < max)) return p.max_delay;  // also when max is 2^63, which no int64 holds
+  return std::chrono::microseconds(static_cast<std::int64_t>(d));
 }
 
 /// The delay before retry `retry` (0-based). `previous` is the delay this
@@ -68,7 +70,9 @@ template <class URBG>
       return base / 2 + uniform(0, base.count() - base.count() / 2);
     case Jitter::decorrelated: {
       const us prev = std::max(previous, p.initial_delay);
-      return std::min(p.max_delay, uniform(p.initial_delay.count(), 3 * prev.count()));
+      const std::int64_t limit = std::numeric_limits<std::int64_t>::max() / 3;
+      const std::int64_t hi = prev.count() > limit ? std::numeric_limits<std::int64_t>::max() : 3 * prev.count();
+      return std::min(p.max_delay, uniform(p.initial_delay.count(), hi));
     }
   }
   return base;

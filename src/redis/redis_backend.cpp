@@ -34,6 +34,16 @@ ReleaseResult RedisBackend::release(std::string_view name, Lease<Handle>& lease)
                                                                             : ReleaseResult::not_held;
 }
 
+void RedisBackend::abandon(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    state_->node->abandon(state_->node->keys(name), owner.str(), abandon_timeout);
+  } catch (...) {  // an invalid name or out of memory: nothing of it can be on the server
+  }
+}
+
+std::string RedisBackend::publish_refusal() const { return state_->node->publish_refusals().last(); }
+
 std::optional<TimePoint> RedisBackend::extend(std::string_view name, Lease<Handle>& lease,
                                               std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);

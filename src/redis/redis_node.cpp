@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -164,6 +165,33 @@ bool parse_flag_reply(const RedisValue& r, std::string_view endpoint, std::strin
     throw ServerError(
         fmt::format("dlock: unexpected reply to the {} script for '{}' from Redis at {}", op, key, endpoint));
   return r.integer == 1;
+}
+
+ReleaseReply parse_release_reply(const RedisValue& r, std::string_view endpoint, std::string_view lock_key) {
+  if (r.type == RedisValue::Type::array && r.elements.size() == 2 && r.elements[0].type == RedisValue::Type::integer &&
+      r.elements[0].integer == 1 && r.elements[1].type == RedisValue::Type::string)
+    return ReleaseReply{.released = true, .publish_error = r.elements[1].str};
+  return ReleaseReply{.released = parse_flag_reply(r, endpoint, "release", lock_key), .publish_error = {}};
+}
+
+void PublishRefusals::note(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept {
+  try {
+    std::string m = fmt::format(
+        "dlock: Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, but waiters "
+        "are not woken by them and fall back to their backoff delay: grant the ACL user the channels of the key "
+        "prefix (&<prefix>*, see docs/redis.md)",
+        endpoint, channel, error);
+    std::lock_guard lk(mu_);
+    if (!logged_) fmt::print(stderr, "{}\n", m);
+    logged_ = true;
+    last_ = std::move(m);
+  } catch (...) {  // out of memory or stderr failed: the release itself succeeded
+  }
+}
+
+std::string PublishRefusals::last() const {
+  std::lock_guard lk(mu_);
+  return last_;
 }
 
 // ---- RedisConnection ----
@@ -539,7 +567,7 @@ std::size_t RedisNode::open_connections() const {
 RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_view owner,
                                            std::chrono::milliseconds ttl) {
   const std::string ttl_ms = number(ttl.count());
-  const std::string fence_ms = number(options_.fence_ttl.count());
+  const std::string fence_ms = number(fence_pttl(ttl, options_.fence_ttl).count());
   const std::array<std::string_view, 2> k{keys.lock, keys.fence};
   const std::array<std::string_view, 3> a{owner, ttl_ms, fence_ms};
   RedisValue r;
@@ -550,6 +578,12 @@ RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_vi
   return parse_acquire_reply(r, endpoint_, keys.lock);
 }
 
+bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
+  const ReleaseReply r = parse_release_reply(reply, endpoint_, keys.lock);
+  if (!r.publish_error.empty()) publish_refusals_.note(endpoint_, keys.channel, r.publish_error);
+  return r.released;
+}
+
 bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
   const std::array<std::string_view, 1> k{keys.lock};
   const std::array<std::string_view, 2> a{owner, keys.channel};
@@ -558,7 +592,20 @@ bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
     Checkout c(*this);
     r = c->eval(RedisScript::release, k, a);
   }
-  return parse_flag_reply(r, endpoint_, "release", keys.lock);
+  return released(r, keys);
+}
+
+void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
+  try {
+    RedisOptions o = options_;
+    o.connect_timeout = std::min(o.connect_timeout, timeout);
+    o.command_timeout = std::min(o.command_timeout, timeout);
+    RedisConnection c(o, endpoint_, /*load_scripts=*/false);  // then eval() sends EVAL
+    const std::array<std::string_view, 1> k{keys.lock};
+    const std::array<std::string_view, 2> a{owner, keys.channel};
+    (void)released(c.eval(RedisScript::release, k, a), keys);
+  } catch (...) {  // best effort: what it could not delete expires by its TTL
+  }
 }
 
 bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl) {

@@ -4,6 +4,7 @@
 #include <dlock/redlock.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <random>
@@ -181,7 +182,9 @@ struct RedlockBackend::State {
       if (batches[i].empty()) continue;
       try {
         if (replies[i].error) std::rethrow_exception(replies[i].error);
-        ++(detail::parse_flag_reply(replies[i].replies[0], nodes[i]->endpoint(), "release", keys.lock) ? v.yes : v.no);
+        const auto r = detail::parse_release_reply(replies[i].replies[0], nodes[i]->endpoint(), keys.lock);
+        if (!r.publish_error.empty()) publish_refusals.note(nodes[i]->endpoint(), keys.channel, r.publish_error);
+        ++(r.released ? v.yes : v.no);
       } catch (...) {
         ++v.failed;
         if (failures != nullptr) failures->add(nodes[i]->endpoint(), std::current_exception());
@@ -200,6 +203,7 @@ struct RedlockBackend::State {
   // subscriptions, which spread woken waiters over it (redlock_wake_spread).
   std::shared_ptr<std::atomic<std::int64_t>> round_ns = std::make_shared<std::atomic<std::int64_t>>(0);
   detail::RedisSubscriber subscriber;  // no thread or connection before the first subscribe
+  detail::PublishRefusals publish_refusals;
 };
 
 RedlockBackend::RedlockBackend(RedlockOptions options) : state_(std::make_shared<State>(std::move(options))) {}
@@ -216,11 +220,23 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
   const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, request.name);
   const std::string ttl_ms = std::to_string(request.ttl.count());
   const std::string_view owner = request.owner.str();
+  // The counters' floor, one for every node (docs/safety.md): this client's
+  // wall clock in µs. Each node also floors at its own clock less
+  // redlock_clock_lag_us, which only matters if this clock lags the nodes'.
+  const std::string floor_us = std::to_string(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  std::vector<std::string> fence_ms(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i)
+    fence_ms[i] = std::to_string(detail::fence_pttl(request.ttl, s.nodes[i]->options().fence_ttl).count());
 
   std::vector<std::vector<ScriptCall>> batches(s.size());
   for (std::size_t i = 0; i < s.size(); ++i)
-    batches[i].push_back(ScriptCall{
-        detail::RedisScript::acquire, {keys.lock, keys.fence}, 2, {owner, ttl_ms, s.nodes[i]->fence_ttl_ms()}, 3});
+    batches[i].push_back(ScriptCall{detail::RedisScript::acquire,
+                                    {keys.lock, keys.fence},
+                                    2,
+                                    {owner, ttl_ms, fence_ms[i], floor_us, detail::redlock_clock_lag_us},
+                                    5});
   const auto round_start = std::chrono::steady_clock::now();
   const auto replies =
       detail::fan_out(s.ptrs, batches, s.options.node_timeout, fmt::format("acquire of '{}'", request.name));
@@ -273,7 +289,7 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
       std::vector<std::vector<ScriptCall>> raises(s.size());
       for (std::size_t i : raise)
         raises[i].push_back(
-            ScriptCall{detail::RedisScript::fence_raise, {keys.fence}, 1, {token_text, s.nodes[i]->fence_ttl_ms()}, 2});
+            ScriptCall{detail::RedisScript::fence_raise, {keys.fence}, 1, {token_text, fence_ms[i]}, 2});
       const auto raised = detail::fan_out(s.ptrs, raises, s.options.node_timeout,
                                           fmt::format("fencing counter update of '{}'", request.name));
       Failures raise_failures;
@@ -347,6 +363,16 @@ ReleaseResult RedlockBackend::release(std::string_view name, Lease<Handle>& leas
       "expires by its TTL",
       name, v.total() - v.failed, s.size(), s.quorum)));
 }
+
+void RedlockBackend::abandon(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    (void)state_->release_round(detail::redis_keys(state_->options.key_prefix, name), owner.str(), nullptr);
+  } catch (...) {  // an invalid name or out of memory: best effort, the keys expire by their TTL
+  }
+}
+
+std::string RedlockBackend::publish_refusal() const { return state_->publish_refusals.last(); }
 
 std::optional<TimePoint> RedlockBackend::extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started) {

@@ -60,10 +60,7 @@ void append_call(RedisConnection& c, const ScriptCall& call, bool by_sha) {
 
 // ---- RedlockNode ----
 
-RedlockNode::RedlockNode(RedisOptions options)
-    : options_(std::move(options)),
-      endpoint_(redis_endpoint(options_)),
-      fence_ttl_ms_(std::to_string(options_.fence_ttl.count())) {}
+RedlockNode::RedlockNode(RedisOptions options) : options_(std::move(options)), endpoint_(redis_endpoint(options_)) {}
 
 std::unique_ptr<RedisConnection> RedlockNode::take() {
   {

@@ -159,3 +159,95 @@ TEST(LockOrderDeathTest, AbortModeStopsTheProcessWithTheCycle) {
       },
       "lock order inversion: cycle b -> a -> b");
 }
+
+namespace {
+/// A non-copyable in-process backend (kept by reference, so its identity is
+/// its address) with a chosen kind and endpoint; logs the order of acquires.
+class NamedBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  NamedBackend(std::string kind, std::string endpoint, std::vector<std::string>& log)
+      : kind_(std::move(kind)), endpoint_(std::move(endpoint)), log_(log) {}
+  NamedBackend(const NamedBackend&) = delete;
+  [[nodiscard]] std::string_view kind() const noexcept { return kind_; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return endpoint_; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) {
+    log_.push_back(kind_ + " " + endpoint_ + " " + std::string(r.name));
+    return mem_.try_acquire(r);
+  }
+  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) { return mem_.release(name, lease); }
+  std::optional<dlock::TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease,
+                                         std::chrono::milliseconds ttl, dlock::TimePoint started) {
+    return mem_.extend(name, lease, ttl, started);
+  }
+
+ private:
+  std::string kind_, endpoint_;
+  std::vector<std::string>& log_;
+  MemoryBackend mem_;
+};
+
+// Acquires one lock named `name` on each backend, passing them in the given order.
+std::vector<std::string> acquire_order(NamedBackend& first, NamedBackend& second, std::vector<std::string>& log) {
+  log.clear();
+  Lock<NamedBackend> a(first, "x");
+  Lock<NamedBackend> b(second, "x");
+  auto both = dlock::lock_all(a, b);
+  EXPECT_TRUE(both.owns_lock());
+  return log;
+}
+}  // namespace
+
+TEST(LockAll, OrderIsByKindEndpointAndNameNotByObjectAddress) {
+  std::vector<std::string> log;
+  // Array elements lie at increasing addresses; each case puts the canonically
+  // later backend at the lower address, as another process might.
+  NamedBackend by_endpoint[2] = {{"redis", "10.0.0.2:6379", log}, {"redis", "10.0.0.1:6379", log}};
+  const std::vector<std::string> endpoint_order{"redis 10.0.0.1:6379 x", "redis 10.0.0.2:6379 x"};
+  EXPECT_EQ(acquire_order(by_endpoint[0], by_endpoint[1], log), endpoint_order);
+  EXPECT_EQ(acquire_order(by_endpoint[1], by_endpoint[0], log), endpoint_order);
+
+  NamedBackend by_kind[2] = {{"redis", "a:1", log}, {"postgres", "b:2", log}};
+  const std::vector<std::string> kind_order{"postgres b:2 x", "redis a:1 x"};
+  EXPECT_EQ(acquire_order(by_kind[0], by_kind[1], log), kind_order);
+  EXPECT_EQ(acquire_order(by_kind[1], by_kind[0], log), kind_order);
+}
+
+TEST(LockAll, AMultiGuardReleasesOnlyTheAcquisitionsItAdopted) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> a(mem, "a");
+  Lock<MemoryBackend> b(mem, "b");
+  auto set = dlock::lock_all(a, b);
+  a.unlock();
+  a.lock();  // a new acquisition of `a`, not the set's
+  EXPECT_FALSE(set.owns_lock());
+  set.unlock();
+  EXPECT_TRUE(a.owns_lock());  // left alone
+  EXPECT_FALSE(b.owns_lock());
+  Lock<MemoryBackend> probe(mem, "a");
+  EXPECT_FALSE(probe.try_lock());
+}
+
+TEST(LockAll, SortCanonicallyIgnoresAddressesExceptBetweenEqualServices) {
+  using dlock::detail::SetMember;
+  const char objects[4] = {};  // fabricated identities at known increasing addresses
+  auto member = [](std::string_view kind, std::string_view endpoint, std::string_view name, const void* id) {
+    return SetMember{kind, endpoint, name, id, {}, {}};
+  };
+  std::array<SetMember, 5> set{member("redis", "b:6379", "x", &objects[0]), member("redis", "a:6379", "y", &objects[1]),
+                               member("postgres", "z:5432", "x", &objects[2]),
+                               member("redis", "a:6379", "x", &objects[3]),
+                               member("memory", "in-process", "x", &objects[3])};
+  dlock::detail::sort_canonically(set);
+  std::vector<std::string> order;
+  for (const auto& m : set)
+    order.push_back(std::string(m.kind) + " " + std::string(m.endpoint) + " " + std::string(m.name));
+  EXPECT_EQ(order, (std::vector<std::string>{"memory in-process x", "postgres z:5432 x", "redis a:6379 x",
+                                             "redis a:6379 y", "redis b:6379 x"}));
+
+  // Only two objects for the same service and name fall back to identity.
+  std::array<SetMember, 2> twins{member("memory", "in-process", "x", &objects[2]),
+                                 member("memory", "in-process", "x", &objects[1])};
+  dlock::detail::sort_canonically(twins);
+  EXPECT_EQ(twins[0].backend, &objects[1]);
+}

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <semaphore>
 #include <thread>
 #include <vector>
 
@@ -469,4 +470,303 @@ TEST(WaitRecords, ABlockedAcquirePublishesWhatItWaitsForAndWhatItsThreadHolds) {
   waiter.join();
   EXPECT_TRUE(backend.live().empty());  // cleared once acquired
   EXPECT_GE(backend.published.load(), 1);
+}
+
+// ---- issue 11: guards bind to their acquisition ----
+
+TEST(GuardBinding, AGuardDescribesItsOwnAcquisitionAfterUnlockAndReacquire) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  auto first = lock.acquire();
+  const std::string first_owner(first.owner_id());
+  lock.unlock();  // allowed and idempotent; the guard's acquisition is over
+  lock.lock();    // a new acquisition of the same Lock
+  const auto second_token = lock.fencing_token();
+  const std::string second_owner(lock.owner_id());
+  ASSERT_NE(second_owner, first_owner);
+
+  EXPECT_FALSE(first.owns_lock());
+  EXPECT_THROW((void)first.fencing_token(), dlock::LockLostError);
+  EXPECT_EQ(std::string(first.owner_id()), first_owner);
+  EXPECT_EQ(first.valid_until(), dlock::TimePoint{});
+  EXPECT_THROW(first.extend(), dlock::LockLostError);
+
+  { auto gone = std::move(first); }  // destroying the old guard must not release the new acquisition
+  EXPECT_TRUE(lock.owns_lock());
+  EXPECT_EQ(lock.fencing_token(), second_token);
+  Lock<MemoryBackend> other(mem, "job");
+  EXPECT_FALSE(other.try_lock());  // still held by the second acquisition: no second owner
+  lock.unlock();
+  EXPECT_TRUE(other.try_lock());
+}
+
+TEST(GuardBinding, ReleaseOfAnOldGuardIsNotHeldAndLeavesTheNewGuardAlone) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.observer = observer});
+  auto first = lock.acquire();
+  lock.unlock();
+  auto second = lock.acquire();
+  EXPECT_EQ(first.release(), dlock::ReleaseResult::not_held);
+  EXPECT_FALSE(first);
+  EXPECT_TRUE(second.owns_lock());
+  EXPECT_EQ(std::string(second.owner_id()), std::string(lock.owner_id()));
+  EXPECT_EQ(observer->count(EventType::released), 1u);  // only the unlock() above
+  EXPECT_EQ(second.release(), dlock::ReleaseResult::released);
+  EXPECT_FALSE(lock.owns_lock());
+  {
+    std::unique_lock ul(lock);  // the standard guards still work
+    EXPECT_TRUE(lock.owns_lock());
+  }
+  {
+    std::scoped_lock sl(lock);
+    EXPECT_TRUE(lock.owns_lock());
+  }
+  EXPECT_FALSE(lock.owns_lock());
+}
+
+TEST(GuardBinding, ALockIsNotRecursive) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  auto g = lock.acquire();
+  EXPECT_FALSE(lock.try_lock());         // its own holder gets no second acquisition
+  EXPECT_FALSE(lock.try_lock_for(5ms));  // and a timed acquire waits for itself
+  EXPECT_TRUE(g.owns_lock());
+  static_assert(!std::is_move_constructible_v<Lock<MemoryBackend>>);
+  static_assert(!std::is_move_assignable_v<Lock<MemoryBackend>>);
+}
+
+// ---- issue 11: owner_id() may be read while another thread acquires ----
+
+TEST(ThreadSafety, OwnerIdCanBeReadWhileAnotherThreadAcquiresAndReleases) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  std::atomic<bool> done{false};
+  std::thread cycler([&] {
+    for (int i = 0; i < 3000; ++i) {
+      lock.lock();
+      lock.unlock();
+    }
+    done = true;
+  });
+  std::size_t reads = 0;
+  bool well_formed = true;
+  while (!done) {
+    const std::string id(lock.owner_id());  // reads the characters (ThreadSanitizer sees a torn read here)
+    well_formed = well_formed && (id.empty() || id.size() == 36u);
+    ++reads;
+  }
+  cycler.join();
+  EXPECT_TRUE(well_formed);
+  EXPECT_GT(reads, 0u);
+}
+
+// ---- issue 11: "forever" durations saturate instead of overflowing ----
+
+TEST(Forever, MemoryBackendWithAnEndlessTtlKeepsItsOwner) {
+  MemoryBackend mem;
+  const auto first = dlock::OwnerId::generate();
+  const auto second = dlock::OwnerId::generate();
+  const auto now = std::chrono::steady_clock::now();
+  auto grant = mem.try_acquire(dlock::AcquireRequest{"job", first, std::chrono::milliseconds::max(), now});
+  ASSERT_TRUE(std::holds_alternative<dlock::Grant<dlock::NoHandle>>(grant));
+  EXPECT_GT(std::get<dlock::Grant<dlock::NoHandle>>(grant).valid_until, now + 24h);
+  auto contended = mem.try_acquire(dlock::AcquireRequest{"job", second, 1s, now});
+  ASSERT_TRUE(std::holds_alternative<dlock::Contended>(contended));  // no second owner
+  EXPECT_GT(*std::get<dlock::Contended>(contended).holder_ttl, std::chrono::milliseconds(24h));
+  dlock::Lease<dlock::NoHandle> lease{first, {}, now, {}, {}};
+  const auto extended = mem.extend("job", lease, std::chrono::milliseconds::max(), now);
+  ASSERT_TRUE(extended.has_value());
+  EXPECT_GT(*extended, now + 24h);
+  EXPECT_TRUE(std::holds_alternative<dlock::Contended>(
+      mem.try_acquire(dlock::AcquireRequest{"job", second, 1s, std::chrono::steady_clock::now()})));
+}
+
+TEST(Forever, AnEndlessMaxHoldOrLongHeldIsNeverDue) {
+  dlock::ManualClock clock;
+  MemoryBackend mem(clock);
+  const LockOptions options{.ttl = 9s,
+                            .auto_extend = true,
+                            .extend_interval = 3s,
+                            .max_hold = std::chrono::milliseconds::max(),
+                            .long_held = std::chrono::milliseconds::max(),
+                            .observer = std::make_shared<RecordingObserver>(),
+                            .clock = &clock};
+  const auto now = clock.now();
+  auto held = std::make_shared<dlock::detail::Held<MemoryBackend>>(
+      mem, "job", options, clock, options.observer,
+      dlock::Lease<dlock::NoHandle>{dlock::OwnerId::generate(), 1, now, now + 9s, {}});
+  EXPECT_EQ(held->claim(now), dlock::detail::BeatAction::none);  // not max_hold at once
+  EXPECT_EQ(held->wake_at(), now + 3s);                          // the first extension
+  EXPECT_EQ(held->claim(now + 3s), dlock::detail::BeatAction::extend);
+}
+
+namespace {
+// Holds `name` on `mem` until the returned waiter has been seen retrying; then releases.
+template <class F>
+bool waits_until_released(MemoryBackend& mem, F acquire_in_thread) {
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> holder(mem, "job");
+  holder.lock();
+  std::atomic<int> outcome{-1};  // -1 running, 0 false or threw, 1 acquired
+  std::thread waiter([&] { outcome = acquire_in_thread(observer) ? 1 : 0; });
+  const bool retried = dlock::test::eventually([&] { return observer->count(EventType::contended) >= 2; });
+  const bool still_waiting = outcome.load() == -1;
+  holder.unlock();
+  waiter.join();
+  return retried && still_waiting && outcome.load() == 1;
+}
+LockOptions fast_retry_with(std::shared_ptr<RecordingObserver> observer) {
+  LockOptions o = fast_retry();
+  o.observer = std::move(observer);
+  return o;
+}
+}  // namespace
+
+TEST(Forever, AcquireTimeoutMaxWaitsForTheLock) {
+  MemoryBackend mem;
+  EXPECT_TRUE(waits_until_released(mem, [&](std::shared_ptr<RecordingObserver> observer) {
+    LockOptions o = fast_retry_with(observer);
+    o.acquire_timeout = std::chrono::milliseconds::max();
+    Lock<MemoryBackend> lock(mem, "job", o);
+    try {
+      lock.lock();
+      return true;
+    } catch (const dlock::Error&) {
+      return false;
+    }
+  }));
+}
+
+TEST(Forever, TryLockForHoursMaxWaitsForTheLock) {
+  MemoryBackend mem;
+  EXPECT_TRUE(waits_until_released(mem, [&](std::shared_ptr<RecordingObserver> observer) {
+    Lock<MemoryBackend> lock(mem, "job", fast_retry_with(observer));
+    return lock.try_lock_for(std::chrono::hours::max());
+  }));
+}
+
+TEST(Forever, TryLockUntilTheEndOfTimeWaitsForTheLock) {
+  MemoryBackend mem;
+  EXPECT_TRUE(waits_until_released(mem, [&](std::shared_ptr<RecordingObserver> observer) {
+    Lock<MemoryBackend> lock(mem, "job", fast_retry_with(observer));
+    return lock.try_lock_until(std::chrono::system_clock::time_point::max());
+  }));
+  EXPECT_TRUE(waits_until_released(mem, [&](std::shared_ptr<RecordingObserver> observer) {
+    Lock<MemoryBackend> lock(mem, "job", fast_retry_with(observer));
+    return lock.try_lock_until(std::chrono::steady_clock::time_point::max());
+  }));
+}
+
+TEST(Forever, AnotherThreadWaitingAtTheGateWithAnEndlessTimeoutWaits) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  lock.lock();
+  std::atomic<int> outcome{-1};
+  std::thread waiter([&] { outcome = lock.try_lock_for(std::chrono::hours::max()) ? 1 : 0; });
+  std::this_thread::sleep_for(50ms);  // a failing waiter returns at once; this one must still wait
+  EXPECT_EQ(outcome.load(), -1);
+  lock.unlock();
+  waiter.join();
+  EXPECT_EQ(outcome.load(), 1);
+  lock.unlock();
+}
+
+// ---- issue 11: an in-doubt attempt's grant is abandoned ----
+
+namespace {
+/// A MemoryBackend whose next `lose_replies` acquires run on the "server" and
+/// then lose their reply (TimeoutError), and which can abandon such grants.
+class InDoubtBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  std::atomic<int> lose_replies{0};
+  std::atomic<int> abandoned{0};
+
+  [[nodiscard]] std::string_view kind() const noexcept { return "in-doubt"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:3"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) {
+    auto result = mem_.try_acquire(r);
+    if (lose_replies.load() > 0) {
+      --lose_replies;
+      throw dlock::TimeoutError("in-doubt: no reply within 100ms after the request was sent (test:3)");
+    }
+    return result;
+  }
+  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) { return mem_.release(name, lease); }
+  std::optional<dlock::TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease,
+                                         std::chrono::milliseconds ttl, dlock::TimePoint started) {
+    return mem_.extend(name, lease, ttl, started);
+  }
+  void abandon(std::string_view name, const dlock::OwnerId& owner) noexcept {
+    ++abandoned;
+    dlock::Lease<Handle> lease{owner, {}, {}, {}, {}};
+    try {
+      (void)mem_.release(name, lease);
+    } catch (...) {
+    }
+  }
+
+ private:
+  MemoryBackend mem_;
+};
+static_assert(dlock::AbandonsInDoubt<InDoubtBackend>);
+}  // namespace
+
+TEST(InDoubt, ATryLockWhoseReplyWasLostAbandonsTheGrant) {
+  InDoubtBackend backend;
+  Lock<InDoubtBackend> lock(backend, "job");
+  Lock<InDoubtBackend> other(backend, "job");
+  backend.lose_replies = 1;  // granted on the server, reply lost
+  EXPECT_THROW((void)lock.try_lock(), dlock::TimeoutError);
+  EXPECT_EQ(backend.abandoned.load(), 1);
+  EXPECT_TRUE(other.try_lock());  // not blocked for the TTL by an ownerless key
+  EXPECT_FALSE(lock.try_lock());  // plain contention: nothing to abandon
+  EXPECT_EQ(backend.abandoned.load(), 1);
+}
+
+TEST(InDoubt, ABlockingAcquireThatGivesUpAbandonsItsOwnerId) {
+  InDoubtBackend backend;
+  Lock<InDoubtBackend> lock(backend, "job", {.retry = {.initial_delay = 1ms, .max_delay = 2ms}});
+  Lock<InDoubtBackend> other(backend, "job");
+  backend.lose_replies = 1'000'000;  // every reply lost: the outage is rethrown at the deadline
+  EXPECT_THROW((void)lock.try_lock_for(30ms), dlock::TimeoutError);
+  backend.lose_replies = 0;
+  EXPECT_GE(backend.abandoned.load(), 1);
+  EXPECT_TRUE(other.try_lock());
+  other.unlock();
+
+  backend.lose_replies = 1;  // the first reply lost, then its own grant looks like contention
+  EXPECT_FALSE(lock.try_lock_for(30ms));
+  EXPECT_TRUE(other.try_lock());  // the in-doubt grant did not outlive the acquire
+}
+
+// ---- issue 11: releasing on another thread leaves nothing in the acquiring thread's list ----
+
+TEST(WaitRecords, HandOffsBetweenThreadsLeaveNoHoldsBehind) {
+  dlock::test::WaitRecordingBackend backend;
+  Lock<dlock::test::WaitRecordingBackend> lock(backend, "handoff");
+  constexpr int kHandOffs = 20'000;
+  std::binary_semaphore acquired{0}, released{0};
+  std::size_t left_on_a = 999, left_on_b = 999;
+  std::thread a([&] {
+    for (int i = 0; i < kHandOffs; ++i) {
+      lock.lock();
+      acquired.release();
+      released.acquire();
+    }
+    left_on_a = dlock::detail::thread_hold_count();
+  });
+  std::thread b([&] {
+    for (int i = 0; i < kHandOffs; ++i) {
+      acquired.acquire();
+      lock.unlock();  // released on another thread than the one that acquired it
+      released.release();
+    }
+    left_on_b = dlock::detail::thread_hold_count();
+  });
+  a.join();
+  b.join();
+  EXPECT_EQ(left_on_a, 0u);
+  EXPECT_EQ(left_on_b, 0u);
 }

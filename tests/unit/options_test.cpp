@@ -86,3 +86,30 @@ TEST(Validation, AutoExtendFields) {
   EXPECT_EQ(error_of("n", {.long_held = 0ms}), "dlock: LockOptions.long_held must be positive (got 0s)");
   EXPECT_EQ(error_of("n", {.ttl = 3s, .auto_extend = true, .extend_interval = 1s, .max_hold = 1h}), "no error");
 }
+
+TEST(Validation, TtlHasAnUpperBound) {
+  const auto limit = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::days(365));
+  EXPECT_EQ(error_of("n", {.ttl = limit}), "no error");
+  EXPECT_EQ(error_of("n", {.ttl = limit + 1ms}),
+            "dlock: LockOptions.ttl must be at most dlock::max_ttl (365 days) (got 31536000001ms)");
+  EXPECT_EQ(error_of("n", {.ttl = std::chrono::milliseconds::max()}),
+            "dlock: LockOptions.ttl must be at most dlock::max_ttl (365 days) (got 9223372036854775807ms)");
+  EXPECT_NE(error_of("n", {.retry = {.max_delay = std::chrono::microseconds::max()}}), "no error");
+}
+
+TEST(Validation, ExtendTtlHasTheSameUpperBound) {
+  dlock::MemoryBackend mem;
+  dlock::Lock<dlock::MemoryBackend> lock(mem, "n");
+  auto g = lock.acquire();
+  try {
+    lock.extend(std::chrono::milliseconds::max());
+    FAIL() << "extend accepted an endless ttl";
+  } catch (const dlock::InvalidArgument& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "dlock: extend ttl must be at most dlock::max_ttl (365 days) (got 9223372036854775807ms)");
+  }
+  EXPECT_THROW(g.extend(std::chrono::hours(24 * 366)), dlock::InvalidArgument);
+  EXPECT_TRUE(lock.owns_lock());
+  lock.extend(std::chrono::hours(24 * 365));
+  EXPECT_TRUE(lock.owns_lock());
+}

@@ -8,6 +8,8 @@
 #include <string>
 #include <thread>
 
+#include "fork_support.hpp"
+
 // RFC 9562, Appendix A.6: unix_ts_ms 0x017F22E279B0, rand_a 0xCC3, rand_b 0x18C4DC0C0C07398F.
 TEST(Uuid, RfcTestVector) {
   const auto bytes = dlock::detail::uuid_v7_bytes(0x017F22E279B0, 0xCC3, 0x18C4DC0C0C07398F);
@@ -68,4 +70,15 @@ TEST(OwnerId, UniqueAcrossThreads) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(ids.size(), 20000u);
+}
+
+// A forked child inherits the parent's generator state; its ids must still differ.
+TEST(OwnerId, ParentAndForkedChildDrawDifferentIds) {
+  (void)dlock::OwnerId::generate();  // the generator exists before the fork, so the child inherits it
+  const auto child_id = dlock::test::in_child([] { return std::string(dlock::OwnerId::generate().str()); });
+  const std::string parent_id(dlock::OwnerId::generate().str());
+  ASSERT_TRUE(child_id.has_value());
+  ASSERT_EQ(child_id->size(), 36u);
+  // The first 14 characters are the millisecond timestamp (and may match); the random bits must not.
+  EXPECT_NE(child_id->substr(14), parent_id.substr(14)) << *child_id << " vs " << parent_id;
 }

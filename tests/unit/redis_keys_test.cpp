@@ -205,6 +205,60 @@ TEST(RedisErrors, ServerRepliesMapToErrorCodes) {
   EXPECT_NO_THROW(dlock::detail::throw_if_error(RedisValue{RedisValue::Type::integer, 1, {}, {}}, "h:1", "test"));
 }
 
+TEST(RedisScripts, FenceCounterIsKeptAFewLockTtlsWithAFloor) {
+  using dlock::detail::fence_pttl;
+  EXPECT_EQ(fence_pttl(10s, 10s), 30s);         // 3 x ttl
+  EXPECT_EQ(fence_pttl(100ms, 10s), 10s);       // the floor (RedisOptions::fence_ttl)
+  EXPECT_EQ(fence_pttl(1h, 7 * 24h), 7 * 24h);  // a larger floor wins
+  // "Forever" saturates at 100 years instead of overflowing (the script adds it to the clock in ms as a double).
+  const std::chrono::milliseconds most = std::chrono::hours(24 * 365 * 100);
+  EXPECT_EQ(fence_pttl(std::chrono::milliseconds::max(), 10s), most);
+  EXPECT_EQ(fence_pttl(most / 3 + 1ms, 10s), most);
+  EXPECT_EQ(fence_pttl(10s, std::chrono::milliseconds::max()), most);
+  EXPECT_LT(static_cast<double>(most.count()) + 2e12, 9007199254740992.0);  // + the clock in ms < 2^53
+}
+
+TEST(RedisScripts, TheCounterHelpersArePartOfEveryScriptThatWritesACounter) {
+  using namespace dlock::detail;
+  for (std::string_view script : {redis_acquire_script, redis_fence_raise_script}) {
+    EXPECT_EQ(script.substr(0, std::string_view(lua_counter_helpers).size()), lua_counter_helpers);
+    EXPECT_NE(script.find("keep_counter(KEYS["), std::string_view::npos);
+    EXPECT_EQ(script.back(), '\n');
+    EXPECT_EQ(script.find('\0'), std::string_view::npos);
+  }
+}
+
+TEST(RedisReplies, ReleaseReplyTellsARefusedPublishApart) {
+  using dlock::detail::parse_release_reply;
+  using dlock::detail::RedisValue;
+  using Type = RedisValue::Type;
+  const auto integer = [](long long v) { return RedisValue{Type::integer, v, {}, {}}; };
+  EXPECT_TRUE(parse_release_reply(integer(1), "h:1", "k").released);
+  EXPECT_TRUE(parse_release_reply(integer(1), "h:1", "k").publish_error.empty());
+  EXPECT_FALSE(parse_release_reply(integer(0), "h:1", "k").released);
+  const RedisValue refused{Type::array, 0, {}, {integer(1), RedisValue{Type::string, 0, "ERR no channel", {}}}};
+  const auto r = parse_release_reply(refused, "h:1", "k");
+  EXPECT_TRUE(r.released);
+  EXPECT_EQ(r.publish_error, "ERR no channel");
+  EXPECT_THROW((void)parse_release_reply(integer(2), "h:1", "k"), dlock::ServerError);
+  EXPECT_THROW((void)parse_release_reply(RedisValue{Type::array, 0, {}, {integer(0), integer(0)}}, "h:1", "k"),
+               dlock::ServerError);
+  EXPECT_THROW((void)parse_release_reply(RedisValue{Type::error, 0, "NOPERM no", {}}, "h:1", "k"), dlock::ServerError);
+}
+
+TEST(RedisReplies, PublishRefusalsKeepTheLastAndNameTheEndpoint) {
+  dlock::detail::PublishRefusals refusals;
+  EXPECT_EQ(refusals.last(), "");
+  testing::internal::CaptureStderr();
+  refusals.note("h:1", "p{a}:released", "ERR first");
+  refusals.note("h:2", "p{b}:released", "ERR second");
+  const std::string logged = testing::internal::GetCapturedStderr();
+  EXPECT_NE(logged.find("ERR first"), std::string::npos) << logged;
+  EXPECT_EQ(logged.find("ERR second"), std::string::npos) << "logged more than once: " << logged;
+  EXPECT_NE(refusals.last().find("h:2"), std::string::npos);
+  EXPECT_NE(refusals.last().find("ERR second"), std::string::npos);
+}
+
 // A port that nothing listens on: bound, then closed.
 int closed_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -100,3 +100,21 @@ TEST(RetryPolicy, FullJitterSpreadsContendersAcrossTheWindow) {
   }
   EXPECT_EQ(herd.size(), 1u);
 }
+
+// A policy built outside LockOptions validation may use "forever" delays: the
+// schedule saturates at max_delay instead of overflowing.
+TEST(RetryPolicy, EndlessDelaysSaturate) {
+  RetryPolicy p{.initial_delay = 1ms, .max_delay = us::max(), .multiplier = 2.0, .jitter = Jitter::none};
+  EXPECT_EQ(dlock::detail::base_delay(p, 0), us(1'000));
+  EXPECT_EQ(dlock::detail::base_delay(p, 200), us::max());
+  p.jitter = Jitter::decorrelated;
+  std::mt19937_64 rng(7);
+  us longest{0};
+  for (int i = 0; i < 100; ++i) {
+    const us d = dlock::detail::retry_delay(p, 5, us::max() / 2, rng);
+    EXPECT_GE(d, p.initial_delay);
+    EXPECT_LE(d, p.max_delay);
+    longest = std::max(longest, d);
+  }
+  EXPECT_GT(longest, us::max() / 4);  // drawn from [initial_delay, max_delay], not stuck at initial_delay
+}

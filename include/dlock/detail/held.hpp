@@ -20,6 +20,9 @@
 #include <utility>
 #include <vector>
 
+#include <sys/types.h>
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "../backend.hpp"
@@ -28,6 +31,7 @@
 #include "../heartbeat.hpp"
 #include "../observer.hpp"
 #include "../options.hpp"
+#include "time.hpp"
 
 namespace dlock::detail {
 
@@ -72,23 +76,35 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         clock_(clock),
         observer_(std::move(observer)),
         lease_(std::move(lease)),
-        extend_due_(lease_.acquired_at + interval_) {
-    if (options.auto_extend && options.max_hold) max_hold_end_ = lease_.acquired_at + *options.max_hold;
-    if (options.long_held) long_held_at_ = lease_.acquired_at + *options.long_held;
+        extend_due_(saturating_add(lease_.acquired_at, interval_)) {
+    // "Forever" saturates to `never`, the end of the clock.
+    if (options.auto_extend && options.max_hold) max_hold_end_ = saturating_add(lease_.acquired_at, *options.max_hold);
+    if (options.long_held) long_held_at_ = saturating_add(lease_.acquired_at, *options.long_held);
   }
 
   // ---- queries (any thread) ----
+  // In a process forked after the acquisition the lease is the parent's: it
+  // reads as lost there, and nothing reaches the server (see inherited()).
 
   [[nodiscard]] bool owns(TimePoint now) const noexcept {
+    if (inherited()) return false;
     std::lock_guard lk(mu_);
     return state_ == State::held && now < lease_.valid_until;
   }
   [[nodiscard]] TimePoint valid_until() const noexcept {
+    if (inherited()) return TimePoint{};
     std::lock_guard lk(mu_);
     return state_ == State::held ? lease_.valid_until : TimePoint{};
   }
+  [[nodiscard]] const OwnerId& owner() const noexcept { return lease_.owner; }
+  /// True in a child forked after the acquisition. The parent still holds the
+  /// lease under the same owner id, so the child must neither extend nor
+  /// release it; the child's queries answer from this alone, without taking
+  /// a mutex another thread of the parent may have held at the fork.
+  [[nodiscard]] bool inherited() const noexcept { return ::getpid() != pid_; }
   /// The token while held and valid; otherwise LockLostError / no_fencing_token.
   [[nodiscard]] std::uint64_t fencing_token() const {
+    if (inherited()) throw inherited_error();
     std::lock_guard lk(mu_);
     if (state_ != State::held) throw lost_error();
     if (clock_.now() >= lease_.valid_until)
@@ -101,6 +117,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   }
   /// The stop source is made on first request (most acquisitions never ask).
   [[nodiscard]] std::stop_token stop_token() {
+    if (inherited()) return inherited_stop_token();
     std::lock_guard lk(mu_);
     if (!stop_.stop_possible()) {
       stop_ = std::stop_source();
@@ -113,6 +130,12 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   /// is already lost. Dropped if the lease is released normally.
   void on_lost(Callback cb) {
     LostEvent ev;
+    if (inherited()) {
+      ev = LostEvent{LostReason::connection, name_, std::string(lease_.owner.str()), lease_.token,
+                     inherited_error().what()};
+      run_callbacks(std::span<Callback>(&cb, 1), ev);
+      return;
+    }
     {
       std::lock_guard lk(mu_);
       if (state_ != State::lost) {
@@ -144,6 +167,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   /// an owner-checked release is still attempted, quietly, in case the
   /// server kept the key), or when the server says it had expired or been taken.
   ReleaseResult release() {
+    if (inherited()) return ReleaseResult::not_held;  // the parent's lease: deleting it would free the parent's lock
     std::lock_guard op(op_mu_);
     State previous;
     {
@@ -175,6 +199,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   /// Owner-checked extension to `ttl`; throws LockLostError when lost.
   void extend(std::chrono::milliseconds ttl) {
+    if (inherited()) throw inherited_error();
     std::lock_guard op(op_mu_);
     {
       std::lock_guard lk(mu_);
@@ -301,6 +326,24 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
           fmt::format("dlock: lock '{}' on {} {} was lost", name_, backend_.kind(), backend_.endpoint()));
     return LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held);
   }
+  [[nodiscard]] LockLostError inherited_error() const {
+    return LockLostError(
+        fmt::format("dlock: lock '{}' on {} {} was acquired by process {}, not this one (inherited "
+                    "across fork()); it belongs to that process",
+                    name_, backend_.kind(), backend_.endpoint(), pid_));
+  }
+  // In a forked child: a requested token. The shared stop source is requested
+  // too (so tokens handed out before the fork see it) unless another thread of
+  // the parent held the mutex at the fork.
+  [[nodiscard]] std::stop_token inherited_stop_token() noexcept {
+    std::stop_source stop;
+    {
+      std::unique_lock lk(mu_, std::try_to_lock);
+      if (lk.owns_lock() && stop_.stop_possible()) stop = stop_;
+    }
+    stop.request_stop();
+    return stop.get_token();
+  }
   // Requires op_mu_. Clears in_flight_ when no longer held.
   bool still_held() noexcept {
     std::lock_guard lk(mu_);
@@ -340,7 +383,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         std::lock_guard lk(mu_);
         in_flight_ = false;
         failing_ = true;
-        extend_due_ = sent + std::max<Clock::duration>(interval_ / 4, std::chrono::milliseconds(1));
+        extend_due_ = saturating_add(sent, std::max<Clock::duration>(interval_ / 4, std::chrono::milliseconds(1)));
       }
       report(EventType::extend_failed, e,
              fmt::format("auto-extend of '{}' failed ({}); retrying within its validity", name_, e.what()));
@@ -363,7 +406,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       old_validity = lease_.valid_until;
       if (valid && state == State::held) {
         lease_.valid_until = *valid;
-        extend_due_ = sent + interval_;
+        extend_due_ = saturating_add(sent, interval_);
         failing_ = false;
       }
     }
@@ -507,6 +550,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   const bool auto_extend_;
   const Clock& clock_;
   const std::shared_ptr<Observer> observer_;
+  const pid_t pid_ = ::getpid();  // the process that acquired the lease
   static constexpr TimePoint never = TimePoint::max();
   TimePoint max_hold_end_ = never;
 

@@ -56,10 +56,38 @@ struct AcquireReply {
 /// ServerError for error replies and for replies of an unexpected shape.
 [[nodiscard]] AcquireReply parse_acquire_reply(const RedisValue& reply, std::string_view endpoint,
                                                std::string_view lock_key);
-/// Parses the 0/1 reply of the release, extend and fence-raise scripts; `op`
-/// ("release") and `key` name it in messages. Throws ServerError.
+/// Parses the 0/1 reply of the extend and fence-raise scripts; `op`
+/// ("extend") and `key` name it in messages. Throws ServerError.
 [[nodiscard]] bool parse_flag_reply(const RedisValue& reply, std::string_view endpoint, std::string_view op,
                                     std::string_view key);
+
+/// The release script's answer (see redis_scripts.hpp).
+struct ReleaseReply {
+  bool released = false;
+  std::string publish_error;  ///< released, but the server refused the PUBLISH (e.g. no channel permission)
+};
+/// Parses the release script's reply for `lock_key`; throws ServerError for
+/// error replies and for replies of an unexpected shape.
+[[nodiscard]] ReleaseReply parse_release_reply(const RedisValue& reply, std::string_view endpoint,
+                                               std::string_view lock_key);
+
+/// Refusals of the release script's PUBLISH (an ACL user without permission
+/// for the release channels): the releases succeed, but waiters are not woken
+/// by them and fall back to their backoff. The first refusal is written to
+/// stderr once (the backends have no observer); the last one is kept for
+/// last(). Thread-safe.
+class PublishRefusals {
+ public:
+  void note(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept;
+  /// The last refusal as a message ("" if none): endpoint, channel and the
+  /// server's error, never a password.
+  [[nodiscard]] std::string last() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::string last_;
+  bool logged_ = false;
+};
 
 /// One hiredis connection. Not thread-safe; owned by one user at a time.
 class RedisConnection {
@@ -174,7 +202,13 @@ class RedisNode {
   AcquireReply acquire(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds ttl);
   /// The release script: true if `owner` held the lock (it is now deleted and
   /// the release published), false if it had expired or another owner holds it.
+  /// A refused publish is noted in publish_refusals(), not thrown.
   bool release(const RedisKeys& keys, std::string_view owner);
+  /// The release script on a connection of its own (not the pool's, which may
+  /// be exhausted by the slow server that made an attempt in doubt), with
+  /// connect and command each bounded by `timeout`. Best effort: never throws.
+  void abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept;
+  [[nodiscard]] const PublishRefusals& publish_refusals() const noexcept { return publish_refusals_; }
   /// The extend script: true if `owner` holds the lock (TTL reset to `ttl`).
   bool extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl);
 
@@ -204,8 +238,11 @@ class RedisNode {
   std::unique_ptr<RedisConnection> take();
   void give_back(std::unique_ptr<RedisConnection> c) noexcept;
 
+  bool released(const RedisValue& reply, const RedisKeys& keys);
+
   const RedisOptions options_;
   const std::string endpoint_;
+  PublishRefusals publish_refusals_;
   mutable std::mutex mu_;
   std::condition_variable free_cv_;
   struct Idle {

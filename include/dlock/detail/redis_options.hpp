@@ -31,8 +31,9 @@ struct RedisOptions {
   std::string key_prefix = "dlock:";
   /// Connections kept for commands (callers beyond it wait for a free one), >= 1.
   std::size_t pool_size = 4;
-  /// Idle lifetime of a fencing counter, refreshed on each acquire; see docs/redis.md.
-  std::chrono::milliseconds fence_ttl{std::chrono::hours(24 * 7)};
+  /// Least time a fencing counter is kept after the server clock passed its
+  /// value (it is kept max(fence_ttl, 3 x the lock's ttl)), >= 1s; see docs/redis.md.
+  std::chrono::milliseconds fence_ttl{std::chrono::seconds(10)};
 };
 
 /// Parses `redis://[[user]:password@]host[:port][/db]` or

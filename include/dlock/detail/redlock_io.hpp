@@ -40,8 +40,6 @@ class RedlockNode {
 
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
   [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
-  /// "fence_ttl" of this node in milliseconds, as text for the acquire script.
-  [[nodiscard]] const std::string& fence_ttl_ms() const noexcept { return fence_ttl_ms_; }
 
   /// An idle connection (checked for a close by the server) or a new
   /// non-blocking one whose connect has started. Throws ConnectionError when
@@ -61,7 +59,6 @@ class RedlockNode {
   };
   const RedisOptions options_;
   const std::string endpoint_;
-  const std::string fence_ttl_ms_;
   mutable std::mutex mu_;
   std::vector<Idle> idle_;  ///< most recently used last
   std::uint64_t generation_ = 0;
@@ -73,7 +70,7 @@ struct ScriptCall {
   RedisScript script{};
   std::array<std::string_view, 2> keys{};
   std::size_t key_count = 0;
-  std::array<std::string_view, 3> args{};
+  std::array<std::string_view, 5> args{};
   std::size_t arg_count = 0;
 };
 

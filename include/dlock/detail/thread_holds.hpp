@@ -2,11 +2,14 @@
 // wait records of cross-process deadlock detection (see RecordsWaits).
 #pragma once
 
-#include <algorithm>
+#include <chrono>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -24,19 +27,46 @@ struct ThreadHold {
   std::string owner;
 };
 
-/// Locks acquired on this thread and not yet released. A lock released on
-/// another thread stays listed here until this thread releases one.
-inline std::vector<ThreadHold>& thread_holds() {
-  thread_local std::vector<ThreadHold> holds;
-  return holds;
+/// The locks one thread acquired and has not released yet. An acquisition
+/// keeps the list it was added to and removes itself from it on release,
+/// from whichever thread releases it, so hand-offs between threads leave
+/// nothing behind. Thread-safe.
+class ThreadHoldList {
+ public:
+  void add(ThreadHold hold) {
+    std::lock_guard lk(mu_);
+    holds_.push_back(std::move(hold));
+  }
+  void remove(const void* acquisition) noexcept {
+    std::lock_guard lk(mu_);
+    std::erase_if(holds_, [acquisition](const ThreadHold& h) { return h.acquisition == acquisition; });
+  }
+  /// (name, owner) of the holds on `backend`, copied.
+  [[nodiscard]] std::vector<std::pair<std::string, std::string>> on(const void* backend) const {
+    std::lock_guard lk(mu_);
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const auto& h : holds_)
+      if (h.backend == backend) out.emplace_back(h.name, h.owner);
+    return out;
+  }
+  [[nodiscard]] std::size_t size() const {
+    std::lock_guard lk(mu_);
+    return holds_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<ThreadHold> holds_;
+};
+
+/// This thread's list.
+[[nodiscard]] inline const std::shared_ptr<ThreadHoldList>& thread_hold_list() {
+  thread_local const auto list = std::make_shared<ThreadHoldList>();
+  return list;
 }
 
-inline void forget_hold(const void* acquisition) noexcept {
-  auto& holds = thread_holds();
-  holds.erase(std::remove_if(holds.begin(), holds.end(),
-                             [acquisition](const ThreadHold& h) { return h.acquisition == acquisition; }),
-              holds.end());
-}
+/// Entries in this thread's list (for tests and diagnostics).
+[[nodiscard]] inline std::size_t thread_hold_count() { return thread_hold_list()->size(); }
 
 /// "host:pid:thread" for this thread.
 inline const std::string& agent_id() {
@@ -53,9 +83,12 @@ template <class B>
 class WaitPublisher {
  public:
   WaitPublisher(B& backend, std::string_view lock, std::string_view waiter, std::chrono::milliseconds ttl)
-      : backend_(backend), lock_(lock), waiter_(waiter), ttl_(ttl) {
-    for (const auto& h : thread_holds())
-      if (h.backend == backend_identity(backend)) holds_.push_back(HeldLockRef{h.name, h.owner});
+      : backend_(backend),
+        lock_(lock),
+        waiter_(waiter),
+        ttl_(ttl),
+        held_(thread_hold_list()->on(backend_identity(backend))) {
+    for (const auto& [name, owner] : held_) holds_.push_back(HeldLockRef{name, owner});
     publish();
   }
   WaitPublisher(const WaitPublisher&) = delete;
@@ -78,7 +111,8 @@ class WaitPublisher {
   std::string_view lock_;
   std::string_view waiter_;
   std::chrono::milliseconds ttl_;
-  std::vector<HeldLockRef> holds_;
+  std::vector<std::pair<std::string, std::string>> held_;  // copies: another thread may release them meanwhile
+  std::vector<HeldLockRef> holds_;                         // views into held_
   std::chrono::steady_clock::time_point published_{};
 };
 

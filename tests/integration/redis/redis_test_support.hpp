@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <optional>
@@ -22,6 +23,12 @@ namespace dlock::test {
 struct QuietObserver : Observer {
   void on_event(const Event&) noexcept override {}
 };
+
+/// The server's clock (TIME) in microseconds since the epoch.
+inline std::uint64_t server_time_us(detail::RedisNode& node) {
+  const detail::RedisValue r = node.command({"TIME"});
+  return std::stoull(r.elements.at(0).str) * 1'000'000 + std::stoull(r.elements.at(1).str);
+}
 
 class RedisTest : public ::testing::Test {
  public:  // also used by helpers outside the test bodies

@@ -140,10 +140,12 @@ TEST_F(RedlockTest, TokensStrictlyIncreaseEvenWhenTheNodeWithTheLargestCounterGo
     lock.unlock();
   }
   // Node 0's counter jumps far ahead (as after partial attempts that only it
-  // granted). The next grant takes that value and raises the others to it...
-  ASSERT_EQ(cmd(0, {"SET", fence("fenced"), std::to_string(last + 1000)}).str, "OK");
+  // granted; here 1000 s, so that the clock floor does not catch up). The
+  // next grant takes that value and raises the others to it...
+  const std::uint64_t ahead = last + 1'000'000'000;
+  ASSERT_EQ(cmd(0, {"SET", fence("fenced"), std::to_string(ahead)}).str, "OK");
   ASSERT_TRUE(lock.try_lock());
-  EXPECT_EQ(lock.fencing_token(), last + 1001);
+  EXPECT_EQ(lock.fencing_token(), ahead + 1);
   last = lock.fencing_token();
   for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(std::stoull(get(i, fence("fenced"))), last) << "node " << i;
   lock.unlock();
