@@ -4,9 +4,14 @@
 // complete sentence (what happened, where, and for which lock) and whose
 // code() is a std::error_code from dlock::error_category(). The subclass tells the caller what to do next:
 //
-//   TimeoutError     the deadline passed; try again later or give up.
-//   ConnectionError  the lock service could not be reached or dropped the
-//                    connection; the state of the lock on the server is unknown.
+//   TimeoutError     the deadline passed: a request the service had received got
+//                    no answer in time (its outcome is unknown), or no pooled
+//                    connection came free; try again later or give up.
+//   ConnectionError  the lock service could not be reached (connect refused or
+//                    no answer within the connect timeout: nothing was done) or
+//                    dropped the connection (the state of the lock on the server
+//                    is unknown). Every backend reports "could not reach the
+//                    service" this way, so FallbackBackend degrades on it.
 //   LockLostError    the operation needs a lock this owner no longer holds
 //                    (expired, taken, connection gone); stop the critical section.
 //   DeadlockError    the server detected a deadlock; release what you hold, retry.

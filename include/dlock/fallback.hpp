@@ -13,14 +13,19 @@
 //   dlock::FallbackBackend<dlock::RedisBackend, dlock::UnlockedBackend> degrade(redis, none);
 //   dlock::Lock<decltype(degrade)> lock(degrade, "thumbnails:42", {.ttl = 30s});
 //
-// Each acquisition that the primary could not serve (it threw
-// ConnectionError) goes to the secondary and is reported as a `degraded`
+// Each acquisition that the primary could not serve because it could not be
+// reached (an error with errc::connection: ConnectionError, which every
+// backend throws when it cannot connect, is refused, or gets no answer within
+// its connect timeout) goes to the secondary and is reported as a `degraded`
 // event naming the lock and the reason (a log line with the default
 // observer, dlock_degraded_acquisitions_total in MetricsRegistry). Release and
 // extend go to whichever backend granted the lease. Fencing tokens of the two
 // backends are unrelated: a degraded grant carries the secondary's token (none
 // for UnlockedBackend), so a resource that checks tokens rejects or must
-// ignore them. See docs/choosing-a-backend.md.
+// ignore them. Other errors are thrown as they are: a TimeoutError of a request
+// the primary had already received (its outcome is unknown: it may have granted
+// the lock), pool exhaustion, a refused login or a misconfiguration is not an
+// outage to run through. See docs/choosing-a-backend.md.
 #pragma once
 
 #include <chrono>
@@ -78,7 +83,8 @@ class FallbackBackend {
     std::string why;
     try {
       return wrap<0>(primary_.try_acquire(r), {});
-    } catch (const ConnectionError& e) {
+    } catch (const Error& e) {
+      if (e.code() != errc::connection) throw;  // only "could not reach the service" degrades
       why = fmt::format("{} {} unreachable ({}); lock '{}' taken from the fallback {} instead", primary_.kind(),
                         primary_.endpoint(), e.what(), r.name, secondary_.kind());
     }

@@ -21,16 +21,22 @@
 //
 // Fencing tokens come from a sequence (default dlock.fencing) that
 // install_schema() or sql/dlock_postgres.sql creates; without it locks work
-// and fencing_token() reports errc::no_fencing_token.
+// but carry no token: fencing_token() throws errc::no_fencing_token, saying to
+// run install_schema(). Tokens increase only once the sequence exists.
 //
 // Thread safety: PostgresBackend may be used from any number of threads. It
 // is a handle (copies share one pool; each Lock keeps a copy, so it may be
 // destroyed before its locks). It connects lazily: the constructor only
 // validates. Every network call is bounded by connect_timeout /
-// statement_timeout (plus the wait asked for); connection failures are thrown
-// as ConnectionError naming host:port/database (never the password),
-// expired timeouts as TimeoutError, deadlocks (SQLSTATE 40P01) as
-// DeadlockError, other server refusals as ServerError.
+// statement_timeout (plus the wait asked for). A server that cannot be
+// reached (refused, or no answer within connect_timeout) is a ConnectionError
+// naming host:port/database (never the password, nor any other part of the
+// conninfo); a statement that got no answer within statement_timeout is a
+// TimeoutError (its outcome is unknown); deadlocks (SQLSTATE 40P01) are
+// DeadlockError, other server refusals ServerError. A URI that libpq would
+// misread (an unencoded '@' or '/' in the password) is refused by the
+// constructor. After fork(), a child never uses or closes the connections it
+// inherited (docs/postgres.md).
 #pragma once
 
 #include <chrono>
@@ -110,6 +116,29 @@ void validate_fields(const PostgresOptions& o);
 /// The DDL install_schema() runs for `sequence` (already validated), one
 /// statement per element; for "dlock.fencing" it is sql/dlock_postgres.sql.
 [[nodiscard]] std::vector<std::string> pg_schema_sql(std::string_view sequence);
+
+/// The largest TCP keepalive idle time or interval Linux accepts (MAX_TCP_KEEPIDLE).
+inline constexpr std::int64_t pg_max_keepalive_seconds = 32767;
+
+/// What a lock's ttl sets on its server session, each value clamped to what
+/// PostgreSQL (int settings) and Linux (keepalives) accept, so that no ttl,
+/// however long, makes the server refuse the acquire.
+struct PgTtlSettings {
+  /// idle_session_timeout (session scope) or idle_in_transaction_session_timeout
+  /// (transaction scope) in ms: the ttl; 0 (off) when the ttl is above INT_MAX
+  /// ms (24.8 days), the most PostgreSQL accepts: a shorter timeout would free
+  /// a silent holder's lock before the validity its client was given.
+  std::int64_t idle_timeout_ms = 0;
+  std::int64_t keepalives_idle_s = 1;      ///< tcp_keepalives_idle: ttl / 2, in [1, 32767] s
+  std::int64_t keepalives_interval_s = 1;  ///< tcp_keepalives_interval: ttl / 6, in [1, 32767] s
+  std::int64_t user_timeout_ms = 0;        ///< tcp_user_timeout: the ttl, at most INT_MAX ms
+};
+[[nodiscard]] PgTtlSettings pg_ttl_settings(std::chrono::milliseconds ttl) noexcept;
+
+/// A libpq message on one line without any quoted fragment: libpq quotes host,
+/// database and user names and the parts of a connection string it cannot
+/// parse, and any of them may be part of a password.
+[[nodiscard]] std::string pg_redact(std::string_view libpq_message);
 }  // namespace detail
 
 /// The per-lease state of a PostgresBackend lock: the pinned connection whose
@@ -191,6 +220,9 @@ class PostgresBackend {
   /// Whether the fencing sequence exists (asks the server once, then cached;
   /// install_schema() sets it).
   [[nodiscard]] bool has_fencing();
+  /// Appended to the errc::no_fencing_token error of a lock taken while the
+  /// fencing sequence was missing: it names the sequence and says to run install_schema().
+  [[nodiscard]] std::string_view no_fencing_hint() const noexcept { return state_->no_fencing_hint; }
   /// Advisory locks (bigint keys) held and awaited in the connected database,
   /// holders first; the query is in docs/postgres-monitoring.md.
   [[nodiscard]] std::vector<PgAdvisoryLockInfo> monitor();
@@ -205,6 +237,7 @@ class PostgresBackend {
   struct State {  // shared by all copies
     PostgresOptions options;
     std::string endpoint;
+    std::string no_fencing_hint;
     std::unique_ptr<detail::PgBackendState> pool;  // the connection pool and cached state
     ~State();
   };

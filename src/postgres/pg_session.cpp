@@ -1,16 +1,19 @@
 // One libpq connection with deadline-bounded round trips, and the pool.
 #include "pg_session.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <utility>
 
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -24,8 +27,6 @@ std::string trim(std::string_view s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.remove_suffix(1);
   return std::string(s);
 }
-
-std::string conn_message(PGconn* c) { return trim(c ? PQerrorMessage(c) : "out of memory"); }
 
 enum class Ready { yes, timeout, error };
 
@@ -61,7 +62,48 @@ bool await_input(PGconn* c, bool for_write, SteadyTime deadline, PgOutcome& out)
 
 void no_notices(void*, const char*) {}  // pg_advisory_unlock's WARNING etc. are not for stderr
 
+// Frees a connection inherited across fork() without sending anything: its
+// socket is the parent's too, and PQfinish() would send Terminate on it. The
+// descriptor is first replaced by /dev/null (dup2 closes the socket and reuses
+// the number atomically, so no other file can take it in between); libpq's
+// Terminate then fails on it (ENOTSOCK) and reaches no server. If /dev/null
+// cannot be opened, the few bytes of the PGconn are leaked instead.
+void discard_inherited(PGconn* c) noexcept {
+  const int fd = PQsocket(c);
+  if (fd >= 0) {
+    const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null_fd < 0 || ::dup2(null_fd, fd) < 0) {
+      if (null_fd >= 0) ::close(null_fd);
+      ::close(fd);  // never write to a number another file may get: leak the PGconn
+      return;
+    }
+    ::close(null_fd);
+  }
+  PQfinish(c);
+}
+
 }  // namespace
+
+std::string pg_redact(std::string_view msg) {
+  std::string out;
+  bool quoted = false;
+  for (const char c : msg) {
+    if (c == '"') {
+      quoted = !quoted;
+      out += quoted ? "\"..." : "\"";
+      continue;
+    }
+    if (quoted) continue;
+    const char ch = c == '\n' || c == '\t' || c == '\r' ? ' ' : c;
+    if (ch == ' ' && (out.empty() || out.back() == ' ')) continue;
+    out += ch;
+  }
+  if (quoted) out += '"';
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+std::string conn_message(PGconn* c) { return c ? pg_redact(PQerrorMessage(c)) : "out of memory"; }
 
 PgParam PgParam::int8(std::int64_t v) {
   PgParam p;
@@ -92,7 +134,20 @@ std::string_view PgOutcome::sqlstate() const noexcept {
   return s ? std::string_view(s) : std::string_view{};
 }
 
-PgSession::~PgSession() { PQfinish(conn_); }
+PgSession::~PgSession() {
+  if (inherited()) {
+    discard_inherited(conn_);
+  } else {
+    PQfinish(conn_);
+  }
+}
+
+PgOutcome PgSession::refuse_inherited() const {
+  PgOutcome out;
+  out.fail = PgOutcome::Fail::broken;
+  out.message = "the connection was opened by the parent process before fork(); it is never used in a child";
+  return out;
+}
 
 PgOutcome PgSession::finish_send(int sent, SteadyTime deadline) {
   PgOutcome out;
@@ -134,38 +189,122 @@ PgOutcome PgSession::finish_send(int sent, SteadyTime deadline) {
   return out;
 }
 
+namespace {
+
+// The parameter arrays libpq's send functions take.
+struct ParamArrays {
+  explicit ParamArrays(const std::vector<PgParam>& params)
+      : values(params.size()), lengths(params.size()), formats(params.size()) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      values[i] = params[i].bytes.data();
+      lengths[i] = static_cast<int>(params[i].bytes.size());
+      formats[i] = params[i].binary ? 1 : 0;
+    }
+  }
+  [[nodiscard]] int size() const noexcept { return static_cast<int>(values.size()); }
+  std::vector<const char*> values;
+  std::vector<int> lengths, formats;
+};
+
+std::uint64_t bit_of(const PgStatement& stmt) noexcept { return std::uint64_t{1} << stmt.id; }
+
+int send_prepare(PGconn* c, const PgStatement& stmt) {
+  return PQsendPrepare(c, stmt.name.c_str(), stmt.sql.c_str(), static_cast<int>(stmt.types.size()), stmt.types.data());
+}
+
+int send_query(PGconn* c, const PgStatement& stmt, const ParamArrays& p, bool prepared) {
+  if (prepared)
+    return PQsendQueryPrepared(c, stmt.name.c_str(), p.size(), p.values.data(), p.lengths.data(), p.formats.data(), 0);
+  return PQsendQueryParams(c, stmt.sql.c_str(), p.size(), stmt.types.data(), p.values.data(), p.lengths.data(),
+                           p.formats.data(), 0);
+}
+
+}  // namespace
+
 PgOutcome PgSession::run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared,
                          SteadyTime deadline) {
-  std::vector<const char*> values(params.size());
-  std::vector<int> lengths(params.size()), formats(params.size());
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    values[i] = params[i].bytes.data();
-    lengths[i] = static_cast<int>(params[i].bytes.size());
-    formats[i] = params[i].binary ? 1 : 0;
-  }
-  const int n = static_cast<int>(params.size());
-  if (!prepared) {
-    return finish_send(PQsendQueryParams(conn_, stmt.sql.c_str(), n, stmt.types.data(), values.data(), lengths.data(),
-                                         formats.data(), 0),
-                       deadline);
-  }
-  const std::uint64_t bit = std::uint64_t{1} << stmt.id;
-  if (!(prepared_ & bit)) {
-    PgOutcome prep = finish_send(PQsendPrepare(conn_, stmt.name.c_str(), stmt.sql.c_str(),
-                                               static_cast<int>(stmt.types.size()), stmt.types.data()),
-                                 deadline);
+  if (inherited()) return refuse_inherited();
+  const ParamArrays p(params);
+  if (prepared && !(prepared_ & bit_of(stmt))) {
+    PgOutcome prep = finish_send(send_prepare(conn_, stmt), deadline);
     if (!prep.ok()) return prep;
-    prepared_ |= bit;
+    prepared_ |= bit_of(stmt);
   }
-  return finish_send(PQsendQueryPrepared(conn_, stmt.name.c_str(), n, values.data(), lengths.data(), formats.data(), 0),
-                     deadline);
+  return finish_send(send_query(conn_, stmt, p, prepared), deadline);
+}
+
+PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline) {
+  if (inherited()) return refuse_inherited();
+  PgOutcome out;
+  const auto broken = [&] {
+    out.fail = PgOutcome::Fail::broken;
+    out.message = conn_message(conn_);
+    out.result.reset();
+    return std::move(out);
+  };
+  if (!PQenterPipelineMode(conn_)) return broken();
+  // What each result set in the pipeline answers: a Parse (statement to mark prepared) or a query.
+  std::vector<const PgStatement*> steps;
+  for (const PgCall& call : calls) {
+    if (prepared && !(prepared_ & bit_of(call.stmt))) {
+      if (!send_prepare(conn_, call.stmt)) return broken();
+      steps.push_back(&call.stmt);
+    }
+    if (!send_query(conn_, call.stmt, ParamArrays(call.params), prepared)) return broken();
+    steps.push_back(nullptr);
+  }
+  if (!PQpipelineSync(conn_)) return broken();
+  for (;;) {  // flush the requests (non-blocking connection)
+    const int f = PQflush(conn_);
+    if (f == 0) break;
+    if (f < 0) return broken();
+    if (!await_input(conn_, true, deadline, out)) return out;
+  }
+  // Each step's results end with a NULL; then comes the sync point.
+  std::size_t step = 0;
+  bool failed = false;
+  for (bool synced = false; !synced;) {
+    while (PQisBusy(conn_)) {
+      if (!await_input(conn_, false, deadline, out)) return out;
+    }
+    PGresult* res = PQgetResult(conn_);
+    if (!res) {
+      ++step;
+      if (step > steps.size() + 1) return broken();  // the connection failed: no sync point will come
+      continue;
+    }
+    PgResult owned(res);
+    switch (PQresultStatus(res)) {
+      case PGRES_PIPELINE_SYNC:
+        synced = true;
+        break;
+      case PGRES_PIPELINE_ABORTED:
+        break;
+      case PGRES_FATAL_ERROR:
+        if (!failed) out.result = std::move(owned);
+        failed = true;
+        break;
+      default:
+        if (step < steps.size() && steps[step]) {
+          prepared_ |= bit_of(*steps[step]);
+        } else if (!failed) {
+          out.result = std::move(owned);
+        }
+    }
+  }
+  if (!PQexitPipelineMode(conn_) || PQstatus(conn_) == CONNECTION_BAD) {
+    if (!out.result || PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR) return broken();
+  }
+  return out;
 }
 
 PgOutcome PgSession::command(const char* sql, SteadyTime deadline) {
+  if (inherited()) return refuse_inherited();
   return finish_send(PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0), deadline);
 }
 
 bool PgSession::reusable() noexcept {
+  if (inherited()) return false;  // reading its socket would take the parent's replies
   if (PQstatus(conn_) != CONNECTION_OK || PQtransactionStatus(conn_) != PQTRANS_IDLE) return false;
   pollfd p{PQsocket(conn_), POLLIN, 0};
   if (p.fd < 0) return false;
@@ -177,7 +316,7 @@ bool PgSession::reusable() noexcept {
 
 void PgSessionDeleter::operator()(PgSession* s) const noexcept {
   if (!s) return;
-  PgPool* pool = s->pool();
+  PgPool* pool = s->inherited() ? nullptr : s->pool();  // a child's pool does not count the parent's
   delete s;
   if (pool) pool->closed();
 }
@@ -229,20 +368,25 @@ PgPool::PgPool(const PostgresOptions& options, std::string endpoint)
   }
   PQfreemem(err);
   if (!user_keepalives) {
-    const auto secs =
-        std::max<std::int64_t>(1, std::chrono::duration_cast<std::chrono::seconds>(options_.statement_timeout).count());
+    const auto& t = options_.statement_timeout;
     const std::pair<const char*, std::string> ka[] = {
         {"keepalives", "1"},
-        {"keepalives_idle", std::to_string(secs)},
-        {"keepalives_interval", std::to_string(std::max<std::int64_t>(1, secs / 3))},
+        {"keepalives_idle", std::to_string(pg_keepalive_seconds(t))},
+        {"keepalives_interval", std::to_string(pg_keepalive_seconds(t / 3))},
         {"keepalives_count", "3"},
-        {"tcp_user_timeout", std::to_string(options_.statement_timeout.count())},
+        {"tcp_user_timeout", std::to_string(pg_int_ms(t))},
     };
     for (const auto& [k, v] : ka) {
       keywords_.emplace_back(k);
       values_.push_back(v);
     }
   }
+}
+
+std::int64_t pg_int_ms(std::chrono::milliseconds d) noexcept { return std::clamp<std::int64_t>(d.count(), 0, INT_MAX); }
+
+std::int64_t pg_keepalive_seconds(std::chrono::milliseconds d) noexcept {
+  return std::clamp<std::int64_t>(d.count() / 1000, 1, pg_max_keepalive_seconds);
 }
 
 PgPool::~PgPool() {
@@ -262,16 +406,20 @@ PgSessionPtr PgPool::connect() {
   }
   keys.push_back(nullptr);
   vals.push_back(nullptr);
-  const SteadyTime deadline = std::chrono::steady_clock::now() + options_.connect_timeout;
+  const SteadyTime deadline = saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout);
   PGconn* c = PQconnectStartParams(keys.data(), vals.data(), 1);
   std::unique_ptr<PGconn, void (*)(PGconn*)> guard(c, PQfinish);
   if (!c) throw ConnectionError(fmt::format("dlock: PostgreSQL {}: cannot connect: out of memory", endpoint_));
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
     const Ready r = wait_socket(c, st == PGRES_POLLING_WRITING, deadline);
+    // Not a TimeoutError: nothing was asked of the server yet, the outcome is
+    // known (no lock taken): the service could not be reached.
     if (r == Ready::timeout)
-      throw TimeoutError(fmt::format("dlock: PostgreSQL {}: cannot connect within connect_timeout {}", endpoint_,
-                                     format_duration(options_.connect_timeout)));
+      throw ConnectionError(
+          fmt::format("dlock: PostgreSQL {}: cannot connect: no answer within connect_timeout {}; check that the "
+                      "server is running and reachable there",
+                      endpoint_, format_duration(options_.connect_timeout)));
     if (r == Ready::error) break;
     st = PQconnectPoll(c);
   }
@@ -291,8 +439,19 @@ PgSessionPtr PgPool::connect() {
 }
 
 PgSessionPtr PgPool::checkout() {
-  const SteadyTime deadline = std::chrono::steady_clock::now() + options_.connect_timeout;
+  const SteadyTime deadline = saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout);
   std::unique_lock lk(mu_);
+  if (pid_ != ::getpid()) {
+    // First use in a forked child: the idle connections are the parent's. Drop
+    // them without a word (see PgSession), and count only this process's.
+    pid_ = ::getpid();
+    open_ = 0;
+    std::vector<PgSessionPtr> inherited;
+    inherited.swap(idle_);
+    lk.unlock();
+    inherited.clear();
+    lk.lock();
+  }
   for (;;) {
     while (!idle_.empty()) {
       PgSessionPtr s = std::move(idle_.back());
@@ -321,7 +480,7 @@ PgSessionPtr PgPool::checkout() {
 
 void PgPool::checkin(PgSessionPtr session) noexcept {
   if (!session) return;
-  if (!session->reusable()) return;  // destroying it closes it
+  if (!session->reusable()) return;  // destroying it closes it (or, if inherited, drops it silently)
   session->idle_since = std::chrono::steady_clock::now();
   {
     std::lock_guard lk(mu_);

@@ -1,12 +1,22 @@
 // Internal to dlock_postgres: one libpq connection with deadline-bounded
 // round trips, the SQLSTATE -> dlock::Error mapping, and the connection pool.
+//
+// fork(): a connection belongs to the process that opened it. In a forked
+// child an inherited connection is never used and never PQfinish()ed (that
+// would send Terminate on the parent's socket and end the parent's session,
+// and with it the parent's advisory locks): statements on it fail as
+// "broken" without sending anything, and destroying it closes only the
+// child's copy of the socket. The pool notices the new pid at its next
+// checkout, drops its inherited idle connections the same way and connects afresh.
 #pragma once
 
 #include <libpq-fe.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <initializer_list>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -58,11 +68,17 @@ struct PgStatement {
   std::vector<unsigned> types;
 };
 
+/// One statement of a pipeline (PgSession::run_pipelined).
+struct PgCall {
+  const PgStatement& stmt;
+  const std::vector<PgParam>& params;
+};
+
 class PgPool;
 
 class PgSession {
  public:
-  PgSession(PGconn* conn, PgPool* pool) noexcept : conn_(conn), pool_(pool) {}
+  PgSession(PGconn* conn, PgPool* pool) noexcept : conn_(conn), pool_(pool), pid_(::getpid()) {}
   PgSession(const PgSession&) = delete;
   PgSession& operator=(const PgSession&) = delete;
   ~PgSession();
@@ -72,9 +88,20 @@ class PgSession {
   [[nodiscard]] int server_version() const noexcept { return PQserverVersion(conn_); }
   [[nodiscard]] int pid() const noexcept { return PQbackendPID(conn_); }
 
+  /// True in a process forked after this connection was opened: the socket
+  /// is shared with the parent, so nothing may be sent or read on it.
+  [[nodiscard]] bool inherited() const noexcept { return pid_ != ::getpid(); }
+
   /// One round trip (two the first time a prepared statement is used on this
   /// connection), bounded by `deadline`.
   PgOutcome run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared, SteadyTime deadline);
+  /// Several statements in one round trip (libpq pipeline mode, one Sync):
+  /// outside an explicit transaction they form one implicit transaction, so a
+  /// set_config(..., true) in one applies to the next and reverts at the end.
+  /// The server starts each statement's statement_timeout afresh. The result
+  /// is the first error, else the last statement's result; statements after
+  /// an error do not run.
+  PgOutcome run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline);
   /// A parameterless command ("BEGIN", DDL), bounded by `deadline`.
   PgOutcome command(const char* sql, SteadyTime deadline);
 
@@ -89,9 +116,11 @@ class PgSession {
 
  private:
   PgOutcome finish_send(int sent, SteadyTime deadline);
+  [[nodiscard]] PgOutcome refuse_inherited() const;
   std::uint64_t prepared_ = 0;
   PGconn* conn_;
   PgPool* pool_;
+  pid_t pid_;  // the process that opened the connection
 };
 
 class PgPool {
@@ -103,7 +132,8 @@ class PgPool {
 
   /// An idle connection, or a new one if fewer than pool_size are open; waits
   /// for one to be returned until connect_timeout passes (TimeoutError).
-  /// Throws ConnectionError / ServerError when connecting fails.
+  /// Throws ConnectionError when the server cannot be reached (refused, no
+  /// answer within connect_timeout), ServerError when it refuses the login.
   PgSessionPtr checkout();
   /// Returns a connection after a successful operation; closes it instead if
   /// it is not reusable.
@@ -124,8 +154,19 @@ class PgPool {
   mutable std::mutex mu_;
   std::condition_variable returned_;
   std::vector<PgSessionPtr> idle_;
-  std::size_t open_ = 0;
+  std::size_t open_ = 0;  // connections of this process (inherited ones are not counted)
+  pid_t pid_ = ::getpid();
 };
+
+/// `d` in whole milliseconds as PostgreSQL's int settings take them: clamped to [0, INT_MAX].
+[[nodiscard]] std::int64_t pg_int_ms(std::chrono::milliseconds d) noexcept;
+/// `d` in whole seconds for a TCP keepalive setting: clamped to [1, pg_max_keepalive_seconds].
+[[nodiscard]] std::int64_t pg_keepalive_seconds(std::chrono::milliseconds d) noexcept;
+
+/// libpq's message for `c` on one line, with every quoted fragment dropped
+/// (libpq quotes host names, database and user names and the parts of a
+/// connection string it cannot parse: any of them may be part of a password).
+[[nodiscard]] std::string conn_message(PGconn* c);
 
 /// Throws the dlock::Error that an error result or failed round trip means.
 /// `what` names the operation ("acquire of 'orders:42'").

@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <utility>
 
 #include <fmt/format.h>
+
+#include <dlock/detail/time.hpp>
 
 #include "pg_session.hpp"
 
@@ -26,29 +29,44 @@ bool is_identifier(std::string_view s) {
                      [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
 }
 
-// Drops quoted fragments from libpq's parse error: they may be parts of a password.
-std::string redact(std::string_view msg) {
-  std::string out;
-  bool quoted = false;
-  for (const char c : msg) {
-    if (c == '"') {
-      quoted = !quoted;
-      out += quoted ? "\"..." : "\"";
-      continue;
-    }
-    if (!quoted && c != '\n') out += c;
-  }
-  return out;
-}
-
 std::string value_of(PQconninfoOption* opts, std::string_view key) {
   for (PQconninfoOption* o = opts; o && o->keyword; ++o)
     if (key == o->keyword && o->val && *o->val) return o->val;
   return {};
 }
 
-// "host:port/database" from the conninfo, filled in with libpq's defaults
-// (environment, then built-ins). Never includes the password.
+// Rejects the URIs libpq would read differently from what their author meant,
+// quoting nothing of them. libpq ends a URI's user info at the first '@' that
+// comes before the first '/': an unencoded '@' in a password makes the rest of
+// the password the host name, an unencoded '/' makes it the database name; the
+// connection would then try a host made of password characters (a DNS look-up
+// of them) and every message would name it. So: no '@' may follow the one that
+// ends the user info, up to the query string. The port must be numeric (a
+// password with "/...?key=...@" would otherwise still be read as host:port/db).
+void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
+  const auto fix = [](std::string_view why) {
+    invalid_field("PostgresOptions.conninfo",
+                  fmt::format("{}; percent-encode the user name, password and database name (%40 for '@', %2F for "
+                              "'/', %3F for '?'), or use the keyword/value form or a passfile",
+                              why),
+                  "a connection string that is not shown here: it may contain a password");
+  };
+  for (const std::string_view scheme : {"postgresql://", "postgres://"}) {
+    if (conninfo.substr(0, scheme.size()) != scheme) continue;
+    const std::string_view rest = conninfo.substr(scheme.size());
+    const auto slash = rest.find('/');
+    const auto at = rest.find('@');
+    const std::size_t host_start = at != std::string_view::npos && at < slash ? at + 1 : 0;
+    const std::string_view host_to_query = rest.substr(host_start, rest.find('?', host_start) - host_start);
+    if (host_to_query.find('@') != std::string_view::npos)
+      fix("a URI must have at most one '@' before its query string (an unencoded '@' or '/' in the password?)");
+  }
+  const std::string port = value_of(parsed, "port");
+  if (port.find_first_not_of("0123456789, \t") != std::string::npos) fix("the port must be a number");
+}
+
+// "host:port/database" from the conninfo (checked by check_conninfo), filled
+// in with libpq's defaults (environment, then built-ins). Never includes the password.
 std::string make_endpoint(const std::string& conninfo) {
   char* err = nullptr;
   PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &err);
@@ -70,9 +88,17 @@ std::string make_endpoint(const std::string& conninfo) {
   return fmt::format("{}:{}/{}", host, port, db);
 }
 
-std::int64_t ms_of(milliseconds d) { return std::max<std::int64_t>(1, d.count()); }
-
 }  // namespace
+
+PgTtlSettings pg_ttl_settings(std::chrono::milliseconds ttl) noexcept {
+  const milliseconds t = std::max(ttl, milliseconds(1));
+  PgTtlSettings s;
+  s.idle_timeout_ms = t.count() > INT_MAX ? 0 : t.count();
+  s.keepalives_idle_s = pg_keepalive_seconds(t / 2);
+  s.keepalives_interval_s = pg_keepalive_seconds(t / 6);
+  s.user_timeout_ms = pg_int_ms(t);
+  return s;
+}
 
 void validate_fields(const PostgresOptions& o) {
   if (o.pool_size == 0) invalid_field("PostgresOptions.pool_size", "must be at least 1", "0");
@@ -106,11 +132,14 @@ std::vector<std::string> pg_schema_sql(std::string_view sequence) {
   return out;
 }
 
-// The statements, built once per backend. Parameters: $1 key (int8), $2 ttl
-// in ms (int8), then the wait in ms (int8) for waits, then the fencing
-// sequence (text) when fencing.
+// The statements, built once per backend. Parameters of the acquires: $1 key
+// (int8), $2..$5 the settings derived from the ttl (PgTtlSettings, int8), then
+// the wait in ms (int8) for waits, then the fencing sequence (text) when
+// fencing. extend takes the four settings as $1..$4.
 class PgStatements {
  public:
+  static constexpr int ttl_params = 4;
+
   PgStatements() {
     unsigned id = 0;
     for (int modern = 0; modern < 2; ++modern) {
@@ -118,11 +147,12 @@ class PgStatements {
         Set& s = sets_[modern][xact];
         for (int fence = 0; fence < 2; ++fence) {
           for (int ka = 0; ka < 2; ++ka) {
-            s.try_[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, false), fence ? 3 : 2, fence ? 3 : 0);
-            s.wait[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, true), fence ? 4 : 3, fence ? 4 : 0);
+            const int n = 1 + ttl_params;
+            s.try_[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, false), n + fence, fence ? n + 1 : 0);
+            s.wait[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, true), n + 1 + fence, fence ? n + 2 : 0);
           }
         }
-        s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, true, 1)), 1, 0);
+        s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, true, 1)), ttl_params, 0);
         s.unlock = make(id,
                         modern ? "SELECT pg_catalog.pg_advisory_unlock($1), "
                                  "pg_catalog.set_config('idle_session_timeout', '0', false)"
@@ -130,6 +160,10 @@ class PgStatements {
                         1, 0);
       }
     }
+    // Runs before a wait, in the same pipeline: the wait's own statement_timeout
+    // is the client's bound on it, whatever the server, role or database default.
+    statement_timeout_ = make(id, "SELECT pg_catalog.set_config('statement_timeout', $1::text, true)", 1, 0);
+    begin_ = make(id, "BEGIN", 0, 0);
   }
   struct Set {
     PgStatement try_[2][2], wait[2][2];  // [fencing][with keepalive settings]
@@ -138,29 +172,32 @@ class PgStatements {
   [[nodiscard]] const Set& get(const PgSession& s, bool xact) const {
     return sets_[s.server_version() >= 140000 ? 1 : 0][xact ? 1 : 0];
   }
+  /// set_config('statement_timeout', $1 ms, true): local to the transaction.
+  [[nodiscard]] const PgStatement& statement_timeout() const noexcept { return statement_timeout_; }
+  [[nodiscard]] const PgStatement& begin() const noexcept { return begin_; }
 
  private:
-  // set_config of the server-side timeouts that free a silent client's lock after about the ttl.
+  // set_config of the server-side timeouts that free a silent client's lock
+  // after about the ttl, from the PgTtlSettings in $first..$first+3.
   // The TCP keepalive settings persist on the connection and cost a few
   // setsockopt calls, so they are sent only when the connection does not
   // already carry them for this ttl (`keepalives`); the idle timeout always is.
-  static std::string settings(bool modern, bool xact, bool keepalives, int ttl) {
+  static std::string settings(bool modern, bool xact, bool keepalives, int first) {
     std::string idle;
     if (xact) {
-      idle = fmt::format(
-          "pg_catalog.set_config('idle_in_transaction_session_timeout', least(${0}, 2147483647)::text, true)", ttl);
+      idle = fmt::format("pg_catalog.set_config('idle_in_transaction_session_timeout', ${}::text, true)", first);
     } else if (modern) {
-      idle = fmt::format("pg_catalog.set_config('idle_session_timeout', least(${0}, 2147483647)::text, false)", ttl);
+      idle = fmt::format("pg_catalog.set_config('idle_session_timeout', ${}::text, false)", first);
     } else {
       idle = "''";
     }
     if (!keepalives) return idle;
     return fmt::format(
-        "concat({1}, pg_catalog.set_config('tcp_keepalives_idle', greatest(1, ${0} / 2000)::text, false), "
-        "pg_catalog.set_config('tcp_keepalives_interval', greatest(1, ${0} / 6000)::text, false), "
+        "concat({0}, pg_catalog.set_config('tcp_keepalives_idle', ${1}::text, false), "
+        "pg_catalog.set_config('tcp_keepalives_interval', ${2}::text, false), "
         "pg_catalog.set_config('tcp_keepalives_count', '3', false), "
-        "pg_catalog.set_config('tcp_user_timeout', least(${0}, 2147483647)::text, false))",
-        ttl, idle);
+        "pg_catalog.set_config('tcp_user_timeout', ${3}::text, false))",
+        idle, first + 1, first + 2, first + 3);
   }
   // The token is taken only when the lock is held: CASE evaluates nextval only
   // after pg_try_advisory_lock returned true, and in the waiting form the
@@ -168,14 +205,17 @@ class PgStatements {
   static std::string acquire_sql(bool modern, bool xact, bool fence, bool keepalives, bool wait) {
     const char* fn = xact ? (wait ? "pg_advisory_xact_lock" : "pg_try_advisory_xact_lock")
                           : (wait ? "pg_advisory_lock" : "pg_try_advisory_lock");
+    const int next = 2 + ttl_params;  // the first parameter after the ttl settings
     if (!wait)
-      return fmt::format("SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a",
-                         fn, settings(modern, xact, keepalives, 2),
-                         fence ? "CASE WHEN a.l THEN pg_catalog.nextval($3::regclass) END" : "NULL");
+      return fmt::format(
+          "SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a", fn,
+          settings(modern, xact, keepalives, 2),
+          fence ? fmt::format("CASE WHEN a.l THEN pg_catalog.nextval(${}::regclass) END", next) : std::string("NULL"));
     return fmt::format(
         "SELECT true, {1}, {2} FROM (SELECT pg_catalog.{0}($1) FROM (SELECT "
-        "pg_catalog.set_config('lock_timeout', $3::text, true) OFFSET 0) t OFFSET 0) a",
-        fn, settings(modern, xact, keepalives, 2), fence ? "pg_catalog.nextval($4::regclass)" : "NULL");
+        "pg_catalog.set_config('lock_timeout', ${3}::text, true) OFFSET 0) t OFFSET 0) a",
+        fn, settings(modern, xact, keepalives, 2),
+        fence ? fmt::format("pg_catalog.nextval(${}::regclass)", next + 1) : std::string("NULL"), next);
   }
   static PgStatement make(unsigned& id, std::string sql, int nparams, int text_param) {
     PgStatement s{id, fmt::format("dlock_{}", id), std::move(sql), {}};
@@ -184,7 +224,15 @@ class PgStatements {
     return s;
   }
   Set sets_[2][2];
+  PgStatement statement_timeout_, begin_;
 };
+
+// The parameters that carry PgTtlSettings.
+void push_ttl_params(std::vector<PgParam>& params, std::chrono::milliseconds ttl) {
+  const PgTtlSettings t = pg_ttl_settings(ttl);
+  for (const std::int64_t v : {t.idle_timeout_ms, t.keepalives_idle_s, t.keepalives_interval_s, t.user_timeout_ms})
+    params.push_back(PgParam::int8(v));
+}
 
 }  // namespace detail
 
@@ -207,7 +255,7 @@ using detail::SteadyTime;
 
 detail::PgBackendState& state(const std::unique_ptr<detail::PgBackendState>& p) { return *p; }
 
-SteadyTime after(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
+SteadyTime after(std::chrono::milliseconds d) { return detail::saturating_add(std::chrono::steady_clock::now(), d); }
 
 bool text_is_true(const PGresult* r, int row, int col) {
   return !PQgetisnull(r, row, col) && PQgetvalue(r, row, col)[0] == 't';
@@ -222,13 +270,18 @@ PostgresBackend::PostgresBackend(PostgresOptions options) : state_(std::make_sha
   char* err = nullptr;
   PQconninfoOption* parsed = PQconninfoParse(o.conninfo.c_str(), &err);
   if (!parsed) {
-    const std::string why = err ? detail::redact(err) : "out of memory";
+    const std::string why = err ? detail::pg_redact(err) : "out of memory";
     PQfreemem(err);
     detail::invalid_field("PostgresOptions.conninfo", "must be a libpq connection string or URI",
                           fmt::format("{} bytes that libpq rejects: {}", o.conninfo.size(), why));
   }
-  PQconninfoFree(parsed);
+  std::unique_ptr<PQconninfoOption, void (*)(PQconninfoOption*)> free_parsed(parsed, PQconninfoFree);
+  detail::check_conninfo(parsed, o.conninfo);
   state_->endpoint = detail::make_endpoint(o.conninfo);
+  state_->no_fencing_hint = fmt::format(
+      ": the fencing sequence {} did not exist in {} when it was taken; run PostgresBackend::install_schema() "
+      "once (or sql/dlock_postgres.sql in a migration), and locks taken after it carry tokens",
+      o.fencing_sequence, state_->endpoint);
   state_->pool = std::make_unique<detail::PgBackendState>(state_->options, state_->endpoint);
 }
 
@@ -285,19 +338,29 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   const PostgresOptions& o = self.options();
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
-  const SteadyTime deadline = after(o.statement_timeout + (wait ? *wait : std::chrono::milliseconds::zero()));
+  // lock_timeout is an int of milliseconds: a longer wait ends earlier, as contention.
+  const std::int64_t wait_ms = wait ? detail::pg_int_ms(*wait) : 0;
+  const SteadyTime deadline = detail::saturating_add(after(o.statement_timeout), std::chrono::milliseconds(wait_ms));
   PgSessionPtr s = st.checkout();
-  if (xact) {
-    PgOutcome b = s->command("BEGIN", after(o.statement_timeout));
-    if (!b.ok()) detail::throw_outcome(b, self.endpoint(), what(), o.statement_timeout);
-  }
   const auto& set = st.statements.get(*s, xact);
-  std::vector<PgParam> params{PgParam::int8(key), PgParam::int8(detail::ms_of(r.ttl))};
-  if (wait) params.push_back(PgParam::int8(wait->count()));
+  std::vector<PgParam> params{PgParam::int8(key)};
+  detail::push_ttl_params(params, r.ttl);
+  if (wait) params.push_back(PgParam::int8(wait_ms));
   if (fence) params.push_back(PgParam::text(o.fencing_sequence));
-  const std::int64_t ttl_ms = detail::ms_of(r.ttl);
+  const std::int64_t ttl_ms = r.ttl.count();
   const bool keepalives = s->keepalive_ttl_ms != ttl_ms;
-  PgOutcome out = s->run(wait ? set.wait[fence][keepalives] : set.try_[fence][keepalives], params, !xact, deadline);
+  const detail::PgStatement& stmt = wait ? set.wait[fence][keepalives] : set.try_[fence][keepalives];
+  // One round trip in every case. A wait first sets its own statement_timeout
+  // (the client's bound: statement_timeout + the wait), so that a shorter
+  // server, role or database default cannot cancel it.
+  const std::vector<PgParam> no_params,
+      bound{PgParam::int8(std::min<std::int64_t>(INT_MAX, detail::pg_int_ms(o.statement_timeout) + wait_ms))};
+  const detail::PgCall begin{st.statements.begin(), no_params}, timeout{st.statements.statement_timeout(), bound},
+      call{stmt, params};
+  PgOutcome out = xact   ? (wait ? s->run_pipelined({begin, timeout, call}, false, deadline)
+                                 : s->run_pipelined({begin, call}, false, deadline))
+                  : wait ? s->run_pipelined({timeout, call}, true, deadline)
+                         : s->run(stmt, params, true, deadline);
   if (!out.ok()) {
     const std::string_view code = out.sqlstate();
     const bool not_taken = out.fail == PgOutcome::Fail::none && (code == "55P03" || code == "40P01");
@@ -322,7 +385,7 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   if (keepalives) s->keepalive_ttl_ms = ttl_ms;
   Grant<PgLockHandle> g;
   if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
-  g.valid_until = r.started + r.ttl;
+  g.valid_until = detail::saturating_add(r.started, r.ttl);
   out_session = std::move(s);
   return g;
 }
@@ -390,13 +453,15 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
   if (!lease.handle.session_) return std::nullopt;
   detail::PgSession& s = *lease.handle.session_;
   const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
-  PgOutcome o = s.run(state(state_->pool).statements.get(s, xact).extend, {PgParam::int8(detail::ms_of(ttl))}, !xact,
+  std::vector<PgParam> params;
+  detail::push_ttl_params(params, ttl);
+  PgOutcome o = s.run(state(state_->pool).statements.get(s, xact).extend, params, !xact,
                       after(state_->options.statement_timeout));
   if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
     // A lost session is a lost lock (the server releases it with the session);
     // closing it makes sure. Say why: it is the connection, not another owner.
     const std::string why = !o.message.empty() ? o.message
-                            : o.result         ? detail::redact(PQresultErrorMessage(o.result.get()))
+                            : o.result         ? detail::pg_redact(PQresultErrorMessage(o.result.get()))
                                                : std::string("the transaction ended");
     lease.handle.session_.reset();
     throw LockLostError(
@@ -404,8 +469,8 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
                     "released the lock with it",
                     name, state_->endpoint, why));
   }
-  s.keepalive_ttl_ms = detail::ms_of(ttl);
-  return started + ttl;
+  s.keepalive_ttl_ms = ttl.count();
+  return detail::saturating_add(started, ttl);
 }
 
 std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {

@@ -71,6 +71,22 @@ TEST(DlockctlCli, PgKeyNeedsNoServer) {
   EXPECT_EQ(r.rc, 2);  // malformed explicit key
 }
 
+TEST(DlockctlCli, PgUriWithAnUnencodedAtIsRefusedWithoutQuotingThePassword) {
+  // libpq would take "xK7wLm@127.0.0.1" for the host: a DNS look-up and messages naming it.
+  const std::string uri = "postgresql://u:Zq9@xK7wLm@127.0.0.1:1/db";
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"pg", "list", "--pg", uri, "--timeout", "0.5"},
+           {"pg", "release", "--force", "--yes", "--key", "1", "--pg", uri, "--timeout", "0.5"}}) {
+    const auto r = run(args);
+    EXPECT_EQ(r.rc, 2) << r.err;
+    EXPECT_NE(r.err.find("percent-encode"), std::string::npos) << r.err;
+    for (const char* part : {"Zq9@", "xK7w", "K7wLm"}) {
+      EXPECT_EQ(r.err.find(part), std::string::npos) << r.err;
+      EXPECT_EQ(r.out.find(part), std::string::npos) << r.out;
+    }
+  }
+}
+
 TEST(DlockctlCli, HelpNeverShowsTheEnvironmentsSecrets) {
   const std::map<std::string, std::string> env{{"DLOCK_REDIS", "redis://u:hunter2-secret@127.0.0.1:1/0"},
                                                {"DLOCK_PG", "host=127.0.0.1 password=pg-secret-77"}};

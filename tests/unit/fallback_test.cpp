@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -94,4 +96,61 @@ TEST(Degradation, ContentionOnThePrimaryIsNotAnOutage) {
   Lock<decltype(degrade)> lock(degrade, "job");
   holder.lock();
   EXPECT_FALSE(lock.try_lock());  // held: wait, do not degrade
+}
+
+namespace {
+
+// A primary whose acquires throw the error it is given.
+class ThrowingBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  std::function<void()> fail;
+  [[nodiscard]] std::string_view kind() const noexcept { return "throwing"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:2"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest&) {
+    fail();
+    return dlock::Contended{};
+  }
+  dlock::ReleaseResult release(std::string_view, dlock::Lease<Handle>&) { return dlock::ReleaseResult::not_held; }
+  std::optional<dlock::TimePoint> extend(std::string_view, dlock::Lease<Handle>&, std::chrono::milliseconds,
+                                         dlock::TimePoint) {
+    return std::nullopt;
+  }
+};
+
+// Whether a FallbackBackend over a primary that throws `fail` degrades (true)
+// or passes the error on (false).
+bool degrades(std::function<void()> fail) {
+  ThrowingBackend primary;
+  primary.fail = std::move(fail);
+  MemoryBackend local;
+  FallbackBackend<ThrowingBackend, MemoryBackend> degrade(primary, local);
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<decltype(degrade)> lock(degrade, "classify", {.observer = observer});
+  try {
+    const bool got = lock.try_lock();
+    EXPECT_TRUE(got);
+    EXPECT_EQ(observer->count(EventType::degraded), 1u);
+    return true;
+  } catch (const dlock::Error&) {
+    EXPECT_EQ(observer->count(EventType::degraded), 0u);
+    return false;
+  }
+}
+
+}  // namespace
+
+TEST(Degradation, OnlyCouldNotReachTheServiceDegrades) {
+  // Could not reach the service (refused, or no answer within the connect
+  // timeout: every backend throws ConnectionError, errc::connection, for both).
+  EXPECT_TRUE(degrades([] { throw dlock::ConnectionError("cannot connect: no answer within connect_timeout 5s"); }));
+  EXPECT_TRUE(degrades([] { throw dlock::ConnectionError("cannot connect: connection refused"); }));
+  EXPECT_TRUE(degrades([] { throw dlock::Error(dlock::errc::connection, "unreachable, as a plain Error"); }));
+  // A request the primary had received timed out: the service was reached, and
+  // the outcome is unknown (it may have granted the lock). Not an outage.
+  EXPECT_FALSE(degrades([] { throw dlock::TimeoutError("no answer within statement_timeout 5s"); }));
+  // Not outages: fix the configuration or the server.
+  EXPECT_FALSE(degrades([] { throw dlock::ServerError("authentication failed", dlock::errc::auth); }));
+  EXPECT_FALSE(degrades([] { throw dlock::ServerError("read-only replica"); }));
+  EXPECT_FALSE(degrades([] { throw dlock::InvalidArgument("bad name"); }));
 }

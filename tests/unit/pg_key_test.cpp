@@ -115,3 +115,143 @@ TEST(PgExplicitKey, NameRoundTrips) {
 }
 
 }  // namespace
+
+#ifdef DLOCK_PG_KEY_TEST_BACKEND
+// ---- what a PostgresBackend shows of its conninfo: never any part of a password ----
+// (Constructing a backend does not connect, so these need no server.)
+
+#include <dlock/postgres.hpp>
+
+#include <climits>
+#include <vector>
+
+namespace {
+
+// Every substring of `secret` of at least 4 bytes that occurs in `text`; empty if none.
+std::string leaked_part(const std::string& text, const std::string& secret) {
+  for (std::size_t len = secret.size(); len >= 4; --len)
+    for (std::size_t i = 0; i + len <= secret.size(); ++i)
+      if (text.find(secret.substr(i, len)) != std::string::npos) return secret.substr(i, len);
+  return {};
+}
+
+// The endpoint, or the constructor's message if it rejects the conninfo.
+std::string shown_for(const std::string& conninfo, bool& rejected) {
+  rejected = false;
+  try {
+    const dlock::PostgresBackend pg(dlock::PostgresOptions{.conninfo = conninfo});
+    return std::string(pg.endpoint());
+  } catch (const dlock::InvalidArgument& e) {
+    rejected = true;
+    return e.what();
+  }
+}
+
+std::string replace_all(std::string s, std::string_view from, const std::string& to) {
+  for (auto p = s.find(from); p != std::string::npos; p = s.find(from, p + to.size())) s.replace(p, from.size(), to);
+  return s;
+}
+
+// Passwords as careless users write them into connection strings: unencoded
+// URI delimiters, the characters libpq's parsers treat specially, a space.
+const std::vector<std::string> hostile_passwords = {
+    "Zq9@xK7wLm",  "Zq9/xK7wLm",  "Zq9?xK7wLm",   "Zq9#xK7wLm",   "Zq9:xK7wLm",   "Zq9,xK7wLm",
+    "Zq9%xK7wLm",  "Zq9[xK7wLm",  "Zq9]xK7wLm",   "Zq9 xK7wLm",   "Zq9=xK7wLm",   "Zq9&xK7wLm",
+    "Zq@9x@K7wLm", "p@ss/w0rdXy", "Zq9/x@K7?wLm", "Zq9?x@K7/wLm", "Zq9:x@K:7wLm", "Zq9\"xK7wLm",
+    "@Zq9xK7wLm",  "Zq9xK7wLm@",  "/Zq9xK7wLm",   "Zq9xK7wLm/",   "Zq9/xK?7=wLm", "Zq9'xK7wLm",
+};
+
+const std::vector<std::string> templates = {
+    "postgresql://app:{pw}@db.example.com:5432/appdb",
+    "postgres://app:{pw}@127.0.0.1:5432/appdb?sslmode=disable&connect_timeout=3",
+    "postgresql://app:{pw}@[::1]:5432/appdb",
+    "postgresql://app:{pw}@h1.example.com:5432,h2.example.com:5433/appdb",
+    "postgresql://app:{pw}@db.example.com",
+    "postgresql://db.example.com/appdb?user=app&password={pw}",
+    "host=db.example.com port=5432 dbname=appdb user=app password={pw}",
+    "host=db.example.com port=5432 dbname=appdb user=app password='{pw}'",
+    "password={pw} host=db.example.com dbname=appdb",
+};
+
+TEST(PgConninfoSecrets, NoEndpointOrMessageShowsAnyPartOfThePassword) {
+  int rejected_count = 0, accepted_count = 0;
+  for (const auto& t : templates) {
+    for (const auto& pw : hostile_passwords) {
+      const std::string conninfo = replace_all(t, "{pw}", pw);
+      bool rejected = false;
+      const std::string shown = shown_for(conninfo, rejected);
+      (rejected ? rejected_count : accepted_count)++;
+      EXPECT_EQ(leaked_part(shown, pw), "") << "conninfo: " << conninfo << "\nshown: " << shown;
+      if (rejected) {
+        EXPECT_NE(shown.find("PostgresOptions.conninfo"), std::string::npos) << shown;
+      }
+    }
+  }
+  EXPECT_GT(rejected_count, 0);
+  EXPECT_GT(accepted_count, 0);
+}
+
+TEST(PgConninfoSecrets, AnUnencodedAtOrSlashInAUriPasswordIsRejectedNotMisread) {
+  // libpq would read these as host "x@K7wLm@db.example.com" / database "xK7wLm@db.example.com".
+  for (const char* uri :
+       {"postgresql://app:Zq9@x@K7wLm@db.example.com/appdb", "postgresql://app:Zq9/xK7wLm@db.example.com/appdb",
+        "postgresql://app:Zq9/x?user=K7@db.example.com:5432/appdb"}) {
+    bool rejected = false;
+    const std::string shown = shown_for(uri, rejected);
+    EXPECT_TRUE(rejected) << uri << " -> " << shown;
+    EXPECT_NE(shown.find("percent-encode"), std::string::npos) << shown;
+  }
+}
+
+TEST(PgConninfoSecrets, EndpointIsHostPortDatabase) {
+  bool rejected = false;
+  EXPECT_EQ(shown_for("postgresql://app:Zq9%40xK7w@db.example.com:6432/appdb", rejected), "db.example.com:6432/appdb");
+  EXPECT_EQ(shown_for("postgresql://app:Zq9?xK7w@db.example.com:6432/appdb", rejected), "db.example.com:6432/appdb");
+  EXPECT_EQ(shown_for("postgresql://app:Zq9#x:K7w@db.example.com/appdb", rejected), "db.example.com:5432/appdb");
+  EXPECT_EQ(shown_for("host=db.example.com port=6432 dbname=appdb user=app password=Zq9@x/K7w?", rejected),
+            "db.example.com:6432/appdb");
+  // An '@' in the query string is the query's (an e-mail-like user name), not the end of a user info.
+  EXPECT_EQ(shown_for("postgresql://db.example.com:6432/appdb?user=me@example.com", rejected),
+            "db.example.com:6432/appdb");
+  EXPECT_FALSE(rejected);
+  // A non-numeric port is refused without quoting it.
+  const std::string port = shown_for("host=db.example.com port=Zq9xK7w dbname=appdb", rejected);
+  EXPECT_TRUE(rejected);
+  EXPECT_EQ(port.find("Zq9x"), std::string::npos) << port;
+}
+
+TEST(PgRedact, DropsQuotedFragmentsAndJoinsLines) {
+  EXPECT_EQ(dlock::detail::pg_redact("could not translate host name \"x@K7wLm@db\" to address: Name or service "
+                                     "not known\n"),
+            "could not translate host name \"...\" to address: Name or service not known");
+  EXPECT_EQ(dlock::detail::pg_redact("connection to server at \"h\", port 1 failed: Connection refused\n\tIs the "
+                                     "server running?\n"),
+            "connection to server at \"...\", port 1 failed: Connection refused Is the server running?");
+  EXPECT_EQ(dlock::detail::pg_redact("unterminated \"Zq9xK7w"), "unterminated \"...\"");
+}
+
+TEST(PgTtlSettings, FollowTheTtlAndClampToWhatTheServerAndKernelAccept) {
+  using std::chrono::milliseconds;
+  auto s = dlock::detail::pg_ttl_settings(std::chrono::seconds(30));
+  EXPECT_EQ(s.idle_timeout_ms, 30'000);
+  EXPECT_EQ(s.keepalives_idle_s, 15);
+  EXPECT_EQ(s.keepalives_interval_s, 5);
+  EXPECT_EQ(s.user_timeout_ms, 30'000);
+  s = dlock::detail::pg_ttl_settings(milliseconds(1));
+  EXPECT_EQ(s.idle_timeout_ms, 1);
+  EXPECT_EQ(s.keepalives_idle_s, 1);
+  EXPECT_EQ(s.keepalives_interval_s, 1);
+  EXPECT_EQ(s.user_timeout_ms, 1);
+  EXPECT_EQ(dlock::detail::pg_ttl_settings(milliseconds(INT_MAX)).idle_timeout_ms, INT_MAX);
+  for (const milliseconds ttl :
+       {milliseconds(std::int64_t{INT_MAX} + 1), milliseconds(std::chrono::hours(24 * 365)), milliseconds::max()}) {
+    s = dlock::detail::pg_ttl_settings(ttl);
+    EXPECT_EQ(s.idle_timeout_ms, 0) << ttl.count();  // off: never shorter than the ttl
+    EXPECT_EQ(s.keepalives_idle_s, dlock::detail::pg_max_keepalive_seconds);
+    EXPECT_EQ(s.keepalives_interval_s, dlock::detail::pg_max_keepalive_seconds);
+    EXPECT_EQ(s.user_timeout_ms, INT_MAX);
+  }
+}
+
+}  // namespace
+#endif  // DLOCK_PG_KEY_TEST_BACKEND

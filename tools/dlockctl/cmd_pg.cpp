@@ -38,7 +38,8 @@ std::vector<Terminated> terminate_holders(const dlock::PostgresOptions& o, std::
   const char* values[] = {o.conninfo.c_str(), timeout_s.c_str(), "dlockctl", options.c_str(), nullptr};
   std::unique_ptr<PGconn, decltype(&PQfinish)> conn(PQconnectdbParams(keywords, values, 1), &PQfinish);
   if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
-    std::string why = conn ? PQerrorMessage(conn.get()) : "out of memory";
+    // libpq quotes host, user and database names: dropped, as in the library (they may be parts of a password).
+    const std::string why = conn ? dlock::detail::pg_redact(PQerrorMessage(conn.get())) : "out of memory";
     throw dlock::ConnectionError(fmt::format("cannot connect to PostgreSQL at {}: {}", endpoint, why));
   }
   const std::string key_text = std::to_string(key);
@@ -55,7 +56,7 @@ std::vector<Terminated> terminate_holders(const dlock::PostgresOptions& o, std::
                    1, nullptr, params, nullptr, nullptr, 0),
       &PQclear);
   if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
-    const std::string why = r ? PQresultErrorMessage(r.get()) : PQerrorMessage(conn.get());
+    const std::string why = dlock::detail::pg_redact(r ? PQresultErrorMessage(r.get()) : PQerrorMessage(conn.get()));
     if (PQstatus(conn.get()) != CONNECTION_OK)
       throw dlock::ConnectionError(fmt::format("PostgreSQL at {} dropped the connection: {}", endpoint, why));
     throw dlock::ServerError(fmt::format("PostgreSQL at {} refused pg_terminate_backend: {}", endpoint, why));

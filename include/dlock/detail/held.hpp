@@ -110,9 +110,12 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     if (clock_.now() >= lease_.valid_until)
       throw LockLostError(fmt::format("dlock: lock '{}' on {} {} is past its validity (not extended in time)", name_,
                                       backend_.kind(), backend_.endpoint()));
-    if (!lease_.token)
-      throw Error(errc::no_fencing_token,
-                  fmt::format("dlock: backend {} provides no fencing tokens for lock '{}'", backend_.kind(), name_));
+    if (!lease_.token) {
+      std::string_view hint;  // how to get tokens, from a backend that can say (PostgreSQL: install_schema())
+      if constexpr (requires { backend_.no_fencing_hint(); }) hint = backend_.no_fencing_hint();
+      throw Error(errc::no_fencing_token, fmt::format("dlock: backend {} provides no fencing tokens for lock '{}'{}",
+                                                      backend_.kind(), name_, hint));
+    }
     return *lease_.token;
   }
   /// The stop source is made on first request (most acquisitions never ask).

@@ -1,0 +1,38 @@
+// Helpers shared by the PostgresBackend integration tests: the shared server's
+// conninfo, options with a per-run namespace, the running test's name.
+#pragma once
+
+#include <dlock/postgres.hpp>
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+
+#include "support/postgres_server.hpp"
+
+namespace dlock::test::pg {
+
+inline const std::string& conninfo() { return PostgresServer::shared().conninfo(); }
+
+/// A namespace per test run, so that runs against a shared DLOCK_TEST_PG server do not meet.
+inline const std::string& run_namespace() {
+  static const std::string ns = "dlock-test-" + std::to_string(::getpid());
+  return ns;
+}
+
+/// `o` with the shared server's conninfo (unless it names one) and the run's namespace (unless set).
+inline PostgresOptions options(PostgresOptions o = {}) {
+  if (o.conninfo.empty()) o.conninfo = conninfo();
+  if (o.lock_namespace.empty()) o.lock_namespace = run_namespace();
+  return o;
+}
+
+inline std::string test_name() { return ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
+
+inline std::chrono::milliseconds since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t);
+}
+
+}  // namespace dlock::test::pg
