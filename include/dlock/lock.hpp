@@ -384,7 +384,7 @@ class Lock {
     std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record;
     detail::Backoff backoff(options_.retry, detail::thread_rng());
     std::uint32_t attempts = 0;
-    std::exception_ptr failure;  // the last attempt's transient error, if it failed
+    std::exception_ptr failure;             // the last attempt's transient error, if it failed
     std::optional<TimePoint> outage_since;  // the first of the current run of failed attempts
 
     for (;;) {

@@ -75,7 +75,15 @@ class MetricsRegistry : public Observer {
     count_
   };
   /// The counters with a `reason` label.
-  enum class ReasonCounter { acquire_failures, attempt_failures, release_failures, extend_failures, lost, degraded, count_ };
+  enum class ReasonCounter {
+    acquire_failures,
+    attempt_failures,
+    release_failures,
+    extend_failures,
+    lost,
+    degraded,
+    count_
+  };
 
   struct Histogram {
     std::vector<std::uint64_t> buckets;  ///< cumulative is computed at exposition; these are per bucket

@@ -42,17 +42,17 @@
 namespace dlock {
 
 enum class EventType {
-  attempt,           ///< one acquire attempt is about to be sent
-  acquired,          ///< wait, attempts, token
-  contended,         ///< an attempt found the lock held by someone else
-  acquire_failed,    ///< the acquire ended with an error (error, reason: its kind); thrown to the caller
-  attempt_failed,    ///< one attempt failed with a transient error (connection, timeout); the acquire retries
+  attempt,            ///< one acquire attempt is about to be sent
+  acquired,           ///< wait, attempts, token
+  contended,          ///< an attempt found the lock held by someone else
+  acquire_failed,     ///< the acquire ended with an error (error, reason: its kind); thrown to the caller
+  attempt_failed,     ///< one attempt failed with a transient error (connection, timeout); the acquire retries
   acquire_timed_out,  ///< the acquire ended without the lock: it stayed held until the deadline or
                       ///< retry.max_attempts (contention, not a failure)
-  released,          ///< held: how long the lock was held
-  release_failed,    ///< the release could not be delivered (error); the lock expires by TTL
-  release_not_held,  ///< at release the lock had already expired or been taken:
-                     ///< the end of the critical section ran unprotected
+  released,           ///< held: how long the lock was held
+  release_failed,     ///< the release could not be delivered (error); the lock expires by TTL
+  release_not_held,   ///< at release the lock had already expired or been taken:
+                      ///< the end of the critical section ran unprotected
   extended,
   extend_failed,    ///< error set: transient failure; the lease may still be valid
   lost,             ///< the lease is gone (expired, taken, connection); reason in message

@@ -18,9 +18,8 @@ struct Captured {
   std::vector<std::string> lines;
   std::chrono::steady_clock::time_point now{std::chrono::seconds(1000)};
   dlock::LogObserver observer() {
-    return dlock::LogObserver(dlock::LogOptions{.interval = 5s,
-                                                .sink = [this](std::string_view l) { lines.emplace_back(l); },
-                                                .now = [this] { return now; }});
+    return dlock::LogObserver(dlock::LogOptions{
+        .interval = 5s, .sink = [this](std::string_view l) { lines.emplace_back(l); }, .now = [this] { return now; }});
   }
 };
 
@@ -93,8 +92,8 @@ TEST(Utf8, InvalidBytesBecomeReplacementCharacters) {
   const std::string r = "\xEF\xBF\xBD";
   EXPECT_EQ(sanitize_utf8("\xFF"), r);
   EXPECT_EQ(sanitize_utf8("a\x80z"), "a" + r + "z");
-  EXPECT_EQ(sanitize_utf8("\xC0\xAF"), r + r);          // overlong '/'
-  EXPECT_EQ(sanitize_utf8("\xED\xA0\x80"), r + r + r);  // a surrogate
+  EXPECT_EQ(sanitize_utf8("\xC0\xAF"), r + r);                  // overlong '/'
+  EXPECT_EQ(sanitize_utf8("\xED\xA0\x80"), r + r + r);          // a surrogate
   EXPECT_EQ(sanitize_utf8("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
   EXPECT_EQ(sanitize_utf8("\xE2\x82"), r + r);                  // truncated
   EXPECT_EQ(sanitize_utf8(std::string_view("a\0b", 3)), std::string("a\0b", 3));
