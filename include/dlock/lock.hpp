@@ -17,8 +17,10 @@
 // exponential backoff with jitter). Each wait is also capped by the holder's
 // remaining TTL and by the deadline, and ends early when the backend reports a
 // release. ConnectionError and TimeoutError from the backend are retried until
-// the deadline; if the last attempt failed that way, it is rethrown rather than
-// reported as contention. Other errors are thrown at once.
+// the deadline, or until they have lasted LockOptions::outage_timeout (30 s by
+// default) without an answer from the service; the last one is then rethrown
+// rather than reported as contention, so an outage fails closed. Other errors
+// are thrown at once.
 //
 // Thread safety: all members may be called from any thread, concurrently
 // (queries return copies, e.g. owner_id()). Like a mutex, one Lock object is
@@ -382,7 +384,8 @@ class Lock {
     std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record;
     detail::Backoff backoff(options_.retry, detail::thread_rng());
     std::uint32_t attempts = 0;
-    std::exception_ptr failure;  // the last attempt's transient error, if it failed
+    std::exception_ptr failure;             // the last attempt's transient error, if it failed
+    std::optional<TimePoint> outage_since;  // the first of the current run of failed attempts
 
     for (;;) {
       ++attempts;
@@ -403,6 +406,7 @@ class Lock {
         }
         holder_ttl = std::get<Contended>(result).holder_ttl;
         failure = nullptr;
+        outage_since.reset();
         source().emit(source().make(EventType::contended, owner.str(), std::nullopt));
         if (!single && !subscription) subscription = subscribe();  // then try once more before waiting
         if constexpr (RecordsWaits<B>) {
@@ -415,21 +419,31 @@ class Lock {
           }
         }
       } catch (const Error& e) {
-        in_doubt = in_doubt || detail::is_transient(e);
-        if (single || !detail::is_transient(e)) {
-          report_acquire_failure(owner, attempts, clock_.now() - start, &e);
+        const bool transient = detail::is_transient(e);
+        const TimePoint failed = clock_.now();
+        in_doubt = in_doubt || transient;
+        report_failure(EventType::attempt_failed, owner, attempts, failed - start, e);
+        if (transient && !outage_since) outage_since = sent;
+        if (single || !transient || outage_exceeded(*outage_since, failed)) {
+          report_failure(EventType::acquire_failed, owner, attempts, failed - start, e);
           throw;
         }
         failure = std::current_exception();
-        report_acquire_failure(owner, attempts, clock_.now() - start, &e);
       }
       if (single) return false;
 
       const TimePoint now = clock_.now();
       const bool attempts_used = options_.retry.max_attempts != 0 && attempts >= options_.retry.max_attempts;
       if (attempts_used || (deadline && now >= *deadline)) {
-        if (failure) std::rethrow_exception(failure);  // an outage is not contention
-        report_acquire_failure(owner, attempts, now - start, nullptr);
+        if (failure) {  // an outage is not contention: the caller gets the error
+          try {
+            std::rethrow_exception(failure);
+          } catch (const Error& e) {
+            report_failure(EventType::acquire_failed, owner, attempts, now - start, e);
+            throw;
+          }
+        }
+        report_timed_out(owner, attempts, now - start);
         return false;
       }
       if (!failure && attempts == 1 && subscription) continue;  // subscribed: retry before waiting
@@ -438,6 +452,10 @@ class Lock {
       Clock::duration wait = detail::saturating_ceil<Clock::duration>(backoff.next());
       if (holder_ttl) wait = std::min(wait, detail::saturating_ceil<Clock::duration>(*holder_ttl));
       if (deadline) wait = std::min(wait, detail::saturating_sub(*deadline, now));
+      if (outage_since && options_.outage_timeout)  // give up on the outage on time
+        wait = std::max(Clock::duration::zero(),
+                        std::min(wait, detail::saturating_sub(
+                                           detail::saturating_add(*outage_since, *options_.outage_timeout), now)));
       if constexpr (NotifiesRelease<B>) {
         if (subscription) {
           (void)subscription->wait_for(wait);
@@ -535,14 +553,28 @@ class Lock {
     if constexpr (requires { backend_.fallback_kind(); }) ev.reason = backend_.fallback_kind();
     source().emit(ev);
   }
-  void report_acquire_failure(const OwnerId& owner, std::uint32_t attempts, Clock::duration waited,
-                              const Error* e) const noexcept {
-    Event ev = source().make(EventType::acquire_failed, owner.str(), std::nullopt);
+  // Whether a run of failed attempts that began at `since` has lasted outage_timeout.
+  [[nodiscard]] bool outage_exceeded(TimePoint since, TimePoint now) const noexcept {
+    return options_.outage_timeout && now >= detail::saturating_add(since, *options_.outage_timeout);
+  }
+  // attempt_failed (one attempt) or acquire_failed (the acquire ends with `e`).
+  void report_failure(EventType type, const OwnerId& owner, std::uint32_t attempts, Clock::duration waited,
+                      const Error& e) const noexcept {
+    Event ev = source().make(type, owner.str(), std::nullopt);
     ev.attempts = attempts;
     ev.wait = waited;
-    ev.error = e ? e->code() : make_error_code(errc::timeout);
-    ev.message = e ? std::string_view(e->what()) : std::string_view("deadline passed or attempts used up");
+    ev.error = e.code();
+    ev.message = e.what();
     ev.reason = to_string(static_cast<errc>(ev.error.value()));
+    source().emit(ev);
+  }
+  // The acquire ends without the lock on contention: the deadline passed or
+  // the attempts were used up while it stayed held.
+  void report_timed_out(const OwnerId& owner, std::uint32_t attempts, Clock::duration waited) const noexcept {
+    Event ev = source().make(EventType::acquire_timed_out, owner.str(), std::nullopt);
+    ev.attempts = attempts;
+    ev.wait = waited;
+    ev.message = "the lock stayed held until the deadline or retry.max_attempts";
     source().emit(ev);
   }
 

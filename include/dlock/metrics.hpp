@@ -11,7 +11,8 @@
 // from the lock name by MetricsOptions::classify (by default the part before
 // the first ':', so "orders:42" is counted as "orders"); failure and loss
 // counters add a `reason` from a fixed set. Full lock names never become
-// labels. Past MetricsOptions::max_series distinct (backend, lock_class)
+// labels. Label values are made valid UTF-8 (invalid bytes become U+FFFD), as
+// the exposition format requires. Past MetricsOptions::max_series distinct (backend, lock_class)
 // pairs, further classes are counted under lock_class="_other".
 //
 // Thread-safe; on_event() takes one mutex briefly. Share one registry among
@@ -34,6 +35,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/utf8.hpp"
 #include "observer.hpp"
 
 namespace dlock {
@@ -65,6 +67,7 @@ class MetricsRegistry : public Observer {
     contentions,
     releases,
     releases_not_held,
+    acquire_timeouts,
     extensions,
     long_held,
     callback_failures,
@@ -72,7 +75,15 @@ class MetricsRegistry : public Observer {
     count_
   };
   /// The counters with a `reason` label.
-  enum class ReasonCounter { acquire_failures, release_failures, extend_failures, lost, degraded, count_ };
+  enum class ReasonCounter {
+    acquire_failures,
+    attempt_failures,
+    release_failures,
+    extend_failures,
+    lost,
+    degraded,
+    count_
+  };
 
   struct Histogram {
     std::vector<std::uint64_t> buckets;  ///< cumulative is computed at exposition; these are per bucket
@@ -187,6 +198,8 @@ class MetricsRegistry : public Observer {
           {"dlock_releases_total", "Locks released by their owner."},
           {"dlock_releases_not_held_total",
            "Releases that found the lock already expired or taken: the critical section ran unprotected at its end."},
+          {"dlock_acquire_timeouts_total",
+           "Acquires that ended without the lock because it stayed held until their deadline (contention)."},
           {"dlock_extensions_total", "Successful extensions."},
           {"dlock_long_held_total", "Holds that passed their long_held threshold."},
           {"dlock_callback_failures_total", "on_lost callbacks that threw."},
@@ -195,7 +208,9 @@ class MetricsRegistry : public Observer {
   static constexpr std::array<std::pair<std::string_view, std::string_view>,
                               static_cast<std::size_t>(ReasonCounter::count_)>
       reason_info{{
-          {"dlock_acquire_failures_total", "Acquires that gave up (timeout) or failed with an error, by reason."},
+          {"dlock_acquire_failures_total", "Acquires that ended with an error (thrown to the caller), by reason."},
+          {"dlock_attempt_failures_total",
+           "Acquire attempts that failed with a transient error and were retried, by reason."},
           {"dlock_release_failures_total", "Releases that could not be delivered, by reason."},
           {"dlock_extend_failures_total", "Extensions that failed with an error, by reason."},
           {"dlock_locks_lost_total", "Held locks that were lost, by reason."},
@@ -229,6 +244,12 @@ class MetricsRegistry : public Observer {
         break;
       case EventType::acquire_failed:
         count_reason(ReasonCounter::acquire_failures);
+        break;
+      case EventType::attempt_failed:
+        count_reason(ReasonCounter::attempt_failures);
+        break;
+      case EventType::acquire_timed_out:
+        count(Counter::acquire_timeouts);
         break;
       case EventType::released:
         count(Counter::releases);
@@ -305,7 +326,8 @@ class MetricsRegistry : public Observer {
     return it == series_.end() ? nullptr : &it->second;
   }
 
-  static std::string escape(std::string_view v) {
+  static std::string escape(std::string_view raw) {
+    const std::string v = detail::sanitize_utf8(raw);
     std::string out;
     out.reserve(v.size());
     for (char c : v) {

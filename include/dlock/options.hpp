@@ -45,6 +45,12 @@ struct LockOptions {
   /// lock() throws TimeoutError after this long; unset: lock() waits until it
   /// gets the lock (or retry.max_attempts is used up).
   std::optional<std::chrono::milliseconds> acquire_timeout{};
+  /// A blocking acquire whose attempts have failed with connection or
+  /// timeout errors for this long without a single answer from the lock
+  /// service (contention counts as an answer) gives up and throws the last
+  /// error: an outage fails closed instead of blocking forever, even with no
+  /// acquire_timeout. Unset: retry through outages until the deadline.
+  std::optional<std::chrono::milliseconds> outage_timeout{std::chrono::seconds(30)};
   /// Keep the lock while held: a heartbeat extends it to `ttl` every
   /// `extend_interval`, and signals loss (stop token, on_lost, observer) the
   /// moment an extension fails for good or the validity ends.
@@ -127,6 +133,8 @@ inline void validate(const LockOptions& o) {
     invalid_field("LockOptions.max_hold", "must be positive", format_duration(*o.max_hold));
   if (o.long_held && *o.long_held <= o.long_held->zero())
     invalid_field("LockOptions.long_held", "must be positive", format_duration(*o.long_held));
+  if (o.outage_timeout && *o.outage_timeout <= o.outage_timeout->zero())
+    invalid_field("LockOptions.outage_timeout", "must be positive", format_duration(*o.outage_timeout));
   if (o.acquire_timeout && *o.acquire_timeout < o.acquire_timeout->zero())
     invalid_field("LockOptions.acquire_timeout", "must not be negative", format_duration(*o.acquire_timeout));
 }

@@ -168,7 +168,21 @@ TEST(Acquire, MaxAttemptsBoundsABlockingAcquire) {
   a.lock();
   EXPECT_THROW(b.lock(), dlock::TimeoutError);
   EXPECT_EQ(observer->count(EventType::attempt), 4u);
-  EXPECT_EQ(observer->count(EventType::acquire_failed), 1u);
+  EXPECT_EQ(observer->count(EventType::acquire_timed_out), 1u);  // contention: not a failure
+  EXPECT_EQ(observer->count(EventType::acquire_failed), 0u);
+}
+
+TEST(Acquire, ATimedAcquireThatRunsOutOnContentionIsNotAFailure) {
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> a(mem, "job");
+  Lock<MemoryBackend> b(mem, "job", {.retry = {.initial_delay = 1ms, .max_delay = 2ms}, .observer = observer});
+  a.lock();
+  EXPECT_FALSE(b.try_lock_for(20ms));
+  EXPECT_FALSE(b.try_lock());
+  EXPECT_EQ(observer->count(EventType::acquire_timed_out), 1u);
+  EXPECT_EQ(observer->count(EventType::acquire_failed), 0u);
+  EXPECT_EQ(observer->count(EventType::attempt_failed), 0u);
 }
 
 TEST(Acquire, EachAcquisitionHasANewOwnerIdAndAHigherToken) {
@@ -383,7 +397,78 @@ TEST(Transient, BlockingAcquireRetriesThroughConnectionErrors) {
   lock.lock();
   EXPECT_TRUE(lock.owns_lock());
   EXPECT_EQ(backend.acquire_calls, 4);
-  EXPECT_EQ(observer->count(EventType::acquire_failed), 3u);
+  EXPECT_EQ(observer->count(EventType::attempt_failed), 3u);  // one per failed attempt
+  EXPECT_EQ(observer->count(EventType::acquire_failed), 0u);  // the acquire itself succeeded
+}
+
+// With no acquire_timeout, an outage used to block lock() forever, logging
+// every attempt. It now fails closed after outage_timeout.
+TEST(Transient, AnOutageFailsClosedAfterOutageTimeout) {
+  FaultyBackend backend;
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<FaultyBackend> lock(
+      backend, "job",
+      {.retry = {.initial_delay = 1ms, .max_delay = 5ms}, .outage_timeout = 150ms, .observer = observer});
+  backend.failing_acquires = 1'000'000'000;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(lock.lock(), dlock::ConnectionError);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, 150ms);
+  EXPECT_LT(took, 5s);
+  EXPECT_EQ(observer->count(EventType::acquire_failed), 1u);
+  EXPECT_EQ(observer->count(EventType::attempt_failed), static_cast<std::size_t>(backend.acquire_calls.load()));
+  for (const auto& e : observer->events())
+    if (e.type == EventType::acquire_failed) {
+      EXPECT_EQ(e.reason, "connection");
+    }
+  backend.failing_acquires = 0;
+  EXPECT_TRUE(lock.try_lock());  // the gate was let go
+}
+
+namespace {
+// Every odd attempt fails to connect, every even one finds the lock held; each
+// attempt moves the manual clock 10 ms.
+class AlternatingBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  explicit AlternatingBackend(dlock::ManualClock& clock) : clock_(clock) {}
+  AlternatingBackend(const AlternatingBackend&) = delete;  // kept by reference, so `calls` is this one's
+  [[nodiscard]] std::string_view kind() const noexcept { return "alternating"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:0"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest&) {
+    clock_.advance(10ms);
+    if (++calls % 2 == 1) throw dlock::ConnectionError("alternating: connection refused (test:0)");
+    return dlock::Contended{};
+  }
+  dlock::ReleaseResult release(std::string_view, dlock::Lease<Handle>&) { return dlock::ReleaseResult::not_held; }
+  std::optional<dlock::TimePoint> extend(std::string_view, dlock::Lease<Handle>&, std::chrono::milliseconds,
+                                         dlock::TimePoint) {
+    return std::nullopt;
+  }
+  int calls = 0;
+
+ private:
+  dlock::ManualClock& clock_;
+};
+}  // namespace
+
+// An answer from the service (contention) ends the outage: failures that
+// alternate with contention never add up to outage_timeout.
+TEST(Transient, ContentionBetweenFailuresIsNotAnOutage) {
+  dlock::ManualClock clock;
+  AlternatingBackend backend(clock);
+  Lock<AlternatingBackend> waiter(
+      backend, "job",
+      {.retry = {.initial_delay = 1ms, .max_delay = 1ms, .max_attempts = 20}, .outage_timeout = 40ms, .clock = &clock});
+  EXPECT_FALSE(waiter.try_lock_for(1h));  // 200 ms of alternation: contention, not the outage's error
+  EXPECT_EQ(backend.calls, 20);
+}
+
+TEST(Transient, OutageTimeoutIsValidated) {
+  MemoryBackend mem;
+  EXPECT_THROW(Lock<MemoryBackend>(mem, "job", {.outage_timeout = 0ms}), dlock::InvalidArgument);
+  Lock<MemoryBackend> endless(mem, "job", {.outage_timeout = std::nullopt});
+  EXPECT_FALSE(endless.options().outage_timeout.has_value());
 }
 
 TEST(Transient, TryLockThrowsAndTimedAcquireRethrowsAnOutage) {

@@ -60,7 +60,8 @@ TEST(Metrics, ExactCountsAfterAScriptedSequence) {
   EXPECT_EQ(metrics->value(C::attempts, "memory", "orders"), 7u);  // 3 + b + a + try + lock
   EXPECT_EQ(metrics->value(C::acquisitions, "memory", "orders"), 5u);
   EXPECT_EQ(metrics->value(C::contentions, "memory", "orders"), 2u);
-  EXPECT_EQ(metrics->value(R::acquire_failures, "memory", "orders", "timeout"), 1u);
+  EXPECT_EQ(metrics->value(C::acquire_timeouts, "memory", "orders"), 1u);  // contention, not a failure
+  EXPECT_EQ(metrics->value(R::acquire_failures, "memory", "orders", "timeout"), 0u);
   EXPECT_EQ(metrics->value(C::releases, "memory", "orders"), 5u);
   EXPECT_EQ(metrics->value(C::extensions, "memory", "orders"), 1u);
   EXPECT_EQ(metrics->held("memory", "orders"), 0);
@@ -93,6 +94,18 @@ TEST(Metrics, LabelsStayBounded) {
   EXPECT_EQ(classes.size(), 4u);  // three classes, then everything else
   EXPECT_EQ(classes.count("_other"), 1u);
   EXPECT_EQ(metrics->value(C::acquisitions, "memory", "_other"), 47u);
+}
+
+// The exposition format requires UTF-8; lock names are arbitrary bytes.
+TEST(Metrics, LabelValuesAreValidUtf8) {
+  MemoryBackend mem;
+  auto metrics = std::make_shared<MetricsRegistry>();
+  Lock<MemoryBackend> l(mem, std::string("caf\xC3\xA9\xFF\\\"x:1"), {.observer = metrics});
+  l.lock();
+  l.unlock();
+  const std::string text = metrics->prometheus_text();
+  EXPECT_EQ(text.find('\xFF'), std::string::npos);
+  EXPECT_NE(text.find("lock_class=\"caf\xC3\xA9\xEF\xBF\xBD\\\\\\\"x\""), std::string::npos) << text;
 }
 
 TEST(Metrics, HeldGaugeFollowsAcquisitionsAndEnds) {
