@@ -1,0 +1,7 @@
+// The conformance suite over RedisBackend, and over FallbackBackend with a Redis primary.
+#include "redis_fixtures.hpp"
+
+namespace dlock::conformance {
+INSTANTIATE_TYPED_TEST_SUITE_P(Redis, Conformance, RedisFixture);
+INSTANTIATE_TYPED_TEST_SUITE_P(FallbackRedisMemory, Conformance, FallbackFixture);
+}  // namespace dlock::conformance
