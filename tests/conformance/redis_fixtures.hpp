@@ -1,11 +1,8 @@
-// Conformance fixtures of the Redis family: RedisBackend on one redis-server,
-// RedlockBackend on N, and FallbackBackend<RedisBackend, MemoryBackend> with a
-// healthy primary. Each suite starts its servers (and a FaultProxy in front of
-// each) once; each test has its own key prefix, deleted afterwards.
+// Conformance fixtures of the Redis family: RedisBackend on one redis-server
+// and RedlockBackend on N. Each suite starts its servers (and a FaultProxy in
+// front of each) once; each test has its own key prefix, deleted afterwards.
 #pragma once
 
-#include <dlock/fallback.hpp>
-#include <dlock/memory.hpp>
 #include <dlock/redis.hpp>
 #include <dlock/redlock.hpp>
 
@@ -137,37 +134,6 @@ class RedlockFixture {
     return o;
   }
   RedisTestKeys<N> keys_;
-};
-
-/// FallbackBackend<RedisBackend, MemoryBackend> whose primary is healthy
-/// except while cut: then acquires degrade to the in-process table.
-class FallbackFixture {
- public:
-  using Backend = FallbackBackend<RedisBackend, MemoryBackend>;
-  static constexpr Traits traits{
-      .outage_degrades = true, .threads = 4, .cycles = 100, .processes = 4, .process_cycles = 50};
-
-  static void start_servers() { RedisFixture::start_servers(); }
-  static void stop_servers() { RedisFixture::stop_servers(); }
-  void set_up(const std::string& id) { redis_.set_up(id); }
-  void tear_down() { redis_.tear_down(); }
-
-  Backend make() {
-    RedisBackend primary = redis_.make();
-    return Backend(primary, local_);
-  }
-  Backend make_faulty() {
-    RedisBackend primary = redis_.make_faulty();
-    return Backend(primary, local_);
-  }
-  void cut() { redis_.cut(); }
-  void silence() { redis_.silence(); }
-  void heal() { redis_.heal(); }
-  void force_delete(std::string_view name) { redis_.force_delete(name); }
-
- private:
-  RedisFixture redis_;
-  MemoryBackend local_;  ///< the fallback, shared by this test's clients
 };
 
 }  // namespace dlock::conformance
