@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 using dlock::RedisOptions;
 using dlock::detail::redis_hash_tag;
@@ -128,6 +129,8 @@ TEST(RedisUri, KeepsOtherFieldsOfTheBase) {
 }
 
 TEST(RedisUri, Errors) {
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("scheme is missing"),
+            std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("expected redis://"),
             std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("http://h"); }).find("unknown scheme"), std::string::npos);
@@ -137,10 +140,13 @@ TEST(RedisUri, Errors) {
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:x"); }).find("port"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://:6379"); }).find("host"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h/db"); }).find("database"), std::string::npos);
-  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("timeout"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("only db=N"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("unix://relative.sock"); }).find("absolute"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://justuser@h"); }).find("user:password"),
             std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://user:@h"); }).find("needs a password"),
+            std::string::npos);
+  EXPECT_EQ(dlock::parse_redis_uri("unix:///tmp/a@b.sock").unix_socket, "/tmp/a@b.sock");
 }
 
 TEST(RedisUri, ErrorsNeverShowThePassword) {
@@ -151,6 +157,78 @@ TEST(RedisUri, ErrorsNeverShowThePassword) {
     EXPECT_EQ(msg.find("hunter2"), std::string::npos) << msg;
     EXPECT_EQ(msg.find("hun"), std::string::npos) << msg;
   }
+}
+
+// Passwords written into URIs unencoded, with every character that ends a URI
+// part early ('/', '?', '#', '@', ':'); and URIs that are wrong around them.
+const std::vector<std::string> hostile_passwords{"s3cr3t/Qx7v", "Jv9?Wk2pLm", "Zq8@Yb#Tn:Rr", "/Mz8Lq4",   "Vb4Kx?",
+                                                 "Nh3@Gp6/Cx?", "Fq!w%zzK9",  "Ux:9/?@#Pw",   "Hk2 Lm5/Dd"};
+
+std::vector<std::string> hostile_uris(const std::string& pw) {
+  return {"redis://app:" + pw + "@127.0.0.1:6379/0",
+          "redis://:" + pw + "@h",
+          "redis://app:" + pw + "@h:0",
+          "redis://app:" + pw + "@h:port",
+          "redis://app:" + pw + "@h:",
+          "redis://app:" + pw + "@[::1",
+          "redis://app:" + pw + "@[::1]x",
+          "redis://app:" + pw + "@h/db",
+          "redis://app:" + pw + "@h?timeout=1",
+          "redis://app:" + pw + "@h?db=x",
+          "redis://app:" + pw + "@",
+          "redis://app:" + pw,  // the "@host" forgotten
+          "redis://" + pw + "@h",
+          "redis://" + pw,
+          "unix://app:" + pw + "@/tmp/r.sock",
+          "unix://app:" + pw + "@rel.sock",
+          "unix://app:" + pw + "@/tmp/r.sock?db=x",
+          "rediss://app:" + pw + "@h",
+          "http://app:" + pw + "@h",
+          "app:" + pw + "@h:6379",
+          "redis:/app:" + pw + "@h"};
+}
+
+// Every substring of `secret` of at least `n` characters that occurs in `text`.
+std::string leaked_part(const std::string& text, const std::string& secret, std::size_t n = 4) {
+  for (std::size_t len = secret.size(); len >= n && len > 0; --len)
+    for (std::size_t i = 0; i + len <= secret.size(); ++i)
+      if (text.find(secret.substr(i, len)) != std::string::npos) return secret.substr(i, len);
+  return {};
+}
+
+TEST(RedisUri, PasswordsWithDelimitersParseUpToTheLastAt) {
+  for (const auto& pw : hostile_passwords) {
+    if (pw.find('%') != std::string::npos) continue;  // not valid percent-encoding: rejected below
+    const auto o = dlock::parse_redis_uri("redis://app:" + pw + "@127.0.0.1:6380/2");
+    EXPECT_EQ(o.username, "app");
+    EXPECT_EQ(o.password, pw);
+    EXPECT_EQ(o.host, "127.0.0.1");
+    EXPECT_EQ(o.port, 6380);
+    EXPECT_EQ(o.database, 2);
+    const auto u = dlock::parse_redis_uri("unix://app:" + pw + "@/tmp/r.sock?db=4");
+    EXPECT_EQ(u.password, pw);
+    EXPECT_EQ(u.unix_socket, "/tmp/r.sock");
+    EXPECT_EQ(u.database, 4);
+  }
+}
+
+TEST(RedisUri, NoErrorShowsAnyPartOfThePassword) {
+  std::size_t errors = 0;
+  for (const auto& pw : hostile_passwords) {
+    for (const auto& uri : hostile_uris(pw)) {
+      std::string msg;
+      try {
+        (void)dlock::parse_redis_uri(uri);
+        continue;
+      } catch (const dlock::InvalidArgument& e) {
+        msg = e.what();
+      }
+      ++errors;
+      EXPECT_NE(msg.find("dlock: invalid Redis URI"), std::string::npos) << msg;
+      EXPECT_EQ(leaked_part(msg, pw), "") << uri << " -> " << msg;
+    }
+  }
+  EXPECT_GT(errors, 150u);
 }
 
 TEST(RedisOptionsValidation, NamesFieldAndValue) {

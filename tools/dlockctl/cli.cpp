@@ -330,6 +330,17 @@ dlock::PostgresOptions pg_options(const Context& ctx) {
 
 std::vector<std::string> secrets_of(const Context& ctx) {
   std::vector<std::string> s;
+  // The raw credentials of the Redis URI in effect (as in redis_options()),
+  // also when it does not parse.
+  std::vector<std::string> uris = ctx.args.all("redis");
+  if (const char* env = ctx.getenv("DLOCK_REDIS"); uris.empty() && env && *env) uris.emplace_back(env);
+  for (const auto& uri : uris) {
+    const std::string_view userinfo = dlock::detail::redis_uri_userinfo(uri);
+    if (userinfo.empty()) continue;
+    const auto colon = userinfo.find(':');
+    if (colon != std::string_view::npos && colon + 1 < userinfo.size()) s.emplace_back(userinfo.substr(colon + 1));
+    s.emplace_back(userinfo);
+  }
   try {
     if (ctx.args.get("redis") || ctx.getenv("DLOCK_REDIS") || ctx.args.get("password")) {
       const auto o = redis_options(ctx);

@@ -38,9 +38,11 @@ struct RedisOptions {
 
 /// Parses `redis://[[user]:password@]host[:port][/db]` or
 /// `unix://[[user]:password@]/path/to/socket[?db=N]` (user and password
-/// percent-decoded) into a copy of `base`, whose other fields are kept. The
-/// result is validated. Throws InvalidArgument naming the problem; the
-/// password never appears in the message.
+/// percent-decoded; the credentials end at the last '@', so '/', '?', '#' and
+/// '@' in a password need no encoding) into a copy of `base`, whose other
+/// fields are kept. The result is validated. Throws InvalidArgument naming
+/// the problem; the message never quotes any part of the URI (a misplaced
+/// password would show up as "the port" or "the path").
 [[nodiscard]] RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base = {});
 
 namespace detail {
@@ -48,6 +50,9 @@ namespace detail {
 void validate(const RedisOptions& options);
 /// "host:port" ("[v6]:port" for IPv6 addresses) or the socket path.
 [[nodiscard]] std::string redis_endpoint(const RedisOptions& options);
+/// The raw (not decoded) credentials of a Redis URI: between "://" and the
+/// last '@'; empty if there are none. For masking them in messages.
+[[nodiscard]] std::string_view redis_uri_userinfo(std::string_view uri);
 }  // namespace detail
 
 }  // namespace dlock
