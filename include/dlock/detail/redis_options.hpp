@@ -10,6 +10,14 @@
 
 namespace dlock {
 
+/// What a Redis connection does about a server that may evict keys (see
+/// RedisOptions::eviction_check and docs/redis.md).
+enum class EvictionCheck {
+  fail,  ///< a maxmemory-policy other than noeviction fails every operation (ServerError)
+  warn,  ///< ... is reported once per server on stderr, and locks are used anyway
+  off,   ///< the policy is not read (no CONFIG GET, no warning)
+};
+
 struct RedisOptions {
   /// Server host name or IPv4/IPv6 address (ignored when unix_socket is set).
   std::string host = "127.0.0.1";
@@ -34,6 +42,13 @@ struct RedisOptions {
   /// Least time a fencing counter is kept after the server clock passed its
   /// value (it is kept max(fence_ttl, 3 x the lock's ttl)), >= 1s; see docs/redis.md.
   std::chrono::milliseconds fence_ttl{std::chrono::seconds(10)};
+  /// Each new connection reads the server's maxmemory-policy (CONFIG GET):
+  /// any policy but noeviction lets the server delete lock keys before their
+  /// TTL (a second owner gets in). fail: ServerError naming the server and
+  /// policy; warn: one stderr line per server. A server that does not let
+  /// dlock read the policy (CONFIG renamed or disabled, or forbidden by the
+  /// ACL user) gets one stderr line, unless off.
+  EvictionCheck eviction_check = EvictionCheck::fail;
 };
 
 /// Parses `redis://[[user]:password@]host[:port][/db]` or
