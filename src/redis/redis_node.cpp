@@ -9,8 +9,11 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -22,6 +25,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/sha1.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -93,7 +97,118 @@ struct Argv {
   }
 };
 
+static_assert(sizeof(pid_t) == sizeof(int));
+
+// The SHA-1 of each lock script (EVALSHA names a script by it), computed once.
+const std::string& script_sha(RedisScript script) {
+  static const auto shas = [] {
+    std::array<std::string, redis_script_count> out;
+    for (std::size_t i = 0; i < redis_script_count; ++i) out[i] = sha1_hex(redis_scripts[i]);
+    return out;
+  }();
+  return shas[static_cast<std::size_t>(script)];
+}
+
+// An error reply's class: its first word if that looks like one ("ERR",
+// "WRONGPASS", "NOPERM"), else "error".
+std::string_view error_class(std::string_view reply) {
+  const std::string_view word = reply.substr(0, reply.find(' '));
+  if (word.empty() || word.size() > 24 ||
+      !std::all_of(word.begin(), word.end(), [](char c) { return (c >= 'A' && c <= 'Z') || c == '_'; }))
+    return "error";
+  return word;
+}
+
 }  // namespace
+
+std::string describe_auth_refusal(std::string_view reply) {
+  const std::string_view cls = error_class(reply);
+  const auto has = [&](std::string_view s) { return reply.find(s) != std::string_view::npos; };
+  std::string_view why = "the server's text is not shown: it may repeat the credentials";
+  if (cls == "WRONGPASS" || has("invalid password") || has("invalid username-password")) {
+    why = "wrong password, or the user is unknown or disabled";
+  } else if (has("unknown command")) {
+    why = "the server does not know AUTH: it was renamed or disabled there, or a proxy in between refuses it";
+  } else if (has("without any password configured")) {
+    why = "the server has no password set for that user: remove RedisOptions password, or set one on the server";
+  } else if (cls == "NOPERM") {
+    why = "the user may not run AUTH";
+  } else if (has("wrong number of arguments")) {
+    why = "the server takes no user name with AUTH (Redis before 6): leave RedisOptions username empty";
+  }
+  return fmt::format("{}: {}", cls, why);
+}
+
+EvictionVerdict judge_eviction_policy(const RedisValue& r, std::string_view endpoint) {
+  using Kind = EvictionVerdict::Kind;
+  if (r.is_error()) {
+    if (starts_with(r.str, "NOAUTH")) throw_if_error(r, endpoint, "CONFIG GET maxmemory-policy");
+    return {Kind::unknown,
+            fmt::format("cannot check that Redis at {} never evicts lock keys: it refused CONFIG GET "
+                        "maxmemory-policy ({}); make sure its maxmemory-policy is noeviction (docs/redis.md), "
+                        "or set RedisOptions eviction_check = EvictionCheck::off to skip this check",
+                        endpoint, r.str)};
+  }
+  if (r.type != RedisValue::Type::array || r.elements.size() != 2 || r.elements[1].type != RedisValue::Type::string)
+    return {Kind::unknown,
+            fmt::format("cannot check that Redis at {} never evicts lock keys: it gave no maxmemory-policy to "
+                        "CONFIG GET; make sure its maxmemory-policy is noeviction (docs/redis.md), or set "
+                        "RedisOptions eviction_check = EvictionCheck::off to skip this check",
+                        endpoint)};
+  const std::string& policy = r.elements[1].str;
+  if (policy == "noeviction") return {Kind::safe, {}};
+  return {Kind::evicts,
+          fmt::format("Redis at {} has maxmemory-policy {}: when it reaches maxmemory it may delete lock keys "
+                      "before their TTL, and a second owner could then acquire a held lock. Set "
+                      "maxmemory-policy noeviction on that server (CONFIG SET maxmemory-policy noeviction, and in "
+                      "redis.conf) or use a Redis server of its own for locks; to accept the risk, set "
+                      "RedisOptions eviction_check = EvictionCheck::warn (docs/redis.md)",
+                      endpoint, policy)};
+}
+
+std::string parse_run_id(std::string_view info) {
+  constexpr std::string_view field = "run_id:";
+  for (std::size_t pos = 0; pos < info.size();) {
+    const auto end = std::min(info.find('\n', pos), info.size());
+    std::string_view line = info.substr(pos, end - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (starts_with(line, field)) return std::string(line.substr(field.size()));
+    pos = end + 1;
+  }
+  return {};
+}
+
+// ---- ServerFacts ----
+
+std::string ServerFacts::run_id() const {
+  std::lock_guard lk(mu_);
+  return run_id_;
+}
+
+void ServerFacts::set_run_id(std::string id) {
+  std::lock_guard lk(mu_);
+  run_id_ = std::move(id);
+}
+
+void ServerFacts::warn_once(std::string_view kind, const std::string& message) noexcept {
+  try {
+    {
+      std::lock_guard lk(mu_);
+      for (const auto& w : warned_)
+        if (w.first == kind) return;
+      warned_.emplace_back(std::string(kind), message);
+    }
+    fmt::print(stderr, "dlock: warning: {}\n", message);
+  } catch (...) {  // out of memory, or stderr failed: a warning is all it was
+  }
+}
+
+std::vector<std::string> ServerFacts::warnings() const {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> out;
+  for (const auto& w : warned_) out.push_back(w.second);
+  return out;
+}
 
 void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what) {
   if (!reply.is_error()) return;
@@ -196,11 +311,14 @@ std::string PublishRefusals::last() const {
 
 // ---- RedisConnection ----
 
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts)
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, Handshake handshake)
     : endpoint_(std::move(endpoint)),
       command_timeout_(options.command_timeout),
       username_(options.username),
-      database_(options.database) {
+      database_(options.database),
+      handshake_(handshake),
+      eviction_check_(options.eviction_check),
+      pid_(::getpid()) {
   const timeval connect_tv = to_timeval(options.connect_timeout);
   ctx_ = options.unix_socket.empty() ? redisConnectWithTimeout(options.host.c_str(), options.port, connect_tv)
                                      : redisConnectUnixWithTimeout(options.unix_socket.c_str(), connect_tv);
@@ -222,7 +340,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
   // Bounds the handshake below by connect_timeout, then every command by command_timeout.
   if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
-  queue_handshake(options, load_scripts);
+  queue_handshake(options);
   // Read every reply before judging, so that the first error reported is the cause (AUTH before NOAUTH).
   std::vector<RedisValue> replies;
   replies.reserve(steps_.size());
@@ -232,12 +350,15 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   guard.armed = false;
 }
 
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, bool load_scripts)
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, Handshake handshake)
     : endpoint_(std::move(endpoint)),
       command_timeout_(options.command_timeout),
       nonblocking_(true),
       username_(options.username),
-      database_(options.database) {
+      database_(options.database),
+      handshake_(handshake),
+      eviction_check_(options.eviction_check),
+      pid_(::getpid()) {
   ctx_ = options.unix_socket.empty() ? redisConnectNonBlock(options.host.c_str(), options.port)
                                      : redisConnectUnixNonBlock(options.unix_socket.c_str());
   if (ctx_ == nullptr)
@@ -252,7 +373,7 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
     }
   }
   if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
-  queue_handshake(options, load_scripts);
+  queue_handshake(options);
 }
 
 void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {
@@ -265,7 +386,7 @@ void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out
       options.unix_socket.empty() ? "host and port" : "unix_socket"));
 }
 
-void RedisConnection::queue_handshake(const RedisOptions& options, bool load_scripts) {
+void RedisConnection::queue_handshake(const RedisOptions& options) {
   steps_.clear();
   if (!options.password.empty()) {
     if (options.username.empty()) {
@@ -280,7 +401,15 @@ void RedisConnection::queue_handshake(const RedisOptions& options, bool load_scr
     append(std::array<std::string_view, 2>{"SELECT", db});
     steps_.emplace_back(Step::select, RedisScript::acquire);
   }
-  if (load_scripts) {
+  if (handshake_.check_eviction && options.eviction_check != EvictionCheck::off) {
+    append(std::array<std::string_view, 3>{"CONFIG", "GET", "maxmemory-policy"});
+    steps_.emplace_back(Step::eviction, RedisScript::acquire);
+  }
+  if (handshake_.identify) {
+    append(std::array<std::string_view, 2>{"INFO", "server"});
+    steps_.emplace_back(Step::identify, RedisScript::acquire);
+  }
+  if (handshake_.load_scripts) {
     for (std::size_t i = 0; i < redis_script_count; ++i) {
       append(std::array<std::string_view, 3>{"SCRIPT", "LOAD", redis_scripts[i]});
       steps_.emplace_back(Step::script, static_cast<RedisScript>(i));
@@ -301,7 +430,7 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
                                         endpoint_,
                                         username_.empty() ? std::string(" with the password")
                                                           : fmt::format(" of user '{}'", username_),
-                                        r.str),
+                                        describe_auth_refusal(r.str)),
                             errc::auth);
         }
         break;
@@ -312,8 +441,25 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
                           "database",
                           endpoint_, database_, r.str));
         break;
+      case Step::eviction:
+        judge_eviction(r);
+        break;
+      case Step::identify:
+        if (r.is_error() && starts_with(r.str, "NOAUTH")) throw_if_error(r, endpoint_, "INFO server");
+        // Refused (ACL, renamed): no run_id, and no duplicate check by it (docs/redlock.md).
+        if (r.type == RedisValue::Type::string && handshake_.facts != nullptr) {
+          if (auto id = parse_run_id(r.str); !id.empty()) handshake_.facts->set_run_id(std::move(id));
+        }
+        break;
       case Step::script: {
         const auto s = steps[i].second;
+        if (r.is_error() && (starts_with(r.str, "NOPERM") || r.str.find("unknown command") != std::string::npos)) {
+          // The ACL (or a renamed SCRIPT) refuses SCRIPT LOAD: call the script
+          // by its SHA-1 anyway (another client may have loaded it), with the
+          // EVAL fallback on NOSCRIPT, which loads it.
+          sha_[static_cast<unsigned>(s)] = script_sha(s);
+          break;
+        }
         if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("loading the {} script", redis_script_name(s)));
         if (r.type != RedisValue::Type::string)
           throw ServerError(fmt::format("dlock: unexpected reply to SCRIPT LOAD from Redis at {}", endpoint_));
@@ -324,9 +470,25 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
   }
 }
 
+void RedisConnection::judge_eviction(const RedisValue& r) {
+  const EvictionVerdict v = judge_eviction_policy(r, endpoint_);
+  using Kind = EvictionVerdict::Kind;
+  if (v.kind == Kind::safe || eviction_check_ == EvictionCheck::off) return;
+  if (v.kind == Kind::evicts && eviction_check_ == EvictionCheck::fail) throw ServerError("dlock: " + v.message);
+  if (handshake_.facts != nullptr) {
+    handshake_.facts->warn_once(v.kind == Kind::evicts ? "eviction" : "eviction-unknown", v.message);
+  } else {
+    ServerFacts().warn_once("eviction", v.message);
+  }
+}
+
+// Frees hiredis' memory and closes the fd; sends nothing (no QUIT), so a
+// connection inherited through fork() is dropped without touching the parent's session.
 RedisConnection::~RedisConnection() {
   if (ctx_ != nullptr) redisFree(ctx_);
 }
+
+bool RedisConnection::inherited() const noexcept { return pid_ != ::getpid(); }
 
 void RedisConnection::fail(std::string_view doing) {
   broken_ = true;
@@ -503,12 +665,22 @@ class RedisNode::Checkout {
   int exceptions_;
 };
 
-RedisNode::RedisNode(RedisOptions options) : options_(std::move(options)), endpoint_(redis_endpoint(options_)) {}
+RedisNode::RedisNode(RedisOptions options)
+    : options_(std::move(options)), endpoint_(redis_endpoint(options_)), pid_(::getpid()) {}
 
 RedisNode::~RedisNode() = default;
 
 std::unique_ptr<RedisConnection> RedisNode::take() {
   std::unique_lock lk(mu_);
+  if (pid_ != ::getpid()) {
+    // A child process (fork()): the idle connections are the parent's too
+    // (one socket, two processes). Drop them without sending anything; the
+    // ones the parent's other threads had checked out never come back here.
+    idle_.clear();
+    open_ = 0;
+    ++generation_;
+    pid_ = ::getpid();
+  }
   const auto wait = options_.connect_timeout + options_.command_timeout;
   for (;;) {
     while (!idle_.empty()) {
@@ -531,7 +703,7 @@ std::unique_ptr<RedisConnection> RedisNode::take() {
   ++open_;
   lk.unlock();
   try {
-    return std::make_unique<RedisConnection>(options_, endpoint_);
+    return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::Handshake{.facts = &facts_});
   } catch (...) {
     lk.lock();
     --open_;
@@ -545,7 +717,9 @@ std::unique_ptr<RedisConnection> RedisNode::take() {
 void RedisNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
   {
     std::lock_guard lk(mu_);
-    if (c == nullptr || c->broken()) {
+    if (c != nullptr && c->inherited()) {
+      c.reset();  // opened by the parent (fork() during the checkout): not counted here
+    } else if (c == nullptr || c->broken()) {
       --open_;
       ++generation_;  // the others to this server are suspect too
     } else {
@@ -600,7 +774,9 @@ void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chro
     RedisOptions o = options_;
     o.connect_timeout = std::min(o.connect_timeout, timeout);
     o.command_timeout = std::min(o.command_timeout, timeout);
-    RedisConnection c(o, endpoint_, /*load_scripts=*/false);  // then eval() sends EVAL
+    // No SCRIPT LOAD (eval() then sends EVAL), and no eviction check: a
+    // cleanup of what may be ours is worth sending to any server.
+    RedisConnection c(o, endpoint_, RedisHandshake{.load_scripts = false, .check_eviction = false});
     const std::array<std::string_view, 1> k{keys.lock};
     const std::array<std::string_view, 2> a{owner, keys.channel};
     (void)released(c.eval(RedisScript::release, k, a), keys);

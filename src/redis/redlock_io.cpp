@@ -3,6 +3,7 @@
 #include <dlock/detail/redlock_io.hpp>
 
 #include <poll.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -60,11 +61,17 @@ void append_call(RedisConnection& c, const ScriptCall& call, bool by_sha) {
 
 // ---- RedlockNode ----
 
-RedlockNode::RedlockNode(RedisOptions options) : options_(std::move(options)), endpoint_(redis_endpoint(options_)) {}
+RedlockNode::RedlockNode(RedisOptions options)
+    : options_(std::move(options)), endpoint_(redis_endpoint(options_)), pid_(::getpid()) {}
 
 std::unique_ptr<RedisConnection> RedlockNode::take() {
   {
     std::lock_guard lk(mu_);
+    if (pid_ != ::getpid()) {  // fork(): the parent's connections; dropped without sending anything
+      idle_.clear();
+      ++generation_;
+      pid_ = ::getpid();
+    }
     while (!idle_.empty()) {
       Idle idle = std::move(idle_.back());
       idle_.pop_back();
@@ -74,13 +81,18 @@ std::unique_ptr<RedisConnection> RedlockNode::take() {
       // else dropped here: from before a failure, or closed by the server
     }
   }
-  return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::NonBlocking{});
+  return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::NonBlocking{},
+                                           RedisConnection::Handshake{.identify = true, .facts = &facts_});
 }
 
 void RedlockNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
   std::unique_ptr<RedisConnection> drop;  // closed outside the mutex
   std::lock_guard lk(mu_);
   if (c == nullptr) return;
+  if (c->inherited()) {  // opened by the parent before fork()
+    drop = std::move(c);
+    return;
+  }
   if (c->broken()) {
     ++generation_;  // the other connections to this server are suspect too
     drop = std::move(c);

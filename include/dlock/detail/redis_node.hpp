@@ -1,7 +1,12 @@
 // Internal: the client for one Redis server, shared by RedisBackend and
-// Redlock: connections (connect, AUTH, SELECT, timeouts), the lock scripts
-// (SCRIPT LOAD per connection, EVALSHA with EVAL fallback), reply parsing and
-// error mapping, and a small thread-safe connection pool.
+// Redlock: connections (connect, AUTH, SELECT, the server checks, timeouts),
+// the lock scripts (SCRIPT LOAD per connection, EVALSHA with EVAL fallback),
+// reply parsing and error mapping, and a small thread-safe connection pool.
+//
+// fork(): a connection belongs to the process that opened it. A pool used in
+// a child process drops what it inherited without sending anything (the fd
+// is closed, hiredis' memory freed: the parent keeps its socket) and opens
+// new connections.
 //
 // Errors: ConnectionError when the server cannot be reached, resets the
 // connection or does not answer within command_timeout (the connection is
@@ -21,6 +26,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "redis_keys.hpp"
@@ -89,18 +95,73 @@ class PublishRefusals {
   bool logged_ = false;
 };
 
+/// Why AUTH was refused, for messages: the error's class and a fixed
+/// explanation, never the server's text (a server that does not know AUTH,
+/// or a proxy, repeats its arguments: the user name and password).
+[[nodiscard]] std::string describe_auth_refusal(std::string_view reply);
+
+/// The server's answer to `CONFIG GET maxmemory-policy`, judged.
+struct EvictionVerdict {
+  enum class Kind {
+    safe,     ///< noeviction
+    evicts,   ///< any other policy: keys may be deleted before their TTL
+    unknown,  ///< the policy could not be read (CONFIG refused, renamed, or an odd reply)
+  };
+  Kind kind = Kind::unknown;
+  std::string message;  ///< for evicts and unknown: names the endpoint and says what to do
+};
+/// Throws ServerError (errc::auth) for NOAUTH: the connection is not authenticated.
+[[nodiscard]] EvictionVerdict judge_eviction_policy(const RedisValue& reply, std::string_view endpoint);
+
+/// The run_id line of an INFO reply; empty if there is none.
+[[nodiscard]] std::string parse_run_id(std::string_view info);
+
+/// What the handshakes of one server's connections learned about it, and the
+/// warnings given about it (each kind once). Thread-safe.
+class ServerFacts {
+ public:
+  /// The run_id of the server (INFO server) as of the latest handshake that
+  /// read it; empty before that, or when INFO is refused.
+  [[nodiscard]] std::string run_id() const;
+  void set_run_id(std::string id);
+  /// The first time for `kind`: writes "dlock: warning: <message>" to stderr
+  /// and keeps the message for warnings(). Later calls for `kind` do nothing.
+  void warn_once(std::string_view kind, const std::string& message) noexcept;
+  [[nodiscard]] std::vector<std::string> warnings() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::string run_id_;
+  std::vector<std::pair<std::string, std::string>> warned_;  ///< kind, message
+};
+
+/// What a new connection sends before its first command, after AUTH (if a
+/// password is set) and SELECT (if database != 0), all in one round trip.
+struct RedisHandshake {
+  /// SCRIPT LOAD of the lock scripts. If the ACL refuses it, the scripts
+  /// are still called by their SHA-1 (EVALSHA), with EVAL on NOSCRIPT.
+  bool load_scripts = true;
+  /// CONFIG GET maxmemory-policy, judged per RedisOptions::eviction_check.
+  bool check_eviction = true;
+  /// INFO server, for the server's run_id (into facts).
+  bool identify = false;
+  /// Receives the run_id and the once-per-server warnings; may be null
+  /// (warnings then go to stderr every time).
+  ServerFacts* facts = nullptr;
+};
+
 /// One hiredis connection. Not thread-safe; owned by one user at a time.
 class RedisConnection {
  public:
+  using Handshake = RedisHandshake;
+
   /// Connects within options.connect_timeout, sets command_timeout on the
-  /// socket, and in one round trip sends AUTH (if a password is set), SELECT
-  /// (if database != 0) and, if `load_scripts`, SCRIPT LOAD for the lock scripts.
-  RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts = true);
+  /// socket, and runs the handshake.
+  RedisConnection(const RedisOptions& options, std::string endpoint, Handshake handshake = {});
 
   /// Non-blocking mode (Redlock's parallel fan-out, detail/redlock_io.hpp, and
   /// the pub/sub connections, detail/redis_subscriber.hpp): starts the connect
-  /// and queues the handshake (AUTH, SELECT and, if `load_scripts`, SCRIPT
-  /// LOAD) without waiting for anything; the caller queues its commands behind it
+  /// and queues the handshake without waiting for anything; the caller queues its commands behind it
   /// and drives the socket with poll(), flush(), fill() and next_reply(). The
   /// first pending_handshake() replies are the handshake's: pass them to
   /// check_handshake() (with nothing to send, pending_handshake() is 0 while
@@ -108,7 +169,7 @@ class RedisConnection {
   /// not be used. Throws ConnectionError when the connect fails at once (e.g.
   /// refused on loopback).
   struct NonBlocking {};
-  RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, bool load_scripts = true);
+  RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, Handshake handshake = {});
   RedisConnection(const RedisConnection&) = delete;
   RedisConnection& operator=(const RedisConnection&) = delete;
   ~RedisConnection();
@@ -149,7 +210,8 @@ class RedisConnection {
   /// Replies still owed to the handshake of a new non-blocking connection.
   [[nodiscard]] std::size_t pending_handshake() const noexcept { return steps_.size(); }
   /// Judges the handshake's replies as the blocking constructor does (throws
-  /// ServerError for a refused AUTH or SELECT, a failed SCRIPT LOAD).
+  /// ServerError for a refused AUTH or SELECT, a failed SCRIPT LOAD, or a
+  /// maxmemory-policy that evicts with EvictionCheck::fail).
   void check_handshake(std::span<const RedisValue> replies);
 
   /// True once an I/O error happened: the connection must not be used again.
@@ -161,11 +223,14 @@ class RedisConnection {
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
   /// Throws the ConnectionError for the context's current error and marks the connection broken.
   [[noreturn]] void fail(std::string_view doing);
+  /// True in a child process: the connection was opened by an ancestor (fork()).
+  [[nodiscard]] bool inherited() const noexcept;
 
  private:
-  enum class Step { auth, select, script };
+  enum class Step { auth, select, eviction, identify, script };
   void connect_failed(const RedisOptions& options, bool timed_out);
-  void queue_handshake(const RedisOptions& options, bool load_scripts);
+  void queue_handshake(const RedisOptions& options);
+  void judge_eviction(const RedisValue& reply);
   void queue(std::size_t argc, const char** argv, const std::size_t* lens);
   void append_script(bool by_sha, RedisScript script, std::span<const std::string_view> keys,
                      std::span<const std::string_view> args);
@@ -177,6 +242,9 @@ class RedisConnection {
   bool nonblocking_ = false;
   std::string username_;
   int database_ = 0;
+  Handshake handshake_;
+  EvictionCheck eviction_check_ = EvictionCheck::fail;
+  int pid_ = 0;                                      ///< the process that opened it
   std::vector<std::pair<Step, RedisScript>> steps_;  ///< handshake replies still to judge
   std::string out_;                                  ///< non-blocking mode: formatted commands not yet sent
   std::size_t out_sent_ = 0;                         ///< ... of which this many bytes are sent
@@ -232,6 +300,8 @@ class RedisNode {
 
   /// Number of connections currently open (idle or in use).
   [[nodiscard]] std::size_t open_connections() const;
+  /// What the connections' handshakes learned about the server, and the warnings given.
+  [[nodiscard]] ServerFacts& facts() noexcept { return facts_; }
 
  private:
   class Checkout;
@@ -243,6 +313,7 @@ class RedisNode {
   const RedisOptions options_;
   const std::string endpoint_;
   PublishRefusals publish_refusals_;
+  ServerFacts facts_;
   mutable std::mutex mu_;
   std::condition_variable free_cv_;
   struct Idle {
@@ -255,6 +326,7 @@ class RedisNode {
   std::vector<Idle> idle_;  ///< most recently used last
   std::size_t open_ = 0;
   std::uint64_t generation_ = 0;  ///< bumped when a connection breaks: idle ones from before are dropped
+  int pid_ = 0;                   ///< the process the counts above belong to (fork(): reset in a child)
 };
 
 }  // namespace dlock::detail
