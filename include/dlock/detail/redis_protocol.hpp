@@ -51,11 +51,12 @@ struct Reply {
   friend bool operator==(const Reply&, const Reply&) = default;
 };
 
-/// Bounds on one reply, checked before hiredis sees its bytes. hiredis 0.14
-/// checks numbers and type bytes, but bounds no size: it waits for whatever
-/// length a bulk string declares and allocates an array's element vector as
-/// declared (`*2000000000` asks for 16 GB); and it takes the two bytes after
-/// a bulk string as its CRLF without looking at them.
+/// Bounds on one reply, checked by the framer that reads each reply before
+/// hiredis does. hiredis 0.14 checks numbers and type bytes, but bounds no
+/// size (it waits for any length a bulk string declares, and allocates an
+/// array's element vector as declared) and takes the two bytes after a bulk
+/// string as its CRLF without looking at them. The framer hands hiredis only
+/// complete, well-formed replies within these limits.
 struct ParserLimits {
   std::size_t max_bulk = 512u << 20;    ///< bytes of one bulk string (Redis' proto-max-bulk-len)
   std::size_t max_elements = 1u << 20;  ///< array elements in one reply, all levels together
