@@ -206,13 +206,13 @@ struct Redirect {
 
 struct ErrorInfo {
   ErrorKind kind = ErrorKind::other;
-  std::string_view code;             ///< the error's first word ("ERR", "NOPERM"), or "" if none
+  std::string_view code;             ///< the first word ("ERR", "NOPERM") or ""; points into the message
   std::optional<Redirect> redirect;  ///< for moved and ask
 };
 
 /// Classifies an error reply's text. Codes are matched at the start, and for
 /// errors raised inside a script (Redis wraps them in "ERR Error running
-/// script ...") READONLY, WRONGTYPE, OOM, NOPERM and NOSCRIPT also anywhere in it.
+/// script ...") READONLY, WRONGTYPE, OOM and NOPERM also anywhere in it.
 [[nodiscard]] ErrorInfo classify_error(std::string_view message);
 /// Parses "<slot> <host>:<port>" after MOVED/ASK (IPv6 hosts split at the last ':').
 [[nodiscard]] std::optional<Redirect> parse_redirect(std::string_view rest);
