@@ -313,6 +313,7 @@ std::string PublishRefusals::last() const {
 
 RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, Handshake handshake)
     : endpoint_(std::move(endpoint)),
+      connect_timeout_(options.connect_timeout),
       command_timeout_(options.command_timeout),
       username_(options.username),
       database_(options.database),
@@ -347,11 +348,13 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   for (std::size_t i = 0; i < steps_.size(); ++i) replies.push_back(read_reply());
   check_handshake(replies);
   if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
+  handshake_done_ = true;
   guard.armed = false;
 }
 
 RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, Handshake handshake)
     : endpoint_(std::move(endpoint)),
+      connect_timeout_(options.connect_timeout),
       command_timeout_(options.command_timeout),
       nonblocking_(true),
       username_(options.username),
@@ -374,13 +377,14 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   }
   if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
   queue_handshake(options);
+  handshake_done_ = steps_.empty();
 }
 
 void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {
   broken_ = true;
   throw ConnectionError(fmt::format(
-      "dlock: cannot connect to Redis at {}: {}{}; check that redis-server is running there and that "
-      "RedisOptions {} is right",
+      "dlock: cannot connect to Redis at {}: {}{}; nothing was sent. Check that redis-server is running there "
+      "and that RedisOptions {} is right",
       endpoint_, ctx_->errstr,
       timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
       options.unix_socket.empty() ? "host and port" : "unix_socket"));
@@ -420,6 +424,7 @@ void RedisConnection::queue_handshake(const RedisOptions& options) {
 void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
   const auto steps = std::move(steps_);
   steps_.clear();
+  handshake_done_ = true;
   for (std::size_t i = 0; i < steps.size() && i < replies.size(); ++i) {
     const RedisValue& r = replies[i];
     switch (steps[i].first) {
@@ -495,20 +500,35 @@ void RedisConnection::fail(std::string_view doing) {
   const int err = ctx_ != nullptr ? ctx_->err : REDIS_ERR_OTHER;
   const std::string detail = ctx_ != nullptr ? std::string(ctx_->errstr) : std::string("no connection");
   const bool timed_out = err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT);
-  if (timed_out)
+  // Before the handshake is answered nothing was asked of the server: it
+  // could not be reached (ConnectionError, FallbackBackend degrades). After
+  // it, a request was sent: its outcome is unknown (a timeout is a
+  // TimeoutError; a dropped connection stays a ConnectionError).
+  if (!handshake_done_) {
+    if (timed_out)
+      throw ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {}: it accepted the connection but did not answer its handshake "
+          "within connect_timeout {}; nothing was asked of it yet. The server may be overloaded or paused, or "
+          "something other than Redis listens there",
+          endpoint_, format_duration(connect_timeout_)));
     throw ConnectionError(fmt::format(
-        "dlock: Redis at {} did not answer within command_timeout {} during {}; the server may be overloaded, "
-        "paused or unreachable (the outcome of the command is unknown)",
+        "dlock: cannot connect to Redis at {}: the connection failed during its handshake ({}); nothing was asked "
+        "of it yet. Check that redis-server is running there",
+        endpoint_, detail));
+  }
+  if (timed_out)
+    throw TimeoutError(fmt::format(
+        "dlock: Redis at {} did not answer within command_timeout {} during {}: the request was sent; its outcome "
+        "is unknown. The server may be overloaded, paused or unreachable",
         endpoint_, format_duration(command_timeout_), doing));
   if (err == REDIS_ERR_EOF)
     throw ConnectionError(fmt::format(
-        "dlock: Redis at {} closed the connection during {} ({}); the server may have restarted or dropped idle "
-        "clients (the outcome of the command is unknown)",
+        "dlock: Redis at {} closed the connection during {} ({}): the request was sent; its outcome is unknown. "
+        "The server may have restarted or dropped idle clients",
         endpoint_, doing, detail));
-  throw ConnectionError(
-      fmt::format("dlock: connection to Redis at {} failed during {} ({}); the outcome of the "
-                  "command is unknown",
-                  endpoint_, doing, detail));
+  throw ConnectionError(fmt::format(
+      "dlock: connection to Redis at {} failed during {} ({}): the request was sent; its outcome is unknown", endpoint_,
+      doing, detail));
 }
 
 void RedisConnection::queue(std::size_t argc, const char** argv, const std::size_t* lens) {
@@ -543,16 +563,21 @@ bool RedisConnection::flush() {
     const ssize_t n = ::send(ctx_->fd, out_.data() + out_sent_, out_.size() - out_sent_, MSG_NOSIGNAL);
     if (n > 0) {
       out_sent_ += static_cast<std::size_t>(n);
+      sent_any_ = true;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;  // also: connect still in progress
     broken_ = true;
     const int err = n < 0 ? errno : EPIPE;
-    throw ConnectionError(
-        fmt::format("dlock: cannot send to Redis at {} ({}); check that redis-server is running "
-                    "there (the outcome of the command is unknown)",
-                    endpoint_, std::strerror(err)));
+    if (!sent_any_)  // a non-blocking connect that failed: nothing went out
+      throw ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {} ({}); nothing was sent. Check that redis-server is running there",
+          endpoint_, std::strerror(err)));
+    throw ConnectionError(fmt::format(
+        "dlock: cannot send to Redis at {} ({}): the connection broke after a request may have been sent; its "
+        "outcome is unknown. Check that redis-server is running there",
+        endpoint_, std::strerror(err)));
   }
   out_.clear();
   out_sent_ = 0;

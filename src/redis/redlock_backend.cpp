@@ -160,17 +160,28 @@ struct Failures {
     return out;
   }
   // The error a failed round throws: ServerError when a node refused (so a
-  // misconfiguration is not retried as an outage), else ConnectionError.
+  // misconfiguration is not retried as an outage); else TimeoutError when a
+  // node was sent the request and did not answer in time (it may have done
+  // it: the round's outcome is in doubt, issue 11 item 19); else
+  // ConnectionError (no failed node was asked anything, or it dropped the
+  // connection).
   [[nodiscard]] std::exception_ptr error(const std::string& head) const {
     const std::string message = fmt::format("{}: {}", head, describe());
+    bool in_doubt = false;
     for (const auto& [endpoint, e] : list) {
       try {
         std::rethrow_exception(e);
       } catch (const ServerError& x) {
         return std::make_exception_ptr(ServerError(message, static_cast<errc>(x.code().value())));
+      } catch (const TimeoutError&) {
+        in_doubt = true;
       } catch (...) {
       }
     }
+    if (in_doubt)
+      return std::make_exception_ptr(TimeoutError(fmt::format(
+          "{} (the outcome is unknown: a node that was sent the request did not answer and may have done it)",
+          message)));
     return std::make_exception_ptr(ConnectionError(message));
   }
 };

@@ -8,11 +8,15 @@
 // is closed, hiredis' memory freed: the parent keeps its socket) and opens
 // new connections.
 //
-// Errors: ConnectionError when the server cannot be reached, resets the
-// connection or does not answer within command_timeout (the connection is
-// then dropped, never reused); ServerError for error replies (errc::auth for
-// NOAUTH / WRONGPASS / NOPERM); TimeoutError when no pooled connection became
-// free in time. Messages name the endpoint, never the password.
+// Errors (issue 11 item 19; include/dlock/error.hpp): ConnectionError when the
+// server cannot be reached (connect refused, failed or timed out, no answer to
+// the connection's handshake within connect_timeout: nothing was asked of it)
+// or drops the connection after a request was sent (its outcome unknown, said
+// in the message); TimeoutError when a request was sent and got no answer
+// within command_timeout (its outcome unknown: it may have been granted), or
+// when no pooled connection became free in time. A connection that failed is
+// dropped, never reused. ServerError for error replies (errc::auth for NOAUTH
+// / WRONGPASS / NOPERM). Messages name the endpoint, never the password.
 #pragma once
 
 #include <chrono>
@@ -225,6 +229,13 @@ class RedisConnection {
   [[noreturn]] void fail(std::string_view doing);
   /// True in a child process: the connection was opened by an ancestor (fork()).
   [[nodiscard]] bool inherited() const noexcept;
+  /// True once the server answered the handshake and bytes of a later request
+  /// may have reached it: a request still unanswered is then in doubt (its
+  /// outcome unknown: TimeoutError on a timeout), where before it nothing was
+  /// asked of the server (ConnectionError: it could not be reached).
+  [[nodiscard]] bool request_sent() const noexcept { return handshake_done_ && connected(); }
+  /// True once the connect completed (non-blocking mode: a send() wrote bytes).
+  [[nodiscard]] bool connected() const noexcept { return sent_any_ || !nonblocking_; }
 
  private:
   enum class Step { auth, select, eviction, identify, script };
@@ -237,9 +248,12 @@ class RedisConnection {
 
   redisContext* ctx_ = nullptr;
   std::string endpoint_;
+  std::chrono::milliseconds connect_timeout_;
   std::chrono::milliseconds command_timeout_;
   bool broken_ = false;
   bool nonblocking_ = false;
+  bool handshake_done_ = false;  ///< the handshake's replies were all judged (or there was none)
+  bool sent_any_ = false;        ///< non-blocking mode: a send() wrote bytes (the connect completed)
   std::string username_;
   int database_ = 0;
   Handshake handshake_;
