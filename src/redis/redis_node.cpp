@@ -190,26 +190,6 @@ void ServerFacts::set_run_id(std::string id) {
   run_id_ = std::move(id);
 }
 
-void ServerFacts::warn_once(std::string_view kind, const std::string& message) noexcept {
-  try {
-    {
-      std::lock_guard lk(mu_);
-      for (const auto& w : warned_)
-        if (w.first == kind) return;
-      warned_.emplace_back(std::string(kind), message);
-    }
-    fmt::print(stderr, "dlock: warning: {}\n", message);
-  } catch (...) {  // out of memory, or stderr failed: a warning is all it was
-  }
-}
-
-std::vector<std::string> ServerFacts::warnings() const {
-  std::lock_guard lk(mu_);
-  std::vector<std::string> out;
-  for (const auto& w : warned_) out.push_back(w.second);
-  return out;
-}
-
 void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what) {
   if (!reply.is_error()) return;
   const std::string_view m = reply.str;
@@ -289,24 +269,16 @@ ReleaseReply parse_release_reply(const RedisValue& r, std::string_view endpoint,
   return ReleaseReply{.released = parse_flag_reply(r, endpoint, "release", lock_key), .publish_error = {}};
 }
 
-void PublishRefusals::note(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept {
+void ServerFacts::note_publish_refusal(std::string_view endpoint, std::string_view channel,
+                                       std::string_view error) noexcept {
   try {
-    std::string m = fmt::format(
-        "dlock: Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, but waiters "
-        "are not woken by them and fall back to their backoff delay: grant the ACL user the channels of the key "
-        "prefix (&<prefix>*, see docs/redis.md)",
-        endpoint, channel, error);
-    std::lock_guard lk(mu_);
-    if (!logged_) fmt::print(stderr, "{}\n", m);
-    logged_ = true;
-    last_ = std::move(m);
-  } catch (...) {  // out of memory or stderr failed: the release itself succeeded
+    warnings_.warn(publish_kind,
+                   fmt::format("Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, "
+                               "but waiters are not woken by them and fall back to their backoff delay: grant the "
+                               "ACL user the channels of the key prefix (&<prefix>*, see docs/redis.md)",
+                               endpoint, channel, error));
+  } catch (...) {  // out of memory: the release itself succeeded
   }
-}
-
-std::string PublishRefusals::last() const {
-  std::lock_guard lk(mu_);
-  return last_;
 }
 
 // ---- RedisConnection ----
@@ -480,10 +452,11 @@ void RedisConnection::judge_eviction(const RedisValue& r) {
   using Kind = EvictionVerdict::Kind;
   if (v.kind == Kind::safe || eviction_check_ == EvictionCheck::off) return;
   if (v.kind == Kind::evicts && eviction_check_ == EvictionCheck::fail) throw ServerError("dlock: " + v.message);
+  const std::string_view kind = v.kind == Kind::evicts ? "eviction" : "eviction-unknown";
   if (handshake_.facts != nullptr) {
-    handshake_.facts->warn_once(v.kind == Kind::evicts ? "eviction" : "eviction-unknown", v.message);
+    handshake_.facts->warn_once(kind, v.message);
   } else {
-    ServerFacts().warn_once("eviction", v.message);
+    OnceWarnings().warn(kind, v.message);  // no facts to remember it by: warned each time
   }
 }
 
@@ -779,7 +752,7 @@ RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_vi
 
 bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
   const ReleaseReply r = parse_release_reply(reply, endpoint_, keys.lock);
-  if (!r.publish_error.empty()) publish_refusals_.note(endpoint_, keys.channel, r.publish_error);
+  if (!r.publish_error.empty()) facts_.note_publish_refusal(endpoint_, keys.channel, r.publish_error);
   return r.released;
 }
 

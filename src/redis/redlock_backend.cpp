@@ -271,7 +271,8 @@ struct RedlockBackend::State {
       try {
         if (replies[i].error) std::rethrow_exception(replies[i].error);
         const auto r = detail::parse_release_reply(replies[i].replies[0], nodes[i]->endpoint(), keys.lock);
-        if (!r.publish_error.empty()) publish_refusals.note(nodes[i]->endpoint(), keys.channel, r.publish_error);
+        if (!r.publish_error.empty())
+          nodes[i]->facts().note_publish_refusal(nodes[i]->endpoint(), keys.channel, r.publish_error);
         ++(r.released ? v.yes : v.no);
       } catch (...) {
         ++v.failed;
@@ -291,7 +292,6 @@ struct RedlockBackend::State {
   // subscriptions, which spread woken waiters over it (redlock_wake_spread).
   std::shared_ptr<std::atomic<std::int64_t>> round_ns = std::make_shared<std::atomic<std::int64_t>>(0);
   detail::RedisSubscriber subscriber;  // no thread or connection before the first subscribe
-  detail::PublishRefusals publish_refusals;
 };
 
 RedlockBackend::RedlockBackend(RedlockOptions options) : state_(std::make_shared<State>(std::move(options))) {}
@@ -460,7 +460,11 @@ void RedlockBackend::abandon(std::string_view name, const OwnerId& owner) noexce
   }
 }
 
-std::string RedlockBackend::publish_refusal() const { return state_->publish_refusals.last(); }
+std::string RedlockBackend::publish_refusal() const {
+  for (const auto& n : state_->nodes)
+    if (std::string r = n->facts().publish_refusal(); !r.empty()) return r;
+  return {};
+}
 
 std::optional<TimePoint> RedlockBackend::extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started) {
