@@ -173,7 +173,8 @@ class RedisConnection {
   ~RedisConnection();
 
   /// Sends one command and reads its reply. Error replies are returned as
-  /// values; I/O failures throw ConnectionError and mark the connection broken.
+  /// values; I/O failures throw ConnectionError (TimeoutError when the reply
+  /// timed out) and mark the connection broken.
   RedisValue command(std::span<const std::string_view> args);
   RedisValue command(std::initializer_list<std::string_view> args) {
     return command(std::span<const std::string_view>(args.begin(), args.size()));
@@ -219,7 +220,9 @@ class RedisConnection {
   void mark_broken() noexcept { broken_ = true; }
   [[nodiscard]] redisContext* raw() noexcept { return ctx_; }
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
-  /// Throws the ConnectionError for the context's current error and marks the connection broken.
+  /// Throws the error for the context's current error (ConnectionError, or
+  /// TimeoutError for a sent request's timeout: see Errors above) and marks the
+  /// connection broken.
   [[noreturn]] void fail(std::string_view doing);
   /// True in a child process: the connection was opened by an ancestor (fork()).
   [[nodiscard]] bool inherited() const noexcept;
