@@ -160,9 +160,10 @@ class RedlockBackend {
   /// effort: never throws; what it cannot delete expires by its TTL.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
 
-  /// The last refusal of a release's PUBLISH by a node (e.g. an ACL user
-  /// without permission for the release channels), "" if none. Such a
-  /// release still succeeds, but waiters are not woken by it; the first
+  /// The latest refusal of a release's PUBLISH (e.g. an ACL user without
+  /// permission for the release channels) by the first node, in
+  /// RedlockOptions.nodes order, that refused one; "" if none. Such a release
+  /// still succeeds, but waiters are not woken by it; each node's first
   /// refusal is also written to stderr once.
   [[nodiscard]] std::string publish_refusal() const;
 

@@ -190,26 +190,6 @@ void ServerFacts::set_run_id(std::string id) {
   run_id_ = std::move(id);
 }
 
-void ServerFacts::warn_once(std::string_view kind, const std::string& message) noexcept {
-  try {
-    {
-      std::lock_guard lk(mu_);
-      for (const auto& w : warned_)
-        if (w.first == kind) return;
-      warned_.emplace_back(std::string(kind), message);
-    }
-    fmt::print(stderr, "dlock: warning: {}\n", message);
-  } catch (...) {  // out of memory, or stderr failed: a warning is all it was
-  }
-}
-
-std::vector<std::string> ServerFacts::warnings() const {
-  std::lock_guard lk(mu_);
-  std::vector<std::string> out;
-  for (const auto& w : warned_) out.push_back(w.second);
-  return out;
-}
-
 void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what) {
   if (!reply.is_error()) return;
   const std::string_view m = reply.str;
@@ -289,30 +269,23 @@ ReleaseReply parse_release_reply(const RedisValue& r, std::string_view endpoint,
   return ReleaseReply{.released = parse_flag_reply(r, endpoint, "release", lock_key), .publish_error = {}};
 }
 
-void PublishRefusals::note(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept {
+void ServerFacts::note_publish_refusal(std::string_view endpoint, std::string_view channel,
+                                       std::string_view error) noexcept {
   try {
-    std::string m = fmt::format(
-        "dlock: Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, but waiters "
-        "are not woken by them and fall back to their backoff delay: grant the ACL user the channels of the key "
-        "prefix (&<prefix>*, see docs/redis.md)",
-        endpoint, channel, error);
-    std::lock_guard lk(mu_);
-    if (!logged_) fmt::print(stderr, "{}\n", m);
-    logged_ = true;
-    last_ = std::move(m);
-  } catch (...) {  // out of memory or stderr failed: the release itself succeeded
+    warnings_.warn(publish_kind,
+                   fmt::format("Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, "
+                               "but waiters are not woken by them and fall back to their backoff delay: grant the "
+                               "ACL user the channels of the key prefix (&<prefix>*, see docs/redis.md)",
+                               endpoint, channel, error));
+  } catch (...) {  // out of memory: the release itself succeeded
   }
-}
-
-std::string PublishRefusals::last() const {
-  std::lock_guard lk(mu_);
-  return last_;
 }
 
 // ---- RedisConnection ----
 
 RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, Handshake handshake)
     : endpoint_(std::move(endpoint)),
+      connect_timeout_(options.connect_timeout),
       command_timeout_(options.command_timeout),
       username_(options.username),
       database_(options.database),
@@ -347,11 +320,13 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   for (std::size_t i = 0; i < steps_.size(); ++i) replies.push_back(read_reply());
   check_handshake(replies);
   if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
+  handshake_done_ = true;
   guard.armed = false;
 }
 
 RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, Handshake handshake)
     : endpoint_(std::move(endpoint)),
+      connect_timeout_(options.connect_timeout),
       command_timeout_(options.command_timeout),
       nonblocking_(true),
       username_(options.username),
@@ -374,13 +349,14 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   }
   if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
   queue_handshake(options);
+  handshake_done_ = steps_.empty();
 }
 
 void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {
   broken_ = true;
   throw ConnectionError(fmt::format(
-      "dlock: cannot connect to Redis at {}: {}{}; check that redis-server is running there and that "
-      "RedisOptions {} is right",
+      "dlock: cannot connect to Redis at {}: {}{}; nothing was sent. Check that redis-server is running there "
+      "and that RedisOptions {} is right",
       endpoint_, ctx_->errstr,
       timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
       options.unix_socket.empty() ? "host and port" : "unix_socket"));
@@ -420,6 +396,7 @@ void RedisConnection::queue_handshake(const RedisOptions& options) {
 void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
   const auto steps = std::move(steps_);
   steps_.clear();
+  handshake_done_ = true;
   for (std::size_t i = 0; i < steps.size() && i < replies.size(); ++i) {
     const RedisValue& r = replies[i];
     switch (steps[i].first) {
@@ -475,10 +452,11 @@ void RedisConnection::judge_eviction(const RedisValue& r) {
   using Kind = EvictionVerdict::Kind;
   if (v.kind == Kind::safe || eviction_check_ == EvictionCheck::off) return;
   if (v.kind == Kind::evicts && eviction_check_ == EvictionCheck::fail) throw ServerError("dlock: " + v.message);
+  const std::string_view kind = v.kind == Kind::evicts ? "eviction" : "eviction-unknown";
   if (handshake_.facts != nullptr) {
-    handshake_.facts->warn_once(v.kind == Kind::evicts ? "eviction" : "eviction-unknown", v.message);
+    handshake_.facts->warn_once(kind, v.message);
   } else {
-    ServerFacts().warn_once("eviction", v.message);
+    OnceWarnings().warn(kind, v.message);  // no facts to remember it by: warned each time
   }
 }
 
@@ -495,20 +473,35 @@ void RedisConnection::fail(std::string_view doing) {
   const int err = ctx_ != nullptr ? ctx_->err : REDIS_ERR_OTHER;
   const std::string detail = ctx_ != nullptr ? std::string(ctx_->errstr) : std::string("no connection");
   const bool timed_out = err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT);
-  if (timed_out)
+  // Before the handshake is answered nothing was asked of the server: it
+  // could not be reached (ConnectionError, FallbackBackend degrades). After
+  // it, a request was sent: its outcome is unknown (a timeout is a
+  // TimeoutError; a dropped connection stays a ConnectionError).
+  if (!handshake_done_) {
+    if (timed_out)
+      throw ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {}: it accepted the connection but did not answer its handshake "
+          "within connect_timeout {}; nothing was asked of it yet. The server may be overloaded or paused, or "
+          "something other than Redis listens there",
+          endpoint_, format_duration(connect_timeout_)));
     throw ConnectionError(fmt::format(
-        "dlock: Redis at {} did not answer within command_timeout {} during {}; the server may be overloaded, "
-        "paused or unreachable (the outcome of the command is unknown)",
+        "dlock: cannot connect to Redis at {}: the connection failed during its handshake ({}); nothing was asked "
+        "of it yet. Check that redis-server is running there",
+        endpoint_, detail));
+  }
+  if (timed_out)
+    throw TimeoutError(fmt::format(
+        "dlock: Redis at {} did not answer within command_timeout {} during {}: the request was sent; its outcome "
+        "is unknown. The server may be overloaded, paused or unreachable",
         endpoint_, format_duration(command_timeout_), doing));
   if (err == REDIS_ERR_EOF)
     throw ConnectionError(fmt::format(
-        "dlock: Redis at {} closed the connection during {} ({}); the server may have restarted or dropped idle "
-        "clients (the outcome of the command is unknown)",
+        "dlock: Redis at {} closed the connection during {} ({}): the request was sent; its outcome is unknown. "
+        "The server may have restarted or dropped idle clients",
         endpoint_, doing, detail));
-  throw ConnectionError(
-      fmt::format("dlock: connection to Redis at {} failed during {} ({}); the outcome of the "
-                  "command is unknown",
-                  endpoint_, doing, detail));
+  throw ConnectionError(fmt::format(
+      "dlock: connection to Redis at {} failed during {} ({}): the request was sent; its outcome is unknown", endpoint_,
+      doing, detail));
 }
 
 void RedisConnection::queue(std::size_t argc, const char** argv, const std::size_t* lens) {
@@ -543,16 +536,21 @@ bool RedisConnection::flush() {
     const ssize_t n = ::send(ctx_->fd, out_.data() + out_sent_, out_.size() - out_sent_, MSG_NOSIGNAL);
     if (n > 0) {
       out_sent_ += static_cast<std::size_t>(n);
+      sent_any_ = true;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;  // also: connect still in progress
     broken_ = true;
     const int err = n < 0 ? errno : EPIPE;
-    throw ConnectionError(
-        fmt::format("dlock: cannot send to Redis at {} ({}); check that redis-server is running "
-                    "there (the outcome of the command is unknown)",
-                    endpoint_, std::strerror(err)));
+    if (!sent_any_)  // a non-blocking connect that failed: nothing went out
+      throw ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {} ({}); nothing was sent. Check that redis-server is running there",
+          endpoint_, std::strerror(err)));
+    throw ConnectionError(fmt::format(
+        "dlock: cannot send to Redis at {} ({}): the connection broke after a request may have been sent; its "
+        "outcome is unknown. Check that redis-server is running there",
+        endpoint_, std::strerror(err)));
   }
   out_.clear();
   out_sent_ = 0;
@@ -754,7 +752,7 @@ RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_vi
 
 bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
   const ReleaseReply r = parse_release_reply(reply, endpoint_, keys.lock);
-  if (!r.publish_error.empty()) publish_refusals_.note(endpoint_, keys.channel, r.publish_error);
+  if (!r.publish_error.empty()) facts_.note_publish_refusal(endpoint_, keys.channel, r.publish_error);
   return r.released;
 }
 

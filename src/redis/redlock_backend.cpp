@@ -160,17 +160,28 @@ struct Failures {
     return out;
   }
   // The error a failed round throws: ServerError when a node refused (so a
-  // misconfiguration is not retried as an outage), else ConnectionError.
+  // misconfiguration is not retried as an outage); else TimeoutError when a
+  // node was sent the request and did not answer in time (it may have done
+  // it: the round's outcome is in doubt, issue 11 item 19); else
+  // ConnectionError (no failed node was asked anything, or it dropped the
+  // connection).
   [[nodiscard]] std::exception_ptr error(const std::string& head) const {
     const std::string message = fmt::format("{}: {}", head, describe());
+    bool in_doubt = false;
     for (const auto& [endpoint, e] : list) {
       try {
         std::rethrow_exception(e);
       } catch (const ServerError& x) {
         return std::make_exception_ptr(ServerError(message, static_cast<errc>(x.code().value())));
+      } catch (const TimeoutError&) {
+        in_doubt = true;
       } catch (...) {
       }
     }
+    if (in_doubt)
+      return std::make_exception_ptr(TimeoutError(fmt::format(
+          "{} (the outcome is unknown: a node that was sent the request did not answer and may have done it)",
+          message)));
     return std::make_exception_ptr(ConnectionError(message));
   }
 };
@@ -260,7 +271,8 @@ struct RedlockBackend::State {
       try {
         if (replies[i].error) std::rethrow_exception(replies[i].error);
         const auto r = detail::parse_release_reply(replies[i].replies[0], nodes[i]->endpoint(), keys.lock);
-        if (!r.publish_error.empty()) publish_refusals.note(nodes[i]->endpoint(), keys.channel, r.publish_error);
+        if (!r.publish_error.empty())
+          nodes[i]->facts().note_publish_refusal(nodes[i]->endpoint(), keys.channel, r.publish_error);
         ++(r.released ? v.yes : v.no);
       } catch (...) {
         ++v.failed;
@@ -280,7 +292,6 @@ struct RedlockBackend::State {
   // subscriptions, which spread woken waiters over it (redlock_wake_spread).
   std::shared_ptr<std::atomic<std::int64_t>> round_ns = std::make_shared<std::atomic<std::int64_t>>(0);
   detail::RedisSubscriber subscriber;  // no thread or connection before the first subscribe
-  detail::PublishRefusals publish_refusals;
 };
 
 RedlockBackend::RedlockBackend(RedlockOptions options) : state_(std::make_shared<State>(std::move(options))) {}
@@ -449,7 +460,11 @@ void RedlockBackend::abandon(std::string_view name, const OwnerId& owner) noexce
   }
 }
 
-std::string RedlockBackend::publish_refusal() const { return state_->publish_refusals.last(); }
+std::string RedlockBackend::publish_refusal() const {
+  for (const auto& n : state_->nodes)
+    if (std::string r = n->facts().publish_refusal(); !r.empty()) return r;
+  return {};
+}
 
 std::optional<TimePoint> RedlockBackend::extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started) {

@@ -321,16 +321,31 @@ TEST(RedisReplies, ReleaseReplyTellsARefusedPublishApart) {
 }
 
 TEST(RedisReplies, PublishRefusalsKeepTheLastAndNameTheEndpoint) {
-  dlock::detail::PublishRefusals refusals;
-  EXPECT_EQ(refusals.last(), "");
+  dlock::detail::ServerFacts facts;
+  EXPECT_EQ(facts.publish_refusal(), "");
   testing::internal::CaptureStderr();
-  refusals.note("h:1", "p{a}:released", "ERR first");
-  refusals.note("h:2", "p{b}:released", "ERR second");
+  facts.note_publish_refusal("h:1", "p{a}:released", "ERR first");
+  facts.note_publish_refusal("h:1", "p{b}:released", "ERR second");
   const std::string logged = testing::internal::GetCapturedStderr();
   EXPECT_NE(logged.find("ERR first"), std::string::npos) << logged;
   EXPECT_EQ(logged.find("ERR second"), std::string::npos) << "logged more than once: " << logged;
-  EXPECT_NE(refusals.last().find("h:2"), std::string::npos);
-  EXPECT_NE(refusals.last().find("ERR second"), std::string::npos);
+  EXPECT_NE(facts.publish_refusal().find("h:1"), std::string::npos);
+  EXPECT_NE(facts.publish_refusal().find("ERR second"), std::string::npos);
+}
+
+// One mechanism for every once-per-server warning (detail/warn_once.hpp):
+// each kind is written once, its latest message kept, kinds independent.
+TEST(RedisReplies, OnceWarningsWriteEachKindOnceAndKeepTheLatest) {
+  dlock::detail::OnceWarnings w;
+  testing::internal::CaptureStderr();
+  w.warn("eviction", "policy allkeys-lru");
+  w.warn("eviction", "policy volatile-lru");
+  w.warn("publish", "PUBLISH refused");
+  const std::string logged = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(logged, "dlock: warning: policy allkeys-lru\ndlock: warning: PUBLISH refused\n");
+  EXPECT_EQ(w.latest("eviction"), "policy volatile-lru");
+  EXPECT_EQ(w.latest("config"), "");
+  EXPECT_EQ(w.all(), (std::vector<std::string>{"policy volatile-lru", "PUBLISH refused"}));
 }
 
 TEST(RedisErrors, AuthRefusalsAreDescribedWithoutTheServersText) {

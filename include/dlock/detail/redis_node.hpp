@@ -8,11 +8,15 @@
 // is closed, hiredis' memory freed: the parent keeps its socket) and opens
 // new connections.
 //
-// Errors: ConnectionError when the server cannot be reached, resets the
-// connection or does not answer within command_timeout (the connection is
-// then dropped, never reused); ServerError for error replies (errc::auth for
-// NOAUTH / WRONGPASS / NOPERM); TimeoutError when no pooled connection became
-// free in time. Messages name the endpoint, never the password.
+// Errors (issue 11 item 19; include/dlock/error.hpp): ConnectionError when the
+// server cannot be reached (connect refused, failed or timed out, no answer to
+// the connection's handshake within connect_timeout: nothing was asked of it)
+// or drops the connection after a request was sent (its outcome unknown, said
+// in the message); TimeoutError when a request was sent and got no answer
+// within command_timeout (its outcome unknown: it may have been granted), or
+// when no pooled connection became free in time. A connection that failed is
+// dropped, never reused. ServerError for error replies (errc::auth for NOAUTH
+// / WRONGPASS / NOPERM). Messages name the endpoint, never the password.
 #pragma once
 
 #include <chrono>
@@ -32,6 +36,7 @@
 #include "redis_keys.hpp"
 #include "redis_options.hpp"
 #include "redis_scripts.hpp"
+#include "warn_once.hpp"
 
 struct redisContext;
 
@@ -77,24 +82,6 @@ struct ReleaseReply {
 [[nodiscard]] ReleaseReply parse_release_reply(const RedisValue& reply, std::string_view endpoint,
                                                std::string_view lock_key);
 
-/// Refusals of the release script's PUBLISH (an ACL user without permission
-/// for the release channels): the releases succeed, but waiters are not woken
-/// by them and fall back to their backoff. The first refusal is written to
-/// stderr once (the backends have no observer); the last one is kept for
-/// last(). Thread-safe.
-class PublishRefusals {
- public:
-  void note(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept;
-  /// The last refusal as a message ("" if none): endpoint, channel and the
-  /// server's error, never a password.
-  [[nodiscard]] std::string last() const;
-
- private:
-  mutable std::mutex mu_;
-  std::string last_;
-  bool logged_ = false;
-};
-
 /// Why AUTH was refused, for messages: the error's class and a fixed
 /// explanation, never the server's text (a server that does not know AUTH,
 /// or a proxy, repeats its arguments: the user name and password).
@@ -117,22 +104,33 @@ struct EvictionVerdict {
 [[nodiscard]] std::string parse_run_id(std::string_view info);
 
 /// What the handshakes of one server's connections learned about it, and the
-/// warnings given about it (each kind once). Thread-safe.
+/// warnings given about it (each kind once: detail/warn_once.hpp). Thread-safe.
 class ServerFacts {
  public:
   /// The run_id of the server (INFO server) as of the latest handshake that
   /// read it; empty before that, or when INFO is refused.
   [[nodiscard]] std::string run_id() const;
   void set_run_id(std::string id);
-  /// The first time for `kind`: writes "dlock: warning: <message>" to stderr
-  /// and keeps the message for warnings(). Later calls for `kind` do nothing.
-  void warn_once(std::string_view kind, const std::string& message) noexcept;
-  [[nodiscard]] std::vector<std::string> warnings() const;
+  /// The first time for `kind`: writes "dlock: warning: <message>" to stderr.
+  /// Later calls for `kind` write nothing; the latest message is kept.
+  void warn_once(std::string_view kind, std::string message) noexcept { warnings_.warn(kind, std::move(message)); }
+  /// The latest message of each kind warned about.
+  [[nodiscard]] std::vector<std::string> warnings() const { return warnings_.all(); }
+
+  /// A refusal of the release script's PUBLISH (an ACL user without
+  /// permission for the release channels): the release succeeded, but
+  /// waiters are not woken by it and fall back to their backoff. Warned once
+  /// per server.
+  void note_publish_refusal(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept;
+  /// The latest such refusal as a message ("" if none): endpoint, channel and
+  /// the server's error, never a password.
+  [[nodiscard]] std::string publish_refusal() const { return warnings_.latest(publish_kind); }
 
  private:
+  static constexpr std::string_view publish_kind = "publish";
   mutable std::mutex mu_;
   std::string run_id_;
-  std::vector<std::pair<std::string, std::string>> warned_;  ///< kind, message
+  OnceWarnings warnings_;
 };
 
 /// What a new connection sends before its first command, after AUTH (if a
@@ -175,7 +173,8 @@ class RedisConnection {
   ~RedisConnection();
 
   /// Sends one command and reads its reply. Error replies are returned as
-  /// values; I/O failures throw ConnectionError and mark the connection broken.
+  /// values; I/O failures throw ConnectionError (TimeoutError when the reply
+  /// timed out) and mark the connection broken.
   RedisValue command(std::span<const std::string_view> args);
   RedisValue command(std::initializer_list<std::string_view> args) {
     return command(std::span<const std::string_view>(args.begin(), args.size()));
@@ -221,10 +220,19 @@ class RedisConnection {
   void mark_broken() noexcept { broken_ = true; }
   [[nodiscard]] redisContext* raw() noexcept { return ctx_; }
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
-  /// Throws the ConnectionError for the context's current error and marks the connection broken.
+  /// Throws the error for the context's current error (ConnectionError, or
+  /// TimeoutError for a sent request's timeout: see Errors above) and marks the
+  /// connection broken.
   [[noreturn]] void fail(std::string_view doing);
   /// True in a child process: the connection was opened by an ancestor (fork()).
   [[nodiscard]] bool inherited() const noexcept;
+  /// True once the server answered the handshake and bytes of a later request
+  /// may have reached it: a request still unanswered is then in doubt (its
+  /// outcome unknown: TimeoutError on a timeout), where before it nothing was
+  /// asked of the server (ConnectionError: it could not be reached).
+  [[nodiscard]] bool request_sent() const noexcept { return handshake_done_ && connected(); }
+  /// True once the connect completed (non-blocking mode: a send() wrote bytes).
+  [[nodiscard]] bool connected() const noexcept { return sent_any_ || !nonblocking_; }
 
  private:
   enum class Step { auth, select, eviction, identify, script };
@@ -237,9 +245,12 @@ class RedisConnection {
 
   redisContext* ctx_ = nullptr;
   std::string endpoint_;
+  std::chrono::milliseconds connect_timeout_;
   std::chrono::milliseconds command_timeout_;
   bool broken_ = false;
   bool nonblocking_ = false;
+  bool handshake_done_ = false;  ///< the handshake's replies were all judged (or there was none)
+  bool sent_any_ = false;        ///< non-blocking mode: a send() wrote bytes (the connect completed)
   std::string username_;
   int database_ = 0;
   Handshake handshake_;
@@ -270,13 +281,12 @@ class RedisNode {
   AcquireReply acquire(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds ttl);
   /// The release script: true if `owner` held the lock (it is now deleted and
   /// the release published), false if it had expired or another owner holds it.
-  /// A refused publish is noted in publish_refusals(), not thrown.
+  /// A refused publish is noted in facts() (ServerFacts::note_publish_refusal), not thrown.
   bool release(const RedisKeys& keys, std::string_view owner);
   /// The release script on a connection of its own (not the pool's, which may
   /// be exhausted by the slow server that made an attempt in doubt), with
   /// connect and command each bounded by `timeout`. Best effort: never throws.
   void abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept;
-  [[nodiscard]] const PublishRefusals& publish_refusals() const noexcept { return publish_refusals_; }
   /// The extend script: true if `owner` holds the lock (TTL reset to `ttl`).
   bool extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl);
 
@@ -302,6 +312,7 @@ class RedisNode {
   [[nodiscard]] std::size_t open_connections() const;
   /// What the connections' handshakes learned about the server, and the warnings given.
   [[nodiscard]] ServerFacts& facts() noexcept { return facts_; }
+  [[nodiscard]] const ServerFacts& facts() const noexcept { return facts_; }
 
  private:
   class Checkout;
@@ -312,7 +323,6 @@ class RedisNode {
 
   const RedisOptions options_;
   const std::string endpoint_;
-  PublishRefusals publish_refusals_;
   ServerFacts facts_;
   mutable std::mutex mu_;
   std::condition_variable free_cv_;

@@ -52,6 +52,7 @@ class RedlockNode {
   [[nodiscard]] std::size_t idle_connections() const;
   /// What the handshakes learned about the server (its run_id), and the warnings given.
   [[nodiscard]] const ServerFacts& facts() const noexcept { return facts_; }
+  [[nodiscard]] ServerFacts& facts() noexcept { return facts_; }
 
  private:
   struct Idle {
