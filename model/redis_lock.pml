@@ -3,7 +3,7 @@
  * The node runs the scripts of include/dlock/detail/redis_scripts.hpp, each
  * as one atomic step; model/README.md maps every part to the code.
  *
- *   spin -a -DPROP_FENCE -DUNBOUNDED_PAUSE redis_lock.pml && gcc -O2 -DSAFETY -o pan pan.c && ./pan
+ * scripts/model-check runs its configurations; model/README.md shows how by hand.
  *
  * Configuration, besides common.pml's and node.pml's:
  *   EXTEND     a holder may extend its lease once (default 1)

@@ -4,7 +4,7 @@
  * the single-node scripts (node.pml); model/README.md maps every part to the
  * code.
  *
- *   spin -a -DPROP_FENCE -DUNBOUNDED_PAUSE redlock.pml && gcc -O2 -DSAFETY -o pan pan.c && ./pan
+ * scripts/model-check runs its configurations; model/README.md shows how by hand.
  *
  * Configuration, besides common.pml's and node.pml's:
  *   NO_RAISE   return the grant without raising the granting nodes' counters
