@@ -20,7 +20,7 @@ bit  up[N] = 1;
 byte kown[N];    /* P{N}: owner id, 0 = absent */
 byte kexp[N];    /* its expiry, true time */
 byte cnt[N];     /* P{N}:fence, 0 = absent; its expiry is not modelled (README) */
-bit  gt[N];      /* the node's counter was set by a grant during this tick */
+bit  gt[N];      /* the counter was set by a grant during this tick (kept across a restart: TIME is the machine's clock) */
 byte downat[N];  /* when it crashed */
 byte skew[N];
 byte crashes;
