@@ -41,7 +41,11 @@ std::string value_of(PQconninfoOption* opts, std::string_view key) {
 // the password the host name, an unencoded '/' makes it the database name; the
 // connection would then try a host made of password characters (a DNS look-up
 // of them) and every message would name it. So: no '@' may follow the one that
-// ends the user info, up to the query string. The port must be numeric (a
+// ends the user info, up to the query string. When libpq sees no user info (a
+// '/' comes first) but a ':' precedes that '/', an '@' after it may be the
+// end of "user:password" with a '/' in the password ("app:12/x?host=y@db/appdb"
+// reads as host "app", port "12", database "x": a fuzzer found it), so such an
+// '@', even in the query, must be written %40. The port must be numeric (a
 // password with "/...?key=...@" would otherwise still be read as host:port/db).
 void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
   const auto fix = [](std::string_view why) {
@@ -56,6 +60,9 @@ void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
     const std::string_view rest = conninfo.substr(scheme.size());
     const auto slash = rest.find('/');
     const auto at = rest.find('@');
+    if (at != std::string_view::npos && slash < at && rest.substr(0, slash).find(':') != std::string_view::npos)
+      fix("an '@' after the first '/' of a URI whose text before that '/' has a ':' (an unencoded '/' in the "
+          "password?)");
     const std::size_t host_start = at != std::string_view::npos && at < slash ? at + 1 : 0;
     const std::string_view host_to_query = rest.substr(host_start, rest.find('?', host_start) - host_start);
     if (host_to_query.find('@') != std::string_view::npos)
