@@ -277,7 +277,7 @@ PostgresBackend::PostgresBackend(PostgresOptions options) : state_(std::make_sha
   char* err = nullptr;
   PQconninfoOption* parsed = PQconninfoParse(o.conninfo.c_str(), &err);
   if (!parsed) {
-    const std::string why = err ? detail::pg_redact(err) : "out of memory";
+    const std::string why = err ? detail::pg_redact_conninfo_error(err) : "out of memory";
     PQfreemem(err);
     detail::invalid_field("PostgresOptions.conninfo", "must be a libpq connection string or URI",
                           fmt::format("{} bytes that libpq rejects: {}", o.conninfo.size(), why));

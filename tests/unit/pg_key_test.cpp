@@ -235,6 +235,25 @@ TEST(PgRedact, DropsQuotedFragmentsAndJoinsLines) {
   EXPECT_EQ(dlock::detail::pg_redact("unterminated \"Zq9xK7w"), "unterminated \"...\"");
 }
 
+// libpq's conninfo parser quotes parts of the user's string, which may hold a '"': quotes do not pair up
+// there, so everything from the first to the last '"' goes (pg_conninfo_fuzz found the password after a '"').
+TEST(PgRedact, ConninfoErrorsLoseEverythingBetweenTheFirstAndLastQuote) {
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error(
+                "missing key/value separator \"=\" in URI query parameter: \"a\"Zq9xK7w@h:?\"\n"),
+            "missing key/value separator \"...\"");
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error("missing \"=\" after \"pass\"Zq9xK7w\" in connection info string"),
+            "missing \"...\" in connection info string");
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error("unterminated \"Zq9xK7w"), "unterminated \"...\"");
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error("unterminated quoted string in connection info string\n"),
+            "unterminated quoted string in connection info string");
+  for (const char* conninfo : {"postgres://h/d?tlt\"Zq9xK7w@:?", "host=h pass\"Zq9xK7w", "password=Zq9 x\"K7w\"Lm"}) {
+    bool rejected = false;
+    const std::string shown = shown_for(conninfo, rejected);
+    EXPECT_TRUE(rejected) << conninfo;
+    EXPECT_EQ(shown.find("K7w"), std::string::npos) << shown;
+  }
+}
+
 TEST(PgTtlSettings, FollowTheTtlAndClampToWhatTheServerAndKernelAccept) {
   using std::chrono::milliseconds;
   auto s = dlock::detail::pg_ttl_settings(std::chrono::seconds(30));
