@@ -33,9 +33,8 @@ namespace {
 
 using dlock_fuzz::require;
 
-constexpr std::string_view marker = "\x7fPw\x7f";  // 0x7f is dropped from every other word
-
-bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
+using dlock_fuzz::contains;
+using dlock_fuzz::marker;
 
 void check_value_parsers(const std::string& w) {
   for (const bool zero : {false, true}) {
@@ -65,15 +64,6 @@ void check_sanitize(const std::string& message, const std::string& secret) {
   require(!contains(s, "\n"), "sanitize left a line break", s);
   // A secret with a '*' may be re-formed by the "***" that masks it.
   if (!secret.empty() && !contains(secret, "*")) require(!contains(s, secret), "sanitize left the secret", s);
-}
-
-std::string quoted(std::string_view v) {  // a libpq keyword/value value
-  std::string out = "'";
-  for (const char c : v) {
-    if (c == '\'' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "'";
 }
 
 const dlockctl::Command* find_command(const std::vector<std::string>& argv) {
@@ -120,7 +110,7 @@ void check_settings(dlockctl::Context& ctx) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   dlock_fuzz::FuzzInput in(data, size);
   const std::uint8_t shape = in.byte();
-  const std::string password = dlock_fuzz::marked(in, marker);
+  const std::string password = dlock_fuzz::marked(in);
   std::optional<std::string> env_redis, env_pg;
   if (shape & 0x10) env_redis = dlock_fuzz::without(in.field(), "\x7f");
   if (shape & 0x20) env_pg = dlock_fuzz::without(in.field(), "\x7f");
@@ -145,7 +135,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       env_redis = redis_uri;
       break;
     case 4:
-      argv.insert(at, {"--pg", "host=127.0.0.1 password=" + quoted(password)});
+      argv.insert(at, {"--pg", "host=127.0.0.1 password=" + dlock_fuzz::pg_quoted(password)});
       break;
     default:
       break;

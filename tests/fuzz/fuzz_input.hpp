@@ -12,6 +12,22 @@
 
 namespace dlock_fuzz {
 
+/// The password the structured targets plant; they drop 0x7f from every
+/// other field, so finding it anywhere else means the password leaked.
+inline constexpr std::string_view marker = "\x7fPw\x7f";
+
+inline bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
+
+/// A libpq keyword/value value: quoted, with ' and \ escaped.
+inline std::string pg_quoted(std::string_view v) {
+  std::string out = "'";
+  for (const char c : v) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
 /// The input as a byte to choose a mode and then fields separated by NUL
 /// bytes (so a seed file is written with printf 'field\0field').
 class FuzzInput {
@@ -38,9 +54,9 @@ class FuzzInput {
   std::string_view rest_;
 };
 
-/// Two fields with `marker` between them (a password that holds the marker
+/// Two fields with the marker between them (a password that holds the marker
 /// somewhere). The fields are read in order: the operands of a + are not.
-inline std::string marked(FuzzInput& in, std::string_view marker) {
+inline std::string marked(FuzzInput& in) {
   std::string s(in.field());
   s += marker;
   s += in.field();

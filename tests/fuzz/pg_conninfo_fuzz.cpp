@@ -7,8 +7,8 @@
 //  - keyword/value or URI: the fields build a conninfo around a marker
 //    password (written as it is or encoded), which no other field can
 //    contain. The marker never shows in an error message or the endpoint.
-// Every libpq message seen also goes through pg_redact, whose output has no
-// line break and no quoted text left.
+// The conninfo also goes through pg_redact, whose output has no line break
+// or double space and does not change when redacted again.
 #include <dlock/error.hpp>
 #include <dlock/postgres.hpp>
 
@@ -23,9 +23,8 @@ namespace {
 
 using dlock_fuzz::require;
 
-constexpr std::string_view marker = "\x7fPw\x7f";  // 0x7f is dropped from every other field
-
-bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
+using dlock_fuzz::contains;
+using dlock_fuzz::marker;
 
 // Returns the endpoint, or the error message with `failed` set.
 std::string construct(const std::string& conninfo, bool& failed) {
@@ -47,26 +46,16 @@ void check_redact(std::string_view message) {
   require(dlock::detail::pg_redact(r) == r, "pg_redact is not idempotent", r);
 }
 
-// A keyword/value value: quoted with ' and \ escaped.
-std::string quoted(std::string_view v) {
-  std::string out = "'";
-  for (const char c : v) {
-    if (c == '\'' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "'";
-}
-
 std::string keyword_value(dlock_fuzz::FuzzInput& in, const std::string& password, std::uint8_t shape) {
   std::string s;
   for (const char* key : {"host", "port", "dbname", "user"}) {
     const std::string v = dlock_fuzz::without(in.field(), "\x7f");
-    if (!v.empty()) s += std::string(key) + "=" + quoted(v) + " ";
+    if (!v.empty()) s += std::string(key) + "=" + dlock_fuzz::pg_quoted(v) + " ";
   }
   // Quoted, or as it is when it needs no quotes.
   const bool plain =
       (shape & 0x10) && !password.empty() && password.find_first_of(" \t\n\r\f\v'\\") == std::string::npos;
-  s += "password=" + (plain ? password : quoted(password));
+  s += "password=" + (plain ? password : dlock_fuzz::pg_quoted(password));
   const std::string extra = dlock_fuzz::without(in.field(), "\x7f");
   if (!extra.empty()) s += " " + extra;  // anything after it, parsed or not
   return s;
@@ -105,7 +94,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;
   }
   // The marker somewhere in fuzzed bytes (NUL-free: fields end at NUL).
-  const std::string password = dlock_fuzz::marked(in, marker);
+  const std::string password = dlock_fuzz::marked(in);
   const std::string conninfo = shape % 3 == 1 ? keyword_value(in, password, shape) : uri(in, password, shape);
   const std::string text = construct(conninfo, failed);
   require(!contains(text, marker), failed ? "the password in an error message" : "the password in endpoint()",
