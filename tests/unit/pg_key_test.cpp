@@ -195,7 +195,10 @@ TEST(PgConninfoSecrets, AnUnencodedAtOrSlashInAUriPasswordIsRejectedNotMisread) 
         // A '/' after digits and a '?key=' later in the password: libpq reads host "app", port "12", database
         // "Zq9" and the query "application_name=x@db..." (a fuzzer's find; the endpoint showed "app:12/Zq9").
         "postgresql://app:12/Zq9?application_name=x@db.example.com:5432/appdb",
-        "postgresql://app:12/Zq9?host=x@db.example.com/appdb", "postgresql://:12/Zq9?sslmode=x@db.example.com"}) {
+        "postgresql://app:12/Zq9?host=x@db.example.com/appdb", "postgresql://:12/Zq9?sslmode=x@db.example.com",
+        // The same after an '@' in the password: user "app", password "12", database or host "Zq9".
+        "postgresql://app:12@/Zq9?application_name=x@db.example.com:5432/appdb",
+        "postgresql://app:12@Zq9?application_name=x@db.example.com"}) {
     bool rejected = false;
     const std::string shown = shown_for(uri, rejected);
     EXPECT_TRUE(rejected) << uri << " -> " << shown;
@@ -219,6 +222,11 @@ TEST(PgConninfoSecrets, EndpointIsHostPortDatabase) {
   EXPECT_FALSE(rejected);
   (void)shown_for("postgresql://db.example.com:6432/appdb?user=me@example.com", rejected);
   EXPECT_TRUE(rejected);
+  (void)shown_for("postgresql://app:pw@db.example.com/appdb?application_name=me@example.com", rejected);
+  EXPECT_TRUE(rejected);
+  EXPECT_EQ(shown_for("postgresql://app:pw@db.example.com/appdb?application_name=me%40example.com", rejected),
+            "db.example.com:5432/appdb");
+  EXPECT_FALSE(rejected);
   // A non-numeric port is refused without quoting it.
   const std::string port = shown_for("host=db.example.com port=Zq9xK7w dbname=appdb", rejected);
   EXPECT_TRUE(rejected);
