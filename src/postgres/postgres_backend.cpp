@@ -44,10 +44,10 @@ std::string value_of(PQconninfoOption* opts, std::string_view key) {
 // '@' in the query string is no safer ("app:12@/x?host=y@db" reads as user
 // "app", password "12", database "x"; "app:12/x?host=y@db" as host "app",
 // port 12, database "x"): after the '@' that ends the user info, no other '@'
-// at all; without user info, no '@' after the first '/' if a ':' precedes it
-// (it may be user:password with a '/' in the password), nor before the query
-// string. An e-mail-like value in the query is then written %40 (unless the
-// URI has neither user info nor a port). The port must be numeric (a password
+// at all; without user info, no '@' after the first '/' if a ':' precedes
+// that '@' (it may end user:password with a '/' in the user name or password),
+// nor before the query string. An e-mail-like value in the query is then
+// written %40 unless no ':' (user info, port, IPv6 address) comes before it. The port must be numeric (a password
 // with "/...?key=...@" would otherwise still be read as host:port/db).
 void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
   const auto fix = [](std::string_view why) {
@@ -67,8 +67,9 @@ void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
       if (rest.find('@', at + 1) != std::string_view::npos)
         fix("a URI must have no '@' after the one that ends its user info, in its query string neither (an "
             "unencoded '@' or '/' in the password?)");
-    } else if (rest.substr(0, slash).find(':') != std::string_view::npos) {
-      fix("a URI with a ':' before its first '/' must have no '@' after it (an unencoded '/' in the password?)");
+    } else if (rest.substr(0, at).find(':') != std::string_view::npos) {
+      fix("a URI must have no '@' after its first '/' that follows a ':' (an unencoded '/' in the user name or "
+          "password?)");
     } else if (rest.substr(0, rest.find('?')).find('@') != std::string_view::npos) {
       fix("a URI must have no '@' before its query string but the one that ends its user info");
     }

@@ -198,7 +198,9 @@ TEST(PgConninfoSecrets, AnUnencodedAtOrSlashInAUriPasswordIsRejectedNotMisread) 
         "postgresql://app:12/Zq9?host=x@db.example.com/appdb", "postgresql://:12/Zq9?sslmode=x@db.example.com",
         // The same after an '@' in the password: user "app", password "12", database or host "Zq9".
         "postgresql://app:12@/Zq9?application_name=x@db.example.com:5432/appdb",
-        "postgresql://app:12@Zq9?application_name=x@db.example.com"}) {
+        "postgresql://app:12@Zq9?application_name=x@db.example.com",
+        // A '/' in the user name: host "a", database ":12/Zq9".
+        "postgresql://a/b:12/Zq9?application_name=x@db.example.com"}) {
     bool rejected = false;
     const std::string shown = shown_for(uri, rejected);
     EXPECT_TRUE(rejected) << uri << " -> " << shown;
