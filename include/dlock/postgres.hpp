@@ -139,6 +139,10 @@ struct PgTtlSettings {
 /// database and user names and the parts of a connection string it cannot
 /// parse, and any of them may be part of a password.
 [[nodiscard]] std::string pg_redact(std::string_view libpq_message);
+/// pg_redact for a message of libpq's conninfo parser, which quotes parts of
+/// the user's string: they may hold a '"' themselves, so quotes do not pair
+/// up and everything from the first to the last '"' is dropped.
+[[nodiscard]] std::string pg_redact_conninfo_error(std::string_view libpq_message);
 }  // namespace detail
 
 /// The per-lease state of a PostgresBackend lock: the pinned connection whose

@@ -103,6 +103,16 @@ std::string pg_redact(std::string_view msg) {
   return out;
 }
 
+std::string pg_redact_conninfo_error(std::string_view msg) {
+  const auto first = msg.find('"');
+  const auto last = msg.rfind('"');
+  if (first == last) return pg_redact(msg);  // no quote, or one: pg_redact drops what follows it
+  std::string paired(msg.substr(0, first));
+  paired += "\"\"";
+  paired += msg.substr(last + 1);
+  return pg_redact(paired);
+}
+
 std::string conn_message(PGconn* c) { return c ? pg_redact(PQerrorMessage(c)) : "out of memory"; }
 
 PgParam PgParam::int8(std::int64_t v) {

@@ -40,9 +40,15 @@ std::string value_of(PQconninfoOption* opts, std::string_view key) {
 // comes before the first '/': an unencoded '@' in a password makes the rest of
 // the password the host name, an unencoded '/' makes it the database name; the
 // connection would then try a host made of password characters (a DNS look-up
-// of them) and every message would name it. So: no '@' may follow the one that
-// ends the user info, up to the query string. The port must be numeric (a
-// password with "/...?key=...@" would otherwise still be read as host:port/db).
+// of them) and every message would name it. So, as a fuzzer showed that an
+// '@' in the query string is no safer ("app:12@/x?host=y@db" reads as user
+// "app", password "12", database "x"; "app:12/x?host=y@db" as host "app",
+// port 12, database "x"): after the '@' that ends the user info, no other '@'
+// at all; without user info, no '@' after the first '/' if a ':' precedes
+// that '@' (it may end user:password with a '/' in the user name or password),
+// nor before the query string. An e-mail-like value in the query is then
+// written %40 unless no ':' (user info, port, IPv6 address) comes before it. The port must be numeric (a password
+// with "/...?key=...@" would otherwise still be read as host:port/db).
 void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
   const auto fix = [](std::string_view why) {
     invalid_field("PostgresOptions.conninfo",
@@ -56,10 +62,17 @@ void check_conninfo(PQconninfoOption* parsed, std::string_view conninfo) {
     const std::string_view rest = conninfo.substr(scheme.size());
     const auto slash = rest.find('/');
     const auto at = rest.find('@');
-    const std::size_t host_start = at != std::string_view::npos && at < slash ? at + 1 : 0;
-    const std::string_view host_to_query = rest.substr(host_start, rest.find('?', host_start) - host_start);
-    if (host_to_query.find('@') != std::string_view::npos)
-      fix("a URI must have at most one '@' before its query string (an unencoded '@' or '/' in the password?)");
+    if (at == std::string_view::npos) continue;
+    if (at < slash) {  // libpq's user info ends at this '@'
+      if (rest.find('@', at + 1) != std::string_view::npos)
+        fix("a URI must have no '@' after the one that ends its user info, in its query string neither (an "
+            "unencoded '@' or '/' in the password?)");
+    } else if (rest.substr(0, at).find(':') != std::string_view::npos) {
+      fix("a URI must have no '@' after its first '/' that follows a ':' (an unencoded '/' in the user name or "
+          "password?)");
+    } else if (rest.substr(0, rest.find('?')).find('@') != std::string_view::npos) {
+      fix("a URI must have no '@' before its query string but the one that ends its user info");
+    }
   }
   const std::string port = value_of(parsed, "port");
   if (port.find_first_not_of("0123456789, \t") != std::string::npos) fix("the port must be a number");
@@ -270,7 +283,7 @@ PostgresBackend::PostgresBackend(PostgresOptions options) : state_(std::make_sha
   char* err = nullptr;
   PQconninfoOption* parsed = PQconninfoParse(o.conninfo.c_str(), &err);
   if (!parsed) {
-    const std::string why = err ? detail::pg_redact(err) : "out of memory";
+    const std::string why = err ? detail::pg_redact_conninfo_error(err) : "out of memory";
     PQfreemem(err);
     detail::invalid_field("PostgresOptions.conninfo", "must be a libpq connection string or URI",
                           fmt::format("{} bytes that libpq rejects: {}", o.conninfo.size(), why));

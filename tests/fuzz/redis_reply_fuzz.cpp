@@ -45,8 +45,12 @@ void decide(const Reply& r, SubscriptionTable& table) {
   (void)parse_fence_raise(r);
   (void)after_script_reply(r, ScriptForm::evalsha);
   if (r.is_error()) (void)is_transient(classify_error(r.str).kind);
-  Handshake h(HandshakeConfig{
-      .endpoint = "fuzz", .username = "u", .password = "Zq7_secret", .database = 1, .client_name = "n", .load_scripts = true});
+  Handshake h(HandshakeConfig{.endpoint = "fuzz",
+                              .username = "u",
+                              .password = "Zq7_secret",
+                              .database = 1,
+                              .client_name = "n",
+                              .load_scripts = true});
   while (h.on_reply(r) == Handshake::Status::in_progress) {
   }
   if (h.status() == Handshake::Status::failed && h.message().find("Zq7_secret") != std::string::npos)

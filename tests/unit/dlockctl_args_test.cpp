@@ -68,6 +68,10 @@ TEST(DlockctlArgs, Durations) {
   EXPECT_EQ(dlockctl::parse_duration("0", "t", true), milliseconds(0));
   for (const char* bad : {"", "0", "-1", "1.", ".5", "1..2", "abc", "1h", "s", "ms", "1e3", "99999999999"})
     EXPECT_THROW((void)dlockctl::parse_duration(bad, "t"), UsageError) << bad;
+  // Beyond a double's range, up or down: a usage error like any other bad value, not std::out_of_range.
+  for (const std::string& bad : {std::string(400, '9'), "0." + std::string(400, '0') + "1"})
+    for (const bool allow_zero : {false, true})
+      EXPECT_THROW((void)dlockctl::parse_duration(bad, "t", allow_zero), UsageError) << bad;
 }
 
 TEST(DlockctlArgs, Integers) {

@@ -134,6 +134,9 @@ TEST(DlockctlCli, RedisSettingsPrecedence) {
 TEST(DlockctlCli, SanitizeMasksSecretsAndKeepsOneLine) {
   EXPECT_EQ(dlockctl::sanitize("auth pw1 failed\nfor pw1", {"pw1"}), "auth *** failed for ***");
   EXPECT_EQ(dlockctl::sanitize("nothing\n", {""}), "nothing");
+  // A line break inside a secret with a space there: joining the lines re-forms it (dlockctl_args_fuzz).
+  EXPECT_EQ(dlockctl::sanitize("auth Zq9\nxK7w failed", {"Zq9 xK7w"}), "auth *** failed");
+  EXPECT_EQ(dlockctl::sanitize("auth Zq9\nxK7w failed", {"Zq9\nxK7w"}), "auth *** failed");
 }
 
 // Redis URIs whose passwords hold URI delimiters ('/', '?', '#', '@', ':')

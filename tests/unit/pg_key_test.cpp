@@ -191,7 +191,16 @@ TEST(PgConninfoSecrets, AnUnencodedAtOrSlashInAUriPasswordIsRejectedNotMisread) 
   // libpq would read these as host "x@K7wLm@db.example.com" / database "xK7wLm@db.example.com".
   for (const char* uri :
        {"postgresql://app:Zq9@x@K7wLm@db.example.com/appdb", "postgresql://app:Zq9/xK7wLm@db.example.com/appdb",
-        "postgresql://app:Zq9/x?user=K7@db.example.com:5432/appdb"}) {
+        "postgresql://app:Zq9/x?user=K7@db.example.com:5432/appdb",
+        // A '/' after digits and a '?key=' later in the password: libpq reads host "app", port "12", database
+        // "Zq9" and the query "application_name=x@db..." (a fuzzer's find; the endpoint showed "app:12/Zq9").
+        "postgresql://app:12/Zq9?application_name=x@db.example.com:5432/appdb",
+        "postgresql://app:12/Zq9?host=x@db.example.com/appdb", "postgresql://:12/Zq9?sslmode=x@db.example.com",
+        // The same after an '@' in the password: user "app", password "12", database or host "Zq9".
+        "postgresql://app:12@/Zq9?application_name=x@db.example.com:5432/appdb",
+        "postgresql://app:12@Zq9?application_name=x@db.example.com",
+        // A '/' in the user name: host "a", database ":12/Zq9".
+        "postgresql://a/b:12/Zq9?application_name=x@db.example.com"}) {
     bool rejected = false;
     const std::string shown = shown_for(uri, rejected);
     EXPECT_TRUE(rejected) << uri << " -> " << shown;
@@ -206,9 +215,19 @@ TEST(PgConninfoSecrets, EndpointIsHostPortDatabase) {
   EXPECT_EQ(shown_for("postgresql://app:Zq9#x:K7w@db.example.com/appdb", rejected), "db.example.com:5432/appdb");
   EXPECT_EQ(shown_for("host=db.example.com port=6432 dbname=appdb user=app password=Zq9@x/K7w?", rejected),
             "db.example.com:6432/appdb");
-  // An '@' in the query string is the query's (an e-mail-like user name), not the end of a user info.
-  EXPECT_EQ(shown_for("postgresql://db.example.com:6432/appdb?user=me@example.com", rejected),
+  // An '@' in the query string is the query's (an e-mail-like user name), not the end of a user info,
+  // when nothing before the first '/' could be user:password; else it must be written %40.
+  EXPECT_EQ(shown_for("postgresql://db.example.com/appdb?user=me@example.com", rejected), "db.example.com:5432/appdb");
+  EXPECT_FALSE(rejected);
+  EXPECT_EQ(shown_for("postgresql://db.example.com:6432/appdb?user=me%40example.com", rejected),
             "db.example.com:6432/appdb");
+  EXPECT_FALSE(rejected);
+  (void)shown_for("postgresql://db.example.com:6432/appdb?user=me@example.com", rejected);
+  EXPECT_TRUE(rejected);
+  (void)shown_for("postgresql://app:pw@db.example.com/appdb?application_name=me@example.com", rejected);
+  EXPECT_TRUE(rejected);
+  EXPECT_EQ(shown_for("postgresql://app:pw@db.example.com/appdb?application_name=me%40example.com", rejected),
+            "db.example.com:5432/appdb");
   EXPECT_FALSE(rejected);
   // A non-numeric port is refused without quoting it.
   const std::string port = shown_for("host=db.example.com port=Zq9xK7w dbname=appdb", rejected);
@@ -224,6 +243,25 @@ TEST(PgRedact, DropsQuotedFragmentsAndJoinsLines) {
                                      "server running?\n"),
             "connection to server at \"...\", port 1 failed: Connection refused Is the server running?");
   EXPECT_EQ(dlock::detail::pg_redact("unterminated \"Zq9xK7w"), "unterminated \"...\"");
+}
+
+// libpq's conninfo parser quotes parts of the user's string, which may hold a '"': quotes do not pair up
+// there, so everything from the first to the last '"' goes (pg_conninfo_fuzz found the password after a '"').
+TEST(PgRedact, ConninfoErrorsLoseEverythingBetweenTheFirstAndLastQuote) {
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error(
+                "missing key/value separator \"=\" in URI query parameter: \"a\"Zq9xK7w@h:?\"\n"),
+            "missing key/value separator \"...\"");
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error("missing \"=\" after \"pass\"Zq9xK7w\" in connection info string"),
+            "missing \"...\" in connection info string");
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error("unterminated \"Zq9xK7w"), "unterminated \"...\"");
+  EXPECT_EQ(dlock::detail::pg_redact_conninfo_error("unterminated quoted string in connection info string\n"),
+            "unterminated quoted string in connection info string");
+  for (const char* conninfo : {"postgres://h/d?tlt\"Zq9xK7w@:?", "host=h pass\"Zq9xK7w", "password=Zq9 x\"K7w\"Lm"}) {
+    bool rejected = false;
+    const std::string shown = shown_for(conninfo, rejected);
+    EXPECT_TRUE(rejected) << conninfo;
+    EXPECT_EQ(shown.find("K7w"), std::string::npos) << shown;
+  }
 }
 
 TEST(PgTtlSettings, FollowTheTtlAndClampToWhatTheServerAndKernelAccept) {

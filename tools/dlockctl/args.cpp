@@ -97,7 +97,12 @@ std::chrono::milliseconds parse_duration(std::string_view text, std::string_view
       !std::all_of(number.begin(), number.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) ||
       std::count(number.begin(), number.end(), '.') > 1 || number.front() == '.' || number.back() == '.')
     throw bad();
-  const double v = std::stod(std::string(number)) * scale;
+  // from_chars, not std::stod: a number beyond a double's range (400 digits)
+  // is a bad value like any other, not std::out_of_range.
+  double parsed = 0;
+  const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), parsed);
+  if (ec != std::errc{} || end != number.data() + number.size()) throw bad();
+  const double v = parsed * scale;
   if (!std::isfinite(v) || v > 1e12) throw bad();
   const auto ms = std::chrono::milliseconds(static_cast<long long>(std::llround(v)));
   if (ms.count() == 0 && !allow_zero)

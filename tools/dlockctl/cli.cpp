@@ -364,13 +364,20 @@ std::vector<std::string> secrets_of(const Context& ctx) {
   return s;
 }
 
+namespace {
+void mask(std::string& message, std::string secret, bool joined) {
+  if (joined) std::replace(secret.begin(), secret.end(), '\n', ' ');
+  if (secret.empty()) return;
+  for (auto pos = message.find(secret); pos != std::string::npos; pos = message.find(secret, pos + 3))
+    message.replace(pos, secret.size(), "***");
+}
+}  // namespace
+
 std::string sanitize(std::string message, const std::vector<std::string>& secrets) {
-  for (const auto& secret : secrets) {
-    if (secret.empty()) continue;
-    for (auto pos = message.find(secret); pos != std::string::npos; pos = message.find(secret, pos + 3))
-      message.replace(pos, secret.size(), "***");
-  }
+  for (const auto& secret : secrets) mask(message, secret, false);
   std::replace(message.begin(), message.end(), '\n', ' ');
+  // Joining the lines may have re-formed a secret with a space where the message broke its line.
+  for (const auto& secret : secrets) mask(message, secret, true);
   while (!message.empty() && message.back() == ' ') message.pop_back();
   return message;
 }
