@@ -33,11 +33,12 @@ stop_servers() {
   _dlock_cleanup=()
 }
 
-# start_redis PORT: a redis-server on 127.0.0.1:PORT in a temporary directory,
-# without persistence. Waits until it answers PING.
+# start_redis PORT [DIR]: a redis-server on 127.0.0.1:PORT in DIR (default: a
+# new temporary directory), without persistence (it loads DIR/dump.rdb if there:
+# scripts/chaos restarts a killed server this way). Waits until it answers PING.
 start_redis() {
-  local port=$1 dir
-  dir=$(mktemp -d -t dlock-redis.XXXXXX)
+  local port=$1 dir=${2:-}
+  [ -n "$dir" ] || dir=$(mktemp -d -t dlock-redis.XXXXXX)
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   _dlock_cleanup+=("redis-cli -p $port shutdown nosave; rm -rf '$dir'")
