@@ -2,7 +2,7 @@
 //
 //   chaos_client --backend redis|redlock|postgres --endpoints E[,E...] --store PORT
 //                --id ID --ops N --history FILE [--name NAME] [--ttl MS] [--hold MS]
-//                [--until FILE]
+//                [--until FILE] [--pause FILE]
 //
 // Loops until N fenced writes were attempted (and, with --until, FILE exists): acquire (Lock<B>, auto_extend,
 // ttl) -> token -> shadow enter -> hold -> fenced write with the token to the
@@ -14,6 +14,10 @@
 // stop_token, on_lost, release() == not_held, or an error.
 // Endpoints: host:port for Redis/Redlock (one per node), a libpq conninfo for
 // PostgreSQL. Uses only dlock's public API.
+// --pause FILE: a GC pause on demand. The first client to find FILE inside its
+// critical section (after taking its token, before writing) claims it (renames
+// it to FILE.ID) and stops its whole process with SIGSTOP, heartbeat included;
+// the driver sends SIGCONT after longer than the TTL.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -21,6 +25,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -44,7 +49,7 @@ namespace {
 using namespace std::chrono_literals;
 
 struct Args {
-  std::string backend, endpoints, id, history, until, name = "chaos";
+  std::string backend, endpoints, id, history, until, pause, name = "chaos";
   int store_port = 0;
   long ops = 100;
   long ttl_ms = 500;
@@ -71,6 +76,8 @@ Args parse(int argc, char** argv) {
       a.name = v;
     else if (k == "--until")
       a.until = v;
+    else if (k == "--pause")
+      a.pause = v;
     else if (k == "--ttl")
       a.ttl_ms = std::stol(v);
     else if (k == "--hold")
@@ -234,6 +241,10 @@ int run(B& backend, const Args& a) {
       lost->store(true);
     }
     h.write("enter", fmt::format("\"seq\":{},\"token\":{}", seq, token));
+    if (!a.pause.empty() && std::rename(a.pause.c_str(), (a.pause + "." + a.id).c_str()) == 0) {
+      h.write("gc_pause", fmt::format("\"seq\":{}", seq));
+      std::raise(SIGSTOP);
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(a.hold_ms / 2 + jitter(rng) / 2));
     const std::string result = store.write(a.id, a.name, token);
     ++writes;
