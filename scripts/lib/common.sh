@@ -11,11 +11,13 @@ build() {
   cmake --build "$DLOCK_ROOT/build/$preset" ${1:+--target "$@"}
 }
 
-# free_port: prints a loopback TCP port nobody listens on.
+# free_port: prints a loopback TCP port nobody listens on, below Linux's
+# ephemeral range (32768-60999 by default), so that no outgoing connection can
+# take it while a server restarts on it (scripts/chaos does that).
 free_port() {
   local port
   for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 20000))
+    port=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0
