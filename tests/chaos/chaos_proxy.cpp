@@ -13,110 +13,23 @@
 //   pass            no faults: forward everything at once
 // Prints "ready" on stdout once listening; runs until killed. One thread.
 // (bench/latency_proxy.cpp is the fixed-delay, both-directions variant for benchmarks.)
-#include <boost/asio.hpp>
-
-#include <array>
-#include <chrono>
 #include <cstdio>
-#include <deque>
 #include <exception>
 #include <list>
 #include <memory>
 #include <sstream>
 #include <string>
-#include <vector>
+
+#include "proxy_pump.hpp"
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
-
-struct Faults {
-  bool blackhole = false;
-  Clock::duration delay[2]{};  // [0]: client -> server ("up"), [1]: server -> client ("down")
-};
-
-// One direction of a connection: reads from `from`, writes to `to` when due and not black-holed.
-class Pump : public std::enable_shared_from_this<Pump> {
- public:
-  Pump(std::shared_ptr<tcp::socket> from, std::shared_ptr<tcp::socket> to, const Faults& faults, int dir)
-      : from_(std::move(from)), to_(std::move(to)), faults_(faults), dir_(dir), timer_(from_->get_executor()) {}
-
-  void start() { read(); }
-  // Called after the faults changed: held bytes may now be due.
-  void kick() {
-    if (!busy_ && !queue_.empty()) schedule();
-  }
-
- private:
-  struct Chunk {
-    Clock::time_point due;
-    std::vector<char> bytes;
-  };
-
-  void read() {
-    from_->async_read_some(
-        asio::buffer(buffer_), [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
-          if (ec) return self->close();
-          self->queue_.push_back(
-              Chunk{Clock::now() + self->faults_.delay[self->dir_], {self->buffer_.data(), self->buffer_.data() + n}});
-          self->kick();
-          self->read();
-        });
-  }
-
-  void schedule() {
-    if (faults_.blackhole) return;  // held until `pass` kicks
-    busy_ = true;
-    timer_.expires_at(queue_.front().due);
-    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec) return self->close();
-      if (self->faults_.blackhole) {
-        self->busy_ = false;
-        return;
-      }
-      self->out_.clear();
-      const auto now = Clock::now();
-      while (!self->queue_.empty() && self->queue_.front().due <= now) {
-        auto& b = self->queue_.front().bytes;
-        self->out_.insert(self->out_.end(), b.begin(), b.end());
-        self->queue_.pop_front();
-      }
-      asio::async_write(*self->to_, asio::buffer(self->out_), [self](boost::system::error_code wec, std::size_t) {
-        self->busy_ = false;
-        if (wec) return self->close();
-        self->kick();
-      });
-    });
-  }
-
-  void close() {
-    boost::system::error_code ignored;
-    from_->close(ignored);
-    to_->close(ignored);
-    timer_.cancel();
-  }
-
-  std::shared_ptr<tcp::socket> from_, to_;
-  const Faults& faults_;
-  int dir_;
-  asio::steady_timer timer_;
-  std::array<char, 65536> buffer_{};
-  std::deque<Chunk> queue_;
-  std::vector<char> out_;
-  bool busy_ = false;
-};
-
-struct Connection {
-  std::shared_ptr<tcp::socket> down, up;
-  std::weak_ptr<Pump> pumps[2];
-};
+using namespace dlock::test_proxy;
 
 class Proxy {
  public:
   Proxy(asio::io_context& io, unsigned short listen, unsigned short target, unsigned short control)
-      : acceptor_(io, endpoint(listen), true), control_(io, endpoint(control), true), target_(target) {}
+      : acceptor_(io, loopback(listen), true), control_(io, loopback(control), true), target_(target) {}
 
   void start() {
     accept();
@@ -124,36 +37,15 @@ class Proxy {
   }
 
  private:
-  static tcp::endpoint endpoint(unsigned short port) { return {asio::ip::make_address_v4("127.0.0.1"), port}; }
-
   void accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket client) {
       if (!ec) {
-        auto down = std::make_shared<tcp::socket>(std::move(client));
-        auto up = std::make_shared<tcp::socket>(acceptor_.get_executor());
-        boost::system::error_code cec;
-        up->connect(endpoint(target_), cec);
-        if (cec) {
-          reset(*down);
-        } else {
-          up->set_option(tcp::no_delay(true));
-          down->set_option(tcp::no_delay(true));
-          auto p0 = std::make_shared<Pump>(down, up, faults_, 0);
-          auto p1 = std::make_shared<Pump>(up, down, faults_, 1);
-          p0->start();
-          p1->start();
-          connections_.remove_if([](const Connection& c) { return c.pumps[0].expired() && c.pumps[1].expired(); });
-          connections_.push_back(Connection{down, up, {p0, p1}});
-        }
+        auto pumps = splice(std::move(client), target_, faults_);
+        connections_.remove_if([](const auto& c) { return c[0].expired() && c[1].expired(); });
+        if (pumps[0]) connections_.push_back({pumps[0], pumps[1]});
       }
       accept();
     });
-  }
-
-  static void reset(tcp::socket& s) {
-    boost::system::error_code ignored;
-    s.set_option(asio::socket_base::linger(true, 0), ignored);
-    s.close(ignored);
   }
 
   void accept_control() {
@@ -183,10 +75,8 @@ class Proxy {
     long ms = 0;
     words >> verb;
     if (verb == "reset") {
-      for (auto& c : connections_) {
-        reset(*c.down);
-        reset(*c.up);
-      }
+      for (auto& c : connections_)
+        if (auto p = c[0].lock()) p->reset();
       connections_.clear();
     } else if (verb == "blackhole") {
       faults_.blackhole = true;
@@ -198,14 +88,14 @@ class Proxy {
       std::fprintf(stderr, "chaos_proxy: unknown command '%s'\n", line.c_str());
     }
     for (auto& c : connections_)
-      for (auto& w : c.pumps)
+      for (auto& w : c)
         if (auto p = w.lock()) p->kick();
   }
 
   tcp::acceptor acceptor_, control_;
   unsigned short target_;
   Faults faults_;
-  std::list<Connection> connections_;
+  std::list<std::array<std::weak_ptr<Pump>, 2>> connections_;  // [0] up, [1] down
 };
 
 }  // namespace
