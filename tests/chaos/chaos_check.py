@@ -200,7 +200,7 @@ def plot(r, png):
             b = max(b, a + 0.02)
             objs.append(f"set object rect from {a:.3f},0 to {b:.3f},{top:.1f} fc rgb '#f4a0a0' fs solid 0.5 noborder behind")
     script = "\n".join([
-        "set terminal pngcairo size 900,300 font ',9'",
+        "set terminal pngcairo size 900,300 font ',9' noenhanced",
         f"set output '{png}'",
         f"set title '{r['scenario']} ({r['backend']}): acquisitions per 100 ms; faults shaded; rejected writes x'",
         "set xlabel 'seconds'", "set ylabel 'acquisitions'", f"set yrange [0:{top:.1f}]", "set xrange [0:*]",
@@ -212,9 +212,85 @@ def plot(r, png):
     os.remove(base + ".rej.dat")
 
 
+# What each scenario does, and what its shadow overlaps (if any) rest on (docs/safety.md).
+SCENARIOS = {
+    "none": ("No faults: the baseline.", "No overlap is possible."),
+    "redis_kill_empty": ("redis-server SIGKILLed and restarted at once, empty.",
+                         "The holder's key is gone, so another client may acquire while the holder is still in its "
+                         "critical section: the server forgot an acknowledged key (safety.md, \"Fencing tokens on "
+                         "Redis\", case 3). Tokens still increase because the empty server's counter restarts at its "
+                         "clock (TIME + 1)."),
+    "redis_kill_data": ("`SAVE`, 300 ms of further grants, then SIGKILL and a restart from that stale snapshot.",
+                        "As above, with counters restored *below* tokens already issued: the fence rule max(counter, "
+                        "TIME) + 1 keeps tokens increasing (case 3, clock assumption)."),
+    "redis_stop": ("redis-server SIGSTOPped for 2 x TTL, then SIGCONT.",
+                   "Extensions fail; the heartbeat declares the loss when validity ends (safety.md, \"Validity and "
+                   "clocks\"). Nobody else can acquire from a stopped server, so no overlap is expected."),
+    "client_pause": ("A holder stops itself with SIGSTOP between taking its token and writing (a GC pause), for "
+                     "3 x TTL, heartbeat included; then SIGCONT.",
+                     "Expected: the lease expires on the server, another client acquires, and the paused client "
+                     "resumes still inside its critical section. Assumption violated: \"holders stop in time\" "
+                     "(safety.md, \"What no lock service can promise\"; Redlock assumption 2). Its late write "
+                     "must be rejected by the fenced store, and the loss must be signalled."),
+    "proxy_reset": ("The client-server TCP connections are reset (RST) three times, 150 ms apart.",
+                    "No overlap expected: a reset connection fails the call; the key stays until released or "
+                    "expired."),
+    "proxy_blackhole": ("The proxy forwards nothing for 2 x TTL (a partition; held bytes arrive after it).",
+                        "No overlap expected: during the partition nobody reaches the server."),
+    "proxy_delay": ("Replies to the clients delayed by TTL / 2 for 3 x TTL (one-way delay).",
+                    "Validity is measured from before the request was sent, so a late grant only shortens it "
+                    "(safety.md, \"Validity and clocks\")."),
+    "redlock_minority": ("Redlock, 5 nodes, each through a proxy: 2 random nodes black-holed for 3 x TTL.",
+                         "A minority costs at most node_timeout per operation; no overlap expected."),
+    "redlock_majority": ("Redlock: 3 of 5 nodes black-holed for 3 x TTL.",
+                         "No quorum: acquisitions fail, holders lose their lock (signalled) when validity ends; "
+                         "no overlap expected."),
+    "redlock_restart_empty": ("Redlock: one random node SIGKILLed and restarted at once, empty (no delayed restart).",
+                              "Violates Redlock assumption 3 (\"nodes do not forget acknowledged keys\"): an overlap "
+                              "is possible when the restarted node was the shared node of two quorums. Tokens still "
+                              "increase through the fence raise and the clock floor."),
+    "pg_terminate": ("PostgreSQL: every dlock session terminated with pg_terminate_backend.",
+                     "The holder's session ends, the advisory lock with it; the holder learns of it at its next "
+                     "extension (at most TTL / 3 later), so a short overlap is possible and must be signalled "
+                     "(safety.md, \"PostgreSQL: sessions\")."),
+    "pg_restart": ("PostgreSQL restarted (pg_ctl restart -m immediate).",
+                   "As pg_terminate, for every session at once; the fencing sequence survives the restart."),
+    "pg_client_pause": ("PostgreSQL: the GC pause of client_pause.",
+                        "As client_pause: the server ends the silent session after the TTL (idle_session_timeout), "
+                        "another client acquires, and the paused holder's write must be rejected and signalled."),
+}
+
 COLUMNS = ["scenario", "backend", "seconds", "fault_cycles", "fenced_writes", "acquisitions", "out_of_order_accepted",
            "shadow_overlaps", "overlaps_neither_signalled", "losses_happened", "losses_signalled",
            "unsignalled_losses", "acquire_failures", "held_at_end", "held_after_ttl"]
+
+
+def write_report(results, report, plots):
+    os.makedirs(plots, exist_ok=True)
+    rel = os.path.relpath(plots, os.path.dirname(report))
+    lines = []
+    for r in results:
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "-"
+        lines.append("| " + " | ".join(str(r[c]) for c in COLUMNS) + f" | {errs} |")
+    head = "| " + " | ".join(COLUMNS) + " | errors |\n|" + "---|" * (len(COLUMNS) + 1)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "reliability.md.in")) as f:
+        template = f.read()
+    body = []
+    for r in results:
+        what, why = SCENARIOS.get(r["scenario"], ("", ""))
+        plot(r, os.path.join(plots, r["scenario"] + ".png"))
+        body.append(f"### {r['scenario']}\n\n{what}\n\n{r['fenced_writes']} fenced writes, {r['acquisitions']} "
+                    f"acquisitions, {r['fault_cycles']} fault cycles in {r['seconds']} s; "
+                    f"{r['out_of_order_accepted']} accepted out of order; {r['shadow_overlaps']} shadow overlaps "
+                    f"({r['overlaps_neither_signalled']} with neither side signalled lost); "
+                    f"{r['losses_happened']} rejected writes, {r['unsignalled_losses']} of them unsignalled; "
+                    f"{r['losses_signalled']} acquisitions signalled lost in all.\n\n{why}\n\n"
+                    f"![{r['scenario']}]({rel}/{r['scenario']}.png)\n")
+    total = sum(r["fenced_writes"] for r in results)
+    text = template.replace("@TABLE@", head + "\n" + "\n".join(lines)).replace("@SCENARIOS@", "\n".join(body))
+    text = text.replace("@TOTAL@", f"{total:,}").replace("@MIN@", f"{min(r['fenced_writes'] for r in results):,}")
+    with open(report, "w") as f:
+        f.write(text)
 
 
 def main():
@@ -239,18 +315,8 @@ def main():
             print(f"chaos_check: FAIL {r['scenario']}: {f}")
             bad = True
     if report:
-        os.makedirs(plots, exist_ok=True)
-        with open(report + ".table", "w") as f:
-            f.write("| " + " | ".join(COLUMNS) + " | errors |\n|" + "---|" * (len(COLUMNS) + 1) + "\n")
-            for r in results:
-                errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "-"
-                f.write("| " + " | ".join(str(r[c]) for c in COLUMNS) + f" | {errs} |\n")
-            f.write("\n")
-            for r in results:
-                png = os.path.join(plots, r["scenario"] + ".png")
-                plot(r, png)
-                f.write(f"![{r['scenario']}](reliability/{r['scenario']}.png)\n\n")
-        print(f"chaos_check: table and plots written ({report}.table, {plots})")
+        write_report(results, report, plots)
+        print(f"chaos_check: report written: {report}, plots in {plots}")
     print("chaos_check:", "FAILED" if bad else "passed")
     return 1 if bad else 0
 
