@@ -12,6 +12,15 @@
 //                    dropped the connection (the state of the lock on the server
 //                    is unknown). Every backend reports "could not reach the
 //                    service" this way, so FallbackBackend degrades on it.
+//                    Redis: connect refused, failed or timed out, or no answer
+//                    to the connection's handshake (AUTH/SELECT/CONFIG GET/
+//                    SCRIPT LOAD) within connect_timeout. A request that was
+//                    sent and got no reply within command_timeout is a
+//                    TimeoutError ("the request was sent; its outcome is
+//                    unknown"); a connection broken after sending stays a
+//                    ConnectionError whose message says the outcome is unknown.
+//                    Redlock: a failed round is a TimeoutError if any node that
+//                    missed it was sent the request, else a ConnectionError.
 //   LockLostError    the operation needs a lock this owner no longer holds
 //                    (expired, taken, connection gone); stop the critical section.
 //   DeadlockError    the server detected a deadlock; release what you hold, retry.

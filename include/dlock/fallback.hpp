@@ -26,12 +26,21 @@
 // the primary had already received (its outcome is unknown: it may have granted
 // the lock), pool exhaustion, a refused login or a misconfiguration is not an
 // outage to run through. See docs/choosing-a-backend.md.
+//
+// The primary's optional capabilities carry over: release notifications
+// (NotifiesRelease: waiters wake when the primary reports a release; a
+// subscription that fails only falls back to the waiter's backoff), in-doubt
+// cleanup (AbandonsInDoubt) and wait records (RecordsWaits). A server-side wait
+// (WaitsOnServer) and batched extension (BatchesExtend) do not: a degraded
+// waiter must not spin on its secondary, and a batch may mix leases of both.
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <variant>
 
@@ -90,6 +99,40 @@ class FallbackBackend {
     }
     return wrap<1>(secondary_.try_acquire(r), std::move(why));
   }
+
+  /// NotifiesRelease, when the primary has it: the primary's subscription.
+  /// If subscribing fails, the subscription only waits out its duration.
+  class Subscription {
+   public:
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
+      if (inner_) return inner_->wait_for(d);
+      std::this_thread::sleep_for(d);
+      return false;
+    }
+
+   private:
+    friend class FallbackBackend;
+    using Inner = decltype(std::declval<Primary&>().subscribe_release(std::string_view{}));
+    std::optional<Inner> inner_;
+  };
+  [[nodiscard]] Subscription subscribe_release(std::string_view name) requires NotifiesRelease<Primary> {
+    Subscription s;
+    try {
+      s.inner_.emplace(primary_.subscribe_release(name));
+    } catch (const std::exception&) {  // no notifications: the waiter's backoff takes over
+    }
+    return s;
+  }
+
+  /// AbandonsInDoubt, when the primary has it: only the primary can have
+  /// granted in doubt (a degraded grant comes from an in-process secondary).
+  void abandon(std::string_view name, const OwnerId& owner) noexcept requires AbandonsInDoubt<Primary> {
+    primary_.abandon(name, owner);
+  }
+
+  /// RecordsWaits, when the primary has it.
+  void record_wait(const WaitRecord& record) noexcept requires RecordsWaits<Primary> { primary_.record_wait(record); }
+  void clear_wait(const WaitRecord& record) noexcept requires RecordsWaits<Primary> { primary_.clear_wait(record); }
 
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
     return visit(lease, [&](auto& backend, auto& inner) { return backend.release(name, inner); });

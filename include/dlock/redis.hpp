@@ -23,6 +23,12 @@
 // A RedisBackend is a handle: copies share the pool and the subscriber, which
 // close when the last copy goes. Each Lock keeps a copy, so the backend
 // object may be destroyed before its locks and guards.
+//
+// Each new connection checks the server's maxmemory-policy (see
+// RedisOptions::eviction_check: a server that may evict lock keys fails
+// closed by default). After fork(), a child may go on using a backend it
+// inherited: it drops the parent's connections without sending anything and
+// opens its own (docs/redis.md, "Connections and what they check").
 #pragma once
 
 #include <chrono>

@@ -81,8 +81,14 @@ struct RedlockOptions {
 
 namespace detail {
 /// Throws InvalidArgument naming the first invalid field and its value
-/// ("RedlockOptions.nodes[2].port must be in 1..65535 (got 0)").
+/// ("RedlockOptions.nodes[2].port must be in 1..65535 (got 0)"), also for a
+/// node listed twice with the same endpoint text (whatever the database index).
 void validate(const RedlockOptions& options);
+/// Throws InvalidArgument naming both nodes when two reach the same server:
+/// hosts resolving (blocking getaddrinfo) to a shared address with the same
+/// port, or unix sockets with the same real path. Hosts that do not resolve
+/// now are skipped (the run_id check at first connect still applies).
+void check_distinct_servers(const RedlockOptions& options);
 }  // namespace detail
 
 class RedlockBackend {
@@ -110,8 +116,13 @@ class RedlockBackend {
     std::shared_ptr<const std::atomic<std::int64_t>> round_ns_;
   };
 
-  /// Validates the options (InvalidArgument). Does not connect: connections
-  /// are opened on first use.
+  /// Validates the options and checks that no server is listed twice
+  /// (detail::check_distinct_servers: resolves the host names, a blocking
+  /// getaddrinfo each) (InvalidArgument naming both nodes). Does not connect:
+  /// connections are opened on first use, and each new one reads the
+  /// server's run_id (INFO server): two nodes with the same run_id are one
+  /// server reached two ways (a unix socket and a TCP address, a proxy), and
+  /// every acquire then fails with ServerError naming both.
   explicit RedlockBackend(RedlockOptions options);
 
   [[nodiscard]] std::string_view kind() const noexcept { return "redlock"; }
@@ -149,9 +160,10 @@ class RedlockBackend {
   /// effort: never throws; what it cannot delete expires by its TTL.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
 
-  /// The last refusal of a release's PUBLISH by a node (e.g. an ACL user
-  /// without permission for the release channels), "" if none. Such a
-  /// release still succeeds, but waiters are not woken by it; the first
+  /// The latest refusal of a release's PUBLISH (e.g. an ACL user without
+  /// permission for the release channels) by the first node, in
+  /// RedlockOptions.nodes order, that refused one; "" if none. Such a release
+  /// still succeeds, but waiters are not woken by it; each node's first
   /// refusal is also written to stderr once.
   [[nodiscard]] std::string publish_refusal() const;
 

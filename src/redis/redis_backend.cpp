@@ -42,7 +42,7 @@ void RedisBackend::abandon(std::string_view name, const OwnerId& owner) noexcept
   }
 }
 
-std::string RedisBackend::publish_refusal() const { return state_->node->publish_refusals().last(); }
+std::string RedisBackend::publish_refusal() const { return state_->node->facts().publish_refusal(); }
 
 std::optional<TimePoint> RedisBackend::extend(std::string_view name, Lease<Handle>& lease,
                                               std::chrono::milliseconds ttl, TimePoint started) {

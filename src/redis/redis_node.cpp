@@ -9,8 +9,11 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -22,6 +25,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/sha1.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -93,7 +97,98 @@ struct Argv {
   }
 };
 
+static_assert(sizeof(pid_t) == sizeof(int));
+
+// The SHA-1 of each lock script (EVALSHA names a script by it), computed once.
+const std::string& script_sha(RedisScript script) {
+  static const auto shas = [] {
+    std::array<std::string, redis_script_count> out;
+    for (std::size_t i = 0; i < redis_script_count; ++i) out[i] = sha1_hex(redis_scripts[i]);
+    return out;
+  }();
+  return shas[static_cast<std::size_t>(script)];
+}
+
+// An error reply's class: its first word if that looks like one ("ERR",
+// "WRONGPASS", "NOPERM"), else "error".
+std::string_view error_class(std::string_view reply) {
+  const std::string_view word = reply.substr(0, reply.find(' '));
+  if (word.empty() || word.size() > 24 ||
+      !std::all_of(word.begin(), word.end(), [](char c) { return (c >= 'A' && c <= 'Z') || c == '_'; }))
+    return "error";
+  return word;
+}
+
 }  // namespace
+
+std::string describe_auth_refusal(std::string_view reply) {
+  const std::string_view cls = error_class(reply);
+  const auto has = [&](std::string_view s) { return reply.find(s) != std::string_view::npos; };
+  std::string_view why = "the server's text is not shown: it may repeat the credentials";
+  if (cls == "WRONGPASS" || has("invalid password") || has("invalid username-password")) {
+    why = "wrong password, or the user is unknown or disabled";
+  } else if (has("unknown command")) {
+    why = "the server does not know AUTH: it was renamed or disabled there, or a proxy in between refuses it";
+  } else if (has("without any password configured")) {
+    why = "the server has no password set for that user: remove RedisOptions password, or set one on the server";
+  } else if (cls == "NOPERM") {
+    why = "the user may not run AUTH";
+  } else if (has("wrong number of arguments")) {
+    why = "the server takes no user name with AUTH (Redis before 6): leave RedisOptions username empty";
+  }
+  return fmt::format("{}: {}", cls, why);
+}
+
+EvictionVerdict judge_eviction_policy(const RedisValue& r, std::string_view endpoint) {
+  using Kind = EvictionVerdict::Kind;
+  if (r.is_error()) {
+    if (starts_with(r.str, "NOAUTH")) throw_if_error(r, endpoint, "CONFIG GET maxmemory-policy");
+    return {Kind::unknown,
+            fmt::format("cannot check that Redis at {} never evicts lock keys: it refused CONFIG GET "
+                        "maxmemory-policy ({}); make sure its maxmemory-policy is noeviction (docs/redis.md), "
+                        "or set RedisOptions eviction_check = EvictionCheck::off to skip this check",
+                        endpoint, r.str)};
+  }
+  if (r.type != RedisValue::Type::array || r.elements.size() != 2 || r.elements[1].type != RedisValue::Type::string)
+    return {Kind::unknown,
+            fmt::format("cannot check that Redis at {} never evicts lock keys: it gave no maxmemory-policy to "
+                        "CONFIG GET; make sure its maxmemory-policy is noeviction (docs/redis.md), or set "
+                        "RedisOptions eviction_check = EvictionCheck::off to skip this check",
+                        endpoint)};
+  const std::string& policy = r.elements[1].str;
+  if (policy == "noeviction") return {Kind::safe, {}};
+  return {Kind::evicts,
+          fmt::format("Redis at {} has maxmemory-policy {}: when it reaches maxmemory it may delete lock keys "
+                      "before their TTL, and a second owner could then acquire a held lock. Set "
+                      "maxmemory-policy noeviction on that server (CONFIG SET maxmemory-policy noeviction, and in "
+                      "redis.conf) or use a Redis server of its own for locks; to accept the risk, set "
+                      "RedisOptions eviction_check = EvictionCheck::warn (docs/redis.md)",
+                      endpoint, policy)};
+}
+
+std::string parse_run_id(std::string_view info) {
+  constexpr std::string_view field = "run_id:";
+  for (std::size_t pos = 0; pos < info.size();) {
+    const auto end = std::min(info.find('\n', pos), info.size());
+    std::string_view line = info.substr(pos, end - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (starts_with(line, field)) return std::string(line.substr(field.size()));
+    pos = end + 1;
+  }
+  return {};
+}
+
+// ---- ServerFacts ----
+
+std::string ServerFacts::run_id() const {
+  std::lock_guard lk(mu_);
+  return run_id_;
+}
+
+void ServerFacts::set_run_id(std::string id) {
+  std::lock_guard lk(mu_);
+  run_id_ = std::move(id);
+}
 
 void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what) {
   if (!reply.is_error()) return;
@@ -174,33 +269,29 @@ ReleaseReply parse_release_reply(const RedisValue& r, std::string_view endpoint,
   return ReleaseReply{.released = parse_flag_reply(r, endpoint, "release", lock_key), .publish_error = {}};
 }
 
-void PublishRefusals::note(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept {
+void ServerFacts::note_publish_refusal(std::string_view endpoint, std::string_view channel,
+                                       std::string_view error) noexcept {
   try {
-    std::string m = fmt::format(
-        "dlock: Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, but waiters "
-        "are not woken by them and fall back to their backoff delay: grant the ACL user the channels of the key "
-        "prefix (&<prefix>*, see docs/redis.md)",
-        endpoint, channel, error);
-    std::lock_guard lk(mu_);
-    if (!logged_) fmt::print(stderr, "{}\n", m);
-    logged_ = true;
-    last_ = std::move(m);
-  } catch (...) {  // out of memory or stderr failed: the release itself succeeded
+    warnings_.warn(publish_kind,
+                   fmt::format("Redis at {} refused the release script's PUBLISH on '{}' ({}); the releases succeed, "
+                               "but waiters are not woken by them and fall back to their backoff delay: grant the "
+                               "ACL user the channels of the key prefix (&<prefix>*, see docs/redis.md)",
+                               endpoint, channel, error));
+  } catch (...) {  // out of memory: the release itself succeeded
   }
-}
-
-std::string PublishRefusals::last() const {
-  std::lock_guard lk(mu_);
-  return last_;
 }
 
 // ---- RedisConnection ----
 
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, bool load_scripts)
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, Handshake handshake)
     : endpoint_(std::move(endpoint)),
+      connect_timeout_(options.connect_timeout),
       command_timeout_(options.command_timeout),
       username_(options.username),
-      database_(options.database) {
+      database_(options.database),
+      handshake_(handshake),
+      eviction_check_(options.eviction_check),
+      pid_(::getpid()) {
   const timeval connect_tv = to_timeval(options.connect_timeout);
   ctx_ = options.unix_socket.empty() ? redisConnectWithTimeout(options.host.c_str(), options.port, connect_tv)
                                      : redisConnectUnixWithTimeout(options.unix_socket.c_str(), connect_tv);
@@ -222,22 +313,27 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
   if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
   // Bounds the handshake below by connect_timeout, then every command by command_timeout.
   if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
-  queue_handshake(options, load_scripts);
+  queue_handshake(options);
   // Read every reply before judging, so that the first error reported is the cause (AUTH before NOAUTH).
   std::vector<RedisValue> replies;
   replies.reserve(steps_.size());
   for (std::size_t i = 0; i < steps_.size(); ++i) replies.push_back(read_reply());
   check_handshake(replies);
   if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
+  handshake_done_ = true;
   guard.armed = false;
 }
 
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, bool load_scripts)
+RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, Handshake handshake)
     : endpoint_(std::move(endpoint)),
+      connect_timeout_(options.connect_timeout),
       command_timeout_(options.command_timeout),
       nonblocking_(true),
       username_(options.username),
-      database_(options.database) {
+      database_(options.database),
+      handshake_(handshake),
+      eviction_check_(options.eviction_check),
+      pid_(::getpid()) {
   ctx_ = options.unix_socket.empty() ? redisConnectNonBlock(options.host.c_str(), options.port)
                                      : redisConnectUnixNonBlock(options.unix_socket.c_str());
   if (ctx_ == nullptr)
@@ -252,20 +348,21 @@ RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoi
     }
   }
   if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
-  queue_handshake(options, load_scripts);
+  queue_handshake(options);
+  handshake_done_ = steps_.empty();
 }
 
 void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {
   broken_ = true;
   throw ConnectionError(fmt::format(
-      "dlock: cannot connect to Redis at {}: {}{}; check that redis-server is running there and that "
-      "RedisOptions {} is right",
+      "dlock: cannot connect to Redis at {}: {}{}; nothing was sent. Check that redis-server is running there "
+      "and that RedisOptions {} is right",
       endpoint_, ctx_->errstr,
       timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
       options.unix_socket.empty() ? "host and port" : "unix_socket"));
 }
 
-void RedisConnection::queue_handshake(const RedisOptions& options, bool load_scripts) {
+void RedisConnection::queue_handshake(const RedisOptions& options) {
   steps_.clear();
   if (!options.password.empty()) {
     if (options.username.empty()) {
@@ -280,7 +377,15 @@ void RedisConnection::queue_handshake(const RedisOptions& options, bool load_scr
     append(std::array<std::string_view, 2>{"SELECT", db});
     steps_.emplace_back(Step::select, RedisScript::acquire);
   }
-  if (load_scripts) {
+  if (handshake_.check_eviction && options.eviction_check != EvictionCheck::off) {
+    append(std::array<std::string_view, 3>{"CONFIG", "GET", "maxmemory-policy"});
+    steps_.emplace_back(Step::eviction, RedisScript::acquire);
+  }
+  if (handshake_.identify) {
+    append(std::array<std::string_view, 2>{"INFO", "server"});
+    steps_.emplace_back(Step::identify, RedisScript::acquire);
+  }
+  if (handshake_.load_scripts) {
     for (std::size_t i = 0; i < redis_script_count; ++i) {
       append(std::array<std::string_view, 3>{"SCRIPT", "LOAD", redis_scripts[i]});
       steps_.emplace_back(Step::script, static_cast<RedisScript>(i));
@@ -291,6 +396,7 @@ void RedisConnection::queue_handshake(const RedisOptions& options, bool load_scr
 void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
   const auto steps = std::move(steps_);
   steps_.clear();
+  handshake_done_ = true;
   for (std::size_t i = 0; i < steps.size() && i < replies.size(); ++i) {
     const RedisValue& r = replies[i];
     switch (steps[i].first) {
@@ -301,7 +407,7 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
                                         endpoint_,
                                         username_.empty() ? std::string(" with the password")
                                                           : fmt::format(" of user '{}'", username_),
-                                        r.str),
+                                        describe_auth_refusal(r.str)),
                             errc::auth);
         }
         break;
@@ -312,8 +418,25 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
                           "database",
                           endpoint_, database_, r.str));
         break;
+      case Step::eviction:
+        judge_eviction(r);
+        break;
+      case Step::identify:
+        if (r.is_error() && starts_with(r.str, "NOAUTH")) throw_if_error(r, endpoint_, "INFO server");
+        // Refused (ACL, renamed): no run_id, and no duplicate check by it (docs/redlock.md).
+        if (r.type == RedisValue::Type::string && handshake_.facts != nullptr) {
+          if (auto id = parse_run_id(r.str); !id.empty()) handshake_.facts->set_run_id(std::move(id));
+        }
+        break;
       case Step::script: {
         const auto s = steps[i].second;
+        if (r.is_error() && (starts_with(r.str, "NOPERM") || r.str.find("unknown command") != std::string::npos)) {
+          // The ACL (or a renamed SCRIPT) refuses SCRIPT LOAD: call the script
+          // by its SHA-1 anyway (another client may have loaded it), with the
+          // EVAL fallback on NOSCRIPT, which loads it.
+          sha_[static_cast<unsigned>(s)] = script_sha(s);
+          break;
+        }
         if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("loading the {} script", redis_script_name(s)));
         if (r.type != RedisValue::Type::string)
           throw ServerError(fmt::format("dlock: unexpected reply to SCRIPT LOAD from Redis at {}", endpoint_));
@@ -324,29 +447,61 @@ void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
   }
 }
 
+void RedisConnection::judge_eviction(const RedisValue& r) {
+  const EvictionVerdict v = judge_eviction_policy(r, endpoint_);
+  using Kind = EvictionVerdict::Kind;
+  if (v.kind == Kind::safe || eviction_check_ == EvictionCheck::off) return;
+  if (v.kind == Kind::evicts && eviction_check_ == EvictionCheck::fail) throw ServerError("dlock: " + v.message);
+  const std::string_view kind = v.kind == Kind::evicts ? "eviction" : "eviction-unknown";
+  if (handshake_.facts != nullptr) {
+    handshake_.facts->warn_once(kind, v.message);
+  } else {
+    OnceWarnings().warn(kind, v.message);  // no facts to remember it by: warned each time
+  }
+}
+
+// Frees hiredis' memory and closes the fd; sends nothing (no QUIT), so a
+// connection inherited through fork() is dropped without touching the parent's session.
 RedisConnection::~RedisConnection() {
   if (ctx_ != nullptr) redisFree(ctx_);
 }
+
+bool RedisConnection::inherited() const noexcept { return pid_ != ::getpid(); }
 
 void RedisConnection::fail(std::string_view doing) {
   broken_ = true;
   const int err = ctx_ != nullptr ? ctx_->err : REDIS_ERR_OTHER;
   const std::string detail = ctx_ != nullptr ? std::string(ctx_->errstr) : std::string("no connection");
   const bool timed_out = err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT);
-  if (timed_out)
+  // Before the handshake is answered nothing was asked of the server: it
+  // could not be reached (ConnectionError, FallbackBackend degrades). After
+  // it, a request was sent: its outcome is unknown (a timeout is a
+  // TimeoutError; a dropped connection stays a ConnectionError).
+  if (!handshake_done_) {
+    if (timed_out)
+      throw ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {}: it accepted the connection but did not answer its handshake "
+          "within connect_timeout {}; nothing was asked of it yet. The server may be overloaded or paused, or "
+          "something other than Redis listens there",
+          endpoint_, format_duration(connect_timeout_)));
     throw ConnectionError(fmt::format(
-        "dlock: Redis at {} did not answer within command_timeout {} during {}; the server may be overloaded, "
-        "paused or unreachable (the outcome of the command is unknown)",
+        "dlock: cannot connect to Redis at {}: the connection failed during its handshake ({}); nothing was asked "
+        "of it yet. Check that redis-server is running there",
+        endpoint_, detail));
+  }
+  if (timed_out)
+    throw TimeoutError(fmt::format(
+        "dlock: Redis at {} did not answer within command_timeout {} during {}: the request was sent; its outcome "
+        "is unknown. The server may be overloaded, paused or unreachable",
         endpoint_, format_duration(command_timeout_), doing));
   if (err == REDIS_ERR_EOF)
     throw ConnectionError(fmt::format(
-        "dlock: Redis at {} closed the connection during {} ({}); the server may have restarted or dropped idle "
-        "clients (the outcome of the command is unknown)",
+        "dlock: Redis at {} closed the connection during {} ({}): the request was sent; its outcome is unknown. "
+        "The server may have restarted or dropped idle clients",
         endpoint_, doing, detail));
-  throw ConnectionError(
-      fmt::format("dlock: connection to Redis at {} failed during {} ({}); the outcome of the "
-                  "command is unknown",
-                  endpoint_, doing, detail));
+  throw ConnectionError(fmt::format(
+      "dlock: connection to Redis at {} failed during {} ({}): the request was sent; its outcome is unknown", endpoint_,
+      doing, detail));
 }
 
 void RedisConnection::queue(std::size_t argc, const char** argv, const std::size_t* lens) {
@@ -381,16 +536,21 @@ bool RedisConnection::flush() {
     const ssize_t n = ::send(ctx_->fd, out_.data() + out_sent_, out_.size() - out_sent_, MSG_NOSIGNAL);
     if (n > 0) {
       out_sent_ += static_cast<std::size_t>(n);
+      sent_any_ = true;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;  // also: connect still in progress
     broken_ = true;
     const int err = n < 0 ? errno : EPIPE;
-    throw ConnectionError(
-        fmt::format("dlock: cannot send to Redis at {} ({}); check that redis-server is running "
-                    "there (the outcome of the command is unknown)",
-                    endpoint_, std::strerror(err)));
+    if (!sent_any_)  // a non-blocking connect that failed: nothing went out
+      throw ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {} ({}); nothing was sent. Check that redis-server is running there",
+          endpoint_, std::strerror(err)));
+    throw ConnectionError(fmt::format(
+        "dlock: cannot send to Redis at {} ({}): the connection broke after a request may have been sent; its "
+        "outcome is unknown. Check that redis-server is running there",
+        endpoint_, std::strerror(err)));
   }
   out_.clear();
   out_sent_ = 0;
@@ -503,12 +663,22 @@ class RedisNode::Checkout {
   int exceptions_;
 };
 
-RedisNode::RedisNode(RedisOptions options) : options_(std::move(options)), endpoint_(redis_endpoint(options_)) {}
+RedisNode::RedisNode(RedisOptions options)
+    : options_(std::move(options)), endpoint_(redis_endpoint(options_)), pid_(::getpid()) {}
 
 RedisNode::~RedisNode() = default;
 
 std::unique_ptr<RedisConnection> RedisNode::take() {
   std::unique_lock lk(mu_);
+  if (pid_ != ::getpid()) {
+    // A child process (fork()): the idle connections are the parent's too
+    // (one socket, two processes). Drop them without sending anything; the
+    // ones the parent's other threads had checked out never come back here.
+    idle_.clear();
+    open_ = 0;
+    ++generation_;
+    pid_ = ::getpid();
+  }
   const auto wait = options_.connect_timeout + options_.command_timeout;
   for (;;) {
     while (!idle_.empty()) {
@@ -531,7 +701,7 @@ std::unique_ptr<RedisConnection> RedisNode::take() {
   ++open_;
   lk.unlock();
   try {
-    return std::make_unique<RedisConnection>(options_, endpoint_);
+    return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::Handshake{.facts = &facts_});
   } catch (...) {
     lk.lock();
     --open_;
@@ -545,7 +715,9 @@ std::unique_ptr<RedisConnection> RedisNode::take() {
 void RedisNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
   {
     std::lock_guard lk(mu_);
-    if (c == nullptr || c->broken()) {
+    if (c != nullptr && c->inherited()) {
+      c.reset();  // opened by the parent (fork() during the checkout): not counted here
+    } else if (c == nullptr || c->broken()) {
       --open_;
       ++generation_;  // the others to this server are suspect too
     } else {
@@ -580,7 +752,7 @@ RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_vi
 
 bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
   const ReleaseReply r = parse_release_reply(reply, endpoint_, keys.lock);
-  if (!r.publish_error.empty()) publish_refusals_.note(endpoint_, keys.channel, r.publish_error);
+  if (!r.publish_error.empty()) facts_.note_publish_refusal(endpoint_, keys.channel, r.publish_error);
   return r.released;
 }
 
@@ -600,7 +772,9 @@ void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chro
     RedisOptions o = options_;
     o.connect_timeout = std::min(o.connect_timeout, timeout);
     o.command_timeout = std::min(o.command_timeout, timeout);
-    RedisConnection c(o, endpoint_, /*load_scripts=*/false);  // then eval() sends EVAL
+    // No SCRIPT LOAD (eval() then sends EVAL), and no eviction check: a
+    // cleanup of what may be ours is worth sending to any server.
+    RedisConnection c(o, endpoint_, RedisHandshake{.load_scripts = false, .check_eviction = false});
     const std::array<std::string_view, 1> k{keys.lock};
     const std::array<std::string_view, 2> a{owner, keys.channel};
     (void)released(c.eval(RedisScript::release, k, a), keys);

@@ -1,6 +1,7 @@
 // RedisOptions: validation, endpoint text and the URI form.
 #include <dlock/detail/redis_options.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <string>
@@ -51,21 +52,15 @@ std::string redis_endpoint(const RedisOptions& o) {
 
 namespace {
 
-// The URI with any credentials after "://" and before the last '@' replaced
-// by "user:***" (or "***"), for messages. Over-redacts rather than under.
-std::string redact(std::string_view uri) {
-  const auto at = uri.rfind('@');
-  if (at == std::string_view::npos) return std::string(uri);
-  const auto scheme_end = uri.find("://");
-  const std::size_t start = scheme_end == std::string_view::npos || scheme_end > at ? 0 : scheme_end + 3;
-  const std::string_view userinfo = uri.substr(start, at - start);
-  const auto colon = userinfo.find(':');
-  if (colon == std::string_view::npos) return fmt::format("{}***{}", uri.substr(0, start), uri.substr(at));
-  return fmt::format("{}{}:***{}", uri.substr(0, start), userinfo.substr(0, colon), uri.substr(at));
-}
-
-[[noreturn]] void bad_uri(std::string_view uri, std::string_view problem) {
-  throw InvalidArgument(fmt::format("dlock: invalid Redis URI \"{}\": {}", redact(uri), problem));
+// Messages about a URI never repeat any part of it but a well-formed scheme:
+// a password written unencoded ('/', '?', '#' or '@' in it) or a forgotten
+// "@host" puts password characters where a host, port, path or parameter is
+// expected, so those are named, never quoted.
+[[noreturn]] void bad_uri(std::string_view problem) {
+  throw InvalidArgument(
+      fmt::format("dlock: invalid Redis URI (not shown: it may contain a password): {}; expected "
+                  "redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path/to/socket[?db=N]",
+                  problem));
 }
 
 int hex_digit(char c) {
@@ -75,7 +70,7 @@ int hex_digit(char c) {
   return -1;
 }
 
-std::string percent_decode(std::string_view uri, std::string_view s, std::string_view what) {
+std::string percent_decode(std::string_view s, std::string_view what) {
   std::string out;
   out.reserve(s.size());
   for (std::size_t i = 0; i < s.size(); ++i) {
@@ -85,30 +80,30 @@ std::string percent_decode(std::string_view uri, std::string_view s, std::string
     }
     const int hi = i + 2 < s.size() ? hex_digit(s[i + 1]) : -1;
     const int lo = i + 2 < s.size() ? hex_digit(s[i + 2]) : -1;
-    if (hi < 0 || lo < 0) bad_uri(uri, fmt::format("bad percent-encoding in the {}", what));
+    if (hi < 0 || lo < 0) bad_uri(fmt::format("bad percent-encoding in the {}", what));
     out += static_cast<char>(hi * 16 + lo);
     i += 2;
   }
   return out;
 }
 
-int parse_int(std::string_view uri, std::string_view s, std::string_view what, int min, int max) {
+int parse_int(std::string_view s, std::string_view what, int min, int max) {
   int v = 0;
   const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc{} || p != s.data() + s.size() || v < min || v > max)
-    bad_uri(uri, fmt::format("{} must be a number in {}..{} (got \"{}\")", what, min, max, s));
+    bad_uri(fmt::format("the {} must be a number in {}..{}", what, min, max));
   return v;
 }
 
-// "user:password", ":password" -> options; returns false if there is no userinfo.
-void parse_userinfo(std::string_view uri, std::string_view userinfo, RedisOptions& o) {
+// "user:password", ":password" -> options.
+void parse_userinfo(std::string_view userinfo, RedisOptions& o) {
   const auto colon = userinfo.find(':');
-  if (colon == std::string_view::npos) bad_uri(uri, "credentials must be written user:password@ or :password@");
-  o.username = percent_decode(uri, userinfo.substr(0, colon), "user name");
-  o.password = percent_decode(uri, userinfo.substr(colon + 1), "password");
+  if (colon == std::string_view::npos) bad_uri("credentials must be written user:password@ or :password@");
+  o.username = percent_decode(userinfo.substr(0, colon), "user name");
+  o.password = percent_decode(userinfo.substr(colon + 1), "password");
 }
 
-void parse_query(std::string_view uri, std::string_view query, RedisOptions& o) {
+void parse_query(std::string_view query, RedisOptions& o) {
   while (!query.empty()) {
     const auto amp = query.find('&');
     const std::string_view item = query.substr(0, amp);
@@ -117,78 +112,104 @@ void parse_query(std::string_view uri, std::string_view query, RedisOptions& o) 
     const std::string_view key = item.substr(0, eq);
     const std::string_view value = eq == std::string_view::npos ? std::string_view{} : item.substr(eq + 1);
     if (key == "db") {
-      o.database = parse_int(uri, value, "db", 0, 1 << 30);
+      o.database = parse_int(value, "db parameter", 0, 1 << 30);
     } else {
-      bad_uri(uri, fmt::format("unknown parameter \"{}\" (only db is understood)", key));
+      bad_uri("unknown query parameter (only db=N is understood)");
     }
   }
 }
 
+bool well_formed_scheme(std::string_view s) {
+  if (s.empty() || s.size() > 16 || !(s.front() >= 'a' && s.front() <= 'z')) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+  });
+}
+
 }  // namespace
+
+namespace detail {
+
+std::string_view redis_uri_userinfo(std::string_view uri) {
+  const auto scheme_end = uri.find("://");
+  const std::size_t start = scheme_end == std::string_view::npos ? 0 : scheme_end + 3;
+  const auto at = uri.rfind('@');
+  if (at == std::string_view::npos || at < start) return {};
+  return uri.substr(start, at - start);
+}
+
+}  // namespace detail
 
 RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base) {
   RedisOptions o = std::move(base);
   const auto scheme_end = uri.find("://");
-  if (scheme_end == std::string_view::npos) bad_uri(uri, "expected redis://host:port/db or unix:///path/to/socket");
+  if (scheme_end == std::string_view::npos) bad_uri("the scheme is missing");
   const std::string_view scheme = uri.substr(0, scheme_end);
   std::string_view rest = uri.substr(scheme_end + 3);
   o.username.clear();
   o.password.clear();
+  // The credentials end at the LAST '@': an unencoded '@', '/', '?' or '#'
+  // in a password must not move the host, port or path into it. ('@' cannot
+  // occur in what follows: a host, a port, a database number, db=N.)
+  const std::string_view userinfo = detail::redis_uri_userinfo(uri);
+  const bool has_userinfo = rest.find('@') != std::string_view::npos;
 
   if (scheme == "unix" || scheme == "redis+unix") {
-    if (!rest.empty() && rest.front() != '/') {
-      const auto at = rest.rfind('@');
-      if (at == std::string_view::npos)
-        bad_uri(uri, "a unix socket URI needs an absolute path: unix:///path/to/socket");
-      parse_userinfo(uri, rest.substr(0, at), o);
-      rest = rest.substr(at + 1);
+    if (has_userinfo && rest.front() != '/') {  // unix:///path/with@in/it has no credentials
+      parse_userinfo(userinfo, o);
+      rest = rest.substr(userinfo.size() + 1);
     }
     const auto q = rest.find('?');
-    o.unix_socket = percent_decode(uri, rest.substr(0, q), "socket path");
+    o.unix_socket = percent_decode(rest.substr(0, q), "socket path");
     if (o.unix_socket.empty() || o.unix_socket.front() != '/')
-      bad_uri(uri, "a unix socket URI needs an absolute path: unix:///path/to/socket");
-    if (q != std::string_view::npos) parse_query(uri, rest.substr(q + 1), o);
+      bad_uri("a unix socket URI needs an absolute path: unix:///path/to/socket");
+    if (q != std::string_view::npos) parse_query(rest.substr(q + 1), o);
   } else if (scheme == "redis") {
     o.unix_socket.clear();
-    const auto authority_end = rest.find_first_of("/?");
-    std::string_view authority = rest.substr(0, authority_end);
-    std::string_view tail = authority_end == std::string_view::npos ? std::string_view{} : rest.substr(authority_end);
-    const auto at = authority.rfind('@');
-    if (at != std::string_view::npos) {
-      parse_userinfo(uri, authority.substr(0, at), o);
-      authority = authority.substr(at + 1);
+    if (has_userinfo) {
+      parse_userinfo(userinfo, o);
+      rest = rest.substr(userinfo.size() + 1);
     }
+    const auto authority_end = rest.find_first_of("/?");
+    const std::string_view authority = rest.substr(0, authority_end);
+    const std::string_view tail =
+        authority_end == std::string_view::npos ? std::string_view{} : rest.substr(authority_end);
     std::string_view port;
     if (!authority.empty() && authority.front() == '[') {  // [IPv6]:port
       const auto close = authority.find(']');
-      if (close == std::string_view::npos) bad_uri(uri, "unterminated [IPv6 address]");
+      if (close == std::string_view::npos) bad_uri("unterminated [IPv6 address]");
       o.host = std::string(authority.substr(1, close - 1));
       const std::string_view after = authority.substr(close + 1);
       if (!after.empty()) {
-        if (after.front() != ':') bad_uri(uri, "expected :port after the [IPv6 address]");
+        if (after.front() != ':') bad_uri("expected :port after the [IPv6 address]");
         port = after.substr(1);
-        if (port.empty()) bad_uri(uri, "empty port");
+        if (port.empty()) bad_uri("empty port");
       }
     } else {
       const auto colon = authority.rfind(':');
       o.host = std::string(authority.substr(0, colon));
       if (colon != std::string_view::npos) {
         port = authority.substr(colon + 1);
-        if (port.empty()) bad_uri(uri, "empty port");
+        if (port.empty()) bad_uri("empty port");
       }
     }
-    if (o.host.empty()) bad_uri(uri, "the host is missing");
-    o.port = port.empty() ? 6379 : parse_int(uri, port, "port", 1, 65535);
+    if (o.host.empty()) bad_uri("the host is missing");
+    o.port = port.empty() ? 6379 : parse_int(port, "port", 1, 65535);
     const auto q = tail.find('?');
     std::string_view path = tail.substr(0, q);
     if (!path.empty()) path.remove_prefix(1);  // the '/'
-    if (!path.empty()) o.database = parse_int(uri, path, "database (path)", 0, 1 << 30);
-    if (q != std::string_view::npos) parse_query(uri, tail.substr(q + 1), o);
+    if (!path.empty()) o.database = parse_int(path, "database (the path)", 0, 1 << 30);
+    if (q != std::string_view::npos) parse_query(tail.substr(q + 1), o);
   } else if (scheme == "rediss") {
-    bad_uri(uri, "TLS (rediss://) is not supported by this build of dlock");
+    bad_uri("TLS (rediss://) is not supported by this build of dlock");
+  } else if (well_formed_scheme(scheme)) {
+    bad_uri(fmt::format("unknown scheme \"{}\" (expected redis or unix)", scheme));
   } else {
-    bad_uri(uri, fmt::format("unknown scheme \"{}\" (expected redis or unix)", scheme));
+    bad_uri("unknown scheme (expected redis or unix)");
   }
+  if (!o.username.empty() && o.password.empty()) bad_uri("a user name needs a password (user:password@)");
+  // Every field taken from the URI is checked above; what validate() can
+  // still reject (and quote) comes from `base`.
   detail::validate(o);
   return o;
 }

@@ -6,10 +6,12 @@
 
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <new>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -62,6 +64,21 @@ struct RedisSubscriber::Core {
     if (efd >= 0) ::close(efd);
   }
 
+  // fork(): the child has a copy of this Core but not its thread, and its
+  // mutex and condition variable may be copied in a locked or waited-on
+  // state. A child never uses such a Core (see RedisSubscriber::current()):
+  // it closes the fds, frees the connections without sending anything, and
+  // keeps the Core alive for good (destroying the thread object or the
+  // condition variable could terminate or block), one small leak per fork.
+  [[nodiscard]] bool inherited() const noexcept { return pid != ::getpid(); }
+  static void abandon(std::shared_ptr<Core> core) noexcept {
+    if (core->efd >= 0) ::close(core->efd);
+    core->efd = -1;
+    for (Link& l : core->links_) l.conn.reset();
+    (void)new (std::nothrow) std::shared_ptr<Core>(std::move(core));  // never destroyed
+  }
+
+  const pid_t pid = ::getpid();  // the process whose thread serves this Core
   const std::vector<Server> servers;
   std::chrono::milliseconds wait{0};  // how long subscribe() waits for acknowledgements
 
@@ -145,8 +162,9 @@ void RedisSubscriber::Core::connect(std::size_t s) noexcept {
   Link& l = links_[s];
   try {
     const Server& server = servers[s];
-    l.conn = std::make_unique<RedisConnection>(server.options, server.endpoint, RedisConnection::NonBlocking{},
-                                               /*load_scripts=*/false);
+    l.conn =
+        std::make_unique<RedisConnection>(server.options, server.endpoint, RedisConnection::NonBlocking{},
+                                          RedisConnection::Handshake{.load_scripts = false, .check_eviction = false});
     l.handshake_owed = l.conn->pending_handshake();
     l.handshake.clear();
     l.connect_due = Clock::now() + server.options.connect_timeout;
@@ -359,6 +377,10 @@ void RedisSubscriber::Core::run() noexcept {
 RedisSubscriber::RedisSubscriber(std::vector<Server> servers) : core_(std::make_shared<Core>(std::move(servers))) {}
 
 RedisSubscriber::~RedisSubscriber() {
+  if (core_->inherited()) {  // a child's copy: no thread to stop here
+    Core::abandon(std::move(core_));
+    return;
+  }
   {
     std::lock_guard lk(core_->mu);
     core_->stop = true;
@@ -368,31 +390,45 @@ RedisSubscriber::~RedisSubscriber() {
   core_->cv.notify_all();
 }
 
+std::shared_ptr<RedisSubscriber::Core> RedisSubscriber::current() const {
+  std::lock_guard lk(core_mu_);
+  if (core_->inherited()) {  // fork(): start over with no thread and no connection
+    auto fresh = std::make_shared<Core>(core_->servers);
+    Core::abandon(std::exchange(core_, std::move(fresh)));
+  }
+  return core_;
+}
+
 std::size_t RedisSubscriber::connected() const {
-  std::lock_guard lk(core_->mu);
+  const auto core = current();
+  std::lock_guard lk(core->mu);
   return static_cast<std::size_t>(
-      std::count_if(core_->state.begin(), core_->state.end(), [](const auto& st) { return st.connected; }));
+      std::count_if(core->state.begin(), core->state.end(), [](const auto& st) { return st.connected; }));
 }
 
 bool RedisSubscriber::started() const {
-  std::lock_guard lk(core_->mu);
-  return core_->started;
+  const auto core = current();
+  std::lock_guard lk(core->mu);
+  return core->started;
 }
 
 std::uint64_t RedisSubscriber::failures() const {
-  std::lock_guard lk(core_->mu);
+  const auto core = current();
+  std::lock_guard lk(core->mu);
   std::uint64_t total = 0;
-  for (const auto& st : core_->state) total += st.failures;
+  for (const auto& st : core->state) total += st.failures;
   return total;
 }
 
 std::string RedisSubscriber::last_refusal() const {
-  std::lock_guard lk(core_->mu);
-  return core_->refusal;
+  const auto core = current();
+  std::lock_guard lk(core->mu);
+  return core->refusal;
 }
 
 RedisSubscription RedisSubscriber::subscribe(std::string channel) {
-  Core& core = *core_;
+  const std::shared_ptr<Core> core_ptr = current();
+  Core& core = *core_ptr;
   const std::size_t n = core.servers.size();
   // Allocated before locking: nothing below may throw once the reference is
   // taken (unwinding would release it, relocking core.mu).
@@ -402,7 +438,7 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel) {
     core.efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (core.efd < 0) throw ConnectionError("dlock: cannot create an eventfd for the Redis pub/sub thread");
     try {
-      core.thread = std::thread([c = core_.get()] { c->run(); });
+      core.thread = std::thread([c = core_ptr.get()] { c->run(); });
     } catch (const std::exception& e) {  // std::system_error: out of threads or memory
       ::close(core.efd);
       core.efd = -1;
@@ -414,7 +450,7 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel) {
   if (it == core.channels.end()) it = core.channels.emplace(channel, std::make_shared<Channel>(channel, n)).first;
   std::shared_ptr<Channel> ch = it->second;
   ++ch->refs;
-  RedisSubscription sub(core_, ch, ch->releases);  // owns the reference from here on
+  RedisSubscription sub(core_ptr, ch, ch->releases);  // owns the reference from here on
   // Servers to wait for: not yet acknowledged or refused, and not down within
   // their reconnect backoff (those count as failed at once).
   const auto now = Clock::now();
@@ -449,6 +485,11 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel) {
 
 void RedisSubscription::reset() noexcept {
   if (!core_) return;
+  if (core_->inherited()) {  // fork(): the parent's; its mutex is not ours to take
+    core_.reset();
+    channel_.reset();
+    return;
+  }
   bool last = false;
   {
     std::lock_guard lk(core_->mu);
@@ -475,6 +516,10 @@ RedisSubscription::~RedisSubscription() { reset(); }
 bool RedisSubscription::wait_for(std::chrono::nanoseconds d) {
   if (!core_) return false;
   const auto deadline = Clock::now() + std::min<std::chrono::nanoseconds>(d, std::chrono::hours(24));
+  if (core_->inherited()) {  // fork(): the parent's subscription never fires here; wait as if it did not
+    std::this_thread::sleep_until(deadline);
+    return false;
+  }
   std::unique_lock lk(core_->mu);
   if (!core_->cv.wait_until(lk, deadline, [&] { return channel_->releases != seen_; })) return false;
   seen_ = channel_->releases;

@@ -3,6 +3,14 @@
 // detail/redlock_math.hpp.
 #include <dlock/redlock.hpp>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <climits>
+#include <cstdlib>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -57,10 +65,12 @@ void validate(const RedlockOptions& o) {
       if (const auto at = m.find("RedisOptions."); at != std::string::npos) m.replace(at, 12, field);
       throw InvalidArgument(m);
     }
-    for (std::size_t j = 0; j < i; ++j) {
-      if (redis_endpoint(o.nodes[j]) == redis_endpoint(o.nodes[i]) && o.nodes[j].database == o.nodes[i].database)
+    for (std::size_t j = 0; j < i; ++j) {  // the database index does not make another server
+      if (redis_endpoint(o.nodes[j]) == redis_endpoint(o.nodes[i]))
         invalid_field(field,
-                      fmt::format("must be a different server than nodes[{}]: a node listed twice would vote twice", j),
+                      fmt::format("must be a different server than nodes[{}] ({}, database {}): a server listed "
+                                  "twice, also with another database index, would vote twice",
+                                  j, redis_endpoint(o.nodes[j]), o.nodes[j].database),
                       fmt::format("{} database {}", redis_endpoint(o.nodes[i]), o.nodes[i].database));
     }
   }
@@ -70,6 +80,54 @@ void validate(const RedlockOptions& o) {
     invalid_field("RedlockOptions.drift_constant", "must not be negative", format_duration(o.drift_constant));
   if (o.node_timeout <= o.node_timeout.zero())
     invalid_field("RedlockOptions.node_timeout", "must be positive", format_duration(o.node_timeout));
+}
+
+namespace {
+
+// Where a node's server listens, as comparable strings: "ip port" for each
+// address its host resolves to (blocking getaddrinfo), or "unix <path>"
+// (resolved through symlinks when the socket exists). Empty when the host
+// does not resolve now: such a node is then only compared by run_id.
+std::vector<std::string> server_addresses(const RedisOptions& o) {
+  std::vector<std::string> out;
+  if (!o.unix_socket.empty()) {
+    char real[PATH_MAX];
+    out.push_back("unix " + std::string(::realpath(o.unix_socket.c_str(), real) != nullptr ? real : o.unix_socket));
+    return out;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* list = nullptr;
+  if (::getaddrinfo(o.host.c_str(), std::to_string(o.port).c_str(), &hints, &list) != 0) return out;
+  for (const addrinfo* a = list; a != nullptr; a = a->ai_next) {
+    char text[INET6_ADDRSTRLEN] = {};
+    const void* addr = a->ai_family == AF_INET
+                           ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(a->ai_addr)->sin_addr)
+                           : static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(a->ai_addr)->sin6_addr);
+    if (::inet_ntop(a->ai_family, addr, text, sizeof text) != nullptr)
+      out.push_back(fmt::format("{} {}", text, o.port));
+  }
+  ::freeaddrinfo(list);
+  return out;
+}
+
+}  // namespace
+
+void check_distinct_servers(const RedlockOptions& o) {
+  std::vector<std::vector<std::string>> addresses;
+  addresses.reserve(o.nodes.size());
+  for (const RedisOptions& n : o.nodes) addresses.push_back(server_addresses(n));
+  for (std::size_t i = 0; i < addresses.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      for (const std::string& a : addresses[i])
+        if (std::find(addresses[j].begin(), addresses[j].end(), a) != addresses[j].end())
+          throw InvalidArgument(fmt::format(
+              "dlock: RedlockOptions.nodes[{}] ({}) is the same server as nodes[{}] ({}): both reach {}; a server "
+              "listed twice would vote twice, and one server losing its data could then let a second owner in. "
+              "List each Redis server once",
+              i, redis_endpoint(o.nodes[i]), j, redis_endpoint(o.nodes[j]), a));
 }
 
 }  // namespace detail
@@ -102,17 +160,28 @@ struct Failures {
     return out;
   }
   // The error a failed round throws: ServerError when a node refused (so a
-  // misconfiguration is not retried as an outage), else ConnectionError.
+  // misconfiguration is not retried as an outage); else TimeoutError when a
+  // node was sent the request and did not answer in time (it may have done
+  // it: the round's outcome is in doubt, issue 11 item 19); else
+  // ConnectionError (no failed node was asked anything, or it dropped the
+  // connection).
   [[nodiscard]] std::exception_ptr error(const std::string& head) const {
     const std::string message = fmt::format("{}: {}", head, describe());
+    bool in_doubt = false;
     for (const auto& [endpoint, e] : list) {
       try {
         std::rethrow_exception(e);
       } catch (const ServerError& x) {
         return std::make_exception_ptr(ServerError(message, static_cast<errc>(x.code().value())));
+      } catch (const TimeoutError&) {
+        in_doubt = true;
       } catch (...) {
       }
     }
+    if (in_doubt)
+      return std::make_exception_ptr(TimeoutError(fmt::format(
+          "{} (the outcome is unknown: a node that was sent the request did not answer and may have done it)",
+          message)));
     return std::make_exception_ptr(ConnectionError(message));
   }
 };
@@ -121,7 +190,7 @@ struct Failures {
 
 struct RedlockBackend::State {
   explicit State(RedlockOptions o)
-      : options((detail::validate(o), std::move(o))),
+      : options((detail::validate(o), detail::check_distinct_servers(o), std::move(o))),
         clock(options.clock != nullptr ? *options.clock : steady_clock()),
         quorum(detail::redlock_quorum(options.nodes.size())),
         subscriber(subscriber_servers(options)) {
@@ -164,6 +233,25 @@ struct RedlockBackend::State {
     return d;
   }
 
+  // Two nodes whose handshakes reported the same run_id are one server (a
+  // spelling the constructor could not compare: a unix socket and a TCP
+  // address, a name that did not resolve, a proxy): the error every acquire
+  // then fails with; null when all differ.
+  [[nodiscard]] std::exception_ptr same_server() const {
+    std::vector<std::string> ids;
+    ids.reserve(size());
+    for (const auto& n : nodes) ids.push_back(n->facts().run_id());
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      for (std::size_t j = 0; j < i; ++j)
+        if (!ids[i].empty() && ids[i] == ids[j])
+          return std::make_exception_ptr(ServerError(fmt::format(
+              "dlock: Redlock on {}: nodes[{}] ({}) and nodes[{}] ({}) are the same Redis server (run_id {}); a "
+              "server listed twice would vote twice, and one server losing its data could then let a second owner "
+              "in. List each Redis server once in RedlockOptions.nodes",
+              endpoint, j, nodes[j]->endpoint(), i, nodes[i]->endpoint(), ids[i])));
+    return nullptr;
+  }
+
   // One release round: the release script on every node (or those with
   // only[i] set), in parallel. Votes: yes = deleted our key, no = not ours
   // or absent, failed. Nodes left out count as neither. A release that is
@@ -183,7 +271,8 @@ struct RedlockBackend::State {
       try {
         if (replies[i].error) std::rethrow_exception(replies[i].error);
         const auto r = detail::parse_release_reply(replies[i].replies[0], nodes[i]->endpoint(), keys.lock);
-        if (!r.publish_error.empty()) publish_refusals.note(nodes[i]->endpoint(), keys.channel, r.publish_error);
+        if (!r.publish_error.empty())
+          nodes[i]->facts().note_publish_refusal(nodes[i]->endpoint(), keys.channel, r.publish_error);
         ++(r.released ? v.yes : v.no);
       } catch (...) {
         ++v.failed;
@@ -203,7 +292,6 @@ struct RedlockBackend::State {
   // subscriptions, which spread woken waiters over it (redlock_wake_spread).
   std::shared_ptr<std::atomic<std::int64_t>> round_ns = std::make_shared<std::atomic<std::int64_t>>(0);
   detail::RedisSubscriber subscriber;  // no thread or connection before the first subscribe
-  detail::PublishRefusals publish_refusals;
 };
 
 RedlockBackend::RedlockBackend(RedlockOptions options) : state_(std::make_shared<State>(std::move(options))) {}
@@ -276,9 +364,9 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
   }
 
   auto judged = detail::redlock_judge_acquire(votes, request.started, request.ttl, drift, s.clock);
-  std::exception_ptr error;  // why a granted round still fails
+  std::exception_ptr error = s.same_server();  // why a granted round still fails
   std::optional<std::uint64_t> token;
-  if (judged.outcome == detail::RedlockAcquire::granted) {
+  if (!error && judged.outcome == detail::RedlockAcquire::granted) {
     token = detail::redlock_token(values);
     // Bring the granting nodes' fencing counters up to the token, so that a
     // quorum of counters is at least the token (docs/safety.md). In steady
@@ -372,7 +460,11 @@ void RedlockBackend::abandon(std::string_view name, const OwnerId& owner) noexce
   }
 }
 
-std::string RedlockBackend::publish_refusal() const { return state_->publish_refusals.last(); }
+std::string RedlockBackend::publish_refusal() const {
+  for (const auto& n : state_->nodes)
+    if (std::string r = n->facts().publish_refusal(); !r.empty()) return r;
+  return {};
+}
 
 std::optional<TimePoint> RedlockBackend::extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started) {

@@ -3,6 +3,7 @@
 #include <dlock/detail/redlock_io.hpp>
 
 #include <poll.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -56,15 +57,38 @@ void append_call(RedisConnection& c, const ScriptCall& call, bool by_sha) {
   }
 }
 
+// The error of a node that had not answered when the round's deadline
+// passed: in doubt (TimeoutError) if its request was sent, else unreachable
+// (ConnectionError: the connect or the handshake did not complete, nothing
+// was asked of it). Issue 11 item 19; include/dlock/error.hpp.
+std::exception_ptr missed_deadline(const RedisConnection& c, std::chrono::milliseconds timeout, std::string_view what) {
+  if (c.request_sent())
+    return std::make_exception_ptr(TimeoutError(fmt::format(
+        "dlock: Redis at {} did not answer within the Redlock node_timeout {} during {}: the request was sent; its "
+        "outcome there is unknown. The server may be overloaded, paused or unreachable",
+        c.endpoint(), format_duration(timeout), what)));
+  return std::make_exception_ptr(ConnectionError(fmt::format(
+      "dlock: cannot connect to Redis at {}: {} within the Redlock node_timeout {} during {}; nothing was asked of "
+      "it yet",
+      c.endpoint(), c.connected() ? "it did not answer the handshake" : "the connect did not complete",
+      format_duration(timeout), what)));
+}
+
 }  // namespace
 
 // ---- RedlockNode ----
 
-RedlockNode::RedlockNode(RedisOptions options) : options_(std::move(options)), endpoint_(redis_endpoint(options_)) {}
+RedlockNode::RedlockNode(RedisOptions options)
+    : options_(std::move(options)), endpoint_(redis_endpoint(options_)), pid_(::getpid()) {}
 
 std::unique_ptr<RedisConnection> RedlockNode::take() {
   {
     std::lock_guard lk(mu_);
+    if (pid_ != ::getpid()) {  // fork(): the parent's connections; dropped without sending anything
+      idle_.clear();
+      ++generation_;
+      pid_ = ::getpid();
+    }
     while (!idle_.empty()) {
       Idle idle = std::move(idle_.back());
       idle_.pop_back();
@@ -74,13 +98,18 @@ std::unique_ptr<RedisConnection> RedlockNode::take() {
       // else dropped here: from before a failure, or closed by the server
     }
   }
-  return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::NonBlocking{});
+  return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::NonBlocking{},
+                                           RedisConnection::Handshake{.identify = true, .facts = &facts_});
 }
 
 void RedlockNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
   std::unique_ptr<RedisConnection> drop;  // closed outside the mutex
   std::lock_guard lk(mu_);
   if (c == nullptr) return;
+  if (c->inherited()) {  // opened by the parent before fork()
+    drop = std::move(c);
+    return;
+  }
   if (c->broken()) {
     ++generation_;  // the other connections to this server are suspect too
     drop = std::move(c);
@@ -190,12 +219,7 @@ std::vector<NodeReplies> fan_out(std::span<RedlockNode* const> nodes, std::span<
     if (fds.empty()) break;
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) {
-      for (std::size_t i : index) {
-        fail(i, std::make_exception_ptr(ConnectionError(fmt::format(
-                    "dlock: Redis at {} did not answer within the Redlock node_timeout {} during {}; the server may "
-                    "be overloaded, paused or unreachable (the outcome there is unknown)",
-                    io[i].node->endpoint(), format_duration(timeout), what))));
-      }
+      for (std::size_t i : index) fail(i, missed_deadline(*io[i].conn, timeout, what));
       break;
     }
     const timespec ts = to_timespec(deadline - now);

@@ -154,3 +154,25 @@ TEST(Degradation, OnlyCouldNotReachTheServiceDegrades) {
   EXPECT_FALSE(degrades([] { throw dlock::ServerError("read-only replica"); }));
   EXPECT_FALSE(degrades([] { throw dlock::InvalidArgument("bad name"); }));
 }
+
+// The primary's optional capabilities carry over, so a healthy primary serves
+// waiters as it would alone: a release wakes them instead of their backoff.
+static_assert(dlock::NotifiesRelease<FallbackBackend<MemoryBackend, UnlockedBackend>>);
+static_assert(!dlock::NotifiesRelease<FallbackBackend<FaultyBackend, UnlockedBackend>>);
+
+TEST(Degradation, AReleaseOnTheHealthyPrimaryWakesAWaiter) {
+  MemoryBackend primary;
+  UnlockedBackend none;
+  FallbackBackend<MemoryBackend, UnlockedBackend> degrade(primary, none);
+  Lock<decltype(degrade)> holder(degrade, "job");
+  Lock<decltype(degrade)> waiter(degrade, "job", {.retry = {.initial_delay = 30s, .max_delay = 30s}});
+  holder.lock();
+  std::thread release([&] {
+    std::this_thread::sleep_for(50ms);  // let the waiter subscribe and start its 30 s wait
+    holder.unlock();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(waiter.try_lock_for(20s));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);  // woken, not after its 30 s backoff
+  release.join();
+}

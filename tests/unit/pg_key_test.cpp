@@ -125,15 +125,11 @@ TEST(PgExplicitKey, NameRoundTrips) {
 #include <climits>
 #include <vector>
 
+#include "leak_check.hpp"
+
 namespace {
 
-// Every substring of `secret` of at least 4 bytes that occurs in `text`; empty if none.
-std::string leaked_part(const std::string& text, const std::string& secret) {
-  for (std::size_t len = secret.size(); len >= 4; --len)
-    for (std::size_t i = 0; i + len <= secret.size(); ++i)
-      if (text.find(secret.substr(i, len)) != std::string::npos) return secret.substr(i, len);
-  return {};
-}
+using dlock::test::leaked_part;
 
 // The endpoint, or the constructor's message if it rejects the conninfo.
 std::string shown_for(const std::string& conninfo, bool& rejected) {

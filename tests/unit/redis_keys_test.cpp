@@ -1,5 +1,6 @@
 // The Redis backend's pure parts, without a server: key layout and hash
 // tags, the URI form, option validation, error-reply mapping.
+#include <dlock/detail/sha1.hpp>
 #include <dlock/redis.hpp>
 
 #include <gtest/gtest.h>
@@ -10,10 +11,14 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
+
+#include "leak_check.hpp"
 
 using dlock::RedisOptions;
 using dlock::detail::redis_hash_tag;
 using dlock::detail::redis_keys;
+using dlock::test::leaked_part;
 using namespace std::chrono_literals;
 
 static_assert(dlock::Backend<dlock::RedisBackend>);
@@ -128,6 +133,8 @@ TEST(RedisUri, KeepsOtherFieldsOfTheBase) {
 }
 
 TEST(RedisUri, Errors) {
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("scheme is missing"),
+            std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("expected redis://"),
             std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("http://h"); }).find("unknown scheme"), std::string::npos);
@@ -137,10 +144,13 @@ TEST(RedisUri, Errors) {
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:x"); }).find("port"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://:6379"); }).find("host"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h/db"); }).find("database"), std::string::npos);
-  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("timeout"), std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h?timeout=1"); }).find("only db=N"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("unix://relative.sock"); }).find("absolute"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://justuser@h"); }).find("user:password"),
             std::string::npos);
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://user:@h"); }).find("needs a password"),
+            std::string::npos);
+  EXPECT_EQ(dlock::parse_redis_uri("unix:///tmp/a@b.sock").unix_socket, "/tmp/a@b.sock");
 }
 
 TEST(RedisUri, ErrorsNeverShowThePassword) {
@@ -151,6 +161,70 @@ TEST(RedisUri, ErrorsNeverShowThePassword) {
     EXPECT_EQ(msg.find("hunter2"), std::string::npos) << msg;
     EXPECT_EQ(msg.find("hun"), std::string::npos) << msg;
   }
+}
+
+// Passwords written into URIs unencoded, with every character that ends a URI
+// part early ('/', '?', '#', '@', ':'); and URIs that are wrong around them.
+const std::vector<std::string> hostile_passwords{"s3cr3t/Qx7v", "Jv9?Wk2pLm", "Zq8@Yb#Tn:Rr", "/Mz8Lq4",   "Vb4Kx?",
+                                                 "Nh3@Gp6/Cx?", "Fq!w%zzK9",  "Ux:9/?@#Pw",   "Hk2 Lm5/Dd"};
+
+std::vector<std::string> hostile_uris(const std::string& pw) {
+  return {"redis://app:" + pw + "@127.0.0.1:6379/0",
+          "redis://:" + pw + "@h",
+          "redis://app:" + pw + "@h:0",
+          "redis://app:" + pw + "@h:port",
+          "redis://app:" + pw + "@h:",
+          "redis://app:" + pw + "@[::1",
+          "redis://app:" + pw + "@[::1]x",
+          "redis://app:" + pw + "@h/db",
+          "redis://app:" + pw + "@h?timeout=1",
+          "redis://app:" + pw + "@h?db=x",
+          "redis://app:" + pw + "@",
+          "redis://app:" + pw,  // the "@host" forgotten
+          "redis://" + pw + "@h",
+          "redis://" + pw,
+          "unix://app:" + pw + "@/tmp/r.sock",
+          "unix://app:" + pw + "@rel.sock",
+          "unix://app:" + pw + "@/tmp/r.sock?db=x",
+          "rediss://app:" + pw + "@h",
+          "http://app:" + pw + "@h",
+          "app:" + pw + "@h:6379",
+          "redis:/app:" + pw + "@h"};
+}
+
+TEST(RedisUri, PasswordsWithDelimitersParseUpToTheLastAt) {
+  for (const auto& pw : hostile_passwords) {
+    if (pw.find('%') != std::string::npos) continue;  // not valid percent-encoding: rejected below
+    const auto o = dlock::parse_redis_uri("redis://app:" + pw + "@127.0.0.1:6380/2");
+    EXPECT_EQ(o.username, "app");
+    EXPECT_EQ(o.password, pw);
+    EXPECT_EQ(o.host, "127.0.0.1");
+    EXPECT_EQ(o.port, 6380);
+    EXPECT_EQ(o.database, 2);
+    const auto u = dlock::parse_redis_uri("unix://app:" + pw + "@/tmp/r.sock?db=4");
+    EXPECT_EQ(u.password, pw);
+    EXPECT_EQ(u.unix_socket, "/tmp/r.sock");
+    EXPECT_EQ(u.database, 4);
+  }
+}
+
+TEST(RedisUri, NoErrorShowsAnyPartOfThePassword) {
+  std::size_t errors = 0;
+  for (const auto& pw : hostile_passwords) {
+    for (const auto& uri : hostile_uris(pw)) {
+      std::string msg;
+      try {
+        (void)dlock::parse_redis_uri(uri);
+        continue;
+      } catch (const dlock::InvalidArgument& e) {
+        msg = e.what();
+      }
+      ++errors;
+      EXPECT_NE(msg.find("dlock: invalid Redis URI"), std::string::npos) << msg;
+      EXPECT_EQ(leaked_part(msg, pw), "") << uri << " -> " << msg;
+    }
+  }
+  EXPECT_GT(errors, 150u);
 }
 
 TEST(RedisOptionsValidation, NamesFieldAndValue) {
@@ -247,16 +321,109 @@ TEST(RedisReplies, ReleaseReplyTellsARefusedPublishApart) {
 }
 
 TEST(RedisReplies, PublishRefusalsKeepTheLastAndNameTheEndpoint) {
-  dlock::detail::PublishRefusals refusals;
-  EXPECT_EQ(refusals.last(), "");
+  dlock::detail::ServerFacts facts;
+  EXPECT_EQ(facts.publish_refusal(), "");
   testing::internal::CaptureStderr();
-  refusals.note("h:1", "p{a}:released", "ERR first");
-  refusals.note("h:2", "p{b}:released", "ERR second");
+  facts.note_publish_refusal("h:1", "p{a}:released", "ERR first");
+  facts.note_publish_refusal("h:1", "p{b}:released", "ERR second");
   const std::string logged = testing::internal::GetCapturedStderr();
   EXPECT_NE(logged.find("ERR first"), std::string::npos) << logged;
   EXPECT_EQ(logged.find("ERR second"), std::string::npos) << "logged more than once: " << logged;
-  EXPECT_NE(refusals.last().find("h:2"), std::string::npos);
-  EXPECT_NE(refusals.last().find("ERR second"), std::string::npos);
+  EXPECT_NE(facts.publish_refusal().find("h:1"), std::string::npos);
+  EXPECT_NE(facts.publish_refusal().find("ERR second"), std::string::npos);
+}
+
+// One mechanism for every once-per-server warning (detail/warn_once.hpp):
+// each kind is written once, its latest message kept, kinds independent.
+TEST(RedisReplies, OnceWarningsWriteEachKindOnceAndKeepTheLatest) {
+  dlock::detail::OnceWarnings w;
+  testing::internal::CaptureStderr();
+  w.warn("eviction", "policy allkeys-lru");
+  w.warn("eviction", "policy volatile-lru");
+  w.warn("publish", "PUBLISH refused");
+  const std::string logged = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(logged, "dlock: warning: policy allkeys-lru\ndlock: warning: PUBLISH refused\n");
+  EXPECT_EQ(w.latest("eviction"), "policy volatile-lru");
+  EXPECT_EQ(w.latest("config"), "");
+  EXPECT_EQ(w.all(), (std::vector<std::string>{"policy volatile-lru", "PUBLISH refused"}));
+}
+
+TEST(RedisErrors, AuthRefusalsAreDescribedWithoutTheServersText) {
+  using dlock::detail::describe_auth_refusal;
+  const std::string pw = "Zx7Qp2Lk9Wm4";
+  for (const std::string& reply :
+       {"ERR unknown command 'AUTH', with args beginning with: 'app' '" + pw + "' ",
+        "ERR unknown command 'AUTH', with args beginning with: '" + pw.substr(0, 6) + "' ",
+        "WRONGPASS invalid username-password pair or user is disabled. (" + pw + ")",
+        "ERR wrong number of arguments for 'auth' command " + pw, "-PROXY refused " + pw, pw + " garbage",
+        "NOPERM " + pw, "ERR AUTH <password> called without any password configured for the default user. " + pw}) {
+    const std::string d = describe_auth_refusal(reply);
+    EXPECT_EQ(d.find(pw.substr(0, 4)), std::string::npos) << d;
+    EXPECT_EQ(d.find(pw.substr(4, 4)), std::string::npos) << d;
+    EXPECT_EQ(d.find(pw.substr(8, 4)), std::string::npos) << d;
+  }
+  EXPECT_NE(
+      describe_auth_refusal("ERR unknown command 'AUTH', with args beginning with: 'x'").find("does not know AUTH"),
+      std::string::npos);
+  EXPECT_EQ(describe_auth_refusal("WRONGPASS invalid username-password pair").rfind("WRONGPASS: ", 0), 0u);
+  EXPECT_EQ(describe_auth_refusal("ERR something new").rfind("ERR: ", 0), 0u);
+  EXPECT_EQ(describe_auth_refusal("x y").rfind("error: ", 0), 0u);
+}
+
+TEST(RedisErrors, EvictionPolicyVerdicts) {
+  using dlock::detail::judge_eviction_policy;
+  using dlock::detail::RedisValue;
+  using Kind = dlock::detail::EvictionVerdict::Kind;
+  const auto policy = [](std::string p) {
+    return RedisValue{RedisValue::Type::array,
+                      0,
+                      {},
+                      {RedisValue{RedisValue::Type::string, 0, "maxmemory-policy", {}},
+                       RedisValue{RedisValue::Type::string, 0, std::move(p), {}}}};
+  };
+  EXPECT_EQ(judge_eviction_policy(policy("noeviction"), "h:1").kind, Kind::safe);
+  for (const char* p : {"volatile-lru", "allkeys-lru", "volatile-lfu", "allkeys-lfu", "volatile-random",
+                        "allkeys-random", "volatile-ttl"}) {
+    const auto v = judge_eviction_policy(policy(p), "h:1");
+    EXPECT_EQ(v.kind, Kind::evicts) << p;
+    EXPECT_NE(v.message.find(std::string("maxmemory-policy ") + p), std::string::npos) << v.message;
+    EXPECT_NE(v.message.find("h:1"), std::string::npos) << v.message;
+    EXPECT_NE(v.message.find("EvictionCheck::warn"), std::string::npos) << v.message;
+  }
+  const auto refused = judge_eviction_policy(
+      RedisValue{RedisValue::Type::error, 0, "NOPERM no permissions to run 'config|get'", {}}, "h:1");
+  EXPECT_EQ(refused.kind, Kind::unknown);
+  EXPECT_NE(refused.message.find("NOPERM"), std::string::npos) << refused.message;
+  EXPECT_EQ(judge_eviction_policy(RedisValue{RedisValue::Type::array, 0, {}, {}}, "h:1").kind, Kind::unknown);
+  EXPECT_THROW(
+      (void)judge_eviction_policy(RedisValue{RedisValue::Type::error, 0, "NOAUTH Authentication required.", {}}, "h:1"),
+      dlock::ServerError);
+}
+
+TEST(RedisErrors, RunIdFromInfo) {
+  EXPECT_EQ(dlock::detail::parse_run_id("# Server\r\nredis_version:7.0.15\r\nrun_id:ed43909e49b9\r\ntcp_port:1\r\n"),
+            "ed43909e49b9");
+  EXPECT_EQ(dlock::detail::parse_run_id("run_id:abc"), "abc");
+  EXPECT_EQ(dlock::detail::parse_run_id("# Server\r\nredis_version:7.0.15\r\n"), "");
+  EXPECT_EQ(dlock::detail::parse_run_id("xrun_id:abc\r\n"), "");
+}
+
+TEST(Sha1, KnownVectors) {
+  using dlock::detail::sha1_hex;
+  EXPECT_EQ(sha1_hex(""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+  EXPECT_EQ(sha1_hex("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+  EXPECT_EQ(sha1_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+  EXPECT_EQ(sha1_hex(std::string(1000000, 'a')), "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+  // Around the padding boundaries (one or two final blocks).
+  EXPECT_EQ(sha1_hex(std::string(63, 'x')), "0ddc4e0cccd9a12850deb5abb0853a4425559fec");
+  EXPECT_EQ(sha1_hex(std::string(65, 'x')), "78c741ddc482e4cdf8c474a0876347a0905b6233");
+  EXPECT_EQ(sha1_hex(std::string(119, 'x')), "4300320394f7ee239bcdce7d3b8bcee173a0cd5c");
+  EXPECT_EQ(sha1_hex(std::string(120, 'x')), "ceb2821639c4b6dcb10bce0e522ca2e608ce056d");
+  EXPECT_EQ(sha1_hex(std::string(128, 'x')), "150fa3fbdc899bd0b8f95a9fb6027f564d953762");
+  EXPECT_EQ(sha1_hex(std::string(55, 'a')), "c1c8bbdc22796e28c0e15163d20899b65621d65a");
+  EXPECT_EQ(sha1_hex(std::string(56, 'a')), "c2db330f6083854c99d4b5bfb6e8f29f201be699");
+  EXPECT_EQ(sha1_hex(std::string(64, 'a')), "0098ba824b5c16427bd7a1122a5a442a25ec644d");
 }
 
 // A port that nothing listens on: bound, then closed.

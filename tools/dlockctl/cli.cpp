@@ -281,6 +281,7 @@ dlock::RedisOptions redis_options(const Context& ctx) {
   if (const auto v = ctx.args.get("prefix")) o.key_prefix = *v;
   o.connect_timeout = o.command_timeout = timeout_of(ctx);
   o.pool_size = 2;
+  o.eviction_check = dlock::EvictionCheck::off;  // inspecting any server is fine; the applications check
   try {
     dlock::detail::validate(o);
   } catch (const dlock::InvalidArgument& e) {
@@ -330,6 +331,17 @@ dlock::PostgresOptions pg_options(const Context& ctx) {
 
 std::vector<std::string> secrets_of(const Context& ctx) {
   std::vector<std::string> s;
+  // The raw credentials of the Redis URI in effect (as in redis_options()),
+  // also when it does not parse.
+  std::vector<std::string> uris = ctx.args.all("redis");
+  if (const char* env = ctx.getenv("DLOCK_REDIS"); uris.empty() && env && *env) uris.emplace_back(env);
+  for (const auto& uri : uris) {
+    const std::string_view userinfo = dlock::detail::redis_uri_userinfo(uri);
+    if (userinfo.empty()) continue;
+    const auto colon = userinfo.find(':');
+    if (colon != std::string_view::npos && colon + 1 < userinfo.size()) s.emplace_back(userinfo.substr(colon + 1));
+    s.emplace_back(userinfo);
+  }
   try {
     if (ctx.args.get("redis") || ctx.getenv("DLOCK_REDIS") || ctx.args.get("password")) {
       const auto o = redis_options(ctx);

@@ -10,6 +10,14 @@
 
 namespace dlock {
 
+/// What a Redis connection does about a server that may evict keys (see
+/// RedisOptions::eviction_check and docs/redis.md).
+enum class EvictionCheck {
+  fail,  ///< a maxmemory-policy other than noeviction fails every operation (ServerError)
+  warn,  ///< ... is reported once per server on stderr, and locks are used anyway
+  off,   ///< the policy is not read (no CONFIG GET, no warning)
+};
+
 struct RedisOptions {
   /// Server host name or IPv4/IPv6 address (ignored when unix_socket is set).
   std::string host = "127.0.0.1";
@@ -34,13 +42,22 @@ struct RedisOptions {
   /// Least time a fencing counter is kept after the server clock passed its
   /// value (it is kept max(fence_ttl, 3 x the lock's ttl)), >= 1s; see docs/redis.md.
   std::chrono::milliseconds fence_ttl{std::chrono::seconds(10)};
+  /// Each new connection reads the server's maxmemory-policy (CONFIG GET):
+  /// any policy but noeviction lets the server delete lock keys before their
+  /// TTL (a second owner gets in). fail: ServerError naming the server and
+  /// policy; warn: one stderr line per server. A server that does not let
+  /// dlock read the policy (CONFIG renamed or disabled, or forbidden by the
+  /// ACL user) gets one stderr line, unless off.
+  EvictionCheck eviction_check = EvictionCheck::fail;
 };
 
 /// Parses `redis://[[user]:password@]host[:port][/db]` or
 /// `unix://[[user]:password@]/path/to/socket[?db=N]` (user and password
-/// percent-decoded) into a copy of `base`, whose other fields are kept. The
-/// result is validated. Throws InvalidArgument naming the problem; the
-/// password never appears in the message.
+/// percent-decoded; the credentials end at the last '@', so '/', '?', '#' and
+/// '@' in a password need no encoding) into a copy of `base`, whose other
+/// fields are kept. The result is validated. Throws InvalidArgument naming
+/// the problem; the message never quotes any part of the URI (a misplaced
+/// password would show up as "the port" or "the path").
 [[nodiscard]] RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base = {});
 
 namespace detail {
@@ -48,6 +65,9 @@ namespace detail {
 void validate(const RedisOptions& options);
 /// "host:port" ("[v6]:port" for IPv6 addresses) or the socket path.
 [[nodiscard]] std::string redis_endpoint(const RedisOptions& options);
+/// The raw (not decoded) credentials of a Redis URI: between "://" and the
+/// last '@'; empty if there are none. For masking them in messages.
+[[nodiscard]] std::string_view redis_uri_userinfo(std::string_view uri);
 }  // namespace detail
 
 }  // namespace dlock

@@ -22,12 +22,20 @@
 // user without permission for the channel) counts as failed for that channel
 // until it is unsubscribed (no reference left) or the connection is lost: it
 // is not retried meanwhile, and the error is kept for last_refusal().
+//
+// fork(): the child has no copy of the thread. The first call in the child
+// drops the inherited pub/sub connections without sending anything and
+// starts over (a new thread on the next subscribe()); subscriptions the
+// child inherited never fire (their wait_for() just waits).
 #pragma once
+
+#include <mutex>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -75,7 +83,11 @@ class RedisSubscriber {
   [[nodiscard]] std::string last_refusal() const;
 
  private:
-  std::shared_ptr<Core> core_;
+  /// core_, replaced by a fresh one first if it was inherited through fork().
+  [[nodiscard]] std::shared_ptr<Core> current() const;
+
+  mutable std::mutex core_mu_;  ///< guards core_ itself (not what it points at)
+  mutable std::shared_ptr<Core> core_;
 };
 
 class RedisSubscription {

@@ -50,6 +50,9 @@ class RedlockNode {
   void give_back(std::unique_ptr<RedisConnection> c) noexcept;
   /// Idle connections kept now (for tests).
   [[nodiscard]] std::size_t idle_connections() const;
+  /// What the handshakes learned about the server (its run_id), and the warnings given.
+  [[nodiscard]] const ServerFacts& facts() const noexcept { return facts_; }
+  [[nodiscard]] ServerFacts& facts() noexcept { return facts_; }
 
  private:
   struct Idle {
@@ -59,9 +62,11 @@ class RedlockNode {
   };
   const RedisOptions options_;
   const std::string endpoint_;
+  ServerFacts facts_;
   mutable std::mutex mu_;
   std::vector<Idle> idle_;  ///< most recently used last
   std::uint64_t generation_ = 0;
+  int pid_ = 0;  ///< the process idle_ belongs to (fork(): a child drops the parent's)
 };
 
 /// One script call of a batch. keys/args point at strings the caller keeps

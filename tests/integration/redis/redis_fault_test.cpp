@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <signal.h>
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "support/in_doubt.hpp"
 
 using namespace std::chrono_literals;
 using dlock::Lock;
@@ -135,7 +137,7 @@ TEST(RedisFault, PausedServerBoundsTryLockForByItsTimeoutPlusTheCommandTimeout) 
   bool acquired = true;
   try {
     acquired = waiter.try_lock_for(300ms);
-  } catch (const dlock::ConnectionError& e) {
+  } catch (const dlock::TimeoutError& e) {  // the acquire was sent: its outcome is unknown
     acquired = false;
     EXPECT_NE(std::string(e.what()).find("command_timeout"), std::string::npos) << e.what();
   }
@@ -300,3 +302,90 @@ TEST(RedisFault, DegradationPoliciesAgainstAStoppedServer) {
   EXPECT_TRUE(d.try_lock());  // no lock at all
   EXPECT_EQ(metrics->value(R::degraded, "redis", "cache", "unlocked"), 2u);
 }
+
+// ---- issue 11 item 19: "could not reach the service" is one error kind ----
+//
+// ConnectionError (errc::connection) only when nothing was asked of the
+// server: the connect is refused or times out, or the server does not answer
+// the connection's handshake. A request that was sent and got no answer
+// within command_timeout has an unknown outcome (the server may have granted
+// it): TimeoutError, and the message says so. FallbackBackend degrades on the
+// first kind only.
+
+namespace {
+
+RedisOptions unreachable(int port) {
+  return RedisOptions{.host = "127.0.0.1", .port = port, .connect_timeout = 300ms, .command_timeout = 300ms};
+}
+
+// One acquire attempt straight on the backend (no retries, no fallback).
+void attempt(RedisBackend& redis, std::string_view name) {
+  const dlock::OwnerId owner = dlock::OwnerId::generate();
+  (void)redis.try_acquire(
+      dlock::AcquireRequest{.name = name, .owner = owner, .ttl = 10s, .started = std::chrono::steady_clock::now()});
+}
+
+std::string what_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(nothing thrown)";
+}
+
+TEST(RedisFault, AClosedPortIsAConnectionErrorAndTheFallbackDegrades) {
+  RedisBackend redis(unreachable(dlock::test::free_loopback_port()));
+  Lock<RedisBackend> closed(redis, "closed", {.observer = quiet()});
+  try {
+    (void)closed.try_lock();
+    FAIL() << "acquired on a closed port";
+  } catch (const dlock::ConnectionError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot connect"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(redis.endpoint()), std::string::npos) << e.what();
+  }
+  dlock::MemoryBackend local;
+  dlock::FallbackBackend<RedisBackend, dlock::MemoryBackend> degrade(redis, local);
+  Lock<decltype(degrade)> lock(degrade, "closed", {.observer = quiet()});
+  EXPECT_TRUE(lock.try_lock());  // from the in-process fallback
+}
+
+TEST(RedisFault, AServerThatNeverAnswersTheHandshakeIsAConnectionErrorAndTheFallbackDegrades) {
+  dlock::test::BlackHole silent;  // accepts TCP connections, never says a word
+  RedisBackend redis(unreachable(silent.port()));
+  const std::string why = what_of([&] { attempt(redis, "silent"); });
+  EXPECT_NE(why.find("handshake"), std::string::npos) << why;
+  EXPECT_NE(why.find("cannot connect"), std::string::npos) << why;
+  EXPECT_NE(why.find("connect_timeout 300ms"), std::string::npos) << why;
+  EXPECT_THROW(attempt(redis, "silent"), dlock::ConnectionError);
+
+  dlock::MemoryBackend local;
+  dlock::FallbackBackend<RedisBackend, dlock::MemoryBackend> degrade(redis, local);
+  Lock<decltype(degrade)> lock(degrade, "silent", {.observer = quiet()});
+  EXPECT_TRUE(lock.try_lock());  // from the in-process fallback
+}
+
+TEST(RedisFault, ARequestSentToAServerPausedAfterTheHandshakeIsInDoubtAndDoesNotDegrade) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.connect_timeout = 300ms;
+  o.command_timeout = 300ms;
+  RedisBackend redis(o);
+  ASSERT_EQ(redis.node().command({"PING"}).str, "PONG");  // a pooled connection, its handshake done
+  server.pause();
+  const std::string why = what_of([&] { attempt(redis, "sent"); });
+  EXPECT_NE(why.find("the request was sent; its outcome is unknown"), std::string::npos) << why;
+  EXPECT_NE(why.find("command_timeout 300ms"), std::string::npos) << why;
+  server.resume();
+
+  ASSERT_EQ(redis.node().command({"PING"}).str, "PONG");
+  dlock::MemoryBackend local;
+  dlock::FallbackBackend<RedisBackend, dlock::MemoryBackend> degrade(redis, local);
+  Lock<decltype(degrade)> lock(degrade, "sent", {.observer = quiet()});
+  server.pause();
+  dlock::test::expect_in_doubt_not_degraded(lock);
+  server.resume();
+}
+
+}  // namespace

@@ -8,6 +8,7 @@
 //    5 nodes die mid-hold.
 #include <dlock/dlock.hpp>
 #include <dlock/redlock.hpp>
+#include <dlock/fallback.hpp>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "redlock_test_support.hpp"
+#include "support/in_doubt.hpp"
 
 using namespace std::chrono_literals;
 using dlock::test::RedlockCluster;
@@ -175,6 +177,50 @@ TEST_F(RedlockTest, AutoExtendSignalsLossNoLaterThanValidityWhenThreeOfFiveNodes
   EXPECT_FALSE(holder.owns_lock());
   holder.unlock();  // releases what is left on the two live nodes
   EXPECT_EQ(keys_present("doomed"), 0u);
+}
+
+// Issue 11 item 19: a failed round is a ConnectionError (FallbackBackend
+// degrades) only when no node that missed the round had been sent the
+// request: refused or timed-out connects, handshakes never answered. When a
+// node's request was sent and its reply timed out, that node may have granted
+// it: the round's outcome is in doubt, a TimeoutError whose message says so,
+// and the fallback does not degrade.
+TEST_F(RedlockTest, AFailedRoundIsAConnectionErrorOnlyWhenNoUnansweredNodeWasSentTheRequest) {
+  dlock::test::BlackHole silent_a, silent_b;
+  dlock::RedlockOptions unreachable = options();
+  unreachable.node_timeout = 200ms;
+  unreachable.nodes[0].port = silent_a.port();                    // never answers the handshake
+  unreachable.nodes[1].port = silent_b.port();                    // never answers the handshake
+  unreachable.nodes[2].port = dlock::test::free_loopback_port();  // refuses the connect
+  dlock::RedlockBackend rl_unreachable(unreachable);
+  {
+    RedlockLock lock(rl_unreachable, "outcome", {.ttl = 10s, .observer = quiet()});
+    try {
+      (void)lock.try_lock();
+      ADD_FAILURE() << "acquired without a quorum";
+    } catch (const dlock::ConnectionError& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot connect"), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "expected ConnectionError, got: " << e.what();
+    }
+    dlock::MemoryBackend local;
+    dlock::FallbackBackend<dlock::RedlockBackend, dlock::MemoryBackend> degrade(rl_unreachable, local);
+    dlock::Lock<decltype(degrade)> degraded(degrade, "outcome", {.ttl = 10s, .observer = quiet()});
+    EXPECT_TRUE(degraded.try_lock());  // from the in-process fallback
+  }
+
+  dlock::RedlockOptions o = options();
+  o.node_timeout = 200ms;
+  dlock::RedlockBackend rl(o);
+  dlock::MemoryBackend local;
+  dlock::FallbackBackend<dlock::RedlockBackend, dlock::MemoryBackend> degrade(rl, local);
+  dlock::Lock<decltype(degrade)> lock(degrade, "outcome", {.ttl = 10s, .observer = quiet()});
+  ASSERT_TRUE(lock.try_lock());  // every node has a connection with its handshake done
+  lock.unlock();
+  server(0).pause();  // these two get the request and never answer it
+  server(1).pause();
+  server(2).kill();
+  dlock::test::expect_in_doubt_not_degraded(lock);
 }
 
 }  // namespace

@@ -173,7 +173,8 @@ TEST_F(RedlockNotifyTest, AFailedAttemptsCleanupPublishesNothingButARealReleaseD
   std::vector<std::unique_ptr<dlock::detail::RedisConnection>> raw;
   for (std::size_t i = 0; i < 5; ++i) {
     const dlock::RedisOptions o = server(i).options();
-    raw.push_back(std::make_unique<dlock::detail::RedisConnection>(o, dlock::detail::redis_endpoint(o), false));
+    raw.push_back(std::make_unique<dlock::detail::RedisConnection>(
+        o, dlock::detail::redis_endpoint(o), dlock::detail::RedisHandshake{.load_scripts = false}));
     const auto ack = raw.back()->command({"SUBSCRIBE", ch});
     ASSERT_EQ(ack.elements.at(0).str, "subscribe");
   }

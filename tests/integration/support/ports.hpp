@@ -28,4 +28,31 @@ inline int free_loopback_port() {
   return ntohs(a.sin_port);
 }
 
+/// A loopback socket that listens and never accepts or answers: the kernel
+/// completes TCP handshakes into its backlog, nothing ever speaks.
+class BlackHole {
+ public:
+  BlackHole() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 64) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ::close(fd_);
+      throw std::runtime_error("BlackHole: cannot listen on loopback");
+    }
+    port_ = ntohs(a.sin_port);
+  }
+  BlackHole(const BlackHole&) = delete;
+  BlackHole& operator=(const BlackHole&) = delete;
+  ~BlackHole() { ::close(fd_); }
+  [[nodiscard]] int port() const noexcept { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
 }  // namespace dlock::test
