@@ -11,11 +11,13 @@ build() {
   cmake --build "$DLOCK_ROOT/build/$preset" ${1:+--target "$@"}
 }
 
-# free_port: prints a loopback TCP port nobody listens on.
+# free_port: prints a loopback TCP port nobody listens on, below Linux's
+# ephemeral range (32768-60999 by default), so that no outgoing connection can
+# take it while a server restarts on it (scripts/chaos does that).
 free_port() {
   local port
   for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 20000))
+    port=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0
@@ -33,11 +35,12 @@ stop_servers() {
   _dlock_cleanup=()
 }
 
-# start_redis PORT: a redis-server on 127.0.0.1:PORT in a temporary directory,
-# without persistence. Waits until it answers PING.
+# start_redis PORT [DIR]: a redis-server on 127.0.0.1:PORT in DIR (default: a
+# new temporary directory), without persistence (it loads DIR/dump.rdb if there:
+# scripts/chaos restarts a killed server this way). Waits until it answers PING.
 start_redis() {
-  local port=$1 dir
-  dir=$(mktemp -d -t dlock-redis.XXXXXX)
+  local port=$1 dir=${2:-}
+  [ -n "$dir" ] || dir=$(mktemp -d -t dlock-redis.XXXXXX)
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   _dlock_cleanup+=("redis-cli -p $port shutdown nosave; rm -rf '$dir'")
