@@ -40,7 +40,8 @@ namespace dlock::test {
 
 struct EtcdClusterConfig {
   int members = 3;
-  bool tls = false;  ///< https:// client URLs and client certificates (see above)
+  bool tls = false;                       ///< https:// client URLs and client certificates (see above)
+  std::vector<std::string> extra_args{};  ///< appended to every member's command line
 };
 
 class EtcdCluster {
@@ -172,7 +173,7 @@ class EtcdCluster {
   void make_certificates() {
     const std::string d = dir_;
     const std::string script =
-        "cd " + d +
+        "(cd " + d +
         " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=dlock-test-ca"
         " && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1"
         " && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext"
@@ -182,7 +183,7 @@ class EtcdCluster {
         " && printf 'extendedKeyUsage=clientAuth\\n' > client.ext"
         " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1 "
         "-extfile client.ext"
-        " >/dev/null 2>&1";
+        ") >/dev/null 2>&1";
     if (std::system(script.c_str()) != 0) throw std::runtime_error("EtcdCluster: openssl could not make certificates");
   }
 
@@ -215,6 +216,7 @@ class EtcdCluster {
       a.push_back("--trusted-ca-file=" + dir_ + "/ca.pem");
       a.push_back("--client-cert-auth");
     }
+    a.insert(a.end(), config_.extra_args.begin(), config_.extra_args.end());
     return a;
   }
 
