@@ -101,13 +101,7 @@ void EtcdConnection::write(std::string_view target, const std::string& body, con
   req.keep_alive(true);
   req.body() = body;
   req.prepare_payload();
-  boost::system::error_code result;
-  if (tls_) {
-    http::async_write(*tls_, req, [&](boost::system::error_code e, std::size_t) { result = e; });
-  } else {
-    http::async_write(*plain_, req, [&](boost::system::error_code e, std::size_t) { result = e; });
-  }
-  run(deadline);
+  const auto result = exchange([&](auto& s, auto done) { http::async_write(s, req, done); }, deadline);
   // An incomplete request is never executed.
   if (result) fail(false, result, "sending the request");
   ++exchanges_;
@@ -117,13 +111,7 @@ EtcdConnection::Reply EtcdConnection::post(std::string_view target, const std::s
                                            TimePoint deadline) {
   write(target, body, token, deadline);
   http::response<http::string_body> res;
-  boost::system::error_code result;
-  if (tls_) {
-    http::async_read(*tls_, buffer_, res, [&](boost::system::error_code e, std::size_t) { result = e; });
-  } else {
-    http::async_read(*plain_, buffer_, res, [&](boost::system::error_code e, std::size_t) { result = e; });
-  }
-  run(deadline);
+  const auto result = exchange([&](auto& s, auto done) { http::async_read(s, buffer_, res, done); }, deadline);
   if (result) fail(true, result, "reading the reply");
   if (res.need_eof()) reusable_ = false;
   return Reply{res.result_int(), std::move(res.body())};
@@ -135,24 +123,13 @@ std::optional<EtcdConnection::Reply> EtcdConnection::open_stream(std::string_vie
   write(target, body, token, deadline);
   stream_.emplace();
   stream_->body_limit(boost::none);
-  boost::system::error_code result;
-  if (tls_) {
-    http::async_read_header(*tls_, buffer_, *stream_, [&](boost::system::error_code e, std::size_t) { result = e; });
-  } else {
-    http::async_read_header(*plain_, buffer_, *stream_, [&](boost::system::error_code e, std::size_t) { result = e; });
-  }
-  run(deadline);
+  auto result = exchange([&](auto& s, auto done) { http::async_read_header(s, buffer_, *stream_, done); }, deadline);
   if (result) fail(true, result, "reading the reply");
   if (stream_->get().result_int() == 200) {
     tcp().expires_never();
     return std::nullopt;
   }
-  if (tls_) {
-    http::async_read(*tls_, buffer_, *stream_, [&](boost::system::error_code e, std::size_t) { result = e; });
-  } else {
-    http::async_read(*plain_, buffer_, *stream_, [&](boost::system::error_code e, std::size_t) { result = e; });
-  }
-  run(deadline);
+  result = exchange([&](auto& s, auto done) { http::async_read(s, buffer_, *stream_, done); }, deadline);
   if (result) fail(true, result, "reading the reply");
   return Reply{stream_->get().result_int(), std::move(stream_->get().body())};
 }
@@ -184,11 +161,7 @@ std::optional<std::string> EtcdConnection::next_message(TimePoint deadline) {
         read_pending_ = false;
         if (e) stream_error_ = e;
       };
-      if (tls_) {
-        http::async_read_some(*tls_, buffer_, *stream_, done);
-      } else {
-        http::async_read_some(*plain_, buffer_, *stream_, done);
-      }
+      on_stream([&](auto& s) { http::async_read_some(s, buffer_, *stream_, done); });
     }
     if (ioc_.stopped()) ioc_.restart();
     while (read_pending_ && std::chrono::steady_clock::now() < deadline) ioc_.run_one_until(deadline);

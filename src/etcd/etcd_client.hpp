@@ -81,6 +81,24 @@ class EtcdConnection {
  private:
   boost::beast::tcp_stream& tcp() noexcept;
   void run(TimePoint deadline);
+  /// f(stream) with the TLS stream or the plain one.
+  template <class F>
+  void on_stream(F&& f) {
+    if (tls_) {
+      f(*tls_);
+    } else {
+      f(*plain_);
+    }
+  }
+  /// Runs one Beast operation, started by start(stream, completion handler),
+  /// until it completes or `deadline` passes; returns its error.
+  template <class Start>
+  boost::system::error_code exchange(Start&& start, TimePoint deadline) {
+    boost::system::error_code result;
+    on_stream([&](auto& s) { start(s, [&result](boost::system::error_code e, std::size_t) { result = e; }); });
+    run(deadline);
+    return result;
+  }
   void write(std::string_view target, const std::string& body, const std::string& token, TimePoint deadline);
   [[noreturn]] void fail(bool sent, const boost::system::error_code& ec, std::string_view doing);
   std::optional<std::string> take_message();
