@@ -189,6 +189,36 @@ TEST(EtcdCluster, LeaderKilledMidRunThenQuorumLost) {
       << "the acquire during the outage left a key behind";
 }
 
+// ---- a member that stops answering (SIGSTOP): the call moves on ----
+
+// The first endpoint is paused: a request sent to it is never answered, so
+// after request_timeout the client tries the next member (the acquire may be
+// repeated safely), and later calls start at the member that answered.
+TEST(EtcdCluster, PausedMemberIsLeftAfterRequestTimeout) {
+  test::EtcdCluster cluster;
+  EtcdOptions o = cluster.options();
+  o.request_timeout = 500ms;
+  EtcdBackend b(o);
+  Lock<EtcdBackend> warm(b, "paused-member", quiet({.ttl = 5s}));
+  ASSERT_TRUE(warm.try_lock());  // connections to the first endpoint now exist
+  warm.unlock();
+  cluster.pause(0);
+  Lock<EtcdBackend> lock(b, "paused-member", quiet({.ttl = 5s, .retry = {.initial_delay = 20ms, .max_delay = 200ms}}));
+  const auto t0 = SteadyClock::now();
+  const bool got = lock.try_lock_for(15s);
+  const auto took = std::chrono::duration_cast<Ms>(SteadyClock::now() - t0);
+  std::printf("acquired with the first member paused after %lld ms\n", static_cast<long long>(took.count()));
+  ASSERT_TRUE(got) << "no failover away from a paused member";
+  EXPECT_GE(took, o.request_timeout) << "the paused member answered?";
+  const auto t1 = SteadyClock::now();
+  EXPECT_EQ(lock.release(), ReleaseResult::released);
+  EXPECT_LT(SteadyClock::now() - t1, o.request_timeout) << "the next call went to the paused member again";
+  cluster.resume(0);
+  EtcdBackend other(cluster.options());
+  Lock<EtcdBackend> again(other, "paused-member", quiet({.ttl = 5s}));
+  EXPECT_TRUE(again.try_lock_for(5s)) << "a lock was left behind";
+}
+
 // ---- a client paused past its TTL (waiting for the server's lease expiry is the point) ----
 
 TEST(EtcdCluster, ClientPausedPastItsTtlLosesTheLeaseAndIsToldOnResume) {
