@@ -42,8 +42,7 @@ EtcdConnection::~EtcdConnection() = default;
 
 beast::tcp_stream& EtcdConnection::tcp() noexcept { return tls_ ? tls_->next_layer() : *plain_; }
 
-void EtcdConnection::run(TimePoint deadline) {
-  tcp().expires_at(deadline);
+void EtcdConnection::run() {
   ioc_.restart();
   ioc_.run();
 }
@@ -69,8 +68,9 @@ void EtcdConnection::connect(TimePoint deadline) {
     for (const auto& e : found) targets.push_back(e.endpoint());
   }
   boost::system::error_code result;
+  tcp().expires_at(deadline);  // before the operation: Beast arms the timer when it starts
   tcp().async_connect(targets, [&](boost::system::error_code e, const tcp::endpoint&) { result = e; });
-  run(deadline);
+  run();
   if (result) fail(false, result, "connect");
   tcp().socket().set_option(tcp::no_delay(true), ec);
   if (tls_) {
@@ -78,8 +78,9 @@ void EtcdConnection::connect(TimePoint deadline) {
       reusable_ = false;
       throw HttpFailure{.sent = false, .timed_out = false, .reason = "TLS set-up (server name) failed"};
     }
+    tcp().expires_at(deadline);
     tls_->async_handshake(asio::ssl::stream_base::client, [&](boost::system::error_code e) { result = e; });
-    run(deadline);
+    run();
     if (result == beast::error::timeout) fail(false, result, "the TLS handshake");
     if (result) {
       reusable_ = false;

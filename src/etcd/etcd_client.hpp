@@ -80,7 +80,9 @@ class EtcdConnection {
 
  private:
   boost::beast::tcp_stream& tcp() noexcept;
-  void run(TimePoint deadline);
+  /// Runs the io_context until the started operations are done (the stream's
+  /// expiry, set before they started, bounds them).
+  void run();
   /// f(stream) with the TLS stream or the plain one.
   template <class F>
   void on_stream(F&& f) {
@@ -95,8 +97,9 @@ class EtcdConnection {
   template <class Start>
   boost::system::error_code exchange(Start&& start, TimePoint deadline) {
     boost::system::error_code result;
+    tcp().expires_at(deadline);  // before the operation: Beast arms the timer when it starts
     on_stream([&](auto& s) { start(s, [&result](boost::system::error_code e, std::size_t) { result = e; }); });
-    run(deadline);
+    run();
     return result;
   }
   void write(std::string_view target, const std::string& body, const std::string& token, TimePoint deadline);
