@@ -645,16 +645,20 @@ ReleaseResult shared_release(detail::PgBackendState& st, const PostgresOptions& 
   return text_is_true(out.result.get(), 0, 0) ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
-// A round trip on the shared session proves it alive, so extends whose
-// `started` precedes the last one's send time need none of their own: the
-// server keeps the session at least its idle timeout (>= ttl) past it.
+// A successful round trip on the shared session proves it alive and restarts
+// its idle clock (>= ttl), so an extend that waited for the session while
+// another's round trip was sent needs none of its own. `entered` is taken on
+// the steady clock, whatever clock `started` comes from: the caller took
+// `started` before calling, so a round trip sent after `entered` was sent
+// after `started` too.
 std::optional<TimePoint> shared_extend(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
                                        std::string_view name, PgLockHandle& h, std::chrono::milliseconds ttl,
                                        TimePoint started) {
+  const SteadyTime entered = std::chrono::steady_clock::now();
   detail::PgSharedSession& sh = detail::PgHandleAccess::shared(h);
   std::lock_guard lk(sh.mu);
   if (sh.session && !sh.keys.count(h.key())) return std::nullopt;
-  if (sh.session && sh.proven >= started && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
+  if (sh.session && sh.proven >= entered && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
   if (sh.session) {
     const std::int64_t ttl_ms = std::max<std::int64_t>(sh.ttl_ms, ttl.count());
     std::vector<PgParam> params;
