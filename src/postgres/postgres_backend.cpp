@@ -507,6 +507,14 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
 
 // ---- shared sessions ----
 
+// Why a round trip failed, for the LockLostError of the leases it loses.
+std::string why(const PgOutcome& o) {
+  if (!o.message.empty()) return o.message;
+  if (o.fail == PgOutcome::Fail::timeout) return "no answer within statement_timeout";
+  if (o.result) return detail::pg_redact(PQresultErrorMessage(o.result.get()));
+  return "no answer";
+}
+
 // Unlocks the keys of handles destroyed without release. Called with s.mu held;
 // false (and the session lost) when a round trip failed.
 bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, SteadyTime deadline) {
@@ -514,7 +522,7 @@ bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, Stea
     const std::int64_t key = s.orphans.back();
     PgOutcome o = s.session->run(st.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline);
     if (!o.ok()) {
-      detail::lose(s, fmt::format("unlocking an abandoned lock failed: {}", o.message));
+      detail::lose(s, fmt::format("unlocking an abandoned lock failed: {}", why(o)));
       return false;
     }
     s.orphans.pop_back();
@@ -575,7 +583,7 @@ AcquireResult<PgLockHandle> shared_try(PostgresBackend& self, detail::PgBackendS
     // session did not hold the key before, so an unlock that succeeds undoes
     // exactly that. Otherwise the session is closed, which frees it.
     if (!server_error || !s.run(st.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline).ok())
-      detail::lose(*sh, fmt::format("{} failed: {}", what(), out.message.empty() ? "server error" : out.message));
+      detail::lose(*sh, fmt::format("{} failed: {}", what(), why(out)));
     detail::throw_outcome(out, self.endpoint(), what(), o.statement_timeout);
   }
   sh->proven = sent;
@@ -635,7 +643,7 @@ ReleaseResult shared_release(detail::PgBackendState& st, const PostgresOptions& 
       sh->session->run(st.statements.shared_unlock(), {PgParam::int8(h.key())}, true, after(o.statement_timeout));
   if (!out.ok()) {
     // The session failed or is in doubt: closing it frees this lock (and the others on it).
-    detail::lose(*sh, fmt::format("release of lock '{}' failed: {}", name, out.message));
+    detail::lose(*sh, fmt::format("release of lock '{}' failed: {}", name, why(out)));
     if (out.fail == PgOutcome::Fail::timeout)
       detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, h.key()),
                             o.statement_timeout);
@@ -672,9 +680,7 @@ std::optional<TimePoint> shared_extend(detail::PgBackendState& st, const Postgre
       sh.session->keepalive_ttl_ms = ttl_ms;
       return detail::saturating_add(started, ttl);
     }
-    detail::lose(sh, !out.message.empty() ? out.message
-                     : out.result         ? detail::pg_redact(PQresultErrorMessage(out.result.get()))
-                                          : std::string("no answer"));
+    detail::lose(sh, why(out));
   }
   throw LockLostError(
       fmt::format("dlock: the shared session holding lock '{}' on postgres {} ended ({}); the server "
@@ -763,14 +769,12 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
   if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
     // A lost session is a lost lock (the server releases it with the session);
     // closing it makes sure. Say why: it is the connection, not another owner.
-    const std::string why = !o.message.empty() ? o.message
-                            : o.result         ? detail::pg_redact(PQresultErrorMessage(o.result.get()))
-                                               : std::string("the transaction ended");
+    const std::string reason = o.ok() ? std::string("the transaction ended") : why(o);
     lease.handle.session_.reset();
     throw LockLostError(
         fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
                     "released the lock with it",
-                    name, state_->endpoint, why));
+                    name, state_->endpoint, reason));
   }
   s.keepalive_ttl_ms = ttl.count();
   return detail::saturating_add(started, ttl);
