@@ -96,6 +96,7 @@ TEST(PostgresShared, OptionsAreValidated) {
 TEST(PostgresShared, TenThousandLocksOverAtMostFourConnections) {
   RawConn admin(conninfo());
   PostgresBackend pg(shared_options(3, 4));
+  pg.install_schema();  // fencing tokens: one per lock, all different
   constexpr int n = 10'000;
   std::deque<PgLock> locks;
   for (int i = 0; i < n; ++i)
@@ -114,9 +115,8 @@ TEST(PostgresShared, TenThousandLocksOverAtMostFourConnections) {
   EXPECT_GE(connections(admin), 1);
   EXPECT_LE(pg.pool_stats().open, 4u);
   std::set<std::uint64_t> tokens;
-  if (pg.has_fencing())
-    for (auto& l : locks) tokens.insert(l.fencing_token());
-  EXPECT_TRUE(tokens.empty() || tokens.size() == n);  // one token per lock
+  for (auto& l : locks) tokens.insert(l.fencing_token());
+  EXPECT_EQ(tokens.size(), static_cast<std::size_t>(n));
   std::atomic<int> released{0};
   threads.clear();
   for (int t = 0; t < 4; ++t)
@@ -133,9 +133,11 @@ TEST(PostgresShared, TenThousandLocksOverAtMostFourConnections) {
 TEST(PostgresShared, TwoLocksOnOneSharedSessionExcludeEachOther) {
   RawConn admin(conninfo());
   PostgresBackend pg(shared_options(1, 2));  // one shared session: both Locks use it
+  pg.install_schema();
   PgLock a(pg, test_name(), {.ttl = 30s});
   PgLock b(pg, test_name(), {.ttl = 30s});
   ASSERT_TRUE(a.try_lock());
+  const std::uint64_t first = a.fencing_token();
   // PostgreSQL would grant the same session the lock again (advisory locks are
   // re-entrant per session): dlock answers contention itself.
   EXPECT_FALSE(b.try_lock());
@@ -149,9 +151,7 @@ TEST(PostgresShared, TwoLocksOnOneSharedSessionExcludeEachOther) {
   ASSERT_TRUE(waiter.get());
   EXPECT_LT(since(released), 2s);
   EXPECT_FALSE(a.try_lock());
-  if (pg.has_fencing()) {
-    EXPECT_GT(b.fencing_token(), 0u);
-  }
+  EXPECT_GT(b.fencing_token(), first);
   EXPECT_EQ(b.release(), dlock::ReleaseResult::released);
   EXPECT_EQ(holder_pid(admin, key), 0);  // released on the server, not only in the process
   EXPECT_TRUE(a.try_lock());
