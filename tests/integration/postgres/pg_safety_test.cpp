@@ -214,8 +214,10 @@ TEST(PgForever, HugeClientTimeoutsStillConnect) {
 
 // ---- 2: a forked child never uses or closes the parent's sessions ----
 
-TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) {
-  PostgresBackend pg(options({.pool_size = 4}));
+// With shared_sessions, the child's acquire meets the inherited shared session
+// (one slot: every key maps to it) and must replace it without a word.
+void child_using_the_backend_leaves_the_parents_lock_held(std::size_t shared_sessions) {
+  PostgresBackend pg(options({.pool_size = 4, .shared_sessions = shared_sessions}));
   const std::string name = test_name();
   auto holder = std::make_unique<PgLock>(pg, name, dlock::LockOptions{.ttl = 30s});
   ASSERT_TRUE(holder->try_lock());
@@ -224,6 +226,7 @@ TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) {
     ASSERT_TRUE(warm.try_lock());
     warm.unlock();
   }
+  if (shared_sessions > 0) (void)pg.monitor();  // the locks used the shared session: leave an idle one too
   ASSERT_EQ(pg.pool_stats().idle, 1u);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
@@ -251,6 +254,12 @@ TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) {
   EXPECT_NO_THROW((void)pg.monitor());  // the parent's idle pooled connection still works
   EXPECT_EQ(holder->release(), dlock::ReleaseResult::released);
   EXPECT_EQ(holders_of(raw, pg.advisory_key(name)), "0");
+}
+
+TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) { child_using_the_backend_leaves_the_parents_lock_held(0); }
+
+TEST(PgFork, ChildUsingASharedSessionBackendLeavesTheParentsLockHeld) {
+  child_using_the_backend_leaves_the_parents_lock_held(1);
 }
 
 }  // namespace
