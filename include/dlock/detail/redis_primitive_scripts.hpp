@@ -74,6 +74,10 @@ template <std::size_t A, std::size_t B>
 /// prune(zset, now_ms): drops the members whose expiry has passed.
 /// keep_set(zset): expires the set's key with its latest member.
 /// first_expiry(zset, now_ms): ms until the earliest member expires (-1: none).
+/// expiry(ttl_ms): the server-ms score of a lease or waiter that lives ttl_ms
+/// from now, rounded up, so that it is never earlier than TIME + ttl (and so
+/// never earlier than the client's started + ttl). A member counts as expired
+/// once its score <= now_ms (TIME rounded down), as a key with PX does.
 /// int(x): x as an integer string. Lua numbers handed to redis.call() are
 /// converted with 14 significant digits, too few for µs since the epoch.
 inline constexpr auto lua_primitive_helpers = lua_join(lua_counter_helpers, R"lua(
@@ -116,6 +120,9 @@ local function first_expiry(zset, now_ms)
 end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
+local function expiry(ttl_ms)
+  return int(math.ceil(now / 1000) + tonumber(ttl_ms))
+end
 )lua");
 
 // ---- read-write lock ----
@@ -137,7 +144,7 @@ end
 local c = reader_token(KEYS[4], now)
 if type(c) == 'table' then return c end
 keep_counter(KEYS[4], c, now, ARGV[3])
-redis.call('ZADD', KEYS[2], int(now_ms + tonumber(ARGV[2])), ARGV[1])
+redis.call('ZADD', KEYS[2], expiry(ARGV[2]), ARGV[1])
 keep_set(KEYS[2])
 return {1, c}
 )lua");
@@ -203,7 +210,7 @@ inline constexpr std::string_view redis_set_release_script = redis_set_release_t
 inline constexpr auto redis_set_extend_text = lua_join(lua_primitive_helpers, R"lua(
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) <= now_ms then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', int(now_ms + tonumber(ARGV[2])), ARGV[1])
+redis.call('ZADD', KEYS[1], 'XX', expiry(ARGV[2]), ARGV[1])
 keep_set(KEYS[1])
 return 1
 )lua");
@@ -234,7 +241,7 @@ if not c then
   c = next_token(KEYS[3], now)
 end
 keep_counter(KEYS[3], c, now, ARGV[3])
-redis.call('ZADD', KEYS[1], int(now_ms + tonumber(ARGV[2])), ARGV[1])
+redis.call('ZADD', KEYS[1], expiry(ARGV[2]), ARGV[1])
 keep_set(KEYS[1])
 return {1, c}
 )lua");
@@ -259,7 +266,7 @@ for _, w in ipairs(dead) do redis.call('ZREM', KEYS[3], w) end
 prune(KEYS[4], now_ms)
 local function wait(ms)
   redis.call('ZADD', KEYS[3], 'NX', int(now), ARGV[1])
-  redis.call('ZADD', KEYS[4], int(now_ms + tonumber(ARGV[4])), ARGV[1])
+  redis.call('ZADD', KEYS[4], expiry(ARGV[4]), ARGV[1])
   keep_set(KEYS[4])
   redis.call('PEXPIREAT', KEYS[3], redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2])
   return {0, ms}
