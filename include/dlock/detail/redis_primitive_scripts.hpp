@@ -40,6 +40,8 @@ struct RedisPrimitiveKeys {
   std::string sem_count;       ///< P{N}:sem:count    string: the operator's permit count (absent: the caller's)
   std::string fair_queue;      ///< P{N}:queue        zset: waiter owner id -> arrival (µs)
   std::string fair_deadlines;  ///< P{N}:queue:ttl    zset: waiter owner id -> expiry (ms)
+  std::string leader;          ///< P{N}:leader       string: the leader's owner id, PX ttl
+  std::string leader_info;     ///< P{N}:leader:info  hash: candidate, term; same expiry as leader
 };
 
 [[nodiscard]] inline RedisPrimitiveKeys redis_primitive_keys(std::string_view prefix, std::string_view name) {
@@ -52,7 +54,9 @@ struct RedisPrimitiveKeys {
                             k.lock + ":sem:permits",
                             k.lock + ":sem:count",
                             k.lock + ":queue",
-                            k.lock + ":queue:ttl"};
+                            k.lock + ":queue:ttl",
+                            k.lock + ":leader",
+                            k.lock + ":leader:info"};
 }
 
 /// lua_join() for a text already joined: a LuaText followed by a literal.
@@ -327,5 +331,59 @@ end
 return 1
 )lua");
 inline constexpr std::string_view redis_fair_leave_script = redis_fair_leave_text.view();
+
+// ---- election ----
+
+/// KEYS[1] leader, KEYS[2] fence, KEYS[3] leader_info; ARGV[1] owner id,
+/// ARGV[2] ttl ms, ARGV[3] fence ttl ms, ARGV[4] candidate id.
+/// Leadership is a mutex on KEYS[1] (token = term, by next_token(); an
+/// in-doubt retry by the leader gets its own term back from the info hash)
+/// that also records {candidate, term} in KEYS[3] with the same expiry, for
+/// observers. Returns {1, term} or {0, pttl of the leader}.
+inline constexpr auto redis_leader_acquire_text = lua_join(lua_primitive_helpers, R"lua(
+local held = redis.call('PTTL', KEYS[1])
+local c
+if held ~= -2 then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, held} end
+  c = redis.call('HGET', KEYS[3], 'term')
+end
+if not c then c = next_token(KEYS[2], now) end
+keep_counter(KEYS[2], c, now, ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'candidate', ARGV[4], 'term', c)
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return {1, c}
+)lua");
+inline constexpr std::string_view redis_leader_acquire_script = redis_leader_acquire_text.view();
+
+/// KEYS[1] leader, KEYS[2] leader_info; ARGV[1] owner id, ARGV[2] ttl ms.
+/// Extends both if ARGV[1] leads. Returns 1, or 0 if leadership was lost.
+inline constexpr std::string_view redis_leader_extend_script = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+)lua";
+
+/// KEYS[1] leader, KEYS[2] leader_info; ARGV[1] owner id, ARGV[2] release
+/// channel ('' = do not publish). Resigns if ARGV[1] leads: deletes both and
+/// publishes. Returns as redis_release_script.
+inline constexpr std::string_view redis_leader_release_script = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+if ARGV[2] ~= '' then
+  local r = redis.pcall('PUBLISH', ARGV[2], ARGV[1])
+  if type(r) == 'table' and r.err then return {1, r.err} end
+end
+return 1
+)lua";
+
+/// KEYS[1] leader, KEYS[2] leader_info. Who leads: {candidate, term}, or nil
+/// when nobody does (the info is read only while the leader key exists).
+inline constexpr std::string_view redis_leader_read_script = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('HMGET', KEYS[2], 'candidate', 'term')
+)lua";
 
 }  // namespace dlock::detail

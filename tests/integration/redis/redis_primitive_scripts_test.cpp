@@ -103,7 +103,7 @@ class PrimitiveScripts : public ::testing::Test {
   void SetUp() override { k_ = redis_primitive_keys(dlock::test::test_key_prefix(), "res"); }
   void TearDown() override {
     for (const auto& key : {k_.fence, k_.rw_writer, k_.rw_readers, k_.rw_waiting, k_.sem_permits, k_.sem_count,
-                            k_.fair_queue, k_.fair_deadlines, lock_key()})
+                            k_.fair_queue, k_.fair_deadlines, k_.leader, k_.leader_info, lock_key()})
       (void)redis_.call({"DEL", key});
   }
 
@@ -145,6 +145,20 @@ class PrimitiveScripts : public ::testing::Test {
   long long fair_release(const std::string& owner) {
     return redis_.integer(redis_fair_release_script, {lock_key(), k_.fair_queue, k_.fair_deadlines},
                           {owner, k_.channel});
+  }
+
+  // Election.
+  Answer campaign(const std::string& owner, const std::string& candidate, int ttl_ms = 10'000) {
+    return redis_.attempt(redis_leader_acquire_script, {k_.leader, k_.fence, k_.leader_info},
+                          {owner, std::to_string(ttl_ms), "60000", candidate});
+  }
+  // {candidate, term}, or {} when nobody leads.
+  std::vector<std::string> leader() {
+    auto r = redis_.eval(redis_leader_read_script, {k_.leader, k_.leader_info}, {});
+    std::vector<std::string> out;
+    if (r->type == REDIS_REPLY_ARRAY)
+      for (std::size_t i = 0; i < r->elements; ++i) out.emplace_back(r->element[i]->str);
+    return out;
   }
 
   Conn redis_;
@@ -358,4 +372,31 @@ TEST_F(PrimitiveScripts, AWaiterThatLeavesUnblocksTheQueueAtOnce) {
   EXPECT_FALSE(fair(id(2)).ok);
   EXPECT_EQ(redis_.integer(redis_fair_leave_script, {lock_key(), k_.fair_queue, k_.fair_deadlines}, {id(1), ""}), 1);
   EXPECT_TRUE(fair(id(2)).ok);
+}
+
+// ---- election ----
+
+TEST_F(PrimitiveScripts, OneLeaderAtATimeTermsIncreaseAndObserversSeeWhoLeads) {
+  EXPECT_TRUE(leader().empty());
+  const auto a = campaign(id(1), "host-a:1", 150);
+  ASSERT_TRUE(a.ok);
+  EXPECT_EQ(leader(), (std::vector<std::string>{"host-a:1", a.token}));
+  const auto b = campaign(id(2), "host-b:2");
+  EXPECT_FALSE(b.ok);
+  EXPECT_LE(b.ms, 150);
+  EXPECT_EQ(campaign(id(1), "host-a:1", 150).token, a.token);  // an in-doubt retry keeps its term
+  std::this_thread::sleep_for(200ms);  // the real server's expiry of the leadership is the point
+  EXPECT_TRUE(leader().empty());
+  EXPECT_EQ(redis_.integer(redis_leader_extend_script, {k_.leader, k_.leader_info}, {id(1), "1000"}), 0);  // lost
+  const auto b2 = campaign(id(2), "host-b:2");
+  ASSERT_TRUE(b2.ok);
+  EXPECT_GT(num(b2.token), num(a.token));
+  EXPECT_EQ(redis_.integer(redis_leader_extend_script, {k_.leader, k_.leader_info}, {id(2), "10000"}), 1);
+  EXPECT_EQ(redis_.integer(redis_leader_release_script, {k_.leader, k_.leader_info}, {id(1), ""}), 0);
+  EXPECT_EQ(leader(), (std::vector<std::string>{"host-b:2", b2.token}));
+  EXPECT_EQ(redis_.integer(redis_leader_release_script, {k_.leader, k_.leader_info}, {id(2), k_.channel}), 1);
+  EXPECT_TRUE(leader().empty());
+  const auto c = campaign(id(3), "host-c:3");
+  ASSERT_TRUE(c.ok);
+  EXPECT_GT(num(c.token), num(b2.token));
 }
