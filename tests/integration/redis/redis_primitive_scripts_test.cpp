@@ -173,8 +173,8 @@ TEST(PrimitiveKeys, ShareTheMutexHashTagFenceAndChannel) {
   EXPECT_EQ(k.fence, m.fence);
   EXPECT_EQ(k.channel, m.channel);
   EXPECT_EQ(k.rw_readers, "app:{orders:42}:rw:readers");
-  for (const auto& key :
-       {k.rw_writer, k.rw_readers, k.rw_waiting, k.sem_permits, k.sem_count, k.fair_queue, k.fair_deadlines})
+  for (const auto& key : {k.rw_writer, k.rw_readers, k.rw_waiting, k.sem_permits, k.sem_count, k.fair_queue,
+                          k.fair_deadlines, k.leader, k.leader_info})
     EXPECT_EQ(redis_hash_tag(key), "orders:42");
 }
 
