@@ -65,6 +65,7 @@ class MemoryPrimitives {
     std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots;  // never erased; nodes never move
   };
   enum class Kind : char { rw = 'r', semaphore = 's', election = 'e' };
+  enum class Seat { one, many };  // a lease held alone (writer, leader) or among many (readers, permits)
 
  public:
   using Handle = NoHandle;
@@ -116,11 +117,11 @@ class MemoryPrimitives {
     return Grant<Handle>{.token = s.fence, .valid_until = detail::saturating_add(r.started, r.ttl)};
   }
   [[nodiscard]] ReleaseResult release_shared(std::string_view name, Lease<Handle>& lease) {
-    return release_holder(Kind::rw, name, lease.owner);
+    return release_lease(Kind::rw, name, lease.owner, Seat::many);
   }
   [[nodiscard]] std::optional<TimePoint> extend_shared(std::string_view name, Lease<Handle>& lease,
                                                        std::chrono::milliseconds ttl, TimePoint started) {
-    return extend_holder(Kind::rw, name, lease.owner, ttl, started);
+    return extend_lease(Kind::rw, name, lease.owner, Seat::many, ttl, started);
   }
 
   /// A writer that finds live readers marks itself waiting for the request's
@@ -135,19 +136,17 @@ class MemoryPrimitives {
     if (!s.holders.empty()) {
       if (!s.writer_waiting || s.writer_waiting->owner == r.owner)
         s.writer_waiting = Lease1{r.owner, detail::saturating_add(now, r.ttl)};
-      TimePoint first = TimePoint::max();
-      for (const auto& [owner, expires] : s.holders) first = std::min(first, expires);
-      return contended(first, now);
+      return contended(first_expiry(s), now);
     }
     s.writer_waiting.reset();  // a writer got in: the preference has done its work
     return grant_single(s, r, now);
   }
   [[nodiscard]] ReleaseResult release_exclusive(std::string_view name, Lease<Handle>& lease) {
-    return release_single(Kind::rw, name, lease.owner);
+    return release_lease(Kind::rw, name, lease.owner, Seat::one);
   }
   [[nodiscard]] std::optional<TimePoint> extend_exclusive(std::string_view name, Lease<Handle>& lease,
                                                           std::chrono::milliseconds ttl, TimePoint started) {
-    return extend_single(Kind::rw, name, lease.owner, ttl, started);
+    return extend_lease(Kind::rw, name, lease.owner, Seat::one, ttl, started);
   }
 
   // ---- SemaphoreBackend ----
@@ -158,19 +157,17 @@ class MemoryPrimitives {
     const TimePoint now = state_->clock.now();
     prune(s, now);
     if (s.holders.size() >= s.permits.value_or(permits)) {
-      TimePoint first = TimePoint::max();
-      for (const auto& [owner, expires] : s.holders) first = std::min(first, expires);
-      return contended(first, now);
+      return contended(first_expiry(s), now);
     }
     s.holders[r.owner] = detail::saturating_add(now, r.ttl);
     return Grant<Handle>{.token = ++s.fence, .valid_until = detail::saturating_add(r.started, r.ttl)};
   }
   [[nodiscard]] ReleaseResult release_permit(std::string_view name, Lease<Handle>& lease) {
-    return release_holder(Kind::semaphore, name, lease.owner);
+    return release_lease(Kind::semaphore, name, lease.owner, Seat::many);
   }
   [[nodiscard]] std::optional<TimePoint> extend_permit(std::string_view name, Lease<Handle>& lease,
                                                        std::chrono::milliseconds ttl, TimePoint started) {
-    return extend_holder(Kind::semaphore, name, lease.owner, ttl, started);
+    return extend_lease(Kind::semaphore, name, lease.owner, Seat::many, ttl, started);
   }
   [[nodiscard]] std::uint32_t permits(std::string_view name, std::uint32_t configured) {
     std::lock_guard lk(state_->mu);
@@ -206,11 +203,11 @@ class MemoryPrimitives {
     return grant_single(s, r, now);
   }
   [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease) {
-    return release_single(Kind::election, name, lease.owner);
+    return release_lease(Kind::election, name, lease.owner, Seat::one);
   }
   [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
                                                        std::chrono::milliseconds ttl, TimePoint started) {
-    return extend_single(Kind::election, name, lease.owner, ttl, started);
+    return extend_lease(Kind::election, name, lease.owner, Seat::one, ttl, started);
   }
   [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name) {
     std::lock_guard lk(state_->mu);
@@ -262,6 +259,11 @@ class MemoryPrimitives {
     if (s.writer_waiting && now >= s.writer_waiting->expires_at) s.writer_waiting.reset();
     std::erase_if(s.holders, [now](const auto& h) { return now >= h.second; });
   }
+  static TimePoint first_expiry(const Slot& s) {
+    TimePoint first = TimePoint::max();
+    for (const auto& [owner, expires] : s.holders) first = std::min(first, expires);
+    return first;
+  }
   static Contended contended(TimePoint until, TimePoint now) {
     return Contended{detail::saturating_ceil<std::chrono::milliseconds>(detail::saturating_sub(until, now))};
   }
@@ -270,48 +272,38 @@ class MemoryPrimitives {
     return Grant<Handle>{.token = ++s.fence, .valid_until = detail::saturating_add(r.started, r.ttl)};
   }
 
-  ReleaseResult release_single(Kind k, std::string_view name, const OwnerId& owner) {
-    {
-      std::lock_guard lk(state_->mu);
-      Slot& s = slot(k, name);
-      prune(s, state_->clock.now());
-      if (!s.writer || s.writer->owner != owner) return ReleaseResult::not_held;
-      s.writer.reset();
-      ++notify_slot(name).releases;
-    }
-    state_->released.notify_all();
-    return ReleaseResult::released;
-  }
-  std::optional<TimePoint> extend_single(Kind k, std::string_view name, const OwnerId& owner,
-                                         std::chrono::milliseconds ttl, TimePoint started) {
-    std::lock_guard lk(state_->mu);
-    Slot& s = slot(k, name);
-    const TimePoint now = state_->clock.now();
-    prune(s, now);
-    if (!s.writer || s.writer->owner != owner) return std::nullopt;
-    s.writer->expires_at = detail::saturating_add(now, ttl);
-    return detail::saturating_add(started, ttl);
-  }
-  ReleaseResult release_holder(Kind k, std::string_view name, const OwnerId& owner) {
-    {
-      std::lock_guard lk(state_->mu);
-      Slot& s = slot(k, name);
-      prune(s, state_->clock.now());
-      if (s.holders.erase(owner) == 0) return ReleaseResult::not_held;
-      ++notify_slot(name).releases;
-    }
-    state_->released.notify_all();
-    return ReleaseResult::released;
-  }
-  std::optional<TimePoint> extend_holder(Kind k, std::string_view name, const OwnerId& owner,
-                                         std::chrono::milliseconds ttl, TimePoint started) {
-    std::lock_guard lk(state_->mu);
-    Slot& s = slot(k, name);
-    const TimePoint now = state_->clock.now();
-    prune(s, now);
+  // The live lease of `owner` in `s`: the single holder (writer, leader) or
+  // one of the set (readers, permits); its expiry, or null when it has none.
+  static TimePoint* lease_of(Slot& s, const OwnerId& owner, Seat seat) {
+    if (seat == Seat::one) return s.writer && s.writer->owner == owner ? &s.writer->expires_at : nullptr;
     auto it = s.holders.find(owner);
-    if (it == s.holders.end()) return std::nullopt;
-    it->second = detail::saturating_add(now, ttl);
+    return it == s.holders.end() ? nullptr : &it->second;
+  }
+  ReleaseResult release_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat) {
+    {
+      std::lock_guard lk(state_->mu);
+      Slot& s = slot(k, name);
+      prune(s, state_->clock.now());
+      if (!lease_of(s, owner, seat)) return ReleaseResult::not_held;
+      if (seat == Seat::one) {
+        s.writer.reset();
+      } else {
+        s.holders.erase(owner);
+      }
+      ++notify_slot(name).releases;
+    }
+    state_->released.notify_all();
+    return ReleaseResult::released;
+  }
+  std::optional<TimePoint> extend_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat,
+                                        std::chrono::milliseconds ttl, TimePoint started) {
+    std::lock_guard lk(state_->mu);
+    Slot& s = slot(k, name);
+    const TimePoint now = state_->clock.now();
+    prune(s, now);
+    TimePoint* expires = lease_of(s, owner, seat);
+    if (!expires) return std::nullopt;
+    *expires = detail::saturating_add(now, ttl);
     return detail::saturating_add(started, ttl);
   }
 
