@@ -435,3 +435,24 @@ TEST(Election, WaitLeaderChangeWakesOnResign) {
   EXPECT_EQ(now, std::nullopt);
   EXPECT_THROW(Elect(prims, "svc", ""), dlock::InvalidArgument);
 }
+
+// ---- the front end's events, through the views ----
+
+TEST(Primitives, EventsCarryTheNameAndTheBackend) {
+  MemoryPrimitives prims;
+  auto observer = std::make_shared<dlock::test::RecordingObserver>();
+  Rw rw(prims, "doc", fast({.observer = observer}));
+  Sem sem(prims, "jobs", 1, fast({.observer = observer}));
+  Elect election(prims, "svc", "me", fast({.observer = observer}));
+  rw.lock_shared();
+  rw.unlock_shared();
+  sem.acquire();
+  sem.release();
+  ASSERT_TRUE(election.try_campaign());
+  (void)election.resign();
+  std::vector<std::string> acquired;
+  for (const auto& e : observer->events())
+    if (e.type == dlock::EventType::acquired) acquired.push_back(e.lock);
+  EXPECT_EQ(acquired, (std::vector<std::string>{"doc", "jobs", "svc"}));
+  EXPECT_EQ(observer->count(dlock::EventType::released), 3u);
+}
