@@ -43,6 +43,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/lock_pool.hpp"
 #include "error.hpp"
 #include "lock.hpp"
 #include "options.hpp"
@@ -92,7 +93,7 @@ class Semaphore {
       struct Back {  // the slot goes back to the semaphore whatever release() does
         Semaphore* s;
         std::unique_ptr<lock_type>& l;
-        ~Back() { s->give_back(std::move(l)); }
+        ~Back() { s->pool_.give_back(std::move(l)); }
       } back{s, l};
       return l->release();
     }
@@ -194,35 +195,11 @@ class Semaphore {
   [[nodiscard]] const LockOptions& options() const noexcept { return options_; }
 
  private:
-  // Runs `acquire` on an idle permit slot (a Lock), returning it as a Permit
-  // when it succeeds, else back to the idle slots.
+  // A Permit for a pooled Lock on which `acquire` succeeded; else empty.
   template <class F>
   Permit with_slot(F acquire) {
-    std::unique_ptr<lock_type> l;
-    {
-      std::lock_guard lk(mu_);
-      if (!idle_.empty()) {
-        l = std::move(idle_.back());
-        idle_.pop_back();
-      }
-    }
-    if (!l) l = std::make_unique<lock_type>(view_, name_, options_);
-    struct Back {
-      Semaphore* s;
-      std::unique_ptr<lock_type>& l;
-      ~Back() {
-        if (l) s->give_back(std::move(l));
-      }
-    } back{this, l};
-    if (!acquire(*l)) return Permit();
-    return Permit(this, std::move(l));
-  }
-  void give_back(std::unique_ptr<lock_type> l) noexcept {
-    try {
-      std::lock_guard lk(mu_);
-      idle_.push_back(std::move(l));
-    } catch (...) {  // out of memory: the slot is destroyed instead (it holds nothing)
-    }
+    auto l = pool_.acquire([this] { return std::make_unique<lock_type>(view_, name_, options_); }, acquire);
+    return l ? Permit(this, std::move(l)) : Permit();
   }
   bool keep(Permit p) {
     if (!p) return false;
@@ -234,9 +211,9 @@ class Semaphore {
   detail::PermitView<B> view_;
   const std::string name_;
   const LockOptions options_;
+  detail::LockPool<lock_type> pool_;  // one Lock per permit held, reused
   mutable std::mutex mu_;
-  std::vector<std::unique_ptr<lock_type>> idle_;  // slots holding no permit, for reuse
-  std::vector<Permit> kept_;                      // permits of acquire()/try_acquire*(), newest last
+  std::vector<Permit> kept_;  // permits of acquire()/try_acquire*(), newest last
 };
 
 }  // namespace dlock

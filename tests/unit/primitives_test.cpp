@@ -249,10 +249,10 @@ TEST(RwLock, AutoExtendKeepsAReaderAndSignalsItsLoss) {
   MemoryPrimitives prims(beat.clock);
   Rw reader(prims, "doc", beat.options({.ttl = 600ms, .auto_extend = true}));
   Rw writer(prims, "doc", beat.options({.ttl = 600ms}));
-  auto g = reader.reader().acquire();
-  const auto lost = g.stop_token();
+  std::shared_lock g(reader);
+  const auto lost = reader.reader().stop_token();
   beat.advance(3s);
-  EXPECT_TRUE(g.owns_lock());
+  EXPECT_TRUE(reader.reader().owns_lock());
   EXPECT_FALSE(writer.try_lock());
   prims.force_release("doc");  // an operator removes the readers
   beat.advance(300ms);         // the next extension finds the lease gone
@@ -455,4 +455,36 @@ TEST(Primitives, EventsCarryTheNameAndTheBackend) {
     if (e.type == dlock::EventType::acquired) acquired.push_back(e.lock);
   EXPECT_EQ(acquired, (std::vector<std::string>{"doc", "jobs", "svc"}));
   EXPECT_EQ(observer->count(dlock::EventType::released), 3u);
+}
+
+TEST(RwLock, OneObjectSharedByThreadsReadsConcurrently) {
+  MemoryPrimitives prims;
+  Rw rw(prims, "catalog", fast());  // like a std::shared_mutex shared by the threads
+  Rw writer(prims, "catalog", fast());
+  constexpr int readers = 4;
+  Occupancy occ;
+  std::atomic<int> tokens_ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < readers; ++i) {
+    threads.emplace_back([&] {
+      std::shared_lock read(rw);
+      occ.enter();
+      EXPECT_TRUE(eventually([&] { return occ.most.load() == readers; }));
+      EXPECT_FALSE(writer.try_lock());
+      tokens_ok += rw.reader().owns_lock();  // this thread's own read lease
+      occ.leave();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(occ.most.load(), readers);
+  EXPECT_EQ(tokens_ok.load(), readers);
+  EXPECT_THROW((void)rw.reader(), dlock::LockLostError);  // this thread holds none
+  EXPECT_TRUE(writer.try_lock());                         // every read lease was released
+  writer.unlock();
+
+  // A read lease taken on one thread may be released from another.
+  std::thread([&] { rw.lock_shared(); }).join();
+  EXPECT_FALSE(writer.try_lock());
+  rw.unlock_shared();
+  EXPECT_TRUE(writer.try_lock());
 }
