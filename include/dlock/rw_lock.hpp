@@ -39,6 +39,7 @@
 // until its deadline (release the read side first). Not copyable or movable.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -112,11 +113,11 @@ class RwLock {
     {
       std::lock_guard lk(mu_);
       auto it = reading_.find(std::this_thread::get_id());
-      if (it == reading_.end()) it = reading_.begin();
+      if (it == reading_.end() || it->second.empty())
+        it = std::find_if(reading_.begin(), reading_.end(), [](const auto& e) { return !e.second.empty(); });
       if (it == reading_.end()) return;
       r = std::move(it->second.back());
-      it->second.pop_back();
-      if (it->second.empty()) reading_.erase(it);
+      it->second.pop_back();  // the (empty) entry stays: the thread is likely to read again
     }
     r->unlock();
     readers_.give_back(std::move(r));
@@ -129,7 +130,7 @@ class RwLock {
   [[nodiscard]] reader_type& reader() {
     std::lock_guard lk(mu_);
     auto it = reading_.find(std::this_thread::get_id());
-    if (it == reading_.end())
+    if (it == reading_.end() || it->second.empty())
       throw LockLostError(fmt::format("dlock: this thread holds no read lease of '{}'", writer_.name()),
                           errc::not_held);
     return *it->second.back();
@@ -158,7 +159,8 @@ class RwLock {
   writer_type writer_;  // also validates name and options, once
   detail::LockPool<reader_type> readers_;
   std::mutex mu_;
-  std::map<std::thread::id, std::vector<std::unique_ptr<reader_type>>> reading_;  // read leases held, per thread
+  std::map<std::thread::id, std::vector<std::unique_ptr<reader_type>>>
+      reading_;  // read leases held, per thread that has read
 };
 
 }  // namespace dlock
