@@ -22,59 +22,49 @@ void BM_mutex_pair(benchmark::State& state) {
 }
 BENCHMARK(BM_mutex_pair);
 
+// Uncontended pairs: acquire() must succeed, release() gives it back.
+template <class Acquire, class Release>
+void pairs(benchmark::State& state, Acquire acquire, Release release) {
+  for (auto _ : state) {
+    if (!acquire()) {
+      state.SkipWithError("an acquire failed on a free primitive");
+      break;
+    }
+    release();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 void BM_rw_write_pair(benchmark::State& state) {
   dlock::MemoryPrimitives prims;
   dlock::RwLock<dlock::MemoryPrimitives> rw(prims, "bench", {.ttl = 30s});
-  for (auto _ : state) {
-    if (!rw.try_lock()) {
-      state.SkipWithError("try_lock failed on a free lock");
-      break;
-    }
-    rw.unlock();
-  }
-  state.SetItemsProcessed(state.iterations());
+  pairs(
+      state, [&] { return rw.try_lock(); }, [&] { rw.unlock(); });
 }
 BENCHMARK(BM_rw_write_pair);
 
 void BM_rw_read_pair(benchmark::State& state) {
   dlock::MemoryPrimitives prims;
   dlock::RwLock<dlock::MemoryPrimitives> rw(prims, "bench", {.ttl = 30s});
-  for (auto _ : state) {
-    if (!rw.try_lock_shared()) {
-      state.SkipWithError("try_lock_shared failed on a free lock");
-      break;
-    }
-    rw.unlock_shared();
-  }
-  state.SetItemsProcessed(state.iterations());
+  pairs(
+      state, [&] { return rw.try_lock_shared(); }, [&] { rw.unlock_shared(); });
 }
 BENCHMARK(BM_rw_read_pair);
 
 void BM_semaphore_pair(benchmark::State& state) {
   dlock::MemoryPrimitives prims;
   dlock::Semaphore<dlock::MemoryPrimitives> sem(prims, "bench", 4, {.ttl = 30s});
-  for (auto _ : state) {
-    if (!sem.try_acquire()) {
-      state.SkipWithError("try_acquire failed with a free permit");
-      break;
-    }
-    sem.release();
-  }
-  state.SetItemsProcessed(state.iterations());
+  pairs(
+      state, [&] { return sem.try_acquire(); }, [&] { sem.release(); });
 }
 BENCHMARK(BM_semaphore_pair);
 
 void BM_permit_guard_pair(benchmark::State& state) {
   dlock::MemoryPrimitives prims;
   dlock::Semaphore<dlock::MemoryPrimitives> sem(prims, "bench", 4, {.ttl = 30s});
-  for (auto _ : state) {
-    auto p = sem.try_acquire_permit();
-    if (!p) {
-      state.SkipWithError("try_acquire_permit failed with a free permit");
-      break;
-    }
-  }
-  state.SetItemsProcessed(state.iterations());
+  dlock::Semaphore<dlock::MemoryPrimitives>::Permit p;
+  pairs(
+      state, [&] { return static_cast<bool>(p = sem.try_acquire_permit()); }, [&] { p.unlock(); });
 }
 BENCHMARK(BM_permit_guard_pair);
 
