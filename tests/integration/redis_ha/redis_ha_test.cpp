@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -283,6 +284,49 @@ TEST(RedisSentinelIt, DiscoveryRoleAndSwitchMasterAfterAFailover) {
   const HaDecision d = after_error(readonly.str, "127.0.0.1");
   EXPECT_EQ(d.step, HaStep::reconnect_and_retry) << readonly.str;
   EXPECT_TRUE(d.drop_connection);
+}
+
+// Losing the primary (SIGKILL): the sentinels agree it is down after
+// down-after-milliseconds (500 ms here), elect a leader and promote a
+// replica. Prints the time from the kill to +switch-master.
+TEST(RedisSentinelIt, KillingThePrimaryPromotesAReplicaAndAnnouncesIt) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  SentinelSetup setup;
+  const int old_primary = setup.primary().port();
+  RespConn watch(setup.sentinel(2).port());
+  SubscriptionTable table;
+  table.want(switch_master_channel);
+  watch.send(table.take_commands());
+  ASSERT_EQ(table.on_reply(*watch.read(2s)).kind, PubSubEvent::Kind::subscribed);
+  // A sentinel needs the others (hello messages every 2 s) to reach quorum.
+  RespConn s0(setup.sentinel(0).port());
+  ASSERT_TRUE(eventually(
+      [&] {
+        const Reply r = s0.command({"SENTINEL", "SENTINELS", "mymaster"});
+        return r.type == Reply::Type::array && r.elements.size() == 2;
+      },
+      10s));
+
+  const auto killed = std::chrono::steady_clock::now();
+  setup.primary().kill();
+  std::optional<SwitchMaster> sw;
+  while (!sw && std::chrono::steady_clock::now() < killed + 30s) {
+    const auto reply = watch.read(1s);
+    if (!reply) continue;
+    if (const PubSubEvent e = table.on_reply(*reply); e.kind == PubSubEvent::Kind::message)
+      sw = parse_switch_master(e.payload);
+  }
+  ASSERT_TRUE(sw.has_value()) << "no +switch-master within 30 s of the kill";
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
+  EXPECT_EQ(sw->from.port, old_primary);
+  EXPECT_TRUE(sw->to.port == setup.replica(0).port() || sw->to.port == setup.replica(1).port());
+  Request role;
+  push_role(role);
+  EXPECT_EQ(std::get<RoleInfo>(parse_role(RespConn(sw->to.port).call(role).front())).role, RoleInfo::Role::master);
+  std::printf(
+      "sentinel failover after SIGKILL of the primary: +switch-master after %lld ms "
+      "(down-after-milliseconds 500)\n",
+      static_cast<long long>(took.count()));
 }
 
 }  // namespace
