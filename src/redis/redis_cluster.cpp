@@ -73,10 +73,15 @@ std::string ClusterNode::endpoint() const {
 
 // ---- Slot map ----
 
-void SlotMap::index() {
+std::optional<std::string> SlotMap::index(std::string_view command) {
+  std::sort(ranges_.begin(), ranges_.end(), [](const SlotRange& a, const SlotRange& b) { return a.first < b.first; });
+  for (std::size_t i = 1; i < ranges_.size(); ++i)
+    if (ranges_[i].first <= ranges_[i - 1].last)
+      return fmt::format("{}: slot {} is claimed twice", command, ranges_[i].first);
   owner_.assign(cluster_slot_count, -1);
   for (std::size_t i = 0; i < ranges_.size(); ++i)
     for (std::uint32_t s = ranges_[i].first; s <= ranges_[i].last; ++s) owner_[s] = static_cast<std::int32_t>(i);
+  return std::nullopt;
 }
 
 std::variant<SlotMap, std::string> SlotMap::from_cluster_slots(const Reply& reply, std::string_view asked_host) {
@@ -111,12 +116,7 @@ std::variant<SlotMap, std::string> SlotMap::from_cluster_slots(const Reply& repl
     }
     map.ranges_.push_back(std::move(range));
   }
-  std::sort(map.ranges_.begin(), map.ranges_.end(),
-            [](const SlotRange& a, const SlotRange& b) { return a.first < b.first; });
-  for (std::size_t i = 1; i < map.ranges_.size(); ++i)
-    if (map.ranges_[i].first <= map.ranges_[i - 1].last)
-      return fmt::format("CLUSTER SLOTS: slot {} is claimed by two ranges", map.ranges_[i].first);
-  map.index();
+  if (auto why = map.index("CLUSTER SLOTS")) return std::move(*why);
   return map;
 }
 
@@ -162,12 +162,7 @@ std::variant<SlotMap, std::string> SlotMap::from_cluster_shards(const Reply& rep
       map.ranges_.push_back(SlotRange{.first = *first, .last = *last, .primary = *primary, .replicas = replicas});
     }
   }
-  std::sort(map.ranges_.begin(), map.ranges_.end(),
-            [](const SlotRange& a, const SlotRange& b) { return a.first < b.first; });
-  for (std::size_t i = 1; i < map.ranges_.size(); ++i)
-    if (map.ranges_[i].first <= map.ranges_[i - 1].last)
-      return fmt::format("CLUSTER SHARDS: slot {} is claimed by two shards", map.ranges_[i].first);
-  map.index();
+  if (auto why = map.index("CLUSTER SHARDS")) return std::move(*why);
   return map;
 }
 

@@ -91,7 +91,8 @@ class SlotMap {
   void apply_moved(const Redirect& redirect, std::string_view sender_host);
 
  private:
-  void index();
+  // Sorts the ranges and fills owner_; the reason when two ranges overlap.
+  std::optional<std::string> index(std::string_view command);
   std::vector<SlotRange> ranges_;
   std::vector<ClusterNode> moved_;   // nodes named only by MOVED
   std::vector<std::int32_t> owner_;  // slot -> index: ranges_ (>= 0), moved_ (<= -2), none (-1)

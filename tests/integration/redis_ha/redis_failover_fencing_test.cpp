@@ -34,10 +34,6 @@ using dlock::test::RespConn;
 
 namespace {
 
-struct Quiet : dlock::Observer {
-  void on_event(const dlock::Event&) noexcept override {}
-};
-
 // The rule a counter had before issue 11: seeded from the server clock only
 // when the key is missing, then INCR. A stale counter is not lifted.
 constexpr std::string_view seeded_when_missing = R"lua(
@@ -65,12 +61,11 @@ TEST(RedisFailoverFencing, APromotedLaggingReplicaIssuesTokensAboveEveryEarlierO
   dlock::test::ReplicatedPair servers;
   RedisServer& primary = servers.primary;
   RedisServer& replica = servers.replica;
-  const auto quiet = std::make_shared<Quiet>();
 
   std::uint64_t highest = 0, old_highest = 0;
   {
     RedisBackend redis(options_for(primary));
-    Lock<RedisBackend> lock(redis, "f", {.ttl = 10s, .observer = quiet});
+    Lock<RedisBackend> lock(redis, "f", {.ttl = 10s});
     RespConn p(primary.port());
     // Phase 1: tokens the replica receives.
     for (int i = 0; i < 3; ++i) {
@@ -99,7 +94,7 @@ TEST(RedisFailoverFencing, APromotedLaggingReplicaIssuesTokensAboveEveryEarlierO
   // The token rule (counter floored at the server clock on every acquire): the
   // promoted replica's clock has passed every token the old primary issued.
   RedisBackend promoted(options_for(replica));
-  Lock<RedisBackend> lock(promoted, "f", {.ttl = 10s, .observer = quiet});
+  Lock<RedisBackend> lock(promoted, "f", {.ttl = 10s});
   ASSERT_TRUE(lock.try_lock());
   const std::uint64_t first = lock.fencing_token();
   EXPECT_GT(first, highest) << "a fencing token went backwards across the failover";

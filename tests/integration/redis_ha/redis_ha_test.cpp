@@ -208,6 +208,27 @@ TEST_F(RedisClusterIt, ASlotMigrationGivesAskTryagainAndMovedThatAreRecognised) 
   EXPECT_EQ(cb.command({"GET", held.lock}).str, "holder");
 }
 
+// Subscribes `table` to +switch-master on `conn` and waits for the confirmation.
+bool subscribe_switch_master(RespConn& conn, SubscriptionTable& table) {
+  table.want(switch_master_channel);
+  conn.send(table.take_commands());
+  const auto r = conn.read(2s);
+  return r && table.on_reply(*r).kind == PubSubEvent::Kind::subscribed;
+}
+
+// The next +switch-master announcement on `conn`, or nullopt after `timeout`.
+std::optional<SwitchMaster> next_switch_master(RespConn& conn, SubscriptionTable& table,
+                                               std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const auto reply = conn.read(1s);
+    if (!reply) continue;
+    if (const PubSubEvent e = table.on_reply(*reply); e.kind == PubSubEvent::Kind::message)
+      return parse_switch_master(e.payload);
+  }
+  return std::nullopt;
+}
+
 // ---- Sentinel ----
 
 TEST(RedisSentinelIt, DiscoveryRoleAndSwitchMasterAfterAFailover) {
@@ -245,21 +266,12 @@ TEST(RedisSentinelIt, DiscoveryRoleAndSwitchMasterAfterAFailover) {
   // +switch-master on one sentinel, through the subscription table.
   RespConn watch(setup.sentinel(1).port());
   SubscriptionTable table;
-  table.want(switch_master_channel);
-  watch.send(table.take_commands());
-  ASSERT_EQ(table.on_reply(*watch.read(2s)).kind, PubSubEvent::Kind::subscribed);
+  ASSERT_TRUE(subscribe_switch_master(watch, table));
 
   // The sentinels learnt the replicas from the primary's INFO; fail over by hand.
   RespConn s0(setup.sentinel(0).port());
   ASSERT_TRUE(eventually([&] { return s0.command({"SENTINEL", "FAILOVER", "mymaster"}).str == "OK"; }, 10s));
-  std::optional<SwitchMaster> sw;
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (!sw && std::chrono::steady_clock::now() < deadline) {
-    const auto reply = watch.read(1s);
-    if (!reply) continue;
-    const PubSubEvent e = table.on_reply(*reply);
-    if (e.kind == PubSubEvent::Kind::message) sw = parse_switch_master(e.payload);
-  }
+  const std::optional<SwitchMaster> sw = next_switch_master(watch, table, 20s);
   ASSERT_TRUE(sw.has_value()) << "no +switch-master within 20 s";
   EXPECT_EQ(sw->master_name, SentinelSetup::master_name);
   EXPECT_EQ(sw->from, (NodeAddress{"127.0.0.1", static_cast<std::uint16_t>(old_primary)}));
@@ -295,9 +307,7 @@ TEST(RedisSentinelIt, KillingThePrimaryPromotesAReplicaAndAnnouncesIt) {
   const int old_primary = setup.primary().port();
   RespConn watch(setup.sentinel(2).port());
   SubscriptionTable table;
-  table.want(switch_master_channel);
-  watch.send(table.take_commands());
-  ASSERT_EQ(table.on_reply(*watch.read(2s)).kind, PubSubEvent::Kind::subscribed);
+  ASSERT_TRUE(subscribe_switch_master(watch, table));
   // A sentinel needs the others (hello messages every 2 s) to reach quorum.
   RespConn s0(setup.sentinel(0).port());
   ASSERT_TRUE(eventually(
@@ -309,13 +319,7 @@ TEST(RedisSentinelIt, KillingThePrimaryPromotesAReplicaAndAnnouncesIt) {
 
   const auto killed = std::chrono::steady_clock::now();
   setup.primary().kill();
-  std::optional<SwitchMaster> sw;
-  while (!sw && std::chrono::steady_clock::now() < killed + 30s) {
-    const auto reply = watch.read(1s);
-    if (!reply) continue;
-    if (const PubSubEvent e = table.on_reply(*reply); e.kind == PubSubEvent::Kind::message)
-      sw = parse_switch_master(e.payload);
-  }
+  const std::optional<SwitchMaster> sw = next_switch_master(watch, table, 30s);
   ASSERT_TRUE(sw.has_value()) << "no +switch-master within 30 s of the kill";
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
   EXPECT_EQ(sw->from.port, old_primary);
