@@ -81,7 +81,7 @@ std::variant<RoleInfo, ReplyFault> parse_role(const Reply& r) {
     }
     return info;
   }
-  if (role == "slave" && e.size() == 5 && e[1].type == T::string && e[3].type == T::string) {
+  if ((role == "slave" || role == "replica") && e.size() == 5 && e[1].type == T::string && e[3].type == T::string) {
     const auto port = port_of(e[2]);
     const auto offset = offset_of(e[4]);
     if (!port || !offset) return fault(r, "ROLE");
