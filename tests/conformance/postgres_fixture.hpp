@@ -28,6 +28,8 @@ class PostgresFixture {
   using Backend = PostgresBackend;
   static constexpr Traits traits{// Losing the connection ends the session, and the server frees the lock with it.
                                  .release_outage = EventType::release_not_held,
+                                 // Deleting it is terminating the session that holds it.
+                                 .deleted_reason = LostReason::connection,
                                  .threads = 4,
                                  .cycles = 50,
                                  .processes = 4,

@@ -74,7 +74,9 @@ TEST_P(ServerStatementTimeout, AWaitLongerThanItIsOneAttemptWithoutErrorsOrRecon
     acquired = w.try_lock_for(2s);
     if (acquired) w.unlock();
   });
-  std::this_thread::sleep_for(1s);  // the hold: the waiter sits in the server's queue meanwhile
+  ASSERT_TRUE(dlock::test::eventually([&] { return has_waiter(probe, pg.advisory_key(test_name())); }, 5s));
+  // Queued: now past the server's statement_timeout (a server timer: waiting it out is the point).
+  std::this_thread::sleep_for(600ms);
   holder.unlock();
   waiter.join();
   EXPECT_TRUE(acquired.load());
