@@ -18,6 +18,9 @@
 // the backend keeps open on the pinned connection, released by COMMIT; works
 // behind PgBouncer. To lock inside *your own* transaction, use pg_try_xact_lock
 // / pg_xact_lock on your PGconn. See docs/postgres.md.
+// shared_sessions = N (session scope): the held locks of one backend share N
+// server sessions instead of pinning one connection each, so 10,000 held locks
+// need N connections; a session that ends loses every lease on it.
 //
 // Fencing tokens come from a sequence (default dlock.fencing) that
 // install_schema() or sql/dlock_postgres.sql creates; without it locks work
@@ -71,10 +74,17 @@ struct PostgresOptions {
   /// Mixed into every hashed key, so applications sharing a database do not
   /// contend; must not contain a NUL byte. Not applied to explicit keys.
   std::string lock_namespace{};
-  /// Most connections open at once: one per held lock plus one per operation in flight.
+  /// Most connections open at once: one per held lock (or per shared session,
+  /// see shared_sessions) plus one per operation in flight.
   std::size_t pool_size = 16;
   /// Session or transaction scope, see above.
   Scope scope = Scope::session;
+  /// 0: each held lock pins its own connection. N >= 1 (session scope only,
+  /// below pool_size): held locks share N server sessions, each released with
+  /// pg_advisory_unlock on its own session; a session that ends loses (and
+  /// signals) every lease on it; waits queue on a separate pooled connection
+  /// and are not granted in strict arrival order (docs/postgres.md).
+  std::size_t shared_sessions = 0;
   /// Bound on establishing one connection (TCP, TLS, authentication).
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
   /// Bound on each round trip (a server-side wait adds the wait asked for);
@@ -105,6 +115,8 @@ struct PgAdvisoryLockInfo {
 namespace detail {
 class PgBackendState;
 class PgSession;
+struct PgSharedSession;
+struct PgHandleAccess;  // the backend's helpers that fill and read handles
 struct PgSessionDeleter {
   void operator()(PgSession* s) const noexcept;  // closes the connection: its server session ends
 };
@@ -146,26 +158,32 @@ struct PgTtlSettings {
 }  // namespace detail
 
 /// The per-lease state of a PostgresBackend lock: the pinned connection whose
-/// server session holds the advisory lock. Move-only. Destroying a handle that
-/// still holds a connection closes it, which ends the session and so frees the
-/// lock on the server: a lease is never silently leaked into the pool.
+/// server session holds the advisory lock, or (shared_sessions) the shared
+/// session it holds it on. Move-only. Destroying a handle that still holds a
+/// pinned connection closes it, which ends the session and so frees the lock
+/// on the server: a lease is never silently leaked into the pool. Destroying
+/// one that still holds a lock on a shared session has the backend unlock it
+/// on that session before its next acquire there.
 class PgLockHandle {
  public:
   PgLockHandle() = default;
-  PgLockHandle(PgLockHandle&&) noexcept = default;
-  PgLockHandle& operator=(PgLockHandle&&) noexcept = default;
-  ~PgLockHandle() = default;
+  PgLockHandle(PgLockHandle&& other) noexcept;
+  PgLockHandle& operator=(PgLockHandle&& other) noexcept;
+  ~PgLockHandle();
 
   /// The advisory key held; 0 if empty.
   [[nodiscard]] std::int64_t key() const noexcept { return key_; }
-  /// True while the handle pins a connection.
-  [[nodiscard]] explicit operator bool() const noexcept { return session_ != nullptr; }
-  /// Server process id of the pinned session (pg_stat_activity.pid); 0 if empty.
+  /// True while the handle pins a connection or holds a lock on a shared session.
+  [[nodiscard]] explicit operator bool() const noexcept { return session_ != nullptr || shared_ != nullptr; }
+  /// Server process id of the session holding the lock (pg_stat_activity.pid); 0 if empty.
   [[nodiscard]] int server_pid() const noexcept { return pid_; }
 
  private:
   friend class PostgresBackend;
+  friend struct detail::PgHandleAccess;
+  void orphan() noexcept;  // a shared-session lock given up without release
   detail::PgSessionPtr session_;
+  std::shared_ptr<detail::PgSharedSession> shared_;
   std::int64_t key_ = 0;
   int pid_ = 0;
 };

@@ -473,10 +473,13 @@ PgSessionPtr PgPool::checkout() {
     }
     if (open_ < options_.pool_size) break;
     if (!returned_.wait_until(lk, deadline, [this] { return !idle_.empty() || open_ < options_.pool_size; }))
-      throw TimeoutError(
-          fmt::format("dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} (each held "
-                      "lock pins one); raise PostgresOptions.pool_size",
-                      endpoint_, options_.pool_size, format_duration(options_.connect_timeout)));
+      throw TimeoutError(fmt::format(
+          "dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} ({}); raise "
+          "PostgresOptions.pool_size",
+          endpoint_, options_.pool_size, format_duration(options_.connect_timeout),
+          options_.shared_sessions == 0
+              ? "each held lock pins one"
+              : "shared_sessions of them hold the locks; waits and administrative calls use the rest"));
   }
   ++open_;
   lk.unlock();

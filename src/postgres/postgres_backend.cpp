@@ -7,6 +7,8 @@
 #include <atomic>
 #include <climits>
 #include <cstdlib>
+#include <mutex>
+#include <unordered_set>
 #include <utility>
 
 #include <fmt/format.h>
@@ -115,6 +117,15 @@ PgTtlSettings pg_ttl_settings(std::chrono::milliseconds ttl) noexcept {
 
 void validate_fields(const PostgresOptions& o) {
   if (o.pool_size == 0) invalid_field("PostgresOptions.pool_size", "must be at least 1", "0");
+  if (o.shared_sessions > 0 && o.scope != PostgresOptions::Scope::session)
+    invalid_field("PostgresOptions.shared_sessions",
+                  "must be 0 in transaction scope (each lock is its own transaction)",
+                  std::to_string(o.shared_sessions));
+  if (o.shared_sessions >= o.pool_size)
+    invalid_field("PostgresOptions.shared_sessions",
+                  fmt::format("must be below pool_size ({}): waits and administration need a connection of their own",
+                              o.pool_size),
+                  std::to_string(o.shared_sessions));
   if (o.connect_timeout <= milliseconds::zero())
     invalid_field("PostgresOptions.connect_timeout", "must be positive", format_duration(o.connect_timeout));
   if (o.statement_timeout <= milliseconds::zero())
@@ -177,6 +188,14 @@ class PgStatements {
     // is the client's bound on it, whatever the server, role or database default.
     statement_timeout_ = make(id, "SELECT pg_catalog.set_config('statement_timeout', $1::text, true)", 1, 0);
     begin_ = make(id, "BEGIN", 0, 0);
+    // Shared sessions: the unlock leaves the session's idle timeout alone (other
+    // leases rely on it), and a wait queues for the lock on a connection of its
+    // own and gives it back at once ($2: lock_timeout in ms).
+    shared_unlock_ = make(id, "SELECT pg_catalog.pg_advisory_unlock($1)", 1, 0);
+    wait_free_ = make(id,
+                      "SELECT pg_catalog.pg_advisory_unlock($1) FROM (SELECT pg_catalog.pg_advisory_lock($1) FROM "
+                      "(SELECT pg_catalog.set_config('lock_timeout', $2::text, true) OFFSET 0) t OFFSET 0) a",
+                      2, 0);
   }
   struct Set {
     PgStatement try_[2][2], wait[2][2];  // [fencing][with keepalive settings]
@@ -188,6 +207,8 @@ class PgStatements {
   /// set_config('statement_timeout', $1 ms, true): local to the transaction.
   [[nodiscard]] const PgStatement& statement_timeout() const noexcept { return statement_timeout_; }
   [[nodiscard]] const PgStatement& begin() const noexcept { return begin_; }
+  [[nodiscard]] const PgStatement& shared_unlock() const noexcept { return shared_unlock_; }
+  [[nodiscard]] const PgStatement& wait_free() const noexcept { return wait_free_; }
 
  private:
   // set_config of the server-side timeouts that free a silent client's lock
@@ -237,7 +258,7 @@ class PgStatements {
     return s;
   }
   Set sets_[2][2];
-  PgStatement statement_timeout_, begin_;
+  PgStatement statement_timeout_, begin_, shared_unlock_, wait_free_;
 };
 
 // The parameters that carry PgTtlSettings.
@@ -251,12 +272,63 @@ void push_ttl_params(std::vector<PgParam>& params, std::chrono::milliseconds ttl
 
 // PostgresBackend's private state: the pool plus what the operations need.
 namespace detail {
+
+/// One server session shared by the leases of a backend (shared_sessions).
+/// `mu` serialises the round trips on it and guards the rest. Once the
+/// session ends (`session` null), every lease on it is lost: a replacement
+/// is a new object, so a lease never mistakes another session's locks for its own.
+struct PgSharedSession {
+  std::mutex mu;
+  PgSessionPtr session;
+  /// Keys this session holds for leases. Advisory locks are re-entrant per
+  /// session, so a key in here is contention for another Lock of this process,
+  /// decided without asking the server.
+  std::unordered_set<std::int64_t> keys;
+  std::vector<std::int64_t>
+      orphans;              ///< held keys whose handle was destroyed unreleased: unlock before the next acquire
+  std::int64_t ttl_ms = 0;  ///< the largest ttl the session's idle timeout was set for
+  SteadyTime proven{};      ///< when the last successful round trip was sent
+  std::string lost_why;     ///< why the session ended (for LockLostError)
+};
+
+/// A slot: the shared session that acquires of the keys mapped to it use now.
+struct PgSharedSlot {
+  std::mutex mu;  // taken before the session's mu
+  std::shared_ptr<PgSharedSession> current;
+};
+
 class PgBackendState : public PgPool {
  public:
-  using PgPool::PgPool;
+  PgBackendState(const PostgresOptions& options, std::string endpoint)
+      : PgPool(options, std::move(endpoint)), shared(options.shared_sessions) {}
   PgStatements statements;
-  std::atomic<int> fencing{-1};  // -1 unknown, 0 no sequence, 1 sequence present
+  std::atomic<int> fencing{-1};      // -1 unknown, 0 no sequence, 1 sequence present
+  std::vector<PgSharedSlot> shared;  // empty unless shared_sessions
 };
+
+struct PgHandleAccess {
+  static void fill(PgLockHandle& h, std::shared_ptr<PgSharedSession> sh, std::int64_t key, int pid) {
+    h.shared_ = std::move(sh);
+    h.key_ = key;
+    h.pid_ = pid;
+  }
+  static PgSharedSession& shared(const PgLockHandle& h) { return *h.shared_; }
+};
+
+namespace {
+// Ends a shared session (closing the connection frees its locks on the
+// server): every lease on it is lost. Called with s.mu held.
+void lose(PgSharedSession& s, std::string why) noexcept {
+  s.session.reset();
+  s.keys.clear();
+  s.orphans.clear();
+  try {
+    s.lost_why = std::move(why);
+  } catch (...) {  // out of memory: lost, with less detail
+  }
+}
+}  // namespace
+
 }  // namespace detail
 
 namespace {
@@ -299,6 +371,36 @@ PostgresBackend::PostgresBackend(PostgresOptions options) : state_(std::make_sha
 }
 
 PostgresBackend::State::~State() = default;
+
+PgLockHandle::PgLockHandle(PgLockHandle&& other) noexcept
+    : session_(std::move(other.session_)),
+      shared_(std::move(other.shared_)),
+      key_(std::exchange(other.key_, 0)),
+      pid_(std::exchange(other.pid_, 0)) {}
+
+PgLockHandle& PgLockHandle::operator=(PgLockHandle&& other) noexcept {
+  if (this != &other) {
+    orphan();
+    session_ = std::move(other.session_);
+    shared_ = std::move(other.shared_);
+    key_ = std::exchange(other.key_, 0);
+    pid_ = std::exchange(other.pid_, 0);
+  }
+  return *this;
+}
+
+PgLockHandle::~PgLockHandle() { orphan(); }
+
+void PgLockHandle::orphan() noexcept {
+  if (!shared_) return;
+  std::shared_ptr<detail::PgSharedSession> sh = std::move(shared_);
+  std::lock_guard lk(sh->mu);
+  if (!sh->session || !sh->keys.count(key_)) return;
+  try {
+    sh->orphans.push_back(key_);
+  } catch (...) {  // out of memory: the key stays held (and excluded) until the session ends
+  }
+}
 
 std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
   bool malformed = false;
@@ -403,11 +505,197 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   return g;
 }
 
+// ---- shared sessions ----
+
+// Why a round trip failed, for the LockLostError of the leases it loses.
+std::string why(const PgOutcome& o) {
+  if (!o.message.empty()) return o.message;
+  if (o.fail == PgOutcome::Fail::timeout) return "no answer within statement_timeout";
+  if (o.result) return detail::pg_redact(PQresultErrorMessage(o.result.get()));
+  return "no answer";
+}
+
+// Unlocks the keys of handles destroyed without release. Called with s.mu held;
+// false (and the session lost) when a round trip failed.
+bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, SteadyTime deadline) {
+  while (!s.orphans.empty()) {
+    const std::int64_t key = s.orphans.back();
+    PgOutcome o = s.session->run(st.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline);
+    if (!o.ok()) {
+      detail::lose(s, fmt::format("unlocking an abandoned lock failed: {}", why(o)));
+      return false;
+    }
+    s.orphans.pop_back();
+    s.keys.erase(key);
+  }
+  return true;
+}
+
+// The shared session of the slot that `key` maps to, connected and usable;
+// with its mu locked in `lk`. Replaces a session that ended (its leases are
+// lost: they find it so at their next extend or release) or was inherited
+// across fork() (dropped without a word).
+std::shared_ptr<detail::PgSharedSession> shared_session(detail::PgBackendState& st, detail::PgSharedSlot& slot,
+                                                        std::unique_lock<std::mutex>& lk) {
+  std::lock_guard slot_lk(slot.mu);
+  if (auto cur = slot.current) {
+    lk = std::unique_lock(cur->mu);
+    if (cur->session && cur->session->reusable()) return cur;
+    if (cur->session)
+      detail::lose(*cur, cur->session->inherited()
+                             ? "the session was opened before fork(); the parent process holds its locks"
+                             : "the server ended the session (terminated, idle timeout or restart)");
+    lk.unlock();
+  }
+  auto next = std::make_shared<detail::PgSharedSession>();
+  next->session = st.checkout();
+  lk = std::unique_lock(next->mu);
+  slot.current = next;
+  return next;
+}
+
+// One try on the shared session of the key's slot.
+AcquireResult<PgLockHandle> shared_try(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                       std::int64_t key, bool fence) {
+  const PostgresOptions& o = self.options();
+  auto& slot = st.shared[static_cast<std::uint64_t>(key) % st.shared.size()];
+  std::unique_lock<std::mutex> lk;
+  std::shared_ptr<detail::PgSharedSession> sh = shared_session(st, slot, lk);
+  const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
+  const SteadyTime deadline = after(o.statement_timeout);
+  if (!unlock_orphans(st, *sh, deadline))
+    throw ConnectionError(
+        fmt::format("dlock: PostgreSQL {}: {}: the shared session ended ({})", self.endpoint(), what(), sh->lost_why));
+  if (sh->keys.count(key)) return Contended{};  // held by another Lock of this process on this session
+  detail::PgSession& s = *sh->session;
+  // The session's idle timeout covers every lease on it: it only grows.
+  const std::int64_t ttl_ms = std::max<std::int64_t>(sh->ttl_ms, r.ttl.count());
+  std::vector<PgParam> params{PgParam::int8(key)};
+  detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
+  if (fence) params.push_back(PgParam::text(o.fencing_sequence));
+  const bool keepalives = s.keepalive_ttl_ms != ttl_ms;
+  const SteadyTime sent = std::chrono::steady_clock::now();
+  PgOutcome out = s.run(st.statements.get(s, false).try_[fence][keepalives], params, true, deadline);
+  if (!out.ok()) {
+    const bool server_error = out.fail == PgOutcome::Fail::none && PQstatus(s.conn()) == CONNECTION_OK &&
+                              PQtransactionStatus(s.conn()) == PQTRANS_IDLE;
+    // The lock may have been taken before the error (nextval refused): this
+    // session did not hold the key before, so an unlock that succeeds undoes
+    // exactly that. Otherwise the session is closed, which frees it.
+    if (!server_error || !s.run(st.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline).ok())
+      detail::lose(*sh, fmt::format("{} failed: {}", what(), why(out)));
+    detail::throw_outcome(out, self.endpoint(), what(), o.statement_timeout);
+  }
+  sh->proven = sent;
+  sh->ttl_ms = ttl_ms;
+  if (keepalives) s.keepalive_ttl_ms = ttl_ms;
+  const PGresult* res = out.result.get();
+  if (!text_is_true(res, 0, 0)) return Contended{};
+  sh->keys.insert(key);
+  Grant<PgLockHandle> g;
+  if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+  g.valid_until = detail::saturating_add(r.started, r.ttl);
+  detail::PgHandleAccess::fill(g.handle, std::move(sh), key, s.pid());
+  return g;
+}
+
+// Waits on a pooled connection of its own until the lock is free (queued in
+// the server: a release wakes it at once), gives it back in the same
+// statement, and tries on the shared session; again until max_wait passes. The
+// shared session never blocks, so the other locks on it go on extending and
+// releasing; the price is that a try from elsewhere may take the lock between
+// the wait and the try (no strict arrival order).
+AcquireResult<PgLockHandle> shared_wait(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                        std::chrono::milliseconds max_wait, std::int64_t key, bool fence) {
+  const PostgresOptions& o = self.options();
+  const SteadyTime end = after(max_wait);
+  for (;;) {
+    AcquireResult<PgLockHandle> res = shared_try(self, st, r, key, fence);
+    if (std::holds_alternative<Grant<PgLockHandle>>(res)) return res;
+    const std::int64_t wait_ms =
+        detail::pg_int_ms(std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()));
+    if (wait_ms <= 0) return res;
+    PgSessionPtr s = st.checkout();
+    const std::vector<PgParam> bound{
+        PgParam::int8(std::min<std::int64_t>(INT_MAX, detail::pg_int_ms(o.statement_timeout) + wait_ms))},
+        params{PgParam::int8(key), PgParam::int8(wait_ms)};
+    PgOutcome w =
+        s->run_pipelined({{st.statements.statement_timeout(), bound}, {st.statements.wait_free(), params}}, true,
+                         detail::saturating_add(after(o.statement_timeout), std::chrono::milliseconds(wait_ms)));
+    if (!w.ok()) {
+      if (w.fail == PgOutcome::Fail::none && w.sqlstate() == "55P03" && PQstatus(s->conn()) == CONNECTION_OK) {
+        st.checkin(std::move(s));
+        return Contended{};
+      }
+      // Closing `s` frees whatever the wait may have taken.
+      detail::throw_outcome(w, self.endpoint(), fmt::format("wait for lock '{}' (key {})", r.name, key),
+                            o.statement_timeout);
+    }
+    st.checkin(std::move(s));
+  }
+}
+
+ReleaseResult shared_release(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
+                             std::string_view name, PgLockHandle& h, std::shared_ptr<detail::PgSharedSession> sh) {
+  std::lock_guard lk(sh->mu);
+  if (!sh->session || !sh->keys.count(h.key())) return ReleaseResult::not_held;
+  PgOutcome out =
+      sh->session->run(st.statements.shared_unlock(), {PgParam::int8(h.key())}, true, after(o.statement_timeout));
+  if (!out.ok()) {
+    // The session failed or is in doubt: closing it frees this lock (and the others on it).
+    detail::lose(*sh, fmt::format("release of lock '{}' failed: {}", name, why(out)));
+    if (out.fail == PgOutcome::Fail::timeout)
+      detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, h.key()),
+                            o.statement_timeout);
+    return ReleaseResult::not_held;
+  }
+  sh->keys.erase(h.key());
+  return text_is_true(out.result.get(), 0, 0) ? ReleaseResult::released : ReleaseResult::not_held;
+}
+
+// A successful round trip on the shared session proves it alive and restarts
+// its idle clock (>= ttl), so an extend that waited for the session while
+// another's round trip was sent needs none of its own. `entered` is taken on
+// the steady clock, whatever clock `started` comes from: the caller took
+// `started` before calling, so a round trip sent after `entered` was sent
+// after `started` too.
+std::optional<TimePoint> shared_extend(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
+                                       std::string_view name, PgLockHandle& h, std::chrono::milliseconds ttl,
+                                       TimePoint started) {
+  const SteadyTime entered = std::chrono::steady_clock::now();
+  detail::PgSharedSession& sh = detail::PgHandleAccess::shared(h);
+  std::lock_guard lk(sh.mu);
+  if (sh.session && !sh.keys.count(h.key())) return std::nullopt;
+  if (sh.session && sh.proven >= entered && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
+  if (sh.session) {
+    const std::int64_t ttl_ms = std::max<std::int64_t>(sh.ttl_ms, ttl.count());
+    std::vector<PgParam> params;
+    detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
+    const SteadyTime sent = std::chrono::steady_clock::now();
+    PgOutcome out =
+        sh.session->run(st.statements.get(*sh.session, false).extend, params, true, after(o.statement_timeout));
+    if (out.ok()) {
+      sh.proven = sent;
+      sh.ttl_ms = ttl_ms;
+      sh.session->keepalive_ttl_ms = ttl_ms;
+      return detail::saturating_add(started, ttl);
+    }
+    detail::lose(sh, why(out));
+  }
+  throw LockLostError(
+      fmt::format("dlock: the shared session holding lock '{}' on postgres {} ended ({}); the server "
+                  "released the lock, and every other lock on that session, with it",
+                  name, endpoint, sh.lost_why));
+}
+
 }  // namespace
 
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire(const AcquireRequest& request) {
   const std::int64_t key = advisory_key(request.name);
   const bool fence = has_fencing();
+  if (state_->options.shared_sessions > 0) {
+    return shared_try(*this, state(state_->pool), request, key, fence);
+  }
   PgSessionPtr s;
   AcquireResult<PgLockHandle> result = acquire(*this, state(state_->pool), request, nullptr, s, key, fence);
   if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
@@ -423,6 +711,9 @@ AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& 
   if (max_wait <= std::chrono::milliseconds::zero()) return try_acquire(request);  // lock_timeout 0 would mean forever
   const std::int64_t key = advisory_key(request.name);
   const bool fence = has_fencing();
+  if (state_->options.shared_sessions > 0) {
+    return shared_wait(*this, state(state_->pool), request, max_wait, key, fence);
+  }
   PgSessionPtr s;
   AcquireResult<PgLockHandle> result = acquire(*this, state(state_->pool), request, &max_wait, s, key, fence);
   if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
@@ -434,6 +725,9 @@ AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& 
 }
 
 ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lease) {
+  if (lease.handle.shared_)
+    return shared_release(state(state_->pool), state_->options, state_->endpoint, name, lease.handle,
+                          std::move(lease.handle.shared_));
   PgSessionPtr s = std::move(lease.handle.session_);
   if (!s) return ReleaseResult::not_held;
   const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
@@ -463,6 +757,8 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
 
 std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Handle>& lease,
                                                  std::chrono::milliseconds ttl, TimePoint started) {
+  if (lease.handle.shared_)
+    return shared_extend(state(state_->pool), state_->options, state_->endpoint, name, lease.handle, ttl, started);
   if (!lease.handle.session_) return std::nullopt;
   detail::PgSession& s = *lease.handle.session_;
   const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
@@ -473,14 +769,12 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
   if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
     // A lost session is a lost lock (the server releases it with the session);
     // closing it makes sure. Say why: it is the connection, not another owner.
-    const std::string why = !o.message.empty() ? o.message
-                            : o.result         ? detail::pg_redact(PQresultErrorMessage(o.result.get()))
-                                               : std::string("the transaction ended");
+    const std::string reason = o.ok() ? std::string("the transaction ended") : why(o);
     lease.handle.session_.reset();
     throw LockLostError(
         fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
                     "released the lock with it",
-                    name, state_->endpoint, why));
+                    name, state_->endpoint, reason));
   }
   s.keepalive_ttl_ms = ttl.count();
   return detail::saturating_add(started, ttl);

@@ -226,6 +226,17 @@ SCENARIOS = {
     "redis_stop": ("redis-server SIGSTOPped for 2 x TTL, then SIGCONT.",
                    "Extensions fail; the heartbeat declares the loss when validity ends (safety.md, \"Validity and "
                    "clocks\"). Nobody else can acquire from a stopped server, so no overlap is expected."),
+    "redis_fast_clock": ("redis-server whose wall clock, which Redis expires keys by, runs at twice the real rate "
+                         "(Debian's libfaketime, `FAKETIME=\"+0 x2\"`); each fault cycle, a holder stops itself "
+                         "(SIGSTOP) between its token and its write for 5/8 TTL: past its key's expiry on the fast "
+                         "node, within its validity on its own clock.",
+                         "Expected: overlaps. The key expires after TTL / 2 of real time, another client acquires, "
+                         "and the paused holder resumes believing it still holds the lock. Assumption violated: "
+                         "`RedisBackend` assumes the server's clock does not run faster than the client's over one "
+                         "TTL (safety.md, \"Validity and clocks\"; the model's `redis-drift` counterexample). "
+                         "Fencing still holds: the late write carries the older token and is rejected, and the loss "
+                         "is signalled (at the latest, its release() returns not_held). With a normal clock the same "
+                         "pause costs nothing (it ends within both validities)."),
     "client_pause": ("A holder stops itself with SIGSTOP between taking its token and writing (a GC pause), for "
                      "3 x TTL, heartbeat included; then SIGCONT.",
                      "Expected: the lease expires on the server, another client acquires, and the paused client "

@@ -76,6 +76,9 @@ struct Traits {
   /// lock expires by its TTL), or release_not_held where losing the connection
   /// itself frees the lock (a PostgreSQL session).
   EventType release_outage = EventType::release_failed;
+  /// The reason a holder is given when its lock is deleted behind its back
+  /// (force_delete): taken, or connection where deleting it ends the session.
+  LostReason deleted_reason = LostReason::taken;
   int threads = 4;  ///< mutual exclusion across threads: threads x cycles
   int cycles = 100;
   int processes = 4;  ///< mutual exclusion across processes: processes x process_cycles
@@ -515,11 +518,19 @@ TYPED_TEST_P(Conformance, LockDeletedBehindTheHoldersBackIsSignalled) {
   ASSERT_TRUE(lock.try_lock());
   std::atomic<int> calls{0};
   std::atomic<int> reason{-1};
+  std::mutex mu;
+  std::string lost_lock, lost_owner;
   lock.on_lost([&](const LostEvent& e) {
+    {
+      std::lock_guard lk(mu);
+      lost_lock = e.lock;
+      lost_owner = e.owner;
+    }
     reason = static_cast<int>(e.reason);
     ++calls;
   });
   const std::stop_token token = lock.stop_token();
+  const std::string owner(lock.owner_id());
   EXPECT_FALSE(token.stop_requested());
 
   this->fx_.force_delete(this->name());
@@ -531,10 +542,17 @@ TYPED_TEST_P(Conformance, LockDeletedBehindTheHoldersBackIsSignalled) {
   std::printf("loss signalled %lld ms after the delete (extension interval %lld ms), reason %s\n",
               static_cast<long long>(latency.count()), static_cast<long long>(interval.count()),
               std::string(to_string(static_cast<LostReason>(reason.load()))).c_str());
-  EXPECT_TRUE(reason == static_cast<int>(LostReason::taken) || reason == static_cast<int>(LostReason::connection));
+  EXPECT_EQ(reason.load(), static_cast<int>(TypeParam::traits.deleted_reason));
+  {
+    std::lock_guard lk(mu);
+    EXPECT_EQ(lost_lock, this->name());
+    EXPECT_EQ(lost_owner, owner);
+  }
   EXPECT_EQ(obs->count(EventType::lost), 1u) << this->events(*obs);
   EXPECT_FALSE(lock.owns_lock());
   EXPECT_THROW((void)lock.fencing_token(), LockLostError);
+  EXPECT_THROW(lock.extend(), LockLostError);
+  EXPECT_EQ(lock.release(), ReleaseResult::not_held);
   typename TestFixture::L other(b2, this->name(), this->options({.ttl = 10s}));
   EXPECT_TRUE(other.try_lock());
   EXPECT_EQ(calls.load(), 1);

@@ -1,4 +1,5 @@
-// Conformance fixture of PostgresBackend in session or transaction scope: the
+// Conformance fixture of PostgresBackend in session or transaction scope, with
+// pinned or (Shared > 0: PostgresOptions::shared_sessions) shared sessions: the
 // executable's shared PostgreSQL server (support/postgres_server.hpp, or
 // DLOCK_TEST_PG) with a FaultProxy in front, the fencing sequence installed,
 // and a lock namespace per test.
@@ -8,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <cstddef>
 #include <memory>
 #include <regex>
 #include <stdexcept>
@@ -20,12 +22,14 @@
 
 namespace dlock::conformance {
 
-template <PostgresOptions::Scope S>
+template <PostgresOptions::Scope S, std::size_t Shared = 0>
 class PostgresFixture {
  public:
   using Backend = PostgresBackend;
   static constexpr Traits traits{// Losing the connection ends the session, and the server frees the lock with it.
                                  .release_outage = EventType::release_not_held,
+                                 // Deleting it is terminating the session that holds it.
+                                 .deleted_reason = LostReason::connection,
                                  .threads = 4,
                                  .cycles = 50,
                                  .processes = 4,
@@ -80,7 +84,8 @@ class PostgresFixture {
     return c;
   }
   PostgresOptions options(const std::string& conninfo) const {
-    return PostgresOptions{.conninfo = conninfo, .lock_namespace = namespace_, .pool_size = 4, .scope = S};
+    return PostgresOptions{
+        .conninfo = conninfo, .lock_namespace = namespace_, .pool_size = 4, .scope = S, .shared_sessions = Shared};
   }
   std::string key(std::string_view name) const { return std::to_string(make_key().advisory_key(name)); }
   PostgresBackend make_key() const { return PostgresBackend(options(conninfo())); }

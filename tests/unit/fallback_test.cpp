@@ -165,10 +165,12 @@ TEST(Degradation, AReleaseOnTheHealthyPrimaryWakesAWaiter) {
   UnlockedBackend none;
   FallbackBackend<MemoryBackend, UnlockedBackend> degrade(primary, none);
   Lock<decltype(degrade)> holder(degrade, "job");
-  Lock<decltype(degrade)> waiter(degrade, "job", {.retry = {.initial_delay = 30s, .max_delay = 30s}});
+  auto obs = std::make_shared<dlock::test::RecordingObserver>();
+  Lock<decltype(degrade)> waiter(degrade, "job", {.retry = {.initial_delay = 30s, .max_delay = 30s}, .observer = obs});
   holder.lock();
   std::thread release([&] {
-    std::this_thread::sleep_for(50ms);  // let the waiter subscribe and start its 30 s wait
+    // Once the waiter has subscribed, found the lock held again and started its 30 s wait.
+    (void)dlock::test::eventually([&] { return obs->count(dlock::EventType::contended) >= 2; }, 10s);
     holder.unlock();
   });
   const auto start = std::chrono::steady_clock::now();

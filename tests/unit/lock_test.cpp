@@ -51,25 +51,6 @@ LockOptions fast_retry() { return {.ttl = 30s, .retry = {.initial_delay = 50us, 
 
 }  // namespace
 
-TEST(MutualExclusion, EightThreadsEachWithItsOwnLock) {
-  MemoryBackend mem;
-  Shared shared;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&] {
-      Lock<MemoryBackend> lock(mem, "counter", fast_retry());  // a distinct owner per thread
-      for (int i = 0; i < kCycles; ++i) {
-        std::scoped_lock hold(lock);
-        critical_section(lock, shared);
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(shared.counter, kThreads * kCycles);
-  EXPECT_TRUE(shared.tokens_increase);
-  EXPECT_EQ(shared.last_token, static_cast<std::uint64_t>(kThreads * kCycles));
-}
-
 TEST(MutualExclusion, EightThreadsSharingOneLockObject) {
   MemoryBackend mem;
   Lock<MemoryBackend> lock(mem, "counter", fast_retry());
@@ -101,35 +82,6 @@ TEST(Acquire, TryLockIsOneAttemptAndFalseOnContention) {
   a.unlock();
   EXPECT_TRUE(b.try_lock());
   EXPECT_EQ(observer->count(EventType::acquired), 1u);
-}
-
-TEST(Acquire, TryLockForHonoursItsDeadline) {
-  MemoryBackend mem;
-  Lock<MemoryBackend> a(mem, "job");
-  Lock<MemoryBackend> b(mem, "job", {.retry = {.initial_delay = 5ms, .max_delay = 20ms}});
-  a.lock();
-  const auto start = std::chrono::steady_clock::now();
-  EXPECT_FALSE(b.try_lock_for(150ms));
-  const auto took = std::chrono::steady_clock::now() - start;
-  EXPECT_GE(took, 150ms);
-  EXPECT_LT(took, 5s);  // a bound that only a hang would break
-}
-
-TEST(Acquire, ReleaseWakesAWaiterLongBeforeItsBackoff) {
-  MemoryBackend mem;
-  Lock<MemoryBackend> holder(mem, "job", {.ttl = 60s});
-  // Without a wake-up this waiter would sleep 30 s before its next attempt.
-  Lock<MemoryBackend> waiter(mem, "job",
-                             {.retry = {.initial_delay = 30s, .max_delay = 30s, .jitter = dlock::Jitter::none}});
-  holder.lock();
-  std::atomic<bool> acquired{false};
-  std::thread t([&] { acquired = waiter.try_lock_for(20s); });
-  std::this_thread::sleep_for(100ms);  // let the waiter block
-  const auto released_at = std::chrono::steady_clock::now();
-  holder.unlock();
-  t.join();
-  EXPECT_TRUE(acquired);
-  EXPECT_LT(std::chrono::steady_clock::now() - released_at, 10s);
 }
 
 TEST(Acquire, WaitIsCappedByTheHoldersRemainingTtl) {
@@ -246,18 +198,46 @@ TEST(Expiry, ReleaseAfterExpiryIsReportedAsRunUnprotected) {
     }
 }
 
-TEST(Release, UnlockIsIdempotent) {
-  MemoryBackend mem;
+namespace {
+// Acquires through a MemoryBackend; every release reports `released`, as a
+// Redlock release does when a minority node still has the expired lease's key
+// (its TTL runs on that node's clock) while the next holder has the rest.
+class KeyOutlivesValidityBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  explicit KeyOutlivesValidityBackend(const dlock::Clock& clock) : mem_(clock) {}
+  [[nodiscard]] std::string_view kind() const noexcept { return "key-outlives-validity"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:0"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return mem_.try_acquire(r); }
+  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) {
+    (void)mem_.release(name, lease);
+    return dlock::ReleaseResult::released;
+  }
+  std::optional<dlock::TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease,
+                                         std::chrono::milliseconds ttl, dlock::TimePoint started) {
+    return mem_.extend(name, lease, ttl, started);
+  }
+
+ private:
+  MemoryBackend mem_;
+};
+}  // namespace
+
+// Past its validity the end of the critical section ran unprotected, whatever
+// the server still had (seen first as a flaky Redlock conformance failure).
+TEST(Release, ReleaseAfterTheValidityEndedIsNotHeldEvenIfTheServerStillHadTheKey) {
+  dlock::ManualClock clock;
+  KeyOutlivesValidityBackend backend(clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<MemoryBackend> lock(mem, "job", {.observer = observer});
+  Lock<KeyOutlivesValidityBackend> lock(backend, "job", {.ttl = 1s, .observer = observer, .clock = &clock});
   lock.lock();
-  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
+  clock.advance(999ms);
+  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);  // within its validity
+  lock.lock();
+  clock.advance(1s);
   EXPECT_EQ(lock.release(), dlock::ReleaseResult::not_held);
-  lock.unlock();
-  lock.unlock();
   EXPECT_EQ(observer->count(EventType::released), 1u);
-  EXPECT_EQ(observer->count(EventType::release_not_held), 0u);
-  EXPECT_TRUE(lock.try_lock());  // and the lock is usable again
+  EXPECT_EQ(observer->count(EventType::release_not_held), 1u);
 }
 
 TEST(Release, ANonOwnerCannotReleaseTheOwnersLock) {
@@ -540,10 +520,10 @@ TEST(WaitRecords, ABlockedAcquirePublishesWhatItWaitsForAndWhatItsThreadHolds) {
     done = true;
   });
   std::vector<dlock::test::WaitRecordingBackend::Record> live;
-  for (int i = 0; i < 500 && live.empty(); ++i) {
-    std::this_thread::sleep_for(2ms);
+  (void)dlock::test::eventually([&] {
     live = backend.live();
-  }
+    return !live.empty();
+  });
   ASSERT_EQ(live.size(), 1u);
   EXPECT_EQ(live[0].lock, "b");
   ASSERT_EQ(live[0].holds.size(), 1u);
@@ -749,7 +729,9 @@ TEST(Forever, AnotherThreadWaitingAtTheGateWithAnEndlessTimeoutWaits) {
   lock.lock();
   std::atomic<int> outcome{-1};
   std::thread waiter([&] { outcome = lock.try_lock_for(std::chrono::hours::max()) ? 1 : 0; });
-  std::this_thread::sleep_for(50ms);  // a failing waiter returns at once; this one must still wait
+  // A failing waiter returns at once; this one must still wait (a check that
+  // nothing happens: time has to pass).
+  std::this_thread::sleep_for(50ms);
   EXPECT_EQ(outcome.load(), -1);
   lock.unlock();
   waiter.join();

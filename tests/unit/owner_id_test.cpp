@@ -48,7 +48,7 @@ TEST(OwnerId, CanonicalTextWithTimestampAndBits) {
 TEST(OwnerId, LaterIdsSortLater) {
   auto prev = dlock::OwnerId::generate();
   for (int i = 0; i < 5; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the next millisecond of the ids' timestamp
     auto next = dlock::OwnerId::generate();
     EXPECT_LT(prev.str(), next.str());
     EXPECT_LT(prev, next);

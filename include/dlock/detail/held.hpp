@@ -188,6 +188,10 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       }
       return ReleaseResult::not_held;
     }
+    // Past its validity the end of the critical section ran unprotected, even
+    // if a server still had the key (Redlock: a minority node whose key
+    // outlives the validity, while the next holder has the others).
+    const bool expired = clock_.now() >= lease_.valid_until;  // op_mu_ held: valid_until is stable
     ReleaseResult result{};
     try {
       result = backend_.release(name_, lease_);
@@ -196,6 +200,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
              fmt::format("release of '{}' failed ({}); the lock will expire by its TTL", name_, e.what()));
       throw;
     }
+    if (expired) result = ReleaseResult::not_held;
     emit_released(result);
     return result;
   }

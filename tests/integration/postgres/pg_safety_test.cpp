@@ -74,7 +74,9 @@ TEST_P(ServerStatementTimeout, AWaitLongerThanItIsOneAttemptWithoutErrorsOrRecon
     acquired = w.try_lock_for(2s);
     if (acquired) w.unlock();
   });
-  std::this_thread::sleep_for(1s);  // the hold: the waiter sits in the server's queue meanwhile
+  ASSERT_TRUE(dlock::test::eventually([&] { return has_waiter(probe, pg.advisory_key(test_name())); }, 5s));
+  // Queued: now past the server's statement_timeout (a server timer: waiting it out is the point).
+  std::this_thread::sleep_for(600ms);
   holder.unlock();
   waiter.join();
   EXPECT_TRUE(acquired.load());
@@ -214,8 +216,10 @@ TEST(PgForever, HugeClientTimeoutsStillConnect) {
 
 // ---- 2: a forked child never uses or closes the parent's sessions ----
 
-TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) {
-  PostgresBackend pg(options({.pool_size = 4}));
+// With shared_sessions, the child's acquire meets the inherited shared session
+// (one slot: every key maps to it) and must replace it without a word.
+void child_using_the_backend_leaves_the_parents_lock_held(std::size_t shared_sessions) {
+  PostgresBackend pg(options({.pool_size = 4, .shared_sessions = shared_sessions}));
   const std::string name = test_name();
   auto holder = std::make_unique<PgLock>(pg, name, dlock::LockOptions{.ttl = 30s});
   ASSERT_TRUE(holder->try_lock());
@@ -224,6 +228,7 @@ TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) {
     ASSERT_TRUE(warm.try_lock());
     warm.unlock();
   }
+  if (shared_sessions > 0) (void)pg.monitor();  // the locks used the shared session: leave an idle one too
   ASSERT_EQ(pg.pool_stats().idle, 1u);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
@@ -251,6 +256,12 @@ TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) {
   EXPECT_NO_THROW((void)pg.monitor());  // the parent's idle pooled connection still works
   EXPECT_EQ(holder->release(), dlock::ReleaseResult::released);
   EXPECT_EQ(holders_of(raw, pg.advisory_key(name)), "0");
+}
+
+TEST(PgFork, ChildUsingTheBackendLeavesTheParentsLockHeld) { child_using_the_backend_leaves_the_parents_lock_held(0); }
+
+TEST(PgFork, ChildUsingASharedSessionBackendLeavesTheParentsLockHeld) {
+  child_using_the_backend_leaves_the_parents_lock_held(1);
 }
 
 }  // namespace

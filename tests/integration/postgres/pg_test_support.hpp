@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 
 #include "support/postgres_server.hpp"
@@ -30,6 +31,14 @@ inline PostgresOptions options(PostgresOptions o = {}) {
 }
 
 inline std::string test_name() { return ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
+
+/// A request for the advisory lock `key` waits in the server's queue.
+inline bool has_waiter(RawConn& raw, std::int64_t key) {
+  return raw.exec(
+             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+             "AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+             {std::to_string(key)}) != "0";
+}
 
 inline std::chrono::milliseconds since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t);

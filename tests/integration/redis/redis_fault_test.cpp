@@ -246,10 +246,10 @@ TEST(RedisFault, ServerDyingMidWriteNeverRaisesSigpipe) {
   std::atomic<bool> done{false};
   std::thread killer([&] {
     RedisBackend admin(o);
-    std::this_thread::sleep_for(5ms);
+    std::this_thread::sleep_for(5ms);  // fault pacing: the first kill a moment into the stream
     while (!done) {
       (void)admin.node().command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
-      std::this_thread::sleep_for(2ms);
+      std::this_thread::sleep_for(2ms);  // fault pacing: a kill every 2 ms
     }
   });
   redis.extend_many(items);  // must return, with every item failed

@@ -21,6 +21,7 @@
 #include <variant>
 
 #include "redis_test_support.hpp"
+#include "unit/test_support.hpp"
 
 using namespace std::chrono_literals;
 using dlock::AcquireRequest;
@@ -133,10 +134,12 @@ TEST_F(RedisTest, TheFencingCounterIsKeptOnlyBrieflyAfterItsLock) {
   EXPECT_GT(second, first);
   EXPECT_LE(cmd({"PTTL", fence}).integer, Ms(2s + 5ms).count());
   l2.unlock();
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (cmd({"EXISTS", fence}).integer == 1 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(50ms);
-  ASSERT_EQ(cmd({"EXISTS", fence}).integer, 0) << "the counter was not forgotten";
+  ASSERT_TRUE(dlock::test::eventually(
+      [&] {
+        return cmd({"EXISTS", fence}).integer == 0;
+      },
+      10s))
+      << "the counter was not forgotten";
   ASSERT_TRUE(l2.try_lock());
   EXPECT_GT(l2.fencing_token(), second);
 }
@@ -158,10 +161,7 @@ TEST(RedisSafety, AnInDoubtAcquireIsGrantedToItsOwnRetryAtOnce) {
   EXPECT_THROW((void)redis.try_acquire(request("doubt", owner, 8s)), dlock::TimeoutError);  // in doubt
   server.resume();
   // The script ran after all (waits for the resumed server, bounded).
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (get(inspect, key) != owner.str() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(5ms);
-  ASSERT_EQ(get(inspect, key), owner.str());
+  ASSERT_TRUE(dlock::test::eventually([&] { return get(inspect, key) == owner.str(); }, 5s));
   const std::uint64_t counter = std::stoull(get(inspect, redis.node().keys("doubt").fence));
 
   ASSERT_EQ(inspect.command({"PEXPIRE", key, "3000"}).integer, 1);  // as if time passed
@@ -184,10 +184,12 @@ TEST(RedisSafety, ABlockingAcquireWhoseFirstReplyTimedOutDoesNotWaitOutItsOwnTtl
   RedisServer server;
   RedisBackend redis(own(server, 200ms));
   ASSERT_EQ(redis.node().command({"PING"}).str, "PONG");
-  Lock<RedisBackend> lock(redis, "blocking", {.ttl = 4s, .acquire_timeout = 15s, .observer = quiet()});
+  auto obs = std::make_shared<dlock::test::RecordingObserver>();
+  Lock<RedisBackend> lock(redis, "blocking", {.ttl = 4s, .acquire_timeout = 15s, .observer = obs});
   server.pause();
   std::thread resume([&] {
-    std::this_thread::sleep_for(300ms);  // the first attempt's reply times out meanwhile
+    // Once the first attempt's reply has timed out.
+    (void)dlock::test::eventually([&] { return obs->count(dlock::EventType::attempt_failed) >= 1; }, 10s);
     server.resume();
   });
   const auto t0 = std::chrono::steady_clock::now();

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "unit/test_support.hpp"
 
 using namespace std::chrono_literals;
 using dlock::Lock;
@@ -91,21 +92,6 @@ TEST_F(RedisTest, ValidityIsMeasuredFromBeforeTheRequest) {
   EXPECT_EQ(std::get<dlock::Grant<dlock::NoHandle>>(r).valid_until, started + 1000ms);
 }
 
-TEST_F(RedisTest, ReleaseIsIdempotent) {
-  const auto owner = dlock::OwnerId::generate();
-  ASSERT_TRUE(std::holds_alternative<dlock::Grant<dlock::NoHandle>>(
-      redis().try_acquire({"idem", owner, 10000ms, std::chrono::steady_clock::now()})));
-  auto lease = lease_for(owner);
-  EXPECT_EQ(redis().release("idem", lease), dlock::ReleaseResult::released);
-  EXPECT_EQ(redis().release("idem", lease), dlock::ReleaseResult::not_held);
-
-  Lock<RedisBackend> lock(redis(), "idem2", {.ttl = 10s});
-  ASSERT_TRUE(lock.try_lock());
-  EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
-  EXPECT_EQ(lock.release(), dlock::ReleaseResult::not_held);
-  lock.unlock();  // and once more, quietly
-}
-
 TEST_F(RedisTest, NonOwnerCannotReleaseOrExtend) {
   Lock<RedisBackend> holder(redis(), "n", {.ttl = 10s});
   ASSERT_TRUE(holder.try_lock());
@@ -119,49 +105,6 @@ TEST_F(RedisTest, NonOwnerCannotReleaseOrExtend) {
   const long long after = cmd({"PTTL", key("n")}).integer;
   EXPECT_LE(after, before);  // not extended to 60 s
   EXPECT_TRUE(holder.owns_lock());
-}
-
-TEST_F(RedisTest, ExtendResetsTheTtl) {
-  Lock<RedisBackend> lock(redis(), "e", {.ttl = 2s});
-  ASSERT_TRUE(lock.try_lock());
-  lock.extend(30s);
-  const long long pttl = cmd({"PTTL", key("e")}).integer;
-  EXPECT_GT(pttl, 29000);
-  EXPECT_GT(lock.valid_until(), std::chrono::steady_clock::now() + 29s);
-}
-
-TEST_F(RedisTest, ExpiredLockBecomesAcquirableAndTheStaleOwnerCannotTouchIt) {
-  Lock<RedisBackend> stale(redis(), "exp", {.ttl = 200ms, .observer = quiet()});
-  ASSERT_TRUE(stale.try_lock());
-  const std::uint64_t stale_token = stale.fencing_token();
-
-  Lock<RedisBackend> next(redis(), "exp", {.ttl = 10s, .retry = {.initial_delay = 20ms, .max_delay = 50ms}});
-  const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(next.try_lock_for(3s));
-  EXPECT_GE(std::chrono::steady_clock::now() - t0, 100ms);  // it really waited for the expiry
-  EXPECT_GT(next.fencing_token(), stale_token);
-  const std::string next_owner(next.owner_id());
-
-  EXPECT_THROW(stale.extend(10s), dlock::LockLostError);
-  EXPECT_EQ(stale.release(), dlock::ReleaseResult::not_held);
-  // And directly through the backend, with the stale owner id:
-  auto stale_lease = lease_for(dlock::OwnerId::generate());
-  EXPECT_EQ(redis().release("exp", stale_lease), dlock::ReleaseResult::not_held);
-
-  EXPECT_EQ(cmd({"GET", key("exp")}).str, next_owner);
-  EXPECT_GT(cmd({"PTTL", key("exp")}).integer, 9000);
-  EXPECT_TRUE(next.owns_lock());
-}
-
-TEST_F(RedisTest, TokensIncreaseAcrossAcquisitions) {
-  Lock<RedisBackend> lock(redis(), "t", {.ttl = 10s});
-  std::uint64_t last = 0;
-  for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(lock.try_lock());
-    EXPECT_GT(lock.fencing_token(), last);
-    last = lock.fencing_token();
-    lock.unlock();
-  }
 }
 
 TEST_F(RedisTest, FencingCounterHasATtlAndIsSeededFromServerTime) {
@@ -385,28 +328,6 @@ TEST_F(RedisTest, UnixSocketAndUri) {
 
 // ---- pub/sub wake-up ----
 
-TEST_F(RedisTest, WaiterWakesOnReleaseInsteadOfSleepingItsBackoff) {
-  Lock<RedisBackend> holder(redis(), "wake", {.ttl = 10s});
-  ASSERT_TRUE(holder.try_lock());
-  RedisBackend other(options());  // a second client, as another process would be
-  Lock<RedisBackend> waiter(
-      other, "wake", {.ttl = 10s, .retry = {.initial_delay = 1s, .max_delay = 1s, .jitter = dlock::Jitter::none}});
-  std::atomic<bool> got{false};
-  std::chrono::steady_clock::time_point acquired_at{};
-  std::thread t([&] {
-    got = waiter.try_lock_for(5s);
-    acquired_at = std::chrono::steady_clock::now();
-  });
-  std::this_thread::sleep_for(300ms);  // the waiter has subscribed, retried and now waits up to 1 s
-  const auto released_at = std::chrono::steady_clock::now();
-  holder.unlock();
-  t.join();
-  ASSERT_TRUE(got);
-  const auto latency = std::chrono::duration_cast<Ms>(acquired_at - released_at);
-  EXPECT_LT(latency, 100ms) << "woke " << latency.count() << " ms after the release (backoff was 1 s)";
-  waiter.unlock();
-}
-
 TEST_F(RedisTest, OneSharedPubSubConnectionWithReferenceCounts) {
   auto count_subscribers = [&](const std::string& channel) {
     const auto r = cmd({"PUBSUB", "NUMSUB", channel});
@@ -434,9 +355,7 @@ TEST_F(RedisTest, OneSharedPubSubConnectionWithReferenceCounts) {
     }
   }
   // The last reference unsubscribes (asynchronously).
-  const auto deadline = std::chrono::steady_clock::now() + 2s;
-  while ((count_subscribers(ch1) != 0 || count_subscribers(ch2) != 0) && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(dlock::test::eventually([&] { return count_subscribers(ch1) == 0 && count_subscribers(ch2) == 0; }, 2s));
   EXPECT_EQ(count_subscribers(ch1), 0);
   EXPECT_EQ(count_subscribers(ch2), 0);
 }
@@ -457,9 +376,7 @@ TEST_F(RedisTest, DeadPubSubConnectionDoesNotHangWaitersAndReconnects) {
   auto again = redis().subscribe_release("dead");
   EXPECT_LT(std::chrono::steady_clock::now() - t1, 1s);
   // ... and the thread reconnects and resubscribes by itself.
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (numsub() != 1 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(numsub(), 1);
+  EXPECT_TRUE(dlock::test::eventually([&] { return numsub() == 1; }, 5s));
   Lock<RedisBackend> l(redis(), "dead", {.ttl = 10s});
   ASSERT_TRUE(l.try_lock());
   l.unlock();
@@ -497,6 +414,7 @@ TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetrie
   EXPECT_EQ(cmd({"PUBLISH", allowed, "x"}).integer, 1);
   EXPECT_TRUE(ok.wait_for(2s));
   // Past command_timeout: nothing was dropped for an acknowledgement that never came.
+  // (Waiting out the subscriber's real timeout is the point: nothing may happen.)
   std::this_thread::sleep_for(o.command_timeout + 500ms);
   EXPECT_EQ(subscriber.failures(), 0u);
   EXPECT_EQ(subscriber.connected(), 1u);
@@ -528,9 +446,13 @@ TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
 TEST_F(RedisTest, DestroyingTheBackendWithLiveSubscriptionsIsSafe) {
   auto b = std::make_unique<RedisBackend>(options());
   auto sub = b->subscribe_release("gone");
-  std::thread waiter([&] { (void)sub.wait_for(300ms); });
-  std::this_thread::sleep_for(50ms);
-  b.reset();
+  std::atomic<bool> waiting{false};
+  std::thread waiter([&] {
+    waiting = true;
+    (void)sub.wait_for(300ms);
+  });
+  EXPECT_TRUE(dlock::test::eventually([&] { return waiting.load(); }, 5s));
+  b.reset();  // while the waiter waits (or, at worst, is about to)
   waiter.join();
   EXPECT_FALSE(sub.wait_for(10ms));
 }
@@ -577,7 +499,7 @@ TEST_F(RedisTest, ContendersAllGetAShare) {
       }
     });
   }
-  std::this_thread::sleep_for(2500ms);
+  std::this_thread::sleep_for(2500ms);  // the length of the run (a workload, not synchronisation)
   stop = true;
   for (auto& t : threads) t.join();
   const int total = std::accumulate(wins.begin(), wins.end(), 0);

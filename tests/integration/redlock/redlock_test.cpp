@@ -161,7 +161,6 @@ TEST_F(RedlockTest, ExtendNeedsAQuorumAndALostLockIsReleasedEverywhere) {
   RedlockLock lock(rl, "ext", {.ttl = 2s, .observer = quiet()});
   ASSERT_TRUE(lock.try_lock());
   const auto first = lock.valid_until();
-  std::this_thread::sleep_for(20ms);
   lock.extend(5s);
   EXPECT_GT(lock.valid_until(), first + 2s);
   for (std::size_t i = 0; i < 5; ++i) EXPECT_GT(cmd(i, {"PTTL", key("ext")}).integer, 4000);

@@ -22,6 +22,7 @@
 #include "support/postgres_server.hpp"
 #include "support/redis_server.hpp"
 #include "tool_support.hpp"
+#include "unit/test_support.hpp"
 
 namespace {
 
@@ -166,14 +167,15 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
   // Wait until the blocked acquire's wait record shows up in inspect.
   Json doc;
   RunResult r;
-  const auto until = std::chrono::steady_clock::now() + 10s;
-  do {
-    r = ctl(with_conn({"redis", "inspect", "job", "--json"}));
-    ASSERT_EQ(r.rc, 0) << describe(r);
-    doc = parse_json(r.out);
-    if (!doc["waiters"].items.empty()) break;
-    std::this_thread::sleep_for(50ms);
-  } while (std::chrono::steady_clock::now() < until);
+  (void)dlock::test::eventually(
+      [&] {
+        r = ctl(with_conn({"redis", "inspect", "job", "--json"}));
+        if (r.rc != 0) return true;
+        doc = parse_json(r.out);
+        return !doc["waiters"].items.empty();
+      },
+      10s);
+  ASSERT_EQ(r.rc, 0) << describe(r);
   ASSERT_EQ(doc["waiters"].items.size(), 1u) << r.out;
   EXPECT_EQ(doc["owner"].text, holder_owner);
   const Json& w = doc["waiters"].items[0];
@@ -260,12 +262,12 @@ TEST_F(ToolsRedis, DeadlockBetweenTwoProcessesIsReported) {
   ASSERT_EQ(a.read_line(), "waiting");
   ASSERT_EQ(b.read_line(), "waiting");
 
-  const auto until = std::chrono::steady_clock::now() + 15s;
-  do {
-    r = ctl(with_conn({"deadlocks"}));
-    if (r.rc != 0) break;
-    std::this_thread::sleep_for(100ms);
-  } while (std::chrono::steady_clock::now() < until);
+  (void)dlock::test::eventually(
+      [&] {
+        r = ctl(with_conn({"deadlocks"}));
+        return r.rc != 0;
+      },
+      15s);
   ASSERT_EQ(r.rc, 1) << describe(r);
   EXPECT_NE(r.out.find(fmt::format("(pid {})", a.pid())), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(fmt::format("(pid {})", b.pid())), std::string::npos) << r.out;

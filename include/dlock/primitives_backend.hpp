@@ -1,0 +1,254 @@
+// dlock/primitives_backend.hpp: the backend capabilities of the primitives
+// beyond the mutex (RwLock, Semaphore, Election), and the adapters that let
+// each primitive reuse the whole Lock<Backend> front end.
+//
+// A primitive is built from Lock objects over a *view* of the backend: a small
+// copyable adapter that models the Backend concept (backend.hpp) by calling
+// one family of the backend's operations. A reader of an RwLock is a
+// Lock<SharedView<B>>, whose try_acquire() is B's try_acquire_shared(); a
+// permit of a Semaphore is a Lock<PermitView<B>>. So retry and backoff,
+// deadlines, auto-extend and loss detection (heartbeat), fencing tokens,
+// stop_token / on_lost, observers and metrics work for every primitive exactly
+// as for the mutex, from one implementation.
+//
+// Each operation below follows the rules of its mutex counterpart in
+// backend.hpp: one atomic attempt, no loop, no sleep; contention is a value
+// (Contended), failures of the service are thrown as dlock::Error; release and
+// extend are checked against lease.owner; valid_until is computed from
+// request.started. Names of different primitives never collide with each
+// other or with mutexes: a backend keeps each primitive's state apart.
+//
+// Capabilities (B is the backend, H = typename B::Handle):
+//
+//   SharedLockBackend (RwLock):
+//     b.try_acquire_shared(req) -> AcquireResult<H>
+//          Grants a read lease unless a writer holds the name, or a writer is
+//          waiting for it (writer preference: a writer that found readers
+//          leaves a waiting mark with a TTL that blocks *new* readers, so a
+//          continuous stream of readers cannot starve it; the mark lapses by
+//          itself if that writer gives up or dies). Each reader is a lease of
+//          its own with its own expiry. The token is the fencing counter's
+//          current value, not incremented (see "what a reader's token means").
+//     b.release_shared(name, lease) / b.extend_shared(name, lease, ttl, started)
+//     b.try_acquire_exclusive(req) -> AcquireResult<H>
+//          Grants the write lease when no writer and no live reader holds the
+//          name; the token is a new, strictly greater fencing token.
+//     b.release_exclusive(name, lease) / b.extend_exclusive(name, lease, ttl, started)
+//
+//     What a reader's token means: for a write W and a read R of one name,
+//     W granted before R gives token(W) <= token(R), and R granted before W
+//     gives token(R) < token(W). A resource that accepts a write only with a
+//     token above every token it has seen, and a read only with a token at
+//     least the largest write token it has accepted, rejects the reads and
+//     writes of a holder whose lease was lost once a later writer has written.
+//
+//   SemaphoreBackend (Semaphore):
+//     b.try_acquire_permit(req, permits) -> AcquireResult<H>
+//          Grants one permit (a lease with its own owner id and expiry) when
+//          fewer than N live permits are held, where N is the operator's count
+//          for the name if one is set (set_permits), else `permits` (the
+//          caller's configured count). Each grant gets a strictly greater
+//          fencing token.
+//     b.release_permit(name, lease) / b.extend_permit(name, lease, ttl, started)
+//     b.permits(name, permits) -> std::uint32_t      the count in force (N above)
+//     b.set_permits(name, std::optional<std::uint32_t>)  operator: set the
+//          count, or clear it (nullopt) so each caller's own count applies.
+//          Lowering it below the permits held revokes none: new grants wait
+//          until enough are released or expire.
+//
+//   ElectionBackend (Election):
+//     b.try_acquire_leader(req, candidate) -> AcquireResult<H>
+//          A mutex on the name that also stores `candidate` (a readable id of
+//          the campaigning process) for observers. Token = the term.
+//     b.release_leader(name, lease) / b.extend_leader(name, lease, ttl, started)
+//     b.leader(name) -> std::optional<LeaderInfo>   who leads now, if anyone.
+//
+// A backend may also offer b.subscribe_release(name) (NotifiesRelease in
+// backend.hpp) for a name's primitives: every view forwards it, so blocked
+// acquires wake on a release instead of polling.
+//
+// Backends: MemoryPrimitives (memory_primitives.hpp) has all three. The Redis
+// scripts are in detail/redis_primitive_scripts.hpp; docs/primitives.md says
+// what each backend has today.
+#pragma once
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "backend.hpp"
+
+namespace dlock {
+
+/// Who leads an election (ElectionBackend::leader()).
+struct LeaderInfo {
+  std::string candidate;              ///< the leader's candidate id
+  std::optional<std::uint64_t> term;  ///< its term (fencing token), where the backend has tokens
+  friend bool operator==(const LeaderInfo&, const LeaderInfo&) = default;
+};
+
+template <class B>
+concept SharedLockBackend = requires(B& b, const B& cb, const AcquireRequest& request, std::string_view name,
+                                     Lease<typename B::Handle>& lease, std::chrono::milliseconds ttl,
+                                     TimePoint started) {
+  typename B::Handle;
+  { cb.kind() } -> std::convertible_to<std::string_view>;
+  { cb.endpoint() } -> std::convertible_to<std::string_view>;
+  { b.try_acquire_shared(request) } -> std::same_as<AcquireResult<typename B::Handle>>;
+  { b.release_shared(name, lease) } -> std::same_as<ReleaseResult>;
+  { b.extend_shared(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
+  { b.try_acquire_exclusive(request) } -> std::same_as<AcquireResult<typename B::Handle>>;
+  { b.release_exclusive(name, lease) } -> std::same_as<ReleaseResult>;
+  { b.extend_exclusive(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
+};
+
+template <class B>
+concept SemaphoreBackend = requires(B& b, const B& cb, const AcquireRequest& request, std::string_view name,
+                                    Lease<typename B::Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                                    std::uint32_t permits) {
+  typename B::Handle;
+  { cb.kind() } -> std::convertible_to<std::string_view>;
+  { cb.endpoint() } -> std::convertible_to<std::string_view>;
+  { b.try_acquire_permit(request, permits) } -> std::same_as<AcquireResult<typename B::Handle>>;
+  { b.release_permit(name, lease) } -> std::same_as<ReleaseResult>;
+  { b.extend_permit(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
+  { b.permits(name, permits) } -> std::same_as<std::uint32_t>;
+  b.set_permits(name, std::optional<std::uint32_t>{});
+};
+
+template <class B>
+concept ElectionBackend = requires(B& b, const B& cb, const AcquireRequest& request, std::string_view name,
+                                   Lease<typename B::Handle>& lease, std::chrono::milliseconds ttl, TimePoint started) {
+  typename B::Handle;
+  { cb.kind() } -> std::convertible_to<std::string_view>;
+  { cb.endpoint() } -> std::convertible_to<std::string_view>;
+  { b.try_acquire_leader(request, name) } -> std::same_as<AcquireResult<typename B::Handle>>;
+  { b.release_leader(name, lease) } -> std::same_as<ReleaseResult>;
+  { b.extend_leader(name, lease, ttl, started) } -> std::same_as<std::optional<TimePoint>>;
+  { b.leader(name) } -> std::same_as<std::optional<LeaderInfo>>;
+};
+
+namespace detail {
+
+/// A Backend made of one family of B's operations, chosen by Ops (which may
+/// carry arguments, e.g. a semaphore's configured count). Copyable: it keeps
+/// a copy of a copyable (handle) backend, else a reference to B, which must
+/// then outlive every Lock over the view.
+template <class B, class Ops>
+class BackendView {
+ public:
+  using Handle = typename B::Handle;
+
+  explicit BackendView(B& backend, Ops ops = {}) : backend_(backend), ops_(std::move(ops)) {}
+
+  [[nodiscard]] std::string_view kind() const { return backend_.kind(); }
+  [[nodiscard]] std::string_view endpoint() const { return backend_.endpoint(); }
+  /// Views of one backend (handle) are one backend for batching and ordering.
+  [[nodiscard]] const void* identity() const noexcept { return backend_identity(backend_); }
+
+  [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& request) {
+    return ops_.try_acquire(backend_, request);
+  }
+  [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
+    return ops_.release(backend_, name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
+                                                std::chrono::milliseconds ttl, TimePoint started) {
+    return ops_.extend(backend_, name, lease, ttl, started);
+  }
+  /// Forwarded when B notifies releases (NotifiesRelease).
+  [[nodiscard]] auto subscribe_release(std::string_view name) requires requires(B& b) { b.subscribe_release(name); }
+  { return backend_.subscribe_release(name); }
+
+  [[nodiscard]] B& backend() noexcept { return backend_; }
+  [[nodiscard]] const B& backend() const noexcept { return backend_; }
+  [[nodiscard]] const Ops& ops() const noexcept { return ops_; }
+
+ private:
+  BackendStorage<B> backend_;
+  Ops ops_;
+};
+
+struct SharedOps {
+  template <class B>
+  static auto try_acquire(B& b, const AcquireRequest& r) {
+    return b.try_acquire_shared(r);
+  }
+  template <class B, class L>
+  static ReleaseResult release(B& b, std::string_view name, L& lease) {
+    return b.release_shared(name, lease);
+  }
+  template <class B, class L>
+  static std::optional<TimePoint> extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl,
+                                         TimePoint started) {
+    return b.extend_shared(name, lease, ttl, started);
+  }
+};
+
+struct ExclusiveOps {
+  template <class B>
+  static auto try_acquire(B& b, const AcquireRequest& r) {
+    return b.try_acquire_exclusive(r);
+  }
+  template <class B, class L>
+  static ReleaseResult release(B& b, std::string_view name, L& lease) {
+    return b.release_exclusive(name, lease);
+  }
+  template <class B, class L>
+  static std::optional<TimePoint> extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl,
+                                         TimePoint started) {
+    return b.extend_exclusive(name, lease, ttl, started);
+  }
+};
+
+struct PermitOps {
+  std::uint32_t permits = 1;  ///< the caller's configured count
+
+  template <class B>
+  auto try_acquire(B& b, const AcquireRequest& r) const {
+    return b.try_acquire_permit(r, permits);
+  }
+  template <class B, class L>
+  static ReleaseResult release(B& b, std::string_view name, L& lease) {
+    return b.release_permit(name, lease);
+  }
+  template <class B, class L>
+  static std::optional<TimePoint> extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl,
+                                         TimePoint started) {
+    return b.extend_permit(name, lease, ttl, started);
+  }
+};
+
+struct LeaderOps {
+  std::string candidate;  ///< stored with the leadership for observers
+
+  template <class B>
+  auto try_acquire(B& b, const AcquireRequest& r) const {
+    return b.try_acquire_leader(r, candidate);
+  }
+  template <class B, class L>
+  static ReleaseResult release(B& b, std::string_view name, L& lease) {
+    return b.release_leader(name, lease);
+  }
+  template <class B, class L>
+  static std::optional<TimePoint> extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl,
+                                         TimePoint started) {
+    return b.extend_leader(name, lease, ttl, started);
+  }
+};
+
+template <class B>
+using SharedView = BackendView<B, SharedOps>;
+template <class B>
+using ExclusiveView = BackendView<B, ExclusiveOps>;
+template <class B>
+using PermitView = BackendView<B, PermitOps>;
+template <class B>
+using LeaderView = BackendView<B, LeaderOps>;
+
+}  // namespace detail
+}  // namespace dlock

@@ -1,0 +1,128 @@
+// Redis Sentinel requests and reply parsers without I/O (redis_sentinel.hpp).
+#include <dlock/detail/redis_sentinel.hpp>
+
+#include <charconv>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace dlock::detail::redis_proto {
+
+namespace {
+
+using T = Reply::Type;
+
+std::optional<std::uint16_t> port_of(std::string_view s) {
+  unsigned v = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc{} || p != s.data() + s.size() || v == 0 || v > 65535) return std::nullopt;
+  return static_cast<std::uint16_t>(v);
+}
+
+// A port as ROLE sends it: a bulk string in the master's replica list, an
+// integer for a replica's master.
+std::optional<std::uint16_t> port_of(const Reply& r) {
+  if (r.type == T::string) return port_of(std::string_view(r.str));
+  if (r.type == T::integer && r.integer >= 1 && r.integer <= 65535) return static_cast<std::uint16_t>(r.integer);
+  return std::nullopt;
+}
+
+std::optional<std::int64_t> offset_of(const Reply& r) {
+  if (r.type == T::integer) return r.integer;
+  if (r.type == T::string) {
+    std::int64_t v = 0;
+    const auto [p, ec] = std::from_chars(r.str.data(), r.str.data() + r.str.size(), v);
+    if (!r.str.empty() && ec == std::errc{} && p == r.str.data() + r.str.size()) return v;
+  }
+  return std::nullopt;
+}
+
+ReplyFault fault(const Reply& r, std::string_view what) {
+  if (r.is_error()) return ReplyFault{classify_error(r.str).kind, r.str};
+  return ReplyFault{std::nullopt, fmt::format("unexpected reply to {}", what)};
+}
+
+}  // namespace
+
+void push_get_master_addr(Request& request, std::string_view master_name) {
+  request.push({"SENTINEL", "get-master-addr-by-name", master_name});
+}
+
+void push_role(Request& request) { request.push({"ROLE"}); }
+
+MasterAddr parse_master_addr(const Reply& r) {
+  if (r.type == T::nil) return MasterUnknown{};
+  if (r.type == T::array && r.elements.empty()) return MasterUnknown{};
+  if (r.type == T::array && r.elements.size() == 2 && r.elements[0].type == T::string && !r.elements[0].str.empty()) {
+    if (const auto port = port_of(r.elements[1])) return NodeAddress{r.elements[0].str, *port};
+  }
+  return fault(r, "SENTINEL get-master-addr-by-name");
+}
+
+std::variant<RoleInfo, ReplyFault> parse_role(const Reply& r) {
+  if (r.type != T::array || r.elements.empty() || r.elements[0].type != T::string) return fault(r, "ROLE");
+  const std::string& role = r.elements[0].str;
+  const auto& e = r.elements;
+  RoleInfo info;
+  if (role == "master" && e.size() == 3 && e[2].type == T::array) {
+    const auto offset = offset_of(e[1]);
+    if (!offset) return fault(r, "ROLE");
+    info.role = RoleInfo::Role::master;
+    info.offset = *offset;
+    for (const Reply& replica : e[2].elements) {
+      if (replica.type != T::array || replica.elements.size() < 2 || replica.elements[0].type != T::string)
+        return fault(r, "ROLE");
+      const auto port = port_of(replica.elements[1]);
+      if (!port) return fault(r, "ROLE");
+      info.replicas.push_back(NodeAddress{replica.elements[0].str, *port});
+    }
+    return info;
+  }
+  if ((role == "slave" || role == "replica") && e.size() == 5 && e[1].type == T::string && e[3].type == T::string) {
+    const auto port = port_of(e[2]);
+    const auto offset = offset_of(e[4]);
+    if (!port || !offset) return fault(r, "ROLE");
+    info.role = RoleInfo::Role::replica;
+    info.master = NodeAddress{e[1].str, *port};
+    info.link_state = e[3].str;
+    info.offset = *offset;
+    return info;
+  }
+  if (role == "sentinel" && e.size() == 2 && e[1].type == T::array) {
+    info.role = RoleInfo::Role::sentinel;
+    for (const Reply& name : e[1].elements) {
+      if (name.type != T::string) return fault(r, "ROLE");
+      info.masters.push_back(name.str);
+    }
+    return info;
+  }
+  return fault(r, "ROLE");
+}
+
+std::optional<SwitchMaster> parse_switch_master(std::string_view payload) {
+  std::string_view words[5];
+  for (std::size_t i = 0; i < 5; ++i) {
+    const auto space = payload.find(' ');
+    if ((space == std::string_view::npos) != (i == 4)) return std::nullopt;
+    words[i] = payload.substr(0, space);
+    if (words[i].empty()) return std::nullopt;
+    payload = i == 4 ? std::string_view{} : payload.substr(space + 1);
+  }
+  const auto from_port = port_of(words[2]);
+  const auto to_port = port_of(words[4]);
+  if (!from_port || !to_port) return std::nullopt;
+  return SwitchMaster{std::string(words[0]), NodeAddress{std::string(words[1]), *from_port},
+                      NodeAddress{std::string(words[3]), *to_port}};
+}
+
+std::vector<std::size_t> SentinelRotation::order() const {
+  std::vector<std::size_t> out;
+  out.reserve(count_);
+  for (std::size_t i = 0; i < count_; ++i) out.push_back((first_ + i) % count_);
+  return out;
+}
+
+}  // namespace dlock::detail::redis_proto

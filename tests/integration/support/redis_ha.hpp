@@ -1,0 +1,328 @@
+// Test support: Redis deployments of several servers on loopback (issue 14).
+//
+//   - RespConn: a blocking loopback TCP connection that sends protocol-layer
+//     Requests and reads Replies with the protocol layer's ReplyParser, so
+//     tests parse real servers' answers exactly as a transport would;
+//   - SentinelProcess: `redis-server <generated sentinel.conf> --sentinel`;
+//   - SentinelSetup: one primary, two replicas (RedisServer from
+//     redis_server.hpp) and three sentinels with down-after-milliseconds 500
+//     and failover-timeout 2000;
+//   - ClusterSetup: six `--cluster-enabled yes` servers joined by
+//     `redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes`
+//     (3 primaries, 3 replicas), cluster-node-timeout 1000.
+// Every child gets PR_SET_PDEATHSIG (via RedisServer or below), so a crashed
+// test leaves no server behind. Start-up takes about a second (sentinel) and
+// two (cluster).
+#pragma once
+
+#include "redis_server.hpp"
+
+#include <dlock/detail/redis_protocol.hpp>
+
+#include <netinet/tcp.h>
+#include <poll.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace dlock::test {
+
+using detail::redis_proto::Reply;
+using detail::redis_proto::Request;
+
+/// Polls `done` every 20 ms until it returns true or `timeout` passes
+/// (waiting for a real server's state change, never a fixed sleep).
+inline bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+/// One blocking connection to 127.0.0.1:port speaking through the protocol layer.
+class RespConn {
+ public:
+  explicit RespConn(int port, std::chrono::milliseconds timeout = std::chrono::milliseconds(2000))
+      : port_(port), timeout_(timeout) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    if (fd_ < 0 || ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      if (fd_ >= 0) ::close(fd_);
+      throw std::runtime_error("RespConn: cannot connect to 127.0.0.1:" + std::to_string(port));
+    }
+    const int one = 1;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  RespConn(const RespConn&) = delete;
+  RespConn& operator=(const RespConn&) = delete;
+  ~RespConn() { ::close(fd_); }
+
+  [[nodiscard]] int port() const noexcept { return port_; }
+
+  void send(const Request& r) {
+    std::string_view p = r.payload();
+    while (!p.empty()) {
+      const ssize_t n = ::send(fd_, p.data(), p.size(), MSG_NOSIGNAL);
+      if (n <= 0) throw std::runtime_error("RespConn: send failed on port " + std::to_string(port_));
+      p.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+  /// The next reply; nullopt when `timeout` passed first (pub/sub waits).
+  std::optional<Reply> read(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      if (auto r = parser_.next()) return r;
+      if (parser_.error()) throw std::runtime_error("RespConn: protocol error: " + parser_.error()->message);
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char buf[16384];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) throw std::runtime_error("RespConn: connection closed by port " + std::to_string(port_));
+      parser_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    }
+  }
+  /// Sends `r` and reads its replies (one per command).
+  std::vector<Reply> call(const Request& r) {
+    send(r);
+    std::vector<Reply> out;
+    for (std::size_t i = 0; i < r.commands(); ++i) {
+      auto reply = read(timeout_);
+      if (!reply) throw std::runtime_error("RespConn: no reply within the timeout from port " + std::to_string(port_));
+      out.push_back(std::move(*reply));
+    }
+    return out;
+  }
+  Reply command(std::initializer_list<std::string_view> args) {
+    Request r;
+    r.push(args);
+    return std::move(call(r).front());
+  }
+
+ private:
+  int port_;
+  std::chrono::milliseconds timeout_;
+  int fd_ = -1;
+  detail::redis_proto::ReplyParser parser_;
+};
+
+/// The acquire script as RedisBackend sends it (as EVAL: no SHA1s loaded
+/// here), ttl 10 s.
+inline Request acquire_request(const detail::RedisKeys& keys, std::string_view owner) {
+  Request r;
+  (void)detail::redis_proto::push_script_call(
+      r, detail::redis_proto::acquire_call(keys, owner, std::chrono::seconds(10), std::chrono::seconds(10)),
+      detail::redis_proto::ScriptShas{}, detail::redis_proto::ScriptForm::eval);
+  return r;
+}
+
+/// One-shot command on a fresh connection; an empty reply if the server is unreachable.
+inline Reply redis_command(int port, std::initializer_list<std::string_view> args) {
+  try {
+    RespConn c(port);
+    return c.command(args);
+  } catch (const std::runtime_error&) {
+    return Reply{};
+  }
+}
+
+/// A "name:value" line of an INFO or CLUSTER INFO text ("" if absent).
+inline std::string info_line(std::string_view text, std::string_view name) {
+  const std::string key = std::string(name) + ":";
+  for (std::size_t at = text.find(key); at != std::string_view::npos; at = text.find(key, at + 1)) {
+    if (at != 0 && text[at - 1] != '\n') continue;
+    const auto end = text.find_first_of("\r\n", at);
+    return std::string(text.substr(at + key.size(), end - at - key.size()));
+  }
+  return {};
+}
+inline std::string info_field(int port, std::string_view section, std::string_view name) {
+  return info_line(redis_command(port, {"INFO", section}).str, name);
+}
+
+/// `redis-server <conf> --sentinel` on a free loopback port, in a temporary directory.
+class SentinelProcess {
+ public:
+  SentinelProcess(std::string_view master_name, int primary_port) {
+    char tmpl[] = "/tmp/dlock-sentinel-test.XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("SentinelProcess: mkdtemp failed");
+    dir_ = tmpl;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      port_ = free_loopback_port();
+      const std::string conf = dir_ + "/sentinel.conf";
+      std::ofstream(conf) << "port " << port_ << "\nbind 127.0.0.1\ndir " << dir_ << "\nlogfile " << dir_
+                          << "/sentinel.log\nsentinel monitor " << master_name << " 127.0.0.1 " << primary_port
+                          << " 2\nsentinel down-after-milliseconds " << master_name
+                          << " 500\nsentinel failover-timeout " << master_name << " 2000\n";
+      if (start(conf)) return;
+    }
+    std::filesystem::remove_all(dir_);
+    throw std::runtime_error("SentinelProcess: redis-server --sentinel did not start");
+  }
+  SentinelProcess(const SentinelProcess&) = delete;
+  SentinelProcess& operator=(const SentinelProcess&) = delete;
+  ~SentinelProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  [[nodiscard]] int port() const noexcept { return port_; }
+
+ private:
+  bool start(const std::string& conf) {
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("SentinelProcess: fork failed");
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      const int null = ::open("/dev/null", O_RDWR);
+      if (null >= 0) {
+        ::dup2(null, STDIN_FILENO);
+        ::dup2(null, STDOUT_FILENO);
+      }
+      ::execlp("redis-server", "redis-server", conf.c_str(), "--sentinel", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    pid_ = pid;
+    const RedisOptions o{.host = "127.0.0.1", .port = port_};
+    const bool up = eventually(
+        [&] {
+          int status = 0;
+          if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+            pid_ = -1;
+            return true;
+          }
+          return redis_ping(o);
+        },
+        std::chrono::seconds(10));
+    return up && pid_ > 0;
+  }
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+/// A primary's extra arguments: start a replica's full sync at once (Redis 7
+/// waits repl-diskless-sync-delay, 5 s, for more replicas by default).
+inline std::vector<std::string> primary_args() { return {"--repl-diskless-sync-delay", "0"}; }
+
+/// A primary and one synchronised replica.
+struct ReplicatedPair {
+  RedisServer primary{primary_args()};
+  RedisServer replica{{"--replicaof", "127.0.0.1", std::to_string(primary.port())}};
+  ReplicatedPair() {
+    if (!eventually([&] { return info_field(replica.port(), "replication", "master_link_status") == "up"; },
+                    std::chrono::seconds(10)))
+      throw std::runtime_error("ReplicatedPair: the replica did not sync");
+  }
+  ReplicatedPair(const ReplicatedPair&) = delete;
+  ReplicatedPair& operator=(const ReplicatedPair&) = delete;
+  ~ReplicatedPair() {
+    replica.kill();
+    primary.kill();
+  }
+};
+
+/// One primary, two replicas, three sentinels monitoring it as "mymaster".
+class SentinelSetup {
+ public:
+  static constexpr std::string_view master_name = "mymaster";
+
+  SentinelSetup() : primary_(std::make_unique<RedisServer>(primary_args())) {
+    for (int i = 0; i < 2; ++i)
+      replicas_.push_back(std::make_unique<RedisServer>(
+          std::vector<std::string>{"--replicaof", "127.0.0.1", std::to_string(primary_->port())}));
+    // Sentinels learn the replicas from the primary's INFO when they connect.
+    for (const auto& r : replicas_)
+      if (!eventually([&] { return info_field(r->port(), "replication", "master_link_status") == "up"; },
+                      std::chrono::seconds(10)))
+        throw std::runtime_error("SentinelSetup: a replica did not sync");
+    for (int i = 0; i < 3; ++i) sentinels_.push_back(std::make_unique<SentinelProcess>(master_name, primary_->port()));
+  }
+
+  SentinelSetup(const SentinelSetup&) = delete;
+  SentinelSetup& operator=(const SentinelSetup&) = delete;
+  /// SIGKILL everything: nothing is persisted, and SIGTERM takes a redis-server seconds.
+  ~SentinelSetup() {
+    sentinels_.clear();
+    for (auto& r : replicas_) r->kill();
+    primary_->kill();
+  }
+
+  [[nodiscard]] RedisServer& primary() { return *primary_; }
+  [[nodiscard]] RedisServer& replica(std::size_t i) { return *replicas_.at(i); }
+  [[nodiscard]] SentinelProcess& sentinel(std::size_t i) { return *sentinels_.at(i); }
+  [[nodiscard]] std::size_t sentinels() const noexcept { return sentinels_.size(); }
+
+ private:
+  std::unique_ptr<RedisServer> primary_;
+  std::vector<std::unique_ptr<RedisServer>> replicas_;
+  std::vector<std::unique_ptr<SentinelProcess>> sentinels_;
+};
+
+/// Three primaries and three replicas joined into one cluster.
+class ClusterSetup {
+ public:
+  ClusterSetup() {
+    for (int i = 0; i < 6; ++i)
+      nodes_.push_back(std::make_unique<RedisServer>(
+          std::vector<std::string>{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                   "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"}));
+    std::string cmd = "redis-cli --cluster create";
+    for (const auto& n : nodes_) cmd += " 127.0.0.1:" + std::to_string(n->port());
+    cmd += " --cluster-replicas 1 --cluster-yes >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("ClusterSetup: redis-cli --cluster create failed");
+    const bool ok = eventually(
+        [&] {
+          for (const auto& n : nodes_)
+            if (cluster_state(n->port()) != "ok") return false;
+          return true;
+        },
+        std::chrono::seconds(20));
+    if (!ok) throw std::runtime_error("ClusterSetup: cluster_state did not become ok");
+  }
+
+  ClusterSetup(const ClusterSetup&) = delete;
+  ClusterSetup& operator=(const ClusterSetup&) = delete;
+  ~ClusterSetup() {
+    for (auto& n : nodes_) n->kill();
+  }
+
+  [[nodiscard]] std::size_t size() const noexcept { return nodes_.size(); }
+  [[nodiscard]] RedisServer& node(std::size_t i) { return *nodes_.at(i); }
+  /// The node listening on `port`, or nullptr.
+  [[nodiscard]] RedisServer* by_port(int port) {
+    for (auto& n : nodes_)
+      if (n->port() == port) return n.get();
+    return nullptr;
+  }
+
+  /// cluster_state from CLUSTER INFO ("ok", "fail", or "" if unreachable).
+  static std::string cluster_state(int port) {
+    return info_line(redis_command(port, {"CLUSTER", "INFO"}).str, "cluster_state");
+  }
+
+ private:
+  std::vector<std::unique_ptr<RedisServer>> nodes_;
+};
+
+}  // namespace dlock::test
