@@ -2,7 +2,8 @@
 // target it links, with no server: the core (dlock::dlock: a lock, an
 // acquisition, a token on MemoryBackend) and, when the package has them,
 // dlock::redis (URI parsing), dlock::redlock (quorum of a 3-node set) and
-// dlock::postgres (conninfo parsing and the advisory key of a name). The
+// dlock::postgres (conninfo parsing and the advisory key of a name), dlock::etcd
+// (endpoints, with a TLS context for the https one). The
 // backends only validate their options: none of these calls connects.
 #include <dlock/dlock.hpp>
 #ifdef DLOCK_CONSUMER_REDIS
@@ -11,6 +12,9 @@
 #endif
 #ifdef DLOCK_CONSUMER_POSTGRES
 #include <dlock/postgres.hpp>
+#endif
+#ifdef DLOCK_CONSUMER_ETCD
+#include <dlock/etcd.hpp>
 #endif
 
 #include <chrono>
@@ -51,6 +55,11 @@ int main() {
   const dlock::PostgresBackend pg({.conninfo = "host=127.0.0.1 port=5439 dbname=app"});
   if (pg.endpoint().find("5439") == std::string_view::npos) return fail("PostgresBackend did not parse its conninfo");
   if (pg.advisory_key("pg_advisory:42") != 42) return fail("PostgresBackend has the wrong advisory key");
+#endif
+#ifdef DLOCK_CONSUMER_ETCD
+  const dlock::EtcdBackend etcd(dlock::EtcdOptions{.endpoints = {"http://127.0.0.1:2391", "https://127.0.0.1:2392"}});
+  if (etcd.endpoint() != "http://127.0.0.1:2391,https://127.0.0.1:2392" || etcd.key("a") != "dlock/a")
+    return fail("EtcdBackend did not take its endpoints");
 #endif
 
   std::printf("consumer: dlock %d.%d.%d works, token %llu\n", dlock::version_major, dlock::version_minor,

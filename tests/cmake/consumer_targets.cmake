@@ -3,7 +3,7 @@
 # Both check that the list covers every target dlock provides.
 
 # dlock_consumer_targets(<var>): every dlock target of this configuration, as
-# DLOCK_WITH_REDIS / DLOCK_WITH_POSTGRES (set by the package, or dlock's options) say.
+# DLOCK_WITH_REDIS / DLOCK_WITH_POSTGRES / DLOCK_WITH_ETCD (set by the package, or dlock's options) say.
 function(dlock_consumer_targets var)
   set(targets dlock::dlock)
   if(DLOCK_WITH_REDIS)
@@ -11,6 +11,9 @@ function(dlock_consumer_targets var)
   endif()
   if(DLOCK_WITH_POSTGRES)
     list(APPEND targets dlock::postgres)
+  endif()
+  if(DLOCK_WITH_ETCD)
+    list(APPEND targets dlock::etcd)
   endif()
   set(${var} ${targets} PARENT_SCOPE)
 endfunction()
@@ -22,5 +25,8 @@ function(dlock_consumer_definitions target)
   endif()
   if(DLOCK_WITH_POSTGRES)
     target_compile_definitions(${target} PRIVATE DLOCK_CONSUMER_POSTGRES)
+  endif()
+  if(DLOCK_WITH_ETCD)
+    target_compile_definitions(${target} PRIVATE DLOCK_CONSUMER_ETCD)
   endif()
 endfunction()

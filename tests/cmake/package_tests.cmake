@@ -1,7 +1,8 @@
 # Included by tests/CMakeLists.txt: the tests of dlock as a package, as users
 # consume it (label "package"), and the check of the reference docs (label "docs").
 set(_dlock_consumer_args
-  -DCXX=${CMAKE_CXX_COMPILER} -DWITH_REDIS=${DLOCK_WITH_REDIS} -DWITH_POSTGRES=${DLOCK_WITH_POSTGRES})
+  -DCXX=${CMAKE_CXX_COMPILER} -DWITH_REDIS=${DLOCK_WITH_REDIS} -DWITH_POSTGRES=${DLOCK_WITH_POSTGRES}
+  -DWITH_ETCD=${DLOCK_WITH_ETCD})
 
 if(DLOCK_INSTALL)
   # The installed package, consumed by a separate project through find_package(dlock).

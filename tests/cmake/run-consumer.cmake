@@ -3,7 +3,7 @@
 #   MODE=cmake      the consumer project in SOURCE_DIR, through find_package(dlock)
 #   MODE=pkgconfig  the compiler alone, with `pkg-config --cflags --libs dlock`
 #                   (PKG_CONFIG; LIBDIR is dlock's CMAKE_INSTALL_LIBDIR)
-# WITH_REDIS / WITH_POSTGRES say which backends the build has; CXX is the compiler.
+# WITH_REDIS / WITH_POSTGRES / WITH_ETCD say which backends the build has; CXX is the compiler.
 include(${CMAKE_CURRENT_LIST_DIR}/run-common.cmake)
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(prefix "${WORK_DIR}/prefix")
@@ -29,12 +29,15 @@ if(MODE STREQUAL "pkgconfig")
   if(WITH_POSTGRES)
     list(APPEND defs -DDLOCK_CONSUMER_POSTGRES)
   endif()
+  if(WITH_ETCD)
+    list(APPEND defs -DDLOCK_CONSUMER_ETCD)
+  endif()
   file(MAKE_DIRECTORY "${WORK_DIR}/build")
   run(${CXX} -std=c++20 ${defs} "${SOURCE_DIR}/consumer.cpp" ${flags} -o "${WORK_DIR}/build/consumer")
 else()
   run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build"
       -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_CXX_COMPILER=${CXX}
-      -DWITH_REDIS=${WITH_REDIS} -DWITH_POSTGRES=${WITH_POSTGRES})
+      -DWITH_REDIS=${WITH_REDIS} -DWITH_POSTGRES=${WITH_POSTGRES} -DWITH_ETCD=${WITH_ETCD})
   run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 endif()
 run("${WORK_DIR}/build/consumer")

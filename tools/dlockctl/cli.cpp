@@ -30,6 +30,20 @@ const OptionSpec opt_namespace{"namespace", "NS", "lock_namespace the applicatio
 const OptionSpec opt_yes{"yes", "", "really do it (without it: say what would be done, exit 2)"};
 const OptionSpec opt_force{"force", "", "required: break a lock someone else holds"};
 
+#ifdef DLOCKCTL_WITH_ETCD
+std::vector<OptionSpec> etcd_conn() {
+  return {{"etcd", "URLS", "client URLs, comma-separated: http[s]://host:port,... (env DLOCK_ETCD)"},
+          {"user", "USER", "etcd user (auth enabled)"},
+          {"password", "PASSWORD", "etcd password (prefer DLOCK_ETCD_PASSWORD: command lines are visible)"},
+          {"prefix", "PREFIX", "key prefix of the locks (default dlock/)"},
+          {"cacert", "FILE", "CA certificates (PEM) for https:// endpoints"},
+          {"cert", "FILE", "client certificate (PEM) for --client-cert-auth"},
+          {"key", "FILE", "private key (PEM) of --cert"},
+          opt_timeout,
+          opt_json};
+}
+#endif
+
 std::vector<OptionSpec> redis_conn() {
   return {opt_redis, opt_host, opt_port, opt_user, opt_password, opt_db, opt_prefix, opt_timeout, opt_json};
 }
@@ -72,7 +86,11 @@ void print_help(std::ostream& out, std::string_view group) {
   }
   out << "\nexit codes: 0 ok (deadlocks: none found), 1 not held / no holder (deadlocks: cycle found),\n"
          "            2 usage or refused without --yes, 3 connection error, 4 server error\n"
-         "environment: DLOCK_REDIS (Redis URI), DLOCK_PG (libpq conninfo)\n";
+         "environment: DLOCK_REDIS (Redis URI), DLOCK_PG (libpq conninfo)"
+#ifdef DLOCKCTL_WITH_ETCD
+         ", DLOCK_ETCD (etcd URLs), DLOCK_ETCD_PASSWORD"
+#endif
+         "\n";
 }
 
 }  // namespace
@@ -159,6 +177,35 @@ const std::vector<Command>& commands() {
        "transaction of that session. Without --yes: shows the holders and exits 2. Exit 1 if no holder.",
        with(pg_conn(), {{"key", "K", "the advisory key instead of a name"}, opt_force, opt_yes}),
        cmd_pg_release},
+#ifdef DLOCKCTL_WITH_ETCD
+      {{"etcd", "list"},
+       "",
+       0,
+       0,
+       "list the locks in an etcd cluster: name, owner, remaining lease TTL, token (create revision)",
+       "One range read of the keys under <prefix>, then one lease time-to-live per lock.",
+       etcd_conn(),
+       cmd_etcd_list},
+      {{"etcd", "inspect"},
+       "NAME",
+       1,
+       1,
+       "one lock: key, owner, lease and its remaining TTL, token",
+       "Exit 1 if the lock is not held.",
+       etcd_conn(),
+       cmd_etcd_inspect},
+      {{"etcd", "release"},
+       "--force NAME --yes",
+       1,
+       1,
+       "break-glass: delete a lock whoever holds it; waiters watching it wake up",
+       "Deletes <prefix>NAME if it is still the incarnation shown (same owner and create revision).\n"
+       "The holder is NOT told at once: it learns it at its next extension (the owner check fails).\n"
+       "Its lease is left to expire. Without --yes: shows what would be deleted and exits 2.\n"
+       "Exit 1 if the lock is not held.",
+       with(etcd_conn(), {opt_force, opt_yes}),
+       cmd_etcd_release},
+#endif
       {{"deadlocks"},
        "",
        0,
@@ -350,6 +397,7 @@ std::vector<std::string> secrets_of(const Context& ctx) {
   } catch (...) {  // unparsable: then nothing parsed to leak either
   }
   if (const auto p = ctx.args.get("password"); p && !p->empty()) s.push_back(*p);
+  if (const char* env = ctx.getenv("DLOCK_ETCD_PASSWORD"); env && *env) s.emplace_back(env);
   std::vector<std::string> conninfos = ctx.args.all("pg");
   if (const char* env = ctx.getenv("DLOCK_PG"); env && *env) conninfos.emplace_back(env);
   for (const auto& ci : conninfos) {

@@ -13,6 +13,9 @@
 
 #include <dlock/detail/redis_options.hpp>
 #include <dlock/postgres.hpp>
+#ifdef DLOCKCTL_WITH_ETCD
+#include <dlock/etcd.hpp>
+#endif
 
 #include "args.hpp"
 
@@ -58,6 +61,11 @@ int run(std::span<const std::string> argv, std::ostream& out, std::ostream& err,
 /// PostgreSQL options from DLOCK_PG, then --pg; --namespace; --timeout.
 [[nodiscard]] dlock::PostgresOptions pg_options(const Context& ctx);
 [[nodiscard]] std::chrono::milliseconds timeout_of(const Context& ctx);
+#ifdef DLOCKCTL_WITH_ETCD
+/// etcd options from DLOCK_ETCD, then --etcd; --user, --password (or
+/// DLOCK_ETCD_PASSWORD), --prefix, --cacert/--cert/--key; --timeout.
+[[nodiscard]] dlock::EtcdOptions etcd_options(const Context& ctx);
+#endif
 
 /// Runs `body`, mapping exceptions to a one-line message on ctx.err and an
 /// exit code (ConnectionError/TimeoutError/auth: 3, other server errors: 4,
@@ -80,6 +88,11 @@ int cmd_redlock_release(Context&);
 int cmd_pg_list(Context&);
 int cmd_pg_key(Context&);
 int cmd_pg_release(Context&);
+#ifdef DLOCKCTL_WITH_ETCD
+int cmd_etcd_list(Context&);
+int cmd_etcd_inspect(Context&);
+int cmd_etcd_release(Context&);
+#endif
 int cmd_deadlocks(Context&);
 int cmd_watch(Context&);
 

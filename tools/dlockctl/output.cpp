@@ -1,9 +1,12 @@
 #include "output.hpp"
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <ctime>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace dlockctl {
 
@@ -47,49 +50,46 @@ bool valid_utf8(std::string_view s) noexcept {
   return true;
 }
 
-std::string json_quote(std::string_view s) {
-  std::string out = "\"";
+namespace {
+// What nlohmann::json is given: `s` with every byte that is not part of valid
+// UTF-8 replaced by U+FFFD, so the dump never throws and each bad byte counts once.
+std::string valid_text(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
   for (std::size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
     const std::size_t n = utf8_sequence(s, i);
     if (n == 0) {
-      out += "\\ufffd";
+      out += "\xef\xbf\xbd";
       ++i;
-      continue;
-    }
-    if (n > 1) {
+    } else {
       out.append(s.substr(i, n));
       i += n;
-      continue;
     }
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          out += fmt::format("\\u{:04x}", c);
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-    ++i;
   }
-  out += '"';
   return out;
 }
+
+// nlohmann's compact dump (UTF-8 kept), with U+FFFD and DEL escaped as dlockctl
+// has always written them; both can occur only inside strings.
+std::string dump(const nlohmann::ordered_json& j) {
+  const std::string raw = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  std::string out;
+  out.reserve(raw.size());
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    if (raw.compare(i, 3, "\xef\xbf\xbd") == 0) {
+      out += "\\ufffd";
+      i += 2;
+    } else if (raw[i] == '\x7f') {
+      out += "\\u007f";
+    } else {
+      out += raw[i];
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::string json_quote(std::string_view s) { return dump(nlohmann::ordered_json(valid_text(s))); }
 
 std::string escape_text(std::string_view s) {
   std::string out;
@@ -124,68 +124,71 @@ std::string hex(std::string_view s) {
   return out;
 }
 
-void JsonWriter::before_value() {
-  if (after_key_) {
-    after_key_ = false;
-    return;
+struct JsonWriter::Document {
+  nlohmann::ordered_json root;
+  std::vector<nlohmann::ordered_json*> stack;  // the open containers (their parents are not touched meanwhile)
+  std::string pending_key;
+  std::string out;
+
+  nlohmann::ordered_json& add(nlohmann::ordered_json v) {
+    if (stack.empty()) {
+      root = std::move(v);
+      return root;
+    }
+    nlohmann::ordered_json& top = *stack.back();
+    if (top.is_array()) {
+      top.push_back(std::move(v));
+      return top.back();
+    }
+    nlohmann::ordered_json& slot = top[pending_key];
+    slot = std::move(v);
+    return slot;
   }
-  if (!first_.empty()) {
-    if (!first_.back()) out_ += ',';
-    first_.back() = false;
-  }
-}
+};
+
+JsonWriter::JsonWriter() : doc_(std::make_unique<Document>()) {}
+JsonWriter::~JsonWriter() = default;
+JsonWriter::JsonWriter(JsonWriter&&) noexcept = default;
+JsonWriter& JsonWriter::operator=(JsonWriter&&) noexcept = default;
+
 JsonWriter& JsonWriter::begin_object() {
-  before_value();
-  out_ += '{';
-  first_.push_back(true);
+  doc_->stack.push_back(&doc_->add(nlohmann::ordered_json::object()));
   return *this;
 }
 JsonWriter& JsonWriter::end_object() {
-  out_ += '}';
-  first_.pop_back();
+  doc_->stack.pop_back();
   return *this;
 }
 JsonWriter& JsonWriter::begin_array() {
-  before_value();
-  out_ += '[';
-  first_.push_back(true);
+  doc_->stack.push_back(&doc_->add(nlohmann::ordered_json::array()));
   return *this;
 }
 JsonWriter& JsonWriter::end_array() {
-  out_ += ']';
-  first_.pop_back();
+  doc_->stack.pop_back();
   return *this;
 }
 JsonWriter& JsonWriter::key(std::string_view k) {
-  before_value();
-  out_ += json_quote(k);
-  out_ += ':';
-  after_key_ = true;
+  doc_->pending_key = valid_text(k);
   return *this;
 }
 JsonWriter& JsonWriter::value(std::string_view s) {
-  before_value();
-  out_ += json_quote(s);
+  doc_->add(valid_text(s));
   return *this;
 }
 JsonWriter& JsonWriter::value(long long v) {
-  before_value();
-  out_ += std::to_string(v);
+  doc_->add(v);
   return *this;
 }
 JsonWriter& JsonWriter::value(std::size_t v) {
-  before_value();
-  out_ += std::to_string(v);
+  doc_->add(static_cast<std::uint64_t>(v));
   return *this;
 }
 JsonWriter& JsonWriter::value(bool v) {
-  before_value();
-  out_ += v ? "true" : "false";
+  doc_->add(v);
   return *this;
 }
 JsonWriter& JsonWriter::null() {
-  before_value();
-  out_ += "null";
+  doc_->add(nullptr);
   return *this;
 }
 JsonWriter& JsonWriter::name(std::string_view k, std::string_view s) {
@@ -199,10 +202,15 @@ JsonWriter& JsonWriter::token(const std::optional<std::string>& t) {
   const bool digits = !t->empty() && t->size() <= 20 &&
                       std::all_of(t->begin(), t->end(), [](char c) { return c >= '0' && c <= '9'; }) &&
                       (t->size() == 1 || t->front() != '0');
-  if (!digits) return value(*t);
-  before_value();
-  out_ += *t;
+  std::uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(t->data(), t->data() + t->size(), n);
+  if (!digits || ec != std::errc() || end != t->data() + t->size()) return value(*t);  // also beyond 64 bits
+  doc_->add(n);
   return *this;
+}
+const std::string& JsonWriter::str() const {
+  doc_->out = dump(doc_->root);
+  return doc_->out;
 }
 
 namespace {

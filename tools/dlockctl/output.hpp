@@ -1,9 +1,10 @@
-// dlockctl: output helpers (pure): a JSON writer, escaping of names for the
+// dlockctl: output helpers (pure): a JSON writer (nlohmann-json), escaping of names for the
 // terminal, aligned text tables, durations and times.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,9 +29,15 @@ namespace dlockctl {
 /// Lowercase hex of the bytes.
 [[nodiscard]] std::string hex(std::string_view s);
 
-/// Writes one JSON document; commas and nesting are tracked.
+/// Writes one JSON document, built with nlohmann::json (the library that
+/// also parses etcd's replies): objects keep their keys in insertion order.
 class JsonWriter {
  public:
+  JsonWriter();
+  ~JsonWriter();
+  JsonWriter(JsonWriter&&) noexcept;
+  JsonWriter& operator=(JsonWriter&&) noexcept;
+
   JsonWriter& begin_object();
   JsonWriter& end_object();
   JsonWriter& begin_array();
@@ -47,16 +54,15 @@ class JsonWriter {
   JsonWriter& name(std::string_view k, std::string_view s);
   /// An optional string: the value or null.
   JsonWriter& value_or_null(const std::optional<std::string>& s);
-  /// A token ("17") as a number when it is an unsigned integer, else as a string; null when absent.
+  /// A token ("17") as a number when it is an unsigned 64-bit integer, else as a string; null when absent.
   JsonWriter& token(const std::optional<std::string>& t);
 
-  [[nodiscard]] const std::string& str() const noexcept { return out_; }
+  /// The document, compact, as json_quote() writes strings.
+  [[nodiscard]] const std::string& str() const;
 
  private:
-  void before_value();
-  std::string out_;
-  std::vector<bool> first_;  // per open container: nothing written yet
-  bool after_key_ = false;
+  struct Document;  // the nlohmann::ordered_json tree (output.cpp)
+  std::unique_ptr<Document> doc_;
 };
 
 /// Columns aligned on the display width (UTF-8 code points).
