@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fork_support.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -529,6 +530,81 @@ TEST(Destruction, LastLockOwnedByAnOnLostCallbackOnTheManualScheduler) {
   EXPECT_TRUE(ran);
   EXPECT_TRUE(weak_hb.expired());
   EXPECT_EQ(dlock::detail::HeartbeatCore::live_count().load(), live_before - 1);
+}
+
+// A loss is announced (observer, stop token, on_lost) only after the lease's
+// operation mutex is released, so a stop_callback or an on_lost callback may
+// unlock the very Lock that was lost. Each scenario runs in a child process
+// that is killed if it deadlocks; the manual scheduler runs everything on the
+// child's one thread.
+TEST(LossAnnouncement, OnLostCallbackUnlocksTheLockFromAnExplicitExtend) {
+  const auto out = dlock::test::in_child_while(
+      [] {
+        ManualBeat beat;
+        MemoryBackend mem(beat.clock);
+        Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 3s, .observer = quiet()}));
+        lock.lock();
+        bool ran = false;
+        lock.on_lost([&](const LostEvent&) {
+          lock.unlock();
+          ran = true;
+        });
+        (void)mem.force_release("job");
+        try {
+          lock.extend();
+          return std::string("extend did not throw");
+        } catch (const dlock::LockLostError&) {
+        }
+        return std::string(ran ? "ok" : "callback did not run");
+      },
+      [] {}, 10s);
+  EXPECT_EQ(out.value_or("deadlock (killed after 10 s)"), "ok");
+}
+
+TEST(LossAnnouncement, StopCallbackUnlocksTheLockFromAnExplicitExtend) {
+  const auto out = dlock::test::in_child_while(
+      [] {
+        ManualBeat beat;
+        MemoryBackend mem(beat.clock);
+        Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 3s, .observer = quiet()}));
+        lock.lock();
+        bool ran = false;
+        std::stop_callback cb(lock.stop_token(), [&] {
+          lock.unlock();
+          ran = true;
+        });
+        (void)mem.force_release("job");
+        try {
+          lock.extend();
+        } catch (const dlock::LockLostError&) {
+        }
+        return std::string(ran ? "ok" : "stop callback did not run");
+      },
+      [] {}, 10s);
+  EXPECT_EQ(out.value_or("deadlock (killed after 10 s)"), "ok");
+}
+
+TEST(LossAnnouncement, StopCallbackUnlocksTheLockFromAnAutoExtension) {
+  // The heartbeat's extension finds the lock taken: the stop callback runs on
+  // the backend's lane, which must no longer hold the lease's mutex then.
+  const auto out = dlock::test::in_child_while(
+      [] {
+        ManualBeat beat;
+        MemoryBackend mem(beat.clock);
+        Lock<MemoryBackend> lock(
+            mem, "job", beat.options({.ttl = 3s, .auto_extend = true, .extend_interval = 1s, .observer = quiet()}));
+        lock.lock();
+        bool ran = false;
+        std::stop_callback cb(lock.stop_token(), [&] {
+          lock.unlock();
+          ran = true;
+        });
+        (void)mem.force_release("job");
+        beat.advance(1s);
+        return std::string(ran ? "ok" : "stop callback did not run");
+      },
+      [] {}, 10s);
+  EXPECT_EQ(out.value_or("deadlock (killed after 10 s)"), "ok");
 }
 
 TEST(Fork, TheChildLosesInheritedLeasesAndGetsAFreshHeartbeat) {

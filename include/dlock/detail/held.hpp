@@ -4,7 +4,10 @@
 //
 // Mutex order: op_mu_ (backend operations on the lease) before mu_ (state).
 // Neither is held while calling the heartbeat, and mu_ is never held while
-// calling the backend or the observer.
+// calling the backend or the observer. A loss found under op_mu_ is announced
+// (observer, stop token, on_lost callbacks) only after op_mu_ is released (see
+// OpLock), so a stop_callback or an on_lost callback may call unlock() or
+// release() on the lost Lock from any thread, the heartbeat's included.
 #pragma once
 
 #include <chrono>
@@ -171,7 +174,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   /// server kept the key), or when the server says it had expired or been taken.
   ReleaseResult release() {
     if (inherited()) return ReleaseResult::not_held;  // the parent's lease: deleting it would free the parent's lock
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);
     State previous;
     {
       std::lock_guard lk(mu_);
@@ -203,7 +206,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   /// Owner-checked extension to `ttl`; throws LockLostError when lost.
   void extend(std::chrono::milliseconds ttl) {
     if (inherited()) throw inherited_error();
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);  // a loss found here is announced after op_mu_ is released, even when this throws
     {
       std::lock_guard lk(mu_);
       if (state_ != State::held) throw lost_error();
@@ -213,7 +216,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     try {
       valid = backend_.extend(name_, lease_, ttl, sent);
     } catch (const LockLostError& e) {
-      declare_lost(LostReason::connection, e.what(), nullptr);
+      declare_lost_later(LostReason::connection, e.what(), nullptr);
       throw;
     } catch (const std::exception& e) {
       report(EventType::extend_failed, e, fmt::format("extend of '{}' failed ({})", name_, e.what()));
@@ -289,7 +292,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       std::vector<ExtendItem> items;
       for (const auto& beat : group) {
         auto* h = static_cast<Held*>(beat.get());  // same batch key: same type
-        std::lock_guard op(h->op_mu_);
+        OpLock op(*h);
         if (!h->still_held()) continue;
         members.push_back(h);
         items.push_back(ExtendItem{h->name_, &h->lease_.owner, h->ttl_, h->clock_.now()});
@@ -301,7 +304,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         for (auto& item : items) item.error = std::current_exception();
       }
       for (std::size_t i = 0; i < items.size(); ++i) {
-        std::lock_guard op(members[i]->op_mu_);
+        OpLock op(*members[i]);
         if (items[i].error) {
           members[i]->extension_failed(items[i].error, items[i].started, hb);
         } else {
@@ -377,7 +380,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // The backend's lane: one extension of a claimed lease.
   void extend_in_background(HeartbeatCore& hb) noexcept {
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);
     if (!still_held()) return;
     const TimePoint sent = clock_.now();
     std::optional<TimePoint> valid;
@@ -400,7 +403,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         std::lock_guard lk(mu_);
         in_flight_ = false;
       }
-      declare_lost(LostReason::connection, e.what(), &hb);
+      declare_lost_later(LostReason::connection, e.what(), &hb);
     } catch (const std::exception& e) {
       {
         std::lock_guard lk(mu_);
@@ -435,14 +438,14 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
     if (!valid) {
       if (sent < old_validity) {
-        declare_lost(LostReason::taken,
-                     fmt::format("lock '{}': the server no longer has it for this owner although it was still "
-                                 "valid (deleted, taken over, or the server lost its data)",
-                                 name_),
-                     hb);
+        declare_lost_later(LostReason::taken,
+                           fmt::format("lock '{}': the server no longer has it for this owner although it was still "
+                                       "valid (deleted, taken over, or the server lost its data)",
+                                       name_),
+                           hb);
       } else {
-        declare_lost(LostReason::expired, fmt::format("lock '{}': it had expired when the extension arrived", name_),
-                     hb);
+        declare_lost_later(LostReason::expired,
+                           fmt::format("lock '{}': it had expired when the extension arrived", name_), hb);
       }
       return false;
     }
@@ -465,7 +468,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // The backend's lane, after a max_hold loss.
   void release_after_max_hold() noexcept {
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);
     {
       std::lock_guard lk(mu_);
       if (state_ != State::lost || released_on_server_) return;  // the holder released it meanwhile
@@ -481,46 +484,87 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
   }
 
-  // Any thread. Marks the lease lost once: observer event, stop token, then
-  // the callbacks (on this lease's callback lane of `hb` when given, so that
-  // they delay no extension). Returns whether this call declared it.
-  bool declare_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
-    bool has_callbacks;
+  // A loss marked under the mutexes, to be announced outside them.
+  struct Loss {
     LostEvent lost;
-    std::stop_source stop;
-    {
-      std::lock_guard lk(mu_);
-      if (state_ != State::held) return false;
-      state_ = State::lost;
-      lost_callbacks_.swap(callbacks_);  // no copy of them here: see run_lost_callbacks()
-      has_callbacks = !lost_callbacks_.empty();
-      stop = stop_;  // requested below, outside the mutex: stop callbacks run synchronously
-      try {
-        lost_ = std::make_unique<LostEvent>(
-            LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)});
-        lost = *lost_;
-      } catch (...) {  // out of memory: still lost, with less detail
-      }
+    std::stop_source stop{std::nostopstate};
+    bool has_callbacks = false;
+    HeartbeatCore* hb = nullptr;
+  };
+
+  // op_mu_, held for a backend operation on the lease. A loss declared while
+  // it is held (declare_lost_later) is announced when it is released, so that
+  // the stop callbacks and on_lost callbacks it runs may call release() on
+  // this lease (unlock() on its Lock) without deadlocking on op_mu_.
+  class OpLock {
+   public:
+    explicit OpLock(Held& h) : h_(h) { h_.op_mu_.lock(); }
+    ~OpLock() {
+      std::optional<Loss> loss = std::move(h_.deferred_loss_);
+      h_.deferred_loss_.reset();
+      h_.op_mu_.unlock();
+      if (loss) h_.announce(std::move(*loss));
     }
-    const TimePoint acquired_at = lease_.acquired_at;
-    Event ev = source().make(EventType::lost, lease_.owner.str(), lease_.token);
-    ev.held = clock_.now() - acquired_at;
-    ev.error = make_error_code(errc::lock_lost);
-    ev.message = lost.message;
-    ev.reason = to_string(reason);
-    source().emit(ev);
-    stop.request_stop();
-    if (has_callbacks) {
-      if (hb) {
-        try {
-          hb->post_callbacks(*this, [self = this->shared_from_this(), lost] { self->run_lost_callbacks(lost); });
-          return true;
-        } catch (...) {  // could not post: run them here rather than drop them
-        }
-      }
-      run_lost_callbacks(lost);
-    }
+    OpLock(const OpLock&) = delete;
+    OpLock& operator=(const OpLock&) = delete;
+
+   private:
+    Held& h_;
+  };
+
+  // Any thread, without op_mu_. Marks the lease lost once and announces it:
+  // observer event, stop token, then the callbacks (on this lease's callback
+  // lane of `hb` when given, so that they delay no extension). Returns whether
+  // this call declared it.
+  bool declare_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    auto loss = mark_lost(reason, std::move(message), hb);
+    if (!loss) return false;
+    announce(std::move(*loss));
     return true;
+  }
+  // Requires op_mu_ (an OpLock): marks the lease lost now; the OpLock
+  // announces it once op_mu_ is released.
+  void declare_lost_later(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    if (auto loss = mark_lost(reason, std::move(message), hb)) deferred_loss_ = std::move(loss);
+  }
+
+  [[nodiscard]] std::optional<Loss> mark_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    Loss loss;
+    loss.hb = hb;
+    std::lock_guard lk(mu_);
+    if (state_ != State::held) return std::nullopt;
+    state_ = State::lost;
+    lost_callbacks_.swap(callbacks_);  // no copy of them here: see run_lost_callbacks()
+    loss.has_callbacks = !lost_callbacks_.empty();
+    loss.stop = stop_;  // requested by announce(), outside the mutexes: stop callbacks run synchronously
+    try {
+      lost_ = std::make_unique<LostEvent>(
+          LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)});
+      loss.lost = *lost_;
+    } catch (...) {  // out of memory: still lost, with less detail
+    }
+    return loss;
+  }
+
+  // No lease mutex held.
+  void announce(Loss loss) noexcept {
+    Event ev = source().make(EventType::lost, lease_.owner.str(), lease_.token);
+    ev.held = clock_.now() - lease_.acquired_at;
+    ev.error = make_error_code(errc::lock_lost);
+    ev.message = loss.lost.message;
+    ev.reason = to_string(loss.lost.reason);
+    source().emit(ev);
+    loss.stop.request_stop();
+    if (!loss.has_callbacks) return;
+    if (loss.hb) {
+      try {
+        loss.hb->post_callbacks(
+            *this, [self = this->shared_from_this(), lost = loss.lost] { self->run_lost_callbacks(lost); });
+        return;
+      } catch (...) {  // could not post: run them here rather than drop them
+      }
+    }
+    run_lost_callbacks(loss.lost);
   }
 
   // Runs the loss's callbacks, then destroys them, on the calling thread: on
@@ -589,8 +633,9 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   TimePoint max_hold_end_ = never;
 
   std::mutex op_mu_;
-  Lease<H> lease_;                   // owner, token, acquired_at immutable; valid_until under mu_ + op_mu_
-  bool released_on_server_ = false;  // under op_mu_
+  Lease<H> lease_;                     // owner, token, acquired_at immutable; valid_until under mu_ + op_mu_
+  bool released_on_server_ = false;    // under op_mu_
+  std::optional<Loss> deferred_loss_;  // under op_mu_: declared lost, announced when op_mu_ is released
 
   mutable std::mutex mu_;
   State state_ = State::held;
