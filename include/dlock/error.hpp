@@ -23,7 +23,9 @@
 //                    missed it was sent the request, else a ConnectionError.
 //   LockLostError    the operation needs a lock this owner no longer holds
 //                    (expired, taken, connection gone); stop the critical section.
-//   DeadlockError    the server detected a deadlock; release what you hold, retry.
+//   DeadlockError    a deadlock was detected: by the server, or a second acquire
+//                    of a Lock by the thread that already holds it (a Lock is
+//                    not recursive); release what you hold, retry.
 //   InvalidArgument  a name or option is wrong; fix the code or configuration.
 //   ServerError      the server refused (authentication, read-only replica,
 //                    out of memory, wrong key type); fix the server side.

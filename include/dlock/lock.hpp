@@ -29,8 +29,15 @@
 // unlock() may be called from another thread than lock(). For independent
 // owners (e.g. in tests), use one Lock object each.
 //
-// Not recursive: lock() on a Lock this thread already holds waits for itself
-// (until its deadline; forever without one), and try_lock() returns false.
+// Not recursive: a second acquire of a Lock by the thread that acquired it
+// (lock(), try_lock(), the timed forms, acquire(), try_acquire*(), lock_all)
+// throws DeadlockError at once, naming the lock, instead of waiting for
+// itself. Why not count re-entries instead: every acquisition is one lease
+// with its own owner id, fencing token, TTL and loss signal; a nested
+// "acquire" that took no new lease would hand out a token and a stop token
+// that are not its own, and its release would end the outer critical section
+// early. Release and re-acquire instead, or structure the code so that one
+// scope holds the lock.
 // Not copyable and not movable: guards and the heartbeat refer to it; keep it
 // in place (or behind a unique_ptr) for as long as it is used.
 //
@@ -146,7 +153,8 @@ class Lock {
 
   /// Blocks until acquired. Throws TimeoutError when options().acquire_timeout
   /// passes or retry.max_attempts are used up, ConnectionError if the backend
-  /// was unreachable at that point, other dlock::Error subclasses at once.
+  /// was unreachable at that point, DeadlockError at once if this thread
+  /// holds this Lock already, other dlock::Error subclasses at once.
   void lock() {
     const TimePoint start = clock_.now();
     std::optional<TimePoint> deadline;
@@ -162,7 +170,8 @@ class Lock {
     }
   }
   /// Exactly one attempt: true if acquired, false on contention (also when
-  /// another thread holds this same Lock object). Throws on backend errors.
+  /// another thread holds this same Lock object). Throws on backend errors,
+  /// and DeadlockError if this thread holds this Lock already.
   [[nodiscard]] bool try_lock() { return acquire_until(std::nullopt, true); }
 
   /// Retries until acquired (true) or `timeout` passed (false). Throws
@@ -324,9 +333,16 @@ class Lock {
   }
 
   // The in-process gate: one thread at a time goes from acquire to unlock.
+  // Remembers the thread that entered it (see check_reentry()).
   bool enter_gate(std::optional<TimePoint> deadline, bool single) {
     std::unique_lock lk(mu_);
-    if (single || !busy_) return !std::exchange(busy_, true);
+    const auto self = std::this_thread::get_id();
+    if (single || !busy_) {
+      if (busy_) return false;
+      busy_ = true;
+      gate_thread_ = self;
+      return true;
+    }
     if (!deadline) {
       gate_cv_.wait(lk, [this] { return !busy_; });
     } else if (!gate_cv_.wait_until(lk, detail::steady_deadline(detail::saturating_sub(*deadline, clock_.now())),
@@ -334,19 +350,34 @@ class Lock {
       return false;
     }
     busy_ = true;
+    gate_thread_ = self;
     return true;
   }
   void leave_gate() noexcept {
     {
       std::lock_guard lk(mu_);
       busy_ = false;
+      gate_thread_ = {};
     }
     gate_cv_.notify_one();
+  }
+
+  [[nodiscard]] DeadlockError reentry_error() const {
+    return DeadlockError(
+        fmt::format("dlock: lock '{}' on {} {} is already held (or being acquired) by this thread; a Lock is not "
+                    "recursive, so a second acquire would wait for itself",
+                    name_, backend_.kind(), backend_.endpoint()));
+  }
+  // A second acquire by the thread in the gate would wait for itself.
+  void check_reentry() const {
+    std::lock_guard lk(mu_);
+    if (busy_ && gate_thread_ == std::this_thread::get_id()) throw reentry_error();
   }
 
   // The acquire loop shared by lock(), try_lock() and the timed forms.
   bool acquire_until(std::optional<TimePoint> deadline, bool single) {
     const TimePoint start = clock_.now();
+    check_reentry();  // before the lock-order check, which would report it as an inversion
     if (options_.lock_order && !single) {
       if (auto violation = options_.lock_order->before_acquire(this, name_)) {
         Event ev = source().make(EventType::order_violation, {}, std::nullopt);
@@ -586,6 +617,7 @@ class Lock {
   mutable std::mutex mu_;
   std::condition_variable gate_cv_;
   bool busy_ = false;                                  // a thread is between acquire and unlock (the in-process gate)
+  std::thread::id gate_thread_;                        // the thread that entered the gate, while busy_
   bool engaged_ = false;                               // the last successful acquire has not been released yet
   std::shared_ptr<acquisition_type> held_;             // the current acquisition, while engaged
   std::shared_ptr<detail::ThreadHoldList> hold_list_;  // the list held_ is in (RecordsWaits backends)

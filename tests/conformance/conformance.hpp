@@ -384,6 +384,25 @@ TYPED_TEST_P(Conformance, TimedTryLockReturnsFalseAfterAboutItsTimeout) {
   EXPECT_FALSE(other.owns_lock());
 }
 
+// A Lock is not recursive: every acquire form by the holding thread fails at
+// once with DeadlockError, before the service is asked, and leaves the hold alone.
+TYPED_TEST_P(Conformance, ReentryByTheHoldingThreadFailsAtOnce) {
+  auto b = this->fx_.make();
+  typename TestFixture::L lock(b, this->name(), this->options({.ttl = 10s, .acquire_timeout = 2s}));
+  ASSERT_TRUE(lock.try_lock());
+  const auto t0 = SteadyClock::now();
+  EXPECT_THROW(lock.lock(), DeadlockError);
+  EXPECT_THROW((void)lock.try_lock(), DeadlockError);
+  EXPECT_THROW((void)lock.try_lock_for(2s), DeadlockError);
+  EXPECT_THROW((void)lock.try_lock_until(SteadyClock::now() + 2s), DeadlockError);
+  EXPECT_THROW((void)lock.acquire(), DeadlockError);
+  EXPECT_THROW((void)lock.try_acquire_for(2s), DeadlockError);
+  EXPECT_LT(since(t0), 1s);
+  EXPECT_TRUE(lock.owns_lock());
+  lock.unlock();
+  EXPECT_TRUE(lock.try_lock());
+}
+
 // ---- release ----
 
 TYPED_TEST_P(Conformance, SecondUnlockIsANoOp) {
@@ -725,6 +744,7 @@ REGISTER_TYPED_TEST_SUITE_P(Conformance, MutualExclusionAcrossThreads, MutualExc
                             LockDeletedBehindTheHoldersBackIsSignalled, UnreachableAtAcquireFailsWithinTheDeadline,
                             UnreachableAtReleaseIsReportedNotThrown, UnreachableDuringAHoldIsSignalledByTheValidityEnd,
                             SilentServiceDuringAHoldIsSignalledByTheValidityEnd, ReleaseWakesAWaiterWithALongBackoff,
-                            LockAllTakesBothNames, TryLockAllForLeavesNothingHeldWhenOneNameIsTaken);
+                            LockAllTakesBothNames, TryLockAllForLeavesNothingHeldWhenOneNameIsTaken,
+                            ReentryByTheHoldingThreadFailsAtOnce);
 
 }  // namespace dlock::conformance

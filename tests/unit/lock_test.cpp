@@ -610,15 +610,67 @@ TEST(GuardBinding, ReleaseOfAnOldGuardIsNotHeldAndLeavesTheNewGuardAlone) {
   EXPECT_FALSE(lock.owns_lock());
 }
 
-TEST(GuardBinding, ALockIsNotRecursive) {
+// ---- issue 16 item 5: re-entry fails at once ----
+
+TEST(Reentry, EverySecondAcquireByTheHoldingThreadThrowsDeadlockErrorAtOnce) {
   MemoryBackend mem;
-  Lock<MemoryBackend> lock(mem, "job");
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.acquire_timeout = 300ms, .observer = observer});
+  Lock<MemoryBackend> other(mem, "other");
   auto g = lock.acquire();
-  EXPECT_FALSE(lock.try_lock());         // its own holder gets no second acquisition
-  EXPECT_FALSE(lock.try_lock_for(5ms));  // and a timed acquire waits for itself
+  const std::uint64_t token = g.fencing_token();
+  const std::size_t attempts_before = observer->count(EventType::attempt);
+  const auto start = std::chrono::steady_clock::now();
+  auto expect_deadlock = [&](const char* form, auto&& call) {
+    try {
+      call();
+      ADD_FAILURE() << form << ": no DeadlockError";
+    } catch (const dlock::DeadlockError& e) {
+      EXPECT_EQ(e.code(), dlock::errc::deadlock) << form;
+      EXPECT_NE(std::string(e.what()).find("'job'"), std::string::npos) << form << ": " << e.what();
+      EXPECT_NE(std::string(e.what()).find("not recursive"), std::string::npos) << form << ": " << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << form << ": " << e.what();
+    }
+  };
+  expect_deadlock("lock()", [&] { lock.lock(); });
+  expect_deadlock("try_lock()", [&] { (void)lock.try_lock(); });
+  expect_deadlock("try_lock_for()", [&] { (void)lock.try_lock_for(300ms); });
+  expect_deadlock("try_lock_until(steady)",
+                  [&] { (void)lock.try_lock_until(std::chrono::steady_clock::now() + 300ms); });
+  expect_deadlock("try_lock_until(system)",
+                  [&] { (void)lock.try_lock_until(std::chrono::system_clock::now() + 300ms); });
+  expect_deadlock("acquire()", [&] { (void)lock.acquire(); });
+  expect_deadlock("try_acquire()", [&] { (void)lock.try_acquire(); });
+  expect_deadlock("try_acquire_for()", [&] { (void)lock.try_acquire_for(300ms); });
+  expect_deadlock("try_acquire_until()",
+                  [&] { (void)lock.try_acquire_until(std::chrono::steady_clock::now() + 300ms); });
+  expect_deadlock("lock_all()", [&] { (void)dlock::lock_all(lock, other); });
+  expect_deadlock("std::unique_lock", [&] { std::unique_lock ul(lock); });
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 300ms) << "a form waited for itself";
+  EXPECT_EQ(observer->count(EventType::attempt), attempts_before) << "the backend was contacted";
+  EXPECT_FALSE(other.owns_lock());  // lock_all left nothing behind
+  // The held lock is untouched.
   EXPECT_TRUE(g.owns_lock());
+  EXPECT_EQ(g.fencing_token(), token);
   static_assert(!std::is_move_constructible_v<Lock<MemoryBackend>>);
   static_assert(!std::is_move_assignable_v<Lock<MemoryBackend>>);
+}
+
+TEST(Reentry, AnotherThreadStillWaitsAndTheHolderMayAcquireAfterRelease) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  lock.lock();
+  bool other_got = true;
+  std::thread t([&] { other_got = lock.try_lock(); });  // another thread: contention, not re-entry
+  t.join();
+  EXPECT_FALSE(other_got);
+  lock.unlock();
+  EXPECT_TRUE(lock.try_lock());  // released: the same thread may acquire again
+  // unlock() from another thread ends this thread's hold too.
+  std::thread([&] { lock.unlock(); }).join();
+  EXPECT_TRUE(lock.try_lock_for(1s));
+  lock.unlock();
 }
 
 // ---- issue 11: owner_id() may be read while another thread acquires ----
