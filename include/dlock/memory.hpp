@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -44,7 +45,7 @@ class MemoryBackend {
     explicit State(const Clock& c) : clock(c) {}
     const Clock& clock;
     std::mutex mu;
-    std::condition_variable released;
+    std::condition_variable_any released;                                // _any: a waiter's stop request ends its wait
     std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots;  // never erased; nodes never move
   };
 
@@ -56,10 +57,12 @@ class MemoryBackend {
    public:
     /// True when a release happened since subscribing or since the last
     /// wait_for() that returned true.
-    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) { return wait_for(d, std::stop_token{}); }
+    /// wait_for(d), ended early (false) when `stop` is requested.
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d, const std::stop_token& stop) {
       std::unique_lock lk(state_->mu);
       const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, until, [this] { return slot_->releases != seen_; })) return false;
+      if (!state_->released.wait_until(lk, stop, until, [this] { return slot_->releases != seen_; })) return false;
       seen_ = slot_->releases;
       return true;
     }
