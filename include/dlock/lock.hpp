@@ -78,6 +78,12 @@
 #include <utility>
 #include <variant>
 
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/system_executor.hpp>
 #include <fmt/format.h>
 
 #include "backend.hpp"
@@ -88,6 +94,7 @@
 #include "detail/thread_holds.hpp"
 #include "detail/time.hpp"
 #include "error.hpp"
+#include "async_guard.hpp"
 #include "guard.hpp"
 #include "heartbeat.hpp"
 #include "observer.hpp"
@@ -280,6 +287,87 @@ class Lock {
     return try_lock_until(deadline, stop) ? guard_type(*this, std::adopt_lock) : guard_type();
   }
 
+  // ---- asynchronous (AsyncBackend backends only; docs/async.md) ----
+  //
+  // Any Asio completion token: use_awaitable, use_future, a callback. The
+  // operation runs on the completion's associated executor (the coroutine's
+  // with use_awaitable; bind one with boost::asio::bind_executor for
+  // callbacks and use_future): backoff waits are steady_timers there and the
+  // backend's operations complete there; nothing blocks a thread. Errors are
+  // boost::system::error_codes of async_error_category() with dlock::errc
+  // values (use_awaitable and use_future throw them as system_error;
+  // dlock::to_std(ec) == dlock::errc::timeout), with the blocking API's
+  // meanings. A std::stop_token argument makes the acquire cancellable: it
+  // completes with errc::cancelled, holding nothing. The heartbeat,
+  // stop_token(), on_lost() and the observer work as for blocking acquisitions.
+
+  /// Acquires, waiting as lock() does; completes with (error_code,
+  /// AsyncGuard): errc::timeout when acquire_timeout or retry.max_attempts
+  /// ran out, errc::connection after an outage, errc::cancelled.
+  template <class Token>
+  auto async_acquire(Token&& token) requires AsyncBackend<B> {
+    return async_acquire(std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_acquire(std::stop_token stop, Token&& token) requires AsyncBackend<B> {
+    std::optional<TimePoint> deadline;
+    if (options_.acquire_timeout) deadline = detail::saturating_add(clock_.now(), *options_.acquire_timeout);
+    return async_acquire_until<true>(deadline, std::move(stop), std::forward<Token>(token));
+  }
+  /// As try_lock_for(); completes with (error_code, bool acquired). Once
+  /// acquired, this Lock holds it (unlock(), async_release()).
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_for(const std::chrono::duration<Rep, Period>& timeout, Token&& token) requires AsyncBackend<B> {
+    return async_try_lock_for(timeout, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token stop,
+                          Token&& token) requires AsyncBackend<B> {
+    return async_acquire_until<false>(detail::saturating_add(clock_.now(), timeout), std::move(stop),
+                                      std::forward<Token>(token));
+  }
+  template <class C, class D, class Token>
+  auto async_try_lock_until(const std::chrono::time_point<C, D>& deadline, Token&& token) requires AsyncBackend<B> {
+    return async_try_lock_until(deadline, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class C, class D, class Token>
+  auto async_try_lock_until(const std::chrono::time_point<C, D>& deadline, std::stop_token stop,
+                            Token&& token) requires AsyncBackend<B> {
+    if constexpr (std::is_same_v<C, std::chrono::steady_clock>) {
+      if (options_.clock == &steady_clock())
+        return async_acquire_until<false>(detail::saturating_add(TimePoint{}, deadline.time_since_epoch()),
+                                          std::move(stop), std::forward<Token>(token));
+    }
+    return async_try_lock_for(detail::time_left(deadline), std::move(stop), std::forward<Token>(token));
+  }
+  /// As release(), without blocking; completes with (error_code, ReleaseResult).
+  template <class Token>
+  auto async_release(Token&& token) requires AsyncBackend<B> {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, ReleaseResult)>(
+        [this](auto handler) {
+          auto ex = boost::asio::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          async_release_acquisition(nullptr, ex,
+                                    [h](std::exception_ptr e, ReleaseResult r) { (*h)(detail::error_code_of(e), r); });
+        },
+        token);
+  }
+  /// As extend(ttl), without blocking; completes with an error_code.
+  template <class Token>
+  auto async_extend(std::chrono::milliseconds ttl, Token&& token) requires AsyncBackend<B> {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+        [this, ttl](auto handler) {
+          auto ex = boost::asio::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          auto done = [h](std::exception_ptr e) { (*h)(detail::error_code_of(e)); };
+          if (auto held = current_or_null()) return async_extend_acquisition(held, ttl, ex, std::move(done));
+          auto e = std::make_exception_ptr(
+              LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held));
+          boost::asio::post(ex, [done, e] { done(e); });
+        },
+        token);
+  }
+
   // ---- the current acquisition ----
 
   /// Resets the lease's TTL to `ttl` (owner-checked on the server). Throws
@@ -336,6 +424,8 @@ class Lock {
  private:
   template <class>
   friend class Guard;
+  template <class>
+  friend class AsyncGuard;
   using acquisition_type = detail::Held<B>;  // what a Guard binds to
   using Subscription = typename detail::SubscriptionOf<B>::type;
 
@@ -344,6 +434,17 @@ class Lock {
   // already (or is doing so), and `only` is just told to release, which then
   // finds it released: a guard never releases a newer acquisition.
   ReleaseResult release_acquisition(acquisition_type* only) {
+    auto held = detach(only);
+    if (!held) return only ? only->release() : ReleaseResult::not_held;
+    struct Leave {  // lets the next in-process waiter in, whatever happens below
+      Lock* self;
+      ~Leave() { self->leave_gate(); }
+    } leave{this};
+    return held->release();
+  }
+  // The current acquisition (if it is `only`, when given), no longer the
+  // Lock's: unwatched and unlisted. The caller releases it and leaves the gate.
+  std::shared_ptr<acquisition_type> detach(acquisition_type* only) noexcept {
     std::shared_ptr<acquisition_type> held;
     std::shared_ptr<Heartbeat> heartbeat;
     std::shared_ptr<detail::ThreadHoldList> hold_list;
@@ -356,16 +457,37 @@ class Lock {
         heartbeat = heartbeat_;
       }
     }
-    if (!held) return only ? only->release() : ReleaseResult::not_held;
-    struct Leave {  // lets the next in-process waiter in, whatever happens below
-      Lock* self;
-      ~Leave() { self->leave_gate(); }
-    } leave{this};
+    if (!held) return held;
     // An inherited lease (forked child) was never watched by this process's heartbeat.
     if (heartbeat && held->watched() && !held->inherited()) heartbeat->unwatch(*held);
     if (options_.lock_order) options_.lock_order->released(this);
     if (hold_list) hold_list->remove(held.get());
-    return held->release();
+    return held;
+  }
+  // release_acquisition() without blocking: the gate opens at once (the
+  // release on the server is owner-checked, so a new acquire may overlap it
+  // safely), the completion runs on `ex`.
+  void async_release_acquisition(const std::shared_ptr<acquisition_type>& only, const boost::asio::any_io_executor& ex,
+                                 ReleaseCompletion done) requires AsyncBackend<B> {
+    if (auto held = detach(only.get())) {
+      leave_gate();
+      held->async_release(ex, std::move(done));
+    } else if (only) {
+      only->async_release(ex, std::move(done));
+    } else {
+      boost::asio::post(ex, [done = std::move(done)] { done(nullptr, ReleaseResult::not_held); });
+    }
+  }
+  void async_extend_acquisition(const std::shared_ptr<acquisition_type>& held, std::chrono::milliseconds ttl,
+                                const boost::asio::any_io_executor& ex,
+                                std::function<void(std::exception_ptr)> done) requires AsyncBackend<B> {
+    try {
+      detail::validate_ttl("extend ttl", ttl);
+    } catch (...) {
+      boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e); });
+      return;
+    }
+    held->async_extend(ttl, ex, std::move(done));
   }
   void extend_acquisition(acquisition_type& held, std::chrono::milliseconds ttl) {
     detail::validate_ttl("extend ttl", ttl);
@@ -406,6 +528,14 @@ class Lock {
     }
     busy_ = true;
     gate_thread_ = self;
+    return true;
+  }
+  // The gate for an asynchronous acquire, which must not block: entered if free.
+  bool try_enter_gate_async() noexcept {
+    std::lock_guard lk(mu_);
+    if (busy_) return false;
+    busy_ = true;
+    gate_thread_ = {};  // no thread holds it: re-entry is not checked for asynchronous acquires
     return true;
   }
   void leave_gate() noexcept {
@@ -652,6 +782,142 @@ class Lock {
     (void)server_wait;
     return backend_.try_acquire(request);
   }
+
+  // The asynchronous acquire: performs the state machine's decisions on the
+  // completion's executor, with a steady_timer for every wait (the backoff,
+  // and the in-process gate, which it polls at retry.initial_delay) and the
+  // backend's asynchronous attempts. A stop request cancels the timer from
+  // the executor. Completes with (error_code, bool) or (error_code, AsyncGuard).
+  template <class Handler, bool Guarded>
+  class AsyncAcquireOp : public std::enable_shared_from_this<AsyncAcquireOp<Handler, Guarded>> {
+   public:
+    AsyncAcquireOp(Lock& lock, Handler handler, std::optional<TimePoint> deadline, std::stop_token stop)
+        : lock_(lock),
+          handler_(std::move(handler)),
+          ex_(boost::asio::get_associated_executor(handler_)),
+          deadline_(deadline),
+          stop_(std::move(stop)),
+          timer_(ex_),
+          rng_(static_cast<std::uint_fast32_t>(detail::thread_rng()())) {}
+
+    void start() {
+      if (stop_.stop_possible()) stop_cb_.emplace(stop_, StopWake{this->weak_from_this(), ex_});
+      boost::asio::post(ex_, [self = this->shared_from_this()] { self->enter_gate(); });
+    }
+
+   private:
+    // Runs on the thread that requests the stop: wakes the op on its executor.
+    struct StopWake {
+      std::weak_ptr<AsyncAcquireOp> op;
+      boost::asio::any_io_executor ex;
+      void operator()() noexcept {
+        try {
+          boost::asio::post(ex, [op = op] {
+            if (auto self = op.lock()) self->timer_.cancel();
+          });
+        } catch (...) {  // out of memory: the op notices the stop when its wait ends
+        }
+      }
+    };
+
+    void enter_gate() {
+      if (stop_.stop_requested()) return finish(lock_.cancelled_exception(), false);
+      if (lock_.try_enter_gate_async()) {
+        in_gate_ = true;
+        run_.emplace(lock_, deadline_, detail::AcquirePlan{.cancellable = stop_.stop_possible()}, rng_);
+        return step(run_->fsm().start(stop_.stop_requested()));
+      }
+      const TimePoint now = lock_.clock_.now();
+      if (deadline_ && now >= *deadline_) return finish(nullptr, false);  // another task kept this Lock object
+      Clock::duration wait = detail::saturating_ceil<Clock::duration>(lock_.options_.retry.initial_delay);
+      if (deadline_) wait = std::min(wait, detail::saturating_sub(*deadline_, now));
+      timer_.expires_after(wait);
+      timer_.async_wait([self = this->shared_from_this()](const boost::system::error_code&) { self->enter_gate(); });
+    }
+
+    void step(detail::AcquireDecision d) {
+      auto self = this->shared_from_this();
+      switch (d.step) {
+        case detail::AcquireStep::attempt: {
+          const auto [request, server_wait] = run_->begin_attempt();
+          (void)server_wait;  // zero: no server-side waits in the asynchronous form
+          lock_.backend_.async_try_acquire(
+              request, ex_, [self](std::exception_ptr e, AcquireResult<handle_type> result) {
+                const bool stop = self->stop_.stop_requested();
+                self->step(e ? self->run_->failed(e, stop)
+                             : self->run_->answered(std::move(result), stop, self->to_release_));
+              });
+          return;
+        }
+        case detail::AcquireStep::wait:
+          if (stop_.stop_requested()) return step(run_->fsm().woken(true));  // a cancel posted before this wait
+          timer_.expires_after(d.wait);
+          timer_.async_wait([self](const boost::system::error_code&) {
+            self->step(self->run_->fsm().woken(self->stop_.stop_requested()));
+          });
+          return;
+        case detail::AcquireStep::acquired:
+          return finish(nullptr, true);
+        case detail::AcquireStep::cancelled:
+          if (to_release_) {  // a grant that raced the stop request
+            lock_.backend_.async_release(lock_.name_, *to_release_, ex_, [self](std::exception_ptr, ReleaseResult) {
+              self->finish(self->run_->end(detail::AcquireStep::cancelled), false);
+            });
+            return;
+          }
+          [[fallthrough]];
+        case detail::AcquireStep::timed_out:
+        case detail::AcquireStep::failed:
+          return finish(run_->end(d.step), false);
+      }
+    }
+
+    void finish(std::exception_ptr error, bool acquired) {
+      stop_cb_.reset();
+      run_.reset();  // abandons an in-doubt owner id
+      if (in_gate_ && !acquired) lock_.leave_gate();
+      boost::system::error_code ec = detail::error_code_of(error);
+      if constexpr (Guarded) {
+        if (!acquired && !ec) ec = make_async_error_code(errc::timeout);  // acquire_timeout passed: lock() would throw
+        complete(ec, acquired ? AsyncGuard<Lock>(lock_, ex_) : AsyncGuard<Lock>());
+      } else {
+        complete(ec, acquired);
+      }
+    }
+    template <class R>
+    void complete(boost::system::error_code ec, R result) {
+      boost::asio::dispatch(
+          ex_, [h = std::move(handler_), ec, result = std::move(result)]() mutable { h(ec, std::move(result)); });
+    }
+
+    Lock& lock_;
+    Handler handler_;
+    boost::asio::associated_executor_t<Handler> ex_;
+    const std::optional<TimePoint> deadline_;
+    const std::stop_token stop_;
+    boost::asio::steady_timer timer_;
+    std::minstd_rand rng_;  // the op's own: it may run on several threads of an executor in turn
+    std::optional<AcquireRun<std::minstd_rand>> run_;
+    std::optional<Lease<handle_type>> to_release_;
+    std::optional<std::stop_callback<StopWake>> stop_cb_;
+    bool in_gate_ = false;
+  };
+
+  template <bool Guarded, class Token>
+  auto async_acquire_until(std::optional<TimePoint> deadline, std::stop_token stop, Token&& token) {
+    using R = std::conditional_t<Guarded, AsyncGuard<Lock>, bool>;
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, R)>(
+        [this, deadline, stop = std::move(stop)](auto handler) {
+          using H = decltype(handler);
+          static_assert(!std::is_same_v<boost::asio::associated_executor_t<H>, boost::asio::system_executor>,
+                        "dlock: the completion needs an executor: use a token that has one (use_awaitable) or "
+                        "bind one (boost::asio::bind_executor(io_context, token))");
+          std::make_shared<AsyncAcquireOp<H, Guarded>>(*this, std::move(handler), deadline, stop)->start();
+        },
+        token);
+  }
+
+  [[nodiscard]] std::exception_ptr cancelled_exception() const { return std::make_exception_ptr(cancelled_error()); }
 
   void abandon(const OwnerId& owner) noexcept {
     if constexpr (AbandonsInDoubt<B>) backend_.abandon(name_, owner);

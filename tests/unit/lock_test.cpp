@@ -6,8 +6,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <mutex>
 #include <semaphore>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -423,6 +425,38 @@ TEST(Transient, AnOutageFailsClosedAfterOutageTimeout) {
     }
   backend.failing_acquires = 0;
   EXPECT_TRUE(lock.try_lock());  // the gate was let go
+}
+
+// Issue 13: a lock() blocked by an outage must not log every attempt. The
+// default observer (a LogObserver) admits one line per lock and event type
+// per interval; here 100 ms, against an attempt every 1-2 ms.
+TEST(Transient, ABlockedLockDuringAnOutageLogsAtABoundedRate) {
+  FaultyBackend backend;
+  std::mutex mu;
+  std::vector<std::string> lines;
+  auto log = std::make_shared<dlock::LogObserver>(dlock::LogOptions{.interval = 100ms, .sink = [&](std::string_view l) {
+                                                                      std::lock_guard lk(mu);
+                                                                      lines.emplace_back(l);
+                                                                    }});
+  Lock<FaultyBackend> lock(
+      backend, "job", {.retry = {.initial_delay = 1ms, .max_delay = 2ms}, .outage_timeout = 450ms, .observer = log});
+  backend.failing_acquires = 1'000'000'000;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(lock.lock(), dlock::ConnectionError);  // fails closed (outage_timeout)
+  const auto took = std::chrono::steady_clock::now() - start;
+  std::lock_guard lk(mu);
+  std::size_t attempt_lines = 0;
+  for (const auto& l : lines) attempt_lines += l.find("attempt_failed") != std::string::npos;
+  const auto bound = static_cast<std::size_t>(took / 100ms) + 1;
+  std::printf("%d attempts in %lld ms, %zu attempt_failed lines (bound %zu), %zu lines in all\n",
+              backend.acquire_calls.load(),
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()),
+              attempt_lines, bound, lines.size());
+  EXPECT_GT(backend.acquire_calls.load(), 50);
+  EXPECT_LE(attempt_lines, bound);
+  EXPECT_LE(lines.size(), bound + 1);  // and the one acquire_failed line
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_NE(lines[1].find("left out"), std::string::npos) << lines[1];
 }
 
 namespace {

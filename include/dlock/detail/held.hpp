@@ -26,6 +26,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
 #include <fmt/format.h>
 
 #include "../backend.hpp"
@@ -226,6 +228,88 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       std::lock_guard lk(mu_);
       throw lost_error();
     }
+  }
+
+  // ---- asynchronous operations (AsyncBackend; the completion runs on `ex`) ----
+
+  /// release() without blocking: the lease is marked released at once (no
+  /// extension starts after that; one in flight is waited for, as release()
+  /// does), then the backend's release runs asynchronously.
+  void async_release(const boost::asio::any_io_executor& ex, ReleaseCompletion done) requires AsyncBackend<B> {
+    auto finish = [&ex, &done](std::exception_ptr e, ReleaseResult r) {
+      boost::asio::post(ex, [done = std::move(done), e, r] { done(e, r); });
+    };
+    if (inherited()) return finish(nullptr, ReleaseResult::not_held);
+    State previous;
+    bool on_server;
+    {
+      OpLock op(*this);
+      std::lock_guard lk(mu_);
+      previous = std::exchange(state_, State::released);
+      callbacks_.clear();
+      on_server = !released_on_server_;
+    }
+    if (previous == State::released) return finish(nullptr, ReleaseResult::not_held);
+    auto self = this->shared_from_this();
+    if (previous == State::lost) {  // reported when it was lost; a quiet owner-checked cleanup
+      if (!on_server) return finish(nullptr, ReleaseResult::not_held);
+      backend_.async_release(name_, lease_, ex, [self, done = std::move(done)](std::exception_ptr, ReleaseResult) {
+        done(nullptr, ReleaseResult::not_held);
+      });
+      return;
+    }
+    backend_.async_release(
+        name_, lease_, ex, [self, done = std::move(done)](std::exception_ptr e, ReleaseResult result) {
+          if (e) {
+            self->report_exception(EventType::release_failed, e, "; the lock will expire by its TTL", "release");
+          } else {
+            self->emit_released(result);
+          }
+          done(e, result);
+        });
+  }
+
+  /// extend(ttl) without blocking; the completion gets null, or the
+  /// LockLostError / backend error that extend() would throw. A loss is
+  /// announced (on the executor's thread) before the completion runs.
+  void async_extend(std::chrono::milliseconds ttl, const boost::asio::any_io_executor& ex,
+                    std::function<void(std::exception_ptr)> done) requires AsyncBackend<B> {
+    std::exception_ptr refused;
+    if (inherited()) {
+      refused = std::make_exception_ptr(inherited_error());
+    } else {
+      std::lock_guard lk(mu_);
+      if (state_ != State::held) refused = std::make_exception_ptr(lost_error());
+    }
+    if (refused) {
+      boost::asio::post(ex, [done = std::move(done), refused] { done(refused); });
+      return;
+    }
+    const TimePoint sent = clock_.now();
+    backend_.async_extend(name_, lease_, ttl, sent, ex,
+                          [self = this->shared_from_this(), sent, done = std::move(done)](
+                              std::exception_ptr e, std::optional<TimePoint> valid) {
+                            bool held = false;
+                            {
+                              OpLock op(*self);  // announces a loss when it goes
+                              if (e) {
+                                try {
+                                  std::rethrow_exception(e);
+                                } catch (const LockLostError& lost) {
+                                  self->declare_lost_later(LostReason::connection, lost.what(), nullptr);
+                                } catch (...) {
+                                  self->report_exception(EventType::extend_failed, e, "", "extend");
+                                }
+                              } else {
+                                held = self->apply_extension(valid, sent, nullptr);
+                              }
+                            }
+                            if (!e && !held) {
+                              std::lock_guard lk(self->mu_);
+                              e = std::make_exception_ptr(self->lost_error());
+                            }
+                            done(e);
+                          });
   }
 
   // ---- Beat (heartbeat threads) ----
@@ -613,6 +697,20 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     ev.message = message;
     ev.reason = reason.empty() ? std::string_view(to_string(static_cast<errc>(ev.error.value()))) : reason;
     source().emit(ev);
+  }
+
+  // report() for an exception_ptr: "<what> of '<name>' failed (<error>)<suffix>".
+  void report_exception(EventType type, std::exception_ptr e, std::string_view suffix,
+                        std::string_view what) const noexcept {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      try {
+        report(type, x, fmt::format("{} of '{}' failed ({}){}", what, name_, x.what(), suffix));
+      } catch (...) {  // out of memory: nothing sensible is left to report
+      }
+    } catch (...) {
+    }
   }
 
   [[nodiscard]] EventSource source() const noexcept {
