@@ -800,6 +800,16 @@ class Lock {
           timer_(ex_),
           rng_(static_cast<std::uint_fast32_t>(detail::thread_rng()())) {}
 
+    AsyncAcquireOp(const AsyncAcquireOp&) = delete;
+    AsyncAcquireOp& operator=(const AsyncAcquireOp&) = delete;
+    // Destroyed unfinished when its io_context stops or is destroyed: lets the
+    // Lock object go (the Lock must still exist: docs/async.md).
+    ~AsyncAcquireOp() {
+      if (!in_gate_) return;
+      run_.reset();  // abandons an in-doubt owner id
+      lock_.leave_gate();
+    }
+
     void start() {
       if (stop_.stop_possible()) stop_cb_.emplace(stop_, StopWake{this->weak_from_this(), ex_});
       boost::asio::post(ex_, [self = this->shared_from_this()] { self->enter_gate(); });
@@ -876,6 +886,7 @@ class Lock {
       stop_cb_.reset();
       run_.reset();  // abandons an in-doubt owner id
       if (in_gate_ && !acquired) lock_.leave_gate();
+      in_gate_ = false;  // left, or handed to the acquisition
       boost::system::error_code ec = detail::error_code_of(error);
       if constexpr (Guarded) {
         if (!acquired && !ec) ec = make_async_error_code(errc::timeout);  // acquire_timeout passed: lock() would throw

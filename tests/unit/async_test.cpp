@@ -301,3 +301,19 @@ TEST(Async, GuardDestructionReleasesWithoutBlockingAndLossIsSignalled) {
   EXPECT_TRUE(lost_called);
   EXPECT_TRUE(st.stop_requested());
 }
+
+TEST(Async, AnAcquirePendingWhenTheLoopIsDestroyedLetsTheLockObjectGo) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> holder(mem, "job");
+  holder.lock();
+  Lock<MemoryBackend> lock(mem, "job", fast);
+  bool called = false;
+  {
+    asio::io_context io;
+    lock.async_try_lock_for(1h, asio::bind_executor(io, [&](boost::system::error_code, bool) { called = true; }));
+    io.run_for(5ms);
+  }  // destroyed with the acquire waiting
+  EXPECT_FALSE(called);
+  holder.unlock();
+  EXPECT_TRUE(lock.try_lock());  // its in-process gate was let go
+}
