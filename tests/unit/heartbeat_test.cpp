@@ -8,9 +8,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
+#include <functional>
 #include <cstdio>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -537,18 +539,27 @@ TEST(Destruction, LastLockOwnedByAnOnLostCallbackOnTheManualScheduler) {
 // unlock the very Lock that was lost. Each scenario runs in a child process
 // that is killed if it deadlocks; the manual scheduler runs everything on the
 // child's one thread.
-TEST(LossAnnouncement, OnLostCallbackUnlocksTheLockFromAnExplicitExtend) {
-  const auto out = dlock::test::in_child_while(
-      [] {
+namespace {
+// In a child: takes a lock, registers a callback that unlocks it (on_lost, or
+// a stop_callback), deletes the lock behind its back, and calls extend().
+std::optional<std::string> unlock_from_callback_after_extend(bool stop_callback) {
+  return dlock::test::in_child_while(
+      [stop_callback] {
         ManualBeat beat;
         MemoryBackend mem(beat.clock);
         Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 3s, .observer = quiet()}));
         lock.lock();
         bool ran = false;
-        lock.on_lost([&](const LostEvent&) {
+        auto unlock = [&] {
           lock.unlock();
           ran = true;
-        });
+        };
+        std::optional<std::stop_callback<std::function<void()>>> cb;
+        if (stop_callback) {
+          cb.emplace(lock.stop_token(), unlock);
+        } else {
+          lock.on_lost([&](const LostEvent&) { unlock(); });
+        }
         (void)mem.force_release("job");
         try {
           lock.extend();
@@ -558,30 +569,15 @@ TEST(LossAnnouncement, OnLostCallbackUnlocksTheLockFromAnExplicitExtend) {
         return std::string(ran ? "ok" : "callback did not run");
       },
       [] {}, 10s);
-  EXPECT_EQ(out.value_or("deadlock (killed after 10 s)"), "ok");
+}
+}  // namespace
+
+TEST(LossAnnouncement, OnLostCallbackUnlocksTheLockFromAnExplicitExtend) {
+  EXPECT_EQ(unlock_from_callback_after_extend(false).value_or("deadlock (killed after 10 s)"), "ok");
 }
 
 TEST(LossAnnouncement, StopCallbackUnlocksTheLockFromAnExplicitExtend) {
-  const auto out = dlock::test::in_child_while(
-      [] {
-        ManualBeat beat;
-        MemoryBackend mem(beat.clock);
-        Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 3s, .observer = quiet()}));
-        lock.lock();
-        bool ran = false;
-        std::stop_callback cb(lock.stop_token(), [&] {
-          lock.unlock();
-          ran = true;
-        });
-        (void)mem.force_release("job");
-        try {
-          lock.extend();
-        } catch (const dlock::LockLostError&) {
-        }
-        return std::string(ran ? "ok" : "stop callback did not run");
-      },
-      [] {}, 10s);
-  EXPECT_EQ(out.value_or("deadlock (killed after 10 s)"), "ok");
+  EXPECT_EQ(unlock_from_callback_after_extend(true).value_or("deadlock (killed after 10 s)"), "ok");
 }
 
 TEST(LossAnnouncement, StopCallbackUnlocksTheLockFromAnAutoExtension) {
