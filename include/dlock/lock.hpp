@@ -83,6 +83,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/system_executor.hpp>
 #include <fmt/format.h>
 
@@ -795,9 +796,10 @@ class Lock {
         : lock_(lock),
           handler_(std::move(handler)),
           ex_(boost::asio::get_associated_executor(handler_)),
+          strand_(boost::asio::make_strand(boost::asio::any_io_executor(ex_))),
           deadline_(deadline),
           stop_(std::move(stop)),
-          timer_(ex_),
+          timer_(strand_),
           rng_(static_cast<std::uint_fast32_t>(detail::thread_rng()())) {}
 
     AsyncAcquireOp(const AsyncAcquireOp&) = delete;
@@ -811,8 +813,8 @@ class Lock {
     }
 
     void start() {
-      if (stop_.stop_possible()) stop_cb_.emplace(stop_, StopWake{this->weak_from_this(), ex_});
-      boost::asio::post(ex_, [self = this->shared_from_this()] { self->enter_gate(); });
+      if (stop_.stop_possible()) stop_cb_.emplace(stop_, StopWake{this->weak_from_this(), strand_});
+      boost::asio::post(strand_, [self = this->shared_from_this()] { self->enter_gate(); });
     }
 
    private:
@@ -852,7 +854,7 @@ class Lock {
           const auto [request, server_wait] = run_->begin_attempt();
           (void)server_wait;  // zero: no server-side waits in the asynchronous form
           lock_.backend_.async_try_acquire(
-              request, ex_, [self](std::exception_ptr e, AcquireResult<handle_type> result) {
+              request, strand_, [self](std::exception_ptr e, AcquireResult<handle_type> result) {
                 const bool stop = self->stop_.stop_requested();
                 self->step(e ? self->run_->failed(e, stop)
                              : self->run_->answered(std::move(result), stop, self->to_release_));
@@ -870,7 +872,7 @@ class Lock {
           return finish(nullptr, true);
         case detail::AcquireStep::cancelled:
           if (to_release_) {  // a grant that raced the stop request
-            lock_.backend_.async_release(lock_.name_, *to_release_, ex_, [self](std::exception_ptr, ReleaseResult) {
+            lock_.backend_.async_release(lock_.name_, *to_release_, strand_, [self](std::exception_ptr, ReleaseResult) {
               self->finish(self->run_->end(detail::AcquireStep::cancelled), false);
             });
             return;
@@ -903,7 +905,10 @@ class Lock {
 
     Lock& lock_;
     Handler handler_;
-    boost::asio::associated_executor_t<Handler> ex_;
+    boost::asio::associated_executor_t<Handler> ex_;  // the completion's
+    // Every step of the op runs here: the stop request's cancel, timer and
+    // backend completions never overlap, even on a multi-threaded io_context.
+    boost::asio::strand<boost::asio::any_io_executor> strand_;
     const std::optional<TimePoint> deadline_;
     const std::stop_token stop_;
     boost::asio::steady_timer timer_;
