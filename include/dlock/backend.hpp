@@ -64,6 +64,25 @@
 //        acquire that ends on such an error), so an in-doubt grant does not
 //        block everyone for a TTL. Never throws.
 //
+//   AsyncBackend: the three single operations without blocking a thread, for
+//        Lock's asynchronous API (docs/async.md). Each takes an Asio executor
+//        and a completion, returns at once, and calls the completion exactly
+//        once, through the executor (never inside the initiating call), with
+//        an exception_ptr (null on success; else the dlock::Error the blocking
+//        call would have thrown, same meaning) and the blocking call's result:
+//          b.async_try_acquire(const AcquireRequest&, executor, AcquireCompletion<H>)
+//          b.async_release(name, Lease<H>&, executor, ReleaseCompletion)
+//          b.async_extend(name, Lease<H>&, ttl, started, executor, ExtendCompletion)
+//        The request's name and owner, and the lease, stay valid until the
+//        completion runs; the backend copies nothing else. Server I/O must be
+//        asynchronous on that executor (or on the backend's own I/O thread,
+//        completing through the executor); backoff and deadlines stay in the
+//        front end, as for the blocking calls. A lease's release and
+//        extensions are serialised by the front end as for the blocking calls.
+//        MemoryBackend has it; RedisBackend (on its Asio transport) and
+//        PostgresBackend (libpq in non-blocking mode on a stream_descriptor)
+//        are meant to.
+//
 // extend() may also throw LockLostError when the lease is certainly gone for a
 // reason other than the server's word (e.g. the session that held it died).
 #pragma once
@@ -72,12 +91,15 @@
 #include <concepts>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <variant>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include "owner_id.hpp"
 
@@ -214,6 +236,24 @@ concept AbandonsInDoubt = Backend<B> && requires(B& b, std::string_view name, co
 template <class B>
 concept BatchesExtend = Backend<B> && requires(B& b, std::span<ExtendItem> items) {
   { b.extend_many(items) } -> std::same_as<void>;
+};
+
+/// Completions of the AsyncBackend operations: an error (null on success) and
+/// the result of the matching blocking call.
+template <class Handle>
+using AcquireCompletion = std::function<void(std::exception_ptr, AcquireResult<Handle>)>;
+using ReleaseCompletion = std::function<void(std::exception_ptr, ReleaseResult)>;
+using ExtendCompletion = std::function<void(std::exception_ptr, std::optional<TimePoint>)>;
+
+template <class B>
+concept AsyncBackend = Backend<B> &&
+    requires(B& b, const AcquireRequest& request, std::string_view name, Lease<typename B::Handle>& lease,
+             std::chrono::milliseconds ttl, TimePoint started, const boost::asio::any_io_executor& ex,
+             AcquireCompletion<typename B::Handle> on_acquire, ReleaseCompletion on_release,
+             ExtendCompletion on_extend) {
+  { b.async_try_acquire(request, ex, std::move(on_acquire)) } -> std::same_as<void>;
+  { b.async_release(name, lease, ex, std::move(on_release)) } -> std::same_as<void>;
+  { b.async_extend(name, lease, ttl, started, ex, std::move(on_extend)) } -> std::same_as<void>;
 };
 
 }  // namespace dlock

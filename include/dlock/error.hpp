@@ -23,7 +23,11 @@
 //                    missed it was sent the request, else a ConnectionError.
 //   LockLostError    the operation needs a lock this owner no longer holds
 //                    (expired, taken, connection gone); stop the critical section.
-//   DeadlockError    the server detected a deadlock; release what you hold, retry.
+//   DeadlockError    a deadlock was detected: by the server, or a second acquire
+//                    of a Lock by the thread that already holds it (a Lock is
+//                    not recursive); release what you hold, retry.
+//   CancelledError   the caller's std::stop_token was requested during an acquire;
+//                    nothing is held (a grant that raced the request was released).
 //   InvalidArgument  a name or option is wrong; fix the code or configuration.
 //   ServerError      the server refused (authentication, read-only replica,
 //                    out of memory, wrong key type); fix the server side.
@@ -48,6 +52,7 @@ enum class errc {
   server,
   auth,
   no_fencing_token,
+  cancelled,
 };
 
 namespace detail {
@@ -74,6 +79,8 @@ class ErrorCategory final : public std::error_category {
         return "authentication failed";
       case errc::no_fencing_token:
         return "fencing tokens are not available";
+      case errc::cancelled:
+        return "cancelled by a stop request";
     }
     return "unknown dlock error";
   }
@@ -101,6 +108,8 @@ class ErrorCategory final : public std::error_category {
       return "auth";
     case errc::no_fencing_token:
       return "no_fencing_token";
+    case errc::cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -144,6 +153,13 @@ class LockLostError : public Error {
 class DeadlockError : public Error {
  public:
   explicit DeadlockError(const std::string& what) : Error(errc::deadlock, what) {}
+};
+
+/// A stop was requested (the caller's std::stop_token) before the acquire
+/// finished; the lock is not held.
+class CancelledError : public Error {
+ public:
+  explicit CancelledError(const std::string& what) : Error(errc::cancelled, what) {}
 };
 
 class InvalidArgument : public Error {

@@ -42,10 +42,10 @@
 // Lock-loss signalling: the observer gets a `lost` event and the stop token
 // of the acquisition is requested, on the thread that declares the loss (the
 // timer thread, or the backend's lane): std::stop_callbacks run there, at
-// once, so keep them short, and do not call the lost Lock from them (on a
-// backend lane the lease's operation mutex is held: unlock() there would
-// deadlock). Then the on_lost callbacks run on a callback lane, where any
-// call is fine (exceptions from them are caught and reported to the observer).
+// once, so keep them short. No lease mutex is held then, so they may call
+// unlock() or release() on the lost Lock. Then the on_lost callbacks run on a
+// callback lane, where any call is fine (exceptions from them are caught and
+// reported to the observer).
 //
 // Destruction: the last reference to a heartbeat may go on one of its own
 // threads (an on_lost callback that owned the last Lock); its shutdown is then

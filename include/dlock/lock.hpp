@@ -29,8 +29,15 @@
 // unlock() may be called from another thread than lock(). For independent
 // owners (e.g. in tests), use one Lock object each.
 //
-// Not recursive: lock() on a Lock this thread already holds waits for itself
-// (until its deadline; forever without one), and try_lock() returns false.
+// Not recursive: a second acquire of a Lock by the thread that acquired it
+// (lock(), try_lock(), the timed forms, acquire(), try_acquire*(), lock_all)
+// throws DeadlockError at once, naming the lock, instead of waiting for
+// itself. Why not count re-entries instead: every acquisition is one lease
+// with its own owner id, fencing token, TTL and loss signal; a nested
+// "acquire" that took no new lease would hand out a token and a stop token
+// that are not its own, and its release would end the outer critical section
+// early. Release and re-acquire instead, or structure the code so that one
+// scope holds the lock.
 // Not copyable and not movable: guards and the heartbeat refer to it; keep it
 // in place (or behind a unique_ptr) for as long as it is used.
 //
@@ -62,6 +69,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <stop_token>
 #include <string_view>
@@ -70,14 +78,24 @@
 #include <utility>
 #include <variant>
 
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/system_executor.hpp>
 #include <fmt/format.h>
 
 #include "backend.hpp"
+#include "detail/acquire_fsm.hpp"
 #include "detail/format.hpp"
+#include "detail/random.hpp"
 #include "detail/held.hpp"
 #include "detail/thread_holds.hpp"
 #include "detail/time.hpp"
 #include "error.hpp"
+#include "async_guard.hpp"
 #include "guard.hpp"
 #include "heartbeat.hpp"
 #include "observer.hpp"
@@ -112,9 +130,40 @@ template <class C, class D>
                                                    Wide(C::now().time_since_epoch()));
 }
 
-/// How long one server-side wait may last when the caller gave no deadline, so
-/// that a dead connection is noticed and the attempt is made again.
-inline constexpr std::chrono::milliseconds server_wait_slice{std::chrono::seconds(5)};
+/// A cancellable wait on a release subscription whose wait_for() takes no
+/// stop token is made in slices of at most this long, so a stop request ends
+/// it within one slice.
+inline constexpr std::chrono::milliseconds cancel_poll_slice{20};
+
+/// Waits for a release on `s` for at most `d`; a stop request ends the wait
+/// (at once when S::wait_for takes a stop token, else within cancel_poll_slice).
+template <class S>
+bool wait_for_release(S& s, Clock::duration d, const std::stop_token& stop) {
+  if constexpr (requires { s.wait_for(std::chrono::nanoseconds{}, stop); }) {
+    return s.wait_for(d, stop);
+  } else {
+    if (!stop.stop_possible()) return s.wait_for(d);
+    const auto end = steady_deadline(d);
+    while (!stop.stop_requested()) {
+      const auto left = end - std::chrono::steady_clock::now();
+      if (left <= left.zero()) return false;
+      if (s.wait_for(std::min<std::chrono::nanoseconds>(left, cancel_poll_slice))) return true;
+    }
+    return false;
+  }
+}
+
+/// Sleeps for `d` (real time), or until `stop` is requested.
+inline void sleep_for(Clock::duration d, const std::stop_token& stop) {
+  if (!stop.stop_possible()) {
+    std::this_thread::sleep_for(d);
+    return;
+  }
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::unique_lock lk(mu);
+  (void)cv.wait_until(lk, stop, steady_deadline(d), [] { return false; });
+}
 
 [[nodiscard]] inline bool is_transient(const Error& e) noexcept {
   return e.code() == errc::connection || e.code() == errc::timeout;
@@ -146,12 +195,17 @@ class Lock {
 
   /// Blocks until acquired. Throws TimeoutError when options().acquire_timeout
   /// passes or retry.max_attempts are used up, ConnectionError if the backend
-  /// was unreachable at that point, other dlock::Error subclasses at once.
-  void lock() {
+  /// was unreachable at that point, DeadlockError at once if this thread
+  /// holds this Lock already, other dlock::Error subclasses at once.
+  void lock() { lock(std::stop_token{}); }
+  /// lock(), cancellable: throws CancelledError (errc::cancelled) as soon as
+  /// `stop` is requested, also while waiting (see docs/usage.md,
+  /// "Cancellation"), leaving nothing held.
+  void lock(const std::stop_token& stop) {
     const TimePoint start = clock_.now();
     std::optional<TimePoint> deadline;
     if (options_.acquire_timeout) deadline = detail::saturating_add(start, *options_.acquire_timeout);
-    if (!acquire_until(deadline, false)) {
+    if (!acquire_until(deadline, false, stop)) {
       const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - start);
       throw TimeoutError(
           fmt::format("dlock: could not acquire lock '{}' on {} {} within {} (waited {}); another owner still holds it",
@@ -162,7 +216,8 @@ class Lock {
     }
   }
   /// Exactly one attempt: true if acquired, false on contention (also when
-  /// another thread holds this same Lock object). Throws on backend errors.
+  /// another thread holds this same Lock object). Throws on backend errors,
+  /// and DeadlockError if this thread holds this Lock already.
   [[nodiscard]] bool try_lock() { return acquire_until(std::nullopt, true); }
 
   /// Retries until acquired (true) or `timeout` passed (false). Throws
@@ -170,16 +225,26 @@ class Lock {
   /// A timeout too long for the clock (hours::max()) means "no deadline".
   template <class Rep, class Period>
   [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return acquire_until(detail::saturating_add(clock_.now(), timeout), false);
+    return try_lock_for(timeout, std::stop_token{});
+  }
+  /// try_lock_for(), cancellable: throws CancelledError once `stop` is requested.
+  template <class Rep, class Period>
+  [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout, const std::stop_token& stop) {
+    return acquire_until(detail::saturating_add(clock_.now(), timeout), false, stop);
   }
   /// As try_lock_for; deadlines of other clocks are converted to the steady clock.
   template <class C, class D>
   [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& deadline) {
+    return try_lock_until(deadline, std::stop_token{});
+  }
+  /// try_lock_until(), cancellable: throws CancelledError once `stop` is requested.
+  template <class C, class D>
+  [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& deadline, const std::stop_token& stop) {
     if constexpr (std::is_same_v<C, std::chrono::steady_clock>) {
       if (options_.clock == &steady_clock())
-        return acquire_until(detail::saturating_add(TimePoint{}, deadline.time_since_epoch()), false);
+        return acquire_until(detail::saturating_add(TimePoint{}, deadline.time_since_epoch()), false, stop);
     }
-    return try_lock_for(detail::time_left(deadline));
+    return try_lock_for(detail::time_left(deadline), stop);
   }
 
   /// Releases if held; never throws, and a second call is a no-op. A release
@@ -202,19 +267,106 @@ class Lock {
   // ---- RAII ----
 
   /// lock(), returning a guard that releases on destruction.
-  [[nodiscard]] guard_type acquire() {
-    lock();
+  [[nodiscard]] guard_type acquire() { return acquire(std::stop_token{}); }
+  /// acquire(), cancellable: throws CancelledError once `stop` is requested.
+  [[nodiscard]] guard_type acquire(const std::stop_token& stop) {
+    lock(stop);
     return guard_type(*this, std::adopt_lock);
   }
   /// try_lock(); the guard is empty on contention.
   [[nodiscard]] guard_type try_acquire() { return try_lock() ? guard_type(*this, std::adopt_lock) : guard_type(); }
+  /// try_lock_for() / try_lock_until(); the guard is empty when the time
+  /// ran out. With a stop token: throws CancelledError once it is requested.
   template <class Rep, class Period>
-  [[nodiscard]] guard_type try_acquire_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return try_lock_for(timeout) ? guard_type(*this, std::adopt_lock) : guard_type();
+  [[nodiscard]] guard_type try_acquire_for(const std::chrono::duration<Rep, Period>& timeout,
+                                           const std::stop_token& stop = {}) {
+    return try_lock_for(timeout, stop) ? guard_type(*this, std::adopt_lock) : guard_type();
   }
   template <class C, class D>
-  [[nodiscard]] guard_type try_acquire_until(const std::chrono::time_point<C, D>& deadline) {
-    return try_lock_until(deadline) ? guard_type(*this, std::adopt_lock) : guard_type();
+  [[nodiscard]] guard_type try_acquire_until(const std::chrono::time_point<C, D>& deadline,
+                                             const std::stop_token& stop = {}) {
+    return try_lock_until(deadline, stop) ? guard_type(*this, std::adopt_lock) : guard_type();
+  }
+
+  // ---- asynchronous (AsyncBackend backends only; docs/async.md) ----
+  //
+  // Any Asio completion token: use_awaitable, use_future, a callback. The
+  // operation runs on the completion's associated executor (the coroutine's
+  // with use_awaitable; bind one with boost::asio::bind_executor for
+  // callbacks and use_future): backoff waits are steady_timers there and the
+  // backend's operations complete there; nothing blocks a thread. Errors are
+  // boost::system::error_codes of async_error_category() with dlock::errc
+  // values (use_awaitable and use_future throw them as system_error;
+  // dlock::to_std(ec) == dlock::errc::timeout), with the blocking API's
+  // meanings. A std::stop_token argument makes the acquire cancellable: it
+  // completes with errc::cancelled, holding nothing. The heartbeat,
+  // stop_token(), on_lost() and the observer work as for blocking acquisitions.
+
+  /// Acquires, waiting as lock() does; completes with (error_code,
+  /// AsyncGuard): errc::timeout when acquire_timeout or retry.max_attempts
+  /// ran out, errc::connection after an outage, errc::cancelled.
+  template <class Token>
+  auto async_acquire(Token&& token) requires AsyncBackend<B> {
+    return async_acquire(std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_acquire(std::stop_token stop, Token&& token) requires AsyncBackend<B> {
+    std::optional<TimePoint> deadline;
+    if (options_.acquire_timeout) deadline = detail::saturating_add(clock_.now(), *options_.acquire_timeout);
+    return async_acquire_until<true>(deadline, std::move(stop), std::forward<Token>(token));
+  }
+  /// As try_lock_for(); completes with (error_code, bool acquired). Once
+  /// acquired, this Lock holds it (unlock(), async_release()).
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_for(const std::chrono::duration<Rep, Period>& timeout, Token&& token) requires AsyncBackend<B> {
+    return async_try_lock_for(timeout, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token stop,
+                          Token&& token) requires AsyncBackend<B> {
+    return async_acquire_until<false>(detail::saturating_add(clock_.now(), timeout), std::move(stop),
+                                      std::forward<Token>(token));
+  }
+  template <class C, class D, class Token>
+  auto async_try_lock_until(const std::chrono::time_point<C, D>& deadline, Token&& token) requires AsyncBackend<B> {
+    return async_try_lock_until(deadline, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class C, class D, class Token>
+  auto async_try_lock_until(const std::chrono::time_point<C, D>& deadline, std::stop_token stop,
+                            Token&& token) requires AsyncBackend<B> {
+    if constexpr (std::is_same_v<C, std::chrono::steady_clock>) {
+      if (options_.clock == &steady_clock())
+        return async_acquire_until<false>(detail::saturating_add(TimePoint{}, deadline.time_since_epoch()),
+                                          std::move(stop), std::forward<Token>(token));
+    }
+    return async_try_lock_for(detail::time_left(deadline), std::move(stop), std::forward<Token>(token));
+  }
+  /// As release(), without blocking; completes with (error_code, ReleaseResult).
+  template <class Token>
+  auto async_release(Token&& token) requires AsyncBackend<B> {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, ReleaseResult)>(
+        [this](auto handler) {
+          auto ex = boost::asio::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          async_release_acquisition(nullptr, ex,
+                                    [h](std::exception_ptr e, ReleaseResult r) { (*h)(detail::error_code_of(e), r); });
+        },
+        token);
+  }
+  /// As extend(ttl), without blocking; completes with an error_code.
+  template <class Token>
+  auto async_extend(std::chrono::milliseconds ttl, Token&& token) requires AsyncBackend<B> {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+        [this, ttl](auto handler) {
+          auto ex = boost::asio::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          auto done = [h](std::exception_ptr e) { (*h)(detail::error_code_of(e)); };
+          if (auto held = current_or_null()) return async_extend_acquisition(held, ttl, ex, std::move(done));
+          auto e = std::make_exception_ptr(
+              LockLostError(fmt::format("dlock: lock '{}' is not held", name_), errc::not_held));
+          boost::asio::post(ex, [done, e] { done(e); });
+        },
+        token);
   }
 
   // ---- the current acquisition ----
@@ -273,6 +425,8 @@ class Lock {
  private:
   template <class>
   friend class Guard;
+  template <class>
+  friend class AsyncGuard;
   using acquisition_type = detail::Held<B>;  // what a Guard binds to
   using Subscription = typename detail::SubscriptionOf<B>::type;
 
@@ -281,6 +435,17 @@ class Lock {
   // already (or is doing so), and `only` is just told to release, which then
   // finds it released: a guard never releases a newer acquisition.
   ReleaseResult release_acquisition(acquisition_type* only) {
+    auto held = detach(only);
+    if (!held) return only ? only->release() : ReleaseResult::not_held;
+    struct Leave {  // lets the next in-process waiter in, whatever happens below
+      Lock* self;
+      ~Leave() { self->leave_gate(); }
+    } leave{this};
+    return held->release();
+  }
+  // The current acquisition (if it is `only`, when given), no longer the
+  // Lock's: unwatched and unlisted. The caller releases it and leaves the gate.
+  std::shared_ptr<acquisition_type> detach(acquisition_type* only) noexcept {
     std::shared_ptr<acquisition_type> held;
     std::shared_ptr<Heartbeat> heartbeat;
     std::shared_ptr<detail::ThreadHoldList> hold_list;
@@ -293,16 +458,37 @@ class Lock {
         heartbeat = heartbeat_;
       }
     }
-    if (!held) return only ? only->release() : ReleaseResult::not_held;
-    struct Leave {  // lets the next in-process waiter in, whatever happens below
-      Lock* self;
-      ~Leave() { self->leave_gate(); }
-    } leave{this};
+    if (!held) return held;
     // An inherited lease (forked child) was never watched by this process's heartbeat.
     if (heartbeat && held->watched() && !held->inherited()) heartbeat->unwatch(*held);
     if (options_.lock_order) options_.lock_order->released(this);
     if (hold_list) hold_list->remove(held.get());
-    return held->release();
+    return held;
+  }
+  // release_acquisition() without blocking: the gate opens at once (the
+  // release on the server is owner-checked, so a new acquire may overlap it
+  // safely), the completion runs on `ex`.
+  void async_release_acquisition(const std::shared_ptr<acquisition_type>& only, const boost::asio::any_io_executor& ex,
+                                 ReleaseCompletion done) requires AsyncBackend<B> {
+    if (auto held = detach(only.get())) {
+      leave_gate();
+      held->async_release(ex, std::move(done));
+    } else if (only) {
+      only->async_release(ex, std::move(done));
+    } else {
+      boost::asio::post(ex, [done = std::move(done)] { done(nullptr, ReleaseResult::not_held); });
+    }
+  }
+  void async_extend_acquisition(const std::shared_ptr<acquisition_type>& held, std::chrono::milliseconds ttl,
+                                const boost::asio::any_io_executor& ex,
+                                std::function<void(std::exception_ptr)> done) requires AsyncBackend<B> {
+    try {
+      detail::validate_ttl("extend ttl", ttl);
+    } catch (...) {
+      boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e); });
+      return;
+    }
+    held->async_extend(ttl, ex, std::move(done));
   }
   void extend_acquisition(acquisition_type& held, std::chrono::milliseconds ttl) {
     detail::validate_ttl("extend ttl", ttl);
@@ -324,29 +510,183 @@ class Lock {
   }
 
   // The in-process gate: one thread at a time goes from acquire to unlock.
-  bool enter_gate(std::optional<TimePoint> deadline, bool single) {
+  // Remembers the thread that entered it (see check_reentry()).
+  // False when the deadline passed or `stop` was requested first.
+  bool enter_gate(std::optional<TimePoint> deadline, bool single, const std::stop_token& stop) {
     std::unique_lock lk(mu_);
-    if (single || !busy_) return !std::exchange(busy_, true);
+    const auto self = std::this_thread::get_id();
+    if (single || !busy_) {
+      if (busy_) return false;
+      busy_ = true;
+      gate_thread_ = self;
+      return true;
+    }
     if (!deadline) {
-      gate_cv_.wait(lk, [this] { return !busy_; });
-    } else if (!gate_cv_.wait_until(lk, detail::steady_deadline(detail::saturating_sub(*deadline, clock_.now())),
+      if (!gate_cv_.wait(lk, stop, [this] { return !busy_; })) return false;
+    } else if (!gate_cv_.wait_until(lk, stop, detail::steady_deadline(detail::saturating_sub(*deadline, clock_.now())),
                                     [this] { return !busy_; })) {
       return false;
     }
     busy_ = true;
+    gate_thread_ = self;
+    return true;
+  }
+  // The gate for an asynchronous acquire, which must not block: entered if free.
+  bool try_enter_gate_async() noexcept {
+    std::lock_guard lk(mu_);
+    if (busy_) return false;
+    busy_ = true;
+    gate_thread_ = {};  // no thread holds it: re-entry is not checked for asynchronous acquires
     return true;
   }
   void leave_gate() noexcept {
     {
       std::lock_guard lk(mu_);
       busy_ = false;
+      gate_thread_ = {};
     }
     gate_cv_.notify_one();
   }
 
-  // The acquire loop shared by lock(), try_lock() and the timed forms.
-  bool acquire_until(std::optional<TimePoint> deadline, bool single) {
-    const TimePoint start = clock_.now();
+  [[nodiscard]] DeadlockError reentry_error() const {
+    return DeadlockError(
+        fmt::format("dlock: lock '{}' on {} {} is already held (or being acquired) by this thread; a Lock is not "
+                    "recursive, so a second acquire would wait for itself",
+                    name_, backend_.kind(), backend_.endpoint()));
+  }
+  // A second acquire by the thread in the gate would wait for itself.
+  void check_reentry() const {
+    std::lock_guard lk(mu_);
+    if (busy_ && gate_thread_ == std::this_thread::get_id()) throw reentry_error();
+  }
+
+  // One acquire: its owner id, its state machine, and the side effects of
+  // its steps (events, adoption of a grant, abandonment of an in-doubt owner
+  // id), shared by the blocking loop and the asynchronous operation, which
+  // only perform the machine's attempts and waits.
+  template <class Rng>
+  class AcquireRun {
+   public:
+    AcquireRun(Lock& lock, std::optional<TimePoint> deadline, detail::AcquirePlan plan, Rng& rng)
+        : lock_(lock),
+          start_(lock.clock_.now()),
+          owner_(OwnerId::generate()),
+          single_(plan.single),
+          fsm_(lock.options_.retry, lock.options_.outage_timeout, deadline, plan, rng) {}
+    AcquireRun(const AcquireRun&) = delete;
+    AcquireRun& operator=(const AcquireRun&) = delete;
+    // Giving up on an owner id whose attempt is in doubt abandons it, so it
+    // does not block everyone for a TTL (AbandonsInDoubt backends).
+    ~AcquireRun() {
+      if (!acquired_ && fsm_.in_doubt()) lock_.abandon(owner_);
+    }
+
+    [[nodiscard]] detail::AcquireFsm<Rng>& fsm() noexcept { return fsm_; }
+    [[nodiscard]] bool acquired() const noexcept { return acquired_; }
+
+    /// Emits `attempt` and tells the machine; returns the request to send
+    /// and the server-side wait to ask for (zero: one plain attempt).
+    std::pair<AcquireRequest, std::chrono::milliseconds> begin_attempt() {
+      sent_ = lock_.clock_.now();
+      lock_.source().emit(lock_.source().make(EventType::attempt, owner_.str(), std::nullopt));
+      const auto server_wait = fsm_.attempt_started(sent_);
+      return {AcquireRequest{lock_.name_, owner_, lock_.options_.ttl, sent_}, server_wait};
+    }
+
+    /// The attempt's answer. A grant is adopted (acquired), or released again
+    /// when a stop was requested meanwhile (cancelled: `to_release` is set,
+    /// for the caller to release).
+    detail::AcquireDecision answered(AcquireResult<handle_type>&& result, bool stop_requested,
+                                     std::optional<Lease<handle_type>>& to_release) {
+      if (auto* grant = std::get_if<Grant<handle_type>>(&result)) {
+        auto d = fsm_.granted(stop_requested);
+        if (d.step == detail::AcquireStep::cancelled) {
+          to_release.emplace(
+              Lease<handle_type>{owner_, grant->token, sent_, grant->valid_until, std::move(grant->handle)});
+          return d;
+        }
+        if (!grant->degraded.empty()) lock_.report_degraded(owner_, *grant);
+        Event ev = lock_.source().make(EventType::acquired, owner_.str(), grant->token);
+        lock_.adopt(owner_, std::move(*grant), sent_);
+        acquired_ = true;
+        ev.attempts = fsm_.attempts();
+        ev.wait = lock_.clock_.now() - start_;
+        lock_.source().emit(ev);
+        return d;
+      }
+      lock_.source().emit(lock_.source().make(EventType::contended, owner_.str(), std::nullopt));
+      return fsm_.contended(std::get<Contended>(result).holder_ttl, lock_.clock_.now(), stop_requested);
+    }
+
+    /// The attempt failed with `error`.
+    detail::AcquireDecision failed(std::exception_ptr error, bool stop_requested) {
+      failure_ = error;
+      try {
+        std::rethrow_exception(error);
+      } catch (const Error& e) {
+        const TimePoint now = lock_.clock_.now();
+        lock_.report_failure(EventType::attempt_failed, owner_, fsm_.attempts(), now - start_, e);
+        return fsm_.failed(detail::is_transient(e), sent_, now, stop_requested);
+      } catch (...) {  // not a dlock error: thrown as it is
+        return {.step = detail::AcquireStep::failed};
+      }
+    }
+
+    /// The end without the lock: the error to deliver (null: contention, the
+    /// caller gets false), reported to the observer.
+    [[nodiscard]] std::exception_ptr end(detail::AcquireStep step) const {
+      const auto waited = lock_.clock_.now() - start_;
+      if (step == detail::AcquireStep::cancelled) {
+        CancelledError e(fmt::format(
+            "dlock: acquire of lock '{}' on {} {} was cancelled by a stop request after {} "
+            "and {} attempt(s); it is not held",
+            lock_.name_, lock_.backend_.kind(), lock_.backend_.endpoint(),
+            detail::format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(waited)), fsm_.attempts()));
+        lock_.report_failure(EventType::acquire_failed, owner_, fsm_.attempts(), waited, e);
+        return std::make_exception_ptr(e);
+      }
+      if (step == detail::AcquireStep::failed && failure_) {
+        try {
+          std::rethrow_exception(failure_);
+        } catch (const Error& e) {
+          lock_.report_failure(EventType::acquire_failed, owner_, fsm_.attempts(), waited, e);
+        } catch (...) {
+        }
+        return failure_;
+      }
+      if (!single_) lock_.report_timed_out(owner_, fsm_.attempts(), waited);  // contention: a value
+      return nullptr;
+    }
+
+    /// The first contention of a blocking acquire publishes a wait record,
+    /// later ones refresh it (RecordsWaits backends).
+    void record_wait() {
+      if constexpr (RecordsWaits<B>) {
+        if (!wait_record_) {
+          wait_record_.emplace(lock_.backend_, lock_.name_, owner_.str(), lock_.wait_record_ttl());
+        } else {
+          wait_record_->refresh();
+        }
+      }
+    }
+
+   private:
+    Lock& lock_;
+    const TimePoint start_;
+    const OwnerId owner_;
+    const bool single_;
+    detail::AcquireFsm<Rng> fsm_;
+    TimePoint sent_{};
+    std::exception_ptr failure_;  // the last attempt's error
+    bool acquired_ = false;
+    std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record_;
+  };
+
+  // The blocking acquire shared by lock(), try_lock() and the timed forms:
+  // performs the state machine's decisions on this thread. Throws
+  // CancelledError when `stop` is requested first.
+  bool acquire_until(std::optional<TimePoint> deadline, bool single, const std::stop_token& stop = {}) {
+    check_reentry();  // before the lock-order check, which would report it as an inversion
     if (options_.lock_order && !single) {
       if (auto violation = options_.lock_order->before_acquire(this, name_)) {
         Event ev = source().make(EventType::order_violation, {}, std::nullopt);
@@ -354,7 +694,10 @@ class Lock {
         source().emit(ev);
       }
     }
-    if (!enter_gate(deadline, single)) return false;
+    if (!enter_gate(deadline, single, stop)) {
+      if (stop.stop_requested()) throw cancelled_error();
+      return false;
+    }
     bool acquired = false;
     struct Leave {
       Lock* self;
@@ -364,123 +707,233 @@ class Lock {
       }
     } leave{this, acquired};
 
-    const OwnerId owner = OwnerId::generate();
-    // Set when an attempt failed after it may have reached the server (its
-    // reply timed out, the connection broke): a grant to `owner` may exist
-    // there. Giving up on `owner` then abandons it, so it does not block
-    // everyone for a TTL (AbandonsInDoubt backends).
-    bool in_doubt = false;
-    struct Abandon {
-      Lock* self;
-      const OwnerId& owner;
-      const bool& acquired;
-      const bool& in_doubt;
-      ~Abandon() {
-        if (!acquired && in_doubt) self->abandon(owner);
-      }
-    } abandon{this, owner, acquired, in_doubt};
+    const detail::AcquirePlan plan{.single = single,
+                                   .notifies_release = NotifiesRelease<B>,
+                                   .waits_on_server = WaitsOnServer<B>,
+                                   .cancellable = stop.stop_possible()};
+    AcquireRun<std::mt19937_64> run(*this, deadline, plan, detail::thread_rng());
     std::optional<Subscription> subscription;
-    // RecordsWaits backends: published while blocked.
-    std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record;
-    detail::Backoff backoff(options_.retry, detail::thread_rng());
-    std::uint32_t attempts = 0;
-    std::exception_ptr failure;             // the last attempt's transient error, if it failed
-    std::optional<TimePoint> outage_since;  // the first of the current run of failed attempts
-
+    std::optional<Lease<handle_type>> to_release;
+    detail::AcquireDecision d = run.fsm().start(stop.stop_requested());
     for (;;) {
-      ++attempts;
-      std::optional<std::chrono::milliseconds> holder_ttl;
-      const TimePoint sent = clock_.now();
-      try {
-        source().emit(source().make(EventType::attempt, owner.str(), std::nullopt));
-        AcquireResult<handle_type> result = attempt(AcquireRequest{name_, owner, options_.ttl, sent}, deadline, single);
-        if (auto* grant = std::get_if<Grant<handle_type>>(&result)) {
-          if (!grant->degraded.empty()) report_degraded(owner, *grant);
-          Event ev = source().make(EventType::acquired, owner.str(), grant->token);
-          adopt(owner, std::move(*grant), sent);
-          acquired = true;
-          ev.attempts = attempts;
-          ev.wait = clock_.now() - start;
-          source().emit(ev);
-          return true;
-        }
-        holder_ttl = std::get<Contended>(result).holder_ttl;
-        failure = nullptr;
-        outage_since.reset();
-        source().emit(source().make(EventType::contended, owner.str(), std::nullopt));
-        if (!single && !subscription) subscription = subscribe();  // then try once more before waiting
-        if constexpr (RecordsWaits<B>) {
-          if (!single) {
-            if (!wait_record) {
-              wait_record.emplace(backend_, name_, owner.str(), wait_record_ttl());
-            } else {
-              wait_record->refresh();
-            }
-          }
-        }
-      } catch (const Error& e) {
-        const bool transient = detail::is_transient(e);
-        const TimePoint failed = clock_.now();
-        in_doubt = in_doubt || transient;
-        report_failure(EventType::attempt_failed, owner, attempts, failed - start, e);
-        if (transient && !outage_since) outage_since = sent;
-        if (single || !transient || outage_exceeded(*outage_since, failed)) {
-          report_failure(EventType::acquire_failed, owner, attempts, failed - start, e);
-          throw;
-        }
-        failure = std::current_exception();
-      }
-      if (single) return false;
-
-      const TimePoint now = clock_.now();
-      const bool attempts_used = options_.retry.max_attempts != 0 && attempts >= options_.retry.max_attempts;
-      if (attempts_used || (deadline && now >= *deadline)) {
-        if (failure) {  // an outage is not contention: the caller gets the error
+      if (d.subscribe) subscription = subscribe();
+      switch (d.step) {
+        case detail::AcquireStep::attempt: {
+          const auto [request, server_wait] = run.begin_attempt();
           try {
-            std::rethrow_exception(failure);
-          } catch (const Error& e) {
-            report_failure(EventType::acquire_failed, owner, attempts, now - start, e);
-            throw;
+            auto result = attempt(request, server_wait);  // before asking whether a stop came meanwhile
+            d = run.answered(std::move(result), stop.stop_requested(), to_release);
+          } catch (...) {
+            d = run.failed(std::current_exception(), stop.stop_requested());
+            break;
           }
+          if (d.step != detail::AcquireStep::acquired && d.step != detail::AcquireStep::cancelled && !single)
+            run.record_wait();
+          break;
         }
-        report_timed_out(owner, attempts, now - start);
-        return false;
+        case detail::AcquireStep::wait:
+          wait(d, subscription, stop);
+          d = run.fsm().woken(stop.stop_requested());
+          break;
+        case detail::AcquireStep::acquired:
+          acquired = true;
+          return true;
+        case detail::AcquireStep::cancelled:
+          if (to_release) release_quietly(*to_release);
+          [[fallthrough]];
+        case detail::AcquireStep::timed_out:
+        case detail::AcquireStep::failed:
+          if (auto error = run.end(d.step)) std::rethrow_exception(error);
+          return false;
       }
-      if (!failure && attempts == 1 && subscription) continue;  // subscribed: retry before waiting
-      if (!failure && WaitsOnServer<B>) continue;               // the server did the waiting
-
-      Clock::duration wait = detail::saturating_ceil<Clock::duration>(backoff.next());
-      if (holder_ttl) wait = std::min(wait, detail::saturating_ceil<Clock::duration>(*holder_ttl));
-      if (deadline) wait = std::min(wait, detail::saturating_sub(*deadline, now));
-      if (outage_since && options_.outage_timeout)  // give up on the outage on time
-        wait = std::max(Clock::duration::zero(),
-                        std::min(wait, detail::saturating_sub(
-                                           detail::saturating_add(*outage_since, *options_.outage_timeout), now)));
-      if constexpr (NotifiesRelease<B>) {
-        if (subscription) {
-          (void)subscription->wait_for(wait);
-          continue;
-        }
-      }
-      std::this_thread::sleep_for(wait);
     }
   }
 
-  AcquireResult<handle_type> attempt(const AcquireRequest& request, std::optional<TimePoint> deadline, bool single) {
-    if constexpr (WaitsOnServer<B>) {
-      if (!single) {
-        auto max_wait = detail::server_wait_slice;
-        if (deadline)
-          max_wait = std::clamp(
-              std::chrono::floor<std::chrono::milliseconds>(detail::saturating_sub(*deadline, request.started)),
-              std::chrono::milliseconds::zero(), max_wait);
-        return backend_.acquire_wait(request, max_wait);
+  // A wait of the blocking acquire: on the release subscription when there
+  // is one, else a plain sleep; a stop request ends either at once.
+  void wait(const detail::AcquireDecision& d, std::optional<Subscription>& subscription, const std::stop_token& stop) {
+    if constexpr (NotifiesRelease<B>) {
+      if (d.on_subscription && subscription) {
+        (void)detail::wait_for_release(*subscription, d.wait, stop);
+        return;
       }
     }
-    (void)deadline;
-    (void)single;
+    detail::sleep_for(d.wait, stop);
+  }
+
+  // A grant that raced a stop request: released at once (owner-checked).
+  void release_quietly(Lease<handle_type>& lease) noexcept {
+    try {
+      (void)backend_.release(name_, lease);
+    } catch (...) {  // it expires by its TTL
+    }
+  }
+
+  [[nodiscard]] CancelledError cancelled_error() const {
+    return CancelledError(
+        fmt::format("dlock: acquire of lock '{}' on {} {} was cancelled by a stop request; it is "
+                    "not held",
+                    name_, backend_.kind(), backend_.endpoint()));
+  }
+
+  AcquireResult<handle_type> attempt(const AcquireRequest& request, std::chrono::milliseconds server_wait) {
+    if constexpr (WaitsOnServer<B>) {
+      if (server_wait > server_wait.zero()) return backend_.acquire_wait(request, server_wait);
+    }
+    (void)server_wait;
     return backend_.try_acquire(request);
   }
+
+  // The asynchronous acquire: performs the state machine's decisions on the
+  // completion's executor, with a steady_timer for every wait (the backoff,
+  // and the in-process gate, which it polls at retry.initial_delay) and the
+  // backend's asynchronous attempts. A stop request cancels the timer from
+  // the executor. Completes with (error_code, bool) or (error_code, AsyncGuard).
+  template <class Handler, bool Guarded>
+  class AsyncAcquireOp : public std::enable_shared_from_this<AsyncAcquireOp<Handler, Guarded>> {
+   public:
+    AsyncAcquireOp(Lock& lock, Handler handler, std::optional<TimePoint> deadline, std::stop_token stop)
+        : lock_(lock),
+          handler_(std::move(handler)),
+          ex_(boost::asio::get_associated_executor(handler_)),
+          strand_(boost::asio::make_strand(boost::asio::any_io_executor(ex_))),
+          deadline_(deadline),
+          stop_(std::move(stop)),
+          timer_(strand_),
+          rng_(static_cast<std::uint_fast32_t>(detail::thread_rng()())) {}
+
+    AsyncAcquireOp(const AsyncAcquireOp&) = delete;
+    AsyncAcquireOp& operator=(const AsyncAcquireOp&) = delete;
+    // Destroyed unfinished when its io_context stops or is destroyed: lets the
+    // Lock object go (the Lock must still exist: docs/async.md).
+    ~AsyncAcquireOp() {
+      if (!in_gate_) return;
+      run_.reset();  // abandons an in-doubt owner id
+      lock_.leave_gate();
+    }
+
+    void start() {
+      if (stop_.stop_possible()) stop_cb_.emplace(stop_, StopWake{this->weak_from_this(), strand_});
+      boost::asio::post(strand_, [self = this->shared_from_this()] { self->enter_gate(); });
+    }
+
+   private:
+    // Runs on the thread that requests the stop: wakes the op on its executor.
+    struct StopWake {
+      std::weak_ptr<AsyncAcquireOp> op;
+      boost::asio::any_io_executor ex;
+      void operator()() noexcept {
+        try {
+          boost::asio::post(ex, [op = op] {
+            if (auto self = op.lock()) self->timer_.cancel();
+          });
+        } catch (...) {  // out of memory: the op notices the stop when its wait ends
+        }
+      }
+    };
+
+    void enter_gate() {
+      if (stop_.stop_requested()) return finish(lock_.cancelled_exception(), false);
+      if (lock_.try_enter_gate_async()) {
+        in_gate_ = true;
+        run_.emplace(lock_, deadline_, detail::AcquirePlan{.cancellable = stop_.stop_possible()}, rng_);
+        return step(run_->fsm().start(stop_.stop_requested()));
+      }
+      const TimePoint now = lock_.clock_.now();
+      if (deadline_ && now >= *deadline_) return finish(nullptr, false);  // another task kept this Lock object
+      Clock::duration wait = detail::saturating_ceil<Clock::duration>(lock_.options_.retry.initial_delay);
+      if (deadline_) wait = std::min(wait, detail::saturating_sub(*deadline_, now));
+      timer_.expires_after(wait);
+      timer_.async_wait([self = this->shared_from_this()](const boost::system::error_code&) { self->enter_gate(); });
+    }
+
+    void step(detail::AcquireDecision d) {
+      auto self = this->shared_from_this();
+      switch (d.step) {
+        case detail::AcquireStep::attempt: {
+          const auto [request, server_wait] = run_->begin_attempt();
+          (void)server_wait;  // zero: no server-side waits in the asynchronous form
+          lock_.backend_.async_try_acquire(
+              request, strand_, [self](std::exception_ptr e, AcquireResult<handle_type> result) {
+                const bool stop = self->stop_.stop_requested();
+                self->step(e ? self->run_->failed(e, stop)
+                             : self->run_->answered(std::move(result), stop, self->to_release_));
+              });
+          return;
+        }
+        case detail::AcquireStep::wait:
+          if (stop_.stop_requested()) return step(run_->fsm().woken(true));  // a cancel posted before this wait
+          timer_.expires_after(d.wait);
+          timer_.async_wait([self](const boost::system::error_code&) {
+            self->step(self->run_->fsm().woken(self->stop_.stop_requested()));
+          });
+          return;
+        case detail::AcquireStep::acquired:
+          return finish(nullptr, true);
+        case detail::AcquireStep::cancelled:
+          if (to_release_) {  // a grant that raced the stop request
+            lock_.backend_.async_release(lock_.name_, *to_release_, strand_, [self](std::exception_ptr, ReleaseResult) {
+              self->finish(self->run_->end(detail::AcquireStep::cancelled), false);
+            });
+            return;
+          }
+          [[fallthrough]];
+        case detail::AcquireStep::timed_out:
+        case detail::AcquireStep::failed:
+          return finish(run_->end(d.step), false);
+      }
+    }
+
+    void finish(std::exception_ptr error, bool acquired) {
+      stop_cb_.reset();
+      run_.reset();  // abandons an in-doubt owner id
+      if (in_gate_ && !acquired) lock_.leave_gate();
+      in_gate_ = false;  // left, or handed to the acquisition
+      boost::system::error_code ec = detail::error_code_of(error);
+      if constexpr (Guarded) {
+        if (!acquired && !ec) ec = make_async_error_code(errc::timeout);  // acquire_timeout passed: lock() would throw
+        complete(ec, acquired ? AsyncGuard<Lock>(lock_, ex_) : AsyncGuard<Lock>());
+      } else {
+        complete(ec, acquired);
+      }
+    }
+    template <class R>
+    void complete(boost::system::error_code ec, R result) {
+      boost::asio::dispatch(
+          ex_, [h = std::move(handler_), ec, result = std::move(result)]() mutable { h(ec, std::move(result)); });
+    }
+
+    Lock& lock_;
+    Handler handler_;
+    boost::asio::associated_executor_t<Handler> ex_;  // the completion's
+    // Every step of the op runs here: the stop request's cancel, timer and
+    // backend completions never overlap, even on a multi-threaded io_context.
+    boost::asio::strand<boost::asio::any_io_executor> strand_;
+    const std::optional<TimePoint> deadline_;
+    const std::stop_token stop_;
+    boost::asio::steady_timer timer_;
+    std::minstd_rand rng_;  // the op's own: it may run on several threads of an executor in turn
+    std::optional<AcquireRun<std::minstd_rand>> run_;
+    std::optional<Lease<handle_type>> to_release_;
+    std::optional<std::stop_callback<StopWake>> stop_cb_;
+    bool in_gate_ = false;
+  };
+
+  template <bool Guarded, class Token>
+  auto async_acquire_until(std::optional<TimePoint> deadline, std::stop_token stop, Token&& token) {
+    using R = std::conditional_t<Guarded, AsyncGuard<Lock>, bool>;
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, R)>(
+        [this, deadline, stop = std::move(stop)](auto handler) {
+          using H = decltype(handler);
+          static_assert(!std::is_same_v<boost::asio::associated_executor_t<H>, boost::asio::system_executor>,
+                        "dlock: the completion needs an executor: use a token that has one (use_awaitable) or "
+                        "bind one (boost::asio::bind_executor(io_context, token))");
+          std::make_shared<AsyncAcquireOp<H, Guarded>>(*this, std::move(handler), deadline, stop)->start();
+        },
+        token);
+  }
+
+  [[nodiscard]] std::exception_ptr cancelled_exception() const { return std::make_exception_ptr(cancelled_error()); }
 
   void abandon(const OwnerId& owner) noexcept {
     if constexpr (AbandonsInDoubt<B>) backend_.abandon(name_, owner);
@@ -584,8 +1037,9 @@ class Lock {
   const Clock& clock_;
 
   mutable std::mutex mu_;
-  std::condition_variable gate_cv_;
+  std::condition_variable_any gate_cv_;                // _any: its waits end on a stop request
   bool busy_ = false;                                  // a thread is between acquire and unlock (the in-process gate)
+  std::thread::id gate_thread_;                        // the thread that entered the gate, while busy_
   bool engaged_ = false;                               // the last successful acquire has not been released yet
   std::shared_ptr<acquisition_type> held_;             // the current acquisition, while engaged
   std::shared_ptr<detail::ThreadHoldList> hold_list_;  // the list held_ is in (RecordsWaits backends)

@@ -4,7 +4,8 @@
 // backend's clock, release and extend are owner-checked, fencing tokens
 // increase per name, and releases wake waiters at once. Use it for locks
 // between threads of one process, as the embedded default, and in unit tests
-// (with a ManualClock to move time).
+// (with a ManualClock to move time). It models NotifiesRelease and
+// AsyncBackend.
 //
 // A MemoryBackend is a handle: copies share one lock table, and the table
 // lives as long as any copy, Lock or subscription that uses it. Thread-safe;
@@ -19,9 +20,12 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+
+#include <boost/asio/post.hpp>
 
 #include "backend.hpp"
 #include "clock.hpp"
@@ -44,7 +48,7 @@ class MemoryBackend {
     explicit State(const Clock& c) : clock(c) {}
     const Clock& clock;
     std::mutex mu;
-    std::condition_variable released;
+    std::condition_variable_any released;                                // _any: a waiter's stop request ends its wait
     std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots;  // never erased; nodes never move
   };
 
@@ -56,10 +60,12 @@ class MemoryBackend {
    public:
     /// True when a release happened since subscribing or since the last
     /// wait_for() that returned true.
-    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) { return wait_for(d, std::stop_token{}); }
+    /// wait_for(d), ended early (false) when `stop` is requested.
+    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d, const std::stop_token& stop) {
       std::unique_lock lk(state_->mu);
       const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, until, [this] { return slot_->releases != seen_; })) return false;
+      if (!state_->released.wait_until(lk, stop, until, [this] { return slot_->releases != seen_; })) return false;
       seen_ = slot_->releases;
       return true;
     }
@@ -118,6 +124,22 @@ class MemoryBackend {
     return Subscription(state_, slot(name));
   }
 
+  // ---- AsyncBackend: each operation is a short critical section, done at
+  // once; its completion is posted to `ex`. ----
+
+  void async_try_acquire(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<Handle> done) {
+    complete(ex, std::move(done), [&] { return try_acquire(r); });
+  }
+  void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                     ReleaseCompletion done) {
+    complete(ex, std::move(done), [&] { return release(name, lease); });
+  }
+  void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                    const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    complete(ex, std::move(done), [&] { return extend(name, lease, ttl, started); });
+  }
+
   /// Administrative: deletes the lock whoever holds it (like an operator's
   /// DEL on a server). Returns whether a live lock was removed.
   bool force_release(std::string_view name) {
@@ -136,6 +158,22 @@ class MemoryBackend {
   }
 
  private:
+  // Runs `op` now and posts its outcome to `done` on `ex`.
+  template <class Done, class Op>
+  static void complete(const boost::asio::any_io_executor& ex, Done done, Op op) {
+    using R = decltype(op());
+    std::exception_ptr error;
+    std::optional<R> result;
+    try {
+      result.emplace(op());
+    } catch (...) {
+      error = std::current_exception();
+    }
+    boost::asio::post(ex, [done = std::move(done), error, result = std::move(result)]() mutable {
+      done(error, result ? std::move(*result) : R{});
+    });
+  }
+
   // Require state_->mu.
   Slot& slot(std::string_view name) {
     auto it = state_->slots.find(name);

@@ -19,7 +19,8 @@
 // every LogOptions::interval (5 s); the next line says how many were left
 // out. Contention (try_lock() false, a timed acquire that ran out of time
 // because the lock stayed held) is a value returned to the caller, not a
-// failure, and is not logged.
+// failure, and is not logged; nor is an acquire cancelled by its caller's
+// stop token (errc::cancelled).
 #pragma once
 
 #include <chrono>
@@ -203,6 +204,7 @@ class LogObserver : public Observer {
 
   void on_event(const Event& e) noexcept override {
     if (!is_problem(e.type)) return;
+    if (e.error == make_error_code(errc::cancelled)) return;  // the caller asked for it: not a problem
     try {
       const auto now = options_.now ? options_.now() : std::chrono::steady_clock::now();
       const auto refused = limit_.admit(fmt::format("{}\x1f{}\x1f{}", to_string(e.type), e.backend, e.lock), now);

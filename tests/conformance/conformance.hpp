@@ -387,6 +387,67 @@ TYPED_TEST_P(Conformance, TimedTryLockReturnsFalseAfterAboutItsTimeout) {
   EXPECT_FALSE(other.owns_lock());
 }
 
+// A Lock is not recursive: every acquire form by the holding thread fails at
+// once with DeadlockError, before the service is asked, and leaves the hold alone.
+TYPED_TEST_P(Conformance, ReentryByTheHoldingThreadFailsAtOnce) {
+  auto b = this->fx_.make();
+  typename TestFixture::L lock(b, this->name(), this->options({.ttl = 10s, .acquire_timeout = 2s}));
+  ASSERT_TRUE(lock.try_lock());
+  const auto t0 = SteadyClock::now();
+  EXPECT_THROW(lock.lock(), DeadlockError);
+  EXPECT_THROW((void)lock.try_lock(), DeadlockError);
+  EXPECT_THROW((void)lock.try_lock_for(2s), DeadlockError);
+  EXPECT_THROW((void)lock.try_lock_until(SteadyClock::now() + 2s), DeadlockError);
+  EXPECT_THROW((void)lock.acquire(), DeadlockError);
+  EXPECT_THROW((void)lock.try_acquire_for(2s), DeadlockError);
+  EXPECT_LT(since(t0), 1s);
+  EXPECT_TRUE(lock.owns_lock());
+  lock.unlock();
+  EXPECT_TRUE(lock.try_lock());
+}
+
+// A stop request ends a waiting acquire promptly on every backend (a
+// server-side wait within one 250 ms slice, a sliced subscription within 20 ms),
+// with CancelledError, and leaves nothing held.
+TYPED_TEST_P(Conformance, AWaitingAcquireIsCancelledPromptlyAndLeavesNothingHeld) {
+  auto b1 = this->fx_.make();
+  auto b2 = this->fx_.make();
+  auto b3 = this->fx_.make();
+  typename TestFixture::L holder(b1, this->name(), this->options({.ttl = 10s}));
+  auto obs = this->recorder();
+  typename TestFixture::L waiter(b2, this->name(),
+                                 {.ttl = 10s, .retry = {.initial_delay = 5s, .max_delay = 5s}, .observer = obs});
+  ASSERT_TRUE(holder.try_lock());
+  std::stop_source stop;
+  std::atomic<bool> cancelled{false};
+  std::atomic<SteadyClock::rep> ended{0};
+  std::thread t([&] {
+    try {
+      (void)waiter.try_lock_for(30s, stop.get_token());
+    } catch (const CancelledError&) {
+      cancelled = true;
+    } catch (...) {
+    }
+    ended = SteadyClock::now().time_since_epoch().count();
+  });
+  // Blocked: a second attempt has begun (subscribed, or waiting on the server).
+  EXPECT_TRUE(test::eventually([&] { return obs->count(EventType::attempt) >= 2; }));
+  std::this_thread::sleep_for(50ms);  // not synchronisation: lets the wait settle into its slice
+  const auto requested = SteadyClock::now();
+  stop.request_stop();
+  t.join();
+  const auto took =
+      std::chrono::duration_cast<Ms>(SteadyClock::time_point(SteadyClock::duration(ended.load())) - requested);
+  std::printf("a waiting acquire was cancelled %lld ms after the stop request\n", static_cast<long long>(took.count()));
+  EXPECT_TRUE(cancelled.load()) << this->events(*obs);
+  EXPECT_LT(took, 1s);
+  EXPECT_FALSE(waiter.owns_lock());
+  EXPECT_TRUE(holder.owns_lock());
+  holder.unlock();
+  typename TestFixture::L third(b3, this->name(), this->options({.ttl = 10s}));
+  EXPECT_TRUE(third.try_lock()) << "the cancelled acquire left the lock held";
+}
+
 // ---- release ----
 
 TYPED_TEST_P(Conformance, SecondUnlockIsANoOp) {
@@ -743,6 +804,8 @@ REGISTER_TYPED_TEST_SUITE_P(Conformance, MutualExclusionAcrossThreads, MutualExc
                             LockDeletedBehindTheHoldersBackIsSignalled, UnreachableAtAcquireFailsWithinTheDeadline,
                             UnreachableAtReleaseIsReportedNotThrown, UnreachableDuringAHoldIsSignalledByTheValidityEnd,
                             SilentServiceDuringAHoldIsSignalledByTheValidityEnd, ReleaseWakesAWaiterWithALongBackoff,
-                            LockAllTakesBothNames, TryLockAllForLeavesNothingHeldWhenOneNameIsTaken);
+                            LockAllTakesBothNames, TryLockAllForLeavesNothingHeldWhenOneNameIsTaken,
+                            ReentryByTheHoldingThreadFailsAtOnce,
+                            AWaitingAcquireIsCancelledPromptlyAndLeavesNothingHeld);
 
 }  // namespace dlock::conformance

@@ -9,9 +9,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
+#include <functional>
 #include <cstdio>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -19,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fork_support.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -496,6 +499,75 @@ TEST(Destruction, LastLockOwnedByAnOnLostCallbackOnTheManualScheduler) {
   EXPECT_TRUE(ran);
   EXPECT_TRUE(weak_hb.expired());
   EXPECT_EQ(dlock::detail::HeartbeatCore::live_count().load(), live_before - 1);
+}
+
+// A loss is announced (observer, stop token, on_lost) only after the lease's
+// operation mutex is released, so a stop_callback or an on_lost callback may
+// unlock the very Lock that was lost. Each scenario runs in a child process
+// that is killed if it deadlocks; the manual scheduler runs everything on the
+// child's one thread.
+namespace {
+// In a child: takes a lock, registers a callback that unlocks it (on_lost, or
+// a stop_callback), deletes the lock behind its back, and calls extend().
+std::optional<std::string> unlock_from_callback_after_extend(bool stop_callback) {
+  return dlock::test::in_child_while(
+      [stop_callback] {
+        ManualBeat beat;
+        MemoryBackend mem(beat.clock);
+        Lock<MemoryBackend> lock(mem, "job", beat.options({.ttl = 3s, .observer = quiet()}));
+        lock.lock();
+        bool ran = false;
+        auto unlock = [&] {
+          lock.unlock();
+          ran = true;
+        };
+        std::optional<std::stop_callback<std::function<void()>>> cb;
+        if (stop_callback) {
+          cb.emplace(lock.stop_token(), unlock);
+        } else {
+          lock.on_lost([&](const LostEvent&) { unlock(); });
+        }
+        (void)mem.force_release("job");
+        try {
+          lock.extend();
+          return std::string("extend did not throw");
+        } catch (const dlock::LockLostError&) {
+        }
+        return std::string(ran ? "ok" : "callback did not run");
+      },
+      [] {}, 10s);
+}
+}  // namespace
+
+TEST(LossAnnouncement, OnLostCallbackUnlocksTheLockFromAnExplicitExtend) {
+  EXPECT_EQ(unlock_from_callback_after_extend(false).value_or("deadlock (killed after 10 s)"), "ok");
+}
+
+TEST(LossAnnouncement, StopCallbackUnlocksTheLockFromAnExplicitExtend) {
+  EXPECT_EQ(unlock_from_callback_after_extend(true).value_or("deadlock (killed after 10 s)"), "ok");
+}
+
+TEST(LossAnnouncement, StopCallbackUnlocksTheLockFromAnAutoExtension) {
+  // The heartbeat's extension finds the lock taken: the stop callback runs on
+  // the backend's lane, which must no longer hold the lease's mutex then.
+  const auto out = dlock::test::in_child_while(
+      [] {
+        ManualBeat beat;
+        MemoryBackend mem(beat.clock);
+        Lock<MemoryBackend> lock(
+            mem, "job", beat.options({.ttl = 3s, .auto_extend = true, .extend_interval = 1s, .observer = quiet()}));
+        lock.lock();
+        bool ran = false;
+        std::stop_callback cb(lock.stop_token(), [&] {
+          lock.unlock();
+          ran = true;
+        });
+        (void)mem.force_release("job");
+        beat.advance(1s);
+        return std::string(ran ? "ok" : "stop callback did not run");
+      },
+      [] {}, 10s);
+  EXPECT_EQ(out.value_or("deadlock (killed after 10 s)"), "ok");
 }
 
 TEST(Fork, TheChildLosesInheritedLeasesAndGetsAFreshHeartbeat) {

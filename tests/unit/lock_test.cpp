@@ -6,8 +6,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <mutex>
 #include <semaphore>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -405,6 +407,38 @@ TEST(Transient, AnOutageFailsClosedAfterOutageTimeout) {
   EXPECT_TRUE(lock.try_lock());  // the gate was let go
 }
 
+// Issue 13: a lock() blocked by an outage must not log every attempt. The
+// default observer (a LogObserver) admits one line per lock and event type
+// per interval; here 100 ms, against an attempt every 1-2 ms.
+TEST(Transient, ABlockedLockDuringAnOutageLogsAtABoundedRate) {
+  FaultyBackend backend;
+  std::mutex mu;
+  std::vector<std::string> lines;
+  auto log = std::make_shared<dlock::LogObserver>(dlock::LogOptions{.interval = 100ms, .sink = [&](std::string_view l) {
+                                                                      std::lock_guard lk(mu);
+                                                                      lines.emplace_back(l);
+                                                                    }});
+  Lock<FaultyBackend> lock(
+      backend, "job", {.retry = {.initial_delay = 1ms, .max_delay = 2ms}, .outage_timeout = 450ms, .observer = log});
+  backend.failing_acquires = 1'000'000'000;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(lock.lock(), dlock::ConnectionError);  // fails closed (outage_timeout)
+  const auto took = std::chrono::steady_clock::now() - start;
+  std::lock_guard lk(mu);
+  std::size_t attempt_lines = 0;
+  for (const auto& l : lines) attempt_lines += l.find("attempt_failed") != std::string::npos;
+  const auto bound = static_cast<std::size_t>(took / 100ms) + 1;
+  std::printf("%d attempts in %lld ms, %zu attempt_failed lines (bound %zu), %zu lines in all\n",
+              backend.acquire_calls.load(),
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()),
+              attempt_lines, bound, lines.size());
+  EXPECT_GT(backend.acquire_calls.load(), 50);
+  EXPECT_LE(attempt_lines, bound);
+  EXPECT_LE(lines.size(), bound + 1);  // and the one acquire_failed line
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_NE(lines[1].find("left out"), std::string::npos) << lines[1];
+}
+
 namespace {
 // Every odd attempt fails to connect, every even one finds the lock held; each
 // attempt moves the manual clock 10 ms.
@@ -590,15 +624,67 @@ TEST(GuardBinding, ReleaseOfAnOldGuardIsNotHeldAndLeavesTheNewGuardAlone) {
   EXPECT_FALSE(lock.owns_lock());
 }
 
-TEST(GuardBinding, ALockIsNotRecursive) {
+// ---- issue 16 item 5: re-entry fails at once ----
+
+TEST(Reentry, EverySecondAcquireByTheHoldingThreadThrowsDeadlockErrorAtOnce) {
   MemoryBackend mem;
-  Lock<MemoryBackend> lock(mem, "job");
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<MemoryBackend> lock(mem, "job", {.acquire_timeout = 300ms, .observer = observer});
+  Lock<MemoryBackend> other(mem, "other");
   auto g = lock.acquire();
-  EXPECT_FALSE(lock.try_lock());         // its own holder gets no second acquisition
-  EXPECT_FALSE(lock.try_lock_for(5ms));  // and a timed acquire waits for itself
+  const std::uint64_t token = g.fencing_token();
+  const std::size_t attempts_before = observer->count(EventType::attempt);
+  const auto start = std::chrono::steady_clock::now();
+  auto expect_deadlock = [&](const char* form, auto&& call) {
+    try {
+      call();
+      ADD_FAILURE() << form << ": no DeadlockError";
+    } catch (const dlock::DeadlockError& e) {
+      EXPECT_EQ(e.code(), dlock::errc::deadlock) << form;
+      EXPECT_NE(std::string(e.what()).find("'job'"), std::string::npos) << form << ": " << e.what();
+      EXPECT_NE(std::string(e.what()).find("not recursive"), std::string::npos) << form << ": " << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << form << ": " << e.what();
+    }
+  };
+  expect_deadlock("lock()", [&] { lock.lock(); });
+  expect_deadlock("try_lock()", [&] { (void)lock.try_lock(); });
+  expect_deadlock("try_lock_for()", [&] { (void)lock.try_lock_for(300ms); });
+  expect_deadlock("try_lock_until(steady)",
+                  [&] { (void)lock.try_lock_until(std::chrono::steady_clock::now() + 300ms); });
+  expect_deadlock("try_lock_until(system)",
+                  [&] { (void)lock.try_lock_until(std::chrono::system_clock::now() + 300ms); });
+  expect_deadlock("acquire()", [&] { (void)lock.acquire(); });
+  expect_deadlock("try_acquire()", [&] { (void)lock.try_acquire(); });
+  expect_deadlock("try_acquire_for()", [&] { (void)lock.try_acquire_for(300ms); });
+  expect_deadlock("try_acquire_until()",
+                  [&] { (void)lock.try_acquire_until(std::chrono::steady_clock::now() + 300ms); });
+  expect_deadlock("lock_all()", [&] { (void)dlock::lock_all(lock, other); });
+  expect_deadlock("std::unique_lock", [&] { std::unique_lock ul(lock); });
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 300ms) << "a form waited for itself";
+  EXPECT_EQ(observer->count(EventType::attempt), attempts_before) << "the backend was contacted";
+  EXPECT_FALSE(other.owns_lock());  // lock_all left nothing behind
+  // The held lock is untouched.
   EXPECT_TRUE(g.owns_lock());
+  EXPECT_EQ(g.fencing_token(), token);
   static_assert(!std::is_move_constructible_v<Lock<MemoryBackend>>);
   static_assert(!std::is_move_assignable_v<Lock<MemoryBackend>>);
+}
+
+TEST(Reentry, AnotherThreadStillWaitsAndTheHolderMayAcquireAfterRelease) {
+  MemoryBackend mem;
+  Lock<MemoryBackend> lock(mem, "job");
+  lock.lock();
+  bool other_got = true;
+  std::thread t([&] { other_got = lock.try_lock(); });  // another thread: contention, not re-entry
+  t.join();
+  EXPECT_FALSE(other_got);
+  lock.unlock();
+  EXPECT_TRUE(lock.try_lock());  // released: the same thread may acquire again
+  // unlock() from another thread ends this thread's hold too.
+  std::thread([&] { lock.unlock(); }).join();
+  EXPECT_TRUE(lock.try_lock_for(1s));
+  lock.unlock();
 }
 
 // ---- issue 11: owner_id() may be read while another thread acquires ----

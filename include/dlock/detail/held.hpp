@@ -4,7 +4,10 @@
 //
 // Mutex order: op_mu_ (backend operations on the lease) before mu_ (state).
 // Neither is held while calling the heartbeat, and mu_ is never held while
-// calling the backend or the observer.
+// calling the backend or the observer. A loss found under op_mu_ is announced
+// (observer, stop token, on_lost callbacks) only after op_mu_ is released (see
+// OpLock), so a stop_callback or an on_lost callback may call unlock() or
+// release() on the lost Lock from any thread, the heartbeat's included.
 #pragma once
 
 #include <chrono>
@@ -23,6 +26,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
 #include <fmt/format.h>
 
 #include "../backend.hpp"
@@ -171,7 +176,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   /// server kept the key), or when the server says it had expired or been taken.
   ReleaseResult release() {
     if (inherited()) return ReleaseResult::not_held;  // the parent's lease: deleting it would free the parent's lock
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);
     State previous;
     {
       std::lock_guard lk(mu_);
@@ -208,7 +213,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   /// Owner-checked extension to `ttl`; throws LockLostError when lost.
   void extend(std::chrono::milliseconds ttl) {
     if (inherited()) throw inherited_error();
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);  // a loss found here is announced after op_mu_ is released, even when this throws
     {
       std::lock_guard lk(mu_);
       if (state_ != State::held) throw lost_error();
@@ -218,7 +223,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     try {
       valid = backend_.extend(name_, lease_, ttl, sent);
     } catch (const LockLostError& e) {
-      declare_lost(LostReason::connection, e.what(), nullptr);
+      declare_lost_later(LostReason::connection, e.what(), nullptr);
       throw;
     } catch (const std::exception& e) {
       report(EventType::extend_failed, e, fmt::format("extend of '{}' failed ({})", name_, e.what()));
@@ -228,6 +233,88 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       std::lock_guard lk(mu_);
       throw lost_error();
     }
+  }
+
+  // ---- asynchronous operations (AsyncBackend; the completion runs on `ex`) ----
+
+  /// release() without blocking: the lease is marked released at once (no
+  /// extension starts after that; one in flight is waited for, as release()
+  /// does), then the backend's release runs asynchronously.
+  void async_release(const boost::asio::any_io_executor& ex, ReleaseCompletion done) requires AsyncBackend<B> {
+    auto finish = [&ex, &done](std::exception_ptr e, ReleaseResult r) {
+      boost::asio::post(ex, [done = std::move(done), e, r] { done(e, r); });
+    };
+    if (inherited()) return finish(nullptr, ReleaseResult::not_held);
+    State previous;
+    bool on_server;
+    {
+      OpLock op(*this);
+      std::lock_guard lk(mu_);
+      previous = std::exchange(state_, State::released);
+      callbacks_.clear();
+      on_server = !released_on_server_;
+    }
+    if (previous == State::released) return finish(nullptr, ReleaseResult::not_held);
+    auto self = this->shared_from_this();
+    if (previous == State::lost) {  // reported when it was lost; a quiet owner-checked cleanup
+      if (!on_server) return finish(nullptr, ReleaseResult::not_held);
+      backend_.async_release(name_, lease_, ex, [self, done = std::move(done)](std::exception_ptr, ReleaseResult) {
+        done(nullptr, ReleaseResult::not_held);
+      });
+      return;
+    }
+    backend_.async_release(
+        name_, lease_, ex, [self, done = std::move(done)](std::exception_ptr e, ReleaseResult result) {
+          if (e) {
+            self->report_exception(EventType::release_failed, e, "; the lock will expire by its TTL", "release");
+          } else {
+            self->emit_released(result);
+          }
+          done(e, result);
+        });
+  }
+
+  /// extend(ttl) without blocking; the completion gets null, or the
+  /// LockLostError / backend error that extend() would throw. A loss is
+  /// announced (on the executor's thread) before the completion runs.
+  void async_extend(std::chrono::milliseconds ttl, const boost::asio::any_io_executor& ex,
+                    std::function<void(std::exception_ptr)> done) requires AsyncBackend<B> {
+    std::exception_ptr refused;
+    if (inherited()) {
+      refused = std::make_exception_ptr(inherited_error());
+    } else {
+      std::lock_guard lk(mu_);
+      if (state_ != State::held) refused = std::make_exception_ptr(lost_error());
+    }
+    if (refused) {
+      boost::asio::post(ex, [done = std::move(done), refused] { done(refused); });
+      return;
+    }
+    const TimePoint sent = clock_.now();
+    backend_.async_extend(name_, lease_, ttl, sent, ex,
+                          [self = this->shared_from_this(), sent, done = std::move(done)](
+                              std::exception_ptr e, std::optional<TimePoint> valid) {
+                            bool held = false;
+                            {
+                              OpLock op(*self);  // announces a loss when it goes
+                              if (e) {
+                                try {
+                                  std::rethrow_exception(e);
+                                } catch (const LockLostError& lost) {
+                                  self->declare_lost_later(LostReason::connection, lost.what(), nullptr);
+                                } catch (...) {
+                                  self->report_exception(EventType::extend_failed, e, "", "extend");
+                                }
+                              } else {
+                                held = self->apply_extension(valid, sent, nullptr);
+                              }
+                            }
+                            if (!e && !held) {
+                              std::lock_guard lk(self->mu_);
+                              e = std::make_exception_ptr(self->lost_error());
+                            }
+                            done(e);
+                          });
   }
 
   // ---- Beat (heartbeat threads) ----
@@ -294,7 +381,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       std::vector<ExtendItem> items;
       for (const auto& beat : group) {
         auto* h = static_cast<Held*>(beat.get());  // same batch key: same type
-        std::lock_guard op(h->op_mu_);
+        OpLock op(*h);
         if (!h->still_held()) continue;
         members.push_back(h);
         items.push_back(ExtendItem{h->name_, &h->lease_.owner, h->ttl_, h->clock_.now()});
@@ -306,7 +393,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         for (auto& item : items) item.error = std::current_exception();
       }
       for (std::size_t i = 0; i < items.size(); ++i) {
-        std::lock_guard op(members[i]->op_mu_);
+        OpLock op(*members[i]);
         if (items[i].error) {
           members[i]->extension_failed(items[i].error, items[i].started, hb);
         } else {
@@ -382,7 +469,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // The backend's lane: one extension of a claimed lease.
   void extend_in_background(HeartbeatCore& hb) noexcept {
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);
     if (!still_held()) return;
     const TimePoint sent = clock_.now();
     std::optional<TimePoint> valid;
@@ -405,7 +492,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         std::lock_guard lk(mu_);
         in_flight_ = false;
       }
-      declare_lost(LostReason::connection, e.what(), &hb);
+      declare_lost_later(LostReason::connection, e.what(), &hb);
     } catch (const std::exception& e) {
       {
         std::lock_guard lk(mu_);
@@ -440,14 +527,14 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
     if (!valid) {
       if (sent < old_validity) {
-        declare_lost(LostReason::taken,
-                     fmt::format("lock '{}': the server no longer has it for this owner although it was still "
-                                 "valid (deleted, taken over, or the server lost its data)",
-                                 name_),
-                     hb);
+        declare_lost_later(LostReason::taken,
+                           fmt::format("lock '{}': the server no longer has it for this owner although it was still "
+                                       "valid (deleted, taken over, or the server lost its data)",
+                                       name_),
+                           hb);
       } else {
-        declare_lost(LostReason::expired, fmt::format("lock '{}': it had expired when the extension arrived", name_),
-                     hb);
+        declare_lost_later(LostReason::expired,
+                           fmt::format("lock '{}': it had expired when the extension arrived", name_), hb);
       }
       return false;
     }
@@ -470,7 +557,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
 
   // The backend's lane, after a max_hold loss.
   void release_after_max_hold() noexcept {
-    std::lock_guard op(op_mu_);
+    OpLock op(*this);
     {
       std::lock_guard lk(mu_);
       if (state_ != State::lost || released_on_server_) return;  // the holder released it meanwhile
@@ -486,46 +573,87 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
   }
 
-  // Any thread. Marks the lease lost once: observer event, stop token, then
-  // the callbacks (on this lease's callback lane of `hb` when given, so that
-  // they delay no extension). Returns whether this call declared it.
-  bool declare_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
-    bool has_callbacks;
+  // A loss marked under the mutexes, to be announced outside them.
+  struct Loss {
     LostEvent lost;
-    std::stop_source stop;
-    {
-      std::lock_guard lk(mu_);
-      if (state_ != State::held) return false;
-      state_ = State::lost;
-      lost_callbacks_.swap(callbacks_);  // no copy of them here: see run_lost_callbacks()
-      has_callbacks = !lost_callbacks_.empty();
-      stop = stop_;  // requested below, outside the mutex: stop callbacks run synchronously
-      try {
-        lost_ = std::make_unique<LostEvent>(
-            LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)});
-        lost = *lost_;
-      } catch (...) {  // out of memory: still lost, with less detail
-      }
+    std::stop_source stop{std::nostopstate};
+    bool has_callbacks = false;
+    HeartbeatCore* hb = nullptr;
+  };
+
+  // op_mu_, held for a backend operation on the lease. A loss declared while
+  // it is held (declare_lost_later) is announced when it is released, so that
+  // the stop callbacks and on_lost callbacks it runs may call release() on
+  // this lease (unlock() on its Lock) without deadlocking on op_mu_.
+  class OpLock {
+   public:
+    explicit OpLock(Held& h) : h_(h) { h_.op_mu_.lock(); }
+    ~OpLock() {
+      std::optional<Loss> loss = std::move(h_.deferred_loss_);
+      h_.deferred_loss_.reset();
+      h_.op_mu_.unlock();
+      if (loss) h_.announce(std::move(*loss));
     }
-    const TimePoint acquired_at = lease_.acquired_at;
-    Event ev = source().make(EventType::lost, lease_.owner.str(), lease_.token);
-    ev.held = clock_.now() - acquired_at;
-    ev.error = make_error_code(errc::lock_lost);
-    ev.message = lost.message;
-    ev.reason = to_string(reason);
-    source().emit(ev);
-    stop.request_stop();
-    if (has_callbacks) {
-      if (hb) {
-        try {
-          hb->post_callbacks(*this, [self = this->shared_from_this(), lost] { self->run_lost_callbacks(lost); });
-          return true;
-        } catch (...) {  // could not post: run them here rather than drop them
-        }
-      }
-      run_lost_callbacks(lost);
-    }
+    OpLock(const OpLock&) = delete;
+    OpLock& operator=(const OpLock&) = delete;
+
+   private:
+    Held& h_;
+  };
+
+  // Any thread, without op_mu_. Marks the lease lost once and announces it:
+  // observer event, stop token, then the callbacks (on this lease's callback
+  // lane of `hb` when given, so that they delay no extension). Returns whether
+  // this call declared it.
+  bool declare_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    auto loss = mark_lost(reason, std::move(message), hb);
+    if (!loss) return false;
+    announce(std::move(*loss));
     return true;
+  }
+  // Requires op_mu_ (an OpLock): marks the lease lost now; the OpLock
+  // announces it once op_mu_ is released.
+  void declare_lost_later(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    if (auto loss = mark_lost(reason, std::move(message), hb)) deferred_loss_ = std::move(loss);
+  }
+
+  [[nodiscard]] std::optional<Loss> mark_lost(LostReason reason, std::string message, HeartbeatCore* hb) noexcept {
+    Loss loss;
+    loss.hb = hb;
+    std::lock_guard lk(mu_);
+    if (state_ != State::held) return std::nullopt;
+    state_ = State::lost;
+    lost_callbacks_.swap(callbacks_);  // no copy of them here: see run_lost_callbacks()
+    loss.has_callbacks = !lost_callbacks_.empty();
+    loss.stop = stop_;  // requested by announce(), outside the mutexes: stop callbacks run synchronously
+    try {
+      lost_ = std::make_unique<LostEvent>(
+          LostEvent{reason, name_, std::string(lease_.owner.str()), lease_.token, std::move(message)});
+      loss.lost = *lost_;
+    } catch (...) {  // out of memory: still lost, with less detail
+    }
+    return loss;
+  }
+
+  // No lease mutex held.
+  void announce(Loss loss) noexcept {
+    Event ev = source().make(EventType::lost, lease_.owner.str(), lease_.token);
+    ev.held = clock_.now() - lease_.acquired_at;
+    ev.error = make_error_code(errc::lock_lost);
+    ev.message = loss.lost.message;
+    ev.reason = to_string(loss.lost.reason);
+    source().emit(ev);
+    loss.stop.request_stop();
+    if (!loss.has_callbacks) return;
+    if (loss.hb) {
+      try {
+        loss.hb->post_callbacks(
+            *this, [self = this->shared_from_this(), lost = loss.lost] { self->run_lost_callbacks(lost); });
+        return;
+      } catch (...) {  // could not post: run them here rather than drop them
+      }
+    }
+    run_lost_callbacks(loss.lost);
   }
 
   // Runs the loss's callbacks, then destroys them, on the calling thread: on
@@ -576,6 +704,20 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     source().emit(ev);
   }
 
+  // report() for an exception_ptr: "<what> of '<name>' failed (<error>)<suffix>".
+  void report_exception(EventType type, std::exception_ptr e, std::string_view suffix,
+                        std::string_view what) const noexcept {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      try {
+        report(type, x, fmt::format("{} of '{}' failed ({}){}", what, name_, x.what(), suffix));
+      } catch (...) {  // out of memory: nothing sensible is left to report
+      }
+    } catch (...) {
+    }
+  }
+
   [[nodiscard]] EventSource source() const noexcept {
     return {backend_.kind(), backend_.endpoint(), name_, observer_.get()};
   }
@@ -594,8 +736,9 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   TimePoint max_hold_end_ = never;
 
   std::mutex op_mu_;
-  Lease<H> lease_;                   // owner, token, acquired_at immutable; valid_until under mu_ + op_mu_
-  bool released_on_server_ = false;  // under op_mu_
+  Lease<H> lease_;                     // owner, token, acquired_at immutable; valid_until under mu_ + op_mu_
+  bool released_on_server_ = false;    // under op_mu_
+  std::optional<Loss> deferred_loss_;  // under op_mu_: declared lost, announced when op_mu_ is released
 
   mutable std::mutex mu_;
   State state_ = State::held;
