@@ -357,3 +357,66 @@ TEST(Async, AThreadPoolLoopWithStopsFromAnotherThread) {
   Lock<MemoryBackend> probe(mem, "job");
   EXPECT_TRUE(probe.try_lock());
 }
+
+namespace {
+// A backend whose key outlives the lease's validity on the client (a Redlock
+// minority node): its release answers `released` even after the validity.
+class AsyncKeyOutlivesValidityBackend {
+ public:
+  using Handle = dlock::NoHandle;
+  explicit AsyncKeyOutlivesValidityBackend(const dlock::Clock& clock) : mem_(clock) {}
+  [[nodiscard]] std::string_view kind() const noexcept { return "key-outlives-validity"; }
+  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:0"; }
+  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return mem_.try_acquire(r); }
+  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) {
+    (void)mem_.release(name, lease);
+    return dlock::ReleaseResult::released;
+  }
+  std::optional<dlock::TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease,
+                                         std::chrono::milliseconds ttl, dlock::TimePoint started) {
+    return mem_.extend(name, lease, ttl, started);
+  }
+  void async_try_acquire(const dlock::AcquireRequest& r, const asio::any_io_executor& ex,
+                         dlock::AcquireCompletion<Handle> done) {
+    mem_.async_try_acquire(r, ex, std::move(done));
+  }
+  void async_release(std::string_view name, dlock::Lease<Handle>& lease, const asio::any_io_executor& ex,
+                     dlock::ReleaseCompletion done) {
+    (void)mem_.release(name, lease);
+    asio::post(ex, [done = std::move(done)] { done(nullptr, dlock::ReleaseResult::released); });
+  }
+  void async_extend(std::string_view name, dlock::Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                    dlock::TimePoint started, const asio::any_io_executor& ex, dlock::ExtendCompletion done) {
+    mem_.async_extend(name, lease, ttl, started, ex, std::move(done));
+  }
+
+ private:
+  MemoryBackend mem_;
+};
+}  // namespace
+
+// As the blocking release: past its validity the end of the critical section
+// ran unprotected, whatever the server still had.
+TEST(Async, AReleaseAfterTheValidityEndedIsNotHeld) {
+  dlock::ManualClock clock;
+  AsyncKeyOutlivesValidityBackend backend(clock);
+  auto observer = std::make_shared<RecordingObserver>();
+  Lock<AsyncKeyOutlivesValidityBackend> lock(backend, "job", {.ttl = 1s, .observer = observer, .clock = &clock});
+  asio::io_context io;
+  auto cycle = [&](std::chrono::milliseconds held_for) {
+    std::optional<dlock::ReleaseResult> released;
+    io.restart();
+    lock.async_acquire(asio::bind_executor(io, [&](boost::system::error_code ec, auto&&...) {
+      ASSERT_FALSE(ec);
+      clock.advance(held_for);
+      lock.async_release(
+          asio::bind_executor(io, [&](boost::system::error_code, dlock::ReleaseResult r) { released = r; }));
+    }));
+    io.run();
+    return released;
+  };
+  EXPECT_EQ(cycle(999ms), dlock::ReleaseResult::released);  // within its validity
+  EXPECT_EQ(cycle(1s), dlock::ReleaseResult::not_held);
+  EXPECT_EQ(observer->count(EventType::released), 1u);
+  EXPECT_EQ(observer->count(EventType::release_not_held), 1u);
+}

@@ -247,12 +247,14 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     if (inherited()) return finish(nullptr, ReleaseResult::not_held);
     State previous;
     bool on_server;
+    bool expired;  // as in release(): past its validity the release reports not_held
     {
       OpLock op(*this);
       std::lock_guard lk(mu_);
       previous = std::exchange(state_, State::released);
       callbacks_.clear();
       on_server = !released_on_server_;
+      expired = clock_.now() >= lease_.valid_until;
     }
     if (previous == State::released) return finish(nullptr, ReleaseResult::not_held);
     auto self = this->shared_from_this();
@@ -264,7 +266,8 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       return;
     }
     backend_.async_release(
-        name_, lease_, ex, [self, done = std::move(done)](std::exception_ptr e, ReleaseResult result) {
+        name_, lease_, ex, [self, expired, done = std::move(done)](std::exception_ptr e, ReleaseResult result) {
+          if (expired) result = ReleaseResult::not_held;
           if (e) {
             self->report_exception(EventType::release_failed, e, "; the lock will expire by its TTL", "release");
           } else {
