@@ -53,6 +53,7 @@
 
 #include "backend.hpp"
 #include "detail/pg_key.hpp"
+#include "primitives_backend.hpp"
 #include "lock.hpp"
 #include "options.hpp"
 
@@ -186,6 +187,8 @@ class PgLockHandle {
   std::shared_ptr<detail::PgSharedSession> shared_;
   std::int64_t key_ = 0;
   int pid_ = 0;
+  std::uint8_t family_ = 0;  // detail::PgFamily: which unlock function frees key_
+  bool leader_ = false;      // an election's: its session's application_name names it, so never pooled again
 };
 
 class PostgresBackend {
@@ -232,11 +235,89 @@ class PostgresBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  // ---- the primitives (primitives_backend.hpp); called by RwLock, Semaphore, Election ----
+  // Each lease is an advisory lock in the two-int4 key space
+  // (detail::pg_primitive_key: never the lock of a mutex or of another
+  // primitive) on a pinned connection of its own, in the configured scope,
+  // also when shared_sessions is set. release and extend behave as the
+  // mutex's. docs/postgres.md "Read-write locks, semaphores and elections".
+
+  /// pg_try_advisory_lock_shared. A writer waiting in the server's queue
+  /// (acquire_wait_exclusive) makes it fail: PostgreSQL grants no new shared
+  /// request that conflicts with a waiting one (writer preference). The token
+  /// is the sequence's current value, not advanced (0 before any writer).
+  [[nodiscard]] AcquireResult<Handle> try_acquire_shared(const AcquireRequest& request);
+  /// pg_advisory_lock_shared under lock_timeout = max_wait, queued behind waiting writers.
+  [[nodiscard]] AcquireResult<Handle> acquire_wait_shared(const AcquireRequest& request,
+                                                          std::chrono::milliseconds max_wait);
+  [[nodiscard]] ReleaseResult release_shared(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_shared(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+  /// pg_try_advisory_lock on the read-write key; a new fencing token.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_exclusive(const AcquireRequest& request);
+  /// pg_advisory_lock under lock_timeout = max_wait: while it waits, new readers are refused.
+  [[nodiscard]] AcquireResult<Handle> acquire_wait_exclusive(const AcquireRequest& request,
+                                                             std::chrono::milliseconds max_wait);
+  [[nodiscard]] ReleaseResult release_exclusive(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_exclusive(std::string_view name, Lease<Handle>& lease,
+                                                          std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+
+  /// One statement tries the permit slots 0..N-1 in turn and takes the first
+  /// free one; N is the operators' count (set_permits) if the table exists and
+  /// has one, else `permits`. A new fencing token per grant.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_permit(const AcquireRequest& request, std::uint32_t permits);
+  [[nodiscard]] ReleaseResult release_permit(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_permit(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+  /// The count in force for `name`: the operators' row, else `permits`.
+  [[nodiscard]] std::uint32_t permits(std::string_view name, std::uint32_t permits);
+  /// Operator: upserts (or, with nullopt, deletes) the name's row in the
+  /// semaphore_permits table that install_schema() creates; throws
+  /// InvalidArgument if the table is missing or the count is 0 or above INT_MAX.
+  void set_permits(std::string_view name, std::optional<std::uint32_t> permits);
+
+  /// An exclusive lock on the election's key; on a grant the pinned session's
+  /// application_name becomes "dlock:<term>:<candidate>" (cut to 63 bytes by
+  /// the server), which leader() reads back from pg_stat_activity.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_leader(const AcquireRequest& request, std::string_view candidate);
+  [[nodiscard]] AcquireResult<Handle> acquire_wait_leader(const AcquireRequest& request, std::string_view candidate,
+                                                          std::chrono::milliseconds max_wait);
+  /// Releases and closes the leader's connection (its application_name names it).
+  [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+  /// The session holding the election's key, from pg_locks and
+  /// pg_stat_activity; nullopt if none. The candidate is cut to what fits in
+  /// application_name; the term is absent when no fencing sequence was installed.
+  [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name);
+
+  /// The key of primitive `what` named `name` (a semaphore's: its base key,
+  /// slot s is detail::pg_permit_slot_key(base, s)).
+  [[nodiscard]] std::int64_t primitive_key(std::string_view name, detail::PgPrimitive what) const noexcept {
+    return detail::pg_primitive_key(state_->options.lock_namespace, what, name);
+  }
+
   // ---- administration ----
 
   /// Creates the fencing sequence (and its schema) if missing: CREATE SCHEMA IF
-  /// NOT EXISTS, CREATE SEQUENCE IF NOT EXISTS ... CACHE 1, as in
-  /// sql/dlock_postgres.sql. Needs CREATE privilege. Later acquires through
+  /// NOT EXISTS, CREATE SEQUENCE IF NOT EXISTS ... CACHE 1, and the table of
+  /// operators' semaphore counts, as in sql/dlock_postgres.sql. Needs CREATE privilege. Later acquires through
   /// this backend carry fencing tokens.
   void install_schema();
   /// Whether the fencing sequence exists (asks the server once, then cached;
@@ -268,6 +349,9 @@ class PostgresBackend {
 
 static_assert(Backend<PostgresBackend>);
 static_assert(WaitsOnServer<PostgresBackend>);
+static_assert(SharedLockBackend<PostgresBackend>);
+static_assert(SemaphoreBackend<PostgresBackend>);
+static_assert(ElectionBackend<PostgresBackend>);
 
 // ---- transaction scope on your own connection ----
 
