@@ -111,6 +111,10 @@ struct PgAdvisoryLockInfo {
   std::optional<std::chrono::system_clock::time_point> wait_start;
   /// How long the session has been in its current state (the server's now() - state_change).
   std::chrono::milliseconds in_state_for{};
+  /// A key of the two-int4 space (pg_locks.objsubid = 2): a primitive's
+  /// (RwLock, Semaphore slot, Election; PostgresBackend::primitive_key), not a mutex's.
+  bool primitive = false;
+  bool shared = false;  ///< a shared (reader's) lock
 };
 
 namespace detail {
@@ -326,8 +330,9 @@ class PostgresBackend {
   /// Appended to the errc::no_fencing_token error of a lock taken while the
   /// fencing sequence was missing: it names the sequence and says to run install_schema().
   [[nodiscard]] std::string_view no_fencing_hint() const noexcept { return state_->no_fencing_hint; }
-  /// Advisory locks (bigint keys) held and awaited in the connected database,
-  /// holders first; the query is in docs/postgres-monitoring.md.
+  /// Advisory locks held and awaited in the connected database, holders
+  /// first: the mutexes' bigint keys and the primitives' two-int4 keys
+  /// (`primitive`); the query is in docs/postgres-monitoring.md.
   [[nodiscard]] std::vector<PgAdvisoryLockInfo> monitor();
 
   struct PoolStats {

@@ -1078,10 +1078,11 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
           "       coalesce(host(a.client_addr), '') AS client_addr,\n"
           "       coalesce(a.state, '') AS state,\n"
           "       {} AS wait_start_us,\n"
-          "       coalesce((extract(epoch FROM now() - a.state_change) * 1000)::int8, 0) AS in_state_ms\n"
+          "       coalesce((extract(epoch FROM now() - a.state_change) * 1000)::int8, 0) AS in_state_ms,\n"
+          "       l.objsubid = 2 AS primitive, l.mode = 'ShareLock' AS shared\n"
           "FROM pg_catalog.pg_locks l\n"
           "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid\n"
-          "WHERE l.locktype = 'advisory' AND l.objsubid = 1\n"
+          "WHERE l.locktype = 'advisory' AND l.objsubid IN (1, 2)\n"
           "  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())\n"
           "ORDER BY key, l.granted DESC, {}",
           modern ? "(extract(epoch FROM l.waitstart) * 1000000)::int8" : "NULL::int8",
@@ -1104,6 +1105,8 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
           std::chrono::system_clock::time_point(std::chrono::duration_cast<std::chrono::system_clock::duration>(
               std::chrono::microseconds(std::strtoll(PQgetvalue(r, i, 6), nullptr, 10))));
     info.in_state_for = std::chrono::milliseconds(std::strtoll(PQgetvalue(r, i, 7), nullptr, 10));
+    info.primitive = text_is_true(r, i, 8);
+    info.shared = text_is_true(r, i, 9);
     rows.push_back(std::move(info));
   }
   state_->pool->checkin(std::move(s));

@@ -66,5 +66,6 @@ INSTANTIATE_TYPED_TEST_SUITE_P(PgOnePermit, Conformance, OnePermit<PostgresOptio
 INSTANTIATE_TYPED_TEST_SUITE_P(PgLeader, Conformance, Leader<PostgresOptions::Scope::session>);
 INSTANTIATE_TYPED_TEST_SUITE_P(PgRwWriterXact, Conformance, RwWriter<PostgresOptions::Scope::transaction>);
 INSTANTIATE_TYPED_TEST_SUITE_P(PgOnePermitXact, Conformance, OnePermit<PostgresOptions::Scope::transaction>);
+INSTANTIATE_TYPED_TEST_SUITE_P(PgLeaderXact, Conformance, Leader<PostgresOptions::Scope::transaction>);
 
 }  // namespace dlock::conformance

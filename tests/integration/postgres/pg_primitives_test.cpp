@@ -355,4 +355,46 @@ TEST_F(PgPrimitives, ElectionPausedLeaderLosesToHigherTerm) {
   EXPECT_EQ(next.resign(), dlock::ReleaseResult::released);
 }
 
+// With shared_sessions the mutexes share sessions; each primitive lease pins a
+// connection of its own, so readers, permits and leadership work the same.
+TEST_F(PgPrimitives, PrimitivesPinTheirOwnSessionsWithSharedSessions) {
+  PostgresBackend pg(options({.pool_size = 6, .shared_sessions = 1}));
+  dlock::Lock<PostgresBackend> mutex(pg, name_, {.ttl = 10s});
+  RwLock<PostgresBackend> rw(pg, name_, {.ttl = 10s});
+  Semaphore<PostgresBackend> sem(pg, name_, 2, {.ttl = 10s});
+  Election<PostgresBackend> e(pg, name_, "shared", {.ttl = 10s});
+  ASSERT_TRUE(mutex.try_lock()) << "a primitive of the same name must not contend with the mutex";
+  ASSERT_TRUE(rw.try_lock_shared());
+  ASSERT_TRUE(rw.try_lock_shared());
+  ASSERT_TRUE(sem.try_acquire());
+  ASSERT_TRUE(e.try_campaign());
+  EXPECT_EQ(e.leader()->candidate, "shared");
+  const auto stats = pg.pool_stats();
+  EXPECT_EQ(stats.open - stats.idle, 5u) << "in use: one shared session, two readers, a permit, a leader";
+  // monitor() (and dlockctl pg list) shows the primitives' keys apart from the mutex's.
+  int mutexes = 0, primitives = 0, shared = 0;
+  for (const auto& r : pg.monitor()) {
+    if (!r.granted) continue;
+    const bool ours = r.key == pg.primitive_key(name_, dlock::detail::PgPrimitive::rw) ||
+                      r.key == pg.primitive_key(name_, dlock::detail::PgPrimitive::permit) ||
+                      r.key == pg.primitive_key(name_, dlock::detail::PgPrimitive::leader);
+    if (r.primitive && ours) {
+      ++primitives;
+      shared += r.shared ? 1 : 0;
+    } else if (r.key == pg.advisory_key(name_)) {
+      ++mutexes;
+    }
+  }
+  EXPECT_EQ(mutexes, 1);
+  EXPECT_EQ(primitives, 4);
+  EXPECT_EQ(shared, 2);
+  rw.unlock_shared();
+  rw.unlock_shared();
+  EXPECT_TRUE(rw.try_lock());
+  rw.unlock();
+  sem.release();
+  EXPECT_EQ(e.resign(), dlock::ReleaseResult::released);
+  mutex.unlock();
+}
+
 }  // namespace
