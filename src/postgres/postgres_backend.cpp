@@ -954,55 +954,64 @@ LeaderInfo parse_leader(std::string_view app) {
   return info;
 }
 
+AcquireResult<PgLockHandle> read_write(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                       const std::chrono::milliseconds* wait, detail::PgFamily family) {
+  return pinned(self, st, r, wait, self.primitive_key(r.name, detail::PgPrimitive::rw), family);
+}
+
+// Whether the operators' semaphore_permits table exists (cached).
+bool has_permits_table(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint) {
+  return cached_exists(st, o, endpoint, st.permits_table, detail::pg_permits_table(o.fencing_sequence), 'r',
+                       "the semaphore_permits table");
+}
+
+// One statement on a pooled connection (unprepared); throws what it failed with, naming `what`.
+PgOutcome admin_query(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
+                      const detail::PgStatement& q, const std::vector<PgParam>& params, std::string_view what) {
+  PgSessionPtr s = st.checkout();
+  PgOutcome out = s->run(q, params, false, after(o.statement_timeout));
+  if (!out.ok()) detail::throw_outcome(out, endpoint, what, o.statement_timeout);
+  st.checkin(std::move(s));
+  return out;
+}
+
 }  // namespace
 
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire_shared(const AcquireRequest& request) {
-  return pinned(*this, state(state_->pool), request, nullptr, primitive_key(request.name, detail::PgPrimitive::rw),
-                detail::PgFamily::shared);
+  return read_write(*this, state(state_->pool), request, nullptr, detail::PgFamily::shared);
 }
 AcquireResult<PgLockHandle> PostgresBackend::acquire_wait_shared(const AcquireRequest& request,
                                                                  std::chrono::milliseconds max_wait) {
-  return pinned(*this, state(state_->pool), request, &max_wait, primitive_key(request.name, detail::PgPrimitive::rw),
-                detail::PgFamily::shared);
+  return read_write(*this, state(state_->pool), request, &max_wait, detail::PgFamily::shared);
 }
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire_exclusive(const AcquireRequest& request) {
-  return pinned(*this, state(state_->pool), request, nullptr, primitive_key(request.name, detail::PgPrimitive::rw),
-                detail::PgFamily::exclusive);
+  return read_write(*this, state(state_->pool), request, nullptr, detail::PgFamily::exclusive);
 }
 AcquireResult<PgLockHandle> PostgresBackend::acquire_wait_exclusive(const AcquireRequest& request,
                                                                     std::chrono::milliseconds max_wait) {
-  return pinned(*this, state(state_->pool), request, &max_wait, primitive_key(request.name, detail::PgPrimitive::rw),
-                detail::PgFamily::exclusive);
+  return read_write(*this, state(state_->pool), request, &max_wait, detail::PgFamily::exclusive);
 }
 
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire_permit(const AcquireRequest& request, std::uint32_t permits) {
   auto& st = state(state_->pool);
-  const PgPermitSpec spec{permits, cached_exists(st, state_->options, state_->endpoint, st.permits_table,
-                                                 detail::pg_permits_table(state_->options.fencing_sequence), 'r',
-                                                 "the semaphore_permits table")};
+  const PgPermitSpec spec{permits, has_permits_table(st, state_->options, state_->endpoint)};
   return pinned(*this, st, request, nullptr, primitive_key(request.name, detail::PgPrimitive::permit),
                 detail::PgFamily::exclusive, &spec);
 }
 
 std::uint32_t PostgresBackend::permits(std::string_view name, std::uint32_t permits) {
   auto& st = state(state_->pool);
-  const std::string table = detail::pg_permits_table(state_->options.fencing_sequence);
-  if (!cached_exists(st, state_->options, state_->endpoint, st.permits_table, table, 'r',
-                     "the semaphore_permits table"))
-    return permits;
-  PgSessionPtr s = st.checkout();
-  const detail::PgStatement q{
-      0, "", fmt::format("SELECT permits FROM {} WHERE namespace = $1 AND name = $2", table), {25, 25}};
-  PgOutcome o = s->run(q, {PgParam::text(state_->options.lock_namespace), PgParam::text(std::string(name))}, false,
-                       after(state_->options.statement_timeout));
-  if (!o.ok())
-    detail::throw_outcome(o, state_->endpoint, fmt::format("reading the permits of semaphore '{}'", name),
-                          state_->options.statement_timeout);
+  if (!has_permits_table(st, state_->options, state_->endpoint)) return permits;
+  const detail::PgStatement q{0,
+                              "",
+                              fmt::format("SELECT permits FROM {} WHERE namespace = $1 AND name = $2",
+                                          detail::pg_permits_table(state_->options.fencing_sequence)),
+                              {25, 25}};
+  const PgOutcome o = admin_query(st, state_->options, state_->endpoint, q,
+                                  {PgParam::text(state_->options.lock_namespace), PgParam::text(std::string(name))},
+                                  fmt::format("reading the permits of semaphore '{}'", name));
   const PGresult* r = o.result.get();
-  const std::uint32_t n =
-      PQntuples(r) == 0 ? permits : static_cast<std::uint32_t>(std::strtoul(PQgetvalue(r, 0, 0), nullptr, 10));
-  st.checkin(std::move(s));
-  return n;
+  return PQntuples(r) == 0 ? permits : static_cast<std::uint32_t>(std::strtoul(PQgetvalue(r, 0, 0), nullptr, 10));
 }
 
 void PostgresBackend::set_permits(std::string_view name, std::optional<std::uint32_t> permits) {
@@ -1010,11 +1019,9 @@ void PostgresBackend::set_permits(std::string_view name, std::optional<std::uint
   const std::string table = detail::pg_permits_table(state_->options.fencing_sequence);
   if (permits && (*permits == 0 || *permits > static_cast<std::uint32_t>(INT_MAX)))
     detail::invalid_field("semaphore permits", fmt::format("must be 1 to {}", INT_MAX), std::to_string(*permits));
-  if (!cached_exists(st, state_->options, state_->endpoint, st.permits_table, table, 'r',
-                     "the semaphore_permits table"))
+  if (!has_permits_table(st, state_->options, state_->endpoint))
     detail::invalid_field("set_permits", fmt::format("needs the table {}: run install_schema() once", table),
                           fmt::format("{} missing in {}", table, state_->endpoint));
-  PgSessionPtr s = st.checkout();
   const detail::PgStatement q{
       0,
       "",
@@ -1023,14 +1030,10 @@ void PostgresBackend::set_permits(std::string_view name, std::optional<std::uint
                             table)
               : fmt::format("DELETE FROM {} WHERE namespace = $1 AND name = $2 AND $3 IS NOT NULL", table),
       {25, 25, 20}};
-  PgOutcome o = s->run(q,
-                       {PgParam::text(state_->options.lock_namespace), PgParam::text(std::string(name)),
-                        PgParam::int8(permits.value_or(0))},
-                       false, after(state_->options.statement_timeout));
-  if (!o.ok())
-    detail::throw_outcome(o, state_->endpoint, fmt::format("setting the permits of semaphore '{}'", name),
-                          state_->options.statement_timeout);
-  st.checkin(std::move(s));
+  (void)admin_query(st, state_->options, state_->endpoint, q,
+                    {PgParam::text(state_->options.lock_namespace), PgParam::text(std::string(name)),
+                     PgParam::int8(permits.value_or(0))},
+                    fmt::format("setting the permits of semaphore '{}'", name));
 }
 
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire_leader(const AcquireRequest& request,
@@ -1045,7 +1048,6 @@ AcquireResult<PgLockHandle> PostgresBackend::acquire_wait_leader(const AcquireRe
 
 std::optional<LeaderInfo> PostgresBackend::leader(std::string_view name) {
   auto& st = state(state_->pool);
-  PgSessionPtr s = st.checkout();
   static const detail::PgStatement q{
       0,
       "",
@@ -1054,16 +1056,12 @@ std::optional<LeaderInfo> PostgresBackend::leader(std::string_view name) {
       "(($1 >> 32) & 4294967295) AND l.objid::int8 = ($1 & 4294967295) AND l.database = (SELECT oid FROM "
       "pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
       {20}};
-  PgOutcome o = s->run(q, {PgParam::int8(primitive_key(name, detail::PgPrimitive::leader))}, false,
-                       after(state_->options.statement_timeout));
-  if (!o.ok())
-    detail::throw_outcome(o, state_->endpoint, fmt::format("reading the leader of election '{}'", name),
-                          state_->options.statement_timeout);
+  const PgOutcome o = admin_query(st, state_->options, state_->endpoint, q,
+                                  {PgParam::int8(primitive_key(name, detail::PgPrimitive::leader))},
+                                  fmt::format("reading the leader of election '{}'", name));
   const PGresult* r = o.result.get();
-  std::optional<LeaderInfo> info;
-  if (PQntuples(r) > 0) info = parse_leader(PQgetvalue(r, 0, 0));
-  st.checkin(std::move(s));
-  return info;
+  if (PQntuples(r) == 0) return std::nullopt;
+  return parse_leader(PQgetvalue(r, 0, 0));
 }
 
 std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
