@@ -274,9 +274,10 @@ class PostgresBackend {
     return extend(name, lease, ttl, started);
   }
 
-  /// One statement tries the permit slots 0..N-1 in turn and takes the first
-  /// free one; N is the operators' count (set_permits) if the table exists and
-  /// has one, else `permits`. A new fencing token per grant.
+  /// One statement, under the name's gate: if fewer than N of the name's
+  /// permit slots are held (pg_locks), takes the first free slot of 0..N-1;
+  /// N is the operators' count (set_permits) if the table exists and has one,
+  /// else `permits`. A new fencing token per grant. Polls (no server-side wait).
   [[nodiscard]] AcquireResult<Handle> try_acquire_permit(const AcquireRequest& request, std::uint32_t permits);
   [[nodiscard]] ReleaseResult release_permit(std::string_view name, Lease<Handle>& lease) {
     return release(name, lease);

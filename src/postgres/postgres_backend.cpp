@@ -169,6 +169,9 @@ std::vector<std::string> pg_schema_sql(std::string_view sequence) {
   return out;
 }
 
+// The permit slots a semaphore's grant counts as held (its slot range in pg_locks).
+inline constexpr std::int64_t pg_max_permit_slots = 65536;
+
 // Which advisory lock functions a statement calls: the mutexes' bigint keys,
 // or a primitive's key in the two-int4 space (pg_key.hpp), exclusive or shared.
 enum class PgFamily { mutex = 0, exclusive = 1, shared = 2 };
@@ -309,24 +312,40 @@ class PgStatements {
         fn, settings(modern, xact, keepalives, 2), fence ? token(next + 1) : std::string("NULL"), next,
         key_args(family));
   }
-  // Tries the slots 0..N-1 in turn and stops at the first it takes (LIMIT 1
-  // over a filter on a function scan: the filter runs row by row, so at most
-  // one slot is taken); the fourth column is that slot. N is the operators'
-  // count for the name if the table has one, else the caller's ($6).
+  // Under the semaphore's gate (slot -1, a session lock taken and released in
+  // this statement, so acquires of one name count and take one at a time):
+  // counts the slots held (pg_locks: the name's slot range, any session), and
+  // if fewer than N, tries the slots 0..N-1 in turn and stops at the first it
+  // takes (LIMIT 1 over a filter on a function scan: the filter runs row by
+  // row, so at most one slot is taken); the fourth column is that slot. Slots
+  // at or above N are held only after the count was lowered, and count too,
+  // so lowering it revokes nothing and grants nothing until fewer than N are
+  // held. N is the operators' count for the name if the table has one, else
+  // the caller's ($6). Each level is a fenced subquery (OFFSET 0), evaluated
+  // before the one around it.
   static std::string permit_sql(bool modern, bool xact, bool fence, bool keepalives, bool table,
                                 const std::string& permits_table) {
     const std::string n =
         table ? fmt::format("coalesce((SELECT p.permits::int8 FROM {} p WHERE p.namespace = $7 AND p.name = $8), $6)",
                             permits_table)
               : std::string("$6");  // $7 and $8 unused (typed, so allowed)
+    const auto slot = [](std::string_view offset) {
+      return fmt::format("($1 >> 32)::int4, ((((($1 << 32) >> 32) + {}) << 32) >> 32)::int4", offset);
+    };
     return fmt::format(
-        "SELECT a.i IS NOT NULL, CASE WHEN a.i IS NOT NULL THEN {1} END, {2}, a.i FROM (SELECT (SELECT g.s FROM "
-        "pg_catalog.generate_series(0, {3} - 1) AS g(s) WHERE pg_catalog.{0}(($1 >> 32)::int4, "
-        "((((($1 << 32) >> 32) + g.s) << 32) >> 32)::int4) LIMIT 1) AS i OFFSET 0) a",
+        "SELECT a.i IS NOT NULL, CASE WHEN a.i IS NOT NULL THEN {1} END, {2}, a.i, a.u FROM ("
+        "SELECT c.i, pg_catalog.pg_advisory_unlock({5}) AS u FROM ("
+        "SELECT (SELECT g.s FROM pg_catalog.generate_series(0, q.n - 1) AS g(s) "
+        "WHERE q.held < q.n AND pg_catalog.{0}({4}) LIMIT 1) AS i FROM ("
+        "SELECT r.n, (SELECT count(*) FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 2 "
+        "AND l.granted AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = "
+        "pg_catalog.current_database()) AND l.classid::int8 = (($1 >> 32) & 4294967295) AND "
+        "((l.objid::int8 - ($1 & 4294967295) + 4294967296) % 4294967296) < {6} AND r.n > 0) AS held FROM ("
+        "SELECT {3} AS n, pg_catalog.pg_advisory_lock({5}) AS x OFFSET 0) r OFFSET 0) q OFFSET 0) c OFFSET 0) a",
         lock_fn(PgFamily::exclusive, xact, false), settings(modern, xact, keepalives, 2),
         fence ? std::string("CASE WHEN a.i IS NOT NULL THEN pg_catalog.nextval($9::regclass) END")
               : std::string("NULL"),
-        n);
+        n, slot("g.s"), slot("-1"), pg_max_permit_slots);
   }
   static PgStatement make(unsigned& id, std::string sql, int nparams, int text_param) {
     PgStatement s{id, fmt::format("dlock_{}", id), std::move(sql), {}};

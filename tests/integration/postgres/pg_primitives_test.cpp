@@ -397,4 +397,29 @@ TEST_F(PgPrimitives, PrimitivesPinTheirOwnSessionsWithSharedSessions) {
   mutex.unlock();
 }
 
+// Lowering the count below the permits held grants nothing until fewer than the
+// new count are held, whichever permits are released first (a freed low slot is
+// not handed out while permits in slots above the new count are still held).
+TEST_F(PgPrimitives, SemaphoreLoweredCountGrantsNothingUntilBelowIt) {
+  PostgresBackend pg(options({.pool_size = 8}));
+  Semaphore<PostgresBackend> sem(pg, name_, 5, {.ttl = 10s});
+  Semaphore<PostgresBackend> other(pg, name_, 5, {.ttl = 10s});
+  std::vector<Semaphore<PostgresBackend>::Permit> held;
+  for (int i = 0; i < 5; ++i) {
+    held.push_back(sem.try_acquire_permit());
+    ASSERT_TRUE(held.back());
+  }
+  sem.set_permits(2);
+  held[0].unlock();  // slot 0 frees; slots 1..4 still held: 4 > 2
+  EXPECT_FALSE(other.try_acquire()) << "a permit was granted with 4 held and a count of 2";
+  held[1].unlock();
+  held[2].unlock();  // 2 held (slots 3, 4)
+  EXPECT_FALSE(other.try_acquire());
+  held[3].unlock();  // 1 held
+  EXPECT_TRUE(other.try_acquire());
+  EXPECT_FALSE(other.try_acquire());
+  other.release();
+  sem.set_permits(std::nullopt);
+}
+
 }  // namespace
