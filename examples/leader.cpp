@@ -4,8 +4,10 @@
 //
 //   dlock_leader                        3 candidates, 4 terms, in-process backend
 //   dlock_leader --candidates N --terms T
-//   --backend memory                    the only backend with elections today
-//                                       (docs/primitives.md says what is pending)
+//   --backend memory                    in-process (the default)
+//   --backend postgres --conninfo STR   PostgreSQL (runs install_schema(): needs CREATE
+//                                       privilege); the "hang" is pg_terminate_backend
+//                                       of the leader's session
 //
 // The first leader "hangs" and loses its lease (an operator removes it, as a
 // server would after a pause past the TTL): its stop token fires, another
@@ -15,6 +17,10 @@
 // at a time, 1 otherwise.
 #include <dlock/election.hpp>
 #include <dlock/memory_primitives.hpp>
+#ifdef DLOCK_EXAMPLE_POSTGRES
+#include <dlock/postgres.hpp>
+#include <libpq-fe.h>
+#endif
 
 #include <fmt/format.h>
 
@@ -121,6 +127,7 @@ int main(int argc, char** argv) {
   int candidates = 3;
   int terms = 4;
   std::string backend = "memory";
+  std::string conninfo;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     if (a == "--candidates" && i + 1 < argc) {
@@ -129,8 +136,11 @@ int main(int argc, char** argv) {
       terms = std::atoi(argv[++i]);
     } else if (a == "--backend" && i + 1 < argc) {
       backend = argv[++i];
+    } else if (a == "--conninfo" && i + 1 < argc) {
+      conninfo = argv[++i];
     } else {
-      fmt::print(stderr, "usage: dlock_leader [--candidates N] [--terms T] [--backend memory]\n");
+      fmt::print(stderr,
+                 "usage: dlock_leader [--candidates N] [--terms T] [--backend memory|postgres] [--conninfo STR]\n");
       return 2;
     }
   }
@@ -138,9 +148,26 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "dlock_leader: --candidates and --terms must be at least 1\n");
     return 2;
   }
+#ifdef DLOCK_EXAMPLE_POSTGRES
+  if (backend == "postgres") {
+    dlock::PostgresBackend pg({.conninfo = conninfo});
+    pg.install_schema();  // terms are fencing tokens: they need the sequence
+    const std::int64_t key = pg.primitive_key("example:leader", dlock::detail::PgPrimitive::leader);
+    return run(pg, candidates, terms, [&] {
+      // As an operator would: end the leader's session, and the server frees its lock with it.
+      PGconn* c = PQconnectdb(conninfo.c_str());
+      const std::string k = std::to_string(key);
+      const char* params[] = {k.c_str()};
+      PQclear(PQexecParams(c,
+                           "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND "
+                           "objsubid = 2 AND granted AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+                           1, nullptr, params, nullptr, nullptr, 0));
+      PQfinish(c);
+    });
+  }
+#endif
   if (backend != "memory") {
-    fmt::print(stderr, "dlock_leader: backend '{}' has no elections yet (see docs/primitives.md); use memory\n",
-               backend);
+    fmt::print(stderr, "dlock_leader: unknown backend '{}' (memory, or postgres if built with it)\n", backend);
     return 2;
   }
   dlock::MemoryPrimitives prims;

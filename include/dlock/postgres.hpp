@@ -53,6 +53,7 @@
 
 #include "backend.hpp"
 #include "detail/pg_key.hpp"
+#include "primitives_backend.hpp"
 #include "lock.hpp"
 #include "options.hpp"
 
@@ -110,6 +111,10 @@ struct PgAdvisoryLockInfo {
   std::optional<std::chrono::system_clock::time_point> wait_start;
   /// How long the session has been in its current state (the server's now() - state_change).
   std::chrono::milliseconds in_state_for{};
+  /// A key of the two-int4 space (pg_locks.objsubid = 2): a primitive's
+  /// (RwLock, Semaphore slot, Election; PostgresBackend::primitive_key), not a mutex's.
+  bool primitive = false;
+  bool shared = false;  ///< a shared (reader's) lock
 };
 
 namespace detail {
@@ -186,6 +191,8 @@ class PgLockHandle {
   std::shared_ptr<detail::PgSharedSession> shared_;
   std::int64_t key_ = 0;
   int pid_ = 0;
+  std::uint8_t family_ = 0;  // detail::PgFamily: which unlock function frees key_
+  bool leader_ = false;      // an election's: its session's application_name names it, so never pooled again
 };
 
 class PostgresBackend {
@@ -232,11 +239,90 @@ class PostgresBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  // ---- the primitives (primitives_backend.hpp); called by RwLock, Semaphore, Election ----
+  // Each lease is an advisory lock in the two-int4 key space
+  // (detail::pg_primitive_key: never the lock of a mutex or of another
+  // primitive) on a pinned connection of its own, in the configured scope,
+  // also when shared_sessions is set. release and extend behave as the
+  // mutex's. docs/postgres.md "Read-write locks, semaphores and elections".
+
+  /// pg_try_advisory_lock_shared. A writer waiting in the server's queue
+  /// (acquire_wait_exclusive) makes it fail: PostgreSQL grants no new shared
+  /// request that conflicts with a waiting one (writer preference). The token
+  /// is the sequence's current value, not advanced (0 before any writer).
+  [[nodiscard]] AcquireResult<Handle> try_acquire_shared(const AcquireRequest& request);
+  /// pg_advisory_lock_shared under lock_timeout = max_wait, queued behind waiting writers.
+  [[nodiscard]] AcquireResult<Handle> acquire_wait_shared(const AcquireRequest& request,
+                                                          std::chrono::milliseconds max_wait);
+  [[nodiscard]] ReleaseResult release_shared(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_shared(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+  /// pg_try_advisory_lock on the read-write key; a new fencing token.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_exclusive(const AcquireRequest& request);
+  /// pg_advisory_lock under lock_timeout = max_wait: while it waits, new readers are refused.
+  [[nodiscard]] AcquireResult<Handle> acquire_wait_exclusive(const AcquireRequest& request,
+                                                             std::chrono::milliseconds max_wait);
+  [[nodiscard]] ReleaseResult release_exclusive(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_exclusive(std::string_view name, Lease<Handle>& lease,
+                                                          std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+
+  /// One statement, under the name's gate: if fewer than N of the name's
+  /// permit slots are held (pg_locks), takes the first free slot of 0..N-1;
+  /// N is the operators' count (set_permits) if the table exists and has one,
+  /// else `permits`. A new fencing token per grant. Polls (no server-side wait).
+  [[nodiscard]] AcquireResult<Handle> try_acquire_permit(const AcquireRequest& request, std::uint32_t permits);
+  [[nodiscard]] ReleaseResult release_permit(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_permit(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+  /// The count in force for `name`: the operators' row, else `permits`.
+  [[nodiscard]] std::uint32_t permits(std::string_view name, std::uint32_t permits);
+  /// Operator: upserts (or, with nullopt, deletes) the name's row in the
+  /// semaphore_permits table that install_schema() creates; throws
+  /// InvalidArgument if the table is missing or the count is 0 or above INT_MAX.
+  void set_permits(std::string_view name, std::optional<std::uint32_t> permits);
+
+  /// An exclusive lock on the election's key; on a grant the pinned session's
+  /// application_name becomes "dlock:<term>:<candidate>" (cut to 63 bytes by
+  /// the server), which leader() reads back from pg_stat_activity.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_leader(const AcquireRequest& request, std::string_view candidate);
+  [[nodiscard]] AcquireResult<Handle> acquire_wait_leader(const AcquireRequest& request, std::string_view candidate,
+                                                          std::chrono::milliseconds max_wait);
+  /// Releases and closes the leader's connection (its application_name names it).
+  [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease) {
+    return release(name, lease);
+  }
+  [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started) {
+    return extend(name, lease, ttl, started);
+  }
+  /// The session holding the election's key, from pg_locks and
+  /// pg_stat_activity; nullopt if none. The candidate is cut to what fits in
+  /// application_name; the term is absent when no fencing sequence was installed.
+  [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name);
+
+  /// The key of primitive `what` named `name` (a semaphore's: its base key,
+  /// slot s is detail::pg_permit_slot_key(base, s)).
+  [[nodiscard]] std::int64_t primitive_key(std::string_view name, detail::PgPrimitive what) const noexcept {
+    return detail::pg_primitive_key(state_->options.lock_namespace, what, name);
+  }
+
   // ---- administration ----
 
   /// Creates the fencing sequence (and its schema) if missing: CREATE SCHEMA IF
-  /// NOT EXISTS, CREATE SEQUENCE IF NOT EXISTS ... CACHE 1, as in
-  /// sql/dlock_postgres.sql. Needs CREATE privilege. Later acquires through
+  /// NOT EXISTS, CREATE SEQUENCE IF NOT EXISTS ... CACHE 1, and the table of
+  /// operators' semaphore counts, as in sql/dlock_postgres.sql. Needs CREATE privilege. Later acquires through
   /// this backend carry fencing tokens.
   void install_schema();
   /// Whether the fencing sequence exists (asks the server once, then cached;
@@ -245,8 +331,9 @@ class PostgresBackend {
   /// Appended to the errc::no_fencing_token error of a lock taken while the
   /// fencing sequence was missing: it names the sequence and says to run install_schema().
   [[nodiscard]] std::string_view no_fencing_hint() const noexcept { return state_->no_fencing_hint; }
-  /// Advisory locks (bigint keys) held and awaited in the connected database,
-  /// holders first; the query is in docs/postgres-monitoring.md.
+  /// Advisory locks held and awaited in the connected database, holders
+  /// first: the mutexes' bigint keys and the primitives' two-int4 keys
+  /// (`primitive`); the query is in docs/postgres-monitoring.md.
   [[nodiscard]] std::vector<PgAdvisoryLockInfo> monitor();
 
   struct PoolStats {
@@ -268,6 +355,9 @@ class PostgresBackend {
 
 static_assert(Backend<PostgresBackend>);
 static_assert(WaitsOnServer<PostgresBackend>);
+static_assert(SharedLockBackend<PostgresBackend>);
+static_assert(SemaphoreBackend<PostgresBackend>);
+static_assert(ElectionBackend<PostgresBackend>);
 
 // ---- transaction scope on your own connection ----
 

@@ -63,11 +63,19 @@
 //     b.release_leader(name, lease) / b.extend_leader(name, lease, ttl, started)
 //     b.leader(name) -> std::optional<LeaderInfo>   who leads now, if anyone.
 //
+// A backend may also wait in the server's queue for a family:
+// b.acquire_wait_shared(req, max_wait), b.acquire_wait_exclusive(req, max_wait),
+// b.acquire_wait_leader(req, candidate, max_wait) (as WaitsOnServer in
+// backend.hpp); the view then models WaitsOnServer, so a blocked acquire waits
+// on the server. PostgresBackend has them: a writer waiting there blocks new
+// readers by the server's own queue rule.
+//
 // A backend may also offer b.subscribe_release(name) (NotifiesRelease in
 // backend.hpp) for a name's primitives: every view forwards it, so blocked
 // acquires wake on a release instead of polling.
 //
-// Backends: MemoryPrimitives (memory_primitives.hpp) has all three. The Redis
+// Backends: MemoryPrimitives (memory_primitives.hpp) and PostgresBackend
+// (postgres.hpp) have all three. The Redis
 // scripts are in detail/redis_primitive_scripts.hpp; docs/primitives.md says
 // what each backend has today.
 #pragma once
@@ -160,6 +168,14 @@ class BackendView {
                                                 std::chrono::milliseconds ttl, TimePoint started) {
     return ops_.extend(backend_, name, lease, ttl, started);
   }
+  /// Forwarded when B waits on the server for this family (WaitsOnServer):
+  /// b.acquire_wait_shared / _exclusive / _leader(request[, candidate], max_wait).
+  [[nodiscard]] AcquireResult<Handle> acquire_wait(const AcquireRequest& request,
+                                                   std::chrono::milliseconds max_wait) requires
+      requires(B& b, const Ops& o) {
+    o.acquire_wait(b, request, max_wait);
+  }
+  { return ops_.acquire_wait(backend_, request, max_wait); }
   /// Forwarded when B notifies releases (NotifiesRelease).
   [[nodiscard]] auto subscribe_release(std::string_view name) requires requires(B& b) { b.subscribe_release(name); }
   { return backend_.subscribe_release(name); }
@@ -178,6 +194,11 @@ struct SharedOps {
   static auto try_acquire(B& b, const AcquireRequest& r) {
     return b.try_acquire_shared(r);
   }
+  template <class B>
+  static auto acquire_wait(B& b, const AcquireRequest& r, std::chrono::milliseconds w)
+      -> decltype(b.acquire_wait_shared(r, w)) {
+    return b.acquire_wait_shared(r, w);
+  }
   template <class B, class L>
   static ReleaseResult release(B& b, std::string_view name, L& lease) {
     return b.release_shared(name, lease);
@@ -193,6 +214,11 @@ struct ExclusiveOps {
   template <class B>
   static auto try_acquire(B& b, const AcquireRequest& r) {
     return b.try_acquire_exclusive(r);
+  }
+  template <class B>
+  static auto acquire_wait(B& b, const AcquireRequest& r, std::chrono::milliseconds w)
+      -> decltype(b.acquire_wait_exclusive(r, w)) {
+    return b.acquire_wait_exclusive(r, w);
   }
   template <class B, class L>
   static ReleaseResult release(B& b, std::string_view name, L& lease) {
@@ -229,6 +255,11 @@ struct LeaderOps {
   template <class B>
   auto try_acquire(B& b, const AcquireRequest& r) const {
     return b.try_acquire_leader(r, candidate);
+  }
+  template <class B>
+  auto acquire_wait(B& b, const AcquireRequest& r, std::chrono::milliseconds w) const
+      -> decltype(b.acquire_wait_leader(r, candidate, w)) {
+    return b.acquire_wait_leader(r, candidate, w);
   }
   template <class B, class L>
   static ReleaseResult release(B& b, std::string_view name, L& lease) {

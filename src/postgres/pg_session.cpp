@@ -216,8 +216,6 @@ struct ParamArrays {
   std::vector<int> lengths, formats;
 };
 
-std::uint64_t bit_of(const PgStatement& stmt) noexcept { return std::uint64_t{1} << stmt.id; }
-
 int send_prepare(PGconn* c, const PgStatement& stmt) {
   return PQsendPrepare(c, stmt.name.c_str(), stmt.sql.c_str(), static_cast<int>(stmt.types.size()), stmt.types.data());
 }
@@ -235,10 +233,10 @@ PgOutcome PgSession::run(const PgStatement& stmt, const std::vector<PgParam>& pa
                          SteadyTime deadline) {
   if (inherited()) return refuse_inherited();
   const ParamArrays p(params);
-  if (prepared && !(prepared_ & bit_of(stmt))) {
+  if (prepared && !prepared_.test(stmt.id)) {
     PgOutcome prep = finish_send(send_prepare(conn_, stmt), deadline);
     if (!prep.ok()) return prep;
-    prepared_ |= bit_of(stmt);
+    prepared_.set(stmt.id);
   }
   return finish_send(send_query(conn_, stmt, p, prepared), deadline);
 }
@@ -256,7 +254,7 @@ PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool pre
   // What each result set in the pipeline answers: a Parse (statement to mark prepared) or a query.
   std::vector<const PgStatement*> steps;
   for (const PgCall& call : calls) {
-    if (prepared && !(prepared_ & bit_of(call.stmt))) {
+    if (prepared && !prepared_.test(call.stmt.id)) {
       if (!send_prepare(conn_, call.stmt)) return broken();
       steps.push_back(&call.stmt);
     }
@@ -296,7 +294,7 @@ PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool pre
         break;
       default:
         if (step < steps.size() && steps[step]) {
-          prepared_ |= bit_of(*steps[step]);
+          prepared_.set(steps[step]->id);
         } else if (!failed) {
           out.result = std::move(owned);
         }

@@ -13,6 +13,7 @@
 #include <libpq-fe.h>
 #include <unistd.h>
 
+#include <bitset>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -34,6 +35,9 @@ struct PgResultDeleter {
   void operator()(PGresult* r) const noexcept { PQclear(r); }
 };
 using PgResult = std::unique_ptr<PGresult, PgResultDeleter>;
+
+/// How many distinct prepared statements a backend may have (PgStatement::id).
+inline constexpr std::size_t pg_max_statements = 256;
 
 /// One parameter of a statement: an int8 sent in binary, or text.
 struct PgParam {
@@ -62,7 +66,7 @@ struct PgOutcome {
 /// A statement, sent as a named prepared statement (session scope) or as an
 /// unnamed one each time (transaction scope: works behind PgBouncer).
 struct PgStatement {
-  unsigned id;  ///< bit in PgSession::prepared_; unique per SQL text
+  unsigned id;  ///< bit in PgSession::prepared_ (< pg_max_statements); unique per SQL text
   std::string name;
   std::string sql;
   std::vector<unsigned> types;
@@ -117,7 +121,7 @@ class PgSession {
  private:
   PgOutcome finish_send(int sent, SteadyTime deadline);
   [[nodiscard]] PgOutcome refuse_inherited() const;
-  std::uint64_t prepared_ = 0;
+  std::bitset<pg_max_statements> prepared_;  // statements prepared on this connection, by id
   PGconn* conn_;
   PgPool* pool_;
   pid_t pid_;  // the process that opened the connection

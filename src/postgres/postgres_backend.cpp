@@ -147,41 +147,77 @@ void validate_fields(const PostgresOptions& o) {
                   fmt::format("\"{}\"", o.fencing_sequence));
 }
 
+// The table of operators' semaphore counts, next to the fencing sequence:
+// "<schema>.semaphore_permits", or "dlock_semaphore_permits" for a sequence
+// without a schema.
+std::string pg_permits_table(std::string_view sequence) {
+  const auto dot = sequence.find('.');
+  return dot == std::string_view::npos ? std::string("dlock_semaphore_permits")
+                                       : fmt::format("{}.semaphore_permits", sequence.substr(0, dot));
+}
+
 std::vector<std::string> pg_schema_sql(std::string_view sequence) {
   std::vector<std::string> out;
   if (const auto dot = sequence.find('.'); dot != std::string_view::npos)
     out.push_back(fmt::format("CREATE SCHEMA IF NOT EXISTS {};", sequence.substr(0, dot)));
   out.push_back(
       fmt::format("CREATE SEQUENCE IF NOT EXISTS {} AS bigint MINVALUE 1 START WITH 1 CACHE 1 NO CYCLE;", sequence));
+  out.push_back(fmt::format(
+      "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, name text NOT NULL, permits integer NOT NULL CHECK "
+      "(permits > 0), PRIMARY KEY (namespace, name));",
+      pg_permits_table(sequence)));
   return out;
 }
+
+// The permit slots a semaphore's grant counts as held (its slot range in pg_locks).
+inline constexpr std::int64_t pg_max_permit_slots = 65536;
+
+// Which advisory lock functions a statement calls: the mutexes' bigint keys,
+// or a primitive's key in the two-int4 space (pg_key.hpp), exclusive or shared.
+enum class PgFamily { mutex = 0, exclusive = 1, shared = 2 };
+inline constexpr int pg_families = 3;
 
 // The statements, built once per backend. Parameters of the acquires: $1 key
 // (int8), $2..$5 the settings derived from the ttl (PgTtlSettings, int8), then
 // the wait in ms (int8) for waits, then the fencing sequence (text) when
-// fencing. extend takes the four settings as $1..$4.
+// fencing. extend takes the four settings as $1..$4. A permit's try takes $1
+// the semaphore's base key, $2..$5 the settings, $6 the caller's count, $7
+// the namespace, $8 the name, $9 the fencing sequence when fencing.
 class PgStatements {
  public:
   static constexpr int ttl_params = 4;
 
-  PgStatements() {
+  explicit PgStatements(std::string_view sequence) {
     unsigned id = 0;
-    for (int modern = 0; modern < 2; ++modern) {
-      for (int xact = 0; xact < 2; ++xact) {
-        Set& s = sets_[modern][xact];
-        for (int fence = 0; fence < 2; ++fence) {
-          for (int ka = 0; ka < 2; ++ka) {
-            const int n = 1 + ttl_params;
-            s.try_[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, false), n + fence, fence ? n + 1 : 0);
-            s.wait[fence][ka] = make(id, acquire_sql(modern, xact, fence, ka, true), n + 1 + fence, fence ? n + 2 : 0);
+    for (int fam = 0; fam < pg_families; ++fam) {
+      const auto family = static_cast<PgFamily>(fam);
+      for (int modern = 0; modern < 2; ++modern) {
+        for (int xact = 0; xact < 2; ++xact) {
+          Set& s = sets_[fam][modern][xact];
+          for (int fence = 0; fence < 2; ++fence) {
+            for (int ka = 0; ka < 2; ++ka) {
+              const int n = 1 + ttl_params;
+              s.try_[fence][ka] =
+                  make(id, acquire_sql(family, modern, xact, fence, ka, false), n + fence, fence ? n + 1 : 0);
+              s.wait[fence][ka] =
+                  make(id, acquire_sql(family, modern, xact, fence, ka, true), n + 1 + fence, fence ? n + 2 : 0);
+              for (int table = 0; table < 2; ++table) {
+                if (family != PgFamily::exclusive) continue;
+                PgStatement& p = permit_[modern][xact][fence][ka][table];
+                p = make(id, permit_sql(modern, xact, fence, ka, table, pg_permits_table(sequence)), n + 1, 0);
+                p.types.insert(p.types.end(), {25u, 25u});
+                if (fence) p.types.push_back(25u);
+              }
+            }
           }
+          s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, true, 1)), ttl_params, 0);
+          const std::string unlock = fmt::format("pg_catalog.{}({})", unlock_fn(family), key_args(family));
+          s.unlock =
+              make(id,
+                   modern ? fmt::format("SELECT {}, pg_catalog.set_config('idle_session_timeout', '0', false)", unlock)
+                          : fmt::format("SELECT {}", unlock),
+                   1, 0);
         }
-        s.extend = make(id, fmt::format("SELECT {}", settings(modern, xact, true, 1)), ttl_params, 0);
-        s.unlock = make(id,
-                        modern ? "SELECT pg_catalog.pg_advisory_unlock($1), "
-                                 "pg_catalog.set_config('idle_session_timeout', '0', false)"
-                               : "SELECT pg_catalog.pg_advisory_unlock($1)",
-                        1, 0);
       }
     }
     // Runs before a wait, in the same pipeline: the wait's own statement_timeout
@@ -196,21 +232,36 @@ class PgStatements {
                       "SELECT pg_catalog.pg_advisory_unlock($1) FROM (SELECT pg_catalog.pg_advisory_lock($1) FROM "
                       "(SELECT pg_catalog.set_config('lock_timeout', $2::text, true) OFFSET 0) t OFFSET 0) a",
                       2, 0);
+    // An election's leader shows "dlock:<term>:<candidate>" as its session's application_name.
+    leader_name_ = make(id, "SELECT pg_catalog.set_config('application_name', $1, false)", 1, 1);
   }
   struct Set {
     PgStatement try_[2][2], wait[2][2];  // [fencing][with keepalive settings]
     PgStatement extend, unlock;
   };
-  [[nodiscard]] const Set& get(const PgSession& s, bool xact) const {
-    return sets_[s.server_version() >= 140000 ? 1 : 0][xact ? 1 : 0];
+  [[nodiscard]] const Set& get(const PgSession& s, bool xact, PgFamily family = PgFamily::mutex) const {
+    return sets_[static_cast<int>(family)][s.server_version() >= 140000 ? 1 : 0][xact ? 1 : 0];
+  }
+  /// A permit's try: [fencing][with keepalive settings][the operators' table exists].
+  [[nodiscard]] const PgStatement& permit(const PgSession& s, bool xact, bool fence, bool keepalives,
+                                          bool table) const {
+    return permit_[s.server_version() >= 140000 ? 1 : 0][xact ? 1 : 0][fence][keepalives][table];
   }
   /// set_config('statement_timeout', $1 ms, true): local to the transaction.
   [[nodiscard]] const PgStatement& statement_timeout() const noexcept { return statement_timeout_; }
   [[nodiscard]] const PgStatement& begin() const noexcept { return begin_; }
   [[nodiscard]] const PgStatement& shared_unlock() const noexcept { return shared_unlock_; }
   [[nodiscard]] const PgStatement& wait_free() const noexcept { return wait_free_; }
+  [[nodiscard]] const PgStatement& leader_name() const noexcept { return leader_name_; }
 
  private:
+  // The arguments of the advisory lock functions for the key in $1.
+  static std::string key_args(PgFamily family) {
+    return family == PgFamily::mutex ? "$1" : "($1 >> 32)::int4, (($1 << 32) >> 32)::int4";
+  }
+  static std::string unlock_fn(PgFamily family) {
+    return family == PgFamily::shared ? "pg_advisory_unlock_shared" : "pg_advisory_unlock";
+  }
   // set_config of the server-side timeouts that free a silent client's lock
   // after about the ttl, from the PgTtlSettings in $first..$first+3.
   // The TCP keepalive settings persist on the connection and cost a few
@@ -233,23 +284,68 @@ class PgStatements {
         "pg_catalog.set_config('tcp_user_timeout', ${3}::text, false))",
         idle, first + 1, first + 2, first + 3);
   }
+  static std::string lock_fn(PgFamily family, bool xact, bool wait) {
+    return fmt::format("{}{}{}", wait ? "pg_advisory_" : "pg_try_advisory_", xact ? "xact_lock" : "lock",
+                       family == PgFamily::shared ? "_shared" : "");
+  }
   // The token is taken only when the lock is held: CASE evaluates nextval only
   // after pg_try_advisory_lock returned true, and in the waiting form the
   // subquery that takes the lock is scanned before the outer target list.
-  static std::string acquire_sql(bool modern, bool xact, bool fence, bool keepalives, bool wait) {
-    const char* fn = xact ? (wait ? "pg_advisory_xact_lock" : "pg_try_advisory_xact_lock")
-                          : (wait ? "pg_advisory_lock" : "pg_try_advisory_lock");
+  static std::string acquire_sql(PgFamily family, bool modern, bool xact, bool fence, bool keepalives, bool wait) {
+    const std::string fn = lock_fn(family, xact, wait);
     const int next = 2 + ttl_params;  // the first parameter after the ttl settings
+    // A reader's token is the sequence's current value (0 before its first
+    // nextval), read once the shared lock is held.
+    const auto token = [&](int param) {
+      return family == PgFamily::shared
+                 ? fmt::format("coalesce(pg_catalog.pg_sequence_last_value(${}::regclass), 0)", param)
+                 : fmt::format("pg_catalog.nextval(${}::regclass)", param);
+    };
     if (!wait)
       return fmt::format(
-          "SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}($1) AS l OFFSET 0) a", fn,
+          "SELECT a.l, CASE WHEN a.l THEN {1} END, {2} FROM (SELECT pg_catalog.{0}({3}) AS l OFFSET 0) a", fn,
           settings(modern, xact, keepalives, 2),
-          fence ? fmt::format("CASE WHEN a.l THEN pg_catalog.nextval(${}::regclass) END", next) : std::string("NULL"));
+          fence ? fmt::format("CASE WHEN a.l THEN {} END", token(next)) : std::string("NULL"), key_args(family));
     return fmt::format(
-        "SELECT true, {1}, {2} FROM (SELECT pg_catalog.{0}($1) FROM (SELECT "
+        "SELECT true, {1}, {2} FROM (SELECT pg_catalog.{0}({4}) FROM (SELECT "
         "pg_catalog.set_config('lock_timeout', ${3}::text, true) OFFSET 0) t OFFSET 0) a",
-        fn, settings(modern, xact, keepalives, 2),
-        fence ? fmt::format("pg_catalog.nextval(${}::regclass)", next + 1) : std::string("NULL"), next);
+        fn, settings(modern, xact, keepalives, 2), fence ? token(next + 1) : std::string("NULL"), next,
+        key_args(family));
+  }
+  // Under the semaphore's gate (slot -1, a session lock taken and released in
+  // this statement, so acquires of one name count and take one at a time):
+  // counts the slots held (pg_locks: the name's slot range, any session), and
+  // if fewer than N, tries the slots 0..N-1 in turn and stops at the first it
+  // takes (LIMIT 1 over a filter on a function scan: the filter runs row by
+  // row, so at most one slot is taken); the fourth column is that slot. Slots
+  // at or above N are held only after the count was lowered, and count too,
+  // so lowering it revokes nothing and grants nothing until fewer than N are
+  // held. N is the operators' count for the name if the table has one, else
+  // the caller's ($6). Each level is a fenced subquery (OFFSET 0), evaluated
+  // before the one around it.
+  static std::string permit_sql(bool modern, bool xact, bool fence, bool keepalives, bool table,
+                                const std::string& permits_table) {
+    const std::string n =
+        table ? fmt::format("coalesce((SELECT p.permits::int8 FROM {} p WHERE p.namespace = $7 AND p.name = $8), $6)",
+                            permits_table)
+              : std::string("$6");  // $7 and $8 unused (typed, so allowed)
+    const auto slot = [](std::string_view offset) {
+      return fmt::format("($1 >> 32)::int4, ((((($1 << 32) >> 32) + {}) << 32) >> 32)::int4", offset);
+    };
+    return fmt::format(
+        "SELECT a.i IS NOT NULL, CASE WHEN a.i IS NOT NULL THEN {1} END, {2}, a.i, a.u FROM ("
+        "SELECT c.i, pg_catalog.pg_advisory_unlock({5}) AS u FROM ("
+        "SELECT (SELECT g.s FROM pg_catalog.generate_series(0, q.n - 1) AS g(s) "
+        "WHERE q.held < q.n AND pg_catalog.{0}({4}) LIMIT 1) AS i FROM ("
+        "SELECT r.n, (SELECT count(*) FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 2 "
+        "AND l.granted AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = "
+        "pg_catalog.current_database()) AND l.classid::int8 = (($1 >> 32) & 4294967295) AND "
+        "((l.objid::int8 - ($1 & 4294967295) + 4294967296) % 4294967296) < {6} AND r.n > 0) AS held FROM ("
+        "SELECT {3} AS n, pg_catalog.pg_advisory_lock({5}) AS x OFFSET 0) r OFFSET 0) q OFFSET 0) c OFFSET 0) a",
+        lock_fn(PgFamily::exclusive, xact, false), settings(modern, xact, keepalives, 2),
+        fence ? std::string("CASE WHEN a.i IS NOT NULL THEN pg_catalog.nextval($9::regclass) END")
+              : std::string("NULL"),
+        n, slot("g.s"), slot("-1"), pg_max_permit_slots);
   }
   static PgStatement make(unsigned& id, std::string sql, int nparams, int text_param) {
     PgStatement s{id, fmt::format("dlock_{}", id), std::move(sql), {}};
@@ -257,8 +353,9 @@ class PgStatements {
     for (int i = 1; i <= nparams; ++i) s.types.push_back(i == text_param ? 25u : 20u);
     return s;
   }
-  Set sets_[2][2];
-  PgStatement statement_timeout_, begin_, shared_unlock_, wait_free_;
+  Set sets_[pg_families][2][2];
+  PgStatement permit_[2][2][2][2][2];
+  PgStatement statement_timeout_, begin_, shared_unlock_, wait_free_, leader_name_;
 };
 
 // The parameters that carry PgTtlSettings.
@@ -300,10 +397,11 @@ struct PgSharedSlot {
 class PgBackendState : public PgPool {
  public:
   PgBackendState(const PostgresOptions& options, std::string endpoint)
-      : PgPool(options, std::move(endpoint)), shared(options.shared_sessions) {}
+      : PgPool(options, std::move(endpoint)), statements(options.fencing_sequence), shared(options.shared_sessions) {}
   PgStatements statements;
-  std::atomic<int> fencing{-1};      // -1 unknown, 0 no sequence, 1 sequence present
-  std::vector<PgSharedSlot> shared;  // empty unless shared_sessions
+  std::atomic<int> fencing{-1};        // -1 unknown, 0 no sequence, 1 sequence present
+  std::atomic<int> permits_table{-1};  // the same for the operators' semaphore counts
+  std::vector<PgSharedSlot> shared;    // empty unless shared_sessions
 };
 
 struct PgHandleAccess {
@@ -313,6 +411,16 @@ struct PgHandleAccess {
     h.pid_ = pid;
   }
   static PgSharedSession& shared(const PgLockHandle& h) { return *h.shared_; }
+  static void pin(PgLockHandle& h, PgSessionPtr s, std::int64_t key, PgFamily family) {
+    h.pid_ = s->pid();
+    h.key_ = key;
+    h.family_ = static_cast<std::uint8_t>(family);
+    h.session_ = std::move(s);
+  }
+  static PgSession& mark_leader(PgLockHandle& h) {
+    h.leader_ = true;
+    return *h.session_;
+  }
 };
 
 namespace {
@@ -376,7 +484,9 @@ PgLockHandle::PgLockHandle(PgLockHandle&& other) noexcept
     : session_(std::move(other.session_)),
       shared_(std::move(other.shared_)),
       key_(std::exchange(other.key_, 0)),
-      pid_(std::exchange(other.pid_, 0)) {}
+      pid_(std::exchange(other.pid_, 0)),
+      family_(std::exchange(other.family_, 0)),
+      leader_(std::exchange(other.leader_, false)) {}
 
 PgLockHandle& PgLockHandle::operator=(PgLockHandle&& other) noexcept {
   if (this != &other) {
@@ -385,6 +495,8 @@ PgLockHandle& PgLockHandle::operator=(PgLockHandle&& other) noexcept {
     shared_ = std::move(other.shared_);
     key_ = std::exchange(other.key_, 0);
     pid_ = std::exchange(other.pid_, 0);
+    family_ = std::exchange(other.family_, 0);
+    leader_ = std::exchange(other.leader_, false);
   }
   return *this;
 }
@@ -413,25 +525,32 @@ std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
   return detail::pg_hash_key(state_->options.lock_namespace, name);
 }
 
-bool PostgresBackend::has_fencing() {
-  auto& st = state(state_->pool);
-  const int known = st.fencing.load(std::memory_order_acquire);
-  if (known >= 0) return known == 1;
-  PgSessionPtr s = state_->pool->checkout();
+namespace {
+// Whether relation `rel` of kind `relkind` exists: asked once, then cached in `known`.
+bool cached_exists(detail::PgPool& pool, const PostgresOptions& o, std::string_view endpoint, std::atomic<int>& known,
+                   const std::string& rel, char relkind, std::string_view what) {
+  const int k = known.load(std::memory_order_acquire);
+  if (k >= 0) return k == 1;
+  PgSessionPtr s = pool.checkout();
   static const detail::PgStatement probe{0,
                                          "",
                                          "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
-                                         "pg_catalog.to_regclass($1) AND relkind = 'S')",
-                                         {25}};
-  PgOutcome o =
-      s->run(probe, {PgParam::text(state_->options.fencing_sequence)}, false, after(state_->options.statement_timeout));
-  if (!o.ok())
-    detail::throw_outcome(o, state_->endpoint, "looking up the fencing sequence", state_->options.statement_timeout);
-  const bool present = text_is_true(o.result.get(), 0, 0);
-  state_->pool->checkin(std::move(s));
+                                         "pg_catalog.to_regclass($1) AND relkind = $2::\"char\")",
+                                         {25, 25}};
+  PgOutcome out =
+      s->run(probe, {PgParam::text(rel), PgParam::text(std::string(1, relkind))}, false, after(o.statement_timeout));
+  if (!out.ok()) detail::throw_outcome(out, endpoint, fmt::format("looking up {}", what), o.statement_timeout);
+  const bool present = text_is_true(out.result.get(), 0, 0);
+  pool.checkin(std::move(s));
   int expected = -1;
-  st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
+  known.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
   return present;
+}
+}  // namespace
+
+bool PostgresBackend::has_fencing() {
+  return cached_exists(*state_->pool, state_->options, state_->endpoint, state(state_->pool).fencing,
+                       state_->options.fencing_sequence, 'S', "the fencing sequence");
 }
 
 void PostgresBackend::install_schema() {
@@ -442,14 +561,25 @@ void PostgresBackend::install_schema() {
   }
   state_->pool->checkin(std::move(s));
   state(state_->pool).fencing.store(1, std::memory_order_release);
+  state(state_->pool).permits_table.store(1, std::memory_order_release);
 }
 
 namespace {
 
-// The shared body of try_acquire and acquire_wait. `wait` is null for a try.
+// A semaphore's try (acquire() with `permit`): the caller's count, and
+// whether the operators' table exists.
+struct PgPermitSpec {
+  std::uint32_t permits = 1;
+  bool table = false;
+};
+
+// The shared body of try_acquire and acquire_wait and of the primitives'
+// acquires on a pinned session. `wait` is null for a try. `key` is the lock's
+// key (a semaphore's base key with `permit`; on a grant, the slot's key).
 AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
-                                    const std::chrono::milliseconds* wait, PgSessionPtr& out_session, std::int64_t key,
-                                    bool fence) {
+                                    const std::chrono::milliseconds* wait, PgSessionPtr& out_session, std::int64_t& key,
+                                    bool fence, detail::PgFamily family = detail::PgFamily::mutex,
+                                    const PgPermitSpec* permit = nullptr) {
   const PostgresOptions& o = self.options();
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
@@ -457,14 +587,21 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   const std::int64_t wait_ms = wait ? detail::pg_int_ms(*wait) : 0;
   const SteadyTime deadline = detail::saturating_add(after(o.statement_timeout), std::chrono::milliseconds(wait_ms));
   PgSessionPtr s = st.checkout();
-  const auto& set = st.statements.get(*s, xact);
+  const auto& set = st.statements.get(*s, xact, family);
   std::vector<PgParam> params{PgParam::int8(key)};
   detail::push_ttl_params(params, r.ttl);
   if (wait) params.push_back(PgParam::int8(wait_ms));
+  if (permit) {
+    params.push_back(PgParam::int8(permit->permits));
+    params.push_back(PgParam::text(o.lock_namespace));
+    params.push_back(PgParam::text(std::string(r.name)));
+  }
   if (fence) params.push_back(PgParam::text(o.fencing_sequence));
   const std::int64_t ttl_ms = r.ttl.count();
   const bool keepalives = s->keepalive_ttl_ms != ttl_ms;
-  const detail::PgStatement& stmt = wait ? set.wait[fence][keepalives] : set.try_[fence][keepalives];
+  const detail::PgStatement& stmt = permit ? st.statements.permit(*s, xact, fence, keepalives, permit->table)
+                                    : wait ? set.wait[fence][keepalives]
+                                           : set.try_[fence][keepalives];
   // One round trip in every case. A wait first sets its own statement_timeout
   // (the client's bound: statement_timeout + the wait), so that a shorter
   // server, role or database default cannot cancel it.
@@ -500,6 +637,8 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   if (keepalives) s->keepalive_ttl_ms = ttl_ms;
   Grant<PgLockHandle> g;
   if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+  if (permit)
+    key = detail::pg_permit_slot_key(key, static_cast<std::uint32_t>(std::strtoul(PQgetvalue(res, 0, 3), nullptr, 10)));
   g.valid_until = detail::saturating_add(r.started, r.ttl);
   out_session = std::move(s);
   return g;
@@ -691,7 +830,7 @@ std::optional<TimePoint> shared_extend(detail::PgBackendState& st, const Postgre
 }  // namespace
 
 AcquireResult<PgLockHandle> PostgresBackend::try_acquire(const AcquireRequest& request) {
-  const std::int64_t key = advisory_key(request.name);
+  std::int64_t key = advisory_key(request.name);
   const bool fence = has_fencing();
   if (state_->options.shared_sessions > 0) {
     return shared_try(*this, state(state_->pool), request, key, fence);
@@ -709,7 +848,7 @@ AcquireResult<PgLockHandle> PostgresBackend::try_acquire(const AcquireRequest& r
 AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& request,
                                                           std::chrono::milliseconds max_wait) {
   if (max_wait <= std::chrono::milliseconds::zero()) return try_acquire(request);  // lock_timeout 0 would mean forever
-  const std::int64_t key = advisory_key(request.name);
+  std::int64_t key = advisory_key(request.name);
   const bool fence = has_fencing();
   if (state_->options.shared_sessions > 0) {
     return shared_wait(*this, state(state_->pool), request, max_wait, key, fence);
@@ -733,8 +872,10 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
   const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
   const auto what = [&] { return fmt::format("release of lock '{}' (key {})", name, lease.handle.key_); };
   PgOutcome o = xact ? s->command("COMMIT", after(state_->options.statement_timeout))
-                     : s->run(state(state_->pool).statements.get(*s, false).unlock, {PgParam::int8(lease.handle.key_)},
-                              true, after(state_->options.statement_timeout));
+                     : s->run(state(state_->pool)
+                                  .statements.get(*s, false, static_cast<detail::PgFamily>(lease.handle.family_))
+                                  .unlock,
+                              {PgParam::int8(lease.handle.key_)}, true, after(state_->options.statement_timeout));
   if (o.fail == PgOutcome::Fail::timeout) {
     // Unknown: the server may still hold it until it notices the closed session.
     detail::throw_outcome(o, state_->endpoint, what(), state_->options.statement_timeout);
@@ -751,7 +892,7 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
   } else {
     released = text_is_true(o.result.get(), 0, 0);
   }
-  if (released) state_->pool->checkin(std::move(s));
+  if (released && !lease.handle.leader_) state_->pool->checkin(std::move(s));
   return released ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
@@ -780,6 +921,168 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
   return detail::saturating_add(started, ttl);
 }
 
+// ---- the primitives ----
+
+namespace {
+
+// A primitive's acquire on a pinned connection of its own (also with
+// shared_sessions: see docs/postgres.md).
+AcquireResult<PgLockHandle> pinned(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                   const std::chrono::milliseconds* wait, std::int64_t key, detail::PgFamily family,
+                                   const PgPermitSpec* permit = nullptr) {
+  if (wait && *wait <= std::chrono::milliseconds::zero()) wait = nullptr;  // lock_timeout 0 would mean forever
+  PgSessionPtr s;
+  AcquireResult<PgLockHandle> result = acquire(self, st, r, wait, s, key, self.has_fencing(), family, permit);
+  if (auto* g = std::get_if<Grant<PgLockHandle>>(&result))
+    detail::PgHandleAccess::pin(g->handle, std::move(s), key, family);
+  return result;
+}
+
+// An election's acquire: the lock, then the session's application_name.
+AcquireResult<PgLockHandle> lead(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                 std::string_view candidate, const std::chrono::milliseconds* wait) {
+  AcquireResult<PgLockHandle> result =
+      pinned(self, st, r, wait, self.primitive_key(r.name, detail::PgPrimitive::leader), detail::PgFamily::exclusive);
+  if (auto* g = std::get_if<Grant<PgLockHandle>>(&result)) {
+    detail::PgSession& s = detail::PgHandleAccess::mark_leader(g->handle);
+    const std::string app = fmt::format("dlock:{}:{}", g->token ? std::to_string(*g->token) : "", candidate);
+    const PostgresOptions& o = self.options();
+    PgOutcome out = s.run(st.statements.leader_name(), {PgParam::text(app)}, o.scope == PostgresOptions::Scope::session,
+                          after(o.statement_timeout));
+    if (!out.ok()) {
+      g->handle = PgLockHandle();  // closes the session, which frees the lock
+      detail::throw_outcome(out, self.endpoint(), fmt::format("naming the leader of election '{}'", r.name),
+                            o.statement_timeout);
+    }
+  }
+  return result;
+}
+
+// "dlock:<term>:<candidate>" as lead() set it; anything else as the candidate.
+LeaderInfo parse_leader(std::string_view app) {
+  LeaderInfo info;
+  constexpr std::string_view prefix = "dlock:";
+  const auto colon = app.find(':', prefix.size());
+  if (app.substr(0, prefix.size()) != prefix || colon == std::string_view::npos) {
+    info.candidate = std::string(app);
+    return info;
+  }
+  const std::string_view term = app.substr(prefix.size(), colon - prefix.size());
+  if (!term.empty()) info.term = std::strtoull(std::string(term).c_str(), nullptr, 10);
+  info.candidate = std::string(app.substr(colon + 1));
+  return info;
+}
+
+AcquireResult<PgLockHandle> read_write(PostgresBackend& self, detail::PgBackendState& st, const AcquireRequest& r,
+                                       const std::chrono::milliseconds* wait, detail::PgFamily family) {
+  return pinned(self, st, r, wait, self.primitive_key(r.name, detail::PgPrimitive::rw), family);
+}
+
+// Whether the operators' semaphore_permits table exists (cached).
+bool has_permits_table(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint) {
+  return cached_exists(st, o, endpoint, st.permits_table, detail::pg_permits_table(o.fencing_sequence), 'r',
+                       "the semaphore_permits table");
+}
+
+// One statement on a pooled connection (unprepared); throws what it failed with, naming `what`.
+PgOutcome admin_query(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
+                      const detail::PgStatement& q, const std::vector<PgParam>& params, std::string_view what) {
+  PgSessionPtr s = st.checkout();
+  PgOutcome out = s->run(q, params, false, after(o.statement_timeout));
+  if (!out.ok()) detail::throw_outcome(out, endpoint, what, o.statement_timeout);
+  st.checkin(std::move(s));
+  return out;
+}
+
+}  // namespace
+
+AcquireResult<PgLockHandle> PostgresBackend::try_acquire_shared(const AcquireRequest& request) {
+  return read_write(*this, state(state_->pool), request, nullptr, detail::PgFamily::shared);
+}
+AcquireResult<PgLockHandle> PostgresBackend::acquire_wait_shared(const AcquireRequest& request,
+                                                                 std::chrono::milliseconds max_wait) {
+  return read_write(*this, state(state_->pool), request, &max_wait, detail::PgFamily::shared);
+}
+AcquireResult<PgLockHandle> PostgresBackend::try_acquire_exclusive(const AcquireRequest& request) {
+  return read_write(*this, state(state_->pool), request, nullptr, detail::PgFamily::exclusive);
+}
+AcquireResult<PgLockHandle> PostgresBackend::acquire_wait_exclusive(const AcquireRequest& request,
+                                                                    std::chrono::milliseconds max_wait) {
+  return read_write(*this, state(state_->pool), request, &max_wait, detail::PgFamily::exclusive);
+}
+
+AcquireResult<PgLockHandle> PostgresBackend::try_acquire_permit(const AcquireRequest& request, std::uint32_t permits) {
+  auto& st = state(state_->pool);
+  const PgPermitSpec spec{permits, has_permits_table(st, state_->options, state_->endpoint)};
+  return pinned(*this, st, request, nullptr, primitive_key(request.name, detail::PgPrimitive::permit),
+                detail::PgFamily::exclusive, &spec);
+}
+
+std::uint32_t PostgresBackend::permits(std::string_view name, std::uint32_t permits) {
+  auto& st = state(state_->pool);
+  if (!has_permits_table(st, state_->options, state_->endpoint)) return permits;
+  const detail::PgStatement q{0,
+                              "",
+                              fmt::format("SELECT permits FROM {} WHERE namespace = $1 AND name = $2",
+                                          detail::pg_permits_table(state_->options.fencing_sequence)),
+                              {25, 25}};
+  const PgOutcome o = admin_query(st, state_->options, state_->endpoint, q,
+                                  {PgParam::text(state_->options.lock_namespace), PgParam::text(std::string(name))},
+                                  fmt::format("reading the permits of semaphore '{}'", name));
+  const PGresult* r = o.result.get();
+  return PQntuples(r) == 0 ? permits : static_cast<std::uint32_t>(std::strtoul(PQgetvalue(r, 0, 0), nullptr, 10));
+}
+
+void PostgresBackend::set_permits(std::string_view name, std::optional<std::uint32_t> permits) {
+  auto& st = state(state_->pool);
+  const std::string table = detail::pg_permits_table(state_->options.fencing_sequence);
+  if (permits && (*permits == 0 || *permits > static_cast<std::uint32_t>(INT_MAX)))
+    detail::invalid_field("semaphore permits", fmt::format("must be 1 to {}", INT_MAX), std::to_string(*permits));
+  if (!has_permits_table(st, state_->options, state_->endpoint))
+    detail::invalid_field("set_permits", fmt::format("needs the table {}: run install_schema() once", table),
+                          fmt::format("{} missing in {}", table, state_->endpoint));
+  const detail::PgStatement q{
+      0,
+      "",
+      permits ? fmt::format("INSERT INTO {} (namespace, name, permits) VALUES ($1, $2, $3::int4) ON CONFLICT "
+                            "(namespace, name) DO UPDATE SET permits = EXCLUDED.permits",
+                            table)
+              : fmt::format("DELETE FROM {} WHERE namespace = $1 AND name = $2 AND $3 IS NOT NULL", table),
+      {25, 25, 20}};
+  (void)admin_query(st, state_->options, state_->endpoint, q,
+                    {PgParam::text(state_->options.lock_namespace), PgParam::text(std::string(name)),
+                     PgParam::int8(permits.value_or(0))},
+                    fmt::format("setting the permits of semaphore '{}'", name));
+}
+
+AcquireResult<PgLockHandle> PostgresBackend::try_acquire_leader(const AcquireRequest& request,
+                                                                std::string_view candidate) {
+  return lead(*this, state(state_->pool), request, candidate, nullptr);
+}
+AcquireResult<PgLockHandle> PostgresBackend::acquire_wait_leader(const AcquireRequest& request,
+                                                                 std::string_view candidate,
+                                                                 std::chrono::milliseconds max_wait) {
+  return lead(*this, state(state_->pool), request, candidate, &max_wait);
+}
+
+std::optional<LeaderInfo> PostgresBackend::leader(std::string_view name) {
+  auto& st = state(state_->pool);
+  static const detail::PgStatement q{
+      0,
+      "",
+      "SELECT coalesce(a.application_name, '') FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a "
+      "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid::int8 = "
+      "(($1 >> 32) & 4294967295) AND l.objid::int8 = ($1 & 4294967295) AND l.database = (SELECT oid FROM "
+      "pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+      {20}};
+  const PgOutcome o = admin_query(st, state_->options, state_->endpoint, q,
+                                  {PgParam::int8(primitive_key(name, detail::PgPrimitive::leader))},
+                                  fmt::format("reading the leader of election '{}'", name));
+  const PGresult* r = o.result.get();
+  if (PQntuples(r) == 0) return std::nullopt;
+  return parse_leader(PQgetvalue(r, 0, 0));
+}
+
 std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
   PgSessionPtr s = state_->pool->checkout();
   const bool modern = s->server_version() >= 140000;
@@ -792,10 +1095,11 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
           "       coalesce(host(a.client_addr), '') AS client_addr,\n"
           "       coalesce(a.state, '') AS state,\n"
           "       {} AS wait_start_us,\n"
-          "       coalesce((extract(epoch FROM now() - a.state_change) * 1000)::int8, 0) AS in_state_ms\n"
+          "       coalesce((extract(epoch FROM now() - a.state_change) * 1000)::int8, 0) AS in_state_ms,\n"
+          "       l.objsubid = 2 AS primitive, l.mode = 'ShareLock' AS shared\n"
           "FROM pg_catalog.pg_locks l\n"
           "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid\n"
-          "WHERE l.locktype = 'advisory' AND l.objsubid = 1\n"
+          "WHERE l.locktype = 'advisory' AND l.objsubid IN (1, 2)\n"
           "  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())\n"
           "ORDER BY key, l.granted DESC, {}",
           modern ? "(extract(epoch FROM l.waitstart) * 1000000)::int8" : "NULL::int8",
@@ -818,6 +1122,8 @@ std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {
           std::chrono::system_clock::time_point(std::chrono::duration_cast<std::chrono::system_clock::duration>(
               std::chrono::microseconds(std::strtoll(PQgetvalue(r, i, 6), nullptr, 10))));
     info.in_state_for = std::chrono::milliseconds(std::strtoll(PQgetvalue(r, i, 7), nullptr, 10));
+    info.primitive = text_is_true(r, i, 8);
+    info.shared = text_is_true(r, i, 9);
     rows.push_back(std::move(info));
   }
   state_->pool->checkin(std::move(s));

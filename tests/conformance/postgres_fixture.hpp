@@ -59,18 +59,23 @@ class PostgresFixture {
   void heal() { proxy()->heal(); }
 
   /// Terminates the sessions that hold the lock, as an operator would.
-  void force_delete(std::string_view name) {
+  void force_delete(std::string_view name) { terminate_holders(key(name), 1); }
+  /// A request for the lock waits in the server's queue.
+  bool has_waiter(std::string_view name) { return has_waiter_key(key(name), 1); }
+
+  /// As force_delete and has_waiter for a key of the bigint (objsubid 1) or
+  /// the two-int4 space (objsubid 2: the primitives').
+  void terminate_holders(const std::string& key, int objsubid) {
     (void)admin_->exec(
         "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = $1::int8",
-        {key(name)});
+        "AND objsubid = $2::int2 AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+        {key, std::to_string(objsubid)});
   }
-  /// A request for the lock waits in the server's queue.
-  bool has_waiter(std::string_view name) {
+  bool has_waiter_key(const std::string& key, int objsubid) {
     return admin_->exec(
                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-               "AND objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = $1::int8",
-               {key(name)}) != "0";
+               "AND objsubid = $2::int2 AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+               {key, std::to_string(objsubid)}) != "0";
   }
 
  private:

@@ -287,5 +287,30 @@ TEST(PgTtlSettings, FollowTheTtlAndClampToWhatTheServerAndKernelAccept) {
   }
 }
 
+// A primitive's key: SipHash of namespace, 0x00, name, 0x00, tag (docs/postgres.md); pinned.
+TEST(PgPrimitiveKey, GoldenVectorsAndLayout) {
+  using dlock::detail::pg_primitive_key;
+  using dlock::detail::PgPrimitive;
+  static_assert(pg_primitive_key("", PgPrimitive::rw, "orders") == -2878413391772622213LL);
+  EXPECT_EQ(pg_primitive_key("", PgPrimitive::permit, "orders"), 593904536199579939LL);
+  EXPECT_EQ(pg_primitive_key("app", PgPrimitive::leader, "orders"), 8948648331453062134LL);
+  for (const PgPrimitive t : {PgPrimitive::rw, PgPrimitive::permit, PgPrimitive::leader}) {
+    const std::string tail = std::string(1, '\0') + static_cast<char>(t);
+    EXPECT_EQ(pg_primitive_key("ns", t, "a:b"), pg_hash_key("ns", "a:b" + tail));
+    EXPECT_NE(pg_primitive_key("ns", t, "a:b"), pg_hash_key("ns", "a:b"));
+  }
+  EXPECT_NE(pg_primitive_key("", PgPrimitive::rw, "x"), pg_primitive_key("", PgPrimitive::permit, "x"));
+  EXPECT_NE(pg_primitive_key("", PgPrimitive::permit, "x"), pg_primitive_key("", PgPrimitive::leader, "x"));
+}
+
+// Slot s keeps the high 32 bits and adds s to the low 32 bits modulo 2^32, as the SQL does.
+TEST(PgPrimitiveKey, PermitSlotsWrapInTheLowWord) {
+  using dlock::detail::pg_permit_slot_key;
+  static_assert(pg_permit_slot_key(0x12345678'00000005LL, 0) == 0x12345678'00000005LL);
+  EXPECT_EQ(pg_permit_slot_key(0x12345678'00000005LL, 3), 0x12345678'00000008LL);
+  EXPECT_EQ(pg_permit_slot_key(0x12345678'FFFFFFFFLL, 1), 0x12345678'00000000LL);
+  EXPECT_EQ(pg_permit_slot_key(-1, 1), static_cast<std::int64_t>(0xFFFFFFFF'00000000ULL));
+}
+
 }  // namespace
 #endif  // DLOCK_PG_KEY_TEST_BACKEND

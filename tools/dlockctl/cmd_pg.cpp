@@ -70,15 +70,26 @@ std::vector<Terminated> terminate_holders(const dlock::PostgresOptions& o, std::
 
 }  // namespace
 
+/// Permit slots of a --name that pg list names (a semaphore with more permits shows the rest as "?").
+constexpr std::uint32_t max_named_permit_slots = 64;
+
 int cmd_pg_list(Context& ctx) {
   const auto o = pg_options(ctx);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
     dlock::PostgresBackend pg(o);
-    std::map<std::int64_t, std::vector<std::string>> named;
-    for (const auto& n : ctx.args.all("name")) named[pg.advisory_key(n)].push_back(n);
+    // A name's keys: its mutex's (bigint space) and its primitives' (two-int4 space).
+    std::map<std::pair<bool, std::int64_t>, std::vector<std::string>> named;
+    for (const auto& n : ctx.args.all("name")) {
+      named[{false, pg.advisory_key(n)}].push_back(n);
+      named[{true, pg.primitive_key(n, dlock::detail::PgPrimitive::rw)}].push_back(n + " (rw)");
+      named[{true, pg.primitive_key(n, dlock::detail::PgPrimitive::leader)}].push_back(n + " (leader)");
+      const std::int64_t base = pg.primitive_key(n, dlock::detail::PgPrimitive::permit);
+      for (std::uint32_t slot = 0; slot < max_named_permit_slots; ++slot)
+        named[{true, dlock::detail::pg_permit_slot_key(base, slot)}].push_back(fmt::format("{} (permit {})", n, slot));
+    }
     const auto rows = pg.monitor();
-    const auto name_of = [&](std::int64_t key) -> std::string {
-      const auto it = named.find(key);
+    const auto name_of = [&](const dlock::PgAdvisoryLockInfo& r) -> std::string {
+      const auto it = named.find({r.primitive, r.key});
       if (it == named.end()) return {};
       std::string s;
       for (const auto& n : it->second) s += (s.empty() ? "" : ",") + n;
@@ -94,7 +105,7 @@ int cmd_pg_list(Context& ctx) {
           .begin_array();
       for (const auto& r : rows) {
         j.begin_object().key("key").value(static_cast<long long>(r.key));
-        const std::string n = name_of(r.key);
+        const std::string n = name_of(r);
         if (n.empty()) {
           j.key("name").null();
         } else {
@@ -107,7 +118,9 @@ int cmd_pg_list(Context& ctx) {
         } else {
           j.null();
         }
-        j.key("in_state_ms").value(static_cast<long long>(r.in_state_for.count())).end_object();
+        j.key("in_state_ms").value(static_cast<long long>(r.in_state_for.count()));
+        if (r.primitive) j.key("primitive").value(true).key("shared").value(r.shared);
+        j.end_object();
       }
       j.end_array().key("note").value(name_note).end_object();
       ctx.out << j.str() << "\n";
@@ -117,11 +130,11 @@ int cmd_pg_list(Context& ctx) {
     std::size_t held = 0;
     for (const auto& r : rows) {
       held += r.granted ? 1 : 0;
-      const std::string n = name_of(r.key);
-      t.add({std::to_string(r.key), n.empty() ? "?" : escape_text(n), r.granted ? "held" : "waiting",
-             std::to_string(r.pid), escape_text(r.application_name),
-             r.client_addr.empty() ? "(unix socket)" : r.client_addr, escape_text(r.state),
-             r.wait_start ? format_utc(*r.wait_start) : "-", format_ms(r.in_state_for)});
+      const std::string n = name_of(r);
+      t.add({std::to_string(r.key), n.empty() ? (r.primitive ? "? (primitive)" : "?") : escape_text(n),
+             r.granted ? (r.shared ? "held shared" : "held") : "waiting", std::to_string(r.pid),
+             escape_text(r.application_name), r.client_addr.empty() ? "(unix socket)" : r.client_addr,
+             escape_text(r.state), r.wait_start ? format_utc(*r.wait_start) : "-", format_ms(r.in_state_for)});
     }
     if (!t.empty()) ctx.out << t.render();
     ctx.out << fmt::format("{} advisory lock(s) held, {} waiting, in {}\nnote: {}\n", held, rows.size() - held,

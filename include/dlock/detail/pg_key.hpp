@@ -131,4 +131,35 @@ inline constexpr std::string_view pg_explicit_key_prefix = "pg_advisory:";
   return std::string(pg_explicit_key_prefix) + std::to_string(key);
 }
 
+/// What a primitive's advisory lock is (pg_primitive_key's tag byte).
+enum class PgPrimitive : char {
+  rw = 'w',      ///< RwLock: readers take it shared, the writer exclusive
+  permit = 'p',  ///< Semaphore: the base of its permit slots
+  leader = 'l',  ///< Election
+};
+
+/// The key of a primitive's advisory lock: SipHash-2-4 of lock_namespace,
+/// 0x00, the name, 0x00 and the tag byte. PostgresBackend takes it in the
+/// two-int4 advisory key space (pg_advisory_lock(int4, int4): key1 = the high
+/// 32 bits, key2 = the low 32 bits; pg_locks.objsubid = 2), which is disjoint
+/// from the bigint key space of mutexes (objsubid = 1): a primitive's lock
+/// never conflicts with a mutex's, whatever the keys; the tag keeps the
+/// primitives of one name apart. Permit slot s of a semaphore is
+/// (key1, key2 + s) with key2 + s wrapping in 32 bits (pg_permit_slot_key).
+[[nodiscard]] constexpr std::int64_t pg_primitive_key(std::string_view lock_namespace, PgPrimitive tag,
+                                                      std::string_view name) noexcept {
+  SipHash24 h(pg_key_k0, pg_key_k1);
+  const char t[2] = {pg_key_separator, static_cast<char>(tag)};
+  h.update(lock_namespace).update(std::string_view(&pg_key_separator, 1)).update(name).update(std::string_view(t, 2));
+  return static_cast<std::int64_t>(h.finish());
+}
+
+/// Permit slot `slot` of the semaphore whose base key is `base`: the high 32
+/// bits of base, and its low 32 bits plus slot modulo 2^32 (as the SQL computes it).
+[[nodiscard]] constexpr std::int64_t pg_permit_slot_key(std::int64_t base, std::uint32_t slot) noexcept {
+  const auto u = static_cast<std::uint64_t>(base);
+  const std::uint64_t low = (u + slot) & 0xffffffffULL;
+  return static_cast<std::int64_t>((u & 0xffffffff00000000ULL) | low);
+}
+
 }  // namespace dlock::detail
