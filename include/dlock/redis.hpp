@@ -41,7 +41,7 @@
 
 #include "backend.hpp"
 #include "detail/redis_node.hpp"
-#include "detail/redis_options.hpp"
+#include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 
 namespace dlock {

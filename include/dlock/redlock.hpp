@@ -45,7 +45,7 @@
 
 #include "backend.hpp"
 #include "clock.hpp"
-#include "detail/redis_options.hpp"
+#include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 #include "error.hpp"
 

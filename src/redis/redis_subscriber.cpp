@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_connection.hpp>
 #include <dlock/error.hpp>
 #include <fmt/format.h>
 

@@ -58,7 +58,7 @@ TEST(DlockctlCli, HelpAndUsage) {
   EXPECT_EQ(run({"pg", "release", "--force", "--yes"}).rc, 2);  // neither NAME nor --key
   EXPECT_EQ(run({"pg", "release", "--force", "x", "--key", "1", "--yes"}).rc, 2);
   EXPECT_EQ(run({"watch", "mysql"}).rc, 2);
-  EXPECT_EQ(run({"redis", "list", "--redis", "rediss://h"}).rc, 2);
+  EXPECT_EQ(run({"redis", "list", "--redis", "rediss://:6379"}).rc, 2);  // no host
 }
 
 TEST(DlockctlCli, PgKeyNeedsNoServer) {

@@ -40,7 +40,7 @@
 #include <utility>
 #include <vector>
 
-#include "redis_options.hpp"
+#include "../redis_options.hpp"
 
 namespace dlock::detail {
 

@@ -4,7 +4,7 @@
 // calling thread, each node bounded by the same deadline. No background
 // thread, no shared mutable state beyond each node's idle list (a mutex).
 //
-// Connections come from RedisConnection's non-blocking mode (redis_node.hpp),
+// Connections come from RedisConnection's non-blocking mode (redis_connection.hpp),
 // so connecting, AUTH/SELECT/SCRIPT LOAD and reply parsing are the node
 // client's. A new connection's handshake is pipelined in front of the first
 // batch, so even a reconnect costs one connect plus one round trip, all
@@ -24,8 +24,9 @@
 #include <string_view>
 #include <vector>
 
+#include "redis_connection.hpp"
 #include "redis_node.hpp"
-#include "redis_options.hpp"
+#include "../redis_options.hpp"
 #include "redis_scripts.hpp"
 
 namespace dlock::detail {

@@ -1,6 +1,7 @@
 // RedisBackend against a real redis-server: the protocol (keys, scripts,
 // tokens, expiry, owner checks), interop with plain SET NX PX clients, AUTH,
 // pub/sub wake-up, and exclusion between threads of one process.
+#include <dlock/detail/redis_connection.hpp>
 #include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
@@ -518,8 +519,11 @@ TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
     EXPECT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &len), 0);
     return std::pair{on, idle};
   };
-  dlock::detail::RedisConnection blocking(o, dlock::detail::redis_endpoint(o));
-  EXPECT_EQ(keepalive(blocking.fd()), std::pair(1, 15));
+  dlock::detail::RedisLink link = dlock::detail::RedisLink::open(o);
+  dlock::detail::RedisCall ping;
+  ping.request.push({"PING"});
+  ASSERT_EQ(link.exec(std::move(ping)).at(0).str, "PONG");
+  EXPECT_EQ(keepalive(link.fd()), std::pair(1, 15));
   dlock::detail::RedisConnection nonblocking(o, dlock::detail::redis_endpoint(o),
                                              dlock::detail::RedisConnection::NonBlocking{});
   EXPECT_EQ(keepalive(nonblocking.fd()), std::pair(1, 15));
