@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -185,8 +186,10 @@ RedisNode::Checkout RedisNode::take() {
   return std::move(*c);
 }
 
-std::optional<RedisNode::Checkout> RedisNode::try_take() {
-  return pool_.take(std::chrono::nanoseconds(0), [&] { return RedisLink::open(options_, setup_); });
+std::optional<RedisNode::Checkout> RedisNode::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
+
+std::optional<RedisNode::Checkout> RedisNode::pool_take(std::chrono::nanoseconds wait) {
+  return pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
 }
 
 namespace {
@@ -211,24 +214,94 @@ class Use {
 
 std::vector<RedisValue> RedisNode::run_scripts(std::span<const redis_proto::ScriptCall> calls, std::string_view what) {
   if (calls.empty()) return {};
-  Use use(*this);
-  RedisCall call{.what = std::string(what)};
-  for (const auto& c : calls) (void)redis_proto::push_script_call(call.request, c, use.link().shas());
-  std::vector<RedisValue> replies = use.link().exec(std::move(call));
+  RedisNode* const self[] = {this};
+  const std::vector<redis_proto::ScriptCall> batch(calls.begin(), calls.end());
+  auto out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
+  if (out[0].error) std::rethrow_exception(out[0].error);
+  return std::move(out[0].replies);
+}
+
+std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
+                                  std::span<const std::vector<redis_proto::ScriptCall>> batches,
+                                  std::optional<std::chrono::milliseconds> timeout, std::string_view what,
+                                  std::string_view deadline_name) {
+  using redis_proto::ScriptForm;
+  const std::size_t n = nodes.size();
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout) deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
+  std::vector<RedisOutcome> out(n);
+  std::vector<std::optional<RedisNode::Checkout>> links(n);
+  // One round: calls[i] (indices into batches[i]) to node i, all nodes at once.
+  const auto round = [&](const std::vector<std::vector<std::size_t>>& calls, ScriptForm form) {
+    RedisGather gather(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (calls[i].empty() || out[i].error) {
+        gather.slot(i)(RedisOutcome{});
+        continue;
+      }
+      try {
+        if (!links[i]) {
+          if (deadline) {  // Redlock: never wait for a busy pool past the round's deadline
+            links[i] = nodes[i]->try_take();
+            if (!links[i]) {
+              const auto left = saturating_sub(*deadline, std::chrono::steady_clock::now());
+              auto c = nodes[i]->pool_take(left);
+              if (!c)
+                throw ConnectionError(
+                    fmt::format("dlock: no free connection to Redis at {} within {} during {}; nothing was asked of it",
+                                nodes[i]->endpoint(), deadline_name, what));
+              links[i] = std::move(c);
+            }
+          } else {
+            links[i] = nodes[i]->take();
+          }
+        }
+        RedisCall call{.request = {},
+                       .what = std::string(what),
+                       .deadline = deadline,
+                       .deadline_name = std::string(deadline_name)};
+        for (std::size_t k : calls[i])
+          (void)redis_proto::push_script_call(call.request, batches[i][k], links[i]->handle.shas(), form);
+        links[i]->handle.send(std::move(call), gather.slot(i));
+      } catch (...) {  // could not connect (or out of memory): this node's outcome
+        gather.slot(i)(RedisOutcome{{}, std::current_exception(), {}});
+      }
+    }
+    return gather.wait();
+  };
+  std::vector<std::vector<std::size_t>> first(n);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t k = 0; k < batches[i].size(); ++k) first[i].push_back(k);
+  auto got = round(first, ScriptForm::evalsha);
   // NOSCRIPT (SCRIPT FLUSH, or a failover to a server without the script): once more as EVAL.
-  std::vector<std::size_t> again;
-  for (std::size_t i = 0; i < calls.size(); ++i)
-    if (redis_proto::after_script_reply(replies[i], redis_proto::ScriptForm::evalsha) ==
-        redis_proto::ScriptNext::resend_as_eval)
-      again.push_back(i);
-  if (!again.empty()) {
-    RedisCall retry{.what = std::string(what)};
-    for (std::size_t i : again)
-      (void)redis_proto::push_script_call(retry.request, calls[i], use.link().shas(), redis_proto::ScriptForm::eval);
-    std::vector<RedisValue> second = use.link().exec(std::move(retry));
-    for (std::size_t k = 0; k < again.size(); ++k) replies[again[k]] = std::move(second[k]);
+  std::vector<std::vector<std::size_t>> again(n);
+  bool any = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (first[i].empty()) continue;
+    out[i] = std::move(got[i]);
+    if (out[i].error) continue;
+    for (std::size_t k = 0; k < out[i].replies.size(); ++k)
+      if (redis_proto::after_script_reply(out[i].replies[k], ScriptForm::evalsha) ==
+          redis_proto::ScriptNext::resend_as_eval) {
+        again[i].push_back(k);
+        any = true;
+      }
   }
-  return replies;
+  if (any) {
+    auto second = round(again, ScriptForm::eval);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (again[i].empty()) continue;
+      if (second[i].error) {
+        out[i] = std::move(second[i]);
+        continue;
+      }
+      for (std::size_t k = 0; k < again[i].size(); ++k) out[i].replies[again[i][k]] = std::move(second[i].replies[k]);
+      out[i].answered = second[i].answered;
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    if (links[i]) nodes[i]->give_back(std::move(*links[i]), !out[i].error && !links[i]->handle.broken());
+  return out;
 }
 
 RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_view owner,

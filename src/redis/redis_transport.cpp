@@ -32,6 +32,7 @@
 
 #include <dlock/detail/format.hpp>
 #include <dlock/detail/sha1.hpp>
+#include <dlock/detail/time.hpp>
 #include <dlock/detail/tls_context.hpp>
 #include <dlock/error.hpp>
 
@@ -215,11 +216,19 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   // ---- connect ----
 
   void start() {
-    phase_due = saturating_deadline(options.connect_timeout);
+    phase_due = saturating_add(Clock::now(), options.connect_timeout);
     arm_timer();
     auto self = shared_from_this();
     if (unix_) {
       unix_->async_connect(asio::local::stream_protocol::endpoint(options.unix_socket),
+                           [self](const error_code& ec) { self->on_connect(ec); });
+      return;
+    }
+    tcp::socket& socket = tls ? tls->next_layer() : *tcp_;
+    error_code numeric;
+    const auto address = asio::ip::make_address(options.host, numeric);
+    if (!numeric) {  // an IP address: no resolver (and no resolver thread)
+      socket.async_connect(tcp::endpoint(address, static_cast<unsigned short>(options.port)),
                            [self](const error_code& ec) { self->on_connect(ec); });
       return;
     }
@@ -233,13 +242,6 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
         });
   }
 
-  static Clock::time_point saturating_deadline(std::chrono::milliseconds d) {
-    const auto now = Clock::now();
-    return d >= std::chrono::duration_cast<std::chrono::milliseconds>(Clock::time_point::max() - now)
-               ? Clock::time_point::max()
-               : now + d;
-  }
-
   void on_connect(const error_code& ec) {
     if (phase == Phase::broken) return;
     if (ec) {
@@ -250,7 +252,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     if (tcp_) enable_keepalive(*tcp_);
     if (tls) enable_keepalive(tls->next_layer());
     phase = Phase::handshaking;
-    phase_due = saturating_deadline(options.connect_timeout);
+    phase_due = saturating_add(Clock::now(), options.connect_timeout);
     arm_timer();
     if (!tls) return redis_handshake();
     if (!prepare_tls_stream(*tls, *options.tls, options.host)) {
@@ -358,7 +360,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       queued.pop_front();
       out += p.payload;
       p.payload.clear();
-      p.due = saturating_deadline(options.command_timeout);
+      p.due = saturating_add(now, options.command_timeout);
       if (p.deadline && *p.deadline < p.due) {
         p.due = *p.deadline;
         p.caller_deadline_first = true;
@@ -497,8 +499,11 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       return std::make_exception_ptr(ConnectionError(fmt::format(
           "dlock: cannot connect to Redis at {}: it accepted the connection but did not answer its {}handshake "
           "within connect_timeout {}; nothing was asked of it yet. The server may be overloaded or paused, or "
-          "something other than Redis{} listens there",
-          endpoint, tls && !hs ? "TLS " : "", format_duration(options.connect_timeout), tls ? " over TLS" : "")));
+          "something other than Redis{} listens there{}",
+          endpoint, tls && !hs ? "TLS " : "", format_duration(options.connect_timeout), tls ? " over TLS" : "",
+          tls && !hs ? " (a plain-text Redis port does not answer a TLS handshake: then use redis:// without "
+                       "RedisOptions tls)"
+                     : "")));
     }
     if (why == Why::io && starts_with(detail, "cannot connect"))
       return std::make_exception_ptr(ConnectionError(fmt::format("dlock: {}", detail)));
@@ -671,6 +676,17 @@ bool RedisLink::inherited() const noexcept { return impl_ && impl_->pid != ::get
 int RedisLink::fd() const noexcept { return impl_ ? impl_->fd() : -1; }
 const std::string& RedisLink::endpoint() const noexcept { return impl_->endpoint; }
 const redis_proto::ScriptShas& RedisLink::shas() const noexcept { return impl_->shas; }
+
+void redis_io_after(std::chrono::milliseconds delay, std::function<void()> fn) {
+  auto& ctx = IoThread::get().context();
+  auto timer = std::make_shared<asio::steady_timer>(ctx, delay);
+  timer->async_wait([timer, fn = std::move(fn)](const error_code&) {
+    try {
+      fn();
+    } catch (...) {  // a user's timer must not stop the I/O thread
+    }
+  });
+}
 
 // ---- RedisGather ----
 

@@ -126,6 +126,7 @@ class RedisNode {
   using Checkout = Pool<RedisLink>::Checkout;
   [[nodiscard]] Checkout take();
   [[nodiscard]] std::optional<Checkout> try_take();
+  [[nodiscard]] std::optional<Checkout> pool_take(std::chrono::nanoseconds wait);
   void give_back(Checkout c, bool healthy) noexcept { pool_.give_back(std::move(c), healthy); }
 
  private:
@@ -137,5 +138,20 @@ class RedisNode {
   RedisLinkSetup setup_;
   Pool<RedisLink> pool_;
 };
+
+/// Sends batches[i] to nodes[i] for every i at once (nodes with an empty
+/// batch are skipped), pipelined on one pooled connection per node, and
+/// waits for every reply. With a `timeout`, the same deadline from now
+/// (steady clock) bounds every node, its connect and a wait for a busy pool
+/// (`deadline_name` names it in messages, e.g. "the Redlock node_timeout
+/// 50ms"); without, each node's own timeouts do (RedisBackend: the one-node
+/// case). Calls answered NOSCRIPT are sent once more as EVAL. `what` names
+/// the operation in messages. A connection that failed or missed the
+/// deadline is dropped. The outcome per node: a reply per call, or the error
+/// for the whole batch. Never throws except std::bad_alloc.
+[[nodiscard]] std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
+                                                std::span<const std::vector<redis_proto::ScriptCall>> batches,
+                                                std::optional<std::chrono::milliseconds> timeout, std::string_view what,
+                                                std::string_view deadline_name);
 
 }  // namespace dlock::detail

@@ -187,6 +187,10 @@ class RedisLink {
   std::shared_ptr<Impl> impl_;
 };
 
+/// Runs `fn` on the I/O thread after `delay` (timers of the transport's users,
+/// e.g. the subscriber's reconnects). `fn` must not block.
+void redis_io_after(std::chrono::milliseconds delay, std::function<void()> fn);
+
 /// Waits for many sends at once (a fan-out): add() returns the Done of slot
 /// i; wait() returns when all slots completed. Thread-safe.
 class RedisGather {

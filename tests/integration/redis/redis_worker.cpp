@@ -1,5 +1,5 @@
 // A worker process for the cross-process tests (spawned by redis_process_test):
-//   redis_worker URI KEY_PREFIX LOCK_NAME CYCLES
+//   redis_worker URI KEY_PREFIX LOCK_NAME CYCLES [TLS_CA_FILE]
 // Each cycle takes the lock, increments <prefix>counter with a non-atomic
 // GET then SET, and RPUSHes its fencing token to <prefix>tokens, all inside
 // the critical section. Exit status 0 on success; a message on stderr if not.
@@ -15,13 +15,15 @@
 
 int main(int argc, char** argv) {
   using namespace std::chrono_literals;
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: redis_worker URI KEY_PREFIX LOCK_NAME CYCLES\n");
+  if (argc != 5 && argc != 6) {
+    std::fprintf(stderr, "usage: redis_worker URI KEY_PREFIX LOCK_NAME CYCLES [TLS_CA_FILE]\n");
     return 2;
   }
   try {
     const std::string prefix = argv[2];
-    dlock::RedisBackend redis(argv[1], dlock::RedisOptions{.key_prefix = prefix});
+    dlock::RedisOptions base{.key_prefix = prefix};
+    if (argc == 6) base.tls = dlock::TlsOptions{.ca_file = argv[5]};  // with a rediss:// URI
+    dlock::RedisBackend redis(argv[1], base);
     dlock::Lock<dlock::RedisBackend> lock(redis, argv[3],
                                           {.ttl = 10s, .retry = {.initial_delay = 2ms, .max_delay = 100ms}});
     const std::string counter = prefix + "counter", tokens = prefix + "tokens";

@@ -293,8 +293,8 @@ TEST_F(RedlockNotifyTest, ABackendWhoseLocksNeverWaitStartsNoThread) {
   ASSERT_TRUE(holder.try_lock());
   EXPECT_FALSE(lock.try_lock());  // one attempt: contended, no subscription
   EXPECT_LE(process_threads(), before) << "a backend that never waited started a thread";
-  EXPECT_FALSE(lock.try_lock_for(100ms));  // waits: subscribes, starting the pub/sub thread
-  EXPECT_EQ(process_threads(), before + 1);
+  EXPECT_FALSE(lock.try_lock_for(100ms));  // waits: subscribes, starting the transport's I/O thread if none runs yet
+  EXPECT_LE(process_threads(), before + 1);
   holder.unlock();
 }
 
