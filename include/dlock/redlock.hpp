@@ -51,9 +51,7 @@
 
 namespace dlock {
 
-namespace detail {
-class RedlockNode;
-}
+namespace detail {}
 
 struct RedlockOptions {
   /// The independent Redis servers (not replicas of each other). At least 3

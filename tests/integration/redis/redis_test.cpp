@@ -1,7 +1,6 @@
 // RedisBackend against a real redis-server: the protocol (keys, scripts,
 // tokens, expiry, owner checks), interop with plain SET NX PX clients, AUTH,
 // pub/sub wake-up, and exclusion between threads of one process.
-#include <dlock/detail/redis_connection.hpp>
 #include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
@@ -508,7 +507,7 @@ TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetrie
 
 // A server that vanishes without a reset (host down, partition) must not
 // leave a pub/sub or idle connection waiting forever: TCP keepalive is on,
-// with the first probe after 15 s of silence, in both connection modes.
+// with the first probe after 15 s of silence (pooled and pub/sub connections are the same transport links).
 TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
   const RedisOptions o = options();
   const auto keepalive = [](int fd) {
@@ -524,9 +523,6 @@ TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
   ping.request.push({"PING"});
   ASSERT_EQ(link.exec(std::move(ping)).at(0).str, "PONG");
   EXPECT_EQ(keepalive(link.fd()), std::pair(1, 15));
-  dlock::detail::RedisConnection nonblocking(o, dlock::detail::redis_endpoint(o),
-                                             dlock::detail::RedisConnection::NonBlocking{});
-  EXPECT_EQ(keepalive(nonblocking.fd()), std::pair(1, 15));
 }
 
 TEST_F(RedisTest, DestroyingTheBackendWithLiveSubscriptionsIsSafe) {
