@@ -1,9 +1,10 @@
 // RedisBackend over TLS against real TLS redis-servers (tests/integration/
 // support/redis_server.hpp makes the throw-away CA and certificates): locks,
-// wake-on-release, 8 processes, and every way a TLS setting can be wrong,
+// wake-on-release, 8 processes, Redlock over five TLS nodes, and every way a TLS setting can be wrong,
 // each failing fast with a message that says why.
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
+#include <dlock/redlock.hpp>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -165,6 +166,25 @@ TEST_F(RedisTls, TlsClientOnAPlainPortFailsWithinConnectTimeout) {
   EXPECT_NE(message.find("TLS handshake"), std::string::npos) << message;
   EXPECT_NE(message.find("cannot connect"), std::string::npos) << message;
   EXPECT_LT(took, o.connect_timeout + 500ms);
+}
+
+TEST_F(RedisTls, RedlockOverFiveTlsNodes) {
+  std::vector<std::unique_ptr<RedisServer>> servers;
+  dlock::RedlockOptions o{.node_timeout = 1s, .key_prefix = prefix_};  // TLS handshakes on a loaded machine
+  for (int i = 0; i < 5; ++i) {
+    servers.push_back(std::make_unique<RedisServer>(std::vector<std::string>{}, TlsMode::on));
+    o.nodes.push_back(servers.back()->options());
+  }
+  dlock::RedlockBackend rl(o);
+  dlock::Lock<dlock::RedlockBackend> lock(rl, "five", {.ttl = 10s}), other(rl, "five", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_FALSE(other.try_lock());
+  auto sub = rl.subscribe_release("five");
+  EXPECT_EQ(sub.acknowledged(), 5u);
+  lock.unlock();
+  EXPECT_TRUE(sub.wait_for(5s)) << "no release arrived over the TLS pub/sub connections";
+  ASSERT_TRUE(other.try_lock());
+  other.unlock();
 }
 
 TEST_F(RedisTls, ProcessesExcludeEachOtherAndTokensIncrease) {
