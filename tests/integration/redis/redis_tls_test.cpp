@@ -9,9 +9,6 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include <spawn.h>
-#include <sys/wait.h>
-
 #include <chrono>
 #include <memory>
 #include <string>
@@ -19,8 +16,6 @@
 #include <vector>
 
 #include "redis_test_support.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -190,35 +185,10 @@ TEST_F(RedisTls, RedlockOverFiveTlsNodes) {
 TEST_F(RedisTls, ProcessesExcludeEachOtherAndTokensIncrease) {
   constexpr int workers = 8, cycles = 100;
   const std::string uri = fmt::format("rediss://127.0.0.1:{}/0", tls_->port());
-  const std::string cycles_text = std::to_string(cycles);
-  std::vector<pid_t> pids;
-  for (int w = 0; w < workers; ++w) {
-    std::vector<std::string> args{DLOCK_REDIS_WORKER, uri,         prefix_,
-                                  "tls-counter",      cycles_text, tls_->certificates().ca};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    ASSERT_EQ(posix_spawn(&pid, DLOCK_REDIS_WORKER, nullptr, nullptr, argv.data(), environ), 0);
-    pids.push_back(pid);
-  }
-  for (pid_t pid : pids) {
-    int status = 0;
-    ASSERT_EQ(waitpid(pid, &status, 0), pid);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "worker " << pid << " status " << status;
-  }
   RedisBackend b(options());
-  EXPECT_EQ(b.node().command({"GET", prefix_ + "counter"}).str, std::to_string(workers * cycles));
-  const auto list = b.node().command({"LRANGE", prefix_ + "tokens", "0", "-1"});
-  ASSERT_EQ(list.elements.size(), static_cast<std::size_t>(workers * cycles));
-  std::uint64_t last = 0;
-  std::size_t violations = 0;
-  for (const auto& e : list.elements) {
-    const std::uint64_t t = std::stoull(e.str);
-    if (t <= last) ++violations;
-    last = t;
-  }
-  EXPECT_EQ(violations, 0u) << "fencing tokens not strictly increasing in acquisition order";
+  dlock::test::expect_workers_exclude_each_other(
+      DLOCK_REDIS_WORKER, {uri, prefix_, "tls-counter", std::to_string(cycles), tls_->certificates().ca}, workers,
+      cycles, b.node(), prefix_);
 }
 
 }  // namespace
