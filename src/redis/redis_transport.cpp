@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -58,8 +59,8 @@ class IoThread {
  public:
   static IoThread& get() {
     static std::mutex mu;
-    static IoThread* current = nullptr;
     std::lock_guard lk(mu);
+    IoThread*& current = instance();
     if (current == nullptr || current->pid_ != ::getpid()) current = new IoThread();  // the old one is leaked
     return *current;
   }
@@ -67,7 +68,10 @@ class IoThread {
 
  private:
   IoThread() : pid_(::getpid()), work_(asio::make_work_guard(ctx_)) {
-    std::thread([this] {
+    // OpenSSL registers its own exit-time cleanup when initialised; initialised
+    // first, it runs after stop_at_exit below, when this thread no longer uses it.
+    OPENSSL_init_ssl(0, nullptr);
+    thread_ = std::thread([this] {
       sigset_t pipe;
       sigemptyset(&pipe);
       sigaddset(&pipe, SIGPIPE);
@@ -79,8 +83,22 @@ class IoThread {
         } catch (...) {  // a handler threw (out of memory): keep serving the others
         }
       }
-    }).detach();  // lives as long as the process
+    });
+    std::atexit(stop_at_exit);
   }
+  // At exit the I/O thread stops (what is pending is abandoned: the process
+  // ends) before static objects and OpenSSL's state are torn down under it.
+  static void stop_at_exit() noexcept {
+    IoThread* t = instance();
+    if (t == nullptr || t->pid_ != ::getpid() || t->thread_.get_id() == std::this_thread::get_id()) return;
+    t->ctx_.stop();
+    if (t->thread_.joinable()) t->thread_.join();
+  }
+  static IoThread*& instance() {
+    static IoThread* current = nullptr;
+    return current;
+  }
+  std::thread thread_;
   const pid_t pid_;
   asio::io_context ctx_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
@@ -100,6 +118,25 @@ void enable_keepalive(tcp::socket& s) noexcept {
   (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
 #endif
   s.set_option(tcp::no_delay(true), ec);
+}
+
+// A copy of a dlock error for one more consumer: an exception object is never
+// shared between the I/O thread and callers' threads (its destruction on one
+// and a what() on another is a race TSan cannot see through exception_ptr).
+std::exception_ptr fresh(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const ServerError& x) {
+    return std::make_exception_ptr(ServerError(x.what(), static_cast<errc>(x.code().value())));
+  } catch (const TimeoutError& x) {
+    return std::make_exception_ptr(TimeoutError(x.what()));
+  } catch (const ConnectionError& x) {
+    return std::make_exception_ptr(ConnectionError(x.what()));
+  } catch (const InvalidArgument& x) {
+    return std::make_exception_ptr(InvalidArgument(x.what()));
+  } catch (...) {
+    return std::current_exception();
+  }
 }
 
 const redis_proto::ScriptShas& local_shas() {
@@ -535,11 +572,11 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       first = in_doubt(idle, why, detail);
     }
     shutdown();
-    link_error = first;
+    link_error = fresh(first);
     fail_queued(first, why, detail);
     for (auto& [p, e] : done)
-      if (p.done) p.done(RedisOutcome{{}, e, {}});
-    if (events.lost) events.lost(first);
+      if (p.done) p.done(RedisOutcome{{}, fresh(e), {}});
+    if (events.lost) events.lost(fresh(first));
   }
 
   void fail_with(std::exception_ptr e) {  // the handshake was refused
@@ -547,9 +584,9 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     shutdown();
     link_error = e;
     for (Pending& p : queued)
-      if (p.done) p.done(RedisOutcome{{}, e, {}});
+      if (p.done) p.done(RedisOutcome{{}, fresh(e), {}});
     queued.clear();
-    if (events.lost) events.lost(e);
+    if (events.lost) events.lost(fresh(e));
   }
 
   // Requests never written: nothing was asked of the server for them.
@@ -574,7 +611,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
                                 endpoint, p.what, detail))),
                             {}});
       } else {
-        p.done(RedisOutcome{{}, error, {}});
+        p.done(RedisOutcome{{}, fresh(error), {}});
       }
     }
   }
@@ -582,7 +619,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   void fail_pending() {  // a request for a link already broken: as the link's own error if it never got ready
     if (link_error && !ready_flag) {
       for (Pending& p : queued)
-        if (p.done) p.done(RedisOutcome{{}, link_error, {}});
+        if (p.done) p.done(RedisOutcome{{}, fresh(link_error), {}});
       queued.clear();
       return;
     }
