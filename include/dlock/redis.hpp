@@ -1,4 +1,5 @@
-// dlock/redis.hpp: RedisBackend, locks stored in one Redis server (hiredis).
+// dlock/redis.hpp: RedisBackend, locks stored in one Redis server, over TCP, a
+// Unix socket or TLS (RedisOptions::tls, rediss://; see dlock/redis_options.hpp).
 //
 //   dlock::RedisBackend redis(dlock::RedisOptions{.host = "127.0.0.1", .port = 6379});
 //   dlock::RedisBackend other("redis://app:secret@127.0.0.1:6379/0");
@@ -41,7 +42,7 @@
 
 #include "backend.hpp"
 #include "detail/redis_node.hpp"
-#include "detail/redis_options.hpp"
+#include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 
 namespace dlock {

@@ -45,15 +45,13 @@
 
 #include "backend.hpp"
 #include "clock.hpp"
-#include "detail/redis_options.hpp"
+#include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 #include "error.hpp"
 
 namespace dlock {
 
-namespace detail {
-class RedlockNode;
-}
+namespace detail {}
 
 struct RedlockOptions {
   /// The independent Redis servers (not replicas of each other). At least 3

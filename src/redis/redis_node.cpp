@@ -1,23 +1,10 @@
-// The Redis node client: connections, scripts, reply parsing, the pool.
+// The Redis node client: the lock operations over a pool of transport links,
+// reply parsing and error mapping, ServerFacts.
 #include <dlock/detail/redis_node.hpp>
-
-#include "sigpipe.hpp"
-
-#include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/types.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <charconv>
-#include <cstdio>
-#include <cstring>
 #include <exception>
 #include <string>
 #include <utility>
@@ -25,119 +12,14 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
-#include <dlock/detail/sha1.hpp>
+#include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
 
 namespace {
-
-timeval to_timeval(std::chrono::milliseconds d) {
-  timeval tv{};
-  tv.tv_sec = static_cast<decltype(tv.tv_sec)>(d.count() / 1000);
-  tv.tv_usec = static_cast<decltype(tv.tv_usec)>((d.count() % 1000) * 1000);
-  return tv;
-}
-
-// TCP keepalive on a Redis connection: a peer that vanished without a reset
-// (host down, partition) is noticed after about 30 s of silence (15 s idle,
-// then 3 probes 5 s apart) instead of never. That matters for connections that
-// wait without a command timeout: the pub/sub ones, and idle pooled ones.
-// Best effort: a failure leaves the connection as it was.
-void enable_keepalive(int fd) noexcept {
-  const int on = 1, idle = 15, interval = 5, count = 3;
-  (void)::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
-  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
-}
-
-RedisValue to_value(const redisReply* r) {
-  RedisValue v;
-  switch (r->type) {
-    case REDIS_REPLY_INTEGER:
-      v.type = RedisValue::Type::integer;
-      v.integer = r->integer;
-      break;
-    case REDIS_REPLY_STRING:
-    case REDIS_REPLY_STATUS:
-    case REDIS_REPLY_ERROR:
-      v.type = r->type == REDIS_REPLY_STRING   ? RedisValue::Type::string
-               : r->type == REDIS_REPLY_STATUS ? RedisValue::Type::status
-                                               : RedisValue::Type::error;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_ARRAY:
-      v.type = RedisValue::Type::array;
-      v.elements.reserve(r->elements);
-      for (std::size_t i = 0; i < r->elements; ++i) v.elements.push_back(to_value(r->element[i]));
-      break;
-    default:
-      v.type = RedisValue::Type::nil;
-  }
-  return v;
-}
-
-struct ReplyDeleter {
-  void operator()(void* r) const noexcept { freeReplyObject(r); }
-};
-using ReplyPtr = std::unique_ptr<void, ReplyDeleter>;
-
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
-std::string number(long long v) { return std::to_string(v); }
-
-// argv for hiredis: pointers and lengths of string_views.
-struct Argv {
-  std::vector<const char*> ptr;
-  std::vector<std::size_t> len;
-  void add(std::string_view s) {
-    ptr.push_back(s.data());
-    len.push_back(s.size());
-  }
-};
-
-static_assert(sizeof(pid_t) == sizeof(int));
-
-// The SHA-1 of each lock script (EVALSHA names a script by it), computed once.
-const std::string& script_sha(RedisScript script) {
-  static const auto shas = [] {
-    std::array<std::string, redis_script_count> out;
-    for (std::size_t i = 0; i < redis_script_count; ++i) out[i] = sha1_hex(redis_scripts[i]);
-    return out;
-  }();
-  return shas[static_cast<std::size_t>(script)];
-}
-
-// An error reply's class: its first word if that looks like one ("ERR",
-// "WRONGPASS", "NOPERM"), else "error".
-std::string_view error_class(std::string_view reply) {
-  const std::string_view word = reply.substr(0, reply.find(' '));
-  if (word.empty() || word.size() > 24 ||
-      !std::all_of(word.begin(), word.end(), [](char c) { return (c >= 'A' && c <= 'Z') || c == '_'; }))
-    return "error";
-  return word;
-}
-
 }  // namespace
-
-std::string describe_auth_refusal(std::string_view reply) {
-  const std::string_view cls = error_class(reply);
-  const auto has = [&](std::string_view s) { return reply.find(s) != std::string_view::npos; };
-  std::string_view why = "the server's text is not shown: it may repeat the credentials";
-  if (cls == "WRONGPASS" || has("invalid password") || has("invalid username-password")) {
-    why = "wrong password, or the user is unknown or disabled";
-  } else if (has("unknown command")) {
-    why = "the server does not know AUTH: it was renamed or disabled there, or a proxy in between refuses it";
-  } else if (has("without any password configured")) {
-    why = "the server has no password set for that user: remove RedisOptions password, or set one on the server";
-  } else if (cls == "NOPERM") {
-    why = "the user may not run AUTH";
-  } else if (has("wrong number of arguments")) {
-    why = "the server takes no user name with AUTH (Redis before 6): leave RedisOptions username empty";
-  }
-  return fmt::format("{}: {}", cls, why);
-}
 
 EvictionVerdict judge_eviction_policy(const RedisValue& r, std::string_view endpoint) {
   using Kind = EvictionVerdict::Kind;
@@ -281,473 +163,152 @@ void ServerFacts::note_publish_refusal(std::string_view endpoint, std::string_vi
   }
 }
 
-// ---- RedisConnection ----
-
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, Handshake handshake)
-    : endpoint_(std::move(endpoint)),
-      connect_timeout_(options.connect_timeout),
-      command_timeout_(options.command_timeout),
-      username_(options.username),
-      database_(options.database),
-      handshake_(handshake),
-      eviction_check_(options.eviction_check),
-      pid_(::getpid()) {
-  const timeval connect_tv = to_timeval(options.connect_timeout);
-  ctx_ = options.unix_socket.empty() ? redisConnectWithTimeout(options.host.c_str(), options.port, connect_tv)
-                                     : redisConnectUnixWithTimeout(options.unix_socket.c_str(), connect_tv);
-  if (ctx_ == nullptr)
-    throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
-  struct FreeOnThrow {
-    RedisConnection* self;
-    bool armed = true;
-    ~FreeOnThrow() {
-      if (armed) {
-        redisFree(self->ctx_);
-        self->ctx_ = nullptr;
-      }
-    }
-  } guard{this};
-  if (ctx_->err)
-    connect_failed(options,
-                   ctx_->err == REDIS_ERR_IO && (errno == EINPROGRESS || errno == ETIMEDOUT || errno == EAGAIN));
-  if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
-  // Bounds the handshake below by connect_timeout, then every command by command_timeout.
-  if (redisSetTimeout(ctx_, connect_tv) != REDIS_OK) fail("setting the socket timeout");
-  queue_handshake(options);
-  // Read every reply before judging, so that the first error reported is the cause (AUTH before NOAUTH).
-  std::vector<RedisValue> replies;
-  replies.reserve(steps_.size());
-  for (std::size_t i = 0; i < steps_.size(); ++i) replies.push_back(read_reply());
-  check_handshake(replies);
-  if (redisSetTimeout(ctx_, to_timeval(command_timeout_)) != REDIS_OK) fail("setting the socket timeout");
-  handshake_done_ = true;
-  guard.armed = false;
-}
-
-RedisConnection::RedisConnection(const RedisOptions& options, std::string endpoint, NonBlocking, Handshake handshake)
-    : endpoint_(std::move(endpoint)),
-      connect_timeout_(options.connect_timeout),
-      command_timeout_(options.command_timeout),
-      nonblocking_(true),
-      username_(options.username),
-      database_(options.database),
-      handshake_(handshake),
-      eviction_check_(options.eviction_check),
-      pid_(::getpid()) {
-  ctx_ = options.unix_socket.empty() ? redisConnectNonBlock(options.host.c_str(), options.port)
-                                     : redisConnectUnixNonBlock(options.unix_socket.c_str());
-  if (ctx_ == nullptr)
-    throw ConnectionError(fmt::format("dlock: cannot connect to Redis at {}: out of memory", endpoint_));
-  if (ctx_->err) {
-    try {
-      connect_failed(options, false);
-    } catch (...) {
-      redisFree(ctx_);
-      ctx_ = nullptr;
-      throw;
-    }
-  }
-  if (options.unix_socket.empty()) enable_keepalive(ctx_->fd);
-  queue_handshake(options);
-  handshake_done_ = steps_.empty();
-}
-
-void RedisConnection::connect_failed(const RedisOptions& options, bool timed_out) {
-  broken_ = true;
-  throw ConnectionError(fmt::format(
-      "dlock: cannot connect to Redis at {}: {}{}; nothing was sent. Check that redis-server is running there "
-      "and that RedisOptions {} is right",
-      endpoint_, ctx_->errstr,
-      timed_out ? fmt::format(" (connect_timeout {})", format_duration(options.connect_timeout)) : std::string(),
-      options.unix_socket.empty() ? "host and port" : "unix_socket"));
-}
-
-void RedisConnection::queue_handshake(const RedisOptions& options) {
-  steps_.clear();
-  if (!options.password.empty()) {
-    if (options.username.empty()) {
-      append(std::array<std::string_view, 2>{"AUTH", options.password});
-    } else {
-      append(std::array<std::string_view, 3>{"AUTH", options.username, options.password});
-    }
-    steps_.emplace_back(Step::auth, RedisScript::acquire);
-  }
-  const std::string db = number(options.database);
-  if (options.database != 0) {
-    append(std::array<std::string_view, 2>{"SELECT", db});
-    steps_.emplace_back(Step::select, RedisScript::acquire);
-  }
-  if (handshake_.check_eviction && options.eviction_check != EvictionCheck::off) {
-    append(std::array<std::string_view, 3>{"CONFIG", "GET", "maxmemory-policy"});
-    steps_.emplace_back(Step::eviction, RedisScript::acquire);
-  }
-  if (handshake_.identify) {
-    append(std::array<std::string_view, 2>{"INFO", "server"});
-    steps_.emplace_back(Step::identify, RedisScript::acquire);
-  }
-  if (handshake_.load_scripts) {
-    for (std::size_t i = 0; i < redis_script_count; ++i) {
-      append(std::array<std::string_view, 3>{"SCRIPT", "LOAD", redis_scripts[i]});
-      steps_.emplace_back(Step::script, static_cast<RedisScript>(i));
-    }
-  }
-}
-
-void RedisConnection::check_handshake(std::span<const RedisValue> replies) {
-  const auto steps = std::move(steps_);
-  steps_.clear();
-  handshake_done_ = true;
-  for (std::size_t i = 0; i < steps.size() && i < replies.size(); ++i) {
-    const RedisValue& r = replies[i];
-    switch (steps[i].first) {
-      case Step::auth:
-        if (r.is_error()) {
-          throw ServerError(fmt::format("dlock: Redis at {} refused authentication{} ({}); check RedisOptions "
-                                        "username and password",
-                                        endpoint_,
-                                        username_.empty() ? std::string(" with the password")
-                                                          : fmt::format(" of user '{}'", username_),
-                                        describe_auth_refusal(r.str)),
-                            errc::auth);
-        }
-        break;
-      case Step::select:
-        if (r.is_error())
-          throw ServerError(
-              fmt::format("dlock: Redis at {} cannot select database {} ({}); check RedisOptions "
-                          "database",
-                          endpoint_, database_, r.str));
-        break;
-      case Step::eviction:
-        judge_eviction(r);
-        break;
-      case Step::identify:
-        if (r.is_error() && starts_with(r.str, "NOAUTH")) throw_if_error(r, endpoint_, "INFO server");
-        // Refused (ACL, renamed): no run_id, and no duplicate check by it (docs/redlock.md).
-        if (r.type == RedisValue::Type::string && handshake_.facts != nullptr) {
-          if (auto id = parse_run_id(r.str); !id.empty()) handshake_.facts->set_run_id(std::move(id));
-        }
-        break;
-      case Step::script: {
-        const auto s = steps[i].second;
-        if (r.is_error() && (starts_with(r.str, "NOPERM") || r.str.find("unknown command") != std::string::npos)) {
-          // The ACL (or a renamed SCRIPT) refuses SCRIPT LOAD: call the script
-          // by its SHA-1 anyway (another client may have loaded it), with the
-          // EVAL fallback on NOSCRIPT, which loads it.
-          sha_[static_cast<unsigned>(s)] = script_sha(s);
-          break;
-        }
-        if (r.is_error()) throw_if_error(r, endpoint_, fmt::format("loading the {} script", redis_script_name(s)));
-        if (r.type != RedisValue::Type::string)
-          throw ServerError(fmt::format("dlock: unexpected reply to SCRIPT LOAD from Redis at {}", endpoint_));
-        sha_[static_cast<unsigned>(s)] = r.str;
-        break;
-      }
-    }
-  }
-}
-
-void RedisConnection::judge_eviction(const RedisValue& r) {
-  const EvictionVerdict v = judge_eviction_policy(r, endpoint_);
-  using Kind = EvictionVerdict::Kind;
-  if (v.kind == Kind::safe || eviction_check_ == EvictionCheck::off) return;
-  if (v.kind == Kind::evicts && eviction_check_ == EvictionCheck::fail) throw ServerError("dlock: " + v.message);
-  const std::string_view kind = v.kind == Kind::evicts ? "eviction" : "eviction-unknown";
-  if (handshake_.facts != nullptr) {
-    handshake_.facts->warn_once(kind, v.message);
-  } else {
-    OnceWarnings().warn(kind, v.message);  // no facts to remember it by: warned each time
-  }
-}
-
-// Frees hiredis' memory and closes the fd; sends nothing (no QUIT), so a
-// connection inherited through fork() is dropped without touching the parent's session.
-RedisConnection::~RedisConnection() {
-  if (ctx_ != nullptr) redisFree(ctx_);
-}
-
-bool RedisConnection::inherited() const noexcept { return pid_ != ::getpid(); }
-
-void RedisConnection::fail(std::string_view doing) {
-  broken_ = true;
-  const int err = ctx_ != nullptr ? ctx_->err : REDIS_ERR_OTHER;
-  const std::string detail = ctx_ != nullptr ? std::string(ctx_->errstr) : std::string("no connection");
-  const bool timed_out = err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT);
-  // Before the handshake is answered nothing was asked of the server: it
-  // could not be reached (ConnectionError, FallbackBackend degrades). After
-  // it, a request was sent: its outcome is unknown (a timeout is a
-  // TimeoutError; a dropped connection stays a ConnectionError).
-  if (!handshake_done_) {
-    if (timed_out)
-      throw ConnectionError(fmt::format(
-          "dlock: cannot connect to Redis at {}: it accepted the connection but did not answer its handshake "
-          "within connect_timeout {}; nothing was asked of it yet. The server may be overloaded or paused, or "
-          "something other than Redis listens there",
-          endpoint_, format_duration(connect_timeout_)));
-    throw ConnectionError(fmt::format(
-        "dlock: cannot connect to Redis at {}: the connection failed during its handshake ({}); nothing was asked "
-        "of it yet. Check that redis-server is running there",
-        endpoint_, detail));
-  }
-  if (timed_out)
-    throw TimeoutError(fmt::format(
-        "dlock: Redis at {} did not answer within command_timeout {} during {}: the request was sent; its outcome "
-        "is unknown. The server may be overloaded, paused or unreachable",
-        endpoint_, format_duration(command_timeout_), doing));
-  if (err == REDIS_ERR_EOF)
-    throw ConnectionError(fmt::format(
-        "dlock: Redis at {} closed the connection during {} ({}): the request was sent; its outcome is unknown. "
-        "The server may have restarted or dropped idle clients",
-        endpoint_, doing, detail));
-  throw ConnectionError(fmt::format(
-      "dlock: connection to Redis at {} failed during {} ({}): the request was sent; its outcome is unknown", endpoint_,
-      doing, detail));
-}
-
-void RedisConnection::queue(std::size_t argc, const char** argv, const std::size_t* lens) {
-  if (!nonblocking_) {
-    if (redisAppendCommandArgv(ctx_, static_cast<int>(argc), argv, lens) != REDIS_OK) fail("formatting a command");
-    return;
-  }
-  char* cmd = nullptr;
-  const int len = redisFormatCommandArgv(&cmd, static_cast<int>(argc), argv, lens);
-  if (len < 0 || cmd == nullptr) fail("formatting a command");
-  try {
-    out_.append(cmd, static_cast<std::size_t>(len));
-  } catch (...) {
-    redisFreeCommand(cmd);
-    throw;
-  }
-  redisFreeCommand(cmd);
-}
-
-void RedisConnection::append(std::span<const std::string_view> args) {
-  Argv argv;
-  argv.ptr.reserve(args.size());
-  argv.len.reserve(args.size());
-  for (auto a : args) argv.add(a);
-  queue(args.size(), argv.ptr.data(), argv.len.data());
-}
-
-int RedisConnection::fd() const noexcept { return ctx_ != nullptr ? ctx_->fd : -1; }
-
-bool RedisConnection::flush() {
-  while (out_sent_ < out_.size()) {
-    const ssize_t n = ::send(ctx_->fd, out_.data() + out_sent_, out_.size() - out_sent_, MSG_NOSIGNAL);
-    if (n > 0) {
-      out_sent_ += static_cast<std::size_t>(n);
-      sent_any_ = true;
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;  // also: connect still in progress
-    broken_ = true;
-    const int err = n < 0 ? errno : EPIPE;
-    if (!sent_any_)  // a non-blocking connect that failed: nothing went out
-      throw ConnectionError(fmt::format(
-          "dlock: cannot connect to Redis at {} ({}); nothing was sent. Check that redis-server is running there",
-          endpoint_, std::strerror(err)));
-    throw ConnectionError(fmt::format(
-        "dlock: cannot send to Redis at {} ({}): the connection broke after a request may have been sent; its "
-        "outcome is unknown. Check that redis-server is running there",
-        endpoint_, std::strerror(err)));
-  }
-  out_.clear();
-  out_sent_ = 0;
-  return true;
-}
-
-void RedisConnection::fill() {
-  if (redisBufferRead(ctx_) != REDIS_OK) fail("reading a reply");
-}
-
-std::optional<RedisValue> RedisConnection::next_reply() {
-  void* raw = nullptr;
-  if (redisGetReplyFromReader(ctx_, &raw) != REDIS_OK) fail("parsing a reply");
-  if (raw == nullptr) return std::nullopt;
-  ReplyPtr reply(raw);
-  return to_value(static_cast<const redisReply*>(raw));
-}
-
-RedisValue RedisConnection::read_reply() {
-  void* raw = nullptr;
-  int rc;
-  {
-    SigpipeGuard no_sigpipe;  // redisGetReply first writes what append() queued
-    rc = redisGetReply(ctx_, &raw);
-  }
-  if (rc != REDIS_OK || raw == nullptr) fail(ctx_->err ? "a command" : "a command (no reply)");
-  ReplyPtr reply(raw);
-  return to_value(static_cast<const redisReply*>(raw));
-}
-
-RedisValue RedisConnection::command(std::span<const std::string_view> args) {
-  append(args);
-  return read_reply();
-}
-
-void RedisConnection::append_script(bool by_sha, RedisScript script, std::span<const std::string_view> keys,
-                                    std::span<const std::string_view> args) {
-  const unsigned i = static_cast<unsigned>(script);
-  char numkeys[8];
-  const auto end = std::to_chars(numkeys, numkeys + sizeof numkeys, keys.size()).ptr;
-  Argv argv;
-  argv.ptr.reserve(3 + keys.size() + args.size());
-  argv.len.reserve(3 + keys.size() + args.size());
-  if (by_sha && !sha_[i].empty()) {
-    argv.add("EVALSHA");
-    argv.add(sha_[i]);
-  } else {
-    argv.add("EVAL");
-    argv.add(redis_scripts[i]);
-  }
-  argv.add(std::string_view(numkeys, static_cast<std::size_t>(end - numkeys)));
-  for (auto k : keys) argv.add(k);
-  for (auto a : args) argv.add(a);
-  queue(argv.ptr.size(), argv.ptr.data(), argv.len.data());
-}
-
-void RedisConnection::append_evalsha(RedisScript script, std::span<const std::string_view> keys,
-                                     std::span<const std::string_view> args) {
-  append_script(true, script, keys, args);
-}
-
-void RedisConnection::append_eval(RedisScript script, std::span<const std::string_view> keys,
-                                  std::span<const std::string_view> args) {
-  append_script(false, script, keys, args);
-}
-
-RedisValue RedisConnection::eval(RedisScript script, std::span<const std::string_view> keys,
-                                 std::span<const std::string_view> args) {
-  append_evalsha(script, keys, args);
-  RedisValue r = read_reply();
-  if (r.is_error() && starts_with(r.str, "NOSCRIPT")) {  // SCRIPT FLUSH since we connected
-    append_eval(script, keys, args);
-    r = read_reply();
-  }
-  return r;
-}
-
-bool RedisConnection::broken() noexcept {
-  if (broken_ || ctx_ == nullptr || ctx_->err) broken_ = true;
-  return broken_;
-}
-
-bool RedisConnection::closed_by_server() noexcept {
-  if (broken()) return true;
-  // An idle connection has nothing to read: readable means EOF (the server
-  // closed it, e.g. restarted) or stray data; either way it is unusable.
-  pollfd p{ctx_->fd, POLLIN, 0};
-  if (::poll(&p, 1, 0) != 0) broken_ = true;
-  return broken_;
-}
-
 // ---- RedisNode ----
 
-class RedisNode::Checkout {
- public:
-  explicit Checkout(RedisNode& node) : node_(node), c_(node.take()), exceptions_(std::uncaught_exceptions()) {}
-  ~Checkout() {
-    // Thrown out of the middle of a use: replies may be pending; never reuse it.
-    if (std::uncaught_exceptions() > exceptions_) c_->mark_broken();
-    node_.give_back(std::move(c_));
-  }
-  Checkout(const Checkout&) = delete;
-  Checkout& operator=(const Checkout&) = delete;
-  RedisConnection* operator->() const noexcept { return c_.get(); }
-  RedisConnection& operator*() const noexcept { return *c_; }
-
- private:
-  RedisNode& node_;
-  std::unique_ptr<RedisConnection> c_;
-  int exceptions_;
-};
-
-RedisNode::RedisNode(RedisOptions options)
-    : options_(std::move(options)), endpoint_(redis_endpoint(options_)), pid_(::getpid()) {}
+RedisNode::RedisNode(RedisOptions options, RedisLinkSetup setup)
+    : options_(std::move(options)),
+      endpoint_(redis_endpoint(options_)),
+      setup_(setup),
+      pool_(options_.pool_size, [](const RedisLink& l) { return !l.broken(); }) {
+  setup_.facts = &facts_;
+}
 
 RedisNode::~RedisNode() = default;
 
-std::unique_ptr<RedisConnection> RedisNode::take() {
-  std::unique_lock lk(mu_);
-  if (pid_ != ::getpid()) {
-    // A child process (fork()): the idle connections are the parent's too
-    // (one socket, two processes). Drop them without sending anything; the
-    // ones the parent's other threads had checked out never come back here.
-    idle_.clear();
-    open_ = 0;
-    ++generation_;
-    pid_ = ::getpid();
-  }
+RedisNode::Checkout RedisNode::take() {
   const auto wait = options_.connect_timeout + options_.command_timeout;
-  for (;;) {
-    while (!idle_.empty()) {
-      Idle idle = std::move(idle_.back());
-      idle_.pop_back();
-      // Connections idle for a while are checked for a close by the server
-      // (restart, timeout); busy ones skip that syscall.
-      const bool check = std::chrono::steady_clock::now() - idle.since >= idle_check_after;
-      if (idle.generation == generation_ && !(check ? idle.connection->closed_by_server() : idle.connection->broken()))
-        return std::move(idle.connection);
-      --open_;  // dropped: from before a failure, or closed by the server
-    }
-    if (open_ < options_.pool_size) break;
-    if (!free_cv_.wait_for(lk, wait, [&] { return !idle_.empty() || open_ < options_.pool_size; }))
-      throw TimeoutError(
-          fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
-                      "RedisOptions pool_size or use fewer threads",
-                      options_.pool_size, endpoint_, format_duration(wait)));
-  }
-  ++open_;
-  lk.unlock();
-  try {
-    return std::make_unique<RedisConnection>(options_, endpoint_, RedisConnection::Handshake{.facts = &facts_});
-  } catch (...) {
-    lk.lock();
-    --open_;
-    ++generation_;
-    lk.unlock();
-    free_cv_.notify_one();
-    throw;
-  }
+  auto c = pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
+  if (!c)
+    throw TimeoutError(
+        fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
+                    "RedisOptions pool_size or use fewer threads",
+                    options_.pool_size, endpoint_, format_duration(wait)));
+  return std::move(*c);
 }
 
-void RedisNode::give_back(std::unique_ptr<RedisConnection> c) noexcept {
-  {
-    std::lock_guard lk(mu_);
-    if (c != nullptr && c->inherited()) {
-      c.reset();  // opened by the parent (fork() during the checkout): not counted here
-    } else if (c == nullptr || c->broken()) {
-      --open_;
-      ++generation_;  // the others to this server are suspect too
-    } else {
+std::optional<RedisNode::Checkout> RedisNode::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
+
+std::optional<RedisNode::Checkout> RedisNode::pool_take(std::chrono::nanoseconds wait) {
+  return pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
+}
+
+namespace {
+
+// A checked-out link, given back when done: broken (and dropped) if it failed
+// or if an exception left the middle of its use.
+class Use {
+ public:
+  explicit Use(RedisNode& node) : node_(node), c_(node.take()), exceptions_(std::uncaught_exceptions()) {}
+  ~Use() { node_.give_back(std::move(c_), std::uncaught_exceptions() <= exceptions_ && !c_.handle.broken()); }
+  Use(const Use&) = delete;
+  Use& operator=(const Use&) = delete;
+  RedisLink& link() noexcept { return c_.handle; }
+
+ private:
+  RedisNode& node_;
+  RedisNode::Checkout c_;
+  int exceptions_;
+};
+
+}  // namespace
+
+std::vector<RedisValue> RedisNode::run_scripts(std::span<const redis_proto::ScriptCall> calls, std::string_view what) {
+  if (calls.empty()) return {};
+  RedisNode* const self[] = {this};
+  const std::vector<redis_proto::ScriptCall> batch(calls.begin(), calls.end());
+  auto out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
+  if (out[0].error) std::rethrow_exception(out[0].error);
+  return std::move(out[0].replies);
+}
+
+std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
+                                  std::span<const std::vector<redis_proto::ScriptCall>> batches,
+                                  std::optional<std::chrono::milliseconds> timeout, std::string_view what,
+                                  std::string_view deadline_name) {
+  using redis_proto::ScriptForm;
+  const std::size_t n = nodes.size();
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout) deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
+  std::vector<RedisOutcome> out(n);
+  std::vector<std::optional<RedisNode::Checkout>> links(n);
+  // One round: calls[i] (indices into batches[i]) to node i, all nodes at once.
+  const auto round = [&](const std::vector<std::vector<std::size_t>>& calls, ScriptForm form) {
+    RedisGather gather(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (calls[i].empty() || out[i].error) {
+        gather.slot(i)(RedisOutcome{});
+        continue;
+      }
       try {
-        idle_.push_back(Idle{std::move(c), generation_, std::chrono::steady_clock::now()});
-      } catch (...) {
-        --open_;
+        if (!links[i]) {
+          if (deadline) {  // Redlock: never wait for a busy pool past the round's deadline
+            links[i] = nodes[i]->try_take();
+            if (!links[i]) {
+              const auto left = saturating_sub(*deadline, std::chrono::steady_clock::now());
+              auto c = nodes[i]->pool_take(left);
+              if (!c)
+                throw ConnectionError(
+                    fmt::format("dlock: no free connection to Redis at {} within {} during {}; nothing was asked of it",
+                                nodes[i]->endpoint(), deadline_name, what));
+              links[i] = std::move(c);
+            }
+          } else {
+            links[i] = nodes[i]->take();
+          }
+        }
+        RedisCall call{.request = {},
+                       .what = std::string(what),
+                       .deadline = deadline,
+                       .deadline_name = std::string(deadline_name)};
+        for (std::size_t k : calls[i])
+          (void)redis_proto::push_script_call(call.request, batches[i][k], links[i]->handle.shas(), form);
+        links[i]->handle.send(std::move(call), gather.slot(i));
+      } catch (...) {  // could not connect (or out of memory): this node's outcome
+        gather.slot(i)(RedisOutcome{{}, std::current_exception(), {}});
       }
     }
+    return gather.wait();
+  };
+  std::vector<std::vector<std::size_t>> first(n);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t k = 0; k < batches[i].size(); ++k) first[i].push_back(k);
+  auto got = round(first, ScriptForm::evalsha);
+  // NOSCRIPT (SCRIPT FLUSH, or a failover to a server without the script): once more as EVAL.
+  std::vector<std::vector<std::size_t>> again(n);
+  bool any = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (first[i].empty()) continue;
+    out[i] = std::move(got[i]);
+    if (out[i].error) continue;
+    for (std::size_t k = 0; k < out[i].replies.size(); ++k)
+      if (redis_proto::after_script_reply(out[i].replies[k], ScriptForm::evalsha) ==
+          redis_proto::ScriptNext::resend_as_eval) {
+        again[i].push_back(k);
+        any = true;
+      }
   }
-  free_cv_.notify_one();
-}
-
-std::size_t RedisNode::open_connections() const {
-  std::lock_guard lk(mu_);
-  return open_;
+  if (any) {
+    auto second = round(again, ScriptForm::eval);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (again[i].empty()) continue;
+      if (second[i].error) {
+        out[i] = std::move(second[i]);
+        continue;
+      }
+      for (std::size_t k = 0; k < again[i].size(); ++k) out[i].replies[again[i][k]] = std::move(second[i].replies[k]);
+      out[i].answered = second[i].answered;
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    if (links[i]) nodes[i]->give_back(std::move(*links[i]), !out[i].error && !links[i]->handle.broken());
+  return out;
 }
 
 RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_view owner,
                                            std::chrono::milliseconds ttl) {
-  const std::string ttl_ms = number(ttl.count());
-  const std::string fence_ms = number(fence_pttl(ttl, options_.fence_ttl).count());
-  const std::array<std::string_view, 2> k{keys.lock, keys.fence};
-  const std::array<std::string_view, 3> a{owner, ttl_ms, fence_ms};
-  RedisValue r;
-  {
-    Checkout c(*this);
-    r = c->eval(RedisScript::acquire, k, a);
-  }
-  return parse_acquire_reply(r, endpoint_, keys.lock);
+  const auto call = redis_proto::acquire_call(keys, owner, ttl, options_.fence_ttl);
+  const auto r = run_scripts(std::span(&call, 1), fmt::format("acquire of '{}'", keys.lock));
+  return parse_acquire_reply(r.at(0), endpoint_, keys.lock);
 }
 
 bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
@@ -757,14 +318,9 @@ bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
 }
 
 bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
-  const std::array<std::string_view, 1> k{keys.lock};
-  const std::array<std::string_view, 2> a{owner, keys.channel};
-  RedisValue r;
-  {
-    Checkout c(*this);
-    r = c->eval(RedisScript::release, k, a);
-  }
-  return released(r, keys);
+  const auto call = redis_proto::release_call(keys, owner, redis_proto::Publish::yes);
+  const auto r = run_scripts(std::span(&call, 1), fmt::format("release of '{}'", keys.lock));
+  return released(r.at(0), keys);
 }
 
 void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
@@ -772,56 +328,31 @@ void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chro
     RedisOptions o = options_;
     o.connect_timeout = std::min(o.connect_timeout, timeout);
     o.command_timeout = std::min(o.command_timeout, timeout);
-    // No SCRIPT LOAD (eval() then sends EVAL), and no eviction check: a
+    // No SCRIPT LOAD (the call then goes as EVAL), and no eviction check: a
     // cleanup of what may be ours is worth sending to any server.
-    RedisConnection c(o, endpoint_, RedisHandshake{.load_scripts = false, .check_eviction = false});
-    const std::array<std::string_view, 1> k{keys.lock};
-    const std::array<std::string_view, 2> a{owner, keys.channel};
-    (void)released(c.eval(RedisScript::release, k, a), keys);
+    RedisLink link = RedisLink::open(o, RedisLinkSetup{.load_scripts = false, .check_eviction = false});
+    RedisCall call{.what = fmt::format("release of '{}'", keys.lock)};
+    (void)redis_proto::push_script_call(call.request, redis_proto::release_call(keys, owner, redis_proto::Publish::yes),
+                                        link.shas(), redis_proto::ScriptForm::eval);
+    (void)released(link.exec(std::move(call)).at(0), keys);
   } catch (...) {  // best effort: what it could not delete expires by its TTL
   }
 }
 
 bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl) {
-  const std::string ttl_ms = number(ttl.count());
-  const std::array<std::string_view, 1> k{lock_key};
-  const std::array<std::string_view, 2> a{owner, ttl_ms};
-  RedisValue r;
-  {
-    Checkout c(*this);
-    r = c->eval(RedisScript::extend, k, a);
-  }
-  return parse_flag_reply(r, endpoint_, "extend", lock_key);
+  const auto call = redis_proto::extend_call(lock_key, owner, ttl);
+  const auto r = run_scripts(std::span(&call, 1), fmt::format("extend of '{}'", lock_key));
+  return parse_flag_reply(r.at(0), endpoint_, "extend", lock_key);
 }
 
 std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std::vector<std::exception_ptr>* errors) {
   std::vector<bool> out(items.size(), false);
   if (errors != nullptr) errors->assign(items.size(), nullptr);
   if (items.empty()) return out;
-  std::vector<std::string> ttls;
-  ttls.reserve(items.size());
-  for (const auto& it : items) ttls.push_back(number(it.ttl.count()));
-  std::vector<RedisValue> replies;
-  replies.reserve(items.size());
-  {
-    Checkout c(*this);
-    auto append = [&](std::size_t i, bool by_sha) {
-      const std::array<std::string_view, 1> k{items[i].lock_key};
-      const std::array<std::string_view, 2> a{items[i].owner, ttls[i]};
-      if (by_sha) {
-        c->append_evalsha(RedisScript::extend, k, a);
-      } else {
-        c->append_eval(RedisScript::extend, k, a);
-      }
-    };
-    for (std::size_t i = 0; i < items.size(); ++i) append(i, true);
-    for (std::size_t i = 0; i < items.size(); ++i) replies.push_back(c->read_reply());
-    std::vector<std::size_t> again;  // NOSCRIPT: after SCRIPT FLUSH; resend those with EVAL
-    for (std::size_t i = 0; i < items.size(); ++i)
-      if (replies[i].is_error() && starts_with(replies[i].str, "NOSCRIPT")) again.push_back(i);
-    for (std::size_t i : again) append(i, false);
-    for (std::size_t i : again) replies[i] = c->read_reply();
-  }
+  std::vector<redis_proto::ScriptCall> calls;
+  calls.reserve(items.size());
+  for (const auto& it : items) calls.push_back(redis_proto::extend_call(it.lock_key, it.owner, it.ttl));
+  const auto replies = run_scripts(calls, fmt::format("extend of {} locks", items.size()));
   for (std::size_t i = 0; i < items.size(); ++i) {
     try {
       out[i] = parse_flag_reply(replies[i], endpoint_, "extend", items[i].lock_key);
@@ -834,8 +365,10 @@ std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std:
 }
 
 RedisValue RedisNode::command(std::span<const std::string_view> args) {
-  Checkout c(*this);
-  return c->command(args);
+  Use use(*this);
+  RedisCall call{.what = fmt::format("{}", args.empty() ? std::string_view("a command") : args.front())};
+  call.request.push(args);
+  return std::move(use.link().exec(std::move(call)).at(0));
 }
 
 }  // namespace dlock::detail

@@ -1,5 +1,5 @@
 // RedisOptions: validation, endpoint text and the URI form.
-#include <dlock/detail/redis_options.hpp>
+#include <dlock/redis_options.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -40,6 +40,12 @@ void validate(const RedisOptions& o) {
     invalid_field("RedisOptions.pool_size", "must be in 1..1024", fmt::format("{}", o.pool_size));
   if (o.fence_ttl < std::chrono::seconds(1))
     invalid_field("RedisOptions.fence_ttl", "must be at least 1s", format_duration(o.fence_ttl));
+  if (o.tls) {
+    if (!o.unix_socket.empty())
+      invalid_field("RedisOptions.tls", "cannot be used with unix_socket (Redis serves TLS on TCP only)",
+                    fmt::format("set, with unix_socket \"{}\"", o.unix_socket));
+    validate_tls(*o.tls, "RedisOptions.tls");
+  }
 }
 
 std::string redis_endpoint(const RedisOptions& o) {
@@ -59,7 +65,7 @@ namespace {
 [[noreturn]] void bad_uri(std::string_view problem) {
   throw InvalidArgument(
       fmt::format("dlock: invalid Redis URI (not shown: it may contain a password): {}; expected "
-                  "redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path/to/socket[?db=N]",
+                  "redis[s]://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path/to/socket[?db=N]",
                   problem));
 }
 
@@ -164,7 +170,12 @@ RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base) {
     if (o.unix_socket.empty() || o.unix_socket.front() != '/')
       bad_uri("a unix socket URI needs an absolute path: unix:///path/to/socket");
     if (q != std::string_view::npos) parse_query(rest.substr(q + 1), o);
-  } else if (scheme == "redis") {
+  } else if (scheme == "redis" || scheme == "rediss") {
+    if (scheme == "rediss") {
+      if (!o.tls) o.tls = TlsOptions{};  // base's TLS settings (CA, client certificate) are kept
+    } else if (o.tls) {
+      bad_uri("redis:// with RedisOptions tls set (write rediss:// for TLS; a TLS setting is never dropped)");
+    }
     o.unix_socket.clear();
     if (has_userinfo) {
       parse_userinfo(userinfo, o);
@@ -200,12 +211,10 @@ RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base) {
     if (!path.empty()) path.remove_prefix(1);  // the '/'
     if (!path.empty()) o.database = parse_int(path, "database (the path)", 0, 1 << 30);
     if (q != std::string_view::npos) parse_query(tail.substr(q + 1), o);
-  } else if (scheme == "rediss") {
-    bad_uri("TLS (rediss://) is not supported by this build of dlock");
   } else if (well_formed_scheme(scheme)) {
-    bad_uri(fmt::format("unknown scheme \"{}\" (expected redis or unix)", scheme));
+    bad_uri(fmt::format("unknown scheme \"{}\" (expected redis, rediss or unix)", scheme));
   } else {
-    bad_uri("unknown scheme (expected redis or unix)");
+    bad_uri("unknown scheme (expected redis, rediss or unix)");
   }
   if (!o.username.empty() && o.password.empty()) bad_uri("a user name needs a password (user:password@)");
   // Every field taken from the URI is checked above; what validate() can

@@ -1,22 +1,19 @@
-// The pub/sub connections: one background thread owns them (one non-blocking
-// connection per server, all in one poll()) and is the only user of their
-// hiredis contexts; other threads talk to the thread through the channel
-// table (under Core::mu) and an eventfd that wakes its poll().
+// The pub/sub connections: one transport link per server in subscriber mode
+// (detail/redis_transport.hpp), driven by the transport's I/O thread, with a
+// pure SubscriptionTable per server (detail/redis_protocol.hpp) deciding what
+// to send and what each reply means. Callers' threads and the I/O thread meet
+// under Core::mu; waiters sleep on Core::cv.
 #include <dlock/detail/redis_subscriber.hpp>
 
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
-#include <new>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,7 +22,8 @@
 #include <utility>
 #include <vector>
 
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_protocol.hpp>
+#include <dlock/detail/redis_transport.hpp>
 #include <dlock/error.hpp>
 #include <fmt/format.h>
 
@@ -34,365 +32,209 @@ namespace dlock::detail {
 using Clock = std::chrono::steady_clock;
 
 struct RedisSubscriber::Channel {
-  struct OnServer {
-    bool sent = false;     // our last command for it on this server's connection was SUBSCRIBE
-    int pending_acks = 0;  // SUBSCRIBEs sent and not yet acknowledged
-    bool acked = false;    // the server confirmed the subscription and it is still wanted
-    bool refused = false;  // the server answered a SUBSCRIBE with an error (e.g. NOPERM)
-  };
-  Channel(std::string n, std::size_t servers) : name(std::move(n)), on(servers) {}
+  explicit Channel(std::string n) : name(std::move(n)) {}
   const std::string name;
   int refs = 0;                // live RedisSubscriptions
-  std::vector<OnServer> on;    // per server
   std::uint64_t releases = 0;  // messages received, from any server
 };
 
-struct RedisSubscriber::Core {
-  explicit Core(std::vector<Server> s)
-      : servers(std::move(s)),
-        state(servers.size()),
-        links_(servers.size()),
-        commands_(servers.size()),
-        fds_(servers.size() + 1),
-        polled_(servers.size()) {
+struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Core> {
+  explicit Core(std::vector<Server> s) : servers(std::move(s)), per(servers.size()) {
     for (const Server& server : servers)
       wait = std::max(wait, server.options.connect_timeout + server.options.command_timeout);
   }
   Core(const Core&) = delete;
   Core& operator=(const Core&) = delete;
-  ~Core() {
-    if (efd >= 0) ::close(efd);
-  }
 
-  // fork(): the child has a copy of this Core but not its thread, and its
+  // fork(): the child has a copy of this Core but not the I/O thread, and its
   // mutex and condition variable may be copied in a locked or waited-on
   // state. A child never uses such a Core (see RedisSubscriber::current()):
-  // it closes the fds, frees the connections without sending anything, and
-  // keeps the Core alive for good (destroying the thread object or the
-  // condition variable could terminate or block), one small leak per fork.
+  // it drops the links without sending anything and keeps the Core alive for
+  // good (destroying the condition variable could block), one small leak per fork.
   [[nodiscard]] bool inherited() const noexcept { return pid != ::getpid(); }
   static void abandon(std::shared_ptr<Core> core) noexcept {
-    if (core->efd >= 0) ::close(core->efd);
-    core->efd = -1;
-    for (Link& l : core->links_) l.conn.reset();
+    for (PerServer& p : core->per) p.link.reset();                    // inherited links: the fd is closed, nothing sent
     (void)new (std::nothrow) std::shared_ptr<Core>(std::move(core));  // never destroyed
   }
 
-  const pid_t pid = ::getpid();  // the process whose thread serves this Core
+  const pid_t pid = ::getpid();
   const std::vector<Server> servers;
   std::chrono::milliseconds wait{0};  // how long subscribe() waits for acknowledgements
 
-  struct ServerState {
+  struct PerServer {
+    redis_proto::SubscriptionTable table;
+    std::optional<RedisLink> link;
+    std::uint64_t link_id = 0;     // of the current link; callbacks of older ones are ignored
     bool connected = false;        // handshake done
     std::uint64_t failures = 0;    // connection attempts failed or connections lost
-    Clock::time_point retry_at{};  // down, and not reconnected before then (Link::next_connect)
+    Clock::time_point retry_at{};  // down, and not reconnected before then
+    bool reconnect_scheduled = false;
+    std::uint64_t sent = 0;  // SUBSCRIBE/UNSUBSCRIBE sent on the current link
   };
 
   std::mutex mu;
   std::condition_variable cv;  // acknowledgements, failures and messages
   std::unordered_map<std::string, std::shared_ptr<Channel>> channels;
-  std::vector<ServerState> state;  // per server
-  std::string refusal;             // the last error reply to a SUBSCRIBE, for last_refusal()
+  std::vector<PerServer> per;
+  std::string refusal;  // the last error reply to a SUBSCRIBE, for last_refusal()
   bool stop = false;
   bool started = false;
-  int efd = -1;
-  std::thread thread;
-
-  void kick() noexcept {
-    const std::uint64_t one = 1;
-    if (efd >= 0) {
-      [[maybe_unused]] const auto n = ::write(efd, &one, sizeof one);
-    }
-  }
 
   [[nodiscard]] bool wanted() const {  // under mu
     return std::any_of(channels.begin(), channels.end(), [](const auto& c) { return c.second->refs > 0; });
   }
 
-  void run() noexcept;
-
- private:
-  // A SUBSCRIBE or UNSUBSCRIBE sent and not yet answered; each gets one reply, in order.
-  struct Sent {
-    bool subscribe;
-    std::string channel;
-    Clock::time_point due;  // answered by then, or the server stopped answering
-  };
-  // One server's connection. Thread-only.
-  struct Link {
-    std::unique_ptr<RedisConnection> conn;
-    std::size_t handshake_owed = 0;  // replies still owed to the connection's handshake
-    std::vector<RedisValue> handshake;
-    bool flushed = true;  // nothing left to send
-    Clock::time_point next_connect{};
-    std::optional<Clock::time_point> connect_due;  // the handshake must be done by then
-    std::deque<Sent> in_flight;
-  };
-  std::vector<Link> links_;
-  // run()'s buffers, allocated up front so that its loop allocates only where it can recover.
-  std::vector<std::vector<std::pair<bool, std::string>>> commands_;  // per server: (subscribe?, channel)
-  std::vector<pollfd> fds_;                                          // the eventfd, then the polled links
-  std::vector<std::size_t> polled_;                                  // fds_[k + 1] belongs to server polled_[k]
-
-  void connect(std::size_t s) noexcept;
-  void drop(std::size_t s) noexcept;
-  void send(std::size_t s, const std::vector<std::pair<bool, std::string>>& commands) noexcept;
-  void drain(std::size_t s);
-  void on_reply(std::size_t s, const RedisValue& r);
-};
-
-void RedisSubscriber::Core::drop(std::size_t s) noexcept {
-  Link& l = links_[s];
-  l.conn.reset();
-  l.handshake_owed = 0;
-  l.handshake.clear();
-  l.flushed = true;
-  l.connect_due.reset();
-  l.in_flight.clear();
-  l.next_connect = Clock::now() + std::chrono::seconds(1);
-  std::lock_guard lk(mu);
-  state[s].connected = false;
-  ++state[s].failures;
-  state[s].retry_at = l.next_connect;
-  for (auto& [name, ch] : channels) ch->on[s] = Channel::OnServer{};
-  cv.notify_all();
-}
-
-void RedisSubscriber::Core::connect(std::size_t s) noexcept {
-  Link& l = links_[s];
-  try {
-    const Server& server = servers[s];
-    l.conn =
-        std::make_unique<RedisConnection>(server.options, server.endpoint, RedisConnection::NonBlocking{},
-                                          RedisConnection::Handshake{.load_scripts = false, .check_eviction = false});
-    l.handshake_owed = l.conn->pending_handshake();
-    l.handshake.clear();
-    l.connect_due = Clock::now() + server.options.connect_timeout;
-    l.flushed = l.conn->flush();
-    if (l.handshake_owed == 0) {
-      l.connect_due.reset();
-      std::lock_guard lk(mu);
-      state[s].connected = true;
-    }
-  } catch (...) {  // unreachable or refused: retried in 1 s at the earliest
-    drop(s);
-  }
-}
-
-void RedisSubscriber::Core::send(std::size_t s, const std::vector<std::pair<bool, std::string>>& commands) noexcept {
-  Link& l = links_[s];
-  try {
-    for (const auto& [subscribe, name] : commands) {
-      const std::array<std::string_view, 2> args{subscribe ? "SUBSCRIBE" : "UNSUBSCRIBE", name};
-      l.conn->append(args);
-      l.in_flight.push_back(
-          Sent{subscribe, name, l.connect_due.value_or(Clock::now()) + servers[s].options.command_timeout});
-    }
-    l.flushed = l.conn->flush();
-  } catch (...) {
-    drop(s);
-  }
-}
-
-void RedisSubscriber::Core::drain(std::size_t s) {
-  Link& l = links_[s];
-  while (l.conn) {
-    auto reply = l.conn->next_reply();
-    if (!reply) return;
-    if (l.handshake_owed > 0) {
-      l.handshake.push_back(std::move(*reply));
-      if (--l.handshake_owed == 0) {
-        l.conn->check_handshake(l.handshake);  // throws ServerError when AUTH or SELECT was refused
-        l.handshake.clear();
-        l.connect_due.reset();
-        std::lock_guard lk(mu);
-        state[s].connected = true;
-      }
-      continue;
-    }
-    on_reply(s, *reply);
-  }
-}
-
-void RedisSubscriber::Core::on_reply(std::size_t s, const RedisValue& r) {
-  using Type = RedisValue::Type;
-  Link& l = links_[s];
-  if (r.is_error()) {  // to the oldest SUBSCRIBE or UNSUBSCRIBE in flight (replies come in order)
-    if (l.in_flight.empty()) return;
-    const Sent sent = std::move(l.in_flight.front());
-    l.in_flight.pop_front();
-    if (!sent.subscribe) return;
-    std::lock_guard lk(mu);
-    try {
-      refusal = fmt::format(
-          "dlock: Redis at {} refused SUBSCRIBE to '{}' ({}); waiters are not woken by its releases of that lock "
-          "(check the ACL user's channel permissions)",
-          servers[s].endpoint, sent.channel, r.str);
-    } catch (...) {  // out of memory: the refusal still counts, unreported
-    }
-    auto it = channels.find(sent.channel);
-    if (it == channels.end()) return;
-    Channel::OnServer& on = it->second->on[s];
-    if (on.pending_acks > 0) --on.pending_acks;
-    on.refused = true;  // kept (not resent) until the channel is unsubscribed or the connection lost
-    cv.notify_all();
-    return;
-  }
-  if (r.type != Type::array || r.elements.size() != 3 || r.elements[0].type != Type::string ||
-      r.elements[1].type != Type::string)
-    return;
-  const std::string& kind = r.elements[0].str;
-  if ((kind == "subscribe" || kind == "unsubscribe") && !l.in_flight.empty()) l.in_flight.pop_front();
-  std::lock_guard lk(mu);
-  auto it = channels.find(r.elements[1].str);
-  if (it == channels.end()) return;
-  Channel& ch = *it->second;
-  if (kind == "message") {
-    ++ch.releases;
-    cv.notify_all();
-  } else if (kind == "subscribe") {
-    Channel::OnServer& on = ch.on[s];
-    if (on.pending_acks > 0) --on.pending_acks;
-    if (on.pending_acks == 0 && on.sent) {  // also with no references left: reconcile unsubscribes then
-      on.acked = true;
-      cv.notify_all();
-    }
-  }
-}
-
-void RedisSubscriber::Core::run() noexcept {
-  const std::size_t n = servers.size();
-  for (;;) {
-    bool want = false;
-    {
-      std::lock_guard lk(mu);
-      if (stop) break;
-      want = wanted();
-    }
-    if (want) {  // at most one connection attempt per second per server, also when subscriptions arrive
-      const auto now = Clock::now();
-      for (std::size_t s = 0; s < n; ++s)
-        if (!links_[s].conn && now >= links_[s].next_connect) connect(s);
-    }
-
-    // Reconcile each server's subscriptions with the reference counts.
-    bool retry = false;
-    try {
-      std::lock_guard lk(mu);
-      for (auto it = channels.begin(); it != channels.end();) {
-        Channel& ch = *it->second;
-        if (ch.refs == 0 &&
-            std::none_of(ch.on.begin(), ch.on.end(), [](const auto& on) { return on.sent || on.pending_acks > 0; })) {
-          it = channels.erase(it);
-          continue;
-        }
-        for (std::size_t s = 0; s < n; ++s) {
-          if (!links_[s].conn) continue;
-          Channel::OnServer& on = ch.on[s];
-          if (ch.refs > 0 && !on.sent) {
-            commands_[s].emplace_back(true, ch.name);
-            on.sent = true;
-            ++on.pending_acks;
-          } else if (ch.refs == 0 && on.sent) {
-            commands_[s].emplace_back(false, ch.name);
-            on.sent = false;
-            on.acked = false;
-            on.refused = false;
-          }
-        }
-        ++it;
-      }
-    } catch (...) {  // out of memory: the commands not queued are queued on a later round
-      retry = true;
-    }
-    for (std::size_t s = 0; s < n; ++s) {
-      if (commands_[s].empty()) continue;
-      if (links_[s].conn) send(s, commands_[s]);
-      commands_[s].clear();
-    }
-
-    // Wait for replies, a kick, or the next deadline.
-    int timeout_ms = -1;
-    std::size_t nfds = 1;
-    {
-      const auto now = Clock::now();
-      const auto consider = [&](Clock::time_point t) {
-        const int ms = static_cast<int>(
-            std::clamp<long long>(std::chrono::ceil<std::chrono::milliseconds>(t - now).count(), 0, 60'000));
-        timeout_ms = timeout_ms < 0 ? ms : std::min(timeout_ms, ms);
-      };
-      if (retry) consider(now + std::chrono::milliseconds(100));
-      {
-        std::lock_guard lk(mu);
-        want = wanted();
-      }
-      fds_[0] = pollfd{efd, POLLIN, 0};
-      for (std::size_t s = 0; s < n; ++s) {
-        const Link& l = links_[s];
-        if (!l.conn) {
-          if (want) consider(l.next_connect);
-          continue;
-        }
-        if (l.connect_due) consider(*l.connect_due);
-        if (!l.in_flight.empty()) consider(l.in_flight.front().due);
-        fds_[nfds] = pollfd{l.conn->fd(), static_cast<short>(POLLIN | (l.flushed ? 0 : POLLOUT)), 0};
-        polled_[nfds - 1] = s;
-        ++nfds;
-      }
-    }
-    const int ready = ::poll(fds_.data(), nfds, timeout_ms);
-    if (ready > 0 && (fds_[0].revents & POLLIN) != 0) {
-      std::uint64_t count = 0;
-      [[maybe_unused]] const auto r = ::read(efd, &count, sizeof count);
-    }
-    for (std::size_t k = 0; ready > 0 && k + 1 < nfds; ++k) {
-      const short ev = fds_[k + 1].revents;
-      const std::size_t s = polled_[k];
-      Link& l = links_[s];
-      if (ev == 0 || !l.conn) continue;
-      try {
-        if ((ev & POLLNVAL) != 0) throw ConnectionError("dlock: invalid pub/sub socket");
-        if (!l.flushed && (ev & (POLLOUT | POLLERR | POLLHUP)) != 0) l.flushed = l.conn->flush();
-        if ((ev & (POLLIN | POLLERR | POLLHUP)) != 0) {
-          l.conn->fill();
-          drain(s);
-        }
-      } catch (...) {  // reset, closed, refused, a handshake refusal, or out of memory
-        drop(s);
-      }
-    }
+  // Under mu: a link for server s if there is none and one is wanted, at most
+  // one attempt per second (a timer retries later while wanted).
+  void ensure_link(std::size_t s) noexcept {
+    PerServer& p = per[s];
+    if (stop || p.link || !wanted()) return;
     const auto now = Clock::now();
-    for (std::size_t s = 0; s < n; ++s) {
-      const Link& l = links_[s];
-      if (l.conn &&
-          ((l.connect_due && now >= *l.connect_due) || (!l.in_flight.empty() && now >= l.in_flight.front().due)))
-        drop(s);  // the server stopped answering
+    if (now < p.retry_at) {
+      if (!p.reconnect_scheduled) {
+        p.reconnect_scheduled = true;
+        schedule(std::chrono::ceil<std::chrono::milliseconds>(p.retry_at - now), [s](Core& c) {
+          c.per[s].reconnect_scheduled = false;
+          c.ensure_link(s);
+        });
+      }
+      return;
+    }
+    const std::uint64_t id = ++p.link_id;
+    const std::weak_ptr<Core> weak = weak_from_this();
+    try {
+      p.sent = 0;
+      p.link.emplace(RedisLink::open(
+          servers[s].options, RedisLinkSetup{.load_scripts = false, .check_eviction = false},
+          RedisLinkEvents{
+              .push = [weak, s, id](RedisValue r) { with(weak, s, id, [&](Core& c) { c.on_push(s, r); }); },
+              .up = [weak, s, id] { with(weak, s, id, [&](Core& c) { c.on_up(s); }); },
+              .lost = [weak, s, id](std::exception_ptr) { with(weak, s, id, [&](Core& c) { c.on_lost(s); }); }}));
+    } catch (...) {  // an unusable TLS setting, or out of memory: counts as a failed attempt
+      p.link.reset();
+      failed(s);
     }
   }
-  for (Link& l : links_) l.conn.reset();
-  std::lock_guard lk(mu);
-  for (ServerState& st : state) st.connected = false;
-}
+
+  // Runs fn under mu if the Core lives and link `id` is still server s's.
+  template <class F>
+  static void with(const std::weak_ptr<Core>& weak, std::size_t s, std::uint64_t id, F&& fn) {
+    const auto core = weak.lock();
+    if (!core) return;
+    std::lock_guard lk(core->mu);
+    if (core->stop || core->per[s].link_id != id || !core->per[s].link) return;
+    fn(*core);
+  }
+
+  template <class F>
+  void schedule(std::chrono::milliseconds delay, F fn) noexcept {
+    try {
+      redis_io_after(delay, [weak = weak_from_this(), fn = std::move(fn)] {
+        const auto core = weak.lock();
+        if (!core) return;
+        std::lock_guard lk(core->mu);
+        if (!core->stop) fn(*core);
+      });
+    } catch (...) {  // out of memory: the next subscribe() retries
+    }
+  }
+
+  // Under mu: sends what server s's table says (SUBSCRIBE / UNSUBSCRIBE); a
+  // server that leaves them unanswered for command_timeout is dropped.
+  void reconcile(std::size_t s) noexcept {
+    PerServer& p = per[s];
+    if (!p.link || !p.connected) return;
+    try {
+      redis_proto::Request req = p.table.take_commands();
+      if (req.empty()) return;
+      p.sent += req.commands();
+      const std::uint64_t target = p.sent, id = p.link_id;
+      RedisCall call;
+      call.request = std::move(req);
+      call.what = "SUBSCRIBE";
+      p.link->send(std::move(call), {});
+      schedule(servers[s].options.command_timeout, [s, target, id](Core& c) {
+        PerServer& q = c.per[s];
+        if (q.link_id == id && q.link && q.sent - q.table.in_flight() < target) q.link->close();  // stopped answering
+      });
+    } catch (...) {  // out of memory: drop the link; the reconnect resubscribes
+      if (p.link) p.link->close();
+    }
+  }
+
+  void on_up(std::size_t s) {
+    per[s].connected = true;
+    reconcile(s);
+    cv.notify_all();
+  }
+
+  void on_push(std::size_t s, const RedisValue& r) {
+    PerServer& p = per[s];
+    const redis_proto::PubSubEvent ev = p.table.on_reply(r);
+    using K = redis_proto::PubSubEvent::Kind;
+    switch (ev.kind) {
+      case K::message:
+        if (auto it = channels.find(ev.channel); it != channels.end()) ++it->second->releases;
+        break;
+      case K::refused:
+        try {
+          refusal = fmt::format(
+              "dlock: Redis at {} refused SUBSCRIBE to '{}' ({}); waiters are not woken by its releases of that "
+              "lock (check the ACL user's channel permissions)",
+              servers[s].endpoint, ev.channel, ev.payload);
+        } catch (...) {  // out of memory: the refusal still counts, unreported
+        }
+        break;
+      case K::unexpected:
+        if (p.link) p.link->close();  // not a pub/sub reply: drop the connection
+        return;
+      default:
+        break;
+    }
+    reconcile(s);  // a refusal or an ack may leave commands to send (a channel unwanted meanwhile)
+    cv.notify_all();
+  }
+
+  void on_lost(std::size_t s) {
+    per[s].link.reset();
+    failed(s);
+  }
+
+  void failed(std::size_t s) noexcept {  // under mu
+    PerServer& p = per[s];
+    p.connected = false;
+    p.table.on_disconnect();
+    ++p.failures;
+    p.retry_at = Clock::now() + std::chrono::seconds(1);
+    ensure_link(s);  // schedules the reconnect while wanted
+    cv.notify_all();
+  }
+};
 
 RedisSubscriber::RedisSubscriber(std::vector<Server> servers) : core_(std::make_shared<Core>(std::move(servers))) {}
 
 RedisSubscriber::~RedisSubscriber() {
-  if (core_->inherited()) {  // a child's copy: no thread to stop here
+  if (core_->inherited()) {  // a child's copy: nothing of it is ours to stop
     Core::abandon(std::move(core_));
     return;
   }
+  std::vector<std::optional<RedisLink>> links;
   {
     std::lock_guard lk(core_->mu);
     core_->stop = true;
+    for (auto& p : core_->per) {
+      links.push_back(std::move(p.link));
+      p.link.reset();
+      p.connected = false;
+    }
   }
-  core_->kick();
-  if (core_->thread.joinable()) core_->thread.join();
+  links.clear();  // closed outside the lock
   core_->cv.notify_all();
 }
 
 std::shared_ptr<RedisSubscriber::Core> RedisSubscriber::current() const {
   std::lock_guard lk(core_mu_);
-  if (core_->inherited()) {  // fork(): start over with no thread and no connection
+  if (core_->inherited()) {  // fork(): start over with no connection
     auto fresh = std::make_shared<Core>(core_->servers);
     Core::abandon(std::exchange(core_, std::move(fresh)));
   }
@@ -403,7 +245,7 @@ std::size_t RedisSubscriber::connected() const {
   const auto core = current();
   std::lock_guard lk(core->mu);
   return static_cast<std::size_t>(
-      std::count_if(core->state.begin(), core->state.end(), [](const auto& st) { return st.connected; }));
+      std::count_if(core->per.begin(), core->per.end(), [](const auto& p) { return p.connected; }));
 }
 
 bool RedisSubscriber::started() const {
@@ -416,7 +258,7 @@ std::uint64_t RedisSubscriber::failures() const {
   const auto core = current();
   std::lock_guard lk(core->mu);
   std::uint64_t total = 0;
-  for (const auto& st : core->state) total += st.failures;
+  for (const auto& p : core->per) total += p.failures;
   return total;
 }
 
@@ -433,51 +275,38 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel) {
   // Allocated before locking: nothing below may throw once the reference is
   // taken (unwinding would release it, relocking core.mu).
   std::vector<std::uint64_t> failures(n);
+  auto fresh = std::make_shared<Channel>(channel);
   std::unique_lock lk(core.mu);
-  if (!core.started) {
-    core.efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (core.efd < 0) throw ConnectionError("dlock: cannot create an eventfd for the Redis pub/sub thread");
-    try {
-      core.thread = std::thread([c = core_ptr.get()] { c->run(); });
-    } catch (const std::exception& e) {  // std::system_error: out of threads or memory
-      ::close(core.efd);
-      core.efd = -1;
-      throw ConnectionError(std::string("dlock: cannot start the Redis pub/sub thread: ") + e.what());
-    }
-    core.started = true;
-  }
+  core.started = true;
   auto it = core.channels.find(channel);
-  if (it == core.channels.end()) it = core.channels.emplace(channel, std::make_shared<Channel>(channel, n)).first;
+  if (it == core.channels.end()) it = core.channels.emplace(channel, std::move(fresh)).first;
   std::shared_ptr<Channel> ch = it->second;
+  for (auto& p : core.per) p.table.want(channel);  // may throw bad_alloc: before the reference is taken
   ++ch->refs;
   RedisSubscription sub(core_ptr, ch, ch->releases);  // owns the reference from here on
+  for (std::size_t s = 0; s < n; ++s) {
+    failures[s] = core.per[s].failures;
+    core.ensure_link(s);
+    core.reconcile(s);
+  }
   // Servers to wait for: not yet acknowledged or refused, and not down within
   // their reconnect backoff (those count as failed at once).
   const auto now = Clock::now();
   const auto settled = [&](std::size_t s) {
-    const Channel::OnServer& on = ch->on[s];
-    return on.acked || on.refused || core.state[s].failures != failures[s] || now < core.state[s].retry_at;
+    const Core::PerServer& p = core.per[s];
+    return p.table.ready(ch->name) || p.table.refused(ch->name) || p.failures != failures[s] ||
+           (!p.link && now < p.retry_at);
   };
-  bool wait = false;
-  for (std::size_t s = 0; s < n; ++s) {
-    failures[s] = core.state[s].failures;
-    wait = wait || !settled(s);
-  }
-  // The thread sends the SUBSCRIBEs, and with the first reference times the
-  // reconnects of servers that are down.
-  if (wait || ch->refs == 1) core.kick();
-  if (wait) {
-    // Every server either acknowledges, refuses or fails (a down one does so
-    // at once, a paused one when its connect_timeout or command_timeout passes).
-    core.cv.wait_for(lk, core.wait, [&] {
-      if (core.stop) return true;
-      for (std::size_t s = 0; s < n; ++s)
-        if (!settled(s)) return false;
-      return true;
-    });
-  }
-  sub.acknowledged_ =
-      static_cast<std::size_t>(std::count_if(ch->on.begin(), ch->on.end(), [](const auto& on) { return on.acked; }));
+  // Every server either acknowledges, refuses or fails (a down one does so
+  // at once, a paused one when its connect_timeout or command_timeout passes).
+  core.cv.wait_for(lk, core.wait, [&] {
+    if (core.stop) return true;
+    for (std::size_t s = 0; s < n; ++s)
+      if (!settled(s)) return false;
+    return true;
+  });
+  sub.acknowledged_ = static_cast<std::size_t>(
+      std::count_if(core.per.begin(), core.per.end(), [&](const auto& p) { return p.table.ready(ch->name); }));
   return sub;
 }
 
@@ -490,12 +319,14 @@ void RedisSubscription::reset() noexcept {
     channel_.reset();
     return;
   }
-  bool last = false;
   {
     std::lock_guard lk(core_->mu);
-    last = --channel_->refs == 0;
+    if (--channel_->refs == 0) core_->channels.erase(channel_->name);
+    for (std::size_t s = 0; s < core_->per.size(); ++s) {
+      core_->per[s].table.unwant(channel_->name);
+      core_->reconcile(s);  // UNSUBSCRIBE with the last reference
+    }
   }
-  if (last) core_->kick();
   core_.reset();
   channel_.reset();
 }

@@ -1,5 +1,5 @@
 // RedlockBackend: the Backend operations as parallel rounds over N Redis
-// nodes (detail/redlock_io.hpp), judged by the pure rules of
+// nodes (detail::fan_out, detail/redis_node.hpp), judged by the pure rules of
 // detail/redlock_math.hpp.
 #include <dlock/redlock.hpp>
 
@@ -27,7 +27,7 @@
 #include <dlock/detail/random.hpp>
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_subscriber.hpp>
-#include <dlock/detail/redlock_io.hpp>
+#include <dlock/detail/redis_node.hpp>
 #include <dlock/detail/redlock_math.hpp>
 #include <dlock/error.hpp>
 #include <dlock/options.hpp>
@@ -134,9 +134,9 @@ void check_distinct_servers(const RedlockOptions& o) {
 
 namespace {
 
-using detail::NodeReplies;
 using detail::RedlockVotes;
-using detail::ScriptCall;
+using detail::redis_proto::ScriptCall;
+namespace proto = detail::redis_proto;
 
 std::string_view without_prefix(std::string_view m) { return m.substr(0, 7) == "dlock: " ? m.substr(7) : m; }
 
@@ -198,12 +198,19 @@ struct RedlockBackend::State {
     for (const RedisOptions& n : options.nodes) {
       RedisOptions node = n;
       node.key_prefix = options.key_prefix;
-      nodes.push_back(std::make_unique<detail::RedlockNode>(std::move(node)));
+      nodes.push_back(std::make_unique<detail::RedisNode>(std::move(node), detail::RedisLinkSetup{.identify = true}));
       ptrs.push_back(nodes.back().get());
       if (!eps.empty()) eps += ',';
       eps += nodes.back()->endpoint();
     }
     endpoint = fmt::format("redlock({})", eps);
+    deadline_name = fmt::format("the Redlock node_timeout {}", detail::format_duration(options.node_timeout));
+  }
+
+  // One round on the nodes with a non-empty batch, all bounded by node_timeout.
+  [[nodiscard]] std::vector<detail::RedisOutcome> fan_out(const std::vector<std::vector<ScriptCall>>& batches,
+                                                          std::string_view what) const {
+    return detail::fan_out(ptrs, batches, options.node_timeout, what, deadline_name);
   }
 
   // The nodes for the pub/sub subscriber: a (re)connect with its handshake,
@@ -258,13 +265,11 @@ struct RedlockBackend::State {
   // not `published` (a failed attempt's cleanup) wakes no waiter.
   RedlockVotes release_round(const detail::RedisKeys& keys, std::string_view owner, Failures* failures,
                              const std::vector<bool>* only = nullptr, bool published = true) {
-    const std::string_view channel = published ? std::string_view(keys.channel) : std::string_view();
     std::vector<std::vector<ScriptCall>> batches(size());
     for (std::size_t i = 0; i < size(); ++i)
       if (only == nullptr || (*only)[i])
-        batches[i].push_back(ScriptCall{detail::RedisScript::release, {keys.lock}, 1, {owner, channel}, 2});
-    const auto what = fmt::format("release of '{}'", keys.lock);
-    const auto replies = detail::fan_out(ptrs, batches, options.node_timeout, what);
+        batches[i].push_back(proto::release_call(keys, owner, published ? proto::Publish::yes : proto::Publish::no));
+    const auto replies = fan_out(batches, fmt::format("release of '{}'", keys.lock));
     RedlockVotes v;
     for (std::size_t i = 0; i < size(); ++i) {
       if (batches[i].empty()) continue;
@@ -285,9 +290,10 @@ struct RedlockBackend::State {
   const RedlockOptions options;
   const Clock& clock;
   const std::size_t quorum;
-  std::vector<std::unique_ptr<detail::RedlockNode>> nodes;
-  std::vector<detail::RedlockNode*> ptrs;
+  std::vector<std::unique_ptr<detail::RedisNode>> nodes;
+  std::vector<detail::RedisNode*> ptrs;
   std::string endpoint;
+  std::string deadline_name;  // "the Redlock node_timeout 50ms"
   // redlock_round_estimate of the acquire rounds' time to quorum, in ns; shared with the
   // subscriptions, which spread woken waiters over it (redlock_wake_spread).
   std::shared_ptr<std::atomic<std::int64_t>> round_ns = std::make_shared<std::atomic<std::int64_t>>(0);
@@ -306,31 +312,22 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
   detail::validate_redis_lock_name(request.name);
   const Clock::duration drift = s.drift(request.ttl, fmt::format("acquire of '{}'", request.name));
   const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, request.name);
-  const std::string ttl_ms = std::to_string(request.ttl.count());
   const std::string_view owner = request.owner.str();
   // The counters' floor, one for every node (docs/safety.md): this client's
   // wall clock in µs. Each node also floors at its own clock less
   // redlock_clock_lag_us, which only matters if this clock lags the nodes'.
-  const std::string floor_us = std::to_string(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-  std::vector<std::string> fence_ms(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i)
-    fence_ms[i] = std::to_string(detail::fence_pttl(request.ttl, s.nodes[i]->options().fence_ttl).count());
+  const auto floor_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch());
 
   std::vector<std::vector<ScriptCall>> batches(s.size());
   for (std::size_t i = 0; i < s.size(); ++i)
-    batches[i].push_back(ScriptCall{detail::RedisScript::acquire,
-                                    {keys.lock, keys.fence},
-                                    2,
-                                    {owner, ttl_ms, fence_ms[i], floor_us, detail::redlock_clock_lag_us},
-                                    5});
+    batches[i].push_back(
+        proto::redlock_acquire_call(keys, owner, request.ttl, s.nodes[i]->options().fence_ttl, floor_us));
   const auto round_start = std::chrono::steady_clock::now();
-  const auto replies =
-      detail::fan_out(s.ptrs, batches, s.options.node_timeout, fmt::format("acquire of '{}'", request.name));
+  const auto replies = s.fan_out(batches, fmt::format("acquire of '{}'", request.name));
   {
     std::vector<std::chrono::nanoseconds> answered;
-    for (const NodeReplies& r : replies)
+    for (const detail::RedisOutcome& r : replies)
       if (!r.error) answered.push_back(r.answered - round_start);
     if (const auto sample = detail::redlock_time_to_quorum(std::move(answered), s.quorum)) {
       const std::chrono::nanoseconds old(s.round_ns->load(std::memory_order_relaxed));
@@ -373,13 +370,10 @@ AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireR
     // state all nodes grant together and their counters agree: no round.
     const auto raise = detail::redlock_nodes_to_raise(values, *token);
     if (!raise.empty()) {
-      const std::string token_text = std::to_string(*token);
       std::vector<std::vector<ScriptCall>> raises(s.size());
       for (std::size_t i : raise)
-        raises[i].push_back(
-            ScriptCall{detail::RedisScript::fence_raise, {keys.fence}, 1, {token_text, fence_ms[i]}, 2});
-      const auto raised = detail::fan_out(s.ptrs, raises, s.options.node_timeout,
-                                          fmt::format("fencing counter update of '{}'", request.name));
+        raises[i].push_back(proto::fence_raise_call(keys.fence, *token, request.ttl, s.nodes[i]->options().fence_ttl));
+      const auto raised = s.fan_out(raises, fmt::format("fencing counter update of '{}'", request.name));
       Failures raise_failures;
       std::size_t at_token = votes.yes - raise.size();
       for (std::size_t i : raise) {
@@ -500,10 +494,8 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
     // Everything the calls point at is built first, so that it never moves.
     std::vector<std::size_t> index;  // batch position -> item
     std::vector<detail::RedisKeys> keys;
-    std::vector<std::string> ttls;
     std::vector<Clock::duration> drifts;
     keys.reserve(items.size());
-    ttls.reserve(items.size());
     drifts.reserve(items.size());
     for (std::size_t i : detail::checked_extend_items(items)) {
       ExtendItem& it = items[i];
@@ -516,19 +508,16 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
       }
       drifts.push_back(drift);
       keys.push_back(detail::redis_keys(s.options.key_prefix, it.name));
-      ttls.push_back(std::to_string(it.ttl.count()));
       index.push_back(i);
     }
     if (index.empty()) return;
     std::vector<ScriptCall> calls;
     calls.reserve(index.size());
     for (std::size_t b = 0; b < index.size(); ++b)
-      calls.push_back(
-          ScriptCall{detail::RedisScript::extend, {keys[b].lock}, 1, {items[index[b]].owner->str(), ttls[b]}, 2});
+      calls.push_back(proto::extend_call(keys[b].lock, items[index[b]].owner->str(), items[index[b]].ttl));
     const std::vector<std::vector<ScriptCall>> batches(s.size(), calls);
-    const auto replies = detail::fan_out(s.ptrs, batches, s.options.node_timeout,
-                                         index.size() == 1 ? fmt::format("extend of '{}'", items[index[0]].name)
-                                                           : fmt::format("extend of {} locks", index.size()));
+    const auto replies = s.fan_out(batches, index.size() == 1 ? fmt::format("extend of '{}'", items[index[0]].name)
+                                                              : fmt::format("extend of {} locks", index.size()));
 
     std::vector<std::size_t> lost;  // batch positions to release
     for (std::size_t b = 0; b < index.size(); ++b) {
@@ -568,10 +557,8 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
     std::vector<ScriptCall> releases;
     releases.reserve(lost.size());
     for (std::size_t b : lost)
-      releases.push_back(ScriptCall{
-          detail::RedisScript::release, {keys[b].lock}, 1, {items[index[b]].owner->str(), keys[b].channel}, 2});
-    (void)detail::fan_out(s.ptrs, std::vector<std::vector<ScriptCall>>(s.size(), releases), s.options.node_timeout,
-                          "release of lost locks");
+      releases.push_back(proto::release_call(keys[b], items[index[b]].owner->str(), proto::Publish::yes));
+    (void)s.fan_out(std::vector<std::vector<ScriptCall>>(s.size(), releases), "release of lost locks");
   } catch (...) {  // out of memory: report it on every item rather than lose the batch silently
     const auto e = std::current_exception();
     for (ExtendItem& it : items)

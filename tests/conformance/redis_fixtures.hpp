@@ -18,14 +18,14 @@
 
 namespace dlock::conformance {
 
-/// N redis-servers, each with a FaultProxy in front, for the whole suite.
-template <std::size_t N>
+/// N redis-servers (TLS ones with `Tls` on), each with a FaultProxy in front, for the whole suite.
+template <std::size_t N, test::TlsMode Tls = test::TlsMode::off>
 class RedisServers {
  public:
   static void start() {
     auto& s = servers();
     for (std::size_t i = 0; i < N; ++i) {
-      s.push_back(std::make_unique<test::RedisServer>());
+      s.push_back(std::make_unique<test::RedisServer>(std::vector<std::string>{}, Tls));
       proxies().push_back(std::make_unique<test::FaultProxy>(s.back()->port()));
     }
   }
@@ -62,16 +62,16 @@ class RedisServers {
 };
 
 /// Per-test key prefix on N nodes: admin clients, the operator's DEL, clean-up.
-template <std::size_t N>
+template <std::size_t N, test::TlsMode Tls = test::TlsMode::off>
 class RedisTestKeys {
  public:
   void set_up(const std::string& id) {
     prefix_ = "dlock-conformance:" + id + ":";
     admins_.clear();
-    for (std::size_t i = 0; i < N; ++i) admins_.emplace_back(RedisServers<N>::options(i, prefix_));
+    for (std::size_t i = 0; i < N; ++i) admins_.emplace_back(RedisServers<N, Tls>::options(i, prefix_));
   }
   void tear_down() {
-    RedisServers<N>::heal();
+    RedisServers<N, Tls>::heal();
     for (auto& a : admins_) test::delete_keys(a.node(), prefix_);
   }
   /// DEL of the lock's key on every node, as an operator would.
@@ -85,26 +85,30 @@ class RedisTestKeys {
   std::vector<RedisBackend> admins_;
 };
 
-class RedisFixture {
+/// RedisBackend on one server; over TLS with `Tls` on (verified against the test CA).
+template <test::TlsMode Tls = test::TlsMode::off>
+class RedisFixtureT {
  public:
   using Backend = RedisBackend;
   static constexpr Traits traits{.threads = 4, .cycles = 100, .processes = 4, .process_cycles = 50};
 
-  static void start_servers() { RedisServers<1>::start(); }
-  static void stop_servers() { RedisServers<1>::stop(); }
+  static void start_servers() { RedisServers<1, Tls>::start(); }
+  static void stop_servers() { RedisServers<1, Tls>::stop(); }
   void set_up(const std::string& id) { keys_.set_up(id); }
   void tear_down() { keys_.tear_down(); }
 
-  Backend make() { return RedisBackend(RedisServers<1>::options(0, keys_.prefix())); }
-  Backend make_faulty() { return RedisBackend(RedisServers<1>::options(0, keys_.prefix(), true)); }
-  void cut() { RedisServers<1>::cut(); }
-  void silence() { RedisServers<1>::silence(); }
-  void heal() { RedisServers<1>::heal(); }
+  Backend make() { return RedisBackend(RedisServers<1, Tls>::options(0, keys_.prefix())); }
+  Backend make_faulty() { return RedisBackend(RedisServers<1, Tls>::options(0, keys_.prefix(), true)); }
+  void cut() { RedisServers<1, Tls>::cut(); }
+  void silence() { RedisServers<1, Tls>::silence(); }
+  void heal() { RedisServers<1, Tls>::heal(); }
   void force_delete(std::string_view name) { keys_.force_delete(name); }
 
  private:
-  RedisTestKeys<1> keys_;
+  RedisTestKeys<1, Tls> keys_;
 };
+using RedisFixture = RedisFixtureT<>;
+using RedisTlsFixture = RedisFixtureT<test::TlsMode::on>;
 
 template <std::size_t N>
 class RedlockFixture {

@@ -7,7 +7,7 @@
 //    (or a unix socket URI) around a marker password, which no other field
 //    can contain. The marker never shows in an error message, the endpoint,
 //    the host or the socket path; a URI that parses keeps it in the password.
-#include <dlock/detail/redis_options.hpp>
+#include <dlock/redis_options.hpp>
 #include <dlock/error.hpp>
 
 #include <array>
@@ -47,7 +47,7 @@ void check_structured(dlock_fuzz::FuzzInput& in) {
   static constexpr std::array<std::string_view, 4> schemes = {"redis", "unix", "redis+unix", "rediss"};
   const std::string scheme =
       shape % 5 < 4 ? std::string(schemes[shape % 5]) : dlock_fuzz::without(in.field(), "\x7f:/");  // no "://" in it
-  const bool unix_socket = scheme != "redis";
+  const bool unix_socket = scheme != "redis" && scheme != "rediss";
   std::string user(in.field());  // may hold the marker: user names are never shown either
   if (unix_socket && !user.empty() && user.front() == '/')
     user = "u" + user;  // documented: unix:///path@... has no credentials

@@ -58,7 +58,9 @@ TEST(DlockctlCli, HelpAndUsage) {
   EXPECT_EQ(run({"pg", "release", "--force", "--yes"}).rc, 2);  // neither NAME nor --key
   EXPECT_EQ(run({"pg", "release", "--force", "x", "--key", "1", "--yes"}).rc, 2);
   EXPECT_EQ(run({"watch", "mysql"}).rc, 2);
-  EXPECT_EQ(run({"redis", "list", "--redis", "rediss://h"}).rc, 2);
+  EXPECT_EQ(run({"redis", "list", "--redis", "rediss://:6379"}).rc, 2);      // no host
+  EXPECT_EQ(run({"redis", "list", "--tls-cert", "/tmp/client.pem"}).rc, 2);  // mutual TLS needs --tls-key too
+  EXPECT_EQ(run({"redlock", "list", "--nodes", "a:1,b:2,c:3", "--tls-key", "/tmp/client.key"}).rc, 2);
 }
 
 TEST(DlockctlCli, PgKeyNeedsNoServer) {

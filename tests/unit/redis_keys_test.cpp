@@ -132,13 +132,35 @@ TEST(RedisUri, KeepsOtherFieldsOfTheBase) {
   EXPECT_EQ(o.port, 1);
 }
 
+TEST(RedisUri, RedissMeansTls) {
+  const auto o = dlock::parse_redis_uri("rediss://app:pw@cache.internal:6380/2");
+  ASSERT_TRUE(o.tls.has_value());
+  EXPECT_TRUE(o.tls->verify);
+  EXPECT_EQ(o.host, "cache.internal");
+  EXPECT_EQ(o.port, 6380);
+  EXPECT_EQ(o.database, 2);
+  EXPECT_EQ(o.password, "pw");
+  EXPECT_EQ(dlock::parse_redis_uri("rediss://h").port, 6379);
+  // The base's TLS settings (CA, client certificate) are kept.
+  const auto base = dlock::RedisOptions{.tls = dlock::TlsOptions{.ca_file = "/etc/ca.pem"}};
+  EXPECT_EQ(dlock::parse_redis_uri("rediss://h", base).tls->ca_file, "/etc/ca.pem");
+  EXPECT_FALSE(dlock::parse_redis_uri("redis://h").tls.has_value());
+}
+
 TEST(RedisUri, Errors) {
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("scheme is missing"),
             std::string::npos);
-  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("expected redis://"),
+  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("localhost:6379"); }).find("expected redis[s]://"),
             std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("http://h"); }).find("unknown scheme"), std::string::npos);
-  EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("rediss://h"); }).find("TLS"), std::string::npos);
+  EXPECT_NE(error_of([] {
+              (void)dlock::parse_redis_uri("redis://h", dlock::RedisOptions{.tls = dlock::TlsOptions{}});
+            }).find("rediss://"),
+            std::string::npos);  // never a silent downgrade
+  EXPECT_NE(error_of([] {
+              (void)dlock::parse_redis_uri("unix:///tmp/r.sock", dlock::RedisOptions{.tls = dlock::TlsOptions{}});
+            }).find("RedisOptions.tls"),
+            std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:0"); }).find("port"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:99999"); }).find("port"), std::string::npos);
   EXPECT_NE(error_of([] { (void)dlock::parse_redis_uri("redis://h:x"); }).find("port"), std::string::npos);
@@ -349,7 +371,7 @@ TEST(RedisReplies, OnceWarningsWriteEachKindOnceAndKeepTheLatest) {
 }
 
 TEST(RedisErrors, AuthRefusalsAreDescribedWithoutTheServersText) {
-  using dlock::detail::describe_auth_refusal;
+  using dlock::detail::redis_proto::describe_auth_refusal;
   const std::string pw = "Zx7Qp2Lk9Wm4";
   for (const std::string& reply :
        {"ERR unknown command 'AUTH', with args beginning with: 'app' '" + pw + "' ",

@@ -16,7 +16,10 @@ namespace {
 const OptionSpec opt_json{"json", "", "print one JSON document instead of text"};
 const OptionSpec opt_timeout{"timeout", "SECONDS", "connect and command timeout per server (default 2)"};
 const OptionSpec opt_redis{"redis", "URI",
-                           "redis://[[user]:password@]host[:port][/db] or unix://... (env DLOCK_REDIS)"};
+                           "redis[s]://[[user]:password@]host[:port][/db] or unix://... (env DLOCK_REDIS)"};
+const OptionSpec opt_tls_ca{"tls-ca", "FILE", "TLS: trusted CA certificates (PEM); turns TLS on"};
+const OptionSpec opt_tls_cert{"tls-cert", "FILE", "TLS: client certificate for mutual TLS (with --tls-key)"};
+const OptionSpec opt_tls_key{"tls-key", "FILE", "TLS: the client certificate's private key"};
 const OptionSpec opt_host{"host", "HOST", "Redis host (default 127.0.0.1)"};
 const OptionSpec opt_port{"port", "PORT", "Redis port (default 6379)"};
 const OptionSpec opt_user{"user", "USER", "Redis ACL user"};
@@ -45,10 +48,12 @@ std::vector<OptionSpec> etcd_conn() {
 #endif
 
 std::vector<OptionSpec> redis_conn() {
-  return {opt_redis, opt_host, opt_port, opt_user, opt_password, opt_db, opt_prefix, opt_timeout, opt_json};
+  return {opt_redis,  opt_host,   opt_port,     opt_user,    opt_password, opt_db,
+          opt_prefix, opt_tls_ca, opt_tls_cert, opt_tls_key, opt_timeout,  opt_json};
 }
 std::vector<OptionSpec> redlock_conn() {
-  return {opt_nodes, opt_redis, opt_user, opt_password, opt_db, opt_prefix, opt_timeout, opt_json};
+  return {opt_nodes,  opt_redis,    opt_user,    opt_password, opt_db,  opt_prefix,
+          opt_tls_ca, opt_tls_cert, opt_tls_key, opt_timeout,  opt_json};
 }
 std::vector<OptionSpec> pg_conn() { return {opt_pg, opt_namespace, opt_timeout, opt_json}; }
 std::vector<OptionSpec> with(std::vector<OptionSpec> base, std::initializer_list<OptionSpec> more) {
@@ -326,6 +331,14 @@ dlock::RedisOptions redis_options(const Context& ctx) {
   if (const auto v = ctx.args.get("password")) o.password = *v;
   if (const auto v = ctx.args.get("db")) o.database = static_cast<int>(parse_integer(*v, "db", 0, 1'000'000));
   if (const auto v = ctx.args.get("prefix")) o.key_prefix = *v;
+  // TLS: rediss:// or any --tls-* flag; the flags add to the URI's settings.
+  const auto ca = ctx.args.get("tls-ca"), cert = ctx.args.get("tls-cert"), key = ctx.args.get("tls-key");
+  if (ca || cert || key) {
+    if (!o.tls) o.tls = dlock::TlsOptions{};
+    if (ca) o.tls->ca_file = *ca;
+    if (cert) o.tls->cert_file = *cert;
+    if (key) o.tls->key_file = *key;
+  }
   o.connect_timeout = o.command_timeout = timeout_of(ctx);
   o.pool_size = 2;
   o.eviction_check = dlock::EvictionCheck::off;  // inspecting any server is fine; the applications check

@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include <dlock/detail/redis_options.hpp>
+#include <dlock/redis_options.hpp>
 #include <dlock/postgres.hpp>
 #ifdef DLOCKCTL_WITH_ETCD
 #include <dlock/etcd.hpp>

@@ -1,35 +1,36 @@
 // Internal: pub/sub connections that wake waiters on releases.
 //
 // A RedisSubscriber serves one or more Redis servers (one for RedisBackend,
-// every node for RedlockBackend) with one non-blocking pub/sub connection
-// per server, all driven by one background thread; thread and connections
-// start with the first subscribe(). subscribe(channel) adds a reference to
-// the channel, has the thread send SUBSCRIBE to every server when it is the
-// first, and waits until each server acknowledged it, refused it or failed
-// (connect refused or timed out, connection lost), at most the largest
-// connect_timeout + command_timeout among the servers: a down server does not
-// hold a subscription up, it just does not contribute. A message on the
-// channel from any server bumps the channel's release count and wakes the
-// waiters through a condition variable; the last reference sends
-// UNSUBSCRIBE. Per server: a connection that dies (or whose handshake takes
-// longer than connect_timeout, or a SUBSCRIBE's or UNSUBSCRIBE's reply longer
-// than command_timeout) is dropped without waking anyone (their own timeouts
-// and the caller's backoff take over). The thread reconnects it and
-// resubscribes one second after the failure at the earliest, while there are
-// subscribers or with the next subscription after that; a subscription made
-// within that second does not wait for the server (it counts as failed at
-// once). A server that answers SUBSCRIBE with an error (e.g. NOPERM: an ACL
-// user without permission for the channel) counts as failed for that channel
-// until it is unsubscribed (no reference left) or the connection is lost: it
-// is not retried meanwhile, and the error is kept for last_refusal().
+// every node for RedlockBackend) with one pub/sub connection per server: a
+// transport link in subscriber mode (detail/redis_transport.hpp: TCP, Unix
+// socket or TLS, on the transport's I/O thread) and a pure SubscriptionTable
+// per server (detail/redis_protocol.hpp) that decides what to send and what
+// each reply means. Connections start with the first subscribe().
+// subscribe(channel) adds a reference to the channel, sends SUBSCRIBE to
+// every server when it is the first, and waits until each server
+// acknowledged it, refused it or failed (connect refused or timed out,
+// connection lost), at most the largest connect_timeout + command_timeout
+// among the servers: a down server does not hold a subscription up, it just
+// does not contribute. A message on the channel from any server bumps the
+// channel's release count and wakes the waiters through a condition
+// variable; the last reference sends UNSUBSCRIBE. Per server: a connection
+// that dies (or whose handshake takes longer than connect_timeout, or a
+// SUBSCRIBE's or UNSUBSCRIBE's reply longer than command_timeout) is dropped
+// without waking anyone (their own timeouts and the caller's backoff take
+// over). It is reconnected and resubscribed one second after the failure at
+// the earliest, while there are subscribers or with the next subscription
+// after that; a subscription made within that second does not wait for the
+// server (it counts as failed at once). A server that answers SUBSCRIBE with
+// an error (e.g. NOPERM: an ACL user without permission for the channel)
+// counts as failed for that channel until it is unsubscribed (no reference
+// left) or the connection is lost: it is not retried meanwhile, and the error
+// is kept for last_refusal().
 //
-// fork(): the child has no copy of the thread. The first call in the child
-// drops the inherited pub/sub connections without sending anything and
-// starts over (a new thread on the next subscribe()); subscriptions the
+// fork(): the child has no copy of the I/O thread. The first call in the
+// child drops the inherited pub/sub connections without sending anything and
+// starts over (new connections on the next subscribe()); subscriptions the
 // child inherited never fire (their wait_for() just waits).
 #pragma once
-
-#include <mutex>
 
 #include <chrono>
 #include <cstddef>
@@ -40,7 +41,7 @@
 #include <utility>
 #include <vector>
 
-#include "redis_options.hpp"
+#include "../redis_options.hpp"
 
 namespace dlock::detail {
 
@@ -58,23 +59,22 @@ class RedisSubscriber {
     std::string endpoint;
   };
 
-  /// Does not connect and starts no thread: both wait for the first subscribe().
+  /// Does not connect: that waits for the first subscribe().
   explicit RedisSubscriber(std::vector<Server> servers);
   RedisSubscriber(const RedisOptions& options, std::string endpoint)
       : RedisSubscriber(std::vector<Server>{Server{options, std::move(endpoint)}}) {}
   RedisSubscriber(const RedisSubscriber&) = delete;
   RedisSubscriber& operator=(const RedisSubscriber&) = delete;
-  /// Stops and joins the thread and closes the connections. Outstanding
-  /// subscriptions stay valid but never fire again.
+  /// Closes the connections. Outstanding subscriptions stay valid but never
+  /// fire again.
   ~RedisSubscriber();
 
-  /// Never throws for connection problems (see above); throws ConnectionError
-  /// only when the thread or its eventfd cannot be created (and std::bad_alloc).
+  /// Never throws for connection problems (see above); only std::bad_alloc.
   [[nodiscard]] RedisSubscription subscribe(std::string channel);
 
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
-  /// For tests: whether the background thread was started.
+  /// For tests: whether subscribe() was called (connections started).
   [[nodiscard]] bool started() const;
   /// For tests: connection attempts that failed plus connections lost, over all servers.
   [[nodiscard]] std::uint64_t failures() const;

@@ -118,9 +118,13 @@ TEST_F(RedisConnTest, EvictionCheckWarnProceedsWithOneWarningPerServerAndOffSkip
   ASSERT_TRUE(lock.try_lock());
   lock.unlock();
   {  // more connections to the same server: no more warnings
-    using dlock::detail::RedisConnection;
-    RedisConnection c1(o, std::string(b.endpoint()), RedisConnection::Handshake{.facts = &b.node().facts()});
-    RedisConnection c2(o, std::string(b.endpoint()), RedisConnection::Handshake{.facts = &b.node().facts()});
+    using dlock::detail::RedisLink;
+    for (int i = 0; i < 2; ++i) {
+      RedisLink link = RedisLink::open(o, {.facts = &b.node().facts()});
+      dlock::detail::RedisCall ping;
+      ping.request.push({"PING"});
+      EXPECT_EQ(link.exec(std::move(ping)).at(0).str, "PONG");
+    }
   }
   const std::string logged = ::testing::internal::GetCapturedStderr();
   const auto first = logged.find("maxmemory-policy allkeys-lru");

@@ -425,7 +425,7 @@ TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetrie
 
 // A server that vanishes without a reset (host down, partition) must not
 // leave a pub/sub or idle connection waiting forever: TCP keepalive is on,
-// with the first probe after 15 s of silence, in both connection modes.
+// with the first probe after 15 s of silence (pooled and pub/sub connections are the same transport links).
 TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
   const RedisOptions o = options();
   const auto keepalive = [](int fd) {
@@ -436,11 +436,11 @@ TEST_F(RedisTest, TcpConnectionsProbeASilentPeerWithKeepalive) {
     EXPECT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &len), 0);
     return std::pair{on, idle};
   };
-  dlock::detail::RedisConnection blocking(o, dlock::detail::redis_endpoint(o));
-  EXPECT_EQ(keepalive(blocking.fd()), std::pair(1, 15));
-  dlock::detail::RedisConnection nonblocking(o, dlock::detail::redis_endpoint(o),
-                                             dlock::detail::RedisConnection::NonBlocking{});
-  EXPECT_EQ(keepalive(nonblocking.fd()), std::pair(1, 15));
+  dlock::detail::RedisLink link = dlock::detail::RedisLink::open(o);
+  dlock::detail::RedisCall ping;
+  ping.request.push({"PING"});
+  ASSERT_EQ(link.exec(std::move(ping)).at(0).str, "PONG");
+  EXPECT_EQ(keepalive(link.fd()), std::pair(1, 15));
 }
 
 TEST_F(RedisTest, DestroyingTheBackendWithLiveSubscriptionsIsSafe) {

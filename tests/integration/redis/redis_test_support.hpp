@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <spawn.h>
+#include <sys/wait.h>
+
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -17,12 +20,49 @@
 
 #include "support/redis_server.hpp"
 
+extern char** environ;
+
 namespace dlock::test {
 
 /// An observer that drops every event (for tests that provoke expected warnings).
 struct QuietObserver : Observer {
   void on_event(const Event&) noexcept override {}
 };
+
+/// The cross-process counter test (redis_worker): spawns `workers` copies of
+/// `program` with `args` (URI KEY_PREFIX LOCK_NAME CYCLES [TLS_CA_FILE]),
+/// waits for them, then expects <prefix>counter == workers x cycles and the
+/// tokens RPUSHed inside the critical sections strictly increasing.
+inline void expect_workers_exclude_each_other(const char* program, const std::vector<std::string>& args, int workers,
+                                              int cycles, detail::RedisNode& node, const std::string& prefix) {
+  std::vector<pid_t> pids;
+  for (int w = 0; w < workers; ++w) {
+    std::vector<std::string> argv_text{program};
+    argv_text.insert(argv_text.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_text) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    ASSERT_EQ(posix_spawn(&pid, program, nullptr, nullptr, argv.data(), environ), 0);
+    pids.push_back(pid);
+  }
+  for (pid_t pid : pids) {
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "worker " << pid << " status " << status;
+  }
+  EXPECT_EQ(node.command({"GET", prefix + "counter"}).str, std::to_string(workers * cycles));
+  const auto list = node.command({"LRANGE", prefix + "tokens", "0", "-1"});
+  ASSERT_EQ(list.elements.size(), static_cast<std::size_t>(workers * cycles));
+  std::uint64_t last = 0;
+  std::size_t violations = 0;
+  for (const auto& e : list.elements) {
+    const std::uint64_t t = std::stoull(e.str);
+    if (t <= last) ++violations;
+    last = t;
+  }
+  EXPECT_EQ(violations, 0u) << "fencing tokens not strictly increasing in acquisition order";
+}
 
 /// The server's clock (TIME) in microseconds since the epoch.
 inline std::uint64_t server_time_us(detail::RedisNode& node) {

@@ -6,6 +6,12 @@
 // SIGKILL, SIGSTOP/SIGCONT and restart it on the same port. The child gets
 // PR_SET_PDEATHSIG so a crashed test never leaves a server behind.
 //
+// TLS: RedisServer(args, TlsMode::on / mutual) makes a throw-away CA, a
+// server certificate (localhost, 127.0.0.1) and a client certificate with the
+// openssl CLI in its temp dir (test_certificates()), and serves TLS only
+// (--port 0 --tls-port P; --tls-auth-clients yes for mutual); its unix socket
+// stays plain, for the harness' own PING.
+//
 // DLOCK_TEST_REDIS=host:port (or a redis:// URI) makes the shared test
 // server an external one: then nothing is started, and tests that need to
 // kill, pause or reconfigure their own server are skipped.
@@ -30,6 +36,7 @@
 #include <arpa/inet.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -59,14 +66,63 @@ inline bool redis_ping(const RedisOptions& o, std::chrono::milliseconds timeout 
   return ok;
 }
 
+/// Throw-away certificates, PEM files made by the openssl CLI.
+struct TestCertificates {
+  std::string ca;           ///< the CA that signed the two below
+  std::string server_cert;  ///< CN localhost, SAN DNS:localhost, IP:127.0.0.1
+  std::string server_key;
+  std::string client_cert;  ///< CN dlock-test-client (for mutual TLS)
+  std::string client_key;
+  std::string other_ca;  ///< an unrelated CA (for "wrong CA" tests)
+};
+
+/// Makes TestCertificates in `dir` (EC P-256 keys, valid for 2 days). Throws
+/// std::runtime_error when openssl fails.
+inline TestCertificates make_test_certificates(const std::string& dir) {
+  const auto run = [](const std::string& command) {
+    if (std::system((command + " >/dev/null 2>&1").c_str()) != 0)
+      throw std::runtime_error("make_test_certificates: failed: " + command);
+  };
+  const auto write = [](const std::string& path, const std::string& text) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr) throw std::runtime_error("make_test_certificates: cannot write " + path);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+  };
+  const std::string d = dir + "/";
+  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  run("openssl req -x509 " + key + " -keyout " + d + "ca.key -out " + d + "ca.crt -days 2 -subj /CN=dlock-test-ca");
+  run("openssl req -x509 " + key + " -keyout " + d + "other-ca.key -out " + d +
+      "other-ca.crt -days 2 -subj /CN=dlock-other-ca");
+  write(d + "server.ext", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  write(d + "client.ext", "extendedKeyUsage=clientAuth\n");
+  for (const std::string who : {"server", "client"}) {
+    run("openssl req " + key + " -keyout " + d + who + ".key -out " + d + who +
+        ".csr -subj /CN=" + (who == "server" ? std::string("localhost") : std::string("dlock-test-client")));
+    run("openssl x509 -req -in " + d + who + ".csr -CA " + d + "ca.crt -CAkey " + d + "ca.key -CAcreateserial -out " +
+        d + who + ".crt -days 2 -extfile " + d + who + ".ext");
+  }
+  return TestCertificates{d + "ca.crt",     d + "server.crt", d + "server.key",
+                          d + "client.crt", d + "client.key", d + "other-ca.crt"};
+}
+
+/// How a RedisServer serves clients.
+enum class TlsMode {
+  off,     ///< plain TCP
+  on,      ///< TLS only (no plain port); clients need no certificate
+  mutual,  ///< TLS only, and clients must present a certificate signed by the CA
+};
+
 class RedisServer {
  public:
   /// Starts a server; `extra_args` are appended to its command line
   /// (e.g. {"--requirepass", "pw"}).
-  explicit RedisServer(std::vector<std::string> extra_args = {}) : extra_args_(std::move(extra_args)) {
+  explicit RedisServer(std::vector<std::string> extra_args = {}, TlsMode tls = TlsMode::off)
+      : extra_args_(std::move(extra_args)), tls_(tls) {
     char tmpl[] = "/tmp/dlock-redis-test.XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("RedisServer: mkdtemp failed");
     dir_ = tmpl;
+    if (tls_ != TlsMode::off) certs_ = make_test_certificates(dir_);
     for (int attempt = 0;; ++attempt) {
       port_ = free_loopback_port();
       if (try_start()) return;
@@ -88,13 +144,22 @@ class RedisServer {
   [[nodiscard]] std::string unix_socket() const { return dir_ + "/redis.sock"; }
   [[nodiscard]] const std::string& dir() const noexcept { return dir_; }
   [[nodiscard]] bool running() const noexcept { return pid_ > 0; }
-  /// Options for this server with the given key prefix and short timeouts.
+  /// Options for this server with short timeouts (for a TLS server: TLS
+  /// verified against the test CA, and the client certificate if mutual).
   [[nodiscard]] RedisOptions options() const {
-    return RedisOptions{.host = "127.0.0.1",
-                        .port = port_,
-                        .connect_timeout = std::chrono::milliseconds(1000),
-                        .command_timeout = std::chrono::milliseconds(1000)};
+    RedisOptions o{.host = "127.0.0.1",
+                   .port = port_,
+                   .connect_timeout = std::chrono::milliseconds(1000),
+                   .command_timeout = std::chrono::milliseconds(1000)};
+    if (tls_ != TlsMode::off) o.tls = TlsOptions{.ca_file = certs_.ca};
+    if (tls_ == TlsMode::mutual) {
+      o.tls->cert_file = certs_.client_cert;
+      o.tls->key_file = certs_.client_key;
+    }
+    return o;
   }
+  /// The certificates of a TLS server (empty paths for a plain one).
+  [[nodiscard]] const TestCertificates& certificates() const noexcept { return certs_; }
 
   /// SIGTERM (after SIGCONT if paused) and wait; SIGKILL if it lingers.
   void stop() {
@@ -139,6 +204,21 @@ class RedisServer {
         "redis-server", "--port",    port, "--bind",       "127.0.0.1",   "--save",           "",    "--appendonly",
         "no",           "--dir",     dir_, "--unixsocket", unix_socket(), "--unixsocketperm", "700", "--daemonize",
         "no",           "--logfile", log};
+    if (tls_ != TlsMode::off) {
+      const std::vector<std::string> tls{"--port",
+                                         "0",
+                                         "--tls-port",
+                                         port,
+                                         "--tls-cert-file",
+                                         certs_.server_cert,
+                                         "--tls-key-file",
+                                         certs_.server_key,
+                                         "--tls-ca-cert-file",
+                                         certs_.ca,
+                                         "--tls-auth-clients",
+                                         tls_ == TlsMode::mutual ? "yes" : "no"};
+      args.insert(args.end(), tls.begin(), tls.end());
+    }
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -158,7 +238,8 @@ class RedisServer {
       ::_exit(127);
     }
     pid_ = pid;
-    const RedisOptions o{.host = "127.0.0.1", .port = port_};
+    RedisOptions o{.host = "127.0.0.1", .port = port_};
+    if (tls_ != TlsMode::off) o.unix_socket = unix_socket();  // the plain way in, for PING
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (std::chrono::steady_clock::now() < deadline) {
       int status = 0;
@@ -186,6 +267,8 @@ class RedisServer {
   }
 
   std::vector<std::string> extra_args_;
+  TlsMode tls_ = TlsMode::off;
+  TestCertificates certs_;
   std::string dir_;
   int port_ = 0;
   pid_t pid_ = -1;

@@ -1,12 +1,16 @@
-// dlock/detail/redis_options.hpp: RedisOptions, the connection and key
-// settings of the Redis backend, and their validation and URI form. Included
-// by dlock/redis.hpp (use that); separate so the node client can use it.
+// dlock/redis_options.hpp: RedisOptions, the connection and key settings of
+// the Redis backend (and of each Redlock node), with their validation and URI
+// form (redis://, rediss:// for TLS, unix://). Included by dlock/redis.hpp and
+// dlock/redlock.hpp.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
+
+#include "tls.hpp"
 
 namespace dlock {
 
@@ -49,9 +53,16 @@ struct RedisOptions {
   /// dlock read the policy (CONFIG renamed or disabled, or forbidden by the
   /// ACL user) gets one stderr line, unless off.
   EvictionCheck eviction_check = EvictionCheck::fail;
+  /// TLS (dlock/tls.hpp): when set, every connection to the server is TLS,
+  /// verified by default; never a silent fallback to plain TCP. Not with
+  /// unix_socket. rediss:// URIs set it.
+  std::optional<TlsOptions> tls{};
 };
 
-/// Parses `redis://[[user]:password@]host[:port][/db]` or
+/// Parses `redis://[[user]:password@]host[:port][/db]`, the same with
+/// `rediss://` (TLS: sets tls to base.tls or a default TlsOptions, which
+/// verifies against the system's trust store; redis:// with base.tls set is
+/// refused rather than silently dropping TLS), or
 /// `unix://[[user]:password@]/path/to/socket[?db=N]` (user and password
 /// percent-decoded; the credentials end at the last '@', so '/', '?', '#' and
 /// '@' in a password need no encoding) into a copy of `base`, whose other

@@ -1,0 +1,208 @@
+// Internal: the one Redis transport (issue 12). A RedisLink is one connection
+// to one server over TCP, a Unix socket or TLS (RedisOptions::tls), driven by
+// Boost.Asio on one process-wide I/O thread (redis_transport.cpp); the
+// protocol (request bytes, reply parsing, the handshake's AUTH/SELECT/SCRIPT
+// LOAD) is detail/redis_protocol.hpp's. Callers on any thread send requests
+// and get a completion per request; several requests in flight on one link
+// are pipelined (written back to back, answered in order).
+//
+// Connect: resolve + connect within connect_timeout, then the TLS handshake
+// (if any) and the Redis handshake within connect_timeout again. TCP
+// keepalive on every TCP connection (15 s idle, 3 probes 5 s apart). A
+// request is answered within command_timeout of being written (and by its own
+// deadline, if it has one). A link that failed, timed out or got a malformed
+// or unexpected reply is broken for good: every request on it completes with
+// an error, it is closed, and it is never reused. An idle link keeps reading,
+// so a server that closes it is noticed without a syscall at checkout.
+//
+// Errors (include/dlock/error.hpp, issue 11 item 19): ConnectionError when the
+// server could not be reached (connect refused or timed out, TLS refused, no
+// answer to the handshake: nothing was asked of it) or dropped the connection
+// after a request was written ("its outcome is unknown"); TimeoutError when a
+// written request got no answer in time (outcome unknown); ServerError when
+// the handshake was refused (errc::auth for AUTH). Messages name the endpoint
+// and the timeout, never the password or key material.
+//
+// fork(): a link belongs to the process that opened it. In a child, dropping
+// an inherited link closes its descriptor without sending anything (no QUIT,
+// no TLS close_notify; the parent keeps its session) and leaks its few
+// objects, never touching the parent's I/O thread state; the child's first
+// link starts a new I/O thread. SIGPIPE never reaches the process from here:
+// sends use MSG_NOSIGNAL and the I/O thread blocks SIGPIPE.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "../redis_options.hpp"
+#include "redis_protocol.hpp"
+#include "warn_once.hpp"
+
+namespace dlock::detail {
+
+/// A reply, owned.
+using RedisValue = redis_proto::Reply;
+
+/// What the handshakes of one server's connections learned about it, and the
+/// warnings given about it (each kind once: detail/warn_once.hpp). Thread-safe.
+class ServerFacts {
+ public:
+  /// The run_id of the server (INFO server) as of the latest handshake that
+  /// read it; empty before that, or when INFO is refused.
+  [[nodiscard]] std::string run_id() const;
+  void set_run_id(std::string id);
+  /// The first time for `kind`: writes "dlock: warning: <message>" to stderr.
+  /// Later calls for `kind` write nothing; the latest message is kept.
+  void warn_once(std::string_view kind, std::string message) noexcept { warnings_.warn(kind, std::move(message)); }
+  /// The latest message of each kind warned about.
+  [[nodiscard]] std::vector<std::string> warnings() const { return warnings_.all(); }
+
+  /// A refusal of the release script's PUBLISH (an ACL user without
+  /// permission for the release channels): the release succeeded, but
+  /// waiters are not woken by it and fall back to their backoff. Warned once
+  /// per server.
+  void note_publish_refusal(std::string_view endpoint, std::string_view channel, std::string_view error) noexcept;
+  /// The latest such refusal as a message ("" if none): endpoint, channel and
+  /// the server's error, never a password.
+  [[nodiscard]] std::string publish_refusal() const { return warnings_.latest(publish_kind); }
+
+ private:
+  static constexpr std::string_view publish_kind = "publish";
+  mutable std::mutex mu_;
+  std::string run_id_;
+  OnceWarnings warnings_;
+};
+
+/// The server's answer to `CONFIG GET maxmemory-policy`, judged.
+struct EvictionVerdict {
+  enum class Kind {
+    safe,     ///< noeviction
+    evicts,   ///< any other policy: keys may be deleted before their TTL
+    unknown,  ///< the policy could not be read (CONFIG refused, renamed, or an odd reply)
+  };
+  Kind kind = Kind::unknown;
+  std::string message;  ///< for evicts and unknown: names the endpoint and says what to do
+};
+/// Throws ServerError (errc::auth) for NOAUTH: the connection is not authenticated.
+[[nodiscard]] EvictionVerdict judge_eviction_policy(const RedisValue& reply, std::string_view endpoint);
+
+/// The run_id line of an INFO reply; empty if there is none.
+[[nodiscard]] std::string parse_run_id(std::string_view info);
+
+/// Throws the ServerError an error reply stands for; `what` says what was
+/// being done ("acquire of 'x'"). No-op for other replies.
+void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::string_view what);
+
+/// What a new link sends before its first request, all in one round trip
+/// behind AUTH (if a password is set) and SELECT (if database != 0).
+struct RedisLinkSetup {
+  /// SCRIPT LOAD of the lock scripts. If the ACL refuses it, the scripts
+  /// are still called by their SHA-1 (EVALSHA), with EVAL on NOSCRIPT.
+  bool load_scripts = true;
+  /// CONFIG GET maxmemory-policy, judged per RedisOptions::eviction_check.
+  bool check_eviction = true;
+  /// INFO server, for the server's run_id (into facts).
+  bool identify = false;
+  /// Receives the run_id and the once-per-server warnings; may be null
+  /// (warnings then go to stderr every time).
+  ServerFacts* facts = nullptr;
+};
+
+/// One request for a link: one or more pipelined commands, one reply each.
+struct RedisCall {
+  redis_proto::Request request{};
+  /// Names it in messages ("acquire of 'orders:42'").
+  std::string what = "a command";
+  /// A deadline besides command_timeout (Redlock's node_timeout), and how
+  /// messages name it ("the Redlock node_timeout 50ms").
+  std::optional<std::chrono::steady_clock::time_point> deadline{};
+  std::string deadline_name{};
+};
+
+/// What became of a request: one reply per command, or an error for all.
+struct RedisOutcome {
+  std::vector<RedisValue> replies;
+  std::exception_ptr error;
+  std::chrono::steady_clock::time_point answered{};  ///< when the last reply came in
+};
+
+/// Subscriber mode (the pub/sub connection): every reply that no request
+/// awaits goes to `push`; `up` runs when the handshake is done, `lost` once
+/// when the link broke. All run on the I/O thread and must not block.
+struct RedisLinkEvents {
+  std::function<void(RedisValue)> push;
+  std::function<void()> up;
+  std::function<void(std::exception_ptr)> lost;
+};
+
+/// One connection. Thread-safe; cheap to move. See the top of this file.
+class RedisLink {
+ public:
+  using Done = std::function<void(RedisOutcome)>;
+
+  /// Starts connecting on the I/O thread and returns at once; requests sent
+  /// meanwhile queue behind the handshake. `options` must be valid.
+  static RedisLink open(const RedisOptions& options, RedisLinkSetup setup = {}, RedisLinkEvents events = {});
+
+  RedisLink(RedisLink&&) noexcept;
+  RedisLink& operator=(RedisLink&&) noexcept;
+  /// Closes the connection (in a child process: see fork() above). Requests
+  /// still in flight complete with an error.
+  ~RedisLink();
+
+  /// Queues `call` (pipelined behind those in flight); `done` runs on the I/O
+  /// thread with the replies or the error. Requests with no commands
+  /// complete at once. In subscriber mode `done` may be empty: the replies go
+  /// to events.push.
+  void send(RedisCall call, Done done);
+  /// send() and wait for the outcome; throws its error.
+  std::vector<RedisValue> exec(RedisCall call);
+  /// Drops the connection now (pending requests fail with ConnectionError).
+  void close() noexcept;
+  /// Broken (failed, timed out, closed by either side): never to be reused.
+  [[nodiscard]] bool broken() const noexcept;
+  /// The handshake completed.
+  [[nodiscard]] bool ready() const noexcept;
+  /// Opened by another process (fork()).
+  [[nodiscard]] bool inherited() const noexcept;
+  [[nodiscard]] const std::string& endpoint() const noexcept;
+  /// For tests: the socket's descriptor, once a request on it completed.
+  [[nodiscard]] int fd() const noexcept;
+  /// The script SHA-1s to call by (EVALSHA); empty entries go as EVAL.
+  [[nodiscard]] const redis_proto::ScriptShas& shas() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit RedisLink(std::shared_ptr<Impl> impl) noexcept;
+  void release() noexcept;
+  std::shared_ptr<Impl> impl_;
+};
+
+/// Runs `fn` on the I/O thread after `delay` (timers of the transport's users,
+/// e.g. the subscriber's reconnects). `fn` must not block.
+void redis_io_after(std::chrono::milliseconds delay, std::function<void()> fn);
+
+/// Waits for many sends at once (a fan-out): add() returns the Done of slot
+/// i; wait() returns when all slots completed. Thread-safe.
+class RedisGather {
+ public:
+  explicit RedisGather(std::size_t slots);
+  [[nodiscard]] RedisLink::Done slot(std::size_t i);
+  /// Waits for every slot; returns the outcomes in slot order.
+  [[nodiscard]] std::vector<RedisOutcome> wait();
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace dlock::detail

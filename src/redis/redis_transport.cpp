@@ -1,0 +1,759 @@
+// The Redis transport: RedisLink on Boost.Asio, one I/O thread per process.
+// See detail/redis_transport.hpp.
+#include <dlock/detail/redis_transport.hpp>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <utility>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <fmt/format.h>
+
+#include <dlock/detail/format.hpp>
+#include <dlock/detail/sha1.hpp>
+#include <dlock/detail/time.hpp>
+#include <dlock/detail/tls_context.hpp>
+#include <dlock/error.hpp>
+
+namespace dlock::detail {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using unix_socket = asio::local::stream_protocol::socket;
+using tls_stream = asio::ssl::stream<tcp::socket>;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+
+namespace {
+
+bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+// ---- The I/O thread ----
+
+// One io_context and its thread per process, started with the first link.
+// A child process (fork()) starts its own and never touches the parent's,
+// whose thread it does not have (its state may be mid-operation).
+class IoThread {
+ public:
+  static IoThread& get() {
+    static std::mutex mu;
+    std::lock_guard lk(mu);
+    IoThread*& current = instance();
+    if (current == nullptr || current->pid_ != ::getpid()) current = new IoThread();  // the old one is leaked
+    return *current;
+  }
+  asio::io_context& context() noexcept { return ctx_; }
+
+ private:
+  IoThread() : pid_(::getpid()), work_(asio::make_work_guard(ctx_)) {
+    // OpenSSL registers its own exit-time cleanup when initialised; initialised
+    // first, it runs after stop_at_exit below, when this thread no longer uses it.
+    OPENSSL_init_ssl(0, nullptr);
+    thread_ = std::thread([this] {
+      sigset_t pipe;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      pthread_sigmask(SIG_BLOCK, &pipe, nullptr);  // a SIGPIPE from here never reaches the process
+      for (;;) {
+        try {
+          ctx_.run();
+          return;
+        } catch (...) {  // a handler threw (out of memory): keep serving the others
+        }
+      }
+    });
+    std::atexit(stop_at_exit);
+  }
+  // At exit the I/O thread stops (what is pending is abandoned: the process
+  // ends) before static objects and OpenSSL's state are torn down under it.
+  static void stop_at_exit() noexcept {
+    IoThread* t = instance();
+    if (t == nullptr || t->pid_ != ::getpid() || t->thread_.get_id() == std::this_thread::get_id()) return;
+    t->ctx_.stop();
+    if (t->thread_.joinable()) t->thread_.join();
+  }
+  static IoThread*& instance() {
+    static IoThread* current = nullptr;
+    return current;
+  }
+  std::thread thread_;
+  const pid_t pid_;
+  asio::io_context ctx_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+};
+
+// TCP keepalive: a peer that vanished without a reset (host down, partition)
+// is noticed after about 30 s of silence (15 s idle, then 3 probes 5 s apart)
+// instead of never. Best effort.
+void enable_keepalive(tcp::socket& s) noexcept {
+  error_code ec;
+  s.set_option(asio::socket_base::keep_alive(true), ec);
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+  const int idle = 15, interval = 5, count = 3;
+  const int fd = s.native_handle();
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+#endif
+  s.set_option(tcp::no_delay(true), ec);
+}
+
+// A copy of a dlock error for one more consumer: an exception object is never
+// shared between the I/O thread and callers' threads (its destruction on one
+// and a what() on another is a race TSan cannot see through exception_ptr).
+std::exception_ptr fresh(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const ServerError& x) {
+    return std::make_exception_ptr(ServerError(x.what(), static_cast<errc>(x.code().value())));
+  } catch (const TimeoutError& x) {
+    return std::make_exception_ptr(TimeoutError(x.what()));
+  } catch (const ConnectionError& x) {
+    return std::make_exception_ptr(ConnectionError(x.what()));
+  } catch (const InvalidArgument& x) {
+    return std::make_exception_ptr(InvalidArgument(x.what()));
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
+const redis_proto::ScriptShas& local_shas() {
+  static const auto shas = [] {
+    redis_proto::ScriptShas out;
+    for (std::size_t i = 0; i < redis_script_count; ++i) out[i] = sha1_hex(redis_scripts[i]);
+    return out;
+  }();
+  return shas;
+}
+
+}  // namespace
+
+// ---- RedisLink::Impl: all of it runs on the I/O thread after open() ----
+
+struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
+  enum class Phase { connecting, handshaking, ready, broken };
+  enum class Why { io, eof, timeout, protocol, closed, handshake };
+
+  struct Pending {
+    std::string payload;
+    std::size_t want = 0;
+    std::string what;
+    std::optional<Clock::time_point> deadline;  // the caller's
+    std::string deadline_name;
+    Clock::time_point due{};  // written: answered by then (command_timeout or the caller's deadline)
+    bool caller_deadline_first = false;
+    std::vector<RedisValue> got;
+    Done done;
+  };
+
+  Impl(const RedisOptions& o, RedisLinkSetup s, RedisLinkEvents e)
+      : options(o),
+        endpoint(redis_endpoint(o)),
+        setup(s),
+        events(std::move(e)),
+        pid(::getpid()),
+        ctx(IoThread::get().context()),
+        resolver(ctx),
+        timer(ctx) {
+    if (setup.load_scripts) shas = local_shas();  // SCRIPT LOAD answers these; a refused load still uses them
+    if (!options.unix_socket.empty()) {
+      unix_ = std::make_unique<unix_socket>(ctx);
+    } else if (options.tls) {
+      tls_ctx = std::make_unique<asio::ssl::context>(make_tls_context(*options.tls, "RedisOptions::tls"));
+      tls = std::make_unique<tls_stream>(ctx, *tls_ctx);
+    } else {
+      tcp_ = std::make_unique<tcp::socket>(ctx);
+    }
+  }
+
+  const RedisOptions options;
+  const std::string endpoint;
+  const RedisLinkSetup setup;
+  const RedisLinkEvents events;
+  const pid_t pid;
+  redis_proto::ScriptShas shas;
+  asio::io_context& ctx;
+  std::atomic<bool> broken_flag{false};
+  std::atomic<bool> ready_flag{false};
+
+  // I/O thread only:
+  tcp::resolver resolver;
+  asio::steady_timer timer;
+  std::unique_ptr<tcp::socket> tcp_;
+  std::unique_ptr<unix_socket> unix_;
+  std::unique_ptr<asio::ssl::context> tls_ctx;
+  std::unique_ptr<tls_stream> tls;
+  Phase phase = Phase::connecting;
+  Clock::time_point phase_due{};
+  std::optional<redis_proto::Handshake> hs;
+  std::size_t hs_want = 0;
+  bool hs_eviction = false, hs_identify = false;
+  std::vector<RedisValue> hs_replies;
+  redis_proto::ReplyParser parser;
+  std::deque<Pending> queued;    // not written yet
+  std::deque<Pending> inflight;  // written, replies owed (in order)
+  std::string out;               // being written
+  bool writing = false;
+  bool reading = false;
+  std::array<char, 16384> rbuf{};
+  Clock::time_point timer_at = Clock::time_point::max();
+  std::exception_ptr link_error;  // why it broke, for requests that arrive later
+
+  [[nodiscard]] int fd() const noexcept {
+    if (tcp_) return tcp_->native_handle();
+    if (unix_) return unix_->native_handle();
+    if (tls) return tls->next_layer().native_handle();
+    return -1;
+  }
+
+  template <class Buffers, class Handler>
+  void async_write(const Buffers& b, Handler&& h) {
+    if (tls) {
+      asio::async_write(*tls, b, std::forward<Handler>(h));
+    } else if (unix_) {
+      asio::async_write(*unix_, b, std::forward<Handler>(h));
+    } else {
+      asio::async_write(*tcp_, b, std::forward<Handler>(h));
+    }
+  }
+  template <class Handler>
+  void async_read_some(Handler&& h) {
+    const auto b = asio::buffer(rbuf);
+    if (tls) {
+      tls->async_read_some(b, std::forward<Handler>(h));
+    } else if (unix_) {
+      unix_->async_read_some(b, std::forward<Handler>(h));
+    } else {
+      tcp_->async_read_some(b, std::forward<Handler>(h));
+    }
+  }
+
+  // ---- connect ----
+
+  void start() {
+    phase_due = saturating_add(Clock::now(), options.connect_timeout);
+    arm_timer();
+    auto self = shared_from_this();
+    if (unix_) {
+      unix_->async_connect(asio::local::stream_protocol::endpoint(options.unix_socket),
+                           [self](const error_code& ec) { self->on_connect(ec); });
+      return;
+    }
+    tcp::socket& socket = tls ? tls->next_layer() : *tcp_;
+    error_code numeric;
+    const auto address = asio::ip::make_address(options.host, numeric);
+    if (!numeric) {  // an IP address: no resolver (and no resolver thread)
+      socket.async_connect(tcp::endpoint(address, static_cast<unsigned short>(options.port)),
+                           [self](const error_code& ec) { self->on_connect(ec); });
+      return;
+    }
+    resolver.async_resolve(
+        options.host, std::to_string(options.port),
+        [self](const error_code& ec, const tcp::resolver::results_type& results) {
+          if (self->phase == Phase::broken) return;
+          if (ec) return self->on_connect(ec);
+          tcp::socket& s = self->tls ? self->tls->next_layer() : *self->tcp_;
+          asio::async_connect(s, results, [self](const error_code& e, const tcp::endpoint&) { self->on_connect(e); });
+        });
+  }
+
+  void on_connect(const error_code& ec) {
+    if (phase == Phase::broken) return;
+    if (ec) {
+      return fail(Why::io, fmt::format("cannot connect to Redis at {}: {}; nothing was sent. Check that "
+                                       "redis-server is running there and that RedisOptions {} is right",
+                                       endpoint, ec.message(), unix_ ? "unix_socket" : "host and port"));
+    }
+    if (tcp_) enable_keepalive(*tcp_);
+    if (tls) enable_keepalive(tls->next_layer());
+    phase = Phase::handshaking;
+    phase_due = saturating_add(Clock::now(), options.connect_timeout);
+    arm_timer();
+    if (!tls) return redis_handshake();
+    if (!prepare_tls_stream(*tls, *options.tls, options.host)) {
+      return fail(Why::io, fmt::format("cannot connect to Redis at {}: the TLS server name could not be set; "
+                                       "check RedisOptions tls server_name",
+                                       endpoint));
+    }
+    auto self = shared_from_this();
+    tls->async_handshake(asio::ssl::stream_base::client, [self](const error_code& e) {
+      if (self->phase == Phase::broken) return;
+      if (e) {
+        return self->fail(Why::io, fmt::format("cannot connect to Redis at {}: TLS handshake failed: {}; nothing "
+                                               "was asked of it yet. Check RedisOptions tls (ca_file, cert_file, "
+                                               "server_name) and that the port serves TLS",
+                                               self->endpoint, tls_failure_reason(*self->tls, e)));
+      }
+      self->redis_handshake();
+    });
+  }
+
+  void redis_handshake() {
+    hs.emplace(redis_proto::HandshakeConfig{.endpoint = endpoint,
+                                            .username = options.username,
+                                            .password = options.password,
+                                            .database = options.database,
+                                            .client_name = {},
+                                            .load_scripts = setup.load_scripts});
+    redis_proto::Request req;
+    req.append(hs->request());
+    hs_eviction = setup.check_eviction && options.eviction_check != EvictionCheck::off;
+    hs_identify = setup.identify;
+    if (hs_eviction) req.push({"CONFIG", "GET", "maxmemory-policy"});
+    if (hs_identify) req.push({"INFO", "server"});
+    hs_want = req.commands();
+    read_loop();
+    if (hs_want == 0) return become_ready();
+    write_raw(std::string(req.payload()));
+  }
+
+  // Judges the handshake's replies once all are in, so that the first error
+  // reported is the cause (AUTH before NOAUTH).
+  void judge_handshake() {
+    std::size_t i = 0;
+    for (; i < hs_replies.size() && hs->owed() > 0; ++i) (void)hs->on_reply(hs_replies[i]);
+    if (hs->status() == redis_proto::Handshake::Status::failed) {
+      const bool auth = hs->failure() == redis_proto::Handshake::Failure::auth;
+      return fail_with(std::make_exception_ptr(ServerError(hs->message(), auth ? errc::auth : errc::server)));
+    }
+    try {
+      if (hs_eviction) judge_eviction(hs_replies.at(i++));
+      if (hs_identify) {
+        const RedisValue& r = hs_replies.at(i++);
+        if (r.is_error() && starts_with(r.str, "NOAUTH")) throw_if_error(r, endpoint, "INFO server");
+        // Refused (ACL, renamed): no run_id, and no duplicate check by it (docs/redlock.md).
+        if (r.type == RedisValue::Type::string && setup.facts != nullptr) {
+          if (auto id = parse_run_id(r.str); !id.empty()) setup.facts->set_run_id(std::move(id));
+        }
+      }
+    } catch (...) {
+      return fail_with(std::current_exception());
+    }
+    become_ready();
+  }
+
+  void judge_eviction(const RedisValue& r) {
+    const EvictionVerdict v = judge_eviction_policy(r, endpoint);
+    using Kind = EvictionVerdict::Kind;
+    if (v.kind == Kind::safe || options.eviction_check == EvictionCheck::off) return;
+    if (v.kind == Kind::evicts && options.eviction_check == EvictionCheck::fail)
+      throw ServerError("dlock: " + v.message);
+    const std::string_view kind = v.kind == Kind::evicts ? "eviction" : "eviction-unknown";
+    if (setup.facts != nullptr) {
+      setup.facts->warn_once(kind, v.message);
+    } else {
+      OnceWarnings().warn(kind, v.message);  // no facts to remember it by: warned each time
+    }
+  }
+
+  void become_ready() {
+    phase = Phase::ready;
+    ready_flag = true;
+    if (events.up) events.up();
+    flush();
+    arm_timer();
+  }
+
+  // ---- requests ----
+
+  void submit(Pending p) {
+    if (phase == Phase::broken) {
+      queued.push_back(std::move(p));
+      return fail_pending();
+    }
+    queued.push_back(std::move(p));
+    flush();
+    arm_timer();
+  }
+
+  void flush() {
+    if (phase != Phase::ready || writing || queued.empty()) return;
+    out.clear();
+    const auto now = Clock::now();
+    while (!queued.empty()) {
+      Pending p = std::move(queued.front());
+      queued.pop_front();
+      out += p.payload;
+      p.payload.clear();
+      p.due = saturating_add(now, options.command_timeout);
+      if (p.deadline && *p.deadline < p.due) {
+        p.due = *p.deadline;
+        p.caller_deadline_first = true;
+      }
+      (void)now;
+      if (events.push) {  // subscriber mode: the replies go to push
+        if (p.done) p.done(RedisOutcome{{}, nullptr, now});
+        continue;
+      }
+      inflight.push_back(std::move(p));
+    }
+    write_raw(std::move(out));
+  }
+
+  void write_raw(std::string bytes) {
+    writing = true;
+    auto buf = std::make_shared<std::string>(std::move(bytes));
+    auto self = shared_from_this();
+    async_write(asio::buffer(*buf), [self, buf](const error_code& ec, std::size_t) {
+      self->writing = false;
+      if (self->phase == Phase::broken) return;
+      if (ec) return self->fail(Why::io, ec.message());
+      self->flush();
+    });
+  }
+
+  void read_loop() {
+    if (reading || phase == Phase::broken) return;
+    reading = true;
+    auto self = shared_from_this();
+    async_read_some([self](const error_code& ec, std::size_t n) {
+      self->reading = false;
+      if (self->phase == Phase::broken) return;
+      if (ec) {
+        const bool eof =
+            ec == asio::error::eof || ec == asio::ssl::error::stream_truncated || ec == asio::error::connection_reset;
+        return self->fail(eof ? Why::eof : Why::io, self->tls ? tls_error_text(ec) : ec.message());
+      }
+      self->parser.feed(std::string_view(self->rbuf.data(), n));
+      while (self->phase != Phase::broken) {
+        auto r = self->parser.next();
+        if (!r) break;
+        self->dispatch(std::move(*r));
+      }
+      if (self->phase == Phase::broken) return;
+      if (self->parser.error()) return self->fail(Why::protocol, self->parser.error()->message);
+      self->read_loop();
+    });
+  }
+
+  void dispatch(RedisValue r) {
+    if (phase == Phase::handshaking) {
+      hs_replies.push_back(std::move(r));
+      if (hs_replies.size() == hs_want) judge_handshake();
+      return;
+    }
+    if (!inflight.empty()) {
+      Pending& p = inflight.front();
+      p.got.push_back(std::move(r));
+      if (p.got.size() < p.want) return;
+      Pending done = std::move(inflight.front());
+      inflight.pop_front();
+      arm_timer();
+      if (done.done) done.done(RedisOutcome{std::move(done.got), nullptr, Clock::now()});
+      return;
+    }
+    if (events.push) return events.push(std::move(r));
+    fail(Why::protocol, "a reply nobody asked for");
+  }
+
+  // ---- deadlines ----
+
+  void arm_timer() {
+    if (phase == Phase::broken) return;
+    auto at = Clock::time_point::max();
+    if (phase != Phase::ready) at = phase_due;
+    for (const Pending& p : inflight) at = std::min(at, p.due);
+    for (const Pending& p : queued)
+      if (p.deadline) at = std::min(at, *p.deadline);
+    if (at == timer_at) return;
+    timer_at = at;
+    if (at == Clock::time_point::max()) {
+      timer.cancel();
+      return;
+    }
+    timer.expires_at(at);
+    auto self = shared_from_this();
+    timer.async_wait([self, at](const error_code& ec) {
+      if (ec || self->phase == Phase::broken || self->timer_at != at) return;
+      self->timer_at = Clock::time_point::max();
+      self->on_timer();
+    });
+  }
+
+  void on_timer() {
+    const auto now = Clock::now();
+    bool late = phase != Phase::ready && now >= phase_due;
+    for (const Pending& p : inflight) late = late || now >= p.due;
+    for (const Pending& p : queued) late = late || (p.deadline && now >= *p.deadline);
+    if (late) return fail(Why::timeout, {});
+    arm_timer();
+  }
+
+  // ---- failure ----
+
+  // The error of a request that was written and got no (full) answer.
+  std::exception_ptr in_doubt(const Pending& p, Why why, std::string_view detail) const {
+    if (why == Why::timeout) {
+      const std::string budget = p.caller_deadline_first && !p.deadline_name.empty()
+                                     ? p.deadline_name
+                                     : fmt::format("command_timeout {}", format_duration(options.command_timeout));
+      return std::make_exception_ptr(TimeoutError(fmt::format(
+          "dlock: Redis at {} did not answer within {} during {}: the request was sent; its outcome is unknown. The "
+          "server may be overloaded, paused or unreachable",
+          endpoint, budget, p.what)));
+    }
+    if (why == Why::eof)
+      return std::make_exception_ptr(ConnectionError(fmt::format(
+          "dlock: Redis at {} closed the connection during {} ({}): the request was sent; its outcome is unknown. "
+          "The server may have restarted or dropped idle clients",
+          endpoint, p.what, detail)));
+    return std::make_exception_ptr(ConnectionError(
+        fmt::format("dlock: connection to Redis at {} failed during {} ({}): the request was sent; its outcome is "
+                    "unknown",
+                    endpoint, p.what, detail)));
+  }
+
+  // The error of the connect or handshake phase: nothing was asked of the server.
+  std::exception_ptr unreachable(Why why, std::string_view detail) const {
+    if (why == Why::timeout) {
+      if (phase == Phase::connecting)
+        return std::make_exception_ptr(ConnectionError(fmt::format(
+            "dlock: cannot connect to Redis at {}: the connect did not complete within connect_timeout {}; nothing "
+            "was sent. Check that redis-server is running there and that RedisOptions {} is right",
+            endpoint, format_duration(options.connect_timeout), unix_ ? "unix_socket" : "host and port")));
+      return std::make_exception_ptr(ConnectionError(fmt::format(
+          "dlock: cannot connect to Redis at {}: it accepted the connection but did not answer its {}handshake "
+          "within connect_timeout {}; nothing was asked of it yet. The server may be overloaded or paused, or "
+          "something other than Redis{} listens there{}",
+          endpoint, tls && !hs ? "TLS " : "", format_duration(options.connect_timeout), tls ? " over TLS" : "",
+          tls && !hs ? " (a plain-text Redis port does not answer a TLS handshake: then use redis:// without "
+                       "RedisOptions tls)"
+                     : "")));
+    }
+    if (why == Why::io && starts_with(detail, "cannot connect"))
+      return std::make_exception_ptr(ConnectionError(fmt::format("dlock: {}", detail)));
+    return std::make_exception_ptr(ConnectionError(fmt::format(
+        "dlock: cannot connect to Redis at {}: the connection failed during its handshake ({}); nothing was asked "
+        "of it yet. Check that redis-server is running there{}",
+        endpoint, detail,
+        tls ? ""
+            : " (a server that expects TLS closes plain connections: then set RedisOptions tls or use rediss://)")));
+  }
+
+  void fail(Why why, std::string_view detail) {
+    if (phase == Phase::broken) return;
+    const auto now = Clock::now();
+    std::exception_ptr first = phase == Phase::ready ? nullptr : unreachable(why, detail);
+    // Written requests: in doubt. A timeout blames the requests that are late.
+    std::vector<std::pair<Pending, std::exception_ptr>> done;
+    for (Pending& p : inflight) {
+      auto e = why != Why::timeout ? in_doubt(p, why, detail)
+               : now >= p.due      ? in_doubt(p, Why::timeout, detail)
+                                   : in_doubt(p, Why::io, "dropped after another request on it timed out");
+      done.emplace_back(std::move(p), std::move(e));
+    }
+    inflight.clear();
+    if (first == nullptr && !done.empty()) first = done.front().second;
+    if (first == nullptr) {
+      Pending idle;
+      idle.what = "the connection's idle time";
+      first = in_doubt(idle, why, detail);
+    }
+    shutdown();
+    link_error = fresh(first);
+    fail_queued(first, why, detail);
+    for (auto& [p, e] : done)
+      if (p.done) p.done(RedisOutcome{{}, fresh(e), {}});
+    if (events.lost) events.lost(fresh(first));
+  }
+
+  void fail_with(std::exception_ptr e) {  // the handshake was refused
+    if (phase == Phase::broken) return;
+    shutdown();
+    link_error = e;
+    for (Pending& p : queued)
+      if (p.done) p.done(RedisOutcome{{}, fresh(e), {}});
+    queued.clear();
+    if (events.lost) events.lost(fresh(e));
+  }
+
+  // Requests never written: nothing was asked of the server for them.
+  void fail_queued(const std::exception_ptr& error, Why why, std::string_view detail) {
+    std::deque<Pending> q = std::move(queued);
+    queued.clear();
+    for (Pending& p : q) {
+      if (!p.done) continue;
+      if (why == Why::timeout && p.deadline && Clock::now() >= *p.deadline && !p.deadline_name.empty()) {
+        p.done(RedisOutcome{{},
+                            std::make_exception_ptr(ConnectionError(fmt::format(
+                                "dlock: cannot connect to Redis at {}: {} within {} during {}; nothing was asked of "
+                                "it yet",
+                                endpoint, hs ? "it did not answer the handshake" : "the connect did not complete",
+                                p.deadline_name, p.what))),
+                            {}});
+      } else if (ready_flag) {
+        p.done(RedisOutcome{{},
+                            std::make_exception_ptr(ConnectionError(fmt::format(
+                                "dlock: the connection to Redis at {} broke before {} was sent ({}); nothing was "
+                                "asked of it",
+                                endpoint, p.what, detail))),
+                            {}});
+      } else {
+        p.done(RedisOutcome{{}, fresh(error), {}});
+      }
+    }
+  }
+
+  void fail_pending() {  // a request for a link already broken: as the link's own error if it never got ready
+    if (link_error && !ready_flag) {
+      for (Pending& p : queued)
+        if (p.done) p.done(RedisOutcome{{}, fresh(link_error), {}});
+      queued.clear();
+      return;
+    }
+    fail_queued(std::make_exception_ptr(ConnectionError(
+                    fmt::format("dlock: the connection to Redis at {} is broken; nothing was asked of it", endpoint))),
+                Why::closed, "broken");
+  }
+
+  void shutdown() noexcept {
+    phase = Phase::broken;
+    broken_flag = true;
+    error_code ec;
+    timer.cancel();
+    resolver.cancel();
+    // No QUIT and no TLS close_notify: closing is enough, and a dropped
+    // connection must not wait for a server that stopped answering.
+    if (tcp_) tcp_->close(ec);
+    if (unix_) unix_->close(ec);
+    if (tls) tls->next_layer().close(ec);
+  }
+};
+
+// ---- RedisLink ----
+
+RedisLink::RedisLink(std::shared_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+RedisLink::RedisLink(RedisLink&&) noexcept = default;
+RedisLink& RedisLink::operator=(RedisLink&& other) noexcept {
+  if (this != &other) {
+    release();
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+RedisLink::~RedisLink() { release(); }
+
+void RedisLink::release() noexcept {
+  if (!impl_) return;
+  if (impl_->pid != ::getpid()) {
+    // Inherited through fork(): close the descriptor (the parent keeps its
+    // session) and never touch the parent's I/O state; the objects are leaked.
+    const int fd = impl_->fd();
+    if (fd >= 0) ::close(fd);
+    (void)new (std::nothrow) std::shared_ptr<Impl>(std::move(impl_));
+    impl_.reset();
+    return;
+  }
+  close();
+  impl_.reset();
+}
+
+RedisLink RedisLink::open(const RedisOptions& options, RedisLinkSetup setup, RedisLinkEvents events) {
+  auto impl = std::make_shared<Impl>(options, setup, std::move(events));
+  asio::post(impl->ctx, [impl] { impl->start(); });
+  return RedisLink(std::move(impl));
+}
+
+void RedisLink::send(RedisCall call, Done done) {
+  Impl::Pending p;
+  p.want = call.request.commands();
+  p.payload = std::string(call.request.payload());
+  p.what = std::move(call.what);
+  p.deadline = call.deadline;
+  p.deadline_name = std::move(call.deadline_name);
+  p.done = std::move(done);
+  if (p.want == 0) {
+    if (p.done) p.done(RedisOutcome{{}, nullptr, Clock::now()});
+    return;
+  }
+  asio::post(impl_->ctx, [impl = impl_, p = std::move(p)]() mutable { impl->submit(std::move(p)); });
+}
+
+std::vector<RedisValue> RedisLink::exec(RedisCall call) {
+  RedisGather g(1);
+  send(std::move(call), g.slot(0));
+  auto out = g.wait();
+  if (out[0].error) std::rethrow_exception(out[0].error);
+  return std::move(out[0].replies);
+}
+
+void RedisLink::close() noexcept {
+  if (!impl_ || impl_->broken_flag) return;
+  try {
+    asio::post(impl_->ctx, [impl = impl_] { impl->fail(Impl::Why::closed, "closed by dlock"); });
+  } catch (...) {  // out of memory: the link stays open until the process ends
+  }
+}
+
+bool RedisLink::broken() const noexcept { return !impl_ || impl_->broken_flag; }
+bool RedisLink::ready() const noexcept { return impl_ && impl_->ready_flag; }
+bool RedisLink::inherited() const noexcept { return impl_ && impl_->pid != ::getpid(); }
+int RedisLink::fd() const noexcept { return impl_ ? impl_->fd() : -1; }
+const std::string& RedisLink::endpoint() const noexcept { return impl_->endpoint; }
+const redis_proto::ScriptShas& RedisLink::shas() const noexcept { return impl_->shas; }
+
+void redis_io_after(std::chrono::milliseconds delay, std::function<void()> fn) {
+  auto& ctx = IoThread::get().context();
+  auto timer = std::make_shared<asio::steady_timer>(ctx, delay);
+  timer->async_wait([timer, fn = std::move(fn)](const error_code&) {
+    try {
+      fn();
+    } catch (...) {  // a user's timer must not stop the I/O thread
+    }
+  });
+}
+
+// ---- RedisGather ----
+
+struct RedisGather::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<RedisOutcome> outcomes;
+  std::size_t left;
+};
+
+RedisGather::RedisGather(std::size_t slots) : state_(std::make_shared<State>()) {
+  state_->outcomes.resize(slots);
+  state_->left = slots;
+}
+
+RedisLink::Done RedisGather::slot(std::size_t i) {
+  return [s = state_, i](RedisOutcome o) {
+    {
+      std::lock_guard lk(s->mu);
+      s->outcomes[i] = std::move(o);
+      --s->left;
+    }
+    s->cv.notify_all();
+  };
+}
+
+std::vector<RedisOutcome> RedisGather::wait() {
+  std::unique_lock lk(state_->mu);
+  state_->cv.wait(lk, [&] { return state_->left == 0; });
+  return std::move(state_->outcomes);
+}
+
+}  // namespace dlock::detail
