@@ -25,7 +25,7 @@ curl -fsS "$url" -o "$out.2"
 
 grep -qi '^content-type: text/plain; version=0.0.4' "$out.h1" || { echo "FAIL: content type"; cat "$out.h1"; exit 1; }
 grep -q '^# TYPE dlock_acquisitions_total counter$' "$out.1" || { echo "FAIL: no TYPE line"; exit 1; }
-grep -q '^dlock_hold_seconds_bucket{backend="memory",lock_class="orders",le="+Inf"} ' "$out.2" ||
+grep -q '^dlock_hold_seconds_bucket{backend="memory",lock_class="orders",kind="mutex",le="+Inf"} ' "$out.2" ||
   { echo "FAIL: no hold histogram for class orders"; exit 1; }
 first=$(acquisitions "$out.1")
 second=$(acquisitions "$out.2")
