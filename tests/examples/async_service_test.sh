@@ -7,17 +7,9 @@ set -euo pipefail
 bin=$1
 per_resource=${2:-15}
 out=$(mktemp -d)
-"$bin" --port 0 --seconds 60 >"$out/server" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$out"' EXIT
-
-url=
-for _ in $(seq 1 100); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*/' "$out/server" || true)
-  [ -n "$url" ] && break
-  sleep 0.05
-done
-[ -n "$url" ] || { echo "FAIL: the service did not start"; cat "$out/server"; exit 1; }
+cleanup() { rm -rf "$out"; }
+source "$(dirname "$0")/start_example.sh"
+start_example "$out/server" 'http://127.0.0.1:[0-9]*/' "$bin" --port 0 --seconds 60
 
 clients=()
 for r in orders invoices; do
