@@ -33,10 +33,14 @@
 // cleanup (AbandonsInDoubt) and wait records (RecordsWaits). A server-side wait
 // (WaitsOnServer) and batched extension (BatchesExtend) do not: a degraded
 // waiter must not spin on its secondary, and a batch may mix leases of both.
+// When both backends model AsyncBackend, so does the fallback (docs/async.md):
+// an asynchronous attempt degrades on the same errors, and release and extend
+// go to the backend that granted the lease.
 #pragma once
 
 #include <chrono>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -134,6 +138,53 @@ class FallbackBackend {
   void record_wait(const WaitRecord& record) noexcept requires RecordsWaits<Primary> { primary_.record_wait(record); }
   void clear_wait(const WaitRecord& record) noexcept requires RecordsWaits<Primary> { primary_.clear_wait(record); }
 
+  // ---- AsyncBackend, when both backends have it ----
+
+  void async_try_acquire(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<Handle> done) requires AsyncBackend<Primary> && AsyncBackend<Secondary> {
+    // The request object itself may not outlive this call; its name and owner do.
+    primary_.async_try_acquire(
+        r, ex, [this, r, ex, done = std::move(done)](std::exception_ptr error, AcquireResult<PH> result) mutable {
+          if (!error) return done(nullptr, wrap<0>(std::move(result), {}));
+          std::string why;
+          try {
+            std::rethrow_exception(error);
+          } catch (const Error& e) {
+            if (e.code() != errc::connection) return done(error, AcquireResult<Handle>{});
+            why = fmt::format("{} {} unreachable ({}); lock '{}' taken from the fallback {} instead", primary_.kind(),
+                              primary_.endpoint(), e.what(), r.name, secondary_.kind());
+          } catch (...) {
+            return done(error, AcquireResult<Handle>{});
+          }
+          secondary_.async_try_acquire(
+              r, ex,
+              [why = std::move(why), done = std::move(done)](std::exception_ptr e2, AcquireResult<SH> second) mutable {
+                if (e2) return done(e2, AcquireResult<Handle>{});
+                done(nullptr, wrap<1>(std::move(second), std::move(why)));
+              });
+        });
+  }
+  void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                     ReleaseCompletion done) requires AsyncBackend<Primary> && AsyncBackend<Secondary> {
+    async_visit(lease, [&](auto& backend, auto& inner, auto restore) {
+      backend.async_release(name, inner, ex, [restore, done = std::move(done)](std::exception_ptr e, ReleaseResult r) {
+        restore();
+        done(e, r);
+      });
+    });
+  }
+  void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                    const boost::asio::any_io_executor& ex,
+                    ExtendCompletion done) requires AsyncBackend<Primary> && AsyncBackend<Secondary> {
+    async_visit(lease, [&](auto& backend, auto& inner, auto restore) {
+      backend.async_extend(name, inner, ttl, started, ex,
+                           [restore, done = std::move(done)](std::exception_ptr e, std::optional<TimePoint> until) {
+                             restore();
+                             done(e, until);
+                           });
+    });
+  }
+
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
     return visit(lease, [&](auto& backend, auto& inner) { return backend.release(name, inner); });
   }
@@ -171,6 +222,23 @@ class FallbackBackend {
       ~Restore() { out = std::move(in.handle); }
     } restore{handle, inner};
     return f(backend, inner);
+  }
+
+  // The asynchronous visit: the inner lease lives on the heap until the
+  // completion, which calls `restore` to copy its handle back into `lease`
+  // (valid until then, by the AsyncBackend contract). Touches no member of
+  // this object after the call: a release may complete after the Lock is gone.
+  template <class F>
+  void async_visit(Lease<Handle>& lease, F&& f) {
+    if (lease.handle.of.index() == 0) return async_with_inner<0>(primary_, lease, f);
+    async_with_inner<1>(secondary_, lease, f);
+  }
+  template <std::size_t I, class B, class F>
+  static void async_with_inner(B& backend, Lease<Handle>& lease, F& f) {
+    auto& handle = std::get<I>(lease.handle.of);
+    using Inner = Lease<std::decay_t<decltype(handle)>>;
+    auto inner = std::make_shared<Inner>(Inner{lease.owner, lease.token, lease.acquired_at, lease.valid_until, handle});
+    f(backend, *inner, [inner, &lease] { std::get<I>(lease.handle.of) = std::move(inner->handle); });
   }
 
   detail::BackendStorage<Primary> primary_;

@@ -105,6 +105,24 @@
 
 namespace dlock {
 
+/// Optional capability, with NotifiesRelease: the subscription can also wait
+/// without blocking a thread, for the asynchronous acquire (docs/async.md).
+///   S.on_release(std::function<void()> f): `f` runs once, on whatever thread
+///        observes it (the releasing one for MemoryBackend), at the next
+///        release of the name, or at once (possibly inside the call) when a
+///        release happened since subscribing or since the last wake-up; so a
+///        subscription made before an attempt loses no release. A later call
+///        replaces the callback; destroying S drops it (a release racing the
+///        destruction may still run it once, so `f` holds no owning pointer to
+///        S's owner). `f` must not throw or block.
+/// An asynchronous acquire on such a backend subscribes before its second
+/// attempt, as the blocking loop does, and ends each backoff wait early when a
+/// release comes; on other backends it polls with backoff.
+template <class B>
+concept AsyncNotifiesRelease = NotifiesRelease<B> && requires(B& b, std::string_view name, std::function<void()> f) {
+  { b.subscribe_release(name).on_release(std::move(f)) } -> std::same_as<void>;
+};
+
 namespace detail {
 template <class B, bool = NotifiesRelease<B>>
 struct SubscriptionOf {
@@ -836,7 +854,10 @@ class Lock {
       if (stop_.stop_requested()) return finish(lock_.cancelled_exception(), false);
       if (lock_.try_enter_gate_async()) {
         in_gate_ = true;
-        run_.emplace(lock_, deadline_, detail::AcquirePlan{.cancellable = stop_.stop_possible()}, rng_);
+        run_.emplace(
+            lock_, deadline_,
+            detail::AcquirePlan{.notifies_release = AsyncNotifiesRelease<B>, .cancellable = stop_.stop_possible()},
+            rng_);
         return step(run_->fsm().start(stop_.stop_requested()));
       }
       const TimePoint now = lock_.clock_.now();
@@ -849,8 +870,10 @@ class Lock {
 
     void step(detail::AcquireDecision d) {
       auto self = this->shared_from_this();
+      if (d.subscribe) subscription_ = lock_.subscribe();  // before the attempt: no lost wake-up
       switch (d.step) {
         case detail::AcquireStep::attempt: {
+          released_ = false;  // a release seen from here on ends the next wait at once
           const auto [request, server_wait] = run_->begin_attempt();
           (void)server_wait;  // zero: no server-side waits in the asynchronous form
           lock_.backend_.async_try_acquire(
@@ -863,10 +886,12 @@ class Lock {
         }
         case detail::AcquireStep::wait:
           if (stop_.stop_requested()) return step(run_->fsm().woken(true));  // a cancel posted before this wait
+          if (released_) return step(run_->fsm().woken(false));              // released during the attempt
           timer_.expires_after(d.wait);
           timer_.async_wait([self](const boost::system::error_code&) {
             self->step(self->run_->fsm().woken(self->stop_.stop_requested()));
           });
+          if (d.on_subscription) wake_on_release();
           return;
         case detail::AcquireStep::acquired:
           return finish(nullptr, true);
@@ -884,7 +909,28 @@ class Lock {
       }
     }
 
+    // A release of the name ends the current wait, or the next one when it
+    // comes during an attempt (no lost wake-up): the subscription's callback
+    // marks it and cancels the timer from the strand.
+    void wake_on_release() {
+      if constexpr (AsyncNotifiesRelease<B>) {
+        if (!subscription_) return;
+        subscription_->on_release([op = this->weak_from_this(), ex = strand_]() noexcept {
+          try {
+            boost::asio::post(ex, [op] {
+              if (auto self = op.lock()) {
+                self->released_ = true;
+                self->timer_.cancel();
+              }
+            });
+          } catch (...) {  // out of memory: the wait ends when its backoff does
+          }
+        });
+      }
+    }
+
     void finish(std::exception_ptr error, bool acquired) {
+      subscription_.reset();
       stop_cb_.reset();
       run_.reset();  // abandons an in-doubt owner id
       if (in_gate_ && !acquired) lock_.leave_gate();
@@ -916,6 +962,8 @@ class Lock {
     std::optional<AcquireRun<std::minstd_rand>> run_;
     std::optional<Lease<handle_type>> to_release_;
     std::optional<std::stop_callback<StopWake>> stop_cb_;
+    std::optional<Subscription> subscription_;  // AsyncNotifiesRelease backends, after the first contention
+    bool released_ = false;                     // a release was observed since the last attempt began
     bool in_gate_ = false;
   };
 
@@ -998,7 +1046,7 @@ class Lock {
   }
 
   [[nodiscard]] detail::EventSource source() const noexcept {
-    return {backend_.kind(), backend_.endpoint(), name_, options_.observer.get()};
+    return {backend_.kind(), backend_.endpoint(), detail::primitive_of(backend_), name_, options_.observer.get()};
   }
   void report_degraded(const OwnerId& owner, const Grant<handle_type>& grant) const noexcept {
     Event ev = source().make(EventType::degraded, owner.str(), grant.token);

@@ -4,8 +4,9 @@
 // backend's clock, release and extend are owner-checked, fencing tokens
 // increase per name, and releases wake waiters at once. Use it for locks
 // between threads of one process, as the embedded default, and in unit tests
-// (with a ManualClock to move time). It models NotifiesRelease and
-// AsyncBackend.
+// (with a ManualClock to move time). It models NotifiesRelease (with the
+// non-blocking Subscription::on_release, AsyncNotifiesRelease in lock.hpp)
+// and AsyncBackend.
 //
 // A MemoryBackend is a handle: copies share one lock table, and the table
 // lives as long as any copy, Lock or subscription that uses it. Thread-safe;
@@ -17,6 +18,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -24,6 +26,8 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/post.hpp>
 
@@ -34,11 +38,18 @@
 namespace dlock {
 
 class MemoryBackend {
+  // One subscription's view of its name: the releases it has seen, and the
+  // callback it registered with on_release() (empty: none).
+  struct Waiter {
+    std::uint64_t seen = 0;
+    std::function<void()> on_release;
+  };
   struct Slot {
     std::optional<OwnerId> owner;
     TimePoint expires_at{};
     std::uint64_t fence = 0;
-    std::uint64_t releases = 0;  ///< bumped on every release, for subscribers
+    std::uint64_t releases = 0;                    ///< bumped on every release, for subscribers
+    std::vector<std::shared_ptr<Waiter>> waiters;  ///< subscriptions with a callback registered
   };
   struct Hash {
     using is_transparent = void;
@@ -55,28 +66,68 @@ class MemoryBackend {
  public:
   using Handle = NoHandle;
 
-  /// Waits for a release of one lock name; see NotifiesRelease in backend.hpp.
+  /// Waits for a release of one lock name; see NotifiesRelease in backend.hpp
+  /// and AsyncNotifiesRelease in lock.hpp.
   class Subscription {
    public:
+    Subscription(Subscription&&) noexcept = default;
+    Subscription& operator=(Subscription&& o) noexcept {
+      if (this != &o) {
+        unregister();
+        state_ = std::move(o.state_);
+        slot_ = o.slot_;
+        w_ = std::move(o.w_);
+      }
+      return *this;
+    }
+    ~Subscription() { unregister(); }
+
     /// True when a release happened since subscribing or since the last
-    /// wait_for() that returned true.
+    /// wait_for() that returned true (or on_release() callback that ran).
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) { return wait_for(d, std::stop_token{}); }
     /// wait_for(d), ended early (false) when `stop` is requested.
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d, const std::stop_token& stop) {
       std::unique_lock lk(state_->mu);
       const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, stop, until, [this] { return slot_->releases != seen_; })) return false;
-      seen_ = slot_->releases;
+      if (!state_->released.wait_until(lk, stop, until, [this] { return slot_->releases != w_->seen; })) return false;
+      w_->seen = slot_->releases;
       return true;
+    }
+
+    /// Non-blocking wait: `f` runs once, on the releasing thread, at the next
+    /// release of the name, or at once (inside this call) when a release
+    /// happened since subscribing or since the last wake-up. Replaces a
+    /// callback registered before; destroying the subscription drops it (a
+    /// release that took it just before may still run it once). `f` must
+    /// not throw and must not block.
+    void on_release(std::function<void()> f) {
+      {
+        std::lock_guard lk(state_->mu);
+        if (slot_->releases == w_->seen) {
+          if (!w_->on_release) slot_->waiters.push_back(w_);
+          w_->on_release = std::move(f);
+          return;
+        }
+        w_->seen = slot_->releases;
+        drop(*slot_, w_);
+      }
+      f();
     }
 
    private:
     friend class MemoryBackend;
-    Subscription(std::shared_ptr<State> state, const Slot& s)
-        : state_(std::move(state)), slot_(&s), seen_(s.releases) {}
+    Subscription(std::shared_ptr<State> state, Slot& s)
+        : state_(std::move(state)),
+          slot_(&s),
+          w_(std::make_shared<Waiter>(Waiter{.seen = s.releases, .on_release = {}})) {}
+    void unregister() noexcept {
+      if (!w_) return;
+      std::lock_guard lk(state_->mu);
+      if (w_->on_release) drop(*slot_, w_);
+    }
     std::shared_ptr<State> state_;
-    const Slot* slot_;
-    std::uint64_t seen_;
+    Slot* slot_;
+    std::shared_ptr<Waiter> w_;
   };
 
   explicit MemoryBackend(const Clock& clock = steady_clock()) : state_(std::make_shared<State>(clock)) {}
@@ -99,14 +150,15 @@ class MemoryBackend {
   }
 
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease) {
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       Slot* s = held_by(name, lease.owner);
       if (!s) return ReleaseResult::not_held;
       s->owner.reset();
-      ++s->releases;
+      wake = released(*s);
     }
-    state_->released.notify_all();
+    notify(wake);
     return ReleaseResult::released;
   }
 
@@ -144,16 +196,17 @@ class MemoryBackend {
   /// DEL on a server). Returns whether a live lock was removed.
   bool force_release(std::string_view name) {
     bool removed = false;
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       auto it = state_->slots.find(name);
       if (it != state_->slots.end() && it->second.owner) {
         removed = state_->clock.now() < it->second.expires_at;
         it->second.owner.reset();
-        ++it->second.releases;
+        wake = released(it->second);
       }
     }
-    state_->released.notify_all();
+    notify(wake);
     return removed;
   }
 
@@ -172,6 +225,30 @@ class MemoryBackend {
     boost::asio::post(ex, [done = std::move(done), error, result = std::move(result)]() mutable {
       done(error, result ? std::move(*result) : R{});
     });
+  }
+
+  // Requires state_->mu: counts a release of `s` and takes the callbacks it
+  // wakes (each subscription's release is consumed by its callback).
+  static std::vector<std::function<void()>> released(Slot& s) {
+    ++s.releases;
+    std::vector<std::function<void()>> wake;
+    wake.reserve(s.waiters.size());
+    for (auto& w : s.waiters) {
+      w->seen = s.releases;
+      wake.push_back(std::exchange(w->on_release, nullptr));
+    }
+    s.waiters.clear();
+    return wake;
+  }
+  // Without state_->mu: wakes the blocked and the registered waiters.
+  void notify(std::vector<std::function<void()>>& wake) {
+    state_->released.notify_all();
+    for (auto& f : wake) f();
+  }
+  // Requires state_->mu: removes `w`'s registration.
+  static void drop(Slot& s, const std::shared_ptr<Waiter>& w) noexcept {
+    w->on_release = nullptr;
+    std::erase(s.waiters, w);
   }
 
   // Require state_->mu.

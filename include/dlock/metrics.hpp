@@ -7,13 +7,15 @@
 //   ...
 //   std::string body = metrics->prometheus_text();   // serve it at /metrics
 //
-// Labels are bounded: `backend` (the backend kind) and `lock_class`, derived
+// Labels are bounded: `backend` (the backend kind), `lock_class`, derived
 // from the lock name by MetricsOptions::classify (by default the part before
-// the first ':', so "orders:42" is counted as "orders"); failure and loss
-// counters add a `reason` from a fixed set. Full lock names never become
-// labels. Label values are made valid UTF-8 (invalid bytes become U+FFFD), as
-// the exposition format requires. Past MetricsOptions::max_series distinct (backend, lock_class)
-// pairs, further classes are counted under lock_class="_other".
+// the first ':', so "orders:42" is counted as "orders"), and `kind`, the
+// primitive (Event::primitive: "mutex", "rw_read", "rw_write", "permit",
+// "leader"); failure and loss counters add a `reason` from a fixed set. Full
+// lock names never become labels. Label values are made valid UTF-8 (invalid
+// bytes become U+FFFD), as the exposition format requires. Past
+// MetricsOptions::max_series distinct (backend, lock_class, kind) series,
+// further classes are counted under lock_class="_other".
 //
 // Thread-safe; on_event() takes one mutex briefly. Share one registry among
 // many locks (pass the same shared_ptr as LockOptions::observer), and chain
@@ -30,6 +32,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -52,7 +55,7 @@ struct MetricsOptions {
   std::vector<double> wait_buckets{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60};
   /// Upper bounds, in seconds, of the hold-duration histogram buckets.
   std::vector<double> hold_buckets{0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600};
-  /// Most (backend, lock_class) pairs kept apart; the rest are "_other".
+  /// Most (backend, lock_class, kind) series kept apart; the rest are "_other".
   std::size_t max_series = 1000;
   /// Also receives every event (e.g. default_observer() to keep logging).
   std::shared_ptr<Observer> next{};
@@ -106,34 +109,40 @@ class MetricsRegistry : public Observer {
 
   // ---- reading ----
 
-  [[nodiscard]] std::uint64_t value(Counter c, std::string_view backend, std::string_view lock_class) const {
+  // The series of (backend, lock_class, kind); kind: Event::primitive, "mutex"
+  // for plain Locks.
+  [[nodiscard]] std::uint64_t value(Counter c, std::string_view backend, std::string_view lock_class,
+                                    std::string_view kind = "mutex") const {
     std::lock_guard lk(mu_);
-    const Series* s = find(backend, lock_class);
+    const Series* s = find(backend, lock_class, kind);
     return s ? s->counters[static_cast<std::size_t>(c)] : 0;
   }
   [[nodiscard]] std::uint64_t value(ReasonCounter c, std::string_view backend, std::string_view lock_class,
-                                    std::string_view reason) const {
+                                    std::string_view reason, std::string_view kind = "mutex") const {
     std::lock_guard lk(mu_);
-    const Series* s = find(backend, lock_class);
+    const Series* s = find(backend, lock_class, kind);
     if (!s) return 0;
     const auto& m = s->reasons[static_cast<std::size_t>(c)];
     auto it = m.find(reason);
     return it == m.end() ? 0 : it->second;
   }
   /// Locks currently held (acquired, and neither released nor lost).
-  [[nodiscard]] std::int64_t held(std::string_view backend, std::string_view lock_class) const {
+  [[nodiscard]] std::int64_t held(std::string_view backend, std::string_view lock_class,
+                                  std::string_view kind = "mutex") const {
     std::lock_guard lk(mu_);
-    const Series* s = find(backend, lock_class);
+    const Series* s = find(backend, lock_class, kind);
     return s ? s->held : 0;
   }
-  [[nodiscard]] Histogram wait_histogram(std::string_view backend, std::string_view lock_class) const {
+  [[nodiscard]] Histogram wait_histogram(std::string_view backend, std::string_view lock_class,
+                                         std::string_view kind = "mutex") const {
     std::lock_guard lk(mu_);
-    const Series* s = find(backend, lock_class);
+    const Series* s = find(backend, lock_class, kind);
     return s ? s->wait : Histogram{};
   }
-  [[nodiscard]] Histogram hold_histogram(std::string_view backend, std::string_view lock_class) const {
+  [[nodiscard]] Histogram hold_histogram(std::string_view backend, std::string_view lock_class,
+                                         std::string_view kind = "mutex") const {
     std::lock_guard lk(mu_);
-    const Series* s = find(backend, lock_class);
+    const Series* s = find(backend, lock_class, kind);
     return s ? s->hold : Histogram{};
   }
 
@@ -169,11 +178,11 @@ class MetricsRegistry : public Observer {
   }
 
  private:
-  using Key = std::pair<std::string, std::string>;  // backend, lock_class
-  using KeyView = std::pair<std::string_view, std::string_view>;
+  using Key = std::tuple<std::string, std::string, std::string>;  // backend, lock_class, kind
+  using KeyView = std::tuple<std::string_view, std::string_view, std::string_view>;
   struct KeyLess {  // lets lookups use string views, without allocating
     using is_transparent = void;
-    static KeyView view(const Key& k) noexcept { return {k.first, k.second}; }
+    static KeyView view(const Key& k) noexcept { return {std::get<0>(k), std::get<1>(k), std::get<2>(k)}; }
     static KeyView view(const KeyView& k) noexcept { return k; }
     template <class A, class B>
     bool operator()(const A& a, const B& b) const noexcept {
@@ -221,7 +230,7 @@ class MetricsRegistry : public Observer {
   void record(const Event& e) {
     std::string lock_class = options_.classify(e.lock);
     std::lock_guard lk(mu_);
-    Series& s = series(e.backend, std::move(lock_class));
+    Series& s = series(e.backend, std::move(lock_class), e.primitive);
     auto count = [&s](Counter c) { ++s.counters[static_cast<std::size_t>(c)]; };
     auto count_reason = [&s, &e](ReasonCounter c) {
       auto& m = s.reasons[static_cast<std::size_t>(c)];
@@ -315,14 +324,14 @@ class MetricsRegistry : public Observer {
     }
   }
 
-  Series& series(std::string_view backend, std::string lock_class) {
-    auto it = series_.find(KeyView(backend, lock_class));
+  Series& series(std::string_view backend, std::string lock_class, std::string_view kind) {
+    auto it = series_.find(KeyView(backend, lock_class, kind));
     if (it != series_.end()) return it->second;
     if (series_.size() >= options_.max_series) lock_class = "_other";
-    return series_[Key(std::string(backend), std::move(lock_class))];
+    return series_[Key(std::string(backend), std::move(lock_class), std::string(kind))];
   }
-  const Series* find(std::string_view backend, std::string_view lock_class) const {
-    auto it = series_.find(KeyView(backend, lock_class));
+  const Series* find(std::string_view backend, std::string_view lock_class, std::string_view kind) const {
+    auto it = series_.find(KeyView(backend, lock_class, kind));
     return it == series_.end() ? nullptr : &it->second;
   }
 
@@ -343,7 +352,8 @@ class MetricsRegistry : public Observer {
     return out;
   }
   static std::string labels(const Key& key) {
-    return fmt::format("backend=\"{}\",lock_class=\"{}\"", escape(key.first), escape(key.second));
+    return fmt::format("backend=\"{}\",lock_class=\"{}\",kind=\"{}\"", escape(std::get<0>(key)),
+                       escape(std::get<1>(key)), escape(std::get<2>(key)));
   }
 
   MetricsOptions options_;

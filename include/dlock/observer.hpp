@@ -106,7 +106,11 @@ struct Event {
   std::string_view backend;   ///< backend kind: "memory", "redis", ...
   std::string_view endpoint;  ///< where the lock lives, e.g. "127.0.0.1:6379" (never a password)
   std::string_view lock;      ///< the lock name
-  std::string_view owner;     ///< owner id of the acquisition, when there is one
+  /// Which primitive the lock is: "mutex" (a plain Lock), "rw_read" /
+  /// "rw_write" (RwLock's shared / exclusive side), "permit" (Semaphore),
+  /// "leader" (Election). Metrics export it as the `kind` label.
+  std::string_view primitive = "mutex";
+  std::string_view owner;  ///< owner id of the acquisition, when there is one
   std::optional<std::uint64_t> token;
   std::uint32_t attempts = 0;       ///< acquired / acquire_*: attempts made
   std::chrono::nanoseconds wait{};  ///< acquired / acquire_*: time spent acquiring

@@ -155,6 +155,8 @@ class BackendView {
 
   [[nodiscard]] std::string_view kind() const { return backend_.kind(); }
   [[nodiscard]] std::string_view endpoint() const { return backend_.endpoint(); }
+  /// The primitive for events and metrics (Event::primitive): Ops::primitive.
+  [[nodiscard]] std::string_view primitive() const noexcept { return Ops::primitive; }
   /// Views of one backend (handle) are one backend for batching and ordering.
   [[nodiscard]] const void* identity() const noexcept { return backend_identity(backend_); }
 
@@ -190,6 +192,7 @@ class BackendView {
 };
 
 struct SharedOps {
+  static constexpr std::string_view primitive = "rw_read";
   template <class B>
   static auto try_acquire(B& b, const AcquireRequest& r) {
     return b.try_acquire_shared(r);
@@ -211,6 +214,7 @@ struct SharedOps {
 };
 
 struct ExclusiveOps {
+  static constexpr std::string_view primitive = "rw_write";
   template <class B>
   static auto try_acquire(B& b, const AcquireRequest& r) {
     return b.try_acquire_exclusive(r);
@@ -232,6 +236,7 @@ struct ExclusiveOps {
 };
 
 struct PermitOps {
+  static constexpr std::string_view primitive = "permit";
   std::uint32_t permits = 1;  ///< the caller's configured count
 
   template <class B>
@@ -250,6 +255,7 @@ struct PermitOps {
 };
 
 struct LeaderOps {
+  static constexpr std::string_view primitive = "leader";
   std::string candidate;  ///< stored with the leadership for observers
 
   template <class B>

@@ -5,17 +5,9 @@
 set -euo pipefail
 bin=$1
 out=$(mktemp)
-"$bin" --port 0 --seconds 30 >"$out" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$out" "$out".*' EXIT
-
-url=
-for _ in $(seq 1 100); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*/metrics' "$out" || true)
-  [ -n "$url" ] && break
-  sleep 0.05
-done
-[ -n "$url" ] || { echo "FAIL: the example did not start"; cat "$out"; exit 1; }
+cleanup() { rm -f "$out" "$out".*; }
+source "$(dirname "$0")/start_example.sh"
+start_example "$out" 'http://127.0.0.1:[0-9]*/metrics' "$bin" --port 0 --seconds 30
 
 acquisitions() { awk '/^dlock_acquisitions_total\{/ {s += $2} END {print s + 0}' "$1"; }
 
@@ -25,7 +17,7 @@ curl -fsS "$url" -o "$out.2"
 
 grep -qi '^content-type: text/plain; version=0.0.4' "$out.h1" || { echo "FAIL: content type"; cat "$out.h1"; exit 1; }
 grep -q '^# TYPE dlock_acquisitions_total counter$' "$out.1" || { echo "FAIL: no TYPE line"; exit 1; }
-grep -q '^dlock_hold_seconds_bucket{backend="memory",lock_class="orders",le="+Inf"} ' "$out.2" ||
+grep -q '^dlock_hold_seconds_bucket{backend="memory",lock_class="orders",kind="mutex",le="+Inf"} ' "$out.2" ||
   { echo "FAIL: no hold histogram for class orders"; exit 1; }
 first=$(acquisitions "$out.1")
 second=$(acquisitions "$out.2")

@@ -77,7 +77,7 @@ TEST(Async, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
   std::vector<Shared> shared(names);
   std::vector<std::unique_ptr<Lock<MemoryBackend>>> locks;
   for (int i = 0; i < coroutines; ++i) {
-    // 50 waiters per name poll with backoff (async waits do not subscribe to releases yet).
+    // 50 waiters per name, woken by releases (AsyncNotifiesRelease) or their backoff.
     LockOptions o{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}, .observer = observer};
     locks.push_back(std::make_unique<Lock<MemoryBackend>>(mem, "job" + std::to_string(i % names), o));
   }
@@ -419,4 +419,78 @@ TEST(Async, AReleaseAfterTheValidityEndedIsNotHeld) {
   EXPECT_EQ(cycle(1s), dlock::ReleaseResult::not_held);
   EXPECT_EQ(observer->count(EventType::released), 1u);
   EXPECT_EQ(observer->count(EventType::release_not_held), 1u);
+}
+
+// ---- an asynchronous wait ends on a release (AsyncNotifiesRelease) ----
+
+static_assert(dlock::AsyncNotifiesRelease<MemoryBackend>);
+static_assert(!dlock::AsyncNotifiesRelease<dlock::test::FaultyBackend>);
+
+TEST(Async, AWaiterWithALongBackoffIsWokenByARelease) {
+  asio::io_context io;
+  MemoryBackend mem;
+  Lock<MemoryBackend> holder(mem, "woken");
+  ASSERT_TRUE(holder.try_lock());
+  auto observer = std::make_shared<RecordingObserver>();
+  // Every backoff wait lasts 30 s: only a release notification can end it sooner.
+  const LockOptions slow{.ttl = 10s,
+                         .retry = {.initial_delay = 30s, .max_delay = 30s, .jitter = dlock::Jitter::none},
+                         .observer = observer};
+  Lock<MemoryBackend> waiter(mem, "woken", slow);
+  bool done = false;
+  std::uint64_t token = 0;
+  asio::co_spawn(
+      io,
+      [&]() -> awaitable<void> {
+        auto g = co_await waiter.async_acquire(use_awaitable);
+        token = g.fencing_token();
+        done = true;
+        co_await g.async_release(use_awaitable);
+      },
+      asio::detached);
+  // The waiter makes its two attempts (the second after subscribing), then waits.
+  while (observer->count(EventType::attempt) < 2) io.run_one();
+  io.poll();
+  ASSERT_FALSE(done);
+  const auto released_at = Clock::now();
+  holder.unlock();
+  while (!done && Clock::now() - released_at < 10s) io.run_one_for(100ms);
+  const auto took = Clock::now() - released_at;
+  ASSERT_TRUE(done) << "the release did not end the 30 s wait";
+  EXPECT_LT(took, 2s);
+  EXPECT_EQ(observer->count(EventType::attempt), 3u);  // no polling in between
+  EXPECT_GT(token, 1u);
+  std::printf("woken %lld us after the release\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
+}
+
+TEST(Async, AReleaseDuringAnAttemptIsNotLost) {
+  // The holder releases between the waiter's attempt and its wait, many times
+  // in a row: each time, the wait that follows ends at once.
+  asio::io_context io;
+  MemoryBackend mem;
+  const LockOptions slow{.ttl = 10s, .retry = {.initial_delay = 30s, .max_delay = 30s, .jitter = dlock::Jitter::none}};
+  constexpr int rounds = 50;
+  int acquired = 0;
+  Lock<MemoryBackend> holder(mem, "race");
+  Lock<MemoryBackend> waiter(mem, "race", slow);
+  std::thread releaser;
+  asio::co_spawn(
+      io,
+      [&]() -> awaitable<void> {
+        for (int i = 0; i < rounds; ++i) {
+          holder.lock();
+          // Released from another thread while the waiter runs its attempts.
+          releaser = std::thread([&] { holder.unlock(); });
+          auto g = co_await waiter.async_acquire(use_awaitable);
+          releaser.join();
+          ++acquired;
+          co_await g.async_release(use_awaitable);
+        }
+      },
+      asio::detached);
+  const auto start = Clock::now();
+  while (acquired < rounds && Clock::now() - start < 20s) io.run_one_for(100ms);
+  if (releaser.joinable()) releaser.join();
+  EXPECT_EQ(acquired, rounds) << "a release was lost: a 30 s backoff wait was not ended";
 }

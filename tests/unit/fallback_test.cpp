@@ -6,6 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "test_support.hpp"
 
@@ -177,4 +185,56 @@ TEST(Degradation, AReleaseOnTheHealthyPrimaryWakesAWaiter) {
   EXPECT_TRUE(waiter.try_lock_for(20s));
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);  // woken, not after its 30 s backoff
   release.join();
+}
+
+// ---- AsyncBackend carries over when both sides have it ----
+
+namespace {
+// A MemoryBackend whose asynchronous attempts fail as an unreachable server would.
+struct UnreachableAsync : MemoryBackend {
+  void async_try_acquire(const dlock::AcquireRequest&, const boost::asio::any_io_executor& ex,
+                         dlock::AcquireCompletion<Handle> done) {
+    boost::asio::post(ex, [done = std::move(done)] {
+      done(std::make_exception_ptr(dlock::ConnectionError("connect to 127.0.0.1:1 refused")), {});
+    });
+  }
+};
+}  // namespace
+
+static_assert(dlock::AsyncBackend<FallbackBackend<MemoryBackend, MemoryBackend>>);
+static_assert(!dlock::AsyncBackend<FallbackBackend<MemoryBackend, UnlockedBackend>>);
+
+TEST(Degradation, AsyncAcquiresGoThroughTheFallback) {
+  boost::asio::io_context io;
+  MemoryBackend primary, local;
+  UnreachableAsync down;
+  FallbackBackend<MemoryBackend, MemoryBackend> healthy(primary, local);
+  FallbackBackend<UnreachableAsync, MemoryBackend> degrade(down, local);
+  auto obs = std::make_shared<dlock::test::RecordingObserver>();
+  Lock<decltype(healthy)> a(healthy, "job", {.observer = obs});
+  Lock<decltype(degrade)> b(degrade, "job", {.observer = obs});
+  std::vector<std::string> steps;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        auto g = co_await a.async_acquire(boost::asio::use_awaitable);
+        steps.push_back(g.fencing_token() ? "primary" : "no token");
+        Lock<MemoryBackend> on_primary(primary, "job");
+        if (!on_primary.try_lock()) steps.push_back("held on the primary");
+        co_await g.async_extend(10s, boost::asio::use_awaitable);
+        const auto released = co_await g.async_release(boost::asio::use_awaitable);
+        if (released == dlock::ReleaseResult::released) steps.push_back("released");
+        auto d = co_await b.async_acquire(boost::asio::use_awaitable);  // degraded: taken from `local`
+        Lock<MemoryBackend> on_local(local, "job");
+        if (!on_local.try_lock()) steps.push_back("held on the fallback");
+        co_await d.async_extend(10s, boost::asio::use_awaitable);
+        if (co_await d.async_release(boost::asio::use_awaitable) == dlock::ReleaseResult::released)
+          steps.push_back("released");
+        if (on_local.try_lock()) on_local.unlock();
+      },
+      boost::asio::detached);
+  io.run();
+  EXPECT_EQ(steps, (std::vector<std::string>{"primary", "held on the primary", "released", "held on the fallback",
+                                             "released"}));
+  EXPECT_EQ(obs->count(dlock::EventType::degraded), 1u);
 }

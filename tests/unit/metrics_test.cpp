@@ -135,7 +135,7 @@ TEST(Metrics, PrometheusTextFollowsTheExpositionFormat) {
   const std::regex help(R"(^# HELP (dlock_[a-z_]+) \S.*$)");
   const std::regex type(R"(^# TYPE (dlock_[a-z_]+) (counter|gauge|histogram)$)");
   const std::regex sample(
-      R"re(^(dlock_[a-z_]+)\{backend="[^"]*",lock_class="[^"]*"(,reason="[a-z_]+")?(,le="([0-9.e+-]+|\+Inf)")?\} -?[0-9.e+-]+$)re");
+      R"re(^(dlock_[a-z_]+)\{backend="[^"]*",lock_class="[^"]*",kind="(mutex|rw_read|rw_write|permit|leader)"(,reason="[a-z_]+")?(,le="([0-9.e+-]+|\+Inf)")?\} -?[0-9.e+-]+$)re");
   std::istringstream in(text);
   std::string line, family, family_type;
   std::set<std::string> typed;
@@ -153,7 +153,7 @@ TEST(Metrics, PrometheusTextFollowsTheExpositionFormat) {
       const std::string name = m[1];
       if (family_type == "histogram") {
         EXPECT_TRUE(name == family + "_bucket" || name == family + "_sum" || name == family + "_count") << line;
-        EXPECT_EQ(m[3].matched, name == family + "_bucket") << line;
+        EXPECT_EQ(m[4].matched, name == family + "_bucket") << line;
       } else {
         EXPECT_EQ(name, family) << line;
       }
@@ -161,16 +161,23 @@ TEST(Metrics, PrometheusTextFollowsTheExpositionFormat) {
     }
   }
   EXPECT_GT(samples, 20);
-  EXPECT_NE(text.find("dlock_acquire_wait_seconds_bucket{backend=\"memory\",lock_class=\"orders\",le=\"+Inf\"} 5\n"),
+  EXPECT_NE(
+      text.find(
+          "dlock_acquire_wait_seconds_bucket{backend=\"memory\",lock_class=\"orders\",kind=\"mutex\",le=\"+Inf\"} 5\n"),
+      std::string::npos);
+  EXPECT_NE(text.find("dlock_hold_seconds_sum{backend=\"memory\",lock_class=\"orders\",kind=\"mutex\"} 11\n"),
             std::string::npos);
-  EXPECT_NE(text.find("dlock_hold_seconds_sum{backend=\"memory\",lock_class=\"orders\"} 11\n"), std::string::npos);
-  EXPECT_NE(text.find("dlock_locks_lost_total{backend=\"memory\",lock_class=\"reindex\",reason=\"expired\"} 1\n"),
-            std::string::npos);
+  EXPECT_NE(
+      text.find(
+          "dlock_locks_lost_total{backend=\"memory\",lock_class=\"reindex\",kind=\"mutex\",reason=\"expired\"} 1\n"),
+      std::string::npos);
   // Buckets are cumulative: the 0 s hold from le="0.01" on, all five by le="5".
-  EXPECT_NE(text.find("dlock_hold_seconds_bucket{backend=\"memory\",lock_class=\"orders\",le=\"1\"} 1\n"),
-            std::string::npos);
-  EXPECT_NE(text.find("dlock_hold_seconds_bucket{backend=\"memory\",lock_class=\"orders\",le=\"5\"} 5\n"),
-            std::string::npos);
+  EXPECT_NE(
+      text.find("dlock_hold_seconds_bucket{backend=\"memory\",lock_class=\"orders\",kind=\"mutex\",le=\"1\"} 1\n"),
+      std::string::npos);
+  EXPECT_NE(
+      text.find("dlock_hold_seconds_bucket{backend=\"memory\",lock_class=\"orders\",kind=\"mutex\",le=\"5\"} 5\n"),
+      std::string::npos);
 }
 
 // The strict parser of Prometheus itself, where installed (scripts/setup installs it).
@@ -191,4 +198,43 @@ TEST(Metrics, PromtoolAcceptsTheExposition) {
   const int status = pclose(p);
   EXPECT_EQ(status, 0) << output;
   EXPECT_EQ(output, "") << "promtool lint findings";
+}
+
+// Issue 16 item 7: the primitive a lock is becomes the `kind` label; one
+// name used as a mutex and as a semaphore gives two series.
+TEST(Metrics, KindLabelNamesThePrimitive) {
+  MemoryBackend mem;
+  dlock::MemoryPrimitives prims;
+  auto metrics = std::make_shared<MetricsRegistry>();
+  const dlock::LockOptions o{.observer = metrics};
+  Lock<MemoryBackend> mutex(mem, "jobs:1", o);
+  ASSERT_TRUE(mutex.try_lock());
+  dlock::RwLock<dlock::MemoryPrimitives> rw(prims, "jobs:2", o);
+  ASSERT_TRUE(rw.try_lock_shared());
+  rw.unlock_shared();
+  ASSERT_TRUE(rw.try_lock());
+  dlock::Semaphore<dlock::MemoryPrimitives> sem(prims, "jobs:3", 2, o);
+  ASSERT_TRUE(sem.try_acquire());
+  dlock::Election<dlock::MemoryPrimitives> election(prims, "jobs:4", "me", o);
+  ASSERT_TRUE(election.try_campaign());
+
+  EXPECT_EQ(metrics->value(C::acquisitions, "memory", "jobs"), 1u);  // "mutex" by default
+  EXPECT_EQ(metrics->value(C::acquisitions, "memory", "jobs", "rw_read"), 1u);
+  EXPECT_EQ(metrics->value(C::releases, "memory", "jobs", "rw_read"), 1u);
+  EXPECT_EQ(metrics->held("memory", "jobs", "rw_write"), 1);
+  EXPECT_EQ(metrics->held("memory", "jobs", "permit"), 1);
+  EXPECT_EQ(metrics->held("memory", "jobs", "leader"), 1);
+  EXPECT_EQ(metrics->held("memory", "jobs", "mutex"), 1);
+  const std::string text = metrics->prometheus_text();
+  for (const char* kind : {"mutex", "rw_read", "rw_write", "permit", "leader"}) {
+    EXPECT_NE(text.find(std::string("dlock_acquisitions_total{backend=\"memory\",lock_class=\"jobs\",kind=\"") + kind +
+                        "\"} 1\n"),
+              std::string::npos)
+        << kind << "\n"
+        << text;
+  }
+  rw.unlock();
+  sem.release();
+  (void)election.resign();
+  mutex.unlock();
 }

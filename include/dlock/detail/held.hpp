@@ -40,10 +40,22 @@
 
 namespace dlock::detail {
 
+/// The primitive a backend (view) implements, for Event::primitive: its
+/// primitive() when it names one (BackendView), else "mutex".
+template <class B>
+[[nodiscard]] std::string_view primitive_of(const B& b) noexcept {
+  if constexpr (requires { std::string_view(b.primitive()); }) {
+    return b.primitive();
+  } else {
+    return "mutex";
+  }
+}
+
 /// Builds the events of one Lock: same backend, endpoint, name and observer.
 struct EventSource {
   std::string_view kind;
   std::string_view endpoint;
+  std::string_view primitive;
   std::string_view name;
   Observer* observer;
 
@@ -52,6 +64,7 @@ struct EventSource {
     ev.type = type;
     ev.backend = kind;
     ev.endpoint = endpoint;
+    ev.primitive = primitive;
     ev.lock = name;
     ev.owner = owner;
     ev.token = token;
@@ -722,7 +735,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   }
 
   [[nodiscard]] EventSource source() const noexcept {
-    return {backend_.kind(), backend_.endpoint(), name_, observer_.get()};
+    return {backend_.kind(), backend_.endpoint(), primitive_of(backend_), name_, observer_.get()};
   }
 
   inline static const char type_tag_ = 0;
