@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -19,8 +20,10 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -275,4 +278,56 @@ TEST(PgAsync, ExtendAndReleaseInBothScopes) {
     RawConn raw(conninfo());
     EXPECT_EQ(advisory_locks(raw, pg.advisory_key(name)), 0);
   }
+}
+
+// The server stopped (SIGSTOP on the postmaster and every backend) while an
+// async_acquire waits for a held lock: it completes with an error by its
+// deadline (acquire_timeout plus statement_timeout / connect_timeout for the
+// round trip in flight), not a hang, and the loop keeps running.
+TEST(PgAsync, AServerStoppedMidWaitGivesAnErrorByTheDeadline) {
+  PostgresBackend pg(options({.connect_timeout = 300ms, .statement_timeout = 300ms}));
+  const std::string name = test_name();
+  Lock<PostgresBackend> holder(pg, name, LockOptions{.ttl = 10s});
+  ASSERT_TRUE(holder.try_lock());
+  RawConn raw(conninfo());
+  std::vector<int> pids;
+  {
+    const int backend = std::stoi(raw.exec("SELECT pg_backend_pid()"));
+    std::ifstream stat("/proc/" + std::to_string(backend) + "/stat");
+    std::string field;
+    for (int i = 0; i < 4 && stat >> field; ++i) {
+    }
+    pids.push_back(std::stoi(field));  // the postmaster: the backend's parent
+    std::stringstream all(raw.exec("SELECT string_agg(pid::text, ' ') FROM pg_stat_activity"));
+    for (int pid; all >> pid;) pids.push_back(pid);
+  }
+  asio::io_context io;
+  Ticker ticker(io);
+  ticker.arm(Clock::now() + 1ms);
+  LockOptions wo{.ttl = 10s, .retry = {.initial_delay = 5ms, .max_delay = 20ms}};
+  wo.acquire_timeout = 1s;
+  Lock<PostgresBackend> waiter(pg, name, wo);
+  boost::system::error_code result;
+  bool completed = false;
+  const auto start = Clock::now();
+  waiter.async_acquire(asio::bind_executor(io, [&](boost::system::error_code ec, auto) {
+    result = ec;
+    completed = true;
+    ticker.stop = true;
+  }));
+  asio::steady_timer stopper(io, 200ms);
+  stopper.async_wait([&](const boost::system::error_code&) {
+    for (int pid : pids) ::kill(pid, SIGSTOP);
+  });
+  io.run_for(5s);
+  const auto took = since(start);
+  for (int pid : pids) ::kill(pid, SIGCONT);
+  std::printf("completed %d after %lld ms: %s; 1 ms timer: %d ticks, worst lag %lld us\n", completed,
+              static_cast<long long>(took.count()), result.message().c_str(), ticker.ticks, ticker.worst_us());
+  ASSERT_TRUE(completed);
+  EXPECT_TRUE(dlock::to_std(result) == dlock::errc::connection || dlock::to_std(result) == dlock::errc::timeout)
+      << result.message();
+  EXPECT_LT(took, 2s);
+  EXPECT_LT(ticker.worst, 100ms);
+  holder.unlock();
 }
