@@ -239,6 +239,24 @@ class PostgresBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  // ---- AsyncBackend (backend.hpp, docs/async.md); called by Lock's async API ----
+  // libpq in non-blocking mode: each round trip is written without waiting and
+  // its answer awaited with async_wait on the connection's socket on `ex`,
+  // bounded by a steady_timer at statement_timeout (on expiry the connection
+  // is closed and the outcome is a TimeoutError, "outcome unknown"). Errors
+  // and results are the blocking calls'. A full pool is waited for on a timer
+  // (up to connect_timeout). Not yet asynchronous (they block the calling
+  // thread for one round trip, as the blocking call; docs/postgres.md): opening
+  // a new pooled connection, the first has_fencing() check, and
+  // async_try_acquire in transaction scope or with shared_sessions, and
+  // async_release / async_extend with shared_sessions.
+  void async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<Handle> done);
+  void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                     ReleaseCompletion done);
+  void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                    const boost::asio::any_io_executor& ex, ExtendCompletion done);
+
   // ---- the primitives (primitives_backend.hpp); called by RwLock, Semaphore, Election ----
   // Each lease is an advisory lock in the two-int4 key space
   // (detail::pg_primitive_key: never the lock of a mutex or of another
@@ -355,6 +373,7 @@ class PostgresBackend {
 
 static_assert(Backend<PostgresBackend>);
 static_assert(WaitsOnServer<PostgresBackend>);
+static_assert(AsyncBackend<PostgresBackend>);
 static_assert(SharedLockBackend<PostgresBackend>);
 static_assert(SemaphoreBackend<PostgresBackend>);
 static_assert(ElectionBackend<PostgresBackend>);

@@ -10,6 +10,9 @@
 #include <cstring>
 #include <utility>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
@@ -46,6 +49,27 @@ Ready wait_socket(PGconn* c, bool for_write, SteadyTime deadline) {
 
 // Waits for the socket, then reads what arrived. False, with `out` saying why,
 // when the deadline passed or the connection failed.
+// Keeps the first error result, else the last result.
+void collect(PgOutcome& out, PGresult* res) {
+  const bool is_error = PQresultStatus(res) == PGRES_FATAL_ERROR;
+  if (!out.result || (is_error && PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR)) {
+    out.result.reset(res);
+  } else {
+    PQclear(res);
+  }
+}
+
+// After the last result: none, or a failed connection, is a broken round trip.
+void conclude(PGconn* c, PgOutcome& out) {
+  if (!out.result || PQstatus(c) == CONNECTION_BAD) {
+    // A FATAL error (terminated session) arrives as a result and then the connection is bad.
+    if (!out.result || PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR) {
+      out.fail = PgOutcome::Fail::broken;
+      out.message = conn_message(c);
+    }
+  }
+}
+
 bool await_input(PGconn* c, bool for_write, SteadyTime deadline, PgOutcome& out) {
   const Ready r = wait_socket(c, for_write, deadline);
   if (r == Ready::timeout) {
@@ -182,21 +206,89 @@ PgOutcome PgSession::finish_send(int sent, SteadyTime deadline) {
     }
     PGresult* res = PQgetResult(conn_);
     if (!res) break;
-    const bool is_error = PQresultStatus(res) == PGRES_FATAL_ERROR;
-    if (!out.result || (is_error && PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR)) {
-      out.result.reset(res);
-    } else {
-      PQclear(res);
-    }
+    collect(out, res);
   }
-  if (!out.result || PQstatus(conn_) == CONNECTION_BAD) {
-    // A FATAL error (terminated session) arrives as a result and then the connection is bad.
-    if (!out.result || PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR) {
-      out.fail = PgOutcome::Fail::broken;
-      out.message = conn_message(conn_);
-    }
-  }
+  conclude(conn_, out);
   return out;
+}
+
+namespace {
+
+// Drives a sent request to its outcome on an executor: flush, then read until
+// the last result, each wait an async_wait on the socket, all under a timer.
+class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
+ public:
+  PgAsyncRoundTrip(PGconn* c, const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done)
+      : conn_(c), socket_(ex), timer_(ex), done_(std::move(done)) {}
+
+  // `sent`: whether libpq accepted the request (else the outcome is "broken").
+  void start(bool sent, SteadyTime deadline) {
+    if (!sent) return finish_broken();
+    boost::system::error_code ec;
+    socket_.assign(PQsocket(conn_), ec);
+    if (ec) return finish_broken();
+    timer_.expires_at(deadline);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& e) {
+      if (e || self->finished_) return;
+      self->out_.fail = PgOutcome::Fail::timeout;
+      self->finish();
+    });
+    flush();
+  }
+
+ private:
+  void flush() {
+    const int f = PQflush(conn_);
+    if (f < 0) return finish_broken();
+    if (f == 0) return read();
+    wait(boost::asio::posix::stream_descriptor::wait_write, &PgAsyncRoundTrip::flush);
+  }
+  void read() {
+    while (!PQisBusy(conn_)) {
+      PGresult* res = PQgetResult(conn_);
+      if (!res) {
+        conclude(conn_, out_);
+        return finish();
+      }
+      collect(out_, res);
+    }
+    wait(boost::asio::posix::stream_descriptor::wait_read, &PgAsyncRoundTrip::read);
+  }
+  void wait(boost::asio::posix::stream_descriptor::wait_type what, void (PgAsyncRoundTrip::*next)()) {
+    socket_.async_wait(what, [self = shared_from_this(), next](const boost::system::error_code& e) {
+      if (self->finished_) return;  // the deadline passed first
+      if (e || !PQconsumeInput(self->conn_)) return self->finish_broken();
+      ((*self).*next)();
+    });
+  }
+  void finish_broken() {
+    out_.fail = PgOutcome::Fail::broken;
+    out_.message = conn_message(conn_);
+    out_.result.reset();
+    finish();
+  }
+  void finish() {
+    finished_ = true;
+    timer_.cancel();
+    (void)socket_.release();  // the fd stays the connection's: PQfinish closes it
+    boost::asio::post(
+        socket_.get_executor(),
+        [done = std::move(done_), out = std::make_shared<PgOutcome>(std::move(out_))] { done(std::move(*out)); });
+  }
+
+  PGconn* conn_;
+  boost::asio::posix::stream_descriptor socket_;
+  boost::asio::steady_timer timer_;
+  std::function<void(PgOutcome)> done_;
+  PgOutcome out_;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+void PgSession::async_finish_send(int sent, SteadyTime deadline, const boost::asio::any_io_executor& ex,
+                                  std::function<void(PgOutcome)> done) {
+  std::make_shared<PgAsyncRoundTrip>(conn_, ex, std::move(done))->start(sent != 0, deadline);
 }
 
 namespace {
@@ -306,6 +398,35 @@ PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool pre
   return out;
 }
 
+void PgSession::async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared,
+                          SteadyTime deadline, const boost::asio::any_io_executor& ex,
+                          std::function<void(PgOutcome)> done) {
+  if (inherited()) {
+    boost::asio::post(ex, [done = std::move(done), this] { done(refuse_inherited()); });
+    return;
+  }
+  if (prepared && !prepared_.test(stmt.id)) {  // Parse first, then the query
+    async_finish_send(send_prepare(conn_, stmt), deadline, ex,
+                      [this, &stmt, params, deadline, ex, done = std::move(done)](PgOutcome prep) mutable {
+                        if (!prep.ok()) return done(std::move(prep));
+                        prepared_.set(stmt.id);
+                        async_run(stmt, params, true, deadline, ex, std::move(done));
+                      });
+    return;
+  }
+  async_finish_send(send_query(conn_, stmt, ParamArrays(params), prepared), deadline, ex, std::move(done));
+}
+
+void PgSession::async_command(const char* sql, SteadyTime deadline, const boost::asio::any_io_executor& ex,
+                              std::function<void(PgOutcome)> done) {
+  if (inherited()) {
+    boost::asio::post(ex, [done = std::move(done), this] { done(refuse_inherited()); });
+    return;
+  }
+  async_finish_send(PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0), deadline, ex,
+                    std::move(done));
+}
+
 PgOutcome PgSession::command(const char* sql, SteadyTime deadline) {
   if (inherited()) return refuse_inherited();
   return finish_send(PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0), deadline);
@@ -406,7 +527,7 @@ PgPool::~PgPool() {
   idle.clear();  // closes them; closed() takes mu_
 }
 
-PgSessionPtr PgPool::connect() {
+PgPool::ConnPtr PgPool::start_connect() const {
   std::vector<const char*> keys, vals;
   for (std::size_t i = 0; i < keywords_.size(); ++i) {
     keys.push_back(keywords_[i].c_str());
@@ -414,23 +535,22 @@ PgSessionPtr PgPool::connect() {
   }
   keys.push_back(nullptr);
   vals.push_back(nullptr);
-  const SteadyTime deadline = saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout);
-  PGconn* c = PQconnectStartParams(keys.data(), vals.data(), 1);
-  std::unique_ptr<PGconn, void (*)(PGconn*)> guard(c, PQfinish);
+  ConnPtr c(PQconnectStartParams(keys.data(), vals.data(), 1), PQfinish);
   if (!c) throw ConnectionError(fmt::format("dlock: PostgreSQL {}: cannot connect: out of memory", endpoint_));
-  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-  while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
-    const Ready r = wait_socket(c, st == PGRES_POLLING_WRITING, deadline);
-    // Not a TimeoutError: nothing was asked of the server yet, the outcome is
-    // known (no lock taken): the service could not be reached.
-    if (r == Ready::timeout)
-      throw ConnectionError(
-          fmt::format("dlock: PostgreSQL {}: cannot connect: no answer within connect_timeout {}; check that the "
-                      "server is running and reachable there",
-                      endpoint_, format_duration(options_.connect_timeout)));
-    if (r == Ready::error) break;
-    st = PQconnectPoll(c);
-  }
+  return c;
+}
+
+ConnectionError PgPool::connect_timed_out() const {
+  // Not a TimeoutError: nothing was asked of the server yet, the outcome is
+  // known (no lock taken): the service could not be reached.
+  return ConnectionError(
+      fmt::format("dlock: PostgreSQL {}: cannot connect: no answer within connect_timeout {}; check that the "
+                  "server is running and reachable there",
+                  endpoint_, format_duration(options_.connect_timeout)));
+}
+
+PgSessionPtr PgPool::finish_connect(ConnPtr guard) {
+  PGconn* c = guard.get();
   if (PQstatus(c) != CONNECTION_OK) {
     const std::string msg = conn_message(c);
     const std::string text = fmt::format("dlock: PostgreSQL {}: cannot connect: {}", endpoint_, msg);
@@ -446,8 +566,97 @@ PgSessionPtr PgPool::connect() {
   return PgSessionPtr(new PgSession(c, this));
 }
 
-PgSessionPtr PgPool::checkout() {
+PgSessionPtr PgPool::connect() {
   const SteadyTime deadline = saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout);
+  ConnPtr guard = start_connect();
+  PGconn* c = guard.get();
+  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+  while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+    const Ready r = wait_socket(c, st == PGRES_POLLING_WRITING, deadline);
+    if (r == Ready::timeout) throw connect_timed_out();
+    if (r == Ready::error) break;
+    st = PQconnectPoll(c);
+  }
+  return finish_connect(std::move(guard));
+}
+
+namespace {
+
+// PQconnectPoll driven by async_wait on the socket (libpq may change the
+// socket between attempts: each wait wraps the current one), under a timer.
+class PgAsyncConnect : public std::enable_shared_from_this<PgAsyncConnect> {
+ public:
+  using Then = std::function<void(std::exception_ptr, PgSessionPtr)>;
+  PgAsyncConnect(PgPool& pool, const boost::asio::any_io_executor& ex, Then then)
+      : pool_(pool), socket_(ex), timer_(ex), then_(std::move(then)) {}
+
+  void start(PgPool::ConnPtr conn, std::chrono::milliseconds timeout) {
+    conn_ = std::move(conn);
+    timer_.expires_after(timeout);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& e) {
+      if (e || self->finished_) return;
+      self->finish(std::make_exception_ptr(self->pool_.connect_timed_out()));
+    });
+    step();
+  }
+
+ private:
+  void step() {
+    PGconn* c = conn_.get();
+    if (PQstatus(c) == CONNECTION_BAD || st_ == PGRES_POLLING_OK || st_ == PGRES_POLLING_FAILED) return finish({});
+    (void)socket_.release();
+    boost::system::error_code ec;
+    socket_.assign(PQsocket(c), ec);
+    if (ec) return finish({});
+    socket_.async_wait(st_ == PGRES_POLLING_WRITING ? boost::asio::posix::stream_descriptor::wait_write
+                                                    : boost::asio::posix::stream_descriptor::wait_read,
+                       [self = shared_from_this()](const boost::system::error_code& e) {
+                         if (self->finished_) return;
+                         if (e) return self->finish({});
+                         self->st_ = PQconnectPoll(self->conn_.get());
+                         self->step();
+                       });
+  }
+  // `error` null: the connection's state decides (finish_connect).
+  void finish(std::exception_ptr error) {
+    finished_ = true;
+    timer_.cancel();
+    (void)socket_.release();  // PQfinish (or the session) closes the fd
+    PgSessionPtr session;
+    if (!error) {
+      try {
+        session = pool_.finish_connect(std::move(conn_));
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    conn_.reset();
+    auto s = std::make_shared<PgSessionPtr>(std::move(session));
+    boost::asio::post(socket_.get_executor(), [then = std::move(then_), error, s] { then(error, std::move(*s)); });
+  }
+
+  PgPool& pool_;
+  boost::asio::posix::stream_descriptor socket_;
+  boost::asio::steady_timer timer_;
+  Then then_;
+  PgPool::ConnPtr conn_{nullptr, PQfinish};
+  PostgresPollingStatusType st_ = PGRES_POLLING_WRITING;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+void PgPool::async_connect(const boost::asio::any_io_executor& ex,
+                           std::function<void(std::exception_ptr, PgSessionPtr)> then) {
+  ConnPtr conn = start_connect();
+  std::make_shared<PgAsyncConnect>(*this, ex, std::move(then))->start(std::move(conn), options_.connect_timeout);
+}
+
+PgSessionPtr PgPool::checkout() {
+  return checkout(saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout), true);
+}
+
+PgSessionPtr PgPool::checkout(SteadyTime deadline, bool wait, bool* reserved) {
   std::unique_lock lk(mu_);
   if (pid_ != ::getpid()) {
     // First use in a forked child: the idle connections are the parent's. Drop
@@ -470,6 +679,7 @@ PgSessionPtr PgPool::checkout() {
       lk.lock();
     }
     if (open_ < options_.pool_size) break;
+    if (!wait) return nullptr;
     if (!returned_.wait_until(lk, deadline, [this] { return !idle_.empty() || open_ < options_.pool_size; }))
       throw TimeoutError(fmt::format(
           "dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} ({}); raise "
@@ -481,6 +691,10 @@ PgSessionPtr PgPool::checkout() {
   }
   ++open_;
   lk.unlock();
+  if (reserved) {
+    *reserved = true;
+    return nullptr;
+  }
   try {
     return connect();
   } catch (...) {

@@ -19,12 +19,16 @@
 #include <cstddef>
 #include <initializer_list>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
+
+#include <dlock/error.hpp>
 #include <dlock/postgres.hpp>
 
 namespace dlock::detail {
@@ -109,6 +113,19 @@ class PgSession {
   /// A parameterless command ("BEGIN", DDL), bounded by `deadline`.
   PgOutcome command(const char* sql, SteadyTime deadline);
 
+  /// run() without blocking a thread: the request is written without waiting
+  /// (non-blocking connection) and the answer awaited with async_wait on the
+  /// socket (a posix::stream_descriptor on `ex`, released, never closed: the
+  /// connection keeps its fd) under a steady_timer at `deadline`. `done` runs
+  /// exactly once, on `ex`, never inside this call. On Fail::timeout the
+  /// connection is left mid-statement and must be closed. The session must
+  /// stay alive, and see no other call, until `done` runs.
+  void async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared, SteadyTime deadline,
+                 const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
+  /// command() without blocking a thread, as async_run.
+  void async_command(const char* sql, SteadyTime deadline, const boost::asio::any_io_executor& ex,
+                     std::function<void(PgOutcome)> done);
+
   /// False when the connection is no longer fit for the pool: broken, inside a
   /// transaction, or the server has sent something unsolicited (e.g. the FATAL
   /// of an idle-session timeout) since it was last used.
@@ -120,6 +137,8 @@ class PgSession {
 
  private:
   PgOutcome finish_send(int sent, SteadyTime deadline);
+  void async_finish_send(int sent, SteadyTime deadline, const boost::asio::any_io_executor& ex,
+                         std::function<void(PgOutcome)> done);
   [[nodiscard]] PgOutcome refuse_inherited() const;
   std::bitset<pg_max_statements> prepared_;  // statements prepared on this connection, by id
   PGconn* conn_;
@@ -139,6 +158,21 @@ class PgPool {
   /// Throws ConnectionError when the server cannot be reached (refused, no
   /// answer within connect_timeout), ServerError when it refuses the login.
   PgSessionPtr checkout();
+  /// checkout() with its own deadline. `wait` false: null instead of waiting
+  /// for a free connection. `reserved` set: instead of connecting, sets it and
+  /// returns null; the caller opens the connection (async_connect) and calls
+  /// closed() if that fails.
+  PgSessionPtr checkout(SteadyTime deadline, bool wait, bool* reserved = nullptr);
+  /// Opens a connection without blocking (PQconnectStart/PQconnectPoll on
+  /// `ex`, bounded by connect_timeout); `then` runs on `ex` with the session
+  /// or the error connect() would throw. Throws only when out of memory.
+  void async_connect(const boost::asio::any_io_executor& ex,
+                     std::function<void(std::exception_ptr, PgSessionPtr)> then);
+
+  using ConnPtr = std::unique_ptr<PGconn, void (*)(PGconn*)>;
+  [[nodiscard]] ConnPtr start_connect() const;              ///< PQconnectStartParams
+  [[nodiscard]] ConnectionError connect_timed_out() const;  ///< no answer within connect_timeout
+  PgSessionPtr finish_connect(ConnPtr conn);                ///< the session, or the error of a failed connect
   /// Returns a connection after a successful operation; closes it instead if
   /// it is not reusable.
   void checkin(PgSessionPtr session) noexcept;

@@ -11,6 +11,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <fmt/format.h>
 
 #include <dlock/detail/time.hpp>
@@ -863,6 +865,58 @@ AcquireResult<PgLockHandle> PostgresBackend::acquire_wait(const AcquireRequest& 
   return result;
 }
 
+namespace {
+
+// The statement a pinned lease's release sends: COMMIT in transaction scope, else its unlock.
+const detail::PgStatement& unlock_statement(detail::PgBackendState& st, detail::PgSession& s, std::uint8_t family) {
+  return st.statements.get(s, false, static_cast<detail::PgFamily>(family)).unlock;
+}
+
+// What a pinned lease's release round trip `o` on `s` means (shared by release and async_release).
+ReleaseResult released(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
+                       std::string_view name, std::int64_t key, bool leader, PgSessionPtr s, const PgOutcome& out) {
+  const bool xact = o.scope == PostgresOptions::Scope::transaction;
+  if (out.fail == PgOutcome::Fail::timeout) {
+    // Unknown: the server may still hold it until it notices the closed session.
+    detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, key), o.statement_timeout);
+  }
+  if (!out.ok()) {
+    // The server ended the session (terminated, idle timeout, restart) or
+    // refused: the session is gone with `s`, and with it the lock.
+    return ReleaseResult::not_held;
+  }
+  bool done = true;
+  if (xact) {
+    done =
+        PQtransactionStatus(s->conn()) == PQTRANS_IDLE && std::string_view(PQcmdStatus(out.result.get())) == "COMMIT";
+  } else {
+    done = text_is_true(out.result.get(), 0, 0);
+  }
+  if (done && !leader) st.checkin(std::move(s));
+  return done ? ReleaseResult::released : ReleaseResult::not_held;
+}
+
+// What a pinned lease's extend round trip `o` means (shared by extend and async_extend).
+std::optional<TimePoint> extended(const PostgresOptions& opt, std::string_view endpoint, std::string_view name,
+                                  PgSessionPtr& session, const PgOutcome& o, std::chrono::milliseconds ttl,
+                                  TimePoint started) {
+  const bool xact = opt.scope == PostgresOptions::Scope::transaction;
+  if (!o.ok() || (xact && PQtransactionStatus(session->conn()) != PQTRANS_INTRANS)) {
+    // A lost session is a lost lock (the server releases it with the session);
+    // closing it makes sure. Say why: it is the connection, not another owner.
+    const std::string reason = o.ok() ? std::string("the transaction ended") : why(o);
+    session.reset();
+    throw LockLostError(
+        fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
+                    "released the lock with it",
+                    name, endpoint, reason));
+  }
+  session->keepalive_ttl_ms = ttl.count();
+  return detail::saturating_add(started, ttl);
+}
+
+}  // namespace
+
 ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lease) {
   if (lease.handle.shared_)
     return shared_release(state(state_->pool), state_->options, state_->endpoint, name, lease.handle,
@@ -870,30 +924,12 @@ ReleaseResult PostgresBackend::release(std::string_view name, Lease<Handle>& lea
   PgSessionPtr s = std::move(lease.handle.session_);
   if (!s) return ReleaseResult::not_held;
   const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
-  const auto what = [&] { return fmt::format("release of lock '{}' (key {})", name, lease.handle.key_); };
+  detail::PgBackendState& st = state(state_->pool);
   PgOutcome o = xact ? s->command("COMMIT", after(state_->options.statement_timeout))
-                     : s->run(state(state_->pool)
-                                  .statements.get(*s, false, static_cast<detail::PgFamily>(lease.handle.family_))
-                                  .unlock,
-                              {PgParam::int8(lease.handle.key_)}, true, after(state_->options.statement_timeout));
-  if (o.fail == PgOutcome::Fail::timeout) {
-    // Unknown: the server may still hold it until it notices the closed session.
-    detail::throw_outcome(o, state_->endpoint, what(), state_->options.statement_timeout);
-  }
-  if (!o.ok()) {
-    // The server ended the session (terminated, idle timeout, restart) or
-    // refused: the session is gone with `s`, and with it the lock.
-    return ReleaseResult::not_held;
-  }
-  bool released = true;
-  if (xact) {
-    released =
-        PQtransactionStatus(s->conn()) == PQTRANS_IDLE && std::string_view(PQcmdStatus(o.result.get())) == "COMMIT";
-  } else {
-    released = text_is_true(o.result.get(), 0, 0);
-  }
-  if (released && !lease.handle.leader_) state_->pool->checkin(std::move(s));
-  return released ? ReleaseResult::released : ReleaseResult::not_held;
+                     : s->run(unlock_statement(st, *s, lease.handle.family_), {PgParam::int8(lease.handle.key_)}, true,
+                              after(state_->options.statement_timeout));
+  return released(st, state_->options, state_->endpoint, name, lease.handle.key_, lease.handle.leader_, std::move(s),
+                  o);
 }
 
 std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Handle>& lease,
@@ -907,18 +943,181 @@ std::optional<TimePoint> PostgresBackend::extend(std::string_view name, Lease<Ha
   detail::push_ttl_params(params, ttl);
   PgOutcome o = s.run(state(state_->pool).statements.get(s, xact).extend, params, !xact,
                       after(state_->options.statement_timeout));
-  if (!o.ok() || (xact && PQtransactionStatus(s.conn()) != PQTRANS_INTRANS)) {
-    // A lost session is a lost lock (the server releases it with the session);
-    // closing it makes sure. Say why: it is the connection, not another owner.
-    const std::string reason = o.ok() ? std::string("the transaction ended") : why(o);
-    lease.handle.session_.reset();
-    throw LockLostError(
-        fmt::format("dlock: the session holding lock '{}' on postgres {} ended ({}); the server "
-                    "released the lock with it",
-                    name, state_->endpoint, reason));
+  return extended(state_->options, state_->endpoint, name, lease.handle.session_, o, ttl, started);
+}
+
+// ---- AsyncBackend ----
+
+namespace {
+
+// Runs `op` (which may throw) and hands its outcome to `done` as an AsyncBackend completion.
+template <class R, class Done, class Op>
+void complete_now(Done& done, Op op) {
+  std::exception_ptr error;
+  R result{};
+  try {
+    result = op();
+  } catch (...) {
+    error = std::current_exception();
   }
-  s.keepalive_ttl_ms = ttl.count();
-  return detail::saturating_add(started, ttl);
+  done(error, std::move(result));
+}
+
+// The blocking operation `op`, run at once, its outcome posted to `ex`: the
+// modes whose asynchronous form is not written yet (docs/postgres.md).
+template <class R, class Done, class Op>
+void post_blocking(const boost::asio::any_io_executor& ex, Done done, Op op) {
+  std::exception_ptr error;
+  auto result = std::make_shared<R>();
+  try {
+    *result = op();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  boost::asio::post(ex, [done = std::move(done), error, result] { done(error, std::move(*result)); });
+}
+
+// What a session-scope try's round trip `out` on `s` means (as acquire()'s end
+// for a try): a grant pins `s`; contention returns it to the pool.
+AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgBackendState& st, std::string_view name,
+                                        std::chrono::milliseconds ttl, TimePoint started, std::int64_t key, bool fence,
+                                        bool keepalives, PgSessionPtr s, const PgOutcome& out) {
+  if (!out.ok()) {
+    if (out.fail == PgOutcome::Fail::none && out.sqlstate() == "40P01" && PQstatus(s->conn()) == CONNECTION_OK)
+      st.checkin(std::move(s));  // deadlock: the connection is fine
+    // Any other failure may have left the lock taken: closing `s` frees it.
+    detail::throw_outcome(out, self.endpoint(), fmt::format("acquire of lock '{}' (key {})", name, key),
+                          self.options().statement_timeout);
+  }
+  const PGresult* res = out.result.get();
+  if (!text_is_true(res, 0, 0)) {
+    st.checkin(std::move(s));
+    return Contended{};
+  }
+  if (keepalives) s->keepalive_ttl_ms = ttl.count();
+  Grant<PgLockHandle> g;
+  if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+  g.valid_until = detail::saturating_add(started, ttl);
+  detail::PgHandleAccess::pin(g.handle, std::move(s), key, detail::PgFamily::mutex);
+  return g;
+}
+
+using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
+
+// A pooled connection without blocking: an idle one, else a new one opened
+// asynchronously (async_connect), else (all pool_size in use) tried again
+// every millisecond on `ex` until connect_timeout, then failing as checkout()
+// does. `then` runs on `ex` (an idle session: directly from here or a timer's
+// handler; otherwise posted).
+void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, const boost::asio::any_io_executor& ex,
+                    SteadyTime deadline, SessionThen then) {
+  PgSessionPtr s;
+  bool reserved = false;
+  try {
+    const bool last = std::chrono::steady_clock::now() >= deadline;
+    s = st.checkout(deadline, last, &reserved);
+    if (reserved) {
+      st.async_connect(ex, [keep, &st, then](std::exception_ptr e, PgSessionPtr opened) {
+        if (e) st.closed();
+        then(e, std::move(opened));
+      });
+      return;
+    }
+  } catch (...) {
+    if (reserved) st.closed();
+    boost::asio::post(ex, [then = std::move(then), e = std::current_exception()] { then(e, nullptr); });
+    return;
+  }
+  if (s) return then(nullptr, std::move(s));
+  auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::chrono::milliseconds(1));
+  timer->async_wait([keep = std::move(keep), &st, ex, deadline, then = std::move(then),
+                     timer](const boost::system::error_code&) mutable {
+    async_checkout(std::move(keep), st, ex, deadline, std::move(then));
+  });
+}
+
+}  // namespace
+
+void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                        AcquireCompletion<Handle> done) {
+  const PostgresOptions& o = state_->options;
+  if (o.shared_sessions > 0 || o.scope == PostgresOptions::Scope::transaction)
+    return post_blocking<AcquireResult<Handle>>(ex, std::move(done), [&] { return try_acquire(request); });
+  std::int64_t key = 0;
+  bool fence = false;
+  try {
+    key = advisory_key(request.name);
+    fence = has_fencing();
+  } catch (...) {
+    boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e, Contended{}); });
+    return;
+  }
+  detail::PgBackendState& st = state(state_->pool);
+  const std::string_view name = request.name;
+  const std::chrono::milliseconds ttl = request.ttl;
+  const TimePoint started = request.started;
+  async_checkout(state_, st, ex, after(o.connect_timeout),
+                 [self = *this, &st, ex, name, ttl, started, key, fence, done = std::move(done)](
+                     std::exception_ptr e, PgSessionPtr s) mutable {
+                   if (e) return done(e, Contended{});
+                   const auto& set = st.statements.get(*s, false);
+                   std::vector<PgParam> params{PgParam::int8(key)};
+                   detail::push_ttl_params(params, ttl);
+                   if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
+                   const bool keepalives = s->keepalive_ttl_ms != ttl.count();
+                   detail::PgSession& session = *s;
+                   auto held = std::make_shared<PgSessionPtr>(std::move(s));
+                   session.async_run(
+                       set.try_[fence][keepalives], params, true, after(self.options().statement_timeout), ex,
+                       [self, &st, held, name, ttl, started, key, fence, keepalives, done](PgOutcome out) mutable {
+                         complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+                           return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held),
+                                              out);
+                         });
+                       });
+                 });
+}
+
+void PostgresBackend::async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                                    ReleaseCompletion done) {
+  if (lease.handle.shared_)
+    return post_blocking<ReleaseResult>(ex, std::move(done), [&] { return release(name, lease); });
+  auto held = std::make_shared<PgSessionPtr>(std::move(lease.handle.session_));
+  if (!*held) {
+    boost::asio::post(ex, [done = std::move(done)] { done(nullptr, ReleaseResult::not_held); });
+    return;
+  }
+  detail::PgSession& s = **held;
+  detail::PgBackendState& st = state(state_->pool);
+  const PgLockHandle& h = lease.handle;
+  auto then = [self = *this, &st, held, name, key = h.key_, leader = h.leader_, done](PgOutcome out) mutable {
+    complete_now<ReleaseResult>(
+        done, [&] { return released(st, self.options(), self.endpoint(), name, key, leader, std::move(*held), out); });
+  };
+  const SteadyTime deadline = after(state_->options.statement_timeout);
+  if (state_->options.scope == PostgresOptions::Scope::transaction) {
+    s.async_command("COMMIT", deadline, ex, std::move(then));
+  } else {
+    s.async_run(unlock_statement(st, s, h.family_), {PgParam::int8(h.key_)}, true, deadline, ex, std::move(then));
+  }
+}
+
+void PostgresBackend::async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                   TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+  if (lease.handle.shared_ || !lease.handle.session_)
+    return post_blocking<std::optional<TimePoint>>(ex, std::move(done),
+                                                   [&] { return extend(name, lease, ttl, started); });
+  detail::PgSession& s = *lease.handle.session_;
+  const bool xact = state_->options.scope == PostgresOptions::Scope::transaction;
+  std::vector<PgParam> params;
+  detail::push_ttl_params(params, ttl);
+  s.async_run(state(state_->pool).statements.get(s, xact).extend, params, !xact,
+              after(state_->options.statement_timeout), ex,
+              [self = *this, name, &lease, ttl, started, done](PgOutcome out) mutable {
+                complete_now<std::optional<TimePoint>>(done, [&] {
+                  return extended(self.options(), self.endpoint(), name, lease.handle.session_, out, ttl, started);
+                });
+              });
 }
 
 // ---- the primitives ----

@@ -1,0 +1,333 @@
+// PostgresBackend's AsyncBackend operations (libpq in non-blocking mode on
+// Asio) on a real server: coroutines on one io_context thread contend without
+// blocking it, cancellation leaves no advisory lock held on the server, and a
+// server that stops answering gives a TimeoutError at statement_timeout while
+// the loop keeps running.
+#include <dlock/dlock.hpp>
+#include <dlock/postgres.hpp>
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "pg_test_support.hpp"
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+using dlock::Lock;
+using dlock::LockOptions;
+using dlock::PostgresBackend;
+using Clock = std::chrono::steady_clock;
+using namespace dlock::test::pg;
+
+namespace {
+
+// A 1 ms timer on the loop's thread: the worst lateness of its ticks tells
+// whether anything blocked the thread.
+struct Ticker {
+  explicit Ticker(asio::io_context& io) : timer(io) {}
+  asio::steady_timer timer;
+  Clock::duration worst{};
+  bool stop = false;
+  int ticks = 0;
+  void arm(Clock::time_point due) {
+    timer.expires_at(due);
+    timer.async_wait([this, due](const boost::system::error_code&) {
+      worst = std::max(worst, Clock::now() - due);
+      ++ticks;
+      if (!stop) arm(Clock::now() + 1ms);
+    });
+  }
+  [[nodiscard]] long long worst_us() const {
+    return std::chrono::duration_cast<std::chrono::microseconds>(worst).count();
+  }
+};
+
+// Advisory locks (held or awaited) on `key` in the server.
+long advisory_locks(RawConn& raw, std::int64_t key) {
+  return std::stol(
+      raw.exec("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+               "AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+               {std::to_string(key)}));
+}
+
+}  // namespace
+
+TEST(PgAsync, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
+  PostgresBackend pg(options({.pool_size = 24}));
+  pg.install_schema();  // tokens; also caches has_fencing() before the loop runs
+  asio::io_context io;
+  constexpr int coroutines = 200, cycles = 2, names = 4;
+  struct Shared {
+    long counter = 0;
+    std::uint64_t last_token = 0;
+    bool tokens_increase = true;
+  };
+  std::vector<Shared> shared(names);
+  std::vector<std::unique_ptr<Lock<PostgresBackend>>> locks;
+  const std::string base = test_name();
+  for (int i = 0; i < coroutines; ++i) {
+    LockOptions o{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}};
+    o.acquire_timeout = 60s;
+    locks.push_back(std::make_unique<Lock<PostgresBackend>>(pg, base + std::to_string(i % names), o));
+  }
+  int finished = 0, failed = 0;
+  for (int i = 0; i < coroutines; ++i) {
+    asio::co_spawn(
+        io,
+        [&, i]() -> awaitable<void> {
+          Shared& s = shared[i % names];
+          try {
+            for (int c = 0; c < cycles; ++c) {
+              auto g = co_await locks[i]->async_acquire(use_awaitable);
+              const std::uint64_t token = g.fencing_token();
+              if (token <= s.last_token) s.tokens_increase = false;
+              s.last_token = token;
+              const long seen = s.counter;
+              co_await asio::post(io, use_awaitable);  // hold it across a suspension: an overlap loses an increment
+              s.counter = seen + 1;
+              co_await g.async_release(use_awaitable);
+            }
+          } catch (const std::exception& e) {
+            std::printf("coroutine %d: %s\n", i, e.what());
+            ++failed;
+          }
+          ++finished;
+        },
+        asio::detached);
+  }
+  Ticker ticker(io);
+  ticker.arm(Clock::now() + 1ms);
+  const auto start = Clock::now();
+  while (finished < coroutines && Clock::now() - start < 90s) io.run_one_for(100ms);
+  ticker.stop = true;
+  io.run_for(50ms);
+  std::printf("%d acquisitions on postgres in %lld ms on one thread; 1 ms timer: %d ticks, worst lag %lld us\n",
+              coroutines * cycles, static_cast<long long>(since(start).count()), ticker.ticks, ticker.worst_us());
+  ASSERT_EQ(finished, coroutines);
+  EXPECT_EQ(failed, 0);
+  long total = 0;
+  for (const auto& s : shared) {
+    EXPECT_TRUE(s.tokens_increase);
+    total += s.counter;
+  }
+  EXPECT_EQ(total, coroutines * cycles);
+  // Opening a pooled connection still blocks (a few ms on loopback each).
+  EXPECT_LT(ticker.worst, 100ms) << "the loop's thread was blocked";
+  RawConn raw(conninfo());
+  for (int n = 0; n < names; ++n) EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + std::to_string(n))), 0);
+}
+
+TEST(PgAsync, CancellationAtRandomPointsLeavesNoLockOnTheServer) {
+  PostgresBackend pg(options({.pool_size = 24}));
+  asio::io_context io;
+  constexpr int tasks = 60;
+  std::mt19937 rng(7);
+  const std::string base = test_name();
+  std::vector<std::unique_ptr<Lock<PostgresBackend>>> locks;
+  std::vector<std::stop_source> stops(tasks);
+  std::vector<std::unique_ptr<asio::steady_timer>> cancellers;
+  int acquired = 0, cancelled = 0, other = 0, done = 0;
+  for (int i = 0; i < tasks; ++i) {
+    locks.push_back(std::make_unique<Lock<PostgresBackend>>(
+        pg, base + std::to_string(i % 2),
+        LockOptions{.ttl = 10s, .retry = {.initial_delay = 200us, .max_delay = 2ms}}));
+    asio::co_spawn(
+        io,
+        [&, i]() -> awaitable<void> {
+          try {
+            auto g = co_await locks[i]->async_acquire(stops[i].get_token(), use_awaitable);
+            ++acquired;
+            co_await asio::post(io, use_awaitable);
+            co_await g.async_release(use_awaitable);
+          } catch (const boost::system::system_error& e) {
+            if (dlock::to_std(e.code()) == dlock::errc::cancelled) {
+              ++cancelled;
+            } else {
+              std::printf("task %d: %s\n", i, e.what());
+              ++other;
+            }
+          }
+          ++done;
+        },
+        asio::detached);
+    cancellers.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::microseconds(rng() % 100000)));
+    cancellers.back()->async_wait([&, i](const boost::system::error_code&) { stops[i].request_stop(); });
+  }
+  const auto start = Clock::now();
+  while (done < tasks && Clock::now() - start < 30s) io.run_one_for(100ms);
+  io.run_for(50ms);
+  std::printf("%d acquired, %d cancelled, %d other\n", acquired, cancelled, other);
+  ASSERT_EQ(done, tasks);
+  EXPECT_EQ(other, 0);
+  EXPECT_GT(cancelled, 0);
+  EXPECT_GT(acquired, 0);
+  for (auto& l : locks) EXPECT_FALSE(l->owns_lock());
+  RawConn raw(conninfo());
+  EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + "0")), 0);
+  EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + "1")), 0);
+}
+
+// The session's server process stopped (SIGSTOP): the release gets no answer;
+// at statement_timeout the connection is dropped and the completion reports a
+// TimeoutError (outcome unknown), while the loop's 1 ms timer keeps ticking.
+TEST(PgAsync, AServerThatStopsAnsweringGivesATimeoutAtTheDeadlineNotAHang) {
+  PostgresBackend pg(options({.statement_timeout = 300ms}));
+  const std::string name = test_name();
+  const dlock::OwnerId owner = dlock::OwnerId::generate();
+  auto result = pg.try_acquire({name, owner, 10s, Clock::now()});
+  auto* grant = std::get_if<dlock::Grant<dlock::PgLockHandle>>(&result);
+  ASSERT_NE(grant, nullptr);
+  dlock::Lease<dlock::PgLockHandle> lease{owner, {}, {}, {}, std::move(grant->handle)};
+  const int pid = lease.handle.server_pid();
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  asio::io_context io;
+  Ticker ticker(io);
+  ticker.arm(Clock::now() + 1ms);
+  std::exception_ptr error;
+  bool completed = false;
+  const auto start = Clock::now();
+  pg.async_release(name, lease, io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult) {
+    error = e;
+    completed = true;
+    ticker.stop = true;
+  });
+  EXPECT_FALSE(completed);  // never inside the initiating call
+  io.run_for(5s);
+  const auto took = since(start);
+  ::kill(pid, SIGCONT);
+  std::printf("release completed after %lld ms; 1 ms timer: %d ticks, worst lag %lld us\n",
+              static_cast<long long>(took.count()), ticker.ticks, ticker.worst_us());
+  ASSERT_TRUE(completed);
+  ASSERT_TRUE(error);
+  try {
+    std::rethrow_exception(error);
+  } catch (const dlock::TimeoutError& e) {
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+  EXPECT_GE(took, 290ms);
+  EXPECT_LT(took, 2s);
+  EXPECT_GT(ticker.ticks, 100);
+  EXPECT_LT(ticker.worst, 100ms);
+  // The connection was dropped: once the process runs again, the server ends the session and frees the lock.
+  RawConn raw(conninfo());
+  const auto until = Clock::now() + 5s;
+  while (advisory_locks(raw, pg.advisory_key(name)) != 0 && Clock::now() < until) {
+    raw.exec("SELECT pg_sleep(0.01)");  // waiting for the server to notice the closed socket is the point
+  }
+  EXPECT_EQ(advisory_locks(raw, pg.advisory_key(name)), 0);
+}
+
+// Extend and release of a pinned lease complete through the executor with the blocking calls' results.
+TEST(PgAsync, ExtendAndReleaseInBothScopes) {
+  for (auto scope : {dlock::PostgresOptions::Scope::session, dlock::PostgresOptions::Scope::transaction}) {
+    PostgresBackend pg(options({.scope = scope}));
+    const std::string name = test_name() + (scope == dlock::PostgresOptions::Scope::session ? "s" : "t");
+    const dlock::OwnerId owner = dlock::OwnerId::generate();
+    asio::io_context io;
+    dlock::Lease<dlock::PgLockHandle> lease{owner, {}, {}, {}, {}};
+    bool granted = false;
+    pg.async_try_acquire({name, owner, 10s, Clock::now()}, io.get_executor(),
+                         [&](std::exception_ptr e, dlock::AcquireResult<dlock::PgLockHandle> r) {
+                           ASSERT_FALSE(e);
+                           auto* g = std::get_if<dlock::Grant<dlock::PgLockHandle>>(&r);
+                           ASSERT_NE(g, nullptr);
+                           lease.handle = std::move(g->handle);
+                           granted = true;
+                         });
+    io.run();
+    io.restart();
+    ASSERT_TRUE(granted);
+    const auto started = Clock::now();
+    std::optional<dlock::TimePoint> until;
+    pg.async_extend(name, lease, 20s, started, io.get_executor(), [&](std::exception_ptr e, auto v) {
+      EXPECT_FALSE(e);
+      until = v;
+    });
+    io.run();
+    io.restart();
+    ASSERT_TRUE(until);
+    EXPECT_EQ(*until, started + 20s);
+    dlock::ReleaseResult rr = dlock::ReleaseResult::not_held;
+    pg.async_release(name, lease, io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult r) {
+      EXPECT_FALSE(e);
+      rr = r;
+    });
+    io.run();
+    EXPECT_EQ(rr, dlock::ReleaseResult::released);
+    RawConn raw(conninfo());
+    EXPECT_EQ(advisory_locks(raw, pg.advisory_key(name)), 0);
+  }
+}
+
+// The server stopped (SIGSTOP on the postmaster and every backend) while an
+// async_acquire waits for a held lock: it completes with an error by its
+// deadline (acquire_timeout plus statement_timeout / connect_timeout for the
+// round trip in flight), not a hang, and the loop keeps running.
+TEST(PgAsync, AServerStoppedMidWaitGivesAnErrorByTheDeadline) {
+  PostgresBackend pg(options({.connect_timeout = 300ms, .statement_timeout = 300ms}));
+  const std::string name = test_name();
+  Lock<PostgresBackend> holder(pg, name, LockOptions{.ttl = 10s});
+  ASSERT_TRUE(holder.try_lock());
+  RawConn raw(conninfo());
+  std::vector<int> pids;
+  {
+    const int backend = std::stoi(raw.exec("SELECT pg_backend_pid()"));
+    std::ifstream stat("/proc/" + std::to_string(backend) + "/stat");
+    std::string field;
+    for (int i = 0; i < 4 && stat >> field; ++i) {
+    }
+    pids.push_back(std::stoi(field));  // the postmaster: the backend's parent
+    std::stringstream all(raw.exec("SELECT string_agg(pid::text, ' ') FROM pg_stat_activity"));
+    for (int pid; all >> pid;) pids.push_back(pid);
+  }
+  asio::io_context io;
+  Ticker ticker(io);
+  ticker.arm(Clock::now() + 1ms);
+  LockOptions wo{.ttl = 10s, .retry = {.initial_delay = 5ms, .max_delay = 20ms}};
+  wo.acquire_timeout = 1s;
+  Lock<PostgresBackend> waiter(pg, name, wo);
+  boost::system::error_code result;
+  bool completed = false;
+  const auto start = Clock::now();
+  waiter.async_acquire(asio::bind_executor(io, [&](boost::system::error_code ec, auto) {
+    result = ec;
+    completed = true;
+    ticker.stop = true;
+  }));
+  asio::steady_timer stopper(io, 200ms);
+  stopper.async_wait([&](const boost::system::error_code&) {
+    for (int pid : pids) ::kill(pid, SIGSTOP);
+  });
+  io.run_for(5s);
+  const auto took = since(start);
+  for (int pid : pids) ::kill(pid, SIGCONT);
+  std::printf("completed %d after %lld ms: %s; 1 ms timer: %d ticks, worst lag %lld us\n", completed,
+              static_cast<long long>(took.count()), result.message().c_str(), ticker.ticks, ticker.worst_us());
+  ASSERT_TRUE(completed);
+  EXPECT_TRUE(dlock::to_std(result) == dlock::errc::connection || dlock::to_std(result) == dlock::errc::timeout)
+      << result.message();
+  EXPECT_LT(took, 2s);
+  EXPECT_LT(ticker.worst, 100ms);
+  holder.unlock();
+}
