@@ -10,30 +10,8 @@
 #           wait of lock(), fewest/most acquisitions per contender
 # DLOCK_BENCH_RUNS (default 5) rounds; each dlock run is bracketed by two floor
 # runs whose mean is its floor; medians are printed.
-etcd_dir=$(mktemp -d -t dlock-etcdbench.XXXXXX)
-etcd_clients=()
-etcd_cluster=""
-for i in 0 1 2; do
-  etcd_client_port[$i]=$(free_port)
-  etcd_peer_port[$i]=$(free_port)
-  etcd_cluster+="${etcd_cluster:+,}m$i=http://127.0.0.1:${etcd_peer_port[$i]}"
-  etcd_clients+=("http://127.0.0.1:${etcd_client_port[$i]}")
-done
-for i in 0 1 2; do
-  etcd --name "m$i" --data-dir "$etcd_dir/m$i" \
-    --listen-client-urls "${etcd_clients[$i]}" --advertise-client-urls "${etcd_clients[$i]}" \
-    --listen-peer-urls "http://127.0.0.1:${etcd_peer_port[$i]}" \
-    --initial-advertise-peer-urls "http://127.0.0.1:${etcd_peer_port[$i]}" \
-    --initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token dlock-bench \
-    --logger zap --log-outputs "$etcd_dir/m$i.log" >/dev/null 2>&1 &
-  _dlock_cleanup+=("kill $!")
-done
-_dlock_cleanup+=("rm -rf '$etcd_dir'")
-etcd_endpoints=$(IFS=,; echo "${etcd_clients[*]}")
-for _ in $(seq 100); do
-  ETCDCTL_API=3 etcdctl --endpoints="$etcd_endpoints" endpoint health >/dev/null 2>&1 && break
-  sleep 0.1
-done
+source "$DLOCK_ROOT/bench/etcd_cluster.sh"
+start_etcd_cluster
 etcd_bin="$BENCH_BUILD/bench/etcd_bench"
 etcd_runs=${DLOCK_BENCH_RUNS:-5}
 etcd_results=$(mktemp -t dlock-etcdbench-results.XXXXXX)

@@ -169,6 +169,10 @@ struct ExtendItem {
   const OwnerId* owner = nullptr;
   std::chrono::milliseconds ttl{};
   TimePoint started{};
+  /// The lease's B::Handle (a `const B::Handle*`), for backends that need
+  /// per-lease state to extend (EtcdBackend: the lease id); others ignore it.
+  /// The heartbeat points it at a copy taken with the lease, valid during the call.
+  const void* handle = nullptr;
   std::optional<TimePoint> valid_until{};  ///< out: the new validity, or nullopt when lost
   std::exception_ptr error{};              ///< out: set when this item could not be extended
 };

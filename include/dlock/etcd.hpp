@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -118,6 +119,17 @@ class EtcdBackend {
   [[nodiscard]] std::optional<TimePoint> extend(std::string_view name, Lease<Handle>& lease,
                                                 std::chrono::milliseconds ttl, TimePoint started);
 
+  /// BatchesExtend: extends many leases in two requests per etcd_max_txn_ops
+  /// items, whatever their number: ONE keepalive request carrying every
+  /// lease (the gateway's keepalive stream takes one message per line), then
+  /// ONE txn reading every key, whose value, create revision and lease must
+  /// still be this holder's. Needs each item's `handle` (a const Handle*, as
+  /// the heartbeat sets it); an item without one gets InvalidArgument. A lost
+  /// item's lease is revoked (one more request each). The validity is
+  /// started + min(ttl, the lease's TTL): unlike extend(), a batch never moves
+  /// a key to a longer lease.
+  void extend_many(std::span<ExtendItem> items) noexcept;
+
   /// AbandonsInDoubt: deletes the key if it holds `owner` (its lease expires
   /// by itself). Never throws.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
@@ -134,10 +146,13 @@ class EtcdBackend {
   [[nodiscard]] detail::EtcdClient& client() noexcept { return *client_; }
 
  private:
+  void extend_chunk(std::span<ExtendItem> items) noexcept;  // at most etcd_max_txn_ops items
+
   std::shared_ptr<detail::EtcdClient> client_;
 };
 
 static_assert(NotifiesRelease<EtcdBackend>);
 static_assert(AbandonsInDoubt<EtcdBackend>);
+static_assert(BatchesExtend<EtcdBackend>);
 
 }  // namespace dlock

@@ -6,6 +6,7 @@
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
+#include <algorithm>
 #include <exception>
 #include <thread>
 #include <utility>
@@ -170,6 +171,76 @@ std::optional<TimePoint> EtcdBackend::extend(std::string_view name, Lease<Handle
   h.lease = fresh.id;
   h.lease_seconds = fresh.ttl;
   return detail::saturating_add(started, ttl);
+}
+
+void EtcdBackend::extend_many(std::span<ExtendItem> items) noexcept {
+  for (std::size_t from = 0; from < items.size(); from += detail::etcd_max_txn_ops) {
+    extend_chunk(items.subspan(from, std::min(detail::etcd_max_txn_ops, items.size() - from)));
+  }
+}
+
+void EtcdBackend::extend_chunk(std::span<ExtendItem> items) noexcept {
+  EtcdClient& c = *client_;
+  std::vector<std::size_t> live;  // items still to answer
+  std::vector<std::int64_t> leases;
+  try {
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      ExtendItem& it = items[i];
+      const auto* h = static_cast<const Handle*>(it.handle);
+      if (h == nullptr) {
+        it.error = std::make_exception_ptr(InvalidArgument(fmt::format(
+            "etcd extension of lock '{}': ExtendItem::handle is null (EtcdBackend needs the lease's Handle)",
+            it.name)));
+      } else if (h->lease == 0) {
+        it.valid_until = std::nullopt;  // released
+      } else {
+        live.push_back(i);
+        leases.push_back(h->lease);
+      }
+    }
+    if (live.empty()) return;
+    const std::string what = fmt::format("extension of {} etcd locks (first '{}')", live.size(), items[live[0]].name);
+    const auto ttls = detail::parsed(what, [&] {
+      return detail::parse_etcd_keepalive_many(
+          c.call("/v3/lease/keepalive", detail::etcd_keepalive_many_request(leases), what));
+    });
+    std::vector<std::size_t> kept;
+    std::vector<std::string> keys;
+    for (const std::size_t i : live) {
+      const auto* h = static_cast<const Handle*>(items[i].handle);
+      const auto t = std::find_if(ttls.begin(), ttls.end(), [&](const auto& p) { return p.first == h->lease; });
+      if (t == ttls.end() || t->second <= 0) {
+        items[i].valid_until = std::nullopt;  // the lease expired: the key went with it
+        continue;
+      }
+      kept.push_back(i);
+      keys.push_back(key(items[i].name));
+    }
+    live.clear();
+    if (kept.empty()) return;
+    live = kept;
+    const auto kvs = detail::parsed(what, [&] {
+      auto r = detail::parse_etcd_range_many(c.call("/v3/kv/txn", detail::etcd_range_many_request(keys), what));
+      if (r.size() != keys.size()) throw std::runtime_error("etcd txn reply lacks some of the ranges asked for");
+      return r;
+    });
+    live.clear();
+    for (std::size_t k = 0; k < kept.size(); ++k) {
+      ExtendItem& it = items[kept[k]];
+      const auto* h = static_cast<const Handle*>(it.handle);
+      const auto& kv = kvs[k];
+      if (kv && it.owner != nullptr && kv->value == it.owner->str() && kv->create_revision == h->create_revision &&
+          kv->lease == h->lease) {
+        it.valid_until = detail::saturating_add(
+            it.started, std::min<std::chrono::milliseconds>(it.ttl, std::chrono::seconds(h->lease_seconds)));
+      } else {
+        it.valid_until = std::nullopt;
+        detail::revoke_quietly(c, h->lease, what);
+      }
+    }
+  } catch (...) {
+    for (const std::size_t i : live) items[i].error = std::current_exception();
+  }
 }
 
 void EtcdBackend::abandon(std::string_view name, const OwnerId& owner) noexcept {

@@ -298,6 +298,53 @@ std::int64_t parse_etcd_keepalive(std::string_view body) {
   return int_field(r != j.end() && r->is_object() ? *r : j, "TTL");
 }
 
+std::string etcd_keepalive_many_request(std::span<const std::int64_t> leases) {
+  std::string out;
+  for (const std::int64_t id : leases) {
+    out += etcd_lease_id_request(id);
+    out += '\n';
+  }
+  return out;
+}
+
+std::vector<std::pair<std::int64_t, std::int64_t>> parse_etcd_keepalive_many(std::string_view body) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  while (!body.empty()) {
+    const auto nl = body.find('\n');
+    const std::string_view line = body.substr(0, nl);
+    body = nl == std::string_view::npos ? std::string_view() : body.substr(nl + 1);
+    if (line.find_first_not_of(" \r\t") == std::string_view::npos) continue;
+    const json j = parse(line);
+    if (j.contains("error")) throw std::runtime_error("etcd keepalive stream ended with an error");
+    const auto r = j.find("result");
+    const json& m = r != j.end() && r->is_object() ? *r : j;
+    out.emplace_back(int_field(m, "ID"), int_field(m, "TTL"));
+  }
+  return out;
+}
+
+std::string etcd_range_many_request(std::span<const std::string> keys) {
+  json ops = json::array();
+  for (const auto& k : keys) ops.push_back(range_op(k));
+  return json{{"success", std::move(ops)}}.dump();
+}
+
+std::vector<std::optional<EtcdKv>> parse_etcd_range_many(std::string_view body) {
+  const json j = parse(body);
+  std::vector<std::optional<EtcdKv>> out;
+  if (const auto rs = j.find("responses"); rs != j.end() && rs->is_array()) {
+    for (const json& op : *rs) {
+      std::optional<EtcdKv> kv;
+      if (const auto range = op.find("response_range"); range != op.end()) {
+        const auto kvs = range->find("kvs");
+        if (kvs != range->end() && kvs->is_array() && !kvs->empty()) kv = kv_of(kvs->front());
+      }
+      out.push_back(std::move(kv));
+    }
+  }
+  return out;
+}
+
 std::int64_t parse_etcd_time_to_live(std::string_view body) { return int_field(parse(body), "TTL"); }
 
 std::vector<EtcdKv> parse_etcd_range(std::string_view body) {

@@ -7,10 +7,13 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace dlock::detail {
@@ -109,6 +112,18 @@ struct EtcdAcquireReply {
 [[nodiscard]] bool parse_etcd_txn_succeeded(std::string_view body);
 /// The remaining TTL of a keepalive reply's lease in seconds; 0 when the lease is gone.
 [[nodiscard]] std::int64_t parse_etcd_keepalive(std::string_view body);
+/// Keepalives of many leases in ONE request: the gateway's keepalive stream
+/// takes newline-separated messages and answers each in turn.
+[[nodiscard]] std::string etcd_keepalive_many_request(std::span<const std::int64_t> leases);
+/// The remaining TTL in seconds of each lease of such a reply, as (lease, TTL)
+/// in reply order; TTL 0 when the lease is gone.
+[[nodiscard]] std::vector<std::pair<std::int64_t, std::int64_t>> parse_etcd_keepalive_many(std::string_view body);
+/// One txn reading many keys (no compares, so it always succeeds), at most
+/// etcd_max_txn_ops of them (etcd's default --max-txn-ops).
+inline constexpr std::size_t etcd_max_txn_ops = 128;
+[[nodiscard]] std::string etcd_range_many_request(std::span<const std::string> keys);
+/// Each key of such a reply in request order; nullopt when it does not exist.
+[[nodiscard]] std::vector<std::optional<EtcdKv>> parse_etcd_range_many(std::string_view body);
 /// The remaining TTL of a timetolive reply in seconds; -1 when the lease is gone.
 [[nodiscard]] std::int64_t parse_etcd_time_to_live(std::string_view body);
 /// The keys of a range reply.

@@ -395,12 +395,15 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       // makes its owner-checked extension a no-op, seen as not held below.
       std::vector<Held*> members;
       std::vector<ExtendItem> items;
+      std::vector<typename B::Handle> handles;  // copies: the batch reads them without the lease mutex
+      handles.reserve(group.size());
       for (const auto& beat : group) {
         auto* h = static_cast<Held*>(beat.get());  // same batch key: same type
         OpLock op(*h);
         if (!h->still_held()) continue;
         members.push_back(h);
-        items.push_back(ExtendItem{h->name_, &h->lease_.owner, h->ttl_, h->clock_.now()});
+        handles.push_back(h->lease_.handle);
+        items.push_back(ExtendItem{h->name_, &h->lease_.owner, h->ttl_, h->clock_.now(), &handles.back()});
       }
       if (items.empty()) return;
       try {
