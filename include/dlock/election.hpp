@@ -56,11 +56,18 @@ class Election {
 
   /// Blocks until this candidate leads; throws as Lock::lock() (TimeoutError
   /// after options().acquire_timeout, ConnectionError, ...).
-  void campaign() { lock_.lock(); }
+  void campaign() {
+    forget_lost_term();
+    lock_.lock();
+  }
   /// One attempt: true if this candidate now leads.
-  [[nodiscard]] bool try_campaign() { return lock_.try_lock(); }
+  [[nodiscard]] bool try_campaign() {
+    forget_lost_term();
+    return lock_.try_lock();
+  }
   template <class Rep, class Period>
   [[nodiscard]] bool try_campaign_for(const std::chrono::duration<Rep, Period>& timeout) {
+    forget_lost_term();
     return lock_.try_lock_for(timeout);
   }
   /// Gives up leadership (released, or not_held if it was already lost);
@@ -103,10 +110,21 @@ class Election {
 
   [[nodiscard]] const std::string& candidate() const noexcept { return view_.ops().candidate; }
   [[nodiscard]] const std::string& name() const noexcept { return lock_.name(); }
+
   /// The underlying Lock (owner_id(), valid_until(), options(), ...).
   [[nodiscard]] lock_type& lock() noexcept { return lock_; }
 
  private:
+  // A term that was lost (or ran past its validity) still occupies the Lock
+  // until it is let go, and a campaign from the same thread would then be a
+  // re-entry (DeadlockError). Campaigning again after a loss is how an
+  // election is used, so a lost term is let go first (a quiet owner-checked
+  // cleanup; it was reported when it was lost). A term still held is not:
+  // campaigning while leading stays a re-entry error.
+  void forget_lost_term() noexcept {
+    if (!lock_.owns_lock()) lock_.unlock();
+  }
+
   static std::string checked_candidate(std::string c) {
     if (c.empty() || c.size() > max_lock_name_size)
       detail::invalid_field("Election candidate", fmt::format("must be 1 to {} bytes", max_lock_name_size),

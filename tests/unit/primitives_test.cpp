@@ -422,6 +422,22 @@ TEST(Election, ExactlyOneLeaderAndTheNextTermIsHigherAfterALoss) {
   EXPECT_EQ(now_leading, 1);
 }
 
+// "Campaign again after resign() or a loss": the deposed leader's own
+// campaign is a new acquisition, not a re-entry of the lost one.
+TEST(Election, ADeposedLeaderCanCampaignAgain) {
+  ManualBeat beat;
+  MemoryPrimitives prims(beat.clock);
+  Elect a(prims, "svc", "a", beat.options(fast({.ttl = 3s})));
+  ASSERT_TRUE(a.try_campaign());
+  const auto term1 = a.term();
+  const auto lost = a.stop_token();
+  prims.force_release("svc");
+  beat.advance(1s);  // its next extension finds it gone
+  ASSERT_TRUE(lost.stop_requested());
+  EXPECT_TRUE(a.try_campaign());
+  EXPECT_GT(a.term(), term1);
+}
+
 TEST(Election, WaitLeaderChangeWakesOnResign) {
   MemoryPrimitives prims;
   Elect a(prims, "svc", "a", fast()), b(prims, "svc", "b", fast());
