@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "key_outlives_validity.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -358,50 +359,14 @@ TEST(Async, AThreadPoolLoopWithStopsFromAnotherThread) {
   EXPECT_TRUE(probe.try_lock());
 }
 
-namespace {
-// A backend whose key outlives the lease's validity on the client (a Redlock
-// minority node): its release answers `released` even after the validity.
-class AsyncKeyOutlivesValidityBackend {
- public:
-  using Handle = dlock::NoHandle;
-  explicit AsyncKeyOutlivesValidityBackend(const dlock::Clock& clock) : mem_(clock) {}
-  [[nodiscard]] std::string_view kind() const noexcept { return "key-outlives-validity"; }
-  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:0"; }
-  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return mem_.try_acquire(r); }
-  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) {
-    (void)mem_.release(name, lease);
-    return dlock::ReleaseResult::released;
-  }
-  std::optional<dlock::TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease,
-                                         std::chrono::milliseconds ttl, dlock::TimePoint started) {
-    return mem_.extend(name, lease, ttl, started);
-  }
-  void async_try_acquire(const dlock::AcquireRequest& r, const asio::any_io_executor& ex,
-                         dlock::AcquireCompletion<Handle> done) {
-    mem_.async_try_acquire(r, ex, std::move(done));
-  }
-  void async_release(std::string_view name, dlock::Lease<Handle>& lease, const asio::any_io_executor& ex,
-                     dlock::ReleaseCompletion done) {
-    (void)mem_.release(name, lease);
-    asio::post(ex, [done = std::move(done)] { done(nullptr, dlock::ReleaseResult::released); });
-  }
-  void async_extend(std::string_view name, dlock::Lease<Handle>& lease, std::chrono::milliseconds ttl,
-                    dlock::TimePoint started, const asio::any_io_executor& ex, dlock::ExtendCompletion done) {
-    mem_.async_extend(name, lease, ttl, started, ex, std::move(done));
-  }
-
- private:
-  MemoryBackend mem_;
-};
-}  // namespace
-
 // As the blocking release: past its validity the end of the critical section
 // ran unprotected, whatever the server still had.
 TEST(Async, AReleaseAfterTheValidityEndedIsNotHeld) {
   dlock::ManualClock clock;
-  AsyncKeyOutlivesValidityBackend backend(clock);
+  dlock::test::KeyOutlivesValidityBackend backend(clock);
   auto observer = std::make_shared<RecordingObserver>();
-  Lock<AsyncKeyOutlivesValidityBackend> lock(backend, "job", {.ttl = 1s, .observer = observer, .clock = &clock});
+  Lock<dlock::test::KeyOutlivesValidityBackend> lock(backend, "job",
+                                                     {.ttl = 1s, .observer = observer, .clock = &clock});
   asio::io_context io;
   auto cycle = [&](std::chrono::milliseconds held_for) {
     std::optional<dlock::ReleaseResult> released;

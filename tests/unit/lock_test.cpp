@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "key_outlives_validity.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -200,30 +201,7 @@ TEST(Expiry, ReleaseAfterExpiryIsReportedAsRunUnprotected) {
     }
 }
 
-namespace {
-// Acquires through a MemoryBackend; every release reports `released`, as a
-// Redlock release does when a minority node still has the expired lease's key
-// (its TTL runs on that node's clock) while the next holder has the rest.
-class KeyOutlivesValidityBackend {
- public:
-  using Handle = dlock::NoHandle;
-  explicit KeyOutlivesValidityBackend(const dlock::Clock& clock) : mem_(clock) {}
-  [[nodiscard]] std::string_view kind() const noexcept { return "key-outlives-validity"; }
-  [[nodiscard]] std::string_view endpoint() const noexcept { return "test:0"; }
-  dlock::AcquireResult<Handle> try_acquire(const dlock::AcquireRequest& r) { return mem_.try_acquire(r); }
-  dlock::ReleaseResult release(std::string_view name, dlock::Lease<Handle>& lease) {
-    (void)mem_.release(name, lease);
-    return dlock::ReleaseResult::released;
-  }
-  std::optional<dlock::TimePoint> extend(std::string_view name, dlock::Lease<Handle>& lease,
-                                         std::chrono::milliseconds ttl, dlock::TimePoint started) {
-    return mem_.extend(name, lease, ttl, started);
-  }
-
- private:
-  MemoryBackend mem_;
-};
-}  // namespace
+using dlock::test::KeyOutlivesValidityBackend;
 
 // Past its validity the end of the critical section ran unprotected, whatever
 // the server still had (seen first as a flaky Redlock conformance failure).
