@@ -2,15 +2,15 @@
 #include <dlock/redis_options.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <system_error>
+#include <utility>
 
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/uri.hpp>
 #include <dlock/error.hpp>
 #include <dlock/options.hpp>
 
@@ -69,36 +69,16 @@ namespace {
                   problem));
 }
 
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 std::string percent_decode(std::string_view s, std::string_view what) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    const int hi = i + 2 < s.size() ? hex_digit(s[i + 1]) : -1;
-    const int lo = i + 2 < s.size() ? hex_digit(s[i + 2]) : -1;
-    if (hi < 0 || lo < 0) bad_uri(fmt::format("bad percent-encoding in the {}", what));
-    out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return out;
+  auto decoded = detail::percent_decoded(s);
+  if (!decoded) bad_uri(fmt::format("bad percent-encoding in the {}", what));
+  return std::move(*decoded);
 }
 
 int parse_int(std::string_view s, std::string_view what, int min, int max) {
-  int v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc{} || p != s.data() + s.size() || v < min || v > max)
-    bad_uri(fmt::format("the {} must be a number in {}..{}", what, min, max));
-  return v;
+  const auto v = detail::decimal_in(s, min, max);
+  if (!v) bad_uri(fmt::format("the {} must be a number in {}..{}", what, min, max));
+  return *v;
 }
 
 // "user:password", ":password" -> options.
