@@ -93,11 +93,11 @@ void BM_etcd_floor(benchmark::State& state) {
   const std::string owner = "MDE5MzZiOGUtN2MzYS03ZDJlLTlmMDEtMmIzYzRkNWU2Zjcw";
   for (auto _ : state) {
     const std::string lease = between(c.post("/v3/lease/grant", R"({"TTL":"30"})"), "\"ID\":\"");
-    const std::string acquired = c.post(
-        "/v3/kv/txn", R"({"compare":[{"target":"CREATE","result":"EQUAL","key":")" + key +
-                          R"(","create_revision":"0"}],"success":[{"request_put":{"key":")" + key + R"(","value":")" +
-                          owner + R"(","lease":")" + lease + R"("}}],"failure":[{"request_range":{"key":")" + key +
-                          R"("}}]})");
+    const std::string acquired =
+        c.post("/v3/kv/txn", R"({"compare":[{"target":"CREATE","result":"EQUAL","key":")" + key +
+                                 R"(","create_revision":"0"}],"success":[{"request_put":{"key":")" + key +
+                                 R"(","value":")" + owner + R"(","lease":")" + lease +
+                                 R"("}}],"failure":[{"request_range":{"key":")" + key + R"("}}]})");
     const std::string released =
         c.post("/v3/kv/txn", R"({"compare":[{"target":"VALUE","result":"EQUAL","key":")" + key + R"(","value":")" +
                                  owner + R"("}],"success":[{"request_delete_range":{"key":")" + key + R"("}}]})");
