@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "key_outlives_validity.hpp"
+#include "loop_ticker.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -41,25 +42,9 @@ using Clock = std::chrono::steady_clock;
 static_assert(dlock::AsyncBackend<MemoryBackend>);
 static_assert(!dlock::AsyncBackend<dlock::test::FaultyBackend>);
 
-namespace {
+using dlock::test::Ticker;
 
-// A 1 ms timer on the loop's thread: the worst lateness of its ticks tells
-// whether anything blocked the thread.
-struct Ticker {
-  explicit Ticker(asio::io_context& io) : timer(io) {}
-  asio::steady_timer timer;
-  Clock::duration worst{};
-  bool stop = false;
-  int ticks = 0;
-  void arm(Clock::time_point due) {
-    timer.expires_at(due);
-    timer.async_wait([this, due](const boost::system::error_code&) {
-      worst = std::max(worst, Clock::now() - due);
-      ++ticks;
-      if (!stop) arm(Clock::now() + 1ms);
-    });
-  }
-};
+namespace {
 
 const LockOptions fast{.ttl = 10s, .retry = {.initial_delay = 200us, .max_delay = 2ms}};
 

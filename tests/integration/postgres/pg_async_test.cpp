@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "pg_test_support.hpp"
+#include "unit/loop_ticker.hpp"
 
 using namespace std::chrono_literals;
 namespace asio = boost::asio;
@@ -40,28 +41,9 @@ using dlock::PostgresBackend;
 using Clock = std::chrono::steady_clock;
 using namespace dlock::test::pg;
 
-namespace {
+using dlock::test::Ticker;
 
-// A 1 ms timer on the loop's thread: the worst lateness of its ticks tells
-// whether anything blocked the thread.
-struct Ticker {
-  explicit Ticker(asio::io_context& io) : timer(io) {}
-  asio::steady_timer timer;
-  Clock::duration worst{};
-  bool stop = false;
-  int ticks = 0;
-  void arm(Clock::time_point due) {
-    timer.expires_at(due);
-    timer.async_wait([this, due](const boost::system::error_code&) {
-      worst = std::max(worst, Clock::now() - due);
-      ++ticks;
-      if (!stop) arm(Clock::now() + 1ms);
-    });
-  }
-  [[nodiscard]] long long worst_us() const {
-    return std::chrono::duration_cast<std::chrono::microseconds>(worst).count();
-  }
-};
+namespace {
 
 // Advisory locks (held or awaited) on `key` in the server.
 long advisory_locks(RawConn& raw, std::int64_t key) {
