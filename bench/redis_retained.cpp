@@ -27,14 +27,14 @@ namespace {
 
 using namespace std::chrono_literals;
 
-long long used_memory(dlock::detail::RedisNode& node) {
+long long used_memory(dlock::detail::RedisClient& node) {
   const std::string info = node.command({"INFO", "memory"}).str;
   const std::string_view field = "used_memory:";
   const auto at = info.find(field);
   return at == std::string::npos ? -1 : std::atoll(info.c_str() + at + field.size());
 }
 
-long long dbsize(dlock::detail::RedisNode& node) { return node.command({"DBSIZE"}).integer; }
+long long dbsize(dlock::detail::RedisClient& node) { return node.command({"DBSIZE"}).integer; }
 
 }  // namespace
 

@@ -41,7 +41,7 @@
 #include <string_view>
 
 #include "backend.hpp"
-#include "detail/redis_node.hpp"
+#include "detail/redis_client.hpp"
 #include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 
@@ -128,13 +128,13 @@ class RedisBackend {
 
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
-  [[nodiscard]] detail::RedisNode& node() noexcept { return *state_->node; }
+  [[nodiscard]] detail::RedisClient& node() noexcept { return *state_->node; }
 
  private:
   struct State {  // shared by all copies
     explicit State(RedisOptions o);
     RedisOptions options;
-    std::unique_ptr<detail::RedisNode> node;
+    std::unique_ptr<detail::RedisClient> node;
     detail::RedisSubscriber subscriber;
   };
   std::shared_ptr<State> state_;

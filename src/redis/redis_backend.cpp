@@ -1,4 +1,4 @@
-// RedisBackend: the Backend operations as a thin layer over one RedisNode.
+// RedisBackend: the Backend operations as a thin layer over one RedisClient.
 #include <dlock/redis.hpp>
 
 #include <dlock/detail/redis_waits.hpp>
@@ -13,7 +13,7 @@ namespace dlock {
 
 RedisBackend::State::State(RedisOptions o)
     : options((detail::validate(o), std::move(o))),
-      node(std::make_unique<detail::RedisNode>(options)),
+      node(std::make_unique<detail::RedisClient>(options)),
       subscriber(options, node->endpoint()) {}
 
 RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {}
@@ -55,7 +55,7 @@ void RedisBackend::extend_many(std::span<ExtendItem> items) noexcept {
   try {
     const std::vector<std::size_t> index = detail::checked_extend_items(items);  // batch position -> item
     std::vector<std::string> keys;
-    std::vector<detail::RedisNode::ExtendItem> batch;
+    std::vector<detail::RedisClient::ExtendItem> batch;
     keys.reserve(index.size());
     batch.reserve(index.size());
     for (std::size_t i : index) keys.push_back(state_->node->keys(items[i].name).lock);

@@ -1,5 +1,5 @@
 // RedlockBackend: the Backend operations as parallel rounds over N Redis
-// nodes (detail::fan_out, detail/redis_node.hpp), judged by the pure rules of
+// nodes (detail::fan_out, detail/redis_client.hpp), judged by the pure rules of
 // detail/redlock_math.hpp.
 #include <dlock/redlock.hpp>
 
@@ -27,7 +27,7 @@
 #include <dlock/detail/random.hpp>
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_subscriber.hpp>
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_client.hpp>
 #include <dlock/detail/redlock_math.hpp>
 #include <dlock/error.hpp>
 #include <dlock/options.hpp>
@@ -198,7 +198,7 @@ struct RedlockBackend::State {
     for (const RedisOptions& n : options.nodes) {
       RedisOptions node = n;
       node.key_prefix = options.key_prefix;
-      nodes.push_back(std::make_unique<detail::RedisNode>(std::move(node), detail::RedisLinkSetup{.identify = true}));
+      nodes.push_back(std::make_unique<detail::RedisClient>(std::move(node), detail::RedisLinkSetup{.identify = true}));
       ptrs.push_back(nodes.back().get());
       if (!eps.empty()) eps += ',';
       eps += nodes.back()->endpoint();
@@ -290,8 +290,8 @@ struct RedlockBackend::State {
   const RedlockOptions options;
   const Clock& clock;
   const std::size_t quorum;
-  std::vector<std::unique_ptr<detail::RedisNode>> nodes;
-  std::vector<detail::RedisNode*> ptrs;
+  std::vector<std::unique_ptr<detail::RedisClient>> nodes;
+  std::vector<detail::RedisClient*> ptrs;
   std::string endpoint;
   std::string deadline_name;  // "the Redlock node_timeout 50ms"
   // redlock_round_estimate of the acquire rounds' time to quorum, in ns; shared with the

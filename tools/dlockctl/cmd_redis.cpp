@@ -8,7 +8,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/redis_keys.hpp>
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_client.hpp>
 
 #include "analysis.hpp"
 #include "cli.hpp"
@@ -64,7 +64,7 @@ void print_not_held(Context& ctx, const dlock::RedisOptions& o, std::string_view
 int cmd_redis_list(Context& ctx) {
   const auto o = redis_options(ctx);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisNode node(o);
+    dlock::detail::RedisClient node(o);
     const auto names = scan_lock_names(node, o.key_prefix);
     const auto states = lock_states(node, o.key_prefix, names);
     const auto waits = wait_records(node, o.key_prefix);
@@ -112,7 +112,7 @@ int cmd_redis_inspect(Context& ctx) {
   const auto o = redis_options(ctx);
   const std::string name = ctx.args.positionals().at(0);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisNode node(o);
+    dlock::detail::RedisClient node(o);
     const std::vector<std::string> names{name};
     const LockState s = lock_states(node, o.key_prefix, names).at(0);
     const auto waits = wait_records(node, o.key_prefix);
@@ -160,7 +160,7 @@ int cmd_redis_release(Context& ctx) {
   const auto o = redis_options(ctx);
   const std::string name = ctx.args.positionals().at(0);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisNode node(o);
+    dlock::detail::RedisClient node(o);
     const std::string key = dlock::detail::redis_keys(o.key_prefix, name).lock;
     if (!ctx.args.has("yes")) {
       const std::vector<std::string> names{name};
@@ -203,7 +203,7 @@ int cmd_redis_release(Context& ctx) {
 int cmd_deadlocks(Context& ctx) {
   const auto o = redis_options(ctx);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisNode node(o);
+    dlock::detail::RedisClient node(o);
     const auto waits = wait_records(node, o.key_prefix);
     std::vector<std::string> names;
     for (const auto& w : waits.records) names.push_back(w.lock);

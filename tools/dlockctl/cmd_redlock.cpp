@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_client.hpp>
 #include <dlock/error.hpp>
 
 #include "analysis.hpp"
@@ -33,14 +33,14 @@ struct NodeResult {
 // Runs `fn` on every node at once; a dlock::Error marks that node unreachable.
 std::vector<NodeResult> on_all_nodes(const std::vector<dlock::RedisOptions>& nodes,
                                      const std::vector<std::string>& secrets,
-                                     const std::function<void(dlock::detail::RedisNode&, NodeResult&)>& fn) {
+                                     const std::function<void(dlock::detail::RedisClient&, NodeResult&)>& fn) {
   std::vector<NodeResult> results(nodes.size());
   std::vector<std::thread> threads;
   for (std::size_t i = 0; i < nodes.size(); ++i) {
     results[i].endpoint = dlock::detail::redis_endpoint(nodes[i]);
     threads.emplace_back([&, i] {
       try {
-        dlock::detail::RedisNode node(nodes[i]);
+        dlock::detail::RedisClient node(nodes[i]);
         fn(node, results[i]);
       } catch (const std::exception& e) {
         std::string m = e.what();
@@ -151,7 +151,7 @@ int list_or_inspect(Context& ctx, const std::optional<std::string>& only) {
   const std::string prefix = nodes.front().key_prefix;
   const auto secrets = secrets_of(ctx);
   return guarded(ctx, secrets, [&]() -> int {
-    const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisNode& node, NodeResult& r) {
+    const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisClient& node, NodeResult& r) {
       const std::vector<std::string> names = only ? std::vector<std::string>{*only} : scan_lock_names(node, prefix);
       r.locks = lock_states(node, prefix, names);
     });
@@ -213,7 +213,7 @@ int cmd_redlock_release(Context& ctx) {
   const auto secrets = secrets_of(ctx);
   return guarded(ctx, secrets, [&]() -> int {
     if (force && !ctx.args.has("yes")) {
-      const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisNode& node, NodeResult& r) {
+      const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisClient& node, NodeResult& r) {
         const std::vector<std::string> names{name};
         r.locks = lock_states(node, prefix, names);
       });
@@ -232,7 +232,7 @@ int cmd_redlock_release(Context& ctx) {
           escape_text(name), holding);
       return static_cast<int>(exit_usage);
     }
-    const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisNode& node, NodeResult& r) {
+    const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisClient& node, NodeResult& r) {
       r.removed.emplace(
           force_release(node, prefix, name, owner ? std::optional<std::string_view>(*owner) : std::nullopt));
     });

@@ -10,7 +10,7 @@
 
 namespace dlockctl {
 
-using dlock::detail::RedisNode;
+using dlock::detail::RedisClient;
 using dlock::detail::RedisValue;
 
 namespace {
@@ -50,13 +50,13 @@ redis.call('PUBLISH', ARGV[1], owner)
 return {owner, ttl}
 )lua";
 
-RedisValue checked(RedisNode& node, std::span<const std::string_view> args, std::string_view what) {
+RedisValue checked(RedisClient& node, std::span<const std::string_view> args, std::string_view what) {
   RedisValue r = node.command(args);
   dlock::detail::throw_if_error(r, node.endpoint(), what);
   return r;
 }
 
-[[noreturn]] void unexpected(RedisNode& node, std::string_view what) {
+[[noreturn]] void unexpected(RedisClient& node, std::string_view what) {
   throw dlock::ServerError(fmt::format("dlockctl: unexpected reply to {} from Redis at {}", what, node.endpoint()));
 }
 
@@ -78,7 +78,7 @@ std::optional<std::string> lock_name_of_key(std::string_view prefix, std::string
   return std::string(key.substr(prefix.size() + 1, key.size() - prefix.size() - 2));
 }
 
-std::vector<std::string> scan_keys(RedisNode& node, const std::string& pattern) {
+std::vector<std::string> scan_keys(RedisClient& node, const std::string& pattern) {
   std::set<std::string> keys;  // SCAN may return a key more than once
   std::string cursor = "0";
   do {
@@ -92,7 +92,7 @@ std::vector<std::string> scan_keys(RedisNode& node, const std::string& pattern) 
   return {keys.begin(), keys.end()};
 }
 
-std::vector<std::string> scan_lock_names(RedisNode& node, std::string_view prefix) {
+std::vector<std::string> scan_lock_names(RedisClient& node, std::string_view prefix) {
   std::vector<std::string> names;
   for (const auto& key : scan_keys(node, glob_escape(prefix) + "{*}"))
     if (auto name = lock_name_of_key(prefix, key)) names.push_back(std::move(*name));
@@ -100,7 +100,7 @@ std::vector<std::string> scan_lock_names(RedisNode& node, std::string_view prefi
   return names;
 }
 
-std::vector<LockState> lock_states(RedisNode& node, std::string_view prefix, std::span<const std::string> names) {
+std::vector<LockState> lock_states(RedisClient& node, std::string_view prefix, std::span<const std::string> names) {
   std::vector<LockState> out;
   out.reserve(names.size());
   for (std::size_t begin = 0; begin < names.size(); begin += batch_size) {
@@ -133,7 +133,7 @@ std::vector<LockState> lock_states(RedisNode& node, std::string_view prefix, std
   return out;
 }
 
-WaitRecords wait_records(RedisNode& node, std::string_view prefix) {
+WaitRecords wait_records(RedisClient& node, std::string_view prefix) {
   WaitRecords out;
   const auto keys = scan_keys(node, glob_escape(prefix) + glob_escape(dlock::detail::redis_waiting_infix) + "*");
   for (std::size_t begin = 0; begin < keys.size(); begin += batch_size) {
@@ -154,7 +154,7 @@ WaitRecords wait_records(RedisNode& node, std::string_view prefix) {
   return out;
 }
 
-std::optional<Removed> force_release(RedisNode& node, std::string_view prefix, std::string_view name,
+std::optional<Removed> force_release(RedisClient& node, std::string_view prefix, std::string_view name,
                                      std::optional<std::string_view> owner) {
   const auto keys = dlock::detail::redis_keys(prefix, name);
   const std::string_view args[] = {"EVAL", force_release_script, "1", keys.lock, keys.channel, owner.value_or("")};

@@ -1,5 +1,5 @@
 // dlockctl: what dlockctl reads and deletes on a Redis server, with plain
-// commands through RedisNode::command() (no dependency on the Redlock backend):
+// commands through RedisClient::command() (no dependency on the Redlock backend):
 // SCAN for lock keys and wait records, one EVAL per batch of locks for owner,
 // PTTL and fencing counter, an atomic force release.
 #pragma once
@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_client.hpp>
 #include <dlock/detail/redis_waits.hpp>
 
 namespace dlockctl {
@@ -24,10 +24,10 @@ namespace dlockctl {
 [[nodiscard]] std::optional<std::string> lock_name_of_key(std::string_view prefix, std::string_view key);
 
 /// Every key matching `pattern`: SCAN with COUNT, cursor loop, de-duplicated, sorted.
-[[nodiscard]] std::vector<std::string> scan_keys(dlock::detail::RedisNode& node, const std::string& pattern);
+[[nodiscard]] std::vector<std::string> scan_keys(dlock::detail::RedisClient& node, const std::string& pattern);
 
 /// Names of all locks under `prefix`, sorted.
-[[nodiscard]] std::vector<std::string> scan_lock_names(dlock::detail::RedisNode& node, std::string_view prefix);
+[[nodiscard]] std::vector<std::string> scan_lock_names(dlock::detail::RedisClient& node, std::string_view prefix);
 
 struct LockState {
   std::string name;
@@ -39,7 +39,7 @@ struct LockState {
 
 /// Owner, PTTL and fencing counter of each lock, one EVAL round trip per
 /// batch of up to 500 names. Result in the order of `names`.
-[[nodiscard]] std::vector<LockState> lock_states(dlock::detail::RedisNode& node, std::string_view prefix,
+[[nodiscard]] std::vector<LockState> lock_states(dlock::detail::RedisClient& node, std::string_view prefix,
                                                  std::span<const std::string> names);
 
 struct WaitRecords {
@@ -47,7 +47,7 @@ struct WaitRecords {
   std::size_t malformed = 0;  ///< keys under `<prefix>waiting:` that did not decode
 };
 /// Every wait record under `prefix` (SCAN, then MGET in batches).
-[[nodiscard]] WaitRecords wait_records(dlock::detail::RedisNode& node, std::string_view prefix);
+[[nodiscard]] WaitRecords wait_records(dlock::detail::RedisClient& node, std::string_view prefix);
 
 struct Removed {
   std::string owner;
@@ -57,7 +57,7 @@ struct Removed {
 /// deletes it and publishes the owner on the release channel (waking
 /// waiters). nullopt if it was not held. If `owner` is given, only when it
 /// is that owner (an owner-checked release).
-[[nodiscard]] std::optional<Removed> force_release(dlock::detail::RedisNode& node, std::string_view prefix,
+[[nodiscard]] std::optional<Removed> force_release(dlock::detail::RedisClient& node, std::string_view prefix,
                                                    std::string_view name,
                                                    std::optional<std::string_view> owner = std::nullopt);
 

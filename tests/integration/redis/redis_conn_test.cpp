@@ -34,7 +34,7 @@ namespace {
 using RedisConnTest = RedisTest;
 
 // How often the server ran `command` since its last CONFIG RESETSTAT (INFO commandstats).
-long long calls(dlock::detail::RedisNode& node, const std::string& command) {
+long long calls(dlock::detail::RedisClient& node, const std::string& command) {
   const std::string info = node.command({"INFO", "commandstats"}).str;
   const std::string field = "cmdstat_" + command + ":calls=";
   const auto at = info.find(field);

@@ -41,7 +41,7 @@ namespace {
 
 std::shared_ptr<dlock::Observer> quiet() { return std::make_shared<dlock::test::QuietObserver>(); }
 
-std::string get(dlock::detail::RedisNode& node, std::string_view key) {
+std::string get(dlock::detail::RedisClient& node, std::string_view key) {
   const RedisValue v = node.command({"GET", key});
   return v.type == RedisValue::Type::string ? v.str : std::string();
 }
@@ -152,7 +152,7 @@ TEST(RedisSafety, AnInDoubtAcquireIsGrantedToItsOwnRetryAtOnce) {
   DLOCK_REQUIRE_OWN_REDIS();
   RedisServer server;
   RedisBackend redis(own(server, 200ms));
-  dlock::detail::RedisNode inspect(own(server));
+  dlock::detail::RedisClient inspect(own(server));
   const std::string key = redis.node().keys("doubt").lock;
   const OwnerId owner = OwnerId::generate();
   ASSERT_EQ(redis.node().command({"PING"}).str, "PONG");  // a pooled connection with the scripts loaded

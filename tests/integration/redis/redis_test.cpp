@@ -151,7 +151,7 @@ TEST_F(RedisTest, ExtendManyPipelinesOwnerCheckedExtensions) {
   const std::string owners[] = {std::string(locks[0]->owner_id()), std::string(locks[1]->owner_id()),
                                 std::string(locks[2]->owner_id())};
   const auto k1 = key("m1"), k2 = key("m2"), k3 = key("m3");
-  const dlock::detail::RedisNode::ExtendItem items[] = {
+  const dlock::detail::RedisClient::ExtendItem items[] = {
       {k1, owners[0], 60000ms}, {k2, owners[1], 60000ms}, {k3, stranger, 60000ms}, {k3, owners[2], 45000ms}};
   const std::vector<bool> ok = redis().node().extend_many(items);
   EXPECT_EQ(ok, (std::vector<bool>{true, false, false, true}));
@@ -163,7 +163,7 @@ TEST_F(RedisTest, ExtendManyPipelinesOwnerCheckedExtensions) {
 
   // After SCRIPT FLUSH the pipelined EVALSHAs fall back to EVAL.
   ASSERT_EQ(cmd({"SCRIPT", "FLUSH"}).str, "OK");
-  const dlock::detail::RedisNode::ExtendItem again[] = {{k1, owners[0], 30000ms}, {k3, owners[2], 30000ms}};
+  const dlock::detail::RedisClient::ExtendItem again[] = {{k1, owners[0], 30000ms}, {k3, owners[2], 30000ms}};
   EXPECT_EQ(redis().node().extend_many(again), (std::vector<bool>{true, true}));
   EXPECT_LE(cmd({"PTTL", k1}).integer, 30000);
   EXPECT_TRUE(redis().node().extend_many({}).empty());

@@ -34,7 +34,7 @@ struct QuietObserver : Observer {
 /// waits for them, then expects <prefix>counter == workers x cycles and the
 /// tokens RPUSHed inside the critical sections strictly increasing.
 inline void expect_workers_exclude_each_other(const char* program, const std::vector<std::string>& args, int workers,
-                                              int cycles, detail::RedisNode& node, const std::string& prefix) {
+                                              int cycles, detail::RedisClient& node, const std::string& prefix) {
   std::vector<pid_t> pids;
   for (int w = 0; w < workers; ++w) {
     std::vector<std::string> argv_text{program};
@@ -65,7 +65,7 @@ inline void expect_workers_exclude_each_other(const char* program, const std::ve
 }
 
 /// The server's clock (TIME) in microseconds since the epoch.
-inline std::uint64_t server_time_us(detail::RedisNode& node) {
+inline std::uint64_t server_time_us(detail::RedisClient& node) {
   const detail::RedisValue r = node.command({"TIME"});
   return std::stoull(r.elements.at(0).str) * 1'000'000 + std::stoull(r.elements.at(1).str);
 }

@@ -3,7 +3,7 @@
 // host, its unix socket beside its TCP port) is refused, a node whose
 // server may evict keys never grants, and fork(): a child never shares a
 // socket with its parent.
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_client.hpp>
 #include <dlock/dlock.hpp>
 #include <dlock/redlock.hpp>
 

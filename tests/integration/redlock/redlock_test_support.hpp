@@ -73,7 +73,7 @@ class RedlockTest : public ::testing::Test {
     for (std::size_t i = 0; i < cluster().size(); ++i) {
       RedisOptions o = cluster().server(i).options();
       o.key_prefix = prefix_;
-      inspect_.push_back(std::make_unique<detail::RedisNode>(o));
+      inspect_.push_back(std::make_unique<detail::RedisClient>(o));
     }
   }
   void TearDown() override {
@@ -126,7 +126,7 @@ class RedlockTest : public ::testing::Test {
   [[nodiscard]] static std::shared_ptr<Observer> quiet() { return std::make_shared<QuietObserver>(); }
 
   std::string prefix_;
-  std::vector<std::unique_ptr<detail::RedisNode>> inspect_;
+  std::vector<std::unique_ptr<detail::RedisClient>> inspect_;
 };
 
 }  // namespace dlock::test

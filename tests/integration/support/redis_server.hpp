@@ -336,7 +336,7 @@ inline std::string test_key_prefix() {
 }
 
 /// Deletes every key under a prefix (SCAN + DEL) through a node.
-inline void delete_keys(detail::RedisNode& node, const std::string& prefix) {
+inline void delete_keys(detail::RedisClient& node, const std::string& prefix) {
   std::string cursor = "0";
   const std::string pattern = prefix + "*";
   do {

@@ -1,6 +1,6 @@
 // The Redis node client: the lock operations over a pool of transport links,
 // reply parsing and error mapping, ServerFacts.
-#include <dlock/detail/redis_node.hpp>
+#include <dlock/detail/redis_client.hpp>
 
 #include <algorithm>
 #include <array>
@@ -163,9 +163,9 @@ void ServerFacts::note_publish_refusal(std::string_view endpoint, std::string_vi
   }
 }
 
-// ---- RedisNode ----
+// ---- RedisClient ----
 
-RedisNode::RedisNode(RedisOptions options, RedisLinkSetup setup)
+RedisClient::RedisClient(RedisOptions options, RedisLinkSetup setup)
     : options_(std::move(options)),
       endpoint_(redis_endpoint(options_)),
       setup_(setup),
@@ -173,9 +173,9 @@ RedisNode::RedisNode(RedisOptions options, RedisLinkSetup setup)
   setup_.facts = &facts_;
 }
 
-RedisNode::~RedisNode() = default;
+RedisClient::~RedisClient() = default;
 
-RedisNode::Checkout RedisNode::take() {
+RedisClient::Checkout RedisClient::take() {
   const auto wait = options_.connect_timeout + options_.command_timeout;
   auto c = pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
   if (!c)
@@ -186,9 +186,9 @@ RedisNode::Checkout RedisNode::take() {
   return std::move(*c);
 }
 
-std::optional<RedisNode::Checkout> RedisNode::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
+std::optional<RedisClient::Checkout> RedisClient::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
 
-std::optional<RedisNode::Checkout> RedisNode::pool_take(std::chrono::nanoseconds wait) {
+std::optional<RedisClient::Checkout> RedisClient::pool_take(std::chrono::nanoseconds wait) {
   return pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
 }
 
@@ -198,30 +198,31 @@ namespace {
 // or if an exception left the middle of its use.
 class Use {
  public:
-  explicit Use(RedisNode& node) : node_(node), c_(node.take()), exceptions_(std::uncaught_exceptions()) {}
+  explicit Use(RedisClient& node) : node_(node), c_(node.take()), exceptions_(std::uncaught_exceptions()) {}
   ~Use() { node_.give_back(std::move(c_), std::uncaught_exceptions() <= exceptions_ && !c_.handle.broken()); }
   Use(const Use&) = delete;
   Use& operator=(const Use&) = delete;
   RedisLink& link() noexcept { return c_.handle; }
 
  private:
-  RedisNode& node_;
-  RedisNode::Checkout c_;
+  RedisClient& node_;
+  RedisClient::Checkout c_;
   int exceptions_;
 };
 
 }  // namespace
 
-std::vector<RedisValue> RedisNode::run_scripts(std::span<const redis_proto::ScriptCall> calls, std::string_view what) {
+std::vector<RedisValue> RedisClient::run_scripts(std::span<const redis_proto::ScriptCall> calls,
+                                                 std::string_view what) {
   if (calls.empty()) return {};
-  RedisNode* const self[] = {this};
+  RedisClient* const self[] = {this};
   const std::vector<redis_proto::ScriptCall> batch(calls.begin(), calls.end());
   auto out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
   if (out[0].error) std::rethrow_exception(out[0].error);
   return std::move(out[0].replies);
 }
 
-std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
+std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
                                   std::span<const std::vector<redis_proto::ScriptCall>> batches,
                                   std::optional<std::chrono::milliseconds> timeout, std::string_view what,
                                   std::string_view deadline_name) {
@@ -230,7 +231,7 @@ std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
   std::optional<std::chrono::steady_clock::time_point> deadline;
   if (timeout) deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
   std::vector<RedisOutcome> out(n);
-  std::vector<std::optional<RedisNode::Checkout>> links(n);
+  std::vector<std::optional<RedisClient::Checkout>> links(n);
   // One round: calls[i] (indices into batches[i]) to node i, all nodes at once.
   const auto round = [&](const std::vector<std::vector<std::size_t>>& calls, ScriptForm form) {
     RedisGather gather(n);
@@ -304,26 +305,26 @@ std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
   return out;
 }
 
-RedisNode::AcquireReply RedisNode::acquire(const RedisKeys& keys, std::string_view owner,
-                                           std::chrono::milliseconds ttl) {
+RedisClient::AcquireReply RedisClient::acquire(const RedisKeys& keys, std::string_view owner,
+                                               std::chrono::milliseconds ttl) {
   const auto call = redis_proto::acquire_call(keys, owner, ttl, options_.fence_ttl);
   const auto r = run_scripts(std::span(&call, 1), fmt::format("acquire of '{}'", keys.lock));
   return parse_acquire_reply(r.at(0), endpoint_, keys.lock);
 }
 
-bool RedisNode::released(const RedisValue& reply, const RedisKeys& keys) {
+bool RedisClient::released(const RedisValue& reply, const RedisKeys& keys) {
   const ReleaseReply r = parse_release_reply(reply, endpoint_, keys.lock);
   if (!r.publish_error.empty()) facts_.note_publish_refusal(endpoint_, keys.channel, r.publish_error);
   return r.released;
 }
 
-bool RedisNode::release(const RedisKeys& keys, std::string_view owner) {
+bool RedisClient::release(const RedisKeys& keys, std::string_view owner) {
   const auto call = redis_proto::release_call(keys, owner, redis_proto::Publish::yes);
   const auto r = run_scripts(std::span(&call, 1), fmt::format("release of '{}'", keys.lock));
   return released(r.at(0), keys);
 }
 
-void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
+void RedisClient::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
   try {
     RedisOptions o = options_;
     o.connect_timeout = std::min(o.connect_timeout, timeout);
@@ -339,13 +340,13 @@ void RedisNode::abandon(const RedisKeys& keys, std::string_view owner, std::chro
   }
 }
 
-bool RedisNode::extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl) {
+bool RedisClient::extend(std::string_view lock_key, std::string_view owner, std::chrono::milliseconds ttl) {
   const auto call = redis_proto::extend_call(lock_key, owner, ttl);
   const auto r = run_scripts(std::span(&call, 1), fmt::format("extend of '{}'", lock_key));
   return parse_flag_reply(r.at(0), endpoint_, "extend", lock_key);
 }
 
-std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std::vector<std::exception_ptr>* errors) {
+std::vector<bool> RedisClient::extend_many(std::span<const ExtendItem> items, std::vector<std::exception_ptr>* errors) {
   std::vector<bool> out(items.size(), false);
   if (errors != nullptr) errors->assign(items.size(), nullptr);
   if (items.empty()) return out;
@@ -364,7 +365,7 @@ std::vector<bool> RedisNode::extend_many(std::span<const ExtendItem> items, std:
   return out;
 }
 
-RedisValue RedisNode::command(std::span<const std::string_view> args) {
+RedisValue RedisClient::command(std::span<const std::string_view> args) {
   Use use(*this);
   RedisCall call{.what = fmt::format("{}", args.empty() ? std::string_view("a command") : args.front())};
   call.request.push(args);

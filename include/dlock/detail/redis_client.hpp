@@ -1,4 +1,4 @@
-// Internal: the client for one Redis server, shared by RedisBackend and
+// Internal: RedisClient, the client for one Redis server, shared by RedisBackend and
 // Redlock: a bounded pool (detail/pool.hpp) of transport links
 // (detail/redis_transport.hpp: connect, TLS, AUTH, SELECT, the server checks,
 // timeouts, SCRIPT LOAD), the lock scripts (EVALSHA with one EVAL resend on
@@ -65,13 +65,13 @@ struct ReleaseReply {
                                                std::string_view lock_key);
 
 /// One Redis server: a pool of links and the lock operations. Thread-safe.
-class RedisNode {
+class RedisClient {
  public:
   /// `options` must be valid (detail::validate). Connects lazily.
-  explicit RedisNode(RedisOptions options, RedisLinkSetup setup = {});
-  RedisNode(const RedisNode&) = delete;
-  RedisNode& operator=(const RedisNode&) = delete;
-  ~RedisNode();
+  explicit RedisClient(RedisOptions options, RedisLinkSetup setup = {});
+  RedisClient(const RedisClient&) = delete;
+  RedisClient& operator=(const RedisClient&) = delete;
+  ~RedisClient();
 
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
   [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
@@ -149,7 +149,7 @@ class RedisNode {
 /// the operation in messages. A connection that failed or missed the
 /// deadline is dropped. The outcome per node: a reply per call, or the error
 /// for the whole batch. Never throws except std::bad_alloc.
-[[nodiscard]] std::vector<RedisOutcome> fan_out(std::span<RedisNode* const> nodes,
+[[nodiscard]] std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
                                                 std::span<const std::vector<redis_proto::ScriptCall>> batches,
                                                 std::optional<std::chrono::milliseconds> timeout, std::string_view what,
                                                 std::string_view deadline_name);
