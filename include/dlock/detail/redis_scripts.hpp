@@ -65,13 +65,20 @@ end
 /// Returns {1, token as a string} when acquired, {0, pttl of the holder} (-1:
 /// the holder set no TTL) when another owner holds the lock.
 ///
+/// The lock is tried first, with SET NX PX (so the script takes a free lock
+/// exactly as a plain `SET key value NX PX ttl` client would); the holder is
+/// looked at (GET, PTTL, and TYPE for the error) only when that finds the key
+/// set. A grant makes five calls (SET NX PX, GET of the counter, TIME, SET of
+/// the counter, its PEXPIREAT), contention three (SET NX PX, GET, PTTL).
+///
 /// The token rule: counter = max(counter, floor), then + 1, where the floor is
 /// the server clock in µs (TIME), or for Redlock max(ARGV[4], TIME - ARGV[5]).
 /// So a token is never below the clock it was issued at, and a counter that
 /// went back (restored from an old snapshot, or forgotten) is lifted above
 /// every earlier token as long as the clock has passed them (docs/safety.md).
-/// The counter is written before the lock is set, so an error (e.g. a
-/// non-integer counter) leaves no lock behind.
+/// A counter ahead of the floor is incremented with INCR (exact for 64 bits).
+/// An error after the lock was set (a counter of the wrong type, or not an
+/// integer) deletes the lock before answering, so it leaves no lock behind.
 ///
 /// When the lock already holds ARGV[1], this owner's earlier attempt ran
 /// although its reply was lost (in doubt): that is a grant. The TTL is reset
@@ -82,31 +89,40 @@ end
 /// Redlock's fence raise for this owner's grant only lifts it to that grant's
 /// token. If the counter is gone (deleted by hand), a new token is issued.
 inline constexpr auto redis_acquire_text = lua_join(lua_counter_helpers, R"lua(
-local held = redis.call('PTTL', KEYS[1])
-if held ~= -2 then
-  local t = redis.call('TYPE', KEYS[1])
-  if (t.ok or t) ~= 'string' then
+local set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if not set then
+  local v = redis.pcall('GET', KEYS[1])
+  if type(v) == 'table' and v.err then
+    local t = redis.call('TYPE', KEYS[1])
     return redis.error_reply('WRONGTYPE lock key ' .. KEYS[1] .. ' holds a ' .. (t.ok or t) .. ', not a string')
   end
-  if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return {0, held}
+  if v ~= ARGV[1] then
+    return {0, redis.call('PTTL', KEYS[1])}
   end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
+local function undo(err)
+  if set then redis.call('DEL', KEYS[1]) end
+  return redis.error_reply(err)
+end
+local c = redis.pcall('GET', KEYS[2])
+if type(c) == 'table' and c.err then return undo(c.err) end
 local now = now_us()
-local c = redis.call('GET', KEYS[2])
-if held == -2 or not c then
-  local floor = now - tonumber(ARGV[5] or '0')
-  if ARGV[4] and tonumber(ARGV[4]) > floor then floor = tonumber(ARGV[4]) end
-  if not c or (tonumber(c) or floor) < floor then
-    c = string.format('%.0f', floor + 1)
-    redis.call('SET', KEYS[2], c)
-  else
-    redis.call('INCR', KEYS[2])
-    c = redis.call('GET', KEYS[2])
-  end
+if not set and c then
+  keep_counter(KEYS[2], c, now, ARGV[3])
+  return {1, c}
+end
+local floor = now - tonumber(ARGV[5] or '0')
+if ARGV[4] and tonumber(ARGV[4]) > floor then floor = tonumber(ARGV[4]) end
+if not c or (tonumber(c) or floor) < floor then
+  c = string.format('%.0f', floor + 1)
+  redis.call('SET', KEYS[2], c)
+else
+  local r = redis.pcall('INCR', KEYS[2])
+  if type(r) == 'table' and r.err then return undo(r.err) end
+  c = redis.call('GET', KEYS[2])
 end
 keep_counter(KEYS[2], c, now, ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, c}
 )lua");
 inline constexpr std::string_view redis_acquire_script = redis_acquire_text.view();
