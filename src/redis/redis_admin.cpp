@@ -323,12 +323,15 @@ const std::string& RedisAdmin::prefix() const noexcept { return client_->options
 RedisLockList RedisAdmin::list(const RedisListOptions& options) {
   RedisLockList out;
   std::map<std::string, RoleSet> names;
-  // Stop scanning once more names than the bound were seen.
+  std::set<std::string> locks;  // names with a key other than a fencing counter
+  // Stop scanning once more locks than the bound were seen.
   scan(*client_, detail::redis_glob_escape(prefix()) + "{" + options.match + "}*", [&](std::string key) {
     const auto k = detail::classify_redis_key(prefix(), key);
     if (!k) return true;
     names[k->name][static_cast<std::size_t>(k->role)] = true;
-    return options.limit == 0 || names.size() <= options.limit;
+    if (k->role != RedisKeyRole::fence) locks.insert(k->name);
+    out.truncated = options.limit != 0 && locks.size() > options.limit;
+    return !out.truncated;
   });
   std::vector<std::pair<Read, RedisLockKind>> reads;
   for (const auto& [name, roles] : names)
