@@ -79,7 +79,7 @@ TEST_F(RedisAdminTest, ListInspectAndForceReleaseWakeAWaiterThroughPubSub) {
   std::atomic<std::chrono::steady_clock::rep> acquired_at{0};
   std::thread waiter([&] {
     dlock::Lock<dlock::RedisBackend> job(
-        redis(), "job", {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s}, .observer = quiet()});
+        redis(), "job", {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s, .jitter = dlock::Jitter::none}, .observer = quiet()});
     if (job.try_lock_for(20s)) {
       acquired_at = std::chrono::steady_clock::now().time_since_epoch().count();
       acquired = true;

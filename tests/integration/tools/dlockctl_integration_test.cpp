@@ -1,6 +1,7 @@
 // dlockctl against real servers: every command run as a subprocess against
 // redis-server(s) and PostgreSQL started by the test harnesses.
 #include <dlock/dlock.hpp>
+#include <dlock/detail/redis_primitive_scripts.hpp>
 #include <dlock/detail/redis_waits.hpp>
 #include <dlock/postgres.hpp>
 #include <dlock/redis.hpp>
@@ -153,7 +154,10 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
     other_owner = std::string(other.owner_id());
     other_ready = true;
     dlock::Lock<dlock::RedisBackend> job(
-        redis(), "job", {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s}, .observer = quiet()});
+        redis(), "job",
+        {.ttl = 30s,
+         .retry = {.initial_delay = 5s, .max_delay = 5s, .jitter = dlock::Jitter::none},
+         .observer = quiet()});
     if (job.try_lock_for(20s)) {
       acquired_at_ms =
           std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -231,6 +235,59 @@ TEST_F(ToolsRedis, ForceReleaseDeletesTheKeyAndReportsWhatItRemoved) {
   r = ctl(with_conn({"redis", "inspect", "stuck", "--json"}));
   EXPECT_EQ(r.rc, 1);
   EXPECT_FALSE(parse_json(r.out)["held"].boolean);
+}
+
+TEST_F(ToolsRedis, ListAndInspectShowEachPrimitivesKind) {
+  using namespace dlock::detail;
+  const auto eval = [&](std::string_view script, std::initializer_list<std::string_view> keys,
+                        std::initializer_list<std::string_view> args) {
+    const std::string n = std::to_string(keys.size());
+    std::vector<std::string_view> argv{"EVAL", script, n};
+    argv.insert(argv.end(), keys.begin(), keys.end());
+    argv.insert(argv.end(), args.begin(), args.end());
+    const auto r = redis().node().command(argv);
+    ASSERT_FALSE(r.is_error()) << r.str;
+  };
+  const auto rw = redis_primitive_keys(prefix_, "cfg");
+  for (const std::string_view r : {"reader-1", "reader-2"})
+    eval(redis_rw_read_acquire_script, {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence}, {r, "30000", "60000"});
+  const auto sem = redis_primitive_keys(prefix_, "pool");
+  eval(redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence}, {"permit-1", "30000", "60000", "4"});
+  const auto q = redis_primitive_keys(prefix_, "fifo");
+  for (const std::string_view w : {"fifo-holder", "fifo-waiter"})
+    eval(redis_fair_acquire_script, {key("fifo"), q.fence, q.fair_queue, q.fair_deadlines},
+         {w, "30000", "60000", "20000"});
+  const auto e = redis_primitive_keys(prefix_, "leader");
+  eval(redis_leader_acquire_script, {e.leader, e.fence, e.leader_info}, {"lead-owner", "30000", "60000", "node-a"});
+
+  RunResult r = ctl(with_conn({"redis", "list", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  const Json doc = parse_json(r.out);
+  ASSERT_EQ(doc["locks"].items.size(), 4u) << r.out;
+  EXPECT_EQ((*find_lock(doc, "cfg"))["kind"].text, "rw");
+  EXPECT_EQ((*find_lock(doc, "cfg"))["readers"].items.size(), 2u);
+  EXPECT_EQ((*find_lock(doc, "pool"))["kind"].text, "semaphore");
+  EXPECT_EQ((*find_lock(doc, "pool"))["permits"].items.at(0)["owner"].text, "permit-1");
+  EXPECT_EQ((*find_lock(doc, "fifo"))["kind"].text, "fair-queue");
+  EXPECT_EQ((*find_lock(doc, "fifo"))["owner"].text, "fifo-holder");
+  EXPECT_EQ((*find_lock(doc, "fifo"))["waiters"].integer(), 1);
+  EXPECT_EQ((*find_lock(doc, "leader"))["kind"].text, "election");
+  EXPECT_EQ((*find_lock(doc, "leader"))["candidate"].text, "node-a");
+
+  r = ctl(with_conn({"redis", "list"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("KIND"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 readers"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fair-queue"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("4 locks"), std::string::npos) << r.out;
+
+  r = ctl(with_conn({"redis", "inspect", "cfg"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("kind     rw"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("reader-2"), std::string::npos) << r.out;
+  r = ctl(with_conn({"redis", "inspect", "fifo", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_EQ(parse_json(r.out)["queue"].items.at(0)["owner"].text, "fifo-waiter");
 }
 
 TEST_F(ToolsRedis, AwkwardNamesRoundTripThroughJson) {
