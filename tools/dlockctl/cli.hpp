@@ -86,6 +86,7 @@ int cmd_redlock_list(Context&);
 int cmd_redlock_inspect(Context&);
 int cmd_redlock_release(Context&);
 int cmd_pg_list(Context&);
+int cmd_pg_inspect(Context&);
 int cmd_pg_key(Context&);
 int cmd_pg_release(Context&);
 #ifdef DLOCKCTL_WITH_ETCD

@@ -5,6 +5,8 @@
 #include <dlock/detail/redis_waits.hpp>
 #include <dlock/postgres.hpp>
 #include <dlock/redis.hpp>
+#include <dlock/rw_lock.hpp>
+#include <dlock/semaphore.hpp>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -587,6 +589,38 @@ TEST(ToolsPg, ListShowsTheHolder) {
   EXPECT_NE(r.out.find("dlockctl-it-holder"), std::string::npos);
   EXPECT_NE(r.out.find("not recoverable"), std::string::npos);
   lock.unlock();
+}
+
+TEST(ToolsPg, InspectShowsANamesPrimitives) {
+  const std::string name = "pg-inspect-prims";
+  dlock::PostgresBackend pg(dlock::PostgresOptions{.conninfo = pg_conninfo(), .application_name = "dlockctl-it-prims"});
+  RunResult r = ctl({"pg", "inspect", name, "--pg", pg_conninfo()});
+  EXPECT_EQ(r.rc, 1) << describe(r);
+  dlock::RwLock<dlock::PostgresBackend> rw(pg, name, {.ttl = 30s, .observer = quiet()});
+  dlock::Semaphore<dlock::PostgresBackend> sem(pg, name, 2, {.ttl = 30s, .observer = quiet()});
+  rw.lock_shared();
+  sem.acquire();
+
+  r = ctl({"pg", "inspect", name, "--pg", pg_conninfo(), "--json"});
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  const Json doc = parse_json(r.out);
+  EXPECT_TRUE(doc["held"].boolean);
+  std::set<std::string> roles;
+  for (const auto& l : doc["locks"].items) {
+    roles.insert(l["role"].text);
+    EXPECT_EQ(l["application_name"].text, "dlockctl-it-prims");
+    if (l["role"].text == "rw") {
+      EXPECT_TRUE(l["shared"].boolean);
+    }
+  }
+  EXPECT_TRUE(roles.count("rw")) << r.out;
+  EXPECT_TRUE(std::any_of(roles.begin(), roles.end(), [](const std::string& s) { return s.rfind("permit ", 0) == 0; }))
+      << r.out;
+  r = ctl({"pg", "inspect", name, "--pg", pg_conninfo()});
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("held shared"), std::string::npos) << r.out;
+  sem.release();
+  rw.unlock_shared();
 }
 
 TEST(ToolsPg, ForceReleaseTerminatesTheHolderAndAnotherClientAcquires) {
