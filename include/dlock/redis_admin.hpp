@@ -1,7 +1,7 @@
 // dlock/redis_admin.hpp: administration of the locks stored on Redis, for
 // operators and tools (dlockctl is built on it): list the locks under a key
-// prefix, inspect one, and force-release one that a dead or stuck process
-// still holds.
+// prefix, inspect one, force-release one that a dead or stuck process still
+// holds, and set a semaphore's permit count.
 //
 //   dlock::RedisAdmin admin(dlock::RedisOptions{.host = "127.0.0.1", .key_prefix = "dlock:"});
 //   for (const auto& l : admin.list().locks) fmt::print("{} {} {}\n", l.name, dlock::kind_name(l.kind), *l.owner);
@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -150,6 +151,12 @@ class RedisAdmin {
   /// held (by that owner). The holder is not told: it may still be working.
   [[nodiscard]] std::optional<RedisReleased> force_release(std::string_view name,
                                                            std::optional<std::string_view> owner = std::nullopt);
+  /// Sets the permit count of semaphore `name` for every client (the key
+  /// P{N}:sem:count, without TTL), or with nullopt removes it so that each
+  /// client's own count applies again. Holders keep their permits: a lower
+  /// count only holds new acquires back until enough are released. Returns
+  /// the previous operator count (nullopt: none was set). One MULTI/EXEC.
+  std::optional<std::string> set_permit_count(std::string_view name, std::optional<std::uint64_t> count);
 
  private:
   std::shared_ptr<detail::RedisClient> client_;

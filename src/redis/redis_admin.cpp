@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <set>
@@ -157,6 +158,28 @@ long long to_number(std::string_view s) {
   return v;
 }
 
+// `body` between MULTI and EXEC on one pooled connection; EXEC's reply (an
+// array of the replies, error replies as values). `what` names it in messages.
+RedisValue exec_multi(RedisClient& c, const detail::redis_proto::Request& body, std::string_view what) {
+  detail::RedisCall call{.what = std::string(what)};
+  call.request.push({"MULTI"});
+  call.request.append(body);
+  call.request.push({"EXEC"});
+  auto co = c.take();
+  std::vector<RedisValue> replies;
+  try {
+    replies = co.handle.exec(std::move(call));
+  } catch (...) {
+    c.give_back(std::move(co), false);
+    throw;
+  }
+  const bool healthy = !co.handle.broken();
+  c.give_back(std::move(co), healthy);
+  for (const auto& r : replies) detail::throw_if_error(r, c.endpoint(), what);
+  if (replies.empty() || replies.back().type != RedisValue::Type::array) unexpected(c, "MULTI/EXEC");
+  return std::move(replies.back());
+}
+
 // Reads every role of every entry in `reads` in one MULTI/EXEC per batch;
 // returns the server's clock (TIME) in ms of the last batch.
 long long read_all(RedisClient& c, std::vector<Read>& reads) {
@@ -164,26 +187,12 @@ long long read_all(RedisClient& c, std::vector<Read>& reads) {
   const std::string& prefix = c.options().key_prefix;
   for (std::size_t begin = 0; begin < reads.size(); begin += batch_names) {
     const std::size_t end = std::min(reads.size(), begin + batch_names);
-    detail::RedisCall call{.what = "the administration reads"};
-    call.request.push({"MULTI"});
-    call.request.push({"TIME"});
-    for (std::size_t i = begin; i < end; ++i) push_reads(call.request, prefix, reads[i]);
-    call.request.push({"EXEC"});
-    auto co = c.take();
-    std::vector<RedisValue> replies;
-    try {
-      replies = co.handle.exec(std::move(call));
-    } catch (...) {
-      c.give_back(std::move(co), false);
-      throw;
-    }
-    const bool healthy = !co.handle.broken();
-    c.give_back(std::move(co), healthy);
-    if (replies.empty()) unexpected(c, "MULTI/EXEC");
-    for (const auto& r : replies) detail::throw_if_error(r, c.endpoint(), "the administration reads");
-    const RedisValue& exec = replies.back();
-    if (exec.type != RedisValue::Type::array || exec.elements.empty() ||
-        exec.elements[0].type != RedisValue::Type::array || exec.elements[0].elements.size() != 2)
+    detail::redis_proto::Request body;
+    body.push({"TIME"});
+    for (std::size_t i = begin; i < end; ++i) push_reads(body, prefix, reads[i]);
+    const RedisValue exec = exec_multi(c, body, "the administration reads");
+    if (exec.elements.empty() || exec.elements[0].type != RedisValue::Type::array ||
+        exec.elements[0].elements.size() != 2)
       unexpected(c, "EXEC");
     now_ms = to_number(exec.elements[0].elements[0].str) * 1000 + to_number(exec.elements[0].elements[1].str) / 1000;
     std::size_t at = 1;
@@ -421,6 +430,23 @@ std::optional<RedisReleased> RedisAdmin::force_release(std::string_view name, st
   }
   throw ServerError(
       fmt::format("dlock: lock '{}' on Redis at {} changed hands five times during a force release", name, endpoint()));
+}
+
+std::optional<std::string> RedisAdmin::set_permit_count(std::string_view name, std::optional<std::uint64_t> count) {
+  detail::validate_redis_lock_name(name);
+  const std::string key = detail::redis_role_key(prefix(), name, RedisKeyRole::sem_count);
+  const std::string value = count ? std::to_string(*count) : std::string();
+  detail::redis_proto::Request body;
+  body.push({"GET", key});
+  if (count) {
+    body.push({"SET", key, value});
+  } else {
+    body.push({"DEL", key});
+  }
+  const RedisValue exec = exec_multi(*client_, body, "the permit count's update");
+  if (exec.elements.size() != 2) unexpected(*client_, "EXEC");
+  if (exec.elements[0].type == RedisValue::Type::string) return exec.elements[0].str;
+  return std::nullopt;
 }
 
 // ---- RedlockAdmin ----

@@ -132,6 +132,16 @@ const std::vector<Command>& commands() {
        "Without --yes: shows what would be deleted and exits 2. Exit 1 if the lock is not held.",
        with(redis_conn(), {opt_force, opt_yes}),
        cmd_redis_release},
+      {{"redis", "permits"},
+       "NAME [--set N | --clear]",
+       1,
+       1,
+       "a semaphore's permit count for every client, and the permits held",
+       "--set N stores N in <prefix>{NAME}:sem:count: every client's Semaphore then allows N permits\n"
+       "(holders keep theirs; a lower count holds new acquires back until enough are released).\n"
+       "--clear removes it: each client's own count applies again. Without either: shows it.",
+       with(redis_conn(), {{"set", "N", "set the permit count to N"}, {"clear", "", "remove the operator's count"}}),
+       cmd_redis_permits},
       {{"redlock", "list"},
        "",
        0,

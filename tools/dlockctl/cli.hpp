@@ -82,6 +82,7 @@ int guarded(Context& ctx, const std::vector<std::string>& secrets, const std::fu
 int cmd_redis_list(Context&);
 int cmd_redis_inspect(Context&);
 int cmd_redis_release(Context&);
+int cmd_redis_permits(Context&);
 int cmd_redlock_list(Context&);
 int cmd_redlock_inspect(Context&);
 int cmd_redlock_release(Context&);

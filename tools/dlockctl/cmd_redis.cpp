@@ -2,7 +2,9 @@
 // administration API (dlock/redis_admin.hpp).
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <thread>
 
@@ -296,6 +298,46 @@ int cmd_redis_release(Context& ctx) {
                              escape_text(s.key), admin.endpoint(), escape_text(removed->owner),
                              format_ttl(removed->ttl_ms));
     }
+    return exit_ok;
+  });
+}
+
+int cmd_redis_permits(Context& ctx) {
+  const auto set = ctx.args.get("set");
+  const bool clear = ctx.args.has("clear");
+  if (set && clear) throw UsageError("give --set N or --clear, not both");
+  const auto count =
+      set ? std::optional<std::uint64_t>(static_cast<std::uint64_t>(parse_integer(*set, "set", 0, 1'000'000'000)))
+          : std::nullopt;
+  const auto o = redis_options(ctx);
+  const std::string name = ctx.args.positionals().at(0);
+  return guarded(ctx, secrets_of(ctx), [&]() -> int {
+    dlock::RedisAdmin admin(o);
+    std::optional<std::optional<std::string>> previous;  // engaged when changed
+    if (set || clear) previous = admin.set_permit_count(name, count);
+    std::optional<RedisLockInfo> sem;
+    for (auto& l : admin.inspect(name))
+      if (l.kind == RedisLockKind::semaphore) sem = std::move(l);
+    const std::vector<RedisLeaseInfo> none;
+    const auto& permits = sem ? sem->permits : none;
+    const std::optional<std::string> current = sem ? sem->permit_count : std::nullopt;
+    if (ctx.json) {
+      JsonWriter j;
+      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      j.key("permit_count").token(current);
+      if (previous) j.key("previous_count").token(*previous);
+      write_leases_json(j, "permits", permits);
+      j.end_object();
+      ctx.out << j.str() << "\n";
+      return exit_ok;
+    }
+    const auto text = [](const std::optional<std::string>& c) {
+      return c ? escape_text(*c) : std::string("not set (each caller's own count applies)");
+    };
+    if (previous) ctx.out << "was      " << text(*previous) << "\n";
+    ctx.out << "semaphore " << quoted(name) << " on " << admin.endpoint() << "\n"
+            << "count    " << text(current) << "\n";
+    print_leases(ctx.out, "permits  ", permits);
     return exit_ok;
   });
 }

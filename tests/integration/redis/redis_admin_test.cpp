@@ -79,7 +79,10 @@ TEST_F(RedisAdminTest, ListInspectAndForceReleaseWakeAWaiterThroughPubSub) {
   std::atomic<std::chrono::steady_clock::rep> acquired_at{0};
   std::thread waiter([&] {
     dlock::Lock<dlock::RedisBackend> job(
-        redis(), "job", {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s, .jitter = dlock::Jitter::none}, .observer = quiet()});
+        redis(), "job",
+        {.ttl = 30s,
+         .retry = {.initial_delay = 5s, .max_delay = 5s, .jitter = dlock::Jitter::none},
+         .observer = quiet()});
     if (job.try_lock_for(20s)) {
       acquired_at = std::chrono::steady_clock::now().time_since_epoch().count();
       acquired = true;
@@ -214,6 +217,29 @@ TEST_F(RedisAdminTest, EveryPrimitiveShowsItsKindAndHolders) {
   ASSERT_EQ(after.size(), 1u);
   EXPECT_FALSE(after[0].owner.has_value());
   EXPECT_EQ(after[0].queue.size(), 2u);
+}
+
+TEST_F(RedisAdminTest, PermitCountSetByAnOperatorBindsEveryClient) {
+  const auto sem = pkeys("pool");
+  const auto acquire = [&](const std::string& owner) {  // each caller's own count: 1
+    return eval(dlock::detail::redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence},
+                {owner, "30000", "60000", "1"})
+        .elements.at(0)
+        .integer;
+  };
+  RedisAdmin admin(options());
+  EXPECT_EQ(acquire("p1"), 1);
+  EXPECT_EQ(acquire("p2"), 0);
+  EXPECT_FALSE(admin.set_permit_count("pool", 2).has_value());
+  EXPECT_EQ(acquire("p2"), 1);
+  EXPECT_EQ(acquire("p3"), 0);
+  const auto info = admin.inspect("pool");
+  ASSERT_EQ(info.size(), 1u);
+  EXPECT_EQ(info[0].permit_count, "2");
+  EXPECT_EQ(info[0].permits.size(), 2u);
+  EXPECT_EQ(admin.set_permit_count("pool", std::nullopt), "2");
+  EXPECT_EQ(cmd({"EXISTS", sem.sem_count}).integer, 0);
+  EXPECT_EQ(acquire("p3"), 0);  // 2 held, the caller's count is 1 again
 }
 
 TEST_F(RedisAdminTest, MatchLimitAndWrongTypes) {

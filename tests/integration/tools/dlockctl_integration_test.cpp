@@ -290,6 +290,18 @@ TEST_F(ToolsRedis, ListAndInspectShowEachPrimitivesKind) {
   r = ctl(with_conn({"redis", "inspect", "fifo", "--json"}));
   ASSERT_EQ(r.rc, 0) << describe(r);
   EXPECT_EQ(parse_json(r.out)["queue"].items.at(0)["owner"].text, "fifo-waiter");
+
+  // The operator's permit count.
+  r = ctl(with_conn({"redis", "permits", "pool", "--set", "3", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_EQ(parse_json(r.out)["permit_count"].integer(), 3);
+  EXPECT_EQ(parse_json(r.out)["previous_count"].type, Json::Type::null);
+  EXPECT_EQ(cmd({"GET", sem.sem_count}).str, "3");
+  r = ctl(with_conn({"redis", "permits", "pool", "--clear"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("was      3"), std::string::npos) << r.out;
+  EXPECT_EQ(cmd({"EXISTS", sem.sem_count}).integer, 0);
+  EXPECT_EQ(ctl(with_conn({"redis", "permits", "pool", "--set", "-1"})).rc, 2);
 }
 
 TEST_F(ToolsRedis, AwkwardNamesRoundTripThroughJson) {
