@@ -4,8 +4,8 @@
 // holds, and set a semaphore's permit count.
 //
 //   dlock::RedisAdmin admin(dlock::RedisOptions{.host = "127.0.0.1", .key_prefix = "dlock:"});
-//   for (const auto& l : admin.list().locks) fmt::print("{} {} {}\n", l.name, dlock::kind_name(l.kind), *l.owner);
-//   admin.force_release("orders:42");   // waiters wake at once (pub/sub)
+//   for (const auto& l : admin.list().locks) fmt::print("{} {} {}\n", l.name, dlock::kind_name(l.kind),
+//   l.owner.value_or("-")); admin.force_release("orders:42");   // waiters wake at once (pub/sub)
 //
 //   dlock::RedlockAdmin nodes(redlock_options.nodes);  // the same, on N nodes in parallel
 //
@@ -136,8 +136,8 @@ class RedisAdmin {
   /// change between SCAN and the read: what is no longer held is left out.
   [[nodiscard]] RedisLockList list(const RedisListOptions& options = {});
   /// Everything stored under `name`, one entry per kind whose keys exist (a
-  /// mutex and a semaphore may share a name); empty: none. Reads the mutex
-  /// key even when nothing else exists, so a plain mutex costs one round trip.
+  /// mutex and a semaphore may share a name); empty: none. Every key the
+  /// layouts define for the name, in one MULTI/EXEC (one round trip, no SCAN).
   [[nodiscard]] std::vector<RedisLockInfo> inspect(std::string_view name);
   /// inspect() of many names in one MULTI/EXEC per batch, mutex keys only
   /// (for quorum views and deadlock detection). Result in the order of `names`.

@@ -423,8 +423,8 @@ std::optional<RedisReleased> RedisAdmin::force_release(std::string_view name, st
   for (int attempt = 0; attempt < 5; ++attempt) {
     const RedisLockInfo s = inspect_mutexes(names).at(0);
     if (!s.wrong_type.empty())
-      throw ServerError(
-          fmt::format("dlock: key {} on Redis at {} holds a {}, not a dlock lock", s.key, endpoint(), s.wrong_type));
+      throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
+                                    endpoint(), s.wrong_type));
     if (!s.owner || (owner && *s.owner != *owner)) return std::nullopt;
     if (client_->release(client_->keys(name), *s.owner)) return RedisReleased{*s.owner, s.ttl_ms};
   }

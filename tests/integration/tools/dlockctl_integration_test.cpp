@@ -282,6 +282,13 @@ TEST_F(ToolsRedis, ListAndInspectShowEachPrimitivesKind) {
   EXPECT_NE(r.out.find("2 readers"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("fair-queue"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("4 locks"), std::string::npos) << r.out;
+  r = ctl(with_conn({"redis", "list", "--match", "f*", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  ASSERT_EQ(parse_json(r.out)["locks"].items.size(), 1u) << r.out;
+  r = ctl(with_conn({"redis", "list", "--limit", "2"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("2 locks under prefix"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stopped at --limit 2"), std::string::npos) << r.out;
 
   r = ctl(with_conn({"redis", "inspect", "cfg"}));
   ASSERT_EQ(r.rc, 0) << describe(r);
