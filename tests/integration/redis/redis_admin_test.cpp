@@ -11,12 +11,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <optional>
 #include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "release_waiter.hpp"
 #include "support/redis_server.hpp"
 #include "unit/test_support.hpp"
 
@@ -75,20 +77,8 @@ TEST_F(RedisAdminTest, ListInspectAndForceReleaseWakeAWaiterThroughPubSub) {
   EXPECT_EQ(l.token, std::to_string(holder.fencing_token()));
 
   // A waiter whose backoff (5 s) is far longer than the wake-up expected after the release.
-  std::atomic<bool> acquired{false};
-  std::atomic<std::chrono::steady_clock::rep> acquired_at{0};
-  std::thread waiter([&] {
-    dlock::Lock<dlock::RedisBackend> job(
-        redis(), "job",
-        {.ttl = 30s,
-         .retry = {.initial_delay = 5s, .max_delay = 5s, .jitter = dlock::Jitter::none},
-         .observer = quiet()});
-    if (job.try_lock_for(20s)) {
-      acquired_at = std::chrono::steady_clock::now().time_since_epoch().count();
-      acquired = true;
-      job.unlock();
-    }
-  });
+  std::optional<std::chrono::steady_clock::time_point> acquired_at;
+  std::thread waiter([&] { acquired_at = dlock::test::acquire_after_release(redis(), "job", quiet()); });
   // Its wait record is written after its subscription is confirmed.
   ASSERT_TRUE(dlock::test::eventually([&] { return !admin.wait_records().records.empty(); }, 10s));
   EXPECT_EQ(admin.wait_records().records.at(0).lock, "job");
@@ -103,9 +93,8 @@ TEST_F(RedisAdminTest, ListInspectAndForceReleaseWakeAWaiterThroughPubSub) {
   EXPECT_EQ(removed->owner, owner);
   EXPECT_GT(removed->ttl_ms, 50'000);
   waiter.join();
-  ASSERT_TRUE(acquired.load()) << "the waiter never got the lock";
-  const auto woke_after =
-      std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(acquired_at.load())) - released_at;
+  ASSERT_TRUE(acquired_at.has_value()) << "the waiter never got the lock";
+  const auto woke_after = *acquired_at - released_at;
   EXPECT_LT(woke_after, 2s) << "the waiter was not woken by the release's publish (its backoff is 5 s)";
 
   EXPECT_TRUE(admin.inspect("job").empty());

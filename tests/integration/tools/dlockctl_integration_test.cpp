@@ -16,12 +16,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "release_waiter.hpp"
 #include "support/postgres_server.hpp"
 #include "support/redis_server.hpp"
 #include "tool_support.hpp"
@@ -147,7 +149,7 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
   // A waiter thread that already holds "other" blocks on "job"; its backoff
   // (5 s) is far longer than the wake-up we expect after the force release.
   std::atomic<bool> acquired{false};
-  std::atomic<long long> acquired_at_ms{0};
+  std::optional<std::chrono::steady_clock::time_point> acquired_at;  // read after join()
   std::string other_owner;
   std::atomic<bool> other_ready{false};
   std::thread waiter([&] {
@@ -155,18 +157,8 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
     other.lock();
     other_owner = std::string(other.owner_id());
     other_ready = true;
-    dlock::Lock<dlock::RedisBackend> job(
-        redis(), "job",
-        {.ttl = 30s,
-         .retry = {.initial_delay = 5s, .max_delay = 5s, .jitter = dlock::Jitter::none},
-         .observer = quiet()});
-    if (job.try_lock_for(20s)) {
-      acquired_at_ms =
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-              .count();
-      acquired = true;
-      job.unlock();
-    }
+    acquired_at = dlock::test::acquire_after_release(redis(), "job", quiet());
+    acquired = acquired_at.has_value();
     other.unlock();
   });
 
@@ -210,8 +202,7 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
   EXPECT_NE(r.out.find(holder_owner), std::string::npos) << r.out;
   waiter.join();
   ASSERT_TRUE(acquired.load()) << "the waiter never got the lock";
-  const auto woke_after = std::chrono::milliseconds(acquired_at_ms.load()) -
-                          std::chrono::duration_cast<std::chrono::milliseconds>(released_at.time_since_epoch());
+  const auto woke_after = *acquired_at - released_at;
   EXPECT_LT(woke_after, 2000ms) << "the waiter was not woken by the release (its backoff is 5 s)";
 
   // The acquire ended: its wait record was deleted (clear_wait).
