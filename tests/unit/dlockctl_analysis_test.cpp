@@ -10,7 +10,7 @@
 
 namespace {
 
-using dlock::detail::WaitInfo;
+using WaitInfo = dlock::RedisWaitInfo;
 using dlockctl::find_deadlocks;
 
 // A record: `agent` waits for `lock` (waiter id agent+"-w") and holds `holds` (name, owner).

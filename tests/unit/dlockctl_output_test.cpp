@@ -5,7 +5,6 @@
 #include <string>
 
 #include "output.hpp"
-#include "redis_query.hpp"
 
 namespace {
 
@@ -66,22 +65,6 @@ TEST(DlockctlOutput, Durations) {
   EXPECT_EQ(dlockctl::format_ttl(90000000), "1d01h");
   EXPECT_EQ(dlockctl::format_utc(std::chrono::system_clock::time_point(std::chrono::milliseconds(1700000000123))),
             "2023-11-14T22:13:20.123Z");
-}
-
-TEST(DlockctlRedisKeys, LockNameOfKey) {
-  using dlockctl::lock_name_of_key;
-  EXPECT_EQ(lock_name_of_key("dlock:", "dlock:{orders:42}"), "orders:42");
-  EXPECT_EQ(lock_name_of_key("dlock:", "dlock:{a}:fence}"), "a}:fence");  // a name ending in "}:fence"
-  EXPECT_FALSE(lock_name_of_key("dlock:", "dlock:{orders:42}:fence").has_value());
-  EXPECT_FALSE(lock_name_of_key("dlock:", "dlock:waiting:0190").has_value());
-  EXPECT_FALSE(lock_name_of_key("dlock:", "other:{x}").has_value());
-  EXPECT_FALSE(lock_name_of_key("dlock:", "dlock:{}").has_value());
-  EXPECT_EQ(lock_name_of_key("", "{x}"), "x");
-}
-
-TEST(DlockctlRedisKeys, GlobEscape) {
-  EXPECT_EQ(dlockctl::glob_escape("dlock:"), "dlock:");
-  EXPECT_EQ(dlockctl::glob_escape("a*b?c[d]e\\"), "a\\*b\\?c\\[d\\]e\\\\");
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 
 namespace dlockctl {
 
-WaitGraph find_deadlocks(std::span<const dlock::detail::WaitInfo> records,
+WaitGraph find_deadlocks(std::span<const dlock::RedisWaitInfo> records,
                          const std::map<std::string, std::string>& lock_owners, std::size_t max_cycles) {
   WaitGraph g;
   // Who holds (lock, owner): the agents of the records that list it.

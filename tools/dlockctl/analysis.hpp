@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include <dlock/detail/redis_waits.hpp>
+#include <dlock/redis_admin.hpp>
 
 namespace dlockctl {
 
@@ -38,7 +38,7 @@ struct WaitGraph {
 /// owner, or held by an owner that no record lists (its holder is not
 /// blocked, or a record is stale), adds no edge. Then finds every elementary
 /// cycle (at most max_cycles), including an agent waiting for itself.
-[[nodiscard]] WaitGraph find_deadlocks(std::span<const dlock::detail::WaitInfo> records,
+[[nodiscard]] WaitGraph find_deadlocks(std::span<const dlock::RedisWaitInfo> records,
                                        const std::map<std::string, std::string>& lock_owners,
                                        std::size_t max_cycles = 100);
 

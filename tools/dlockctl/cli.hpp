@@ -82,10 +82,12 @@ int guarded(Context& ctx, const std::vector<std::string>& secrets, const std::fu
 int cmd_redis_list(Context&);
 int cmd_redis_inspect(Context&);
 int cmd_redis_release(Context&);
+int cmd_redis_permits(Context&);
 int cmd_redlock_list(Context&);
 int cmd_redlock_inspect(Context&);
 int cmd_redlock_release(Context&);
 int cmd_pg_list(Context&);
+int cmd_pg_inspect(Context&);
 int cmd_pg_key(Context&);
 int cmd_pg_release(Context&);
 #ifdef DLOCKCTL_WITH_ETCD

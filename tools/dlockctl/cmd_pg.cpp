@@ -1,4 +1,5 @@
-// dlockctl pg list|key|release.
+// dlockctl pg list|inspect|key|release.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -73,20 +74,27 @@ std::vector<Terminated> terminate_holders(const dlock::PostgresOptions& o, std::
 /// Permit slots of a --name that pg list names (a semaphore with more permits shows the rest as "?").
 constexpr std::uint32_t max_named_permit_slots = 64;
 
+/// A name's keys, each with its role: its mutex's (bigint space) and its
+/// primitives' (two-int4 space: the read-write lock, the election, each permit slot).
+using PgKeyRoles = std::map<std::pair<bool, std::int64_t>, std::vector<std::pair<std::string, std::string>>>;
+void add_key_roles(PgKeyRoles& out, const dlock::PostgresBackend& pg, const std::string& n) {
+  out[{false, pg.advisory_key(n)}].emplace_back(n, "mutex");
+  out[{true, pg.primitive_key(n, dlock::detail::PgPrimitive::rw)}].emplace_back(n, "rw");
+  out[{true, pg.primitive_key(n, dlock::detail::PgPrimitive::leader)}].emplace_back(n, "leader");
+  const std::int64_t base = pg.primitive_key(n, dlock::detail::PgPrimitive::permit);
+  for (std::uint32_t slot = 0; slot < max_named_permit_slots; ++slot)
+    out[{true, dlock::detail::pg_permit_slot_key(base, slot)}].emplace_back(n, fmt::format("permit {}", slot));
+}
+
 int cmd_pg_list(Context& ctx) {
   const auto o = pg_options(ctx);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
     dlock::PostgresBackend pg(o);
-    // A name's keys: its mutex's (bigint space) and its primitives' (two-int4 space).
+    PgKeyRoles roles;
+    for (const auto& n : ctx.args.all("name")) add_key_roles(roles, pg, n);
     std::map<std::pair<bool, std::int64_t>, std::vector<std::string>> named;
-    for (const auto& n : ctx.args.all("name")) {
-      named[{false, pg.advisory_key(n)}].push_back(n);
-      named[{true, pg.primitive_key(n, dlock::detail::PgPrimitive::rw)}].push_back(n + " (rw)");
-      named[{true, pg.primitive_key(n, dlock::detail::PgPrimitive::leader)}].push_back(n + " (leader)");
-      const std::int64_t base = pg.primitive_key(n, dlock::detail::PgPrimitive::permit);
-      for (std::uint32_t slot = 0; slot < max_named_permit_slots; ++slot)
-        named[{true, dlock::detail::pg_permit_slot_key(base, slot)}].push_back(fmt::format("{} (permit {})", n, slot));
-    }
+    for (const auto& [k, rs] : roles)
+      for (const auto& [n, role] : rs) named[k].push_back(role == "mutex" ? n : n + " (" + role + ")");
     const auto rows = pg.monitor();
     const auto name_of = [&](const dlock::PgAdvisoryLockInfo& r) -> std::string {
       const auto it = named.find({r.primitive, r.key});
@@ -139,6 +147,54 @@ int cmd_pg_list(Context& ctx) {
     if (!t.empty()) ctx.out << t.render();
     ctx.out << fmt::format("{} advisory lock(s) held, {} waiting, in {}\nnote: {}\n", held, rows.size() - held,
                            pg.endpoint(), name_note);
+    return exit_ok;
+  });
+}
+
+int cmd_pg_inspect(Context& ctx) {
+  const auto o = pg_options(ctx);
+  const std::string name = ctx.args.positionals().at(0);
+  return guarded(ctx, secrets_of(ctx), [&]() -> int {
+    dlock::PostgresBackend pg(o);
+    PgKeyRoles roles;
+    add_key_roles(roles, pg, name);
+    std::vector<std::pair<std::string, dlock::PgAdvisoryLockInfo>> rows;
+    for (auto& r : pg.monitor())
+      if (const auto it = roles.find({r.primitive, r.key}); it != roles.end())
+        rows.emplace_back(it->second.front().second, std::move(r));
+    if (ctx.json) {
+      JsonWriter j;
+      j.begin_object().key("endpoint").value(pg.endpoint()).name("namespace", o.lock_namespace).name("name", name);
+      j.key("held").value(std::any_of(rows.begin(), rows.end(), [](const auto& r) { return r.second.granted; }));
+      j.key("locks").begin_array();
+      for (const auto& [role, r] : rows) {
+        j.begin_object().key("role").value(role).key("key").value(static_cast<long long>(r.key));
+        j.key("granted").value(r.granted).key("shared").value(r.shared).key("pid").value(r.pid);
+        j.name("application_name", r.application_name).key("client_addr").value(r.client_addr);
+        j.key("state").value(r.state).key("wait_start");
+        if (r.wait_start) {
+          j.value(format_utc(*r.wait_start));
+        } else {
+          j.null();
+        }
+        j.key("in_state_ms").value(static_cast<long long>(r.in_state_for.count())).end_object();
+      }
+      j.end_array().end_object();
+      ctx.out << j.str() << "\n";
+      return rows.empty() ? exit_not_found : exit_ok;
+    }
+    if (rows.empty()) {
+      ctx.out << fmt::format("\"{}\" is neither held nor awaited in {} (mutex key {})\n", escape_text(name),
+                             pg.endpoint(), pg.advisory_key(name));
+      return exit_not_found;
+    }
+    Table t({"ROLE", "KEY", "STATE", "PID", "APPLICATION", "CLIENT", "SESSION", "WAITING SINCE", "IN STATE"});
+    for (const auto& [role, r] : rows)
+      t.add({role, std::to_string(r.key), r.granted ? (r.shared ? "held shared" : "held") : "waiting",
+             std::to_string(r.pid), escape_text(r.application_name),
+             r.client_addr.empty() ? "(unix socket)" : r.client_addr, escape_text(r.state),
+             r.wait_start ? format_utc(*r.wait_start) : "-", format_ms(r.in_state_for)});
+    ctx.out << fmt::format("\"{}\" in {}\n", escape_text(name), pg.endpoint()) << t.render();
     return exit_ok;
   });
 }

@@ -1,25 +1,30 @@
-// dlockctl redis list|inspect|release, deadlocks, watch.
+// dlockctl redis list|inspect|release, deadlocks, watch: on the public
+// administration API (dlock/redis_admin.hpp).
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <thread>
 
 #include <fmt/format.h>
 
-#include <dlock/detail/redis_keys.hpp>
-#include <dlock/detail/redis_client.hpp>
+#include <dlock/error.hpp>
+#include <dlock/redis_admin.hpp>
 
 #include "analysis.hpp"
 #include "cli.hpp"
 #include "output.hpp"
-#include "redis_query.hpp"
 
 namespace dlockctl {
 
 namespace {
 
-using dlock::detail::WaitInfo;
+using dlock::RedisLeaseInfo;
+using dlock::RedisLockInfo;
+using dlock::RedisLockKind;
+using dlock::RedisWaitInfo;
 
 std::string quoted(std::string_view name) { return "\"" + escape_text(name) + "\""; }
 
@@ -28,7 +33,7 @@ std::string pid_of(std::string_view agent) {
   return pid ? std::to_string(*pid) : "?";
 }
 
-void write_waiter_json(JsonWriter& j, const WaitInfo& w) {
+void write_waiter_json(JsonWriter& j, const RedisWaitInfo& w) {
   j.begin_object().name("agent", w.agent);
   if (const auto pid = agent_pid(w.agent)) {
     j.key("pid").value(static_cast<long long>(*pid));
@@ -40,7 +45,7 @@ void write_waiter_json(JsonWriter& j, const WaitInfo& w) {
   j.end_array().end_object();
 }
 
-std::string holds_text(const WaitInfo& w) {
+std::string holds_text(const RedisWaitInfo& w) {
   if (w.holds.empty()) return "nothing";
   std::string s;
   for (const auto& h : w.holds) s += (s.empty() ? "" : ", ") + quoted(h.name);
@@ -59,48 +64,109 @@ void print_not_held(Context& ctx, const dlock::RedisOptions& o, std::string_view
   }
 }
 
+void write_leases_json(JsonWriter& j, std::string_view key, const std::vector<RedisLeaseInfo>& leases) {
+  j.key(key).begin_array();
+  for (const auto& l : leases) j.begin_object().name("owner", l.owner).key("ttl_ms").value(l.ttl_ms).end_object();
+  j.end_array();
+}
+
+// The fields of one lock beyond name/owner/ttl/token, per kind.
+void write_kind_json(JsonWriter& j, const RedisLockInfo& l) {
+  switch (l.kind) {
+    case RedisLockKind::mutex:
+      break;
+    case RedisLockKind::fair_queue:
+      write_leases_json(j, "queue", l.queue);
+      break;
+    case RedisLockKind::rw:
+      write_leases_json(j, "readers", l.readers);
+      j.key("waiting_writer");
+      if (l.waiting_writer) {
+        j.begin_object().name("owner", l.waiting_writer->owner).key("ttl_ms").value(l.waiting_writer->ttl_ms);
+        j.end_object();
+      } else {
+        j.null();
+      }
+      break;
+    case RedisLockKind::semaphore:
+      write_leases_json(j, "permits", l.permits);
+      j.key("permit_count").token(l.permit_count);
+      break;
+    case RedisLockKind::election:
+      j.key("candidate").value_or_null(l.candidate).key("term").token(l.term);
+      break;
+  }
+}
+
+// The OWNER column: the holder, or what holds it for kinds with many holders.
+std::string owner_text(const RedisLockInfo& l) {
+  if (!l.wrong_type.empty()) return "(key holds a " + l.wrong_type + ", not a lock)";
+  if (l.owner) return escape_text(*l.owner);
+  if (l.kind == RedisLockKind::rw && !l.readers.empty())
+    return fmt::format("{} reader{}", l.readers.size(), l.readers.size() == 1 ? "" : "s");
+  if (l.kind == RedisLockKind::semaphore)
+    return fmt::format("{}{} permit(s)", l.permits.size(), l.permit_count ? "/" + escape_text(*l.permit_count) : "");
+  return "-";
+}
+
+// Blocked acquirers of one lock: wait records, plus fair-queue waiters and a waiting writer.
+std::size_t waiting_on(const RedisLockInfo& l, std::size_t records) {
+  return records + l.queue.size() + (l.waiting_writer ? 1 : 0);
+}
+
+void print_leases(std::ostream& out, std::string_view title, const std::vector<RedisLeaseInfo>& leases) {
+  out << title << leases.size() << "\n";
+  if (leases.empty()) return;
+  Table t({"  OWNER", "TTL"});
+  for (const auto& l : leases) t.add({"  " + escape_text(l.owner), format_ttl(l.ttl_ms)});
+  out << t.render();
+}
+
 }  // namespace
 
 int cmd_redis_list(Context& ctx) {
   const auto o = redis_options(ctx);
+  dlock::RedisListOptions lo;
+  if (const auto m = ctx.args.get("match")) lo.match = *m;
+  if (const auto n = ctx.args.get("limit"))
+    lo.limit = static_cast<std::size_t>(parse_integer(*n, "limit", 0, 1'000'000'000));
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisClient node(o);
-    const auto names = scan_lock_names(node, o.key_prefix);
-    const auto states = lock_states(node, o.key_prefix, names);
-    const auto waits = wait_records(node, o.key_prefix);
+    dlock::RedisAdmin admin(o);
+    const auto list = admin.list(lo);
+    const auto waits = admin.wait_records();
     std::map<std::string, std::size_t> waiters;
     for (const auto& w : waits.records) ++waiters[w.lock];
-    std::size_t shown = 0;
+    const std::size_t shown = list.locks.size();
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(node.endpoint()).name("prefix", o.key_prefix).key("locks").begin_array();
-      for (const auto& s : states) {
-        if (!s.owner && s.wrong_type.empty()) continue;  // expired since the SCAN
-        ++shown;
-        j.begin_object().name("name", s.name);
+      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).key("locks").begin_array();
+      for (const auto& s : list.locks) {
+        j.begin_object().name("name", s.name).key("kind").value(dlock::kind_name(s.kind));
         if (s.owner) {
           j.name("owner", *s.owner);
         } else {
-          j.key("owner").null().key("wrong_type").value(s.wrong_type);
+          j.key("owner").null();
         }
-        j.key("ttl_ms").value(s.pttl_ms).key("token").token(s.token);
-        j.key("waiters").value(waiters[s.name]).end_object();
+        if (!s.wrong_type.empty()) j.key("wrong_type").value(s.wrong_type);
+        j.key("ttl_ms").value(s.ttl_ms).key("token").token(s.token);
+        j.key("waiters").value(waiting_on(s, waiters[s.name]));
+        write_kind_json(j, s);
+        j.end_object();
       }
-      j.end_array().key("waiting").value(waits.records.size()).key("malformed_wait_records").value(waits.malformed);
+      j.end_array().key("truncated").value(list.truncated).key("waiting").value(waits.records.size());
+      j.key("malformed_wait_records").value(waits.malformed);
       j.end_object();
       ctx.out << j.str() << "\n";
       return exit_ok;
     }
-    Table t({"NAME", "OWNER", "TTL", "TOKEN", "WAITERS"});
-    for (const auto& s : states) {
-      if (!s.owner && s.wrong_type.empty()) continue;
-      ++shown;
-      t.add({escape_text(s.name), s.owner ? escape_text(*s.owner) : "(key holds a " + s.wrong_type + ", not a lock)",
-             format_ttl(s.pttl_ms), s.token ? escape_text(*s.token) : "-", std::to_string(waiters[s.name])});
-    }
+    Table t({"NAME", "KIND", "OWNER", "TTL", "TOKEN", "WAITERS"});
+    for (const auto& s : list.locks)
+      t.add({escape_text(s.name), std::string(dlock::kind_name(s.kind)), owner_text(s), format_ttl(s.ttl_ms),
+             s.token ? escape_text(*s.token) : "-", std::to_string(waiting_on(s, waiters[s.name]))});
     if (!t.empty()) ctx.out << t.render();
     ctx.out << fmt::format("{} lock{} under prefix {} on {}", shown, shown == 1 ? "" : "s", quoted(o.key_prefix),
-                           node.endpoint());
+                           admin.endpoint());
+    if (list.truncated) ctx.out << fmt::format(" (stopped at --limit {}; more exist)", lo.limit);
     if (!waits.records.empty()) ctx.out << fmt::format("; {} blocked acquirer(s) recorded", waits.records.size());
     if (waits.malformed) ctx.out << fmt::format("; {} malformed wait record(s) ignored", waits.malformed);
     ctx.out << "\n";
@@ -112,38 +178,76 @@ int cmd_redis_inspect(Context& ctx) {
   const auto o = redis_options(ctx);
   const std::string name = ctx.args.positionals().at(0);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisClient node(o);
-    const std::vector<std::string> names{name};
-    const LockState s = lock_states(node, o.key_prefix, names).at(0);
-    const auto waits = wait_records(node, o.key_prefix);
-    std::vector<WaitInfo> waiters;
+    dlock::RedisAdmin admin(o);
+    const auto found = admin.inspect(name);
+    const auto waits = admin.wait_records();
+    std::vector<RedisWaitInfo> waiters;
     for (const auto& w : waits.records)
       if (w.lock == name) waiters.push_back(w);
-    if (!s.owner) {
+    for (const auto& s : found)
       if (!s.wrong_type.empty())
-        throw dlock::ServerError(fmt::format("key {} on {} holds a {}, not a dlock lock",
-                                             escape_text(dlock::detail::redis_keys(o.key_prefix, name).lock),
-                                             node.endpoint(), s.wrong_type));
-      print_not_held(ctx, o, name, node.endpoint());
+        throw dlock::ServerError(fmt::format("key {} on {} holds a {}, not a dlock lock", escape_text(s.key),
+                                             admin.endpoint(), s.wrong_type));
+    if (found.empty()) {
+      print_not_held(ctx, o, name, admin.endpoint());
       return exit_not_found;
     }
-    const std::string key = dlock::detail::redis_keys(o.key_prefix, name).lock;
     if (ctx.json) {
+      // The first kind's fields at the top (a plain mutex reads as before), every kind in "kinds".
+      const RedisLockInfo& s = found.front();
+      const auto fields = [&](JsonWriter& j, const RedisLockInfo& l) {
+        j.key("kind").value(dlock::kind_name(l.kind)).name("key", l.key).key("held").value(l.held());
+        j.key("owner").value_or_null(l.owner).key("ttl_ms").value(l.ttl_ms).key("token").token(l.token);
+        write_kind_json(j, l);
+      };
       JsonWriter j;
-      j.begin_object().key("endpoint").value(node.endpoint()).name("prefix", o.key_prefix).name("name", name);
-      j.name("key", key).key("held").value(true).name("owner", *s.owner).key("ttl_ms").value(s.pttl_ms);
-      j.key("token").token(s.token).key("waiters").begin_array();
+      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      fields(j, s);
+      j.key("waiters").begin_array();
       for (const auto& w : waiters) write_waiter_json(j, w);
+      j.end_array().key("kinds").begin_array();
+      for (const auto& l : found) {
+        j.begin_object();
+        fields(j, l);
+        j.end_object();
+      }
       j.end_array().end_object();
       ctx.out << j.str() << "\n";
       return exit_ok;
     }
-    ctx.out << "lock     " << quoted(name) << "\n"
-            << "key      " << escape_text(key) << " on " << node.endpoint() << "\n"
-            << "owner    " << escape_text(*s.owner) << "\n"
-            << "ttl      " << format_ttl(s.pttl_ms) << "\n"
-            << "token    " << (s.token ? escape_text(*s.token) : "- (no fencing counter)") << "\n"
-            << "waiters  " << waiters.size() << (waiters.empty() ? "" : " (recorded by blocked acquirers)") << "\n";
+    for (const auto& s : found) {
+      ctx.out << "lock     " << quoted(name) << "\n"
+              << "kind     " << dlock::kind_name(s.kind) << "\n"
+              << "key      " << escape_text(s.key) << " on " << admin.endpoint() << "\n"
+              << "owner    " << (s.owner ? escape_text(*s.owner) : "-") << "\n"
+              << "ttl      " << format_ttl(s.ttl_ms) << "\n"
+              << "token    " << (s.token ? escape_text(*s.token) : "- (no fencing counter)") << "\n";
+      switch (s.kind) {
+        case RedisLockKind::mutex:
+          break;
+        case RedisLockKind::fair_queue:
+          print_leases(ctx.out, "queue    ", s.queue);
+          break;
+        case RedisLockKind::rw:
+          print_leases(ctx.out, "readers  ", s.readers);
+          if (s.waiting_writer)
+            ctx.out << "writer waiting: " << escape_text(s.waiting_writer->owner) << " (mark expires in "
+                    << format_ttl(s.waiting_writer->ttl_ms) << "; no new reader gets in)\n";
+          break;
+        case RedisLockKind::semaphore:
+          ctx.out << "count    "
+                  << (s.permit_count ? escape_text(*s.permit_count) + " (set by an operator)"
+                                     : std::string("(each caller's own)"))
+                  << "\n";
+          print_leases(ctx.out, "permits  ", s.permits);
+          break;
+        case RedisLockKind::election:
+          ctx.out << "leader   " << (s.candidate ? escape_text(*s.candidate) : "-") << ", term "
+                  << (s.term ? escape_text(*s.term) : "-") << "\n";
+          break;
+      }
+    }
+    ctx.out << "waiters  " << waiters.size() << (waiters.empty() ? "" : " (recorded by blocked acquirers)") << "\n";
     if (!waiters.empty()) {
       Table t({"  AGENT", "PID", "WAITER", "HOLDS"});
       for (const auto& w : waiters)
@@ -160,42 +264,80 @@ int cmd_redis_release(Context& ctx) {
   const auto o = redis_options(ctx);
   const std::string name = ctx.args.positionals().at(0);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisClient node(o);
-    const std::string key = dlock::detail::redis_keys(o.key_prefix, name).lock;
+    dlock::RedisAdmin admin(o);
+    const RedisLockInfo s = admin.inspect_mutexes({name}).at(0);
     if (!ctx.args.has("yes")) {
-      const std::vector<std::string> names{name};
-      const LockState s = lock_states(node, o.key_prefix, names).at(0);
       if (!s.owner) {
-        print_not_held(ctx, o, name, node.endpoint());
+        print_not_held(ctx, o, name, admin.endpoint());
         return exit_not_found;
       }
       ctx.err << fmt::format(
           "dlockctl: would delete {} on {} (owner {}, {} left) and wake its waiters; the holder is not told and "
           "may still be working. Rerun with --yes to do it.\n",
-          escape_text(key), node.endpoint(), escape_text(*s.owner), format_ttl(s.pttl_ms));
+          escape_text(s.key), admin.endpoint(), escape_text(*s.owner), format_ttl(s.ttl_ms));
       return exit_usage;
     }
-    const auto removed = force_release(node, o.key_prefix, name);
+    const auto removed = admin.force_release(name);
     if (!removed) {
-      print_not_held(ctx, o, name, node.endpoint());
+      print_not_held(ctx, o, name, admin.endpoint());
       return exit_not_found;
     }
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(node.endpoint()).name("prefix", o.key_prefix).name("name", name);
-      j.name("key", key)
+      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      j.name("key", s.key)
           .key("released")
           .value(true)
           .name("owner", removed->owner)
           .key("ttl_ms")
-          .value(removed->pttl_ms);
+          .value(removed->ttl_ms);
       j.end_object();
       ctx.out << j.str() << "\n";
     } else {
       ctx.out << fmt::format("released {}: deleted {} on {} (owner {}, {} left); waiters notified\n", quoted(name),
-                             escape_text(key), node.endpoint(), escape_text(removed->owner),
-                             format_ttl(removed->pttl_ms));
+                             escape_text(s.key), admin.endpoint(), escape_text(removed->owner),
+                             format_ttl(removed->ttl_ms));
     }
+    return exit_ok;
+  });
+}
+
+int cmd_redis_permits(Context& ctx) {
+  const auto set = ctx.args.get("set");
+  const bool clear = ctx.args.has("clear");
+  if (set && clear) throw UsageError("give --set N or --clear, not both");
+  const auto count =
+      set ? std::optional<std::uint64_t>(static_cast<std::uint64_t>(parse_integer(*set, "set", 0, 1'000'000'000)))
+          : std::nullopt;
+  const auto o = redis_options(ctx);
+  const std::string name = ctx.args.positionals().at(0);
+  return guarded(ctx, secrets_of(ctx), [&]() -> int {
+    dlock::RedisAdmin admin(o);
+    std::optional<std::optional<std::string>> previous;  // engaged when changed
+    if (set || clear) previous = admin.set_permit_count(name, count);
+    std::optional<RedisLockInfo> sem;
+    for (auto& l : admin.inspect(name))
+      if (l.kind == RedisLockKind::semaphore) sem = std::move(l);
+    const std::vector<RedisLeaseInfo> none;
+    const auto& permits = sem ? sem->permits : none;
+    const std::optional<std::string> current = sem ? sem->permit_count : std::nullopt;
+    if (ctx.json) {
+      JsonWriter j;
+      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      j.key("permit_count").token(current);
+      if (previous) j.key("previous_count").token(*previous);
+      write_leases_json(j, "permits", permits);
+      j.end_object();
+      ctx.out << j.str() << "\n";
+      return exit_ok;
+    }
+    const auto text = [](const std::optional<std::string>& c) {
+      return c ? escape_text(*c) : std::string("not set (each caller's own count applies)");
+    };
+    if (previous) ctx.out << "was      " << text(*previous) << "\n";
+    ctx.out << "semaphore " << quoted(name) << " on " << admin.endpoint() << "\n"
+            << "count    " << text(current) << "\n";
+    print_leases(ctx.out, "permits  ", permits);
     return exit_ok;
   });
 }
@@ -203,20 +345,20 @@ int cmd_redis_release(Context& ctx) {
 int cmd_deadlocks(Context& ctx) {
   const auto o = redis_options(ctx);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
-    dlock::detail::RedisClient node(o);
-    const auto waits = wait_records(node, o.key_prefix);
+    dlock::RedisAdmin admin(o);
+    const auto waits = admin.wait_records();
     std::vector<std::string> names;
     for (const auto& w : waits.records) names.push_back(w.lock);
     std::sort(names.begin(), names.end());
     names.erase(std::unique(names.begin(), names.end()), names.end());
     std::map<std::string, std::string> owners;
-    for (auto& s : lock_states(node, o.key_prefix, names))
+    for (auto& s : admin.inspect_mutexes(names))
       if (s.owner) owners.emplace(s.name, *s.owner);
     const WaitGraph g = find_deadlocks(waits.records, owners);
     const bool found = !g.cycles.empty();
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(node.endpoint()).name("prefix", o.key_prefix);
+      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix);
       j.key("deadlock").value(found).key("waiting").value(waits.records.size());
       j.key("malformed_wait_records").value(waits.malformed).key("edges").value(g.edges.size());
       j.key("truncated").value(g.truncated).key("cycles").begin_array();
@@ -237,7 +379,7 @@ int cmd_deadlocks(Context& ctx) {
     }
     if (!found) {
       ctx.out << fmt::format("no deadlock: {} blocked acquirer(s) recorded, {} wait-for edge(s), on {} (prefix {})\n",
-                             waits.records.size(), g.edges.size(), node.endpoint(), quoted(o.key_prefix));
+                             waits.records.size(), g.edges.size(), admin.endpoint(), quoted(o.key_prefix));
       return exit_ok;
     }
     for (std::size_t i = 0; i < g.cycles.size(); ++i) {
@@ -250,7 +392,7 @@ int cmd_deadlocks(Context& ctx) {
     ctx.out << fmt::format(
         "{} deadlock(s){} on {} (prefix {}). Each waits until its acquire timeout (or forever); to break one, end one "
         "of these processes or release one of its locks (dlockctl redis release --force NAME --yes).\n",
-        g.cycles.size(), g.truncated ? " (more not shown)" : "", node.endpoint(), quoted(o.key_prefix));
+        g.cycles.size(), g.truncated ? " (more not shown)" : "", admin.endpoint(), quoted(o.key_prefix));
     return exit_not_found;
   });
 }

@@ -1,22 +1,19 @@
 // dlockctl redlock list|inspect|release: the same key layout on N independent
-// Redis nodes, read with plain commands (no dependency on the Redlock backend),
-// queried in parallel so that unreachable nodes cost one timeout, not N.
+// Redis nodes, through dlock::RedlockAdmin (dlock/redis_admin.hpp), which asks
+// every node in parallel so that unreachable nodes cost one timeout, not N.
 #include <algorithm>
-#include <functional>
 #include <map>
 #include <ostream>
 #include <set>
-#include <thread>
 
 #include <fmt/format.h>
 
-#include <dlock/detail/redis_client.hpp>
 #include <dlock/error.hpp>
+#include <dlock/redis_admin.hpp>
 
 #include "analysis.hpp"
 #include "cli.hpp"
 #include "output.hpp"
-#include "redis_query.hpp"
 
 namespace dlockctl {
 
@@ -26,34 +23,38 @@ struct NodeResult {
   std::string endpoint;
   bool reachable = true;
   std::string error;
-  std::vector<LockState> locks;                   // list / inspect
-  std::optional<std::optional<Removed>> removed;  // release: engaged when attempted
+  std::vector<dlock::RedisLockInfo> locks;                     // list / inspect
+  std::optional<std::optional<dlock::RedisReleased>> removed;  // release: engaged when attempted
 };
 
-// Runs `fn` on every node at once; a dlock::Error marks that node unreachable.
-std::vector<NodeResult> on_all_nodes(const std::vector<dlock::RedisOptions>& nodes,
-                                     const std::vector<std::string>& secrets,
-                                     const std::function<void(dlock::detail::RedisClient&, NodeResult&)>& fn) {
-  std::vector<NodeResult> results(nodes.size());
-  std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < nodes.size(); ++i) {
-    results[i].endpoint = dlock::detail::redis_endpoint(nodes[i]);
-    threads.emplace_back([&, i] {
-      try {
-        dlock::detail::RedisClient node(nodes[i]);
-        fn(node, results[i]);
-      } catch (const std::exception& e) {
-        std::string m = e.what();
-        if (m.rfind("dlock: ", 0) == 0) m.erase(0, 7);
-        results[i].reachable = false;
-        results[i].error = sanitize(m, secrets);
-        results[i].locks.clear();
-        results[i].removed.reset();
-      }
-    });
+// One NodeResult per node from RedlockAdmin's answers (`take` moves the value in).
+template <class T, class Take>
+std::vector<NodeResult> results_of(std::vector<dlock::RedlockNodeResult<T>> answers,
+                                   const std::vector<std::string>& secrets, const Take& take) {
+  std::vector<NodeResult> out(answers.size());
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    out[i].endpoint = answers[i].endpoint;
+    if (!answers[i].value) {
+      std::string m = answers[i].error;
+      if (m.rfind("dlock: ", 0) == 0) m.erase(0, 7);
+      out[i].reachable = false;
+      out[i].error = sanitize(m, secrets);
+    } else {
+      take(out[i], std::move(*answers[i].value));
+    }
   }
-  for (auto& t : threads) t.join();
-  return results;
+  return out;
+}
+
+std::vector<NodeResult> read_locks(dlock::RedlockAdmin& admin, const std::vector<std::string>& secrets,
+                                   const std::optional<std::string>& only) {
+  if (only)
+    return results_of(admin.inspect_mutexes({*only}), secrets,
+                      [](NodeResult& r, std::vector<dlock::RedisLockInfo> v) { r.locks = std::move(v); });
+  return results_of(admin.list(), secrets, [](NodeResult& r, dlock::RedisLockList v) {
+    for (auto& l : v.locks)
+      if (l.kind == dlock::RedisLockKind::mutex) r.locks.push_back(std::move(l));
+  });
 }
 
 std::vector<NodeLockState> states_for(const std::vector<NodeResult>& results, const std::string& name) {
@@ -63,10 +64,11 @@ std::vector<NodeLockState> states_for(const std::vector<NodeResult>& results, co
     s.endpoint = r.endpoint;
     s.reachable = r.reachable;
     s.error = r.error;
-    const auto it = std::find_if(r.locks.begin(), r.locks.end(), [&](const LockState& l) { return l.name == name; });
+    const auto it =
+        std::find_if(r.locks.begin(), r.locks.end(), [&](const dlock::RedisLockInfo& l) { return l.name == name; });
     if (it != r.locks.end() && it->owner) {
       s.owner = it->owner;
-      s.pttl_ms = it->pttl_ms;
+      s.pttl_ms = it->ttl_ms;
     }
     if (it != r.locks.end()) s.token = it->token;
     out.push_back(std::move(s));
@@ -151,10 +153,8 @@ int list_or_inspect(Context& ctx, const std::optional<std::string>& only) {
   const std::string prefix = nodes.front().key_prefix;
   const auto secrets = secrets_of(ctx);
   return guarded(ctx, secrets, [&]() -> int {
-    const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisClient& node, NodeResult& r) {
-      const std::vector<std::string> names = only ? std::vector<std::string>{*only} : scan_lock_names(node, prefix);
-      r.locks = lock_states(node, prefix, names);
-    });
+    dlock::RedlockAdmin admin(nodes);
+    const auto results = read_locks(admin, secrets, only);
     std::set<std::string> names;
     for (const auto& r : results)
       for (const auto& l : r.locks)
@@ -213,10 +213,8 @@ int cmd_redlock_release(Context& ctx) {
   const auto secrets = secrets_of(ctx);
   return guarded(ctx, secrets, [&]() -> int {
     if (force && !ctx.args.has("yes")) {
-      const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisClient& node, NodeResult& r) {
-        const std::vector<std::string> names{name};
-        r.locks = lock_states(node, prefix, names);
-      });
+      dlock::RedlockAdmin admin(nodes);
+      const auto results = read_locks(admin, secrets, name);
       print_unreachable(ctx, results);
       const auto states = states_for(results, name);
       const auto holding =
@@ -232,10 +230,10 @@ int cmd_redlock_release(Context& ctx) {
           escape_text(name), holding);
       return static_cast<int>(exit_usage);
     }
-    const auto results = on_all_nodes(nodes, secrets, [&](dlock::detail::RedisClient& node, NodeResult& r) {
-      r.removed.emplace(
-          force_release(node, prefix, name, owner ? std::optional<std::string_view>(*owner) : std::nullopt));
-    });
+    dlock::RedlockAdmin admin(nodes);
+    const auto results =
+        results_of(admin.force_release(name, owner ? std::optional<std::string_view>(*owner) : std::nullopt), secrets,
+                   [](NodeResult& r, std::optional<dlock::RedisReleased> v) { r.removed.emplace(std::move(v)); });
     print_unreachable(ctx, results);
     std::size_t deleted = 0;
     for (const auto& r : results) deleted += (r.removed && *r.removed) ? 1 : 0;
@@ -249,7 +247,7 @@ int cmd_redlock_release(Context& ctx) {
           j.key("error").value(r.error);
         } else {
           j.key("deleted").value(r.removed && *r.removed);
-          if (r.removed && *r.removed) j.name("owner", (*r.removed)->owner).key("ttl_ms").value((*r.removed)->pttl_ms);
+          if (r.removed && *r.removed) j.name("owner", (*r.removed)->owner).key("ttl_ms").value((*r.removed)->ttl_ms);
         }
         j.end_object();
       }
@@ -261,7 +259,7 @@ int cmd_redlock_release(Context& ctx) {
           ctx.out << fmt::format("  {}  unreachable (it may still hold the lock until its TTL ends)\n", r.endpoint);
         } else if (r.removed && *r.removed) {
           ctx.out << fmt::format("  {}  deleted (owner {}, {} left)\n", r.endpoint, escape_text((*r.removed)->owner),
-                                 format_ttl((*r.removed)->pttl_ms));
+                                 format_ttl((*r.removed)->ttl_ms));
         } else {
           ctx.out << fmt::format("  {}  {}\n", r.endpoint, owner ? "not held by that owner" : "not held");
         }

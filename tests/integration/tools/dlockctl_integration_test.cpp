@@ -1,9 +1,12 @@
 // dlockctl against real servers: every command run as a subprocess against
 // redis-server(s) and PostgreSQL started by the test harnesses.
 #include <dlock/dlock.hpp>
+#include <dlock/detail/redis_primitive_scripts.hpp>
 #include <dlock/detail/redis_waits.hpp>
 #include <dlock/postgres.hpp>
 #include <dlock/redis.hpp>
+#include <dlock/rw_lock.hpp>
+#include <dlock/semaphore.hpp>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -13,12 +16,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "release_waiter.hpp"
 #include "support/postgres_server.hpp"
 #include "support/redis_server.hpp"
 #include "tool_support.hpp"
@@ -144,7 +149,7 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
   // A waiter thread that already holds "other" blocks on "job"; its backoff
   // (5 s) is far longer than the wake-up we expect after the force release.
   std::atomic<bool> acquired{false};
-  std::atomic<long long> acquired_at_ms{0};
+  std::optional<std::chrono::steady_clock::time_point> acquired_at;  // read after join()
   std::string other_owner;
   std::atomic<bool> other_ready{false};
   std::thread waiter([&] {
@@ -152,15 +157,8 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
     other.lock();
     other_owner = std::string(other.owner_id());
     other_ready = true;
-    dlock::Lock<dlock::RedisBackend> job(
-        redis(), "job", {.ttl = 30s, .retry = {.initial_delay = 5s, .max_delay = 5s}, .observer = quiet()});
-    if (job.try_lock_for(20s)) {
-      acquired_at_ms =
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-              .count();
-      acquired = true;
-      job.unlock();
-    }
+    acquired_at = dlock::test::acquire_after_release(redis(), "job", quiet());
+    acquired = acquired_at.has_value();
     other.unlock();
   });
 
@@ -204,8 +202,7 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
   EXPECT_NE(r.out.find(holder_owner), std::string::npos) << r.out;
   waiter.join();
   ASSERT_TRUE(acquired.load()) << "the waiter never got the lock";
-  const auto woke_after = std::chrono::milliseconds(acquired_at_ms.load()) -
-                          std::chrono::duration_cast<std::chrono::milliseconds>(released_at.time_since_epoch());
+  const auto woke_after = *acquired_at - released_at;
   EXPECT_LT(woke_after, 2000ms) << "the waiter was not woken by the release (its backoff is 5 s)";
 
   // The acquire ended: its wait record was deleted (clear_wait).
@@ -231,6 +228,78 @@ TEST_F(ToolsRedis, ForceReleaseDeletesTheKeyAndReportsWhatItRemoved) {
   r = ctl(with_conn({"redis", "inspect", "stuck", "--json"}));
   EXPECT_EQ(r.rc, 1);
   EXPECT_FALSE(parse_json(r.out)["held"].boolean);
+}
+
+TEST_F(ToolsRedis, ListAndInspectShowEachPrimitivesKind) {
+  using namespace dlock::detail;
+  const auto eval = [&](std::string_view script, std::initializer_list<std::string_view> keys,
+                        std::initializer_list<std::string_view> args) {
+    const std::string n = std::to_string(keys.size());
+    std::vector<std::string_view> argv{"EVAL", script, n};
+    argv.insert(argv.end(), keys.begin(), keys.end());
+    argv.insert(argv.end(), args.begin(), args.end());
+    const auto r = redis().node().command(argv);
+    ASSERT_FALSE(r.is_error()) << r.str;
+  };
+  const auto rw = redis_primitive_keys(prefix_, "cfg");
+  for (const std::string_view r : {"reader-1", "reader-2"})
+    eval(redis_rw_read_acquire_script, {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence}, {r, "30000", "60000"});
+  const auto sem = redis_primitive_keys(prefix_, "pool");
+  eval(redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence}, {"permit-1", "30000", "60000", "4"});
+  const auto q = redis_primitive_keys(prefix_, "fifo");
+  for (const std::string_view w : {"fifo-holder", "fifo-waiter"})
+    eval(redis_fair_acquire_script, {key("fifo"), q.fence, q.fair_queue, q.fair_deadlines},
+         {w, "30000", "60000", "20000"});
+  const auto e = redis_primitive_keys(prefix_, "leader");
+  eval(redis_leader_acquire_script, {e.leader, e.fence, e.leader_info}, {"lead-owner", "30000", "60000", "node-a"});
+
+  RunResult r = ctl(with_conn({"redis", "list", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  const Json doc = parse_json(r.out);
+  ASSERT_EQ(doc["locks"].items.size(), 4u) << r.out;
+  EXPECT_EQ((*find_lock(doc, "cfg"))["kind"].text, "rw");
+  EXPECT_EQ((*find_lock(doc, "cfg"))["readers"].items.size(), 2u);
+  EXPECT_EQ((*find_lock(doc, "pool"))["kind"].text, "semaphore");
+  EXPECT_EQ((*find_lock(doc, "pool"))["permits"].items.at(0)["owner"].text, "permit-1");
+  EXPECT_EQ((*find_lock(doc, "fifo"))["kind"].text, "fair-queue");
+  EXPECT_EQ((*find_lock(doc, "fifo"))["owner"].text, "fifo-holder");
+  EXPECT_EQ((*find_lock(doc, "fifo"))["waiters"].integer(), 1);
+  EXPECT_EQ((*find_lock(doc, "leader"))["kind"].text, "election");
+  EXPECT_EQ((*find_lock(doc, "leader"))["candidate"].text, "node-a");
+
+  r = ctl(with_conn({"redis", "list"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("KIND"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 readers"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fair-queue"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("4 locks"), std::string::npos) << r.out;
+  r = ctl(with_conn({"redis", "list", "--match", "f*", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  ASSERT_EQ(parse_json(r.out)["locks"].items.size(), 1u) << r.out;
+  r = ctl(with_conn({"redis", "list", "--limit", "2"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("2 locks under prefix"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stopped at --limit 2"), std::string::npos) << r.out;
+
+  r = ctl(with_conn({"redis", "inspect", "cfg"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("kind     rw"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("reader-2"), std::string::npos) << r.out;
+  r = ctl(with_conn({"redis", "inspect", "fifo", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_EQ(parse_json(r.out)["queue"].items.at(0)["owner"].text, "fifo-waiter");
+
+  // The operator's permit count.
+  r = ctl(with_conn({"redis", "permits", "pool", "--set", "3", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_EQ(parse_json(r.out)["permit_count"].integer(), 3);
+  EXPECT_EQ(parse_json(r.out)["previous_count"].type, Json::Type::null);
+  EXPECT_EQ(cmd({"GET", sem.sem_count}).str, "3");
+  r = ctl(with_conn({"redis", "permits", "pool", "--clear"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("was      3"), std::string::npos) << r.out;
+  EXPECT_EQ(cmd({"EXISTS", sem.sem_count}).integer, 0);
+  EXPECT_EQ(ctl(with_conn({"redis", "permits", "pool", "--set", "-1"})).rc, 2);
 }
 
 TEST_F(ToolsRedis, AwkwardNamesRoundTripThroughJson) {
@@ -530,6 +599,38 @@ TEST(ToolsPg, ListShowsTheHolder) {
   EXPECT_NE(r.out.find("dlockctl-it-holder"), std::string::npos);
   EXPECT_NE(r.out.find("not recoverable"), std::string::npos);
   lock.unlock();
+}
+
+TEST(ToolsPg, InspectShowsANamesPrimitives) {
+  const std::string name = "pg-inspect-prims";
+  dlock::PostgresBackend pg(dlock::PostgresOptions{.conninfo = pg_conninfo(), .application_name = "dlockctl-it-prims"});
+  RunResult r = ctl({"pg", "inspect", name, "--pg", pg_conninfo()});
+  EXPECT_EQ(r.rc, 1) << describe(r);
+  dlock::RwLock<dlock::PostgresBackend> rw(pg, name, {.ttl = 30s, .observer = quiet()});
+  dlock::Semaphore<dlock::PostgresBackend> sem(pg, name, 2, {.ttl = 30s, .observer = quiet()});
+  rw.lock_shared();
+  sem.acquire();
+
+  r = ctl({"pg", "inspect", name, "--pg", pg_conninfo(), "--json"});
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  const Json doc = parse_json(r.out);
+  EXPECT_TRUE(doc["held"].boolean);
+  std::set<std::string> roles;
+  for (const auto& l : doc["locks"].items) {
+    roles.insert(l["role"].text);
+    EXPECT_EQ(l["application_name"].text, "dlockctl-it-prims");
+    if (l["role"].text == "rw") {
+      EXPECT_TRUE(l["shared"].boolean);
+    }
+  }
+  EXPECT_TRUE(roles.count("rw")) << r.out;
+  EXPECT_TRUE(std::any_of(roles.begin(), roles.end(), [](const std::string& s) { return s.rfind("permit ", 0) == 0; }))
+      << r.out;
+  r = ctl({"pg", "inspect", name, "--pg", pg_conninfo()});
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("held shared"), std::string::npos) << r.out;
+  sem.release();
+  rw.unlock_shared();
 }
 
 TEST(ToolsPg, ForceReleaseTerminatesTheHolderAndAnotherClientAcquires) {

@@ -1,0 +1,510 @@
+// RedisAdmin and RedlockAdmin: list, inspect and force-release the locks on
+// Redis with plain commands (SCAN, MULTI/EXEC of reads) and the library's own
+// release script. No Lua of its own: the key layouts come from
+// detail/redis_key_roles.hpp, the release from detail/redis_client.hpp.
+#include <dlock/redis_admin.hpp>
+
+#include <dlock/detail/redis_client.hpp>
+#include <dlock/detail/redis_key_roles.hpp>
+#include <dlock/error.hpp>
+#include <dlock/redis.hpp>
+#include <dlock/redlock.hpp>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace dlock {
+
+using detail::RedisClient;
+using detail::RedisKeyRole;
+using detail::RedisValue;
+
+std::string_view kind_name(RedisLockKind kind) noexcept {
+  switch (kind) {
+    case RedisLockKind::mutex:
+      return "mutex";
+    case RedisLockKind::rw:
+      return "rw";
+    case RedisLockKind::semaphore:
+      return "semaphore";
+    case RedisLockKind::fair_queue:
+      return "fair-queue";
+    case RedisLockKind::election:
+      return "election";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr std::size_t batch_names = 250;  // names per MULTI/EXEC (about 2,000 commands)
+constexpr std::size_t role_count = detail::redis_key_role_count;
+using RoleSet = std::array<bool, role_count>;
+
+bool has(const RoleSet& s, RedisKeyRole r) { return s[static_cast<std::size_t>(r)]; }
+
+[[noreturn]] void unexpected(const RedisClient& c, std::string_view what) {
+  throw ServerError(fmt::format("dlock: unexpected reply to {} from Redis at {}", what, c.endpoint()));
+}
+
+// The roles each kind reads; the first is the holder's key.
+std::vector<RedisKeyRole> roles_of(RedisLockKind kind) {
+  using R = RedisKeyRole;
+  switch (kind) {
+    case RedisLockKind::mutex:
+      return {R::lock, R::fence};
+    case RedisLockKind::fair_queue:
+      return {R::lock, R::fence, R::fair_queue, R::fair_deadlines};
+    case RedisLockKind::rw:
+      return {R::rw_writer, R::fence, R::rw_readers, R::rw_waiting};
+    case RedisLockKind::semaphore:
+      return {R::sem_permits, R::fence, R::sem_count};
+    case RedisLockKind::election:
+      return {R::leader, R::fence, R::leader_info};
+  }
+  return {};
+}
+
+// The kinds whose keys are among `roles` (a fencing counter alone is none).
+std::vector<RedisLockKind> kinds_of(const RoleSet& roles) {
+  using R = RedisKeyRole;
+  std::vector<RedisLockKind> out;
+  const bool fair = has(roles, R::fair_queue) || has(roles, R::fair_deadlines);
+  if (fair) {
+    out.push_back(RedisLockKind::fair_queue);
+  } else if (has(roles, R::lock)) {
+    out.push_back(RedisLockKind::mutex);
+  }
+  if (has(roles, R::rw_writer) || has(roles, R::rw_readers) || has(roles, R::rw_waiting))
+    out.push_back(RedisLockKind::rw);
+  if (has(roles, R::sem_permits) || has(roles, R::sem_count)) out.push_back(RedisLockKind::semaphore);
+  if (has(roles, R::leader) || has(roles, R::leader_info)) out.push_back(RedisLockKind::election);
+  return out;
+}
+
+enum class Shape { string, zset, hash };
+Shape shape_of(RedisKeyRole r) {
+  using R = RedisKeyRole;
+  switch (r) {
+    case R::rw_readers:
+    case R::sem_permits:
+    case R::fair_queue:
+    case R::fair_deadlines:
+      return Shape::zset;
+    case R::leader_info:
+      return Shape::hash;
+    default:
+      return Shape::string;
+  }
+}
+
+// What one key holds, read inside the batch's MULTI.
+struct KeyValue {
+  std::string type = "none";
+  std::optional<std::string> str;                          // string keys
+  long long pttl = -2;                                     // string keys
+  std::vector<std::pair<std::string, std::string>> pairs;  // zset member/score, hash field/value
+};
+
+// One name's reads in a batch: which roles, at which reply offset.
+struct Read {
+  std::string name;
+  std::vector<RedisKeyRole> roles;
+  std::map<RedisKeyRole, KeyValue> values;
+};
+
+std::size_t commands_for(Shape s) { return s == Shape::string ? 3 : 2; }
+
+void push_reads(detail::redis_proto::Request& req, std::string_view prefix, const Read& r) {
+  for (const RedisKeyRole role : r.roles) {
+    const std::string key = detail::redis_role_key(prefix, r.name, role);
+    req.push({"TYPE", key});
+    switch (shape_of(role)) {
+      case Shape::string:
+        req.push({"GET", key});
+        req.push({"PTTL", key});
+        break;
+      case Shape::zset:
+        req.push({"ZRANGE", key, "0", "-1", "WITHSCORES"});
+        break;
+      case Shape::hash:
+        req.push({"HGETALL", key});
+        break;
+    }
+  }
+}
+
+std::vector<std::pair<std::string, std::string>> pairs_of(const RedisValue& v) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (v.type != RedisValue::Type::array) return out;
+  for (std::size_t i = 0; i + 1 < v.elements.size(); i += 2) out.emplace_back(v.elements[i].str, v.elements[i + 1].str);
+  return out;
+}
+
+long long to_number(std::string_view s) {
+  long long v = 0;
+  const auto dot = s.find('.');
+  const std::string_view digits = s.substr(0, dot);
+  (void)std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  return v;
+}
+
+// `body` between MULTI and EXEC on one pooled connection; EXEC's reply (an
+// array of the replies, error replies as values). `what` names it in messages.
+RedisValue exec_multi(RedisClient& c, const detail::redis_proto::Request& body, std::string_view what) {
+  detail::RedisCall call{.what = std::string(what)};
+  call.request.push({"MULTI"});
+  call.request.append(body);
+  call.request.push({"EXEC"});
+  auto co = c.take();
+  std::vector<RedisValue> replies;
+  try {
+    replies = co.handle.exec(std::move(call));
+  } catch (...) {
+    c.give_back(std::move(co), false);
+    throw;
+  }
+  const bool healthy = !co.handle.broken();
+  c.give_back(std::move(co), healthy);
+  for (const auto& r : replies) detail::throw_if_error(r, c.endpoint(), what);
+  if (replies.empty() || replies.back().type != RedisValue::Type::array) unexpected(c, "MULTI/EXEC");
+  return std::move(replies.back());
+}
+
+// Reads every role of every entry in `reads` in one MULTI/EXEC per batch;
+// returns the server's clock (TIME) in ms of the last batch.
+long long read_all(RedisClient& c, std::vector<Read>& reads) {
+  long long now_ms = 0;
+  const std::string& prefix = c.options().key_prefix;
+  for (std::size_t begin = 0; begin < reads.size(); begin += batch_names) {
+    const std::size_t end = std::min(reads.size(), begin + batch_names);
+    detail::redis_proto::Request body;
+    body.push({"TIME"});
+    for (std::size_t i = begin; i < end; ++i) push_reads(body, prefix, reads[i]);
+    const RedisValue exec = exec_multi(c, body, "the administration reads");
+    if (exec.elements.empty() || exec.elements[0].type != RedisValue::Type::array ||
+        exec.elements[0].elements.size() != 2)
+      unexpected(c, "EXEC");
+    now_ms = to_number(exec.elements[0].elements[0].str) * 1000 + to_number(exec.elements[0].elements[1].str) / 1000;
+    std::size_t at = 1;
+    for (std::size_t i = begin; i < end; ++i) {
+      for (const RedisKeyRole role : reads[i].roles) {
+        const std::size_t n = commands_for(shape_of(role));
+        if (at + n > exec.elements.size()) unexpected(c, "EXEC");
+        KeyValue v;
+        const RedisValue& type = exec.elements[at];
+        if (type.type == RedisValue::Type::status || type.type == RedisValue::Type::string) v.type = type.str;
+        const RedisValue& read = exec.elements[at + 1];
+        switch (shape_of(role)) {
+          case Shape::string:
+            if (v.type == "string" && read.type == RedisValue::Type::string) v.str = read.str;
+            if (exec.elements[at + 2].type == RedisValue::Type::integer) v.pttl = exec.elements[at + 2].integer;
+            break;
+          case Shape::zset:
+            if (v.type == "zset") v.pairs = pairs_of(read);
+            break;
+          case Shape::hash:
+            if (v.type == "hash") v.pairs = pairs_of(read);
+            break;
+        }
+        reads[i].values[role] = std::move(v);
+        at += n;
+      }
+    }
+  }
+  return now_ms;
+}
+
+std::vector<RedisLeaseInfo> leases(const KeyValue& v, long long now_ms) {
+  std::vector<RedisLeaseInfo> out;
+  for (const auto& [member, score] : v.pairs) {
+    const long long left = to_number(score) - now_ms;
+    if (left > 0) out.push_back(RedisLeaseInfo{member, left});
+  }
+  return out;
+}
+
+// The state of `kind` for the name of `r` (whose reads include roles_of(kind)).
+RedisLockInfo info_of(const Read& r, RedisLockKind kind, std::string_view prefix, long long now_ms) {
+  using R = RedisKeyRole;
+  const auto value = [&](R role) -> const KeyValue& {
+    static const KeyValue none;
+    const auto it = r.values.find(role);
+    return it == r.values.end() ? none : it->second;
+  };
+  RedisLockInfo info;
+  info.name = r.name;
+  info.kind = kind;
+  const R main = roles_of(kind).front();
+  info.key = detail::redis_role_key(prefix, r.name, main);
+  const KeyValue& holder = value(main);
+  const char* expected = shape_of(main) == Shape::zset ? "zset" : "string";
+  if (holder.type != "none" && holder.type != expected) info.wrong_type = holder.type;
+  if (holder.str && holder.pttl != -2) {
+    info.owner = holder.str;
+    info.ttl_ms = holder.pttl;
+  }
+  if (const KeyValue& f = value(R::fence); f.str) info.token = f.str;
+  switch (kind) {
+    case RedisLockKind::mutex:
+      break;
+    case RedisLockKind::fair_queue: {
+      std::map<std::string, long long> deadline;
+      for (const auto& l : leases(value(R::fair_deadlines), now_ms)) deadline[l.owner] = l.ttl_ms;
+      for (const auto& [member, arrival] : value(R::fair_queue).pairs) {
+        (void)arrival;  // ZRANGE gave them in arrival order
+        if (const auto it = deadline.find(member); it != deadline.end())
+          info.queue.push_back(RedisLeaseInfo{member, it->second});
+      }
+      break;
+    }
+    case RedisLockKind::rw:
+      info.readers = leases(value(R::rw_readers), now_ms);
+      if (const KeyValue& w = value(R::rw_waiting); w.str && w.pttl != -2)
+        info.waiting_writer = RedisLeaseInfo{*w.str, w.pttl};
+      break;
+    case RedisLockKind::semaphore:
+      info.permits = leases(holder, now_ms);
+      info.permit_count = value(R::sem_count).str;
+      break;
+    case RedisLockKind::election:
+      if (info.owner) {
+        for (const auto& [field, v] : value(R::leader_info).pairs) {
+          if (field == "candidate") info.candidate = v;
+          if (field == "term") info.term = v;
+        }
+      }
+      break;
+  }
+  return info;
+}
+
+bool present(const RedisLockInfo& i) {
+  return i.held() || !i.queue.empty() || i.waiting_writer || !i.wrong_type.empty() || i.permit_count;
+}
+
+// SCAN MATCH `pattern` (COUNT 1000), each key to `on_key` (a key may come
+// more than once); stops early when `on_key` returns false.
+void scan(RedisClient& c, const std::string& pattern, const std::function<bool(std::string)>& on_key) {
+  std::string cursor = "0";
+  do {
+    RedisValue r = c.command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
+    detail::throw_if_error(r, c.endpoint(), "SCAN");
+    if (r.type != RedisValue::Type::array || r.elements.size() != 2 || r.elements[1].type != RedisValue::Type::array)
+      unexpected(c, "SCAN");
+    cursor = r.elements[0].str;
+    for (auto& k : r.elements[1].elements)
+      if (!on_key(std::move(k.str))) return;
+  } while (cursor != "0");
+}
+
+}  // namespace
+
+// ---- RedisAdmin ----
+
+RedisAdmin::RedisAdmin(RedisOptions options)
+    : client_(std::make_shared<RedisClient>((detail::validate(options), std::move(options)))) {}
+
+RedisAdmin::RedisAdmin(std::string_view uri, RedisOptions base) : RedisAdmin(parse_redis_uri(uri, std::move(base))) {}
+
+RedisAdmin::RedisAdmin(const RedisBackend& backend) {
+  auto copy = std::make_shared<RedisBackend>(backend);
+  detail::RedisClient* node = &copy->node();
+  client_ = std::shared_ptr<RedisClient>(std::move(copy), node);
+}
+
+RedisAdmin::~RedisAdmin() = default;
+RedisAdmin::RedisAdmin(RedisAdmin&&) noexcept = default;
+RedisAdmin& RedisAdmin::operator=(RedisAdmin&&) noexcept = default;
+
+const std::string& RedisAdmin::endpoint() const noexcept { return client_->endpoint(); }
+const std::string& RedisAdmin::prefix() const noexcept { return client_->options().key_prefix; }
+
+RedisLockList RedisAdmin::list(const RedisListOptions& options) {
+  RedisLockList out;
+  std::map<std::string, RoleSet> names;
+  std::set<std::string> locks;  // names with a key other than a fencing counter
+  // Stop scanning once more locks than the bound were seen.
+  scan(*client_, detail::redis_glob_escape(prefix()) + "{" + options.match + "}*", [&](std::string key) {
+    const auto k = detail::classify_redis_key(prefix(), key);
+    if (!k) return true;
+    names[k->name][static_cast<std::size_t>(k->role)] = true;
+    if (k->role != RedisKeyRole::fence) locks.insert(k->name);
+    out.truncated = options.limit != 0 && locks.size() > options.limit;
+    return !out.truncated;
+  });
+  std::vector<std::pair<Read, RedisLockKind>> reads;
+  for (const auto& [name, roles] : names)
+    for (const RedisLockKind kind : kinds_of(roles)) reads.emplace_back(Read{name, roles_of(kind), {}}, kind);
+  if (options.limit != 0 && reads.size() > options.limit) {
+    reads.resize(options.limit);
+    out.truncated = true;
+  }
+  std::vector<Read> batch;
+  batch.reserve(reads.size());
+  for (auto& r : reads) batch.push_back(std::move(r.first));
+  const long long now_ms = read_all(*client_, batch);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    RedisLockInfo info = info_of(batch[i], reads[i].second, prefix(), now_ms);
+    if (present(info)) out.locks.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::vector<RedisLockInfo> RedisAdmin::inspect(std::string_view name) {
+  std::vector<Read> reads(1);
+  reads[0].name = std::string(name);
+  for (std::size_t r = 0; r < role_count; ++r) reads[0].roles.push_back(static_cast<RedisKeyRole>(r));
+  const long long now_ms = read_all(*client_, reads);
+  RoleSet roles{};
+  for (const auto& [role, v] : reads[0].values)
+    if (v.type != "none") roles[static_cast<std::size_t>(role)] = true;
+  std::vector<RedisLockInfo> out;
+  for (const RedisLockKind kind : kinds_of(roles)) {
+    RedisLockInfo info = info_of(reads[0], kind, prefix(), now_ms);
+    if (present(info)) out.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::vector<RedisLockInfo> RedisAdmin::inspect_mutexes(const std::vector<std::string>& names) {
+  std::vector<Read> reads;
+  reads.reserve(names.size());
+  for (const auto& n : names) reads.push_back(Read{n, roles_of(RedisLockKind::mutex), {}});
+  const long long now_ms = read_all(*client_, reads);
+  std::vector<RedisLockInfo> out;
+  out.reserve(reads.size());
+  for (const auto& r : reads) out.push_back(info_of(r, RedisLockKind::mutex, prefix(), now_ms));
+  return out;
+}
+
+RedisWaitRecords RedisAdmin::wait_records() {
+  RedisWaitRecords out;
+  std::set<std::string> unique;
+  scan(*client_, detail::redis_glob_escape(prefix()) + detail::redis_glob_escape(detail::redis_waiting_infix) + "*",
+       [&](std::string key) {
+         unique.insert(std::move(key));
+         return true;
+       });
+  const std::vector<std::string> keys(unique.begin(), unique.end());
+  constexpr std::size_t batch = 500;
+  for (std::size_t begin = 0; begin < keys.size(); begin += batch) {
+    const std::size_t end = std::min(keys.size(), begin + batch);
+    std::vector<std::string_view> args{"MGET"};
+    for (std::size_t i = begin; i < end; ++i) args.push_back(keys[i]);
+    const RedisValue r = client_->command(args);
+    detail::throw_if_error(r, client_->endpoint(), "MGET of wait records");
+    if (r.type != RedisValue::Type::array || r.elements.size() != end - begin) unexpected(*client_, "MGET");
+    for (const auto& v : r.elements) {
+      if (v.type != RedisValue::Type::string) continue;  // expired since the SCAN
+      if (auto w = detail::decode_wait_record(v.str)) {
+        out.records.push_back(std::move(*w));
+      } else {
+        ++out.malformed;
+      }
+    }
+  }
+  return out;
+}
+
+std::optional<RedisReleased> RedisAdmin::force_release(std::string_view name, std::optional<std::string_view> owner) {
+  detail::validate_redis_lock_name(name);
+  const std::vector<std::string> names{std::string(name)};
+  // The holder may change between the read and the owner-checked release: read again then.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    const RedisLockInfo s = inspect_mutexes(names).at(0);
+    if (!s.wrong_type.empty())
+      throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
+                                    endpoint(), s.wrong_type));
+    if (!s.owner || (owner && *s.owner != *owner)) return std::nullopt;
+    if (client_->release(client_->keys(name), *s.owner)) return RedisReleased{*s.owner, s.ttl_ms};
+  }
+  throw ServerError(
+      fmt::format("dlock: lock '{}' on Redis at {} changed hands five times during a force release", name, endpoint()));
+}
+
+std::optional<std::string> RedisAdmin::set_permit_count(std::string_view name, std::optional<std::uint64_t> count) {
+  detail::validate_redis_lock_name(name);
+  const std::string key = detail::redis_role_key(prefix(), name, RedisKeyRole::sem_count);
+  const std::string value = count ? std::to_string(*count) : std::string();
+  detail::redis_proto::Request body;
+  body.push({"GET", key});
+  if (count) {
+    body.push({"SET", key, value});
+  } else {
+    body.push({"DEL", key});
+  }
+  const RedisValue exec = exec_multi(*client_, body, "the permit count's update");
+  if (exec.elements.size() != 2) unexpected(*client_, "EXEC");
+  if (exec.elements[0].type == RedisValue::Type::string) return exec.elements[0].str;
+  return std::nullopt;
+}
+
+// ---- RedlockAdmin ----
+
+RedlockAdmin::RedlockAdmin(std::vector<RedisOptions> nodes, std::string_view prefix) {
+  if (nodes.empty()) throw InvalidArgument("dlock: RedlockAdmin needs at least one node");
+  nodes_.reserve(nodes.size());
+  for (auto& o : nodes) {
+    if (!prefix.empty()) o.key_prefix = std::string(prefix);
+    nodes_.emplace_back(std::move(o));
+  }
+}
+
+RedlockAdmin::RedlockAdmin(const RedlockBackend& backend)
+    : RedlockAdmin(backend.options().nodes, backend.options().key_prefix) {}
+
+std::vector<std::string> RedlockAdmin::endpoints() const {
+  std::vector<std::string> out;
+  for (const auto& n : nodes_) out.push_back(n.endpoint());
+  return out;
+}
+
+namespace {
+
+template <class T, class Fn>
+std::vector<RedlockNodeResult<T>> on_every_node(std::vector<RedisAdmin>& nodes, const Fn& fn) {
+  std::vector<RedlockNodeResult<T>> out(nodes.size());
+  std::vector<std::thread> threads;
+  threads.reserve(nodes.size());
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    out[i].endpoint = nodes[i].endpoint();
+    threads.emplace_back([&, i] {
+      try {
+        out[i].value.emplace(fn(nodes[i]));
+      } catch (const std::exception& e) {
+        out[i].error = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+}  // namespace
+
+std::vector<RedlockNodeResult<RedisLockList>> RedlockAdmin::list(const RedisListOptions& options) {
+  return on_every_node<RedisLockList>(nodes_, [&](RedisAdmin& a) { return a.list(options); });
+}
+
+std::vector<RedlockNodeResult<std::vector<RedisLockInfo>>> RedlockAdmin::inspect_mutexes(
+    const std::vector<std::string>& names) {
+  return on_every_node<std::vector<RedisLockInfo>>(nodes_, [&](RedisAdmin& a) { return a.inspect_mutexes(names); });
+}
+
+std::vector<RedlockNodeResult<std::optional<RedisReleased>>> RedlockAdmin::force_release(
+    std::string_view name, std::optional<std::string_view> owner) {
+  return on_every_node<std::optional<RedisReleased>>(nodes_,
+                                                     [&](RedisAdmin& a) { return a.force_release(name, owner); });
+}
+
+}  // namespace dlock
