@@ -83,8 +83,12 @@ class RedisBackend {
 
   // The Backend operations (backend.hpp). Each is one round trip on a pooled
   // connection. Throw ConnectionError (unreachable, reset, timed out: the
-  // outcome is unknown), ServerError (errc::auth for a refused AUTH; wrong key
-  // type, read-only replica, out of memory, script errors), InvalidArgument
+  // outcome is unknown; also a failover's READONLY, MASTERDOWN, LOADING,
+  // TRYAGAIN, CLUSTERDOWN, BUSY: nothing was done, the acquire loop retries,
+  // and a connection that said READONLY or MASTERDOWN is dropped with the
+  // pool's other connections after one retry on a new connection), ServerError
+  // (errc::auth for a refused AUTH; wrong key type, out of memory, script
+  // errors), InvalidArgument
   // (a name this backend cannot store, e.g. one starting with '}').
   [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& request);
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);

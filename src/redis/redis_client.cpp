@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/redis_cluster.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
@@ -19,6 +20,15 @@ namespace dlock::detail {
 
 namespace {
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+// An error reply saying the server is not (or no longer) a usable primary
+// (READONLY, MASTERDOWN): the connection must not be used again.
+bool not_primary(const RedisValue& r) {
+  return r.is_error() && redis_proto::after_error_kind(redis_proto::classify_error(r.str).kind).drop_connection;
+}
+bool any_not_primary(const std::vector<RedisValue>& replies) {
+  return std::any_of(replies.begin(), replies.end(), not_primary);
+}
 }  // namespace
 
 EvictionVerdict judge_eviction_policy(const RedisValue& r, std::string_view endpoint) {
@@ -94,11 +104,16 @@ void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::str
   const auto has = [&](std::string_view code) {
     return starts_with(m, code) || m.find(code) != std::string_view::npos;
   };
-  if (has("READONLY"))
-    throw ServerError(
-        fmt::format("dlock: {} failed: Redis at {} is a read-only replica ({}); point dlock at the "
-                    "primary",
-                    what, endpoint, m));
+  // READONLY, MASTERDOWN, LOADING, TRYAGAIN, CLUSTERDOWN, BUSY: a failover or
+  // a server that cannot answer now. Refused before any effect: retried.
+  if (const auto kind = redis_proto::classify_error(m).kind; redis_proto::is_transient(kind))
+    throw ConnectionError(fmt::format(
+        "dlock: {} was refused by Redis at {}: {} ({}); nothing was done on the server, and a blocking acquire "
+        "retries it{}",
+        what, endpoint, redis_proto::describe(kind), m,
+        redis_proto::after_error_kind(kind).drop_connection
+            ? " on a new connection (if this lasts, dlock reaches a replica: point it at the primary)"
+            : ""));
   if (starts_with(m, "OOM") || m.find("OOM command not allowed") != std::string_view::npos)
     throw ServerError(
         fmt::format("dlock: {} failed: Redis at {} is out of memory ({}); raise maxmemory or free "
@@ -218,6 +233,11 @@ std::vector<RedisValue> RedisClient::run_scripts(std::span<const redis_proto::Sc
   RedisClient* const self[] = {this};
   const std::vector<redis_proto::ScriptCall> batch(calls.begin(), calls.end());
   auto out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
+  // A server that is no longer the primary (a failover behind the name):
+  // its connections are retired; once more on a new one, which resolves the
+  // name again. Nothing was done by the refused calls.
+  if (!out[0].error && any_not_primary(out[0].replies))
+    out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
   if (out[0].error) std::rethrow_exception(out[0].error);
   return std::move(out[0].replies);
 }
@@ -301,7 +321,9 @@ std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
     }
   }
   for (std::size_t i = 0; i < n; ++i)
-    if (links[i]) nodes[i]->give_back(std::move(*links[i]), !out[i].error && !links[i]->handle.broken());
+    if (links[i])
+      nodes[i]->give_back(std::move(*links[i]),
+                          !out[i].error && !links[i]->handle.broken() && !any_not_primary(out[i].replies));
   return out;
 }
 
@@ -369,7 +391,9 @@ RedisValue RedisClient::command(std::span<const std::string_view> args) {
   Use use(*this);
   RedisCall call{.what = fmt::format("{}", args.empty() ? std::string_view("a command") : args.front())};
   call.request.push(args);
-  return std::move(use.link().exec(std::move(call)).at(0));
+  RedisValue r = std::move(use.link().exec(std::move(call)).at(0));
+  if (not_primary(r)) use.link().close();  // never reused
+  return r;
 }
 
 }  // namespace dlock::detail

@@ -17,7 +17,12 @@
 // within command_timeout (its outcome unknown: it may have been granted), or
 // when no pooled connection became free in time. A connection that failed is
 // dropped, never reused. ServerError for error replies (errc::auth for NOAUTH
-// / WRONGPASS / NOPERM). Messages name the endpoint, never the password.
+// / WRONGPASS / NOPERM), except a failover's transient states (READONLY,
+// MASTERDOWN, LOADING, TRYAGAIN, CLUSTERDOWN, BUSY): ConnectionError, nothing
+// done. A connection that answered READONLY or MASTERDOWN (not the primary)
+// is dropped and the pool's generation bumped; the script calls are sent
+// once more on a new connection (resolving the name again) before that
+// error is thrown. Messages name the endpoint, never the password.
 #pragma once
 
 #include <chrono>
