@@ -13,6 +13,7 @@
 
 #include <dlock/detail/format.hpp>
 #include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_sentinel_client.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
@@ -186,13 +187,28 @@ RedisClient::RedisClient(RedisOptions options, RedisLinkSetup setup)
       setup_(setup),
       pool_(options_.pool_size, [](const RedisLink& l) { return !l.broken(); }) {
   setup_.facts = &facts_;
+  if (options_.sentinel) sentinel_ = std::make_unique<SentinelClient>(options_);
 }
 
-RedisClient::~RedisClient() = default;
+RedisClient::~RedisClient() { sentinel_.reset(); }  // stops the +switch-master watch before the pool goes
+
+RedisLink RedisClient::open_link() {
+  if (!sentinel_) return RedisLink::open(options_, setup_);
+  // A failover announced retires every connection open before it.
+  sentinel_->watch([this] { pool_.invalidate(); });
+  return sentinel_->open(setup_);
+}
+
+std::optional<RedisOptions> RedisClient::current_server() const {
+  if (!sentinel_) return options_;
+  return sentinel_->last_primary();
+}
+
+std::uint64_t RedisClient::failovers_seen() const { return sentinel_ ? sentinel_->switches() : 0; }
 
 RedisClient::Checkout RedisClient::take() {
   const auto wait = options_.connect_timeout + options_.command_timeout;
-  auto c = pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
+  auto c = pool_.take(wait, [&] { return open_link(); });
   if (!c)
     throw TimeoutError(
         fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
@@ -204,7 +220,7 @@ RedisClient::Checkout RedisClient::take() {
 std::optional<RedisClient::Checkout> RedisClient::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
 
 std::optional<RedisClient::Checkout> RedisClient::pool_take(std::chrono::nanoseconds wait) {
-  return pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
+  return pool_.take(wait, [&] { return open_link(); });
 }
 
 namespace {
@@ -348,7 +364,9 @@ bool RedisClient::release(const RedisKeys& keys, std::string_view owner) {
 
 void RedisClient::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
   try {
-    RedisOptions o = options_;
+    std::optional<RedisOptions> server = current_server();  // Sentinel: no discovery here
+    if (!server) return;
+    RedisOptions o = std::move(*server);
     o.connect_timeout = std::min(o.connect_timeout, timeout);
     o.command_timeout = std::min(o.command_timeout, timeout);
     // No SCRIPT LOAD (the call then goes as EVAL), and no eviction check: a

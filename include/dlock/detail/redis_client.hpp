@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -69,7 +70,11 @@ struct ReleaseReply {
 [[nodiscard]] ReleaseReply parse_release_reply(const RedisValue& reply, std::string_view endpoint,
                                                std::string_view lock_key);
 
-/// One Redis server: a pool of links and the lock operations. Thread-safe.
+class SentinelClient;
+
+/// One Redis server (with options.sentinel: the primary the sentinels name,
+/// detail/redis_sentinel_client.hpp): a pool of links and the lock
+/// operations. Thread-safe.
 class RedisClient {
  public:
   /// `options` must be valid (detail::validate). Connects lazily.
@@ -134,7 +139,14 @@ class RedisClient {
   [[nodiscard]] std::optional<Checkout> pool_take(std::chrono::nanoseconds wait);
   void give_back(Checkout c, bool healthy) noexcept { pool_.give_back(std::move(c), healthy); }
 
+  /// The options of the server the pool connects to: options() itself, or
+  /// with Sentinel the last primary found (nullopt before any). Never blocks.
+  [[nodiscard]] std::optional<RedisOptions> current_server() const;
+  /// With Sentinel, for tests: the +switch-master announcements received; else 0.
+  [[nodiscard]] std::uint64_t failovers_seen() const;
+
  private:
+  RedisLink open_link();
   bool released(const RedisValue& reply, const RedisKeys& keys);
 
   const RedisOptions options_;
@@ -142,6 +154,7 @@ class RedisClient {
   ServerFacts facts_;
   RedisLinkSetup setup_;
   Pool<RedisLink> pool_;
+  std::unique_ptr<SentinelClient> sentinel_;  // with options.sentinel
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty
