@@ -221,6 +221,18 @@ class SentinelProcess {
   pid_t pid_ = -1;
 };
 
+/// Replicas the primary on `port` lists as online (INFO replication). A
+/// replica reports its link up once it loaded the primary's data, but the
+/// primary puts it online only at its first REPLCONF ACK, up to a second
+/// later: until then ROLE and WAIT do not count it (waiting only for the
+/// replica's side made the tests that read ROLE flaky on a loaded machine).
+inline int replicas_online(int port) {
+  const std::string text = redis_command(port, {"INFO", "replication"}).str;
+  int n = 0;
+  for (std::size_t at = text.find("state=online"); at != std::string::npos; at = text.find("state=online", at + 1)) ++n;
+  return n;
+}
+
 /// A primary's extra arguments: start a replica's full sync at once (Redis 7
 /// waits repl-diskless-sync-delay, 5 s, for more replicas by default).
 inline std::vector<std::string> primary_args() { return {"--repl-diskless-sync-delay", "0"}; }
@@ -230,8 +242,12 @@ struct ReplicatedPair {
   RedisServer primary{primary_args()};
   RedisServer replica{{"--replicaof", "127.0.0.1", std::to_string(primary.port())}};
   ReplicatedPair() {
-    if (!eventually([&] { return info_field(replica.port(), "replication", "master_link_status") == "up"; },
-                    std::chrono::seconds(10)))
+    if (!eventually(
+            [&] {
+              return info_field(replica.port(), "replication", "master_link_status") == "up" &&
+                     replicas_online(primary.port()) == 1;
+            },
+            std::chrono::seconds(10)))
       throw std::runtime_error("ReplicatedPair: the replica did not sync");
   }
   ReplicatedPair(const ReplicatedPair&) = delete;
@@ -256,6 +272,8 @@ class SentinelSetup {
       if (!eventually([&] { return info_field(r->port(), "replication", "master_link_status") == "up"; },
                       std::chrono::seconds(10)))
         throw std::runtime_error("SentinelSetup: a replica did not sync");
+    if (!eventually([&] { return replicas_online(primary_->port()) == 2; }, std::chrono::seconds(10)))
+      throw std::runtime_error("SentinelSetup: the primary does not list both replicas online");
     for (int i = 0; i < 3; ++i) sentinels_.push_back(std::make_unique<SentinelProcess>(master_name, primary_->port()));
   }
 
