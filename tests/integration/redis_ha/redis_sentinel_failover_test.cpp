@@ -6,6 +6,8 @@
 // +switch-master announcement reached the backend, a fenced resource never
 // receives a token at or below one it saw, and the release subscriber
 // follows the primary (a waiter with a long backoff is woken by a release).
+// The same traffic while the primary is paused (SIGSTOP) past
+// down-after-milliseconds, failed over, and then resumed and demoted.
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
 
@@ -78,67 +80,100 @@ bool sentinels_ready(SentinelSetup& setup) {
       15s);
 }
 
-TEST(RedisSentinelBackend, LockingResumesOnThePromotedReplicaAfterSigkillWithFencingTokensThatOnlyIncrease) {
-  DLOCK_REQUIRE_OWN_REDIS();
-  SentinelSetup setup;
-  ASSERT_TRUE(sentinels_ready(setup));
+// Lock traffic through `redis`: 4 threads, names s0..s2, every token checked
+// by a fenced resource. Errors other than a release's ConnectionError stop
+// the thread and are kept.
+class LockTraffic {
+ public:
+  explicit LockTraffic(RedisBackend& redis) {
+    for (int t = 0; t < 4; ++t)
+      workers_.emplace_back([this, &redis, t] {
+        for (int i = 0; !stop_; ++i) {
+          const std::string name = "s" + std::to_string((t + i) % 3);
+          try {
+            // ttl 2 s: a lock whose release met the failover frees soon.
+            Lock<RedisBackend> lock(redis, name,
+                                    {.ttl = 2s,
+                                     .retry = {.initial_delay = 5ms, .max_delay = 100ms},
+                                     .acquire_timeout = 20s,
+                                     .observer = quiet_});
+            lock.lock();
+            resource_.write(name, lock.fencing_token());
+            try {
+              (void)lock.release();
+            } catch (const dlock::ConnectionError&) {
+              // the failover broke the connection under the release: the lock expires by its TTL
+            } catch (const dlock::TimeoutError&) {
+              // ... or the paused primary never answered it
+            }
+            ++done_;
+          } catch (const std::exception& e) {
+            std::lock_guard lk(error_mu_);
+            if (first_error_.empty()) first_error_ = e.what();
+            return;
+          }
+        }
+      });
+  }
+  LockTraffic(const LockTraffic&) = delete;
+  LockTraffic& operator=(const LockTraffic&) = delete;
+  ~LockTraffic() { stop(); }
+
+  /// `by` more lock cycles completed within `within` (false also after an error).
+  bool progressed(int by, std::chrono::seconds within) {
+    const int from = done_;
+    return eventually([&] { return done_ >= from + by || !error().empty(); }, within) && error().empty();
+  }
+  void stop() {
+    stop_ = true;
+    for (auto& w : workers_)
+      if (w.joinable()) w.join();
+  }
+  std::string error() {
+    std::lock_guard lk(error_mu_);
+    return first_error_;
+  }
+  [[nodiscard]] int violations() const { return resource_.violations(); }
+
+ private:
+  const std::shared_ptr<Quiet> quiet_ = std::make_shared<Quiet>();
+  FencedResource resource_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> done_{0};
+  std::mutex error_mu_;
+  std::string first_error_;
+  std::vector<std::thread> workers_;
+};
+
+dlock::RedisOptions base_options() {
   dlock::RedisOptions base;
   base.key_prefix = "sentinel:";
   base.connect_timeout = 500ms;
   base.command_timeout = 1s;
-  RedisBackend redis(sentinel_uri(setup), base);
+  return base;
+}
+
+TEST(RedisSentinelBackend, LockingResumesOnThePromotedReplicaAfterSigkillWithFencingTokensThatOnlyIncrease) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  SentinelSetup setup;
+  ASSERT_TRUE(sentinels_ready(setup));
+  RedisBackend redis(sentinel_uri(setup), base_options());
   ASSERT_TRUE(redis.options().sentinel);
   const int old_primary = setup.primary().port();
-
-  FencedResource resource;
-  std::atomic<bool> stop{false};
-  std::atomic<int> done{0};
-  std::mutex error_mu;
-  std::string first_error;
   const auto quiet = std::make_shared<Quiet>();
-  std::vector<std::thread> workers;
-  for (int t = 0; t < 4; ++t)
-    workers.emplace_back([&, t] {
-      for (int i = 0; !stop; ++i) {
-        const std::string name = "s" + std::to_string((t + i) % 3);
-        try {
-          // ttl 2 s: a lock whose release met the kill frees soon.
-          Lock<RedisBackend> lock(redis, name,
-                                  {.ttl = 2s,
-                                   .retry = {.initial_delay = 5ms, .max_delay = 100ms},
-                                   .acquire_timeout = 20s,
-                                   .observer = quiet});
-          lock.lock();
-          resource.write(name, lock.fencing_token());
-          try {
-            (void)lock.release();
-          } catch (const dlock::ConnectionError&) {
-            // the switch broke the connection under the release: the lock expires by its TTL
-          }
-          ++done;
-        } catch (const std::exception& e) {
-          std::lock_guard lk(error_mu);
-          if (first_error.empty()) first_error = e.what();
-          return;
-        }
-      }
-    });
-  const auto progressed = [&](int by, std::chrono::seconds within) {
-    const int from = done;
-    return eventually([&] { return done >= from + by || !first_error.empty(); }, within);
-  };
+  LockTraffic traffic(redis);
+  const auto progressed = [&](int by, std::chrono::seconds within) { return traffic.progressed(by, within); };
 
-  ASSERT_TRUE(progressed(100, 15s)) << first_error;
+  ASSERT_TRUE(progressed(100, 15s)) << traffic.error();
   const auto killed = std::chrono::steady_clock::now();
   setup.primary().kill();
   const bool resumed = progressed(1, 30s);
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
   const bool more = resumed && progressed(100, 15s);
-  stop = true;
-  for (auto& w : workers) w.join();
-  EXPECT_TRUE(first_error.empty()) << first_error;
+  traffic.stop();
+  EXPECT_TRUE(traffic.error().empty()) << traffic.error();
   ASSERT_TRUE(resumed && more) << "locking did not resume after the primary was killed";
-  EXPECT_EQ(resource.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  EXPECT_EQ(traffic.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
   EXPECT_TRUE(eventually([&] { return redis.node().failovers_seen() >= 1; }, 5s)) << "no +switch-master reached it";
   const auto now_at = redis.node().current_server();
   ASSERT_TRUE(now_at);
@@ -181,6 +216,46 @@ TEST(RedisSentinelBackend, LockingResumesOnThePromotedReplicaAfterSigkillWithFen
   EXPECT_TRUE(got);
   EXPECT_LT(woke, 2s) << "the waiter was not woken by the release "
                          "(its backoff is 4 s)";
+}
+
+// The primary paused (SIGSTOP) past down-after-milliseconds: the pooled
+// requests to it time out (retried), the sentinels promote a replica, and
+// +switch-master retires the old connections. When the old primary comes
+// back it still believes it is the primary until the sentinels demote it:
+// nothing of dlock's may reach it meanwhile.
+TEST(RedisSentinelBackend, APrimaryPausedPastDownAfterIsFailedOverAndItsReturnIsHarmless) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  SentinelSetup setup;
+  ASSERT_TRUE(sentinels_ready(setup));
+  RedisBackend redis(sentinel_uri(setup), base_options());
+  const int old_primary = setup.primary().port();
+  LockTraffic traffic(redis);
+  ASSERT_TRUE(traffic.progressed(100, 15s)) << traffic.error();
+  const auto paused = std::chrono::steady_clock::now();
+  setup.primary().pause();
+  const bool failed_over = eventually([&] { return redis.node().failovers_seen() >= 1; }, 30s);
+  const auto failed_over_at = std::chrono::steady_clock::now();
+  const bool resumed = failed_over && traffic.progressed(50, 20s);
+  setup.primary().resume();
+  const auto resumed_at = std::chrono::steady_clock::now();
+  const bool after_return = resumed && traffic.progressed(100, 15s);
+  const bool demoted =
+      eventually([&] { return dlock::test::info_field(old_primary, "replication", "role") == "slave"; }, 20s);
+  const auto demoted_at = std::chrono::steady_clock::now();
+  const bool after_demotion = after_return && traffic.progressed(50, 15s);
+  std::printf(
+      "sentinel pause: failed over %lld ms after SIGSTOP; old primary demoted %lld ms after SIGCONT\n",
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(failed_over_at - paused).count()),
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(demoted_at - resumed_at).count()));
+  traffic.stop();
+  EXPECT_TRUE(traffic.error().empty()) << traffic.error();
+  EXPECT_TRUE(failed_over) << "no +switch-master reached the backend";
+  EXPECT_TRUE(resumed && after_return && after_demotion) << "locking did not go on through the pause";
+  EXPECT_TRUE(demoted) << "the sentinels did not demote the old primary";
+  EXPECT_EQ(traffic.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  const auto now_at = redis.node().current_server();
+  ASSERT_TRUE(now_at);
+  EXPECT_NE(now_at->port, old_primary);
 }
 
 }  // namespace
