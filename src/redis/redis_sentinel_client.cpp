@@ -111,10 +111,15 @@ SentinelClient::~SentinelClient() {
     w = watch_;
   }
   if (!w) return;
-  std::lock_guard lk(w->mu);
-  w->stop = true;
-  w->client = nullptr;
-  if (w->link) w->link->close();
+  std::optional<RedisLink> link;
+  {
+    std::lock_guard lk(w->mu);
+    w->stop = true;
+    w->client = nullptr;
+    link = std::move(w->link);
+    w->link.reset();
+  }
+  link.reset();  // closed outside the lock, as the release subscriber does
 }
 
 RedisOptions SentinelClient::sentinel_options(std::size_t i) const {

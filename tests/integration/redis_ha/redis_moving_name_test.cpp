@@ -29,39 +29,16 @@ using dlock::Lock;
 using dlock::RedisBackend;
 using dlock::test::eventually;
 using dlock::test::info_field;
+using dlock::test::LockTraffic;
 using dlock::test::RespConn;
 
 namespace {
-
-struct Quiet : dlock::Observer {
-  void on_event(const dlock::Event&) noexcept override {}
-};
 
 // READONLY replies a server sent since it started (INFO errorstats).
 long long readonly_replies(int port) {
   const std::string line = info_field(port, "errorstats", "errorstat_READONLY");  // "count=N"
   return line.empty() ? 0 : std::stoll(line.substr(line.find('=') + 1));
 }
-
-// A resource that accepts a write only with a token above the last it accepted, per name.
-class FencedResource {
- public:
-  void write(const std::string& name, std::uint64_t token) {
-    std::lock_guard lk(mu_);
-    std::uint64_t& last = last_[name];
-    if (token <= last) ++violations_;
-    last = std::max(last, token);
-  }
-  [[nodiscard]] int violations() const {
-    std::lock_guard lk(mu_);
-    return violations_;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::map<std::string, std::uint64_t> last_;
-  int violations_ = 0;
-};
 
 TEST(RedisMovingName, AReplicaofSwapWhileLockingIsRetriedAndThePoolRecovers) {
   DLOCK_REQUIRE_OWN_REDIS();
@@ -75,45 +52,10 @@ TEST(RedisMovingName, AReplicaofSwapWhileLockingIsRetriedAndThePoolRecovers) {
   o.pool_size = 4;
   RedisBackend redis(o);
 
-  constexpr int threads = 4;
-  FencedResource resource;
-  std::atomic<bool> stop{false};
-  std::atomic<int> done{0};
-  std::mutex error_mu;
-  std::string first_error;
-  const auto quiet = std::make_shared<Quiet>();
-  std::vector<std::thread> workers;
-  for (int t = 0; t < threads; ++t)
-    workers.emplace_back([&, t] {
-      for (int i = 0; !stop; ++i) {
-        const std::string lock_name = "n" + std::to_string((t + i) % 3);
-        try {
-          Lock<RedisBackend> lock(redis, lock_name,
-                                  {.ttl = 2s,
-                                   .retry = {.initial_delay = 5ms, .max_delay = 50ms},
-                                   .acquire_timeout = 10s,
-                                   .observer = quiet});
-          lock.lock();
-          resource.write(lock_name, lock.fencing_token());
-          try {
-            (void)lock.release();
-          } catch (const dlock::ConnectionError&) {
-            // the switch broke the connection under the release: the lock expires by its TTL
-          }
-          ++done;
-        } catch (const std::exception& e) {
-          std::lock_guard lk(error_mu);
-          if (first_error.empty()) first_error = e.what();
-          return;
-        }
-      }
-    });
-  const auto progressed = [&](int by) {
-    const int from = done;
-    return eventually([&] { return done >= from + by || !first_error.empty(); }, 15s);
-  };
+  LockTraffic traffic(redis);
+  const auto progressed = [&](int by) { return traffic.progressed(by, 15s); };
 
-  ASSERT_TRUE(progressed(100));
+  ASSERT_TRUE(progressed(100)) << traffic.error();
   // The swap: hold A's writes, let B catch up, promote B, move the name,
   // demote A (whose held writes then answer READONLY), let A's writes go.
   RespConn ca(a), cb(b);
@@ -130,17 +72,15 @@ TEST(RedisMovingName, AReplicaofSwapWhileLockingIsRetriedAndThePoolRecovers) {
   // Every connection to A said READONLY once and was dropped: more traffic
   // meets no READONLY at all.
   const bool more = progressed(100);
-  stop = true;
-  for (auto& w : workers) w.join();
-  EXPECT_TRUE(first_error.empty()) << first_error;
+  traffic.stop();
+  EXPECT_TRUE(traffic.error().empty()) << traffic.error();
   EXPECT_TRUE(resumed && more) << "locking did not resume after the swap";
-  EXPECT_EQ(resource.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  EXPECT_EQ(traffic.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
   EXPECT_GE(readonly_after_swap, 1) << "the swap produced no READONLY: the test did not test it";
   EXPECT_LE(readonly_after_swap, static_cast<long long>(o.pool_size)) << "a connection that said READONLY was reused";
   EXPECT_EQ(readonly_replies(a), readonly_after_swap) << "connections to the demoted server stayed in the pool";
   EXPECT_EQ(readonly_replies(b), 0);
-  std::printf("moving name: %lld READONLY replies from the demoted server, %d lock cycles\n", readonly_after_swap,
-              done.load());
+  std::printf("moving name: %lld READONLY replies from the demoted server\n", readonly_after_swap);
 }
 
 }  // namespace

@@ -29,34 +29,12 @@ using namespace std::chrono_literals;
 using dlock::Lock;
 using dlock::RedisBackend;
 using dlock::test::eventually;
+using dlock::test::LockTraffic;
+using dlock::test::Quiet;
 using dlock::test::RespConn;
 using dlock::test::SentinelSetup;
 
 namespace {
-
-struct Quiet : dlock::Observer {
-  void on_event(const dlock::Event&) noexcept override {}
-};
-
-// Accepts a write only with a token above the last it accepted, per name.
-class FencedResource {
- public:
-  void write(const std::string& name, std::uint64_t token) {
-    std::lock_guard lk(mu_);
-    std::uint64_t& last = last_[name];
-    if (token <= last) ++violations_;
-    last = std::max(last, token);
-  }
-  [[nodiscard]] int violations() const {
-    std::lock_guard lk(mu_);
-    return violations_;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::map<std::string, std::uint64_t> last_;
-  int violations_ = 0;
-};
 
 std::string sentinel_uri(SentinelSetup& setup) {
   std::string uri = "redis+sentinel://";
@@ -79,71 +57,6 @@ bool sentinels_ready(SentinelSetup& setup) {
       },
       15s);
 }
-
-// Lock traffic through `redis`: 4 threads, names s0..s2, every token checked
-// by a fenced resource. Errors other than a release's ConnectionError stop
-// the thread and are kept.
-class LockTraffic {
- public:
-  explicit LockTraffic(RedisBackend& redis) {
-    for (int t = 0; t < 4; ++t)
-      workers_.emplace_back([this, &redis, t] {
-        for (int i = 0; !stop_; ++i) {
-          const std::string name = "s" + std::to_string((t + i) % 3);
-          try {
-            // ttl 2 s: a lock whose release met the failover frees soon.
-            Lock<RedisBackend> lock(redis, name,
-                                    {.ttl = 2s,
-                                     .retry = {.initial_delay = 5ms, .max_delay = 100ms},
-                                     .acquire_timeout = 20s,
-                                     .observer = quiet_});
-            lock.lock();
-            resource_.write(name, lock.fencing_token());
-            try {
-              (void)lock.release();
-            } catch (const dlock::ConnectionError&) {
-              // the failover broke the connection under the release: the lock expires by its TTL
-            } catch (const dlock::TimeoutError&) {
-              // ... or the paused primary never answered it
-            }
-            ++done_;
-          } catch (const std::exception& e) {
-            std::lock_guard lk(error_mu_);
-            if (first_error_.empty()) first_error_ = e.what();
-            return;
-          }
-        }
-      });
-  }
-  LockTraffic(const LockTraffic&) = delete;
-  LockTraffic& operator=(const LockTraffic&) = delete;
-  ~LockTraffic() { stop(); }
-
-  /// `by` more lock cycles completed within `within` (false also after an error).
-  bool progressed(int by, std::chrono::seconds within) {
-    const int from = done_;
-    return eventually([&] { return done_ >= from + by || !error().empty(); }, within) && error().empty();
-  }
-  void stop() {
-    stop_ = true;
-    for (auto& w : workers_)
-      if (w.joinable()) w.join();
-  }
-  std::string error() {
-    std::lock_guard lk(error_mu_);
-    return first_error_;
-  }
-  [[nodiscard]] int violations() const { return resource_.violations(); }
-
- private:
-  const std::shared_ptr<Quiet> quiet_ = std::make_shared<Quiet>();
-  FencedResource resource_;
-  std::atomic<bool> stop_{false};
-  std::atomic<int> done_{0};
-  std::mutex error_mu_;
-  std::string first_error_;
-  std::vector<std::thread> workers_;
-};
 
 dlock::RedisOptions base_options() {
   dlock::RedisOptions base;
