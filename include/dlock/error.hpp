@@ -19,6 +19,9 @@
 //                    TimeoutError ("the request was sent; its outcome is
 //                    unknown"); a connection broken after sending stays a
 //                    ConnectionError whose message says the outcome is unknown.
+//                    A server in a failover's transient state (READONLY,
+//                    MASTERDOWN, LOADING, TRYAGAIN, CLUSTERDOWN, BUSY) is a
+//                    ConnectionError too, whose message says nothing was done.
 //                    Redlock: a failed round is a TimeoutError if any node that
 //                    missed it was sent the request, else a ConnectionError.
 //   LockLostError    the operation needs a lock this owner no longer holds
@@ -29,8 +32,8 @@
 //   CancelledError   the caller's std::stop_token was requested during an acquire;
 //                    nothing is held (a grant that raced the request was released).
 //   InvalidArgument  a name or option is wrong; fix the code or configuration.
-//   ServerError      the server refused (authentication, read-only replica,
-//                    out of memory, wrong key type); fix the server side.
+//   ServerError      the server refused (authentication, out of memory, wrong
+//                    key type); fix the server side.
 //
 // Contention is not an error: try_lock() returns false.
 #pragma once

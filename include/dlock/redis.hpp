@@ -3,6 +3,7 @@
 //
 //   dlock::RedisBackend redis(dlock::RedisOptions{.host = "127.0.0.1", .port = 6379});
 //   dlock::RedisBackend other("redis://app:secret@127.0.0.1:6379/0");
+//   dlock::RedisBackend ha("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/mymaster");
 //   dlock::Lock<dlock::RedisBackend> lock(redis, "orders:42", {.ttl = 10s});
 //
 // Lock N is the string key `<prefix>{N}` holding the owner id, with a TTL; its
@@ -76,15 +77,20 @@ class RedisBackend {
       : RedisBackend(std::string_view(uri), std::move(base)) {}
 
   [[nodiscard]] std::string_view kind() const noexcept { return "redis"; }
-  /// "host:port" or the socket path; never the password.
+  /// "host:port" or the socket path ("the primary of '<name>' (Sentinel)"
+  /// with RedisOptions::sentinel); never the password.
   [[nodiscard]] std::string_view endpoint() const noexcept { return state_->node->endpoint(); }
   /// Equal for all copies of this handle.
   [[nodiscard]] const void* identity() const noexcept { return state_.get(); }
 
   // The Backend operations (backend.hpp). Each is one round trip on a pooled
   // connection. Throw ConnectionError (unreachable, reset, timed out: the
-  // outcome is unknown), ServerError (errc::auth for a refused AUTH; wrong key
-  // type, read-only replica, out of memory, script errors), InvalidArgument
+  // outcome is unknown; also a failover's READONLY, MASTERDOWN, LOADING,
+  // TRYAGAIN, CLUSTERDOWN, BUSY: nothing was done, the acquire loop retries,
+  // and a connection that said READONLY or MASTERDOWN is dropped with the
+  // pool's other connections after one retry on a new connection), ServerError
+  // (errc::auth for a refused AUTH; wrong key type, out of memory, script
+  // errors), InvalidArgument
   // (a name this backend cannot store, e.g. one starting with '}').
   [[nodiscard]] AcquireResult<Handle> try_acquire(const AcquireRequest& request);
   [[nodiscard]] ReleaseResult release(std::string_view name, Lease<Handle>& lease);

@@ -11,8 +11,9 @@
 // or TLS get them from RedisSentinelOptions fields. Sentinel ports default
 // to 26379, cluster ports to 6379. A cluster has only database 0.
 //
-// Status: these are the options and parsers only. The Redis backend does not
-// take them yet (docs/redis.md, "Deployments", says what is wired).
+// Status: RedisOptions::sentinel (and redis+sentinel:// in parse_redis_uri)
+// is wired into RedisBackend; RedisClusterOptions are options and a parser
+// only (docs/redis.md, "Deployments", says what is wired).
 #pragma once
 
 #include <optional>

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "redis_ha.hpp"
 #include "tls.hpp"
 
 namespace dlock {
@@ -57,12 +58,21 @@ struct RedisOptions {
   /// verified by default; never a silent fallback to plain TCP. Not with
   /// unix_socket. rediss:// URIs set it.
   std::optional<TlsOptions> tls{};
+  /// Redis Sentinel (dlock/redis_ha.hpp): when set, host and port are not
+  /// used; each new connection asks the sentinels for the primary of
+  /// sentinel->master_name, checks it with ROLE, and a `+switch-master`
+  /// announcement retires every pooled connection. username, password,
+  /// database and tls apply to the data nodes. redis+sentinel:// URIs set it.
+  std::optional<RedisSentinelOptions> sentinel{};
 };
 
 /// Parses `redis://[[user]:password@]host[:port][/db]`, the same with
 /// `rediss://` (TLS: sets tls to base.tls or a default TlsOptions, which
 /// verifies against the system's trust store; redis:// with base.tls set is
 /// refused rather than silently dropping TLS), or
+/// `redis+sentinel://[[user]:password@]host[:port],host[:port].../master-name[?db=N]`
+/// (sets sentinel, keeping base.sentinel's credentials and TLS; see
+/// parse_redis_sentinel_uri in dlock/redis_ha.hpp), or
 /// `unix://[[user]:password@]/path/to/socket[?db=N]` (user and password
 /// percent-decoded; the credentials end at the last '@', so '/', '?', '#' and
 /// '@' in a password need no encoding) into a copy of `base`, whose other

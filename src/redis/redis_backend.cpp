@@ -14,7 +14,13 @@ namespace dlock {
 RedisBackend::State::State(RedisOptions o)
     : options((detail::validate(o), std::move(o))),
       node(std::make_unique<detail::RedisClient>(options)),
-      subscriber(options, node->endpoint()) {}
+      subscriber(std::vector<detail::RedisSubscriber::Server>{
+          {.options = options,
+           .endpoint = node->endpoint(),
+           // Sentinel: the release subscriber follows the primary the pool found.
+           .locate = options.sentinel ? std::function<std::optional<RedisOptions>()>(
+                                            [n = node.get()] { return n->current_server(); })
+                                      : nullptr}}) {}
 
 RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {}
 

@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/format.hpp>
+#include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_sentinel_client.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
@@ -19,6 +21,15 @@ namespace dlock::detail {
 
 namespace {
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+// An error reply saying the server is not (or no longer) a usable primary
+// (READONLY, MASTERDOWN): the connection must not be used again.
+bool not_primary(const RedisValue& r) {
+  return r.is_error() && redis_proto::after_error_kind(redis_proto::classify_error(r.str).kind).drop_connection;
+}
+bool any_not_primary(const std::vector<RedisValue>& replies) {
+  return std::any_of(replies.begin(), replies.end(), not_primary);
+}
 }  // namespace
 
 EvictionVerdict judge_eviction_policy(const RedisValue& r, std::string_view endpoint) {
@@ -94,11 +105,16 @@ void throw_if_error(const RedisValue& reply, std::string_view endpoint, std::str
   const auto has = [&](std::string_view code) {
     return starts_with(m, code) || m.find(code) != std::string_view::npos;
   };
-  if (has("READONLY"))
-    throw ServerError(
-        fmt::format("dlock: {} failed: Redis at {} is a read-only replica ({}); point dlock at the "
-                    "primary",
-                    what, endpoint, m));
+  // READONLY, MASTERDOWN, LOADING, TRYAGAIN, CLUSTERDOWN, BUSY: a failover or
+  // a server that cannot answer now. Refused before any effect: retried.
+  if (const auto kind = redis_proto::classify_error(m).kind; redis_proto::is_transient(kind))
+    throw ConnectionError(fmt::format(
+        "dlock: {} was refused by Redis at {}: {} ({}); nothing was done on the server, and a blocking acquire "
+        "retries it{}",
+        what, endpoint, redis_proto::describe(kind), m,
+        redis_proto::after_error_kind(kind).drop_connection
+            ? " on a new connection (if this lasts, dlock reaches a replica: point it at the primary)"
+            : ""));
   if (starts_with(m, "OOM") || m.find("OOM command not allowed") != std::string_view::npos)
     throw ServerError(
         fmt::format("dlock: {} failed: Redis at {} is out of memory ({}); raise maxmemory or free "
@@ -171,13 +187,28 @@ RedisClient::RedisClient(RedisOptions options, RedisLinkSetup setup)
       setup_(setup),
       pool_(options_.pool_size, [](const RedisLink& l) { return !l.broken(); }) {
   setup_.facts = &facts_;
+  if (options_.sentinel) sentinel_ = std::make_unique<SentinelClient>(options_);
 }
 
-RedisClient::~RedisClient() = default;
+RedisClient::~RedisClient() { sentinel_.reset(); }  // stops the +switch-master watch before the pool goes
+
+RedisLink RedisClient::open_link() {
+  if (!sentinel_) return RedisLink::open(options_, setup_);
+  // A failover announced retires every connection open before it.
+  sentinel_->watch([this] { pool_.invalidate(); });
+  return sentinel_->open(setup_);
+}
+
+std::optional<RedisOptions> RedisClient::current_server() const {
+  if (!sentinel_) return options_;
+  return sentinel_->last_primary();
+}
+
+std::uint64_t RedisClient::failovers_seen() const { return sentinel_ ? sentinel_->switches() : 0; }
 
 RedisClient::Checkout RedisClient::take() {
   const auto wait = options_.connect_timeout + options_.command_timeout;
-  auto c = pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
+  auto c = pool_.take(wait, [&] { return open_link(); });
   if (!c)
     throw TimeoutError(
         fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
@@ -189,7 +220,7 @@ RedisClient::Checkout RedisClient::take() {
 std::optional<RedisClient::Checkout> RedisClient::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
 
 std::optional<RedisClient::Checkout> RedisClient::pool_take(std::chrono::nanoseconds wait) {
-  return pool_.take(wait, [&] { return RedisLink::open(options_, setup_); });
+  return pool_.take(wait, [&] { return open_link(); });
 }
 
 namespace {
@@ -218,6 +249,11 @@ std::vector<RedisValue> RedisClient::run_scripts(std::span<const redis_proto::Sc
   RedisClient* const self[] = {this};
   const std::vector<redis_proto::ScriptCall> batch(calls.begin(), calls.end());
   auto out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
+  // A server that is no longer the primary (a failover behind the name):
+  // its connections are retired; once more on a new one, which resolves the
+  // name again. Nothing was done by the refused calls.
+  if (!out[0].error && any_not_primary(out[0].replies))
+    out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
   if (out[0].error) std::rethrow_exception(out[0].error);
   return std::move(out[0].replies);
 }
@@ -301,7 +337,9 @@ std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
     }
   }
   for (std::size_t i = 0; i < n; ++i)
-    if (links[i]) nodes[i]->give_back(std::move(*links[i]), !out[i].error && !links[i]->handle.broken());
+    if (links[i])
+      nodes[i]->give_back(std::move(*links[i]),
+                          !out[i].error && !links[i]->handle.broken() && !any_not_primary(out[i].replies));
   return out;
 }
 
@@ -326,7 +364,9 @@ bool RedisClient::release(const RedisKeys& keys, std::string_view owner) {
 
 void RedisClient::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
   try {
-    RedisOptions o = options_;
+    std::optional<RedisOptions> server = current_server();  // Sentinel: no discovery here
+    if (!server) return;
+    RedisOptions o = std::move(*server);
     o.connect_timeout = std::min(o.connect_timeout, timeout);
     o.command_timeout = std::min(o.command_timeout, timeout);
     // No SCRIPT LOAD (the call then goes as EVAL), and no eviction check: a
@@ -369,7 +409,9 @@ RedisValue RedisClient::command(std::span<const std::string_view> args) {
   Use use(*this);
   RedisCall call{.what = fmt::format("{}", args.empty() ? std::string_view("a command") : args.front())};
   call.request.push(args);
-  return std::move(use.link().exec(std::move(call)).at(0));
+  RedisValue r = std::move(use.link().exec(std::move(call)).at(0));
+  if (not_primary(r)) use.link().close();  // never reused
+  return r;
 }
 
 }  // namespace dlock::detail

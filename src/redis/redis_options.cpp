@@ -46,9 +46,16 @@ void validate(const RedisOptions& o) {
                     fmt::format("set, with unix_socket \"{}\"", o.unix_socket));
     validate_tls(*o.tls, "RedisOptions.tls");
   }
+  if (o.sentinel) {
+    if (!o.unix_socket.empty())
+      invalid_field("RedisOptions.sentinel", "cannot be used with unix_socket (the sentinels name TCP addresses)",
+                    fmt::format("set, with unix_socket \"{}\"", o.unix_socket));
+    validate(*o.sentinel);
+  }
 }
 
 std::string redis_endpoint(const RedisOptions& o) {
+  if (o.sentinel) return fmt::format("the primary of '{}' (Sentinel)", o.sentinel->master_name);
   if (!o.unix_socket.empty()) return o.unix_socket;
   if (o.host.find(':') != std::string::npos) return fmt::format("[{}]:{}", o.host, o.port);
   return fmt::format("{}:{}", o.host, o.port);
@@ -191,10 +198,17 @@ RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base) {
     if (!path.empty()) path.remove_prefix(1);  // the '/'
     if (!path.empty()) o.database = parse_int(path, "database (the path)", 0, 1 << 30);
     if (q != std::string_view::npos) parse_query(tail.substr(q + 1), o);
+  } else if (scheme == "redis+sentinel") {
+    RedisSentinelUri u = parse_redis_sentinel_uri(uri, o.sentinel.value_or(RedisSentinelOptions{}));
+    o.unix_socket.clear();
+    o.sentinel = std::move(u.sentinel);
+    o.username = std::move(u.username);
+    o.password = std::move(u.password);
+    o.database = u.database;
   } else if (well_formed_scheme(scheme)) {
-    bad_uri(fmt::format("unknown scheme \"{}\" (expected redis, rediss or unix)", scheme));
+    bad_uri(fmt::format("unknown scheme \"{}\" (expected redis, rediss, unix or redis+sentinel)", scheme));
   } else {
-    bad_uri("unknown scheme (expected redis, rediss or unix)");
+    bad_uri("unknown scheme (expected redis, rediss, unix or redis+sentinel)");
   }
   if (!o.username.empty() && o.password.empty()) bad_uri("a user name needs a password (user:password@)");
   // Every field taken from the URI is checked above; what validate() can

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -104,13 +105,16 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
     const std::weak_ptr<Core> weak = weak_from_this();
     try {
       p.sent = 0;
+      const std::optional<RedisOptions> at =
+          servers[s].locate ? servers[s].locate() : std::optional<RedisOptions>(servers[s].options);
+      if (!at) throw std::runtime_error("no server located yet");
       p.link.emplace(RedisLink::open(
-          servers[s].options, RedisLinkSetup{.load_scripts = false, .check_eviction = false},
+          *at, RedisLinkSetup{.load_scripts = false, .check_eviction = false},
           RedisLinkEvents{
               .push = [weak, s, id](RedisValue r) { with(weak, s, id, [&](Core& c) { c.on_push(s, r); }); },
               .up = [weak, s, id] { with(weak, s, id, [&](Core& c) { c.on_up(s); }); },
               .lost = [weak, s, id](std::exception_ptr) { with(weak, s, id, [&](Core& c) { c.on_lost(s); }); }}));
-    } catch (...) {  // an unusable TLS setting, or out of memory: counts as a failed attempt
+    } catch (...) {  // an unusable TLS setting, no server located, out of memory: a failed attempt
       p.link.reset();
       failed(s);
     }

@@ -115,6 +115,27 @@ TEST(Pool, ABrokenHandleRetiresTheIdleOnesFromBefore) {
   pool.give_back(std::move(*c), true);
 }
 
+TEST(Pool, AHandleTakenBeforeABreakOrAnInvalidateIsNotKeptWhenGivenBack) {
+  Pool pool(3, [](const Handle& h) { return !h->broken; });
+  Opener open;
+  auto a = pool.take(0ms, std::ref(open));
+  auto b = pool.take(0ms, std::ref(open));
+  ASSERT_TRUE(a && b);
+  pool.give_back(std::move(*b), false);  // broken while `a` is checked out
+  pool.give_back(std::move(*a), true);   // healthy, but from before the break
+  auto c = pool.take(0ms, std::ref(open));
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->handle->id, 3);  // a new one: `a` was dropped
+  EXPECT_EQ(pool.open_count(), 1u);
+  pool.invalidate();  // e.g. a failover: `c` reaches the old primary
+  pool.give_back(std::move(*c), true);
+  auto d = pool.take(0ms, std::ref(open));
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->handle->id, 4);
+  EXPECT_EQ(pool.open_count(), 1u);
+  pool.give_back(std::move(*d), true);
+}
+
 TEST(Pool, AFailedOpenFreesItsSlot) {
   Pool pool(1, [](const Handle& h) { return !h->broken; });
   const auto gen = pool.generation();

@@ -6,6 +6,7 @@
 #include <dlock/detail/redis_sentinel.hpp>
 #include <dlock/error.hpp>
 #include <dlock/redis_ha.hpp>
+#include <dlock/redis_options.hpp>
 
 #include <gtest/gtest.h>
 
@@ -423,3 +424,30 @@ TEST(RedisHaOptions, ValidationNamesTheField) {
 }
 
 }  // namespace
+
+TEST(RedisHaOptions, RedisOptionsTakeTheSentinelUri) {
+  dlock::RedisOptions base;
+  base.key_prefix = "app:";
+  base.sentinel = dlock::RedisSentinelOptions{
+      .master_name = "old", .sentinels = {}, .username = {}, .password = "sentinel-pw", .tls = {}};
+  const dlock::RedisOptions o =
+      dlock::parse_redis_uri("redis+sentinel://user:data-pw@10.0.0.1:26380,10.0.0.2/mymaster?db=2", base);
+  ASSERT_TRUE(o.sentinel);
+  EXPECT_EQ(o.sentinel->master_name, "mymaster");
+  EXPECT_EQ(o.sentinel->sentinels, (std::vector<dlock::RedisAddress>{{"10.0.0.1", 26380}, {"10.0.0.2", 26379}}));
+  EXPECT_EQ(o.sentinel->password, "sentinel-pw");  // the sentinels' credentials come from base
+  EXPECT_EQ(o.username, "user");                   // the URI's are the data nodes'
+  EXPECT_EQ(o.password, "data-pw");
+  EXPECT_EQ(o.database, 2);
+  EXPECT_EQ(o.key_prefix, "app:");
+  const std::string endpoint = dlock::detail::redis_endpoint(o);
+  EXPECT_NE(endpoint.find("mymaster"), std::string::npos) << endpoint;
+  EXPECT_EQ(endpoint.find("pw"), std::string::npos) << endpoint;
+
+  dlock::RedisOptions with_socket = o;
+  with_socket.unix_socket = "/tmp/redis.sock";
+  EXPECT_THROW(dlock::detail::validate(with_socket), InvalidArgument);
+  dlock::RedisOptions no_sentinels = o;
+  no_sentinels.sentinel->sentinels.clear();
+  EXPECT_THROW(dlock::detail::validate(no_sentinels), InvalidArgument);
+}

@@ -287,7 +287,7 @@ TEST(RedisErrors, ServerRepliesMapToErrorCodes) {
   auto code_of = [](std::string reply) {
     try {
       dlock::detail::throw_if_error(RedisValue{RedisValue::Type::error, 0, std::move(reply), {}}, "h:1", "test");
-    } catch (const dlock::ServerError& e) {
+    } catch (const dlock::Error& e) {
       return e.code();
     }
     return std::error_code{};
@@ -295,7 +295,10 @@ TEST(RedisErrors, ServerRepliesMapToErrorCodes) {
   EXPECT_EQ(code_of("WRONGPASS invalid username-password pair or user is disabled."), dlock::errc::auth);
   EXPECT_EQ(code_of("NOAUTH Authentication required."), dlock::errc::auth);
   EXPECT_EQ(code_of("NOPERM this user has no permissions to run the 'evalsha' command"), dlock::errc::auth);
-  EXPECT_EQ(code_of("READONLY You can't write against a read only replica."), dlock::errc::server);
+  // A failover's transient states are retried like an outage (issue 14).
+  EXPECT_EQ(code_of("READONLY You can't write against a read only replica."), dlock::errc::connection);
+  EXPECT_EQ(code_of("LOADING Redis is loading the dataset in memory"), dlock::errc::connection);
+  EXPECT_EQ(code_of("MASTERDOWN Link with MASTER is down"), dlock::errc::connection);
   EXPECT_EQ(code_of("OOM command not allowed when used memory > 'maxmemory'."), dlock::errc::server);
   EXPECT_EQ(code_of("WRONGTYPE Operation against a key holding the wrong kind of value"), dlock::errc::server);
   EXPECT_NO_THROW(dlock::detail::throw_if_error(RedisValue{RedisValue::Type::integer, 1, {}, {}}, "h:1", "test"));

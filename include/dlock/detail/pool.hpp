@@ -6,8 +6,9 @@
 //    take() beyond that waits for one to come back, up to a given time;
 //  - a handle that broke is dropped, never reused: give_back(h, false), or a
 //    handle the `usable` predicate rejects when it is taken out of the idle
-//    list. A broken one bumps the generation: the idle handles from before it
-//    are suspect (same server) and dropped when next met;
+//    list. A broken one bumps the generation: the handles taken before it
+//    (idle, or checked out and given back later) are suspect (same server)
+//    and dropped when next met; invalidate() bumps it too (a failover);
 //  - fork(): a pool used in a child process drops what it inherited (the
 //    handles' destructors must then send nothing: the parent owns the
 //    sessions), bumps the generation and counts from zero. A handle checked
@@ -41,7 +42,8 @@ class Pool {
   /// A checked-out handle; give it back with Pool::give_back().
   struct Checkout {
     Handle handle;
-    std::uint64_t epoch = 0;  ///< the process epoch it was taken in (fork())
+    std::uint64_t epoch = 0;       ///< the process epoch it was taken in (fork())
+    std::uint64_t generation = 0;  ///< the generation it was taken in
   };
 
   /// An idle usable handle of the current generation, else a new one from
@@ -58,7 +60,7 @@ class Pool {
         Idle idle = std::move(idle_.back());
         idle_.pop_back();
         if (idle.generation == generation_ && (!usable_ || usable_(idle.handle)))
-          return Checkout{std::move(idle.handle), epoch_};
+          return Checkout{std::move(idle.handle), epoch_, generation_};
         --open_;  // dropped: from before a failure, or no longer usable
       }
       if (open_ < capacity_) break;
@@ -66,9 +68,10 @@ class Pool {
     }
     ++open_;
     const std::uint64_t epoch = epoch_;
+    const std::uint64_t generation = generation_;
     lk.unlock();
     try {
-      return Checkout{open(), epoch};
+      return Checkout{open(), epoch, generation};
     } catch (...) {
       lk.lock();
       if (epoch == epoch_) {
@@ -94,7 +97,7 @@ class Pool {
         ++generation_;  // the others to this server are suspect too
       } else {
         try {
-          idle_.push_back(Idle{std::move(c.handle), generation_});
+          idle_.push_back(Idle{std::move(c.handle), c.generation});
         } catch (...) {
           --open_;
         }
@@ -113,7 +116,14 @@ class Pool {
     std::lock_guard lk(mu_);
     return pid_ == ::getpid() ? idle_.size() : 0;
   }
-  /// Bumped by every broken handle and by fork().
+  /// Retires every handle open now: idle ones are dropped when next met,
+  /// checked-out ones when given back (e.g. the server they reach stopped
+  /// being the primary).
+  void invalidate() noexcept {
+    std::lock_guard lk(mu_);
+    ++generation_;
+  }
+  /// Bumped by every broken handle, by invalidate() and by fork().
   [[nodiscard]] std::uint64_t generation() const {
     std::lock_guard lk(mu_);
     return generation_;

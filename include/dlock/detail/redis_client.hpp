@@ -17,13 +17,19 @@
 // within command_timeout (its outcome unknown: it may have been granted), or
 // when no pooled connection became free in time. A connection that failed is
 // dropped, never reused. ServerError for error replies (errc::auth for NOAUTH
-// / WRONGPASS / NOPERM). Messages name the endpoint, never the password.
+// / WRONGPASS / NOPERM), except a failover's transient states (READONLY,
+// MASTERDOWN, LOADING, TRYAGAIN, CLUSTERDOWN, BUSY): ConnectionError, nothing
+// done. A connection that answered READONLY or MASTERDOWN (not the primary)
+// is dropped and the pool's generation bumped; the script calls are sent
+// once more on a new connection (resolving the name again) before that
+// error is thrown. Messages name the endpoint, never the password.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -64,7 +70,11 @@ struct ReleaseReply {
 [[nodiscard]] ReleaseReply parse_release_reply(const RedisValue& reply, std::string_view endpoint,
                                                std::string_view lock_key);
 
-/// One Redis server: a pool of links and the lock operations. Thread-safe.
+class SentinelClient;
+
+/// One Redis server (with options.sentinel: the primary the sentinels name,
+/// detail/redis_sentinel_client.hpp): a pool of links and the lock
+/// operations. Thread-safe.
 class RedisClient {
  public:
   /// `options` must be valid (detail::validate). Connects lazily.
@@ -129,7 +139,14 @@ class RedisClient {
   [[nodiscard]] std::optional<Checkout> pool_take(std::chrono::nanoseconds wait);
   void give_back(Checkout c, bool healthy) noexcept { pool_.give_back(std::move(c), healthy); }
 
+  /// The options of the server the pool connects to: options() itself, or
+  /// with Sentinel the last primary found (nullopt before any). Never blocks.
+  [[nodiscard]] std::optional<RedisOptions> current_server() const;
+  /// With Sentinel, for tests: the +switch-master announcements received; else 0.
+  [[nodiscard]] std::uint64_t failovers_seen() const;
+
  private:
+  RedisLink open_link();
   bool released(const RedisValue& reply, const RedisKeys& keys);
 
   const RedisOptions options_;
@@ -137,6 +154,7 @@ class RedisClient {
   ServerFacts facts_;
   RedisLinkSetup setup_;
   Pool<RedisLink> pool_;
+  std::unique_ptr<SentinelClient> sentinel_;  // with options.sentinel
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

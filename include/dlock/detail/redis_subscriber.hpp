@@ -35,7 +35,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -57,6 +59,10 @@ class RedisSubscriber {
   struct Server {
     RedisOptions options;
     std::string endpoint;
+    /// When set, asked at each (re)connect for the server to connect to
+    /// instead of `options` (Sentinel: the last primary found; nullopt:
+    /// none known yet, the attempt counts as failed). Must not block.
+    std::function<std::optional<RedisOptions>()> locate{};
   };
 
   /// Does not connect: that waits for the first subscribe().

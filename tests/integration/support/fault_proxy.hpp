@@ -9,7 +9,9 @@
 //   silence()  stops forwarding and holds new connections unanswered: a paused
 //              server or a black hole (requests time out);
 //   heal()     forwards again (held connections are connected to the server
-//              then; reset ones stay closed).
+//              then; reset ones stay closed);
+//   retarget() sends new connections to another port, while the open ones
+//              stay with the old server: a DNS name that moved on failover.
 // One thread per proxy, driven by poll().
 #pragma once
 
@@ -77,6 +79,8 @@ class FaultProxy {
   void silence() { set_mode(Mode::silent); }
   /// Forwards again.
   void heal() { set_mode(Mode::forward); }
+  /// New connections go to 127.0.0.1:target_port; open ones stay where they are.
+  void retarget(int target_port) noexcept { target_port_.store(target_port); }
 
  private:
   enum class Mode { forward, cut, silent };
@@ -127,7 +131,7 @@ class FaultProxy {
   int connect_target() const {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    const sockaddr_in a = loopback(target_port_);
+    const sockaddr_in a = loopback(target_port_.load());
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
       ::close(fd);
       return -1;
@@ -222,7 +226,7 @@ class FaultProxy {
     }
   }
 
-  int target_port_;
+  std::atomic<int> target_port_;
   int port_ = 0;
   int listen_fd_ = -1;
   std::array<int, 2> wake_{-1, -1};

@@ -9,7 +9,9 @@
 //     and failover-timeout 2000;
 //   - ClusterSetup: six `--cluster-enabled yes` servers joined by
 //     `redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes`
-//     (3 primaries, 3 replicas), cluster-node-timeout 1000.
+//     (3 primaries, 3 replicas), cluster-node-timeout 1000;
+//   - FencedResource and LockTraffic: threads locking through a backend
+//     while a test fails its servers over, every fencing token checked.
 // Every child gets PR_SET_PDEATHSIG (via RedisServer or below), so a crashed
 // test leaves no server behind. Start-up takes about a second (sentinel) and
 // two (cluster).
@@ -18,11 +20,17 @@
 #include "redis_server.hpp"
 
 #include <dlock/detail/redis_protocol.hpp>
+#include <dlock/dlock.hpp>
+#include <dlock/redis.hpp>
 
 #include <netinet/tcp.h>
 #include <poll.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <map>
+#include <mutex>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -221,6 +229,18 @@ class SentinelProcess {
   pid_t pid_ = -1;
 };
 
+/// Replicas the primary on `port` lists as online (INFO replication). A
+/// replica reports its link up once it loaded the primary's data, but the
+/// primary puts it online only at its first REPLCONF ACK, up to a second
+/// later: until then ROLE and WAIT do not count it (waiting only for the
+/// replica's side made the tests that read ROLE flaky on a loaded machine).
+inline int replicas_online(int port) {
+  const std::string text = redis_command(port, {"INFO", "replication"}).str;
+  int n = 0;
+  for (std::size_t at = text.find("state=online"); at != std::string::npos; at = text.find("state=online", at + 1)) ++n;
+  return n;
+}
+
 /// A primary's extra arguments: start a replica's full sync at once (Redis 7
 /// waits repl-diskless-sync-delay, 5 s, for more replicas by default).
 inline std::vector<std::string> primary_args() { return {"--repl-diskless-sync-delay", "0"}; }
@@ -230,8 +250,12 @@ struct ReplicatedPair {
   RedisServer primary{primary_args()};
   RedisServer replica{{"--replicaof", "127.0.0.1", std::to_string(primary.port())}};
   ReplicatedPair() {
-    if (!eventually([&] { return info_field(replica.port(), "replication", "master_link_status") == "up"; },
-                    std::chrono::seconds(10)))
+    if (!eventually(
+            [&] {
+              return info_field(replica.port(), "replication", "master_link_status") == "up" &&
+                     replicas_online(primary.port()) == 1;
+            },
+            std::chrono::seconds(10)))
       throw std::runtime_error("ReplicatedPair: the replica did not sync");
   }
   ReplicatedPair(const ReplicatedPair&) = delete;
@@ -256,6 +280,8 @@ class SentinelSetup {
       if (!eventually([&] { return info_field(r->port(), "replication", "master_link_status") == "up"; },
                       std::chrono::seconds(10)))
         throw std::runtime_error("SentinelSetup: a replica did not sync");
+    if (!eventually([&] { return replicas_online(primary_->port()) == 2; }, std::chrono::seconds(10)))
+      throw std::runtime_error("SentinelSetup: the primary does not list both replicas online");
     for (int i = 0; i < 3; ++i) sentinels_.push_back(std::make_unique<SentinelProcess>(master_name, primary_->port()));
   }
 
@@ -323,6 +349,99 @@ class ClusterSetup {
 
  private:
   std::vector<std::unique_ptr<RedisServer>> nodes_;
+};
+
+/// An observer that records nothing.
+struct Quiet : Observer {
+  void on_event(const Event&) noexcept override {}
+};
+
+/// A resource that accepts a write only with a token above the last it accepted, per name.
+class FencedResource {
+ public:
+  void write(const std::string& name, std::uint64_t token) {
+    std::lock_guard lk(mu_);
+    std::uint64_t& last = last_[name];
+    if (token <= last) ++violations_;
+    last = std::max(last, token);
+  }
+  [[nodiscard]] int violations() const {
+    std::lock_guard lk(mu_);
+    return violations_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::uint64_t> last_;
+  int violations_ = 0;
+};
+
+/// Lock traffic through `redis` for failover tests: 4 threads locking the
+/// names s0..s2 (ttl 2 s, acquire_timeout 20 s), every token checked by a
+/// FencedResource. A release's ConnectionError or TimeoutError (a failover
+/// broke it: the lock expires by its TTL) is tolerated; any other error
+/// stops the thread and is kept (error()).
+class LockTraffic {
+ public:
+  explicit LockTraffic(RedisBackend& redis) {
+    for (int t = 0; t < 4; ++t)
+      workers_.emplace_back([this, &redis, t] {
+        for (int i = 0; !stop_; ++i) {
+          const std::string name = "s" + std::to_string((t + i) % 3);
+          try {
+            // ttl 2 s: a lock whose release met the failover frees soon.
+            Lock<RedisBackend> lock(
+                redis, name,
+                {.ttl = std::chrono::seconds(2),
+                 .retry = {.initial_delay = std::chrono::milliseconds(5), .max_delay = std::chrono::milliseconds(100)},
+                 .acquire_timeout = std::chrono::seconds(20),
+                 .observer = quiet_});
+            lock.lock();
+            resource_.write(name, lock.fencing_token());
+            try {
+              (void)lock.release();
+            } catch (const dlock::ConnectionError&) {
+              // the failover broke the connection under the release: the lock expires by its TTL
+            } catch (const dlock::TimeoutError&) {
+              // ... or the paused primary never answered it
+            }
+            ++done_;
+          } catch (const std::exception& e) {
+            std::lock_guard lk(error_mu_);
+            if (first_error_.empty()) first_error_ = e.what();
+            return;
+          }
+        }
+      });
+  }
+  LockTraffic(const LockTraffic&) = delete;
+  LockTraffic& operator=(const LockTraffic&) = delete;
+  ~LockTraffic() { stop(); }
+
+  /// `by` more lock cycles completed within `within` (false also after an error).
+  bool progressed(int by, std::chrono::seconds within) {
+    const int from = done_;
+    return eventually([&] { return done_ >= from + by || !error().empty(); }, within) && error().empty();
+  }
+  void stop() {
+    stop_ = true;
+    for (auto& w : workers_)
+      if (w.joinable()) w.join();
+  }
+  std::string error() {
+    std::lock_guard lk(error_mu_);
+    return first_error_;
+  }
+  [[nodiscard]] int violations() const { return resource_.violations(); }
+
+ private:
+  const std::shared_ptr<Quiet> quiet_ = std::make_shared<Quiet>();
+  FencedResource resource_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> done_{0};
+  std::mutex error_mu_;
+  std::string first_error_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace dlock::test

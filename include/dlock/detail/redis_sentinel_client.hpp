@@ -1,0 +1,71 @@
+// Internal: SentinelClient, the I/O half of Redis Sentinel support (issue 14;
+// the requests and reply parsers are redis_sentinel.hpp's). For a
+// RedisOptions with `sentinel` set it
+//   - discovers the primary: SENTINEL get-master-addr-by-name asked of each
+//     sentinel in turn (the last one that answered first), on its own short
+//     connection;
+//   - opens a connection to it and checks ROLE says master (a sentinel may
+//     be stale: a node that is not the primary is closed, ConnectionError);
+//   - watches `+switch-master` on one sentinel's pub/sub (the next one when
+//     that connection is lost, half a second later) and runs a callback for
+//     announcements of its master name (RedisClient retires its pool).
+// The last primary found (by discovery or announcement) is kept for callers
+// that must not block (the release subscriber's reconnects, abandon()).
+// Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "../redis_options.hpp"
+#include "redis_sentinel.hpp"
+#include "redis_transport.hpp"
+
+namespace dlock::detail {
+
+class SentinelClient {
+ public:
+  /// `options` must be valid and have `sentinel` set. Connects lazily.
+  explicit SentinelClient(RedisOptions options);
+  SentinelClient(const SentinelClient&) = delete;
+  SentinelClient& operator=(const SentinelClient&) = delete;
+  /// Stops watching; no callback runs after it returns.
+  ~SentinelClient();
+
+  /// The options of the primary as the sentinels name it now (`options`
+  /// with host and port replaced, sentinel cleared). Blocks: at most one
+  /// connect + one round trip per sentinel. Throws ConnectionError (naming
+  /// the master name and every sentinel's answer) when none names one.
+  [[nodiscard]] RedisOptions discover();
+  /// discover(), then a connection to that primary with `setup`, checked by
+  /// ROLE. Throws ConnectionError when the node is not the primary (nothing
+  /// was asked of it), or what the connection throws.
+  [[nodiscard]] RedisLink open(const RedisLinkSetup& setup);
+  /// The last primary found by discover() or announced by +switch-master.
+  [[nodiscard]] std::optional<RedisOptions> last_primary() const;
+
+  /// Starts watching +switch-master (once; later calls do nothing).
+  /// `on_switch` runs on the I/O thread for each announcement of this
+  /// master name and must not block.
+  void watch(std::function<void()> on_switch);
+  /// For tests: +switch-master announcements of this master name received.
+  [[nodiscard]] std::uint64_t switches() const;
+
+  struct Watch;
+
+ private:
+  [[nodiscard]] RedisOptions sentinel_options(std::size_t i) const;
+  [[nodiscard]] RedisOptions primary_options(const redis_proto::NodeAddress& a) const;
+  void remember(RedisOptions primary);
+
+  const RedisOptions options_;
+  mutable std::mutex mu_;
+  redis_proto::SentinelRotation rotation_;  // under mu_
+  std::optional<RedisOptions> last_;        // under mu_
+  std::shared_ptr<Watch> watch_;            // under mu_
+};
+
+}  // namespace dlock::detail

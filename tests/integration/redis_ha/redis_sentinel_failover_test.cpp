@@ -1,0 +1,174 @@
+// RedisBackend through Redis Sentinel, end to end (issue 14 item 2): one
+// primary, two replicas, three sentinels (down-after-milliseconds 500) from
+// tests/integration/support/redis_ha.hpp; the backend is given only the
+// redis+sentinel:// URI. Four threads lock while the primary is SIGKILLed:
+// acquires resume on the promoted replica, nothing is thrown, the
+// +switch-master announcement reached the backend, a fenced resource never
+// receives a token at or below one it saw, and the release subscriber
+// follows the primary (a waiter with a long backoff is woken by a release).
+// The same traffic while the primary is paused (SIGSTOP) past
+// down-after-milliseconds, failed over, and then resumed and demoted.
+#include <dlock/dlock.hpp>
+#include <dlock/redis.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/redis_ha.hpp"
+
+using namespace std::chrono_literals;
+using dlock::Lock;
+using dlock::RedisBackend;
+using dlock::test::eventually;
+using dlock::test::LockTraffic;
+using dlock::test::Quiet;
+using dlock::test::RespConn;
+using dlock::test::SentinelSetup;
+
+namespace {
+
+std::string sentinel_uri(SentinelSetup& setup) {
+  std::string uri = "redis+sentinel://";
+  for (std::size_t i = 0; i < setup.sentinels(); ++i)
+    uri += (i == 0 ? "" : ",") + std::string("127.0.0.1:") + std::to_string(setup.sentinel(i).port());
+  return uri + "/" + std::string(SentinelSetup::master_name);
+}
+
+// The sentinels know each other and both replicas: a failover can be agreed.
+bool sentinels_ready(SentinelSetup& setup) {
+  return eventually(
+      [&] {
+        for (std::size_t i = 0; i < setup.sentinels(); ++i) {
+          RespConn s(setup.sentinel(i).port());
+          const auto others = s.command({"SENTINEL", "SENTINELS", "mymaster"});
+          const auto replicas = s.command({"SENTINEL", "REPLICAS", "mymaster"});
+          if (others.elements.size() != 2 || replicas.elements.size() != 2) return false;
+        }
+        return true;
+      },
+      15s);
+}
+
+dlock::RedisOptions base_options() {
+  dlock::RedisOptions base;
+  base.key_prefix = "sentinel:";
+  base.connect_timeout = 500ms;
+  base.command_timeout = 1s;
+  return base;
+}
+
+TEST(RedisSentinelBackend, LockingResumesOnThePromotedReplicaAfterSigkillWithFencingTokensThatOnlyIncrease) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  SentinelSetup setup;
+  ASSERT_TRUE(sentinels_ready(setup));
+  RedisBackend redis(sentinel_uri(setup), base_options());
+  ASSERT_TRUE(redis.options().sentinel);
+  const int old_primary = setup.primary().port();
+  const auto quiet = std::make_shared<Quiet>();
+  LockTraffic traffic(redis);
+  const auto progressed = [&](int by, std::chrono::seconds within) { return traffic.progressed(by, within); };
+
+  ASSERT_TRUE(progressed(100, 15s)) << traffic.error();
+  const auto killed = std::chrono::steady_clock::now();
+  setup.primary().kill();
+  const bool resumed = progressed(1, 30s);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
+  const bool more = resumed && progressed(100, 15s);
+  traffic.stop();
+  EXPECT_TRUE(traffic.error().empty()) << traffic.error();
+  ASSERT_TRUE(resumed && more) << "locking did not resume after the primary was killed";
+  EXPECT_EQ(traffic.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  EXPECT_TRUE(eventually([&] { return redis.node().failovers_seen() >= 1; }, 5s)) << "no +switch-master reached it";
+  const auto now_at = redis.node().current_server();
+  ASSERT_TRUE(now_at);
+  EXPECT_NE(now_at->port, old_primary);
+  std::printf(
+      "sentinel: the first lock cycle completed %lld ms after SIGKILL of the primary (down-after-milliseconds 500)\n",
+      static_cast<long long>(took.count()));
+
+  // The release subscriber follows the primary: a waiter whose backoff is
+  // long is woken by the release, not by its next attempt.
+  Lock<RedisBackend> holder(redis, "wake", {.ttl = 10s, .observer = quiet});
+  ASSERT_TRUE(eventually([&] { return holder.try_lock(); }, 5s));
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    Lock<RedisBackend> w(redis, "wake",
+                         {.ttl = 10s,
+                          .retry = {.initial_delay = 4s, .max_delay = 4s, .jitter = dlock::Jitter::none},
+                          .acquire_timeout = 15s,
+                          .observer = quiet});
+    try {
+      w.lock();
+      got = true;
+    } catch (const std::exception&) {  // got stays false
+    }
+  });
+  // The waiter found the lock held and subscribed: on the new primary (the
+  // subscriber's connection to the killed one was lost; it reconnects to
+  // the primary the pool found, within its one-second reconnect backoff).
+  EXPECT_TRUE(eventually(
+      [&] {
+        const auto n = RespConn(now_at->port).command({"PUBSUB", "NUMSUB", "sentinel:{wake}:released"});
+        return n.elements.size() == 2 && n.elements[1].integer == 1;
+      },
+      10s))
+      << "the release subscriber did not subscribe on the new primary";
+  const auto released = std::chrono::steady_clock::now();
+  (void)holder.release();
+  waiter.join();
+  const auto woke = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - released);
+  EXPECT_TRUE(got);
+  EXPECT_LT(woke, 2s) << "the waiter was not woken by the release "
+                         "(its backoff is 4 s)";
+}
+
+// The primary paused (SIGSTOP) past down-after-milliseconds: the pooled
+// requests to it time out (retried), the sentinels promote a replica, and
+// +switch-master retires the old connections. When the old primary comes
+// back it still believes it is the primary until the sentinels demote it:
+// nothing of dlock's may reach it meanwhile.
+TEST(RedisSentinelBackend, APrimaryPausedPastDownAfterIsFailedOverAndItsReturnIsHarmless) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  SentinelSetup setup;
+  ASSERT_TRUE(sentinels_ready(setup));
+  RedisBackend redis(sentinel_uri(setup), base_options());
+  const int old_primary = setup.primary().port();
+  LockTraffic traffic(redis);
+  ASSERT_TRUE(traffic.progressed(100, 15s)) << traffic.error();
+  const auto paused = std::chrono::steady_clock::now();
+  setup.primary().pause();
+  const bool failed_over = eventually([&] { return redis.node().failovers_seen() >= 1; }, 30s);
+  const auto failed_over_at = std::chrono::steady_clock::now();
+  const bool resumed = failed_over && traffic.progressed(50, 20s);
+  setup.primary().resume();
+  const auto resumed_at = std::chrono::steady_clock::now();
+  const bool after_return = resumed && traffic.progressed(100, 15s);
+  const bool demoted =
+      eventually([&] { return dlock::test::info_field(old_primary, "replication", "role") == "slave"; }, 20s);
+  const auto demoted_at = std::chrono::steady_clock::now();
+  const bool after_demotion = after_return && traffic.progressed(50, 15s);
+  std::printf(
+      "sentinel pause: failed over %lld ms after SIGSTOP; old primary demoted %lld ms after SIGCONT\n",
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(failed_over_at - paused).count()),
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(demoted_at - resumed_at).count()));
+  traffic.stop();
+  EXPECT_TRUE(traffic.error().empty()) << traffic.error();
+  EXPECT_TRUE(failed_over) << "no +switch-master reached the backend";
+  EXPECT_TRUE(resumed && after_return && after_demotion) << "locking did not go on through the pause";
+  EXPECT_TRUE(demoted) << "the sentinels did not demote the old primary";
+  EXPECT_EQ(traffic.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  const auto now_at = redis.node().current_server();
+  ASSERT_TRUE(now_at);
+  EXPECT_NE(now_at->port, old_primary);
+}
+
+}  // namespace
