@@ -28,6 +28,7 @@
 
 #include "redis_test_support.hpp"
 #include "support/redis_server.hpp"
+#include "unit/test_support.hpp"
 
 namespace {
 
@@ -58,6 +59,38 @@ TEST(ReviewRedisScript, DISABLED_AContendedAcquireOnAFullServerIsContentionNotAn
   // The holder can still release (the release script's first write is DEL, not denied).
   EXPECT_EQ(holder.release(), dlock::ReleaseResult::released);
   ASSERT_EQ(redis.node().command({"CONFIG", "SET", "maxmemory", "0"}).str, "OK");
+}
+
+// Checked and sound (passes): the script's effects reach a replica as on the
+// primary: a grant (SET NX PX, then the counter) arrives whole, and a grant
+// undone by an error (a counter that is not an integer: INCR fails after the
+// lock was set, the script DELs it) leaves no lock on the replica either.
+TEST(ReviewRedisScript, AGrantAndAnUndoneGrantReachAReplicaAsOnThePrimary) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer primary;
+  RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(primary.port())});
+  RedisBackend on_primary(primary.options());
+  RedisBackend on_replica(replica.options());
+  auto& p = on_primary.node();
+  const auto synced = [&] { return p.command({"WAIT", "1", "200"}).integer == 1; };
+  ASSERT_TRUE(dlock::test::eventually(synced, 10s)) << "the replica never caught up";
+
+  Lock<RedisBackend> l(on_primary, "r", {.ttl = 30s, .observer = quiet()});
+  ASSERT_TRUE(l.try_lock());
+  ASSERT_TRUE(synced());
+  const auto k = p.keys("r");
+  EXPECT_EQ(on_replica.node().command({"GET", k.lock}).str, l.owner_id());
+  EXPECT_EQ(on_replica.node().command({"GET", k.fence}).str, std::to_string(l.fencing_token()));
+  EXPECT_GT(on_replica.node().command({"PTTL", k.lock}).integer, 0);
+
+  const auto u = p.keys("u");
+  ASSERT_EQ(p.command({"SET", u.fence, "9e18"}).str, "OK");  // above the floor, so INCR: not an integer
+  Lock<RedisBackend> m(on_primary, "u", {.ttl = 30s, .observer = quiet()});
+  EXPECT_THROW((void)m.try_lock(), dlock::ServerError);
+  ASSERT_TRUE(synced());
+  EXPECT_EQ(p.command({"EXISTS", u.lock}).integer, 0);
+  EXPECT_EQ(on_replica.node().command({"EXISTS", u.lock}).integer, 0);
+  EXPECT_EQ(on_replica.node().command({"GET", u.fence}).str, "9e18");
 }
 
 // ---- force_release and a change of hands between its read and its release ----
