@@ -34,6 +34,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
@@ -42,6 +43,7 @@
 
 #include "backend.hpp"
 #include "detail/redis_client.hpp"
+#include "primitives_backend.hpp"
 #include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 
@@ -126,6 +128,35 @@ class RedisBackend {
   void record_wait(const WaitRecord& record) noexcept;
   void clear_wait(const WaitRecord& record) noexcept;
 
+  // ---- The primitives (primitives_backend.hpp; src/redis/redis_primitives.cpp) ----
+  // SharedLockBackend (RwLock), SemaphoreBackend (Semaphore) and
+  // ElectionBackend (Election): each operation is one Lua script of
+  // detail/redis_primitive_scripts.hpp, one round trip on a pooled
+  // connection, with the errors of the mutex's operations above. Releases
+  // publish on the name's release channel (subscribe_release wakes them).
+  // Keys and guarantees: docs/primitives.md.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_shared(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release_shared(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_shared(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_exclusive(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release_exclusive(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_exclusive(std::string_view name, Lease<Handle>& lease,
+                                                          std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_permit(const AcquireRequest& request, std::uint32_t permits);
+  [[nodiscard]] ReleaseResult release_permit(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_permit(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  /// The count in force for `name`: the operator's (set_permits), else `permits`.
+  [[nodiscard]] std::uint32_t permits(std::string_view name, std::uint32_t permits);
+  /// Sets (or with nullopt clears) the operator's count, and wakes waiters.
+  void set_permits(std::string_view name, std::optional<std::uint32_t> permits);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_leader(const AcquireRequest& request, std::string_view candidate);
+  [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name);
+
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
   [[nodiscard]] detail::RedisClient& node() noexcept { return *state_->node; }
@@ -142,5 +173,6 @@ class RedisBackend {
 
 static_assert(RecordsWaits<RedisBackend>);
 static_assert(AbandonsInDoubt<RedisBackend>);
+static_assert(SharedLockBackend<RedisBackend> && SemaphoreBackend<RedisBackend> && ElectionBackend<RedisBackend>);
 
 }  // namespace dlock
