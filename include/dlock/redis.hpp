@@ -157,6 +157,21 @@ class RedisBackend {
                                                        std::chrono::milliseconds ttl, TimePoint started);
   [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name);
 
+  // Fair mode (LockOptions::fair; QueuesFairly in lock.hpp): the waiter
+  // queue P{N}:queue with per-waiter deadlines P{N}:queue:ttl beside the
+  // mutex's key, one script each (detail/redis_primitive_scripts.hpp).
+  // try_acquire_fair grants only to the queue's head (or when nobody waits),
+  // else queues the caller (keeping its place, deadline renewed to
+  // waiter_ttl); release_fair publishes the new head's owner id, which wakes
+  // only that waiter's subscribe_release(name, owner). Extension: extend().
+  [[nodiscard]] AcquireResult<Handle> try_acquire_fair(const AcquireRequest& request,
+                                                       std::chrono::milliseconds waiter_ttl);
+  [[nodiscard]] ReleaseResult release_fair(std::string_view name, Lease<Handle>& lease);
+  /// A waiter that gives up leaves the queue (waking the next head). Best effort: never throws.
+  void leave_fair(std::string_view name, const OwnerId& owner) noexcept;
+  /// A subscription woken only by releases that name `owner` as the next head (or nobody).
+  [[nodiscard]] Subscription subscribe_release(std::string_view name, const OwnerId& owner);
+
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
   [[nodiscard]] detail::RedisClient& node() noexcept { return *state_->node; }

@@ -258,3 +258,50 @@ std::optional<LeaderInfo> RedisBackend::leader(std::string_view name) {
 }
 
 }  // namespace dlock
+
+namespace dlock {
+
+// ---- Fair mode ----
+
+AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_fair(const AcquireRequest& request,
+                                                                   std::chrono::milliseconds waiter_ttl) {
+  detail::validate_redis_lock_name(request.name);
+  detail::RedisClient& node = *state_->node;
+  const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
+  const std::string lock = detail::redis_keys(state_->options.key_prefix, request.name).lock;
+  const auto call = script<detail::redis_fair_acquire_script>().call(
+      {lock, k.fence, k.fair_queue, k.fair_deadlines},
+      {std::string(request.owner.str()), ms(request.ttl),
+       ms(detail::fence_pttl(request.ttl, state_->options.fence_ttl)), ms(waiter_ttl)});
+  return acquired(detail::parse_acquire_reply(run(node, call, "fair acquire", lock), node.endpoint(), lock), request);
+}
+
+ReleaseResult RedisBackend::release_fair(std::string_view name, Lease<Handle>& lease) {
+  detail::validate_redis_lock_name(name);
+  detail::RedisClient& node = *state_->node;
+  const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
+  const std::string lock = detail::redis_keys(state_->options.key_prefix, name).lock;
+  const auto call = script<detail::redis_fair_release_script>().call({lock, k.fair_queue, k.fair_deadlines},
+                                                                     {std::string(lease.owner.str()), k.channel});
+  const detail::ReleaseReply r = detail::parse_release_reply(run(node, call, "release", lock), node.endpoint(), lock);
+  if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), k.channel, r.publish_error);
+  return r.released ? ReleaseResult::released : ReleaseResult::not_held;
+}
+
+void RedisBackend::leave_fair(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
+    const std::string lock = detail::redis_keys(state_->options.key_prefix, name).lock;
+    const auto call = script<detail::redis_fair_leave_script>().call({lock, k.fair_queue, k.fair_deadlines},
+                                                                     {std::string(owner.str()), k.channel});
+    (void)run(*state_->node, call, "queue leave", lock);
+  } catch (...) {  // the place lapses after the waiter ttl
+  }
+}
+
+RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name, const OwnerId& owner) {
+  return Subscription(state_->subscriber.subscribe(state_->node->keys(name).channel, std::string(owner.str())));
+}
+
+}  // namespace dlock
