@@ -226,6 +226,7 @@ class Lock {
       : backend_(backend), name_(std::move(name)), options_(normalized(std::move(options))), clock_(*options_.clock) {
     detail::validate_lock_name(name_);
     detail::validate(options_);
+    retry_ = retry_policy();
     if (options_.fair && !QueuesFairly<B> && !WaitsOnServer<B>)
       throw InvalidArgument(
           fmt::format("dlock: LockOptions.fair = true for lock '{}': the {} backend at {} has no fair "
@@ -618,7 +619,7 @@ class Lock {
           start_(lock.clock_.now()),
           owner_(OwnerId::generate()),
           single_(plan.single),
-          fsm_(lock.options_.retry, lock.options_.outage_timeout, deadline, plan, rng) {}
+          fsm_(lock.retry_, lock.options_.outage_timeout, deadline, plan, rng) {}
     AcquireRun(const AcquireRun&) = delete;
     AcquireRun& operator=(const AcquireRun&) = delete;
     // Giving up on an owner id whose attempt is in doubt abandons it, so it
@@ -1024,6 +1025,16 @@ class Lock {
   void abandon(const OwnerId& owner) noexcept {
     if constexpr (AbandonsInDoubt<B>) backend_.abandon(name_, owner);
   }
+  // Fair mode on a queueing backend: a release wakes the queue's head itself,
+  // so a waiter's attempts only renew its place, every retry.max_delay from
+  // the start (no fast first retries: they would be calls for nothing).
+  [[nodiscard]] RetryPolicy retry_policy() const {
+    RetryPolicy r = options_.retry;
+    if constexpr (QueuesFairly<B>) {
+      if (options_.fair) r.initial_delay = r.max_delay;
+    }
+    return r;
+  }
   void leave_queue(const OwnerId& owner) noexcept {
     if constexpr (QueuesFairly<B>) {
       if (options_.fair) backend_.leave_fair(name_, owner);
@@ -1129,6 +1140,7 @@ class Lock {
   detail::BackendStorage<B> backend_;
   const std::string name_;
   const LockOptions options_;  // observer and clock always set
+  RetryPolicy retry_;          // the acquires' backoff: options_.retry, or fair mode's (retry_policy())
   const Clock& clock_;
 
   mutable std::mutex mu_;

@@ -86,6 +86,9 @@ struct LockOptions {
   /// "Fair mode"). Redis keeps a queue of waiters, each dropping out after
   /// fair_waiter_ttl() without an attempt; PostgreSQL queues its waiters
   /// itself. A backend without it rejects it when the Lock is constructed.
+  /// On Redis a waiter attempts every retry.max_delay (a release wakes the
+  /// head at once; the attempts only renew a waiter's place), so max_delay
+  /// trades calls per second against how long a dead waiter holds the queue.
   /// The blocking forms only: an asynchronous acquire of a fair Lock throws.
   bool fair = false;
 };

@@ -41,7 +41,8 @@ struct RedisSubscriber::Channel {
   // target wakes only that target's subscriptions; an empty one wakes all.
   struct Target {
     int refs = 0;
-    std::uint64_t hits = 0;  // messages naming it
+    std::uint64_t hits = 0;      // messages naming it
+    std::condition_variable cv;  // its waiters (under the core's mu): woken alone
   };
   std::map<std::string, Target, std::less<>> targets;
   std::uint64_t unnamed = 0;  // messages naming nobody
@@ -188,8 +189,10 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
           ++ch.releases;
           if (ev.payload.empty()) {
             ++ch.unnamed;
+            for (auto& [name, t] : ch.targets) t.cv.notify_all();
           } else if (auto t = ch.targets.find(ev.payload); t != ch.targets.end()) {
             ++t->second.hits;
+            t->second.cv.notify_all();
           }
         }
         break;
@@ -307,6 +310,7 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string ta
   RedisSubscription sub(core_ptr, ch, t != nullptr ? ch->unnamed + t->hits : ch->releases);  // owns the references
   sub.target_ = std::move(target);
   sub.hits_ = t != nullptr ? &t->hits : nullptr;
+  sub.target_cv_ = t != nullptr ? &t->cv : nullptr;
   for (std::size_t s = 0; s < n; ++s) {
     failures[s] = core.per[s].failures;
     core.ensure_link(s);
@@ -348,6 +352,7 @@ void RedisSubscription::reset() noexcept {
       if (auto t = channel_->targets.find(target_); t != channel_->targets.end() && --t->second.refs == 0)
         channel_->targets.erase(t);
       hits_ = nullptr;
+      target_cv_ = nullptr;
     }
     if (--channel_->refs == 0) core_->channels.erase(channel_->name);
     for (std::size_t s = 0; s < core_->per.size(); ++s) {
@@ -368,6 +373,7 @@ RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexc
     acknowledged_ = other.acknowledged_;
     target_ = std::move(other.target_);
     hits_ = std::exchange(other.hits_, nullptr);
+    target_cv_ = std::exchange(other.target_cv_, nullptr);
   }
   return *this;
 }
@@ -383,7 +389,10 @@ bool RedisSubscription::wait_for(std::chrono::nanoseconds d) {
   }
   std::unique_lock lk(core_->mu);
   const auto count = [&] { return hits_ != nullptr ? channel_->unnamed + *hits_ : channel_->releases; };
-  if (!core_->cv.wait_until(lk, deadline, [&] { return count() != seen_; })) return false;
+  // A targeted subscription waits on its target's own condition variable, so
+  // a release naming another waiter does not wake this thread at all.
+  std::condition_variable& cv = target_cv_ != nullptr ? *target_cv_ : core_->cv;
+  if (!cv.wait_until(lk, deadline, [&] { return count() != seen_; })) return false;
   seen_ = count();
   return true;
 }

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -117,8 +118,9 @@ class RedisSubscription {
   std::shared_ptr<RedisSubscriber::Channel> channel_;
   std::uint64_t seen_ = 0;
   std::size_t acknowledged_ = 0;
-  std::string target_;                   // targeted: the payload that wakes it
-  const std::uint64_t* hits_ = nullptr;  // targeted: messages naming target_ (in the channel, under core mu)
+  std::string target_;                            // targeted: the payload that wakes it
+  const std::uint64_t* hits_ = nullptr;           // targeted: messages naming target_ (in the channel, under core mu)
+  std::condition_variable* target_cv_ = nullptr;  // targeted: where its waits block (in the channel)
 };
 
 }  // namespace dlock::detail
