@@ -101,7 +101,7 @@ void with_redis(benchmark::State& state, F body) {
 void BM_redis_mutex_pair(benchmark::State& state) {
   with_redis(state, [&](dlock::RedisBackend& redis) { dlock::bench::lock_unlock_pairs(state, redis); });
 }
-BENCHMARK(BM_redis_mutex_pair);
+BENCHMARK(BM_redis_mutex_pair)->UseRealTime();
 
 void BM_redis_rw_read_pair(benchmark::State& state) {
   with_redis(state, [&](dlock::RedisBackend& redis) {
@@ -110,7 +110,7 @@ void BM_redis_rw_read_pair(benchmark::State& state) {
         state, [&] { return rw.try_lock_shared(); }, [&] { rw.unlock_shared(); });
   });
 }
-BENCHMARK(BM_redis_rw_read_pair);
+BENCHMARK(BM_redis_rw_read_pair)->UseRealTime();
 
 void BM_redis_semaphore_pair(benchmark::State& state) {
   with_redis(state, [&](dlock::RedisBackend& redis) {
@@ -119,7 +119,7 @@ void BM_redis_semaphore_pair(benchmark::State& state) {
         state, [&] { return sem.try_acquire(); }, [&] { sem.release(); });
   });
 }
-BENCHMARK(BM_redis_semaphore_pair);
+BENCHMARK(BM_redis_semaphore_pair)->UseRealTime();
 
 // Script calls (EVALSHA + EVAL) the server has answered so far.
 double script_calls(dlock::RedisBackend& redis) {
