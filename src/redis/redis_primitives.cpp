@@ -55,21 +55,28 @@ AcquireResult<NoHandle> acquired(const detail::AcquireReply& reply, const Acquir
   return Grant<NoHandle>{.token = reply.token, .valid_until = detail::saturating_add(request.started, request.ttl)};
 }
 
+// An acquire script's call and answer: KEYS `keys`; ARGV owner id, ttl ms,
+// fence ttl ms and `extra` if any. keys[named] names the call in messages.
+AcquireResult<NoHandle> acquire_by(detail::RedisClient& node, const PrimitiveScript& text,
+                                   std::vector<std::string> keys, const AcquireRequest& request, std::string extra,
+                                   std::string_view what, std::size_t named = 0) {
+  const std::string key = keys.at(named);
+  std::vector<std::string> args{std::string(request.owner.str()), ms(request.ttl),
+                                ms(detail::fence_pttl(request.ttl, node.options().fence_ttl))};
+  if (!extra.empty()) args.push_back(std::move(extra));
+  const auto call = text.call(std::move(keys), std::move(args));
+  return acquired(detail::parse_acquire_reply(run(node, call, what, key), node.endpoint(), key), request);
+}
+
 }  // namespace
 
 // ---- SharedLockBackend ----
 
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_shared(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  const auto call = script<detail::redis_rw_read_acquire_script>().call(
-      {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence},
-      {std::string(request.owner.str()), ms(request.ttl),
-       ms(detail::fence_pttl(request.ttl, state_->options.fence_ttl))});
-  return acquired(
-      detail::parse_acquire_reply(run(node, call, "read acquire", k.rw_readers), node.endpoint(), k.rw_readers),
-      request);
+  return acquire_by(*state_->node, script<detail::redis_rw_read_acquire_script>(),
+                    {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence}, request, {}, "read acquire", 1);
 }
 
 namespace {
@@ -109,17 +116,11 @@ std::optional<TimePoint> RedisBackend::extend_shared(std::string_view name, Leas
 
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_exclusive(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  // The waiting mark lives as long as one lease would: it lapses by itself
-  // when this writer gives up or dies, and a live writer renews it every attempt.
-  const auto call = script<detail::redis_rw_write_acquire_script>().call(
-      {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence},
-      {std::string(request.owner.str()), ms(request.ttl),
-       ms(detail::fence_pttl(request.ttl, state_->options.fence_ttl)), ms(request.ttl)});
-  return acquired(
-      detail::parse_acquire_reply(run(node, call, "write acquire", k.rw_writer), node.endpoint(), k.rw_writer),
-      request);
+  // The waiting mark (ARGV[4]) lives as long as one lease would: it lapses by
+  // itself when this writer gives up or dies; a live writer renews it every attempt.
+  return acquire_by(*state_->node, script<detail::redis_rw_write_acquire_script>(),
+                    {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence}, request, ms(request.ttl), "write acquire");
 }
 
 ReleaseResult RedisBackend::release_exclusive(std::string_view name, Lease<Handle>& lease) {
@@ -144,15 +145,9 @@ std::optional<TimePoint> RedisBackend::extend_exclusive(std::string_view name, L
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_permit(const AcquireRequest& request,
                                                                      std::uint32_t permits) {
   detail::validate_redis_lock_name(request.name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  const auto call = script<detail::redis_sem_acquire_script>().call(
-      {k.sem_permits, k.sem_count, k.fence},
-      {std::string(request.owner.str()), ms(request.ttl),
-       ms(detail::fence_pttl(request.ttl, state_->options.fence_ttl)), std::to_string(permits)});
-  return acquired(
-      detail::parse_acquire_reply(run(node, call, "permit acquire", k.sem_permits), node.endpoint(), k.sem_permits),
-      request);
+  return acquire_by(*state_->node, script<detail::redis_sem_acquire_script>(), {k.sem_permits, k.sem_count, k.fence},
+                    request, std::to_string(permits), "permit acquire");
 }
 
 ReleaseResult RedisBackend::release_permit(std::string_view name, Lease<Handle>& lease) {
@@ -201,14 +196,9 @@ void RedisBackend::set_permits(std::string_view name, std::optional<std::uint32_
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_leader(const AcquireRequest& request,
                                                                      std::string_view candidate) {
   detail::validate_redis_lock_name(request.name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  const auto call = script<detail::redis_leader_acquire_script>().call(
-      {k.leader, k.fence, k.leader_info},
-      {std::string(request.owner.str()), ms(request.ttl),
-       ms(detail::fence_pttl(request.ttl, state_->options.fence_ttl)), std::string(candidate)});
-  return acquired(detail::parse_acquire_reply(run(node, call, "campaign", k.leader), node.endpoint(), k.leader),
-                  request);
+  return acquire_by(*state_->node, script<detail::redis_leader_acquire_script>(), {k.leader, k.fence, k.leader_info},
+                    request, std::string(candidate), "campaign");
 }
 
 ReleaseResult RedisBackend::release_leader(std::string_view name, Lease<Handle>& lease) {
@@ -266,14 +256,10 @@ namespace dlock {
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_fair(const AcquireRequest& request,
                                                                    std::chrono::milliseconds waiter_ttl) {
   detail::validate_redis_lock_name(request.name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
   const std::string lock = detail::redis_keys(state_->options.key_prefix, request.name).lock;
-  const auto call = script<detail::redis_fair_acquire_script>().call(
-      {lock, k.fence, k.fair_queue, k.fair_deadlines},
-      {std::string(request.owner.str()), ms(request.ttl),
-       ms(detail::fence_pttl(request.ttl, state_->options.fence_ttl)), ms(waiter_ttl)});
-  return acquired(detail::parse_acquire_reply(run(node, call, "fair acquire", lock), node.endpoint(), lock), request);
+  return acquire_by(*state_->node, script<detail::redis_fair_acquire_script>(),
+                    {lock, k.fence, k.fair_queue, k.fair_deadlines}, request, ms(waiter_ttl), "fair acquire");
 }
 
 ReleaseResult RedisBackend::release_fair(std::string_view name, Lease<Handle>& lease) {

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "primitives_fixture.hpp"
 #include "redis_fixtures.hpp"
 
 namespace dlock::conformance {
@@ -42,22 +43,10 @@ class RedisPrimitiveFixture {
   }
 
  private:
-  static Backend view(RedisBackend b) {
-    if constexpr (std::is_same_v<Ops, detail::PermitOps>) {
-      return Backend(b, Ops{.permits = 1});
-    } else if constexpr (std::is_same_v<Ops, detail::LeaderOps>) {
-      return Backend(b, Ops{.candidate = What});
-    } else {
-      return Backend(b);
-    }
-  }
+  static Backend view(RedisBackend b) { return primitive_view<Ops, What>(b); }
   RedisFixture redis_;
   std::string prefix_;
 };
-
-inline constexpr char writer[] = "writer";
-inline constexpr char permit[] = "permit";
-inline constexpr char leader[] = "candidate-1";
 
 using RedisRwWriter = RedisPrimitiveFixture<detail::ExclusiveOps, writer>;
 using RedisOnePermit = RedisPrimitiveFixture<detail::PermitOps, permit>;

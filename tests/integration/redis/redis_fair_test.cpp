@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "support/redis_server.hpp"
+#include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -32,29 +32,15 @@ namespace {
 
 static_assert(dlock::QueuesFairly<dlock::RedisBackend>);
 
-class RedisFair : public ::testing::Test {
+class RedisFair : public dlock::test::RedisTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    prefix_ = std::string("dlock-fair:") + info->name() + ":";
-  }
-  void TearDown() override {
-    dlock::RedisBackend admin(options());
-    dlock::test::delete_keys(admin.node(), prefix_);
-  }
-  dlock::RedisOptions options() const {
-    dlock::RedisOptions o = dlock::test::SharedRedis::instance()->options();
-    o.key_prefix = prefix_;
-    return o;
-  }
   static dlock::LockOptions fair_options(std::chrono::milliseconds max_delay) {
     return {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = max_delay}, .fair = true};
   }
   long long queued(dlock::RedisBackend& admin, const std::string& name) {
-    const auto r = admin.node().command({"ZCARD", dlock::detail::redis_keys(prefix_, name).lock + ":queue"});
+    const auto r = admin.node().command({"ZCARD", key(name) + ":queue"});
     return r.integer;
   }
-  std::string prefix_;
 };
 
 // Shared with the forked workers: the order of acquisitions.
@@ -186,7 +172,7 @@ TEST_F(RedisFair, AReleaseWakesOnlyTheWaiterItNames) {
   auto sub_a = redis.subscribe_release("w", a);
   auto sub_b = redis.subscribe_release("w", b);
   auto plain = redis.subscribe_release("w");
-  const std::string channel = dlock::detail::redis_keys(prefix_, "w").channel;
+  const std::string channel = redis_keys_for("w").channel;
   (void)admin.node().command({"PUBLISH", channel, std::string(a.str())});
   EXPECT_TRUE(sub_a.wait_for(2s));
   EXPECT_TRUE(plain.wait_for(2s));

@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "support/redis_server.hpp"
+#include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -27,22 +27,9 @@ namespace {
 
 [[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new dlock::test::SharedRedis);
 
-class RedisPrimitives : public ::testing::Test {
+class RedisPrimitives : public dlock::test::RedisTest {
  protected:
-  void SetUp() override {
-    prefix_ = std::string("dlock-prims:") + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ":";
-  }
-  void TearDown() override {
-    dlock::RedisBackend admin(options());
-    dlock::test::delete_keys(admin.node(), prefix_);
-  }
-  dlock::RedisOptions options() const {
-    dlock::RedisOptions o = dlock::test::SharedRedis::instance()->options();
-    o.key_prefix = prefix_;
-    return o;
-  }
   static dlock::LockOptions quick() { return {.ttl = 5s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}}; }
-  std::string prefix_;
 };
 
 TEST_F(RedisPrimitives, ReadersOverlapWritersExcludeAndAWaitingWriterStopsNewReaders) {
