@@ -2,14 +2,19 @@
 // a counter kept in a plain file with a deliberately non-atomic
 // read-then-write inside the lock. Each acquisition prints the worker, its
 // wait and its fencing token; the summary shows acquisitions per worker, wait
-// percentiles, whether the counter is exact and whether the tokens (in the
-// order the critical sections ran) only went up.
+// percentiles, how often the owner changed between two acquisitions, whether
+// the counter is exact and whether the tokens (in the order the critical
+// sections ran) only went up. On Redis and PostgreSQL the round runs twice:
+// in the default (barging) mode, where a releasing worker tends to take the
+// lock again before the woken ones reach the server, and in fair mode
+// (LockOptions::fair), where the workers take turns.
 //
 //   dlock_demo --backend redis    --redis redis://127.0.0.1:6379   [options]
 //   dlock_demo --backend postgres --pg "host=127.0.0.1 port=5432 dbname=dlock"
 //   dlock_demo --backend redlock  --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,...
 //   dlock_demo --backend memory                                    (threads in one process)
 // options: --workers N (4) --cycles N (25) --hold-ms N (2) --quiet
+//          --mode default|fair|both (both where the backend has fair mode, else default)
 #include <dlock/dlock.hpp>
 #ifdef DLOCK_DEMO_REDIS
 #include <dlock/redis.hpp>
@@ -54,15 +59,17 @@ struct Settings {
   int cycles = 25;
   int hold_ms = 2;
   bool quiet = false;
-  int worker = -1;  // >= 0: run as this worker (internal)
-  std::string dir;  // shared files (internal)
+  std::string mode;   // default, fair or both ("": both where the backend has fair mode)
+  bool fair = false;  // this round's (internal)
+  int worker = -1;    // >= 0: run as this worker (internal)
+  std::string dir;    // shared files (internal)
 };
 
 [[noreturn]] void usage() {
   fmt::print(stderr,
              "usage: dlock_demo [--backend memory|redis|postgres|redlock] [--redis URI] [--pg CONNINFO]\n"
              "                  [--nodes HOST:PORT,...]\n"
-             "                  [--workers N] [--cycles N] [--hold-ms N] [--quiet]\n");
+             "                  [--workers N] [--cycles N] [--hold-ms N] [--quiet] [--mode default|fair|both]\n");
   std::exit(2);
 }
 
@@ -90,6 +97,10 @@ Settings parse(int argc, char** argv) {
       s.hold_ms = std::max(0, std::atoi(value().c_str()));
     else if (a == "--quiet")
       s.quiet = true;
+    else if (a == "--mode")
+      s.mode = value();
+    else if (a == "--fair")
+      s.fair = true;
     else if (a == "--worker")
       s.worker = std::atoi(value().c_str());
     else if (a == "--dir")
@@ -118,7 +129,8 @@ void append_line(const std::string& path, const std::string& line) {
 // One worker's cycles on any backend.
 template <class B>
 void run_worker(B& backend, const Settings& s, int id) {
-  dlock::Lock<B> lock(backend, "demo:counter", {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 50ms}});
+  dlock::Lock<B> lock(backend, "demo:counter",
+                      {.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 50ms}, .fair = s.fair});
   for (int c = 0; c < s.cycles; ++c) {
     const auto asked = Clock::now();
     auto guard = lock.acquire();
@@ -178,29 +190,31 @@ double percentile(std::vector<double> v, double p) {
   return v[static_cast<std::size_t>(p * static_cast<double>(v.size() - 1))];
 }
 
-}  // namespace
+// One round's outcome.
+struct Round {
+  bool ok = false;
+  std::size_t acquisitions = 0;
+  std::size_t owner_changes = 0;
+  double p99_ms = 0;
+  double per_second = 0;
+};
 
-int main(int argc, char** argv) {
-  Settings s = parse(argc, argv);
-  if (s.worker >= 0) return worker_main(s);
+double change_rate(const Round& r) {
+  return r.acquisitions > 1 ? 100.0 * static_cast<double>(r.owner_changes) / static_cast<double>(r.acquisitions - 1)
+                            : 0.0;
+}
 
+// One round: the workers' cycles (fair mode or not), then its summary.
+Round run_round(Settings s, const char* self) {
+  Round out;
   char tmpl[] = "/tmp/dlock-demo.XXXXXX";
-  if (!::mkdtemp(tmpl)) return 1;
+  if (!::mkdtemp(tmpl)) return out;
   s.dir = tmpl;
   write_counter(s.dir + "/counter", 0);
-  fmt::print("dlock demo: {} workers x {} cycles on the {} backend, hold {} ms\n", s.workers, s.cycles, s.backend,
-             s.hold_ms);
+  const std::string_view mode = s.fair ? "fair" : "default";
+  fmt::print("\ndlock demo: {} workers x {} cycles on the {} backend, hold {} ms, {} mode\n", s.workers, s.cycles,
+             s.backend, s.hold_ms, mode);
 
-#ifdef DLOCK_DEMO_POSTGRES
-  if (s.backend == "postgres") {  // the fencing sequence, created once, explicitly
-    try {
-      dlock::PostgresBackend(dlock::PostgresOptions{.conninfo = s.pg}).install_schema();
-    } catch (const dlock::Error& e) {
-      fmt::print(stderr, "dlock_demo: {}\n", e.what());
-      return 1;
-    }
-  }
-#endif
   const auto start = Clock::now();
   int failures = 0;
   if (s.backend == "memory") {  // threads sharing one in-process backend
@@ -211,7 +225,7 @@ int main(int argc, char** argv) {
   } else {  // separate processes: this program again, as workers
     std::vector<pid_t> pids;
     for (int w = 0; w < s.workers; ++w) {
-      std::vector<std::string> args = {argv[0],
+      std::vector<std::string> args = {self,
                                        "--worker",
                                        std::to_string(w),
                                        "--dir",
@@ -229,13 +243,14 @@ int main(int argc, char** argv) {
                                        "--hold-ms",
                                        std::to_string(s.hold_ms)};
       if (s.quiet) args.emplace_back("--quiet");
+      if (s.fair) args.emplace_back("--fair");
       std::vector<char*> cargs;
       for (auto& a : args) cargs.push_back(a.data());
       cargs.push_back(nullptr);
       pid_t pid = 0;
-      if (::posix_spawn(&pid, argv[0], nullptr, nullptr, cargs.data(), environ) != 0) {
+      if (::posix_spawn(&pid, self, nullptr, nullptr, cargs.data(), environ) != 0) {
         fmt::print(stderr, "dlock_demo: could not start worker {}\n", w);
-        return 1;
+        return out;
       }
       pids.push_back(pid);
     }
@@ -252,6 +267,7 @@ int main(int argc, char** argv) {
   std::map<int, int> per_worker;
   std::vector<double> waits_ms;
   std::uint64_t last = 0;
+  int previous = -1;
   bool increasing = true;
   for (std::string line; std::getline(log, line);) {
     std::istringstream in(line);
@@ -263,17 +279,24 @@ int main(int argc, char** argv) {
     waits_ms.push_back(static_cast<double>(wait_us) / 1000.0);
     if (token <= last) increasing = false;
     last = token;
+    if (previous >= 0 && worker != previous) ++out.owner_changes;
+    previous = worker;
   }
   const long counter = read_counter(s.dir + "/counter");
   const long expected = static_cast<long>(s.workers) * s.cycles;
   std::vector<int> shares;
   for (int w = 0; w < s.workers; ++w) shares.push_back(per_worker[w]);
+  out.acquisitions = waits_ms.size();
+  out.p99_ms = percentile(waits_ms, 0.99);
+  out.per_second = static_cast<double>(waits_ms.size()) / seconds;
 
-  fmt::print("\nsummary ({} backend, {} {})\n", s.backend, s.workers, s.backend == "memory" ? "threads" : "processes");
-  fmt::print("  acquisitions   {} in {:.2f} s ({:.0f}/s)\n", waits_ms.size(), seconds,
-             static_cast<double>(waits_ms.size()) / seconds);
+  fmt::print("\nsummary ({} backend, {} {}, {} mode)\n", s.backend, s.workers,
+             s.backend == "memory" ? "threads" : "processes", mode);
+  fmt::print("  acquisitions   {} in {:.2f} s ({:.0f}/s)\n", waits_ms.size(), seconds, out.per_second);
   fmt::print("  per worker     {}\n", fmt::join(shares, " "));
-  fmt::print("  wait p50/p99   {:.2f} ms / {:.2f} ms\n", percentile(waits_ms, 0.50), percentile(waits_ms, 0.99));
+  fmt::print("  owner changes  {} of {} ({:.0f}%)\n", out.owner_changes, std::max<std::size_t>(1, out.acquisitions) - 1,
+             change_rate(out));
+  fmt::print("  wait p50/p99   {:.2f} ms / {:.2f} ms\n", percentile(waits_ms, 0.50), out.p99_ms);
   fmt::print("  counter        {} (expected {}): {}\n", counter, expected, counter == expected ? "exact" : "WRONG");
   fmt::print("  fencing tokens {}\n",
              increasing ? "strictly increasing in the order the critical sections ran" : "NOT increasing");
@@ -281,5 +304,49 @@ int main(int argc, char** argv) {
   std::remove((s.dir + "/counter").c_str());
   std::remove((s.dir + "/log").c_str());
   ::rmdir(s.dir.c_str());
-  return counter == expected && increasing && failures == 0 ? 0 : 1;
+  out.ok = counter == expected && increasing && failures == 0;
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Settings s = parse(argc, argv);
+  if (s.worker >= 0) return worker_main(s);
+
+#ifdef DLOCK_DEMO_POSTGRES
+  if (s.backend == "postgres") {  // the fencing sequence, created once, explicitly
+    try {
+      dlock::PostgresBackend(dlock::PostgresOptions{.conninfo = s.pg}).install_schema();
+    } catch (const dlock::Error& e) {
+      fmt::print(stderr, "dlock_demo: {}\n", e.what());
+      return 1;
+    }
+  }
+#endif
+  const bool has_fair = s.backend == "redis" || s.backend == "postgres";
+  if (s.mode.empty()) s.mode = has_fair ? "both" : "default";
+  if (s.mode != "default" && s.mode != "fair" && s.mode != "both") usage();
+  if (s.mode != "default" && !has_fair) {
+    fmt::print(stderr, "dlock_demo: the {} backend has no fair mode (Redis and PostgreSQL do)\n", s.backend);
+    return 2;
+  }
+  std::vector<std::pair<std::string_view, Round>> rounds;
+  if (s.mode != "fair") {
+    s.fair = false;
+    rounds.emplace_back("default", run_round(s, argv[0]));
+  }
+  if (s.mode != "default") {
+    s.fair = true;
+    rounds.emplace_back("fair", run_round(s, argv[0]));
+  }
+  bool ok = true;
+  if (rounds.size() > 1) fmt::print("\nowner-change rate by mode (the share of acquisitions that changed owner)\n");
+  for (const auto& [mode, r] : rounds) {
+    ok = ok && r.ok;
+    if (rounds.size() > 1)
+      fmt::print("  {:<8} {:3.0f}%   wait p99 {:.2f} ms   {:.0f} acquisitions/s\n", mode, change_rate(r), r.p99_ms,
+                 r.per_second);
+  }
+  return ok ? 0 : 1;
 }

@@ -123,6 +123,29 @@ concept AsyncNotifiesRelease = NotifiesRelease<B> && requires(B& b, std::string_
   { b.subscribe_release(name).on_release(std::move(f)) } -> std::same_as<void>;
 };
 
+/// Optional capability: fair (FIFO) mode in a queue the client keeps on the
+/// server (LockOptions::fair; RedisBackend):
+///   b.try_acquire_fair(request, waiter_ttl): one attempt that grants only to
+///        the queue's head (or when nobody waits); otherwise the caller joins
+///        the queue (or keeps its place), which it loses after waiter_ttl
+///        without an attempt;
+///   b.release_fair(name, lease): the release, which wakes only the new head;
+///   b.leave_fair(name, owner) noexcept: a waiter that gives up leaves at once;
+///   b.subscribe_release(name, owner): a subscription woken only by a release
+///        that names `owner` as the head (or names nobody).
+/// Extension is the mutex's. A backend that waits on the server
+/// (WaitsOnServer) queues its waiters itself, so it takes fair mode too.
+template <class B>
+concept QueuesFairly = NotifiesRelease<B> &&
+    requires(B& b, const AcquireRequest& request, std::chrono::milliseconds waiter_ttl, std::string_view name,
+             Lease<typename B::Handle>& lease, const OwnerId& owner) {
+  { b.try_acquire_fair(request, waiter_ttl) } -> std::same_as<AcquireResult<typename B::Handle>>;
+  { b.release_fair(name, lease) } -> std::same_as<ReleaseResult>;
+  { b.leave_fair(name, owner) }
+  noexcept;
+  { b.subscribe_release(name, owner) } -> std::same_as<decltype(b.subscribe_release(name))>;
+};
+
 namespace detail {
 template <class B, bool = NotifiesRelease<B>>
 struct SubscriptionOf {
@@ -203,6 +226,12 @@ class Lock {
       : backend_(backend), name_(std::move(name)), options_(normalized(std::move(options))), clock_(*options_.clock) {
     detail::validate_lock_name(name_);
     detail::validate(options_);
+    retry_ = retry_policy();
+    if (options_.fair && !QueuesFairly<B> && !WaitsOnServer<B>)
+      throw InvalidArgument(
+          fmt::format("dlock: LockOptions.fair = true for lock '{}': the {} backend at {} has no fair "
+                      "(FIFO) mode (docs/primitives.md, \"Fair mode\")",
+                      name_, backend_.kind(), backend_.endpoint()));
   }
   Lock(const Lock&) = delete;
   Lock& operator=(const Lock&) = delete;
@@ -590,17 +619,19 @@ class Lock {
           start_(lock.clock_.now()),
           owner_(OwnerId::generate()),
           single_(plan.single),
-          fsm_(lock.options_.retry, lock.options_.outage_timeout, deadline, plan, rng) {}
+          fsm_(lock.retry_, lock.options_.outage_timeout, deadline, plan, rng) {}
     AcquireRun(const AcquireRun&) = delete;
     AcquireRun& operator=(const AcquireRun&) = delete;
     // Giving up on an owner id whose attempt is in doubt abandons it, so it
     // does not block everyone for a TTL (AbandonsInDoubt backends).
     ~AcquireRun() {
       if (!acquired_ && fsm_.in_doubt()) lock_.abandon(owner_);
+      if (!acquired_ && fsm_.attempts() > 0) lock_.leave_queue(owner_);  // fair mode: give up our place
     }
 
     [[nodiscard]] detail::AcquireFsm<Rng>& fsm() noexcept { return fsm_; }
     [[nodiscard]] bool acquired() const noexcept { return acquired_; }
+    [[nodiscard]] const OwnerId& owner() const noexcept { return owner_; }
 
     /// Emits `attempt` and tells the machine; returns the request to send
     /// and the server-side wait to ask for (zero: one plain attempt).
@@ -734,7 +765,7 @@ class Lock {
     std::optional<Lease<handle_type>> to_release;
     detail::AcquireDecision d = run.fsm().start(stop.stop_requested());
     for (;;) {
-      if (d.subscribe) subscription = subscribe();
+      if (d.subscribe) subscription = subscribe(&run.owner());
       switch (d.step) {
         case detail::AcquireStep::attempt: {
           const auto [request, server_wait] = run.begin_attempt();
@@ -782,7 +813,7 @@ class Lock {
   // A grant that raced a stop request: released at once (owner-checked).
   void release_quietly(Lease<handle_type>& lease) noexcept {
     try {
-      (void)backend_.release(name_, lease);
+      (void)detail::release_lease(backend_, name_, lease, options_.fair);
     } catch (...) {  // it expires by its TTL
     }
   }
@@ -795,6 +826,9 @@ class Lock {
   }
 
   AcquireResult<handle_type> attempt(const AcquireRequest& request, std::chrono::milliseconds server_wait) {
+    if constexpr (QueuesFairly<B>) {
+      if (options_.fair) return backend_.try_acquire_fair(request, detail::fair_waiter_ttl(options_));
+    }
     if constexpr (WaitsOnServer<B>) {
       if (server_wait > server_wait.zero()) return backend_.acquire_wait(request, server_wait);
     }
@@ -969,6 +1003,11 @@ class Lock {
 
   template <bool Guarded, class Token>
   auto async_acquire_until(std::optional<TimePoint> deadline, std::stop_token stop, Token&& token) {
+    if (options_.fair)
+      throw InvalidArgument(
+          fmt::format("dlock: LockOptions.fair = true for lock '{}' on {} {}: fair mode has no "
+                      "asynchronous acquire yet; use the blocking forms",
+                      name_, backend_.kind(), backend_.endpoint()));
     using R = std::conditional_t<Guarded, AsyncGuard<Lock>, bool>;
     return boost::asio::async_initiate<Token, void(boost::system::error_code, R)>(
         [this, deadline, stop = std::move(stop)](auto handler) {
@@ -986,8 +1025,27 @@ class Lock {
   void abandon(const OwnerId& owner) noexcept {
     if constexpr (AbandonsInDoubt<B>) backend_.abandon(name_, owner);
   }
+  // Fair mode on a queueing backend: a release wakes the queue's head itself,
+  // so a waiter's attempts only renew its place, every retry.max_delay from
+  // the start (no fast first retries: they would be calls for nothing).
+  [[nodiscard]] RetryPolicy retry_policy() const {
+    RetryPolicy r = options_.retry;
+    if constexpr (QueuesFairly<B>) {
+      if (options_.fair) r.initial_delay = r.max_delay;
+    }
+    return r;
+  }
+  void leave_queue(const OwnerId& owner) noexcept {
+    if constexpr (QueuesFairly<B>) {
+      if (options_.fair) backend_.leave_fair(name_, owner);
+    }
+  }
 
-  std::optional<Subscription> subscribe() {
+  // Fair mode: woken only by a release naming `owner` as the queue's head.
+  std::optional<Subscription> subscribe(const OwnerId* owner = nullptr) {
+    if constexpr (QueuesFairly<B>) {
+      if (options_.fair && owner != nullptr) return backend_.subscribe_release(name_, *owner);
+    }
     if constexpr (NotifiesRelease<B>) {
       return backend_.subscribe_release(name_);
     } else {
@@ -1082,6 +1140,7 @@ class Lock {
   detail::BackendStorage<B> backend_;
   const std::string name_;
   const LockOptions options_;  // observer and clock always set
+  RetryPolicy retry_;          // the acquires' backoff: options_.retry, or fair mode's (retry_policy())
   const Clock& clock_;
 
   mutable std::mutex mu_;

@@ -8,6 +8,7 @@
 // dlock::InvalidArgument naming the field and the value.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -80,6 +81,16 @@ struct LockOptions {
   /// The clock that decides validity and deadlines; null: steady_clock().
   /// Must outlive the Lock.
   const Clock* clock = nullptr;
+  /// Fair (FIFO) mode: blocked acquires are served in arrival order, and a
+  /// release wakes only the waiter that may take the lock (docs/primitives.md,
+  /// "Fair mode"). Redis keeps a queue of waiters, each dropping out after
+  /// fair_waiter_ttl() without an attempt; PostgreSQL queues its waiters
+  /// itself. A backend without it rejects it when the Lock is constructed.
+  /// On Redis a waiter attempts every retry.max_delay (a release wakes the
+  /// head at once; the attempts only renew a waiter's place), so max_delay
+  /// trades calls per second against how long a dead waiter holds the queue.
+  /// The blocking forms only: an asynchronous acquire of a fair Lock throws.
+  bool fair = false;
 };
 
 namespace detail {
@@ -137,6 +148,15 @@ inline void validate(const LockOptions& o) {
     invalid_field("LockOptions.outage_timeout", "must be positive", format_duration(*o.outage_timeout));
   if (o.acquire_timeout && *o.acquire_timeout < o.acquire_timeout->zero())
     invalid_field("LockOptions.acquire_timeout", "must not be negative", format_duration(*o.acquire_timeout));
+}
+
+/// Fair mode: how long a queued waiter keeps its place without an attempt
+/// (its next attempt renews it). A live waiter attempts at least every
+/// retry.max_delay, so twice that (at least 1 s) keeps it; a dead one drops
+/// out of the queue after this.
+[[nodiscard]] inline std::chrono::milliseconds fair_waiter_ttl(const LockOptions& o) noexcept {
+  const auto twice = std::chrono::duration_cast<std::chrono::milliseconds>(o.retry.max_delay) * 2;
+  return std::clamp<std::chrono::milliseconds>(twice, std::chrono::seconds(1), max_ttl);
 }
 
 }  // namespace detail

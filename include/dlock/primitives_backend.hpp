@@ -74,9 +74,9 @@
 // backend.hpp) for a name's primitives: every view forwards it, so blocked
 // acquires wake on a release instead of polling.
 //
-// Backends: MemoryPrimitives (memory_primitives.hpp) and PostgresBackend
-// (postgres.hpp) have all three. The Redis
-// scripts are in detail/redis_primitive_scripts.hpp; docs/primitives.md says
+// Backends: MemoryPrimitives (memory_primitives.hpp), PostgresBackend
+// (postgres.hpp) and RedisBackend (redis.hpp; its scripts are in
+// detail/redis_primitive_scripts.hpp) have all three; docs/primitives.md says
 // what each backend has today.
 #pragma once
 
@@ -181,6 +181,13 @@ class BackendView {
   /// Forwarded when B notifies releases (NotifiesRelease).
   [[nodiscard]] auto subscribe_release(std::string_view name) requires requires(B& b) { b.subscribe_release(name); }
   { return backend_.subscribe_release(name); }
+
+  // Not forwarded, on purpose: extend_many (BatchesExtend) and abandon
+  // (AbandonsInDoubt) act on the *mutex's* key of a name, so forwarding them
+  // would extend or delete the wrong lease; the heartbeat then extends each
+  // primitive lease by extend() above, and an in-doubt grant of a primitive
+  // expires by its TTL. record_wait (RecordsWaits) is left to the mutex too:
+  // `dlockctl deadlocks` reads mutex waits only.
 
   [[nodiscard]] B& backend() noexcept { return backend_; }
   [[nodiscard]] const B& backend() const noexcept { return backend_; }

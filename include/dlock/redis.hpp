@@ -35,6 +35,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
@@ -43,6 +44,7 @@
 
 #include "backend.hpp"
 #include "detail/redis_client.hpp"
+#include "primitives_backend.hpp"
 #include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 
@@ -132,6 +134,50 @@ class RedisBackend {
   void record_wait(const WaitRecord& record) noexcept;
   void clear_wait(const WaitRecord& record) noexcept;
 
+  // ---- The primitives (primitives_backend.hpp; src/redis/redis_primitives.cpp) ----
+  // SharedLockBackend (RwLock), SemaphoreBackend (Semaphore) and
+  // ElectionBackend (Election): each operation is one Lua script of
+  // detail/redis_primitive_scripts.hpp, one round trip on a pooled
+  // connection, with the errors of the mutex's operations above. Releases
+  // publish on the name's release channel (subscribe_release wakes them).
+  // Keys and guarantees: docs/primitives.md.
+  [[nodiscard]] AcquireResult<Handle> try_acquire_shared(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release_shared(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_shared(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_exclusive(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release_exclusive(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_exclusive(std::string_view name, Lease<Handle>& lease,
+                                                          std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_permit(const AcquireRequest& request, std::uint32_t permits);
+  [[nodiscard]] ReleaseResult release_permit(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_permit(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  /// The count in force for `name`: the operator's (set_permits), else `permits`.
+  [[nodiscard]] std::uint32_t permits(std::string_view name, std::uint32_t permits);
+  /// Sets (or with nullopt clears) the operator's count, and wakes waiters.
+  void set_permits(std::string_view name, std::optional<std::uint32_t> permits);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_leader(const AcquireRequest& request, std::string_view candidate);
+  [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name);
+
+  // Fair mode (LockOptions::fair; QueuesFairly in lock.hpp): the waiter
+  // queue P{N}:queue with per-waiter deadlines P{N}:queue:ttl beside the
+  // mutex's key, one script each (detail/redis_primitive_scripts.hpp).
+  // try_acquire_fair grants only to the queue's head (or when nobody waits),
+  // else queues the caller (keeping its place, deadline renewed to
+  // waiter_ttl); release_fair publishes the new head's owner id, which wakes
+  // only that waiter's subscribe_release(name, owner). Extension: extend().
+  [[nodiscard]] AcquireResult<Handle> try_acquire_fair(const AcquireRequest& request,
+                                                       std::chrono::milliseconds waiter_ttl);
+  [[nodiscard]] ReleaseResult release_fair(std::string_view name, Lease<Handle>& lease);
+  /// A waiter that gives up leaves the queue (waking the next head). Best effort: never throws.
+  void leave_fair(std::string_view name, const OwnerId& owner) noexcept;
+  /// A subscription woken only by releases that name `owner` as the next head (or nobody).
+  [[nodiscard]] Subscription subscribe_release(std::string_view name, const OwnerId& owner);
+
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
   [[nodiscard]] detail::RedisClient& node() noexcept { return *state_->node; }
@@ -148,5 +194,6 @@ class RedisBackend {
 
 static_assert(RecordsWaits<RedisBackend>);
 static_assert(AbandonsInDoubt<RedisBackend>);
+static_assert(SharedLockBackend<RedisBackend> && SemaphoreBackend<RedisBackend> && ElectionBackend<RedisBackend>);
 
 }  // namespace dlock

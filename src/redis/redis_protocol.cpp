@@ -276,12 +276,14 @@ ScriptCall fence_raise_call(std::string_view fence_key, std::uint64_t token, std
 
 ScriptForm push_script_call(Request& request, const ScriptCall& call, const ScriptShas& shas, ScriptForm form) {
   const auto i = static_cast<std::size_t>(call.script);
-  const bool by_sha = form == ScriptForm::evalsha && !shas[i].empty();
+  const bool own = !call.text.empty();  // a primitive's script, not in redis_scripts
+  const std::string_view sha = own ? call.sha : std::string_view(shas[i]);
+  const bool by_sha = form == ScriptForm::evalsha && !sha.empty();
   const std::string numkeys = std::to_string(call.keys.size());
   std::vector<std::string_view> argv;
   argv.reserve(3 + call.keys.size() + call.args.size());
   argv.push_back(by_sha ? "EVALSHA" : "EVAL");
-  argv.push_back(by_sha ? std::string_view(shas[i]) : redis_scripts[i]);
+  argv.push_back(by_sha ? sha : own ? call.text : redis_scripts[i]);
   argv.push_back(numkeys);
   for (const auto& k : call.keys) argv.push_back(k);
   for (const auto& a : call.args) argv.push_back(a);

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -37,6 +38,15 @@ struct RedisSubscriber::Channel {
   const std::string name;
   int refs = 0;                // live RedisSubscriptions
   std::uint64_t releases = 0;  // messages received, from any server
+  // Targeted subscriptions (fair mode): a message whose payload names a
+  // target wakes only that target's subscriptions; an empty one wakes all.
+  struct Target {
+    int refs = 0;
+    std::uint64_t hits = 0;      // messages naming it
+    std::condition_variable cv;  // its waiters (under the core's mu): woken alone
+  };
+  std::map<std::string, Target, std::less<>> targets;
+  std::uint64_t unnamed = 0;  // messages naming nobody
 };
 
 struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Core> {
@@ -178,7 +188,17 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
     using K = redis_proto::PubSubEvent::Kind;
     switch (ev.kind) {
       case K::message:
-        if (auto it = channels.find(ev.channel); it != channels.end()) ++it->second->releases;
+        if (auto it = channels.find(ev.channel); it != channels.end()) {
+          Channel& ch = *it->second;
+          ++ch.releases;
+          if (ev.payload.empty()) {
+            ++ch.unnamed;
+            for (auto& [name, t] : ch.targets) t.cv.notify_all();
+          } else if (auto t = ch.targets.find(ev.payload); t != ch.targets.end()) {
+            ++t->second.hits;
+            t->second.cv.notify_all();
+          }
+        }
         break;
       case K::refused:
         try {
@@ -272,7 +292,9 @@ std::string RedisSubscriber::last_refusal() const {
   return core->refusal;
 }
 
-RedisSubscription RedisSubscriber::subscribe(std::string channel) {
+RedisSubscription RedisSubscriber::subscribe(std::string channel) { return subscribe(std::move(channel), {}); }
+
+RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string target) {
   const std::shared_ptr<Core> core_ptr = current();
   Core& core = *core_ptr;
   const std::size_t n = core.servers.size();
@@ -286,8 +308,13 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel) {
   if (it == core.channels.end()) it = core.channels.emplace(channel, std::move(fresh)).first;
   std::shared_ptr<Channel> ch = it->second;
   for (auto& p : core.per) p.table.want(channel);  // may throw bad_alloc: before the reference is taken
+  Channel::Target* t = target.empty() ? nullptr : &ch->targets[target];  // may throw too
   ++ch->refs;
-  RedisSubscription sub(core_ptr, ch, ch->releases);  // owns the reference from here on
+  if (t != nullptr) ++t->refs;
+  RedisSubscription sub(core_ptr, ch, t != nullptr ? ch->unnamed + t->hits : ch->releases);  // owns the references
+  sub.target_ = std::move(target);
+  sub.hits_ = t != nullptr ? &t->hits : nullptr;
+  sub.target_cv_ = t != nullptr ? &t->cv : nullptr;
   for (std::size_t s = 0; s < n; ++s) {
     failures[s] = core.per[s].failures;
     core.ensure_link(s);
@@ -325,6 +352,12 @@ void RedisSubscription::reset() noexcept {
   }
   {
     std::lock_guard lk(core_->mu);
+    if (hits_ != nullptr) {
+      if (auto t = channel_->targets.find(target_); t != channel_->targets.end() && --t->second.refs == 0)
+        channel_->targets.erase(t);
+      hits_ = nullptr;
+      target_cv_ = nullptr;
+    }
     if (--channel_->refs == 0) core_->channels.erase(channel_->name);
     for (std::size_t s = 0; s < core_->per.size(); ++s) {
       core_->per[s].table.unwant(channel_->name);
@@ -342,6 +375,9 @@ RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexc
     channel_ = std::move(other.channel_);
     seen_ = other.seen_;
     acknowledged_ = other.acknowledged_;
+    target_ = std::move(other.target_);
+    hits_ = std::exchange(other.hits_, nullptr);
+    target_cv_ = std::exchange(other.target_cv_, nullptr);
   }
   return *this;
 }
@@ -356,8 +392,12 @@ bool RedisSubscription::wait_for(std::chrono::nanoseconds d) {
     return false;
   }
   std::unique_lock lk(core_->mu);
-  if (!core_->cv.wait_until(lk, deadline, [&] { return channel_->releases != seen_; })) return false;
-  seen_ = channel_->releases;
+  const auto count = [&] { return hits_ != nullptr ? channel_->unnamed + *hits_ : channel_->releases; };
+  // A targeted subscription waits on its target's own condition variable, so
+  // a release naming another waiter does not wake this thread at all.
+  std::condition_variable& cv = target_cv_ != nullptr ? *target_cv_ : core_->cv;
+  if (!cv.wait_until(lk, deadline, [&] { return count() != seen_; })) return false;
+  seen_ = count();
   return true;
 }
 

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "primitives_fixture.hpp"
 #include "postgres_fixture.hpp"
 
 namespace dlock::conformance {
@@ -36,23 +37,11 @@ class PostgresPrimitiveFixture {
   bool has_waiter(std::string_view name) { return pg_.has_waiter_key(key(name), 2); }
 
  private:
-  static Backend view(PostgresBackend b) {
-    if constexpr (std::is_same_v<Ops, detail::PermitOps>) {
-      return Backend(b, Ops{.permits = 1});
-    } else if constexpr (std::is_same_v<Ops, detail::LeaderOps>) {
-      return Backend(b, Ops{.candidate = What});
-    } else {
-      return Backend(b);
-    }
-  }
+  static Backend view(PostgresBackend b) { return primitive_view<Ops, What>(b); }
   std::string key(std::string_view name) { return std::to_string(pg_.make().primitive_key(name, Tag)); }
 
   PostgresFixture<S> pg_;
 };
-
-inline constexpr char writer[] = "writer";
-inline constexpr char permit[] = "permit";
-inline constexpr char leader[] = "candidate-1";
 
 template <PostgresOptions::Scope S>
 using RwWriter = PostgresPrimitiveFixture<detail::ExclusiveOps, writer, detail::PgPrimitive::rw, S>;

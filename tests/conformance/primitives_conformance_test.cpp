@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "conformance.hpp"
+#include "primitives_fixture.hpp"
 
 namespace dlock::conformance {
 
@@ -26,24 +27,12 @@ class MemoryPrimitiveFixture {
   void tear_down() {}
 
   /// A view of the test's table (copies share it).
-  Backend make() {
-    if constexpr (std::is_same_v<Ops, detail::PermitOps>) {
-      return Backend(table_, Ops{.permits = 1});
-    } else if constexpr (std::is_same_v<Ops, detail::LeaderOps>) {
-      return Backend(table_, Ops{.candidate = What});
-    } else {
-      return Backend(table_);
-    }
-  }
+  Backend make() { return primitive_view<Ops, What>(table_); }
   void force_delete(std::string_view name) { (void)table_.force_release(name); }
 
  private:
   MemoryPrimitives table_;
 };
-
-inline constexpr char writer[] = "writer";
-inline constexpr char permit[] = "permit";
-inline constexpr char leader[] = "candidate-1";
 
 using RwWriter = MemoryPrimitiveFixture<detail::ExclusiveOps, writer>;
 using OnePermit = MemoryPrimitiveFixture<detail::PermitOps, permit>;

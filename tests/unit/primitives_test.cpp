@@ -244,6 +244,36 @@ TEST(RwLock, EachReaderExpiresOnItsOwn) {
   EXPECT_EQ(brief.reader().release(), ReleaseResult::not_held);
 }
 
+// Re-acquire after a loss on the same thread. The write side is one Lock: the
+// lost acquisition occupies it until unlock(), as a mutex's does, so lock()
+// before that is a re-entry (DeadlockError at once, not a wait for itself);
+// after unlock() it acquires with a higher token. A read lease is a Lock of
+// its own: the thread reads again at once, beside its lost lease.
+TEST(RwLock, AfterALossTheSameThreadAcquiresAgain) {
+  ManualClock clock;
+  MemoryPrimitives prims(clock);
+  Rw rw(prims, "doc", fast({.ttl = 1s, .clock = &clock}));
+  rw.lock();
+  const auto first = rw.writer().fencing_token();
+  clock.advance(1s);
+  ASSERT_FALSE(rw.writer().owns_lock());
+  EXPECT_THROW(rw.lock(), dlock::DeadlockError);
+  rw.unlock();
+  ASSERT_TRUE(rw.try_lock());
+  EXPECT_GT(rw.writer().fencing_token(), first);
+  rw.unlock();
+
+  ASSERT_TRUE(rw.try_lock_shared());
+  clock.advance(1s);
+  ASSERT_FALSE(rw.reader().owns_lock());
+  ASSERT_TRUE(rw.try_lock_shared());
+  EXPECT_TRUE(rw.reader().owns_lock());   // the newest lease
+  rw.unlock_shared();                     // releases the newest first
+  EXPECT_FALSE(rw.reader().owns_lock());  // the lost one is next
+  rw.unlock_shared();
+  EXPECT_TRUE(rw.try_lock());
+}
+
 TEST(RwLock, AutoExtendKeepsAReaderAndSignalsItsLoss) {
   ManualBeat beat;
   MemoryPrimitives prims(beat.clock);

@@ -317,6 +317,21 @@ TEST(Request, EvalshaWhenTheShaIsKnownElseEval) {
                                 std::string(text) + "\r\n");
 }
 
+TEST(Request, AScriptOutsideTheTableGoesByItsOwnShaThenAsItsText) {  // the primitives' scripts
+  const ScriptCall call{
+      .keys = {"k"}, .args = {"o"}, .text = "return 1", .sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"};
+  ScriptShas shas;
+  shas[0] = std::string(40, 'a');  // the table's SHA of call.script: not used
+  Request r;
+  EXPECT_EQ(push_script_call(r, call, shas), ScriptForm::evalsha);
+  EXPECT_EQ(
+      r.payload(),
+      "*5\r\n$7\r\nEVALSHA\r\n$40\r\ne0e1f9fabfc9d4800c877a703b823ac0578ff8db\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\no\r\n");
+  Request e;  // after NOSCRIPT
+  EXPECT_EQ(push_script_call(e, call, shas, ScriptForm::eval), ScriptForm::eval);
+  EXPECT_EQ(e.payload(), "*5\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\no\r\n");
+}
+
 TEST(Request, RequestsParseBackAsTheCommandsTheyAre) {  // the server reads what the client writes as an array
   Request r;
   push_script_call(r, acquire_call(dlock::detail::redis_keys("", "n"), "own", 1s, 1s), ScriptShas{});

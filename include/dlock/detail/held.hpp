@@ -78,6 +78,16 @@ struct EventSource {
   return err ? err->code() : make_error_code(errc::server);
 }
 
+/// The release of a lease: the fair-mode release (which wakes the queue's new
+/// head) for a fair Lock on a backend that has one (QueuesFairly), else the mutex's.
+template <class B, class L>
+ReleaseResult release_lease(B& b, std::string_view name, L& lease, bool fair) {
+  if constexpr (requires { b.release_fair(name, lease); }) {
+    if (fair) return b.release_fair(name, lease);
+  }
+  return b.release(name, lease);
+}
+
 template <class B>
 class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
  public:
@@ -91,6 +101,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
         ttl_(options.ttl),
         interval_(options.extend_interval ? *options.extend_interval : options.ttl / 3),
         auto_extend_(options.auto_extend),
+        fair_(options.fair),
         clock_(clock),
         observer_(std::move(observer)),
         lease_(std::move(lease)),
@@ -200,7 +211,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     if (previous == State::lost) {  // reported when it was lost; a quiet owner-checked cleanup
       if (!released_on_server_) {
         try {
-          (void)backend_.release(name_, lease_);
+          (void)release_lease(backend_, name_, lease_, fair_);
         } catch (...) {  // the key expires by its TTL
         }
       }
@@ -212,7 +223,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     const bool expired = clock_.now() >= lease_.valid_until;  // op_mu_ held: valid_until is stable
     ReleaseResult result{};
     try {
-      result = backend_.release(name_, lease_);
+      result = release_lease(backend_, name_, lease_, fair_);
     } catch (const std::exception& e) {
       report(EventType::release_failed, e,
              fmt::format("release of '{}' failed ({}); the lock will expire by its TTL", name_, e.what()));
@@ -561,7 +572,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
       // Declared lost (validity ended) while this late extension was on its
       // way: do not leave the key blocking others for another TTL.
       try {
-        (void)backend_.release(name_, lease_);
+        (void)release_lease(backend_, name_, lease_, fair_);
       } catch (...) {  // it expires by its TTL
       }
       released_on_server_ = true;
@@ -583,7 +594,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     }
     released_on_server_ = true;
     try {
-      (void)backend_.release(name_, lease_);  // the lost event (max_hold) was this hold's end
+      (void)release_lease(backend_, name_, lease_, fair_);  // the lost event (max_hold) was this hold's end
     } catch (const std::exception& e) {
       report(
           EventType::release_failed, e,
@@ -748,6 +759,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   const std::chrono::milliseconds ttl_;
   const Clock::duration interval_;
   const bool auto_extend_;
+  const bool fair_;  // LockOptions::fair: released by release_fair where the backend has it
   const Clock& clock_;
   const std::shared_ptr<Observer> observer_;
   const pid_t pid_ = ::getpid();  // the process that acquired the lease

@@ -2,11 +2,10 @@
 // on Redis: the read-write lock, the semaphore with leased permits, and fair
 // (FIFO) mode of the mutex. docs/primitives.md explains each one.
 //
-// Status: the scripts are tested directly against a real redis-server
-// (tests/integration/redis/redis_primitive_scripts_test.cpp). RedisBackend
-// does not call them yet: wiring them in (SharedLockBackend and
-// SemaphoreBackend members, LockOptions::fair) waits for the transport
-// rewrite of the Redis backend.
+// The scripts are tested directly against a real redis-server
+// (tests/integration/redis/redis_primitive_scripts_test.cpp); RedisBackend
+// calls them through its client (src/redis/redis_primitives.cpp: the
+// primitives, and LockOptions::fair).
 //
 // Conventions as in redis_scripts.hpp: every name and value travels as
 // KEYS/ARGV, never spliced into the text; all keys of one name share the hash

@@ -139,6 +139,11 @@ struct ScriptCall {
   RedisScript script = RedisScript::acquire;
   std::vector<std::string> keys;
   std::vector<std::string> args;
+  /// A script outside redis_scripts (the primitives', redis_primitive_scripts.hpp):
+  /// its text and SHA1, both static. Not loaded by the handshake: the first
+  /// EVALSHA on a server is answered NOSCRIPT, and the EVAL resend caches it.
+  std::string_view text{};
+  std::string_view sha{};
 };
 
 /// Acquire on one node: KEYS lock, fence; ARGV owner, ttl ms,

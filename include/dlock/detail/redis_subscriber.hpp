@@ -33,6 +33,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -77,6 +78,9 @@ class RedisSubscriber {
 
   /// Never throws for connection problems (see above); only std::bad_alloc.
   [[nodiscard]] RedisSubscription subscribe(std::string channel);
+  /// A targeted subscription (fair mode): woken only by a message whose
+  /// payload is `target` (the waiter's owner id) or empty, not by the others.
+  [[nodiscard]] RedisSubscription subscribe(std::string channel, std::string target);
 
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
@@ -120,6 +124,9 @@ class RedisSubscription {
   std::shared_ptr<RedisSubscriber::Channel> channel_;
   std::uint64_t seen_ = 0;
   std::size_t acknowledged_ = 0;
+  std::string target_;                            // targeted: the payload that wakes it
+  const std::uint64_t* hits_ = nullptr;           // targeted: messages naming target_ (in the channel, under core mu)
+  std::condition_variable* target_cv_ = nullptr;  // targeted: where its waits block (in the channel)
 };
 
 }  // namespace dlock::detail

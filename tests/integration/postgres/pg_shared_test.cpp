@@ -215,7 +215,8 @@ TEST(PostgresShared, TerminatingASharedSessionLosesAndSignalsEveryLeaseOnIt) {
 }
 
 // issue 16: PostgreSQL queues waiters itself; with pinned sessions (the
-// default) acquire_wait grants them in arrival order.
+// default) acquire_wait grants them in arrival order. A fair Lock
+// (LockOptions::fair) is accepted on PostgreSQL for that reason.
 TEST(PostgresWaitOrder, WaitersAreGrantedInArrivalOrder) {
   RawConn admin(conninfo());
   PostgresBackend pg(options());
@@ -229,7 +230,7 @@ TEST(PostgresWaitOrder, WaitersAreGrantedInArrivalOrder) {
   std::vector<std::thread> threads;
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
-      PgLock l(pg, name, {.ttl = 30s});
+      PgLock l(pg, name, {.ttl = 30s, .fair = true});
       if (!l.try_lock_for(20s)) return;
       {
         std::lock_guard lk(mu);
