@@ -1006,29 +1006,25 @@ using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
 
 // A pooled connection without blocking: an idle one, else a new one opened
 // asynchronously (async_connect), else (all pool_size in use) tried again
-// every millisecond on `ex` until connect_timeout, then failing as checkout()
+// every millisecond on `ex` until `deadline`, then failing as checkout()
 // does. `then` runs on `ex` (an idle session: directly from here or a timer's
 // handler; otherwise posted).
 void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, const boost::asio::any_io_executor& ex,
                     SteadyTime deadline, SessionThen then) {
-  PgSessionPtr s;
-  bool reserved = false;
+  detail::PgPool::Taken taken;
   try {
-    const bool last = std::chrono::steady_clock::now() >= deadline;
-    s = st.checkout(deadline, last, &reserved);
-    if (reserved) {
-      st.async_connect(ex, [keep, &st, then](std::exception_ptr e, PgSessionPtr opened) {
-        if (e) st.closed();
-        then(e, std::move(opened));
-      });
+    taken = st.try_checkout();
+    if (taken.reserved) {
+      st.async_connect(ex, *taken.reserved,
+                       [keep, then](std::exception_ptr e, PgSessionPtr opened) { then(e, std::move(opened)); });
       return;
     }
+    if (!taken.session && std::chrono::steady_clock::now() >= deadline) throw st.pool_full();
   } catch (...) {
-    if (reserved) st.closed();
     boost::asio::post(ex, [then = std::move(then), e = std::current_exception()] { then(e, nullptr); });
     return;
   }
-  if (s) return then(nullptr, std::move(s));
+  if (taken.session) return then(nullptr, std::move(taken.session));
   auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::chrono::milliseconds(1));
   timer->async_wait([keep = std::move(keep), &st, ex, deadline, then = std::move(then),
                      timer](const boost::system::error_code&) mutable {
