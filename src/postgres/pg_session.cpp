@@ -214,12 +214,61 @@ PgOutcome PgSession::finish_send(int sent, SteadyTime deadline) {
 
 namespace {
 
+// The results of a pipeline (one Sync), taken one PQgetResult() at a time by
+// the blocking and the asynchronous round trip: each step's results end with
+// a NULL, then comes the sync point. Keeps the first error, else the last
+// query's result; marks the statements whose Parse succeeded as prepared.
+class PipelineReader {
+ public:
+  enum class Fed { more, synced, broken };
+  PipelineReader(std::vector<const PgStatement*> steps, std::bitset<pg_max_statements>& prepared)
+      : steps_(std::move(steps)), prepared_(prepared) {}
+
+  Fed feed(PgOutcome& out, PGresult* res) {
+    if (!res) {
+      ++step_;  // the connection failed when no sync point will come
+      return step_ > steps_.size() + 1 ? Fed::broken : Fed::more;
+    }
+    PgResult owned(res);
+    switch (PQresultStatus(res)) {
+      case PGRES_PIPELINE_SYNC:
+        return Fed::synced;
+      case PGRES_PIPELINE_ABORTED:
+        break;
+      case PGRES_FATAL_ERROR:
+        if (!failed_) out.result = std::move(owned);
+        failed_ = true;
+        break;
+      default:
+        if (step_ < steps_.size() && steps_[step_]) {
+          prepared_.set(steps_[step_]->id);
+        } else if (!failed_) {
+          out.result = std::move(owned);
+        }
+    }
+    return Fed::more;
+  }
+  // After the sync point: leaves pipeline mode; false when the connection failed meanwhile.
+  static bool ended(PGconn* c, const PgOutcome& out) {
+    if (PQexitPipelineMode(c) && PQstatus(c) != CONNECTION_BAD) return true;
+    return out.result && PQresultStatus(out.result.get()) == PGRES_FATAL_ERROR;
+  }
+
+ private:
+  std::vector<const PgStatement*> steps_;  // per result set: a Parse (the statement to mark prepared) or a query
+  std::bitset<pg_max_statements>& prepared_;
+  std::size_t step_ = 0;
+  bool failed_ = false;
+};
+
 // Drives a sent request to its outcome on an executor: flush, then read until
-// the last result, each wait an async_wait on the socket, all under a timer.
+// the last result (of a pipeline: until its sync point), each wait an
+// async_wait on the socket, all under a timer.
 class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
  public:
-  PgAsyncRoundTrip(PGconn* c, const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done)
-      : conn_(c), socket_(ex), timer_(ex), done_(std::move(done)) {}
+  PgAsyncRoundTrip(PGconn* c, const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done,
+                   std::optional<PipelineReader> pipeline = std::nullopt)
+      : conn_(c), socket_(ex), timer_(ex), done_(std::move(done)), pipeline_(std::move(pipeline)) {}
 
   // `sent`: whether libpq accepted the request (else the outcome is "broken").
   void start(bool sent, SteadyTime deadline) {
@@ -246,6 +295,12 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   void read() {
     while (!PQisBusy(conn_)) {
       PGresult* res = PQgetResult(conn_);
+      if (pipeline_) {
+        const auto fed = pipeline_->feed(out_, res);
+        if (fed == PipelineReader::Fed::more) continue;
+        if (fed == PipelineReader::Fed::broken || !PipelineReader::ended(conn_, out_)) return finish_broken();
+        return finish();
+      }
       if (!res) {
         conclude(conn_, out_);
         return finish();
@@ -280,6 +335,7 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   boost::asio::posix::stream_descriptor socket_;
   boost::asio::steady_timer timer_;
   std::function<void(PgOutcome)> done_;
+  std::optional<PipelineReader> pipeline_;
   PgOutcome out_;
   bool finished_ = false;
 };
@@ -346,6 +402,29 @@ PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool pre
   return noted(pipelined(calls, prepared, deadline));
 }
 
+namespace {
+
+// Enters pipeline mode and sends the calls and a Sync (unsent bytes stay in
+// libpq's buffer for PQflush); the reader of their results, or nullopt when
+// the connection failed.
+std::optional<PipelineReader> send_pipeline(PGconn* c, std::initializer_list<PgCall> calls, bool prepared,
+                                            std::bitset<pg_max_statements>& prepared_set) {
+  if (!PQenterPipelineMode(c)) return std::nullopt;
+  std::vector<const PgStatement*> steps;
+  for (const PgCall& call : calls) {
+    if (prepared && !prepared_set.test(call.stmt.id)) {
+      if (!send_prepare(c, call.stmt)) return std::nullopt;
+      steps.push_back(&call.stmt);
+    }
+    if (!send_query(c, call.stmt, ParamArrays(call.params), prepared)) return std::nullopt;
+    steps.push_back(nullptr);
+  }
+  if (!PQpipelineSync(c)) return std::nullopt;
+  return PipelineReader(std::move(steps), prepared_set);
+}
+
+}  // namespace
+
 PgOutcome PgSession::pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline) {
   if (inherited()) return refuse_inherited();
   PgOutcome out;
@@ -355,60 +434,35 @@ PgOutcome PgSession::pipelined(std::initializer_list<PgCall> calls, bool prepare
     out.result.reset();
     return std::move(out);
   };
-  if (!PQenterPipelineMode(conn_)) return broken();
-  // What each result set in the pipeline answers: a Parse (statement to mark prepared) or a query.
-  std::vector<const PgStatement*> steps;
-  for (const PgCall& call : calls) {
-    if (prepared && !prepared_.test(call.stmt.id)) {
-      if (!send_prepare(conn_, call.stmt)) return broken();
-      steps.push_back(&call.stmt);
-    }
-    if (!send_query(conn_, call.stmt, ParamArrays(call.params), prepared)) return broken();
-    steps.push_back(nullptr);
-  }
-  if (!PQpipelineSync(conn_)) return broken();
+  std::optional<PipelineReader> reader = send_pipeline(conn_, calls, prepared, prepared_);
+  if (!reader) return broken();
   for (;;) {  // flush the requests (non-blocking connection)
     const int f = PQflush(conn_);
     if (f == 0) break;
     if (f < 0) return broken();
     if (!await_input(conn_, true, deadline, out)) return out;
   }
-  // Each step's results end with a NULL; then comes the sync point.
-  std::size_t step = 0;
-  bool failed = false;
-  for (bool synced = false; !synced;) {
+  for (;;) {
     while (PQisBusy(conn_)) {
       if (!await_input(conn_, false, deadline, out)) return out;
     }
-    PGresult* res = PQgetResult(conn_);
-    if (!res) {
-      ++step;
-      if (step > steps.size() + 1) return broken();  // the connection failed: no sync point will come
-      continue;
-    }
-    PgResult owned(res);
-    switch (PQresultStatus(res)) {
-      case PGRES_PIPELINE_SYNC:
-        synced = true;
-        break;
-      case PGRES_PIPELINE_ABORTED:
-        break;
-      case PGRES_FATAL_ERROR:
-        if (!failed) out.result = std::move(owned);
-        failed = true;
-        break;
-      default:
-        if (step < steps.size() && steps[step]) {
-          prepared_.set(steps[step]->id);
-        } else if (!failed) {
-          out.result = std::move(owned);
-        }
-    }
+    const auto fed = reader->feed(out, PQgetResult(conn_));
+    if (fed == PipelineReader::Fed::broken) return broken();
+    if (fed == PipelineReader::Fed::synced) break;
   }
-  if (!PQexitPipelineMode(conn_) || PQstatus(conn_) == CONNECTION_BAD) {
-    if (!out.result || PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR) return broken();
-  }
+  if (!PipelineReader::ended(conn_, out)) return broken();
   return out;
+}
+
+void PgSession::async_run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline,
+                                    const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done) {
+  if (inherited()) {
+    boost::asio::post(ex, [done = std::move(done), this] { done(refuse_inherited()); });
+    return;
+  }
+  std::optional<PipelineReader> reader = send_pipeline(conn_, calls, prepared, prepared_);
+  const bool sent = reader.has_value();
+  std::make_shared<PgAsyncRoundTrip>(conn_, ex, noting(std::move(done)), std::move(reader))->start(sent, deadline);
 }
 
 void PgSession::async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared,

@@ -124,6 +124,10 @@ class PgSession {
   /// stay alive, and see no other call, until `done` runs.
   void async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared, SteadyTime deadline,
                  const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
+  /// run_pipelined() without blocking a thread, as async_run (the calls are
+  /// sent before it returns: they need not outlive it).
+  void async_run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline,
+                           const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
   /// command() without blocking a thread, as async_run.
   void async_command(const char* sql, SteadyTime deadline, const boost::asio::any_io_executor& ex,
                      std::function<void(PgOutcome)> done);

@@ -1002,6 +1002,36 @@ AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgB
   return g;
 }
 
+// Whether a transaction-scope try's answer `out` on `s` leaves a transaction
+// to roll back before `s` can return to the pool (as the blocking acquire
+// does): a refusal (not granted), or lock_timeout / deadlock on a healthy
+// connection. The value: the answer means contention (else an error to throw).
+std::optional<bool> xact_rollback(const PgOutcome& out, detail::PgSession& s) {
+  if (PQtransactionStatus(s.conn()) == PQTRANS_IDLE) return std::nullopt;  // session scope, or no transaction left
+  if (out.ok()) {
+    if (text_is_true(out.result.get(), 0, 0)) return std::nullopt;  // granted: the transaction holds the lock
+    return true;
+  }
+  const std::string_view code = out.sqlstate();
+  if (out.fail == PgOutcome::Fail::none && (code == "55P03" || code == "40P01") && PQstatus(s.conn()) == CONNECTION_OK)
+    return code == "55P03";
+  return std::nullopt;  // any other failure: the session is closed, which ends the transaction
+}
+
+// After the ROLLBACK `rb` of a transaction-scope try that did not take the
+// lock: the connection back to the pool (it drops it when the ROLLBACK
+// failed), and Contended, or the answer's error.
+AcquireResult<PgLockHandle> rolled_back(const PostgresBackend& self, detail::PgBackendState& st, std::string_view name,
+                                        std::int64_t key, PgSessionPtr s, const PgOutcome& answer, const PgOutcome& rb,
+                                        bool contended) {
+  const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", name, key); };
+  const auto timeout = self.options().statement_timeout;
+  if (answer.ok() && !rb.ok()) detail::throw_outcome(rb, self.endpoint(), what(), timeout);
+  st.checkin(std::move(s));
+  if (!contended) detail::throw_outcome(answer, self.endpoint(), what(), timeout);
+  return Contended{};
+}
+
 using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
 
 // A pooled connection without blocking: an idle one, else a new one opened
@@ -1037,8 +1067,9 @@ void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, cons
 void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                         AcquireCompletion<Handle> done) {
   const PostgresOptions& o = state_->options;
-  if (o.shared_sessions > 0 || o.scope == PostgresOptions::Scope::transaction)
+  if (o.shared_sessions > 0)
     return post_blocking<AcquireResult<Handle>>(ex, std::move(done), [&] { return try_acquire(request); });
+  const bool xact = o.scope == PostgresOptions::Scope::transaction;
   std::int64_t key = 0;
   bool fence = false;
   try {
@@ -1052,26 +1083,44 @@ void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boo
   const std::string_view name = request.name;
   const std::chrono::milliseconds ttl = request.ttl;
   const TimePoint started = request.started;
-  async_checkout(state_, st, ex, after(o.connect_timeout),
-                 [self = *this, &st, ex, name, ttl, started, key, fence, done = std::move(done)](
-                     std::exception_ptr e, PgSessionPtr s) mutable {
-                   if (e) return done(e, Contended{});
-                   const auto& set = st.statements.get(*s, false);
-                   std::vector<PgParam> params{PgParam::int8(key)};
-                   detail::push_ttl_params(params, ttl);
-                   if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
-                   const bool keepalives = s->keepalive_ttl_ms != ttl.count();
-                   detail::PgSession& session = *s;
-                   auto held = std::make_shared<PgSessionPtr>(std::move(s));
-                   session.async_run(
-                       set.try_[fence][keepalives], params, true, after(self.options().statement_timeout), ex,
-                       [self, &st, held, name, ttl, started, key, fence, keepalives, done](PgOutcome out) mutable {
-                         complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
-                           return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held),
-                                              out);
-                         });
-                       });
-                 });
+  async_checkout(
+      state_, st, ex, after(o.connect_timeout),
+      [self = *this, &st, ex, name, ttl, started, key, fence, xact, done = std::move(done)](std::exception_ptr e,
+                                                                                            PgSessionPtr s) mutable {
+        if (e) return done(e, Contended{});
+        const auto& set = st.statements.get(*s, xact);
+        std::vector<PgParam> params{PgParam::int8(key)};
+        detail::push_ttl_params(params, ttl);
+        if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
+        const bool keepalives = s->keepalive_ttl_ms != ttl.count();
+        detail::PgSession& session = *s;
+        auto held = std::make_shared<PgSessionPtr>(std::move(s));
+        auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, done](PgOutcome out) mutable {
+          if (auto rollback = xact_rollback(out, **held)) {
+            // A transaction-scope try that did not take the lock: end its transaction first.
+            auto answer = std::make_shared<PgOutcome>(std::move(out));
+            (*held)->async_command(
+                "ROLLBACK", after(self.options().statement_timeout), ex,
+                [self, &st, held, name, key, answer, done, contended = *rollback](PgOutcome rb) mutable {
+                  complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+                    return rolled_back(self, st, name, key, std::move(*held), *answer, rb, contended);
+                  });
+                });
+            return;
+          }
+          complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+            return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held), out);
+          });
+        };
+        const SteadyTime deadline = after(self.options().statement_timeout);
+        if (xact) {  // BEGIN and the try in one round trip, as the blocking acquire
+          const std::vector<PgParam> no_params;
+          session.async_run_pipelined({{st.statements.begin(), no_params}, {set.try_[fence][keepalives], params}},
+                                      false, deadline, ex, std::move(then));
+        } else {
+          session.async_run(set.try_[fence][keepalives], params, true, deadline, ex, std::move(then));
+        }
+      });
 }
 
 void PostgresBackend::async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
