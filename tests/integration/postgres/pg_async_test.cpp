@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "pg_test_support.hpp"
+#include "unit/async_support.hpp"
 #include "unit/loop_ticker.hpp"
 
 using namespace std::chrono_literals;
@@ -57,6 +58,8 @@ long advisory_locks(RawConn& raw, std::int64_t key) {
 
 }  // namespace
 
+namespace {
+
 // 200 coroutines on one io_context thread, 4 names, holding across a
 // suspension: the counters are exact, tokens increase, the loop is never blocked.
 void two_hundred_coroutines(dlock::PostgresOptions::Scope scope) {
@@ -64,12 +67,6 @@ void two_hundred_coroutines(dlock::PostgresOptions::Scope scope) {
   pg.install_schema();  // tokens; also caches has_fencing() before the loop runs
   asio::io_context io;
   constexpr int coroutines = 200, cycles = 2, names = 4;
-  struct Shared {
-    long counter = 0;
-    std::uint64_t last_token = 0;
-    bool tokens_increase = true;
-  };
-  std::vector<Shared> shared(names);
   std::vector<std::unique_ptr<Lock<PostgresBackend>>> locks;
   const std::string base = test_name();
   for (int i = 0; i < coroutines; ++i) {
@@ -77,53 +74,18 @@ void two_hundred_coroutines(dlock::PostgresOptions::Scope scope) {
     o.acquire_timeout = 60s;
     locks.push_back(std::make_unique<Lock<PostgresBackend>>(pg, base + std::to_string(i % names), o));
   }
-  int finished = 0, failed = 0;
-  for (int i = 0; i < coroutines; ++i) {
-    asio::co_spawn(
-        io,
-        [&, i]() -> awaitable<void> {
-          Shared& s = shared[i % names];
-          try {
-            for (int c = 0; c < cycles; ++c) {
-              auto g = co_await locks[i]->async_acquire(use_awaitable);
-              const std::uint64_t token = g.fencing_token();
-              if (token <= s.last_token) s.tokens_increase = false;
-              s.last_token = token;
-              const long seen = s.counter;
-              co_await asio::post(io, use_awaitable);  // hold it across a suspension: an overlap loses an increment
-              s.counter = seen + 1;
-              co_await g.async_release(use_awaitable);
-            }
-          } catch (const std::exception& e) {
-            std::printf("coroutine %d: %s\n", i, e.what());
-            ++failed;
-          }
-          ++finished;
-        },
-        asio::detached);
-  }
-  Ticker ticker(io);
-  ticker.arm(Clock::now() + 1ms);
-  const auto start = Clock::now();
-  while (finished < coroutines && Clock::now() - start < 90s) io.run_one_for(100ms);
-  ticker.stop = true;
-  io.run_for(50ms);
-  std::printf(
-      "%d acquisitions on postgres (%s scope) in %lld ms on one thread; 1 ms timer: %d ticks, worst lag %lld us\n",
-      coroutines * cycles, scope == dlock::PostgresOptions::Scope::session ? "session" : "transaction",
-      static_cast<long long>(since(start).count()), ticker.ticks, ticker.worst_us());
-  ASSERT_EQ(finished, coroutines);
-  EXPECT_EQ(failed, 0);
-  long total = 0;
-  for (const auto& s : shared) {
-    EXPECT_TRUE(s.tokens_increase);
-    total += s.counter;
-  }
-  EXPECT_EQ(total, coroutines * cycles);
-  EXPECT_LT(ticker.worst, 100ms) << "the loop's thread was blocked";
+  std::printf("postgres, %s scope: ", scope == dlock::PostgresOptions::Scope::session ? "session" : "transaction");
+  const auto seen = dlock::test::contend(io, locks, names, cycles, /*guard_releases=*/false, 90s);
+  ASSERT_EQ(seen.finished, coroutines);
+  EXPECT_EQ(seen.failed, 0);
+  EXPECT_TRUE(seen.tokens_increase);
+  EXPECT_EQ(seen.total, coroutines * cycles);
+  EXPECT_LT(seen.worst_lag, 100ms) << "the loop's thread was blocked";
   RawConn raw(conninfo());
   for (int n = 0; n < names; ++n) EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + std::to_string(n))), 0);
 }
+
+}  // namespace
 
 TEST(PgAsync, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
   two_hundred_coroutines(dlock::PostgresOptions::Scope::session);
