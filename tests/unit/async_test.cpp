@@ -26,7 +26,6 @@
 
 #include "async_support.hpp"
 #include "key_outlives_validity.hpp"
-#include "loop_ticker.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -42,8 +41,6 @@ using Clock = std::chrono::steady_clock;
 
 static_assert(dlock::AsyncBackend<MemoryBackend>);
 static_assert(!dlock::AsyncBackend<dlock::test::FaultyBackend>);
-
-using dlock::test::Ticker;
 
 namespace {
 
