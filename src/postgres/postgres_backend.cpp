@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <condition_variable>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_set>
@@ -372,19 +373,52 @@ void push_ttl_params(std::vector<PgParam>& params, std::chrono::milliseconds ttl
 // PostgresBackend's private state: the pool plus what the operations need.
 namespace detail {
 
+/// The turn to use a shared session: a Lockable that any thread may unlock
+/// (a flag under a mutex), so an asynchronous round trip can hold it until
+/// its completion runs, on whatever thread that is. Asynchronous callers
+/// only try_lock() it (and try again on a timer), never block on it.
+class PgTurn {
+ public:
+  void lock() {
+    std::unique_lock lk(m_);
+    free_.wait(lk, [&] { return !held_; });
+    held_ = true;
+  }
+  [[nodiscard]] bool try_lock() {
+    std::lock_guard lk(m_);
+    return !std::exchange(held_, true);
+  }
+  void unlock() noexcept {
+    {
+      std::lock_guard lk(m_);
+      held_ = false;
+    }
+    free_.notify_one();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable free_;
+  bool held_ = false;
+};
+
 /// One server session shared by the leases of a backend (shared_sessions).
-/// `mu` serialises the round trips on it and guards the rest. Once the
-/// session ends (`session` null), every lease on it is lost: a replacement
-/// is a new object, so a lease never mistakes another session's locks for its own.
+/// The turn `mu` serialises the round trips on it and guards the rest but
+/// `orphans`. Once the session ends (`session` null), every lease on it is
+/// lost: a replacement is a new object, so a lease never mistakes another
+/// session's locks for its own.
 struct PgSharedSession {
-  std::mutex mu;
+  PgTurn mu;
   PgSessionPtr session;
   /// Keys this session holds for leases. Advisory locks are re-entrant per
   /// session, so a key in here is contention for another Lock of this process,
   /// decided without asking the server.
   std::unordered_set<std::int64_t> keys;
-  std::vector<std::int64_t>
-      orphans;              ///< held keys whose handle was destroyed unreleased: unlock before the next acquire
+  /// Held keys whose handle was destroyed unreleased: unlocked before the next
+  /// acquire. Guarded by orphans_mu alone (a destructor adds to it without
+  /// waiting for the turn, which a round trip in flight may hold).
+  std::vector<std::int64_t> orphans;
+  std::mutex orphans_mu;
   std::int64_t ttl_ms = 0;  ///< the largest ttl the session's idle timeout was set for
   SteadyTime proven{};      ///< when the last successful round trip was sent
   std::string lost_why;     ///< why the session ended (for LockLostError)
@@ -431,7 +465,10 @@ namespace {
 void lose(PgSharedSession& s, std::string why) noexcept {
   s.session.reset();
   s.keys.clear();
-  s.orphans.clear();
+  {
+    std::lock_guard lk(s.orphans_mu);
+    s.orphans.clear();
+  }
   try {
     s.lost_why = std::move(why);
   } catch (...) {  // out of memory: lost, with less detail
@@ -508,8 +545,7 @@ PgLockHandle::~PgLockHandle() { orphan(); }
 void PgLockHandle::orphan() noexcept {
   if (!shared_) return;
   std::shared_ptr<detail::PgSharedSession> sh = std::move(shared_);
-  std::lock_guard lk(sh->mu);
-  if (!sh->session || !sh->keys.count(key_)) return;
+  std::lock_guard lk(sh->orphans_mu);  // the turn holder unlocks it if its session still holds it
   try {
     sh->orphans.push_back(key_);
   } catch (...) {  // out of memory: the key stays held (and excluded) until the session ends
@@ -659,14 +695,18 @@ std::string why(const PgOutcome& o) {
 // Unlocks the keys of handles destroyed without release. Called with s.mu held;
 // false (and the session lost) when a round trip failed.
 bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, SteadyTime deadline) {
-  while (!s.orphans.empty()) {
-    const std::int64_t key = s.orphans.back();
+  std::vector<std::int64_t> orphans;
+  {
+    std::lock_guard lk(s.orphans_mu);
+    orphans.swap(s.orphans);
+  }
+  for (const std::int64_t key : orphans) {
+    if (!s.session || !s.keys.count(key)) continue;
     PgOutcome o = s.session->run(st.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline);
     if (!o.ok()) {
       detail::lose(s, fmt::format("unlocking an abandoned lock failed: {}", why(o)));
       return false;
     }
-    s.orphans.pop_back();
     s.keys.erase(key);
   }
   return true;
@@ -677,7 +717,7 @@ bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, Stea
 // lost: they find it so at their next extend or release) or was inherited
 // across fork() (dropped without a word).
 std::shared_ptr<detail::PgSharedSession> shared_session(detail::PgBackendState& st, detail::PgSharedSlot& slot,
-                                                        std::unique_lock<std::mutex>& lk) {
+                                                        std::unique_lock<detail::PgTurn>& lk) {
   std::lock_guard slot_lk(slot.mu);
   if (auto cur = slot.current) {
     lk = std::unique_lock(cur->mu);
@@ -700,7 +740,7 @@ AcquireResult<PgLockHandle> shared_try(PostgresBackend& self, detail::PgBackendS
                                        std::int64_t key, bool fence) {
   const PostgresOptions& o = self.options();
   auto& slot = st.shared[static_cast<std::uint64_t>(key) % st.shared.size()];
-  std::unique_lock<std::mutex> lk;
+  std::unique_lock<detail::PgTurn> lk;
   std::shared_ptr<detail::PgSharedSession> sh = shared_session(st, slot, lk);
   const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
   const SteadyTime deadline = after(o.statement_timeout);
@@ -776,22 +816,65 @@ AcquireResult<PgLockHandle> shared_wait(PostgresBackend& self, detail::PgBackend
   }
 }
 
+// What the unlock `out` of `key` on a shared session means (with its turn held;
+// shared by shared_release and the asynchronous release).
+ReleaseResult shared_released(const PostgresOptions& o, std::string_view endpoint, std::string_view name,
+                              std::int64_t key, detail::PgSharedSession& sh, const PgOutcome& out) {
+  if (!out.ok()) {
+    // The session failed or is in doubt: closing it frees this lock (and the others on it).
+    detail::lose(sh, fmt::format("release of lock '{}' failed: {}", name, why(out)));
+    if (out.fail == PgOutcome::Fail::timeout)
+      detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, key),
+                            o.statement_timeout);
+    return ReleaseResult::not_held;
+  }
+  sh.keys.erase(key);
+  return text_is_true(out.result.get(), 0, 0) ? ReleaseResult::released : ReleaseResult::not_held;
+}
+
 ReleaseResult shared_release(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
                              std::string_view name, PgLockHandle& h, std::shared_ptr<detail::PgSharedSession> sh) {
   std::lock_guard lk(sh->mu);
   if (!sh->session || !sh->keys.count(h.key())) return ReleaseResult::not_held;
   PgOutcome out =
       sh->session->run(st.statements.shared_unlock(), {PgParam::int8(h.key())}, true, after(o.statement_timeout));
+  return shared_released(o, endpoint, name, h.key(), *sh, out);
+}
+
+[[nodiscard]] LockLostError shared_lost(std::string_view endpoint, std::string_view name,
+                                        const detail::PgSharedSession& sh) {
+  return LockLostError(
+      fmt::format("dlock: the shared session holding lock '{}' on postgres {} ended ({}); the server "
+                  "released the lock, and every other lock on that session, with it",
+                  name, endpoint, sh.lost_why));
+}
+
+// A shared-session extend's answer when it needs no round trip (with the turn
+// held): not held (nullopt), proven by a round trip sent since `entered`, or
+// lost (thrown); empty when a round trip is needed.
+std::optional<std::optional<TimePoint>> shared_extend_known(std::string_view endpoint, std::string_view name,
+                                                            std::int64_t key, const detail::PgSharedSession& sh,
+                                                            std::chrono::milliseconds ttl, TimePoint started,
+                                                            SteadyTime entered) {
+  if (!sh.session) throw shared_lost(endpoint, name, sh);
+  if (!sh.keys.count(key)) return std::optional<TimePoint>();
+  if (sh.proven >= entered && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
+  return std::nullopt;
+}
+
+// What a shared session's extend round trip `out` (sent at `sent`, for the
+// session-wide `ttl_ms`) means, with the turn held.
+std::optional<TimePoint> shared_extended(std::string_view endpoint, std::string_view name, detail::PgSharedSession& sh,
+                                         const PgOutcome& out, std::int64_t ttl_ms, SteadyTime sent,
+                                         std::chrono::milliseconds ttl, TimePoint started) {
   if (!out.ok()) {
-    // The session failed or is in doubt: closing it frees this lock (and the others on it).
-    detail::lose(*sh, fmt::format("release of lock '{}' failed: {}", name, why(out)));
-    if (out.fail == PgOutcome::Fail::timeout)
-      detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, h.key()),
-                            o.statement_timeout);
-    return ReleaseResult::not_held;
+    detail::lose(sh, why(out));
+    throw shared_lost(endpoint, name, sh);
   }
-  sh->keys.erase(h.key());
-  return text_is_true(out.result.get(), 0, 0) ? ReleaseResult::released : ReleaseResult::not_held;
+  sh.proven = sent;
+  sh.ttl_ms = ttl_ms;
+  sh.session->keepalive_ttl_ms = ttl_ms;
+  return detail::saturating_add(started, ttl);
 }
 
 // A successful round trip on the shared session proves it alive and restarts
@@ -806,27 +889,14 @@ std::optional<TimePoint> shared_extend(detail::PgBackendState& st, const Postgre
   const SteadyTime entered = std::chrono::steady_clock::now();
   detail::PgSharedSession& sh = detail::PgHandleAccess::shared(h);
   std::lock_guard lk(sh.mu);
-  if (sh.session && !sh.keys.count(h.key())) return std::nullopt;
-  if (sh.session && sh.proven >= entered && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
-  if (sh.session) {
-    const std::int64_t ttl_ms = std::max<std::int64_t>(sh.ttl_ms, ttl.count());
-    std::vector<PgParam> params;
-    detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
-    const SteadyTime sent = std::chrono::steady_clock::now();
-    PgOutcome out =
-        sh.session->run(st.statements.get(*sh.session, false).extend, params, true, after(o.statement_timeout));
-    if (out.ok()) {
-      sh.proven = sent;
-      sh.ttl_ms = ttl_ms;
-      sh.session->keepalive_ttl_ms = ttl_ms;
-      return detail::saturating_add(started, ttl);
-    }
-    detail::lose(sh, why(out));
-  }
-  throw LockLostError(
-      fmt::format("dlock: the shared session holding lock '{}' on postgres {} ended ({}); the server "
-                  "released the lock, and every other lock on that session, with it",
-                  name, endpoint, sh.lost_why));
+  if (auto known = shared_extend_known(endpoint, name, h.key(), sh, ttl, started, entered)) return *known;
+  const std::int64_t ttl_ms = std::max<std::int64_t>(sh.ttl_ms, ttl.count());
+  std::vector<PgParam> params;
+  detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
+  const SteadyTime sent = std::chrono::steady_clock::now();
+  PgOutcome out =
+      sh.session->run(st.statements.get(*sh.session, false).extend, params, true, after(o.statement_timeout));
+  return shared_extended(endpoint, name, sh, out, ttl_ms, sent, ttl, started);
 }
 
 }  // namespace
@@ -1032,6 +1102,39 @@ AcquireResult<PgLockHandle> rolled_back(const PostgresBackend& self, detail::PgB
   return Contended{};
 }
 
+// The turn of a shared session, held by an asynchronous operation: given back
+// when the last handler that holds it is done or destroyed (also when its
+// io_context stops with the handler queued), so blocking callers never wait forever.
+struct PgTurnHeld {
+  explicit PgTurnHeld(std::shared_ptr<detail::PgSharedSession> s) noexcept : sh(std::move(s)) {}
+  std::shared_ptr<detail::PgSharedSession> sh;
+  PgTurnHeld(const PgTurnHeld&) = delete;
+  PgTurnHeld& operator=(const PgTurnHeld&) = delete;
+  ~PgTurnHeld() { sh->mu.unlock(); }
+};
+using PgTurnPtr = std::shared_ptr<PgTurnHeld>;
+
+// Runs `fn` on `ex` with the turn of `sh` (never inside this call): taken
+// without blocking, else tried again every millisecond (as a full pool is).
+void with_turn(std::shared_ptr<detail::PgSharedSession> sh, const boost::asio::any_io_executor& ex,
+               std::function<void(PgTurnPtr)> fn) {
+  if (sh->mu.try_lock()) {
+    PgTurnPtr turn;
+    try {
+      turn = std::make_shared<PgTurnHeld>(sh);
+    } catch (...) {
+      sh->mu.unlock();
+      throw;
+    }
+    boost::asio::post(ex, [fn = std::move(fn), turn = std::move(turn)]() mutable { fn(std::move(turn)); });
+    return;
+  }
+  auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::chrono::milliseconds(1));
+  timer->async_wait([sh = std::move(sh), ex, fn = std::move(fn), timer](const boost::system::error_code&) mutable {
+    with_turn(std::move(sh), ex, std::move(fn));
+  });
+}
+
 using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
 
 // A pooled connection without blocking: an idle one, else a new one opened
@@ -1125,8 +1228,26 @@ void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boo
 
 void PostgresBackend::async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
                                     ReleaseCompletion done) {
-  if (lease.handle.shared_)
-    return post_blocking<ReleaseResult>(ex, std::move(done), [&] { return release(name, lease); });
+  if (lease.handle.shared_) {  // an unlock on the shared session, once it is this operation's turn
+    auto sh = std::move(lease.handle.shared_);
+    const std::int64_t key = lease.handle.key_;
+    with_turn(sh, ex, [self = *this, sh, key, name, ex, done = std::move(done)](PgTurnPtr turn) mutable {
+      if (!sh->session || !sh->keys.count(key)) {
+        turn.reset();
+        return done(nullptr, ReleaseResult::not_held);
+      }
+      detail::PgBackendState& st = state(self.state_->pool);
+      sh->session->async_run(st.statements.shared_unlock(), {PgParam::int8(key)}, true,
+                             after(self.options().statement_timeout), ex,
+                             [self, sh, key, name, turn = std::move(turn), done](PgOutcome out) mutable {
+                               complete_now<ReleaseResult>(done, [&] {
+                                 const PgTurnPtr mine = std::move(turn);  // given back before `done` runs
+                                 return shared_released(self.options(), self.endpoint(), name, key, *sh, out);
+                               });
+                             });
+    });
+    return;
+  }
   auto held = std::make_shared<PgSessionPtr>(std::move(lease.handle.session_));
   if (!*held) {
     boost::asio::post(ex, [done = std::move(done)] { done(nullptr, ReleaseResult::not_held); });
@@ -1149,7 +1270,41 @@ void PostgresBackend::async_release(std::string_view name, Lease<Handle>& lease,
 
 void PostgresBackend::async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                    TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
-  if (lease.handle.shared_ || !lease.handle.session_)
+  if (lease.handle.shared_) {  // as extend(): one round trip on the shared session, once it is our turn
+    const SteadyTime entered = std::chrono::steady_clock::now();
+    const std::int64_t key = lease.handle.key_;
+    auto sh = lease.handle.shared_;
+    with_turn(sh, ex,
+              [self = *this, sh, key, name, ttl, started, entered, ex, done = std::move(done)](PgTurnPtr turn) mutable {
+                std::optional<std::optional<TimePoint>> known;
+                try {
+                  known = shared_extend_known(self.endpoint(), name, key, *sh, ttl, started, entered);
+                } catch (...) {
+                  turn.reset();
+                  return done(std::current_exception(), std::nullopt);
+                }
+                if (known) {
+                  turn.reset();
+                  return done(nullptr, *known);
+                }
+                const std::int64_t ttl_ms = std::max<std::int64_t>(sh->ttl_ms, ttl.count());
+                std::vector<PgParam> params;
+                detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
+                const SteadyTime sent = std::chrono::steady_clock::now();
+                detail::PgBackendState& st = state(self.state_->pool);
+                sh->session->async_run(
+                    st.statements.get(*sh->session, false).extend, params, true,
+                    after(self.options().statement_timeout), ex,
+                    [self, sh, name, ttl, started, ttl_ms, sent, turn = std::move(turn), done](PgOutcome out) mutable {
+                      complete_now<std::optional<TimePoint>>(done, [&] {
+                        const PgTurnPtr mine = std::move(turn);  // given back before `done` runs
+                        return shared_extended(self.endpoint(), name, *sh, out, ttl_ms, sent, ttl, started);
+                      });
+                    });
+              });
+    return;
+  }
+  if (!lease.handle.session_)
     return post_blocking<std::optional<TimePoint>>(ex, std::move(done),
                                                    [&] { return extend(name, lease, ttl, started); });
   detail::PgSession& s = *lease.handle.session_;

@@ -265,6 +265,78 @@ TEST(PgAsync, TransactionScopeTryDoesNotBlockTheLoop) {
   EXPECT_LT(ticker.worst, 100ms);
 }
 
+// shared_sessions: release and extend of leases on one shared session run on
+// the loop without blocking it. They take the session's turn in order (a
+// second operation polls for it on a timer, as a full pool is waited for).
+// With the session's server process stopped, both initiating calls return at
+// once and the loop keeps ticking; the release in flight times out at
+// statement_timeout (TimeoutError: outcome unknown), which ends the shared
+// session, so the extend waiting for its turn then finds every lease on it
+// lost. (Before, each initiating call ran the blocking operation.)
+TEST(PgAsync, SharedSessionReleaseAndExtendDoNotBlockTheLoop) {
+  PostgresBackend pg(options({.shared_sessions = 1, .statement_timeout = 300ms}));
+  const std::string name = test_name();
+  const dlock::OwnerId owner = dlock::OwnerId::generate();
+  std::vector<dlock::Lease<dlock::PgLockHandle>> leases;
+  for (int i = 0; i < 3; ++i) {
+    auto r = pg.try_acquire({name + std::to_string(i), owner, 10s, Clock::now()});
+    auto* g = std::get_if<dlock::Grant<dlock::PgLockHandle>>(&r);
+    ASSERT_NE(g, nullptr);
+    leases.push_back({owner, {}, {}, {}, std::move(g->handle)});
+  }
+  asio::io_context io;
+  // While the server answers: extend, then release, through the executor.
+  std::optional<dlock::TimePoint> until;
+  const auto started = Clock::now();
+  pg.async_extend(name + "0", leases[0], 20s, started, io.get_executor(), [&](std::exception_ptr e, auto v) {
+    EXPECT_FALSE(e);
+    until = v;
+  });
+  dlock::ReleaseResult released = dlock::ReleaseResult::not_held;
+  pg.async_release(name + "0", leases[0], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult r) {
+    EXPECT_FALSE(e);
+    released = r;
+  });
+  io.run();
+  io.restart();
+  ASSERT_TRUE(until);
+  EXPECT_EQ(*until, started + 20s);
+  EXPECT_EQ(released, dlock::ReleaseResult::released);
+  // The session's server process stopped.
+  const int pid = leases[1].handle.server_pid();
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  Ticker ticker(io);
+  ticker.arm(Clock::now() + 1ms);
+  std::exception_ptr release_error, extend_error;
+  int completed = 0;
+  const auto start = Clock::now();
+  pg.async_release(name + "1", leases[1], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult) {
+    release_error = e;
+    ++completed;
+  });
+  pg.async_extend(name + "2", leases[2], 20s, Clock::now(), io.get_executor(), [&](std::exception_ptr e, auto) {
+    extend_error = e;
+    ticker.stop = ++completed == 2;
+  });
+  const auto initiated = since(start);
+  io.run_for(3s);
+  const auto took = since(start);
+  ::kill(pid, SIGCONT);
+  std::printf(
+      "initiating calls returned after %lld ms, completed after %lld ms; 1 ms timer: %d ticks, worst lag %lld us\n",
+      static_cast<long long>(initiated.count()), static_cast<long long>(took.count()), ticker.ticks, ticker.worst_us());
+  EXPECT_LT(initiated, 100ms) << "an initiating call blocked for the round trip";
+  ASSERT_EQ(completed, 2);
+  ASSERT_TRUE(release_error);
+  EXPECT_THROW(std::rethrow_exception(release_error), dlock::TimeoutError);
+  ASSERT_TRUE(extend_error);
+  EXPECT_THROW(std::rethrow_exception(extend_error), dlock::LockLostError);
+  EXPECT_GE(took, 290ms);
+  EXPECT_LT(took, 2s);
+  EXPECT_GT(ticker.ticks, 100);
+  EXPECT_LT(ticker.worst, 100ms);
+}
+
 // Extend and release of a pinned lease complete through the executor with the blocking calls' results.
 TEST(PgAsync, ExtendAndReleaseInBothScopes) {
   for (auto scope : {dlock::PostgresOptions::Scope::session, dlock::PostgresOptions::Scope::transaction}) {
