@@ -1033,8 +1033,8 @@ void complete_now(Done& done, Op op) {
   done(error, std::move(result));
 }
 
-// The blocking operation `op`, run at once, its outcome posted to `ex`: the
-// modes whose asynchronous form is not written yet (docs/postgres.md).
+// The blocking operation `op`, run at once, its outcome posted to `ex`: for
+// the calls that send nothing (an extend of a lease that holds no session).
 template <class R, class Done, class Op>
 void post_blocking(const boost::asio::any_io_executor& ex, Done done, Op op) {
   std::exception_ptr error;
@@ -1165,13 +1165,193 @@ void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, cons
   });
 }
 
+// A try on the shared session of the key's slot without blocking: shared_try's
+// steps, each a handler on `ex`: the slot and the session's turn are taken with
+// try_lock (again after 1 ms when busy), an ended session is replaced by a
+// connection from async_checkout, the abandoned leases' keys are unlocked and
+// the try sent, each an asynchronous round trip.
+class PgAsyncSharedTry : public std::enable_shared_from_this<PgAsyncSharedTry> {
+ public:
+  PgAsyncSharedTry(PostgresBackend self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                   const AcquireRequest& r, std::int64_t key, bool fence, const boost::asio::any_io_executor& ex,
+                   AcquireCompletion<PgLockHandle> done)
+      : self_(std::move(self)),
+        keep_(std::move(keep)),
+        st_(st),
+        slot_(st.shared[static_cast<std::uint64_t>(key) % st.shared.size()]),
+        name_(r.name),
+        ttl_(r.ttl),
+        started_(r.started),
+        key_(key),
+        fence_(fence),
+        ex_(ex),
+        done_(std::move(done)) {}
+
+  void start() {
+    boost::asio::post(ex_, [self = shared_from_this()] { self->find(); });
+  }
+
+ private:
+  using Step = void (PgAsyncSharedTry::*)();
+  void later(Step next) {
+    auto timer = std::make_shared<boost::asio::steady_timer>(ex_, std::chrono::milliseconds(1));
+    timer->async_wait([self = shared_from_this(), timer, next](const boost::system::error_code&) { (*self.*next)(); });
+  }
+  [[nodiscard]] std::string what() const { return fmt::format("acquire of lock '{}' (key {})", name_, key_); }
+  [[nodiscard]] SteadyTime deadline() const { return after(self_.options().statement_timeout); }
+
+  // The slot's session with its turn, or a replacement when it ended (as shared_session()).
+  void find() {
+    std::unique_lock slot_lk(slot_.mu, std::try_to_lock);
+    if (!slot_lk) return later(&PgAsyncSharedTry::find);
+    seen_ = slot_.current;
+    if (seen_) {
+      if (!seen_->mu.try_lock()) {
+        slot_lk.unlock();
+        return later(&PgAsyncSharedTry::find);
+      }
+      turn_ = std::make_shared<PgTurnHeld>(seen_);
+      slot_lk.unlock();
+      if (seen_->session && seen_->session->reusable()) {
+        sh_ = seen_;
+        return unlock_orphans();
+      }
+      if (seen_->session)
+        detail::lose(*seen_, seen_->session->inherited()
+                                 ? "the session was opened before fork(); the parent process holds its locks"
+                                 : "the server ended the session (terminated, idle timeout or restart)");
+      turn_.reset();
+    } else {
+      slot_lk.unlock();
+    }
+    async_checkout(keep_, st_, ex_, after(self_.options().connect_timeout),
+                   [self = shared_from_this()](std::exception_ptr e, PgSessionPtr s) {
+                     if (e) return self->finish(e, Contended{});
+                     self->fresh_ = std::move(s);
+                     self->install();
+                   });
+  }
+  // Installs the new session in the slot unless another caller replaced the one seen meanwhile.
+  void install() {
+    std::unique_lock slot_lk(slot_.mu, std::try_to_lock);
+    if (!slot_lk) return later(&PgAsyncSharedTry::install);
+    if (slot_.current != seen_) {
+      slot_lk.unlock();
+      st_.checkin(std::move(fresh_));
+      return find();
+    }
+    auto next = std::make_shared<detail::PgSharedSession>();
+    next->session = std::move(fresh_);
+    next->mu.lock();  // new: nobody else has it yet
+    turn_ = std::make_shared<PgTurnHeld>(next);
+    slot_.current = next;
+    slot_lk.unlock();
+    sh_ = std::move(next);
+    unlock_orphans();
+  }
+  void unlock_orphans() {
+    if (!orphans_taken_) {
+      orphans_taken_ = true;
+      std::lock_guard lk(sh_->orphans_mu);
+      orphans_.swap(sh_->orphans);
+    }
+    while (!orphans_.empty() && !sh_->keys.count(orphans_.back())) orphans_.pop_back();
+    if (orphans_.empty()) return attempt();
+    const std::int64_t key = orphans_.back();
+    sh_->session->async_run(st_.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline(), ex_,
+                            [self = shared_from_this(), key](PgOutcome o) {
+                              if (!o.ok()) {
+                                detail::lose(*self->sh_, fmt::format("unlocking an abandoned lock failed: {}", why(o)));
+                                return self->finish(std::make_exception_ptr(self->session_ended()), Contended{});
+                              }
+                              self->sh_->keys.erase(key);
+                              self->orphans_.pop_back();
+                              self->unlock_orphans();
+                            });
+  }
+  [[nodiscard]] ConnectionError session_ended() const {
+    return ConnectionError(fmt::format("dlock: PostgreSQL {}: {}: the shared session ended ({})", self_.endpoint(),
+                                       what(), sh_->lost_why));
+  }
+  void attempt() {
+    if (sh_->keys.count(key_)) return finish(nullptr, Contended{});  // held by another Lock of this process
+    detail::PgSession& s = *sh_->session;
+    ttl_ms_ = std::max<std::int64_t>(sh_->ttl_ms, ttl_.count());  // the session's idle timeout only grows
+    std::vector<PgParam> params{PgParam::int8(key_)};
+    detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms_));
+    if (fence_) params.push_back(PgParam::text(self_.options().fencing_sequence));
+    keepalives_ = s.keepalive_ttl_ms != ttl_ms_;
+    sent_ = std::chrono::steady_clock::now();
+    s.async_run(st_.statements.get(s, false).try_[fence_][keepalives_], params, true, deadline(), ex_,
+                [self = shared_from_this()](PgOutcome out) { self->answered(std::move(out)); });
+  }
+  void answered(PgOutcome out) {
+    detail::PgSession& s = *sh_->session;
+    if (!out.ok()) {
+      std::exception_ptr error;
+      try {
+        detail::throw_outcome(out, self_.endpoint(), what(), self_.options().statement_timeout);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      const bool server_error = out.fail == PgOutcome::Fail::none && PQstatus(s.conn()) == CONNECTION_OK &&
+                                PQtransactionStatus(s.conn()) == PQTRANS_IDLE;
+      const std::string lost = fmt::format("{} failed: {}", what(), why(out));
+      if (!server_error) {
+        detail::lose(*sh_, lost);
+        return finish(error, Contended{});
+      }
+      // As shared_try: an unlock that succeeds undoes a lock taken before the error.
+      s.async_run(st_.statements.shared_unlock(), {PgParam::int8(key_)}, true, deadline(), ex_,
+                  [self = shared_from_this(), error, lost](PgOutcome u) {
+                    if (!u.ok()) detail::lose(*self->sh_, lost);
+                    self->finish(error, Contended{});
+                  });
+      return;
+    }
+    sh_->proven = sent_;
+    sh_->ttl_ms = ttl_ms_;
+    if (keepalives_) s.keepalive_ttl_ms = ttl_ms_;
+    const PGresult* res = out.result.get();
+    if (!text_is_true(res, 0, 0)) return finish(nullptr, Contended{});
+    sh_->keys.insert(key_);
+    Grant<PgLockHandle> g;
+    if (fence_ && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+    g.valid_until = detail::saturating_add(started_, ttl_);
+    detail::PgHandleAccess::fill(g.handle, sh_, key_, s.pid());
+    finish(nullptr, std::move(g));
+  }
+  void finish(std::exception_ptr error, AcquireResult<PgLockHandle> result) {
+    turn_.reset();  // given back before the completion runs
+    done_(error, std::move(result));
+  }
+
+  PostgresBackend self_;
+  std::shared_ptr<void> keep_;
+  detail::PgBackendState& st_;
+  detail::PgSharedSlot& slot_;
+  std::string_view name_;
+  std::chrono::milliseconds ttl_;
+  TimePoint started_;
+  std::int64_t key_;
+  bool fence_;
+  boost::asio::any_io_executor ex_;
+  AcquireCompletion<PgLockHandle> done_;
+  std::shared_ptr<detail::PgSharedSession> seen_, sh_;
+  PgTurnPtr turn_;
+  PgSessionPtr fresh_;
+  std::vector<std::int64_t> orphans_;
+  bool orphans_taken_ = false;
+  std::int64_t ttl_ms_ = 0;
+  bool keepalives_ = false;
+  SteadyTime sent_{};
+};
+
 }  // namespace
 
 void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                         AcquireCompletion<Handle> done) {
   const PostgresOptions& o = state_->options;
-  if (o.shared_sessions > 0)
-    return post_blocking<AcquireResult<Handle>>(ex, std::move(done), [&] { return try_acquire(request); });
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   std::int64_t key = 0;
   bool fence = false;
@@ -1183,6 +1363,10 @@ void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boo
     return;
   }
   detail::PgBackendState& st = state(state_->pool);
+  if (o.shared_sessions > 0) {
+    std::make_shared<PgAsyncSharedTry>(*this, state_, st, request, key, fence, ex, std::move(done))->start();
+    return;
+  }
   const std::string_view name = request.name;
   const std::chrono::milliseconds ttl = request.ttl;
   const TimePoint started = request.started;

@@ -62,8 +62,8 @@ namespace {
 
 // 200 coroutines on one io_context thread, 4 names, holding across a
 // suspension: the counters are exact, tokens increase, the loop is never blocked.
-void two_hundred_coroutines(dlock::PostgresOptions::Scope scope) {
-  PostgresBackend pg(options({.pool_size = 24, .scope = scope}));
+void two_hundred_coroutines(dlock::PostgresOptions::Scope scope, std::size_t shared_sessions = 0) {
+  PostgresBackend pg(options({.pool_size = 24, .scope = scope, .shared_sessions = shared_sessions}));
   pg.install_schema();  // tokens; also caches has_fencing() before the loop runs
   asio::io_context io;
   constexpr int coroutines = 200, cycles = 2, names = 4;
@@ -74,7 +74,8 @@ void two_hundred_coroutines(dlock::PostgresOptions::Scope scope) {
     o.acquire_timeout = 60s;
     locks.push_back(std::make_unique<Lock<PostgresBackend>>(pg, base + std::to_string(i % names), o));
   }
-  std::printf("postgres, %s scope: ", scope == dlock::PostgresOptions::Scope::session ? "session" : "transaction");
+  std::printf("postgres, %s scope, %zu shared sessions: ",
+              scope == dlock::PostgresOptions::Scope::session ? "session" : "transaction", shared_sessions);
   const auto seen = dlock::test::contend(io, locks, names, cycles, /*guard_releases=*/false, 90s);
   ASSERT_EQ(seen.finished, coroutines);
   EXPECT_EQ(seen.failed, 0);
@@ -93,6 +94,10 @@ TEST(PgAsync, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
 
 TEST(PgAsync, TwoHundredCoroutinesInTransactionScope) {
   two_hundred_coroutines(dlock::PostgresOptions::Scope::transaction);
+}
+
+TEST(PgAsync, TwoHundredCoroutinesOnTwoSharedSessions) {
+  two_hundred_coroutines(dlock::PostgresOptions::Scope::session, 2);
 }
 
 TEST(PgAsync, CancellationAtRandomPointsLeavesNoLockOnTheServer) {
@@ -265,15 +270,17 @@ TEST(PgAsync, TransactionScopeTryDoesNotBlockTheLoop) {
   EXPECT_LT(ticker.worst, 100ms);
 }
 
-// shared_sessions: release and extend of leases on one shared session run on
-// the loop without blocking it. They take the session's turn in order (a
-// second operation polls for it on a timer, as a full pool is waited for).
-// With the session's server process stopped, both initiating calls return at
-// once and the loop keeps ticking; the release in flight times out at
+// shared_sessions: try, release and extend of leases on one shared session
+// run on the loop without blocking it. They take the session's turn in order
+// (the others poll for it on a timer, as a full pool is waited for). With the
+// session's server process stopped, the initiating calls return at once and
+// the loop keeps ticking; the release in flight times out at
 // statement_timeout (TimeoutError: outcome unknown), which ends the shared
 // session, so the extend waiting for its turn then finds every lease on it
-// lost. (Before, each initiating call ran the blocking operation.)
-TEST(PgAsync, SharedSessionReleaseAndExtendDoNotBlockTheLoop) {
+// lost, and the try waiting for it gets a new shared session (a connection
+// opened without blocking) and the lock. (Before, each initiating call ran
+// the blocking operation.)
+TEST(PgAsync, SharedSessionTryReleaseAndExtendDoNotBlockTheLoop) {
   PostgresBackend pg(options({.shared_sessions = 1, .statement_timeout = 300ms}));
   const std::string name = test_name();
   const dlock::OwnerId owner = dlock::OwnerId::generate();
@@ -316,8 +323,16 @@ TEST(PgAsync, SharedSessionReleaseAndExtendDoNotBlockTheLoop) {
   });
   pg.async_extend(name + "2", leases[2], 20s, Clock::now(), io.get_executor(), [&](std::exception_ptr e, auto) {
     extend_error = e;
-    ticker.stop = ++completed == 2;
+    ticker.stop = ++completed == 3;
   });
+  std::exception_ptr try_error;
+  std::optional<dlock::AcquireResult<dlock::PgLockHandle>> tried;
+  pg.async_try_acquire({name + "3", owner, 10s, Clock::now()}, io.get_executor(),
+                       [&](std::exception_ptr e, dlock::AcquireResult<dlock::PgLockHandle> r) {
+                         try_error = e;
+                         tried = std::move(r);
+                         ticker.stop = ++completed == 3;
+                       });
   const auto initiated = since(start);
   io.run_for(3s);
   const auto took = since(start);
@@ -326,11 +341,18 @@ TEST(PgAsync, SharedSessionReleaseAndExtendDoNotBlockTheLoop) {
       "initiating calls returned after %lld ms, completed after %lld ms; 1 ms timer: %d ticks, worst lag %lld us\n",
       static_cast<long long>(initiated.count()), static_cast<long long>(took.count()), ticker.ticks, ticker.worst_us());
   EXPECT_LT(initiated, 100ms) << "an initiating call blocked for the round trip";
-  ASSERT_EQ(completed, 2);
+  ASSERT_EQ(completed, 3);
   ASSERT_TRUE(release_error);
   EXPECT_THROW(std::rethrow_exception(release_error), dlock::TimeoutError);
   ASSERT_TRUE(extend_error);
   EXPECT_THROW(std::rethrow_exception(extend_error), dlock::LockLostError);
+  EXPECT_FALSE(try_error);
+  ASSERT_TRUE(tried);
+  auto* fresh = std::get_if<dlock::Grant<dlock::PgLockHandle>>(&*tried);
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_NE(fresh->handle.server_pid(), pid);  // a new shared session
+  dlock::Lease<dlock::PgLockHandle> third{owner, {}, {}, {}, std::move(fresh->handle)};
+  EXPECT_EQ(pg.release(name + "3", third), dlock::ReleaseResult::released);
   EXPECT_GE(took, 290ms);
   EXPECT_LT(took, 2s);
   EXPECT_GT(ticker.ticks, 100);
