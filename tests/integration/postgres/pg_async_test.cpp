@@ -56,9 +56,29 @@ long advisory_locks(RawConn& raw, std::int64_t key) {
                {std::to_string(key)}));
 }
 
-}  // namespace
-
-namespace {
+// async_extend by 20 s, then async_release of `lease`, each run to its
+// completion on `io`: the blocking calls' results, through the executor.
+void extend_then_release(PostgresBackend& pg, asio::io_context& io, const std::string& name,
+                         dlock::Lease<dlock::PgLockHandle>& lease) {
+  const auto started = Clock::now();
+  std::optional<dlock::TimePoint> until;
+  pg.async_extend(name, lease, 20s, started, io.get_executor(), [&](std::exception_ptr e, auto v) {
+    EXPECT_FALSE(e);
+    until = v;
+  });
+  io.run();
+  io.restart();
+  ASSERT_TRUE(until);
+  EXPECT_EQ(*until, started + 20s);
+  dlock::ReleaseResult released = dlock::ReleaseResult::not_held;
+  pg.async_release(name, lease, io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult r) {
+    EXPECT_FALSE(e);
+    released = r;
+  });
+  io.run();
+  io.restart();
+  EXPECT_EQ(released, dlock::ReleaseResult::released);
+}
 
 // 200 coroutines on one io_context thread, 4 names, holding across a
 // suspension: the counters are exact, tokens increase, the loop is never blocked.
@@ -292,23 +312,7 @@ TEST(PgAsync, SharedSessionTryReleaseAndExtendDoNotBlockTheLoop) {
     leases.push_back({owner, {}, {}, {}, std::move(g->handle)});
   }
   asio::io_context io;
-  // While the server answers: extend, then release, through the executor.
-  std::optional<dlock::TimePoint> until;
-  const auto started = Clock::now();
-  pg.async_extend(name + "0", leases[0], 20s, started, io.get_executor(), [&](std::exception_ptr e, auto v) {
-    EXPECT_FALSE(e);
-    until = v;
-  });
-  dlock::ReleaseResult released = dlock::ReleaseResult::not_held;
-  pg.async_release(name + "0", leases[0], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult r) {
-    EXPECT_FALSE(e);
-    released = r;
-  });
-  io.run();
-  io.restart();
-  ASSERT_TRUE(until);
-  EXPECT_EQ(*until, started + 20s);
-  EXPECT_EQ(released, dlock::ReleaseResult::released);
+  extend_then_release(pg, io, name + "0", leases[0]);  // while the server answers
   // The session's server process stopped.
   const int pid = leases[1].handle.server_pid();
   ASSERT_EQ(::kill(pid, SIGSTOP), 0);
@@ -379,27 +383,13 @@ TEST(PgAsync, ExtendAndReleaseInBothScopes) {
     io.run();
     io.restart();
     ASSERT_TRUE(granted);
-    const auto started = Clock::now();
-    std::optional<dlock::TimePoint> until;
-    pg.async_extend(name, lease, 20s, started, io.get_executor(), [&](std::exception_ptr e, auto v) {
-      EXPECT_FALSE(e);
-      until = v;
-    });
-    io.run();
-    io.restart();
-    ASSERT_TRUE(until);
-    EXPECT_EQ(*until, started + 20s);
-    dlock::ReleaseResult rr = dlock::ReleaseResult::not_held;
-    pg.async_release(name, lease, io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult r) {
-      EXPECT_FALSE(e);
-      rr = r;
-    });
-    io.run();
-    EXPECT_EQ(rr, dlock::ReleaseResult::released);
+    extend_then_release(pg, io, name, lease);
     RawConn raw(conninfo());
     EXPECT_EQ(advisory_locks(raw, pg.advisory_key(name)), 0);
   }
 }
+
+namespace {
 
 // The server's processes: the postmaster (the parent of `backend`) and all its children, now.
 std::vector<int> server_pids(int backend) {
@@ -424,6 +414,8 @@ std::vector<int> server_pids(int backend) {
   }
   return pids;
 }
+
+}  // namespace
 
 // The whole server stopped (SIGSTOP on the postmaster and every process it
 // forked, the waiter's sessions included) while an async_acquire polls a
