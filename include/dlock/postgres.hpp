@@ -246,9 +246,8 @@ class PostgresBackend {
   // is closed and the outcome is a TimeoutError, "outcome unknown"). Errors
   // and results are the blocking calls'. A full pool is waited for on a timer
   // (up to connect_timeout); with shared_sessions, an operation waits for its
-  // session's turn on a timer too. Not yet asynchronous (it blocks the calling
-  // thread for one round trip, as the blocking call; docs/postgres.md): the
-  // first has_fencing() check.
+  // session's turn on a timer too. A backend's first try also asks whether the
+  // fencing sequence exists asynchronously (docs/postgres.md).
   void async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                          AcquireCompletion<Handle> done);
   void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,

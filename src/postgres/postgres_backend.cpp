@@ -564,19 +564,24 @@ std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
 }
 
 namespace {
+// Whether relation $1 of kind $2 exists.
+const detail::PgStatement& exists_probe() {
+  static const detail::PgStatement probe{0,
+                                         "",
+                                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
+                                         "pg_catalog.to_regclass($1) AND relkind = $2::\"char\")",
+                                         {25, 25}};
+  return probe;
+}
+
 // Whether relation `rel` of kind `relkind` exists: asked once, then cached in `known`.
 bool cached_exists(detail::PgPool& pool, const PostgresOptions& o, std::string_view endpoint, std::atomic<int>& known,
                    const std::string& rel, char relkind, std::string_view what) {
   const int k = known.load(std::memory_order_acquire);
   if (k >= 0) return k == 1;
   PgSessionPtr s = pool.checkout();
-  static const detail::PgStatement probe{0,
-                                         "",
-                                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
-                                         "pg_catalog.to_regclass($1) AND relkind = $2::\"char\")",
-                                         {25, 25}};
-  PgOutcome out =
-      s->run(probe, {PgParam::text(rel), PgParam::text(std::string(1, relkind))}, false, after(o.statement_timeout));
+  PgOutcome out = s->run(exists_probe(), {PgParam::text(rel), PgParam::text(std::string(1, relkind))}, false,
+                         after(o.statement_timeout));
   if (!out.ok()) detail::throw_outcome(out, endpoint, fmt::format("looking up {}", what), o.statement_timeout);
   const bool present = text_is_true(out.result.get(), 0, 0);
   pool.checkin(std::move(s));
@@ -1354,15 +1359,43 @@ void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boo
   const PostgresOptions& o = state_->options;
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   std::int64_t key = 0;
-  bool fence = false;
   try {
     key = advisory_key(request.name);
-    fence = has_fencing();
   } catch (...) {
     boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e, Contended{}); });
     return;
   }
   detail::PgBackendState& st = state(state_->pool);
+  const int fencing = st.fencing.load(std::memory_order_acquire);
+  if (fencing < 0) {
+    // A backend's first try asks whether the fencing sequence exists (cached
+    // then, as has_fencing() does), without blocking, and starts again.
+    async_checkout(
+        state_, st, ex, after(o.connect_timeout),
+        [self = *this, &st, request, ex, done = std::move(done)](std::exception_ptr e, PgSessionPtr s) mutable {
+          if (e) return done(e, Contended{});
+          detail::PgSession& session = *s;
+          auto held = std::make_shared<PgSessionPtr>(std::move(s));
+          const std::string& seq = self.options().fencing_sequence;
+          session.async_run(exists_probe(), {PgParam::text(seq), PgParam::text("S")}, false,
+                            after(self.options().statement_timeout), ex,
+                            [self, &st, held, request, ex, done](PgOutcome out) mutable {
+                              if (!out.ok()) {
+                                return complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+                                  detail::throw_outcome(out, self.endpoint(), "looking up the fencing sequence",
+                                                        self.options().statement_timeout);
+                                });
+                              }
+                              const bool present = text_is_true(out.result.get(), 0, 0);
+                              st.checkin(std::move(*held));
+                              int expected = -1;
+                              st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
+                              self.async_try_acquire(request, ex, std::move(done));
+                            });
+        });
+    return;
+  }
+  const bool fence = fencing == 1;
   if (o.shared_sessions > 0) {
     std::make_shared<PgAsyncSharedTry>(*this, state_, st, request, key, fence, ex, std::move(done))->start();
     return;
