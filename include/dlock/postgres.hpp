@@ -245,11 +245,9 @@ class PostgresBackend {
   // bounded by a steady_timer at statement_timeout (on expiry the connection
   // is closed and the outcome is a TimeoutError, "outcome unknown"). Errors
   // and results are the blocking calls'. A full pool is waited for on a timer
-  // (up to connect_timeout). Not yet asynchronous (they block the calling
-  // thread for one round trip, as the blocking call; docs/postgres.md): opening
-  // a new pooled connection, the first has_fencing() check, and
-  // async_try_acquire in transaction scope or with shared_sessions, and
-  // async_release / async_extend with shared_sessions.
+  // (up to connect_timeout); with shared_sessions, an operation waits for its
+  // session's turn on a timer too. A backend's first try also asks whether the
+  // fencing sequence exists asynchronously (docs/postgres.md).
   void async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                          AcquireCompletion<Handle> done);
   void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,

@@ -214,12 +214,61 @@ PgOutcome PgSession::finish_send(int sent, SteadyTime deadline) {
 
 namespace {
 
+// The results of a pipeline (one Sync), taken one PQgetResult() at a time by
+// the blocking and the asynchronous round trip: each step's results end with
+// a NULL, then comes the sync point. Keeps the first error, else the last
+// query's result; marks the statements whose Parse succeeded as prepared.
+class PipelineReader {
+ public:
+  enum class Fed { more, synced, broken };
+  PipelineReader(std::vector<const PgStatement*> steps, std::bitset<pg_max_statements>& prepared)
+      : steps_(std::move(steps)), prepared_(prepared) {}
+
+  Fed feed(PgOutcome& out, PGresult* res) {
+    if (!res) {
+      ++step_;  // the connection failed when no sync point will come
+      return step_ > steps_.size() + 1 ? Fed::broken : Fed::more;
+    }
+    PgResult owned(res);
+    switch (PQresultStatus(res)) {
+      case PGRES_PIPELINE_SYNC:
+        return Fed::synced;
+      case PGRES_PIPELINE_ABORTED:
+        break;
+      case PGRES_FATAL_ERROR:
+        if (!failed_) out.result = std::move(owned);
+        failed_ = true;
+        break;
+      default:
+        if (step_ < steps_.size() && steps_[step_]) {
+          prepared_.set(steps_[step_]->id);
+        } else if (!failed_) {
+          out.result = std::move(owned);
+        }
+    }
+    return Fed::more;
+  }
+  // After the sync point: leaves pipeline mode; false when the connection failed meanwhile.
+  static bool ended(PGconn* c, const PgOutcome& out) {
+    if (PQexitPipelineMode(c) && PQstatus(c) != CONNECTION_BAD) return true;
+    return out.result && PQresultStatus(out.result.get()) == PGRES_FATAL_ERROR;
+  }
+
+ private:
+  std::vector<const PgStatement*> steps_;  // per result set: a Parse (the statement to mark prepared) or a query
+  std::bitset<pg_max_statements>& prepared_;
+  std::size_t step_ = 0;
+  bool failed_ = false;
+};
+
 // Drives a sent request to its outcome on an executor: flush, then read until
-// the last result, each wait an async_wait on the socket, all under a timer.
+// the last result (of a pipeline: until its sync point), each wait an
+// async_wait on the socket, all under a timer.
 class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
  public:
-  PgAsyncRoundTrip(PGconn* c, const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done)
-      : conn_(c), socket_(ex), timer_(ex), done_(std::move(done)) {}
+  PgAsyncRoundTrip(PGconn* c, const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done,
+                   std::optional<PipelineReader> pipeline = std::nullopt)
+      : conn_(c), socket_(ex), timer_(ex), done_(std::move(done)), pipeline_(std::move(pipeline)) {}
 
   // `sent`: whether libpq accepted the request (else the outcome is "broken").
   void start(bool sent, SteadyTime deadline) {
@@ -246,6 +295,12 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   void read() {
     while (!PQisBusy(conn_)) {
       PGresult* res = PQgetResult(conn_);
+      if (pipeline_) {
+        const auto fed = pipeline_->feed(out_, res);
+        if (fed == PipelineReader::Fed::more) continue;
+        if (fed == PipelineReader::Fed::broken || !PipelineReader::ended(conn_, out_)) return finish_broken();
+        return finish();
+      }
       if (!res) {
         conclude(conn_, out_);
         return finish();
@@ -280,6 +335,7 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   boost::asio::posix::stream_descriptor socket_;
   boost::asio::steady_timer timer_;
   std::function<void(PgOutcome)> done_;
+  std::optional<PipelineReader> pipeline_;
   PgOutcome out_;
   bool finished_ = false;
 };
@@ -326,14 +382,50 @@ PgOutcome PgSession::run(const PgStatement& stmt, const std::vector<PgParam>& pa
   if (inherited()) return refuse_inherited();
   const ParamArrays p(params);
   if (prepared && !prepared_.test(stmt.id)) {
-    PgOutcome prep = finish_send(send_prepare(conn_, stmt), deadline);
+    PgOutcome prep = noted(finish_send(send_prepare(conn_, stmt), deadline));
     if (!prep.ok()) return prep;
     prepared_.set(stmt.id);
   }
-  return finish_send(send_query(conn_, stmt, p, prepared), deadline);
+  return noted(finish_send(send_query(conn_, stmt, p, prepared), deadline));
+}
+
+PgOutcome PgSession::noted(PgOutcome out) noexcept {
+  if (out.fail != PgOutcome::Fail::none) failed_ = true;
+  return out;
+}
+
+std::function<void(PgOutcome)> PgSession::noting(std::function<void(PgOutcome)> done) {
+  return [this, done = std::move(done)](PgOutcome out) { done(noted(std::move(out))); };
 }
 
 PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline) {
+  return noted(pipelined(calls, prepared, deadline));
+}
+
+namespace {
+
+// Enters pipeline mode and sends the calls and a Sync (unsent bytes stay in
+// libpq's buffer for PQflush); the reader of their results, or nullopt when
+// the connection failed.
+std::optional<PipelineReader> send_pipeline(PGconn* c, std::initializer_list<PgCall> calls, bool prepared,
+                                            std::bitset<pg_max_statements>& prepared_set) {
+  if (!PQenterPipelineMode(c)) return std::nullopt;
+  std::vector<const PgStatement*> steps;
+  for (const PgCall& call : calls) {
+    if (prepared && !prepared_set.test(call.stmt.id)) {
+      if (!send_prepare(c, call.stmt)) return std::nullopt;
+      steps.push_back(&call.stmt);
+    }
+    if (!send_query(c, call.stmt, ParamArrays(call.params), prepared)) return std::nullopt;
+    steps.push_back(nullptr);
+  }
+  if (!PQpipelineSync(c)) return std::nullopt;
+  return PipelineReader(std::move(steps), prepared_set);
+}
+
+}  // namespace
+
+PgOutcome PgSession::pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline) {
   if (inherited()) return refuse_inherited();
   PgOutcome out;
   const auto broken = [&] {
@@ -342,60 +434,35 @@ PgOutcome PgSession::run_pipelined(std::initializer_list<PgCall> calls, bool pre
     out.result.reset();
     return std::move(out);
   };
-  if (!PQenterPipelineMode(conn_)) return broken();
-  // What each result set in the pipeline answers: a Parse (statement to mark prepared) or a query.
-  std::vector<const PgStatement*> steps;
-  for (const PgCall& call : calls) {
-    if (prepared && !prepared_.test(call.stmt.id)) {
-      if (!send_prepare(conn_, call.stmt)) return broken();
-      steps.push_back(&call.stmt);
-    }
-    if (!send_query(conn_, call.stmt, ParamArrays(call.params), prepared)) return broken();
-    steps.push_back(nullptr);
-  }
-  if (!PQpipelineSync(conn_)) return broken();
+  std::optional<PipelineReader> reader = send_pipeline(conn_, calls, prepared, prepared_);
+  if (!reader) return broken();
   for (;;) {  // flush the requests (non-blocking connection)
     const int f = PQflush(conn_);
     if (f == 0) break;
     if (f < 0) return broken();
     if (!await_input(conn_, true, deadline, out)) return out;
   }
-  // Each step's results end with a NULL; then comes the sync point.
-  std::size_t step = 0;
-  bool failed = false;
-  for (bool synced = false; !synced;) {
+  for (;;) {
     while (PQisBusy(conn_)) {
       if (!await_input(conn_, false, deadline, out)) return out;
     }
-    PGresult* res = PQgetResult(conn_);
-    if (!res) {
-      ++step;
-      if (step > steps.size() + 1) return broken();  // the connection failed: no sync point will come
-      continue;
-    }
-    PgResult owned(res);
-    switch (PQresultStatus(res)) {
-      case PGRES_PIPELINE_SYNC:
-        synced = true;
-        break;
-      case PGRES_PIPELINE_ABORTED:
-        break;
-      case PGRES_FATAL_ERROR:
-        if (!failed) out.result = std::move(owned);
-        failed = true;
-        break;
-      default:
-        if (step < steps.size() && steps[step]) {
-          prepared_.set(steps[step]->id);
-        } else if (!failed) {
-          out.result = std::move(owned);
-        }
-    }
+    const auto fed = reader->feed(out, PQgetResult(conn_));
+    if (fed == PipelineReader::Fed::broken) return broken();
+    if (fed == PipelineReader::Fed::synced) break;
   }
-  if (!PQexitPipelineMode(conn_) || PQstatus(conn_) == CONNECTION_BAD) {
-    if (!out.result || PQresultStatus(out.result.get()) != PGRES_FATAL_ERROR) return broken();
-  }
+  if (!PipelineReader::ended(conn_, out)) return broken();
   return out;
+}
+
+void PgSession::async_run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline,
+                                    const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done) {
+  if (inherited()) {
+    boost::asio::post(ex, [done = std::move(done), this] { done(refuse_inherited()); });
+    return;
+  }
+  std::optional<PipelineReader> reader = send_pipeline(conn_, calls, prepared, prepared_);
+  const bool sent = reader.has_value();
+  std::make_shared<PgAsyncRoundTrip>(conn_, ex, noting(std::move(done)), std::move(reader))->start(sent, deadline);
 }
 
 void PgSession::async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared,
@@ -408,13 +475,13 @@ void PgSession::async_run(const PgStatement& stmt, const std::vector<PgParam>& p
   if (prepared && !prepared_.test(stmt.id)) {  // Parse first, then the query
     async_finish_send(send_prepare(conn_, stmt), deadline, ex,
                       [this, &stmt, params, deadline, ex, done = std::move(done)](PgOutcome prep) mutable {
-                        if (!prep.ok()) return done(std::move(prep));
+                        if (!prep.ok()) return done(noted(std::move(prep)));
                         prepared_.set(stmt.id);
                         async_run(stmt, params, true, deadline, ex, std::move(done));
                       });
     return;
   }
-  async_finish_send(send_query(conn_, stmt, ParamArrays(params), prepared), deadline, ex, std::move(done));
+  async_finish_send(send_query(conn_, stmt, ParamArrays(params), prepared), deadline, ex, noting(std::move(done)));
 }
 
 void PgSession::async_command(const char* sql, SteadyTime deadline, const boost::asio::any_io_executor& ex,
@@ -424,12 +491,12 @@ void PgSession::async_command(const char* sql, SteadyTime deadline, const boost:
     return;
   }
   async_finish_send(PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0), deadline, ex,
-                    std::move(done));
+                    noting(std::move(done)));
 }
 
 PgOutcome PgSession::command(const char* sql, SteadyTime deadline) {
   if (inherited()) return refuse_inherited();
-  return finish_send(PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0), deadline);
+  return noted(finish_send(PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0), deadline));
 }
 
 bool PgSession::reusable() noexcept {
@@ -445,9 +512,8 @@ bool PgSession::reusable() noexcept {
 
 void PgSessionDeleter::operator()(PgSession* s) const noexcept {
   if (!s) return;
-  PgPool* pool = s->inherited() ? nullptr : s->pool();  // a child's pool does not count the parent's
-  delete s;
-  if (pool) pool->closed();
+  std::unique_ptr<PgSession> owned(s);
+  if (PgPool* pool = s->pool()) pool->closed(std::move(owned));  // the pool drops what a fork() left
 }
 
 // ---- errors ----
@@ -477,7 +543,9 @@ void throw_outcome(const PgOutcome& o, std::string_view endpoint, std::string_vi
 // ---- the pool ----
 
 PgPool::PgPool(const PostgresOptions& options, std::string endpoint)
-    : options_(options), endpoint_(std::move(endpoint)) {
+    : options_(options),
+      endpoint_(std::move(endpoint)),
+      pool_(options.pool_size, [](const std::unique_ptr<PgSession>& s) { return s && s->reusable(); }) {
   // The user's conninfo first (expanded), then ours: later keywords override earlier ones,
   // so keepalive settings are only added when the conninfo has none of its own.
   keywords_.emplace_back("dbname");
@@ -518,15 +586,6 @@ std::int64_t pg_keepalive_seconds(std::chrono::milliseconds d) noexcept {
   return std::clamp<std::int64_t>(d.count() / 1000, 1, pg_max_keepalive_seconds);
 }
 
-PgPool::~PgPool() {
-  std::vector<PgSessionPtr> idle;
-  {
-    std::lock_guard lk(mu_);
-    idle.swap(idle_);
-  }
-  idle.clear();  // closes them; closed() takes mu_
-}
-
 PgPool::ConnPtr PgPool::start_connect() const {
   std::vector<const char*> keys, vals;
   for (std::size_t i = 0; i < keywords_.size(); ++i) {
@@ -549,7 +608,7 @@ ConnectionError PgPool::connect_timed_out() const {
                   endpoint_, format_duration(options_.connect_timeout)));
 }
 
-PgSessionPtr PgPool::finish_connect(ConnPtr guard) {
+PgSessionPtr PgPool::finish_connect(ConnPtr guard, std::uint64_t epoch) {
   PGconn* c = guard.get();
   if (PQstatus(c) != CONNECTION_OK) {
     const std::string msg = conn_message(c);
@@ -563,10 +622,12 @@ PgSessionPtr PgPool::finish_connect(ConnPtr guard) {
     throw ConnectionError(
         fmt::format("dlock: PostgreSQL {}: cannot make the connection non-blocking: {}", endpoint_, conn_message(c)));
   guard.release();
-  return PgSessionPtr(new PgSession(c, this));
+  PgSessionPtr s(new PgSession(c, this));
+  s->epoch = epoch;
+  return s;
 }
 
-PgSessionPtr PgPool::connect() {
+PgSessionPtr PgPool::connect(std::uint64_t epoch) {
   const SteadyTime deadline = saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout);
   ConnPtr guard = start_connect();
   PGconn* c = guard.get();
@@ -577,7 +638,7 @@ PgSessionPtr PgPool::connect() {
     if (r == Ready::error) break;
     st = PQconnectPoll(c);
   }
-  return finish_connect(std::move(guard));
+  return finish_connect(std::move(guard), epoch);
 }
 
 namespace {
@@ -587,8 +648,8 @@ namespace {
 class PgAsyncConnect : public std::enable_shared_from_this<PgAsyncConnect> {
  public:
   using Then = std::function<void(std::exception_ptr, PgSessionPtr)>;
-  PgAsyncConnect(PgPool& pool, const boost::asio::any_io_executor& ex, Then then)
-      : pool_(pool), socket_(ex), timer_(ex), then_(std::move(then)) {}
+  PgAsyncConnect(PgPool& pool, const boost::asio::any_io_executor& ex, std::uint64_t epoch, Then then)
+      : pool_(pool), socket_(ex), timer_(ex), then_(std::move(then)), epoch_(epoch) {}
 
   void start(PgPool::ConnPtr conn, std::chrono::milliseconds timeout) {
     conn_ = std::move(conn);
@@ -625,12 +686,13 @@ class PgAsyncConnect : public std::enable_shared_from_this<PgAsyncConnect> {
     PgSessionPtr session;
     if (!error) {
       try {
-        session = pool_.finish_connect(std::move(conn_));
+        session = pool_.finish_connect(std::move(conn_), epoch_);
       } catch (...) {
         error = std::current_exception();
       }
     }
     conn_.reset();
+    if (error) pool_.free_slot(epoch_);  // a timed-out or failed connect: the slot is free again, the idle ones suspect
     auto s = std::make_shared<PgSessionPtr>(std::move(session));
     boost::asio::post(socket_.get_executor(), [then = std::move(then_), error, s] { then(error, std::move(*s)); });
   }
@@ -639,6 +701,7 @@ class PgAsyncConnect : public std::enable_shared_from_this<PgAsyncConnect> {
   boost::asio::posix::stream_descriptor socket_;
   boost::asio::steady_timer timer_;
   Then then_;
+  const std::uint64_t epoch_;
   PgPool::ConnPtr conn_{nullptr, PQfinish};
   PostgresPollingStatusType st_ = PGRES_POLLING_WRITING;
   bool finished_ = false;
@@ -646,85 +709,80 @@ class PgAsyncConnect : public std::enable_shared_from_this<PgAsyncConnect> {
 
 }  // namespace
 
-void PgPool::async_connect(const boost::asio::any_io_executor& ex,
+void PgPool::async_connect(const boost::asio::any_io_executor& ex, std::uint64_t reserved,
                            std::function<void(std::exception_ptr, PgSessionPtr)> then) {
-  ConnPtr conn = start_connect();
-  std::make_shared<PgAsyncConnect>(*this, ex, std::move(then))->start(std::move(conn), options_.connect_timeout);
-}
-
-PgSessionPtr PgPool::checkout() {
-  return checkout(saturating_add(std::chrono::steady_clock::now(), options_.connect_timeout), true);
-}
-
-PgSessionPtr PgPool::checkout(SteadyTime deadline, bool wait, bool* reserved) {
-  std::unique_lock lk(mu_);
-  if (pid_ != ::getpid()) {
-    // First use in a forked child: the idle connections are the parent's. Drop
-    // them without a word (see PgSession), and count only this process's.
-    pid_ = ::getpid();
-    open_ = 0;
-    std::vector<PgSessionPtr> inherited;
-    inherited.swap(idle_);
-    lk.unlock();
-    inherited.clear();
-    lk.lock();
-  }
-  for (;;) {
-    while (!idle_.empty()) {
-      PgSessionPtr s = std::move(idle_.back());
-      idle_.pop_back();
-      lk.unlock();
-      if (s->reusable()) return s;
-      s.reset();  // dead while idle (e.g. server restart): close and try the next
-      lk.lock();
-    }
-    if (open_ < options_.pool_size) break;
-    if (!wait) return nullptr;
-    if (!returned_.wait_until(lk, deadline, [this] { return !idle_.empty() || open_ < options_.pool_size; }))
-      throw TimeoutError(fmt::format(
-          "dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} ({}); raise "
-          "PostgresOptions.pool_size",
-          endpoint_, options_.pool_size, format_duration(options_.connect_timeout),
-          options_.shared_sessions == 0
-              ? "each held lock pins one"
-              : "shared_sessions of them hold the locks; waits and administrative calls use the rest"));
-  }
-  ++open_;
-  lk.unlock();
-  if (reserved) {
-    *reserved = true;
-    return nullptr;
-  }
   try {
-    return connect();
+    ConnPtr conn = start_connect();
+    std::make_shared<PgAsyncConnect>(*this, ex, reserved, std::move(then))
+        ->start(std::move(conn), options_.connect_timeout);
   } catch (...) {
-    closed();
+    free_slot(reserved);
     throw;
   }
 }
 
+PgSessionPtr PgPool::adopt(Sessions::Checkout c) noexcept {
+  c.handle->epoch = c.epoch;
+  return PgSessionPtr(c.handle.release());
+}
+
+void PgPool::free_slot(std::uint64_t epoch) noexcept { pool_.give_back(Sessions::Checkout{nullptr, epoch}, false); }
+
+TimeoutError PgPool::pool_full() const {
+  return TimeoutError(
+      fmt::format("dlock: PostgreSQL {}: all {} pooled connections stayed in use for connect_timeout {} ({}); raise "
+                  "PostgresOptions.pool_size",
+                  endpoint_, options_.pool_size, format_duration(options_.connect_timeout),
+                  options_.shared_sessions == 0
+                      ? "each held lock pins one"
+                      : "shared_sessions of them hold the locks; waits and administrative calls use the rest"));
+}
+
+PgSessionPtr PgPool::checkout() {
+  // The wait for a free slot and the connect each get connect_timeout.
+  std::optional<Sessions::Checkout> c =
+      pool_.take(options_.connect_timeout, [this] { return std::unique_ptr<PgSession>(); });
+  if (!c) throw pool_full();
+  if (c->handle) return adopt(std::move(*c));
+  try {  // a reserved slot: connect outside the pool's lock
+    return connect(c->epoch);
+  } catch (...) {
+    free_slot(c->epoch);
+    throw;
+  }
+}
+
+PgPool::Taken PgPool::try_checkout() {
+  std::optional<Sessions::Checkout> c =
+      pool_.take(std::chrono::nanoseconds::zero(), [] { return std::unique_ptr<PgSession>(); });
+  Taken t;
+  if (!c) return t;
+  if (c->handle) {
+    t.session = adopt(std::move(*c));
+  } else {
+    t.reserved = c->epoch;
+  }
+  return t;
+}
+
 void PgPool::checkin(PgSessionPtr session) noexcept {
   if (!session) return;
-  if (!session->reusable()) return;  // destroying it closes it (or, if inherited, drops it silently)
-  session->idle_since = std::chrono::steady_clock::now();
-  {
-    std::lock_guard lk(mu_);
-    idle_.push_back(std::move(session));
-  }
-  returned_.notify_one();
+  const std::uint64_t epoch = session->epoch;
+  // Kept if reusable (the pool asks), else closed with a generation bump.
+  pool_.give_back(Sessions::Checkout{std::unique_ptr<PgSession>(session.release()), epoch}, true);
 }
 
-void PgPool::closed() noexcept {
-  {
-    std::lock_guard lk(mu_);
-    --open_;
+void PgPool::closed(std::unique_ptr<PgSession> session) noexcept {
+  const std::uint64_t epoch = session->epoch;
+  const bool failed = session->failed() || PQstatus(session->conn()) != CONNECTION_OK;
+  Sessions::Checkout c{std::move(session), epoch};
+  if (failed) {
+    pool_.give_back(std::move(c), false);  // the idle ones to this server are suspect
+  } else {
+    pool_.retire(std::move(c));  // closed on purpose: it held a lock, or its session was renamed
   }
-  returned_.notify_one();
 }
 
-PostgresBackend::PoolStats PgPool::stats() const {
-  std::lock_guard lk(mu_);
-  return {open_, idle_.size()};
-}
+PostgresBackend::PoolStats PgPool::stats() const { return {pool_.open_count(), pool_.idle_count()}; }
 
 }  // namespace dlock::detail

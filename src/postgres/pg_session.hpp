@@ -1,13 +1,15 @@
 // Internal to dlock_postgres: one libpq connection with deadline-bounded
-// round trips, the SQLSTATE -> dlock::Error mapping, and the connection pool.
+// round trips, the SQLSTATE -> dlock::Error mapping, and the connection pool
+// (detail::Pool, the one pool template, over PostgreSQL sessions).
 //
 // fork(): a connection belongs to the process that opened it. In a forked
 // child an inherited connection is never used and never PQfinish()ed (that
 // would send Terminate on the parent's socket and end the parent's session,
 // and with it the parent's advisory locks): statements on it fail as
 // "broken" without sending anything, and destroying it closes only the
-// child's copy of the socket. The pool notices the new pid at its next
-// checkout, drops its inherited idle connections the same way and connects afresh.
+// child's copy of the socket. The pool (detail::Pool) notices the new pid at
+// its next checkout, drops its inherited idle connections the same way and
+// connects afresh.
 #pragma once
 
 #include <libpq-fe.h>
@@ -15,19 +17,19 @@
 
 #include <bitset>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
-#include <initializer_list>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <dlock/detail/pool.hpp>
 #include <dlock/error.hpp>
 #include <dlock/postgres.hpp>
 
@@ -122,6 +124,10 @@ class PgSession {
   /// stay alive, and see no other call, until `done` runs.
   void async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared, SteadyTime deadline,
                  const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
+  /// run_pipelined() without blocking a thread, as async_run (the calls are
+  /// sent before it returns: they need not outlive it).
+  void async_run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline,
+                           const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
   /// command() without blocking a thread, as async_run.
   void async_command(const char* sql, SteadyTime deadline, const boost::asio::any_io_executor& ex,
                      std::function<void(PgOutcome)> done);
@@ -131,11 +137,19 @@ class PgSession {
   /// of an idle-session timeout) since it was last used.
   [[nodiscard]] bool reusable() noexcept;
 
-  SteadyTime idle_since{};
+  /// True once a round trip on it failed (timed out or broke): closing it then
+  /// makes the pool suspect its other idle connections (generation bump).
+  [[nodiscard]] bool failed() const noexcept { return failed_; }
+
   /// The ttl whose TCP keepalive settings the server session carries (0: none yet).
   std::int64_t keepalive_ttl_ms = 0;
+  /// The pool's process epoch it was checked out in (detail::Pool::Checkout::epoch).
+  std::uint64_t epoch = 0;
 
  private:
+  PgOutcome pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline);
+  PgOutcome noted(PgOutcome out) noexcept;  // records a failed round trip
+  std::function<void(PgOutcome)> noting(std::function<void(PgOutcome)> done);
   PgOutcome finish_send(int sent, SteadyTime deadline);
   void async_finish_send(int sent, SteadyTime deadline, const boost::asio::any_io_executor& ex,
                          std::function<void(PgOutcome)> done);
@@ -144,6 +158,7 @@ class PgSession {
   PGconn* conn_;
   PgPool* pool_;
   pid_t pid_;  // the process that opened the connection
+  bool failed_ = false;
 };
 
 class PgPool {
@@ -151,49 +166,57 @@ class PgPool {
   PgPool(const PostgresOptions& options, std::string endpoint);
   PgPool(const PgPool&) = delete;
   PgPool& operator=(const PgPool&) = delete;
-  ~PgPool();
 
   /// An idle connection, or a new one if fewer than pool_size are open; waits
   /// for one to be returned until connect_timeout passes (TimeoutError).
   /// Throws ConnectionError when the server cannot be reached (refused, no
   /// answer within connect_timeout), ServerError when it refuses the login.
   PgSessionPtr checkout();
-  /// checkout() with its own deadline. `wait` false: null instead of waiting
-  /// for a free connection. `reserved` set: instead of connecting, sets it and
-  /// returns null; the caller opens the connection (async_connect) and calls
-  /// closed() if that fails.
-  PgSessionPtr checkout(SteadyTime deadline, bool wait, bool* reserved = nullptr);
-  /// Opens a connection without blocking (PQconnectStart/PQconnectPoll on
-  /// `ex`, bounded by connect_timeout); `then` runs on `ex` with the session
-  /// or the error connect() would throw. Throws only when out of memory.
-  void async_connect(const boost::asio::any_io_executor& ex,
+  /// For the asynchronous checkout, without blocking: an idle connection
+  /// (`session`), else a reserved slot (`reserved`: the epoch to pass to
+  /// async_connect, which opens it or frees the slot), else neither (all
+  /// pool_size in use).
+  struct Taken {
+    PgSessionPtr session;
+    std::optional<std::uint64_t> reserved;
+  };
+  [[nodiscard]] Taken try_checkout();
+  /// Opens the connection of a slot reserved by try_checkout without blocking
+  /// (PQconnectStart/PQconnectPoll on `ex`, bounded by connect_timeout);
+  /// `then` runs on `ex` with the session or the error connect() would throw
+  /// (the slot then freed). Throws only when out of memory (the slot freed).
+  void async_connect(const boost::asio::any_io_executor& ex, std::uint64_t reserved,
                      std::function<void(std::exception_ptr, PgSessionPtr)> then);
 
   using ConnPtr = std::unique_ptr<PGconn, void (*)(PGconn*)>;
   [[nodiscard]] ConnPtr start_connect() const;              ///< PQconnectStartParams
   [[nodiscard]] ConnectionError connect_timed_out() const;  ///< no answer within connect_timeout
-  PgSessionPtr finish_connect(ConnPtr conn);                ///< the session, or the error of a failed connect
+  [[nodiscard]] TimeoutError pool_full() const;             ///< every slot stayed in use for connect_timeout
+  /// The session, or the error of a failed connect (the slot then freed).
+  PgSessionPtr finish_connect(ConnPtr conn, std::uint64_t epoch);
   /// Returns a connection after a successful operation; closes it instead if
   /// it is not reusable.
   void checkin(PgSessionPtr session) noexcept;
-  /// Called when a session is destroyed.
-  void closed() noexcept;
+  /// Called when a session is destroyed (PgSessionDeleter): one that failed
+  /// makes the idle ones suspect; one closed on purpose only frees its slot.
+  void closed(std::unique_ptr<PgSession> session) noexcept;
+  /// Frees a slot reserved by try_checkout whose connection could not be
+  /// opened; the idle connections become suspect (generation bump).
+  void free_slot(std::uint64_t epoch) noexcept;
 
   [[nodiscard]] PostgresBackend::PoolStats stats() const;
   [[nodiscard]] const std::string& endpoint() const noexcept { return endpoint_; }
   [[nodiscard]] const PostgresOptions& options() const noexcept { return options_; }
 
  private:
-  PgSessionPtr connect();
+  using Sessions = Pool<std::unique_ptr<PgSession>>;
+  PgSessionPtr connect(std::uint64_t epoch);
+  PgSessionPtr adopt(Sessions::Checkout c) noexcept;
 
   const PostgresOptions& options_;
   const std::string endpoint_;
   std::vector<std::string> keywords_, values_;  // connection parameters for PQconnectStartParams
-  mutable std::mutex mu_;
-  std::condition_variable returned_;
-  std::vector<PgSessionPtr> idle_;
-  std::size_t open_ = 0;  // connections of this process (inherited ones are not counted)
-  pid_t pid_ = ::getpid();
+  Sessions pool_;
 };
 
 /// `d` in whole milliseconds as PostgreSQL's int settings take them: clamped to [0, INT_MAX].

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <condition_variable>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_set>
@@ -372,19 +373,52 @@ void push_ttl_params(std::vector<PgParam>& params, std::chrono::milliseconds ttl
 // PostgresBackend's private state: the pool plus what the operations need.
 namespace detail {
 
+/// The turn to use a shared session: a Lockable that any thread may unlock
+/// (a flag under a mutex), so an asynchronous round trip can hold it until
+/// its completion runs, on whatever thread that is. Asynchronous callers
+/// only try_lock() it (and try again on a timer), never block on it.
+class PgTurn {
+ public:
+  void lock() {
+    std::unique_lock lk(m_);
+    free_.wait(lk, [&] { return !held_; });
+    held_ = true;
+  }
+  [[nodiscard]] bool try_lock() {
+    std::lock_guard lk(m_);
+    return !std::exchange(held_, true);
+  }
+  void unlock() noexcept {
+    {
+      std::lock_guard lk(m_);
+      held_ = false;
+    }
+    free_.notify_one();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable free_;
+  bool held_ = false;
+};
+
 /// One server session shared by the leases of a backend (shared_sessions).
-/// `mu` serialises the round trips on it and guards the rest. Once the
-/// session ends (`session` null), every lease on it is lost: a replacement
-/// is a new object, so a lease never mistakes another session's locks for its own.
+/// The turn `mu` serialises the round trips on it and guards the rest but
+/// `orphans`. Once the session ends (`session` null), every lease on it is
+/// lost: a replacement is a new object, so a lease never mistakes another
+/// session's locks for its own.
 struct PgSharedSession {
-  std::mutex mu;
+  PgTurn mu;
   PgSessionPtr session;
   /// Keys this session holds for leases. Advisory locks are re-entrant per
   /// session, so a key in here is contention for another Lock of this process,
   /// decided without asking the server.
   std::unordered_set<std::int64_t> keys;
-  std::vector<std::int64_t>
-      orphans;              ///< held keys whose handle was destroyed unreleased: unlock before the next acquire
+  /// Held keys whose handle was destroyed unreleased: unlocked before the next
+  /// acquire. Guarded by orphans_mu alone (a destructor adds to it without
+  /// waiting for the turn, which a round trip in flight may hold).
+  std::vector<std::int64_t> orphans;
+  std::mutex orphans_mu;
   std::int64_t ttl_ms = 0;  ///< the largest ttl the session's idle timeout was set for
   SteadyTime proven{};      ///< when the last successful round trip was sent
   std::string lost_why;     ///< why the session ended (for LockLostError)
@@ -431,7 +465,10 @@ namespace {
 void lose(PgSharedSession& s, std::string why) noexcept {
   s.session.reset();
   s.keys.clear();
-  s.orphans.clear();
+  {
+    std::lock_guard lk(s.orphans_mu);
+    s.orphans.clear();
+  }
   try {
     s.lost_why = std::move(why);
   } catch (...) {  // out of memory: lost, with less detail
@@ -508,8 +545,7 @@ PgLockHandle::~PgLockHandle() { orphan(); }
 void PgLockHandle::orphan() noexcept {
   if (!shared_) return;
   std::shared_ptr<detail::PgSharedSession> sh = std::move(shared_);
-  std::lock_guard lk(sh->mu);
-  if (!sh->session || !sh->keys.count(key_)) return;
+  std::lock_guard lk(sh->orphans_mu);  // the turn holder unlocks it if its session still holds it
   try {
     sh->orphans.push_back(key_);
   } catch (...) {  // out of memory: the key stays held (and excluded) until the session ends
@@ -528,19 +564,24 @@ std::int64_t PostgresBackend::advisory_key(std::string_view name) const {
 }
 
 namespace {
+// Whether relation $1 of kind $2 exists.
+const detail::PgStatement& exists_probe() {
+  static const detail::PgStatement probe{0,
+                                         "",
+                                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
+                                         "pg_catalog.to_regclass($1) AND relkind = $2::\"char\")",
+                                         {25, 25}};
+  return probe;
+}
+
 // Whether relation `rel` of kind `relkind` exists: asked once, then cached in `known`.
 bool cached_exists(detail::PgPool& pool, const PostgresOptions& o, std::string_view endpoint, std::atomic<int>& known,
                    const std::string& rel, char relkind, std::string_view what) {
   const int k = known.load(std::memory_order_acquire);
   if (k >= 0) return k == 1;
   PgSessionPtr s = pool.checkout();
-  static const detail::PgStatement probe{0,
-                                         "",
-                                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = "
-                                         "pg_catalog.to_regclass($1) AND relkind = $2::\"char\")",
-                                         {25, 25}};
-  PgOutcome out =
-      s->run(probe, {PgParam::text(rel), PgParam::text(std::string(1, relkind))}, false, after(o.statement_timeout));
+  PgOutcome out = s->run(exists_probe(), {PgParam::text(rel), PgParam::text(std::string(1, relkind))}, false,
+                         after(o.statement_timeout));
   if (!out.ok()) detail::throw_outcome(out, endpoint, fmt::format("looking up {}", what), o.statement_timeout);
   const bool present = text_is_true(out.result.get(), 0, 0);
   pool.checkin(std::move(s));
@@ -659,14 +700,18 @@ std::string why(const PgOutcome& o) {
 // Unlocks the keys of handles destroyed without release. Called with s.mu held;
 // false (and the session lost) when a round trip failed.
 bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, SteadyTime deadline) {
-  while (!s.orphans.empty()) {
-    const std::int64_t key = s.orphans.back();
+  std::vector<std::int64_t> orphans;
+  {
+    std::lock_guard lk(s.orphans_mu);
+    orphans.swap(s.orphans);
+  }
+  for (const std::int64_t key : orphans) {
+    if (!s.session || !s.keys.count(key)) continue;
     PgOutcome o = s.session->run(st.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline);
     if (!o.ok()) {
       detail::lose(s, fmt::format("unlocking an abandoned lock failed: {}", why(o)));
       return false;
     }
-    s.orphans.pop_back();
     s.keys.erase(key);
   }
   return true;
@@ -677,7 +722,7 @@ bool unlock_orphans(detail::PgBackendState& st, detail::PgSharedSession& s, Stea
 // lost: they find it so at their next extend or release) or was inherited
 // across fork() (dropped without a word).
 std::shared_ptr<detail::PgSharedSession> shared_session(detail::PgBackendState& st, detail::PgSharedSlot& slot,
-                                                        std::unique_lock<std::mutex>& lk) {
+                                                        std::unique_lock<detail::PgTurn>& lk) {
   std::lock_guard slot_lk(slot.mu);
   if (auto cur = slot.current) {
     lk = std::unique_lock(cur->mu);
@@ -700,7 +745,7 @@ AcquireResult<PgLockHandle> shared_try(PostgresBackend& self, detail::PgBackendS
                                        std::int64_t key, bool fence) {
   const PostgresOptions& o = self.options();
   auto& slot = st.shared[static_cast<std::uint64_t>(key) % st.shared.size()];
-  std::unique_lock<std::mutex> lk;
+  std::unique_lock<detail::PgTurn> lk;
   std::shared_ptr<detail::PgSharedSession> sh = shared_session(st, slot, lk);
   const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", r.name, key); };
   const SteadyTime deadline = after(o.statement_timeout);
@@ -776,22 +821,65 @@ AcquireResult<PgLockHandle> shared_wait(PostgresBackend& self, detail::PgBackend
   }
 }
 
+// What the unlock `out` of `key` on a shared session means (with its turn held;
+// shared by shared_release and the asynchronous release).
+ReleaseResult shared_released(const PostgresOptions& o, std::string_view endpoint, std::string_view name,
+                              std::int64_t key, detail::PgSharedSession& sh, const PgOutcome& out) {
+  if (!out.ok()) {
+    // The session failed or is in doubt: closing it frees this lock (and the others on it).
+    detail::lose(sh, fmt::format("release of lock '{}' failed: {}", name, why(out)));
+    if (out.fail == PgOutcome::Fail::timeout)
+      detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, key),
+                            o.statement_timeout);
+    return ReleaseResult::not_held;
+  }
+  sh.keys.erase(key);
+  return text_is_true(out.result.get(), 0, 0) ? ReleaseResult::released : ReleaseResult::not_held;
+}
+
 ReleaseResult shared_release(detail::PgBackendState& st, const PostgresOptions& o, std::string_view endpoint,
                              std::string_view name, PgLockHandle& h, std::shared_ptr<detail::PgSharedSession> sh) {
   std::lock_guard lk(sh->mu);
   if (!sh->session || !sh->keys.count(h.key())) return ReleaseResult::not_held;
   PgOutcome out =
       sh->session->run(st.statements.shared_unlock(), {PgParam::int8(h.key())}, true, after(o.statement_timeout));
+  return shared_released(o, endpoint, name, h.key(), *sh, out);
+}
+
+[[nodiscard]] LockLostError shared_lost(std::string_view endpoint, std::string_view name,
+                                        const detail::PgSharedSession& sh) {
+  return LockLostError(
+      fmt::format("dlock: the shared session holding lock '{}' on postgres {} ended ({}); the server "
+                  "released the lock, and every other lock on that session, with it",
+                  name, endpoint, sh.lost_why));
+}
+
+// A shared-session extend's answer when it needs no round trip (with the turn
+// held): not held (nullopt), proven by a round trip sent since `entered`, or
+// lost (thrown); empty when a round trip is needed.
+std::optional<std::optional<TimePoint>> shared_extend_known(std::string_view endpoint, std::string_view name,
+                                                            std::int64_t key, const detail::PgSharedSession& sh,
+                                                            std::chrono::milliseconds ttl, TimePoint started,
+                                                            SteadyTime entered) {
+  if (!sh.session) throw shared_lost(endpoint, name, sh);
+  if (!sh.keys.count(key)) return std::optional<TimePoint>();
+  if (sh.proven >= entered && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
+  return std::nullopt;
+}
+
+// What a shared session's extend round trip `out` (sent at `sent`, for the
+// session-wide `ttl_ms`) means, with the turn held.
+std::optional<TimePoint> shared_extended(std::string_view endpoint, std::string_view name, detail::PgSharedSession& sh,
+                                         const PgOutcome& out, std::int64_t ttl_ms, SteadyTime sent,
+                                         std::chrono::milliseconds ttl, TimePoint started) {
   if (!out.ok()) {
-    // The session failed or is in doubt: closing it frees this lock (and the others on it).
-    detail::lose(*sh, fmt::format("release of lock '{}' failed: {}", name, why(out)));
-    if (out.fail == PgOutcome::Fail::timeout)
-      detail::throw_outcome(out, endpoint, fmt::format("release of lock '{}' (key {})", name, h.key()),
-                            o.statement_timeout);
-    return ReleaseResult::not_held;
+    detail::lose(sh, why(out));
+    throw shared_lost(endpoint, name, sh);
   }
-  sh->keys.erase(h.key());
-  return text_is_true(out.result.get(), 0, 0) ? ReleaseResult::released : ReleaseResult::not_held;
+  sh.proven = sent;
+  sh.ttl_ms = ttl_ms;
+  sh.session->keepalive_ttl_ms = ttl_ms;
+  return detail::saturating_add(started, ttl);
 }
 
 // A successful round trip on the shared session proves it alive and restarts
@@ -806,27 +894,14 @@ std::optional<TimePoint> shared_extend(detail::PgBackendState& st, const Postgre
   const SteadyTime entered = std::chrono::steady_clock::now();
   detail::PgSharedSession& sh = detail::PgHandleAccess::shared(h);
   std::lock_guard lk(sh.mu);
-  if (sh.session && !sh.keys.count(h.key())) return std::nullopt;
-  if (sh.session && sh.proven >= entered && ttl.count() <= sh.ttl_ms) return detail::saturating_add(started, ttl);
-  if (sh.session) {
-    const std::int64_t ttl_ms = std::max<std::int64_t>(sh.ttl_ms, ttl.count());
-    std::vector<PgParam> params;
-    detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
-    const SteadyTime sent = std::chrono::steady_clock::now();
-    PgOutcome out =
-        sh.session->run(st.statements.get(*sh.session, false).extend, params, true, after(o.statement_timeout));
-    if (out.ok()) {
-      sh.proven = sent;
-      sh.ttl_ms = ttl_ms;
-      sh.session->keepalive_ttl_ms = ttl_ms;
-      return detail::saturating_add(started, ttl);
-    }
-    detail::lose(sh, why(out));
-  }
-  throw LockLostError(
-      fmt::format("dlock: the shared session holding lock '{}' on postgres {} ended ({}); the server "
-                  "released the lock, and every other lock on that session, with it",
-                  name, endpoint, sh.lost_why));
+  if (auto known = shared_extend_known(endpoint, name, h.key(), sh, ttl, started, entered)) return *known;
+  const std::int64_t ttl_ms = std::max<std::int64_t>(sh.ttl_ms, ttl.count());
+  std::vector<PgParam> params;
+  detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
+  const SteadyTime sent = std::chrono::steady_clock::now();
+  PgOutcome out =
+      sh.session->run(st.statements.get(*sh.session, false).extend, params, true, after(o.statement_timeout));
+  return shared_extended(endpoint, name, sh, out, ttl_ms, sent, ttl, started);
 }
 
 }  // namespace
@@ -963,8 +1038,8 @@ void complete_now(Done& done, Op op) {
   done(error, std::move(result));
 }
 
-// The blocking operation `op`, run at once, its outcome posted to `ex`: the
-// modes whose asynchronous form is not written yet (docs/postgres.md).
+// The blocking operation `op`, run at once, its outcome posted to `ex`: for
+// the calls that send nothing (an extend of a lease that holds no session).
 template <class R, class Done, class Op>
 void post_blocking(const boost::asio::any_io_executor& ex, Done done, Op op) {
   std::exception_ptr error;
@@ -1002,33 +1077,92 @@ AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgB
   return g;
 }
 
+// Whether a transaction-scope try's answer `out` on `s` leaves a transaction
+// to roll back before `s` can return to the pool (as the blocking acquire
+// does): a refusal (not granted), or lock_timeout / deadlock on a healthy
+// connection. The value: the answer means contention (else an error to throw).
+std::optional<bool> xact_rollback(const PgOutcome& out, detail::PgSession& s) {
+  if (PQtransactionStatus(s.conn()) == PQTRANS_IDLE) return std::nullopt;  // session scope, or no transaction left
+  if (out.ok()) {
+    if (text_is_true(out.result.get(), 0, 0)) return std::nullopt;  // granted: the transaction holds the lock
+    return true;
+  }
+  const std::string_view code = out.sqlstate();
+  if (out.fail == PgOutcome::Fail::none && (code == "55P03" || code == "40P01") && PQstatus(s.conn()) == CONNECTION_OK)
+    return code == "55P03";
+  return std::nullopt;  // any other failure: the session is closed, which ends the transaction
+}
+
+// After the ROLLBACK `rb` of a transaction-scope try that did not take the
+// lock: the connection back to the pool (it drops it when the ROLLBACK
+// failed), and Contended, or the answer's error.
+AcquireResult<PgLockHandle> rolled_back(const PostgresBackend& self, detail::PgBackendState& st, std::string_view name,
+                                        std::int64_t key, PgSessionPtr s, const PgOutcome& answer, const PgOutcome& rb,
+                                        bool contended) {
+  const auto what = [&] { return fmt::format("acquire of lock '{}' (key {})", name, key); };
+  const auto timeout = self.options().statement_timeout;
+  if (answer.ok() && !rb.ok()) detail::throw_outcome(rb, self.endpoint(), what(), timeout);
+  st.checkin(std::move(s));
+  if (!contended) detail::throw_outcome(answer, self.endpoint(), what(), timeout);
+  return Contended{};
+}
+
+// The turn of a shared session, held by an asynchronous operation: given back
+// when the last handler that holds it is done or destroyed (also when its
+// io_context stops with the handler queued), so blocking callers never wait forever.
+struct PgTurnHeld {
+  explicit PgTurnHeld(std::shared_ptr<detail::PgSharedSession> s) noexcept : sh(std::move(s)) {}
+  std::shared_ptr<detail::PgSharedSession> sh;
+  PgTurnHeld(const PgTurnHeld&) = delete;
+  PgTurnHeld& operator=(const PgTurnHeld&) = delete;
+  ~PgTurnHeld() { sh->mu.unlock(); }
+};
+using PgTurnPtr = std::shared_ptr<PgTurnHeld>;
+
+// Runs `fn` on `ex` with the turn of `sh` (never inside this call): taken
+// without blocking, else tried again every millisecond (as a full pool is).
+void with_turn(std::shared_ptr<detail::PgSharedSession> sh, const boost::asio::any_io_executor& ex,
+               std::function<void(PgTurnPtr)> fn) {
+  if (sh->mu.try_lock()) {
+    PgTurnPtr turn;
+    try {
+      turn = std::make_shared<PgTurnHeld>(sh);
+    } catch (...) {
+      sh->mu.unlock();
+      throw;
+    }
+    boost::asio::post(ex, [fn = std::move(fn), turn = std::move(turn)]() mutable { fn(std::move(turn)); });
+    return;
+  }
+  auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::chrono::milliseconds(1));
+  timer->async_wait([sh = std::move(sh), ex, fn = std::move(fn), timer](const boost::system::error_code&) mutable {
+    with_turn(std::move(sh), ex, std::move(fn));
+  });
+}
+
 using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
 
 // A pooled connection without blocking: an idle one, else a new one opened
 // asynchronously (async_connect), else (all pool_size in use) tried again
-// every millisecond on `ex` until connect_timeout, then failing as checkout()
+// every millisecond on `ex` until `deadline`, then failing as checkout()
 // does. `then` runs on `ex` (an idle session: directly from here or a timer's
 // handler; otherwise posted).
 void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, const boost::asio::any_io_executor& ex,
                     SteadyTime deadline, SessionThen then) {
-  PgSessionPtr s;
-  bool reserved = false;
+  detail::PgPool::Taken taken;
   try {
-    const bool last = std::chrono::steady_clock::now() >= deadline;
-    s = st.checkout(deadline, last, &reserved);
-    if (reserved) {
-      st.async_connect(ex, [keep, &st, then](std::exception_ptr e, PgSessionPtr opened) {
-        if (e) st.closed();
-        then(e, std::move(opened));
-      });
+    taken = st.try_checkout();
+    if (taken.reserved) {
+      st.async_connect(ex, *taken.reserved,
+                       [keep, then](std::exception_ptr e, PgSessionPtr opened) { then(e, std::move(opened)); });
       return;
     }
+    if (!taken.session && std::chrono::steady_clock::now() >= deadline) throw st.pool_full();
   } catch (...) {
-    if (reserved) st.closed();
     boost::asio::post(ex, [then = std::move(then), e = std::current_exception()] { then(e, nullptr); });
     return;
   }
-  if (s) return then(nullptr, std::move(s));
+  if (taken.session) return then(nullptr, std::move(taken.session));
   auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::chrono::milliseconds(1));
   timer->async_wait([keep = std::move(keep), &st, ex, deadline, then = std::move(then),
                      timer](const boost::system::error_code&) mutable {
@@ -1036,52 +1170,301 @@ void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, cons
   });
 }
 
+// A try on the shared session of the key's slot without blocking: shared_try's
+// steps, each a handler on `ex`: the slot and the session's turn are taken with
+// try_lock (again after 1 ms when busy), an ended session is replaced by a
+// connection from async_checkout, the abandoned leases' keys are unlocked and
+// the try sent, each an asynchronous round trip.
+class PgAsyncSharedTry : public std::enable_shared_from_this<PgAsyncSharedTry> {
+ public:
+  PgAsyncSharedTry(PostgresBackend self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                   const AcquireRequest& r, std::int64_t key, bool fence, const boost::asio::any_io_executor& ex,
+                   AcquireCompletion<PgLockHandle> done)
+      : self_(std::move(self)),
+        keep_(std::move(keep)),
+        st_(st),
+        slot_(st.shared[static_cast<std::uint64_t>(key) % st.shared.size()]),
+        name_(r.name),
+        ttl_(r.ttl),
+        started_(r.started),
+        key_(key),
+        fence_(fence),
+        ex_(ex),
+        done_(std::move(done)) {}
+
+  void start() {
+    boost::asio::post(ex_, [self = shared_from_this()] { self->find(); });
+  }
+
+ private:
+  using Step = void (PgAsyncSharedTry::*)();
+  void later(Step next) {
+    auto timer = std::make_shared<boost::asio::steady_timer>(ex_, std::chrono::milliseconds(1));
+    timer->async_wait([self = shared_from_this(), timer, next](const boost::system::error_code&) { (*self.*next)(); });
+  }
+  [[nodiscard]] std::string what() const { return fmt::format("acquire of lock '{}' (key {})", name_, key_); }
+  [[nodiscard]] SteadyTime deadline() const { return after(self_.options().statement_timeout); }
+
+  // The slot's session with its turn, or a replacement when it ended (as shared_session()).
+  void find() {
+    std::unique_lock slot_lk(slot_.mu, std::try_to_lock);
+    if (!slot_lk) return later(&PgAsyncSharedTry::find);
+    seen_ = slot_.current;
+    if (seen_) {
+      if (!seen_->mu.try_lock()) {
+        slot_lk.unlock();
+        return later(&PgAsyncSharedTry::find);
+      }
+      turn_ = std::make_shared<PgTurnHeld>(seen_);
+      slot_lk.unlock();
+      if (seen_->session && seen_->session->reusable()) {
+        sh_ = seen_;
+        return unlock_orphans();
+      }
+      if (seen_->session)
+        detail::lose(*seen_, seen_->session->inherited()
+                                 ? "the session was opened before fork(); the parent process holds its locks"
+                                 : "the server ended the session (terminated, idle timeout or restart)");
+      turn_.reset();
+    } else {
+      slot_lk.unlock();
+    }
+    async_checkout(keep_, st_, ex_, after(self_.options().connect_timeout),
+                   [self = shared_from_this()](std::exception_ptr e, PgSessionPtr s) {
+                     if (e) return self->finish(e, Contended{});
+                     self->fresh_ = std::move(s);
+                     self->install();
+                   });
+  }
+  // Installs the new session in the slot unless another caller replaced the one seen meanwhile.
+  void install() {
+    std::unique_lock slot_lk(slot_.mu, std::try_to_lock);
+    if (!slot_lk) return later(&PgAsyncSharedTry::install);
+    if (slot_.current != seen_) {
+      slot_lk.unlock();
+      st_.checkin(std::move(fresh_));
+      return find();
+    }
+    auto next = std::make_shared<detail::PgSharedSession>();
+    next->session = std::move(fresh_);
+    next->mu.lock();  // new: nobody else has it yet
+    turn_ = std::make_shared<PgTurnHeld>(next);
+    slot_.current = next;
+    slot_lk.unlock();
+    sh_ = std::move(next);
+    unlock_orphans();
+  }
+  void unlock_orphans() {
+    if (!orphans_taken_) {
+      orphans_taken_ = true;
+      std::lock_guard lk(sh_->orphans_mu);
+      orphans_.swap(sh_->orphans);
+    }
+    while (!orphans_.empty() && !sh_->keys.count(orphans_.back())) orphans_.pop_back();
+    if (orphans_.empty()) return attempt();
+    const std::int64_t key = orphans_.back();
+    sh_->session->async_run(st_.statements.shared_unlock(), {PgParam::int8(key)}, true, deadline(), ex_,
+                            [self = shared_from_this(), key](PgOutcome o) {
+                              if (!o.ok()) {
+                                detail::lose(*self->sh_, fmt::format("unlocking an abandoned lock failed: {}", why(o)));
+                                return self->finish(std::make_exception_ptr(self->session_ended()), Contended{});
+                              }
+                              self->sh_->keys.erase(key);
+                              self->orphans_.pop_back();
+                              self->unlock_orphans();
+                            });
+  }
+  [[nodiscard]] ConnectionError session_ended() const {
+    return ConnectionError(fmt::format("dlock: PostgreSQL {}: {}: the shared session ended ({})", self_.endpoint(),
+                                       what(), sh_->lost_why));
+  }
+  void attempt() {
+    if (sh_->keys.count(key_)) return finish(nullptr, Contended{});  // held by another Lock of this process
+    detail::PgSession& s = *sh_->session;
+    ttl_ms_ = std::max<std::int64_t>(sh_->ttl_ms, ttl_.count());  // the session's idle timeout only grows
+    std::vector<PgParam> params{PgParam::int8(key_)};
+    detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms_));
+    if (fence_) params.push_back(PgParam::text(self_.options().fencing_sequence));
+    keepalives_ = s.keepalive_ttl_ms != ttl_ms_;
+    sent_ = std::chrono::steady_clock::now();
+    s.async_run(st_.statements.get(s, false).try_[fence_][keepalives_], params, true, deadline(), ex_,
+                [self = shared_from_this()](PgOutcome out) { self->answered(std::move(out)); });
+  }
+  void answered(PgOutcome out) {
+    detail::PgSession& s = *sh_->session;
+    if (!out.ok()) {
+      std::exception_ptr error;
+      try {
+        detail::throw_outcome(out, self_.endpoint(), what(), self_.options().statement_timeout);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      const bool server_error = out.fail == PgOutcome::Fail::none && PQstatus(s.conn()) == CONNECTION_OK &&
+                                PQtransactionStatus(s.conn()) == PQTRANS_IDLE;
+      const std::string lost = fmt::format("{} failed: {}", what(), why(out));
+      if (!server_error) {
+        detail::lose(*sh_, lost);
+        return finish(error, Contended{});
+      }
+      // As shared_try: an unlock that succeeds undoes a lock taken before the error.
+      s.async_run(st_.statements.shared_unlock(), {PgParam::int8(key_)}, true, deadline(), ex_,
+                  [self = shared_from_this(), error, lost](PgOutcome u) {
+                    if (!u.ok()) detail::lose(*self->sh_, lost);
+                    self->finish(error, Contended{});
+                  });
+      return;
+    }
+    sh_->proven = sent_;
+    sh_->ttl_ms = ttl_ms_;
+    if (keepalives_) s.keepalive_ttl_ms = ttl_ms_;
+    const PGresult* res = out.result.get();
+    if (!text_is_true(res, 0, 0)) return finish(nullptr, Contended{});
+    sh_->keys.insert(key_);
+    Grant<PgLockHandle> g;
+    if (fence_ && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+    g.valid_until = detail::saturating_add(started_, ttl_);
+    detail::PgHandleAccess::fill(g.handle, sh_, key_, s.pid());
+    finish(nullptr, std::move(g));
+  }
+  void finish(std::exception_ptr error, AcquireResult<PgLockHandle> result) {
+    turn_.reset();  // given back before the completion runs
+    done_(error, std::move(result));
+  }
+
+  PostgresBackend self_;
+  std::shared_ptr<void> keep_;
+  detail::PgBackendState& st_;
+  detail::PgSharedSlot& slot_;
+  std::string_view name_;
+  std::chrono::milliseconds ttl_;
+  TimePoint started_;
+  std::int64_t key_;
+  bool fence_;
+  boost::asio::any_io_executor ex_;
+  AcquireCompletion<PgLockHandle> done_;
+  std::shared_ptr<detail::PgSharedSession> seen_, sh_;
+  PgTurnPtr turn_;
+  PgSessionPtr fresh_;
+  std::vector<std::int64_t> orphans_;
+  bool orphans_taken_ = false;
+  std::int64_t ttl_ms_ = 0;
+  bool keepalives_ = false;
+  SteadyTime sent_{};
+};
+
 }  // namespace
 
 void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                         AcquireCompletion<Handle> done) {
   const PostgresOptions& o = state_->options;
-  if (o.shared_sessions > 0 || o.scope == PostgresOptions::Scope::transaction)
-    return post_blocking<AcquireResult<Handle>>(ex, std::move(done), [&] { return try_acquire(request); });
+  const bool xact = o.scope == PostgresOptions::Scope::transaction;
   std::int64_t key = 0;
-  bool fence = false;
   try {
     key = advisory_key(request.name);
-    fence = has_fencing();
   } catch (...) {
     boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e, Contended{}); });
     return;
   }
   detail::PgBackendState& st = state(state_->pool);
+  const int fencing = st.fencing.load(std::memory_order_acquire);
+  if (fencing < 0) {
+    // A backend's first try asks whether the fencing sequence exists (cached
+    // then, as has_fencing() does), without blocking, and starts again.
+    async_checkout(
+        state_, st, ex, after(o.connect_timeout),
+        [self = *this, &st, request, ex, done = std::move(done)](std::exception_ptr e, PgSessionPtr s) mutable {
+          if (e) return done(e, Contended{});
+          detail::PgSession& session = *s;
+          auto held = std::make_shared<PgSessionPtr>(std::move(s));
+          const std::string& seq = self.options().fencing_sequence;
+          session.async_run(exists_probe(), {PgParam::text(seq), PgParam::text("S")}, false,
+                            after(self.options().statement_timeout), ex,
+                            [self, &st, held, request, ex, done](PgOutcome out) mutable {
+                              if (!out.ok()) {
+                                return complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+                                  detail::throw_outcome(out, self.endpoint(), "looking up the fencing sequence",
+                                                        self.options().statement_timeout);
+                                });
+                              }
+                              const bool present = text_is_true(out.result.get(), 0, 0);
+                              st.checkin(std::move(*held));
+                              int expected = -1;
+                              st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
+                              self.async_try_acquire(request, ex, std::move(done));
+                            });
+        });
+    return;
+  }
+  const bool fence = fencing == 1;
+  if (o.shared_sessions > 0) {
+    std::make_shared<PgAsyncSharedTry>(*this, state_, st, request, key, fence, ex, std::move(done))->start();
+    return;
+  }
   const std::string_view name = request.name;
   const std::chrono::milliseconds ttl = request.ttl;
   const TimePoint started = request.started;
-  async_checkout(state_, st, ex, after(o.connect_timeout),
-                 [self = *this, &st, ex, name, ttl, started, key, fence, done = std::move(done)](
-                     std::exception_ptr e, PgSessionPtr s) mutable {
-                   if (e) return done(e, Contended{});
-                   const auto& set = st.statements.get(*s, false);
-                   std::vector<PgParam> params{PgParam::int8(key)};
-                   detail::push_ttl_params(params, ttl);
-                   if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
-                   const bool keepalives = s->keepalive_ttl_ms != ttl.count();
-                   detail::PgSession& session = *s;
-                   auto held = std::make_shared<PgSessionPtr>(std::move(s));
-                   session.async_run(
-                       set.try_[fence][keepalives], params, true, after(self.options().statement_timeout), ex,
-                       [self, &st, held, name, ttl, started, key, fence, keepalives, done](PgOutcome out) mutable {
-                         complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
-                           return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held),
-                                              out);
-                         });
-                       });
-                 });
+  async_checkout(
+      state_, st, ex, after(o.connect_timeout),
+      [self = *this, &st, ex, name, ttl, started, key, fence, xact, done = std::move(done)](std::exception_ptr e,
+                                                                                            PgSessionPtr s) mutable {
+        if (e) return done(e, Contended{});
+        const auto& set = st.statements.get(*s, xact);
+        std::vector<PgParam> params{PgParam::int8(key)};
+        detail::push_ttl_params(params, ttl);
+        if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
+        const bool keepalives = s->keepalive_ttl_ms != ttl.count();
+        detail::PgSession& session = *s;
+        auto held = std::make_shared<PgSessionPtr>(std::move(s));
+        auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, done](PgOutcome out) mutable {
+          if (auto rollback = xact_rollback(out, **held)) {
+            // A transaction-scope try that did not take the lock: end its transaction first.
+            auto answer = std::make_shared<PgOutcome>(std::move(out));
+            (*held)->async_command(
+                "ROLLBACK", after(self.options().statement_timeout), ex,
+                [self, &st, held, name, key, answer, done, contended = *rollback](PgOutcome rb) mutable {
+                  complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+                    return rolled_back(self, st, name, key, std::move(*held), *answer, rb, contended);
+                  });
+                });
+            return;
+          }
+          complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+            return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held), out);
+          });
+        };
+        const SteadyTime deadline = after(self.options().statement_timeout);
+        if (xact) {  // BEGIN and the try in one round trip, as the blocking acquire
+          const std::vector<PgParam> no_params;
+          session.async_run_pipelined({{st.statements.begin(), no_params}, {set.try_[fence][keepalives], params}},
+                                      false, deadline, ex, std::move(then));
+        } else {
+          session.async_run(set.try_[fence][keepalives], params, true, deadline, ex, std::move(then));
+        }
+      });
 }
 
 void PostgresBackend::async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
                                     ReleaseCompletion done) {
-  if (lease.handle.shared_)
-    return post_blocking<ReleaseResult>(ex, std::move(done), [&] { return release(name, lease); });
+  if (lease.handle.shared_) {  // an unlock on the shared session, once it is this operation's turn
+    auto sh = std::move(lease.handle.shared_);
+    const std::int64_t key = lease.handle.key_;
+    with_turn(sh, ex, [self = *this, sh, key, name, ex, done = std::move(done)](PgTurnPtr turn) mutable {
+      if (!sh->session || !sh->keys.count(key)) {
+        turn.reset();
+        return done(nullptr, ReleaseResult::not_held);
+      }
+      detail::PgBackendState& st = state(self.state_->pool);
+      sh->session->async_run(st.statements.shared_unlock(), {PgParam::int8(key)}, true,
+                             after(self.options().statement_timeout), ex,
+                             [self, sh, key, name, turn = std::move(turn), done](PgOutcome out) mutable {
+                               complete_now<ReleaseResult>(done, [&] {
+                                 const PgTurnPtr mine = std::move(turn);  // given back before `done` runs
+                                 return shared_released(self.options(), self.endpoint(), name, key, *sh, out);
+                               });
+                             });
+    });
+    return;
+  }
   auto held = std::make_shared<PgSessionPtr>(std::move(lease.handle.session_));
   if (!*held) {
     boost::asio::post(ex, [done = std::move(done)] { done(nullptr, ReleaseResult::not_held); });
@@ -1104,7 +1487,41 @@ void PostgresBackend::async_release(std::string_view name, Lease<Handle>& lease,
 
 void PostgresBackend::async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                    TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
-  if (lease.handle.shared_ || !lease.handle.session_)
+  if (lease.handle.shared_) {  // as extend(): one round trip on the shared session, once it is our turn
+    const SteadyTime entered = std::chrono::steady_clock::now();
+    const std::int64_t key = lease.handle.key_;
+    auto sh = lease.handle.shared_;
+    with_turn(sh, ex,
+              [self = *this, sh, key, name, ttl, started, entered, ex, done = std::move(done)](PgTurnPtr turn) mutable {
+                std::optional<std::optional<TimePoint>> known;
+                try {
+                  known = shared_extend_known(self.endpoint(), name, key, *sh, ttl, started, entered);
+                } catch (...) {
+                  turn.reset();
+                  return done(std::current_exception(), std::nullopt);
+                }
+                if (known) {
+                  turn.reset();
+                  return done(nullptr, *known);
+                }
+                const std::int64_t ttl_ms = std::max<std::int64_t>(sh->ttl_ms, ttl.count());
+                std::vector<PgParam> params;
+                detail::push_ttl_params(params, std::chrono::milliseconds(ttl_ms));
+                const SteadyTime sent = std::chrono::steady_clock::now();
+                detail::PgBackendState& st = state(self.state_->pool);
+                sh->session->async_run(
+                    st.statements.get(*sh->session, false).extend, params, true,
+                    after(self.options().statement_timeout), ex,
+                    [self, sh, name, ttl, started, ttl_ms, sent, turn = std::move(turn), done](PgOutcome out) mutable {
+                      complete_now<std::optional<TimePoint>>(done, [&] {
+                        const PgTurnPtr mine = std::move(turn);  // given back before `done` runs
+                        return shared_extended(self.endpoint(), name, *sh, out, ttl_ms, sent, ttl, started);
+                      });
+                    });
+              });
+    return;
+  }
+  if (!lease.handle.session_)
     return post_blocking<std::optional<TimePoint>>(ex, std::move(done),
                                                    [&] { return extend(name, lease, ttl, started); });
   detail::PgSession& s = *lease.handle.session_;

@@ -24,8 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include "async_support.hpp"
 #include "key_outlives_validity.hpp"
-#include "loop_ticker.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -42,8 +42,6 @@ using Clock = std::chrono::steady_clock;
 static_assert(dlock::AsyncBackend<MemoryBackend>);
 static_assert(!dlock::AsyncBackend<dlock::test::FaultyBackend>);
 
-using dlock::test::Ticker;
-
 namespace {
 
 const LockOptions fast{.ttl = 10s, .retry = {.initial_delay = 200us, .max_delay = 2ms}};
@@ -55,58 +53,17 @@ TEST(Async, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
   MemoryBackend mem;
   auto observer = std::make_shared<RecordingObserver>();
   constexpr int coroutines = 200, cycles = 5, names = 4;
-  struct Shared {
-    long counter = 0;
-    std::uint64_t last_token = 0;
-    bool tokens_increase = true;
-  };
-  std::vector<Shared> shared(names);
   std::vector<std::unique_ptr<Lock<MemoryBackend>>> locks;
   for (int i = 0; i < coroutines; ++i) {
     // 50 waiters per name, woken by releases (AsyncNotifiesRelease) or their backoff.
     LockOptions o{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}, .observer = observer};
     locks.push_back(std::make_unique<Lock<MemoryBackend>>(mem, "job" + std::to_string(i % names), o));
   }
-  int finished = 0;
-  for (int i = 0; i < coroutines; ++i) {
-    asio::co_spawn(
-        io,
-        [&, i]() -> awaitable<void> {
-          Shared& s = shared[i % names];
-          for (int c = 0; c < cycles; ++c) {
-            auto g = co_await locks[i]->async_acquire(use_awaitable);
-            const std::uint64_t token = g.fencing_token();
-            if (token <= s.last_token) s.tokens_increase = false;
-            s.last_token = token;
-            const long seen = s.counter;
-            co_await asio::post(io, use_awaitable);  // hold it across a suspension: an overlap loses an increment
-            s.counter = seen + 1;
-            if (c % 2 == 0) {
-              co_await g.async_release(use_awaitable);
-            }  // else the guard's destructor starts the release
-          }
-          ++finished;
-        },
-        asio::detached);
-  }
-  Ticker ticker(io);
-  ticker.arm(Clock::now() + 1ms);
-  const auto start = Clock::now();
-  while (finished < coroutines && Clock::now() - start < 60s) io.run_one_for(100ms);
-  ticker.stop = true;
-  io.run_for(50ms);
-  const auto took = Clock::now() - start;
-  std::printf("%d acquisitions in %lld ms on one thread; 1 ms timer: %d ticks, worst lag %lld us\n",
-              coroutines * cycles,
-              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()), ticker.ticks,
-              static_cast<long long>(std::chrono::duration_cast<std::chrono::microseconds>(ticker.worst).count()));
-  ASSERT_EQ(finished, coroutines);
-  long total = 0;
-  for (const auto& s : shared) {
-    EXPECT_TRUE(s.tokens_increase);
-    total += s.counter;
-  }
-  EXPECT_EQ(total, coroutines * cycles);
+  const auto seen = dlock::test::contend(io, locks, names, cycles, /*guard_releases=*/true, 60s);
+  ASSERT_EQ(seen.finished, coroutines);
+  EXPECT_EQ(seen.failed, 0);
+  EXPECT_TRUE(seen.tokens_increase);
+  EXPECT_EQ(seen.total, coroutines * cycles);
   EXPECT_EQ(observer->count(EventType::acquired), static_cast<std::size_t>(coroutines * cycles));
   EXPECT_EQ(observer->count(EventType::released), static_cast<std::size_t>(coroutines * cycles));
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -114,7 +71,7 @@ TEST(Async, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
 #else
   constexpr auto lag_bound = 100ms;
 #endif
-  EXPECT_LT(ticker.worst, lag_bound) << "the loop's thread was blocked";
+  EXPECT_LT(seen.worst_lag, lag_bound) << "the loop's thread was blocked";
   for (int n = 0; n < names; ++n) {
     Lock<MemoryBackend> probe(mem, "job" + std::to_string(n));
     EXPECT_TRUE(probe.try_lock()) << "left held: job" << n;

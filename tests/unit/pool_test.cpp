@@ -146,6 +146,51 @@ TEST(Pool, AFailedOpenFreesItsSlot) {
   EXPECT_TRUE(pool.take(0ms, std::ref(open)));
 }
 
+TEST(Pool, ARetiredHandleFreesItsSlotAndSuspectsNothing) {
+  Pool pool(2, [](const Handle& h) { return !h->broken; });
+  Opener open;
+  auto a = pool.take(0ms, std::ref(open));
+  auto b = pool.take(0ms, std::ref(open));
+  ASSERT_TRUE(a && b);
+  pool.give_back(std::move(*a), true);  // idle
+  const auto gen = pool.generation();
+  pool.retire(std::move(*b));  // closed on purpose, healthy
+  EXPECT_EQ(pool.generation(), gen);
+  EXPECT_EQ(pool.open_count(), 1u);
+  auto c = pool.take(0ms, std::ref(open));  // the idle one is still good
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->handle->id, 1);
+  auto d = pool.take(0ms, std::ref(open));  // and the retired one's slot is free
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->handle->id, 3);
+  pool.give_back(std::move(*c), true);
+  pool.give_back(std::move(*d), true);
+}
+
+TEST(Pool, AnEmptyHandleReservesASlotForAnAsynchronousOpen) {
+  Pool pool(1, [](const Handle& h) { return h && !h->broken; });
+  auto r = pool.take(0ms, [] { return Handle(); });  // reserved: opened later, without blocking
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->handle);
+  EXPECT_EQ(pool.open_count(), 1u);
+  Opener open;
+  EXPECT_FALSE(pool.take(0ms, std::ref(open)));  // the reservation counts
+  r->handle = std::make_shared<Conn>(Conn{7});   // the open succeeded
+  pool.give_back(std::move(*r), true);
+  auto a = pool.take(0ms, std::ref(open));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->handle->id, 7);
+  pool.give_back(std::move(*a), true);
+  // An open that failed: given back unhealthy, the slot is freed and the idle ones suspect.
+  Pool other(1);
+  auto f = other.take(0ms, [] { return Handle(); });
+  ASSERT_TRUE(f);
+  const auto gen = other.generation();
+  other.give_back(std::move(*f), false);
+  EXPECT_EQ(other.open_count(), 0u);
+  EXPECT_EQ(other.generation(), gen + 1);
+}
+
 TEST(Pool, AChildDropsWhatItInherited) {
   Pool pool(2, [](const Handle& h) { return !h->broken; });
   Opener open;

@@ -1,6 +1,6 @@
 // Internal: a bounded, thread-safe pool of connections, generic over the
-// connection handle (the Redis transport's links; meant for PostgreSQL's
-// sessions too), so the pool logic exists once.
+// connection handle (the Redis transport's links and PostgreSQL's
+// sessions), so the pool logic exists once.
 //
 //  - bounded: at most `capacity` handles are open (idle or checked out);
 //    take() beyond that waits for one to come back, up to a given time;
@@ -9,6 +9,12 @@
 //    list. A broken one bumps the generation: the handles taken before it
 //    (idle, or checked out and given back later) are suspect (same server)
 //    and dropped when next met; invalidate() bumps it too (a failover);
+//  - a handle closed on purpose while healthy (its session state was changed
+//    for good, or it holds something only closing it frees) is retire()d:
+//    its slot is freed and nothing else is suspected;
+//  - asynchronous opening: `open()` may return an empty handle, which
+//    reserves the slot; the caller opens the connection without blocking and
+//    fills the Checkout's handle, or gives it back unhealthy when that failed;
 //  - fork(): a pool used in a child process drops what it inherited (the
 //    handles' destructors must then send nothing: the parent owns the
 //    sessions), bumps the generation and counts from zero. A handle checked
@@ -64,6 +70,10 @@ class Pool {
         --open_;  // dropped: from before a failure, or no longer usable
       }
       if (open_ < capacity_) break;
+      // No wait asked for: return at once (a condition variable's wait for a
+      // time already past still sleeps in the kernel, ~0.1 ms, which a caller
+      // polling from an event loop pays on every poll).
+      if (wait <= std::chrono::nanoseconds::zero()) return std::nullopt;
       if (!free_cv_.wait_until(lk, until, [&] { return !idle_.empty() || open_ < capacity_; })) return std::nullopt;
     }
     ++open_;
@@ -102,6 +112,17 @@ class Pool {
           --open_;
         }
       }
+    }
+    free_cv_.notify_one();
+  }
+
+  /// Drops a checked-out handle that is healthy but must not be reused (see
+  /// above): frees its slot without bumping the generation.
+  void retire(Checkout c) noexcept {
+    {
+      std::lock_guard lk(mu_);
+      forked_check();
+      if (c.epoch == epoch_) --open_;
     }
     free_cv_.notify_one();
   }

@@ -11,6 +11,7 @@
 #include <future>
 #include <mutex>
 #include <sstream>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -201,6 +202,46 @@ TEST(Postgres, BlockingLockIsHandedOverByTheServerQueueWithoutPolling) {
   EXPECT_LT(handoff, 200ms);
   // One attempt waited in the server's queue for the whole hold (the slice is 5 s).
   EXPECT_EQ(obs->count(dlock::EventType::attempt), 1u);
+}
+
+// A stop request ends an acquire queued in the server: the server-side wait
+// is cut short by its 250 ms slice (lock_timeout), nothing is left queued or
+// held on the server, and the waiting session goes back to the pool, reusable
+// (or, had the wait failed, is dropped): no connection leaks.
+TEST(Postgres, AStopRequestEndsAServerSideWaitAndTheSessionIsReusable) {
+  PostgresBackend pg(options());
+  PgLock holder(pg, test_name(), {.ttl = 10s});
+  ASSERT_TRUE(holder.try_lock());
+  auto obs = std::make_shared<dlock::test::RecordingObserver>();
+  PgLock waiter(pg, test_name(), {.ttl = 10s, .observer = obs});
+  std::stop_source stop;
+  std::atomic<bool> cancelled{false};
+  std::thread t([&] {
+    try {
+      (void)waiter.try_lock_for(30s, stop.get_token());
+    } catch (const dlock::CancelledError&) {
+      cancelled = true;
+    }
+  });
+  RawConn probe(conninfo());
+  const std::int64_t key = pg.advisory_key(test_name());
+  ASSERT_TRUE(dlock::test::eventually([&] { return has_waiter(probe, key); }, 5s));
+  const auto requested = std::chrono::steady_clock::now();
+  stop.request_stop();
+  t.join();
+  EXPECT_TRUE(cancelled.load());
+  EXPECT_LT(since(requested), 1s);
+  EXPECT_FALSE(waiter.owns_lock());
+  EXPECT_FALSE(has_waiter(probe, key)) << "the cancelled wait is still queued on the server";
+  auto stats = pg.pool_stats();
+  EXPECT_EQ(stats.open, stats.idle + 1) << "only the holder's connection is pinned";
+  EXPECT_GE(stats.idle, 1u);
+  holder.unlock();
+  PgLock third(pg, test_name(), {.ttl = 10s});
+  EXPECT_TRUE(third.try_lock()) << "the cancelled acquire left the lock held";
+  third.unlock();
+  stats = pg.pool_stats();
+  EXPECT_EQ(stats.open, stats.idle);
 }
 
 // ---- transaction scope ----
