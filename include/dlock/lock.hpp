@@ -870,7 +870,7 @@ class Lock {
 
     void step(detail::AcquireDecision d) {
       auto self = this->shared_from_this();
-      if (d.subscribe) subscription_ = lock_.subscribe();  // before the attempt: no lost wake-up
+      if (d.subscribe) subscription_ = lock_.subscribe_nowait();  // before the attempt: no lost wake-up
       switch (d.step) {
         case detail::AcquireStep::attempt: {
           released_ = false;  // a release seen from here on ends the next wait at once
@@ -992,6 +992,17 @@ class Lock {
       return backend_.subscribe_release(name_);
     } else {
       return std::nullopt;
+    }
+  }
+
+  // subscribe() for the asynchronous acquire: without waiting for the
+  // server's acknowledgement where the backend can (subscribe_release_nowait:
+  // the acknowledgement then wakes the waiter, so no release is lost).
+  std::optional<Subscription> subscribe_nowait() {
+    if constexpr (requires { backend_.subscribe_release_nowait(name_); }) {
+      return backend_.subscribe_release_nowait(name_);
+    } else {
+      return subscribe();
     }
   }
 

@@ -31,11 +31,38 @@ namespace dlock::detail {
 
 using Clock = std::chrono::steady_clock;
 
+// An asynchronous waiter of one subscription (RedisSubscription::on_release).
+struct RedisSubscriber::Waker {
+  std::function<void()> fn;  // pending, runs once
+  std::uint64_t seen = 0;    // the channel's releases when it last ran (or was registered)
+  bool acked = false;        // an acknowledgement came while no fn was pending: the next one runs at once
+};
+
 struct RedisSubscriber::Channel {
   explicit Channel(std::string n) : name(std::move(n)) {}
   const std::string name;
   int refs = 0;                // live RedisSubscriptions
   std::uint64_t releases = 0;  // messages received, from any server
+  std::vector<std::shared_ptr<RedisSubscriber::Waker>> wakers;
+
+  // Under mu: runs the pending wakers (a message, or an acknowledgement:
+  // `ack`), or marks them for the next on_release().
+  void wake(bool ack) noexcept {
+    for (const auto& w : wakers) {
+      if (!w->fn) {
+        w->acked = w->acked || ack;
+        continue;
+      }
+      auto fn = std::move(w->fn);
+      w->fn = nullptr;
+      w->seen = releases;
+      w->acked = false;
+      try {
+        fn();
+      } catch (...) {  // must not throw; a lost wake-up falls back to the waiter's backoff
+      }
+    }
+  }
 };
 
 struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Core> {
@@ -174,7 +201,13 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
     using K = redis_proto::PubSubEvent::Kind;
     switch (ev.kind) {
       case K::message:
-        if (auto it = channels.find(ev.channel); it != channels.end()) ++it->second->releases;
+        if (auto it = channels.find(ev.channel); it != channels.end()) {
+          ++it->second->releases;
+          it->second->wake(false);
+        }
+        break;
+      case K::subscribed:
+        if (auto it = channels.find(ev.channel); it != channels.end()) it->second->wake(true);
         break;
       case K::refused:
         try {
@@ -268,7 +301,7 @@ std::string RedisSubscriber::last_refusal() const {
   return core->refusal;
 }
 
-RedisSubscription RedisSubscriber::subscribe(std::string channel) {
+RedisSubscription RedisSubscriber::subscribe(std::string channel, bool wait_for_ack) {
   const std::shared_ptr<Core> core_ptr = current();
   Core& core = *core_ptr;
   const std::size_t n = core.servers.size();
@@ -299,6 +332,7 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel) {
   };
   // Every server either acknowledges, refuses or fails (a down one does so
   // at once, a paused one when its connect_timeout or command_timeout passes).
+  if (!wait_for_ack) return sub;
   core.cv.wait_for(lk, core.wait, [&] {
     if (core.stop) return true;
     for (std::size_t s = 0; s < n; ++s)
@@ -321,6 +355,7 @@ void RedisSubscription::reset() noexcept {
   }
   {
     std::lock_guard lk(core_->mu);
+    if (waker_) std::erase(channel_->wakers, waker_);
     if (--channel_->refs == 0) core_->channels.erase(channel_->name);
     for (std::size_t s = 0; s < core_->per.size(); ++s) {
       core_->per[s].table.unwant(channel_->name);
@@ -329,6 +364,7 @@ void RedisSubscription::reset() noexcept {
   }
   core_.reset();
   channel_.reset();
+  waker_.reset();
 }
 
 RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexcept {
@@ -338,6 +374,7 @@ RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexc
     channel_ = std::move(other.channel_);
     seen_ = other.seen_;
     acknowledged_ = other.acknowledged_;
+    waker_ = std::move(other.waker_);
   }
   return *this;
 }
@@ -355,6 +392,28 @@ bool RedisSubscription::wait_for(std::chrono::nanoseconds d) {
   if (!core_->cv.wait_until(lk, deadline, [&] { return channel_->releases != seen_; })) return false;
   seen_ = channel_->releases;
   return true;
+}
+
+void RedisSubscription::on_release(std::function<void()> f) {
+  if (!core_ || core_->inherited()) return;  // never fires (fork(): the parent's)
+  if (!waker_) {
+    auto w = std::make_shared<RedisSubscriber::Waker>();
+    w->seen = seen_;
+    std::lock_guard lk(core_->mu);
+    channel_->wakers.push_back(w);
+    waker_ = std::move(w);
+  }
+  {
+    std::lock_guard lk(core_->mu);
+    if (channel_->releases == waker_->seen && !waker_->acked) {
+      waker_->fn = std::move(f);
+      return;
+    }
+    waker_->seen = channel_->releases;
+    waker_->acked = false;
+    waker_->fn = nullptr;
+  }
+  f();  // a release (or an acknowledgement) since the last wake-up
 }
 
 }  // namespace dlock::detail

@@ -20,10 +20,14 @@
 // / WRONGPASS / NOPERM). Messages name the endpoint, never the password.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -129,6 +133,12 @@ class RedisClient {
   [[nodiscard]] std::optional<Checkout> pool_take(std::chrono::nanoseconds wait);
   void give_back(Checkout c, bool healthy) noexcept { pool_.give_back(std::move(c), healthy); }
 
+  /// For the asynchronous operations (detail/redis_async.hpp): one of up to
+  /// pool_size links shared by every asynchronous request (pipelined on it),
+  /// opened on demand without blocking; broken ones are replaced. Separate
+  /// from the pool, whose checkout may block.
+  [[nodiscard]] std::shared_ptr<RedisLink> shared_link();
+
  private:
   bool released(const RedisValue& reply, const RedisKeys& keys);
 
@@ -137,6 +147,10 @@ class RedisClient {
   ServerFacts facts_;
   RedisLinkSetup setup_;
   Pool<RedisLink> pool_;
+  std::mutex shared_mu_;  // shared_link()
+  std::vector<std::shared_ptr<RedisLink>> shared_links_;
+  std::size_t shared_next_ = 0;
+  pid_t shared_pid_ = 0;
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

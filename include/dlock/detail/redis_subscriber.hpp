@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,6 +52,7 @@ class RedisSubscriber {
  public:
   struct Core;
   struct Channel;
+  struct Waker;
 
   /// One server to subscribe on. options must be valid (detail::validate);
   /// endpoint names it in messages.
@@ -70,7 +72,10 @@ class RedisSubscriber {
   ~RedisSubscriber();
 
   /// Never throws for connection problems (see above); only std::bad_alloc.
-  [[nodiscard]] RedisSubscription subscribe(std::string channel);
+  /// With `wait_for_ack` false, returns at once, without waiting for the
+  /// servers' acknowledgements (the asynchronous acquire: on_release() then
+  /// also fires when one comes).
+  [[nodiscard]] RedisSubscription subscribe(std::string channel, bool wait_for_ack = true);
 
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
@@ -100,6 +105,13 @@ class RedisSubscription {
   /// subscribing or since the last call that returned true; false when `d`
   /// passed first.
   [[nodiscard]] bool wait_for(std::chrono::nanoseconds d);
+  /// For waits that must not block (the asynchronous acquire): `f` runs once,
+  /// under the subscriber's lock on the I/O thread, at the next message on
+  /// the channel or the next acknowledgement of its SUBSCRIBE by a server, or
+  /// at once (inside the call) when a message came since subscribing or
+  /// since `f`'s predecessor ran. A later call replaces a pending `f`. `f`
+  /// must not block nor call back into the subscriber.
+  void on_release(std::function<void()> f);
   /// How many servers acknowledged the subscription before subscribe() returned.
   [[nodiscard]] std::size_t acknowledged() const noexcept { return acknowledged_; }
 
@@ -114,6 +126,7 @@ class RedisSubscription {
   std::shared_ptr<RedisSubscriber::Channel> channel_;
   std::uint64_t seen_ = 0;
   std::size_t acknowledged_ = 0;
+  std::shared_ptr<RedisSubscriber::Waker> waker_;  // on_release(), once called
 };
 
 }  // namespace dlock::detail
