@@ -105,6 +105,10 @@ class RedisBackend {
   /// Best effort: never throws; what it cannot delete expires by its TTL.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
   static constexpr std::chrono::milliseconds abandon_timeout{250};
+  /// abandon() without blocking, for the asynchronous acquire: the release
+  /// script pipelined on a shared asynchronous link (command_timeout bounds
+  /// it); returns at once, the outcome ignored. Never throws.
+  void async_abandon(std::string_view name, const OwnerId& owner) noexcept;
 
   /// The last refusal of a release's PUBLISH (e.g. an ACL user without
   /// permission for the release channels), "" if none. Such a release still

@@ -164,6 +164,9 @@ class RedlockBackend {
   /// outcome is unknown. One parallel round bounded by node_timeout. Best
   /// effort: never throws; what it cannot delete expires by its TTL.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
+  /// abandon() without blocking, for the asynchronous acquire: the same
+  /// round, all nodes at once; returns at once, the outcome ignored.
+  void async_abandon(std::string_view name, const OwnerId& owner) noexcept;
 
   /// The latest refusal of a release's PUBLISH (e.g. an ACL user without
   /// permission for the release channels) by the first node, in

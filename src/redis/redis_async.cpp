@@ -210,6 +210,19 @@ void RedisBackend::async_extend(std::string_view name, Lease<Handle>& lease, std
   }
 }
 
+void RedisBackend::async_abandon(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    detail::RedisClient* const node[] = {state_->node.get()};
+    const detail::RedisKeys keys = state_->node->keys(name);
+    std::vector<std::vector<detail::redis_proto::ScriptCall>> batches(1);
+    batches[0].push_back(detail::redis_proto::release_call(keys, owner.str(), detail::redis_proto::Publish::yes));
+    detail::async_fan_out(node, std::move(batches), std::nullopt, fmt::format("release of '{}'", keys.lock), {},
+                          [](std::vector<detail::RedisOutcome>) {});
+  } catch (...) {  // an invalid name or out of memory: best effort, the lock expires by its TTL
+  }
+}
+
 RedisBackend::Subscription RedisBackend::subscribe_release_nowait(std::string_view name) {
   return Subscription(state_->subscriber.subscribe(state_->node->keys(name).channel, false));
 }

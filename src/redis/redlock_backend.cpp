@@ -767,6 +767,17 @@ void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, s
   }
 }
 
+void RedlockBackend::async_abandon(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    const detail::RedisKeys keys = detail::redis_keys(state_->options.key_prefix, name);
+    detail::async_fan_out(state_->ptrs, state_->release_batches(keys, owner.str()), state_->options.node_timeout,
+                          fmt::format("release of '{}'", keys.lock), state_->deadline_name,
+                          [](std::vector<detail::RedisOutcome>) {});
+  } catch (...) {  // an invalid name or out of memory: best effort, the keys expire by their TTL
+  }
+}
+
 RedlockBackend::Subscription RedlockBackend::subscribe_release_nowait(std::string_view name) {
   return Subscription(state_->subscriber.subscribe(detail::redis_keys(state_->options.key_prefix, name).channel, false),
                       state_->round_ns);

@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <optional>
+#include <utility>
 #include <string>
 
 #include "redis/redis_test_support.hpp"
@@ -43,54 +45,43 @@ TEST(RedisAsyncServer, AServerStoppedMidWaitGivesAConnectionErrorAtTheDeadline) 
   dlock::test::expect_stopped_server_gives_connection_error(redis, "stopped", [&] { server.stop(); });
 }
 
-// The waiter's backoff is 30 s: only the release's PUBLISH can end its wait in time.
 TEST_F(RedisAsync, AWaiterWithALongBackoffIsWokenByTheRelease) {
-  asio::io_context io;
-  Lock<RedisBackend> holder(redis(), "woken", LockOptions{.ttl = 10s});
-  ASSERT_TRUE(holder.try_lock());
-  Lock<RedisBackend> waiter(
-      redis(), "woken",
-      LockOptions{.ttl = 10s, .retry = {.initial_delay = 30s, .max_delay = 30s, .jitter = dlock::Jitter::none}});
-  bool acquired = false;
-  Clock::time_point got{};
-  waiter.async_try_lock_for(20s, asio::bind_executor(io, [&](boost::system::error_code ec, bool ok) {
-                              EXPECT_FALSE(ec) << ec.message();
-                              acquired = ok;
-                              got = Clock::now();
-                            }));
-  asio::steady_timer release(io, 300ms);
-  Clock::time_point released{};
-  release.async_wait([&](const boost::system::error_code&) {
-    holder.unlock();  // blocking, from the loop: fine in a test
-    released = Clock::now();
-  });
-  io.run_for(5s);
-  ASSERT_TRUE(acquired);
-  const auto after = std::chrono::duration_cast<std::chrono::milliseconds>(got - released);
-  std::printf("acquired %lld ms after the release\n", static_cast<long long>(after.count()));
-  EXPECT_LT(after, 1s);
-  waiter.unlock();
+  dlock::test::expect_release_wakes_a_long_backoff_waiter(redis(), "woken");
 }
 
 TEST_F(RedisAsync, ExtendAndReleaseCompleteOnTheExecutor) {
+  dlock::test::expect_extend_and_release_complete(redis(), "ext");
+}
+
+}  // namespace
+
+namespace {
+
+// During an outage try_lock_for throws ConnectionError at its deadline (it
+// returns false only on contention): async_try_lock_for completes with
+// errc::connection at the same deadline, not (no error, false).
+TEST(RedisAsyncServer, TryLockForDuringAnOutageEndsAsTheBlockingFormDoes) {
+  dlock::test::RedisServer server;
+  RedisBackend redis(server.options());
+  server.stop();
+  const LockOptions o{.ttl = 10s, .retry = {.initial_delay = 5ms, .max_delay = 20ms}};
+  Lock<RedisBackend> blocking(redis, "outage", o);
+  auto start = Clock::now();
+  EXPECT_THROW((void)blocking.try_lock_for(300ms), dlock::ConnectionError);
+  EXPECT_GE(Clock::now() - start, 300ms);
   asio::io_context io;
-  Lock<RedisBackend> lock(redis(), "ext", LockOptions{.ttl = 2s});
-  boost::system::error_code extend_ec, release_ec;
-  dlock::ReleaseResult released = dlock::ReleaseResult::not_held;
-  ASSERT_TRUE(lock.try_lock());
-  lock.async_extend(
-      20s, asio::bind_executor(io, [&](boost::system::error_code ec) {
-        extend_ec = ec;
-        lock.async_release(asio::bind_executor(io, [&](boost::system::error_code e, dlock::ReleaseResult r) {
-          release_ec = e;
-          released = r;
-        }));
-      }));
+  Lock<RedisBackend> async(redis, "outage", o);
+  std::optional<std::pair<boost::system::error_code, bool>> got;
+  start = Clock::now();
+  async.async_try_lock_for(
+      300ms, asio::bind_executor(io, [&](boost::system::error_code ec, bool ok) { got.emplace(ec, ok); }));
   io.run_for(3s);
-  EXPECT_FALSE(extend_ec) << extend_ec.message();
-  EXPECT_FALSE(release_ec) << release_ec.message();
-  EXPECT_EQ(released, dlock::ReleaseResult::released);
-  dlock::test::expect_free(redis(), "ext");
+  const auto took = Clock::now() - start;
+  ASSERT_TRUE(got);
+  EXPECT_TRUE(dlock::to_std(got->first) == dlock::errc::connection) << got->first.message();
+  EXPECT_FALSE(got->second);
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 1s);
 }
 
 }  // namespace

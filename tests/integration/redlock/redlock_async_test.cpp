@@ -37,6 +37,9 @@ class RedlockAsync : public ::testing::Test {
     RedlockOptions o;
     for (std::size_t i = 0; i < cluster().size(); ++i) o.nodes.push_back(cluster().server(i).options());
     o.key_prefix = prefix_;
+    // 200 coroutines' requests pipelined on a loaded 2-core machine: a round may
+    // take longer than the 50 ms default, and a release that misses it fails.
+    o.node_timeout = 1s;
     backend_ = std::make_unique<RedlockBackend>(o);
   }
   void TearDown() override { cluster().heal(); }
@@ -48,8 +51,13 @@ class RedlockAsync : public ::testing::Test {
 };
 
 TEST_F(RedlockAsync, TwoHundredCoroutinesOnOneThreadContendForFourLocks) {
+  // The loop is busier than on Redis (every attempt is three requests, and a
+  // release published by three nodes wakes its 50 waiters up to three times):
+  // measured 30-100 ms of lag on the loaded 2-core machine, from a busy loop
+  // (fewer ticks), not a blocked one.
   dlock::test::expect_coroutines_exclude_each_other(
-      redlock(), "job", 200, 5, 4, LockOptions{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}});
+      redlock(), "job", 200, 5, 4, LockOptions{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}},
+      3 * dlock::test::async_lag_bound);
 }
 
 TEST_F(RedlockAsync, CancellationAtRandomPointsLeavesNoLockOnTheServers) {
@@ -57,53 +65,11 @@ TEST_F(RedlockAsync, CancellationAtRandomPointsLeavesNoLockOnTheServers) {
 }
 
 TEST_F(RedlockAsync, AWaiterWithALongBackoffIsWokenByTheRelease) {
-  asio::io_context io;
-  Lock<RedlockBackend> holder(redlock(), "woken", LockOptions{.ttl = 10s});
-  ASSERT_TRUE(holder.try_lock());
-  Lock<RedlockBackend> waiter(
-      redlock(), "woken",
-      LockOptions{.ttl = 10s, .retry = {.initial_delay = 30s, .max_delay = 30s, .jitter = dlock::Jitter::none}});
-  bool acquired = false;
-  Clock::time_point got{}, released{};
-  waiter.async_try_lock_for(20s, asio::bind_executor(io, [&](boost::system::error_code ec, bool ok) {
-                              EXPECT_FALSE(ec) << ec.message();
-                              acquired = ok;
-                              got = Clock::now();
-                            }));
-  asio::steady_timer release(io, 300ms);
-  release.async_wait([&](const boost::system::error_code&) {
-    holder.unlock();  // blocking, from the loop: fine in a test
-    released = Clock::now();
-  });
-  io.run_for(5s);
-  ASSERT_TRUE(acquired);
-  const auto after = std::chrono::duration_cast<std::chrono::milliseconds>(got - released);
-  std::printf("acquired %lld ms after the release\n", static_cast<long long>(after.count()));
-  EXPECT_LT(after, 1s);
-  waiter.unlock();
+  dlock::test::expect_release_wakes_a_long_backoff_waiter(redlock(), "woken");
 }
 
 TEST_F(RedlockAsync, ExtendAndReleaseCompleteOnTheExecutor) {
-  asio::io_context io;
-  Lock<RedlockBackend> lock(redlock(), "ext", LockOptions{.ttl = 2s});
-  boost::system::error_code extend_ec, release_ec;
-  dlock::ReleaseResult released = dlock::ReleaseResult::not_held;
-  ASSERT_TRUE(lock.try_lock());
-  const auto before = lock.valid_until();
-  lock.async_extend(
-      20s, asio::bind_executor(io, [&](boost::system::error_code ec) {
-        extend_ec = ec;
-        EXPECT_GT(lock.valid_until(), before + 10s);
-        lock.async_release(asio::bind_executor(io, [&](boost::system::error_code e, dlock::ReleaseResult r) {
-          release_ec = e;
-          released = r;
-        }));
-      }));
-  io.run_for(3s);
-  EXPECT_FALSE(extend_ec) << extend_ec.message();
-  EXPECT_FALSE(release_ec) << release_ec.message();
-  EXPECT_EQ(released, dlock::ReleaseResult::released);
-  dlock::test::expect_free(redlock(), "ext");
+  dlock::test::expect_extend_and_release_complete(redlock(), "ext");
 }
 
 // Two of the three nodes stopped: no quorum can answer.
