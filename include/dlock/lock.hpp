@@ -583,7 +583,7 @@ class Lock {
     std::lock_guard lk(mu_);
     if (busy_) return false;
     busy_ = true;
-    gate_thread_ = {};  // no thread holds it: re-entry is not checked for asynchronous acquires
+    gate_thread_ = {};  // an asynchronous acquisition belongs to no thread: a later acquire is not re-entry
     return true;
   }
   void leave_gate() noexcept {
@@ -600,6 +600,28 @@ class Lock {
         fmt::format("dlock: lock '{}' on {} {} is already held (or being acquired) by this thread; a Lock is not "
                     "recursive, so a second acquire would wait for itself",
                     name_, backend_.kind(), backend_.endpoint()));
+  }
+  // A lock-order inversion of this thread's holdings (LockOptions::lock_order)
+  // is reported before a waiting acquire.
+  void check_order() {
+    if (!options_.lock_order) return;
+    if (auto violation = options_.lock_order->before_acquire(this, name_)) {
+      Event ev = source().make(EventType::order_violation, {}, std::nullopt);
+      ev.message = *violation;
+      source().emit(ev);
+    }
+  }
+  // The checks of a blocking acquire for an asynchronous one, on the thread
+  // that starts it: re-entry (this thread holds this Lock object through a
+  // blocking acquire: the error to complete with at once) and lock order.
+  [[nodiscard]] std::exception_ptr check_async_start() {
+    try {
+      check_reentry();
+      check_order();
+      return nullptr;
+    } catch (...) {
+      return std::current_exception();
+    }
   }
   // A second acquire by the thread in the gate would wait for itself.
   void check_reentry() const {
@@ -625,11 +647,14 @@ class Lock {
     // Giving up on an owner id whose attempt is in doubt abandons it, so it
     // does not block everyone for a TTL (AbandonsInDoubt backends).
     ~AcquireRun() {
-      if (!acquired_ && fsm_.in_doubt()) lock_.abandon(owner_);
+      if (!acquired_ && fsm_.in_doubt()) without_blocking_ ? lock_.abandon_nowait(owner_) : lock_.abandon(owner_);
       if (!acquired_ && fsm_.attempts() > 0) lock_.leave_queue(owner_);  // fair mode: give up our place
     }
 
     [[nodiscard]] detail::AcquireFsm<Rng>& fsm() noexcept { return fsm_; }
+    /// The asynchronous acquire: an in-doubt owner id is abandoned without
+    /// blocking where the backend can (async_abandon).
+    void abandon_without_blocking() noexcept { without_blocking_ = true; }
     [[nodiscard]] bool acquired() const noexcept { return acquired_; }
     [[nodiscard]] const OwnerId& owner() const noexcept { return owner_; }
 
@@ -728,6 +753,7 @@ class Lock {
     TimePoint sent_{};
     std::exception_ptr failure_;  // the last attempt's error
     bool acquired_ = false;
+    bool without_blocking_ = false;
     std::optional<std::conditional_t<RecordsWaits<B>, detail::WaitPublisher<B>, std::monostate>> wait_record_;
   };
 
@@ -736,13 +762,7 @@ class Lock {
   // CancelledError when `stop` is requested first.
   bool acquire_until(std::optional<TimePoint> deadline, bool single, const std::stop_token& stop = {}) {
     check_reentry();  // before the lock-order check, which would report it as an inversion
-    if (options_.lock_order && !single) {
-      if (auto violation = options_.lock_order->before_acquire(this, name_)) {
-        Event ev = source().make(EventType::order_violation, {}, std::nullopt);
-        ev.message = *violation;
-        source().emit(ev);
-      }
-    }
+    if (!single) check_order();
     if (!enter_gate(deadline, single, stop)) {
       if (stop.stop_requested()) throw cancelled_error();
       return false;
@@ -892,6 +912,7 @@ class Lock {
             lock_, deadline_,
             detail::AcquirePlan{.notifies_release = AsyncNotifiesRelease<B>, .cancellable = stop_.stop_possible()},
             rng_);
+        run_->abandon_without_blocking();
         return step(run_->fsm().start(stop_.stop_requested()));
       }
       const TimePoint now = lock_.clock_.now();
@@ -904,7 +925,7 @@ class Lock {
 
     void step(detail::AcquireDecision d) {
       auto self = this->shared_from_this();
-      if (d.subscribe) subscription_ = lock_.subscribe();  // before the attempt: no lost wake-up
+      if (d.subscribe) subscription_ = lock_.subscribe_nowait();  // before the attempt: no lost wake-up
       switch (d.step) {
         case detail::AcquireStep::attempt: {
           released_ = false;  // a release seen from here on ends the next wait at once
@@ -1015,6 +1036,13 @@ class Lock {
           static_assert(!std::is_same_v<boost::asio::associated_executor_t<H>, boost::asio::system_executor>,
                         "dlock: the completion needs an executor: use a token that has one (use_awaitable) or "
                         "bind one (boost::asio::bind_executor(io_context, token))");
+          if (auto refused = check_async_start()) {  // re-entry: completes at once, the backend untouched
+            auto ex = boost::asio::get_associated_executor(handler);
+            boost::asio::post(ex, [h = std::move(handler), ec = detail::error_code_of(refused)]() mutable {
+              h(ec, std::conditional_t<Guarded, AsyncGuard<Lock>, bool>{});
+            });
+            return;
+          }
           std::make_shared<AsyncAcquireOp<H, Guarded>>(*this, std::move(handler), deadline, stop)->start();
         },
         token);
@@ -1040,6 +1068,15 @@ class Lock {
       if (options_.fair) backend_.leave_fair(name_, owner);
     }
   }
+  // abandon() started without blocking, when the backend can
+  // (b.async_abandon(name, owner) noexcept: fire and forget).
+  void abandon_nowait(const OwnerId& owner) noexcept {
+    if constexpr (requires { backend_.async_abandon(name_, owner); }) {
+      backend_.async_abandon(name_, owner);
+    } else {
+      abandon(owner);
+    }
+  }
 
   // Fair mode: woken only by a release naming `owner` as the queue's head.
   std::optional<Subscription> subscribe(const OwnerId* owner = nullptr) {
@@ -1050,6 +1087,17 @@ class Lock {
       return backend_.subscribe_release(name_);
     } else {
       return std::nullopt;
+    }
+  }
+
+  // subscribe() for the asynchronous acquire: without waiting for the
+  // server's acknowledgement where the backend can (subscribe_release_nowait:
+  // the acknowledgement then wakes the waiter, so no release is lost).
+  std::optional<Subscription> subscribe_nowait() {
+    if constexpr (requires { backend_.subscribe_release_nowait(name_); }) {
+      return backend_.subscribe_release_nowait(name_);
+    } else {
+      return subscribe();
     }
   }
 

@@ -36,6 +36,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -63,6 +64,11 @@ class RedisBackend {
     /// wait_for() that returned true; false when `d` passed first (also while
     /// the pub/sub connection is down: the caller's backoff then takes over).
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) { return sub_.wait_for(d); }
+    /// AsyncNotifiesRelease (lock.hpp): `f` runs once, on the transport's I/O
+    /// thread, at the next release (or at once if one came since the last
+    /// wake-up), and also when the server acknowledges a SUBSCRIBE that was
+    /// still in flight (a release just before it would otherwise be missed).
+    void on_release(std::function<void()> f) { sub_.on_release(std::move(f)); }
 
    private:
     friend class RedisBackend;
@@ -107,6 +113,10 @@ class RedisBackend {
   /// Best effort: never throws; what it cannot delete expires by its TTL.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
   static constexpr std::chrono::milliseconds abandon_timeout{250};
+  /// abandon() without blocking, for the asynchronous acquire: the release
+  /// script pipelined on a shared asynchronous link (command_timeout bounds
+  /// it); returns at once, the outcome ignored. Never throws.
+  void async_abandon(std::string_view name, const OwnerId& owner) noexcept;
 
   /// The last refusal of a release's PUBLISH (e.g. an ACL user without
   /// permission for the release channels), "" if none. Such a release still
@@ -177,6 +187,21 @@ class RedisBackend {
   void leave_fair(std::string_view name, const OwnerId& owner) noexcept;
   /// A subscription woken only by releases that name `owner` as the next head (or nobody).
   [[nodiscard]] Subscription subscribe_release(std::string_view name, const OwnerId& owner);
+  /// AsyncBackend (backend.hpp, docs/async.md): the three operations without
+  /// blocking a thread: one script call pipelined on a link shared by the
+  /// asynchronous requests (up to pool_size of them, opened without
+  /// blocking), completed through `ex`, with the blocking calls' results and
+  /// errors (command_timeout bounds each; connect_timeout a new link's
+  /// connect and handshake).
+  void async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<Handle> done);
+  void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                     ReleaseCompletion done);
+  void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                    const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  /// subscribe_release() without waiting for the server's acknowledgement,
+  /// for the asynchronous acquire (the acknowledgement wakes on_release).
+  [[nodiscard]] Subscription subscribe_release_nowait(std::string_view name);
 
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
@@ -195,5 +220,6 @@ class RedisBackend {
 static_assert(RecordsWaits<RedisBackend>);
 static_assert(AbandonsInDoubt<RedisBackend>);
 static_assert(SharedLockBackend<RedisBackend> && SemaphoreBackend<RedisBackend> && ElectionBackend<RedisBackend>);
+static_assert(AsyncBackend<RedisBackend>);
 
 }  // namespace dlock

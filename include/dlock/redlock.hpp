@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -103,6 +104,12 @@ class RedlockBackend {
     /// nodes: a later call may then return true at once); false when `d`
     /// passed first.
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d);
+    /// AsyncNotifiesRelease (lock.hpp): `f` runs once, on the transport's I/O
+    /// thread, at the next release published by any node (or at once if one
+    /// came since the last wake-up), and also when a node acknowledges a
+    /// SUBSCRIBE that was still in flight. No wake-up spread (wait_for's):
+    /// the asynchronous acquire's backoff jitter spreads the attempts.
+    void on_release(std::function<void()> f) { sub_.on_release(std::move(f)); }
     /// How many nodes acknowledged the subscription before subscribe_release returned.
     [[nodiscard]] std::size_t acknowledged() const noexcept { return sub_.acknowledged(); }
 
@@ -157,6 +164,9 @@ class RedlockBackend {
   /// outcome is unknown. One parallel round bounded by node_timeout. Best
   /// effort: never throws; what it cannot delete expires by its TTL.
   void abandon(std::string_view name, const OwnerId& owner) noexcept;
+  /// abandon() without blocking, for the asynchronous acquire: the same
+  /// round, all nodes at once; returns at once, the outcome ignored.
+  void async_abandon(std::string_view name, const OwnerId& owner) noexcept;
 
   /// The latest refusal of a release's PUBLISH (e.g. an ACL user without
   /// permission for the release channels) by the first node, in
@@ -179,6 +189,21 @@ class RedlockBackend {
   /// cannot be started; never for a node's connection problems.
   [[nodiscard]] Subscription subscribe_release(std::string_view name);
 
+  /// AsyncBackend (backend.hpp, docs/async.md): the same rounds as the
+  /// blocking operations (same judgement, same errors), each node's requests
+  /// pipelined on a link shared by the asynchronous requests, all nodes at
+  /// once, each bounded by node_timeout; nothing blocks a thread; the
+  /// completion runs through `ex`.
+  void async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<Handle> done);
+  void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                     ReleaseCompletion done);
+  void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                    const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  /// subscribe_release() without waiting for the nodes' acknowledgements,
+  /// for the asynchronous acquire (an acknowledgement wakes on_release).
+  [[nodiscard]] Subscription subscribe_release_nowait(std::string_view name);
+
   [[nodiscard]] const RedlockOptions& options() const noexcept;
   [[nodiscard]] std::size_t node_count() const noexcept;
   /// N / 2 + 1.
@@ -191,5 +216,6 @@ class RedlockBackend {
 
 static_assert(NotifiesRelease<RedlockBackend>);
 static_assert(AbandonsInDoubt<RedlockBackend>);
+static_assert(AsyncBackend<RedlockBackend>);
 
 }  // namespace dlock

@@ -287,7 +287,8 @@ void RedisBackend::leave_fair(std::string_view name, const OwnerId& owner) noexc
 }
 
 RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name, const OwnerId& owner) {
-  return Subscription(state_->subscriber.subscribe(state_->node->keys(name).channel, std::string(owner.str())));
+  return Subscription(
+      state_->subscriber.subscribe_targeted(state_->node->keys(name).channel, std::string(owner.str())));
 }
 
 }  // namespace dlock

@@ -33,6 +33,13 @@ namespace dlock::detail {
 
 using Clock = std::chrono::steady_clock;
 
+// An asynchronous waiter of one subscription (RedisSubscription::on_release).
+struct RedisSubscriber::Waker {
+  std::function<void()> fn;  // pending, runs once
+  std::uint64_t seen = 0;    // the channel's releases when it last ran (or was registered)
+  bool acked = false;        // an acknowledgement came while no fn was pending: the next one runs at once
+};
+
 struct RedisSubscriber::Channel {
   explicit Channel(std::string n) : name(std::move(n)) {}
   const std::string name;
@@ -47,6 +54,26 @@ struct RedisSubscriber::Channel {
   };
   std::map<std::string, Target, std::less<>> targets;
   std::uint64_t unnamed = 0;  // messages naming nobody
+  std::vector<std::shared_ptr<RedisSubscriber::Waker>> wakers;
+
+  // Under mu: runs the pending wakers (a message, or an acknowledgement:
+  // `ack`), or marks them for the next on_release().
+  void wake(bool ack) noexcept {
+    for (const auto& w : wakers) {
+      if (!w->fn) {
+        w->acked = w->acked || ack;
+        continue;
+      }
+      auto fn = std::move(w->fn);
+      w->fn = nullptr;
+      w->seen = releases;
+      w->acked = false;
+      try {
+        fn();
+      } catch (...) {  // must not throw; a lost wake-up falls back to the waiter's backoff
+      }
+    }
+  }
 };
 
 struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Core> {
@@ -198,7 +225,11 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
             ++t->second.hits;
             t->second.cv.notify_all();
           }
+          ch.wake(false);  // asynchronous waiters (on_release): untargeted
         }
+        break;
+      case K::subscribed:
+        if (auto it = channels.find(ev.channel); it != channels.end()) it->second->wake(true);
         break;
       case K::refused:
         try {
@@ -292,9 +323,15 @@ std::string RedisSubscriber::last_refusal() const {
   return core->refusal;
 }
 
-RedisSubscription RedisSubscriber::subscribe(std::string channel) { return subscribe(std::move(channel), {}); }
+RedisSubscription RedisSubscriber::subscribe(std::string channel, bool wait_for_ack) {
+  return subscribe(std::move(channel), std::string(), wait_for_ack);
+}
 
-RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string target) {
+RedisSubscription RedisSubscriber::subscribe_targeted(std::string channel, std::string target) {
+  return subscribe(std::move(channel), std::move(target), true);
+}
+
+RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string target, bool wait_for_ack) {
   const std::shared_ptr<Core> core_ptr = current();
   Core& core = *core_ptr;
   const std::size_t n = core.servers.size();
@@ -330,6 +367,7 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string ta
   };
   // Every server either acknowledges, refuses or fails (a down one does so
   // at once, a paused one when its connect_timeout or command_timeout passes).
+  if (!wait_for_ack) return sub;
   core.cv.wait_for(lk, core.wait, [&] {
     if (core.stop) return true;
     for (std::size_t s = 0; s < n; ++s)
@@ -358,6 +396,7 @@ void RedisSubscription::reset() noexcept {
       hits_ = nullptr;
       target_cv_ = nullptr;
     }
+    if (waker_) std::erase(channel_->wakers, waker_);
     if (--channel_->refs == 0) core_->channels.erase(channel_->name);
     for (std::size_t s = 0; s < core_->per.size(); ++s) {
       core_->per[s].table.unwant(channel_->name);
@@ -366,6 +405,7 @@ void RedisSubscription::reset() noexcept {
   }
   core_.reset();
   channel_.reset();
+  waker_.reset();
 }
 
 RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexcept {
@@ -378,6 +418,7 @@ RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexc
     target_ = std::move(other.target_);
     hits_ = std::exchange(other.hits_, nullptr);
     target_cv_ = std::exchange(other.target_cv_, nullptr);
+    waker_ = std::move(other.waker_);
   }
   return *this;
 }
@@ -399,6 +440,28 @@ bool RedisSubscription::wait_for(std::chrono::nanoseconds d) {
   if (!cv.wait_until(lk, deadline, [&] { return count() != seen_; })) return false;
   seen_ = count();
   return true;
+}
+
+void RedisSubscription::on_release(std::function<void()> f) {
+  if (!core_ || core_->inherited()) return;  // never fires (fork(): the parent's)
+  if (!waker_) {
+    auto w = std::make_shared<RedisSubscriber::Waker>();
+    w->seen = seen_;
+    std::lock_guard lk(core_->mu);
+    channel_->wakers.push_back(w);
+    waker_ = std::move(w);
+  }
+  {
+    std::lock_guard lk(core_->mu);
+    if (channel_->releases == waker_->seen && !waker_->acked) {
+      waker_->fn = std::move(f);
+      return;
+    }
+    waker_->seen = channel_->releases;
+    waker_->acked = false;
+    waker_->fn = nullptr;
+  }
+  f();  // a release (or an acknowledgement) since the last wake-up
 }
 
 }  // namespace dlock::detail

@@ -25,6 +25,7 @@
 
 #include <dlock/detail/format.hpp>
 #include <dlock/detail/random.hpp>
+#include <dlock/detail/redis_async.hpp>
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/detail/redis_client.hpp>
@@ -265,11 +266,22 @@ struct RedlockBackend::State {
   // not `published` (a failed attempt's cleanup) wakes no waiter.
   RedlockVotes release_round(const detail::RedisKeys& keys, std::string_view owner, Failures* failures,
                              const std::vector<bool>* only = nullptr, bool published = true) {
+    const auto batches = release_batches(keys, owner, only, published);
+    return release_votes(keys, batches, fan_out(batches, fmt::format("release of '{}'", keys.lock)), failures);
+  }
+  [[nodiscard]] std::vector<std::vector<ScriptCall>> release_batches(const detail::RedisKeys& keys,
+                                                                     std::string_view owner,
+                                                                     const std::vector<bool>* only = nullptr,
+                                                                     bool published = true) const {
     std::vector<std::vector<ScriptCall>> batches(size());
     for (std::size_t i = 0; i < size(); ++i)
       if (only == nullptr || (*only)[i])
         batches[i].push_back(proto::release_call(keys, owner, published ? proto::Publish::yes : proto::Publish::no));
-    const auto replies = fan_out(batches, fmt::format("release of '{}'", keys.lock));
+    return batches;
+  }
+  // The votes of a release round's replies (see release_round).
+  RedlockVotes release_votes(const detail::RedisKeys& keys, const std::vector<std::vector<ScriptCall>>& batches,
+                             const std::vector<detail::RedisOutcome>& replies, Failures* failures) {
     RedlockVotes v;
     for (std::size_t i = 0; i < size(); ++i) {
       if (batches[i].empty()) continue;
@@ -286,6 +298,216 @@ struct RedlockBackend::State {
     }
     return v;
   }
+
+  // The outcome of a release round (throws when it is unknown).
+  ReleaseResult release_result(std::string_view name, const RedlockVotes& v, const Failures& failures) const {
+    switch (detail::redlock_judge_release(v)) {
+      case detail::RedlockRelease::released:
+        return ReleaseResult::released;
+      case detail::RedlockRelease::not_held:
+        return ReleaseResult::not_held;
+      case detail::RedlockRelease::unknown:
+        break;
+    }
+    std::rethrow_exception(failures.error(fmt::format(
+        "dlock: Redlock release of '{}' reached only {} of {} nodes (quorum {}) and none of them had the lock; it "
+        "expires by its TTL",
+        name, v.total() - v.failed, size(), quorum)));
+  }
+
+  // The verdict of an extend round on `it`, the call at position b of every
+  // node's batch: valid_until set (extended), error set (unknown), or true:
+  // lost (the caller releases what is left of it).
+  bool judge_extend(ExtendItem& it, const std::vector<detail::RedisOutcome>& replies, std::size_t b,
+                    std::string_view lock_key, Clock::duration drift) const {
+    RedlockVotes v;
+    Failures failures;
+    for (std::size_t n = 0; n < size(); ++n) {
+      try {
+        if (replies[n].error) std::rethrow_exception(replies[n].error);
+        ++(detail::parse_flag_reply(replies[n].replies[b], nodes[n]->endpoint(), "extend", lock_key) ? v.yes : v.no);
+      } catch (...) {
+        ++v.failed;
+        failures.add(nodes[n]->endpoint(), std::current_exception());
+      }
+    }
+    const Clock::duration validity = detail::redlock_validity(it.ttl, clock.now() - it.started, drift);
+    switch (detail::redlock_judge_extend(v, validity)) {
+      case detail::RedlockExtend::extended:
+        it.valid_until = detail::redlock_valid_until(it.started, it.ttl, drift);
+        return false;
+      case detail::RedlockExtend::lost:
+        return true;
+      case detail::RedlockExtend::unknown:
+        it.error = failures.error(fmt::format(
+            "dlock: Redlock extend of '{}' reached a quorum of neither yes nor no ({} extended, {} not held, {} "
+            "failed, quorum {}); the lock stays valid until its current validity ends",
+            it.name, v.yes, v.no, v.failed, quorum));
+        return false;
+    }
+    return false;
+  }
+
+  // One acquire attempt: its rounds (acquire, fencing counter raise, the
+  // cleanup of a failed attempt) and their judgement, shared by the blocking
+  // try_acquire (which sends each round with fan_out) and the asynchronous
+  // one (async_fan_out).
+  struct Attempt {
+    Attempt(State& state, const AcquireRequest& request)
+        : s(state),
+          name(request.name),
+          owner(request.owner.str()),
+          ttl(request.ttl),
+          started(request.started),
+          drift((detail::validate_redis_lock_name(request.name),
+                 s.drift(request.ttl, fmt::format("acquire of '{}'", request.name)))),
+          keys(detail::redis_keys(s.options.key_prefix, request.name)),
+          values(s.size()),
+          may_hold(s.size(), false) {}
+
+    // The first round. The counters' floor, one for every node
+    // (docs/safety.md): this client's wall clock in µs. Each node also floors
+    // at its own clock less redlock_clock_lag_us, which only matters if this
+    // clock lags the nodes'.
+    [[nodiscard]] std::vector<std::vector<ScriptCall>> acquire_batches() {
+      const auto floor_us =
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch());
+      std::vector<std::vector<ScriptCall>> batches(s.size());
+      for (std::size_t i = 0; i < s.size(); ++i)
+        batches[i].push_back(proto::redlock_acquire_call(keys, owner, ttl, s.nodes[i]->options().fence_ttl, floor_us));
+      round_start = std::chrono::steady_clock::now();
+      return batches;
+    }
+    [[nodiscard]] std::string what() const { return fmt::format("acquire of '{}'", name); }
+
+    void tally(const std::vector<detail::RedisOutcome>& replies) {
+      {
+        std::vector<std::chrono::nanoseconds> answered;
+        for (const detail::RedisOutcome& r : replies)
+          if (!r.error) answered.push_back(r.answered - round_start);
+        if (const auto sample = detail::redlock_time_to_quorum(std::move(answered), s.quorum)) {
+          const std::chrono::nanoseconds old(s.round_ns->load(std::memory_order_relaxed));
+          s.round_ns->store(detail::redlock_round_estimate(old, *sample).count(),
+                            std::memory_order_relaxed);  // racy between threads: an estimate
+        }
+      }
+      for (std::size_t i = 0; i < s.size(); ++i) {
+        try {
+          if (replies[i].error) std::rethrow_exception(replies[i].error);
+          const auto r = detail::parse_acquire_reply(replies[i].replies[0], s.nodes[i]->endpoint(), keys.lock);
+          if (r.acquired) {
+            values[i] = r.token;
+            may_hold[i] = true;
+            ++votes.yes;
+          } else {
+            ++votes.no;
+            if (r.holder_ttl) held_ttls.push_back(*r.holder_ttl);
+          }
+        } catch (...) {
+          ++votes.failed;
+          may_hold[i] = true;  // its script may have run
+          failures.add(s.nodes[i]->endpoint(), std::current_exception());
+        }
+      }
+      judged = detail::redlock_judge_acquire(votes, started, ttl, drift, s.clock);
+      error = s.same_server();  // why a granted round still fails
+      if (!error && judged.outcome == detail::RedlockAcquire::granted) {
+        token = detail::redlock_token(values);
+        raise = detail::redlock_nodes_to_raise(values, *token);
+      }
+    }
+
+    // Bring the granting nodes' fencing counters up to the token, so that a
+    // quorum of counters is at least the token (docs/safety.md). In steady
+    // state all nodes grant together and their counters agree: no round.
+    [[nodiscard]] bool raise_needed() const { return !raise.empty(); }
+    [[nodiscard]] std::vector<std::vector<ScriptCall>> raise_batches() const {
+      std::vector<std::vector<ScriptCall>> raises(s.size());
+      for (std::size_t i : raise)
+        raises[i].push_back(proto::fence_raise_call(keys.fence, *token, ttl, s.nodes[i]->options().fence_ttl));
+      return raises;
+    }
+    [[nodiscard]] std::string raise_what() const { return fmt::format("fencing counter update of '{}'", name); }
+    void tally_raise(const std::vector<detail::RedisOutcome>& raised) {
+      Failures raise_failures;
+      std::size_t at_token = votes.yes - raise.size();
+      for (std::size_t i : raise) {
+        try {
+          if (raised[i].error) std::rethrow_exception(raised[i].error);
+          (void)detail::parse_flag_reply(raised[i].replies[0], s.nodes[i]->endpoint(), "fence raise", keys.fence);
+          ++at_token;
+        } catch (...) {
+          raise_failures.add(s.nodes[i]->endpoint(), std::current_exception());
+        }
+      }
+      if (at_token < s.quorum) {
+        error = raise_failures.error(fmt::format(
+            "dlock: Redlock acquire of '{}' on {} got a quorum but could bring only {} fencing counters (quorum {}) "
+            "up to its token, so a later holder might get a lower token; released it",
+            name, s.endpoint, at_token, s.quorum));
+      } else {
+        judged = detail::redlock_judge_acquire(votes, started, ttl, drift, s.clock);
+      }
+    }
+
+    [[nodiscard]] bool granted() const { return !error && judged.outcome == detail::RedlockAcquire::granted; }
+    [[nodiscard]] Grant<NoHandle> grant() const {
+      return Grant<NoHandle>{.token = token, .valid_until = judged.valid_until};
+    }
+
+    // Not acquired: free what this attempt got, on all nodes at once that may
+    // hold it (those that granted, and those that did not answer: their script
+    // may have run; a node that answered "held" has nothing of ours), before
+    // anyone retries, so competing clients do not keep splitting the votes.
+    // Unpublished: waking every waiter for a lock that was never held would
+    // only have them split the votes again.
+    [[nodiscard]] bool cleanup_needed() const { return votes.yes + votes.failed > 0; }
+    [[nodiscard]] std::vector<std::vector<ScriptCall>> cleanup_batches() const {
+      return s.release_batches(keys, owner, &may_hold, false);
+    }
+
+    // The outcome of an attempt that was not granted (after its cleanup):
+    // Contended, or the error thrown.
+    [[nodiscard]] AcquireResult<NoHandle> not_granted() const {
+      if (error) std::rethrow_exception(error);
+      switch (judged.outcome) {
+        case detail::RedlockAcquire::contended:
+          return Contended{detail::redlock_holder_ttl(s.quorum, votes.yes, held_ttls)};
+        case detail::RedlockAcquire::unavailable:
+          std::rethrow_exception(
+              failures.error(fmt::format("dlock: Redlock acquire of '{}' reached only {} of {} nodes (quorum {})", name,
+                                         votes.total() - votes.failed, s.size(), s.quorum)));
+        case detail::RedlockAcquire::too_slow:
+        case detail::RedlockAcquire::granted:
+          break;
+      }
+      throw TimeoutError(fmt::format(
+          "dlock: Redlock acquire of '{}' on {} got a quorum but took {} of its ttl {} (drift allowance {}), leaving "
+          "no validity; released it. Raise the ttl or lower node_timeout",
+          name, s.endpoint,
+          detail::format_duration(std::chrono::duration_cast<std::chrono::microseconds>(s.clock.now() - started)),
+          detail::format_duration(ttl),
+          detail::format_duration(std::chrono::duration_cast<std::chrono::microseconds>(drift))));
+    }
+
+    State& s;
+    const std::string name;
+    const std::string owner;
+    const std::chrono::milliseconds ttl;
+    const TimePoint started;
+    const Clock::duration drift;
+    const detail::RedisKeys keys;
+    std::chrono::steady_clock::time_point round_start{};
+    RedlockVotes votes;
+    Failures failures;
+    std::vector<std::optional<std::uint64_t>> values;
+    std::vector<bool> may_hold;  // granted, or failed (its script may have run)
+    std::vector<std::chrono::milliseconds> held_ttls;
+    detail::RedlockAcquireJudgement judged{};
+    std::exception_ptr error;
+    std::optional<std::uint64_t> token;
+    std::vector<std::size_t> raise;  // nodes whose counters are below the token
+  };
 
   const RedlockOptions options;
   const Clock& clock;
@@ -309,121 +531,15 @@ std::size_t RedlockBackend::quorum() const noexcept { return state_->quorum; }
 
 AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireRequest& request) {
   State& s = *state_;
-  detail::validate_redis_lock_name(request.name);
-  const Clock::duration drift = s.drift(request.ttl, fmt::format("acquire of '{}'", request.name));
-  const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, request.name);
-  const std::string_view owner = request.owner.str();
-  // The counters' floor, one for every node (docs/safety.md): this client's
-  // wall clock in µs. Each node also floors at its own clock less
-  // redlock_clock_lag_us, which only matters if this clock lags the nodes'.
-  const auto floor_us =
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch());
-
-  std::vector<std::vector<ScriptCall>> batches(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i)
-    batches[i].push_back(
-        proto::redlock_acquire_call(keys, owner, request.ttl, s.nodes[i]->options().fence_ttl, floor_us));
-  const auto round_start = std::chrono::steady_clock::now();
-  const auto replies = s.fan_out(batches, fmt::format("acquire of '{}'", request.name));
-  {
-    std::vector<std::chrono::nanoseconds> answered;
-    for (const detail::RedisOutcome& r : replies)
-      if (!r.error) answered.push_back(r.answered - round_start);
-    if (const auto sample = detail::redlock_time_to_quorum(std::move(answered), s.quorum)) {
-      const std::chrono::nanoseconds old(s.round_ns->load(std::memory_order_relaxed));
-      s.round_ns->store(detail::redlock_round_estimate(old, *sample).count(),
-                        std::memory_order_relaxed);  // racy between threads: an estimate
-    }
+  State::Attempt a(s, request);
+  a.tally(s.fan_out(a.acquire_batches(), a.what()));
+  if (a.raise_needed()) a.tally_raise(s.fan_out(a.raise_batches(), a.raise_what()));
+  if (a.granted()) return a.grant();
+  if (a.cleanup_needed()) {
+    const auto batches = a.cleanup_batches();
+    (void)s.release_votes(a.keys, batches, s.fan_out(batches, fmt::format("release of '{}'", a.keys.lock)), nullptr);
   }
-
-  RedlockVotes votes;
-  Failures failures;
-  std::vector<std::optional<std::uint64_t>> values(s.size());
-  std::vector<bool> may_hold(s.size(), false);  // granted, or failed (its script may have run)
-  std::vector<std::chrono::milliseconds> held_ttls;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    try {
-      if (replies[i].error) std::rethrow_exception(replies[i].error);
-      const auto r = detail::parse_acquire_reply(replies[i].replies[0], s.nodes[i]->endpoint(), keys.lock);
-      if (r.acquired) {
-        values[i] = r.token;
-        may_hold[i] = true;
-        ++votes.yes;
-      } else {
-        ++votes.no;
-        if (r.holder_ttl) held_ttls.push_back(*r.holder_ttl);
-      }
-    } catch (...) {
-      ++votes.failed;
-      may_hold[i] = true;
-      failures.add(s.nodes[i]->endpoint(), std::current_exception());
-    }
-  }
-
-  auto judged = detail::redlock_judge_acquire(votes, request.started, request.ttl, drift, s.clock);
-  std::exception_ptr error = s.same_server();  // why a granted round still fails
-  std::optional<std::uint64_t> token;
-  if (!error && judged.outcome == detail::RedlockAcquire::granted) {
-    token = detail::redlock_token(values);
-    // Bring the granting nodes' fencing counters up to the token, so that a
-    // quorum of counters is at least the token (docs/safety.md). In steady
-    // state all nodes grant together and their counters agree: no round.
-    const auto raise = detail::redlock_nodes_to_raise(values, *token);
-    if (!raise.empty()) {
-      std::vector<std::vector<ScriptCall>> raises(s.size());
-      for (std::size_t i : raise)
-        raises[i].push_back(proto::fence_raise_call(keys.fence, *token, request.ttl, s.nodes[i]->options().fence_ttl));
-      const auto raised = s.fan_out(raises, fmt::format("fencing counter update of '{}'", request.name));
-      Failures raise_failures;
-      std::size_t at_token = votes.yes - raise.size();
-      for (std::size_t i : raise) {
-        try {
-          if (raised[i].error) std::rethrow_exception(raised[i].error);
-          (void)detail::parse_flag_reply(raised[i].replies[0], s.nodes[i]->endpoint(), "fence raise", keys.fence);
-          ++at_token;
-        } catch (...) {
-          raise_failures.add(s.nodes[i]->endpoint(), std::current_exception());
-        }
-      }
-      if (at_token < s.quorum) {
-        error = raise_failures.error(fmt::format(
-            "dlock: Redlock acquire of '{}' on {} got a quorum but could bring only {} fencing counters (quorum {}) "
-            "up to its token, so a later holder might get a lower token; released it",
-            request.name, s.endpoint, at_token, s.quorum));
-      } else {
-        judged = detail::redlock_judge_acquire(votes, request.started, request.ttl, drift, s.clock);
-      }
-    }
-    if (!error && judged.outcome == detail::RedlockAcquire::granted)
-      return Grant<Handle>{.token = token, .valid_until = judged.valid_until};
-  }
-
-  // Not acquired: free what this attempt got, on all nodes at once that may
-  // hold it (those that granted, and those that did not answer: their script
-  // may have run; a node that answered "held" has nothing of ours), before
-  // anyone retries, so competing clients do not keep splitting the votes.
-  // Unpublished: waking every waiter for a lock that was never held would
-  // only have them split the votes again.
-  if (votes.yes + votes.failed > 0) (void)s.release_round(keys, owner, nullptr, &may_hold, false);
-  if (error) std::rethrow_exception(error);
-  switch (judged.outcome) {
-    case detail::RedlockAcquire::contended:
-      return Contended{detail::redlock_holder_ttl(s.quorum, votes.yes, std::move(held_ttls))};
-    case detail::RedlockAcquire::unavailable:
-      std::rethrow_exception(
-          failures.error(fmt::format("dlock: Redlock acquire of '{}' reached only {} of {} nodes (quorum {})",
-                                     request.name, votes.total() - votes.failed, s.size(), s.quorum)));
-    case detail::RedlockAcquire::too_slow:
-    case detail::RedlockAcquire::granted:
-      break;
-  }
-  throw TimeoutError(fmt::format(
-      "dlock: Redlock acquire of '{}' on {} got a quorum but took {} of its ttl {} (drift allowance {}), leaving no "
-      "validity; released it. Raise the ttl or lower node_timeout",
-      request.name, s.endpoint,
-      detail::format_duration(std::chrono::duration_cast<std::chrono::microseconds>(s.clock.now() - request.started)),
-      detail::format_duration(request.ttl),
-      detail::format_duration(std::chrono::duration_cast<std::chrono::microseconds>(drift))));
+  return a.not_granted();
 }
 
 ReleaseResult RedlockBackend::release(std::string_view name, Lease<Handle>& lease) {
@@ -432,18 +548,7 @@ ReleaseResult RedlockBackend::release(std::string_view name, Lease<Handle>& leas
   const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, name);
   Failures failures;
   const RedlockVotes v = s.release_round(keys, lease.owner.str(), &failures);
-  switch (detail::redlock_judge_release(v)) {
-    case detail::RedlockRelease::released:
-      return ReleaseResult::released;
-    case detail::RedlockRelease::not_held:
-      return ReleaseResult::not_held;
-    case detail::RedlockRelease::unknown:
-      break;
-  }
-  std::rethrow_exception(failures.error(fmt::format(
-      "dlock: Redlock release of '{}' reached only {} of {} nodes (quorum {}) and none of them had the lock; it "
-      "expires by its TTL",
-      name, v.total() - v.failed, s.size(), s.quorum)));
+  return s.release_result(name, v, failures);
 }
 
 void RedlockBackend::abandon(std::string_view name, const OwnerId& owner) noexcept {
@@ -520,36 +625,8 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
                                                               : fmt::format("extend of {} locks", index.size()));
 
     std::vector<std::size_t> lost;  // batch positions to release
-    for (std::size_t b = 0; b < index.size(); ++b) {
-      ExtendItem& it = items[index[b]];
-      RedlockVotes v;
-      Failures failures;
-      for (std::size_t n = 0; n < s.size(); ++n) {
-        try {
-          if (replies[n].error) std::rethrow_exception(replies[n].error);
-          ++(detail::parse_flag_reply(replies[n].replies[b], s.nodes[n]->endpoint(), "extend", keys[b].lock) ? v.yes
-                                                                                                             : v.no);
-        } catch (...) {
-          ++v.failed;
-          failures.add(s.nodes[n]->endpoint(), std::current_exception());
-        }
-      }
-      const Clock::duration validity = detail::redlock_validity(it.ttl, s.clock.now() - it.started, drifts[b]);
-      switch (detail::redlock_judge_extend(v, validity)) {
-        case detail::RedlockExtend::extended:
-          it.valid_until = detail::redlock_valid_until(it.started, it.ttl, drifts[b]);
-          break;
-        case detail::RedlockExtend::lost:
-          lost.push_back(b);
-          break;
-        case detail::RedlockExtend::unknown:
-          it.error = failures.error(fmt::format(
-              "dlock: Redlock extend of '{}' reached a quorum of neither yes nor no ({} extended, {} not held, {} "
-              "failed, quorum {}); the lock stays valid until its current validity ends",
-              it.name, v.yes, v.no, v.failed, s.quorum));
-          break;
-      }
-    }
+    for (std::size_t b = 0; b < index.size(); ++b)
+      if (s.judge_extend(items[index[b]], replies, b, keys[b].lock, drifts[b])) lost.push_back(b);
     if (lost.empty()) return;
     // Lost: what is left of it is released on all nodes at once (pipelined),
     // so that others need not wait out its TTL, and published, which wakes
@@ -564,6 +641,146 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
     for (ExtendItem& it : items)
       if (!it.valid_until) it.error = e;
   }
+}
+
+// ---- AsyncBackend: the same rounds with async_fan_out, completed through the caller's executor ----
+
+void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                       AcquireCompletion<Handle> done) {
+  using Result = AcquireResult<Handle>;
+  try {
+    auto state = state_;
+    auto a = std::make_shared<State::Attempt>(*state, request);
+    const detail::ExecutorCompletion work(ex);
+    // The last step: the attempt's outcome to the caller.
+    auto finish = [state, a, work, done] {
+      Result result = Contended{};
+      std::exception_ptr error;
+      try {
+        result = a->not_granted();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      detail::post_result<Result>(work, done, error, std::move(result));
+    };
+    // Granted, or cleaned up and judged.
+    auto settle = [state, a, work, done, finish] {
+      if (a->granted()) return detail::post_result<Result>(work, done, nullptr, a->grant());
+      if (!a->cleanup_needed()) return finish();
+      auto batches = a->cleanup_batches();
+      auto shared = std::make_shared<std::vector<std::vector<ScriptCall>>>(batches);
+      detail::async_fan_out(state->ptrs, std::move(batches), state->options.node_timeout,
+                            fmt::format("release of '{}'", a->keys.lock), state->deadline_name,
+                            [state, a, shared, finish](std::vector<detail::RedisOutcome> out) {
+                              try {
+                                (void)state->release_votes(a->keys, *shared, out, nullptr);
+                              } catch (...) {  // out of memory: the keys expire by their TTL
+                              }
+                              finish();
+                            });
+    };
+    detail::async_fan_out(state->ptrs, a->acquire_batches(), state->options.node_timeout, a->what(),
+                          state->deadline_name, [state, a, settle](std::vector<detail::RedisOutcome> out) {
+                            try {
+                              a->tally(out);
+                              if (!a->raise_needed()) return settle();
+                              detail::async_fan_out(state->ptrs, a->raise_batches(), state->options.node_timeout,
+                                                    a->raise_what(), state->deadline_name,
+                                                    [a, settle](std::vector<detail::RedisOutcome> raised) {
+                                                      try {
+                                                        a->tally_raise(raised);
+                                                      } catch (...) {
+                                                        a->error = std::current_exception();
+                                                      }
+                                                      settle();
+                                                    });
+                            } catch (...) {  // out of memory
+                              a->error = std::current_exception();
+                              settle();
+                            }
+                          });
+  } catch (...) {  // an invalid name or ttl, or out of memory
+    detail::post_result<Result>(detail::ExecutorCompletion(ex), done, std::current_exception(), Contended{});
+  }
+}
+
+void RedlockBackend::async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                                   ReleaseCompletion done) {
+  try {
+    detail::validate_redis_lock_name(name);
+    auto state = state_;
+    auto keys = std::make_shared<detail::RedisKeys>(detail::redis_keys(state->options.key_prefix, name));
+    auto batches =
+        std::make_shared<std::vector<std::vector<ScriptCall>>>(state->release_batches(*keys, lease.owner.str()));
+    detail::async_fan_out(state->ptrs, *batches, state->options.node_timeout,
+                          fmt::format("release of '{}'", keys->lock), state->deadline_name,
+                          [state, keys, batches, name = std::string(name), work = detail::ExecutorCompletion(ex),
+                           done](std::vector<detail::RedisOutcome> out) {
+                            ReleaseResult result = ReleaseResult::not_held;
+                            std::exception_ptr error;
+                            try {
+                              Failures failures;
+                              result = state->release_result(
+                                  name, state->release_votes(*keys, *batches, out, &failures), failures);
+                            } catch (...) {
+                              error = std::current_exception();
+                            }
+                            detail::post_result<ReleaseResult>(work, done, error, result);
+                          });
+  } catch (...) {
+    detail::post_result<ReleaseResult>(detail::ExecutorCompletion(ex), done, std::current_exception(),
+                                       ReleaseResult::not_held);
+  }
+}
+
+void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                  TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+  using Result = std::optional<TimePoint>;
+  try {
+    detail::validate_redis_lock_name(name);
+    auto state = state_;
+    const Clock::duration drift = state->drift(ttl, fmt::format("extend of '{}'", name));
+    auto keys = std::make_shared<detail::RedisKeys>(detail::redis_keys(state->options.key_prefix, name));
+    const std::string owner(lease.owner.str());
+    std::vector<std::vector<ScriptCall>> batches(state->size(), {proto::extend_call(keys->lock, owner, ttl)});
+    detail::async_fan_out(state->ptrs, std::move(batches), state->options.node_timeout,
+                          fmt::format("extend of '{}'", name), state->deadline_name,
+                          [state, keys, owner, name = std::string(name), ttl, started, drift,
+                           work = detail::ExecutorCompletion(ex), done](std::vector<detail::RedisOutcome> out) {
+                            ExtendItem it{name, nullptr, ttl, started};
+                            std::exception_ptr error;
+                            try {
+                              if (state->judge_extend(it, out, 0, keys->lock, drift)) {
+                                // Lost: what is left of it is released (published: the lock is free now). Best effort.
+                                detail::async_fan_out(state->ptrs, state->release_batches(*keys, owner),
+                                                      state->options.node_timeout, "release of lost locks",
+                                                      state->deadline_name, [](std::vector<detail::RedisOutcome>) {});
+                              }
+                              error = it.error;
+                            } catch (...) {
+                              error = std::current_exception();
+                            }
+                            detail::post_result<Result>(work, done, error, it.valid_until);
+                          });
+  } catch (...) {
+    detail::post_result<Result>(detail::ExecutorCompletion(ex), done, std::current_exception(), std::nullopt);
+  }
+}
+
+void RedlockBackend::async_abandon(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    const detail::RedisKeys keys = detail::redis_keys(state_->options.key_prefix, name);
+    detail::async_fan_out(state_->ptrs, state_->release_batches(keys, owner.str()), state_->options.node_timeout,
+                          fmt::format("release of '{}'", keys.lock), state_->deadline_name,
+                          [](std::vector<detail::RedisOutcome>) {});
+  } catch (...) {  // an invalid name or out of memory: best effort, the keys expire by their TTL
+  }
+}
+
+RedlockBackend::Subscription RedlockBackend::subscribe_release_nowait(std::string_view name) {
+  return Subscription(state_->subscriber.subscribe(detail::redis_keys(state_->options.key_prefix, name).channel, false),
+                      state_->round_ns);
 }
 
 }  // namespace dlock

@@ -401,3 +401,79 @@ TEST(Async, AReleaseDuringAnAttemptIsNotLost) {
   if (releaser.joinable()) releaser.join();
   EXPECT_EQ(acquired, rounds) << "a release was lost: a 30 s backoff wait was not ended";
 }
+
+// ---- issue 16 item 5 and issue 13: the blocking acquire's checks in the asynchronous forms ----
+
+// An asynchronous acquire started by the thread that holds the Lock object
+// through a blocking acquire would wait for itself: it completes at once with
+// errc::deadlock, the backend untouched. Another thread's waits as before.
+TEST(Async, AnAcquireByTheThreadHoldingTheLockFailsAtOnceWithDeadlock) {
+  asio::io_context io;
+  MemoryBackend mem;
+  auto observer = std::make_shared<RecordingObserver>();
+  LockOptions o = fast;
+  o.observer = observer;
+  o.acquire_timeout = 300ms;  // bounds the wait if it is not detected
+  Lock<MemoryBackend> lock(mem, "job", o);
+  lock.lock();
+  const std::size_t attempts = observer->count(EventType::attempt);
+  std::optional<boost::system::error_code> acquire_ec, try_ec;
+  lock.async_acquire(
+      asio::bind_executor(io, [&](boost::system::error_code ec, dlock::AsyncGuard<Lock<MemoryBackend>> g) {
+        acquire_ec = ec;
+        EXPECT_FALSE(g.owns_lock());
+      }));
+  lock.async_try_lock_for(300ms, asio::bind_executor(io, [&](boost::system::error_code ec, bool ok) {
+                            try_ec = ec;
+                            EXPECT_FALSE(ok);
+                          }));
+  const auto start = Clock::now();
+  io.run();
+  EXPECT_LT(Clock::now() - start, 200ms) << "a form waited for itself";
+  ASSERT_TRUE(acquire_ec && try_ec);
+  EXPECT_TRUE(dlock::to_std(*acquire_ec) == dlock::errc::deadlock) << acquire_ec->message();
+  EXPECT_TRUE(dlock::to_std(*try_ec) == dlock::errc::deadlock) << try_ec->message();
+  EXPECT_EQ(observer->count(EventType::attempt), attempts) << "the backend was contacted";
+  EXPECT_TRUE(lock.owns_lock());
+  // Started on another thread: contention with the holder, not re-entry.
+  std::optional<std::pair<boost::system::error_code, bool>> other;
+  io.restart();
+  std::thread([&] {
+    lock.async_try_lock_for(
+        30ms, asio::bind_executor(io, [&](boost::system::error_code ec, bool ok) { other.emplace(ec, ok); }));
+  }).join();
+  io.run();
+  ASSERT_TRUE(other);
+  EXPECT_FALSE(other->first) << other->first.message();
+  EXPECT_FALSE(other->second);
+  lock.unlock();
+}
+
+// LockOptions::lock_order checks asynchronous acquires as blocking ones: an
+// inversion of this thread's holdings is reported before the acquire.
+TEST(Async, ALockOrderInversionIsReportedForAnAsynchronousAcquire) {
+  asio::io_context io;
+  MemoryBackend mem;
+  dlock::LockOrderChecker checker(dlock::LockOrderChecker::Action::report);
+  auto observer = std::make_shared<RecordingObserver>();
+  LockOptions o = fast;
+  o.observer = observer;
+  o.lock_order = &checker;
+  Lock<MemoryBackend> a(mem, "accounts:1", o), b(mem, "billing:1", o);
+  b.lock();
+  a.lock();  // billing held while accounts is acquired
+  a.unlock();
+  b.unlock();
+  a.lock();
+  bool done = false;
+  b.async_try_lock_for(1s, asio::bind_executor(io, [&](boost::system::error_code ec, bool ok) {
+                         EXPECT_FALSE(ec) << ec.message();
+                         EXPECT_TRUE(ok);
+                         done = true;
+                       }));
+  io.run();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(observer->count(EventType::order_violation), 1u);
+  b.unlock();
+  a.unlock();
+}

@@ -25,11 +25,14 @@
 // error is thrown. Messages name the endpoint, never the password.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -144,6 +147,11 @@ class RedisClient {
   [[nodiscard]] std::optional<RedisOptions> current_server() const;
   /// With Sentinel, for tests: the +switch-master announcements received; else 0.
   [[nodiscard]] std::uint64_t failovers_seen() const;
+  /// For the asynchronous operations (detail/redis_async.hpp): one of up to
+  /// pool_size links shared by every asynchronous request (pipelined on it),
+  /// opened on demand without blocking; broken ones are replaced. Separate
+  /// from the pool, whose checkout may block.
+  [[nodiscard]] std::shared_ptr<RedisLink> shared_link();
 
  private:
   RedisLink open_link();
@@ -155,6 +163,10 @@ class RedisClient {
   RedisLinkSetup setup_;
   Pool<RedisLink> pool_;
   std::unique_ptr<SentinelClient> sentinel_;  // with options.sentinel
+  std::mutex shared_mu_;                      // shared_link()
+  std::vector<std::shared_ptr<RedisLink>> shared_links_;
+  std::size_t shared_next_ = 0;
+  pid_t shared_pid_ = 0;
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

@@ -54,6 +54,7 @@ class RedisSubscriber {
  public:
   struct Core;
   struct Channel;
+  struct Waker;
 
   /// One server to subscribe on. options must be valid (detail::validate);
   /// endpoint names it in messages.
@@ -77,10 +78,14 @@ class RedisSubscriber {
   ~RedisSubscriber();
 
   /// Never throws for connection problems (see above); only std::bad_alloc.
-  [[nodiscard]] RedisSubscription subscribe(std::string channel);
+  /// With `wait_for_ack` false, returns at once, without waiting for the
+  /// servers' acknowledgements (the asynchronous acquire: on_release() then
+  /// also fires when one comes).
+  [[nodiscard]] RedisSubscription subscribe(std::string channel, bool wait_for_ack = true);
   /// A targeted subscription (fair mode): woken only by a message whose
   /// payload is `target` (the waiter's owner id) or empty, not by the others.
-  [[nodiscard]] RedisSubscription subscribe(std::string channel, std::string target);
+  /// Waits for the acknowledgements as subscribe() does.
+  [[nodiscard]] RedisSubscription subscribe_targeted(std::string channel, std::string target);
 
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
@@ -93,6 +98,7 @@ class RedisSubscriber {
   [[nodiscard]] std::string last_refusal() const;
 
  private:
+  RedisSubscription subscribe(std::string channel, std::string target, bool wait_for_ack);
   /// core_, replaced by a fresh one first if it was inherited through fork().
   [[nodiscard]] std::shared_ptr<Core> current() const;
 
@@ -110,6 +116,13 @@ class RedisSubscription {
   /// subscribing or since the last call that returned true; false when `d`
   /// passed first.
   [[nodiscard]] bool wait_for(std::chrono::nanoseconds d);
+  /// For waits that must not block (the asynchronous acquire): `f` runs once,
+  /// under the subscriber's lock on the I/O thread, at the next message on
+  /// the channel or the next acknowledgement of its SUBSCRIBE by a server, or
+  /// at once (inside the call) when a message came since subscribing or
+  /// since `f`'s predecessor ran. A later call replaces a pending `f`. `f`
+  /// must not block nor call back into the subscriber.
+  void on_release(std::function<void()> f);
   /// How many servers acknowledged the subscription before subscribe() returned.
   [[nodiscard]] std::size_t acknowledged() const noexcept { return acknowledged_; }
 
@@ -124,9 +137,10 @@ class RedisSubscription {
   std::shared_ptr<RedisSubscriber::Channel> channel_;
   std::uint64_t seen_ = 0;
   std::size_t acknowledged_ = 0;
-  std::string target_;                            // targeted: the payload that wakes it
-  const std::uint64_t* hits_ = nullptr;           // targeted: messages naming target_ (in the channel, under core mu)
-  std::condition_variable* target_cv_ = nullptr;  // targeted: where its waits block (in the channel)
+  std::string target_;                             // targeted: the payload that wakes it
+  const std::uint64_t* hits_ = nullptr;            // targeted: messages naming target_ (in the channel, under core mu)
+  std::condition_variable* target_cv_ = nullptr;   // targeted: where its waits block (in the channel)
+  std::shared_ptr<RedisSubscriber::Waker> waker_;  // on_release(), once called
 };
 
 }  // namespace dlock::detail
