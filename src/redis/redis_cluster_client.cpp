@@ -85,6 +85,13 @@ void ClusterClient::refresh() {
   throw ConnectionError(fmt::format("dlock: no node of {} gave its slot map ({})", redis_endpoint(options_), answers));
 }
 
+void ClusterClient::refresh_quietly() noexcept {
+  try {
+    refresh();
+  } catch (...) {  // the old map serves; the next failure tries again
+  }
+}
+
 RedisClient& ClusterClient::primary(std::uint16_t slot) {
   for (int attempt = 0;; ++attempt) {
     std::optional<redis_proto::ClusterNode> at;
@@ -110,12 +117,7 @@ RedisValue ClusterClient::follow(RedisValue reply, std::string sender_host, cons
   for (int redirects = 0; reply.is_error(); ++redirects) {
     const redis_proto::HaDecision d = redis_proto::after_error(reply.str, sender_host, redirects);
     if (d.step != HaStep::follow_moved && d.step != HaStep::follow_ask) {
-      if (d.refresh_map) {  // READONLY, CLUSTERDOWN: the caller retries with the new map
-        try {
-          refresh();
-        } catch (const std::exception&) {  // the next attempt reads it again
-        }
-      }
+      if (d.refresh_map) refresh_quietly();  // READONLY, CLUSTERDOWN: the caller retries with the new map
       return reply;
     }
     const redis_proto::Redirect& to = *d.redirect;
@@ -169,7 +171,13 @@ std::vector<RedisValue> ClusterClient::run_scripts(std::span<const redis_proto::
     std::vector<redis_proto::ScriptCall> batch;
     batch.reserve(index.size());
     for (std::size_t k : index) batch.push_back(calls[k]);
-    std::vector<RedisValue> replies = n->run_scripts(batch, what);
+    std::vector<RedisValue> replies;
+    try {
+      replies = n->run_scripts(batch, what);
+    } catch (const Error&) {
+      refresh_quietly();  // a primary that is gone: its replica may serve the slot by the next attempt
+      throw;
+    }
     const std::string sender_host = n->options().host;
     for (std::size_t b = 0; b < index.size(); ++b) {
       const redis_proto::ScriptCall& call = calls[index[b]];
@@ -188,8 +196,16 @@ std::vector<RedisValue> ClusterClient::run_scripts(std::span<const redis_proto::
 
 RedisValue ClusterClient::command(std::span<const std::string_view> args) {
   RedisClient& n = node_for_key(cluster_route_key(args));
+  RedisValue first;
+  try {
+    first = n.command(args);
+  } catch (const Error&) {
+    refresh_quietly();
+    throw;
+  }
   return follow(
-      n.command(args), n.options().host, [&](redis_proto::Request& r, const redis_proto::ScriptShas&) { r.push(args); },
+      std::move(first), n.options().host,
+      [&](redis_proto::Request& r, const redis_proto::ScriptShas&) { r.push(args); },
       args.empty() ? std::string_view("a command") : args.front());
 }
 

@@ -2,7 +2,9 @@
 // slots, the slot map and the redirect decisions are redis_cluster.hpp's).
 // For a RedisOptions with `cluster` set it
 //   - reads the slot map with CLUSTER SLOTS from a seed (then from any node
-//     it knows), lazily and again after MOVED, READONLY or CLUSTERDOWN;
+//     it knows), lazily and again after MOVED, READONLY, CLUSTERDOWN or a
+//     connection failure (a primary that died: its promoted replica is
+//     found for the caller's next attempt);
 //   - keeps one RedisClient (a pool) per node, created on first use;
 //   - routes each script call by the slot of its first key (dlock's keys
 //     hash on {name}: a lock, its fence and its channel share one slot);
@@ -69,6 +71,8 @@ class ClusterClient {
  private:
   RedisClient& node(const std::string& host, std::uint16_t port);
   [[nodiscard]] RedisOptions node_options(const std::string& host, std::uint16_t port) const;
+  // refresh(), errors ignored (after a failure: the next attempt uses what it found).
+  void refresh_quietly() noexcept;
   // The primary for `slot`; refreshes the map once if it has none.
   RedisClient& primary(std::uint16_t slot);
   // `reply` came from `sender`: follows MOVED/ASK by sending push() again;

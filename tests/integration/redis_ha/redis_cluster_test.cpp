@@ -7,7 +7,10 @@
 //     lock lives on (the subscriber listens on one node);
 //   - lock_all over names on three shards;
 //   - a slot migrated under a held lock: ASK (ASKING + the script on the
-//     importing node) and then MOVED are followed, tokens keep increasing.
+//     importing node) and then MOVED are followed, tokens keep increasing;
+//   - a primary killed (SIGKILL) under 4 locking threads: its replica is
+//     promoted, the router finds it, locking resumes, and a fenced resource
+//     never sees a token go backwards (a cluster of its own).
 // Skipped with DLOCK_TEST_REDIS (the suite starts its own servers).
 #include <dlock/detail/redis_cluster.hpp>
 #include <dlock/detail/redis_cluster_client.hpp>
@@ -20,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <set>
@@ -37,6 +41,7 @@ using dlock::Lock;
 using dlock::RedisBackend;
 using dlock::test::ClusterSetup;
 using dlock::test::eventually;
+using dlock::test::LockTraffic;
 using dlock::test::RespConn;
 
 namespace {
@@ -236,6 +241,36 @@ TEST_F(RedisClusterBackendIt, ASlotMigratedUnderAHeldLockGivesAskThenMovedThatAr
   ASSERT_TRUE(contender.try_lock());
   contender.unlock();
   EXPECT_EQ(router->moved_followed(), moved);
+}
+
+// Its own cluster: the primary it kills is gone for good.
+TEST(RedisClusterFailoverIt, APrimaryKilledUnderLockTrafficIsReplacedByItsReplica) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  ClusterSetup cluster;
+  RedisBackend redis("redis+cluster://127.0.0.1:" + std::to_string(cluster.node(0).port()));
+  RespConn seed(cluster.node(0).port());
+  auto parsed = SlotMap::from_cluster_slots(seed.command({"CLUSTER", "SLOTS"}), "127.0.0.1");
+  ASSERT_TRUE(std::holds_alternative<SlotMap>(parsed));
+  // LockTraffic cycles through s0, s1, s2 in every thread: kill the shard of s0.
+  const int victim = std::get<SlotMap>(parsed).primary_for_key(dlock::detail::redis_keys("dlock:", "s0").lock)->port;
+  ASSERT_NE(cluster.by_port(victim), nullptr);
+
+  LockTraffic traffic(redis);
+  ASSERT_TRUE(traffic.progressed(100, 15s)) << traffic.error();
+  const auto killed = std::chrono::steady_clock::now();
+  cluster.by_port(victim)->kill();
+  // 100 more cycles: every thread locks s0 every third cycle, so s0 is granted again.
+  const bool resumed = traffic.progressed(100, 40s);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
+  traffic.stop();
+  EXPECT_TRUE(traffic.error().empty()) << traffic.error();
+  ASSERT_TRUE(resumed) << "locking did not resume after the primary was killed";
+  EXPECT_EQ(traffic.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  std::printf("cluster failover: 100 lock cycles over the 3 shards %lld ms after the SIGKILL\n",
+              static_cast<long long>(took.count()));
+  // The killed node no longer serves s0's slot in the router's map.
+  EXPECT_NE(redis.node().cluster()->node_for_key(dlock::detail::redis_keys("dlock:", "s0").lock).options().port,
+            victim);
 }
 
 }  // namespace
