@@ -46,24 +46,10 @@ using dlock::test::RespConn;
 
 namespace {
 
-class RedisClusterBackendIt : public ::testing::Test {
+class RedisClusterBackendIt : public dlock::test::ClusterSuite {
  protected:
-  static void SetUpTestSuite() {
-    if (!dlock::test::redis_is_external()) cluster_ = new ClusterSetup;
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override { DLOCK_REQUIRE_OWN_REDIS(); }
-
   static std::string uri() { return "redis+cluster://127.0.0.1:" + std::to_string(cluster_->node(0).port()); }
-  static SlotMap slot_map() {
-    RespConn c(cluster_->node(0).port());
-    auto parsed = SlotMap::from_cluster_slots(c.command({"CLUSTER", "SLOTS"}), "127.0.0.1");
-    if (auto* why = std::get_if<std::string>(&parsed)) throw std::runtime_error(*why);
-    return std::get<SlotMap>(std::move(parsed));
-  }
+  static SlotMap slot_map() { return ClusterSuite::slot_map(cluster_->node(0).port()); }
   // The port of the primary holding lock `name` (default key prefix).
   static int port_of(const SlotMap& map, std::string_view name) {
     return map.primary_for_key(dlock::detail::redis_keys("dlock:", name).lock)->port;
@@ -80,10 +66,7 @@ class RedisClusterBackendIt : public ::testing::Test {
     return out;
   }
   static std::shared_ptr<dlock::Observer> quiet() { return std::make_shared<dlock::test::Quiet>(); }
-
-  static ClusterSetup* cluster_;
 };
-ClusterSetup* RedisClusterBackendIt::cluster_ = nullptr;
 
 TEST_F(RedisClusterBackendIt, EightThreadsOverEveryShardKeepExactCountersAndIncreasingTokens) {
   RedisBackend redis(uri());
@@ -248,11 +231,9 @@ TEST(RedisClusterFailoverIt, APrimaryKilledUnderLockTrafficIsReplacedByItsReplic
   DLOCK_REQUIRE_OWN_REDIS();
   ClusterSetup cluster;
   RedisBackend redis("redis+cluster://127.0.0.1:" + std::to_string(cluster.node(0).port()));
-  RespConn seed(cluster.node(0).port());
-  auto parsed = SlotMap::from_cluster_slots(seed.command({"CLUSTER", "SLOTS"}), "127.0.0.1");
-  ASSERT_TRUE(std::holds_alternative<SlotMap>(parsed));
+  const SlotMap map = dlock::test::ClusterSuite::slot_map(cluster.node(0).port());
   // LockTraffic cycles through s0, s1, s2 in every thread: kill the shard of s0.
-  const int victim = std::get<SlotMap>(parsed).primary_for_key(dlock::detail::redis_keys("dlock:", "s0").lock)->port;
+  const int victim = map.primary_for_key(dlock::detail::redis_keys("dlock:", "s0").lock)->port;
   ASSERT_NE(cluster.by_port(victim), nullptr);
 
   LockTraffic traffic(redis);
