@@ -198,6 +198,12 @@ RedisClient::~RedisClient() {
 }  // stops the +switch-master watch before the pool goes
 
 RedisLink RedisClient::open_link() {
+  if (cluster_)  // fan_out (Redlock) takes from this pool directly: a cluster is not one server
+    throw InvalidArgument(
+        fmt::format("dlock: {} is a Redis Cluster, which routes each lock to its shard; it cannot "
+                    "serve where one server is expected (a Redlock node): give Redlock independent "
+                    "servers",
+                    endpoint_));
   if (!sentinel_) return RedisLink::open(options_, setup_);
   // A failover announced retires every connection open before it.
   sentinel_->watch([this] { pool_.invalidate(); });

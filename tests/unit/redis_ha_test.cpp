@@ -2,6 +2,7 @@
 // maps from canned CLUSTER SLOTS / CLUSTER SHARDS bytes, the decision after
 // an error reply, Sentinel and ROLE replies, and the HA options and URIs.
 #include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_client.hpp>
 #include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_sentinel.hpp>
@@ -495,4 +496,14 @@ TEST(RedisCluster, CallsAreRoutedByTheirFirstKeyAndCommandsByTheirFirstArgument)
   EXPECT_EQ(dlock::detail::cluster_route_key(set), "p:waiting:w");
   const std::string_view ping[] = {"PING"};
   EXPECT_EQ(dlock::detail::cluster_route_key(ping), "");
+}
+
+TEST(RedisCluster, AClusterClientRefusesToServeAsOneServer) {
+  // Redlock's fan_out takes connections from a node's own pool: with a
+  // cluster that pool would reach host:port, not the lock's shard.
+  dlock::detail::RedisClient client(dlock::parse_redis_uri("redis+cluster://127.0.0.1:1"));
+  ASSERT_NE(client.cluster(), nullptr);
+  const std::string m = message_of([&] { (void)client.take(); });
+  EXPECT_NE(m.find("Redis Cluster (seeds 127.0.0.1:1)"), std::string::npos) << m;
+  EXPECT_NE(m.find("Redlock"), std::string::npos) << m;
 }
