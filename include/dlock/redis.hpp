@@ -4,6 +4,7 @@
 //   dlock::RedisBackend redis(dlock::RedisOptions{.host = "127.0.0.1", .port = 6379});
 //   dlock::RedisBackend other("redis://app:secret@127.0.0.1:6379/0");
 //   dlock::RedisBackend ha("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/mymaster");
+//   dlock::RedisBackend sharded("redis+cluster://10.0.0.1:7000,10.0.0.2:7000");
 //   dlock::Lock<dlock::RedisBackend> lock(redis, "orders:42", {.ttl = 10s});
 //
 // Lock N is the string key `<prefix>{N}` holding the owner id, with a TTL; its
@@ -86,7 +87,8 @@ class RedisBackend {
 
   [[nodiscard]] std::string_view kind() const noexcept { return "redis"; }
   /// "host:port" or the socket path ("the primary of '<name>' (Sentinel)"
-  /// with RedisOptions::sentinel); never the password.
+  /// with RedisOptions::sentinel, "Redis Cluster (seeds h:p,...)" with
+  /// RedisOptions::cluster); never the password.
   [[nodiscard]] std::string_view endpoint() const noexcept { return state_->node->endpoint(); }
   /// Equal for all copies of this handle.
   [[nodiscard]] const void* identity() const noexcept { return state_.get(); }

@@ -11,9 +11,9 @@
 // or TLS get them from RedisSentinelOptions fields. Sentinel ports default
 // to 26379, cluster ports to 6379. A cluster has only database 0.
 //
-// Status: RedisOptions::sentinel (and redis+sentinel:// in parse_redis_uri)
-// is wired into RedisBackend; RedisClusterOptions are options and a parser
-// only (docs/redis.md, "Deployments", says what is wired).
+// Both are wired into RedisBackend: RedisOptions::sentinel and
+// RedisOptions::cluster, and parse_redis_uri takes both URI forms
+// (docs/redis.md, "Deployments", says what each guarantees).
 #pragma once
 
 #include <optional>

@@ -64,6 +64,12 @@ struct RedisOptions {
   /// announcement retires every pooled connection. username, password,
   /// database and tls apply to the data nodes. redis+sentinel:// URIs set it.
   std::optional<RedisSentinelOptions> sentinel{};
+  /// Redis Cluster (dlock/redis_ha.hpp): when set, host and port are not
+  /// used; the slot map is read from a seed (CLUSTER SLOTS), each lock goes
+  /// to the primary of its {name} slot (one pool per node), MOVED and ASK
+  /// are followed. Not with sentinel, unix_socket or a database other than 0.
+  /// redis+cluster:// URIs set it.
+  std::optional<RedisClusterOptions> cluster{};
 };
 
 /// Parses `redis://[[user]:password@]host[:port][/db]`, the same with
@@ -73,6 +79,8 @@ struct RedisOptions {
 /// `redis+sentinel://[[user]:password@]host[:port],host[:port].../master-name[?db=N]`
 /// (sets sentinel, keeping base.sentinel's credentials and TLS; see
 /// parse_redis_sentinel_uri in dlock/redis_ha.hpp), or
+/// `redis+cluster://[[user]:password@]host[:port][,host[:port]...]` (sets
+/// cluster; parse_redis_cluster_uri), or
 /// `unix://[[user]:password@]/path/to/socket[?db=N]` (user and password
 /// percent-decoded; the credentials end at the last '@', so '/', '?', '#' and
 /// '@' in a password need no encoding) into a copy of `base`, whose other

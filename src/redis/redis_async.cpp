@@ -21,6 +21,13 @@
 namespace dlock::detail {
 
 std::shared_ptr<RedisLink> RedisClient::shared_link() {
+  // The shared links reach options_ itself: with Sentinel or Cluster that is
+  // not the server holding the lock, so refuse rather than lock elsewhere.
+  if (sentinel_ || cluster_)
+    throw InvalidArgument(
+        fmt::format("dlock: {}: the asynchronous operations are not available with Redis "
+                    "Sentinel or Cluster yet; use the blocking ones",
+                    endpoint_));
   std::lock_guard lk(shared_mu_);
   if (shared_pid_ != ::getpid()) {  // fork(): the parent's links are dropped without sending anything
     shared_links_.clear();

@@ -18,9 +18,10 @@ RedisBackend::State::State(RedisOptions o)
           {.options = options,
            .endpoint = node->endpoint(),
            // Sentinel: the release subscriber follows the primary the pool found.
-           .locate = options.sentinel ? std::function<std::optional<RedisOptions>()>(
-                                            [n = node.get()] { return n->current_server(); })
-                                      : nullptr}}) {}
+           // Cluster: it listens on one node (a PUBLISH reaches every node).
+           .locate = options.sentinel || options.cluster ? std::function<std::optional<RedisOptions>()>(
+                                                               [n = node.get()] { return n->current_server(); })
+                                                         : nullptr}}) {}
 
 RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {}
 

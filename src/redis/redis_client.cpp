@@ -13,6 +13,7 @@
 
 #include <dlock/detail/format.hpp>
 #include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_sentinel_client.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
@@ -188,11 +189,21 @@ RedisClient::RedisClient(RedisOptions options, RedisLinkSetup setup)
       pool_(options_.pool_size, [](const RedisLink& l) { return !l.broken(); }) {
   setup_.facts = &facts_;
   if (options_.sentinel) sentinel_ = std::make_unique<SentinelClient>(options_);
+  if (options_.cluster) cluster_ = std::make_unique<ClusterClient>(options_, setup);
 }
 
-RedisClient::~RedisClient() { sentinel_.reset(); }  // stops the +switch-master watch before the pool goes
+RedisClient::~RedisClient() {
+  sentinel_.reset();
+  cluster_.reset();
+}  // stops the +switch-master watch before the pool goes
 
 RedisLink RedisClient::open_link() {
+  if (cluster_)  // fan_out (Redlock) takes from this pool directly: a cluster is not one server
+    throw InvalidArgument(
+        fmt::format("dlock: {} is a Redis Cluster, which routes each lock to its shard; it cannot "
+                    "serve where one server is expected (a Redlock node): give Redlock independent "
+                    "servers",
+                    endpoint_));
   if (!sentinel_) return RedisLink::open(options_, setup_);
   // A failover announced retires every connection open before it.
   sentinel_->watch([this] { pool_.invalidate(); });
@@ -200,6 +211,7 @@ RedisLink RedisClient::open_link() {
 }
 
 std::optional<RedisOptions> RedisClient::current_server() const {
+  if (cluster_) return cluster_->any_node();
   if (!sentinel_) return options_;
   return sentinel_->last_primary();
 }
@@ -246,6 +258,7 @@ class Use {
 std::vector<RedisValue> RedisClient::run_scripts(std::span<const redis_proto::ScriptCall> calls,
                                                  std::string_view what) {
   if (calls.empty()) return {};
+  if (cluster_) return cluster_->run_scripts(calls, what);
   RedisClient* const self[] = {this};
   const std::vector<redis_proto::ScriptCall> batch(calls.begin(), calls.end());
   auto out = fan_out(self, std::span(&batch, 1), std::nullopt, what, {});
@@ -364,6 +377,7 @@ bool RedisClient::release(const RedisKeys& keys, std::string_view owner) {
 
 void RedisClient::abandon(const RedisKeys& keys, std::string_view owner, std::chrono::milliseconds timeout) noexcept {
   try {
+    if (cluster_) return cluster_->node_for_key(keys.lock).abandon(keys, owner, timeout);
     std::optional<RedisOptions> server = current_server();  // Sentinel: no discovery here
     if (!server) return;
     RedisOptions o = std::move(*server);
@@ -406,6 +420,7 @@ std::vector<bool> RedisClient::extend_many(std::span<const ExtendItem> items, st
 }
 
 RedisValue RedisClient::command(std::span<const std::string_view> args) {
+  if (cluster_) return cluster_->command(args);
   Use use(*this);
   RedisCall call{.what = fmt::format("{}", args.empty() ? std::string_view("a command") : args.front())};
   call.request.push(args);

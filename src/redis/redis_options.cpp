@@ -52,10 +52,30 @@ void validate(const RedisOptions& o) {
                     fmt::format("set, with unix_socket \"{}\"", o.unix_socket));
     validate(*o.sentinel);
   }
+  if (o.cluster) {
+    if (o.sentinel)
+      invalid_field("RedisOptions.cluster", "cannot be used with sentinel (a cluster finds its own primaries)", "set");
+    if (!o.unix_socket.empty())
+      invalid_field("RedisOptions.cluster", "cannot be used with unix_socket (cluster nodes are TCP addresses)",
+                    fmt::format("set, with unix_socket \"{}\"", o.unix_socket));
+    if (o.database != 0)
+      invalid_field("RedisOptions.database", "must be 0 with cluster (a cluster has only database 0)",
+                    fmt::format("{}", o.database));
+    validate(*o.cluster);
+  }
 }
 
 std::string redis_endpoint(const RedisOptions& o) {
   if (o.sentinel) return fmt::format("the primary of '{}' (Sentinel)", o.sentinel->master_name);
+  if (o.cluster) {
+    std::string seeds;
+    for (const RedisAddress& a : o.cluster->seeds) {
+      if (!seeds.empty()) seeds += ',';
+      seeds += a.host.find(':') != std::string::npos ? fmt::format("[{}]:{}", a.host, a.port)
+                                                     : fmt::format("{}:{}", a.host, a.port);
+    }
+    return fmt::format("Redis Cluster (seeds {})", seeds);
+  }
   if (!o.unix_socket.empty()) return o.unix_socket;
   if (o.host.find(':') != std::string::npos) return fmt::format("[{}]:{}", o.host, o.port);
   return fmt::format("{}:{}", o.host, o.port);
@@ -202,13 +222,23 @@ RedisOptions parse_redis_uri(std::string_view uri, RedisOptions base) {
     RedisSentinelUri u = parse_redis_sentinel_uri(uri, o.sentinel.value_or(RedisSentinelOptions{}));
     o.unix_socket.clear();
     o.sentinel = std::move(u.sentinel);
+    o.cluster.reset();
     o.username = std::move(u.username);
     o.password = std::move(u.password);
     o.database = u.database;
+  } else if (scheme == "redis+cluster") {
+    RedisClusterUri u = parse_redis_cluster_uri(uri);
+    o.unix_socket.clear();
+    o.sentinel.reset();
+    o.cluster = std::move(u.cluster);
+    o.username = std::move(u.username);
+    o.password = std::move(u.password);
+    o.database = 0;
   } else if (well_formed_scheme(scheme)) {
-    bad_uri(fmt::format("unknown scheme \"{}\" (expected redis, rediss, unix or redis+sentinel)", scheme));
+    bad_uri(
+        fmt::format("unknown scheme \"{}\" (expected redis, rediss, unix, redis+sentinel or redis+cluster)", scheme));
   } else {
-    bad_uri("unknown scheme (expected redis, rediss, unix or redis+sentinel)");
+    bad_uri("unknown scheme (expected redis, rediss, unix, redis+sentinel or redis+cluster)");
   }
   if (!o.username.empty() && o.password.empty()) bad_uri("a user name needs a password (user:password@)");
   // Every field taken from the URI is checked above; what validate() can

@@ -2,6 +2,8 @@
 // maps from canned CLUSTER SLOTS / CLUSTER SHARDS bytes, the decision after
 // an error reply, Sentinel and ROLE replies, and the HA options and URIs.
 #include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_client.hpp>
+#include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_sentinel.hpp>
 #include <dlock/error.hpp>
@@ -450,4 +452,58 @@ TEST(RedisHaOptions, RedisOptionsTakeTheSentinelUri) {
   dlock::RedisOptions no_sentinels = o;
   no_sentinels.sentinel->sentinels.clear();
   EXPECT_THROW(dlock::detail::validate(no_sentinels), InvalidArgument);
+}
+
+TEST(RedisHaOptions, RedisOptionsTakeTheClusterUri) {
+  dlock::RedisOptions base;
+  base.key_prefix = "app:";
+  base.database = 3;  // a cluster has only database 0
+  const dlock::RedisOptions o = dlock::parse_redis_uri("redis+cluster://user:data-pw@10.0.0.1:7000,10.0.0.2", base);
+  ASSERT_TRUE(o.cluster);
+  EXPECT_FALSE(o.sentinel);
+  EXPECT_EQ(o.cluster->seeds, (std::vector<dlock::RedisAddress>{{"10.0.0.1", 7000}, {"10.0.0.2", 6379}}));
+  EXPECT_EQ(o.username, "user");
+  EXPECT_EQ(o.password, "data-pw");
+  EXPECT_EQ(o.database, 0);
+  EXPECT_EQ(o.key_prefix, "app:");
+  EXPECT_EQ(dlock::detail::redis_endpoint(o), "Redis Cluster (seeds 10.0.0.1:7000,10.0.0.2:6379)");
+
+  dlock::RedisOptions with_db = o;
+  with_db.database = 1;
+  EXPECT_NE(message_of([&] { dlock::detail::validate(with_db); }).find("RedisOptions.database"), std::string::npos);
+  dlock::RedisOptions with_sentinel = o;
+  with_sentinel.sentinel = dlock::RedisSentinelOptions{
+      .master_name = "m", .sentinels = {{"h", 26379}}, .username = {}, .password = {}, .tls = {}};
+  EXPECT_NE(message_of([&] { dlock::detail::validate(with_sentinel); }).find("RedisOptions.cluster"),
+            std::string::npos);
+  dlock::RedisOptions no_seeds = o;
+  no_seeds.cluster->seeds.clear();
+  EXPECT_THROW(dlock::detail::validate(no_seeds), InvalidArgument);
+  // A redis+sentinel:// URI over cluster options leaves no cluster behind.
+  EXPECT_FALSE(dlock::parse_redis_uri("redis+sentinel://h/m", o).cluster);
+}
+
+TEST(RedisCluster, CallsAreRoutedByTheirFirstKeyAndCommandsByTheirFirstArgument) {
+  const auto keys = dlock::detail::redis_keys("p:", "orders:42");
+  const auto acquire = acquire_call(keys, "owner", std::chrono::seconds(10), std::chrono::seconds(10));
+  EXPECT_EQ(dlock::detail::cluster_route_key(acquire), keys.lock);
+  // Every script's first key is the lock key: one slot per lock name.
+  EXPECT_EQ(dlock::detail::cluster_route_key(release_call(keys, "owner", Publish::yes)), keys.lock);
+  EXPECT_EQ(dlock::detail::cluster_route_key(extend_call(keys.lock, "owner", std::chrono::seconds(1))), keys.lock);
+  EXPECT_EQ(hash_slot(dlock::detail::cluster_route_key(acquire)), hash_slot(keys.fence));
+  EXPECT_EQ(dlock::detail::cluster_route_key(ScriptCall{}), "");
+  const std::string_view set[] = {"SET", "p:waiting:w", "v"};
+  EXPECT_EQ(dlock::detail::cluster_route_key(set), "p:waiting:w");
+  const std::string_view ping[] = {"PING"};
+  EXPECT_EQ(dlock::detail::cluster_route_key(ping), "");
+}
+
+TEST(RedisCluster, AClusterClientRefusesToServeAsOneServer) {
+  // Redlock's fan_out takes connections from a node's own pool: with a
+  // cluster that pool would reach host:port, not the lock's shard.
+  dlock::detail::RedisClient client(dlock::parse_redis_uri("redis+cluster://127.0.0.1:1"));
+  ASSERT_NE(client.cluster(), nullptr);
+  const std::string m = message_of([&] { (void)client.take(); });
+  EXPECT_NE(m.find("Redis Cluster (seeds 127.0.0.1:1)"), std::string::npos) << m;
+  EXPECT_NE(m.find("Redlock"), std::string::npos) << m;
 }

@@ -74,10 +74,13 @@ struct ReleaseReply {
                                                std::string_view lock_key);
 
 class SentinelClient;
+class ClusterClient;
 
 /// One Redis server (with options.sentinel: the primary the sentinels name,
 /// detail/redis_sentinel_client.hpp): a pool of links and the lock
-/// operations. Thread-safe.
+/// operations. With options.cluster every call is routed by a ClusterClient
+/// (detail/redis_cluster_client.hpp) to the pool of its slot's primary.
+/// Thread-safe.
 class RedisClient {
  public:
   /// `options` must be valid (detail::validate). Connects lazily.
@@ -167,6 +170,10 @@ class RedisClient {
   std::vector<std::shared_ptr<RedisLink>> shared_links_;
   std::size_t shared_next_ = 0;
   pid_t shared_pid_ = 0;
+  std::unique_ptr<ClusterClient> cluster_;  // with options.cluster: routes every call, pool_ unused
+ public:
+  /// With options.cluster: the router (redis_cluster_client.hpp); else null.
+  [[nodiscard]] ClusterClient* cluster() noexcept { return cluster_.get(); }
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

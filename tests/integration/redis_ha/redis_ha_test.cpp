@@ -49,23 +49,8 @@ std::string owner_text(int i) { return "owner-" + std::to_string(i); }
 
 // ---- Cluster ----
 
-class RedisClusterIt : public ::testing::Test {
+class RedisClusterIt : public dlock::test::ClusterSuite {
  protected:
-  static void SetUpTestSuite() {
-    if (!dlock::test::redis_is_external()) cluster_ = new ClusterSetup;
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override { DLOCK_REQUIRE_OWN_REDIS(); }
-
-  static SlotMap slot_map(int port) {
-    RespConn c(port);
-    auto parsed = SlotMap::from_cluster_slots(c.command({"CLUSTER", "SLOTS"}), "127.0.0.1");
-    if (auto* why = std::get_if<std::string>(&parsed)) throw std::runtime_error(*why);
-    return std::get<SlotMap>(std::move(parsed));
-  }
   RespConn& conn(int port) {
     auto& c = conns_[port];
     if (!c) c = std::make_unique<RespConn>(port);
@@ -73,10 +58,8 @@ class RedisClusterIt : public ::testing::Test {
   }
   static std::string node_id(int port) { return dlock::test::redis_command(port, {"CLUSTER", "MYID"}).str; }
 
-  static ClusterSetup* cluster_;
   std::map<int, std::unique_ptr<RespConn>> conns_;
 };
-ClusterSetup* RedisClusterIt::cluster_ = nullptr;
 
 TEST_F(RedisClusterIt, ClusterSlotsRoutesEveryKeyToTheNodeThatAcceptsIt) {
   const SlotMap map = slot_map(cluster_->node(0).port());

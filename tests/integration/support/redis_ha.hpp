@@ -19,6 +19,7 @@
 
 #include "redis_server.hpp"
 
+#include <dlock/detail/redis_cluster.hpp>
 #include <dlock/detail/redis_protocol.hpp>
 #include <dlock/dlock.hpp>
 #include <dlock/redis.hpp>
@@ -39,6 +40,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <variant>
 #include <vector>
 
 namespace dlock::test {
@@ -349,6 +351,28 @@ class ClusterSetup {
 
  private:
   std::vector<std::unique_ptr<RedisServer>> nodes_;
+};
+
+/// A fixture whose suite shares one ClusterSetup, started before its first
+/// test (none with DLOCK_TEST_REDIS: the tests skip).
+class ClusterSuite : public ::testing::Test {
+ public:
+  /// The slot map from CLUSTER SLOTS of the node at `port`.
+  static detail::redis_proto::SlotMap slot_map(int port) {
+    RespConn c(port);
+    auto parsed = detail::redis_proto::SlotMap::from_cluster_slots(c.command({"CLUSTER", "SLOTS"}), "127.0.0.1");
+    if (auto* why = std::get_if<std::string>(&parsed)) throw std::runtime_error(*why);
+    return std::get<detail::redis_proto::SlotMap>(std::move(parsed));
+  }
+
+ protected:
+  static void SetUpTestSuite() {
+    if (!redis_is_external()) cluster_ = std::make_unique<ClusterSetup>();
+  }
+  static void TearDownTestSuite() { cluster_.reset(); }
+  void SetUp() override { DLOCK_REQUIRE_OWN_REDIS(); }
+
+  static inline std::unique_ptr<ClusterSetup> cluster_;
 };
 
 /// An observer that records nothing.
