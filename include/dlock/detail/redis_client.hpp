@@ -75,6 +75,12 @@ class SentinelClient;
 /// One Redis server (with options.sentinel: the primary the sentinels name,
 /// detail/redis_sentinel_client.hpp): a pool of links and the lock
 /// operations. Thread-safe.
+/// An error reply saying the server is not (or no longer) a usable primary
+/// (READONLY, MASTERDOWN): the connection that got it must not be used again.
+[[nodiscard]] bool not_primary(const RedisValue& r);
+/// not_primary() of any of `replies`.
+[[nodiscard]] bool any_not_primary(const std::vector<RedisValue>& replies);
+
 class RedisClient {
  public:
   /// `options` must be valid (detail::validate). Connects lazily.
