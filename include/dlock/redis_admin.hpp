@@ -148,7 +148,10 @@ class RedisAdmin {
   /// release so that waiting Locks wake at once: reads the holder, then runs
   /// the release script (redis_scripts.hpp) for that holder. With `owner`,
   /// only if that owner holds it (an owner-checked release). nullopt: not
-  /// held (by that owner). The holder is not told: it may still be working.
+  /// held (by that owner), or it changed hands between the read and the
+  /// release (nothing is deleted then, and it is not read again: the new
+  /// holder was never seen by the caller). The holder is not told: it may
+  /// still be working.
   [[nodiscard]] std::optional<RedisReleased> force_release(std::string_view name,
                                                            std::optional<std::string_view> owner = std::nullopt);
   /// Sets the permit count of semaphore `name` for every client (the key

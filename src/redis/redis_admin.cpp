@@ -173,7 +173,9 @@ RedisValue exec_multi(RedisClient& c, const detail::redis_proto::Request& body, 
     c.give_back(std::move(co), false);
     throw;
   }
-  const bool healthy = !co.handle.broken();
+  // READONLY / MASTERDOWN (a write queued on a replica): drop the link, as the client does.
+  const bool healthy = !co.handle.broken() && !detail::any_not_primary(replies) &&
+                       !(!replies.empty() && detail::any_not_primary(replies.back().elements));
   c.give_back(std::move(co), healthy);
   for (const auto& r : replies) detail::throw_if_error(r, c.endpoint(), what);
   if (replies.empty() || replies.back().type != RedisValue::Type::array) unexpected(c, "MULTI/EXEC");
@@ -419,17 +421,16 @@ RedisWaitRecords RedisAdmin::wait_records() {
 std::optional<RedisReleased> RedisAdmin::force_release(std::string_view name, std::optional<std::string_view> owner) {
   detail::validate_redis_lock_name(name);
   const std::vector<std::string> names{std::string(name)};
-  // The holder may change between the read and the owner-checked release: read again then.
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    const RedisLockInfo s = inspect_mutexes(names).at(0);
-    if (!s.wrong_type.empty())
-      throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
-                                    endpoint(), s.wrong_type));
-    if (!s.owner || (owner && *s.owner != *owner)) return std::nullopt;
-    if (client_->release(client_->keys(name), *s.owner)) return RedisReleased{*s.owner, s.ttl_ms};
-  }
-  throw ServerError(
-      fmt::format("dlock: lock '{}' on Redis at {} changed hands five times during a force release", name, endpoint()));
+  // One read, one owner-checked release of the holder read: if the lock changed
+  // hands in between, the release deletes nothing and the call reports nullopt
+  // (reading again would release a holder the caller never saw).
+  const RedisLockInfo s = inspect_mutexes(names).at(0);
+  if (!s.wrong_type.empty())
+    throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
+                                  endpoint(), s.wrong_type));
+  if (!s.owner || (owner && *s.owner != *owner)) return std::nullopt;
+  if (client_->release(client_->keys(name), *s.owner)) return RedisReleased{*s.owner, s.ttl_ms};
+  return std::nullopt;
 }
 
 std::optional<std::string> RedisAdmin::set_permit_count(std::string_view name, std::optional<std::uint64_t> count) {

@@ -22,16 +22,14 @@ namespace dlock::detail {
 
 namespace {
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+}  // namespace
 
-// An error reply saying the server is not (or no longer) a usable primary
-// (READONLY, MASTERDOWN): the connection must not be used again.
 bool not_primary(const RedisValue& r) {
   return r.is_error() && redis_proto::after_error_kind(redis_proto::classify_error(r.str).kind).drop_connection;
 }
 bool any_not_primary(const std::vector<RedisValue>& replies) {
   return std::any_of(replies.begin(), replies.end(), not_primary);
 }
-}  // namespace
 
 EvictionVerdict judge_eviction_policy(const RedisValue& r, std::string_view endpoint) {
   using Kind = EvictionVerdict::Kind;

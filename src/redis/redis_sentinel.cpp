@@ -1,6 +1,7 @@
 // Redis Sentinel requests and reply parsers without I/O (redis_sentinel.hpp).
 #include <dlock/detail/redis_sentinel.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <string>
 #include <string_view>
@@ -116,6 +117,12 @@ std::optional<SwitchMaster> parse_switch_master(std::string_view payload) {
   if (!from_port || !to_port) return std::nullopt;
   return SwitchMaster{std::string(words[0]), NodeAddress{std::string(words[1]), *from_port},
                       NodeAddress{std::string(words[3]), *to_port}};
+}
+
+bool worth_trying(const NodeAddress& answer, const std::optional<SwitchMaster>& announced,
+                  const std::vector<NodeAddress>& tried) {
+  if (announced && answer == announced->from && !(announced->from == announced->to)) return false;
+  return std::find(tried.begin(), tried.end(), answer) == tried.end();
 }
 
 std::vector<std::size_t> SentinelRotation::order() const {

@@ -90,7 +90,7 @@ struct SentinelClient::Watch : std::enable_shared_from_this<SentinelClient::Watc
     if (!sw || sw->master_name != client->options_.sentinel->master_name) return;
     ++switches;
     try {
-      client->remember(client->primary_options(sw->to));
+      client->announce(*sw);
     } catch (...) {  // out of memory: the next discovery finds it
     }
     if (on_switch) on_switch();
@@ -149,13 +149,38 @@ void SentinelClient::remember(RedisOptions primary) {
   last_ = std::move(primary);
 }
 
+void SentinelClient::announce(const redis_proto::SwitchMaster& sw) {
+  RedisOptions primary = primary_options(sw.to);
+  std::lock_guard lk(mu_);
+  last_ = std::move(primary);
+  announced_ = sw;
+}
+
 std::optional<RedisOptions> SentinelClient::last_primary() const {
   std::lock_guard lk(mu_);
   return last_;
 }
 
+std::optional<redis_proto::NodeAddress> SentinelClient::ask(std::size_t i, std::string& why) const {
+  const RedisOptions so = sentinel_options(i);
+  std::string answer;
+  try {
+    RedisLink link = RedisLink::open(so, RedisLinkSetup{.load_scripts = false, .check_eviction = false});
+    RedisCall call;
+    call.what = "SENTINEL get-master-addr-by-name";
+    redis_proto::push_get_master_addr(call.request, options_.sentinel->master_name);
+    const auto addr = redis_proto::parse_master_addr(link.exec(std::move(call)).at(0));
+    if (const auto* a = std::get_if<redis_proto::NodeAddress>(&addr)) return *a;
+    answer = std::holds_alternative<redis_proto::MasterUnknown>(addr) ? std::string("does not monitor that name")
+                                                                      : std::get<redis_proto::ReplyFault>(addr).message;
+  } catch (const std::exception& e) {
+    answer = e.what();
+  }
+  why += fmt::format("{}{}: {}", why.empty() ? "" : "; ", redis_endpoint(so), answer);
+  return std::nullopt;
+}
+
 RedisOptions SentinelClient::discover() {
-  const RedisSentinelOptions& s = *options_.sentinel;
   std::vector<std::size_t> order;
   {
     std::lock_guard lk(mu_);
@@ -163,51 +188,88 @@ RedisOptions SentinelClient::discover() {
   }
   std::string answers;
   for (std::size_t i : order) {
-    const RedisOptions so = sentinel_options(i);
-    std::string why;
-    try {
-      RedisLink link = RedisLink::open(so, RedisLinkSetup{.load_scripts = false, .check_eviction = false});
-      RedisCall call;
-      call.what = "SENTINEL get-master-addr-by-name";
-      redis_proto::push_get_master_addr(call.request, s.master_name);
-      const auto addr = redis_proto::parse_master_addr(link.exec(std::move(call)).at(0));
-      if (const auto* a = std::get_if<redis_proto::NodeAddress>(&addr)) {
-        RedisOptions primary = primary_options(*a);
-        std::lock_guard lk(mu_);
-        rotation_.answered(i);
-        last_ = primary;
-        return primary;
-      }
-      why = std::holds_alternative<redis_proto::MasterUnknown>(addr) ? std::string("does not monitor that name")
-                                                                     : std::get<redis_proto::ReplyFault>(addr).message;
-    } catch (const std::exception& e) {
-      why = e.what();
+    if (const auto a = ask(i, answers)) {
+      RedisOptions primary = primary_options(*a);
+      std::lock_guard lk(mu_);
+      rotation_.answered(i);
+      last_ = primary;
+      return primary;
     }
-    answers += fmt::format("{}{}: {}", answers.empty() ? "" : "; ", redis_endpoint(so), why);
   }
-  throw ConnectionError(fmt::format(
-      "dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node", s.master_name, answers));
+  throw ConnectionError(
+      fmt::format("dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node",
+                  options_.sentinel->master_name, answers));
+}
+
+std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
+                                                         std::string& why) {
+  try {
+    RedisLink link = RedisLink::open(primary, setup);
+    RedisCall call;
+    call.what = "ROLE";
+    redis_proto::push_role(call.request);
+    const RedisValue reply = std::move(link.exec(std::move(call)).at(0));
+    if (reply.is_error()) throw_if_error(reply, link.endpoint(), "ROLE");
+    const auto role = redis_proto::parse_role(reply);
+    const auto* info = std::get_if<redis_proto::RoleInfo>(&role);
+    if (info != nullptr && info->role == redis_proto::RoleInfo::Role::master) return link;
+    link.close();
+    why += fmt::format(
+        "{}{}: not the primary ({}; nothing was asked of it)", why.empty() ? "" : "; ", link.endpoint(),
+        info == nullptr
+            ? std::string("ROLE gave an unexpected reply")
+            : fmt::format("ROLE says {}", info->role == redis_proto::RoleInfo::Role::replica ? "replica" : "sentinel"));
+  } catch (const ConnectionError& e) {  // TimeoutError too: try the next candidate
+    why += fmt::format("{}{}", why.empty() ? "" : "; ", e.what());
+  }
+  return std::nullopt;
 }
 
 RedisLink SentinelClient::open(const RedisLinkSetup& setup) {
-  const RedisOptions primary = discover();
-  RedisLink link = RedisLink::open(primary, setup);
-  RedisCall call;
-  call.what = "ROLE";
-  redis_proto::push_role(call.request);
-  const RedisValue reply = std::move(link.exec(std::move(call)).at(0));
-  if (reply.is_error()) throw_if_error(reply, link.endpoint(), "ROLE");
-  const auto role = redis_proto::parse_role(reply);
-  const auto* info = std::get_if<redis_proto::RoleInfo>(&role);
-  if (info != nullptr && info->role == redis_proto::RoleInfo::Role::master) return link;
-  link.close();
-  throw ConnectionError(fmt::format(
-      "dlock: Redis at {}, which Sentinel names as the primary of '{}', is not the primary ({}); nothing was asked "
-      "of it (a failover in progress: retried)",
-      link.endpoint(), options_.sentinel->master_name,
-      info == nullptr
-          ? std::string("ROLE gave an unexpected reply")
-          : fmt::format("ROLE says {}", info->role == redis_proto::RoleInfo::Role::replica ? "replica" : "sentinel")));
+  // The address a +switch-master announced first; then each sentinel's answer
+  // (redis_proto::worth_trying: not the announced old primary, not twice),
+  // each checked by ROLE, until one is the primary (docs/safety.md).
+  const RedisSentinelOptions& s = *options_.sentinel;
+  std::optional<redis_proto::SwitchMaster> announced;
+  std::vector<std::size_t> order;
+  {
+    std::lock_guard lk(mu_);
+    announced = announced_;
+    order = rotation_.order();
+  }
+  std::vector<redis_proto::NodeAddress> tried;
+  std::string why;
+  if (announced) {
+    const RedisOptions primary = primary_options(announced->to);
+    tried.push_back(announced->to);
+    if (auto link = open_if_primary(primary, setup, why)) {
+      remember(primary);
+      return std::move(*link);
+    }
+    std::lock_guard lk(mu_);  // no longer the primary: the announcement is out of date for the next discovery
+    if (announced_ == announced) announced_.reset();
+  }
+  for (std::size_t i : order) {
+    const auto answer = ask(i, why);
+    if (!answer) continue;
+    if (!redis_proto::worth_trying(*answer, announced, tried)) {
+      why += fmt::format("{}{}: names {}:{}, the announced old primary or one already tried", why.empty() ? "" : "; ",
+                         redis_endpoint(sentinel_options(i)), answer->host, answer->port);
+      continue;
+    }
+    tried.push_back(*answer);
+    const RedisOptions primary = primary_options(*answer);
+    if (auto data = open_if_primary(primary, setup, why)) {  // a ServerError (auth) is thrown as before
+      std::lock_guard lk(mu_);
+      rotation_.answered(i);
+      last_ = primary;
+      return std::move(*data);
+    }
+  }
+  throw ConnectionError(
+      fmt::format("dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node (a failover in "
+                  "progress: retried)",
+                  s.master_name, why));
 }
 
 void SentinelClient::watch(std::function<void()> on_switch) {

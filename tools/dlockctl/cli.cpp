@@ -129,8 +129,9 @@ const std::vector<Command>& commands() {
        "Deletes <prefix>{NAME} atomically and publishes on its release channel, so blocked acquirers\n"
        "retry at once. The holder is NOT told: it keeps running its critical section until its\n"
        "next extend() fails. Use only when the holder is known to be gone or stuck.\n"
-       "Without --yes: shows what would be deleted and exits 2. Exit 1 if the lock is not held.",
-       with(redis_conn(), {opt_force, opt_yes}),
+       "Without --yes: shows what would be deleted and exits 2. Exit 1 if the lock is not held.\n"
+       "With --owner ID: only if ID holds it. Exit 1 too if it changed hands after it was read.",
+       with(redis_conn(), {{"owner", "ID", "release only if this owner id holds it"}, opt_force, opt_yes}),
        cmd_redis_release},
       {{"redis", "permits"},
        "NAME [--set N | --clear]",

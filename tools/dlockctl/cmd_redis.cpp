@@ -261,13 +261,15 @@ int cmd_redis_inspect(Context& ctx) {
 int cmd_redis_release(Context& ctx) {
   if (!ctx.args.has("force"))
     throw UsageError("release breaks a lock that someone may still hold: give --force (and --yes to do it)");
+  const auto owner = ctx.args.get("owner");
+  if (owner && owner->empty()) throw UsageError("--owner must not be empty");
   const auto o = redis_options(ctx);
   const std::string name = ctx.args.positionals().at(0);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
     dlock::RedisAdmin admin(o);
     const RedisLockInfo s = admin.inspect_mutexes({name}).at(0);
     if (!ctx.args.has("yes")) {
-      if (!s.owner) {
+      if (!s.owner || (owner && *s.owner != *owner)) {
         print_not_held(ctx, o, name, admin.endpoint());
         return exit_not_found;
       }
@@ -277,7 +279,7 @@ int cmd_redis_release(Context& ctx) {
           escape_text(s.key), admin.endpoint(), escape_text(*s.owner), format_ttl(s.ttl_ms));
       return exit_usage;
     }
-    const auto removed = admin.force_release(name);
+    const auto removed = admin.force_release(name, owner);
     if (!removed) {
       print_not_held(ctx, o, name, admin.endpoint());
       return exit_not_found;

@@ -76,6 +76,12 @@ struct ReleaseReply {
 class SentinelClient;
 class ClusterClient;
 
+/// An error reply saying the server is not (or no longer) a usable primary
+/// (READONLY, MASTERDOWN): the connection that got it must not be used again.
+[[nodiscard]] bool not_primary(const RedisValue& r);
+/// not_primary() of any of `replies`.
+[[nodiscard]] bool any_not_primary(const std::vector<RedisValue>& replies);
+
 /// One Redis server (with options.sentinel: the primary the sentinels name,
 /// detail/redis_sentinel_client.hpp): a pool of links and the lock
 /// operations. With options.cluster every call is routed by a ClusterClient

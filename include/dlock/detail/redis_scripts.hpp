@@ -70,6 +70,10 @@ end
 /// looked at (GET, PTTL, and TYPE for the error) only when that finds the key
 /// set. A grant makes five calls (SET NX PX, GET of the counter, TIME, SET of
 /// the counter, its PEXPIREAT), contention three (SET NX PX, GET, PTTL).
+/// SET NX PX runs under pcall: a server over maxmemory refuses a script's first
+/// write (OOM), and then the key decides: another owner's is contention, this
+/// owner's the in-doubt grant below (PEXPIRE and PEXPIREAT are not refused),
+/// a free key the OOM error (docs/safety.md).
 ///
 /// The token rule: counter = max(counter, floor), then + 1, where the floor is
 /// the server clock in µs (TIME), or for Redlock max(ARGV[4], TIME - ARGV[5]).
@@ -89,13 +93,16 @@ end
 /// Redlock's fence raise for this owner's grant only lifts it to that grant's
 /// token. If the counter is gone (deleted by hand), a new token is issued.
 inline constexpr auto redis_acquire_text = lua_join(lua_counter_helpers, R"lua(
-local set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+local set = redis.pcall('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+local refused = type(set) == 'table' and set.err
+if refused then set = false end
 if not set then
   local v = redis.pcall('GET', KEYS[1])
   if type(v) == 'table' and v.err then
     local t = redis.call('TYPE', KEYS[1])
     return redis.error_reply('WRONGTYPE lock key ' .. KEYS[1] .. ' holds a ' .. (t.ok or t) .. ', not a string')
   end
+  if refused and not v then return redis.error_reply(refused) end
   if v ~= ARGV[1] then
     return {0, redis.call('PTTL', KEYS[1])}
   end

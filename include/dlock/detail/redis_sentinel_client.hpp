@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 
 #include "../redis_options.hpp"
 #include "redis_sentinel.hpp"
@@ -40,9 +41,11 @@ class SentinelClient {
   /// connect + one round trip per sentinel. Throws ConnectionError (naming
   /// the master name and every sentinel's answer) when none names one.
   [[nodiscard]] RedisOptions discover();
-  /// discover(), then a connection to that primary with `setup`, checked by
-  /// ROLE. Throws ConnectionError when the node is not the primary (nothing
-  /// was asked of it), or what the connection throws.
+  /// A connection to the primary with `setup`, checked by ROLE: the address
+  /// the last +switch-master announced first, then each sentinel's answer in
+  /// turn (redis_proto::worth_trying: never the announced old primary), until
+  /// one says master. Throws ConnectionError when none does (nothing was
+  /// asked of a data node), or what the connection throws (ServerError: auth).
   [[nodiscard]] RedisLink open(const RedisLinkSetup& setup);
   /// The last primary found by discover() or announced by +switch-master.
   [[nodiscard]] std::optional<RedisOptions> last_primary() const;
@@ -60,12 +63,21 @@ class SentinelClient {
   [[nodiscard]] RedisOptions sentinel_options(std::size_t i) const;
   [[nodiscard]] RedisOptions primary_options(const redis_proto::NodeAddress& a) const;
   void remember(RedisOptions primary);
+  /// Sentinel `i`'s answer for the primary, or nullopt with why appended to `why`.
+  [[nodiscard]] std::optional<redis_proto::NodeAddress> ask(std::size_t i, std::string& why) const;
+  /// A +switch-master heard: its new primary is last_ and is tried first.
+  void announce(const redis_proto::SwitchMaster& sw);
+  /// A connection to `primary` if ROLE says master there; otherwise nullopt,
+  /// and why (unreachable, or not the primary) appended to `why`.
+  [[nodiscard]] std::optional<RedisLink> open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
+                                                         std::string& why);
 
   const RedisOptions options_;
   mutable std::mutex mu_;
-  redis_proto::SentinelRotation rotation_;  // under mu_
-  std::optional<RedisOptions> last_;        // under mu_
-  std::shared_ptr<Watch> watch_;            // under mu_
+  redis_proto::SentinelRotation rotation_;              // under mu_
+  std::optional<RedisOptions> last_;                    // under mu_
+  std::optional<redis_proto::SwitchMaster> announced_;  // the last +switch-master heard; under mu_
+  std::shared_ptr<Watch> watch_;                        // under mu_
 };
 
 }  // namespace dlock::detail

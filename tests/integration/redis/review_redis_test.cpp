@@ -1,5 +1,5 @@
-// Review findings on this session's Redis changes, as tests (test-only; each
-// DISABLED_ test fails on the current code and says why in its comment).
+// Review findings on this session's Redis changes, as tests (each failed on
+// the code before its fix, as its comment says; fixed on branch `fixes`).
 //  - The trimmed acquire script (SET NX PX first) under maxmemory: a contended
 //    acquire now answers OOM instead of "held" (the first write is denied before
 //    the holder is looked at), so try_lock() throws and a blocking acquire ends
@@ -45,7 +45,7 @@ std::shared_ptr<dlock::Observer> quiet() { return std::make_shared<dlock::test::
 // nothing on contention, so a full server still answered "held"; now SET NX
 // PX is its first call, a write, and Redis refuses a script's first write when
 // the server is over maxmemory. Found by review; fails on e142b9b.
-TEST(ReviewRedisScript, DISABLED_AContendedAcquireOnAFullServerIsContentionNotAnError) {
+TEST(ReviewRedisScript, AContendedAcquireOnAFullServerIsContentionNotAnError) {
   DLOCK_REQUIRE_OWN_REDIS();
   RedisServer server;
   RedisBackend redis(server.options());
@@ -58,6 +58,34 @@ TEST(ReviewRedisScript, DISABLED_AContendedAcquireOnAFullServerIsContentionNotAn
   EXPECT_FALSE(got);
   // The holder can still release (the release script's first write is DEL, not denied).
   EXPECT_EQ(holder.release(), dlock::ReleaseResult::released);
+  ASSERT_EQ(redis.node().command({"CONFIG", "SET", "maxmemory", "0"}).str, "OK");
+}
+
+// The holder's in-doubt retry (its grant ran, its reply was lost) on a full
+// server: SET NX PX is refused (OOM) before the script sees the key holds this
+// owner, so the retry used to fail where the untrimmed script re-granted it.
+// A free lock on a full server is still an error (nothing can be written).
+TEST(ReviewRedisScript, AnInDoubtRetryOnAFullServerIsStillGranted) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisBackend redis(server.options());
+  const dlock::OwnerId owner = dlock::OwnerId::generate();
+  const auto request = [&](std::string_view name, const dlock::OwnerId& who) {
+    return dlock::AcquireRequest{name, who, 30s, std::chrono::steady_clock::now()};
+  };
+  const auto first = redis.try_acquire(request("doubt", owner));
+  const auto* g1 = std::get_if<dlock::Grant<dlock::NoHandle>>(&first);
+  ASSERT_NE(g1, nullptr);
+  const auto key = redis.node().keys("doubt").lock;
+  ASSERT_EQ(redis.node().command({"PEXPIRE", key, "3000"}).integer, 1);  // as if time passed
+  ASSERT_EQ(redis.node().command({"CONFIG", "SET", "maxmemory", "1"}).str, "OK");
+  dlock::AcquireResult<dlock::NoHandle> retry = dlock::Contended{};
+  EXPECT_NO_THROW(retry = redis.try_acquire(request("doubt", owner))) << "the in-doubt retry was refused";
+  const auto* g2 = std::get_if<dlock::Grant<dlock::NoHandle>>(&retry);
+  ASSERT_NE(g2, nullptr) << "the in-doubt retry on a full server was not granted";
+  EXPECT_EQ(g2->token, g1->token);
+  EXPECT_GT(redis.node().command({"PTTL", key}).integer, 20000);  // the TTL is reset
+  EXPECT_THROW((void)redis.try_acquire(request("free", owner)), dlock::ServerError);
   ASSERT_EQ(redis.node().command({"CONFIG", "SET", "maxmemory", "0"}).str, "OK");
 }
 
@@ -200,7 +228,7 @@ class HookProxy {
 // a holder that appeared after the call began and that the operator never saw:
 // B keeps working while the next acquirer gets in. Fails on 93f4b7f:
 // force_release returns {owner "owner-B"} and the key is gone.
-TEST(ReviewRedisAdmin, DISABLED_AForceReleaseDoesNotReleaseAHolderThatCameAfterItsRead) {
+TEST(ReviewRedisAdmin, AForceReleaseDoesNotReleaseAHolderThatCameAfterItsRead) {
   DLOCK_REQUIRE_OWN_REDIS();
   RedisServer server;
   RedisBackend direct(server.options());
@@ -219,6 +247,29 @@ TEST(ReviewRedisAdmin, DISABLED_AForceReleaseDoesNotReleaseAHolderThatCameAfterI
   EXPECT_FALSE(removed.has_value() && removed->owner == "owner-B")
       << "force_release released owner-B, which acquired after the holder it read (owner-A)";
   EXPECT_EQ(direct.node().command({"GET", key}).str, "owner-B");
+}
+
+// A write queued in MULTI on a replica answers READONLY: the admin's link must
+// be dropped as the client drops one (the server is not the primary; with
+// Sentinel the next link goes to the new one), not given back to the pool.
+TEST(ReviewRedisAdmin, AReadOnlyReplyInsideMultiDropsTheConnection) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer primary;
+  RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(primary.port())});
+  RedisBackend inspect(replica.options());
+  const auto clients = [&] {
+    const std::string info = inspect.node().command({"INFO", "clients"}).str;
+    const auto at = info.find("connected_clients:");
+    return at == std::string::npos ? -1 : std::stoi(info.substr(at + 18));
+  };
+  ASSERT_EQ(inspect.node().command({"PING"}).str, "PONG");
+  const int before = clients();
+  dlock::RedisAdmin admin(replica.options());
+  (void)admin.inspect("sem");  // a pooled link (reads are fine on a replica)
+  ASSERT_EQ(clients(), before + 1);
+  EXPECT_ANY_THROW((void)admin.set_permit_count("sem", 3));  // SET inside MULTI: READONLY
+  EXPECT_TRUE(dlock::test::eventually([&] { return clients() == before; }, 5s))
+      << "the link that got READONLY went back to the pool (" << clients() << " clients, " << before << " before)";
 }
 
 }  // namespace

@@ -210,6 +210,22 @@ TEST_F(ToolsRedis, InspectShowsRecordedWaitersAndForceReleaseWakesThem) {
   EXPECT_EQ(holder.release(), dlock::ReleaseResult::not_held);
 }
 
+// --owner ID: released only if ID holds it (exit 1 otherwise, nothing deleted).
+TEST_F(ToolsRedis, ForceReleaseWithAnOwnerReleasesOnlyThatOwnersHold) {
+  (void)cmd({"SET", key("owned"), "owner-a", "PX", "30000"});
+  RunResult r = ctl(with_conn({"redis", "release", "--force", "--owner", "owner-b", "owned", "--yes"}));
+  EXPECT_EQ(r.rc, 1) << describe(r);
+  EXPECT_EQ(cmd({"GET", key("owned")}).str, "owner-a");
+  r = ctl(with_conn({"redis", "release", "--force", "--owner", "owner-b", "owned"}));
+  EXPECT_EQ(r.rc, 1) << describe(r);
+  r = ctl(with_conn({"redis", "release", "--force", "--owner", "", "owned", "--yes"}));
+  EXPECT_EQ(r.rc, 2) << describe(r);
+  r = ctl(with_conn({"redis", "release", "--force", "--owner", "owner-a", "owned", "--yes"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("owner-a"), std::string::npos) << r.out;
+  EXPECT_EQ(cmd({"EXISTS", key("owned")}).integer, 0);
+}
+
 TEST_F(ToolsRedis, ForceReleaseDeletesTheKeyAndReportsWhatItRemoved) {
   (void)cmd({"SET", key("stuck"), "dead-owner", "PX", "30000"});
   RunResult r = ctl(with_conn({"redis", "release", "--force", "stuck", "--yes", "--json"}));
