@@ -29,26 +29,11 @@ using dlock::Lock;
 using dlock::RedisBackend;
 using dlock::test::eventually;
 using dlock::test::info_field;
+using dlock::test::old_rule_token;
 using dlock::test::RedisServer;
 using dlock::test::RespConn;
 
 namespace {
-
-// The rule a counter had before issue 11: seeded from the server clock only
-// when the key is missing, then INCR. A stale counter is not lifted.
-constexpr std::string_view seeded_when_missing = R"lua(
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-end
-return redis.call('INCR', KEYS[1])
-)lua";
-
-std::uint64_t old_rule_token(RespConn& c) {
-  const auto r = c.command({"EVAL", seeded_when_missing, "1", "old:{f}:fence"});
-  if (r.type != dlock::detail::redis_proto::Reply::Type::integer) throw std::runtime_error("old rule: " + r.str);
-  return static_cast<std::uint64_t>(r.integer);
-}
 
 dlock::RedisOptions options_for(const RedisServer& s) {
   dlock::RedisOptions o = s.options();
