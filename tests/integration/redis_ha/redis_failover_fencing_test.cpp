@@ -53,24 +53,14 @@ TEST(RedisFailoverFencing, APromotedLaggingReplicaIssuesTokensAboveEveryEarlierO
     Lock<RedisBackend> lock(redis, "f", {.ttl = 10s});
     RespConn p(primary.port());
     // Phase 1: tokens the replica receives.
-    for (int i = 0; i < 3; ++i) {
-      ASSERT_TRUE(lock.try_lock());
-      highest = std::max(highest, lock.fencing_token());
-      lock.unlock();
-      old_highest = std::max(old_highest, old_rule_token(p));
-    }
+    dlock::test::issue_tokens(lock, p, 3, highest, old_highest);
     ASSERT_EQ(p.command({"WAIT", "1", "2000"}).integer, 1) << "the replica did not acknowledge phase 1";
     // Cut the replica's link: it keeps its data and receives nothing more.
     dlock::test::BlackHole nowhere;
     ASSERT_EQ(RespConn(replica.port()).command({"REPLICAOF", "127.0.0.1", std::to_string(nowhere.port())}).str, "OK");
     ASSERT_TRUE(eventually([&] { return info_field(primary.port(), "replication", "connected_slaves") == "0"; }, 10s));
     // Phase 2: tokens only the primary sees.
-    for (int i = 0; i < 5; ++i) {
-      ASSERT_TRUE(lock.try_lock());
-      highest = std::max(highest, lock.fencing_token());
-      lock.unlock();
-      old_highest = std::max(old_highest, old_rule_token(p));
-    }
+    dlock::test::issue_tokens(lock, p, 5, highest, old_highest);
     primary.kill();  // SIGKILL: phase 2 exists nowhere else
   }
   RespConn r(replica.port());

@@ -34,11 +34,7 @@ TEST(RedisSentinelAdmin, NamesThePrimaryReachedBeforeAndAfterAFailover) {
   DLOCK_REQUIRE_OWN_REDIS();
   SentinelSetup setup;
   ASSERT_TRUE(dlock::test::sentinels_ready(setup));
-  dlock::RedisOptions base;
-  base.key_prefix = "admin:";
-  base.connect_timeout = 300ms;
-  base.command_timeout = 1s;
-  dlock::RedisBackend redis(dlock::test::sentinel_uri(setup), base);
+  dlock::RedisBackend redis(dlock::test::sentinel_uri(setup), dlock::test::sentinel_test_options("admin:"));
   auto metrics = std::make_shared<dlock::MetricsRegistry>();
   dlock::RedisAdmin admin(redis);
   const std::string primary = "127.0.0.1:" + std::to_string(setup.primary().port());

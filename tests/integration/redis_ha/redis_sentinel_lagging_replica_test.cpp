@@ -43,11 +43,7 @@ TEST(RedisSentinelFencing, ThePromotedLaggingReplicaIssuesTokensAboveEveryEarlie
   DLOCK_REQUIRE_OWN_REDIS();
   SentinelSetup setup;
   ASSERT_TRUE(dlock::test::sentinels_ready(setup));
-  dlock::RedisOptions base;
-  base.key_prefix = "lag:";
-  base.connect_timeout = 300ms;
-  base.command_timeout = 1s;
-  RedisBackend redis(dlock::test::sentinel_uri(setup), base);
+  RedisBackend redis(dlock::test::sentinel_uri(setup), dlock::test::sentinel_test_options("lag:"));
   const auto quiet = std::make_shared<dlock::test::Quiet>();
   Lock<RedisBackend> lock(redis, "f", {.ttl = 10s, .observer = quiet});
   const int old_primary = setup.primary().port();
@@ -56,12 +52,7 @@ TEST(RedisSentinelFencing, ThePromotedLaggingReplicaIssuesTokensAboveEveryEarlie
   {
     RespConn p(old_primary);
     // Phase 1: tokens both replicas receive.
-    for (int i = 0; i < 3; ++i) {
-      ASSERT_TRUE(lock.try_lock());
-      highest = std::max(highest, lock.fencing_token());
-      lock.unlock();
-      old_highest = std::max(old_highest, old_rule_token(p));
-    }
+    dlock::test::issue_tokens(lock, p, 3, highest, old_highest);
     ASSERT_EQ(p.command({"WAIT", "2", "2000"}).integer, 2) << "the replicas did not acknowledge phase 1";
     // Cut both replicas' links: whichever is promoted lags.
     dlock::test::BlackHole nowhere;
@@ -71,12 +62,7 @@ TEST(RedisSentinelFencing, ThePromotedLaggingReplicaIssuesTokensAboveEveryEarlie
           "OK");
     ASSERT_TRUE(eventually([&] { return info_field(old_primary, "replication", "connected_slaves") == "0"; }, 5s));
     // Phase 2: tokens only the primary sees.
-    for (int i = 0; i < 5; ++i) {
-      ASSERT_TRUE(lock.try_lock());
-      highest = std::max(highest, lock.fencing_token());
-      lock.unlock();
-      old_highest = std::max(old_highest, old_rule_token(p));
-    }
+    dlock::test::issue_tokens(lock, p, 5, highest, old_highest);
     setup.primary().kill();  // SIGKILL: phase 2 exists nowhere else
   }
 

@@ -26,6 +26,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -182,6 +183,19 @@ inline std::uint64_t old_rule_token(RespConn& c) {
   return static_cast<std::uint64_t>(r.integer);
 }
 
+/// Issues `n` tokens through `lock` (try_lock + unlock on a free lock) and
+/// `n` of the seeded-when-missing counter on `c`, raising `highest` and
+/// `old_highest` to the largest of each.
+inline void issue_tokens(Lock<RedisBackend>& lock, RespConn& c, int n, std::uint64_t& highest,
+                         std::uint64_t& old_highest) {
+  for (int i = 0; i < n; ++i) {
+    if (!lock.try_lock()) throw std::runtime_error("issue_tokens: try_lock failed on a free lock");
+    highest = std::max(highest, lock.fencing_token());
+    lock.unlock();
+    old_highest = std::max(old_highest, old_rule_token(c));
+  }
+}
+
 /// `redis-server <conf> --sentinel` on a free loopback port, in a temporary directory.
 class SentinelProcess {
  public:
@@ -330,6 +344,16 @@ inline std::string sentinel_uri(SentinelSetup& setup) {
   for (std::size_t i = 0; i < setup.sentinels(); ++i)
     uri += (i == 0 ? "" : ",") + std::string("127.0.0.1:") + std::to_string(setup.sentinel(i).port());
   return uri + "/" + std::string(SentinelSetup::master_name);
+}
+
+/// Options for a backend through the sentinels: `prefix`, connect_timeout
+/// 300 ms, command_timeout 1 s (a failover's dead primary costs little).
+inline RedisOptions sentinel_test_options(std::string prefix) {
+  RedisOptions base;
+  base.key_prefix = std::move(prefix);
+  base.connect_timeout = std::chrono::milliseconds(300);
+  base.command_timeout = std::chrono::seconds(1);
+  return base;
 }
 
 /// The sentinels know each other and both replicas (a failover can be
