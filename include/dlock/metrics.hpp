@@ -17,6 +17,13 @@
 // MetricsOptions::max_series distinct (backend, lock_class, kind) series,
 // further classes are counted under lock_class="_other".
 //
+// The node a lock lives on (Event::endpoint, e.g. "127.0.0.1:6379"; with
+// Sentinel "the primary of 'mymaster' (Sentinel)") is its own small family
+// of series, dlock_endpoint_*{backend, endpoint}: one series per node, not
+// per lock or class (the endpoint is not crossed with lock_class). Events
+// without an endpoint are not counted there; past
+// MetricsOptions::max_endpoints endpoints, further ones are "_other".
+//
 // Thread-safe; on_event() takes one mutex briefly. Share one registry among
 // many locks (pass the same shared_ptr as LockOptions::observer), and chain
 // another observer through MetricsOptions::next to keep logging too.
@@ -57,6 +64,8 @@ struct MetricsOptions {
   std::vector<double> hold_buckets{0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600};
   /// Most (backend, lock_class, kind) series kept apart; the rest are "_other".
   std::size_t max_series = 1000;
+  /// Most (backend, endpoint) series kept apart; the rest are "_other".
+  std::size_t max_endpoints = 64;
   /// Also receives every event (e.g. default_observer() to keep logging).
   std::shared_ptr<Observer> next{};
 };
@@ -108,6 +117,21 @@ class MetricsRegistry : public Observer {
   }
 
   // ---- reading ----
+
+  /// The per-node series of (backend, endpoint): acquisitions, attempts
+  /// that failed with a transient error, locks currently held.
+  struct EndpointSeries {
+    std::uint64_t acquisitions = 0;
+    std::uint64_t attempt_failures = 0;
+    std::int64_t held = 0;
+  };
+  [[nodiscard]] EndpointSeries endpoint_series(std::string_view backend, std::string_view endpoint) const {
+    std::lock_guard lk(mu_);
+    const auto b = endpoints_.find(backend);
+    if (b == endpoints_.end()) return {};
+    const auto it = b->second.find(endpoint);
+    return it == b->second.end() ? EndpointSeries{} : it->second;
+  }
 
   // The series of (backend, lock_class, kind); kind: Event::primitive, "mutex"
   // for plain Locks.
@@ -170,6 +194,7 @@ class MetricsRegistry : public Observer {
     header("dlock_held_locks", "gauge", "Locks currently held: acquired and neither released nor lost.");
     for (const auto& [key, s] : series_)
       fmt::format_to(std::back_inserter(out), "dlock_held_locks{{{}}} {}\n", labels(key), s.held);
+    endpoint_text(out);
     histogram_text(out, "dlock_acquire_wait_seconds", "Time from the first attempt to acquisition.",
                    options_.wait_buckets, &Series::wait);
     histogram_text(out, "dlock_hold_seconds", "How long locks were held, from acquisition to release.",
@@ -230,6 +255,7 @@ class MetricsRegistry : public Observer {
   void record(const Event& e) {
     std::string lock_class = options_.classify(e.lock);
     std::lock_guard lk(mu_);
+    if (!e.endpoint.empty()) record_endpoint(e);
     Series& s = series(e.backend, std::move(lock_class), e.primitive);
     auto count = [&s](Counter c) { ++s.counters[static_cast<std::size_t>(c)]; };
     auto count_reason = [&s, &e](ReasonCounter c) {
@@ -299,6 +325,56 @@ class MetricsRegistry : public Observer {
     }
   }
 
+  // The per-node series (mu_ held).
+  void record_endpoint(const Event& e) {
+    auto& nodes = endpoints_[std::string(e.backend)];
+    auto it = nodes.find(e.endpoint);
+    if (it == nodes.end()) {
+      std::size_t total = 0;
+      for (const auto& [backend, m] : endpoints_) total += m.size();
+      const std::string_view name = total >= options_.max_endpoints ? std::string_view("_other") : e.endpoint;
+      it = nodes.find(name);
+      if (it == nodes.end()) it = nodes.emplace(std::string(name), EndpointSeries{}).first;
+    }
+    EndpointSeries& n = it->second;
+    switch (e.type) {
+      case EventType::acquired:
+        ++n.acquisitions;
+        ++n.held;
+        break;
+      case EventType::attempt_failed:
+        ++n.attempt_failures;
+        break;
+      case EventType::released:
+      case EventType::release_not_held:
+      case EventType::lost:
+        --n.held;
+        break;
+      case EventType::release_failed:
+        if (e.reason != "after_loss") --n.held;
+        break;
+      default:
+        break;
+    }
+  }
+
+  void endpoint_text(std::string& out) const {
+    auto family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
+      fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      for (const auto& [backend, nodes] : endpoints_)
+        for (const auto& [endpoint, n] : nodes)
+          fmt::format_to(std::back_inserter(out), "{}{{backend=\"{}\",endpoint=\"{}\"}} {}\n", name, escape(backend),
+                         escape(endpoint), value(n));
+    };
+    family("dlock_endpoint_acquisitions_total", "counter", "Locks acquired, by the node (endpoint) that granted them.",
+           [](const EndpointSeries& n) { return n.acquisitions; });
+    family("dlock_endpoint_attempt_failures_total", "counter",
+           "Acquire attempts that failed with a transient error and were retried, by node (endpoint).",
+           [](const EndpointSeries& n) { return n.attempt_failures; });
+    family("dlock_endpoint_held_locks", "gauge", "Locks currently held, by the node (endpoint) they live on.",
+           [](const EndpointSeries& n) { return n.held; });
+  }
+
   static void observe(Histogram& h, const std::vector<double>& bounds, std::chrono::nanoseconds d) {
     const double seconds = std::chrono::duration<double>(d).count();
     if (h.buckets.empty()) h.buckets.assign(bounds.size(), 0);
@@ -359,6 +435,7 @@ class MetricsRegistry : public Observer {
   MetricsOptions options_;
   mutable std::mutex mu_;
   std::map<Key, Series, KeyLess> series_;
+  std::map<std::string, std::map<std::string, EndpointSeries, std::less<>>, std::less<>> endpoints_;
 };
 
 }  // namespace dlock

@@ -130,6 +130,10 @@ class RedisAdmin {
   /// "host:port" or the socket path; never the password.
   [[nodiscard]] const std::string& endpoint() const noexcept;
   [[nodiscard]] const std::string& prefix() const noexcept;
+  /// The node the commands reach: endpoint(), or with Sentinel the primary
+  /// found, "host:port (the primary of '<name>' (Sentinel))" (endpoint()
+  /// alone before the first command found one). Never blocks.
+  [[nodiscard]] std::string reached() const;
 
   /// The locks under the prefix whose names match: SCAN (COUNT 1000) for the
   /// keys, then one MULTI/EXEC per batch of names for their state. A lock may

@@ -331,6 +331,12 @@ RedisAdmin& RedisAdmin::operator=(RedisAdmin&&) noexcept = default;
 const std::string& RedisAdmin::endpoint() const noexcept { return client_->endpoint(); }
 const std::string& RedisAdmin::prefix() const noexcept { return client_->options().key_prefix; }
 
+std::string RedisAdmin::reached() const {
+  const auto at = client_->options().sentinel ? client_->current_server() : std::nullopt;
+  if (!at) return client_->endpoint();
+  return fmt::format("{}:{} ({})", at->host, at->port, client_->endpoint());
+}
+
 RedisLockList RedisAdmin::list(const RedisListOptions& options) {
   RedisLockList out;
   std::map<std::string, RoleSet> names;

@@ -108,6 +108,56 @@ TEST(Metrics, LabelValuesAreValidUtf8) {
   EXPECT_NE(text.find("lock_class=\"caf\xC3\xA9\xEF\xBF\xBD\\\\\\\"x\""), std::string::npos) << text;
 }
 
+dlock::Event redis_event(dlock::EventType type, std::string_view endpoint) {
+  dlock::Event e;
+  e.type = type;
+  e.backend = "redis";
+  e.endpoint = endpoint;
+  e.lock = "a";
+  return e;
+}
+
+// The node a lock lives on is a label of its own series, one per endpoint
+// (not per lock or class), capped at max_endpoints.
+TEST(Metrics, EndpointSeriesCountPerNodeWithBoundedLabels) {
+  MemoryBackend mem;
+  auto metrics = std::make_shared<MetricsRegistry>(dlock::MetricsOptions{.max_endpoints = 2});
+  Lock<MemoryBackend> held(mem, "jobs:held", {.observer = metrics});
+  held.lock();
+  for (int i = 0; i < 20; ++i) {
+    Lock<MemoryBackend> l(mem, "tenant" + std::to_string(i) + ":job", {.observer = metrics});
+    l.lock();
+    l.unlock();
+  }
+  auto node = metrics->endpoint_series("memory", "in-process");
+  EXPECT_EQ(node.acquisitions, 21u);
+  EXPECT_EQ(node.held, 1);
+  held.unlock();
+  EXPECT_EQ(metrics->endpoint_series("memory", "in-process").held, 0);
+
+  // Events of other nodes (as a Redis backend reports them): the third
+  // distinct endpoint and every later one are counted as "_other".
+  for (const char* at : {"10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379", "10.0.0.4:6379"}) {
+    metrics->on_event(redis_event(dlock::EventType::acquired, at));
+    metrics->on_event(redis_event(dlock::EventType::attempt_failed, at));
+  }
+  metrics->on_event(redis_event(dlock::EventType::acquired, ""));  // a backend that does not know
+  EXPECT_EQ(metrics->endpoint_series("redis", "10.0.0.1:6379").acquisitions, 1u);
+  EXPECT_EQ(metrics->endpoint_series("redis", "10.0.0.3:6379").acquisitions, 0u);
+  EXPECT_EQ(metrics->endpoint_series("redis", "_other").acquisitions, 3u);
+  EXPECT_EQ(metrics->endpoint_series("redis", "_other").attempt_failures, 3u);
+  EXPECT_EQ(metrics->endpoint_series("redis", "_other").held, 3);
+  const std::string text = metrics->prometheus_text();
+  EXPECT_NE(text.find("dlock_endpoint_acquisitions_total{backend=\"memory\",endpoint=\"in-process\"} 21\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("dlock_endpoint_held_locks{backend=\"redis\",endpoint=\"10.0.0.1:6379\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("dlock_endpoint_attempt_failures_total{backend=\"redis\",endpoint=\"_other\"} 3\n"),
+            std::string::npos);
+  EXPECT_EQ(text.find("10.0.0.4"), std::string::npos);
+}
+
 TEST(Metrics, HeldGaugeFollowsAcquisitionsAndEnds) {
   MemoryBackend mem;
   auto metrics = std::make_shared<MetricsRegistry>();
@@ -135,7 +185,7 @@ TEST(Metrics, PrometheusTextFollowsTheExpositionFormat) {
   const std::regex help(R"(^# HELP (dlock_[a-z_]+) \S.*$)");
   const std::regex type(R"(^# TYPE (dlock_[a-z_]+) (counter|gauge|histogram)$)");
   const std::regex sample(
-      R"re(^(dlock_[a-z_]+)\{backend="[^"]*",lock_class="[^"]*",kind="(mutex|rw_read|rw_write|permit|leader)"(,reason="[a-z_]+")?(,le="([0-9.e+-]+|\+Inf)")?\} -?[0-9.e+-]+$)re");
+      R"re(^(dlock_[a-z_]+)\{backend="[^"]*",(lock_class="[^"]*",kind="(mutex|rw_read|rw_write|permit|leader)"(,reason="[a-z_]+")?(,le="([0-9.e+-]+|\+Inf)")?|endpoint="[^"]*")\} -?[0-9.e+-]+$)re");
   std::istringstream in(text);
   std::string line, family, family_type;
   std::set<std::string> typed;
@@ -153,7 +203,7 @@ TEST(Metrics, PrometheusTextFollowsTheExpositionFormat) {
       const std::string name = m[1];
       if (family_type == "histogram") {
         EXPECT_TRUE(name == family + "_bucket" || name == family + "_sum" || name == family + "_count") << line;
-        EXPECT_EQ(m[4].matched, name == family + "_bucket") << line;
+        EXPECT_EQ(m[5].matched, name == family + "_bucket") << line;
       } else {
         EXPECT_EQ(name, family) << line;
       }

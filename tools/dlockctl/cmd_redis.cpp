@@ -139,7 +139,7 @@ int cmd_redis_list(Context& ctx) {
     const std::size_t shown = list.locks.size();
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).key("locks").begin_array();
+      j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix).key("locks").begin_array();
       for (const auto& s : list.locks) {
         j.begin_object().name("name", s.name).key("kind").value(dlock::kind_name(s.kind));
         if (s.owner) {
@@ -165,7 +165,7 @@ int cmd_redis_list(Context& ctx) {
              s.token ? escape_text(*s.token) : "-", std::to_string(waiting_on(s, waiters[s.name]))});
     if (!t.empty()) ctx.out << t.render();
     ctx.out << fmt::format("{} lock{} under prefix {} on {}", shown, shown == 1 ? "" : "s", quoted(o.key_prefix),
-                           admin.endpoint());
+                           admin.reached());
     if (list.truncated) ctx.out << fmt::format(" (stopped at --limit {}; more exist)", lo.limit);
     if (!waits.records.empty()) ctx.out << fmt::format("; {} blocked acquirer(s) recorded", waits.records.size());
     if (waits.malformed) ctx.out << fmt::format("; {} malformed wait record(s) ignored", waits.malformed);
@@ -187,9 +187,9 @@ int cmd_redis_inspect(Context& ctx) {
     for (const auto& s : found)
       if (!s.wrong_type.empty())
         throw dlock::ServerError(fmt::format("key {} on {} holds a {}, not a dlock lock", escape_text(s.key),
-                                             admin.endpoint(), s.wrong_type));
+                                             admin.reached(), s.wrong_type));
     if (found.empty()) {
-      print_not_held(ctx, o, name, admin.endpoint());
+      print_not_held(ctx, o, name, admin.reached());
       return exit_not_found;
     }
     if (ctx.json) {
@@ -201,7 +201,7 @@ int cmd_redis_inspect(Context& ctx) {
         write_kind_json(j, l);
       };
       JsonWriter j;
-      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix).name("name", name);
       fields(j, s);
       j.key("waiters").begin_array();
       for (const auto& w : waiters) write_waiter_json(j, w);
@@ -218,7 +218,7 @@ int cmd_redis_inspect(Context& ctx) {
     for (const auto& s : found) {
       ctx.out << "lock     " << quoted(name) << "\n"
               << "kind     " << dlock::kind_name(s.kind) << "\n"
-              << "key      " << escape_text(s.key) << " on " << admin.endpoint() << "\n"
+              << "key      " << escape_text(s.key) << " on " << admin.reached() << "\n"
               << "owner    " << (s.owner ? escape_text(*s.owner) : "-") << "\n"
               << "ttl      " << format_ttl(s.ttl_ms) << "\n"
               << "token    " << (s.token ? escape_text(*s.token) : "- (no fencing counter)") << "\n";
@@ -270,23 +270,23 @@ int cmd_redis_release(Context& ctx) {
     const RedisLockInfo s = admin.inspect_mutexes({name}).at(0);
     if (!ctx.args.has("yes")) {
       if (!s.owner || (owner && *s.owner != *owner)) {
-        print_not_held(ctx, o, name, admin.endpoint());
+        print_not_held(ctx, o, name, admin.reached());
         return exit_not_found;
       }
       ctx.err << fmt::format(
           "dlockctl: would delete {} on {} (owner {}, {} left) and wake its waiters; the holder is not told and "
           "may still be working. Rerun with --yes to do it.\n",
-          escape_text(s.key), admin.endpoint(), escape_text(*s.owner), format_ttl(s.ttl_ms));
+          escape_text(s.key), admin.reached(), escape_text(*s.owner), format_ttl(s.ttl_ms));
       return exit_usage;
     }
     const auto removed = admin.force_release(name, owner);
     if (!removed) {
-      print_not_held(ctx, o, name, admin.endpoint());
+      print_not_held(ctx, o, name, admin.reached());
       return exit_not_found;
     }
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix).name("name", name);
       j.name("key", s.key)
           .key("released")
           .value(true)
@@ -297,7 +297,7 @@ int cmd_redis_release(Context& ctx) {
       ctx.out << j.str() << "\n";
     } else {
       ctx.out << fmt::format("released {}: deleted {} on {} (owner {}, {} left); waiters notified\n", quoted(name),
-                             escape_text(s.key), admin.endpoint(), escape_text(removed->owner),
+                             escape_text(s.key), admin.reached(), escape_text(removed->owner),
                              format_ttl(removed->ttl_ms));
     }
     return exit_ok;
@@ -325,7 +325,7 @@ int cmd_redis_permits(Context& ctx) {
     const std::optional<std::string> current = sem ? sem->permit_count : std::nullopt;
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix).name("name", name);
+      j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix).name("name", name);
       j.key("permit_count").token(current);
       if (previous) j.key("previous_count").token(*previous);
       write_leases_json(j, "permits", permits);
@@ -337,7 +337,7 @@ int cmd_redis_permits(Context& ctx) {
       return c ? escape_text(*c) : std::string("not set (each caller's own count applies)");
     };
     if (previous) ctx.out << "was      " << text(*previous) << "\n";
-    ctx.out << "semaphore " << quoted(name) << " on " << admin.endpoint() << "\n"
+    ctx.out << "semaphore " << quoted(name) << " on " << admin.reached() << "\n"
             << "count    " << text(current) << "\n";
     print_leases(ctx.out, "permits  ", permits);
     return exit_ok;
@@ -360,7 +360,7 @@ int cmd_deadlocks(Context& ctx) {
     const bool found = !g.cycles.empty();
     if (ctx.json) {
       JsonWriter j;
-      j.begin_object().key("endpoint").value(admin.endpoint()).name("prefix", o.key_prefix);
+      j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix);
       j.key("deadlock").value(found).key("waiting").value(waits.records.size());
       j.key("malformed_wait_records").value(waits.malformed).key("edges").value(g.edges.size());
       j.key("truncated").value(g.truncated).key("cycles").begin_array();
@@ -381,7 +381,7 @@ int cmd_deadlocks(Context& ctx) {
     }
     if (!found) {
       ctx.out << fmt::format("no deadlock: {} blocked acquirer(s) recorded, {} wait-for edge(s), on {} (prefix {})\n",
-                             waits.records.size(), g.edges.size(), admin.endpoint(), quoted(o.key_prefix));
+                             waits.records.size(), g.edges.size(), admin.reached(), quoted(o.key_prefix));
       return exit_ok;
     }
     for (std::size_t i = 0; i < g.cycles.size(); ++i) {
@@ -394,7 +394,7 @@ int cmd_deadlocks(Context& ctx) {
     ctx.out << fmt::format(
         "{} deadlock(s){} on {} (prefix {}). Each waits until its acquire timeout (or forever); to break one, end one "
         "of these processes or release one of its locks (dlockctl redis release --force NAME --yes).\n",
-        g.cycles.size(), g.truncated ? " (more not shown)" : "", admin.endpoint(), quoted(o.key_prefix));
+        g.cycles.size(), g.truncated ? " (more not shown)" : "", admin.reached(), quoted(o.key_prefix));
     return exit_not_found;
   });
 }

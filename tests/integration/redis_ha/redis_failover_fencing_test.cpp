@@ -29,26 +29,11 @@ using dlock::Lock;
 using dlock::RedisBackend;
 using dlock::test::eventually;
 using dlock::test::info_field;
+using dlock::test::old_rule_token;
 using dlock::test::RedisServer;
 using dlock::test::RespConn;
 
 namespace {
-
-// The rule a counter had before issue 11: seeded from the server clock only
-// when the key is missing, then INCR. A stale counter is not lifted.
-constexpr std::string_view seeded_when_missing = R"lua(
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-end
-return redis.call('INCR', KEYS[1])
-)lua";
-
-std::uint64_t old_rule_token(RespConn& c) {
-  const auto r = c.command({"EVAL", seeded_when_missing, "1", "old:{f}:fence"});
-  if (r.type != dlock::detail::redis_proto::Reply::Type::integer) throw std::runtime_error("old rule: " + r.str);
-  return static_cast<std::uint64_t>(r.integer);
-}
 
 dlock::RedisOptions options_for(const RedisServer& s) {
   dlock::RedisOptions o = s.options();
@@ -68,24 +53,14 @@ TEST(RedisFailoverFencing, APromotedLaggingReplicaIssuesTokensAboveEveryEarlierO
     Lock<RedisBackend> lock(redis, "f", {.ttl = 10s});
     RespConn p(primary.port());
     // Phase 1: tokens the replica receives.
-    for (int i = 0; i < 3; ++i) {
-      ASSERT_TRUE(lock.try_lock());
-      highest = std::max(highest, lock.fencing_token());
-      lock.unlock();
-      old_highest = std::max(old_highest, old_rule_token(p));
-    }
+    dlock::test::issue_tokens(lock, p, 3, highest, old_highest);
     ASSERT_EQ(p.command({"WAIT", "1", "2000"}).integer, 1) << "the replica did not acknowledge phase 1";
     // Cut the replica's link: it keeps its data and receives nothing more.
     dlock::test::BlackHole nowhere;
     ASSERT_EQ(RespConn(replica.port()).command({"REPLICAOF", "127.0.0.1", std::to_string(nowhere.port())}).str, "OK");
     ASSERT_TRUE(eventually([&] { return info_field(primary.port(), "replication", "connected_slaves") == "0"; }, 10s));
     // Phase 2: tokens only the primary sees.
-    for (int i = 0; i < 5; ++i) {
-      ASSERT_TRUE(lock.try_lock());
-      highest = std::max(highest, lock.fencing_token());
-      lock.unlock();
-      old_highest = std::max(old_highest, old_rule_token(p));
-    }
+    dlock::test::issue_tokens(lock, p, 5, highest, old_highest);
     primary.kill();  // SIGKILL: phase 2 exists nowhere else
   }
   RespConn r(replica.port());

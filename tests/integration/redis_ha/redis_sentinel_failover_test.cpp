@@ -32,31 +32,11 @@ using dlock::test::eventually;
 using dlock::test::LockTraffic;
 using dlock::test::Quiet;
 using dlock::test::RespConn;
+using dlock::test::sentinel_uri;
+using dlock::test::sentinels_ready;
 using dlock::test::SentinelSetup;
 
 namespace {
-
-std::string sentinel_uri(SentinelSetup& setup) {
-  std::string uri = "redis+sentinel://";
-  for (std::size_t i = 0; i < setup.sentinels(); ++i)
-    uri += (i == 0 ? "" : ",") + std::string("127.0.0.1:") + std::to_string(setup.sentinel(i).port());
-  return uri + "/" + std::string(SentinelSetup::master_name);
-}
-
-// The sentinels know each other and both replicas: a failover can be agreed.
-bool sentinels_ready(SentinelSetup& setup) {
-  return eventually(
-      [&] {
-        for (std::size_t i = 0; i < setup.sentinels(); ++i) {
-          RespConn s(setup.sentinel(i).port());
-          const auto others = s.command({"SENTINEL", "SENTINELS", "mymaster"});
-          const auto replicas = s.command({"SENTINEL", "REPLICAS", "mymaster"});
-          if (others.elements.size() != 2 || replicas.elements.size() != 2) return false;
-        }
-        return true;
-      },
-      15s);
-}
 
 dlock::RedisOptions base_options() {
   dlock::RedisOptions base;

@@ -27,6 +27,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -163,6 +164,38 @@ inline std::string info_line(std::string_view text, std::string_view name) {
 }
 inline std::string info_field(int port, std::string_view section, std::string_view name) {
   return info_line(redis_command(port, {"INFO", section}).str, name);
+}
+
+/// The rule a fencing counter had before issue 11: seeded from the server
+/// clock only when the key is missing, then INCR. A stale counter (a promoted
+/// replica that lagged) is not lifted: the failover-fencing tests run it next
+/// to the real acquire to show their check fails against it.
+constexpr std::string_view seeded_when_missing = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+end
+return redis.call('INCR', KEYS[1])
+)lua";
+
+/// The next token of the seeded-when-missing counter "old:{f}:fence" on `c`'s server.
+inline std::uint64_t old_rule_token(RespConn& c) {
+  const auto r = c.command({"EVAL", seeded_when_missing, "1", "old:{f}:fence"});
+  if (r.type != Reply::Type::integer) throw std::runtime_error("old rule: " + r.str);
+  return static_cast<std::uint64_t>(r.integer);
+}
+
+/// Issues `n` tokens through `lock` (try_lock + unlock on a free lock) and
+/// `n` of the seeded-when-missing counter on `c`, raising `highest` and
+/// `old_highest` to the largest of each.
+inline void issue_tokens(Lock<RedisBackend>& lock, RespConn& c, int n, std::uint64_t& highest,
+                         std::uint64_t& old_highest) {
+  for (int i = 0; i < n; ++i) {
+    if (!lock.try_lock()) throw std::runtime_error("issue_tokens: try_lock failed on a free lock");
+    highest = std::max(highest, lock.fencing_token());
+    lock.unlock();
+    old_highest = std::max(old_highest, old_rule_token(c));
+  }
 }
 
 /// `redis-server <conf> --sentinel` on a free loopback port, in a temporary directory.
@@ -306,6 +339,41 @@ class SentinelSetup {
   std::vector<std::unique_ptr<RedisServer>> replicas_;
   std::vector<std::unique_ptr<SentinelProcess>> sentinels_;
 };
+
+/// The redis+sentinel:// URI naming `setup`'s three sentinels and its master.
+inline std::string sentinel_uri(SentinelSetup& setup) {
+  std::string uri = "redis+sentinel://";
+  for (std::size_t i = 0; i < setup.sentinels(); ++i)
+    uri += (i == 0 ? "" : ",") + std::string("127.0.0.1:") + std::to_string(setup.sentinel(i).port());
+  return uri + "/" + std::string(SentinelSetup::master_name);
+}
+
+/// Options for a backend through the sentinels: `prefix`, connect_timeout
+/// 300 ms, command_timeout 1 s (a failover's dead primary costs little).
+inline RedisOptions sentinel_test_options(std::string prefix) {
+  RedisOptions base;
+  base.key_prefix = std::move(prefix);
+  base.connect_timeout = std::chrono::milliseconds(300);
+  base.command_timeout = std::chrono::seconds(1);
+  return base;
+}
+
+/// The sentinels know each other and both replicas (a failover can be
+/// agreed), within `timeout`: they discover each other by hello messages
+/// every 2 s.
+inline bool sentinels_ready(SentinelSetup& setup, std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
+  return eventually(
+      [&] {
+        for (std::size_t i = 0; i < setup.sentinels(); ++i) {
+          RespConn s(setup.sentinel(i).port());
+          const auto others = s.command({"SENTINEL", "SENTINELS", SentinelSetup::master_name});
+          const auto replicas = s.command({"SENTINEL", "REPLICAS", SentinelSetup::master_name});
+          if (others.elements.size() != 2 || replicas.elements.size() != 2) return false;
+        }
+        return true;
+      },
+      timeout);
+}
 
 /// Three primaries and three replicas joined into one cluster.
 class ClusterSetup {
