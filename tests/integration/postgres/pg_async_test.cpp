@@ -6,6 +6,8 @@
 #include <dlock/dlock.hpp>
 #include <dlock/postgres.hpp>
 
+#include "support/async_checks.hpp"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -125,50 +127,9 @@ TEST(PgAsync, TwoHundredCoroutinesOnTwoSharedSessions) {
 TEST(PgAsync, CancellationAtRandomPointsLeavesNoLockOnTheServer) {
   PostgresBackend pg(options({.pool_size = 24}));
   (void)pg.has_fencing();  // the first tries' look-up done: the cancellations (within 100 ms) meet grants too
-  asio::io_context io;
-  constexpr int tasks = 60;
-  std::mt19937 rng(7);
   const std::string base = test_name();
-  std::vector<std::unique_ptr<Lock<PostgresBackend>>> locks;
-  std::vector<std::stop_source> stops(tasks);
-  std::vector<std::unique_ptr<asio::steady_timer>> cancellers;
-  int acquired = 0, cancelled = 0, other = 0, done = 0;
-  for (int i = 0; i < tasks; ++i) {
-    locks.push_back(std::make_unique<Lock<PostgresBackend>>(
-        pg, base + std::to_string(i % 2),
-        LockOptions{.ttl = 10s, .retry = {.initial_delay = 200us, .max_delay = 2ms}}));
-    asio::co_spawn(
-        io,
-        [&, i]() -> awaitable<void> {
-          try {
-            auto g = co_await locks[i]->async_acquire(stops[i].get_token(), use_awaitable);
-            ++acquired;
-            co_await asio::post(io, use_awaitable);
-            co_await g.async_release(use_awaitable);
-          } catch (const boost::system::system_error& e) {
-            if (dlock::to_std(e.code()) == dlock::errc::cancelled) {
-              ++cancelled;
-            } else {
-              std::printf("task %d: %s\n", i, e.what());
-              ++other;
-            }
-          }
-          ++done;
-        },
-        asio::detached);
-    cancellers.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::microseconds(rng() % 100000)));
-    cancellers.back()->async_wait([&, i](const boost::system::error_code&) { stops[i].request_stop(); });
-  }
-  const auto start = Clock::now();
-  while (done < tasks && Clock::now() - start < 30s) io.run_one_for(100ms);
-  io.run_for(50ms);
-  std::printf("%d acquired, %d cancelled, %d other\n", acquired, cancelled, other);
-  ASSERT_EQ(done, tasks);
-  EXPECT_EQ(other, 0);
-  EXPECT_GT(cancelled, 0);
-  EXPECT_GT(acquired, 0);
-  for (auto& l : locks) EXPECT_FALSE(l->owns_lock());
-  RawConn raw(conninfo());
+  dlock::test::expect_cancellation_leaves_nothing(pg, base, 60, 7);
+  RawConn raw(conninfo());  // and none of the server's advisory locks is left
   EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + "0")), 0);
   EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + "1")), 0);
 }
