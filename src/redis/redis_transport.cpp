@@ -595,24 +595,23 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     queued.clear();
     for (Pending& p : q) {
       if (!p.done) continue;
+      // Each error is made in a statement of its own: the temporary that
+      // make_exception_ptr copies shares its message buffer (libstdc++'s
+      // reference-counted runtime_error string) and must be gone before the
+      // error reaches another thread, as fresh() ensures elsewhere.
+      std::exception_ptr e;
       if (why == Why::timeout && p.deadline && Clock::now() >= *p.deadline && !p.deadline_name.empty()) {
-        p.done(RedisOutcome{{},
-                            std::make_exception_ptr(ConnectionError(fmt::format(
-                                "dlock: cannot connect to Redis at {}: {} within {} during {}; nothing was asked of "
-                                "it yet",
-                                endpoint, hs ? "it did not answer the handshake" : "the connect did not complete",
-                                p.deadline_name, p.what))),
-                            {}});
+        e = std::make_exception_ptr(ConnectionError(fmt::format(
+            "dlock: cannot connect to Redis at {}: {} within {} during {}; nothing was asked of it yet", endpoint,
+            hs ? "it did not answer the handshake" : "the connect did not complete", p.deadline_name, p.what)));
       } else if (ready_flag) {
-        p.done(RedisOutcome{{},
-                            std::make_exception_ptr(ConnectionError(fmt::format(
-                                "dlock: the connection to Redis at {} broke before {} was sent ({}); nothing was "
-                                "asked of it",
-                                endpoint, p.what, detail))),
-                            {}});
+        e = std::make_exception_ptr(ConnectionError(
+            fmt::format("dlock: the connection to Redis at {} broke before {} was sent ({}); nothing was asked of it",
+                        endpoint, p.what, detail)));
       } else {
-        p.done(RedisOutcome{{}, fresh(error), {}});
+        e = fresh(error);
       }
+      p.done(RedisOutcome{{}, std::move(e), {}});
     }
   }
 
