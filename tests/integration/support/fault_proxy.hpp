@@ -12,6 +12,9 @@
 //              then; reset ones stay closed);
 //   retarget() sends new connections to another port, while the open ones
 //              stay with the old server: a DNS name that moved on failover.
+// It also keeps a record per forwarded connection (the server it reached,
+// and how often a marker such as "-READONLY" appeared in what the server
+// sent back), so a test can check what each client connection was told.
 // One thread per proxy, driven by poll().
 #pragma once
 
@@ -22,6 +25,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -30,6 +34,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -82,11 +87,29 @@ class FaultProxy {
   /// New connections go to 127.0.0.1:target_port; open ones stay where they are.
   void retarget(int target_port) noexcept { target_port_.store(target_port); }
 
+  /// Counts `marker` in what servers send on connections forwarded from now
+  /// on (say "-READONLY": an error reply's first bytes).
+  void count_in_replies(std::string marker) {
+    std::lock_guard lk(record_mu_);
+    marker_ = std::move(marker);
+  }
+  /// What the proxy saw on one forwarded connection.
+  struct Record {
+    int target_port = 0;
+    int marked = 0;    // occurrences of the marker in the server's bytes
+    std::string tail;  // the last bytes, for a marker split across reads
+  };
+  [[nodiscard]] std::vector<Record> records() const {
+    std::lock_guard lk(record_mu_);
+    return records_;
+  }
+
  private:
   enum class Mode { forward, cut, silent };
   struct Pair {
     int client = -1;
     int server = -1;
+    std::size_t record = 0;  // index into records_
   };
 
   static sockaddr_in loopback(int port) {
@@ -128,10 +151,10 @@ class FaultProxy {
     done_cv_.wait(lk, [&] { return applied_ >= request; });
   }
 
-  int connect_target() const {
+  static int connect_target(int port) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    const sockaddr_in a = loopback(target_port_.load());
+    const sockaddr_in a = loopback(port);
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
       ::close(fd);
       return -1;
@@ -190,16 +213,17 @@ class FaultProxy {
         }
       }
       // Forward what arrived; a pair whose either side closed is closed on both.
-      const auto forward = [&buf](int from, int to, short revents) {
+      const auto forward = [&buf, this](int from, int to, short revents, const std::size_t* record) {
         if (revents == 0) return true;
         const ssize_t n = ::recv(from, buf.data(), buf.size(), 0);
+        if (n > 0 && record != nullptr) scan(*record, std::string_view(buf.data(), static_cast<std::size_t>(n)));
         return n > 0 && send_all(to, buf.data(), static_cast<std::size_t>(n));
       };
       std::vector<Pair> next;
       for (std::size_t i = 0; i < pairs.size(); ++i) {
         const Pair p = pairs[i];
-        const bool ok = i >= polled || (forward(p.client, p.server, fds[2 + 2 * i].revents) &&
-                                        forward(p.server, p.client, fds[3 + 2 * i].revents));
+        const bool ok = i >= polled || (forward(p.client, p.server, fds[2 + 2 * i].revents, nullptr) &&
+                                        forward(p.server, p.client, fds[3 + 2 * i].revents, &p.record));
         if (ok) {
           next.push_back(p);
         } else {
@@ -216,17 +240,34 @@ class FaultProxy {
     for (const int c : held) reset(c);
   }
 
+  // Counts the marker in bytes a server sent on the connection of `record`.
+  void scan(std::size_t record, std::string_view bytes) {
+    std::lock_guard lk(record_mu_);
+    Record& r = records_[record];
+    if (marker_.empty()) return;
+    const std::string seen = r.tail + std::string(bytes);
+    for (std::size_t at = seen.find(marker_); at != std::string::npos; at = seen.find(marker_, at + 1))
+      r.marked += at + marker_.size() > r.tail.size() ? 1 : 0;  // not counted in an earlier read
+    r.tail = seen.substr(seen.size() - std::min(seen.size(), marker_.size() - 1));
+  }
+
   // Connects an accepted client to the server, or resets it (cut, or the server refused).
-  void attach(int client, Mode mode, std::vector<Pair>& pairs) const {
-    const int server = mode == Mode::cut ? -1 : connect_target();
+  void attach(int client, Mode mode, std::vector<Pair>& pairs) {
+    const int port = target_port_.load();
+    const int server = mode == Mode::cut ? -1 : connect_target(port);
     if (server < 0) {
       reset(client);
     } else {
-      pairs.push_back({client, server});
+      std::lock_guard lk(record_mu_);
+      records_.push_back({.target_port = port});
+      pairs.push_back({client, server, records_.size() - 1});
     }
   }
 
   std::atomic<int> target_port_;
+  mutable std::mutex record_mu_;
+  std::string marker_;
+  std::vector<Record> records_;
   int port_ = 0;
   int listen_fd_ = -1;
   std::array<int, 2> wake_{-1, -1};
