@@ -3,12 +3,14 @@
 # GENERATOR, compiler CXX and launcher LAUNCHER; runs its consumer through its
 # own ctest, which must list only the consumer's one test; installs it, which
 # must install nothing of dlock's. Then configures the FetchContent variant
-# (configure only: it builds the same targets).
+# (configure only: it builds the same targets). Built unoptimised and without
+# debug information: it checks the packaging, and the default build already
+# compiles the same sources optimised.
 include(${CMAKE_CURRENT_LIST_DIR}/run-common.cmake)
 file(REMOVE_RECURSE "${WORK_DIR}")
 
 set(configure ${CMAKE_COMMAND} -S "${SOURCE_DIR}" -G "${GENERATOR}" -DDLOCK_SOURCE_DIR=${DLOCK_SOURCE_DIR}
-    -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g0"
     -DDLOCK_WITH_REDIS=${WITH_REDIS} -DDLOCK_WITH_POSTGRES=${WITH_POSTGRES}
     -DDLOCK_WITH_ETCD=${WITH_ETCD})
 if(LAUNCHER)

@@ -259,7 +259,9 @@ class FaultProxy {
       reset(client);
     } else {
       std::lock_guard lk(record_mu_);
-      records_.push_back({.target_port = port});
+      Record r;
+      r.target_port = port;
+      records_.push_back(std::move(r));
       pairs.push_back({client, server, records_.size() - 1});
     }
   }
