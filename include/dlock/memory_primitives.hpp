@@ -4,10 +4,13 @@
 // The primitives' counterpart of MemoryBackend (memory.hpp): a lock service
 // that lives in this process. Leases expire on the given clock, release and
 // extend are owner-checked, fencing tokens increase per name and primitive,
-// and every release wakes the name's waiters at once (subscribe_release).
+// and every release wakes the name's waiters at once (subscribe_release, with
+// the non-blocking Subscription::on_release of AsyncNotifiesRelease).
 // It models SharedLockBackend, SemaphoreBackend and ElectionBackend
-// (primitives_backend.hpp); a read-write lock, a semaphore and an election of
-// the same name are separate objects.
+// (primitives_backend.hpp), and their asynchronous forms
+// (AsyncSharedLockBackend, ...: each operation is done at once, its
+// completion posted to the caller's executor); a read-write lock, a semaphore
+// and an election of the same name are separate objects.
 //
 //   dlock::MemoryPrimitives prims;
 //   dlock::RwLock<dlock::MemoryPrimitives> rw(prims, "catalog");
@@ -31,15 +34,24 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/post_outcome.hpp"
 #include "detail/time.hpp"
 #include "primitives_backend.hpp"
 
 namespace dlock {
 
 class MemoryPrimitives {
+  // One subscription's view of its name (as MemoryBackend's): the releases it
+  // has seen, and the callback it registered with on_release() (empty: none).
+  struct Waiter {
+    std::uint64_t seen = 0;
+    std::function<void()> on_release;
+  };
   struct Lease1 {  // one live lease: its owner and expiry
     OwnerId owner;
     TimePoint expires_at;
@@ -51,7 +63,8 @@ class MemoryPrimitives {
     std::optional<std::uint32_t> permits;  // semaphore: the operator's count
     std::string candidate;                 // election: the leader's candidate id
     std::uint64_t fence = 0;
-    std::uint64_t releases = 0;  // bumped on every release, for subscribers
+    std::uint64_t releases = 0;                    // bumped on every release, for subscribers
+    std::vector<std::shared_ptr<Waiter>> waiters;  // subscriptions with a callback registered
   };
   struct Hash {
     using is_transparent = void;
@@ -70,26 +83,64 @@ class MemoryPrimitives {
  public:
   using Handle = NoHandle;
 
-  /// Waits for a release of any primitive of one name; see NotifiesRelease.
+  /// Waits for a release of any primitive of one name; see NotifiesRelease
+  /// (backend.hpp) and AsyncNotifiesRelease (lock.hpp).
   class Subscription {
    public:
+    Subscription(Subscription&&) noexcept = default;
+    Subscription& operator=(Subscription&& o) noexcept {
+      if (this != &o) {
+        unregister();
+        state_ = std::move(o.state_);
+        slot_ = o.slot_;
+        w_ = std::move(o.w_);
+      }
+      return *this;
+    }
+    ~Subscription() { unregister(); }
+
     /// True when a release happened since subscribing or since the last
-    /// wait_for() that returned true.
+    /// wait_for() that returned true (or on_release() callback that ran).
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
       std::unique_lock lk(state_->mu);
       const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, until, [this] { return *releases_ != seen_; })) return false;
-      seen_ = *releases_;
+      if (!state_->released.wait_until(lk, until, [this] { return slot_->releases != w_->seen; })) return false;
+      w_->seen = slot_->releases;
       return true;
+    }
+    /// Non-blocking wait: `f` runs once, on the releasing thread, at the next
+    /// release of the name, or at once (inside this call) when one happened
+    /// since subscribing or since the last wake-up. Replaces a callback
+    /// registered before; destroying the subscription drops it. `f` must not
+    /// throw or block.
+    void on_release(std::function<void()> f) {
+      {
+        std::lock_guard lk(state_->mu);
+        if (slot_->releases == w_->seen) {
+          if (!w_->on_release) slot_->waiters.push_back(w_);
+          w_->on_release = std::move(f);
+          return;
+        }
+        w_->seen = slot_->releases;
+        drop(*slot_, w_);
+      }
+      f();
     }
 
    private:
     friend class MemoryPrimitives;
-    Subscription(std::shared_ptr<State> state, const std::uint64_t& releases)
-        : state_(std::move(state)), releases_(&releases), seen_(releases) {}
+    Subscription(std::shared_ptr<State> state, Slot& s)
+        : state_(std::move(state)),
+          slot_(&s),
+          w_(std::make_shared<Waiter>(Waiter{.seen = s.releases, .on_release = {}})) {}
+    void unregister() noexcept {
+      if (!w_) return;
+      std::lock_guard lk(state_->mu);
+      if (w_->on_release) drop(*slot_, w_);
+    }
     std::shared_ptr<State> state_;
-    const std::uint64_t* releases_;
-    std::uint64_t seen_;
+    Slot* slot_;
+    std::shared_ptr<Waiter> w_;
   };
 
   explicit MemoryPrimitives(const Clock& clock = steady_clock()) : state_(std::make_shared<State>(clock)) {}
@@ -101,7 +152,7 @@ class MemoryPrimitives {
   /// One subscription per name wakes on a release of any of its primitives.
   [[nodiscard]] Subscription subscribe_release(std::string_view name) {
     std::lock_guard lk(state_->mu);
-    return Subscription(state_, notify_slot(name).releases);
+    return Subscription(state_, notify_slot(name));
   }
 
   // ---- SharedLockBackend ----
@@ -176,12 +227,13 @@ class MemoryPrimitives {
   /// Operator: sets the count of `name` (nullopt: each caller's own count).
   /// A larger count wakes waiters.
   void set_permits(std::string_view name, std::optional<std::uint32_t> permits) {
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       slot(Kind::semaphore, name).permits = permits;
-      ++notify_slot(name).releases;
+      wake = released(notify_slot(name));
     }
-    state_->released.notify_all();
+    notify(wake);
   }
   /// Live permits of `name` (operator view).
   [[nodiscard]] std::size_t permits_held(std::string_view name) {
@@ -217,11 +269,65 @@ class MemoryPrimitives {
     return LeaderInfo{s.candidate, s.fence};
   }
 
+  // ---- asynchronous forms (AsyncSharedLockBackend, AsyncSemaphoreBackend,
+  // AsyncElectionBackend): each operation is done at once; its completion is
+  // posted to `ex`. ----
+
+  void async_try_acquire_shared(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_shared(r); });
+  }
+  void async_release_shared(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_shared(name, lease); });
+  }
+  void async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_shared(name, lease, ttl, started); });
+  }
+  void async_try_acquire_exclusive(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                                   AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_exclusive(r); });
+  }
+  void async_release_exclusive(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                               ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_exclusive(name, lease); });
+  }
+  void async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                              TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_exclusive(name, lease, ttl, started); });
+  }
+  void async_try_acquire_permit(const AcquireRequest& r, std::uint32_t permits, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_permit(r, permits); });
+  }
+  void async_release_permit(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_permit(name, lease); });
+  }
+  void async_extend_permit(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_permit(name, lease, ttl, started); });
+  }
+  void async_try_acquire_leader(const AcquireRequest& r, std::string_view candidate,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_leader(r, candidate); });
+  }
+  void async_release_leader(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_leader(name, lease); });
+  }
+  void async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_leader(name, lease, ttl, started); });
+  }
+
   /// Administrative: ends every lease of every primitive named `name` (like
   /// an operator deleting its keys on a server); holders find them lost at
   /// their next extension. Returns how many live leases were removed.
   std::size_t force_release(std::string_view name) {
     std::size_t removed = 0;
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       const TimePoint now = state_->clock.now();
@@ -233,13 +339,37 @@ class MemoryPrimitives {
         s.writer.reset();
         s.writer_waiting.reset();
       }
-      ++notify_slot(name).releases;
+      wake = released(notify_slot(name));
     }
-    state_->released.notify_all();
+    notify(wake);
     return removed;
   }
 
  private:
+  // Requires state_->mu: counts a release of a name's notify slot and takes
+  // the callbacks it wakes (each subscription's release is consumed by its callback).
+  static std::vector<std::function<void()>> released(Slot& s) {
+    ++s.releases;
+    std::vector<std::function<void()>> wake;
+    wake.reserve(s.waiters.size());
+    for (auto& w : s.waiters) {
+      w->seen = s.releases;
+      wake.push_back(std::exchange(w->on_release, nullptr));
+    }
+    s.waiters.clear();
+    return wake;
+  }
+  // Without state_->mu: wakes the blocked and the registered waiters.
+  void notify(std::vector<std::function<void()>>& wake) {
+    state_->released.notify_all();
+    for (auto& f : wake) f();
+  }
+  // Requires state_->mu: removes `w`'s registration.
+  static void drop(Slot& s, const std::shared_ptr<Waiter>& w) noexcept {
+    w->on_release = nullptr;
+    std::erase(s.waiters, w);
+  }
+
   static std::string key(Kind k, std::string_view name) {
     std::string out(1, static_cast<char>(k));
     out.append(1, ':').append(name);
@@ -280,6 +410,7 @@ class MemoryPrimitives {
     return it == s.holders.end() ? nullptr : &it->second;
   }
   ReleaseResult release_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat) {
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       Slot& s = slot(k, name);
@@ -290,9 +421,9 @@ class MemoryPrimitives {
       } else {
         s.holders.erase(owner);
       }
-      ++notify_slot(name).releases;
+      wake = released(notify_slot(name));
     }
-    state_->released.notify_all();
+    notify(wake);
     return ReleaseResult::released;
   }
   std::optional<TimePoint> extend_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat,
