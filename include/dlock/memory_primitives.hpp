@@ -39,6 +39,7 @@
 
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/memory_release.hpp"
 #include "detail/post_outcome.hpp"
 #include "detail/time.hpp"
 #include "primitives_backend.hpp"
@@ -46,25 +47,17 @@
 namespace dlock {
 
 class MemoryPrimitives {
-  // One subscription's view of its name (as MemoryBackend's): the releases it
-  // has seen, and the callback it registered with on_release() (empty: none).
-  struct Waiter {
-    std::uint64_t seen = 0;
-    std::function<void()> on_release;
-  };
   struct Lease1 {  // one live lease: its owner and expiry
     OwnerId owner;
     TimePoint expires_at;
   };
-  struct Slot {
+  struct Slot : detail::ReleaseSignal {    // a name's notify slot: its releases, for subscribers
     std::optional<Lease1> writer;          // rw: the writer; election: the leader
     std::map<OwnerId, TimePoint> holders;  // rw: readers; semaphore: permits (owner -> expiry)
     std::optional<Lease1> writer_waiting;  // rw: a writer blocked by readers (writer preference)
     std::optional<std::uint32_t> permits;  // semaphore: the operator's count
     std::string candidate;                 // election: the leader's candidate id
     std::uint64_t fence = 0;
-    std::uint64_t releases = 0;                    // bumped on every release, for subscribers
-    std::vector<std::shared_ptr<Waiter>> waiters;  // subscriptions with a callback registered
   };
   struct Hash {
     using is_transparent = void;
@@ -74,7 +67,7 @@ class MemoryPrimitives {
     explicit State(const Clock& c) : clock(c) {}
     const Clock& clock;
     std::mutex mu;
-    std::condition_variable released;
+    std::condition_variable_any released;
     std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots;  // never erased; nodes never move
   };
   enum class Kind : char { rw = 'r', semaphore = 's', election = 'e' };
@@ -85,63 +78,7 @@ class MemoryPrimitives {
 
   /// Waits for a release of any primitive of one name; see NotifiesRelease
   /// (backend.hpp) and AsyncNotifiesRelease (lock.hpp).
-  class Subscription {
-   public:
-    Subscription(Subscription&&) noexcept = default;
-    Subscription& operator=(Subscription&& o) noexcept {
-      if (this != &o) {
-        unregister();
-        state_ = std::move(o.state_);
-        slot_ = o.slot_;
-        w_ = std::move(o.w_);
-      }
-      return *this;
-    }
-    ~Subscription() { unregister(); }
-
-    /// True when a release happened since subscribing or since the last
-    /// wait_for() that returned true (or on_release() callback that ran).
-    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
-      std::unique_lock lk(state_->mu);
-      const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, until, [this] { return slot_->releases != w_->seen; })) return false;
-      w_->seen = slot_->releases;
-      return true;
-    }
-    /// Non-blocking wait: `f` runs once, on the releasing thread, at the next
-    /// release of the name, or at once (inside this call) when one happened
-    /// since subscribing or since the last wake-up. Replaces a callback
-    /// registered before; destroying the subscription drops it. `f` must not
-    /// throw or block.
-    void on_release(std::function<void()> f) {
-      {
-        std::lock_guard lk(state_->mu);
-        if (slot_->releases == w_->seen) {
-          if (!w_->on_release) slot_->waiters.push_back(w_);
-          w_->on_release = std::move(f);
-          return;
-        }
-        w_->seen = slot_->releases;
-        drop(*slot_, w_);
-      }
-      f();
-    }
-
-   private:
-    friend class MemoryPrimitives;
-    Subscription(std::shared_ptr<State> state, Slot& s)
-        : state_(std::move(state)),
-          slot_(&s),
-          w_(std::make_shared<Waiter>(Waiter{.seen = s.releases, .on_release = {}})) {}
-    void unregister() noexcept {
-      if (!w_) return;
-      std::lock_guard lk(state_->mu);
-      if (w_->on_release) drop(*slot_, w_);
-    }
-    std::shared_ptr<State> state_;
-    Slot* slot_;
-    std::shared_ptr<Waiter> w_;
-  };
+  using Subscription = detail::MemorySubscription<State>;
 
   explicit MemoryPrimitives(const Clock& clock = steady_clock()) : state_(std::make_shared<State>(clock)) {}
 
@@ -231,9 +168,9 @@ class MemoryPrimitives {
     {
       std::lock_guard lk(state_->mu);
       slot(Kind::semaphore, name).permits = permits;
-      wake = released(notify_slot(name));
+      wake = notify_slot(name).released();
     }
-    notify(wake);
+    detail::wake_waiters(state_->released, wake);
   }
   /// Live permits of `name` (operator view).
   [[nodiscard]] std::size_t permits_held(std::string_view name) {
@@ -339,37 +276,13 @@ class MemoryPrimitives {
         s.writer.reset();
         s.writer_waiting.reset();
       }
-      wake = released(notify_slot(name));
+      wake = notify_slot(name).released();
     }
-    notify(wake);
+    detail::wake_waiters(state_->released, wake);
     return removed;
   }
 
  private:
-  // Requires state_->mu: counts a release of a name's notify slot and takes
-  // the callbacks it wakes (each subscription's release is consumed by its callback).
-  static std::vector<std::function<void()>> released(Slot& s) {
-    ++s.releases;
-    std::vector<std::function<void()>> wake;
-    wake.reserve(s.waiters.size());
-    for (auto& w : s.waiters) {
-      w->seen = s.releases;
-      wake.push_back(std::exchange(w->on_release, nullptr));
-    }
-    s.waiters.clear();
-    return wake;
-  }
-  // Without state_->mu: wakes the blocked and the registered waiters.
-  void notify(std::vector<std::function<void()>>& wake) {
-    state_->released.notify_all();
-    for (auto& f : wake) f();
-  }
-  // Requires state_->mu: removes `w`'s registration.
-  static void drop(Slot& s, const std::shared_ptr<Waiter>& w) noexcept {
-    w->on_release = nullptr;
-    std::erase(s.waiters, w);
-  }
-
   static std::string key(Kind k, std::string_view name) {
     std::string out(1, static_cast<char>(k));
     out.append(1, ':').append(name);
@@ -421,9 +334,9 @@ class MemoryPrimitives {
       } else {
         s.holders.erase(owner);
       }
-      wake = released(notify_slot(name));
+      wake = notify_slot(name).released();
     }
-    notify(wake);
+    detail::wake_waiters(state_->released, wake);
     return ReleaseResult::released;
   }
   std::optional<TimePoint> extend_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat,
