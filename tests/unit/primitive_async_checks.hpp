@@ -1,43 +1,20 @@
 // Checks of the primitives' asynchronous forms (RwLock, Semaphore, Election;
 // issue 13 and 16), shared by the in-process test (primitives_async_test.cpp)
-// and the real-server ones (Redis: redis_primitives_async_test.cpp): many
+// and the real-server ones (redis_primitives_async_test, pg_primitives_async_test): many
 // coroutines on one io_context thread, a few acquires at once each, holding
 // across suspensions, so an overlap the primitive must prevent is counted.
 #pragma once
 
-#include <dlock/dlock.hpp>
 #include <dlock/election.hpp>
 #include <dlock/rw_lock.hpp>
 #include <dlock/semaphore.hpp>
 
-#include <gtest/gtest.h>
-
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
-
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
-#include <memory>
-#include <random>
-#include <stop_token>
 #include <string>
-#include <vector>
 
-#include "loop_ticker.hpp"
+#include "integration/support/async_checks.hpp"  // the lag bound, the loop's Ticker; Asio and GoogleTest
 
 namespace dlock::test {
-
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-inline constexpr std::chrono::milliseconds primitive_lag_bound{2000};  // everything runs many times slower
-#else
-inline constexpr std::chrono::milliseconds primitive_lag_bound{100};
-#endif
 
 /// Runs `io` until `*done` reaches `n` or `limit` passes; then a little more
 /// for the releases the last guards started.
@@ -106,7 +83,7 @@ void expect_semaphore_bounds_holders(B& backend, const std::string& name, int co
   EXPECT_EQ(failed, 0);
   EXPECT_LE(most, static_cast<int>(permits));
   EXPECT_EQ(most, static_cast<int>(permits)) << "the permits were never all in use";
-  EXPECT_LT(ticker.worst, primitive_lag_bound) << "the loop's thread was blocked";
+  EXPECT_LT(ticker.worst, async_lag_bound) << "the loop's thread was blocked";
   expect_nothing_held(backend, name, permits);
 }
 
@@ -168,11 +145,12 @@ void expect_readers_overlap_writers_exclude(B& backend, const std::string& name,
 
 /// `tasks` acquires of one name's permits (2), readers, writers and
 /// leadership (those the backend has asynchronously), each cancelled at a
-/// random point within 50 ms: every one ends acquired-and-released or
+/// random point within `window`: every one ends acquired-and-released or
 /// cancelled (errc::cancelled), nothing else, and nothing of the name is left
 /// held on the server.
 template <class B>
-void expect_primitive_cancellation_leaves_nothing(B& backend, const std::string& name, int tasks, unsigned seed) {
+void expect_primitive_cancellation_leaves_nothing(B& backend, const std::string& name, int tasks, unsigned seed,
+                                                  std::chrono::microseconds window = std::chrono::milliseconds(50)) {
   namespace asio = boost::asio;
   asio::io_context io;
   std::mt19937 rng(seed);
@@ -242,7 +220,7 @@ void expect_primitive_cancellation_leaves_nothing(B& backend, const std::string&
           ++done;
         },
         asio::detached);
-    cancellers.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::microseconds(rng() % 50000)));
+    cancellers.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::microseconds(rng() % window.count())));
     cancellers.back()->async_wait([&, i](const boost::system::error_code&) { stops[i].request_stop(); });
   }
   run_until(io, &done, tasks, std::chrono::seconds(30));
