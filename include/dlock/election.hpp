@@ -32,6 +32,10 @@
 #include <thread>
 #include <utility>
 
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+
+#include "async_guard.hpp"
 #include "detail/time.hpp"
 #include "lock.hpp"
 #include "options.hpp"
@@ -113,6 +117,70 @@ class Election {
 
   /// The underlying Lock (owner_id(), valid_until(), options(), ...).
   [[nodiscard]] lock_type& lock() noexcept { return lock_; }
+
+  // ==== cancellable and asynchronous forms (docs/async.md, "Primitives") ====
+
+  // ---- blocking, cancellable: as Lock's stop_token overloads (CancelledError,
+  // errc::cancelled, as soon as `stop` is requested; nothing left held) ----
+  void campaign(const std::stop_token& stop) {
+    forget_lost_term();
+    lock_.lock(stop);
+  }
+  template <class Rep, class Period>
+  [[nodiscard]] bool try_campaign_for(const std::chrono::duration<Rep, Period>& timeout, const std::stop_token& stop) {
+    forget_lost_term();
+    return lock_.try_lock_for(timeout, stop);
+  }
+
+  // ---- asynchronous (backends with the asynchronous election operations,
+  // AsyncElectionBackend; any completion token) ----
+  //
+  // async_campaign completes with an error_code once this candidate leads
+  // (this Election then holds the leadership: is_leader(), term(),
+  // stop_token(), resign() or async_resign()), or with errc::timeout
+  // (options().acquire_timeout), errc::connection, errc::cancelled (stop
+  // requested: the candidate is not left leading on the server).
+  // async_try_campaign_for completes with (error_code, bool leads).
+  // Nothing blocks a thread.
+  template <class Token>
+  auto async_campaign(Token&& token) requires AsyncElectionBackend<B> {
+    return async_campaign(std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_campaign(std::stop_token stop, Token&& token) requires AsyncElectionBackend<B> {
+    const auto timeout = lock_.options().acquire_timeout ? std::chrono::nanoseconds(*lock_.options().acquire_timeout)
+                                                         : std::chrono::nanoseconds::max();  // saturates: forever
+    return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+        [this, timeout, stop = std::move(stop)](auto handler) mutable {
+          forget_lost_term();
+          auto ex = boost::asio::get_associated_executor(handler);
+          lock_.async_try_lock_for(timeout, std::move(stop),
+                                   boost::asio::bind_executor(
+                                       ex, [h = std::move(handler)](boost::system::error_code ec, bool leads) mutable {
+                                         if (!ec && !leads) ec = make_async_error_code(errc::timeout);
+                                         h(ec);
+                                       }));
+        },
+        token);
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_campaign_for(const std::chrono::duration<Rep, Period>& timeout,
+                              Token&& token) requires AsyncElectionBackend<B> {
+    return async_try_campaign_for(timeout, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_campaign_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token stop,
+                              Token&& token) requires AsyncElectionBackend<B> {
+    forget_lost_term();
+    return lock_.async_try_lock_for(timeout, std::move(stop), std::forward<Token>(token));
+  }
+  /// resign() without blocking; completes with (error_code, ReleaseResult).
+  template <class Token>
+  auto async_resign(Token&& token) requires AsyncElectionBackend<B> {
+    return lock_.async_release(std::forward<Token>(token));
+  }
+
+  // ==== end of the cancellable and asynchronous forms ====
 
  private:
   // A term that was lost (or ran past its validity) still occupies the Lock

@@ -29,27 +29,19 @@
 #include <utility>
 #include <vector>
 
-#include <boost/asio/post.hpp>
-
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/memory_release.hpp"
+#include "detail/post_outcome.hpp"
 #include "detail/time.hpp"
 
 namespace dlock {
 
 class MemoryBackend {
-  // One subscription's view of its name: the releases it has seen, and the
-  // callback it registered with on_release() (empty: none).
-  struct Waiter {
-    std::uint64_t seen = 0;
-    std::function<void()> on_release;
-  };
-  struct Slot {
+  struct Slot : detail::ReleaseSignal {  // its releases, for subscribers
     std::optional<OwnerId> owner;
     TimePoint expires_at{};
     std::uint64_t fence = 0;
-    std::uint64_t releases = 0;                    ///< bumped on every release, for subscribers
-    std::vector<std::shared_ptr<Waiter>> waiters;  ///< subscriptions with a callback registered
   };
   struct Hash {
     using is_transparent = void;
@@ -67,68 +59,9 @@ class MemoryBackend {
   using Handle = NoHandle;
 
   /// Waits for a release of one lock name; see NotifiesRelease in backend.hpp
-  /// and AsyncNotifiesRelease in lock.hpp.
-  class Subscription {
-   public:
-    Subscription(Subscription&&) noexcept = default;
-    Subscription& operator=(Subscription&& o) noexcept {
-      if (this != &o) {
-        unregister();
-        state_ = std::move(o.state_);
-        slot_ = o.slot_;
-        w_ = std::move(o.w_);
-      }
-      return *this;
-    }
-    ~Subscription() { unregister(); }
-
-    /// True when a release happened since subscribing or since the last
-    /// wait_for() that returned true (or on_release() callback that ran).
-    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) { return wait_for(d, std::stop_token{}); }
-    /// wait_for(d), ended early (false) when `stop` is requested.
-    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d, const std::stop_token& stop) {
-      std::unique_lock lk(state_->mu);
-      const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, stop, until, [this] { return slot_->releases != w_->seen; })) return false;
-      w_->seen = slot_->releases;
-      return true;
-    }
-
-    /// Non-blocking wait: `f` runs once, on the releasing thread, at the next
-    /// release of the name, or at once (inside this call) when a release
-    /// happened since subscribing or since the last wake-up. Replaces a
-    /// callback registered before; destroying the subscription drops it (a
-    /// release that took it just before may still run it once). `f` must
-    /// not throw and must not block.
-    void on_release(std::function<void()> f) {
-      {
-        std::lock_guard lk(state_->mu);
-        if (slot_->releases == w_->seen) {
-          if (!w_->on_release) slot_->waiters.push_back(w_);
-          w_->on_release = std::move(f);
-          return;
-        }
-        w_->seen = slot_->releases;
-        drop(*slot_, w_);
-      }
-      f();
-    }
-
-   private:
-    friend class MemoryBackend;
-    Subscription(std::shared_ptr<State> state, Slot& s)
-        : state_(std::move(state)),
-          slot_(&s),
-          w_(std::make_shared<Waiter>(Waiter{.seen = s.releases, .on_release = {}})) {}
-    void unregister() noexcept {
-      if (!w_) return;
-      std::lock_guard lk(state_->mu);
-      if (w_->on_release) drop(*slot_, w_);
-    }
-    std::shared_ptr<State> state_;
-    Slot* slot_;
-    std::shared_ptr<Waiter> w_;
-  };
+  /// and AsyncNotifiesRelease in lock.hpp (wait_for, with or without a stop
+  /// token, and the non-blocking on_release).
+  using Subscription = detail::MemorySubscription<State>;
 
   explicit MemoryBackend(const Clock& clock = steady_clock()) : state_(std::make_shared<State>(clock)) {}
 
@@ -156,9 +89,9 @@ class MemoryBackend {
       Slot* s = held_by(name, lease.owner);
       if (!s) return ReleaseResult::not_held;
       s->owner.reset();
-      wake = released(*s);
+      wake = s->released();
     }
-    notify(wake);
+    detail::wake_waiters(state_->released, wake);
     return ReleaseResult::released;
   }
 
@@ -181,15 +114,15 @@ class MemoryBackend {
 
   void async_try_acquire(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
                          AcquireCompletion<Handle> done) {
-    complete(ex, std::move(done), [&] { return try_acquire(r); });
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire(r); });
   }
   void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
                      ReleaseCompletion done) {
-    complete(ex, std::move(done), [&] { return release(name, lease); });
+    detail::post_outcome(ex, std::move(done), [&] { return release(name, lease); });
   }
   void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
                     const boost::asio::any_io_executor& ex, ExtendCompletion done) {
-    complete(ex, std::move(done), [&] { return extend(name, lease, ttl, started); });
+    detail::post_outcome(ex, std::move(done), [&] { return extend(name, lease, ttl, started); });
   }
 
   /// Administrative: deletes the lock whoever holds it (like an operator's
@@ -203,54 +136,14 @@ class MemoryBackend {
       if (it != state_->slots.end() && it->second.owner) {
         removed = state_->clock.now() < it->second.expires_at;
         it->second.owner.reset();
-        wake = released(it->second);
+        wake = it->second.released();
       }
     }
-    notify(wake);
+    detail::wake_waiters(state_->released, wake);
     return removed;
   }
 
  private:
-  // Runs `op` now and posts its outcome to `done` on `ex`.
-  template <class Done, class Op>
-  static void complete(const boost::asio::any_io_executor& ex, Done done, Op op) {
-    using R = decltype(op());
-    std::exception_ptr error;
-    std::optional<R> result;
-    try {
-      result.emplace(op());
-    } catch (...) {
-      error = std::current_exception();
-    }
-    boost::asio::post(ex, [done = std::move(done), error, result = std::move(result)]() mutable {
-      done(error, result ? std::move(*result) : R{});
-    });
-  }
-
-  // Requires state_->mu: counts a release of `s` and takes the callbacks it
-  // wakes (each subscription's release is consumed by its callback).
-  static std::vector<std::function<void()>> released(Slot& s) {
-    ++s.releases;
-    std::vector<std::function<void()>> wake;
-    wake.reserve(s.waiters.size());
-    for (auto& w : s.waiters) {
-      w->seen = s.releases;
-      wake.push_back(std::exchange(w->on_release, nullptr));
-    }
-    s.waiters.clear();
-    return wake;
-  }
-  // Without state_->mu: wakes the blocked and the registered waiters.
-  void notify(std::vector<std::function<void()>>& wake) {
-    state_->released.notify_all();
-    for (auto& f : wake) f();
-  }
-  // Requires state_->mu: removes `w`'s registration.
-  static void drop(Slot& s, const std::shared_ptr<Waiter>& w) noexcept {
-    w->on_release = nullptr;
-    std::erase(s.waiters, w);
-  }
-
   // Require state_->mu.
   Slot& slot(std::string_view name) {
     auto it = state_->slots.find(name);

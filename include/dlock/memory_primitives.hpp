@@ -4,10 +4,13 @@
 // The primitives' counterpart of MemoryBackend (memory.hpp): a lock service
 // that lives in this process. Leases expire on the given clock, release and
 // extend are owner-checked, fencing tokens increase per name and primitive,
-// and every release wakes the name's waiters at once (subscribe_release).
+// and every release wakes the name's waiters at once (subscribe_release, with
+// the non-blocking Subscription::on_release of AsyncNotifiesRelease).
 // It models SharedLockBackend, SemaphoreBackend and ElectionBackend
-// (primitives_backend.hpp); a read-write lock, a semaphore and an election of
-// the same name are separate objects.
+// (primitives_backend.hpp), and their asynchronous forms
+// (AsyncSharedLockBackend, ...: each operation is done at once, its
+// completion posted to the caller's executor); a read-write lock, a semaphore
+// and an election of the same name are separate objects.
 //
 //   dlock::MemoryPrimitives prims;
 //   dlock::RwLock<dlock::MemoryPrimitives> rw(prims, "catalog");
@@ -31,9 +34,13 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/memory_release.hpp"
+#include "detail/post_outcome.hpp"
 #include "detail/time.hpp"
 #include "primitives_backend.hpp"
 
@@ -44,14 +51,13 @@ class MemoryPrimitives {
     OwnerId owner;
     TimePoint expires_at;
   };
-  struct Slot {
+  struct Slot : detail::ReleaseSignal {    // a name's notify slot: its releases, for subscribers
     std::optional<Lease1> writer;          // rw: the writer; election: the leader
     std::map<OwnerId, TimePoint> holders;  // rw: readers; semaphore: permits (owner -> expiry)
     std::optional<Lease1> writer_waiting;  // rw: a writer blocked by readers (writer preference)
     std::optional<std::uint32_t> permits;  // semaphore: the operator's count
     std::string candidate;                 // election: the leader's candidate id
     std::uint64_t fence = 0;
-    std::uint64_t releases = 0;  // bumped on every release, for subscribers
   };
   struct Hash {
     using is_transparent = void;
@@ -61,7 +67,7 @@ class MemoryPrimitives {
     explicit State(const Clock& c) : clock(c) {}
     const Clock& clock;
     std::mutex mu;
-    std::condition_variable released;
+    std::condition_variable_any released;
     std::unordered_map<std::string, Slot, Hash, std::equal_to<>> slots;  // never erased; nodes never move
   };
   enum class Kind : char { rw = 'r', semaphore = 's', election = 'e' };
@@ -70,27 +76,9 @@ class MemoryPrimitives {
  public:
   using Handle = NoHandle;
 
-  /// Waits for a release of any primitive of one name; see NotifiesRelease.
-  class Subscription {
-   public:
-    /// True when a release happened since subscribing or since the last
-    /// wait_for() that returned true.
-    [[nodiscard]] bool wait_for(std::chrono::nanoseconds d) {
-      std::unique_lock lk(state_->mu);
-      const auto until = detail::saturating_add(std::chrono::steady_clock::now(), d);  // d may be "forever"
-      if (!state_->released.wait_until(lk, until, [this] { return *releases_ != seen_; })) return false;
-      seen_ = *releases_;
-      return true;
-    }
-
-   private:
-    friend class MemoryPrimitives;
-    Subscription(std::shared_ptr<State> state, const std::uint64_t& releases)
-        : state_(std::move(state)), releases_(&releases), seen_(releases) {}
-    std::shared_ptr<State> state_;
-    const std::uint64_t* releases_;
-    std::uint64_t seen_;
-  };
+  /// Waits for a release of any primitive of one name; see NotifiesRelease
+  /// (backend.hpp) and AsyncNotifiesRelease (lock.hpp).
+  using Subscription = detail::MemorySubscription<State>;
 
   explicit MemoryPrimitives(const Clock& clock = steady_clock()) : state_(std::make_shared<State>(clock)) {}
 
@@ -101,7 +89,7 @@ class MemoryPrimitives {
   /// One subscription per name wakes on a release of any of its primitives.
   [[nodiscard]] Subscription subscribe_release(std::string_view name) {
     std::lock_guard lk(state_->mu);
-    return Subscription(state_, notify_slot(name).releases);
+    return Subscription(state_, notify_slot(name));
   }
 
   // ---- SharedLockBackend ----
@@ -176,12 +164,13 @@ class MemoryPrimitives {
   /// Operator: sets the count of `name` (nullopt: each caller's own count).
   /// A larger count wakes waiters.
   void set_permits(std::string_view name, std::optional<std::uint32_t> permits) {
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       slot(Kind::semaphore, name).permits = permits;
-      ++notify_slot(name).releases;
+      wake = notify_slot(name).released();
     }
-    state_->released.notify_all();
+    detail::wake_waiters(state_->released, wake);
   }
   /// Live permits of `name` (operator view).
   [[nodiscard]] std::size_t permits_held(std::string_view name) {
@@ -217,11 +206,65 @@ class MemoryPrimitives {
     return LeaderInfo{s.candidate, s.fence};
   }
 
+  // ---- asynchronous forms (AsyncSharedLockBackend, AsyncSemaphoreBackend,
+  // AsyncElectionBackend): each operation is done at once; its completion is
+  // posted to `ex`. ----
+
+  void async_try_acquire_shared(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_shared(r); });
+  }
+  void async_release_shared(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_shared(name, lease); });
+  }
+  void async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_shared(name, lease, ttl, started); });
+  }
+  void async_try_acquire_exclusive(const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                                   AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_exclusive(r); });
+  }
+  void async_release_exclusive(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                               ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_exclusive(name, lease); });
+  }
+  void async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                              TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_exclusive(name, lease, ttl, started); });
+  }
+  void async_try_acquire_permit(const AcquireRequest& r, std::uint32_t permits, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_permit(r, permits); });
+  }
+  void async_release_permit(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_permit(name, lease); });
+  }
+  void async_extend_permit(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_permit(name, lease, ttl, started); });
+  }
+  void async_try_acquire_leader(const AcquireRequest& r, std::string_view candidate,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+    detail::post_outcome(ex, std::move(done), [&] { return try_acquire_leader(r, candidate); });
+  }
+  void async_release_leader(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return release_leader(name, lease); });
+  }
+  void async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    detail::post_outcome(ex, std::move(done), [&] { return extend_leader(name, lease, ttl, started); });
+  }
+
   /// Administrative: ends every lease of every primitive named `name` (like
   /// an operator deleting its keys on a server); holders find them lost at
   /// their next extension. Returns how many live leases were removed.
   std::size_t force_release(std::string_view name) {
     std::size_t removed = 0;
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       const TimePoint now = state_->clock.now();
@@ -233,9 +276,9 @@ class MemoryPrimitives {
         s.writer.reset();
         s.writer_waiting.reset();
       }
-      ++notify_slot(name).releases;
+      wake = notify_slot(name).released();
     }
-    state_->released.notify_all();
+    detail::wake_waiters(state_->released, wake);
     return removed;
   }
 
@@ -280,6 +323,7 @@ class MemoryPrimitives {
     return it == s.holders.end() ? nullptr : &it->second;
   }
   ReleaseResult release_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat) {
+    std::vector<std::function<void()>> wake;
     {
       std::lock_guard lk(state_->mu);
       Slot& s = slot(k, name);
@@ -290,9 +334,9 @@ class MemoryPrimitives {
       } else {
         s.holders.erase(owner);
       }
-      ++notify_slot(name).releases;
+      wake = notify_slot(name).released();
     }
-    state_->released.notify_all();
+    detail::wake_waiters(state_->released, wake);
     return ReleaseResult::released;
   }
   std::optional<TimePoint> extend_lease(Kind k, std::string_view name, const OwnerId& owner, Seat seat,

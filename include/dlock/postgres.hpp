@@ -290,6 +290,36 @@ class PostgresBackend {
     return extend(name, lease, ttl, started);
   }
 
+  // The read-write lock without blocking a thread (AsyncSharedLockBackend,
+  // primitives_backend.hpp): the tries above on the mutex's asynchronous
+  // session code (a pooled connection, pinned by a grant); release and extend
+  // are the mutex's async_release / async_extend. The semaphore and the
+  // election have no asynchronous forms yet (docs/async.md, "Primitives").
+  void async_try_acquire_shared(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done) {
+    async_try_read_write(request, true, ex, std::move(done));
+  }
+  void async_release_shared(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    async_release(name, lease, ex, std::move(done));
+  }
+  void async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    async_extend(name, lease, ttl, started, ex, std::move(done));
+  }
+  void async_try_acquire_exclusive(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                   AcquireCompletion<Handle> done) {
+    async_try_read_write(request, false, ex, std::move(done));
+  }
+  void async_release_exclusive(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                               ReleaseCompletion done) {
+    async_release(name, lease, ex, std::move(done));
+  }
+  void async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                              TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    async_extend(name, lease, ttl, started, ex, std::move(done));
+  }
+
   /// One statement, under the name's gate: if fewer than N of the name's
   /// permit slots are held (pg_locks), takes the first free slot of 0..N-1;
   /// N is the operators' count (set_permits) if the table exists and has one,
@@ -359,6 +389,9 @@ class PostgresBackend {
   [[nodiscard]] PoolStats pool_stats() const;
 
  private:
+  void async_try_read_write(const AcquireRequest& request, bool shared, const boost::asio::any_io_executor& ex,
+                            AcquireCompletion<Handle> done);
+
   struct State {  // shared by all copies
     PostgresOptions options;
     std::string endpoint;
@@ -373,6 +406,9 @@ static_assert(Backend<PostgresBackend>);
 static_assert(WaitsOnServer<PostgresBackend>);
 static_assert(AsyncBackend<PostgresBackend>);
 static_assert(SharedLockBackend<PostgresBackend>);
+static_assert(AsyncSharedLockBackend<PostgresBackend>);
+static_assert(!AsyncSemaphoreBackend<PostgresBackend> && !AsyncElectionBackend<PostgresBackend>,
+              "not yet: the primitives' async members must not compile rather than block (docs/async.md)");
 static_assert(SemaphoreBackend<PostgresBackend>);
 static_assert(ElectionBackend<PostgresBackend>);
 

@@ -74,6 +74,22 @@
 // backend.hpp) for a name's primitives: every view forwards it, so blocked
 // acquires wake on a release instead of polling.
 //
+// Asynchronous forms (docs/async.md, "Primitives"): a backend that can do a
+// family's operations without blocking a thread offers them as AsyncBackend
+// operations (backend.hpp) with the family's name in them, each calling its
+// completion exactly once through `ex`:
+//   b.async_try_acquire_shared(req, ex, done) / async_release_shared(name, lease, ex, done)
+//     / async_extend_shared(name, lease, ttl, started, ex, done); the same for
+//     _exclusive; b.async_try_acquire_permit(req, permits, ex, done) /
+//     async_release_permit / async_extend_permit; b.async_try_acquire_leader(req,
+//     candidate, ex, done) / async_release_leader / async_extend_leader.
+// The view then models AsyncBackend, so Lock<view> has the async forms and the
+// primitives' async members (RwLock::async_lock_shared, ...) compile. A
+// backend without them has none: those members are constrained on it (a
+// compile-time error), never run blocking underneath. MemoryPrimitives and
+// RedisBackend have them (AsyncSharedLockBackend, AsyncSemaphoreBackend,
+// AsyncElectionBackend below); PostgresBackend does not yet.
+//
 // Backends: MemoryPrimitives (memory_primitives.hpp), PostgresBackend
 // (postgres.hpp) and RedisBackend (redis.hpp; its scripts are in
 // detail/redis_primitive_scripts.hpp) have all three; docs/primitives.md says
@@ -87,6 +103,8 @@
 #include <string>
 #include <string_view>
 #include <utility>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include "backend.hpp"
 
@@ -140,6 +158,44 @@ concept ElectionBackend = requires(B& b, const B& cb, const AcquireRequest& requ
   { b.leader(name) } -> std::same_as<std::optional<LeaderInfo>>;
 };
 
+// ---- asynchronous capabilities (see "Asynchronous forms" above) ----
+
+template <class B>
+concept AsyncSharedLockBackend = SharedLockBackend<B> &&
+    requires(B& b, const AcquireRequest& request, std::string_view name, Lease<typename B::Handle>& lease,
+             std::chrono::milliseconds ttl, TimePoint started, const boost::asio::any_io_executor& ex,
+             AcquireCompletion<typename B::Handle> on_acquire, ReleaseCompletion on_release,
+             ExtendCompletion on_extend) {
+  b.async_try_acquire_shared(request, ex, on_acquire);
+  b.async_release_shared(name, lease, ex, on_release);
+  b.async_extend_shared(name, lease, ttl, started, ex, on_extend);
+  b.async_try_acquire_exclusive(request, ex, on_acquire);
+  b.async_release_exclusive(name, lease, ex, on_release);
+  b.async_extend_exclusive(name, lease, ttl, started, ex, on_extend);
+};
+
+template <class B>
+concept AsyncSemaphoreBackend = SemaphoreBackend<B> &&
+    requires(B& b, const AcquireRequest& request, std::string_view name, Lease<typename B::Handle>& lease,
+             std::chrono::milliseconds ttl, TimePoint started, std::uint32_t permits,
+             const boost::asio::any_io_executor& ex, AcquireCompletion<typename B::Handle> on_acquire,
+             ReleaseCompletion on_release, ExtendCompletion on_extend) {
+  b.async_try_acquire_permit(request, permits, ex, on_acquire);
+  b.async_release_permit(name, lease, ex, on_release);
+  b.async_extend_permit(name, lease, ttl, started, ex, on_extend);
+};
+
+template <class B>
+concept AsyncElectionBackend = ElectionBackend<B> &&
+    requires(B& b, const AcquireRequest& request, std::string_view name, Lease<typename B::Handle>& lease,
+             std::chrono::milliseconds ttl, TimePoint started, const boost::asio::any_io_executor& ex,
+             AcquireCompletion<typename B::Handle> on_acquire, ReleaseCompletion on_release,
+             ExtendCompletion on_extend) {
+  b.async_try_acquire_leader(request, name, ex, on_acquire);
+  b.async_release_leader(name, lease, ex, on_release);
+  b.async_extend_leader(name, lease, ttl, started, ex, on_extend);
+};
+
 namespace detail {
 
 /// A Backend made of one family of B's operations, chosen by Ops (which may
@@ -182,6 +238,30 @@ class BackendView {
   [[nodiscard]] auto subscribe_release(std::string_view name) requires requires(B& b) { b.subscribe_release(name); }
   { return backend_.subscribe_release(name); }
 
+  // ---- AsyncBackend, when B has this family's asynchronous operations ----
+  void async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<Handle> done) requires requires(B& b, const Ops& o) {
+    o.async_try_acquire(b, request, ex, std::move(done));
+  }
+  { ops_.async_try_acquire(backend_, request, ex, std::move(done)); }
+  void async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                     ReleaseCompletion done) requires requires(B& b, const Ops& o) {
+    o.async_release(b, name, lease, ex, std::move(done));
+  }
+  { ops_.async_release(backend_, name, lease, ex, std::move(done)); }
+  void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
+                    const boost::asio::any_io_executor& ex, ExtendCompletion done) requires
+      requires(B& b, const Ops& o) {
+    o.async_extend(b, name, lease, ttl, started, ex, std::move(done));
+  }
+  { ops_.async_extend(backend_, name, lease, ttl, started, ex, std::move(done)); }
+  /// Forwarded when B can subscribe without waiting for the server
+  /// (RedisBackend), for the asynchronous acquire.
+  [[nodiscard]] auto subscribe_release_nowait(std::string_view name) requires requires(B& b) {
+    b.subscribe_release_nowait(name);
+  }
+  { return backend_.subscribe_release_nowait(name); }
+
   // Not forwarded, on purpose: extend_many (BatchesExtend) and abandon
   // (AbandonsInDoubt) act on the *mutex's* key of a name, so forwarding them
   // would extend or delete the wrong lease; the heartbeat then extends each
@@ -218,6 +298,25 @@ struct SharedOps {
                                          TimePoint started) {
     return b.extend_shared(name, lease, ttl, started);
   }
+  // asynchronous (Async*Backend), when B has them
+  template <class B>
+  static auto async_try_acquire(B& b, const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<typename B::Handle> done)
+      -> decltype(b.async_try_acquire_shared(r, ex, std::move(done))) {
+    return b.async_try_acquire_shared(r, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_release(B& b, std::string_view name, L& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done)
+      -> decltype(b.async_release_shared(name, lease, ex, std::move(done))) {
+    return b.async_release_shared(name, lease, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl, TimePoint started,
+                           const boost::asio::any_io_executor& ex, ExtendCompletion done)
+      -> decltype(b.async_extend_shared(name, lease, ttl, started, ex, std::move(done))) {
+    return b.async_extend_shared(name, lease, ttl, started, ex, std::move(done));
+  }
 };
 
 struct ExclusiveOps {
@@ -240,6 +339,25 @@ struct ExclusiveOps {
                                          TimePoint started) {
     return b.extend_exclusive(name, lease, ttl, started);
   }
+  // asynchronous (Async*Backend), when B has them
+  template <class B>
+  static auto async_try_acquire(B& b, const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<typename B::Handle> done)
+      -> decltype(b.async_try_acquire_exclusive(r, ex, std::move(done))) {
+    return b.async_try_acquire_exclusive(r, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_release(B& b, std::string_view name, L& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done)
+      -> decltype(b.async_release_exclusive(name, lease, ex, std::move(done))) {
+    return b.async_release_exclusive(name, lease, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl, TimePoint started,
+                           const boost::asio::any_io_executor& ex, ExtendCompletion done)
+      -> decltype(b.async_extend_exclusive(name, lease, ttl, started, ex, std::move(done))) {
+    return b.async_extend_exclusive(name, lease, ttl, started, ex, std::move(done));
+  }
 };
 
 struct PermitOps {
@@ -258,6 +376,25 @@ struct PermitOps {
   static std::optional<TimePoint> extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl,
                                          TimePoint started) {
     return b.extend_permit(name, lease, ttl, started);
+  }
+  // asynchronous (Async*Backend), when B has them
+  template <class B>
+  auto async_try_acquire(B& b, const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<typename B::Handle> done) const
+      -> decltype(b.async_try_acquire_permit(r, permits, ex, std::move(done))) {
+    return b.async_try_acquire_permit(r, permits, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_release(B& b, std::string_view name, L& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done)
+      -> decltype(b.async_release_permit(name, lease, ex, std::move(done))) {
+    return b.async_release_permit(name, lease, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl, TimePoint started,
+                           const boost::asio::any_io_executor& ex, ExtendCompletion done)
+      -> decltype(b.async_extend_permit(name, lease, ttl, started, ex, std::move(done))) {
+    return b.async_extend_permit(name, lease, ttl, started, ex, std::move(done));
   }
 };
 
@@ -282,6 +419,25 @@ struct LeaderOps {
   static std::optional<TimePoint> extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl,
                                          TimePoint started) {
     return b.extend_leader(name, lease, ttl, started);
+  }
+  // asynchronous (Async*Backend), when B has them
+  template <class B>
+  auto async_try_acquire(B& b, const AcquireRequest& r, const boost::asio::any_io_executor& ex,
+                         AcquireCompletion<typename B::Handle> done) const
+      -> decltype(b.async_try_acquire_leader(r, candidate, ex, std::move(done))) {
+    return b.async_try_acquire_leader(r, candidate, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_release(B& b, std::string_view name, L& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done)
+      -> decltype(b.async_release_leader(name, lease, ex, std::move(done))) {
+    return b.async_release_leader(name, lease, ex, std::move(done));
+  }
+  template <class B, class L>
+  static auto async_extend(B& b, std::string_view name, L& lease, std::chrono::milliseconds ttl, TimePoint started,
+                           const boost::asio::any_io_executor& ex, ExtendCompletion done)
+      -> decltype(b.async_extend_leader(name, lease, ttl, started, ex, std::move(done))) {
+    return b.async_extend_leader(name, lease, ttl, started, ex, std::move(done));
   }
 };
 

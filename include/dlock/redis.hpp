@@ -205,6 +205,36 @@ class RedisBackend {
   /// for the asynchronous acquire (the acknowledgement wakes on_release).
   [[nodiscard]] Subscription subscribe_release_nowait(std::string_view name);
 
+  // ---- The primitives without blocking a thread (AsyncSharedLockBackend,
+  // AsyncSemaphoreBackend, AsyncElectionBackend in primitives_backend.hpp;
+  // src/redis/redis_primitives_async.cpp): the blocking primitives' scripts,
+  // each one call on the shared asynchronous links as the AsyncBackend
+  // operations above, with the blocking calls' results and errors ----
+  void async_try_acquire_shared(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done);
+  void async_release_shared(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done);
+  void async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  void async_try_acquire_exclusive(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                   AcquireCompletion<Handle> done);
+  void async_release_exclusive(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                               ReleaseCompletion done);
+  void async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                              TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  void async_try_acquire_permit(const AcquireRequest& request, std::uint32_t permits,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_permit(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done);
+  void async_extend_permit(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  void async_try_acquire_leader(const AcquireRequest& request, std::string_view candidate,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_leader(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done);
+  void async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
+
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
   [[nodiscard]] detail::RedisClient& node() noexcept { return *state_->node; }
@@ -223,5 +253,7 @@ static_assert(RecordsWaits<RedisBackend>);
 static_assert(AbandonsInDoubt<RedisBackend>);
 static_assert(SharedLockBackend<RedisBackend> && SemaphoreBackend<RedisBackend> && ElectionBackend<RedisBackend>);
 static_assert(AsyncBackend<RedisBackend>);
+static_assert(AsyncSharedLockBackend<RedisBackend> && AsyncSemaphoreBackend<RedisBackend> &&
+              AsyncElectionBackend<RedisBackend>);
 
 }  // namespace dlock

@@ -44,6 +44,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <utility>
@@ -51,6 +52,7 @@
 
 #include <fmt/format.h>
 
+#include "async_lease_guard.hpp"
 #include "detail/lock_pool.hpp"
 #include "error.hpp"
 #include "lock.hpp"
@@ -141,7 +143,112 @@ class RwLock {
   [[nodiscard]] const std::string& name() const noexcept { return writer_.name(); }
   [[nodiscard]] const LockOptions& options() const noexcept { return writer_.options(); }
 
+  // ==== cancellable and asynchronous forms (docs/async.md, "Primitives") ====
+
+  // ---- blocking, cancellable: as Lock's stop_token overloads (CancelledError,
+  // errc::cancelled, as soon as `stop` is requested; nothing left held) ----
+  void lock(const std::stop_token& stop) { writer_.lock(stop); }
+  template <class Rep, class Period>
+  [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout, const std::stop_token& stop) {
+    return writer_.try_lock_for(timeout, stop);
+  }
+  template <class C, class D>
+  [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& deadline, const std::stop_token& stop) {
+    return writer_.try_lock_until(deadline, stop);
+  }
+  void lock_shared(const std::stop_token& stop) {
+    (void)shared([&](reader_type& r) {
+      r.lock(stop);
+      return true;
+    });
+  }
+  template <class Rep, class Period>
+  [[nodiscard]] bool try_lock_shared_for(const std::chrono::duration<Rep, Period>& timeout,
+                                         const std::stop_token& stop) {
+    return shared([&](reader_type& r) { return r.try_lock_for(timeout, stop); });
+  }
+  template <class C, class D>
+  [[nodiscard]] bool try_lock_shared_until(const std::chrono::time_point<C, D>& deadline, const std::stop_token& stop) {
+    return shared([&](reader_type& r) { return r.try_lock_until(deadline, stop); });
+  }
+
+  // ---- asynchronous (backends with the asynchronous read-write operations,
+  // AsyncSharedLockBackend; any completion token) ----
+  //
+  // Each completes with (error_code, guard): AsyncGuard<writer_type> for the
+  // write side, AsyncLeaseGuard<reader_type> (one read lease of its own) for
+  // the read side. async_lock and async_lock_shared wait as lock() does and
+  // complete with errc::timeout (acquire_timeout), errc::connection,
+  // errc::cancelled (stop requested: nothing is left held on the server);
+  // the try forms complete with an empty guard and no error when the timeout
+  // passes. The guard's destruction starts the release; async_release()
+  // tells its outcome. Nothing blocks a thread.
+  using async_write_guard = AsyncGuard<writer_type>;
+  using async_read_guard = AsyncLeaseGuard<reader_type>;
+
+  template <class Token>
+  auto async_lock(Token&& token) requires AsyncSharedLockBackend<B> {
+    return async_lock(std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_lock(std::stop_token stop, Token&& token) requires AsyncSharedLockBackend<B> {
+    return writer_.async_acquire(std::move(stop), std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_for(const std::chrono::duration<Rep, Period>& timeout,
+                          Token&& token) requires AsyncSharedLockBackend<B> {
+    return async_try_lock_for(timeout, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token stop,
+                          Token&& token) requires AsyncSharedLockBackend<B> {
+    return detail::async_guarded_acquire(
+        writer_,
+        [timeout, stop = std::move(stop)](writer_type& w, auto h) {
+          w.async_try_lock_for(timeout, stop, std::move(h));
+        },
+        std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_lock_shared(Token&& token) requires AsyncSharedLockBackend<B> {
+    return async_lock_shared(std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_lock_shared(std::stop_token stop, Token&& token) requires AsyncSharedLockBackend<B> {
+    return detail::async_pooled_acquire(
+        readers_, make_reader(),
+        [stop = std::move(stop)](reader_type& r, auto h) { r.async_acquire(stop, std::move(h)); },
+        std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_shared_for(const std::chrono::duration<Rep, Period>& timeout,
+                                 Token&& token) requires AsyncSharedLockBackend<B> {
+    return async_try_lock_shared_for(timeout, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_lock_shared_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token stop,
+                                 Token&& token) requires AsyncSharedLockBackend<B> {
+    return detail::async_pooled_acquire(
+        readers_, make_reader(),
+        [timeout, stop = std::move(stop)](reader_type& r, auto h) {
+          r.async_try_lock_for(timeout, stop, std::move(h));
+        },
+        std::forward<Token>(token));
+  }
+  /// Releases the write lease this object holds through lock()/try_lock*()
+  /// without blocking; completes with (error_code, ReleaseResult).
+  template <class Token>
+  auto async_unlock(Token&& token) requires AsyncSharedLockBackend<B> {
+    return writer_.async_release(std::forward<Token>(token));
+  }
+
  private:
+  auto make_reader() {
+    return [this] { return std::make_unique<reader_type>(shared_view_, writer_.name(), writer_.options()); };
+  }
+
+  // ==== end of the cancellable and asynchronous forms ====
+
   // Takes a read lease with `acquire` on a pooled reader Lock; the calling
   // thread holds it afterwards.
   template <class F>

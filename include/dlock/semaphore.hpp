@@ -43,6 +43,7 @@
 
 #include <fmt/format.h>
 
+#include "async_lease_guard.hpp"
 #include "detail/lock_pool.hpp"
 #include "error.hpp"
 #include "lock.hpp"
@@ -194,7 +195,79 @@ class Semaphore {
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
   [[nodiscard]] const LockOptions& options() const noexcept { return options_; }
 
+  // ==== cancellable and asynchronous forms (docs/async.md, "Primitives") ====
+
+  // ---- blocking, cancellable: as Lock's stop_token overloads (CancelledError,
+  // errc::cancelled, as soon as `stop` is requested; nothing left held) ----
+  void acquire(const std::stop_token& stop) { keep(acquire_permit(stop)); }
+  template <class Rep, class Period>
+  [[nodiscard]] bool try_acquire_for(const std::chrono::duration<Rep, Period>& timeout, const std::stop_token& stop) {
+    return keep(try_acquire_permit_for(timeout, stop));
+  }
+  template <class C, class D>
+  [[nodiscard]] bool try_acquire_until(const std::chrono::time_point<C, D>& deadline, const std::stop_token& stop) {
+    return keep(try_acquire_permit_until(deadline, stop));
+  }
+  [[nodiscard]] Permit acquire_permit(const std::stop_token& stop) {
+    return with_slot([&](lock_type& l) {
+      l.lock(stop);
+      return true;
+    });
+  }
+  template <class Rep, class Period>
+  [[nodiscard]] Permit try_acquire_permit_for(const std::chrono::duration<Rep, Period>& timeout,
+                                              const std::stop_token& stop) {
+    return with_slot([&](lock_type& l) { return l.try_lock_for(timeout, stop); });
+  }
+  template <class C, class D>
+  [[nodiscard]] Permit try_acquire_permit_until(const std::chrono::time_point<C, D>& deadline,
+                                                const std::stop_token& stop) {
+    return with_slot([&](lock_type& l) { return l.try_lock_until(deadline, stop); });
+  }
+
+  // ---- asynchronous (backends with the asynchronous permit operations,
+  // AsyncSemaphoreBackend; any completion token) ----
+  //
+  // Each completes with (error_code, AsyncPermit): one permit of its own,
+  // released when the guard is destroyed (started, not awaited) or by
+  // co_await p.async_release(...). async_acquire waits as acquire() does and
+  // completes with errc::timeout (acquire_timeout), errc::connection or
+  // errc::cancelled (stop requested: nothing is left held on the server);
+  // async_try_acquire_for completes with an empty guard and no error when the
+  // timeout passes. Nothing blocks a thread.
+  using AsyncPermit = AsyncLeaseGuard<lock_type>;
+
+  template <class Token>
+  auto async_acquire(Token&& token) requires AsyncSemaphoreBackend<B> {
+    return async_acquire(std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Token>
+  auto async_acquire(std::stop_token stop, Token&& token) requires AsyncSemaphoreBackend<B> {
+    return detail::async_pooled_acquire(
+        pool_, make_slot(), [stop = std::move(stop)](lock_type& l, auto h) { l.async_acquire(stop, std::move(h)); },
+        std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_acquire_for(const std::chrono::duration<Rep, Period>& timeout,
+                             Token&& token) requires AsyncSemaphoreBackend<B> {
+    return async_try_acquire_for(timeout, std::stop_token{}, std::forward<Token>(token));
+  }
+  template <class Rep, class Period, class Token>
+  auto async_try_acquire_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token stop,
+                             Token&& token) requires AsyncSemaphoreBackend<B> {
+    return detail::async_pooled_acquire(
+        pool_, make_slot(),
+        [timeout, stop = std::move(stop)](lock_type& l, auto h) { l.async_try_lock_for(timeout, stop, std::move(h)); },
+        std::forward<Token>(token));
+  }
+
  private:
+  auto make_slot() {
+    return [this] { return std::make_unique<lock_type>(view_, name_, options_); };
+  }
+
+  // ==== end of the cancellable and asynchronous forms ====
+
   // A Permit for a pooled Lock on which `acquire` succeeded; else empty.
   template <class F>
   Permit with_slot(F acquire) {

@@ -1056,7 +1056,8 @@ void post_blocking(const boost::asio::any_io_executor& ex, Done done, Op op) {
 // for a try): a grant pins `s`; contention returns it to the pool.
 AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgBackendState& st, std::string_view name,
                                         std::chrono::milliseconds ttl, TimePoint started, std::int64_t key, bool fence,
-                                        bool keepalives, PgSessionPtr s, const PgOutcome& out) {
+                                        bool keepalives, PgSessionPtr s, const PgOutcome& out,
+                                        detail::PgFamily family = detail::PgFamily::mutex) {
   if (!out.ok()) {
     if (out.fail == PgOutcome::Fail::none && out.sqlstate() == "40P01" && PQstatus(s->conn()) == CONNECTION_OK)
       st.checkin(std::move(s));  // deadlock: the connection is fine
@@ -1073,7 +1074,7 @@ AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgB
   Grant<PgLockHandle> g;
   if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
   g.valid_until = detail::saturating_add(started, ttl);
-  detail::PgHandleAccess::pin(g.handle, std::move(s), key, detail::PgFamily::mutex);
+  detail::PgHandleAccess::pin(g.handle, std::move(s), key, family);
   return g;
 }
 
@@ -1354,82 +1355,82 @@ class PgAsyncSharedTry : public std::enable_shared_from_this<PgAsyncSharedTry> {
 
 }  // namespace
 
-void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
-                                        AcquireCompletion<Handle> done) {
-  const PostgresOptions& o = state_->options;
-  const bool xact = o.scope == PostgresOptions::Scope::transaction;
-  std::int64_t key = 0;
-  try {
-    key = advisory_key(request.name);
-  } catch (...) {
-    boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e, Contended{}); });
-    return;
-  }
-  detail::PgBackendState& st = state(state_->pool);
+namespace {
+
+// Whether the fencing sequence exists, for an asynchronous try: the cached
+// answer at once, else asked without blocking (and cached, as has_fencing()
+// does); `then(error, fence)` runs on `ex` or inside this call.
+void async_fencing(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                   const boost::asio::any_io_executor& ex, std::function<void(std::exception_ptr, bool)> then) {
   const int fencing = st.fencing.load(std::memory_order_acquire);
-  if (fencing < 0) {
-    // A backend's first try asks whether the fencing sequence exists (cached
-    // then, as has_fencing() does), without blocking, and starts again.
-    async_checkout(
-        state_, st, ex, after(o.connect_timeout),
-        [self = *this, &st, request, ex, done = std::move(done)](std::exception_ptr e, PgSessionPtr s) mutable {
-          if (e) return done(e, Contended{});
-          detail::PgSession& session = *s;
-          auto held = std::make_shared<PgSessionPtr>(std::move(s));
-          const std::string& seq = self.options().fencing_sequence;
-          session.async_run(exists_probe(), {PgParam::text(seq), PgParam::text("S")}, false,
-                            after(self.options().statement_timeout), ex,
-                            [self, &st, held, request, ex, done](PgOutcome out) mutable {
-                              if (!out.ok()) {
-                                return complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
-                                  detail::throw_outcome(out, self.endpoint(), "looking up the fencing sequence",
-                                                        self.options().statement_timeout);
-                                });
-                              }
-                              const bool present = text_is_true(out.result.get(), 0, 0);
-                              st.checkin(std::move(*held));
-                              int expected = -1;
-                              st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
-                              self.async_try_acquire(request, ex, std::move(done));
-                            });
-        });
-    return;
-  }
-  const bool fence = fencing == 1;
-  if (o.shared_sessions > 0) {
-    std::make_shared<PgAsyncSharedTry>(*this, state_, st, request, key, fence, ex, std::move(done))->start();
-    return;
-  }
+  if (fencing >= 0) return then(nullptr, fencing == 1);
+  async_checkout(std::move(keep), st, ex, after(self.options().connect_timeout),
+                 [self, &st, ex, then = std::move(then)](std::exception_ptr e, PgSessionPtr s) mutable {
+                   if (e) return then(e, false);
+                   detail::PgSession& session = *s;
+                   auto held = std::make_shared<PgSessionPtr>(std::move(s));
+                   const std::string& seq = self.options().fencing_sequence;
+                   session.async_run(
+                       exists_probe(), {PgParam::text(seq), PgParam::text("S")}, false,
+                       after(self.options().statement_timeout), ex, [self, &st, held, then](PgOutcome out) mutable {
+                         if (!out.ok()) {
+                           std::exception_ptr error;
+                           try {
+                             detail::throw_outcome(out, self.endpoint(), "looking up the fencing sequence",
+                                                   self.options().statement_timeout);
+                           } catch (...) {
+                             error = std::current_exception();
+                           }
+                           return then(error, false);
+                         }
+                         const bool present = text_is_true(out.result.get(), 0, 0);
+                         st.checkin(std::move(*held));
+                         int expected = -1;
+                         st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
+                         then(nullptr, present);
+                       });
+                 });
+}
+
+// One try of `key` in `family` on a pooled connection, without blocking: a
+// grant pins the connection (the mutex's try without shared_sessions, and the
+// read-write lock's). The request's name stays valid until `done` runs.
+void async_pinned_try(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                      const AcquireRequest& request, std::int64_t key, bool fence, detail::PgFamily family,
+                      const boost::asio::any_io_executor& ex, AcquireCompletion<PgLockHandle> done) {
+  const PostgresOptions& o = self.options();
+  const bool xact = o.scope == PostgresOptions::Scope::transaction;
   const std::string_view name = request.name;
   const std::chrono::milliseconds ttl = request.ttl;
   const TimePoint started = request.started;
   async_checkout(
-      state_, st, ex, after(o.connect_timeout),
-      [self = *this, &st, ex, name, ttl, started, key, fence, xact, done = std::move(done)](std::exception_ptr e,
+      std::move(keep), st, ex, after(o.connect_timeout),
+      [self, &st, ex, name, ttl, started, key, fence, xact, family, done = std::move(done)](std::exception_ptr e,
                                                                                             PgSessionPtr s) mutable {
         if (e) return done(e, Contended{});
-        const auto& set = st.statements.get(*s, xact);
+        const auto& set = st.statements.get(*s, xact, family);
         std::vector<PgParam> params{PgParam::int8(key)};
         detail::push_ttl_params(params, ttl);
         if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
         const bool keepalives = s->keepalive_ttl_ms != ttl.count();
         detail::PgSession& session = *s;
         auto held = std::make_shared<PgSessionPtr>(std::move(s));
-        auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, done](PgOutcome out) mutable {
+        auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, family,
+                     done](PgOutcome out) mutable {
           if (auto rollback = xact_rollback(out, **held)) {
             // A transaction-scope try that did not take the lock: end its transaction first.
             auto answer = std::make_shared<PgOutcome>(std::move(out));
             (*held)->async_command(
                 "ROLLBACK", after(self.options().statement_timeout), ex,
                 [self, &st, held, name, key, answer, done, contended = *rollback](PgOutcome rb) mutable {
-                  complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
+                  complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
                     return rolled_back(self, st, name, key, std::move(*held), *answer, rb, contended);
                   });
                 });
             return;
           }
-          complete_now<AcquireResult<Handle>>(done, [&]() -> AcquireResult<Handle> {
-            return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held), out);
+          complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
+            return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held), out, family);
           });
         };
         const SteadyTime deadline = after(self.options().statement_timeout);
@@ -1440,6 +1441,30 @@ void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boo
         } else {
           session.async_run(set.try_[fence][keepalives], params, true, deadline, ex, std::move(then));
         }
+      });
+}
+
+}  // namespace
+
+void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                        AcquireCompletion<Handle> done) {
+  std::int64_t key = 0;
+  try {
+    key = advisory_key(request.name);
+  } catch (...) {
+    boost::asio::post(ex, [done = std::move(done), e = std::current_exception()] { done(e, Contended{}); });
+    return;
+  }
+  detail::PgBackendState& st = state(state_->pool);
+  async_fencing(
+      *this, state_, st, ex,
+      [self = *this, &st, request, key, ex, done = std::move(done)](std::exception_ptr e, bool fence) mutable {
+        if (e) return done(e, Contended{});
+        if (self.options().shared_sessions > 0) {
+          std::make_shared<PgAsyncSharedTry>(self, self.state_, st, request, key, fence, ex, std::move(done))->start();
+          return;
+        }
+        async_pinned_try(self, self.state_, st, request, key, fence, detail::PgFamily::mutex, ex, std::move(done));
       });
 }
 
@@ -1535,6 +1560,20 @@ void PostgresBackend::async_extend(std::string_view name, Lease<Handle>& lease, 
                   return extended(self.options(), self.endpoint(), name, lease.handle.session_, out, ttl, started);
                 });
               });
+}
+
+void PostgresBackend::async_try_read_write(const AcquireRequest& request, bool shared,
+                                           const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+  const std::int64_t key = primitive_key(request.name, detail::PgPrimitive::rw);
+  detail::PgBackendState& st = state(state_->pool);
+  async_fencing(
+      *this, state_, st, ex,
+      [self = *this, &st, request, key, shared, ex, done = std::move(done)](std::exception_ptr e, bool fence) mutable {
+        if (e) return done(e, Contended{});
+        // Primitives pin a connection per lease, also with shared_sessions (as pinned()).
+        async_pinned_try(self, self.state_, st, request, key, fence,
+                         shared ? detail::PgFamily::shared : detail::PgFamily::exclusive, ex, std::move(done));
+      });
 }
 
 // ---- the primitives ----
