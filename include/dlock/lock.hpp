@@ -806,6 +806,9 @@ class Lock {
           break;
         case detail::AcquireStep::acquired:
           acquired = true;
+          if constexpr (requires(Subscription& s) { s.taken(); }) {
+            if (subscription) subscription->taken();  // a wake-one wake was used: not passed on
+          }
           return true;
         case detail::AcquireStep::cancelled:
           if (to_release) release_quietly(*to_release);
@@ -1082,6 +1085,11 @@ class Lock {
   std::optional<Subscription> subscribe(const OwnerId* owner = nullptr) {
     if constexpr (QueuesFairly<B>) {
       if (options_.fair && owner != nullptr) return backend_.subscribe_release(name_, *owner);
+    }
+    if constexpr (requires { backend_.subscribe_release_one(name_); }) {
+      // The blocking acquire (owner given): each release wakes one waiter
+      // of this backend, which passes the wake on if it does not take it.
+      if (owner != nullptr) return backend_.subscribe_release_one(name_);
     }
     if constexpr (NotifiesRelease<B>) {
       return backend_.subscribe_release(name_);

@@ -291,4 +291,8 @@ RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name
       state_->subscriber.subscribe_targeted(state_->node->keys(name).channel, std::string(owner.str())));
 }
 
+RedisBackend::Subscription RedisBackend::subscribe_release_one(std::string_view name) {
+  return Subscription(state_->subscriber.subscribe_one(state_->node->keys(name).channel));
+}
+
 }  // namespace dlock
