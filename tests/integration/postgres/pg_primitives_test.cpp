@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "pg_test_support.hpp"
+#include "support/forked.hpp"
 #include "unit/test_support.hpp"
 
 namespace {
@@ -34,63 +35,13 @@ using dlock::PostgresOptions;
 using dlock::RwLock;
 using dlock::Semaphore;
 using dlock::test::eventually;
+using dlock::test::join;
+using dlock::test::raise_max;
+using dlock::test::SharedMemory;
+using dlock::test::spawn;
 using dlock::test::pg::options;
 using dlock::test::pg::RawConn;
 using dlock::test::pg::test_name;
-
-/// Counters in memory shared with forked children.
-struct Shared {
-  std::atomic<int> readers{0}, writers{0}, holders{0};
-  std::atomic<int> max_readers{0}, max_holders{0}, violations{0}, done{0}, ready{0};
-  std::atomic<long long> writes{0};
-  std::atomic<std::uint64_t> max_term{0};
-  std::atomic<int> rejected{0}, leaders{0}, lost_seen{0};
-};
-
-class SharedMemory {
- public:
-  SharedMemory() {
-    void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
-    s_ = new (p) Shared();
-  }
-  ~SharedMemory() { ::munmap(s_, sizeof(Shared)); }
-  Shared* operator->() const { return s_; }
-  Shared& operator*() const { return *s_; }
-
- private:
-  Shared* s_;
-};
-
-void raise_max(std::atomic<int>& max, int v) {
-  int m = max.load();
-  while (v > m && !max.compare_exchange_weak(m, v)) {
-  }
-}
-
-/// Runs `body` in a forked child, which exits 0 if it returns normally.
-pid_t spawn(const std::function<void()>& body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    int rc = 0;
-    try {
-      body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
-      rc = 1;
-    }
-    ::_exit(rc);
-  }
-  return pid;
-}
-
-void join(const std::vector<pid_t>& pids) {
-  for (const pid_t p : pids) {
-    int status = 0;
-    ASSERT_EQ(::waitpid(p, &status, 0), p);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child " << p << " status " << status;
-  }
-}
 
 class PgPrimitives : public ::testing::Test {
  protected:
