@@ -782,6 +782,14 @@ class Lock {
                                    .cancellable = stop.stop_possible()};
     AcquireRun<std::mt19937_64> run(*this, deadline, plan, detail::thread_rng());
     std::optional<Subscription> subscription;
+    if constexpr (requires { backend_.release_subscribed(name_); }) {
+      // Already subscribed in this process: subscribing first costs no round
+      // trip and spares the attempt after the first contention.
+      if (!single && backend_.release_subscribed(name_)) {
+        subscription = subscribe(&run.owner());
+        run.fsm().subscribed_before_first_attempt();
+      }
+    }
     std::optional<Lease<handle_type>> to_release;
     detail::AcquireDecision d = run.fsm().start(stop.stop_requested());
     for (;;) {

@@ -197,6 +197,11 @@ class RedisBackend {
   /// woken waiter that neither takes the lock (Subscription::taken()) nor
   /// finds it held passes the wake on (detail::RedisSubscriber::subscribe_one).
   [[nodiscard]] Subscription subscribe_release_one(std::string_view name);
+  /// True when this backend's pub/sub connection is subscribed to releases
+  /// of `name` already (another waiter's subscription, acknowledged): a new
+  /// subscription then costs no round trip and misses no release after it,
+  /// so Lock subscribes before its first attempt.
+  [[nodiscard]] bool release_subscribed(std::string_view name);
   /// AsyncBackend (backend.hpp, docs/async.md): the three operations without
   /// blocking a thread: one script call pipelined on a link shared by the
   /// asynchronous requests (up to pool_size of them, opened without

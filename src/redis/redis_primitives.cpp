@@ -292,6 +292,10 @@ RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name
       state_->subscriber.subscribe_targeted(state_->node->keys(name).channel, std::string(owner.str())));
 }
 
+bool RedisBackend::release_subscribed(std::string_view name) {
+  return state_->subscriber.subscribed(state_->node->keys(name).channel);
+}
+
 RedisBackend::Subscription RedisBackend::subscribe_release_one(std::string_view name) {
   return Subscription(state_->subscriber.subscribe_one(state_->node->keys(name).channel));
 }

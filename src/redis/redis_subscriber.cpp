@@ -344,6 +344,14 @@ std::uint64_t RedisSubscriber::failures() const {
   return total;
 }
 
+bool RedisSubscriber::subscribed(const std::string& channel) const {
+  const auto core = current();
+  std::lock_guard lk(core->mu);
+  const auto it = core->channels.find(channel);
+  if (it == core->channels.end() || it->second->refs == 0) return false;
+  return std::all_of(core->per.begin(), core->per.end(), [&](const auto& p) { return p.table.ready(channel); });
+}
+
 std::string RedisSubscriber::last_refusal() const {
   const auto core = current();
   std::lock_guard lk(core->mu);

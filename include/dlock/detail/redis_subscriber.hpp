@@ -101,6 +101,10 @@ class RedisSubscriber {
   /// the acknowledgements as subscribe() does.
   [[nodiscard]] RedisSubscription subscribe_one(std::string channel);
 
+  /// Whether `channel` has live subscriptions that every server acknowledged:
+  /// a subscribe() now returns at once, and sees every message after it.
+  [[nodiscard]] bool subscribed(const std::string& channel) const;
+
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
   /// For tests: whether subscribe() was called (connections started).
