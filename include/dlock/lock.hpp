@@ -814,7 +814,7 @@ class Lock {
           break;
         case detail::AcquireStep::acquired:
           acquired = true;
-          if constexpr (requires(Subscription& s) { s.taken(); }) {
+          if constexpr (requires(Subscription & s) { s.taken(); }) {
             if (subscription) subscription->taken();  // a wake-one wake was used: not passed on
           }
           return true;

@@ -109,8 +109,8 @@ TEST_F(RedisAdminTest, EveryPrimitiveShowsItsKindAndHolders) {
   // A read-write lock: two readers, and a writer that waits for them.
   const auto rw = pkeys("rw");
   for (const std::string r : {"reader-1", "reader-2"})
-    EXPECT_EQ(eval(dlock::detail::redis_rw_read_acquire_script, {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence, rw.rw_tokens},
-                   {r, "30000", fence_ttl})
+    EXPECT_EQ(eval(dlock::detail::redis_rw_read_acquire_script,
+                   {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence, rw.rw_tokens}, {r, "30000", fence_ttl})
                   .elements.at(0)
                   .integer,
               1);
