@@ -95,8 +95,9 @@ class RedisSubscriber {
   /// once. A subscription woken this way holds the wake until it calls
   /// taken() (its attempt took the lock) or wait_for() again (its attempt
   /// found the lock held: that holder's release wakes the next one); if it
-  /// is destroyed holding it (the waiter gave up, was cancelled, or its
-  /// attempt failed), the wake passes on to the next wake-one subscription.
+  /// is destroyed holding it (the acquire ended without the lock: a
+  /// deadline, a cancellation, an error), the wake passes on to the next
+  /// wake-one subscription.
   /// Other subscriptions of the channel still see every message. Waits for
   /// the acknowledgements as subscribe() does.
   [[nodiscard]] RedisSubscription subscribe_one(std::string channel);

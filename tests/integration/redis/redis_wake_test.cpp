@@ -40,7 +40,8 @@ class RedisWake : public dlock::test::RedisTest {
 };
 
 // The symptom: every release woke every waiter of the process, all
-// retried, one won (about 20 calls per handoff at 48 waiters before wake-one).
+// retried, one won (21 calls per acquisition at 48 waiters before wake-one;
+// 3.3-4.1 after on a loaded machine, 5.0 under TSan).
 TEST_F(RedisWake, ManyWaitersOfOneBackendCostFewCallsPerHandoff) {
   constexpr int waiters = 48, target = 1500;
   std::atomic<int> acquisitions{0};
@@ -59,7 +60,7 @@ TEST_F(RedisWake, ManyWaitersOfOneBackendCostFewCallsPerHandoff) {
   }
   for (auto& t : threads) t.join();
   const double per = (script_calls() - before) / acquisitions.load();
-  EXPECT_LE(per, 6.0) << acquisitions.load() << " acquisitions";
+  EXPECT_LE(per, 8.0) << acquisitions.load() << " acquisitions";
   std::printf("%d waiters: %.2f script calls per acquisition\n", waiters, per);
 }
 
