@@ -782,6 +782,14 @@ class Lock {
                                    .cancellable = stop.stop_possible()};
     AcquireRun<std::mt19937_64> run(*this, deadline, plan, detail::thread_rng());
     std::optional<Subscription> subscription;
+    if constexpr (requires { backend_.release_subscribed(name_); }) {
+      // Already subscribed in this process: subscribing first costs no round
+      // trip and spares the attempt after the first contention.
+      if (!single && backend_.release_subscribed(name_)) {
+        subscription = subscribe(&run.owner());
+        run.fsm().subscribed_before_first_attempt();
+      }
+    }
     std::optional<Lease<handle_type>> to_release;
     detail::AcquireDecision d = run.fsm().start(stop.stop_requested());
     for (;;) {
@@ -806,6 +814,9 @@ class Lock {
           break;
         case detail::AcquireStep::acquired:
           acquired = true;
+          if constexpr (requires(Subscription & s) { s.taken(); }) {
+            if (subscription) subscription->taken();  // a wake-one wake was used: not passed on
+          }
           return true;
         case detail::AcquireStep::cancelled:
           if (to_release) release_quietly(*to_release);
@@ -1082,6 +1093,11 @@ class Lock {
   std::optional<Subscription> subscribe(const OwnerId* owner = nullptr) {
     if constexpr (QueuesFairly<B>) {
       if (options_.fair && owner != nullptr) return backend_.subscribe_release(name_, *owner);
+    }
+    if constexpr (requires { backend_.subscribe_release_one(name_); }) {
+      // The blocking acquire (owner given): each release wakes one waiter
+      // of this backend, which passes the wake on if it does not take it.
+      if (owner != nullptr) return backend_.subscribe_release_one(name_);
     }
     if constexpr (NotifiesRelease<B>) {
       return backend_.subscribe_release(name_);

@@ -70,6 +70,9 @@ class RedisBackend {
     /// wake-up), and also when the server acknowledges a SUBSCRIBE that was
     /// still in flight (a release just before it would otherwise be missed).
     void on_release(std::function<void()> f) { sub_.on_release(std::move(f)); }
+    /// subscribe_release_one(): the waiter took the lock; the wake it holds
+    /// is used and not passed on (Lock calls it). No-op for other subscriptions.
+    void taken() noexcept { sub_.taken(); }
 
    private:
     friend class RedisBackend;
@@ -189,6 +192,16 @@ class RedisBackend {
   void leave_fair(std::string_view name, const OwnerId& owner) noexcept;
   /// A subscription woken only by releases that name `owner` as the next head (or nobody).
   [[nodiscard]] Subscription subscribe_release(std::string_view name, const OwnerId& owner);
+  /// Wake-one (the blocking Lock's waiters in default mode): each release of
+  /// `name` wakes one of this backend's wake-one waiters on it, not all; a
+  /// woken waiter that neither takes the lock (Subscription::taken()) nor
+  /// finds it held passes the wake on (detail::RedisSubscriber::subscribe_one).
+  [[nodiscard]] Subscription subscribe_release_one(std::string_view name);
+  /// True when this backend's pub/sub connection is subscribed to releases
+  /// of `name` already (another waiter's subscription, acknowledged): a new
+  /// subscription then costs no round trip and misses no release after it,
+  /// so Lock subscribes before its first attempt.
+  [[nodiscard]] bool release_subscribed(std::string_view name);
   /// AsyncBackend (backend.hpp, docs/async.md): the three operations without
   /// blocking a thread: one script call pipelined on a link shared by the
   /// asynchronous requests (up to pool_size of them, opened without

@@ -76,25 +76,25 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_shared(const Acqui
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
   return acquire_by(*state_->node, script<detail::redis_rw_read_acquire_script>(),
-                    {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence}, request, {}, "read acquire", 1);
+                    {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence, k.rw_tokens}, request, {}, "read acquire", 1);
 }
 
 namespace {
 
 // Release of a lease in a sorted set (a reader or a permit). `last_only`: publish
 // only when the set is left empty (what a writer waits for).
-ReleaseResult release_member(detail::RedisClient& node, const std::string& set, const std::string& channel,
-                             std::string_view owner, bool last_only) {
-  const auto call =
-      script<detail::redis_set_release_script>().call({set}, {std::string(owner), channel, last_only ? "1" : "0"});
+ReleaseResult release_member(detail::RedisClient& node, const std::string& set, const std::string& tokens,
+                             const std::string& channel, std::string_view owner, bool last_only) {
+  const auto call = script<detail::redis_set_release_script>().call(
+      {set, tokens}, {std::string(owner), channel, last_only ? "1" : "0"});
   const detail::ReleaseReply r = detail::parse_release_reply(run(node, call, "release", set), node.endpoint(), set);
   if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), channel, r.publish_error);
   return r.released ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
-std::optional<TimePoint> extend_member(detail::RedisClient& node, const std::string& set, std::string_view owner,
-                                       std::chrono::milliseconds ttl, TimePoint started) {
-  const auto call = script<detail::redis_set_extend_script>().call({set}, {std::string(owner), ms(ttl)});
+std::optional<TimePoint> extend_member(detail::RedisClient& node, const std::string& set, const std::string& tokens,
+                                       std::string_view owner, std::chrono::milliseconds ttl, TimePoint started) {
+  const auto call = script<detail::redis_set_extend_script>().call({set, tokens}, {std::string(owner), ms(ttl)});
   if (!detail::parse_flag_reply(run(node, call, "extend", set), node.endpoint(), "extend", set)) return std::nullopt;
   return detail::saturating_add(started, ttl);
 }
@@ -104,14 +104,14 @@ std::optional<TimePoint> extend_member(detail::RedisClient& node, const std::str
 ReleaseResult RedisBackend::release_shared(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return release_member(*state_->node, k.rw_readers, k.channel, lease.owner.str(), true);
+  return release_member(*state_->node, k.rw_readers, k.rw_tokens, k.channel, lease.owner.str(), true);
 }
 
 std::optional<TimePoint> RedisBackend::extend_shared(std::string_view name, Lease<Handle>& lease,
                                                      std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return extend_member(*state_->node, k.rw_readers, lease.owner.str(), ttl, started);
+  return extend_member(*state_->node, k.rw_readers, k.rw_tokens, lease.owner.str(), ttl, started);
 }
 
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_exclusive(const AcquireRequest& request) {
@@ -146,21 +146,22 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_permit(const Acqui
                                                                      std::uint32_t permits) {
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  return acquire_by(*state_->node, script<detail::redis_sem_acquire_script>(), {k.sem_permits, k.sem_count, k.fence},
-                    request, std::to_string(permits), "permit acquire");
+  return acquire_by(*state_->node, script<detail::redis_sem_acquire_script>(),
+                    {k.sem_permits, k.sem_count, k.fence, k.sem_tokens}, request, std::to_string(permits),
+                    "permit acquire");
 }
 
 ReleaseResult RedisBackend::release_permit(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return release_member(*state_->node, k.sem_permits, k.channel, lease.owner.str(), false);
+  return release_member(*state_->node, k.sem_permits, k.sem_tokens, k.channel, lease.owner.str(), false);
 }
 
 std::optional<TimePoint> RedisBackend::extend_permit(std::string_view name, Lease<Handle>& lease,
                                                      std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return extend_member(*state_->node, k.sem_permits, lease.owner.str(), ttl, started);
+  return extend_member(*state_->node, k.sem_permits, k.sem_tokens, lease.owner.str(), ttl, started);
 }
 
 std::uint32_t RedisBackend::permits(std::string_view name, std::uint32_t permits) {
@@ -289,6 +290,14 @@ void RedisBackend::leave_fair(std::string_view name, const OwnerId& owner) noexc
 RedisBackend::Subscription RedisBackend::subscribe_release(std::string_view name, const OwnerId& owner) {
   return Subscription(
       state_->subscriber.subscribe_targeted(state_->node->keys(name).channel, std::string(owner.str())));
+}
+
+bool RedisBackend::release_subscribed(std::string_view name) {
+  return state_->subscriber.subscribed(state_->node->keys(name).channel);
+}
+
+RedisBackend::Subscription RedisBackend::subscribe_release_one(std::string_view name) {
+  return Subscription(state_->subscriber.subscribe_one(state_->node->keys(name).channel));
 }
 
 }  // namespace dlock

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <map>
 #include <mutex>
@@ -40,6 +41,12 @@ struct RedisSubscriber::Waker {
   bool acked = false;        // an acknowledgement came while no fn was pending: the next one runs at once
 };
 
+// A wake-one subscription's own wait (subscribe_one): woken alone.
+struct RedisSubscriber::OneWaiter {
+  std::condition_variable cv;
+  bool woken = false;  // under the core's mu: a message was handed to it
+};
+
 struct RedisSubscriber::Channel {
   explicit Channel(std::string n) : name(std::move(n)) {}
   const std::string name;
@@ -55,6 +62,25 @@ struct RedisSubscriber::Channel {
   std::map<std::string, Target, std::less<>> targets;
   std::uint64_t unnamed = 0;  // messages naming nobody
   std::vector<std::shared_ptr<RedisSubscriber::Waker>> wakers;
+  // Wake-one subscriptions (subscribe_one): those blocked in wait_for(),
+  // longest first, and a message that found none blocked (kept for the next).
+  int ones = 0;
+  std::deque<RedisSubscriber::OneWaiter*> blocked;
+  bool banked = false;
+
+  // Under mu: one message for the wake-one subscriptions: it wakes the one
+  // blocked longest, or waits for the next wait_for().
+  void wake_one() noexcept {
+    if (ones == 0) return;
+    if (blocked.empty()) {
+      banked = true;
+      return;
+    }
+    OneWaiter* w = blocked.front();
+    blocked.pop_front();
+    w->woken = true;
+    w->cv.notify_one();
+  }
 
   // Under mu: runs the pending wakers (a message, or an acknowledgement:
   // `ack`), or marks them for the next on_release().
@@ -225,6 +251,7 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
             ++t->second.hits;
             t->second.cv.notify_all();
           }
+          ch.wake_one();   // the blocking mutex waiters (subscribe_one): one of them
           ch.wake(false);  // asynchronous waiters (on_release): untargeted
         }
         break;
@@ -317,6 +344,14 @@ std::uint64_t RedisSubscriber::failures() const {
   return total;
 }
 
+bool RedisSubscriber::subscribed(const std::string& channel) const {
+  const auto core = current();
+  std::lock_guard lk(core->mu);
+  const auto it = core->channels.find(channel);
+  if (it == core->channels.end() || it->second->refs == 0) return false;
+  return std::all_of(core->per.begin(), core->per.end(), [&](const auto& p) { return p.table.ready(channel); });
+}
+
 std::string RedisSubscriber::last_refusal() const {
   const auto core = current();
   std::lock_guard lk(core->mu);
@@ -331,7 +366,11 @@ RedisSubscription RedisSubscriber::subscribe_targeted(std::string channel, std::
   return subscribe(std::move(channel), std::move(target), true);
 }
 
-RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string target, bool wait_for_ack) {
+RedisSubscription RedisSubscriber::subscribe_one(std::string channel) {
+  return subscribe(std::move(channel), std::string(), true, true);
+}
+
+RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string target, bool wait_for_ack, bool one) {
   const std::shared_ptr<Core> core_ptr = current();
   Core& core = *core_ptr;
   const std::size_t n = core.servers.size();
@@ -339,6 +378,7 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string ta
   // taken (unwinding would release it, relocking core.mu).
   std::vector<std::uint64_t> failures(n);
   auto fresh = std::make_shared<Channel>(channel);
+  auto one_waiter = one ? std::make_shared<OneWaiter>() : nullptr;
   std::unique_lock lk(core.mu);
   core.started = true;
   auto it = core.channels.find(channel);
@@ -348,10 +388,12 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string ta
   Channel::Target* t = target.empty() ? nullptr : &ch->targets[target];  // may throw too
   ++ch->refs;
   if (t != nullptr) ++t->refs;
+  if (one_waiter) ++ch->ones;
   RedisSubscription sub(core_ptr, ch, t != nullptr ? ch->unnamed + t->hits : ch->releases);  // owns the references
   sub.target_ = std::move(target);
   sub.hits_ = t != nullptr ? &t->hits : nullptr;
   sub.target_cv_ = t != nullptr ? &t->cv : nullptr;
+  sub.one_ = std::move(one_waiter);
   for (std::size_t s = 0; s < n; ++s) {
     failures[s] = core.per[s].failures;
     core.ensure_link(s);
@@ -397,6 +439,10 @@ void RedisSubscription::reset() noexcept {
       target_cv_ = nullptr;
     }
     if (waker_) std::erase(channel_->wakers, waker_);
+    if (one_) {
+      --channel_->ones;
+      if (std::exchange(holding_, false)) channel_->wake_one();  // woken but did not take it: the next one
+    }
     if (--channel_->refs == 0) core_->channels.erase(channel_->name);
     for (std::size_t s = 0; s < core_->per.size(); ++s) {
       core_->per[s].table.unwant(channel_->name);
@@ -406,6 +452,7 @@ void RedisSubscription::reset() noexcept {
   core_.reset();
   channel_.reset();
   waker_.reset();
+  one_.reset();
 }
 
 RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexcept {
@@ -419,6 +466,8 @@ RedisSubscription& RedisSubscription::operator=(RedisSubscription&& other) noexc
     hits_ = std::exchange(other.hits_, nullptr);
     target_cv_ = std::exchange(other.target_cv_, nullptr);
     waker_ = std::move(other.waker_);
+    one_ = std::move(other.one_);
+    holding_ = std::exchange(other.holding_, false);
   }
   return *this;
 }
@@ -433,12 +482,33 @@ bool RedisSubscription::wait_for(std::chrono::nanoseconds d) {
     return false;
   }
   std::unique_lock lk(core_->mu);
+  if (one_) return wait_one(lk, deadline);
   const auto count = [&] { return hits_ != nullptr ? channel_->unnamed + *hits_ : channel_->releases; };
   // A targeted subscription waits on its target's own condition variable, so
   // a release naming another waiter does not wake this thread at all.
   std::condition_variable& cv = target_cv_ != nullptr ? *target_cv_ : core_->cv;
   if (!cv.wait_until(lk, deadline, [&] { return count() != seen_; })) return false;
   seen_ = count();
+  return true;
+}
+
+bool RedisSubscription::wait_one(std::unique_lock<std::mutex>& lk, std::chrono::steady_clock::time_point deadline) {
+  // Waiting again after a wake: its attempt found the lock held, and that
+  // holder's release wakes the next waiter; the wake was used.
+  holding_ = false;
+  RedisSubscriber::Channel& ch = *channel_;
+  if (ch.banked) {  // a release while nobody waited
+    ch.banked = false;
+    holding_ = true;
+    return true;
+  }
+  one_->woken = false;
+  ch.blocked.push_back(one_.get());
+  if (!one_->cv.wait_until(lk, deadline, [&] { return one_->woken; })) {
+    std::erase(ch.blocked, one_.get());
+    return false;
+  }
+  holding_ = true;
   return true;
 }
 

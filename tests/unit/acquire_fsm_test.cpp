@@ -58,6 +58,19 @@ TEST(AcquireFsm, SubscribesAfterTheFirstContentionAndTriesOnceMoreBeforeWaiting)
   EXPECT_EQ(d.wait, 10ms);
 }
 
+TEST(AcquireFsm, SubscribedBeforeTheFirstAttemptWaitsAtTheFirstContention) {
+  std::minstd_rand rng;
+  Fsm fsm(fixed, std::nullopt, std::nullopt, AcquirePlan{.notifies_release = true}, rng);
+  fsm.subscribed_before_first_attempt();
+  EXPECT_FALSE(fsm.start(false).subscribe);
+  (void)fsm.attempt_started(t0);
+  const auto d = fsm.contended(1s, t0, false);
+  EXPECT_EQ(d.step, AcquireStep::wait);  // no second attempt: no release after the subscription is missed
+  EXPECT_FALSE(d.subscribe);
+  EXPECT_TRUE(d.on_subscription);
+  EXPECT_EQ(fsm.attempts(), 1u);
+}
+
 TEST(AcquireFsm, MaxAttemptsEndsOnContention) {
   std::minstd_rand rng;
   RetryPolicy three = fixed;

@@ -72,6 +72,12 @@ class AcquireFsm {
     return {};
   }
 
+  /// The driver subscribed to releases before the first attempt (the
+  /// backend's subscription was already up, so it costs no round trip): no
+  /// release after it can be missed, so the first contention waits at once
+  /// instead of subscribing and trying once more.
+  void subscribed_before_first_attempt() noexcept { subscribed_ = true; }
+
   /// An attempt is sent at `sent`. Returns the server-side wait to ask for
   /// (WaitsOnServer); zero means one plain attempt.
   [[nodiscard]] std::chrono::milliseconds attempt_started(TimePoint sent) noexcept {

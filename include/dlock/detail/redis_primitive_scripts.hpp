@@ -41,6 +41,8 @@ struct RedisPrimitiveKeys {
   std::string fair_deadlines;  ///< P{N}:queue:ttl    zset: waiter owner id -> expiry (ms)
   std::string leader;          ///< P{N}:leader       string: the leader's owner id, PX ttl
   std::string leader_info;     ///< P{N}:leader:info  hash: candidate, term; same expiry as leader
+  std::string rw_tokens;       ///< P{N}:rw:tokens    hash: reader owner id -> its lease's token; expiry as rw_readers
+  std::string sem_tokens;      ///< P{N}:sem:tokens   hash: permit owner id -> its lease's token; expiry as sem_permits
 };
 
 [[nodiscard]] inline RedisPrimitiveKeys redis_primitive_keys(std::string_view prefix, std::string_view name) {
@@ -55,7 +57,9 @@ struct RedisPrimitiveKeys {
                             k.lock + ":queue",
                             k.lock + ":queue:ttl",
                             k.lock + ":leader",
-                            k.lock + ":leader:info"};
+                            k.lock + ":leader:info",
+                            k.lock + ":rw:tokens",
+                            k.lock + ":sem:tokens"};
 }
 
 /// lua_join() for a text already joined: a LuaText followed by a literal.
@@ -75,7 +79,13 @@ template <std::size_t A, std::size_t B>
 /// reader_token(key, now): max(counter, now), written back, not incremented:
 /// a reader's token (docs/primitives.md, "What a reader's token means").
 /// prune(zset, now_ms): drops the members whose expiry has passed.
-/// keep_set(zset): expires the set's key with its latest member.
+/// keep_set(zset[, tokens]): expires the set's key (and its token hash) with
+/// its latest member.
+/// prune_leases(zset, tokens, now_ms): prune() that also drops the expired
+/// members' tokens from the lease set's token hash.
+/// grant_lease(zset, tokens, fence, owner, ttl_ms, c, fence_ms): records the
+/// lease of `owner` in the set with its token c (kept so that an in-doubt
+/// retry gets its own token back), keeps the counter alive and returns {1, c}.
 /// first_expiry(zset, now_ms): ms until the earliest member expires (-1: none).
 /// expiry(ttl_ms): the server-ms score of a lease or waiter that lives ttl_ms
 /// from now, rounded up, so that it is never earlier than TIME + ttl (and so
@@ -112,9 +122,19 @@ end
 local function prune(zset, now_ms)
   redis.call('ZREMRANGEBYSCORE', zset, '-inf', now_ms)
 end
-local function keep_set(zset)
+local function keep_set(zset, tokens)
   local last = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
-  if last[2] then redis.call('PEXPIREAT', zset, last[2]) end
+  if last[2] then
+    redis.call('PEXPIREAT', zset, last[2])
+    if tokens then redis.call('PEXPIREAT', tokens, last[2]) end
+  end
+end
+local function prune_leases(zset, tokens, now_ms)
+  local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms)
+  for i = 1, #dead, 1000 do
+    redis.call('HDEL', tokens, unpack(dead, i, math.min(i + 999, #dead)))
+  end
+  prune(zset, now_ms)
 end
 local function first_expiry(zset, now_ms)
   local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
@@ -126,30 +146,41 @@ local now_ms = math.floor(now / 1000)
 local function expiry(ttl_ms)
   return int(math.ceil(now / 1000) + tonumber(ttl_ms))
 end
+local function grant_lease(zset, tokens, fence, owner, ttl_ms, c, fence_ms)
+  keep_counter(fence, redis.call('GET', fence) or c, now, fence_ms)
+  redis.call('ZADD', zset, expiry(ttl_ms), owner)
+  redis.call('HSET', tokens, owner, c)
+  keep_set(zset, tokens)
+  return {1, c}
+end
 )lua");
 
 // ---- read-write lock ----
 
-/// KEYS[1] rw_writer, KEYS[2] rw_readers, KEYS[3] rw_waiting, KEYS[4] fence;
-/// ARGV[1] owner id, ARGV[2] ttl ms, ARGV[3] fence ttl ms (fence_pttl()).
+/// KEYS[1] rw_writer, KEYS[2] rw_readers, KEYS[3] rw_waiting, KEYS[4] fence,
+/// KEYS[5] rw_tokens; ARGV[1] owner id, ARGV[2] ttl ms, ARGV[3] fence ttl ms
+/// (fence_pttl()).
 /// A read lease: granted unless a writer holds the name or a writer is
 /// waiting (writer preference). Returns {1, token} or {0, ms until the writer
-/// or the waiting mark expires}. A reader already in the set (an in-doubt
-/// retry) is granted again, whatever waits. Token: reader_token().
+/// or the waiting mark expires}. Token: reader_token(), kept with the lease
+/// in KEYS[5]. A reader already in the set (an in-doubt retry) is granted
+/// again, whatever waits, with its lease's own token.
 inline constexpr auto redis_rw_read_acquire_text = lua_join(lua_primitive_helpers, R"lua(
-prune(KEYS[2], now_ms)
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+prune_leases(KEYS[2], KEYS[5], now_ms)
+local c
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  c = redis.call('HGET', KEYS[5], ARGV[1])
+else
   local w = redis.call('PTTL', KEYS[1])
   if w ~= -2 then return {0, w} end
   local waiting = redis.call('PTTL', KEYS[3])
   if waiting ~= -2 then return {0, waiting} end
 end
-local c = reader_token(KEYS[4], now)
-if type(c) == 'table' then return c end
-keep_counter(KEYS[4], c, now, ARGV[3])
-redis.call('ZADD', KEYS[2], expiry(ARGV[2]), ARGV[1])
-keep_set(KEYS[2])
-return {1, c}
+if not c then
+  c = reader_token(KEYS[4], now)
+  if type(c) == 'table' then return c end
+end
+return grant_lease(KEYS[2], KEYS[5], KEYS[4], ARGV[1], ARGV[2], c, ARGV[3])
 )lua");
 inline constexpr std::string_view redis_rw_read_acquire_script = redis_rw_read_acquire_text.view();
 
@@ -192,13 +223,16 @@ inline constexpr std::string_view redis_rw_write_acquire_script = redis_rw_write
 
 // ---- leases in a sorted set: readers and permits ----
 
-/// KEYS[1] the lease set; ARGV[1] owner id, ARGV[2] release channel ('' = do
-/// not publish), ARGV[3] '1': publish only when the set is left empty (the
-/// last reader; what a writer waits for), '0': on every release (a permit).
-/// Removes ARGV[1] if its lease is live. Returns 1 (released), 0 (expired or
-/// not there), or {1, error} when released but the PUBLISH was refused.
+/// KEYS[1] the lease set, KEYS[2] its token hash; ARGV[1] owner id, ARGV[2]
+/// release channel ('' = do not publish), ARGV[3] '1': publish only when the
+/// set is left empty (the last reader; what a writer waits for), '0': on
+/// every release (a permit).
+/// Removes ARGV[1] (and its token) if its lease is live. Returns 1
+/// (released), 0 (expired or not there), or {1, error} when released but the
+/// PUBLISH was refused.
 inline constexpr auto redis_set_release_text = lua_join(lua_primitive_helpers, R"lua(
-prune(KEYS[1], now_ms)
+prune_leases(KEYS[1], KEYS[2], now_ms)
+redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if ARGV[2] ~= '' and (ARGV[3] ~= '1' or redis.call('ZCARD', KEYS[1]) == 0) then
   local r = redis.pcall('PUBLISH', ARGV[2], ARGV[1])
@@ -208,45 +242,43 @@ return 1
 )lua");
 inline constexpr std::string_view redis_set_release_script = redis_set_release_text.view();
 
-/// KEYS[1] the lease set; ARGV[1] owner id, ARGV[2] ttl ms. Resets the
-/// member's expiry to now + ttl if its lease is live. Returns 1, or 0 if lost.
+/// KEYS[1] the lease set, KEYS[2] its token hash; ARGV[1] owner id, ARGV[2]
+/// ttl ms. Resets the member's expiry to now + ttl if its lease is live.
+/// Returns 1, or 0 if lost.
 inline constexpr auto redis_set_extend_text = lua_join(lua_primitive_helpers, R"lua(
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) <= now_ms then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', expiry(ARGV[2]), ARGV[1])
-keep_set(KEYS[1])
+keep_set(KEYS[1], KEYS[2])
 return 1
 )lua");
 inline constexpr std::string_view redis_set_extend_script = redis_set_extend_text.view();
 
 // ---- semaphore ----
 
-/// KEYS[1] sem_permits, KEYS[2] sem_count, KEYS[3] fence; ARGV[1] owner id,
-/// ARGV[2] ttl ms, ARGV[3] fence ttl ms, ARGV[4] the caller's permit count.
+/// KEYS[1] sem_permits, KEYS[2] sem_count, KEYS[3] fence, KEYS[4]
+/// sem_tokens; ARGV[1] owner id, ARGV[2] ttl ms, ARGV[3] fence ttl ms,
+/// ARGV[4] the caller's permit count.
 /// One permit: granted while fewer than N live permits are held, N = the
-/// count key if set, else ARGV[4]. Returns {1, token} (next_token()), or {0,
-/// ms until the first permit expires (-1: none held, N = 0)}. A permit
-/// already held by ARGV[1] (in-doubt retry) is granted again with the
-/// counter's current value. Release and extension: the lease-set scripts
-/// (release with ARGV[3] = '0').
+/// count key if set, else ARGV[4]. Returns {1, token} (next_token(), kept
+/// with the lease in KEYS[4]), or {0, ms until the first permit expires (-1:
+/// none held, N = 0)}. A permit already held by ARGV[1] (in-doubt retry) is
+/// granted again with its lease's own token. Release and extension: the
+/// lease-set scripts (release with ARGV[3] = '0').
 inline constexpr auto redis_sem_acquire_text = lua_join(lua_primitive_helpers, R"lua(
-prune(KEYS[1], now_ms)
+prune_leases(KEYS[1], KEYS[4], now_ms)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local c
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  c = redis.call('GET', KEYS[3])
-end
+if held then c = redis.call('HGET', KEYS[4], ARGV[1]) or redis.call('GET', KEYS[3]) end
 if not c then
   local n = tonumber(redis.call('GET', KEYS[2]) or ARGV[4])
   if not n then return redis.error_reply('ERR permit count ' .. KEYS[2] .. ' is not a number') end
-  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= n then
+  if not held and redis.call('ZCARD', KEYS[1]) >= n then
     return {0, first_expiry(KEYS[1], now_ms)}
   end
   c = next_token(KEYS[3], now)
 end
-keep_counter(KEYS[3], c, now, ARGV[3])
-redis.call('ZADD', KEYS[1], expiry(ARGV[2]), ARGV[1])
-keep_set(KEYS[1])
-return {1, c}
+return grant_lease(KEYS[1], KEYS[4], KEYS[3], ARGV[1], ARGV[2], c, ARGV[3])
 )lua");
 inline constexpr std::string_view redis_sem_acquire_script = redis_sem_acquire_text.view();
 

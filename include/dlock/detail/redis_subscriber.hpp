@@ -55,6 +55,7 @@ class RedisSubscriber {
   struct Core;
   struct Channel;
   struct Waker;
+  struct OneWaiter;
 
   /// One server to subscribe on. options must be valid (detail::validate);
   /// endpoint names it in messages.
@@ -86,6 +87,24 @@ class RedisSubscriber {
   /// payload is `target` (the waiter's owner id) or empty, not by the others.
   /// Waits for the acknowledgements as subscribe() does.
   [[nodiscard]] RedisSubscription subscribe_targeted(std::string channel, std::string target);
+  /// A wake-one subscription (the mutex's blocking waiters in default mode):
+  /// each message on the channel wakes ONE of the process's wake-one
+  /// subscriptions of that channel blocked in wait_for() (the one blocked
+  /// longest), not all of them; a message that finds none blocked is kept
+  /// (at most one) for the next wait_for() of any of them, which returns at
+  /// once. A subscription woken this way holds the wake until it calls
+  /// taken() (its attempt took the lock) or wait_for() again (its attempt
+  /// found the lock held: that holder's release wakes the next one); if it
+  /// is destroyed holding it (the acquire ended without the lock: a
+  /// deadline, a cancellation, an error), the wake passes on to the next
+  /// wake-one subscription.
+  /// Other subscriptions of the channel still see every message. Waits for
+  /// the acknowledgements as subscribe() does.
+  [[nodiscard]] RedisSubscription subscribe_one(std::string channel);
+
+  /// Whether `channel` has live subscriptions that every server acknowledged:
+  /// a subscribe() now returns at once, and sees every message after it.
+  [[nodiscard]] bool subscribed(const std::string& channel) const;
 
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
@@ -98,7 +117,7 @@ class RedisSubscriber {
   [[nodiscard]] std::string last_refusal() const;
 
  private:
-  RedisSubscription subscribe(std::string channel, std::string target, bool wait_for_ack);
+  RedisSubscription subscribe(std::string channel, std::string target, bool wait_for_ack, bool one = false);
   /// core_, replaced by a fresh one first if it was inherited through fork().
   [[nodiscard]] std::shared_ptr<Core> current() const;
 
@@ -123,6 +142,9 @@ class RedisSubscription {
   /// since `f`'s predecessor ran. A later call replaces a pending `f`. `f`
   /// must not block nor call back into the subscriber.
   void on_release(std::function<void()> f);
+  /// A wake-one subscription (subscribe_one): the wake it holds, if any, was
+  /// used (its attempt took the lock), so it is not passed on. No-op otherwise.
+  void taken() noexcept { holding_ = false; }
   /// How many servers acknowledged the subscription before subscribe() returned.
   [[nodiscard]] std::size_t acknowledged() const noexcept { return acknowledged_; }
 
@@ -132,6 +154,7 @@ class RedisSubscription {
                     std::uint64_t seen) noexcept
       : core_(std::move(core)), channel_(std::move(channel)), seen_(seen) {}
   void reset() noexcept;
+  bool wait_one(std::unique_lock<std::mutex>& lk, std::chrono::steady_clock::time_point deadline);
 
   std::shared_ptr<RedisSubscriber::Core> core_;
   std::shared_ptr<RedisSubscriber::Channel> channel_;
@@ -141,6 +164,8 @@ class RedisSubscription {
   const std::uint64_t* hits_ = nullptr;            // targeted: messages naming target_ (in the channel, under core mu)
   std::condition_variable* target_cv_ = nullptr;   // targeted: where its waits block (in the channel)
   std::shared_ptr<RedisSubscriber::Waker> waker_;  // on_release(), once called
+  std::shared_ptr<RedisSubscriber::OneWaiter> one_;  // subscribe_one(): where its waits block
+  bool holding_ = false;                             // subscribe_one(): woken, wake neither used nor passed on
 };
 
 }  // namespace dlock::detail

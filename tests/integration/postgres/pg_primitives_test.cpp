@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "pg_test_support.hpp"
+#include "support/forked.hpp"
+#include "support/primitive_scenarios.hpp"
 #include "unit/test_support.hpp"
 
 namespace {
@@ -34,63 +36,11 @@ using dlock::PostgresOptions;
 using dlock::RwLock;
 using dlock::Semaphore;
 using dlock::test::eventually;
+using dlock::test::SharedMemory;
+using dlock::test::spawn;
 using dlock::test::pg::options;
 using dlock::test::pg::RawConn;
 using dlock::test::pg::test_name;
-
-/// Counters in memory shared with forked children.
-struct Shared {
-  std::atomic<int> readers{0}, writers{0}, holders{0};
-  std::atomic<int> max_readers{0}, max_holders{0}, violations{0}, done{0}, ready{0};
-  std::atomic<long long> writes{0};
-  std::atomic<std::uint64_t> max_term{0};
-  std::atomic<int> rejected{0}, leaders{0}, lost_seen{0};
-};
-
-class SharedMemory {
- public:
-  SharedMemory() {
-    void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
-    s_ = new (p) Shared();
-  }
-  ~SharedMemory() { ::munmap(s_, sizeof(Shared)); }
-  Shared* operator->() const { return s_; }
-  Shared& operator*() const { return *s_; }
-
- private:
-  Shared* s_;
-};
-
-void raise_max(std::atomic<int>& max, int v) {
-  int m = max.load();
-  while (v > m && !max.compare_exchange_weak(m, v)) {
-  }
-}
-
-/// Runs `body` in a forked child, which exits 0 if it returns normally.
-pid_t spawn(const std::function<void()>& body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    int rc = 0;
-    try {
-      body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
-      rc = 1;
-    }
-    ::_exit(rc);
-  }
-  return pid;
-}
-
-void join(const std::vector<pid_t>& pids) {
-  for (const pid_t p : pids) {
-    int status = 0;
-    ASSERT_EQ(::waitpid(p, &status, 0), p);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child " << p << " status " << status;
-  }
-}
 
 class PgPrimitives : public ::testing::Test {
  protected:
@@ -104,31 +54,8 @@ class PgPrimitives : public ::testing::Test {
 
 // Readers overlap; a writer never overlaps a reader or another writer.
 TEST_F(PgPrimitives, RwLockReadersOverlapAndWritersExclude) {
-  SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < 4; ++p) {
-    kids.push_back(spawn([&, p] {
-      PostgresBackend pg(options({.pool_size = 4}));
-      RwLock<PostgresBackend> rw(pg, name_, {.ttl = 10s});
-      for (int i = 0; i < 18; ++i) {
-        if (p == 0 && i % 3 == 0) {  // one writer among readers
-          std::unique_lock w(rw);
-          if (sh->writers.fetch_add(1) != 0 || sh->readers.load() != 0) sh->violations++;
-          std::this_thread::sleep_for(1ms);  // the critical section's work
-          sh->writers.fetch_sub(1);
-        } else {
-          std::shared_lock r(rw);
-          raise_max(sh->max_readers, sh->readers.fetch_add(1) + 1);
-          if (sh->writers.load() != 0) sh->violations++;
-          std::this_thread::sleep_for(2ms);
-          sh->readers.fetch_sub(1);
-        }
-      }
-    }));
-  }
-  join(kids);
-  EXPECT_EQ(sh->violations.load(), 0);
-  EXPECT_GT(sh->max_readers.load(), 1) << "readers never overlapped";
+  dlock::test::rw_writers_exclude([] { return PostgresBackend(options({.pool_size = 4})); }, name_, {.ttl = 10s}, 4, 18,
+                                  1);
 }
 
 // PostgreSQL's lock manager refuses a new shared request while an exclusive
@@ -167,67 +94,14 @@ TEST_F(PgPrimitives, RwLockWaitingWriterStopsNewReaders) {
 
 // A writer behind a continuous stream of overlapping readers gets in within a bound.
 TEST_F(PgPrimitives, RwLockWriterBehindReaderStreamGetsIn) {
-  SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < 3; ++p) {
-    kids.push_back(spawn([&] {
-      PostgresBackend pg(options({.pool_size = 2}));
-      RwLock<PostgresBackend> rw(pg, name_, {.ttl = 10s});
-      sh->ready++;
-      while (sh->done.load() == 0) {  // always at least one reader in: each holds 30 ms, staggered
-        std::shared_lock r(rw);
-        raise_max(sh->max_readers, sh->readers.fetch_add(1) + 1);
-        if (sh->writers.load() != 0) sh->violations++;
-        std::this_thread::sleep_for(30ms);
-        sh->readers.fetch_sub(1);
-      }
-    }));
-  }
-  ASSERT_TRUE(eventually([&] { return sh->ready.load() == 3 && sh->max_readers.load() >= 2; }, 10s));
-  PostgresBackend pg(options());
-  RwLock<PostgresBackend> rw(pg, name_, {.ttl = 10s});
-  std::chrono::milliseconds worst{0};
-  for (int i = 0; i < 5; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    {
-      std::unique_lock w(rw);
-      if (sh->readers.load() != 0) sh->violations++;
-      sh->writers = 1;
-      std::this_thread::sleep_for(2ms);
-      sh->writers = 0;
-    }
-    worst = std::max(worst, dlock::test::pg::since(t0));
-    std::this_thread::sleep_for(20ms);  // let the readers back in
-  }
-  sh->done = 1;
-  join(kids);
-  EXPECT_EQ(sh->violations.load(), 0);
-  EXPECT_LT(worst, 500ms) << "the writer waited " << worst.count() << " ms behind the readers";
-  std::printf("writer behind 3 readers (30 ms holds): worst wait %lld ms\n", static_cast<long long>(worst.count()));
+  dlock::test::rw_writer_behind_reader_stream([] { return PostgresBackend(options({.pool_size = 2})); }, name_,
+                                              {.ttl = 10s});
 }
 
 // 8 processes on 3 permits: never more than 3 holders.
 TEST_F(PgPrimitives, SemaphoreNeverExceedsPermits) {
-  SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < 8; ++p) {
-    kids.push_back(spawn([&] {
-      PostgresBackend pg(options({.pool_size = 2}));
-      Semaphore<PostgresBackend> sem(pg, name_, 3, {.ttl = 10s});
-      for (int i = 0; i < 15; ++i) {
-        auto permit = sem.acquire_permit();
-        const int h = sh->holders.fetch_add(1) + 1;
-        raise_max(sh->max_holders, h);
-        if (h > 3) sh->violations++;
-        std::this_thread::sleep_for(2ms);
-        sh->holders.fetch_sub(1);
-      }
-    }));
-  }
-  join(kids);
-  EXPECT_EQ(sh->violations.load(), 0);
-  EXPECT_LE(sh->max_holders.load(), 3);
-  EXPECT_GE(sh->max_holders.load(), 2) << "the permits were never used together";
+  dlock::test::semaphore_never_exceeds([] { return PostgresBackend(options({.pool_size = 2})); }, name_, {.ttl = 10s},
+                                       8, 15, 3);
 }
 
 // A SIGKILLed holder's session ends with it, and its permit comes back at once.
@@ -283,76 +157,17 @@ TEST_F(PgPrimitives, SemaphoreCountChangedLive) {
 
 // 3 candidates: one leader at a time by the fenced resource's account; terms increase.
 TEST_F(PgPrimitives, ElectionOneLeaderAtATime) {
-  SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < 3; ++p) {
-    kids.push_back(spawn([&, p] {
-      PostgresBackend pg(options({.pool_size = 2}));
-      Election<PostgresBackend> e(pg, name_, "candidate-" + std::to_string(p), {.ttl = 10s});
-      for (int i = 0; i < 3; ++i) {
-        e.campaign();
-        if (sh->leaders.fetch_add(1) != 0) sh->violations++;
-        const std::uint64_t term = e.term();
-        const auto seen = e.leader();
-        if (!seen || seen->candidate != e.candidate() || seen->term != term) sh->violations++;
-        for (int w = 0; w < 5; ++w) {  // the fenced resource accepts a term at least the largest it has seen
-          std::uint64_t m = sh->max_term.load();
-          while (term >= m && !sh->max_term.compare_exchange_weak(m, term)) {
-          }
-          if (term < m) sh->rejected++;
-          std::this_thread::sleep_for(1ms);
-        }
-        sh->leaders.fetch_sub(1);
-        (void)e.resign();
-      }
-    }));
-  }
-  join(kids);
-  EXPECT_EQ(sh->violations.load(), 0);
-  EXPECT_EQ(sh->rejected.load(), 0) << "a leader wrote with a term below an earlier leader's";
-  PostgresBackend pg(options());
-  EXPECT_EQ(Election<PostgresBackend>(pg, name_, "observer").leader(), std::nullopt);
+  dlock::test::election_one_leader_at_a_time([] { return PostgresBackend(options({.pool_size = 2})); }, name_,
+                                             {.ttl = 10s}, 3);
 }
 
 // A leader paused (SIGSTOP) past its ttl: the server ends its idle session, another
 // candidate takes over with a higher term, and the paused one, once resumed, sees
 // its stop token requested and its late write rejected.
 TEST_F(PgPrimitives, ElectionPausedLeaderLosesToHigherTerm) {
-  SharedMemory sh;
-  const pid_t kid = spawn([&] {
-    PostgresBackend pg(options());
-    Election<PostgresBackend> e(pg, name_, "paused", {.ttl = 1s});
-    e.campaign();
-    const std::uint64_t term = e.term();
-    sh->max_term = term;
-    sh->ready = 1;
-    const std::stop_token lost = e.stop_token();
-    while (!lost.stop_requested()) std::this_thread::sleep_for(5ms);
-    sh->lost_seen = 1;
-    if (term < sh->max_term.load()) sh->rejected++;  // the resource refuses its late write
-    if (e.is_leader()) sh->violations++;
-  });
-  ASSERT_TRUE(eventually([&] { return sh->ready.load() == 1; }, 10s));
-  const std::uint64_t old_term = sh->max_term.load();
-  ::kill(kid, SIGSTOP);
-  PostgresBackend pg(options());
-  Election<PostgresBackend> next(pg, name_, "next", {.ttl = 10s, .acquire_timeout = 10s});
   // Waiting for the server's idle_session_timeout (the ttl) to end the paused session is the point here.
-  const auto t0 = std::chrono::steady_clock::now();
-  next.campaign();
-  EXPECT_LT(dlock::test::pg::since(t0), 5s);
-  EXPECT_GT(next.term(), old_term);
-  sh->max_term = next.term();
-  ASSERT_EQ(next.leader()->candidate, "next");
-  ::kill(kid, SIGCONT);
-  int status = 0;
-  ASSERT_EQ(::waitpid(kid, &status, 0), kid);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  EXPECT_EQ(sh->lost_seen.load(), 1);
-  EXPECT_EQ(sh->rejected.load(), 1);
-  EXPECT_EQ(sh->violations.load(), 0);
-  EXPECT_TRUE(next.is_leader());
-  EXPECT_EQ(next.resign(), dlock::ReleaseResult::released);
+  dlock::test::election_paused_leader_loses([] { return PostgresBackend(options()); }, name_, {.ttl = 1s},
+                                            {.ttl = 10s, .acquire_timeout = 10s});
 }
 
 // With shared_sessions the mutexes share sessions; each primitive lease pins a

@@ -109,8 +109,8 @@ TEST_F(RedisAdminTest, EveryPrimitiveShowsItsKindAndHolders) {
   // A read-write lock: two readers, and a writer that waits for them.
   const auto rw = pkeys("rw");
   for (const std::string r : {"reader-1", "reader-2"})
-    EXPECT_EQ(eval(dlock::detail::redis_rw_read_acquire_script, {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence},
-                   {r, "30000", fence_ttl})
+    EXPECT_EQ(eval(dlock::detail::redis_rw_read_acquire_script,
+                   {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence, rw.rw_tokens}, {r, "30000", fence_ttl})
                   .elements.at(0)
                   .integer,
               1);
@@ -123,7 +123,7 @@ TEST_F(RedisAdminTest, EveryPrimitiveShowsItsKindAndHolders) {
   const auto sem = pkeys("sem");
   (void)cmd({"SET", sem.sem_count, "3"});
   for (const std::string p : {"permit-1", "permit-2"})
-    EXPECT_EQ(eval(dlock::detail::redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence},
+    EXPECT_EQ(eval(dlock::detail::redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence, sem.sem_tokens},
                    {p, "30000", fence_ttl, "1"})
                   .elements.at(0)
                   .integer,
@@ -211,7 +211,7 @@ TEST_F(RedisAdminTest, EveryPrimitiveShowsItsKindAndHolders) {
 TEST_F(RedisAdminTest, PermitCountSetByAnOperatorBindsEveryClient) {
   const auto sem = pkeys("pool");
   const auto acquire = [&](const std::string& owner) {  // each caller's own count: 1
-    return eval(dlock::detail::redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence},
+    return eval(dlock::detail::redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence, sem.sem_tokens},
                 {owner, "30000", "60000", "1"})
         .elements.at(0)
         .integer;

@@ -102,8 +102,9 @@ class PrimitiveScripts : public ::testing::Test {
  protected:
   void SetUp() override { k_ = redis_primitive_keys(dlock::test::test_key_prefix(), "res"); }
   void TearDown() override {
-    for (const auto& key : {k_.fence, k_.rw_writer, k_.rw_readers, k_.rw_waiting, k_.sem_permits, k_.sem_count,
-                            k_.fair_queue, k_.fair_deadlines, k_.leader, k_.leader_info, lock_key()})
+    for (const auto& key :
+         {k_.fence, k_.rw_writer, k_.rw_readers, k_.rw_waiting, k_.sem_permits, k_.sem_count, k_.fair_queue,
+          k_.fair_deadlines, k_.leader, k_.leader_info, k_.rw_tokens, k_.sem_tokens, lock_key()})
       (void)redis_.call({"DEL", key});
   }
 
@@ -113,14 +114,15 @@ class PrimitiveScripts : public ::testing::Test {
 
   // Read-write lock.
   Answer read(const std::string& owner, int ttl_ms = 10'000) {
-    return redis_.attempt(redis_rw_read_acquire_script, {k_.rw_writer, k_.rw_readers, k_.rw_waiting, k_.fence},
+    return redis_.attempt(redis_rw_read_acquire_script,
+                          {k_.rw_writer, k_.rw_readers, k_.rw_waiting, k_.fence, k_.rw_tokens},
                           {owner, std::to_string(ttl_ms), "60000"});
   }
   long long read_release(const std::string& owner) {
-    return redis_.integer(redis_set_release_script, {k_.rw_readers}, {owner, k_.channel, "1"});
+    return redis_.integer(redis_set_release_script, {k_.rw_readers, k_.rw_tokens}, {owner, k_.channel, "1"});
   }
   long long read_extend(const std::string& owner, int ttl_ms) {
-    return redis_.integer(redis_set_extend_script, {k_.rw_readers}, {owner, std::to_string(ttl_ms)});
+    return redis_.integer(redis_set_extend_script, {k_.rw_readers, k_.rw_tokens}, {owner, std::to_string(ttl_ms)});
   }
   Answer write(const std::string& owner, int waiting_ms = 10'000) {
     return redis_.attempt(redis_rw_write_acquire_script, {k_.rw_writer, k_.rw_readers, k_.rw_waiting, k_.fence},
@@ -131,11 +133,11 @@ class PrimitiveScripts : public ::testing::Test {
   }
   // Semaphore.
   Answer permit(Conn& c, const std::string& owner, int permits, int ttl_ms = 10'000) {
-    return c.attempt(redis_sem_acquire_script, {k_.sem_permits, k_.sem_count, k_.fence},
+    return c.attempt(redis_sem_acquire_script, {k_.sem_permits, k_.sem_count, k_.fence, k_.sem_tokens},
                      {owner, std::to_string(ttl_ms), "60000", std::to_string(permits)});
   }
   long long permit_release(Conn& c, const std::string& owner) {
-    return c.integer(redis_set_release_script, {k_.sem_permits}, {owner, k_.channel, "0"});
+    return c.integer(redis_set_release_script, {k_.sem_permits, k_.sem_tokens}, {owner, k_.channel, "0"});
   }
   // Fair mode.
   Answer fair(const std::string& owner, int waiter_ttl_ms = 10'000) {
@@ -293,7 +295,7 @@ TEST_F(PrimitiveScripts, ExpiredPermitComesBack) {
   const auto second = permit(redis_, id(2), 1);
   ASSERT_TRUE(second.ok);
   EXPECT_GT(num(second.token), num(first.token));
-  EXPECT_EQ(redis_.integer(redis_set_extend_script, {k_.sem_permits}, {id(1), "1000"}), 0);
+  EXPECT_EQ(redis_.integer(redis_set_extend_script, {k_.sem_permits, k_.sem_tokens}, {id(1), "1000"}), 0);
   EXPECT_EQ(permit_release(redis_, id(1)), 0);
 }
 

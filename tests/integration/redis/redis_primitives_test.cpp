@@ -17,6 +17,8 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
+#include <stdexcept>
+#include <variant>
 #include <vector>
 
 #include "redis_test_support.hpp"
@@ -107,6 +109,37 @@ TEST_F(RedisPrimitives, OneLeaderAndObserversSeeItsTerm) {
   ASSERT_TRUE(eb.try_campaign_for(1s));
   EXPECT_GT(eb.term(), first);
   EXPECT_EQ(ea.leader()->candidate, "node-b");
+}
+
+// An in-doubt retry (the reply to a grant was lost; the same owner id asks
+// again) gets back the token of its own lease, not the counter's current value,
+// which another holder of the same name may carry.
+TEST_F(RedisPrimitives, InDoubtRetryOfAPermitOrAReaderGetsItsOwnToken) {
+  auto token = [](const dlock::AcquireResult<dlock::NoHandle>& r) -> std::uint64_t {
+    const auto* g = std::get_if<dlock::Grant<dlock::NoHandle>>(&r);
+    if (g == nullptr || !g->token) throw std::runtime_error("not granted");
+    return *g->token;
+  };
+  const auto a = dlock::OwnerId::generate(), b = dlock::OwnerId::generate();
+  const auto req = [&](const dlock::OwnerId& o, std::string_view name) {
+    return dlock::AcquireRequest{.name = name, .owner = o, .ttl = 10s, .started = std::chrono::steady_clock::now()};
+  };
+  const std::uint64_t pa = token(redis().try_acquire_permit(req(a, "tok-sem"), 3));
+  const std::uint64_t pb = token(redis().try_acquire_permit(req(b, "tok-sem"), 3));
+  ASSERT_GT(pb, pa);
+  EXPECT_EQ(token(redis().try_acquire_permit(req(a, "tok-sem"), 3)), pa) << "a's retry got b's token";
+  EXPECT_EQ(token(redis().try_acquire_permit(req(b, "tok-sem"), 3)), pb);
+
+  const std::uint64_t ra = token(redis().try_acquire_shared(req(a, "tok-rw")));
+  std::this_thread::sleep_for(2ms);  // a later server time: a later reader's token is higher
+  const std::uint64_t rb = token(redis().try_acquire_shared(req(b, "tok-rw")));
+  ASSERT_GT(rb, ra);
+  EXPECT_EQ(token(redis().try_acquire_shared(req(a, "tok-rw"))), ra) << "a's retry got a later reader's token";
+  // Released and taken again: a new lease, a new token.
+  dlock::Lease<dlock::NoHandle> lease{
+      a, pa, std::chrono::steady_clock::now(), std::chrono::steady_clock::now() + 10s, {}};
+  EXPECT_EQ(redis().release_permit("tok-sem", lease), dlock::ReleaseResult::released);
+  EXPECT_GT(token(redis().try_acquire_permit(req(a, "tok-sem"), 3)), pb);
 }
 
 }  // namespace

@@ -259,9 +259,11 @@ TEST_F(ToolsRedis, ListAndInspectShowEachPrimitivesKind) {
   };
   const auto rw = redis_primitive_keys(prefix_, "cfg");
   for (const std::string_view r : {"reader-1", "reader-2"})
-    eval(redis_rw_read_acquire_script, {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence}, {r, "30000", "60000"});
+    eval(redis_rw_read_acquire_script, {rw.rw_writer, rw.rw_readers, rw.rw_waiting, rw.fence, rw.rw_tokens},
+         {r, "30000", "60000"});
   const auto sem = redis_primitive_keys(prefix_, "pool");
-  eval(redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence}, {"permit-1", "30000", "60000", "4"});
+  eval(redis_sem_acquire_script, {sem.sem_permits, sem.sem_count, sem.fence, sem.sem_tokens},
+       {"permit-1", "30000", "60000", "4"});
   const auto q = redis_primitive_keys(prefix_, "fifo");
   for (const std::string_view w : {"fifo-holder", "fifo-waiter"})
     eval(redis_fair_acquire_script, {key("fifo"), q.fence, q.fair_queue, q.fair_deadlines},
