@@ -4,8 +4,8 @@
 // (EVALSHA, once more as EVAL on NOSCRIPT).
 #include <dlock/redis.hpp>
 
+#include <dlock/detail/redis_primitive_calls.hpp>
 #include <dlock/detail/redis_primitive_scripts.hpp>
-#include <dlock/detail/sha1.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 
@@ -23,27 +23,7 @@ namespace {
 
 namespace proto = detail::redis_proto;
 
-// One primitive script: its text and SHA1 (computed once).
-class PrimitiveScript {
- public:
-  explicit PrimitiveScript(std::string_view text) : text_(text), sha_(detail::sha1_hex(text)) {}
-  [[nodiscard]] proto::ScriptCall call(std::vector<std::string> keys, std::vector<std::string> args) const {
-    return proto::ScriptCall{.keys = std::move(keys), .args = std::move(args), .text = text_, .sha = sha_};
-  }
-
- private:
-  std::string_view text_;
-  std::string sha_;
-};
-
-// The script whose text is `Text`, with its SHA1 computed on first use.
-template <const std::string_view& Text>
-const PrimitiveScript& script() {
-  static const PrimitiveScript s{Text};
-  return s;
-}
-
-std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()); }
+using detail::primitive_ms;
 
 detail::RedisValue run(detail::RedisClient& node, const proto::ScriptCall& call, std::string_view what,
                        std::string_view key) {
@@ -55,17 +35,10 @@ AcquireResult<NoHandle> acquired(const detail::AcquireReply& reply, const Acquir
   return Grant<NoHandle>{.token = reply.token, .valid_until = detail::saturating_add(request.started, request.ttl)};
 }
 
-// An acquire script's call and answer: KEYS `keys`; ARGV owner id, ttl ms,
-// fence ttl ms and `extra` if any. keys[named] names the call in messages.
-AcquireResult<NoHandle> acquire_by(detail::RedisClient& node, const PrimitiveScript& text,
-                                   std::vector<std::string> keys, const AcquireRequest& request, std::string extra,
-                                   std::string_view what, std::size_t named = 0) {
-  const std::string key = keys.at(named);
-  std::vector<std::string> args{std::string(request.owner.str()), ms(request.ttl),
-                                ms(detail::fence_pttl(request.ttl, node.options().fence_ttl))};
-  if (!extra.empty()) args.push_back(std::move(extra));
-  const auto call = text.call(std::move(keys), std::move(args));
-  return acquired(detail::parse_acquire_reply(run(node, call, what, key), node.endpoint(), key), request);
+// An acquire script's call (detail/redis_primitive_calls.hpp) and answer.
+AcquireResult<NoHandle> acquire_by(detail::RedisClient& node, const detail::PrimitiveCall& c,
+                                   const AcquireRequest& request) {
+  return acquired(detail::parse_acquire_reply(run(node, c.call, c.what, c.key), node.endpoint(), c.key), request);
 }
 
 }  // namespace
@@ -75,27 +48,22 @@ AcquireResult<NoHandle> acquire_by(detail::RedisClient& node, const PrimitiveScr
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_shared(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  return acquire_by(*state_->node, script<detail::redis_rw_read_acquire_script>(),
-                    {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence, k.rw_tokens}, request, {}, "read acquire", 1);
+  return acquire_by(*state_->node, detail::read_acquire_call(k, request, state_->options.fence_ttl), request);
 }
 
 namespace {
 
-// Release of a lease in a sorted set (a reader or a permit). `last_only`: publish
-// only when the set is left empty (what a writer waits for).
-ReleaseResult release_member(detail::RedisClient& node, const std::string& set, const std::string& tokens,
-                             const std::string& channel, std::string_view owner, bool last_only) {
-  const auto call = script<detail::redis_set_release_script>().call(
-      {set, tokens}, {std::string(owner), channel, last_only ? "1" : "0"});
-  const detail::ReleaseReply r = detail::parse_release_reply(run(node, call, "release", set), node.endpoint(), set);
+// A release script's call (which may publish on `channel`) and answer.
+ReleaseResult release_by(detail::RedisClient& node, const detail::PrimitiveCall& c, const std::string& channel) {
+  const detail::ReleaseReply r = detail::parse_release_reply(run(node, c.call, c.what, c.key), node.endpoint(), c.key);
   if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), channel, r.publish_error);
   return r.released ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
-std::optional<TimePoint> extend_member(detail::RedisClient& node, const std::string& set, const std::string& tokens,
-                                       std::string_view owner, std::chrono::milliseconds ttl, TimePoint started) {
-  const auto call = script<detail::redis_set_extend_script>().call({set, tokens}, {std::string(owner), ms(ttl)});
-  if (!detail::parse_flag_reply(run(node, call, "extend", set), node.endpoint(), "extend", set)) return std::nullopt;
+// An extend script's call and answer.
+std::optional<TimePoint> extend_by(detail::RedisClient& node, const detail::PrimitiveCall& c,
+                                   std::chrono::milliseconds ttl, TimePoint started) {
+  if (!detail::parse_flag_reply(run(node, c.call, c.what, c.key), node.endpoint(), c.what, c.key)) return std::nullopt;
   return detail::saturating_add(started, ttl);
 }
 
@@ -104,23 +72,20 @@ std::optional<TimePoint> extend_member(detail::RedisClient& node, const std::str
 ReleaseResult RedisBackend::release_shared(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return release_member(*state_->node, k.rw_readers, k.rw_tokens, k.channel, lease.owner.str(), true);
+  return release_by(*state_->node, detail::reader_release_call(k, lease.owner.str()), k.channel);
 }
 
 std::optional<TimePoint> RedisBackend::extend_shared(std::string_view name, Lease<Handle>& lease,
                                                      std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return extend_member(*state_->node, k.rw_readers, k.rw_tokens, lease.owner.str(), ttl, started);
+  return extend_by(*state_->node, detail::reader_extend_call(k, lease.owner.str(), ttl), ttl, started);
 }
 
 AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_exclusive(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  // The waiting mark (ARGV[4]) lives as long as one lease would: it lapses by
-  // itself when this writer gives up or dies; a live writer renews it every attempt.
-  return acquire_by(*state_->node, script<detail::redis_rw_write_acquire_script>(),
-                    {k.rw_writer, k.rw_readers, k.rw_waiting, k.fence}, request, ms(request.ttl), "write acquire");
+  return acquire_by(*state_->node, detail::write_acquire_call(k, request, state_->options.fence_ttl), request);
 }
 
 ReleaseResult RedisBackend::release_exclusive(std::string_view name, Lease<Handle>& lease) {
@@ -146,22 +111,21 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_permit(const Acqui
                                                                      std::uint32_t permits) {
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  return acquire_by(*state_->node, script<detail::redis_sem_acquire_script>(),
-                    {k.sem_permits, k.sem_count, k.fence, k.sem_tokens}, request, std::to_string(permits),
-                    "permit acquire");
+  return acquire_by(*state_->node, detail::permit_acquire_call(k, request, state_->options.fence_ttl, permits),
+                    request);
 }
 
 ReleaseResult RedisBackend::release_permit(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return release_member(*state_->node, k.sem_permits, k.sem_tokens, k.channel, lease.owner.str(), false);
+  return release_by(*state_->node, detail::permit_release_call(k, lease.owner.str()), k.channel);
 }
 
 std::optional<TimePoint> RedisBackend::extend_permit(std::string_view name, Lease<Handle>& lease,
                                                      std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  return extend_member(*state_->node, k.sem_permits, k.sem_tokens, lease.owner.str(), ttl, started);
+  return extend_by(*state_->node, detail::permit_extend_call(k, lease.owner.str(), ttl), ttl, started);
 }
 
 std::uint32_t RedisBackend::permits(std::string_view name, std::uint32_t permits) {
@@ -198,39 +162,28 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_leader(const Acqui
                                                                      std::string_view candidate) {
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
-  return acquire_by(*state_->node, script<detail::redis_leader_acquire_script>(), {k.leader, k.fence, k.leader_info},
-                    request, std::string(candidate), "campaign");
+  return acquire_by(*state_->node, detail::leader_acquire_call(k, request, state_->options.fence_ttl, candidate),
+                    request);
 }
 
 ReleaseResult RedisBackend::release_leader(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  const auto call = script<detail::redis_leader_release_script>().call({k.leader, k.leader_info},
-                                                                       {std::string(lease.owner.str()), k.channel});
-  const detail::ReleaseReply r =
-      detail::parse_release_reply(run(node, call, "resign", k.leader), node.endpoint(), k.leader);
-  if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), k.channel, r.publish_error);
-  return r.released ? ReleaseResult::released : ReleaseResult::not_held;
+  return release_by(*state_->node, detail::leader_release_call(k, lease.owner.str()), k.channel);
 }
 
 std::optional<TimePoint> RedisBackend::extend_leader(std::string_view name, Lease<Handle>& lease,
                                                      std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
-  detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  const auto call = script<detail::redis_leader_extend_script>().call({k.leader, k.leader_info},
-                                                                      {std::string(lease.owner.str()), ms(ttl)});
-  if (!detail::parse_flag_reply(run(node, call, "extend", k.leader), node.endpoint(), "extend", k.leader))
-    return std::nullopt;
-  return detail::saturating_add(started, ttl);
+  return extend_by(*state_->node, detail::leader_extend_call(k, lease.owner.str(), ttl), ttl, started);
 }
 
 std::optional<LeaderInfo> RedisBackend::leader(std::string_view name) {
   detail::validate_redis_lock_name(name);
   detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
-  const auto call = script<detail::redis_leader_read_script>().call({k.leader, k.leader_info}, {});
+  const auto call = detail::primitive_script_call<detail::redis_leader_read_script>({k.leader, k.leader_info}, {});
   const detail::RedisValue r = run(node, call, "leader read", k.leader);
   detail::throw_if_error(r, node.endpoint(), fmt::format("leader read of '{}'", k.leader));
   using T = detail::RedisValue::Type;
@@ -259,8 +212,12 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_fair(const Acquire
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
   const std::string lock = detail::redis_keys(state_->options.key_prefix, request.name).lock;
-  return acquire_by(*state_->node, script<detail::redis_fair_acquire_script>(),
-                    {lock, k.fence, k.fair_queue, k.fair_deadlines}, request, ms(waiter_ttl), "fair acquire");
+  const detail::PrimitiveCall c{
+      detail::primitive_script_call<detail::redis_fair_acquire_script>(
+          {lock, k.fence, k.fair_queue, k.fair_deadlines},
+          detail::primitive_acquire_args(request, state_->options.fence_ttl, primitive_ms(waiter_ttl))),
+      lock, "fair acquire"};
+  return acquire_by(*state_->node, c, request);
 }
 
 ReleaseResult RedisBackend::release_fair(std::string_view name, Lease<Handle>& lease) {
@@ -268,8 +225,8 @@ ReleaseResult RedisBackend::release_fair(std::string_view name, Lease<Handle>& l
   detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
   const std::string lock = detail::redis_keys(state_->options.key_prefix, name).lock;
-  const auto call = script<detail::redis_fair_release_script>().call({lock, k.fair_queue, k.fair_deadlines},
-                                                                     {std::string(lease.owner.str()), k.channel});
+  const auto call = detail::primitive_script_call<detail::redis_fair_release_script>(
+      {lock, k.fair_queue, k.fair_deadlines}, {std::string(lease.owner.str()), k.channel});
   const detail::ReleaseReply r = detail::parse_release_reply(run(node, call, "release", lock), node.endpoint(), lock);
   if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), k.channel, r.publish_error);
   return r.released ? ReleaseResult::released : ReleaseResult::not_held;
@@ -280,8 +237,8 @@ void RedisBackend::leave_fair(std::string_view name, const OwnerId& owner) noexc
     detail::validate_redis_lock_name(name);
     const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
     const std::string lock = detail::redis_keys(state_->options.key_prefix, name).lock;
-    const auto call = script<detail::redis_fair_leave_script>().call({lock, k.fair_queue, k.fair_deadlines},
-                                                                     {std::string(owner.str()), k.channel});
+    const auto call = detail::primitive_script_call<detail::redis_fair_leave_script>(
+        {lock, k.fair_queue, k.fair_deadlines}, {std::string(owner.str()), k.channel});
     (void)run(*state_->node, call, "queue leave", lock);
   } catch (...) {  // the place lapses after the waiter ttl
   }

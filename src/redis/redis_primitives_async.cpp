@@ -6,8 +6,7 @@
 // asynchronous operations in redis_async.cpp), judged by the same reply
 // parsers and completed through the caller's executor.
 #include <dlock/detail/redis_async.hpp>
-#include <dlock/detail/redis_primitive_scripts.hpp>
-#include <dlock/detail/sha1.hpp>
+#include <dlock/detail/redis_primitive_calls.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 #include <dlock/redis.hpp>
@@ -28,22 +27,7 @@ namespace {
 namespace proto = detail::redis_proto;
 using Handle = RedisBackend::Handle;
 
-// The primitive script whose text is `Text` as a call (its SHA1 computed once).
-template <const std::string_view& Text>
-proto::ScriptCall script_call(std::vector<std::string> keys, std::vector<std::string> args) {
-  static const std::string sha = detail::sha1_hex(Text);
-  return proto::ScriptCall{.keys = std::move(keys), .args = std::move(args), .text = Text, .sha = sha};
-}
-
-std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()); }
-
-// One script of a primitive: the call, the key that names it in messages,
-// and what it does ("read acquire", ...).
-struct Script {
-  proto::ScriptCall call;
-  std::string key;
-  std::string_view what;
-};
+using Script = detail::PrimitiveCall;
 
 // Sends the call `make(keys)` builds for the primitive keys of `name` to the
 // backend's node without blocking; `judge(reply, endpoint, key)` turns the
@@ -77,15 +61,6 @@ void send(const std::shared_ptr<const void>& keep, detail::RedisClient& node, co
   } catch (...) {
     detail::post_result<R>(work, done, std::current_exception(), std::move(fallback));
   }
-}
-
-// An acquire script's ARGV: owner id, ttl ms, fence ttl ms and `extra` if any
-// (as acquire_by() in redis_primitives.cpp).
-std::vector<std::string> acquire_args(const detail::RedisClient& node, const AcquireRequest& r, std::string extra) {
-  std::vector<std::string> args{std::string(r.owner.str()), ms(r.ttl),
-                                ms(detail::fence_pttl(r.ttl, node.options().fence_ttl))};
-  if (!extra.empty()) args.push_back(std::move(extra));
-  return args;
 }
 
 }  // namespace
@@ -144,41 +119,27 @@ using Async = detail::RedisPrimitivesAsync;
 
 void RedisBackend::async_try_acquire_shared(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                             AcquireCompletion<Handle> done) {
-  Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done), [&](const auto& k) {
-    return Script{script_call<detail::redis_rw_read_acquire_script>({k.rw_writer, k.rw_readers, k.rw_waiting, k.fence},
-                                                                    acquire_args(*state_->node, request, {})),
-                  k.rw_readers, "read acquire"};
-  });
+  Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done),
+                 [&](const auto& k) { return detail::read_acquire_call(k, request, state_->options.fence_ttl); });
 }
 
 void RedisBackend::async_release_shared(std::string_view name, Lease<Handle>& lease,
                                         const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
-  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done), [&](const auto& k) {
-    return Script{
-        script_call<detail::redis_set_release_script>({k.rw_readers}, {std::string(lease.owner.str()), k.channel, "1"}),
-        k.rw_readers, "release"};
-  });
+  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done),
+                 [&](const auto& k) { return detail::reader_release_call(k, lease.owner.str()); });
 }
 
 void RedisBackend::async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                        TimePoint started, const boost::asio::any_io_executor& ex,
                                        ExtendCompletion done) {
-  Async::extend(state_, *state_->node, state_->options, name, ttl, started, ex, std::move(done), [&](const auto& k) {
-    return Script{
-        script_call<detail::redis_set_extend_script>({k.rw_readers}, {std::string(lease.owner.str()), ms(ttl)}),
-        k.rw_readers, "extend"};
-  });
+  Async::extend(state_, *state_->node, state_->options, name, ttl, started, ex, std::move(done),
+                [&](const auto& k) { return detail::reader_extend_call(k, lease.owner.str(), ttl); });
 }
 
 void RedisBackend::async_try_acquire_exclusive(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                                AcquireCompletion<Handle> done) {
-  // The waiting mark (ARGV[4]) lives as long as one lease would (see try_acquire_exclusive).
-  Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done), [&](const auto& k) {
-    return Script{
-        script_call<detail::redis_rw_write_acquire_script>({k.rw_writer, k.rw_readers, k.rw_waiting, k.fence},
-                                                           acquire_args(*state_->node, request, ms(request.ttl))),
-        k.rw_writer, "write acquire"};
-  });
+  Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done),
+                 [&](const auto& k) { return detail::write_acquire_call(k, request, state_->options.fence_ttl); });
 }
 
 void RedisBackend::async_release_exclusive(std::string_view name, Lease<Handle>& lease,
@@ -204,30 +165,21 @@ void RedisBackend::async_extend_exclusive(std::string_view name, Lease<Handle>& 
 void RedisBackend::async_try_acquire_permit(const AcquireRequest& request, std::uint32_t permits,
                                             const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
   Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done), [&](const auto& k) {
-    return Script{
-        script_call<detail::redis_sem_acquire_script>({k.sem_permits, k.sem_count, k.fence},
-                                                      acquire_args(*state_->node, request, std::to_string(permits))),
-        k.sem_permits, "permit acquire"};
+    return detail::permit_acquire_call(k, request, state_->options.fence_ttl, permits);
   });
 }
 
 void RedisBackend::async_release_permit(std::string_view name, Lease<Handle>& lease,
                                         const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
-  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done), [&](const auto& k) {
-    return Script{script_call<detail::redis_set_release_script>({k.sem_permits},
-                                                                {std::string(lease.owner.str()), k.channel, "0"}),
-                  k.sem_permits, "release"};
-  });
+  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done),
+                 [&](const auto& k) { return detail::permit_release_call(k, lease.owner.str()); });
 }
 
 void RedisBackend::async_extend_permit(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                        TimePoint started, const boost::asio::any_io_executor& ex,
                                        ExtendCompletion done) {
-  Async::extend(state_, *state_->node, state_->options, name, ttl, started, ex, std::move(done), [&](const auto& k) {
-    return Script{
-        script_call<detail::redis_set_extend_script>({k.sem_permits}, {std::string(lease.owner.str()), ms(ttl)}),
-        k.sem_permits, "extend"};
-  });
+  Async::extend(state_, *state_->node, state_->options, name, ttl, started, ex, std::move(done),
+                [&](const auto& k) { return detail::permit_extend_call(k, lease.owner.str(), ttl); });
 }
 
 // ---- AsyncElectionBackend ----
@@ -235,29 +187,21 @@ void RedisBackend::async_extend_permit(std::string_view name, Lease<Handle>& lea
 void RedisBackend::async_try_acquire_leader(const AcquireRequest& request, std::string_view candidate,
                                             const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
   Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done), [&](const auto& k) {
-    return Script{script_call<detail::redis_leader_acquire_script>(
-                      {k.leader, k.fence, k.leader_info}, acquire_args(*state_->node, request, std::string(candidate))),
-                  k.leader, "campaign"};
+    return detail::leader_acquire_call(k, request, state_->options.fence_ttl, candidate);
   });
 }
 
 void RedisBackend::async_release_leader(std::string_view name, Lease<Handle>& lease,
                                         const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
-  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done), [&](const auto& k) {
-    return Script{script_call<detail::redis_leader_release_script>({k.leader, k.leader_info},
-                                                                   {std::string(lease.owner.str()), k.channel}),
-                  k.leader, "resign"};
-  });
+  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done),
+                 [&](const auto& k) { return detail::leader_release_call(k, lease.owner.str()); });
 }
 
 void RedisBackend::async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                        TimePoint started, const boost::asio::any_io_executor& ex,
                                        ExtendCompletion done) {
-  Async::extend(state_, *state_->node, state_->options, name, ttl, started, ex, std::move(done), [&](const auto& k) {
-    return Script{script_call<detail::redis_leader_extend_script>({k.leader, k.leader_info},
-                                                                  {std::string(lease.owner.str()), ms(ttl)}),
-                  k.leader, "extend"};
-  });
+  Async::extend(state_, *state_->node, state_->options, name, ttl, started, ex, std::move(done),
+                [&](const auto& k) { return detail::leader_extend_call(k, lease.owner.str(), ttl); });
 }
 
 }  // namespace dlock
