@@ -110,6 +110,19 @@ RedisClient& ClusterClient::primary(std::uint16_t slot) {
   }
 }
 
+std::vector<RedisClient*> ClusterClient::primaries() {
+  refresh();
+  std::vector<redis_proto::ClusterNode> at;
+  {
+    std::lock_guard lk(mu_);
+    if (map_) at = map_->primaries();
+  }
+  std::vector<RedisClient*> out;
+  out.reserve(at.size());
+  for (const auto& p : at) out.push_back(&node(p.host, p.port));
+  return out;
+}
+
 RedisClient& ClusterClient::node_for_key(std::string_view key) { return primary(redis_proto::hash_slot(key)); }
 
 template <class Push>
@@ -118,6 +131,13 @@ RedisValue ClusterClient::follow(RedisValue reply, std::string sender_host, cons
     const redis_proto::HaDecision d = redis_proto::after_error(reply.str, sender_host, redirects);
     if (d.step != HaStep::follow_moved && d.step != HaStep::follow_ask) {
       if (d.refresh_map) refresh_quietly();  // READONLY, CLUSTERDOWN: the caller retries with the new map
+      const auto kind = redis_proto::classify_error(reply.str).kind;
+      if (d.step == HaStep::retry_later &&
+          (kind == redis_proto::ErrorKind::moved || kind == redis_proto::ErrorKind::ask))
+        throw ConnectionError(fmt::format(
+            "dlock: {} was redirected {} times by {} (last: {}); the slot is moving (a resharding in progress, or "
+            "nodes whose slot maps disagree): nothing was done on the server, and a blocking acquire retries it",
+            what, redirects, redis_endpoint(options_), reply.str));
       return reply;
     }
     const redis_proto::Redirect& to = *d.redirect;

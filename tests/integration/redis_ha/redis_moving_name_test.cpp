@@ -83,7 +83,9 @@ TEST(RedisMovingName, AReplicaofSwapWhileLockingIsRetriedAndThePoolRecovers) {
   for (const auto& c : name.records()) {
     told += c.marked;
     EXPECT_LE(c.marked, 1) << "a connection to port " << c.target_port << " that said READONLY was reused";
-    if (c.target_port == b) EXPECT_EQ(c.marked, 0);
+    if (c.target_port == b) {
+      EXPECT_EQ(c.marked, 0);
+    }
   }
   EXPECT_GE(told, 1) << "the swap produced no READONLY: the test did not test it";
   EXPECT_EQ(readonly_replies(a), readonly_after_swap) << "connections to the demoted server stayed in the pool";
