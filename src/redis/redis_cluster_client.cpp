@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/redis_client.hpp>
+#include <dlock/detail/redis_sentinel_client.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -121,6 +122,27 @@ std::vector<RedisClient*> ClusterClient::primaries() {
   out.reserve(at.size());
   for (const auto& p : at) out.push_back(&node(p.host, p.port));
   return out;
+}
+
+std::string_view ClusterClient::known_endpoint(std::string_view key) const {
+  std::lock_guard lk(mu_);
+  if (!map_) return {};
+  const auto* p = map_->primary_for_key(key);
+  if (!p) return {};
+  const auto it = nodes_.find(p->endpoint());
+  return it == nodes_.end() ? std::string_view() : std::string_view(it->second->endpoint());
+}
+
+// RedisClient's, here with the routers it asks (redis_client.hpp).
+std::string_view RedisClient::node_endpoint(std::string_view name) const noexcept {
+  try {
+    if (cluster_)
+      if (const auto e = cluster_->known_endpoint(keys(name).lock); !e.empty()) return e;
+    if (sentinel_)
+      if (const auto e = sentinel_->primary_endpoint(); !e.empty()) return e;
+  } catch (...) {  // out of memory: the deployment's name
+  }
+  return endpoint_;
 }
 
 RedisClient& ClusterClient::node_for_key(std::string_view key) { return primary(redis_proto::hash_slot(key)); }

@@ -12,6 +12,7 @@
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_waits.hpp>
 #include <dlock/dlock.hpp>
+#include <dlock/metrics.hpp>
 #include <dlock/redis.hpp>
 #include <dlock/redis_admin.hpp>
 
@@ -137,6 +138,29 @@ TEST_F(RedisClusterAdminIt, WaitRecordsAreReadFromEveryNode) {
   const auto w = admin.wait_records();
   EXPECT_EQ(w.records.size(), 12u);
   EXPECT_EQ(w.malformed, 0u);
+}
+
+// Item 5 of the issue: the metrics' per-node series name the shard's primary.
+TEST_F(RedisClusterAdminIt, MetricsCountEachLockUnderItsShardsPrimary) {
+  auto metrics = std::make_shared<dlock::MetricsRegistry>();
+  std::map<std::string, int> per_node;
+  std::vector<std::unique_ptr<Lock<RedisBackend>>> held;
+  for (int i = 0; i < 9; ++i) {
+    const std::string n = "metric-" + std::to_string(i);
+    held.push_back(
+        std::make_unique<Lock<RedisBackend>>(*redis_, n, dlock::LockOptions{.ttl = 30s, .observer = metrics}));
+    held.back()->lock();
+    ++per_node[node_of(map_, n)];
+    EXPECT_EQ(redis_->endpoint_of(n), node_of(map_, n)) << n;
+  }
+  ASSERT_GE(per_node.size(), 2u);
+  for (const auto& [node, count] : per_node) {
+    EXPECT_EQ(metrics->endpoint_series("redis", node).held, count) << node;
+    EXPECT_EQ(metrics->endpoint_series("redis", node).acquisitions, static_cast<std::uint64_t>(count)) << node;
+  }
+  EXPECT_EQ(metrics->endpoint_series("redis", redis_->endpoint()).held, 0);  // not the deployment's name
+  held.clear();
+  for (const auto& [node, count] : per_node) EXPECT_EQ(metrics->endpoint_series("redis", node).held, 0) << node;
 }
 
 #ifdef DLOCKCTL
