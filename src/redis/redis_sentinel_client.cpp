@@ -215,7 +215,7 @@ RedisOptions SentinelClient::discover() {
 }
 
 std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
-                                                         std::string& why, bool* not_master) {
+                                                         std::string& why) {
   try {
     RedisLink link = RedisLink::open(primary, setup);
     RedisCall call;
@@ -226,7 +226,6 @@ std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& pri
     const auto role = redis_proto::parse_role(reply);
     const auto* info = std::get_if<redis_proto::RoleInfo>(&role);
     if (info != nullptr && info->role == redis_proto::RoleInfo::Role::master) return link;
-    if (not_master) *not_master = true;
     link.close();
     why += fmt::format(
         "{}{}: not the primary ({}; nothing was asked of it)", why.empty() ? "" : "; ", link.endpoint(),
@@ -256,21 +255,12 @@ RedisLink SentinelClient::open(const RedisLinkSetup& setup) {
   if (announced) {
     const RedisOptions primary = primary_options(announced->to);
     tried.push_back(announced->to);
-    bool demoted = false;
-    if (auto link = open_if_primary(primary, setup, why, &demoted)) {
+    if (auto link = open_if_primary(primary, setup, why)) {
       remember(primary);
       return std::move(*link);
     }
-    // Only a node that answered ROLE as not the primary makes the announcement
-    // out of date (a later failover the watch missed). One that merely did not
-    // answer in time (a loaded host, a slow connect) keeps it, and with it the
-    // announced old primary stays excluded: a resumed old primary still says
-    // master until the sentinels demote it, and a sentinel that has not yet
-    // learned the switch may still name it.
-    if (demoted) {
-      std::lock_guard lk(mu_);
-      if (announced_ == announced) announced_.reset();
-    }
+    std::lock_guard lk(mu_);  // no longer the primary: the announcement is out of date for the next discovery
+    if (announced_ == announced) announced_.reset();
   }
   for (std::size_t i : order) {
     const auto answer = ask(i, why);

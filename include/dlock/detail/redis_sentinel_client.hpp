@@ -73,10 +73,9 @@ class SentinelClient {
   /// A +switch-master heard: its new primary is last_ and is tried first.
   void announce(const redis_proto::SwitchMaster& sw);
   /// A connection to `primary` if ROLE says master there; otherwise nullopt,
-  /// and why (unreachable, or not the primary) appended to `why`; with
-  /// `not_master`, set to true when the node answered ROLE as anything else.
+  /// and why (unreachable, or not the primary) appended to `why`.
   [[nodiscard]] std::optional<RedisLink> open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
-                                                         std::string& why, bool* not_master = nullptr);
+                                                         std::string& why);
 
   const RedisOptions options_;
   mutable std::mutex mu_;

@@ -85,19 +85,18 @@ TEST(RedisSentinelProcesses, FourProcessesLockThroughASigkilledPrimary) {
               traffic.cycles());
 }
 
-// DISABLED: it found a defect (ha2, issue 14), only partly fixed. It passed
-// once (5 828 cycles), then failed on a loaded machine with 45 tokens at or
-// below one the resource had accepted and 4 942 lost counter updates in
-// 38 103 cycles: two primaries granted at once after the old one resumed. A
-// process whose connect to the announced new primary timed out dropped the
-// +switch-master announcement, and with it the exclusion of the old
-// primary; a sentinel that had not yet learned the switch named the old
-// primary, which still answered ROLE as master. SentinelClient::open now
-// drops the announcement only when the announced node answers ROLE as not
-// the primary. Since, in 5 runs of 51 000 to 111 000 cycles: one passed, the
-// others saw 0 or 1 stale token and 1 or 2 lost updates (a much briefer
-// double grant, or a grant lost by asynchronous replication). Enable once SentinelClient takes the
-// answer with the highest config-epoch from a majority of sentinels.
+// DISABLED: a known defect this test found (ha2, issue 14). It passed once
+// (5 828 cycles, no stale token), then failed twice in a row on a loaded
+// machine: 45 tokens at or below one the resource had accepted and 4 942
+// lost counter updates in 38 103 cycles. The cycle rate doubles after the
+// old primary resumes, which points at two primaries granting at once: a
+// process reconnects to the resumed old primary (ROLE still says master
+// until the sentinels demote it, and a sentinel that has not yet learned the
+// new configuration may still name it) and is granted there while the others
+// lock on the promoted replica. The in-process test (one backend, whose
+// +switch-master watch rules the old primary out) does not see it. Enable
+// once SentinelClient refuses a primary that the announced switch or a
+// majority of sentinels do not name.
 TEST(RedisSentinelProcesses, DISABLED_FourProcessesLockThroughAPrimaryPausedPastDownAfter) {
   DLOCK_REQUIRE_OWN_REDIS();
   SentinelSetup setup;
