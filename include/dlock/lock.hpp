@@ -1168,7 +1168,8 @@ class Lock {
   }
 
   [[nodiscard]] detail::EventSource source() const noexcept {
-    return {backend_.kind(), backend_.endpoint(), detail::primitive_of(backend_), name_, options_.observer.get()};
+    return {backend_.kind(), detail::event_endpoint(backend_, name_), detail::primitive_of(backend_), name_,
+            options_.observer.get()};
   }
   void report_degraded(const OwnerId& owner, const Grant<handle_type>& grant) const noexcept {
     Event ev = source().make(EventType::degraded, owner.str(), grant.token);

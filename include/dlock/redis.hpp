@@ -93,6 +93,13 @@ class RedisBackend {
   /// with RedisOptions::sentinel, "Redis Cluster (seeds h:p,...)" with
   /// RedisOptions::cluster); never the password.
   [[nodiscard]] std::string_view endpoint() const noexcept { return state_->node->endpoint(); }
+  /// The server lock `name` lives on, for events and the metrics' {backend,
+  /// endpoint} series: with Sentinel the primary found last, on a Cluster the
+  /// primary of the name's slot in the last slot map ("host:port"), else (or
+  /// before either is known) endpoint(). Never blocks; valid while the backend lives.
+  [[nodiscard]] std::string_view endpoint_of(std::string_view name) const noexcept {
+    return state_->node->node_endpoint(name);
+  }
   /// Equal for all copies of this handle.
   [[nodiscard]] const void* identity() const noexcept { return state_.get(); }
 

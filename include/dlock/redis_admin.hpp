@@ -81,6 +81,9 @@ struct RedisLockInfo {
   std::vector<RedisLeaseInfo> queue;        ///< fair: the live waiters, in arrival order
   std::optional<std::string> candidate;     ///< election: the leader's candidate id
   std::optional<std::string> term;          ///< election: the leader's term
+  /// The server that answered for this name: "host:port" of the primary
+  /// (Sentinel: the primary found; Cluster: the primary of the name's slot).
+  std::string node;
   /// Something is held: an owner, readers or permits.
   [[nodiscard]] bool held() const noexcept { return owner || !readers.empty() || !permits.empty(); }
 };

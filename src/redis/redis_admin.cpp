@@ -5,6 +5,8 @@
 #include <dlock/redis_admin.hpp>
 
 #include <dlock/detail/redis_client.hpp>
+#include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_key_roles.hpp>
 #include <dlock/error.hpp>
 #include <dlock/redis.hpp>
@@ -17,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <span>
 #include <thread>
 #include <utility>
 
@@ -115,11 +118,13 @@ struct KeyValue {
   std::vector<std::pair<std::string, std::string>> pairs;  // zset member/score, hash field/value
 };
 
-// One name's reads in a batch: which roles, at which reply offset.
+// One name's reads in a batch: which roles, and what they found.
 struct Read {
   std::string name;
   std::vector<RedisKeyRole> roles;
   std::map<RedisKeyRole, KeyValue> values;
+  long long now_ms = 0;  // the server clock (TIME) of the transaction that read it
+  std::string node;      // the server that answered (node_name)
 };
 
 std::size_t commands_for(Shape s) { return s == Shape::string ? 3 : 2; }
@@ -158,13 +163,12 @@ long long to_number(std::string_view s) {
   return v;
 }
 
-// `body` between MULTI and EXEC on one pooled connection; EXEC's reply (an
-// array of the replies, error replies as values). `what` names it in messages.
-RedisValue exec_multi(RedisClient& c, const detail::redis_proto::Request& body, std::string_view what) {
+// `request` pipelined on one pooled connection of `c`: a reply per command
+// (error replies as values). A connection told READONLY / MASTERDOWN (a
+// write queued on a replica) is dropped, as the client does.
+std::vector<RedisValue> pipeline(RedisClient& c, detail::redis_proto::Request request, std::string_view what) {
   detail::RedisCall call{.what = std::string(what)};
-  call.request.push({"MULTI"});
-  call.request.append(body);
-  call.request.push({"EXEC"});
+  call.request = std::move(request);
   auto co = c.take();
   std::vector<RedisValue> replies;
   try {
@@ -173,57 +177,146 @@ RedisValue exec_multi(RedisClient& c, const detail::redis_proto::Request& body, 
     c.give_back(std::move(co), false);
     throw;
   }
-  // READONLY / MASTERDOWN (a write queued on a replica): drop the link, as the client does.
-  const bool healthy = !co.handle.broken() && !detail::any_not_primary(replies) &&
-                       !(!replies.empty() && detail::any_not_primary(replies.back().elements));
+  bool healthy = !co.handle.broken() && !detail::any_not_primary(replies);
+  for (const auto& r : replies)
+    if (r.type == RedisValue::Type::array && detail::any_not_primary(r.elements)) healthy = false;
   c.give_back(std::move(co), healthy);
-  for (const auto& r : replies) detail::throw_if_error(r, c.endpoint(), what);
-  if (replies.empty() || replies.back().type != RedisValue::Type::array) unexpected(c, "MULTI/EXEC");
-  return std::move(replies.back());
+  return replies;
 }
 
-// Reads every role of every entry in `reads` in one MULTI/EXEC per batch;
-// returns the server's clock (TIME) in ms of the last batch.
-long long read_all(RedisClient& c, std::vector<Read>& reads) {
-  long long now_ms = 0;
+// Each of `bodies` between MULTI and EXEC, all pipelined on one connection:
+// EXEC's reply (an array of the replies, error replies as values) per body.
+std::vector<RedisValue> exec_multis(RedisClient& c, std::span<const detail::redis_proto::Request> bodies,
+                                    std::string_view what) {
+  detail::redis_proto::Request request;
+  for (const auto& body : bodies) {
+    request.push({"MULTI"});
+    request.append(body);
+    request.push({"EXEC"});
+  }
+  std::vector<RedisValue> replies = pipeline(c, std::move(request), what);
+  for (const auto& r : replies) detail::throw_if_error(r, c.endpoint(), what);
+  std::vector<RedisValue> out;
+  out.reserve(bodies.size());
+  std::size_t at = 0;
+  for (const auto& body : bodies) {
+    at += body.commands() + 2;
+    if (at > replies.size() || replies[at - 1].type != RedisValue::Type::array) unexpected(c, "MULTI/EXEC");
+    out.push_back(std::move(replies[at - 1]));
+  }
+  return out;
+}
+
+RedisValue exec_multi(RedisClient& c, const detail::redis_proto::Request& body, std::string_view what) {
+  return std::move(exec_multis(c, std::span(&body, 1), what).front());
+}
+
+// The server that answers on `c`: "host:port" (Sentinel: of the primary
+// found), or the socket path.
+std::string node_name(const RedisClient& c) {
+  if (c.options().sentinel)
+    if (const auto at = c.current_server()) return fmt::format("{}:{}", at->host, at->port);
+  return c.endpoint();
+}
+
+// The node serving `name`: on a cluster the primary of its slot (every key
+// of a name hashes on {name}), else `root` itself.
+RedisClient& node_for(RedisClient& root, std::string_view name) {
+  if (auto* cluster = root.cluster())
+    return cluster->node_for_key(detail::redis_role_key(root.options().key_prefix, name, RedisKeyRole::lock));
+  return root;
+}
+
+// Every primary: on a cluster those of a freshly read slot map, else `root`.
+std::vector<RedisClient*> every_primary(RedisClient& root) {
+  if (auto* cluster = root.cluster()) return cluster->primaries();
+  return {&root};
+}
+
+// Reads every role of every entry in `reads`, all served by `c`: batches of
+// batch_names names per round trip, one MULTI/EXEC per batch (a consistent
+// snapshot), or with `per_slot` (a cluster node: a transaction may not span
+// slots) one MULTI/EXEC per slot, pipelined.
+void read_all(RedisClient& c, std::span<Read* const> reads, bool per_slot) {
   const std::string& prefix = c.options().key_prefix;
+  const std::string node = node_name(c);
   for (std::size_t begin = 0; begin < reads.size(); begin += batch_names) {
     const std::size_t end = std::min(reads.size(), begin + batch_names);
-    detail::redis_proto::Request body;
-    body.push({"TIME"});
-    for (std::size_t i = begin; i < end; ++i) push_reads(body, prefix, reads[i]);
-    const RedisValue exec = exec_multi(c, body, "the administration reads");
-    if (exec.elements.empty() || exec.elements[0].type != RedisValue::Type::array ||
-        exec.elements[0].elements.size() != 2)
-      unexpected(c, "EXEC");
-    now_ms = to_number(exec.elements[0].elements[0].str) * 1000 + to_number(exec.elements[0].elements[1].str) / 1000;
-    std::size_t at = 1;
+    std::map<std::uint16_t, std::vector<Read*>> by_slot;
     for (std::size_t i = begin; i < end; ++i) {
-      for (const RedisKeyRole role : reads[i].roles) {
-        const std::size_t n = commands_for(shape_of(role));
-        if (at + n > exec.elements.size()) unexpected(c, "EXEC");
-        KeyValue v;
-        const RedisValue& type = exec.elements[at];
-        if (type.type == RedisValue::Type::status || type.type == RedisValue::Type::string) v.type = type.str;
-        const RedisValue& read = exec.elements[at + 1];
-        switch (shape_of(role)) {
-          case Shape::string:
-            if (v.type == "string" && read.type == RedisValue::Type::string) v.str = read.str;
-            if (exec.elements[at + 2].type == RedisValue::Type::integer) v.pttl = exec.elements[at + 2].integer;
-            break;
-          case Shape::zset:
-            if (v.type == "zset") v.pairs = pairs_of(read);
-            break;
-          case Shape::hash:
-            if (v.type == "hash") v.pairs = pairs_of(read);
-            break;
+      const std::uint16_t slot =
+          per_slot ? detail::redis_proto::hash_slot(detail::redis_role_key(prefix, reads[i]->name, RedisKeyRole::lock))
+                   : 0;
+      by_slot[slot].push_back(reads[i]);
+    }
+    std::vector<detail::redis_proto::Request> bodies;
+    for (const auto& [slot, group] : by_slot) {
+      detail::redis_proto::Request& body = bodies.emplace_back();
+      body.push({"TIME"});
+      for (const Read* r : group) push_reads(body, prefix, *r);
+    }
+    const std::vector<RedisValue> execs = exec_multis(c, bodies, "the administration reads");
+    std::size_t b = 0;
+    for (const auto& [slot, group] : by_slot) {
+      const RedisValue& exec = execs[b++];
+      if (exec.elements.empty() || exec.elements[0].type != RedisValue::Type::array ||
+          exec.elements[0].elements.size() != 2)
+        unexpected(c, "EXEC");
+      const long long now_ms =
+          to_number(exec.elements[0].elements[0].str) * 1000 + to_number(exec.elements[0].elements[1].str) / 1000;
+      std::size_t at = 1;
+      for (Read* r : group) {
+        r->now_ms = now_ms;
+        r->node = node;
+        for (const RedisKeyRole role : r->roles) {
+          const std::size_t n = commands_for(shape_of(role));
+          if (at + n > exec.elements.size()) unexpected(c, "EXEC");
+          KeyValue v;
+          const RedisValue& type = exec.elements[at];
+          if (type.type == RedisValue::Type::status || type.type == RedisValue::Type::string) v.type = type.str;
+          const RedisValue& read = exec.elements[at + 1];
+          switch (shape_of(role)) {
+            case Shape::string:
+              if (v.type == "string" && read.type == RedisValue::Type::string) v.str = read.str;
+              if (exec.elements[at + 2].type == RedisValue::Type::integer) v.pttl = exec.elements[at + 2].integer;
+              break;
+            case Shape::zset:
+              if (v.type == "zset") v.pairs = pairs_of(read);
+              break;
+            case Shape::hash:
+              if (v.type == "hash") v.pairs = pairs_of(read);
+              break;
+          }
+          r->values[role] = std::move(v);
+          at += n;
         }
-        reads[i].values[role] = std::move(v);
-        at += n;
       }
     }
   }
-  return now_ms;
+}
+
+// read_all() of `reads` on the nodes serving their names (one node unless
+// `root` is a cluster). A failure on a cluster refreshes its slot map (a
+// MOVED: the next call reaches the new owner) before it is thrown.
+void read_routed(RedisClient& root, std::vector<Read>& reads) {
+  std::vector<std::pair<RedisClient*, std::vector<Read*>>> groups;
+  for (Read& r : reads) {
+    RedisClient* n = &node_for(root, r.name);
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == n; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {n, {}});
+    it->second.push_back(&r);
+  }
+  try {
+    for (const auto& [n, group] : groups) read_all(*n, group, root.cluster() != nullptr);
+  } catch (const Error&) {
+    if (auto* cluster = root.cluster()) {
+      try {
+        cluster->refresh();
+      } catch (const Error&) {  // the error that stopped the reads says more
+      }
+    }
+    throw;
+  }
 }
 
 std::vector<RedisLeaseInfo> leases(const KeyValue& v, long long now_ms) {
@@ -236,7 +329,8 @@ std::vector<RedisLeaseInfo> leases(const KeyValue& v, long long now_ms) {
 }
 
 // The state of `kind` for the name of `r` (whose reads include roles_of(kind)).
-RedisLockInfo info_of(const Read& r, RedisLockKind kind, std::string_view prefix, long long now_ms) {
+RedisLockInfo info_of(const Read& r, RedisLockKind kind, std::string_view prefix) {
+  const long long now_ms = r.now_ms;
   using R = RedisKeyRole;
   const auto value = [&](R role) -> const KeyValue& {
     static const KeyValue none;
@@ -246,6 +340,7 @@ RedisLockInfo info_of(const Read& r, RedisLockKind kind, std::string_view prefix
   RedisLockInfo info;
   info.name = r.name;
   info.kind = kind;
+  info.node = r.node;
   const R main = roles_of(kind).front();
   info.key = detail::redis_role_key(prefix, r.name, main);
   const KeyValue& holder = value(main);
@@ -341,18 +436,23 @@ RedisLockList RedisAdmin::list(const RedisListOptions& options) {
   RedisLockList out;
   std::map<std::string, RoleSet> names;
   std::set<std::string> locks;  // names with a key other than a fencing counter
-  // Stop scanning once more locks than the bound were seen.
-  scan(*client_, detail::redis_glob_escape(prefix()) + "{" + options.match + "}*", [&](std::string key) {
-    const auto k = detail::classify_redis_key(prefix(), key);
-    if (!k) return true;
-    names[k->name][static_cast<std::size_t>(k->role)] = true;
-    if (k->role != RedisKeyRole::fence) locks.insert(k->name);
-    out.truncated = options.limit != 0 && locks.size() > options.limit;
-    return !out.truncated;
-  });
+  const std::string pattern = detail::redis_glob_escape(prefix()) + "{" + options.match + "}*";
+  // Every primary (a cluster's SCAN sees its own node's keys only); stop
+  // scanning once more locks than the bound were seen.
+  for (RedisClient* node : every_primary(*client_)) {
+    if (out.truncated) break;
+    scan(*node, pattern, [&](std::string key) {
+      const auto k = detail::classify_redis_key(prefix(), key);
+      if (!k) return true;
+      names[k->name][static_cast<std::size_t>(k->role)] = true;
+      if (k->role != RedisKeyRole::fence) locks.insert(k->name);
+      out.truncated = options.limit != 0 && locks.size() > options.limit;
+      return !out.truncated;
+    });
+  }
   std::vector<std::pair<Read, RedisLockKind>> reads;
   for (const auto& [name, roles] : names)
-    for (const RedisLockKind kind : kinds_of(roles)) reads.emplace_back(Read{name, roles_of(kind), {}}, kind);
+    for (const RedisLockKind kind : kinds_of(roles)) reads.emplace_back(Read{name, roles_of(kind), {}, 0, {}}, kind);
   if (options.limit != 0 && reads.size() > options.limit) {
     reads.resize(options.limit);
     out.truncated = true;
@@ -360,9 +460,9 @@ RedisLockList RedisAdmin::list(const RedisListOptions& options) {
   std::vector<Read> batch;
   batch.reserve(reads.size());
   for (auto& r : reads) batch.push_back(std::move(r.first));
-  const long long now_ms = read_all(*client_, batch);
+  read_routed(*client_, batch);
   for (std::size_t i = 0; i < batch.size(); ++i) {
-    RedisLockInfo info = info_of(batch[i], reads[i].second, prefix(), now_ms);
+    RedisLockInfo info = info_of(batch[i], reads[i].second, prefix());
     if (present(info)) out.locks.push_back(std::move(info));
   }
   return out;
@@ -372,13 +472,13 @@ std::vector<RedisLockInfo> RedisAdmin::inspect(std::string_view name) {
   std::vector<Read> reads(1);
   reads[0].name = std::string(name);
   for (std::size_t r = 0; r < role_count; ++r) reads[0].roles.push_back(static_cast<RedisKeyRole>(r));
-  const long long now_ms = read_all(*client_, reads);
+  read_routed(*client_, reads);
   RoleSet roles{};
   for (const auto& [role, v] : reads[0].values)
     if (v.type != "none") roles[static_cast<std::size_t>(role)] = true;
   std::vector<RedisLockInfo> out;
   for (const RedisLockKind kind : kinds_of(roles)) {
-    RedisLockInfo info = info_of(reads[0], kind, prefix(), now_ms);
+    RedisLockInfo info = info_of(reads[0], kind, prefix());
     if (present(info)) out.push_back(std::move(info));
   }
   return out;
@@ -387,37 +487,41 @@ std::vector<RedisLockInfo> RedisAdmin::inspect(std::string_view name) {
 std::vector<RedisLockInfo> RedisAdmin::inspect_mutexes(const std::vector<std::string>& names) {
   std::vector<Read> reads;
   reads.reserve(names.size());
-  for (const auto& n : names) reads.push_back(Read{n, roles_of(RedisLockKind::mutex), {}});
-  const long long now_ms = read_all(*client_, reads);
+  for (const auto& n : names) reads.push_back(Read{n, roles_of(RedisLockKind::mutex), {}, 0, {}});
+  read_routed(*client_, reads);
   std::vector<RedisLockInfo> out;
   out.reserve(reads.size());
-  for (const auto& r : reads) out.push_back(info_of(r, RedisLockKind::mutex, prefix(), now_ms));
+  for (const auto& r : reads) out.push_back(info_of(r, RedisLockKind::mutex, prefix()));
   return out;
 }
 
 RedisWaitRecords RedisAdmin::wait_records() {
   RedisWaitRecords out;
-  std::set<std::string> unique;
-  scan(*client_, detail::redis_glob_escape(prefix()) + detail::redis_glob_escape(detail::redis_waiting_infix) + "*",
-       [&](std::string key) {
-         unique.insert(std::move(key));
-         return true;
-       });
-  const std::vector<std::string> keys(unique.begin(), unique.end());
-  constexpr std::size_t batch = 500;
-  for (std::size_t begin = 0; begin < keys.size(); begin += batch) {
-    const std::size_t end = std::min(keys.size(), begin + batch);
-    std::vector<std::string_view> args{"MGET"};
-    for (std::size_t i = begin; i < end; ++i) args.push_back(keys[i]);
-    const RedisValue r = client_->command(args);
-    detail::throw_if_error(r, client_->endpoint(), "MGET of wait records");
-    if (r.type != RedisValue::Type::array || r.elements.size() != end - begin) unexpected(*client_, "MGET");
-    for (const auto& v : r.elements) {
-      if (v.type != RedisValue::Type::string) continue;  // expired since the SCAN
-      if (auto w = detail::decode_wait_record(v.str)) {
-        out.records.push_back(std::move(*w));
-      } else {
-        ++out.malformed;
+  const std::string pattern =
+      detail::redis_glob_escape(prefix()) + detail::redis_glob_escape(detail::redis_waiting_infix) + "*";
+  for (RedisClient* node : every_primary(*client_)) {
+    std::set<std::string> unique;
+    scan(*node, pattern, [&](std::string key) {
+      unique.insert(std::move(key));
+      return true;
+    });
+    // Pipelined GETs, not MGET: on a cluster node the keys are in many slots.
+    const std::vector<std::string> keys(unique.begin(), unique.end());
+    constexpr std::size_t batch = 500;
+    for (std::size_t begin = 0; begin < keys.size(); begin += batch) {
+      const std::size_t end = std::min(keys.size(), begin + batch);
+      detail::redis_proto::Request request;
+      for (std::size_t i = begin; i < end; ++i) request.push({"GET", keys[i]});
+      const std::vector<RedisValue> replies = pipeline(*node, std::move(request), "GET of wait records");
+      if (replies.size() != end - begin) unexpected(*node, "GET");
+      for (const auto& v : replies) {
+        detail::throw_if_error(v, node->endpoint(), "GET of wait records");
+        if (v.type != RedisValue::Type::string) continue;  // expired since the SCAN
+        if (auto w = detail::decode_wait_record(v.str)) {
+          out.records.push_back(std::move(*w));
+        } else {
+          ++out.malformed;
+        }
       }
     }
   }
@@ -433,7 +537,7 @@ std::optional<RedisReleased> RedisAdmin::force_release(std::string_view name, st
   const RedisLockInfo s = inspect_mutexes(names).at(0);
   if (!s.wrong_type.empty())
     throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
-                                  endpoint(), s.wrong_type));
+                                  s.node, s.wrong_type));
   if (!s.owner || (owner && *s.owner != *owner)) return std::nullopt;
   if (client_->release(client_->keys(name), *s.owner)) return RedisReleased{*s.owner, s.ttl_ms};
   return std::nullopt;
@@ -450,8 +554,9 @@ std::optional<std::string> RedisAdmin::set_permit_count(std::string_view name, s
   } else {
     body.push({"DEL", key});
   }
-  const RedisValue exec = exec_multi(*client_, body, "the permit count's update");
-  if (exec.elements.size() != 2) unexpected(*client_, "EXEC");
+  RedisClient& node = node_for(*client_, name);
+  const RedisValue exec = exec_multi(node, body, "the permit count's update");
+  if (exec.elements.size() != 2) unexpected(node, "EXEC");
   if (exec.elements[0].type == RedisValue::Type::string) return exec.elements[0].str;
   return std::nullopt;
 }

@@ -218,7 +218,12 @@ HaDecision after_error_kind(ErrorKind kind) noexcept {
 HaDecision after_error(std::string_view error, std::string_view sender_host, int redirects) {
   ErrorInfo info = classify_error(error);
   if (info.kind != ErrorKind::moved && info.kind != ErrorKind::ask) return after_error_kind(info.kind);
-  if (redirects >= max_redirects || !info.redirect) return HaDecision{};
+  if (!info.redirect) return HaDecision{};
+  // Redirected again and again: the slot is moving (a resharding between its
+  // MIGRATING/IMPORTING steps, or maps that disagree until gossip settles).
+  // No redirect ran the command, so it is retried later on a fresh map.
+  if (redirects >= max_redirects)
+    return HaDecision{.step = HaStep::retry_later, .redirect = {}, .refresh_map = true, .drop_connection = false};
   Redirect to = std::move(*info.redirect);
   if (to.host.empty()) to.host = std::string(sender_host);
   const bool moved = info.kind == ErrorKind::moved;

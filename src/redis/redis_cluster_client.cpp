@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <dlock/detail/redis_client.hpp>
+#include <dlock/detail/redis_sentinel_client.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -110,6 +111,40 @@ RedisClient& ClusterClient::primary(std::uint16_t slot) {
   }
 }
 
+std::vector<RedisClient*> ClusterClient::primaries() {
+  refresh();
+  std::vector<redis_proto::ClusterNode> at;
+  {
+    std::lock_guard lk(mu_);
+    if (map_) at = map_->primaries();
+  }
+  std::vector<RedisClient*> out;
+  out.reserve(at.size());
+  for (const auto& p : at) out.push_back(&node(p.host, p.port));
+  return out;
+}
+
+std::string_view ClusterClient::known_endpoint(std::string_view key) const {
+  std::lock_guard lk(mu_);
+  if (!map_) return {};
+  const auto* p = map_->primary_for_key(key);
+  if (!p) return {};
+  const auto it = nodes_.find(p->endpoint());
+  return it == nodes_.end() ? std::string_view() : std::string_view(it->second->endpoint());
+}
+
+// RedisClient's, here with the routers it asks (redis_client.hpp).
+std::string_view RedisClient::node_endpoint(std::string_view name) const noexcept {
+  try {
+    if (cluster_)
+      if (const auto e = cluster_->known_endpoint(keys(name).lock); !e.empty()) return e;
+    if (sentinel_)
+      if (const auto e = sentinel_->primary_endpoint(); !e.empty()) return e;
+  } catch (...) {  // out of memory: the deployment's name
+  }
+  return endpoint_;
+}
+
 RedisClient& ClusterClient::node_for_key(std::string_view key) { return primary(redis_proto::hash_slot(key)); }
 
 template <class Push>
@@ -118,6 +153,13 @@ RedisValue ClusterClient::follow(RedisValue reply, std::string sender_host, cons
     const redis_proto::HaDecision d = redis_proto::after_error(reply.str, sender_host, redirects);
     if (d.step != HaStep::follow_moved && d.step != HaStep::follow_ask) {
       if (d.refresh_map) refresh_quietly();  // READONLY, CLUSTERDOWN: the caller retries with the new map
+      const auto kind = redis_proto::classify_error(reply.str).kind;
+      if (d.step == HaStep::retry_later &&
+          (kind == redis_proto::ErrorKind::moved || kind == redis_proto::ErrorKind::ask))
+        throw ConnectionError(fmt::format(
+            "dlock: {} was redirected {} times by {} (last: {}); the slot is moving (a resharding in progress, or "
+            "nodes whose slot maps disagree): nothing was done on the server, and a blocking acquire retries it",
+            what, redirects, redis_endpoint(options_), reply.str));
       return reply;
     }
     const redis_proto::Redirect& to = *d.redirect;

@@ -161,6 +161,19 @@ std::optional<RedisOptions> SentinelClient::last_primary() const {
   return last_;
 }
 
+std::string_view SentinelClient::primary_endpoint() const {
+  constexpr std::size_t bound = 16;
+  std::lock_guard lk(mu_);
+  if (!last_) return {};
+  std::string e = fmt::format("{}:{}", last_->host, last_->port);
+  auto it = endpoints_.find(e);
+  if (it == endpoints_.end()) {
+    if (endpoints_.size() >= bound) return {};
+    it = endpoints_.insert(std::move(e)).first;
+  }
+  return *it;
+}
+
 std::optional<redis_proto::NodeAddress> SentinelClient::ask(std::size_t i, std::string& why) const {
   const RedisOptions so = sentinel_options(i);
   std::string answer;

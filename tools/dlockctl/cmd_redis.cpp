@@ -114,6 +114,14 @@ std::size_t waiting_on(const RedisLockInfo& l, std::size_t records) {
   return records + l.queue.size() + (l.waiting_writer ? 1 : 0);
 }
 
+// Where a lock lives: the admin's reached(), or on a cluster the shard's
+// primary that answered for it, with the deployment in parentheses.
+std::string where(const dlock::RedisAdmin& admin, const RedisLockInfo& l) {
+  std::string reached = admin.reached();
+  if (l.node.empty() || reached.starts_with(l.node)) return reached;
+  return fmt::format("{} ({})", l.node, admin.endpoint());
+}
+
 void print_leases(std::ostream& out, std::string_view title, const std::vector<RedisLeaseInfo>& leases) {
   out << title << leases.size() << "\n";
   if (leases.empty()) return;
@@ -148,7 +156,7 @@ int cmd_redis_list(Context& ctx) {
           j.key("owner").null();
         }
         if (!s.wrong_type.empty()) j.key("wrong_type").value(s.wrong_type);
-        j.key("ttl_ms").value(s.ttl_ms).key("token").token(s.token);
+        j.key("ttl_ms").value(s.ttl_ms).key("token").token(s.token).name("node", s.node);
         j.key("waiters").value(waiting_on(s, waiters[s.name]));
         write_kind_json(j, s);
         j.end_object();
@@ -187,7 +195,7 @@ int cmd_redis_inspect(Context& ctx) {
     for (const auto& s : found)
       if (!s.wrong_type.empty())
         throw dlock::ServerError(fmt::format("key {} on {} holds a {}, not a dlock lock", escape_text(s.key),
-                                             admin.reached(), s.wrong_type));
+                                             where(admin, s), s.wrong_type));
     if (found.empty()) {
       print_not_held(ctx, o, name, admin.reached());
       return exit_not_found;
@@ -198,6 +206,7 @@ int cmd_redis_inspect(Context& ctx) {
       const auto fields = [&](JsonWriter& j, const RedisLockInfo& l) {
         j.key("kind").value(dlock::kind_name(l.kind)).name("key", l.key).key("held").value(l.held());
         j.key("owner").value_or_null(l.owner).key("ttl_ms").value(l.ttl_ms).key("token").token(l.token);
+        j.name("node", l.node);
         write_kind_json(j, l);
       };
       JsonWriter j;
@@ -218,7 +227,7 @@ int cmd_redis_inspect(Context& ctx) {
     for (const auto& s : found) {
       ctx.out << "lock     " << quoted(name) << "\n"
               << "kind     " << dlock::kind_name(s.kind) << "\n"
-              << "key      " << escape_text(s.key) << " on " << admin.reached() << "\n"
+              << "key      " << escape_text(s.key) << " on " << where(admin, s) << "\n"
               << "owner    " << (s.owner ? escape_text(*s.owner) : "-") << "\n"
               << "ttl      " << format_ttl(s.ttl_ms) << "\n"
               << "token    " << (s.token ? escape_text(*s.token) : "- (no fencing counter)") << "\n";

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -52,6 +53,19 @@ template <class B>
 }
 
 /// Builds the events of one Lock: same backend, endpoint, name and observer.
+/// Where lock `name` lives, for events and metrics: the backend's
+/// endpoint_of(name) when it has one (Redis with Sentinel or Cluster: the
+/// server that serves the name), else endpoint(). Never blocks.
+template <class B>
+[[nodiscard]] std::string_view event_endpoint(const B& backend, std::string_view name) noexcept {
+  if constexpr (requires {
+                  { backend.endpoint_of(name) } -> std::convertible_to<std::string_view>;
+                })
+    return backend.endpoint_of(name);
+  else
+    return backend.endpoint();
+}
+
 struct EventSource {
   std::string_view kind;
   std::string_view endpoint;
@@ -109,6 +123,7 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     // "Forever" saturates to `never`, the end of the clock.
     if (options.auto_extend && options.max_hold) max_hold_end_ = saturating_add(lease_.acquired_at, *options.max_hold);
     if (options.long_held) long_held_at_ = saturating_add(lease_.acquired_at, *options.long_held);
+    endpoint_ = event_endpoint(backend_, name_);  // the node that granted it, for this hold's events
   }
 
   // ---- queries (any thread) ----
@@ -749,13 +764,14 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
   }
 
   [[nodiscard]] EventSource source() const noexcept {
-    return {backend_.kind(), backend_.endpoint(), primitive_of(backend_), name_, observer_.get()};
+    return {backend_.kind(), endpoint_, primitive_of(backend_), name_, observer_.get()};
   }
 
   inline static const char type_tag_ = 0;
 
   BackendStorage<B> backend_;
   const std::string name_;
+  std::string_view endpoint_;  // event_endpoint() at the grant: one label for the whole hold
   const std::chrono::milliseconds ttl_;
   const Clock::duration interval_;
   const bool auto_extend_;

@@ -156,6 +156,11 @@ class RedisClient {
   [[nodiscard]] std::optional<RedisOptions> current_server() const;
   /// With Sentinel, for tests: the +switch-master announcements received; else 0.
   [[nodiscard]] std::uint64_t failovers_seen() const;
+  /// The server lock `name` lives on (RedisBackend::endpoint_of): with
+  /// Sentinel the primary found last, with Cluster the primary of the name's
+  /// slot in the last map, else endpoint(). Never blocks; the view lives as
+  /// long as this client. Defined with the cluster router (redis_cluster_client.cpp).
+  [[nodiscard]] std::string_view node_endpoint(std::string_view name) const noexcept;
   /// For the asynchronous operations (detail/redis_async.hpp): one of up to
   /// pool_size links shared by every asynchronous request (pipelined on it),
   /// opened on demand without blocking; broken ones are replaced. Separate

@@ -132,13 +132,17 @@ struct HaDecision {
   bool drop_connection = false;      ///< the connection must not go back to the pool
 };
 
-/// Redirects a command may follow before the transport gives up (a slot
-/// bouncing between nodes while a migration is misconfigured).
+/// Redirects a command may follow before the transport stops following
+/// (a slot bouncing between nodes while a resharding moves it, or while the
+/// nodes' maps disagree): after_error() then says retry_later with a map
+/// refresh, and the router reports a transient ConnectionError (nothing ran;
+/// a blocking acquire retries after its backoff).
 inline constexpr int max_redirects = 5;
 
 /// The decision for `error` (an error reply's text) from the node at
 /// `sender_host`, after `redirects` redirects were already followed for
-/// this command. A MOVED/ASK with an empty host points at `sender_host`.
+/// this command. A MOVED/ASK with an empty host points at `sender_host`;
+/// one after max_redirects: retry_later (refresh_map).
 [[nodiscard]] HaDecision after_error(std::string_view error, std::string_view sender_host, int redirects = 0);
 /// The decision for a kind alone (no redirect target); for kinds that need
 /// one (moved, ask) it is `fail`.

@@ -61,6 +61,13 @@ class ClusterClient {
   /// A node to subscribe on (plain PUBLISH reaches every node of a cluster):
   /// the first primary of the last map, else the first seed. Never blocks.
   [[nodiscard]] std::optional<RedisOptions> any_node() const;
+  /// The client of every primary of the slot map, read afresh (for
+  /// administration: SCAN on each node, RedisAdmin::list). Throws
+  /// ConnectionError when no node gives its map.
+  std::vector<RedisClient*> primaries();
+  /// The endpoint of the node client serving `key`'s slot in the last map;
+  /// empty when no map or no client for it exists yet. Never blocks on I/O.
+  [[nodiscard]] std::string_view known_endpoint(std::string_view key) const;
   /// Reads the slot map again (CLUSTER SLOTS from a seed or a known node).
   /// Throws ConnectionError naming every node's answer when none gave one.
   void refresh();

@@ -19,7 +19,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 
 #include "../redis_options.hpp"
 #include "redis_sentinel.hpp"
@@ -49,6 +51,9 @@ class SentinelClient {
   [[nodiscard]] RedisLink open(const RedisLinkSetup& setup);
   /// The last primary found by discover() or announced by +switch-master.
   [[nodiscard]] std::optional<RedisOptions> last_primary() const;
+  /// last_primary() as "host:port", kept for the client's lifetime (at most
+  /// 16 distinct ones: a label bound); empty before any, or past the bound.
+  [[nodiscard]] std::string_view primary_endpoint() const;
 
   /// Starts watching +switch-master (once; later calls do nothing).
   /// `on_switch` runs on the I/O thread for each announcement of this
@@ -78,6 +83,7 @@ class SentinelClient {
   std::optional<RedisOptions> last_;                    // under mu_
   std::optional<redis_proto::SwitchMaster> announced_;  // the last +switch-master heard; under mu_
   std::shared_ptr<Watch> watch_;                        // under mu_
+  mutable std::set<std::string> endpoints_;             // primary_endpoint()'s views; under mu_
 };
 
 }  // namespace dlock::detail
