@@ -228,7 +228,8 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
 
   // Who has the socket (link_state; caller_io links only stay io otherwise).
   std::mutex own_mu;
-  link_state::State own;  // under own_mu
+  link_state::State own;       // under own_mu
+  std::vector<Pending> inbox;  // under own_mu: sent, not yet handed to the I/O thread (drain)
   // The caller's exchange (begin_here .. end_here), the caller's while it owns the link:
   std::optional<Pending> here;
   std::exception_ptr here_error;
@@ -392,13 +393,20 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
 
   // ---- requests ----
 
-  void submit(Pending p) {
-    if (phase == Phase::broken) {
-      queued.push_back(std::move(p));
-      return fail_pending();
+  // Callers' requests, queued in one go: RedisLink::send() posts a drain
+  // only when the inbox was empty, so a burst of sends from a loop (many
+  // coroutines) costs one hand-off and one coalesced write.
+  void drain() {
+    std::vector<Pending> batch;
+    bool mine = true;
+    {
+      std::lock_guard lk(own_mu);
+      batch.swap(inbox);
+      if (setup.caller_io) mine = link_state::io_claim(own, false);
     }
-    queued.push_back(std::move(p));
-    if (!io_claim(false)) return;  // a caller's exchange is on it: written when it gives the link back
+    for (Pending& p : batch) queued.push_back(std::move(p));
+    if (phase == Phase::broken) return fail_pending();
+    if (!mine) return;  // a caller's exchange is on it: written when it gives the link back
     flush();
     arm_timer();
   }
@@ -534,15 +542,17 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     return open;
   }
 
-  // Caller: waits until the socket is ready for `events` or `due` passed.
+  // Caller: waits until the socket is ready for `what` or `due` passed. Past
+  // `due` it still looks once (what arrived meanwhile counts: a fan-out reads
+  // its nodes one after the other after a slow one).
   bool wait_fd(short what, Clock::time_point due) const noexcept {
     for (;;) {
       const auto now = Clock::now();
-      if (now >= due) return false;
-      const auto left = std::chrono::ceil<std::chrono::milliseconds>(due - now).count();
+      const auto left = now >= due ? 0 : std::chrono::ceil<std::chrono::milliseconds>(due - now).count();
       pollfd pfd{fd(), what, 0};
       const int r = ::poll(&pfd, 1, static_cast<int>(std::min<decltype(left)>(left, INT_MAX)));
       if (r > 0 || (r < 0 && errno != EINTR)) return true;  // ready, or an error the next call reports
+      if (r == 0 && Clock::now() >= due) return false;
     }
   }
 
@@ -555,13 +565,14 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   }
 
   bool begin_here(RedisCall& call) {
-    if (!setup.caller_io || tls || events.push || call.request.commands() == 0) return false;
+    if (!setup.caller_io || tls || events.push || call.request.commands() == 0 || broken_flag) return false;
     Pending p;
     p.want = call.request.commands();
     p.deadline = call.deadline;
     {
       std::lock_guard lk(own_mu);
-      if (!link_state::caller_claim(own)) return false;
+      // A request sent before is written before this one.
+      if (!inbox.empty() || !link_state::caller_claim(own)) return false;
     }
     p.what = std::move(call.what);
     p.deadline_name = std::move(call.deadline_name);
@@ -881,7 +892,13 @@ void RedisLink::send(RedisCall call, Done done) {
     if (p.done) p.done(RedisOutcome{{}, nullptr, Clock::now()});
     return;
   }
-  asio::post(impl_->ctx, [impl = impl_, p = std::move(p)]() mutable { impl->submit(std::move(p)); });
+  bool first;
+  {
+    std::lock_guard lk(impl_->own_mu);
+    first = impl_->inbox.empty();
+    impl_->inbox.push_back(std::move(p));
+  }
+  if (first) asio::post(impl_->ctx, [impl = impl_] { impl->drain(); });
 }
 
 std::vector<RedisValue> RedisLink::exec(RedisCall call) {
@@ -899,6 +916,7 @@ std::vector<RedisValue> RedisLink::exec(RedisCall call) {
 
 void RedisLink::close() noexcept {
   if (!impl_ || impl_->broken_flag) return;
+  impl_->broken_flag = true;  // never checked out or taken for a caller's exchange again
   try {
     asio::post(impl_->ctx, [impl = impl_] {
       if (impl->io_claim(true)) impl->fail(Impl::Why::closed, "closed by dlock");  // else when the caller is done
