@@ -202,10 +202,14 @@ RedisLink RedisClient::open_link() {
                     "serve where one server is expected (a Redlock node): give Redlock independent "
                     "servers",
                     endpoint_));
-  if (!sentinel_) return RedisLink::open(options_, setup_);
+  // A pooled link serves one caller at a time: the caller's own exchange
+  // when it is idle (detail/redis_transport.hpp).
+  RedisLinkSetup setup = setup_;
+  setup.caller_io = true;
+  if (!sentinel_) return RedisLink::open(options_, setup);
   // A failover announced retires every connection open before it.
   sentinel_->watch([this] { pool_.invalidate(); });
-  return sentinel_->open(setup_);
+  return sentinel_->open(setup);
 }
 
 std::optional<RedisOptions> RedisClient::current_server() const {
@@ -218,7 +222,7 @@ std::uint64_t RedisClient::failovers_seen() const { return sentinel_ ? sentinel_
 
 RedisClient::Checkout RedisClient::take() {
   const auto wait = options_.connect_timeout + options_.command_timeout;
-  auto c = pool_.take(wait, [&] { return open_link(); });
+  auto c = pool_take(wait);
   if (!c)
     throw TimeoutError(
         fmt::format("dlock: all {} connections to Redis at {} stayed busy for {}; raise "
@@ -230,7 +234,14 @@ RedisClient::Checkout RedisClient::take() {
 std::optional<RedisClient::Checkout> RedisClient::try_take() { return pool_take(std::chrono::nanoseconds(0)); }
 
 std::optional<RedisClient::Checkout> RedisClient::pool_take(std::chrono::nanoseconds wait) {
-  return pool_.take(wait, [&] { return open_link(); });
+  const auto until = saturating_add(std::chrono::steady_clock::now(), wait);
+  // An idle link the server closed meanwhile is dropped here (check_idle),
+  // before anything is written on it; at most pool_size of them.
+  for (std::size_t dropped = 0;; ++dropped) {
+    auto c = pool_.take(saturating_sub(until, std::chrono::steady_clock::now()), [&] { return open_link(); });
+    if (!c || dropped >= options_.pool_size || c->handle.check_idle()) return c;
+    pool_.give_back(std::move(*c), false);
+  }
 }
 
 namespace {
@@ -279,9 +290,12 @@ std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
   if (timeout) deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
   std::vector<RedisOutcome> out(n);
   std::vector<std::optional<RedisClient::Checkout>> links(n);
-  // One round: calls[i] (indices into batches[i]) to node i, all nodes at once.
+  // One round: calls[i] (indices into batches[i]) to node i, all nodes at once:
+  // every request is written (on this thread where the link is idle, else by
+  // the I/O thread) before any reply is waited for.
   const auto round = [&](const std::vector<std::vector<std::size_t>>& calls, ScriptForm form) {
     RedisGather gather(n);
+    std::vector<bool> here(n, false);
     for (std::size_t i = 0; i < n; ++i) {
       if (calls[i].empty() || out[i].error) {
         gather.slot(i)(RedisOutcome{});
@@ -310,11 +324,17 @@ std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
                        .deadline_name = std::string(deadline_name)};
         for (std::size_t k : calls[i])
           (void)redis_proto::push_script_call(call.request, batches[i][k], links[i]->handle.shas(), form);
-        links[i]->handle.send(std::move(call), gather.slot(i));
+        if (links[i]->handle.begin_here(call)) {
+          here[i] = true;
+        } else {
+          links[i]->handle.send(std::move(call), gather.slot(i));
+        }
       } catch (...) {  // could not connect (or out of memory): this node's outcome
         gather.slot(i)(RedisOutcome{{}, std::current_exception(), {}});
       }
     }
+    for (std::size_t i = 0; i < n; ++i)
+      if (here[i]) gather.slot(i)(links[i]->handle.end_here());
     return gather.wait();
   };
   std::vector<std::vector<std::size_t>> first(n);

@@ -4,16 +4,21 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -221,6 +226,16 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   Clock::time_point timer_at = Clock::time_point::max();
   std::exception_ptr link_error;  // why it broke, for requests that arrive later
 
+  // Who has the socket (link_state; caller_io links only stay io otherwise).
+  std::mutex own_mu;
+  link_state::State own;       // under own_mu
+  std::vector<Pending> inbox;  // under own_mu: sent, not yet handed to the I/O thread (drain)
+  // The caller's exchange (begin_here .. end_here), the caller's while it owns the link:
+  std::optional<Pending> here;
+  std::exception_ptr here_error;
+  Why here_why = Why::io;
+  std::string here_detail;
+
   [[nodiscard]] int fd() const noexcept {
     if (tcp_) return tcp_->native_handle();
     if (unix_) return unix_->native_handle();
@@ -378,12 +393,20 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
 
   // ---- requests ----
 
-  void submit(Pending p) {
-    if (phase == Phase::broken) {
-      queued.push_back(std::move(p));
-      return fail_pending();
+  // Callers' requests, queued in one go: RedisLink::send() posts a drain
+  // only when the inbox was empty, so a burst of sends from a loop (many
+  // coroutines) costs one hand-off and one coalesced write.
+  void drain() {
+    std::vector<Pending> batch;
+    bool mine = true;
+    {
+      std::lock_guard lk(own_mu);
+      batch.swap(inbox);
+      if (setup.caller_io) mine = link_state::io_claim(own, false);
     }
-    queued.push_back(std::move(p));
+    for (Pending& p : batch) queued.push_back(std::move(p));
+    if (phase == Phase::broken) return fail_pending();
+    if (!mine) return;  // a caller's exchange is on it: written when it gives the link back
     flush();
     arm_timer();
   }
@@ -410,6 +433,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       inflight.push_back(std::move(p));
     }
     write_raw(std::move(out));
+    read_loop();  // an idle link had no read armed
   }
 
   void write_raw(std::string bytes) {
@@ -421,6 +445,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       if (self->phase == Phase::broken) return;
       if (ec) return self->fail(Why::io, ec.message());
       self->flush();
+      if (!self->reading) self->go_idle_if_done();
     });
   }
 
@@ -444,8 +469,188 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       }
       if (self->phase == Phase::broken) return;
       if (self->parser.error()) return self->fail(Why::protocol, self->parser.error()->message);
+      if (self->go_idle_if_done()) return;  // nothing owed: no read armed until the next request
       self->read_loop();
     });
+  }
+
+  // ---- the caller's own exchange (see link_state in the header) ----
+
+  // I/O thread: leaves a ready link with nothing pending idle (no read armed).
+  bool go_idle_if_done() {
+    if (reading || !link_state::may_idle({.caller_io = setup.caller_io,
+                                          .tls = tls != nullptr,
+                                          .subscriber = static_cast<bool>(events.push),
+                                          .ready = phase == Phase::ready,
+                                          .queued = queued.size(),
+                                          .inflight = inflight.size(),
+                                          .unparsed = parser.buffered(),
+                                          .writing = writing}))
+      return false;
+    arm_timer();  // nothing owed: cancelled
+    std::lock_guard lk(own_mu);
+    own.owner = link_state::Owner::idle;
+    return true;
+  }
+
+  // I/O thread: takes the socket for new work; false while a caller has it
+  // (the work then runs when the caller gives it back).
+  bool io_claim(bool closing) {
+    if (!setup.caller_io) return true;
+    std::lock_guard lk(own_mu);
+    return link_state::io_claim(own, closing);
+  }
+
+  // Caller: gives the link back; what came meanwhile runs on the I/O thread.
+  void caller_release(bool broke) {
+    link_state::AfterCaller next;
+    {
+      std::lock_guard lk(own_mu);
+      next = link_state::caller_release(own, broke);
+    }
+    using link_state::AfterCaller;
+    if (next == AfterCaller::nothing) return;
+    auto self = shared_from_this();
+    try {
+      asio::post(ctx, [self, next, why = here_why, detail = broke ? here_detail : std::string()] {
+        if (next == AfterCaller::fail) return self->fail(why, detail);
+        if (next == AfterCaller::close) return self->fail(Why::closed, "closed by dlock");
+        self->flush();
+        self->arm_timer();
+        self->go_idle_if_done();
+      });
+    } catch (...) {  // out of memory: the link is dropped by its owner (broken_flag)
+      broken_flag = true;
+    }
+  }
+
+  [[nodiscard]] bool check_idle() noexcept {
+    if (broken_flag) return false;
+    {
+      std::lock_guard lk(own_mu);
+      if (!link_state::caller_claim(own)) return true;  // the I/O thread watches it
+    }
+    char c;
+    const ssize_t n = ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    const bool open = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+    if (!open) {  // closed or reset by the server, or bytes nobody asked for
+      broken_flag = true;
+      here_why = n > 0 ? Why::protocol : Why::eof;
+      here_detail = n > 0 ? "a reply nobody asked for" : n == 0 ? "End of file" : std::strerror(errno);
+    }
+    caller_release(!open);
+    return open;
+  }
+
+  // Caller: waits until the socket is ready for `what` or `due` passed. Past
+  // `due` it still looks once (what arrived meanwhile counts: a fan-out reads
+  // its nodes one after the other after a slow one).
+  bool wait_fd(short what, Clock::time_point due) const noexcept {
+    for (;;) {
+      const auto now = Clock::now();
+      const auto left = now >= due ? 0 : std::chrono::ceil<std::chrono::milliseconds>(due - now).count();
+      pollfd pfd{fd(), what, 0};
+      const int r = ::poll(&pfd, 1, static_cast<int>(std::min<decltype(left)>(left, INT_MAX)));
+      if (r > 0 || (r < 0 && errno != EINTR)) return true;  // ready, or an error the next call reports
+      if (r == 0 && Clock::now() >= due) return false;
+    }
+  }
+
+  // Caller: the exchange failed; the link is broken (closed on the I/O thread).
+  void here_fail(Why why, std::string detail) {
+    broken_flag = true;
+    here_why = why;
+    here_detail = std::move(detail);
+    here_error = in_doubt(*here, why, here_detail);
+  }
+
+  bool begin_here(RedisCall& call) {
+    if (!setup.caller_io || tls || events.push || call.request.commands() == 0 || broken_flag) return false;
+    Pending p;
+    p.want = call.request.commands();
+    p.deadline = call.deadline;
+    {
+      std::lock_guard lk(own_mu);
+      // A request sent before is written before this one.
+      if (!inbox.empty() || !link_state::caller_claim(own)) return false;
+    }
+    p.what = std::move(call.what);
+    p.deadline_name = std::move(call.deadline_name);
+    p.due = saturating_add(Clock::now(), options.command_timeout);
+    if (p.deadline && *p.deadline < p.due) {
+      p.due = *p.deadline;
+      p.caller_deadline_first = true;
+    }
+    here = std::move(p);
+    here_error = nullptr;
+    const std::string_view bytes = call.request.payload();
+#ifdef MSG_NOSIGNAL
+    constexpr int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+#else
+    constexpr int flags = MSG_DONTWAIT;  // SO_NOSIGPIPE is set by Asio where there is no MSG_NOSIGNAL
+#endif
+    for (std::size_t off = 0; off < bytes.size();) {
+      const ssize_t n = ::send(fd(), bytes.data() + off, bytes.size() - off, flags);
+      if (n > 0) {
+        off += static_cast<std::size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (!wait_fd(POLLOUT, here->due)) {
+          here_fail(Why::timeout, {});
+          break;
+        }
+      } else {
+        here_fail(Why::io, std::strerror(n < 0 ? errno : EPIPE));
+        break;
+      }
+    }
+    return true;
+  }
+
+  RedisOutcome end_here() {
+    RedisOutcome result;
+    if (!here_error) {
+      Pending& p = *here;
+      for (;;) {
+        while (p.got.size() < p.want) {
+          auto r = parser.next();
+          if (!r) break;
+          p.got.push_back(std::move(*r));
+        }
+        if (parser.error()) {
+          here_fail(Why::protocol, parser.error()->message);
+          break;
+        }
+        if (p.got.size() == p.want) {
+          if (parser.buffered() != 0) {
+            here_fail(Why::protocol, "a reply nobody asked for");
+            break;
+          }
+          result = RedisOutcome{std::move(p.got), nullptr, Clock::now()};
+          break;
+        }
+        if (!wait_fd(POLLIN, p.due)) {
+          here_fail(Why::timeout, {});
+          break;
+        }
+        const ssize_t n = ::recv(fd(), rbuf.data(), rbuf.size(), MSG_DONTWAIT);
+        if (n > 0) {
+          parser.feed(std::string_view(rbuf.data(), static_cast<std::size_t>(n)));
+        } else if (n == 0) {
+          here_fail(Why::eof, "End of file");
+          break;
+        } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+          here_fail(errno == ECONNRESET ? Why::eof : Why::io, std::strerror(errno));
+          break;
+        }
+      }
+    }
+    const bool broke = here_error != nullptr;
+    if (broke) result = RedisOutcome{{}, std::move(here_error), {}};
+    here.reset();
+    caller_release(broke);
+    return result;
   }
 
   void dispatch(RedisValue r) {
@@ -687,10 +892,21 @@ void RedisLink::send(RedisCall call, Done done) {
     if (p.done) p.done(RedisOutcome{{}, nullptr, Clock::now()});
     return;
   }
-  asio::post(impl_->ctx, [impl = impl_, p = std::move(p)]() mutable { impl->submit(std::move(p)); });
+  bool first;
+  {
+    std::lock_guard lk(impl_->own_mu);
+    first = impl_->inbox.empty();
+    impl_->inbox.push_back(std::move(p));
+  }
+  if (first) asio::post(impl_->ctx, [impl = impl_] { impl->drain(); });
 }
 
 std::vector<RedisValue> RedisLink::exec(RedisCall call) {
+  if (begin_here(call)) {
+    RedisOutcome o = end_here();
+    if (o.error) std::rethrow_exception(o.error);
+    return std::move(o.replies);
+  }
   RedisGather g(1);
   send(std::move(call), g.slot(0));
   auto out = g.wait();
@@ -700,12 +916,18 @@ std::vector<RedisValue> RedisLink::exec(RedisCall call) {
 
 void RedisLink::close() noexcept {
   if (!impl_ || impl_->broken_flag) return;
+  impl_->broken_flag = true;  // never checked out or taken for a caller's exchange again
   try {
-    asio::post(impl_->ctx, [impl = impl_] { impl->fail(Impl::Why::closed, "closed by dlock"); });
+    asio::post(impl_->ctx, [impl = impl_] {
+      if (impl->io_claim(true)) impl->fail(Impl::Why::closed, "closed by dlock");  // else when the caller is done
+    });
   } catch (...) {  // out of memory: the link stays open until the process ends
   }
 }
 
+bool RedisLink::begin_here(RedisCall& call) { return impl_->begin_here(call); }
+RedisOutcome RedisLink::end_here() { return impl_->end_here(); }
+bool RedisLink::check_idle() noexcept { return impl_ && impl_->check_idle(); }
 bool RedisLink::broken() const noexcept { return !impl_ || impl_->broken_flag; }
 bool RedisLink::ready() const noexcept { return impl_ && impl_->ready_flag; }
 bool RedisLink::inherited() const noexcept { return impl_ && impl_->pid != ::getpid(); }

@@ -6,6 +6,18 @@
 // and get a completion per request; several requests in flight on one link
 // are pipelined (written back to back, answered in order).
 //
+// The caller's own exchange (the fast path): a link opened with
+// RedisLinkSetup::caller_io over TCP or a Unix socket (not TLS, not
+// subscriber mode) that has nothing queued or in flight is *idle*: the I/O
+// thread leaves its socket alone (no read pending). A caller may then claim it
+// (begin_here), write its request on its own thread and read the replies
+// there (end_here): one send and one poll + recv, no hand-off to the I/O
+// thread and back. Anything the I/O thread is given meanwhile (send(),
+// close()) waits until the caller hands the link back, then runs in order.
+// The decisions are the pure functions of link_state below. An idle link's
+// close by the server is noticed at checkout (check_idle(): one
+// recv(MSG_PEEK)), so a request is never written on a link already closed.
+//
 // Connect: resolve + connect within connect_timeout, then the TLS handshake
 // (if any) and the Redis handshake within connect_timeout again. TCP
 // keepalive on every TCP connection (15 s idle, 3 probes 5 s apart). A
@@ -114,7 +126,71 @@ struct RedisLinkSetup {
   /// Receives the run_id and the once-per-server warnings; may be null
   /// (warnings then go to stderr every time).
   ServerFacts* facts = nullptr;
+  /// The link is used by one caller at a time (a pool's link): over TCP or a
+  /// Unix socket, an idle link lets that caller do its exchange on its own
+  /// thread (begin_here / end_here; see the top of this file).
+  bool caller_io = false;
 };
+
+/// Who may touch an idle-capable link's socket, as pure decisions (unit-tested
+/// in tests/unit/redis_link_state_test.cpp). The transport keeps a State under
+/// a mutex and acts on what these return.
+namespace link_state {
+enum class Owner {
+  io,      ///< the I/O thread (connecting, or requests queued, in flight, being written or read)
+  idle,    ///< nobody: ready, nothing pending, no read armed
+  caller,  ///< a caller's exchange on its own thread (begin_here .. end_here)
+};
+struct State {
+  Owner owner = Owner::io;
+  bool io_wanted = false;     ///< the I/O thread got requests while a caller had the link
+  bool close_wanted = false;  ///< close() while a caller had the link
+};
+/// A caller's claim: only an idle link can be taken (true: now the caller's).
+[[nodiscard]] inline bool caller_claim(State& s) noexcept {
+  if (s.owner != Owner::idle) return false;
+  s.owner = Owner::caller;
+  return true;
+}
+/// The I/O thread wants the socket for new work (`closing`: to close it).
+/// True: it is the I/O thread's now. False: a caller has it; the work waits
+/// for caller_release().
+[[nodiscard]] inline bool io_claim(State& s, bool closing) noexcept {
+  if (s.owner == Owner::caller) {
+    (closing ? s.close_wanted : s.io_wanted) = true;
+    return false;
+  }
+  s.owner = Owner::io;
+  return true;
+}
+/// What the I/O thread must do once a caller gives the link back.
+enum class AfterCaller {
+  nothing,  ///< idle again
+  resume,   ///< write what was queued meanwhile (and arm the read)
+  close,    ///< close() came meanwhile
+  fail,     ///< the caller's exchange broke the link: fail it (queued requests: nothing was sent)
+};
+[[nodiscard]] inline AfterCaller caller_release(State& s, bool broke) noexcept {
+  const AfterCaller next = broke            ? AfterCaller::fail
+                           : s.close_wanted ? AfterCaller::close
+                           : s.io_wanted    ? AfterCaller::resume
+                                            : AfterCaller::nothing;
+  s.io_wanted = s.close_wanted = false;
+  s.owner = next == AfterCaller::nothing ? Owner::idle : Owner::io;
+  return next;
+}
+/// Whether the I/O thread may leave a ready link idle (no read armed) now.
+struct IdleInputs {
+  bool caller_io = false, tls = false, subscriber = false, ready = false;
+  std::size_t queued = 0, inflight = 0,
+              unparsed = 0;  ///< requests not written / not answered; bytes received, not parsed
+  bool writing = false;
+};
+[[nodiscard]] inline bool may_idle(const IdleInputs& in) noexcept {
+  return in.caller_io && !in.tls && !in.subscriber && in.ready && in.queued == 0 && in.inflight == 0 &&
+         in.unparsed == 0 && !in.writing;
+}
+}  // namespace link_state
 
 /// One request for a link: one or more pipelined commands, one reply each.
 struct RedisCall {
@@ -163,8 +239,23 @@ class RedisLink {
   /// complete at once. In subscriber mode `done` may be empty: the replies go
   /// to events.push.
   void send(RedisCall call, Done done);
-  /// send() and wait for the outcome; throws its error.
+  /// send() and wait for the outcome; throws its error. On an idle
+  /// caller_io link: begin_here() + end_here() instead.
   std::vector<RedisValue> exec(RedisCall call);
+  /// The fast path (see the top of this file): on an idle caller_io link,
+  /// writes `call` on the calling thread and returns true (its `what` and
+  /// `deadline_name` are moved from); end_here() must follow, on the same
+  /// thread. False, with `call` untouched, when the link is not idle: use
+  /// send(). Errors (same as send()'s: a write that failed is in doubt) come
+  /// from end_here().
+  [[nodiscard]] bool begin_here(RedisCall& call);
+  /// Reads the replies of begin_here()'s request on the calling thread,
+  /// bounded as send()'s are (command_timeout or the call's deadline), and
+  /// gives the link back. A failure breaks the link (never reused).
+  [[nodiscard]] RedisOutcome end_here();
+  /// At checkout: false if the link is broken, or idle and closed by the
+  /// server meanwhile (it is then broken). One recv(MSG_PEEK) on an idle link.
+  [[nodiscard]] bool check_idle() noexcept;
   /// Drops the connection now (pending requests fail with ConnectionError).
   void close() noexcept;
   /// Broken (failed, timed out, closed by either side): never to be reused.

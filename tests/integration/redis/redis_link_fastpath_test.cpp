@@ -1,0 +1,209 @@
+// The transport's fast path (detail/redis_transport.hpp, "The caller's own
+// exchange") on a real server: a caller that writes and reads on its own
+// thread never mixes its replies with requests pipelined by the I/O thread on
+// the same link, a request it wrote that got no answer is in doubt (never
+// resent), and a link the server closed while idle is dropped at checkout.
+#include <dlock/dlock.hpp>
+#include <dlock/redis.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "redis_test_support.hpp"
+
+using namespace std::chrono_literals;
+using dlock::RedisOptions;
+using dlock::detail::RedisCall;
+using dlock::detail::RedisGather;
+using dlock::detail::RedisLink;
+using dlock::detail::RedisLinkSetup;
+using dlock::detail::RedisOutcome;
+using dlock::test::RedisServer;
+using dlock::test::RedisTest;
+using dlock::test::SharedRedis;
+
+namespace {
+
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new SharedRedis);
+
+using RedisLinkFastPathTest = RedisTest;
+
+constexpr RedisLinkSetup caller_io{.load_scripts = false, .check_eviction = false, .caller_io = true};
+
+RedisCall command(std::initializer_list<std::string_view> args, std::string what = "a test command") {
+  RedisCall c;
+  c.request.push(args);
+  c.what = std::move(what);
+  return c;
+}
+
+// Waits (bounded) until `link` is idle: begin_here() takes it; a PING then.
+bool wait_idle(RedisLink& link) {
+  for (int i = 0; i < 2000; ++i) {
+    RedisCall ping = command({"PING"});
+    if (link.begin_here(ping)) {
+      const RedisOutcome o = link.end_here();
+      return !o.error && o.replies.size() == 1 && o.replies[0].str == "PONG";
+    }
+    std::this_thread::sleep_for(1ms);  // polling for the I/O thread to finish; no ordering depends on it
+  }
+  return false;
+}
+
+TEST_F(RedisLinkFastPathTest, CallersOwnExchangesNeverMixRepliesWithRequestsPipelinedOnTheSameLink) {
+  RedisLink link = RedisLink::open(options(), caller_io);
+  (void)link.exec(command({"PING"}));  // connected (through the I/O thread)
+  ASSERT_TRUE(wait_idle(link)) << "an idle caller_io link must let the caller do its own exchange";
+
+  constexpr int senders = 3, per_sender = 300, direct_rounds = 600;
+  std::atomic<int> mismatches{0}, errors{0}, here{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < senders; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < per_sender / 30; ++round) {  // bursts of 30 pipelined requests
+        RedisGather g(30);
+        std::vector<std::string> sent;
+        for (int i = 0; i < 30; ++i) {
+          sent.push_back("s" + std::to_string(t) + "-" + std::to_string(round) + "-" + std::to_string(i));
+          link.send(command({"ECHO", sent.back()}), g.slot(static_cast<std::size_t>(i)));
+        }
+        auto out = g.wait();
+        for (int i = 0; i < 30; ++i) {
+          if (out[i].error) {
+            ++errors;
+          } else if (out[i].replies.size() != 1 || out[i].replies[0].str != sent[i]) {
+            ++mismatches;
+          }
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {  // the caller's own exchanges, whenever the link is idle
+    for (int i = 0; i < direct_rounds; ++i) {
+      const std::string mine = "d-" + std::to_string(i);
+      RedisCall c = command({"ECHO", mine});
+      RedisOutcome o;
+      if (link.begin_here(c)) {
+        ++here;
+        o = link.end_here();
+      } else {
+        RedisGather g(1);
+        link.send(std::move(c), g.slot(0));
+        o = std::move(g.wait()[0]);
+      }
+      if (o.error) {
+        ++errors;
+      } else if (o.replies.size() != 1 || o.replies[0].str != mine) {
+        ++mismatches;
+      }
+    }
+  });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0) << "a reply reached the wrong request";
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_FALSE(link.broken());
+  EXPECT_GT(here.load(), 0) << "the fast path was never taken: the test proves nothing";
+}
+
+TEST_F(RedisLinkFastPathTest, ARequestWrittenByTheCallerThatGetsNoAnswerIsInDoubtAndNeverResent) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisServer server;
+  RedisOptions o = server.options();
+  o.key_prefix = prefix_;
+  o.command_timeout = 300ms;
+  RedisLink link = RedisLink::open(o, caller_io);
+  (void)link.exec(command({"PING"}));
+  ASSERT_TRUE(wait_idle(link));
+  const std::string counter = prefix_ + "counter";
+
+  server.pause();  // SIGSTOP: the request reaches the kernel's buffer, no answer comes
+  RedisCall incr = command({"INCR", counter}, "an increment of the test's counter");
+  ASSERT_TRUE(link.begin_here(incr));
+  const auto t0 = std::chrono::steady_clock::now();
+  const RedisOutcome out = link.end_here();
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  server.resume();
+  ASSERT_TRUE(out.error);
+  try {
+    std::rethrow_exception(out.error);
+  } catch (const dlock::TimeoutError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("the request was sent; its outcome is unknown"), std::string::npos) << m;
+    EXPECT_NE(m.find("command_timeout 300ms"), std::string::npos) << m;
+    EXPECT_NE(m.find("an increment of the test's counter"), std::string::npos) << m;
+  } catch (const std::exception& e) {
+    FAIL() << "not a TimeoutError: " << e.what();
+  }
+  EXPECT_GE(waited, 290ms);
+  EXPECT_LT(waited, 3s);
+  EXPECT_TRUE(link.broken()) << "a link with a request in doubt is never reused";
+  RedisCall again = command({"INCR", counter});
+  EXPECT_FALSE(link.begin_here(again));
+  RedisGather g(1);
+  link.send(std::move(again), g.slot(0));
+  const RedisOutcome later = std::move(g.wait()[0]);
+  ASSERT_TRUE(later.error);
+  try {
+    std::rethrow_exception(later.error);
+  } catch (const dlock::ConnectionError& e) {
+    EXPECT_NE(std::string(e.what()).find("nothing was asked"), std::string::npos) << e.what();
+  } catch (const std::exception& e) {
+    FAIL() << "not a ConnectionError: " << e.what();
+  }
+  // The server ran the first increment once, after its pause; nothing was resent.
+  RedisLink check = RedisLink::open(o, caller_io);
+  EXPECT_EQ(check.exec(command({"GET", counter})).at(0).str, "1");
+  (void)check.exec(command({"DEL", counter}));
+}
+
+TEST_F(RedisLinkFastPathTest, AConnectionClosedDuringTheCallersExchangeIsInDoubt) {
+  RedisLink link = RedisLink::open(options(), caller_io);
+  const auto id = link.exec(command({"CLIENT", "ID"})).at(0).integer;
+  ASSERT_TRUE(wait_idle(link));
+  RedisCall pop = command({"BLPOP", prefix_ + "never", "5"}, "a blocking pop");
+  ASSERT_TRUE(link.begin_here(pop));
+  std::thread killer([&] {
+    RedisLink other = RedisLink::open(options(), caller_io);
+    for (int i = 0; i < 500; ++i) {  // until the pop is blocked on the server
+      const auto list = other.exec(command({"CLIENT", "LIST", "ID", std::to_string(id)})).at(0).str;
+      if (list.find("cmd=blpop") != std::string::npos) break;
+      std::this_thread::sleep_for(2ms);
+    }
+    (void)other.exec(command({"CLIENT", "KILL", "ID", std::to_string(id)}));
+  });
+  const RedisOutcome out = link.end_here();
+  killer.join();
+  ASSERT_TRUE(out.error);
+  try {
+    std::rethrow_exception(out.error);
+  } catch (const dlock::TimeoutError& e) {
+    FAIL() << "a closed connection is not a timeout: " << e.what();
+  } catch (const dlock::ConnectionError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("closed the connection during a blocking pop"), std::string::npos) << m;
+    EXPECT_NE(m.find("its outcome is unknown"), std::string::npos) << m;
+  }
+  EXPECT_TRUE(link.broken());
+}
+
+TEST_F(RedisLinkFastPathTest, ALinkTheServerClosedWhileIdleIsDroppedAtCheckoutNotWrittenOn) {
+  dlock::Lock<dlock::RedisBackend> lock(redis(), "idle-closed", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());
+  lock.unlock();  // its pooled link is idle now
+  RedisLink other = RedisLink::open(options(), caller_io);
+  const auto killed = other.exec(command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"})).at(0).integer;
+  ASSERT_GE(killed, 1);
+  for (int i = 0; i < 20; ++i) {  // no in-doubt error: each checkout finds the closed link and opens a new one
+    ASSERT_NO_THROW({
+      ASSERT_TRUE(lock.try_lock());
+      lock.unlock();
+    });
+  }
+}
+
+}  // namespace
