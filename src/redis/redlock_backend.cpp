@@ -778,6 +778,17 @@ void RedlockBackend::async_abandon(std::string_view name, const OwnerId& owner) 
   }
 }
 
+void RedlockBackend::Subscription::on_release(std::function<void()> f) {
+  // wait_for()'s spread, at least one round (the nodes publish during the
+  // release round) and 1 ms (the transport's timer resolution).
+  const auto round = std::chrono::nanoseconds(round_ns_->load(std::memory_order_relaxed));
+  const auto spread = detail::redlock_wake_spread(round, std::chrono::seconds(1));
+  const auto at = std::max(round, std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(
+                                      0, spread.count())(detail::thread_rng())));
+  sub_.on_release_settled(std::move(f),
+                          std::max(std::chrono::milliseconds(1), std::chrono::ceil<std::chrono::milliseconds>(at)));
+}
+
 RedlockBackend::Subscription RedlockBackend::subscribe_release_nowait(std::string_view name) {
   return Subscription(state_->subscriber.subscribe(detail::redis_keys(state_->options.key_prefix, name).channel, false),
                       state_->round_ns);

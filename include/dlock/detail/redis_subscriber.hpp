@@ -123,6 +123,11 @@ class RedisSubscription {
   /// since `f`'s predecessor ran. A later call replaces a pending `f`. `f`
   /// must not block nor call back into the subscriber.
   void on_release(std::function<void()> f);
+  /// on_release() for a release that several servers publish (Redlock: one
+  /// copy per node): once woken, `f` runs `settle` later on the I/O thread,
+  /// and the messages that came in meanwhile count as part of that wake-up
+  /// (a later on_release does not fire at once for them).
+  void on_release_settled(std::function<void()> f, std::chrono::milliseconds settle);
   /// How many servers acknowledged the subscription before subscribe() returned.
   [[nodiscard]] std::size_t acknowledged() const noexcept { return acknowledged_; }
 
@@ -132,6 +137,7 @@ class RedisSubscription {
                     std::uint64_t seen) noexcept
       : core_(std::move(core)), channel_(std::move(channel)), seen_(seen) {}
   void reset() noexcept;
+  void add_waker();  // waker_, registered with the channel
 
   std::shared_ptr<RedisSubscriber::Core> core_;
   std::shared_ptr<RedisSubscriber::Channel> channel_;

@@ -9,8 +9,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include "redlock/redlock_test_support.hpp"
 #include "support/async_checks.hpp"
@@ -78,6 +80,40 @@ TEST_F(RedlockAsync, AMajorityStoppedMidWaitGivesAConnectionErrorAtTheDeadline) 
     cluster().server(0).stop();
     cluster().server(1).stop();
   });
+}
+
+}  // namespace
+
+namespace {
+
+// One release publishes on every node that held the lock (three here): an
+// asynchronous waiter is woken once by it, not once per node (the copies that
+// come in while the wake-up settles belong to it, as in the blocking wait's
+// spread; RedlockBackend::Subscription::on_release). The 300 ms with no
+// second wake-up is the window the other copies arrive in on loopback.
+TEST_F(RedlockAsync, OneReleaseWakesAnAsynchronousWaiterOnce) {
+  auto acked = redlock().subscribe_release("once");  // every node acknowledged: no SUBSCRIBE left to wake on
+  ASSERT_EQ(acked.acknowledged(), 3u);
+  auto sub = redlock().subscribe_release_nowait("once");
+  std::atomic<int> wakes{0};
+  const auto arm = [&] { sub.on_release([&] { ++wakes; }); };
+  arm();
+  Lock<RedlockBackend> holder(redlock(), "once");
+  ASSERT_TRUE(holder.try_lock());
+  EXPECT_EQ(wakes, 0);
+  holder.unlock();  // published on the three nodes
+  const auto until = Clock::now() + 5s;
+  while (wakes == 0 && Clock::now() < until) std::this_thread::sleep_for(1ms);  // polling the count
+  ASSERT_EQ(wakes, 1);
+  arm();                               // as the acquire does after its attempt
+  std::this_thread::sleep_for(300ms);  // the window the other nodes' copies arrive in
+  EXPECT_EQ(wakes, 1) << "one release woke the waiter more than once";
+  // The next release wakes it again.
+  ASSERT_TRUE(holder.try_lock());
+  holder.unlock();
+  const auto until2 = Clock::now() + 5s;
+  while (wakes == 1 && Clock::now() < until2) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(wakes, 2);
 }
 
 }  // namespace
