@@ -87,7 +87,6 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
     }
     if (any_not_primary(o.replies)) {
       routes[i]->failed(link);
-      link->close();  // never reused
       if (!again) return start(i, true);
       return node_done(i, std::move(o));
     }

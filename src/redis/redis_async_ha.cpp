@@ -97,7 +97,11 @@ void AsyncRoute::failed(const std::shared_ptr<RedisLink>& link) noexcept {
     }
     return;
   }
-  if (kind_ != Kind::sentinel || !link) return;
+  if (!link) return;
+  if (kind_ == Kind::one) {  // never reused: the next request opens a link that resolves the name again
+    link->close();
+    return;
+  }
   std::lock_guard lk(mu_);
   // Only a link of the primary found last: the many requests failing on an
   // old primary's links find the primary once, not once each.

@@ -63,7 +63,8 @@ class AsyncRoute : public std::enable_shared_from_this<AsyncRoute> {
   [[nodiscard]] bool cluster() const noexcept { return kind_ == Kind::cluster; }
   /// A request on `link` failed with a connection error, or was refused as
   /// not the primary: Sentinel finds the primary again for the next request,
-  /// Cluster reads the slot map again. `link` may be null (Cluster: refresh).
+  /// Cluster reads the slot map again, one server's link is closed (the next
+  /// one resolves the name again). `link` may be null (Cluster: refresh).
   void failed(const std::shared_ptr<RedisLink>& link) noexcept;
   /// Cluster: a MOVED followed (the map patched, read again), an ASK followed.
   void moved(const redis_proto::Redirect& to, std::string_view sender_host) noexcept;
