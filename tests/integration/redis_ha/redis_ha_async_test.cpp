@@ -213,14 +213,9 @@ TEST_F(RedisClusterAsync, ASlotMigratedUnderAHeldLockGivesAskThenMovedThatAreFol
   ASSERT_TRUE(run(io, holder.async_try_lock_for(1s, asio::use_awaitable)));
   const std::uint64_t first_token = holder.fencing_token();
 
-  RespConn ca(a.port);
+  dlock::test::migrate_slot_keys(a, b, slot, {keys.lock, keys.fence});
   RespConn cb(b.port);
   const std::string s = std::to_string(slot);
-  ASSERT_EQ(cb.command({"CLUSTER", "SETSLOT", s, "IMPORTING", a.id}).str, "OK");
-  ASSERT_EQ(ca.command({"CLUSTER", "SETSLOT", s, "MIGRATING", b.id}).str, "OK");
-  const auto migrated =
-      ca.command({"MIGRATE", "127.0.0.1", std::to_string(b.port), "", "0", "5000", "KEYS", keys.lock, keys.fence});
-  ASSERT_EQ(migrated.str, "OK") << migrated.str;
 
   // A no longer has the keys: ASK to B, where ASKING + the script finds the holder.
   EXPECT_FALSE(run(io, contender.async_try_lock_for(50ms, asio::use_awaitable)));
