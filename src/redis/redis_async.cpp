@@ -222,7 +222,7 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
   std::vector<std::vector<detail::redis_proto::ScriptCall>> batches(1);
   batches[0].push_back(std::move(call));
   detail::async_fan_out(node, std::move(batches), std::nullopt, std::move(what), {},
-                        [state, work = detail::ExecutorCompletion(ex), done = std::move(done),
+                        [state, work = detail::ResultCompletion<R>(ex, std::move(done)),
                          judge = std::move(judge)](std::vector<detail::RedisOutcome> out) {
                           R result{};
                           std::exception_ptr error;
@@ -232,7 +232,7 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
                           } catch (...) {
                             error = std::current_exception();
                           }
-                          detail::post_result<R>(work, done, error, std::move(result));
+                          work.post(error, std::move(result));
                         });
 }
 

@@ -119,6 +119,26 @@ void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<
                    std::optional<std::chrono::milliseconds> timeout, std::string what, std::string deadline_name,
                    std::function<void(std::vector<RedisOutcome>)> done);
 
+/// A backend operation's completion `done(error, result)`, posted to `ex`
+/// from the I/O thread. `done` (and the operation state it holds) is kept
+/// by the executor's context, not by the request in flight: if the context
+/// is destroyed first, `done` is destroyed with it, on that thread, while the
+/// objects the operation refers to (its Lock) still exist (docs/async.md,
+/// "When the io_context stops"). Thread-safe.
+template <class R>
+class ResultCompletion {
+ public:
+  using Done = std::function<void(std::exception_ptr, R)>;
+  ResultCompletion(const boost::asio::any_io_executor& ex, Done done)
+      : work_(ex, std::make_shared<Done>(std::move(done))) {}
+  void post(std::exception_ptr error, R result) const {
+    work_.post_held<Done>([error, result = std::move(result)](Done& done) mutable { done(error, std::move(result)); });
+  }
+
+ private:
+  ExecutorCompletion work_;
+};
+
 /// Calls `done(error, result)` through `ex` (never inside the caller); see
 /// async_work.hpp for what happens when the executor's context is gone.
 template <class R>
