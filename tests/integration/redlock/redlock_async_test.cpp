@@ -133,6 +133,7 @@ TEST_F(RedlockAsync, DestroyingTheIoContextAndTheBackendWithRoundsInFlightIsSafe
   std::vector<std::unique_ptr<dlock::detail::RedisClient>> admin;
   for (std::size_t i = 0; i < cluster().size(); ++i)
     admin.push_back(std::make_unique<dlock::detail::RedisClient>(cluster().server(i).options()));
+  Lock<RedlockBackend> holder(redlock(), "held", o);
   {
     std::vector<std::unique_ptr<Lock<RedlockBackend>>> locks;  // outlive the io_context (docs/async.md)
     asio::io_context io;
@@ -142,9 +143,12 @@ TEST_F(RedlockAsync, DestroyingTheIoContextAndTheBackendWithRoundsInFlightIsSafe
     io.run_for(2s);
     ASSERT_TRUE(warmed && *warmed);
     io.restart();
+    ASSERT_TRUE(holder.try_lock());
     for (auto& a : admin) ASSERT_EQ(a->command({"CLIENT", "PAUSE", "600", "ALL"}).str, "OK");
     for (int i = 0; i < 20; ++i) {
-      locks.push_back(std::make_unique<Lock<RedlockBackend>>(redlock(), "f" + std::to_string(i), o));
+      // Free names (a round in flight) and the held one (a waiter, subscribed).
+      locks.push_back(
+          std::make_unique<Lock<RedlockBackend>>(redlock(), i % 4 == 0 ? "held" : "f" + std::to_string(i), o));
       locks.back()->async_try_lock_for(5s, asio::bind_executor(io, [&](boost::system::error_code, bool) {
                                          ++ran;
                                          if (destroyed) ++ran_after;
@@ -153,6 +157,7 @@ TEST_F(RedlockAsync, DestroyingTheIoContextAndTheBackendWithRoundsInFlightIsSafe
     io.run_for(100ms);  // the rounds are written; the paused nodes hold their replies
     destroyed = true;
   }
+  holder.unlock();
   backend_.reset();
   for (auto& a : admin) EXPECT_EQ(a->command({"PING"}).str, "PONG");  // after the pause
   for (auto& a : admin) EXPECT_EQ(a->command({"PING"}).str, "PONG");
