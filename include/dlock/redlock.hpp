@@ -105,11 +105,13 @@ class RedlockBackend {
     /// passed first.
     [[nodiscard]] bool wait_for(std::chrono::nanoseconds d);
     /// AsyncNotifiesRelease (lock.hpp): `f` runs once, on the transport's I/O
-    /// thread, at the next release published by any node (or at once if one
-    /// came since the last wake-up), and also when a node acknowledges a
-    /// SUBSCRIBE that was still in flight. No wake-up spread (wait_for's):
-    /// the asynchronous acquire's backoff jitter spreads the attempts.
-    void on_release(std::function<void()> f) { sub_.on_release(std::move(f)); }
+    /// thread, after the next release published by any node (or one that came
+    /// since the last wake-up), and also after a node acknowledges a
+    /// SUBSCRIBE that was still in flight. Like wait_for(), it runs at a
+    /// random point of the wake-up spread (at least one acquire round, and
+    /// 1 ms), and the other nodes' copies of that release that come in
+    /// meanwhile belong to this wake-up: one release wakes a waiter once.
+    void on_release(std::function<void()> f);
     /// How many nodes acknowledged the subscription before subscribe_release returned.
     [[nodiscard]] std::size_t acknowledged() const noexcept { return sub_.acknowledged(); }
 

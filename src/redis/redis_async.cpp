@@ -14,6 +14,8 @@
 
 #include <fmt/format.h>
 
+#include <dlock/detail/redis_cluster.hpp>
+#include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/time.hpp>
 #include <dlock/error.hpp>
 #include <dlock/redis.hpp>
@@ -22,12 +24,11 @@ namespace dlock::detail {
 
 std::shared_ptr<RedisLink> RedisClient::shared_link() {
   // The shared links reach options_ itself: with Sentinel or Cluster that is
-  // not the server holding the lock, so refuse rather than lock elsewhere.
+  // not the server holding the lock. The asynchronous requests go through
+  // async_route(), which finds that server; this refuses anything else.
   if (sentinel_ || cluster_)
-    throw InvalidArgument(
-        fmt::format("dlock: {}: the asynchronous operations are not available with Redis "
-                    "Sentinel or Cluster yet; use the blocking ones",
-                    endpoint_));
+    throw InvalidArgument(fmt::format(
+        "dlock: {}: shared_link() reaches one server; with Redis Sentinel or Cluster use async_route()", endpoint_));
   std::lock_guard lk(shared_mu_);
   if (shared_pid_ != ::getpid()) {  // fork(): the parent's links are dropped without sending anything
     shared_links_.clear();
@@ -47,7 +48,7 @@ using detail::redis_proto::ScriptCall;
 using detail::redis_proto::ScriptForm;
 
 struct FanOut : std::enable_shared_from_this<FanOut> {
-  std::vector<RedisClient*> nodes;
+  std::vector<std::shared_ptr<AsyncRoute>> routes;
   std::vector<std::vector<ScriptCall>> batches;
   std::optional<std::chrono::steady_clock::time_point> deadline;
   std::string what, deadline_name;
@@ -60,32 +61,111 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
     if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) done(std::move(out));
   }
 
+  // Node i's batch on a link its route finds; `again`: this is the one resend
+  // after a reply saying the server is not the primary (as run_scripts does).
+  void start(std::size_t i, bool again) {
+    try {
+      routes[i]->get(cluster_route_key(batches[i].front()), [self = shared_from_this(), i, again](
+                                                                std::shared_ptr<RedisLink> link, std::string host,
+                                                                std::exception_ptr error) {
+        if (error) return self->node_done(i, RedisOutcome{{}, error, {}});
+        std::vector<std::size_t> all(self->batches[i].size());
+        for (std::size_t k = 0; k < all.size(); ++k) all[k] = k;
+        self->send(i, std::move(link), std::move(host), std::move(all), ScriptForm::evalsha, RedisOutcome{}, again);
+      });
+    } catch (...) {  // out of memory: this node's outcome
+      node_done(i, RedisOutcome{{}, std::current_exception(), {}});
+    }
+  }
+
+  // The batch's outcome, judged: a connection error or a server that is not
+  // the primary sends the route looking again (and the batch once more).
+  void judged(std::size_t i, const std::shared_ptr<RedisLink>& link, std::string host, RedisOutcome o, bool again) {
+    if (o.error) {
+      routes[i]->failed(link);
+      return node_done(i, std::move(o));
+    }
+    if (any_not_primary(o.replies)) {
+      routes[i]->failed(link);
+      if (!again) return start(i, true);
+      return node_done(i, std::move(o));
+    }
+    if (routes[i]->cluster() && o.replies.size() == 1 && o.replies[0].is_error())
+      return follow(i, std::move(host), std::move(o), 0);
+    node_done(i, std::move(o));
+  }
+
+  // Cluster: MOVED / ASK followed (as ClusterClient::follow does), the call
+  // sent as EVAL to the named node, at most redis_proto::max_redirects times.
+  void follow(std::size_t i, std::string sender_host, RedisOutcome o, int redirects) {
+    const redis_proto::HaDecision d = redis_proto::after_error(o.replies[0].str, sender_host, redirects);
+    if (d.step != redis_proto::HaStep::follow_moved && d.step != redis_proto::HaStep::follow_ask) {
+      if (d.refresh_map) routes[i]->failed(nullptr);  // READONLY, CLUSTERDOWN: the next attempt uses the new map
+      return node_done(i, std::move(o));
+    }
+    const redis_proto::Redirect to = *d.redirect;
+    const bool ask = d.step == redis_proto::HaStep::follow_ask;
+    if (ask)
+      routes[i]->asked();
+    else
+      routes[i]->moved(to, sender_host);
+    routes[i]->get_at(to.host, to.port,
+                      [self = shared_from_this(), i, ask, redirects](std::shared_ptr<RedisLink> link, std::string host,
+                                                                     std::exception_ptr error) {
+                        if (error) return self->node_done(i, RedisOutcome{{}, error, {}});
+                        self->redirected(i, std::move(link), std::move(host), ask, redirects + 1);
+                      });
+  }
+
+  void redirected(std::size_t i, std::shared_ptr<RedisLink> link, std::string host, bool ask, int redirects) {
+    try {
+      RedisCall call{.request = {}, .what = what, .deadline = deadline, .deadline_name = deadline_name};
+      if (ask) redis_proto::push_asking(call.request);  // ASKING, then the call
+      (void)redis_proto::push_script_call(call.request, batches[i].front(), link->shas(), ScriptForm::eval);
+      RedisLink& l = *link;
+      l.send(std::move(call), [self = shared_from_this(), i, link = std::move(link), host = std::move(host),
+                               redirects](RedisOutcome o) mutable {
+        if (o.error) {
+          self->routes[i]->failed(link);
+          return self->node_done(i, std::move(o));
+        }
+        if (o.replies.size() > 1) o.replies.erase(o.replies.begin(), o.replies.end() - 1);  // ASKING's +OK
+        if (o.replies.size() == 1 && o.replies[0].is_error())
+          return self->follow(i, std::move(host), std::move(o), redirects);
+        self->node_done(i, std::move(o));
+      });
+    } catch (...) {  // out of memory: this node's outcome
+      node_done(i, RedisOutcome{{}, std::current_exception(), {}});
+    }
+  }
+
   // Sends batches[i][k] for k in `calls` on `link` in `form`; the EVALSHA
   // round resends the calls answered NOSCRIPT once as EVAL.
-  void send(std::size_t i, std::shared_ptr<RedisLink> link, std::vector<std::size_t> calls, ScriptForm form,
-            RedisOutcome first) {
+  void send(std::size_t i, std::shared_ptr<RedisLink> link, std::string host, std::vector<std::size_t> calls,
+            ScriptForm form, RedisOutcome first, bool again) {
     try {
       RedisCall call{.request = {}, .what = what, .deadline = deadline, .deadline_name = deadline_name};
       for (std::size_t k : calls)
         (void)detail::redis_proto::push_script_call(call.request, batches[i][k], link->shas(), form);
       RedisLink& l = *link;
-      l.send(std::move(call), [self = shared_from_this(), i, link = std::move(link), calls = std::move(calls), form,
-                               first = std::move(first)](RedisOutcome o) mutable {
-        if (o.error) return self->node_done(i, std::move(o));
-        if (form == ScriptForm::eval) {  // the resend: its replies into the first round's places
-          for (std::size_t j = 0; j < calls.size() && j < o.replies.size(); ++j)
-            first.replies[calls[j]] = std::move(o.replies[j]);
-          first.answered = o.answered;
-          return self->node_done(i, std::move(first));
-        }
-        std::vector<std::size_t> again;
-        for (std::size_t k = 0; k < o.replies.size(); ++k)
-          if (detail::redis_proto::after_script_reply(o.replies[k], ScriptForm::evalsha) ==
-              detail::redis_proto::ScriptNext::resend_as_eval)
-            again.push_back(k);
-        if (again.empty()) return self->node_done(i, std::move(o));
-        self->send(i, std::move(link), std::move(again), ScriptForm::eval, std::move(o));
-      });
+      l.send(
+          std::move(call), [self = shared_from_this(), i, link = std::move(link), host = std::move(host),
+                            calls = std::move(calls), form, first = std::move(first), again](RedisOutcome o) mutable {
+            if (o.error) return self->judged(i, link, std::move(host), std::move(o), again);
+            if (form == ScriptForm::eval) {  // the resend: its replies into the first round's places
+              for (std::size_t j = 0; j < calls.size() && j < o.replies.size(); ++j)
+                first.replies[calls[j]] = std::move(o.replies[j]);
+              first.answered = o.answered;
+              return self->judged(i, link, std::move(host), std::move(first), again);
+            }
+            std::vector<std::size_t> resend;
+            for (std::size_t k = 0; k < o.replies.size(); ++k)
+              if (detail::redis_proto::after_script_reply(o.replies[k], ScriptForm::evalsha) ==
+                  detail::redis_proto::ScriptNext::resend_as_eval)
+                resend.push_back(k);
+            if (resend.empty()) return self->judged(i, link, std::move(host), std::move(o), again);
+            self->send(i, std::move(link), std::move(host), std::move(resend), ScriptForm::eval, std::move(o), again);
+          });
     } catch (...) {  // out of memory: this node's outcome
       node_done(i, RedisOutcome{{}, std::current_exception(), {}});
     }
@@ -98,29 +178,31 @@ void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<
                    std::optional<std::chrono::milliseconds> timeout, std::string what, std::string deadline_name,
                    std::function<void(std::vector<RedisOutcome>)> done) {
   auto f = std::make_shared<FanOut>();
-  f->nodes.assign(nodes.begin(), nodes.end());
   f->batches = std::move(batches);
   if (timeout) f->deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
   f->what = std::move(what);
   f->deadline_name = std::move(deadline_name);
   f->done = std::move(done);
   f->out.resize(nodes.size());
+  f->routes.resize(nodes.size());
   f->left.store(nodes.size() + 1);  // one more for this call: done runs once all sends are out
   for (std::size_t i = 0; i < nodes.size(); ++i) {
     if (f->batches[i].empty()) {
       f->node_done(i, RedisOutcome{});
       continue;
     }
-    std::vector<std::size_t> all(f->batches[i].size());
-    for (std::size_t k = 0; k < all.size(); ++k) all[k] = k;
-    std::shared_ptr<RedisLink> link;
     try {
-      link = nodes[i]->shared_link();
-    } catch (...) {  // an unusable TLS setting, or out of memory
+      if (timeout && nodes[i]->cluster() != nullptr)  // Redlock's rounds: as RedisClient::open_link refuses them
+        throw InvalidArgument(
+            fmt::format("dlock: {} is a Redis Cluster, which routes each lock to its shard; it cannot serve where one "
+                        "server is expected (a Redlock node): give Redlock independent servers",
+                        nodes[i]->endpoint()));
+      f->routes[i] = nodes[i]->async_route();
+    } catch (...) {  // out of memory
       f->node_done(i, RedisOutcome{{}, std::current_exception(), {}});
       continue;
     }
-    f->send(i, std::move(link), std::move(all), ScriptForm::evalsha, RedisOutcome{});
+    f->start(i, false);
   }
   if (f->left.fetch_sub(1, std::memory_order_acq_rel) == 1) f->done(std::move(f->out));
 }
@@ -140,7 +222,7 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
   std::vector<std::vector<detail::redis_proto::ScriptCall>> batches(1);
   batches[0].push_back(std::move(call));
   detail::async_fan_out(node, std::move(batches), std::nullopt, std::move(what), {},
-                        [state, work = detail::ExecutorCompletion(ex), done = std::move(done),
+                        [state, work = detail::ResultCompletion<R>(ex, std::move(done)),
                          judge = std::move(judge)](std::vector<detail::RedisOutcome> out) {
                           R result{};
                           std::exception_ptr error;
@@ -150,7 +232,7 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
                           } catch (...) {
                             error = std::current_exception();
                           }
-                          detail::post_result<R>(work, done, error, std::move(result));
+                          work.post(error, std::move(result));
                         });
 }
 

@@ -191,6 +191,7 @@ RedisClient::RedisClient(RedisOptions options, RedisLinkSetup setup)
 }
 
 RedisClient::~RedisClient() {
+  detach_async_route();
   sentinel_.reset();
   cluster_.reset();
 }  // stops the +switch-master watch before the pool goes
@@ -208,7 +209,7 @@ RedisLink RedisClient::open_link() {
   setup.caller_io = true;
   if (!sentinel_) return RedisLink::open(options_, setup);
   // A failover announced retires every connection open before it.
-  sentinel_->watch([this] { pool_.invalidate(); });
+  sentinel_->watch([this] { on_failover(); });
   return sentinel_->open(setup);
 }
 

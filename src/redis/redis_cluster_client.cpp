@@ -86,6 +86,33 @@ void ClusterClient::refresh() {
   throw ConnectionError(fmt::format("dlock: no node of {} gave its slot map ({})", redis_endpoint(options_), answers));
 }
 
+std::optional<redis_proto::ClusterNode> ClusterClient::known_primary(std::uint16_t slot) const {
+  std::lock_guard lk(mu_);
+  if (map_)
+    if (const auto* p = map_->primary_for_slot(slot)) return *p;
+  return std::nullopt;
+}
+
+std::vector<std::pair<std::string, std::uint16_t>> ClusterClient::map_sources() const {
+  std::vector<std::pair<std::string, std::uint16_t>> out;
+  for (const RedisAddress& s : options_.cluster->seeds) out.emplace_back(s.host, static_cast<std::uint16_t>(s.port));
+  std::lock_guard lk(mu_);
+  if (map_)
+    for (const auto& p : map_->primaries()) out.emplace_back(p.host, p.port);
+  return out;
+}
+
+void ClusterClient::install(redis_proto::SlotMap map) {
+  std::lock_guard lk(mu_);
+  map_ = std::move(map);
+}
+
+void ClusterClient::note_moved(const redis_proto::Redirect& to, std::string_view sender_host) {
+  ++moved_;
+  std::lock_guard lk(mu_);
+  if (map_) map_->apply_moved(to, sender_host);
+}
+
 void ClusterClient::refresh_quietly() noexcept {
   try {
     refresh();

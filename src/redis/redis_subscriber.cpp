@@ -512,15 +512,17 @@ bool RedisSubscription::wait_one(std::unique_lock<std::mutex>& lk, std::chrono::
   return true;
 }
 
+void RedisSubscription::add_waker() {
+  auto w = std::make_shared<RedisSubscriber::Waker>();
+  w->seen = seen_;
+  std::lock_guard lk(core_->mu);
+  channel_->wakers.push_back(w);
+  waker_ = std::move(w);
+}
+
 void RedisSubscription::on_release(std::function<void()> f) {
   if (!core_ || core_->inherited()) return;  // never fires (fork(): the parent's)
-  if (!waker_) {
-    auto w = std::make_shared<RedisSubscriber::Waker>();
-    w->seen = seen_;
-    std::lock_guard lk(core_->mu);
-    channel_->wakers.push_back(w);
-    waker_ = std::move(w);
-  }
+  if (!waker_) add_waker();
   {
     std::lock_guard lk(core_->mu);
     if (channel_->releases == waker_->seen && !waker_->acked) {
@@ -532,6 +534,28 @@ void RedisSubscription::on_release(std::function<void()> f) {
     waker_->fn = nullptr;
   }
   f();  // a release (or an acknowledgement) since the last wake-up
+}
+
+void RedisSubscription::on_release_settled(std::function<void()> f, std::chrono::milliseconds settle) {
+  if (!core_ || core_->inherited()) return;  // never fires (fork(): the parent's)
+  if (!waker_) add_waker();
+  on_release([core = std::weak_ptr<RedisSubscriber::Core>(core_), waker = std::weak_ptr<RedisSubscriber::Waker>(waker_),
+              channel = channel_, settle, f = std::move(f)] {
+    const auto settled = [core, waker, channel, f] {
+      if (const auto c = core.lock())
+        if (const auto w = waker.lock()) {
+          std::lock_guard lk(c->mu);
+          w->seen = channel->releases;  // the other servers' copies of this release
+          w->acked = false;
+        }
+      f();
+    };
+    try {
+      redis_io_after(settle, settled);
+    } catch (...) {  // out of memory: woken now, unsettled
+      f();
+    }
+  });
 }
 
 }  // namespace dlock::detail

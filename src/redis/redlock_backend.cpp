@@ -651,9 +651,10 @@ void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boos
   try {
     auto state = state_;
     auto a = std::make_shared<State::Attempt>(*state, request);
-    const detail::ExecutorCompletion work(ex);
+    // Kept by the io_context, not by the requests in flight (detail::ResultCompletion).
+    const detail::ResultCompletion<Result> work(ex, done);
     // The last step: the attempt's outcome to the caller.
-    auto finish = [state, a, work, done] {
+    auto finish = [state, a, work] {
       Result result = Contended{};
       std::exception_ptr error;
       try {
@@ -661,11 +662,11 @@ void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boos
       } catch (...) {
         error = std::current_exception();
       }
-      detail::post_result<Result>(work, done, error, std::move(result));
+      work.post(error, std::move(result));
     };
     // Granted, or cleaned up and judged.
-    auto settle = [state, a, work, done, finish] {
-      if (a->granted()) return detail::post_result<Result>(work, done, nullptr, a->grant());
+    auto settle = [state, a, work, finish] {
+      if (a->granted()) return work.post(nullptr, a->grant());
       if (!a->cleanup_needed()) return finish();
       auto batches = a->cleanup_batches();
       auto shared = std::make_shared<std::vector<std::vector<ScriptCall>>>(batches);
@@ -712,21 +713,21 @@ void RedlockBackend::async_release(std::string_view name, Lease<Handle>& lease, 
     auto keys = std::make_shared<detail::RedisKeys>(detail::redis_keys(state->options.key_prefix, name));
     auto batches =
         std::make_shared<std::vector<std::vector<ScriptCall>>>(state->release_batches(*keys, lease.owner.str()));
-    detail::async_fan_out(state->ptrs, *batches, state->options.node_timeout,
-                          fmt::format("release of '{}'", keys->lock), state->deadline_name,
-                          [state, keys, batches, name = std::string(name), work = detail::ExecutorCompletion(ex),
-                           done](std::vector<detail::RedisOutcome> out) {
-                            ReleaseResult result = ReleaseResult::not_held;
-                            std::exception_ptr error;
-                            try {
-                              Failures failures;
-                              result = state->release_result(
-                                  name, state->release_votes(*keys, *batches, out, &failures), failures);
-                            } catch (...) {
-                              error = std::current_exception();
-                            }
-                            detail::post_result<ReleaseResult>(work, done, error, result);
-                          });
+    detail::async_fan_out(
+        state->ptrs, *batches, state->options.node_timeout, fmt::format("release of '{}'", keys->lock),
+        state->deadline_name,
+        [state, keys, batches, name = std::string(name),
+         work = detail::ResultCompletion<ReleaseResult>(ex, done)](std::vector<detail::RedisOutcome> out) {
+          ReleaseResult result = ReleaseResult::not_held;
+          std::exception_ptr error;
+          try {
+            Failures failures;
+            result = state->release_result(name, state->release_votes(*keys, *batches, out, &failures), failures);
+          } catch (...) {
+            error = std::current_exception();
+          }
+          work.post(error, result);
+        });
   } catch (...) {
     detail::post_result<ReleaseResult>(detail::ExecutorCompletion(ex), done, std::current_exception(),
                                        ReleaseResult::not_held);
@@ -746,7 +747,7 @@ void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, s
     detail::async_fan_out(state->ptrs, std::move(batches), state->options.node_timeout,
                           fmt::format("extend of '{}'", name), state->deadline_name,
                           [state, keys, owner, name = std::string(name), ttl, started, drift,
-                           work = detail::ExecutorCompletion(ex), done](std::vector<detail::RedisOutcome> out) {
+                           work = detail::ResultCompletion<Result>(ex, done)](std::vector<detail::RedisOutcome> out) {
                             ExtendItem it{name, nullptr, ttl, started};
                             std::exception_ptr error;
                             try {
@@ -760,7 +761,7 @@ void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, s
                             } catch (...) {
                               error = std::current_exception();
                             }
-                            detail::post_result<Result>(work, done, error, it.valid_until);
+                            work.post(error, it.valid_until);
                           });
   } catch (...) {
     detail::post_result<Result>(detail::ExecutorCompletion(ex), done, std::current_exception(), std::nullopt);
@@ -776,6 +777,17 @@ void RedlockBackend::async_abandon(std::string_view name, const OwnerId& owner) 
                           [](std::vector<detail::RedisOutcome>) {});
   } catch (...) {  // an invalid name or out of memory: best effort, the keys expire by their TTL
   }
+}
+
+void RedlockBackend::Subscription::on_release(std::function<void()> f) {
+  // wait_for()'s spread, at least one round (the nodes publish during the
+  // release round) and 1 ms (the transport's timer resolution).
+  const auto round = std::chrono::nanoseconds(round_ns_->load(std::memory_order_relaxed));
+  const auto spread = detail::redlock_wake_spread(round, std::chrono::seconds(1));
+  const auto at = std::max(round, std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(
+                                      0, spread.count())(detail::thread_rng())));
+  sub_.on_release_settled(std::move(f),
+                          std::max(std::chrono::milliseconds(1), std::chrono::ceil<std::chrono::milliseconds>(at)));
 }
 
 RedlockBackend::Subscription RedlockBackend::subscribe_release_nowait(std::string_view name) {

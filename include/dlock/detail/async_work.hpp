@@ -26,6 +26,10 @@ namespace dlock::detail {
 struct AsyncWorkSlot {
   std::mutex mu;
   std::optional<boost::asio::any_io_executor> ex;  // tracked (outstanding work) while set
+  // What the completion keeps alive until it is posted (the operation's
+  // state): let go with `ex` at shutdown, so that it is destroyed on the
+  // thread destroying the context, not later on the I/O thread.
+  std::shared_ptr<void> held;
 };
 
 /// Lets go of every pending completion's work when its context shuts down.
@@ -57,8 +61,13 @@ class AsyncWorkService : public boost::asio::execution_context::service {
     }
     for (auto& w : slots)
       if (auto s = w.lock()) {
-        std::lock_guard lk(s->mu);
-        s->ex.reset();
+        std::shared_ptr<void> held;
+        {
+          std::lock_guard lk(s->mu);
+          s->ex.reset();
+          held = std::move(s->held);
+        }
+        held.reset();  // outside the lock: its destructor may start another operation
       }
   }
 
@@ -70,10 +79,28 @@ class AsyncWorkService : public boost::asio::execution_context::service {
 
 class ExecutorCompletion {
  public:
-  explicit ExecutorCompletion(const boost::asio::any_io_executor& ex) : slot_(std::make_shared<AsyncWorkSlot>()) {
+  explicit ExecutorCompletion(const boost::asio::any_io_executor& ex, std::shared_ptr<void> held = nullptr)
+      : slot_(std::make_shared<AsyncWorkSlot>()) {
     auto& ctx = boost::asio::query(ex, boost::asio::execution::context);
-    if (boost::asio::use_service<AsyncWorkService>(ctx).add(slot_))
+    if (boost::asio::use_service<AsyncWorkService>(ctx).add(slot_)) {
       slot_->ex.emplace(boost::asio::prefer(ex, boost::asio::execution::outstanding_work.tracked));
+      slot_->held = std::move(held);
+    }
+  }
+
+  /// Posts `f(*held)` (`held` as given to the constructor, a T), once;
+  /// nothing if the context is gone: `held` was destroyed at its shutdown.
+  template <class T, class F>
+  void post_held(F&& f) const {
+    std::shared_ptr<void> held;
+    {
+      std::lock_guard lk(slot_->mu);
+      if (!slot_->ex || !slot_->held) return;
+      held = std::move(slot_->held);
+      boost::asio::post(
+          *slot_->ex, [h = std::static_pointer_cast<T>(std::move(held)), f = std::forward<F>(f)]() mutable { f(*h); });
+      slot_->ex.reset();
+    }
   }
 
   /// Posts `f` to the executor, once; nothing if the context is gone (or

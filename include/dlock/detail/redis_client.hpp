@@ -75,6 +75,7 @@ struct ReleaseReply {
 
 class SentinelClient;
 class ClusterClient;
+class AsyncRoute;
 
 /// An error reply saying the server is not (or no longer) a usable primary
 /// (READONLY, MASTERDOWN): the connection that got it must not be used again.
@@ -185,6 +186,21 @@ class RedisClient {
  public:
   /// With options.cluster: the router (redis_cluster_client.hpp); else null.
   [[nodiscard]] ClusterClient* cluster() noexcept { return cluster_.get(); }
+  /// With options.sentinel: the discovery (redis_sentinel_client.hpp); else null.
+  [[nodiscard]] SentinelClient* sentinel() noexcept { return sentinel_.get(); }
+  /// What every new link of this client sends first.
+  [[nodiscard]] const RedisLinkSetup& link_setup() const noexcept { return setup_; }
+  /// For the asynchronous operations (detail/redis_async.hpp): where their
+  /// requests go (shared_link(); with Sentinel the current primary, with
+  /// Cluster the slot's primary), resolved without blocking. Created on
+  /// first use; outlives this client safely (it is detached from it here).
+  [[nodiscard]] std::shared_ptr<AsyncRoute> async_route();
+
+ private:
+  friend class AsyncRoute;             // starts the +switch-master watch with on_failover()
+  void on_failover() noexcept;         // +switch-master: the pool and the asynchronous route let go of the old primary
+  void detach_async_route() noexcept;  // ~RedisClient: the route's later callbacks no longer reach this client
+  std::shared_ptr<AsyncRoute> async_route_;  // under shared_mu_
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

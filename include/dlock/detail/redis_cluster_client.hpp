@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "../redis_options.hpp"
@@ -74,6 +75,20 @@ class ClusterClient {
   /// For tests: redirects followed since construction.
   [[nodiscard]] std::uint64_t moved_followed() const noexcept { return moved_.load(); }
   [[nodiscard]] std::uint64_t ask_followed() const noexcept { return asked_.load(); }
+
+  // For the asynchronous routing (redis_async_ha.cpp), which never blocks:
+  /// The primary serving `slot` in the map known now; nullopt when none is.
+  [[nodiscard]] std::optional<redis_proto::ClusterNode> known_primary(std::uint16_t slot) const;
+  /// The client of the node at host:port (created on first use; never blocks).
+  RedisClient& node_at(const std::string& host, std::uint16_t port) { return node(host, port); }
+  /// Where refresh() asks for the slot map: the seeds, then the last map's primaries.
+  [[nodiscard]] std::vector<std::pair<std::string, std::uint16_t>> map_sources() const;
+  /// A slot map read without blocking: installed as refresh() installs one.
+  void install(redis_proto::SlotMap map);
+  /// A MOVED followed without blocking: the map patched as follow() does, and counted.
+  void note_moved(const redis_proto::Redirect& to, std::string_view sender_host);
+  /// An ASK followed without blocking: counted.
+  void note_ask() noexcept { ++asked_; }
 
  private:
   RedisClient& node(const std::string& host, std::uint16_t port);

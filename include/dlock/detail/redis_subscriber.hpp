@@ -145,6 +145,11 @@ class RedisSubscription {
   /// A wake-one subscription (subscribe_one): the wake it holds, if any, was
   /// used (its attempt took the lock), so it is not passed on. No-op otherwise.
   void taken() noexcept { holding_ = false; }
+  /// on_release() for a release that several servers publish (Redlock: one
+  /// copy per node): once woken, `f` runs `settle` later on the I/O thread,
+  /// and the messages that came in meanwhile count as part of that wake-up
+  /// (a later on_release does not fire at once for them).
+  void on_release_settled(std::function<void()> f, std::chrono::milliseconds settle);
   /// How many servers acknowledged the subscription before subscribe() returned.
   [[nodiscard]] std::size_t acknowledged() const noexcept { return acknowledged_; }
 
@@ -155,6 +160,7 @@ class RedisSubscription {
       : core_(std::move(core)), channel_(std::move(channel)), seen_(seen) {}
   void reset() noexcept;
   bool wait_one(std::unique_lock<std::mutex>& lk, std::chrono::steady_clock::time_point deadline);
+  void add_waker();  // waker_, registered with the channel
 
   std::shared_ptr<RedisSubscriber::Core> core_;
   std::shared_ptr<RedisSubscriber::Channel> channel_;

@@ -8,10 +8,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <optional>
-#include <utility>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "redis/redis_test_support.hpp"
 #include "support/async_checks.hpp"
@@ -82,6 +87,104 @@ TEST(RedisAsyncServer, TryLockForDuringAnOutageEndsAsTheBlockingFormDoes) {
   EXPECT_FALSE(got->second);
   EXPECT_GE(took, 300ms);
   EXPECT_LT(took, 1s);
+}
+
+}  // namespace
+
+namespace {
+
+bool eventually_true(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto until = Clock::now() + timeout;
+  while (!done()) {
+    if (Clock::now() > until) return false;
+    std::this_thread::sleep_for(2ms);  // polling a condition, not waiting for it to happen
+  }
+  return true;
+}
+
+// An io_context destroyed, and then the backend, while asynchronous requests
+// are in flight (written to a server that does not answer yet: CLIENT PAUSE):
+// no handler runs after the context is gone, nothing crashes, and under ASan
+// nothing leaks when the replies come in later (the transport completes them
+// into the dropped completions; detail/async_work.hpp). The pause is the
+// server's, and its end is waited for as the point of the test.
+TEST(RedisAsyncServer, DestroyingTheIoContextAndTheBackendWithRequestsInFlightIsSafe) {
+  dlock::test::RedisServer server;
+  RedisBackend admin(server.options());
+  auto redis = std::make_unique<RedisBackend>(server.options());
+  const auto quiet = std::make_shared<dlock::test::QuietObserver>();
+  const LockOptions o{.ttl = 10s, .retry = {.initial_delay = 5ms, .max_delay = 20ms}, .observer = quiet};
+  Lock<RedisBackend> holder(admin, "held", o);
+  ASSERT_TRUE(holder.try_lock());
+  std::atomic<bool> destroyed{false};
+  std::atomic<int> ran{0}, ran_after{0};
+  const auto count = [&] {
+    ++ran;
+    if (destroyed) ++ran_after;
+  };
+  {
+    std::vector<std::unique_ptr<Lock<RedisBackend>>> locks;  // outlive the io_context (docs/async.md)
+    asio::io_context io;
+    // One round trip first: the shared links are up, so the requests below are written, not queued.
+    Lock<RedisBackend> warm(*redis, "warm", o);
+    std::optional<bool> warmed;
+    warm.async_try_lock_for(1s, asio::bind_executor(io, [&](boost::system::error_code, bool ok) { warmed = ok; }));
+    io.run_for(2s);
+    ASSERT_TRUE(warmed && *warmed);
+    io.restart();
+    ASSERT_EQ(admin.node().command({"CLIENT", "PAUSE", "600", "ALL"}).str, "OK");
+    for (int i = 0; i < 40; ++i) {
+      // Free names (an attempt in flight) and the held one (a waiter, subscribed).
+      locks.push_back(std::make_unique<Lock<RedisBackend>>(*redis, i % 4 == 0 ? "held" : "f" + std::to_string(i), o));
+      locks.back()->async_try_lock_for(5s, asio::bind_executor(io, [&](boost::system::error_code, bool) { count(); }));
+    }
+    io.run_for(100ms);  // the attempts are written; the paused server holds their replies
+    destroyed = true;
+  }
+  redis.reset();  // the backend too, requests still in flight
+  // The pause ends; the replies come in and are dropped. A PING answered
+  // after it, and an asynchronous round trip on the transport, put them behind us.
+  EXPECT_EQ(admin.node().command({"PING"}).str, "PONG");
+  asio::io_context later;
+  Lock<RedisBackend> after(admin, "after", o);
+  std::optional<bool> got;
+  after.async_try_lock_for(2s, asio::bind_executor(later, [&](boost::system::error_code, bool ok) { got = ok; }));
+  later.run_for(3s);
+  EXPECT_TRUE(got && *got);
+  EXPECT_EQ(ran_after, 0) << "a handler ran after its io_context was destroyed";
+  EXPECT_EQ(ran, 0) << "the paused server answered before the io_context was destroyed: nothing was in flight";
+  holder.unlock();
+}
+
+// Fair mode's targeted waiter (woken only by a release naming it, or naming
+// nobody) and an asynchronous waiter (on_release, any release) on one
+// channel: a release naming the targeted waiter (what a fair release that
+// hands the lock to it publishes) wakes both; one naming nobody wakes both.
+// The targeted waiter blocks on another thread while the I/O thread wakes
+// the asynchronous one (run under TSan in CI's sanitize label).
+TEST_F(RedisAsync, AFairTargetedWaiterAndAnAsynchronousWaiterOnOneChannelBothWake) {
+  const auto a = dlock::OwnerId::generate();
+  auto targeted = redis().subscribe_release("mixed", a);   // acknowledged when it returns
+  auto async = redis().subscribe_release_nowait("mixed");  // the channel is subscribed already: no SUBSCRIBE
+  std::atomic<int> woken{0};
+  const std::string channel = redis_keys_for("mixed").channel;
+  for (const std::string& payload : {std::string(a.str()), std::string()}) {
+    const int before = woken;
+    async.on_release([&] { ++woken; });
+    std::optional<bool> targeted_woke;
+    std::thread t([&] { targeted_woke = targeted.wait_for(5s); });
+    const auto n = redis().node().command({"PUBLISH", channel, payload});
+    t.join();
+    EXPECT_EQ(n.integer, 1) << "one pub/sub connection carries both";
+    EXPECT_TRUE(targeted_woke && *targeted_woke) << "payload '" << payload << "'";
+    EXPECT_TRUE(eventually_true([&] { return woken == before + 1; }, 5s)) << "payload '" << payload << "'";
+  }
+  // A release naming another waiter wakes the asynchronous one only.
+  async.on_release([&] { ++woken; });
+  const int before = woken;
+  (void)redis().node().command({"PUBLISH", channel, std::string(dlock::OwnerId::generate().str())});
+  EXPECT_TRUE(eventually_true([&] { return woken == before + 1; }, 5s));
+  EXPECT_FALSE(targeted.wait_for(50ms));
 }
 
 }  // namespace

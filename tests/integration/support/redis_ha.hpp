@@ -536,4 +536,26 @@ class LockTraffic {
   std::vector<std::thread> workers_;
 };
 
+/// The first half of `redis-cli --cluster reshard` for one slot: `slot`
+/// IMPORTING at `to`, MIGRATING at `from`, and `keys` moved there (MIGRATE):
+/// the source now answers ASK for them. Throws when a step is refused.
+inline void migrate_slot_keys(const detail::redis_proto::ClusterNode& from, const detail::redis_proto::ClusterNode& to,
+                              std::uint16_t slot, std::initializer_list<std::string_view> keys) {
+  RespConn source(from.port);
+  RespConn target(to.port);
+  const std::string s = std::to_string(slot);
+  const auto ok = [](const Reply& r, const char* step) {
+    if (r.str != "OK") throw std::runtime_error(std::string(step) + ": " + r.str);
+  };
+  ok(target.command({"CLUSTER", "SETSLOT", s, "IMPORTING", from.id}), "SETSLOT IMPORTING");
+  ok(source.command({"CLUSTER", "SETSLOT", s, "MIGRATING", to.id}), "SETSLOT MIGRATING");
+  Request migrate;
+  std::vector<std::string_view> args{"MIGRATE", "127.0.0.1"};
+  const std::string port = std::to_string(to.port);
+  args.insert(args.end(), {port, "", "0", "5000", "KEYS"});
+  args.insert(args.end(), keys.begin(), keys.end());
+  migrate.push(args);
+  ok(source.call(migrate).at(0), "MIGRATE");
+}
+
 }  // namespace dlock::test

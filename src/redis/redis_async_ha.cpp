@@ -1,0 +1,462 @@
+// AsyncRoute: where the asynchronous requests of a RedisClient go, on one
+// server, through Sentinel or on a Cluster, found without blocking a thread
+// (detail/redis_async.hpp, docs/async.md).
+#include <unistd.h>
+
+#include <exception>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <dlock/detail/redis_async.hpp>
+#include <dlock/detail/redis_cluster_client.hpp>
+#include <dlock/detail/redis_sentinel.hpp>
+#include <dlock/detail/redis_sentinel_client.hpp>
+#include <dlock/error.hpp>
+
+namespace dlock::detail {
+
+// ---- RedisClient's side ----
+
+std::shared_ptr<AsyncRoute> RedisClient::async_route() {
+  std::lock_guard lk(shared_mu_);
+  if (!async_route_) async_route_ = std::make_shared<AsyncRoute>(*this);
+  return async_route_;
+}
+
+void RedisClient::detach_async_route() noexcept {
+  std::shared_ptr<AsyncRoute> r;
+  {
+    std::lock_guard lk(shared_mu_);
+    r = async_route_;
+  }
+  if (r) r->detach();
+}
+
+void RedisClient::on_failover() noexcept {
+  pool_.invalidate();
+  std::shared_ptr<AsyncRoute> r;
+  {
+    std::lock_guard lk(shared_mu_);
+    r = async_route_;
+  }
+  if (r) r->switched();
+}
+
+// ---- AsyncRoute ----
+
+AsyncRoute::AsyncRoute(RedisClient& client)
+    : kind_(client.cluster() != nullptr    ? Kind::cluster
+            : client.sentinel() != nullptr ? Kind::sentinel
+                                           : Kind::one),
+      endpoint_(client.endpoint()),
+      client_(&client),
+      pid_(::getpid()) {}
+
+AsyncRoute::~AsyncRoute() = default;
+
+template <class F>
+auto AsyncRoute::with_client(F&& fn) {
+  std::lock_guard lk(life_mu_);
+  if (client_ == nullptr)
+    throw ConnectionError(fmt::format("dlock: the Redis client of {} was destroyed; nothing was sent", endpoint_));
+  return fn(*client_);
+}
+
+void AsyncRoute::detach() noexcept {
+  {
+    std::lock_guard lk(life_mu_);
+    client_ = nullptr;
+  }
+  std::vector<std::shared_ptr<RedisLink>> links;
+  std::shared_ptr<RedisLink> probe;
+  {
+    std::lock_guard lk(mu_);
+    links.swap(links_);
+    probe = std::move(probe_);
+    primary_.reset();
+  }
+  for (auto& l : links) l->close();
+  if (probe) probe->close();
+}
+
+void AsyncRoute::switched() noexcept {
+  std::lock_guard lk(mu_);
+  primary_.reset();
+  links_.clear();  // requests in flight on them complete; none is sent there again
+}
+
+void AsyncRoute::failed(const std::shared_ptr<RedisLink>& link) noexcept {
+  if (kind_ == Kind::cluster) {
+    try {
+      refresh_then({});
+    } catch (...) {  // out of memory: the next failure tries again
+    }
+    return;
+  }
+  if (!link) return;
+  if (kind_ == Kind::one) {  // never reused: the next request opens a link that resolves the name again
+    link->close();
+    return;
+  }
+  std::lock_guard lk(mu_);
+  // Only a link of the primary found last: the many requests failing on an
+  // old primary's links find the primary once, not once each.
+  if (std::find(links_.begin(), links_.end(), link) == links_.end()) return;
+  primary_.reset();
+  links_.clear();
+}
+
+void AsyncRoute::moved(const redis_proto::Redirect& to, std::string_view sender_host) noexcept {
+  try {
+    with_client([&](RedisClient& c) {
+      c.cluster()->note_moved(to, sender_host);
+      return 0;
+    });
+    refresh_then({});  // one MOVED usually means a whole range moved
+  } catch (...) {      // detached, or out of memory: the patched map serves
+  }
+}
+
+void AsyncRoute::asked() noexcept {
+  try {
+    with_client([](RedisClient& c) {
+      c.cluster()->note_ask();
+      return 0;
+    });
+  } catch (...) {  // detached
+  }
+}
+
+void AsyncRoute::get_at(const std::string& host, std::uint16_t port, Got got) {
+  std::shared_ptr<RedisLink> link;
+  try {
+    link = with_client([&](RedisClient& c) { return c.cluster()->node_at(host, port).shared_link(); });
+  } catch (...) {
+    return got(nullptr, {}, std::current_exception());
+  }
+  got(std::move(link), host, nullptr);
+}
+
+// ---- Sentinel: the primary, found as SentinelClient::open() finds it ----
+
+struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
+  std::shared_ptr<AsyncRoute> route;
+  std::optional<redis_proto::SwitchMaster> announced;
+  std::vector<std::size_t> order;
+  std::size_t at = 0;
+  std::vector<redis_proto::NodeAddress> tried;
+  std::string why, master_name;
+
+  void note(std::string s) { why += fmt::format("{}{}", why.empty() ? "" : "; ", s); }
+
+  void start() {
+    try {
+      if (announced) {
+        tried.push_back(announced->to);
+        const RedisOptions o =
+            route->with_client([&](RedisClient& c) { return c.sentinel()->options_of_primary(announced->to); });
+        return check(o, std::nullopt);
+      }
+    } catch (...) {
+      return route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+    }
+    ask_next();
+  }
+
+  // The next sentinel's answer (SENTINEL get-master-addr-by-name).
+  void ask_next() {
+    if (at == order.size())
+      return route->finish_resolve(
+          nullptr, std::nullopt,
+          std::make_exception_ptr(ConnectionError(fmt::format(
+              "dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node (a failover in "
+              "progress: retried)",
+              master_name, why))));
+    const std::size_t i = order[at++];
+    try {
+      const RedisOptions so = route->with_client([&](RedisClient& c) { return c.sentinel()->options_of_sentinel(i); });
+      auto link = std::make_shared<RedisLink>(
+          RedisLink::open(so, RedisLinkSetup{.load_scripts = false, .check_eviction = false}));
+      RedisCall call;
+      call.what = "SENTINEL get-master-addr-by-name";
+      redis_proto::push_get_master_addr(call.request, master_name);
+      link->send(std::move(call), [self = shared_from_this(), link, i, so](RedisOutcome o) mutable {
+        link.reset();  // one question per connection, as ask() does
+        self->on_answer(i, redis_endpoint(so), std::move(o));
+      });
+    } catch (...) {
+      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+    }
+  }
+
+  void on_answer(std::size_t i, const std::string& sentinel, RedisOutcome o) {
+    try {
+      if (o.error) std::rethrow_exception(o.error);
+      const auto addr = redis_proto::parse_master_addr(o.replies.at(0));
+      const auto* a = std::get_if<redis_proto::NodeAddress>(&addr);
+      if (a == nullptr) {
+        note(fmt::format("{}: {}", sentinel,
+                         std::holds_alternative<redis_proto::MasterUnknown>(addr)
+                             ? std::string("does not monitor that name")
+                             : std::get<redis_proto::ReplyFault>(addr).message));
+        return ask_next();
+      }
+      if (!redis_proto::worth_trying(*a, announced, tried)) {
+        note(
+            fmt::format("{}: names {}:{}, the announced old primary or one already tried", sentinel, a->host, a->port));
+        return ask_next();
+      }
+      tried.push_back(*a);
+      const RedisOptions o2 = route->with_client([&](RedisClient& c) { return c.sentinel()->options_of_primary(*a); });
+      return check(o2, i);
+    } catch (const ConnectionError& e) {  // TimeoutError too: the next sentinel
+      note(fmt::format("{}: {}", sentinel, e.what()));
+    } catch (...) {
+      return route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+    }
+    ask_next();
+  }
+
+  // A link to `primary`, kept (as the first shared link) if ROLE says master.
+  void check(const RedisOptions& primary, std::optional<std::size_t> sentinel) {
+    std::shared_ptr<RedisLink> link;
+    try {
+      link = std::make_shared<RedisLink>(
+          RedisLink::open(primary, route->with_client([](RedisClient& c) { return c.link_setup(); })));
+      {
+        std::lock_guard lk(route->mu_);
+        route->probe_ = link;
+      }
+      RedisCall call;
+      call.what = "ROLE";
+      redis_proto::push_role(call.request);
+      link->send(std::move(call), [self = shared_from_this(), link, primary, sentinel](RedisOutcome o) {
+        self->on_role(link, primary, sentinel, std::move(o));
+      });
+    } catch (...) {
+      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+    }
+  }
+
+  void on_role(const std::shared_ptr<RedisLink>& link, const RedisOptions& primary, std::optional<std::size_t> sentinel,
+               RedisOutcome o) {
+    try {
+      if (o.error) std::rethrow_exception(o.error);
+      const RedisValue& reply = o.replies.at(0);
+      if (reply.is_error()) throw_if_error(reply, link->endpoint(), "ROLE");
+      const auto role = redis_proto::parse_role(reply);
+      const auto* info = std::get_if<redis_proto::RoleInfo>(&role);
+      if (info != nullptr && info->role == redis_proto::RoleInfo::Role::master) {
+        route->with_client([&](RedisClient& c) {
+          c.sentinel()->found(sentinel, primary);
+          return 0;
+        });
+        return route->finish_resolve(link, primary, nullptr);
+      }
+      link->close();
+      note(fmt::format("{}: not the primary ({}; nothing was asked of it)", link->endpoint(),
+                       info == nullptr
+                           ? std::string("ROLE gave an unexpected reply")
+                           : fmt::format("ROLE says {}",
+                                         info->role == redis_proto::RoleInfo::Role::replica ? "replica" : "sentinel")));
+    } catch (const ConnectionError& e) {  // TimeoutError too: the next candidate
+      note(e.what());
+    } catch (...) {  // ServerError (auth), as open() throws it; or detached
+      return route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+    }
+    if (!sentinel && announced) {  // the announcement led nowhere: forgotten for the next search
+      try {
+        route->with_client([&](RedisClient& c) {
+          c.sentinel()->announcement_failed(*announced);
+          return 0;
+        });
+      } catch (...) {  // detached: the next request fails anyway
+      }
+    }
+    ask_next();
+  }
+};
+
+void AsyncRoute::finish_resolve(std::shared_ptr<RedisLink> link, std::optional<RedisOptions> primary,
+                                std::exception_ptr error) {
+  std::vector<Got> waiting;
+  std::string host;
+  {
+    std::lock_guard lk(
+        mu_);  // never with life_mu_ inside: the +switch-master callback takes mu_ under the watch's lock
+    resolving_ = false;
+    probe_.reset();
+    waiting.swap(waiting_);
+    if (link && primary) {
+      host = primary->host;
+      primary_ = std::move(primary);
+      links_.assign(1, link);
+      next_ = 0;
+    }
+  }
+  for (auto& g : waiting) g(link, host, error);
+}
+
+// ---- Cluster: the slot map, read with CLUSTER SLOTS on a shared link ----
+
+struct AsyncRoute::Refresh : std::enable_shared_from_this<AsyncRoute::Refresh> {
+  std::shared_ptr<AsyncRoute> route;
+  std::vector<std::pair<std::string, std::uint16_t>> sources;
+  std::size_t at = 0;
+
+  void next() {
+    if (at == sources.size()) return route->finish_refresh();  // the old map serves; the next failure tries again
+    const auto [host, port] = sources[at++];
+    try {
+      auto link = route->with_client([&](RedisClient& c) { return c.cluster()->node_at(host, port).shared_link(); });
+      RedisCall call;
+      call.what = "CLUSTER SLOTS";
+      const std::string_view args[] = {"CLUSTER", "SLOTS"};
+      call.request.push(args);
+      link->send(std::move(call),
+                 [self = shared_from_this(), host](RedisOutcome o) { self->on_map(host, std::move(o)); });
+    } catch (...) {  // detached, or out of memory
+      route->finish_refresh();
+    }
+  }
+
+  void on_map(const std::string& host, RedisOutcome o) {
+    if (!o.error && !o.replies.empty()) {
+      auto parsed = redis_proto::SlotMap::from_cluster_slots(o.replies[0], host);
+      if (auto* map = std::get_if<redis_proto::SlotMap>(&parsed)) {
+        try {
+          route->with_client([&](RedisClient& c) {
+            c.cluster()->install(std::move(*map));
+            return 0;
+          });
+        } catch (...) {  // detached
+        }
+        return route->finish_refresh();
+      }
+    }
+    next();
+  }
+};
+
+void AsyncRoute::refresh_then(std::function<void()> then) {
+  {
+    std::lock_guard lk(mu_);
+    if (then) after_refresh_.push_back(std::move(then));
+    if (refreshing_) return;
+    refreshing_ = true;
+  }
+  auto r = std::make_shared<Refresh>();
+  r->route = shared_from_this();
+  try {
+    r->sources = with_client([](RedisClient& c) { return c.cluster()->map_sources(); });
+  } catch (...) {  // detached: the waiters find no map and fail
+  }
+  r->next();
+}
+
+void AsyncRoute::finish_refresh() {
+  std::vector<std::function<void()>> then;
+  {
+    std::lock_guard lk(mu_);
+    refreshing_ = false;
+    then.swap(after_refresh_);
+  }
+  for (auto& f : then) f();
+}
+
+// ---- get ----
+
+void AsyncRoute::get(std::string_view route_key, Got got) {
+  if (kind_ == Kind::one) {
+    std::shared_ptr<RedisLink> link;
+    std::string host;
+    try {
+      link = with_client([&](RedisClient& c) {
+        host = c.options().host;
+        return c.shared_link();
+      });
+    } catch (...) {
+      return got(nullptr, {}, std::current_exception());
+    }
+    return got(std::move(link), std::move(host), nullptr);
+  }
+  if (kind_ == Kind::cluster) {
+    const std::uint16_t slot = redis_proto::hash_slot(route_key);
+    const auto serve = [self = shared_from_this(), slot](const Got& g, bool last) {
+      std::optional<redis_proto::ClusterNode> at;
+      try {
+        at = self->with_client([&](RedisClient& c) { return c.cluster()->known_primary(slot); });
+        if (!at && last)
+          throw ConnectionError(fmt::format(
+              "dlock: no node of {} serves slot {} (the cluster is down or resharding); nothing was done, and an "
+              "acquire retries",
+              self->endpoint_, slot));
+      } catch (...) {
+        g(nullptr, {}, std::current_exception());
+        return true;
+      }
+      if (!at) return false;
+      self->get_at(at->host, at->port, g);
+      return true;
+    };
+    if (serve(got, false)) return;
+    return refresh_then([serve, got = std::move(got)] { (void)serve(got, true); });
+  }
+  // Sentinel.
+  std::shared_ptr<RedisLink> link;
+  std::string host;
+  std::shared_ptr<Resolve> r;
+  try {
+    const RedisLinkSetup setup = with_client([](RedisClient& c) {
+      c.sentinel()->watch([&c] { c.on_failover(); });  // +switch-master retires what the route found
+      return c.link_setup();
+    });
+    std::lock_guard lk(mu_);
+    if (pid_ != ::getpid()) {  // fork(): the parent's links are dropped without sending anything
+      links_.clear();
+      primary_.reset();
+      pid_ = ::getpid();
+    }
+    std::erase_if(links_, [](const std::shared_ptr<RedisLink>& l) { return l->broken(); });
+    if (primary_ && links_.empty()) primary_.reset();  // every link to it failed: find it again
+    if (primary_) {
+      const std::size_t want = std::max<std::size_t>(1, primary_->pool_size);
+      if (links_.size() < want) {
+        links_.push_back(std::make_shared<RedisLink>(RedisLink::open(*primary_, setup)));
+        link = links_.back();
+      } else {
+        link = links_[next_++ % links_.size()];
+      }
+      host = primary_->host;
+    } else {
+      waiting_.push_back(std::move(got));
+      if (!resolving_) {
+        resolving_ = true;
+        r = std::make_shared<Resolve>();
+        r->route = shared_from_this();
+      }
+    }
+  } catch (...) {
+    if (got) got(nullptr, {}, std::current_exception());
+    return;
+  }
+  if (link) return got(std::move(link), std::move(host), nullptr);
+  if (!r) return;
+  try {
+    with_client([&](RedisClient& c) {
+      r->announced = c.sentinel()->announcement();
+      r->order = c.sentinel()->ask_order();
+      r->master_name = c.options().sentinel->master_name;
+      return 0;
+    });
+  } catch (...) {
+    return finish_resolve(nullptr, std::nullopt, std::current_exception());
+  }
+  r->start();
+}
+
+}  // namespace dlock::detail
