@@ -310,7 +310,10 @@ struct AsyncRoute::Refresh : std::enable_shared_from_this<AsyncRoute::Refresh> {
 
   void next() {
     if (at == sources.size()) return route->finish_refresh();  // the old map serves; the next failure tries again
-    const auto [host, port] = sources[at++];
+    // Not a structured binding: clang 14 cannot capture one in a lambda.
+    const std::string host = sources[at].first;
+    const std::uint16_t port = sources[at].second;
+    ++at;
     try {
       auto link = route->with_client([&](RedisClient& c) { return c.cluster()->node_at(host, port).shared_link(); });
       RedisCall call;
