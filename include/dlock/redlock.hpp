@@ -46,13 +46,20 @@
 
 #include "backend.hpp"
 #include "clock.hpp"
+#include "primitives_backend.hpp"
 #include "redis_options.hpp"
 #include "detail/redis_subscriber.hpp"
 #include "error.hpp"
 
 namespace dlock {
 
-namespace detail {}
+namespace detail {
+struct RedlockCalls;  // detail/redlock_calls.hpp
+struct RedisOutcome;  // detail/redis_transport.hpp
+namespace redis_proto {
+struct ScriptCall;  // detail/redis_protocol.hpp
+}
+}  // namespace detail
 
 struct RedlockOptions {
   /// The independent Redis servers (not replicas of each other). At least 3
@@ -211,13 +218,56 @@ class RedlockBackend {
   /// N / 2 + 1.
   [[nodiscard]] std::size_t quorum() const noexcept;
 
+  // ---- primitives (primitives_backend.hpp; docs/primitives.md, "Redlock") ----
+  //
+  // SharedLockBackend (RwLock<RedlockBackend>) and ElectionBackend
+  // (Election<RedlockBackend>): each operation is the Redis backend's script
+  // for it (detail/redis_primitive_scripts.hpp) run on every node in one
+  // parallel round and judged as the mutex's (above): a grant needs a quorum
+  // with validity left (ttl - elapsed - drift), a failed attempt is undone on
+  // every node it reached or did not hear from, and the token is the largest
+  // node counter, raised on the granting nodes (a reader's too, so that a
+  // later writer's token is above it). Blocking only: no asynchronous forms.
+  // No SemaphoreBackend: each node would count its own permits, and a
+  // majority of nodes each below N does not bound the holders (docs/primitives.md).
+  [[nodiscard]] AcquireResult<Handle> try_acquire_shared(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release_shared(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_shared(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_exclusive(const AcquireRequest& request);
+  [[nodiscard]] ReleaseResult release_exclusive(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_exclusive(std::string_view name, Lease<Handle>& lease,
+                                                          std::chrono::milliseconds ttl, TimePoint started);
+  [[nodiscard]] AcquireResult<Handle> try_acquire_leader(const AcquireRequest& request, std::string_view candidate);
+  [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease);
+  [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
+                                                       std::chrono::milliseconds ttl, TimePoint started);
+  /// Who leads: the candidate that a quorum of nodes name (term: the largest
+  /// they report), nullopt when none can; throws ConnectionError when too
+  /// many nodes failed to tell.
+  [[nodiscard]] std::optional<LeaderInfo> leader(std::string_view name);
+
  private:
   struct State;
+  // The rounds of one lease family (detail::RedlockCalls), shared by the
+  // mutex and the primitives. The name is validated by the caller.
+  AcquireResult<Handle> acquire_by(const AcquireRequest& request, detail::RedlockCalls calls);
+  ReleaseResult release_by(std::string_view name, const OwnerId& owner, const detail::RedlockCalls& calls);
+  std::optional<TimePoint> extend_by(std::string_view name, const OwnerId& owner, std::chrono::milliseconds ttl,
+                                     TimePoint started, const detail::RedlockCalls& calls);
+  // `call` on every node, one parallel round.
+  std::vector<detail::RedisOutcome> read_round(const detail::redis_proto::ScriptCall& call,
+                                               std::string_view what) const;
   std::shared_ptr<State> state_;
 };
 
 static_assert(NotifiesRelease<RedlockBackend>);
 static_assert(AbandonsInDoubt<RedlockBackend>);
 static_assert(AsyncBackend<RedlockBackend>);
+static_assert(SharedLockBackend<RedlockBackend>);
+static_assert(ElectionBackend<RedlockBackend>);
+// The semaphore does not carry over to a quorum of independent counts
+// (docs/primitives.md, "Redlock"): Semaphore<RedlockBackend> does not compile.
+static_assert(!SemaphoreBackend<RedlockBackend>);
 
 }  // namespace dlock

@@ -29,6 +29,7 @@
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/detail/redis_client.hpp>
+#include <dlock/detail/redlock_calls.hpp>
 #include <dlock/detail/redlock_math.hpp>
 #include <dlock/error.hpp>
 #include <dlock/options.hpp>
@@ -260,36 +261,55 @@ struct RedlockBackend::State {
     return nullptr;
   }
 
+  // The mutex's calls on lock `name` (validated); `request`: with its acquire.
+  [[nodiscard]] detail::RedlockCalls mutex_calls(std::string_view name, const AcquireRequest* request = nullptr) const {
+    detail::RedisKeys keys = detail::redis_keys(options.key_prefix, name);
+    detail::RedlockCalls c{
+        .key = keys.lock, .fence = keys.fence, .channel = keys.channel, .acquire = {}, .release = {}, .extend = {}};
+    if (request != nullptr)
+      c.acquire = [keys, owner = std::string(request->owner.str()), ttl = request->ttl](
+                      std::chrono::milliseconds fence_floor, std::chrono::microseconds clock_floor) {
+        return proto::redlock_acquire_call(keys, owner, ttl, fence_floor, clock_floor);
+      };
+    c.release = [keys](std::string_view owner, proto::Publish publish) {
+      return proto::release_call(keys, owner, publish);
+    };
+    c.extend = [lock = keys.lock](std::string_view owner, std::chrono::milliseconds ttl) {
+      return proto::extend_call(lock, owner, ttl);
+    };
+    return c;
+  }
+
   // One release round: the release script on every node (or those with
   // only[i] set), in parallel. Votes: yes = deleted our key, no = not ours
   // or absent, failed. Nodes left out count as neither. A release that is
   // not `published` (a failed attempt's cleanup) wakes no waiter.
-  RedlockVotes release_round(const detail::RedisKeys& keys, std::string_view owner, Failures* failures,
+  RedlockVotes release_round(const detail::RedlockCalls& calls, std::string_view owner, Failures* failures,
                              const std::vector<bool>* only = nullptr, bool published = true) {
-    const auto batches = release_batches(keys, owner, only, published);
-    return release_votes(keys, batches, fan_out(batches, fmt::format("release of '{}'", keys.lock)), failures);
+    const auto batches = release_batches(calls, owner, only, published);
+    return release_votes(calls, batches, fan_out(batches, fmt::format("release of '{}'", calls.key)), failures);
   }
-  [[nodiscard]] std::vector<std::vector<ScriptCall>> release_batches(const detail::RedisKeys& keys,
+  [[nodiscard]] std::vector<std::vector<ScriptCall>> release_batches(const detail::RedlockCalls& calls,
                                                                      std::string_view owner,
                                                                      const std::vector<bool>* only = nullptr,
                                                                      bool published = true) const {
     std::vector<std::vector<ScriptCall>> batches(size());
     for (std::size_t i = 0; i < size(); ++i)
       if (only == nullptr || (*only)[i])
-        batches[i].push_back(proto::release_call(keys, owner, published ? proto::Publish::yes : proto::Publish::no));
+        batches[i].push_back(calls.release(owner, published ? proto::Publish::yes : proto::Publish::no));
     return batches;
   }
   // The votes of a release round's replies (see release_round).
-  RedlockVotes release_votes(const detail::RedisKeys& keys, const std::vector<std::vector<ScriptCall>>& batches,
+  RedlockVotes release_votes(const detail::RedlockCalls& calls, const std::vector<std::vector<ScriptCall>>& batches,
                              const std::vector<detail::RedisOutcome>& replies, Failures* failures) {
     RedlockVotes v;
     for (std::size_t i = 0; i < size(); ++i) {
       if (batches[i].empty()) continue;
       try {
         if (replies[i].error) std::rethrow_exception(replies[i].error);
-        const auto r = detail::parse_release_reply(replies[i].replies[0], nodes[i]->endpoint(), keys.lock);
+        const auto r = detail::parse_release_reply(replies[i].replies[0], nodes[i]->endpoint(), calls.key);
         if (!r.publish_error.empty())
-          nodes[i]->facts().note_publish_refusal(nodes[i]->endpoint(), keys.channel, r.publish_error);
+          nodes[i]->facts().note_publish_refusal(nodes[i]->endpoint(), calls.channel, r.publish_error);
         ++(r.released ? v.yes : v.no);
       } catch (...) {
         ++v.failed;
@@ -353,7 +373,8 @@ struct RedlockBackend::State {
   // try_acquire (which sends each round with fan_out) and the asynchronous
   // one (async_fan_out).
   struct Attempt {
-    Attempt(State& state, const AcquireRequest& request)
+    // `family`: the lease family's calls, with this request's acquire.
+    Attempt(State& state, const AcquireRequest& request, detail::RedlockCalls family)
         : s(state),
           name(request.name),
           owner(request.owner.str()),
@@ -361,7 +382,7 @@ struct RedlockBackend::State {
           started(request.started),
           drift((detail::validate_redis_lock_name(request.name),
                  s.drift(request.ttl, fmt::format("acquire of '{}'", request.name)))),
-          keys(detail::redis_keys(s.options.key_prefix, request.name)),
+          calls(std::move(family)),
           values(s.size()),
           may_hold(s.size(), false) {}
 
@@ -374,7 +395,7 @@ struct RedlockBackend::State {
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch());
       std::vector<std::vector<ScriptCall>> batches(s.size());
       for (std::size_t i = 0; i < s.size(); ++i)
-        batches[i].push_back(proto::redlock_acquire_call(keys, owner, ttl, s.nodes[i]->options().fence_ttl, floor_us));
+        batches[i].push_back(calls.acquire(s.nodes[i]->options().fence_ttl, floor_us));
       round_start = std::chrono::steady_clock::now();
       return batches;
     }
@@ -394,7 +415,7 @@ struct RedlockBackend::State {
       for (std::size_t i = 0; i < s.size(); ++i) {
         try {
           if (replies[i].error) std::rethrow_exception(replies[i].error);
-          const auto r = detail::parse_acquire_reply(replies[i].replies[0], s.nodes[i]->endpoint(), keys.lock);
+          const auto r = detail::parse_acquire_reply(replies[i].replies[0], s.nodes[i]->endpoint(), calls.key);
           if (r.acquired) {
             values[i] = r.token;
             may_hold[i] = true;
@@ -424,7 +445,7 @@ struct RedlockBackend::State {
     [[nodiscard]] std::vector<std::vector<ScriptCall>> raise_batches() const {
       std::vector<std::vector<ScriptCall>> raises(s.size());
       for (std::size_t i : raise)
-        raises[i].push_back(proto::fence_raise_call(keys.fence, *token, ttl, s.nodes[i]->options().fence_ttl));
+        raises[i].push_back(proto::fence_raise_call(calls.fence, *token, ttl, s.nodes[i]->options().fence_ttl));
       return raises;
     }
     [[nodiscard]] std::string raise_what() const { return fmt::format("fencing counter update of '{}'", name); }
@@ -434,7 +455,7 @@ struct RedlockBackend::State {
       for (std::size_t i : raise) {
         try {
           if (raised[i].error) std::rethrow_exception(raised[i].error);
-          (void)detail::parse_flag_reply(raised[i].replies[0], s.nodes[i]->endpoint(), "fence raise", keys.fence);
+          (void)detail::parse_flag_reply(raised[i].replies[0], s.nodes[i]->endpoint(), "fence raise", calls.fence);
           ++at_token;
         } catch (...) {
           raise_failures.add(s.nodes[i]->endpoint(), std::current_exception());
@@ -463,7 +484,7 @@ struct RedlockBackend::State {
     // only have them split the votes again.
     [[nodiscard]] bool cleanup_needed() const { return votes.yes + votes.failed > 0; }
     [[nodiscard]] std::vector<std::vector<ScriptCall>> cleanup_batches() const {
-      return s.release_batches(keys, owner, &may_hold, false);
+      return s.release_batches(calls, owner, &may_hold, false);
     }
 
     // The outcome of an attempt that was not granted (after its cleanup):
@@ -496,7 +517,7 @@ struct RedlockBackend::State {
     const std::chrono::milliseconds ttl;
     const TimePoint started;
     const Clock::duration drift;
-    const detail::RedisKeys keys;
+    const detail::RedlockCalls calls;
     std::chrono::steady_clock::time_point round_start{};
     RedlockVotes votes;
     Failures failures;
@@ -530,31 +551,62 @@ std::size_t RedlockBackend::node_count() const noexcept { return state_->size();
 std::size_t RedlockBackend::quorum() const noexcept { return state_->quorum; }
 
 AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire(const AcquireRequest& request) {
+  detail::validate_redis_lock_name(request.name);
+  return acquire_by(request, state_->mutex_calls(request.name, &request));
+}
+
+AcquireResult<RedlockBackend::Handle> RedlockBackend::acquire_by(const AcquireRequest& request,
+                                                                 detail::RedlockCalls calls) {
   State& s = *state_;
-  State::Attempt a(s, request);
+  State::Attempt a(s, request, std::move(calls));
   a.tally(s.fan_out(a.acquire_batches(), a.what()));
   if (a.raise_needed()) a.tally_raise(s.fan_out(a.raise_batches(), a.raise_what()));
   if (a.granted()) return a.grant();
   if (a.cleanup_needed()) {
     const auto batches = a.cleanup_batches();
-    (void)s.release_votes(a.keys, batches, s.fan_out(batches, fmt::format("release of '{}'", a.keys.lock)), nullptr);
+    (void)s.release_votes(a.calls, batches, s.fan_out(batches, fmt::format("release of '{}'", a.calls.key)), nullptr);
   }
   return a.not_granted();
 }
 
 ReleaseResult RedlockBackend::release(std::string_view name, Lease<Handle>& lease) {
-  State& s = *state_;
   detail::validate_redis_lock_name(name);
-  const detail::RedisKeys keys = detail::redis_keys(s.options.key_prefix, name);
+  return release_by(name, lease.owner, state_->mutex_calls(name));
+}
+
+ReleaseResult RedlockBackend::release_by(std::string_view name, const OwnerId& owner,
+                                         const detail::RedlockCalls& calls) {
+  State& s = *state_;
   Failures failures;
-  const RedlockVotes v = s.release_round(keys, lease.owner.str(), &failures);
+  const RedlockVotes v = s.release_round(calls, owner.str(), &failures);
   return s.release_result(name, v, failures);
+}
+
+std::optional<TimePoint> RedlockBackend::extend_by(std::string_view name, const OwnerId& owner,
+                                                   std::chrono::milliseconds ttl, TimePoint started,
+                                                   const detail::RedlockCalls& calls) {
+  State& s = *state_;
+  const Clock::duration drift = s.drift(ttl, fmt::format("extend of '{}'", name));
+  const std::vector<std::vector<ScriptCall>> batches(s.size(), {calls.extend(owner.str(), ttl)});
+  ExtendItem it{name, &owner, ttl, started};
+  if (s.judge_extend(it, s.fan_out(batches, fmt::format("extend of '{}'", name)), 0, calls.key, drift)) {
+    // Lost: what is left of it is released, published (it is free now). Best effort.
+    (void)s.fan_out(s.release_batches(calls, owner.str()), "release of lost locks");
+    return std::nullopt;
+  }
+  if (it.error) std::rethrow_exception(it.error);
+  return it.valid_until;
+}
+
+std::vector<detail::RedisOutcome> RedlockBackend::read_round(const detail::redis_proto::ScriptCall& call,
+                                                             std::string_view what) const {
+  return state_->fan_out(std::vector<std::vector<ScriptCall>>(state_->size(), {call}), what);
 }
 
 void RedlockBackend::abandon(std::string_view name, const OwnerId& owner) noexcept {
   try {
     detail::validate_redis_lock_name(name);
-    (void)state_->release_round(detail::redis_keys(state_->options.key_prefix, name), owner.str(), nullptr);
+    (void)state_->release_round(state_->mutex_calls(name), owner.str(), nullptr);
   } catch (...) {  // an invalid name or out of memory: best effort, the keys expire by their TTL
   }
 }
@@ -650,7 +702,8 @@ void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boos
   using Result = AcquireResult<Handle>;
   try {
     auto state = state_;
-    auto a = std::make_shared<State::Attempt>(*state, request);
+    detail::validate_redis_lock_name(request.name);
+    auto a = std::make_shared<State::Attempt>(*state, request, state->mutex_calls(request.name, &request));
     // Kept by the io_context, not by the requests in flight (detail::ResultCompletion).
     const detail::ResultCompletion<Result> work(ex, done);
     // The last step: the attempt's outcome to the caller.
@@ -671,10 +724,10 @@ void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boos
       auto batches = a->cleanup_batches();
       auto shared = std::make_shared<std::vector<std::vector<ScriptCall>>>(batches);
       detail::async_fan_out(state->ptrs, std::move(batches), state->options.node_timeout,
-                            fmt::format("release of '{}'", a->keys.lock), state->deadline_name,
+                            fmt::format("release of '{}'", a->calls.key), state->deadline_name,
                             [state, a, shared, finish](std::vector<detail::RedisOutcome> out) {
                               try {
-                                (void)state->release_votes(a->keys, *shared, out, nullptr);
+                                (void)state->release_votes(a->calls, *shared, out, nullptr);
                               } catch (...) {  // out of memory: the keys expire by their TTL
                               }
                               finish();
@@ -710,11 +763,11 @@ void RedlockBackend::async_release(std::string_view name, Lease<Handle>& lease, 
   try {
     detail::validate_redis_lock_name(name);
     auto state = state_;
-    auto keys = std::make_shared<detail::RedisKeys>(detail::redis_keys(state->options.key_prefix, name));
+    auto keys = std::make_shared<detail::RedlockCalls>(state->mutex_calls(name));
     auto batches =
         std::make_shared<std::vector<std::vector<ScriptCall>>>(state->release_batches(*keys, lease.owner.str()));
     detail::async_fan_out(
-        state->ptrs, *batches, state->options.node_timeout, fmt::format("release of '{}'", keys->lock),
+        state->ptrs, *batches, state->options.node_timeout, fmt::format("release of '{}'", keys->key),
         state->deadline_name,
         [state, keys, batches, name = std::string(name),
          work = detail::ResultCompletion<ReleaseResult>(ex, done)](std::vector<detail::RedisOutcome> out) {
@@ -741,9 +794,9 @@ void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, s
     detail::validate_redis_lock_name(name);
     auto state = state_;
     const Clock::duration drift = state->drift(ttl, fmt::format("extend of '{}'", name));
-    auto keys = std::make_shared<detail::RedisKeys>(detail::redis_keys(state->options.key_prefix, name));
+    auto keys = std::make_shared<detail::RedlockCalls>(state->mutex_calls(name));
     const std::string owner(lease.owner.str());
-    std::vector<std::vector<ScriptCall>> batches(state->size(), {proto::extend_call(keys->lock, owner, ttl)});
+    std::vector<std::vector<ScriptCall>> batches(state->size(), {keys->extend(owner, ttl)});
     detail::async_fan_out(state->ptrs, std::move(batches), state->options.node_timeout,
                           fmt::format("extend of '{}'", name), state->deadline_name,
                           [state, keys, owner, name = std::string(name), ttl, started, drift,
@@ -751,7 +804,7 @@ void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, s
                             ExtendItem it{name, nullptr, ttl, started};
                             std::exception_ptr error;
                             try {
-                              if (state->judge_extend(it, out, 0, keys->lock, drift)) {
+                              if (state->judge_extend(it, out, 0, keys->key, drift)) {
                                 // Lost: what is left of it is released (published: the lock is free now). Best effort.
                                 detail::async_fan_out(state->ptrs, state->release_batches(*keys, owner),
                                                       state->options.node_timeout, "release of lost locks",
@@ -771,9 +824,9 @@ void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, s
 void RedlockBackend::async_abandon(std::string_view name, const OwnerId& owner) noexcept {
   try {
     detail::validate_redis_lock_name(name);
-    const detail::RedisKeys keys = detail::redis_keys(state_->options.key_prefix, name);
-    detail::async_fan_out(state_->ptrs, state_->release_batches(keys, owner.str()), state_->options.node_timeout,
-                          fmt::format("release of '{}'", keys.lock), state_->deadline_name,
+    const detail::RedlockCalls calls = state_->mutex_calls(name);
+    detail::async_fan_out(state_->ptrs, state_->release_batches(calls, owner.str()), state_->options.node_timeout,
+                          fmt::format("release of '{}'", calls.key), state_->deadline_name,
                           [](std::vector<detail::RedisOutcome>) {});
   } catch (...) {  // an invalid name or out of memory: best effort, the keys expire by their TTL
   }

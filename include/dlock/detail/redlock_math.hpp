@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "../backend.hpp"
@@ -181,6 +182,48 @@ enum class RedlockRelease {
                                                                      std::chrono::nanoseconds left) noexcept {
   return std::clamp(2 * round_estimate, std::chrono::nanoseconds::zero(),
                     std::max(left, std::chrono::nanoseconds::zero()));
+}
+
+/// One node's answer to "who leads" (an election on Redlock): the candidate
+/// and term in its leader info, or nullopt when nobody leads there.
+struct RedlockLeaderAnswer {
+  std::string candidate;
+  std::optional<std::uint64_t> term;
+};
+enum class RedlockLeader {
+  leader,   ///< a quorum names one candidate
+  none,     ///< no candidate can have a quorum, even with the failed nodes
+  unknown,  ///< one could, through nodes that failed to answer
+};
+struct RedlockLeaderJudgement {
+  RedlockLeader outcome = RedlockLeader::none;
+  RedlockLeaderAnswer leader{};  ///< with outcome leader: the candidate, the largest term its nodes report
+};
+/// Who leads, from the answers of the nodes that answered and the count of
+/// those that failed.
+[[nodiscard]] inline RedlockLeaderJudgement redlock_judge_leader(
+    std::span<const std::optional<RedlockLeaderAnswer>> answers, std::size_t failed, std::size_t quorum) {
+  RedlockLeaderJudgement best;
+  std::size_t best_count = 0;
+  for (const auto& a : answers) {
+    if (!a) continue;
+    std::size_t count = 0;
+    std::optional<std::uint64_t> term;
+    for (const auto& b : answers)
+      if (b && b->candidate == a->candidate) {
+        ++count;
+        if (b->term && (!term || *b->term > *term)) term = b->term;
+      }
+    if (count > best_count) {
+      best_count = count;
+      best.leader = RedlockLeaderAnswer{a->candidate, term};
+    }
+  }
+  if (best_count >= quorum) {
+    best.outcome = RedlockLeader::leader;
+    return best;
+  }
+  return RedlockLeaderJudgement{best_count + failed >= quorum ? RedlockLeader::unknown : RedlockLeader::none, {}};
 }
 
 }  // namespace dlock::detail
