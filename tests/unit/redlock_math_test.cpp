@@ -321,4 +321,26 @@ TEST(RedlockOptions, TtlMustExceedTheDriftAllowance) {
             std::string::npos);
 }
 
+// Who leads an election on Redlock: the candidate a quorum of nodes names,
+// with the largest term they report; unknown while failed nodes could make
+// up a quorum for someone.
+TEST(RedlockMath, LeaderNeedsAQuorumOfNodesNamingIt) {
+  using dlock::detail::RedlockLeader;
+  using dlock::detail::RedlockLeaderAnswer;
+  using Answers = std::vector<std::optional<RedlockLeaderAnswer>>;
+  const auto judge = [](const Answers& a, std::size_t failed) {
+    return dlock::detail::redlock_judge_leader(a, failed, 3);
+  };
+  const RedlockLeaderAnswer a5{"a", 5}, a7{"a", 7}, b9{"b", 9};
+  auto j = judge({a5, a7, a5, std::nullopt, b9}, 0);
+  EXPECT_EQ(j.outcome, RedlockLeader::leader);
+  EXPECT_EQ(j.leader.candidate, "a");
+  EXPECT_EQ(j.leader.term, 7u);  // the largest its nodes report (the token)
+  EXPECT_EQ(judge({std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt}, 0).outcome,
+            RedlockLeader::none);
+  EXPECT_EQ(judge({a5, a5, std::nullopt, b9, b9}, 0).outcome, RedlockLeader::none);  // a lease lapsing: nobody has 3
+  EXPECT_EQ(judge({a5, a5, std::nullopt}, 2).outcome, RedlockLeader::unknown);       // "a" may hold the 2 failed
+  EXPECT_EQ(judge({a5, std::nullopt, std::nullopt, std::nullopt}, 1).outcome, RedlockLeader::none);  // at most 2
+}
+
 }  // namespace

@@ -15,7 +15,10 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <stop_token>
+#include <thread>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -214,6 +217,31 @@ TEST_F(RedlockPrimitives, LeaderNeedsAQuorumToBeKnown) {
   EXPECT_EQ(e.leader()->candidate, "me");
   server(4).kill();
   EXPECT_THROW((void)e.leader(), dlock::ConnectionError);
+}
+
+// A reader waiting behind a writer is cancelled promptly by its stop_token
+// (CancelledError) and leaves nothing on the nodes.
+TEST_F(RedlockPrimitives, AWaitingReaderIsCancelledByItsStopToken) {
+  RedlockBackend rl(roomy());
+  dlock::RwLock<RedlockBackend> writer(rl, "cancel", quick());
+  dlock::RwLock<RedlockBackend> reader(rl, "cancel", quick());
+  std::unique_lock w(writer);
+  std::stop_source stop;
+  std::atomic<bool> cancelled{false};
+  std::thread t([&] {
+    try {
+      reader.lock_shared(stop.get_token());
+    } catch (const dlock::CancelledError&) {
+      cancelled = true;
+    }
+  });
+  std::this_thread::sleep_for(50ms);  // let it wait (nothing to synchronise on: it is blocked by design)
+  const auto t0 = Clock::now();
+  stop.request_stop();
+  t.join();
+  EXPECT_TRUE(cancelled);
+  EXPECT_LT(Clock::now() - t0, 500ms);
+  for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(cmd(i, {"ZCARD", pk("cancel").rw_readers}).integer, 0);
 }
 
 }  // namespace
