@@ -227,7 +227,7 @@ class RedlockBackend {
   // with validity left (ttl - elapsed - drift), a failed attempt is undone on
   // every node it reached or did not hear from, and the token is the largest
   // node counter, raised on the granting nodes (a reader's too, so that a
-  // later writer's token is above it). Blocking only: no asynchronous forms.
+  // later writer's token is above it). Blocking and asynchronous forms.
   // No SemaphoreBackend: each node would count its own permits, and a
   // majority of nodes each below N does not bound the holders (docs/primitives.md).
   [[nodiscard]] AcquireResult<Handle> try_acquire_shared(const AcquireRequest& request);
@@ -242,6 +242,26 @@ class RedlockBackend {
   [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease);
   [[nodiscard]] std::optional<TimePoint> extend_leader(std::string_view name, Lease<Handle>& lease,
                                                        std::chrono::milliseconds ttl, TimePoint started);
+  // AsyncSharedLockBackend, AsyncElectionBackend: the same rounds without
+  // blocking a thread (as async_try_acquire above); the completion runs through `ex`.
+  void async_try_acquire_shared(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                AcquireCompletion<Handle> done);
+  void async_release_shared(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done);
+  void async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  void async_try_acquire_exclusive(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                   AcquireCompletion<Handle> done);
+  void async_release_exclusive(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                               ReleaseCompletion done);
+  void async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                              TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  void async_try_acquire_leader(const AcquireRequest& request, std::string_view candidate,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_leader(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done);
+  void async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
   /// Who leads: the candidate that a quorum of nodes name (term: the largest
   /// they report), nullopt when none can; throws ConnectionError when too
   /// many nodes failed to tell.
@@ -255,6 +275,15 @@ class RedlockBackend {
   ReleaseResult release_by(std::string_view name, const OwnerId& owner, const detail::RedlockCalls& calls);
   std::optional<TimePoint> extend_by(std::string_view name, const OwnerId& owner, std::chrono::milliseconds ttl,
                                      TimePoint started, const detail::RedlockCalls& calls);
+  // The asynchronous rounds (as the blocking ones); `calls` builds the
+  // family's calls inside the operation, so that its errors complete `done`.
+  void async_acquire_by(const AcquireRequest& request, const std::function<detail::RedlockCalls()>& calls,
+                        const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_by(std::string_view name, const OwnerId& owner, const std::function<detail::RedlockCalls()>& calls,
+                        const boost::asio::any_io_executor& ex, ReleaseCompletion done);
+  void async_extend_by(std::string_view name, const OwnerId& owner, std::chrono::milliseconds ttl, TimePoint started,
+                       const std::function<detail::RedlockCalls()>& calls, const boost::asio::any_io_executor& ex,
+                       ExtendCompletion done);
   // `call` on every node, one parallel round.
   std::vector<detail::RedisOutcome> read_round(const detail::redis_proto::ScriptCall& call,
                                                std::string_view what) const;
@@ -264,8 +293,8 @@ class RedlockBackend {
 static_assert(NotifiesRelease<RedlockBackend>);
 static_assert(AbandonsInDoubt<RedlockBackend>);
 static_assert(AsyncBackend<RedlockBackend>);
-static_assert(SharedLockBackend<RedlockBackend>);
-static_assert(ElectionBackend<RedlockBackend>);
+static_assert(AsyncSharedLockBackend<RedlockBackend>);
+static_assert(AsyncElectionBackend<RedlockBackend>);
 // The semaphore does not carry over to a quorum of independent counts
 // (docs/primitives.md, "Redlock"): Semaphore<RedlockBackend> does not compile.
 static_assert(!SemaphoreBackend<RedlockBackend>);

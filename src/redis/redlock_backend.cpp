@@ -699,11 +699,17 @@ void RedlockBackend::extend_many(std::span<ExtendItem> items) noexcept {
 
 void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                        AcquireCompletion<Handle> done) {
+  async_acquire_by(
+      request, [&] { return state_->mutex_calls(request.name, &request); }, ex, std::move(done));
+}
+
+void RedlockBackend::async_acquire_by(const AcquireRequest& request, const std::function<detail::RedlockCalls()>& calls,
+                                      const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
   using Result = AcquireResult<Handle>;
   try {
     auto state = state_;
     detail::validate_redis_lock_name(request.name);
-    auto a = std::make_shared<State::Attempt>(*state, request, state->mutex_calls(request.name, &request));
+    auto a = std::make_shared<State::Attempt>(*state, request, calls());
     // Kept by the io_context, not by the requests in flight (detail::ResultCompletion).
     const detail::ResultCompletion<Result> work(ex, done);
     // The last step: the attempt's outcome to the caller.
@@ -760,12 +766,18 @@ void RedlockBackend::async_try_acquire(const AcquireRequest& request, const boos
 
 void RedlockBackend::async_release(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
                                    ReleaseCompletion done) {
+  async_release_by(
+      name, lease.owner, [&] { return state_->mutex_calls(name); }, ex, std::move(done));
+}
+
+void RedlockBackend::async_release_by(std::string_view name, const OwnerId& owner,
+                                      const std::function<detail::RedlockCalls()>& calls,
+                                      const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
   try {
     detail::validate_redis_lock_name(name);
     auto state = state_;
-    auto keys = std::make_shared<detail::RedlockCalls>(state->mutex_calls(name));
-    auto batches =
-        std::make_shared<std::vector<std::vector<ScriptCall>>>(state->release_batches(*keys, lease.owner.str()));
+    auto keys = std::make_shared<detail::RedlockCalls>(calls());
+    auto batches = std::make_shared<std::vector<std::vector<ScriptCall>>>(state->release_batches(*keys, owner.str()));
     detail::async_fan_out(
         state->ptrs, *batches, state->options.node_timeout, fmt::format("release of '{}'", keys->key),
         state->deadline_name,
@@ -789,13 +801,20 @@ void RedlockBackend::async_release(std::string_view name, Lease<Handle>& lease, 
 
 void RedlockBackend::async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                                   TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+  async_extend_by(
+      name, lease.owner, ttl, started, [&] { return state_->mutex_calls(name); }, ex, std::move(done));
+}
+
+void RedlockBackend::async_extend_by(std::string_view name, const OwnerId& lease_owner, std::chrono::milliseconds ttl,
+                                     TimePoint started, const std::function<detail::RedlockCalls()>& calls,
+                                     const boost::asio::any_io_executor& ex, ExtendCompletion done) {
   using Result = std::optional<TimePoint>;
   try {
     detail::validate_redis_lock_name(name);
     auto state = state_;
     const Clock::duration drift = state->drift(ttl, fmt::format("extend of '{}'", name));
-    auto keys = std::make_shared<detail::RedlockCalls>(state->mutex_calls(name));
-    const std::string owner(lease.owner.str());
+    auto keys = std::make_shared<detail::RedlockCalls>(calls());
+    const std::string owner(lease_owner.str());
     std::vector<std::vector<ScriptCall>> batches(state->size(), {keys->extend(owner, ttl)});
     detail::async_fan_out(state->ptrs, std::move(batches), state->options.node_timeout,
                           fmt::format("extend of '{}'", name), state->deadline_name,

@@ -46,44 +46,75 @@ auto acquire_of(const RedisPrimitiveKeys& k, const AcquireRequest& request, Buil
   };
 }
 
-detail::RedlockCalls reader_calls(const RedisPrimitiveKeys& k) {
-  return {.key = k.rw_readers,
-          .fence = k.fence,
-          .channel = k.channel,
-          .acquire = {},
-          .release =
-              [k, q = quiet(k)](std::string_view owner, proto::Publish publish) {
-                return detail::reader_release_call(publish == proto::Publish::yes ? k : q, owner).call;
-              },
-          .extend = [k](std::string_view owner,
-                        std::chrono::milliseconds ttl) { return detail::reader_extend_call(k, owner, ttl).call; }};
+// Each family's calls on the keys of name `name` (validated), with the
+// acquire of `request` when given.
+
+detail::RedlockCalls reader_calls(const RedlockBackend& b, std::string_view name,
+                                  const AcquireRequest* request = nullptr) {
+  const auto k = detail::redis_primitive_keys(b.options().key_prefix, name);
+  detail::RedlockCalls c{
+      .key = k.rw_readers,
+      .fence = k.fence,
+      .channel = k.channel,
+      .acquire = {},
+      .release =
+          [k, q = quiet(k)](std::string_view owner, proto::Publish publish) {
+            return detail::reader_release_call(publish == proto::Publish::yes ? k : q, owner).call;
+          },
+      .extend = [k](std::string_view owner,
+                    std::chrono::milliseconds ttl) { return detail::reader_extend_call(k, owner, ttl).call; }};
+  if (request != nullptr)
+    c.acquire = acquire_of(k, *request,
+                           [](const RedisPrimitiveKeys& keys, const AcquireRequest& r, std::chrono::milliseconds f) {
+                             return detail::read_acquire_call(keys, r, f);
+                           });
+  return c;
 }
 
 // The writer's key is a mutex key: the mutex's release and extend scripts on
 // it, as RedisBackend's writer.
-detail::RedlockCalls writer_calls(const RedisPrimitiveKeys& k) {
-  return {.key = k.rw_writer,
-          .fence = k.fence,
-          .channel = k.channel,
-          .acquire = {},
-          .release = [keys = detail::RedisKeys{k.rw_writer, k.fence, k.channel}](
-                         std::string_view owner,
-                         proto::Publish publish) { return proto::release_call(keys, owner, publish); },
-          .extend = [key = k.rw_writer](std::string_view owner,
-                                        std::chrono::milliseconds ttl) { return proto::extend_call(key, owner, ttl); }};
+detail::RedlockCalls writer_calls(const RedlockBackend& b, std::string_view name,
+                                  const AcquireRequest* request = nullptr) {
+  const auto k = detail::redis_primitive_keys(b.options().key_prefix, name);
+  detail::RedlockCalls c{
+      .key = k.rw_writer,
+      .fence = k.fence,
+      .channel = k.channel,
+      .acquire = {},
+      .release = [keys = detail::RedisKeys{k.rw_writer, k.fence, k.channel}](
+                     std::string_view owner,
+                     proto::Publish publish) { return proto::release_call(keys, owner, publish); },
+      .extend = [key = k.rw_writer](std::string_view owner,
+                                    std::chrono::milliseconds ttl) { return proto::extend_call(key, owner, ttl); }};
+  if (request != nullptr)
+    c.acquire = acquire_of(k, *request,
+                           [](const RedisPrimitiveKeys& keys, const AcquireRequest& r, std::chrono::milliseconds f) {
+                             return detail::write_acquire_call(keys, r, f);
+                           });
+  return c;
 }
 
-detail::RedlockCalls leader_calls(const RedisPrimitiveKeys& k) {
-  return {.key = k.leader,
-          .fence = k.fence,
-          .channel = k.channel,
-          .acquire = {},
-          .release =
-              [k, q = quiet(k)](std::string_view owner, proto::Publish publish) {
-                return detail::leader_release_call(publish == proto::Publish::yes ? k : q, owner).call;
-              },
-          .extend = [k](std::string_view owner,
-                        std::chrono::milliseconds ttl) { return detail::leader_extend_call(k, owner, ttl).call; }};
+detail::RedlockCalls leader_calls(const RedlockBackend& b, std::string_view name,
+                                  const AcquireRequest* request = nullptr, std::string_view candidate = {}) {
+  const auto k = detail::redis_primitive_keys(b.options().key_prefix, name);
+  detail::RedlockCalls c{
+      .key = k.leader,
+      .fence = k.fence,
+      .channel = k.channel,
+      .acquire = {},
+      .release =
+          [k, q = quiet(k)](std::string_view owner, proto::Publish publish) {
+            return detail::leader_release_call(publish == proto::Publish::yes ? k : q, owner).call;
+          },
+      .extend = [k](std::string_view owner,
+                    std::chrono::milliseconds ttl) { return detail::leader_extend_call(k, owner, ttl).call; }};
+  if (request != nullptr)
+    c.acquire = acquire_of(k, *request,
+                           [candidate = std::string(candidate)](const RedisPrimitiveKeys& keys, const AcquireRequest& r,
+                                                                std::chrono::milliseconds f) {
+                             return detail::leader_acquire_call(keys, r, f, candidate);
+                           });
+  return c;
 }
 
 }  // namespace
@@ -92,48 +123,34 @@ detail::RedlockCalls leader_calls(const RedisPrimitiveKeys& k) {
 
 AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire_shared(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
-  const auto k = detail::redis_primitive_keys(options().key_prefix, request.name);
-  auto calls = reader_calls(k);
-  calls.acquire =
-      acquire_of(k, request, [](const RedisPrimitiveKeys& keys, const AcquireRequest& r, std::chrono::milliseconds f) {
-        return detail::read_acquire_call(keys, r, f);
-      });
-  return acquire_by(request, std::move(calls));
+  return acquire_by(request, reader_calls(*this, request.name, &request));
 }
 
 ReleaseResult RedlockBackend::release_shared(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
-  return release_by(name, lease.owner, reader_calls(detail::redis_primitive_keys(options().key_prefix, name)));
+  return release_by(name, lease.owner, reader_calls(*this, name));
 }
 
 std::optional<TimePoint> RedlockBackend::extend_shared(std::string_view name, Lease<Handle>& lease,
                                                        std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
-  return extend_by(name, lease.owner, ttl, started,
-                   reader_calls(detail::redis_primitive_keys(options().key_prefix, name)));
+  return extend_by(name, lease.owner, ttl, started, reader_calls(*this, name));
 }
 
 AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire_exclusive(const AcquireRequest& request) {
   detail::validate_redis_lock_name(request.name);
-  const auto k = detail::redis_primitive_keys(options().key_prefix, request.name);
-  auto calls = writer_calls(k);
-  calls.acquire =
-      acquire_of(k, request, [](const RedisPrimitiveKeys& keys, const AcquireRequest& r, std::chrono::milliseconds f) {
-        return detail::write_acquire_call(keys, r, f);
-      });
-  return acquire_by(request, std::move(calls));
+  return acquire_by(request, writer_calls(*this, request.name, &request));
 }
 
 ReleaseResult RedlockBackend::release_exclusive(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
-  return release_by(name, lease.owner, writer_calls(detail::redis_primitive_keys(options().key_prefix, name)));
+  return release_by(name, lease.owner, writer_calls(*this, name));
 }
 
 std::optional<TimePoint> RedlockBackend::extend_exclusive(std::string_view name, Lease<Handle>& lease,
                                                           std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
-  return extend_by(name, lease.owner, ttl, started,
-                   writer_calls(detail::redis_primitive_keys(options().key_prefix, name)));
+  return extend_by(name, lease.owner, ttl, started, writer_calls(*this, name));
 }
 
 // ---- ElectionBackend ----
@@ -141,26 +158,69 @@ std::optional<TimePoint> RedlockBackend::extend_exclusive(std::string_view name,
 AcquireResult<RedlockBackend::Handle> RedlockBackend::try_acquire_leader(const AcquireRequest& request,
                                                                          std::string_view candidate) {
   detail::validate_redis_lock_name(request.name);
-  const auto k = detail::redis_primitive_keys(options().key_prefix, request.name);
-  auto calls = leader_calls(k);
-  calls.acquire = acquire_of(k, request,
-                             [candidate = std::string(candidate)](
-                                 const RedisPrimitiveKeys& keys, const AcquireRequest& r, std::chrono::milliseconds f) {
-                               return detail::leader_acquire_call(keys, r, f, candidate);
-                             });
-  return acquire_by(request, std::move(calls));
+  return acquire_by(request, leader_calls(*this, request.name, &request, candidate));
 }
 
 ReleaseResult RedlockBackend::release_leader(std::string_view name, Lease<Handle>& lease) {
   detail::validate_redis_lock_name(name);
-  return release_by(name, lease.owner, leader_calls(detail::redis_primitive_keys(options().key_prefix, name)));
+  return release_by(name, lease.owner, leader_calls(*this, name));
 }
 
 std::optional<TimePoint> RedlockBackend::extend_leader(std::string_view name, Lease<Handle>& lease,
                                                        std::chrono::milliseconds ttl, TimePoint started) {
   detail::validate_redis_lock_name(name);
-  return extend_by(name, lease.owner, ttl, started,
-                   leader_calls(detail::redis_primitive_keys(options().key_prefix, name)));
+  return extend_by(name, lease.owner, ttl, started, leader_calls(*this, name));
+}
+
+// ---- asynchronous forms: the same calls, through the asynchronous rounds ----
+
+void RedlockBackend::async_try_acquire_shared(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                              AcquireCompletion<Handle> done) {
+  async_acquire_by(
+      request, [&] { return reader_calls(*this, request.name, &request); }, ex, std::move(done));
+}
+void RedlockBackend::async_release_shared(std::string_view name, Lease<Handle>& lease,
+                                          const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
+  async_release_by(
+      name, lease.owner, [&] { return reader_calls(*this, name); }, ex, std::move(done));
+}
+void RedlockBackend::async_extend_shared(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                         TimePoint started, const boost::asio::any_io_executor& ex,
+                                         ExtendCompletion done) {
+  async_extend_by(
+      name, lease.owner, ttl, started, [&] { return reader_calls(*this, name); }, ex, std::move(done));
+}
+void RedlockBackend::async_try_acquire_exclusive(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
+                                                 AcquireCompletion<Handle> done) {
+  async_acquire_by(
+      request, [&] { return writer_calls(*this, request.name, &request); }, ex, std::move(done));
+}
+void RedlockBackend::async_release_exclusive(std::string_view name, Lease<Handle>& lease,
+                                             const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
+  async_release_by(
+      name, lease.owner, [&] { return writer_calls(*this, name); }, ex, std::move(done));
+}
+void RedlockBackend::async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                            TimePoint started, const boost::asio::any_io_executor& ex,
+                                            ExtendCompletion done) {
+  async_extend_by(
+      name, lease.owner, ttl, started, [&] { return writer_calls(*this, name); }, ex, std::move(done));
+}
+void RedlockBackend::async_try_acquire_leader(const AcquireRequest& request, std::string_view candidate,
+                                              const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+  async_acquire_by(
+      request, [&] { return leader_calls(*this, request.name, &request, candidate); }, ex, std::move(done));
+}
+void RedlockBackend::async_release_leader(std::string_view name, Lease<Handle>& lease,
+                                          const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
+  async_release_by(
+      name, lease.owner, [&] { return leader_calls(*this, name); }, ex, std::move(done));
+}
+void RedlockBackend::async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                                         TimePoint started, const boost::asio::any_io_executor& ex,
+                                         ExtendCompletion done) {
+  async_extend_by(
+      name, lease.owner, ttl, started, [&] { return leader_calls(*this, name); }, ex, std::move(done));
 }
 
 std::optional<LeaderInfo> RedlockBackend::leader(std::string_view name) {

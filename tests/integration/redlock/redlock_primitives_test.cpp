@@ -6,7 +6,8 @@
 // still works and 3 of 5 refuses; one leader at a time across 3 candidate
 // processes with increasing terms, and a paused leader losing to a higher term.
 // (The writer and the leader also run the mutex conformance suite:
-// tests/conformance/redlock_primitives_conformance_test.cpp.)
+// tests/conformance/redlock_primitives_conformance_test.cpp; the asynchronous
+// forms: redlock_primitives_async_test.cpp.)
 #include <dlock/detail/redis_primitive_scripts.hpp>
 #include <dlock/election.hpp>
 #include <dlock/redlock.hpp>
@@ -22,6 +23,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <type_traits>
 #include <variant>
 
 #include "redlock_test_support.hpp"
