@@ -194,12 +194,11 @@ redis_proto::PrimaryChoice SentinelClient::choose(std::string& why) const {
   // command_timeout): the newest view is the one of the highest epoch, and
   // the first answer may be a lagging sentinel's (docs/safety.md).
   std::vector<std::size_t> order;
-  redis_proto::SentinelKnowledge known;
   {
     std::lock_guard lk(mu_);
     order = rotation_.order();
-    known = known_;
   }
+  const redis_proto::SentinelKnowledge known = knowledge();
   std::vector<redis_proto::SentinelAnswer> answers;
   for (std::size_t i : order) {
     if (auto view = ask(i, why)) answers.push_back(redis_proto::SentinelAnswer{i, std::move(*view)});
@@ -210,6 +209,11 @@ redis_proto::PrimaryChoice SentinelClient::choose(std::string& why) const {
       "dlock: no sentinel names the primary of '{}' that may be used now: {} ({}); nothing was asked of a data "
       "node (a failover in progress: retried)",
       options_.sentinel->master_name, std::get<redis_proto::NoPrimary>(choice).why, why));
+}
+
+redis_proto::SentinelKnowledge SentinelClient::knowledge() const {
+  std::lock_guard lk(mu_);
+  return known_;
 }
 
 void SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary) {

@@ -51,6 +51,15 @@ class SentinelClient {
   /// must say master there. Throws ConnectionError otherwise (nothing was
   /// asked of a data node), or what the connection throws (ServerError: auth).
   [[nodiscard]] RedisLink open(const RedisLinkSetup& setup);
+  /// For a caller that asks the sentinels itself without blocking (the
+  /// asynchronous route): what to pass redis_proto::choose_primary as
+  /// `known`, and, once ROLE said master at the chosen address, adopt() so
+  /// that this client's later discoveries never go behind that epoch.
+  [[nodiscard]] redis_proto::SentinelKnowledge knowledge() const;
+  /// `choice` is in use at `primary` (ROLE checked, or discover()): the
+  /// rotation, the epoch known and last_primary() follow it; watch()'s
+  /// callback runs (the pool is retired) when the primary moved.
+  void adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary);
   /// The last primary found by discover() or announced by +switch-master.
   [[nodiscard]] std::optional<RedisOptions> last_primary() const;
   /// last_primary() as "host:port", kept for the client's lifetime (at most
@@ -74,10 +83,7 @@ class SentinelClient {
   /// Asks every sentinel and decides by redis_proto::choose_primary; throws
   /// ConnectionError (every answer, and why none may be used) when it refuses.
   [[nodiscard]] redis_proto::PrimaryChoice choose(std::string& why) const;
-  /// `choice` is in use at `primary` (ROLE checked, or discover()): the
-  /// rotation, the epoch known and last_ follow it; the pool is retired
-  /// (on_switch_) when the primary moved.
-  void adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary);
+
   /// A +switch-master heard: its new primary is last_ and is tried first.
   void announce(const redis_proto::SwitchMaster& sw);
   /// A connection to `primary` if ROLE says master there; otherwise nullopt,
