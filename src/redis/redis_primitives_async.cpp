@@ -32,12 +32,13 @@ using Script = detail::PrimitiveCall;
 // Sends the call `make(keys)` builds for the primitive keys of `name` to the
 // backend's node without blocking; `judge(reply, endpoint, key)` turns the
 // reply into the result (or throws), which goes to `done` through `ex`. An
-// error before sending (an invalid name) completes the same way.
+// error before sending (an invalid name) completes the same way. The
+// completion is kept by the executor's context, not by the request in flight
+// (detail::ResultCompletion, as the mutex's asynchronous operations).
 template <class R, class Make, class Judge>
 void send(const std::shared_ptr<const void>& keep, detail::RedisClient& node, const RedisOptions& options,
           std::string_view name, const boost::asio::any_io_executor& ex,
           std::function<void(std::exception_ptr, R)> done, R fallback, Make make, Judge judge) {
-  const detail::ExecutorCompletion work(ex);
   try {
     detail::validate_redis_lock_name(name);
     Script s = make(detail::redis_primitive_keys(options.key_prefix, name));
@@ -45,7 +46,7 @@ void send(const std::shared_ptr<const void>& keep, detail::RedisClient& node, co
     std::vector<std::vector<proto::ScriptCall>> batches(1);
     batches[0].push_back(std::move(s.call));
     detail::async_fan_out(nodes, std::move(batches), std::nullopt, fmt::format("{} of '{}'", s.what, s.key), {},
-                          [keep, &node, key = std::move(s.key), work, done, fallback,
+                          [keep, &node, key = std::move(s.key), work = detail::ResultCompletion<R>(ex, done), fallback,
                            judge = std::move(judge)](std::vector<detail::RedisOutcome> out) mutable {
                             (void)keep;  // the node lives as long as the backend's state
                             R result = fallback;
@@ -56,10 +57,10 @@ void send(const std::shared_ptr<const void>& keep, detail::RedisClient& node, co
                             } catch (...) {
                               error = std::current_exception();
                             }
-                            detail::post_result<R>(work, done, error, std::move(result));
+                            work.post(error, std::move(result));
                           });
   } catch (...) {
-    detail::post_result<R>(work, done, std::current_exception(), std::move(fallback));
+    detail::post_result<R>(detail::ExecutorCompletion(ex), done, std::current_exception(), std::move(fallback));
   }
 }
 
