@@ -300,22 +300,6 @@ std::vector<std::size_t> SentinelClient::ask_order() const {
   return rotation_.order();
 }
 
-std::optional<redis_proto::SwitchMaster> SentinelClient::announcement() const {
-  std::lock_guard lk(mu_);
-  return announced_;
-}
-
-void SentinelClient::found(std::optional<std::size_t> i, RedisOptions primary) {
-  std::lock_guard lk(mu_);
-  if (i) rotation_.answered(*i);
-  last_ = std::move(primary);
-}
-
-void SentinelClient::announcement_failed(const redis_proto::SwitchMaster& sw) {
-  std::lock_guard lk(mu_);
-  if (announced_ == sw) announced_.reset();
-}
-
 std::uint64_t SentinelClient::switches() const {
   std::shared_ptr<Watch> w;
   {

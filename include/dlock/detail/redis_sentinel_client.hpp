@@ -77,19 +77,13 @@ class SentinelClient {
   struct Watch;
 
   // For the asynchronous resolution (redis_async_ha.cpp), which asks and
-  // checks as open() does, without blocking: the pieces open() uses.
+  // checks as open() does, without blocking (with knowledge() and adopt()):
+  // the pieces open() uses.
   /// The order to ask the sentinels in (the last one that answered first).
   [[nodiscard]] std::vector<std::size_t> ask_order() const;
   /// Options for sentinel `i`'s connection, and for a data node at `a`.
   [[nodiscard]] RedisOptions options_of_sentinel(std::size_t i) const { return sentinel_options(i); }
   [[nodiscard]] RedisOptions options_of_primary(const redis_proto::NodeAddress& a) const { return primary_options(a); }
-  /// The last +switch-master heard (tried first; its old primary never).
-  [[nodiscard]] std::optional<redis_proto::SwitchMaster> announcement() const;
-  /// `primary` said ROLE master: it is last_primary(), and sentinel `i`
-  /// (when given) is asked first next time.
-  void found(std::optional<std::size_t> i, RedisOptions primary);
-  /// The announcement led to a node that is not the primary: forgotten, as open() does.
-  void announcement_failed(const redis_proto::SwitchMaster& sw);
 
  private:
   [[nodiscard]] RedisOptions sentinel_options(std::size_t i) const;
