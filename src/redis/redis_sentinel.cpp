@@ -162,12 +162,26 @@ std::variant<PrimaryChoice, NoPrimary> choose_primary(const std::vector<Sentinel
       return NoPrimary{fmt::format("sentinels disagree at configuration epoch {} ({}:{} and {}:{})", best.config_epoch,
                                    best.address.host, best.address.port, a.view.address.host, a.view.address.port)};
   }
-  if (known.chosen && (best.config_epoch < known.chosen->config_epoch ||
-                       (best.config_epoch == known.chosen->config_epoch && !(best.address == known.chosen->address))))
+  if (known.chosen && best.config_epoch < known.chosen->config_epoch)
     return NoPrimary{
         fmt::format("the sentinels that answered are at configuration epoch {}, behind epoch {} "
                     "already used",
                     best.config_epoch, known.chosen->config_epoch)};
+  // Another address at the epoch already used: taken only when a majority
+  // names it (the view this client adopted was a failover's passing state, or
+  // the sentinels settled otherwise); a lone answer could be a lagging
+  // sentinel's. Refusing for good would strand the client until the next
+  // failover (seen under load: every later round refused).
+  if (known.chosen && best.config_epoch == known.chosen->config_epoch && !(best.address == known.chosen->address)) {
+    const auto agreeing = static_cast<std::size_t>(
+        std::count_if(answers.begin(), answers.end(), [&](const SentinelAnswer& a) { return a.view == best; }));
+    if (agreeing < majority)
+      return NoPrimary{
+          fmt::format("{} of {} sentinels name {}:{} at configuration epoch {}, where {}:{} was used; "
+                      "fewer than the majority of {}",
+                      agreeing, configured, best.address.host, best.address.port, best.config_epoch,
+                      known.chosen->address.host, known.chosen->address.port, majority)};
+  }
   if (known.announced && best.address == known.announced->from && !(known.announced->from == known.announced->to) &&
       best.config_epoch <= known.epoch_when_announced)
     return NoPrimary{

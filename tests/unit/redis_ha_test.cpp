@@ -394,7 +394,12 @@ TEST(RedisSentinel, ChoosesTheHighestEpochFromAMajority) {
   // Never behind what this client used: a majority of lagging sentinels is refused.
   const SentinelKnowledge used_b{MasterView{b, 2}, std::nullopt, 0};
   EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose({{0, {a, 1}}, {2, {a, 1}}}, used_b)));
-  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose({{0, {a, 2}}, {2, {a, 2}}}, used_b)));
+  // Another address at the epoch used: a majority names it (the adopted view was a
+  // failover's passing state), else refused.
+  EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {a, 2}}, {2, {a, 2}}}, used_b)).view, (MasterView{a, 2}));
+  EXPECT_FALSE(std::holds_alternative<NoPrimary>(choose_primary({{0, {a, 2}}}, 1, used_b))) << "1 of 1 is a majority";
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose_primary({{0, {a, 2}}, {1, {a, 1}}, {2, {a, 1}}}, 5, used_b)))
+      << "1 of 5 names A at epoch 2";
   EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {b, 2}}, {2, {a, 1}}}, used_b)).view, (MasterView{b, 2}));
   EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {a, 3}}, {2, {b, 2}}}, used_b)).view, (MasterView{a, 3}))
       << "a later failover back to A";
