@@ -41,11 +41,20 @@ void RedisClient::detach_async_route() noexcept {
 void RedisClient::on_failover() noexcept {
   pool_.invalidate();
   std::shared_ptr<AsyncRoute> r;
-  {
+  std::function<void()> moved;
+  try {
     std::lock_guard lk(shared_mu_);
     r = async_route_;
+    moved = primary_moved_;
+  } catch (...) {  // out of memory copying the callback: the subscriber relocates at its next reconnect
   }
   if (r) r->switched();
+  if (moved) moved();
+}
+
+void RedisClient::on_primary_moved(std::function<void()> f) {
+  std::lock_guard lk(shared_mu_);
+  primary_moved_ = std::move(f);
 }
 
 // ---- AsyncRoute ----
@@ -166,6 +175,24 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
 
   static void add(std::string& why, const std::string& s) { why += fmt::format("{}{}", why.empty() ? "" : "; ", s); }
 
+  // The round found no usable primary: noted for the pacing of the next
+  // rounds (SentinelClient::check_pace), then the waiting operations fail.
+  void fail(std::exception_ptr error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      try {
+        route->with_client([&](RedisClient& c) {
+          c.sentinel()->round_failed(e.what());
+          return 0;
+        });
+      } catch (...) {  // detached, or out of memory: nothing to pace
+      }
+    } catch (...) {
+    }
+    route->finish_resolve(nullptr, std::nullopt, error);
+  }
+
   void start() {
     {
       std::lock_guard lk(mu);
@@ -243,7 +270,7 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
           route->with_client([&](RedisClient& rc) { return rc.sentinel()->options_of_primary(c.view.address); });
       check(primary, c);
     } catch (...) {
-      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      fail(std::current_exception());
     }
   }
 
@@ -266,7 +293,7 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
     } catch (const ConnectionError& e) {  // TimeoutError too
       refuse(choice, e.what());
     } catch (...) {
-      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      fail(std::current_exception());
     }
   }
 
@@ -295,7 +322,7 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
     } catch (const ConnectionError& e) {  // TimeoutError too
       refuse(choice, e.what());
     } catch (...) {  // ServerError (auth), as open() throws it; or detached
-      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      fail(std::current_exception());
     }
   }
 
@@ -308,7 +335,7 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
           "asked of a data node (a failover in progress: retried)",
           master_name, choice.view.config_epoch, why));
     } catch (...) {
-      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      fail(std::current_exception());
     }
   }
 };
@@ -483,6 +510,7 @@ void AsyncRoute::get(std::string_view route_key, Got got) {
   if (!r) return;
   try {
     with_client([&](RedisClient& c) {
+      c.sentinel()->check_pace();  // throws while a failed round's spacing lasts
       r->order = c.sentinel()->ask_order();
       r->configured = c.options().sentinel->sentinels.size();
       r->known = c.sentinel()->knowledge();

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <dlock/detail/format.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -150,6 +151,23 @@ void SentinelClient::announce(const redis_proto::SwitchMaster& sw) {
   last_ = std::move(primary);
   known_.announced = sw;
   known_.epoch_when_announced = known_.chosen ? known_.chosen->config_epoch : 0;
+  pacer_.news();
+}
+
+void SentinelClient::check_pace() const {
+  std::lock_guard lk(mu_);
+  const auto now = redis_proto::DiscoveryPacer::Clock::now();
+  if (pacer_.may_start(now)) return;
+  throw ConnectionError(fmt::format(
+      "dlock: the sentinels of '{}' were asked moments ago and named no primary that may be used ({}); they are "
+      "asked again in {} (a failover in progress: retried)",
+      options_.sentinel->master_name, pacer_.last_failure(),
+      format_duration(std::chrono::ceil<std::chrono::milliseconds>(pacer_.not_before() - now))));
+}
+
+void SentinelClient::round_failed(std::string why) {
+  std::lock_guard lk(mu_);
+  pacer_.failed(redis_proto::DiscoveryPacer::Clock::now(), std::move(why));
 }
 
 std::optional<RedisOptions> SentinelClient::last_primary() const {
@@ -189,7 +207,8 @@ std::optional<redis_proto::MasterView> SentinelClient::ask(std::size_t i, std::s
   return std::nullopt;
 }
 
-redis_proto::PrimaryChoice SentinelClient::choose(std::string& why) const {
+redis_proto::PrimaryChoice SentinelClient::choose(std::string& why) {
+  check_pace();
   // Every sentinel is asked, in turn (each bounded by connect_timeout and
   // command_timeout): the newest view is the one of the highest epoch, and
   // the first answer may be a lagging sentinel's (docs/safety.md).
@@ -205,10 +224,12 @@ redis_proto::PrimaryChoice SentinelClient::choose(std::string& why) const {
   }
   auto choice = redis_proto::choose_primary(answers, options_.sentinel->sentinels.size(), known);
   if (auto* c = std::get_if<redis_proto::PrimaryChoice>(&choice)) return std::move(*c);
-  throw ConnectionError(fmt::format(
+  ConnectionError e(fmt::format(
       "dlock: no sentinel names the primary of '{}' that may be used now: {} ({}); nothing was asked of a data "
       "node (a failover in progress: retried)",
       options_.sentinel->master_name, std::get<redis_proto::NoPrimary>(choice).why, why));
+  round_failed(e.what());
+  throw e;
 }
 
 redis_proto::SentinelKnowledge SentinelClient::knowledge() const {
@@ -221,6 +242,7 @@ void SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOption
   {
     std::lock_guard lk(mu_);
     rotation_.answered(choice.sentinel);
+    pacer_.succeeded();
     if (known_.chosen && choice.view.config_epoch < known_.chosen->config_epoch) return;  // a newer round won
     const bool moved = last_ && (last_->host != primary.host || last_->port != primary.port);
     known_.chosen = choice.view;
@@ -272,11 +294,14 @@ RedisLink SentinelClient::open(const RedisLinkSetup& setup) {
   const redis_proto::PrimaryChoice choice = choose(why);
   RedisOptions primary = primary_options(choice.view.address);
   auto link = open_if_primary(primary, setup, why);  // a ServerError (auth) is thrown as before
-  if (!link)
-    throw ConnectionError(fmt::format(
+  if (!link) {
+    ConnectionError e(fmt::format(
         "dlock: the primary of '{}' the sentinels name at configuration epoch {} cannot be used ({}); nothing was "
         "asked of a data node (a failover in progress: retried)",
         options_.sentinel->master_name, choice.view.config_epoch, why));
+    round_failed(e.what());
+    throw e;
+  }
   adopt(choice, std::move(primary));
   return std::move(*link);
 }

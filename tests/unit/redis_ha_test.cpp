@@ -327,6 +327,33 @@ TEST(RedisSentinel, RotationStartsWithTheLastSentinelThatAnswered) {
   EXPECT_TRUE(SentinelRotation(0).order().empty());
 }
 
+// While no usable primary is found, rounds are spaced 50, 100, 200, 400,
+// then 500 ms apart; a success or a +switch-master lets the next start at once.
+TEST(RedisSentinel, DiscoveryRoundsThatFindNoPrimaryAreSpacedOut) {
+  using std::chrono::milliseconds;
+  DiscoveryPacer p;
+  const DiscoveryPacer::Clock::time_point t0{std::chrono::seconds(100)};
+  EXPECT_TRUE(p.may_start(t0));
+  auto t = t0;
+  for (const long expected : {50, 100, 200, 400, 500, 500}) {
+    p.failed(t, "no majority");
+    EXPECT_FALSE(p.may_start(t + milliseconds(expected - 1))) << expected;
+    EXPECT_TRUE(p.may_start(t + milliseconds(expected))) << expected;
+    EXPECT_EQ(p.not_before(), t + milliseconds(expected));
+    t += milliseconds(expected);
+  }
+  EXPECT_EQ(p.last_failure(), "no majority");
+  p.news();  // +switch-master: at once, but a failure after it keeps the spacing
+  EXPECT_TRUE(p.may_start(t));
+  p.failed(t, "ROLE says replica");
+  EXPECT_FALSE(p.may_start(t + milliseconds(499)));
+  p.succeeded();
+  EXPECT_TRUE(p.may_start(t));
+  p.failed(t, "again");  // starts over at 50 ms
+  EXPECT_TRUE(p.may_start(t + milliseconds(50)));
+  EXPECT_FALSE(p.may_start(t + milliseconds(49)));
+}
+
 // A client heard +switch-master A -> B: it tries B first; a sentinel that has
 // not caught up still names A (which says master by ROLE until demoted): A is
 // not tried; a later answer C (another failover since) is, once.

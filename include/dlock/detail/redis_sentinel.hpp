@@ -14,6 +14,8 @@
 // release channels; parse_switch_master() reads its payload.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -150,6 +152,49 @@ class SentinelRotation {
  private:
   std::size_t count_;
   std::size_t first_ = 0;
+};
+
+/// How often a client may ask the sentinels while no usable primary is
+/// found (a failover in progress). Every round asks every sentinel, and a
+/// client with many waiters would otherwise start one per retry: hundreds of
+/// short connections a second that keep the sentinels' single thread from
+/// pinging the new primary in time, so that they judge it down and fail over
+/// again (seen: four failovers in five seconds after one SIGKILL, on a busy
+/// machine with down-after-milliseconds 500). After a round that found none,
+/// the next may start `first` later, then twice that, up to `cap`; a round
+/// that found one, or a +switch-master heard (news), lets the next start at
+/// once. Pure; not thread-safe; time is passed in.
+class DiscoveryPacer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds first{50};
+  static constexpr std::chrono::milliseconds cap{500};
+
+  /// Whether a round may start at `now`.
+  [[nodiscard]] bool may_start(Clock::time_point now) const noexcept { return now >= not_before_; }
+  /// When the next round may start (meaningful while !may_start).
+  [[nodiscard]] Clock::time_point not_before() const noexcept { return not_before_; }
+  /// Why the last round found no usable primary ("" before any failure).
+  [[nodiscard]] const std::string& last_failure() const noexcept { return last_failure_; }
+  /// A round that started at or before `now` found no usable primary.
+  void failed(Clock::time_point now, std::string why) {
+    spacing_ = spacing_.count() == 0 ? first : std::min<std::chrono::milliseconds>(cap, spacing_ * 2);
+    not_before_ = now + spacing_;
+    last_failure_ = std::move(why);
+  }
+  /// A round found the primary: the spacing starts over.
+  void succeeded() noexcept {
+    spacing_ = std::chrono::milliseconds{0};
+    not_before_ = {};
+  }
+  /// A +switch-master was heard: the next round may start at once (it has
+  /// news to find); a failure after it is spaced as before.
+  void news() noexcept { not_before_ = {}; }
+
+ private:
+  std::chrono::milliseconds spacing_{0};
+  Clock::time_point not_before_{};
+  std::string last_failure_;
 };
 
 }  // namespace dlock::detail::redis_proto

@@ -67,6 +67,15 @@ class SentinelClient {
   /// 16 distinct ones: a label bound); empty before any, or past the bound.
   [[nodiscard]] std::string_view primary_endpoint() const;
 
+  /// Discovery rounds that find no usable primary are spaced out
+  /// (redis_proto::DiscoveryPacer): throws ConnectionError, naming the last
+  /// round's failure and when the next may start, while one may not start
+  /// yet; open() and discover() call it first, the asynchronous route before
+  /// each round it starts.
+  void check_pace() const;
+  /// A round found no usable primary (`why`: its error message).
+  void round_failed(std::string why);
+
   /// Starts watching +switch-master (once; later calls do nothing).
   /// `on_switch` runs on the I/O thread for each announcement of this
   /// master name and must not block.
@@ -92,7 +101,7 @@ class SentinelClient {
   [[nodiscard]] std::optional<redis_proto::MasterView> ask(std::size_t i, std::string& why) const;
   /// Asks every sentinel and decides by redis_proto::choose_primary; throws
   /// ConnectionError (every answer, and why none may be used) when it refuses.
-  [[nodiscard]] redis_proto::PrimaryChoice choose(std::string& why) const;
+  [[nodiscard]] redis_proto::PrimaryChoice choose(std::string& why);
 
   /// A +switch-master heard: its new primary is last_ and is tried first.
   void announce(const redis_proto::SwitchMaster& sw);
@@ -106,6 +115,7 @@ class SentinelClient {
   redis_proto::SentinelRotation rotation_;   // under mu_
   std::optional<RedisOptions> last_;         // under mu_
   redis_proto::SentinelKnowledge known_;     // the view chosen last, the +switch-master heard; under mu_
+  redis_proto::DiscoveryPacer pacer_;        // under mu_
   std::function<void()> on_switch_;          // watch()'s callback, run when the primary moved; under mu_
   std::shared_ptr<Watch> watch_;             // under mu_
   mutable std::set<std::string> endpoints_;  // primary_endpoint()'s views; under mu_
