@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <exception>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <variant>
@@ -39,11 +41,20 @@ void RedisClient::detach_async_route() noexcept {
 void RedisClient::on_failover() noexcept {
   pool_.invalidate();
   std::shared_ptr<AsyncRoute> r;
-  {
+  std::function<void()> moved;
+  try {
     std::lock_guard lk(shared_mu_);
     r = async_route_;
+    moved = primary_moved_;
+  } catch (...) {  // out of memory copying the callback: the subscriber relocates at its next reconnect
   }
   if (r) r->switched();
+  if (moved) moved();
+}
+
+void RedisClient::on_primary_moved(std::function<void()> f) {
+  std::lock_guard lk(shared_mu_);
+  primary_moved_ = std::move(f);
 }
 
 // ---- AsyncRoute ----
@@ -142,87 +153,129 @@ void AsyncRoute::get_at(const std::string& host, std::uint16_t port, Got got) {
 }
 
 // ---- Sentinel: the primary, found as SentinelClient::open() finds it ----
+//
+// Every sentinel is asked SENTINEL MASTER at once (each on its own short
+// link, bounded by connect_timeout + command_timeout); when all answered or
+// failed, redis_proto::choose_primary decides as SentinelClient::choose()
+// does (the highest configuration epoch of a majority, never behind the
+// client's knowledge()), ROLE is checked at the chosen address, and the
+// choice is adopted (docs/safety.md). One rule for both paths.
 
 struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
   std::shared_ptr<AsyncRoute> route;
-  std::optional<redis_proto::SwitchMaster> announced;
   std::vector<std::size_t> order;
-  std::size_t at = 0;
-  std::vector<redis_proto::NodeAddress> tried;
-  std::string why, master_name;
+  std::size_t configured = 0;
+  redis_proto::SentinelKnowledge known;  // taken before the round, as choose() does
+  std::string master_name;
 
-  void note(std::string s) { why += fmt::format("{}{}", why.empty() ? "" : "; ", s); }
+  std::mutex mu;  // the answers arrive on the I/O thread, possibly during start()
+  std::size_t pending = 0;
+  std::vector<redis_proto::SentinelAnswer> answers;
+  std::string why;
 
-  void start() {
+  static void add(std::string& why, const std::string& s) { why += fmt::format("{}{}", why.empty() ? "" : "; ", s); }
+
+  // The round found no usable primary: noted for the pacing of the next
+  // rounds (SentinelClient::check_pace), then the waiting operations fail.
+  void fail(std::exception_ptr error) {
     try {
-      if (announced) {
-        tried.push_back(announced->to);
-        const RedisOptions o =
-            route->with_client([&](RedisClient& c) { return c.sentinel()->options_of_primary(announced->to); });
-        return check(o, std::nullopt);
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      try {
+        route->with_client([&](RedisClient& c) {
+          c.sentinel()->round_failed(e.what());
+          return 0;
+        });
+      } catch (...) {  // detached, or out of memory: nothing to pace
       }
     } catch (...) {
-      return route->finish_resolve(nullptr, std::nullopt, std::current_exception());
     }
-    ask_next();
+    route->finish_resolve(nullptr, std::nullopt, error);
   }
 
-  // The next sentinel's answer (SENTINEL get-master-addr-by-name).
-  void ask_next() {
-    if (at == order.size())
-      return route->finish_resolve(
-          nullptr, std::nullopt,
-          std::make_exception_ptr(ConnectionError(fmt::format(
-              "dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node (a failover in "
-              "progress: retried)",
-              master_name, why))));
-    const std::size_t i = order[at++];
+  void start() {
+    {
+      std::lock_guard lk(mu);
+      pending = order.size();
+    }
+    if (order.empty()) return decide();
+    for (const std::size_t i : order) ask(i);
+  }
+
+  void ask(std::size_t i) {
+    std::string sentinel = fmt::format("sentinel {}", i);
     try {
       const RedisOptions so = route->with_client([&](RedisClient& c) { return c.sentinel()->options_of_sentinel(i); });
+      sentinel = redis_endpoint(so);
       auto link = std::make_shared<RedisLink>(
           RedisLink::open(so, RedisLinkSetup{.load_scripts = false, .check_eviction = false}));
       RedisCall call;
-      call.what = "SENTINEL get-master-addr-by-name";
-      redis_proto::push_get_master_addr(call.request, master_name);
-      link->send(std::move(call), [self = shared_from_this(), link, i, so](RedisOutcome o) mutable {
+      call.what = "SENTINEL MASTER";
+      redis_proto::push_sentinel_master(call.request, master_name);
+      link->send(std::move(call), [self = shared_from_this(), link, i, sentinel](RedisOutcome o) mutable {
         link.reset();  // one question per connection, as ask() does
-        self->on_answer(i, redis_endpoint(so), std::move(o));
+        self->on_answer(i, sentinel, std::move(o));
       });
-    } catch (...) {
-      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+    } catch (const std::exception& e) {  // detached, unreachable, or out of memory: counted as no answer
+      answered(std::nullopt, fmt::format("{}: {}", sentinel, e.what()));
     }
   }
 
   void on_answer(std::size_t i, const std::string& sentinel, RedisOutcome o) {
+    std::optional<redis_proto::SentinelAnswer> answer;
+    std::string fault;
     try {
       if (o.error) std::rethrow_exception(o.error);
-      const auto addr = redis_proto::parse_master_addr(o.replies.at(0));
-      const auto* a = std::get_if<redis_proto::NodeAddress>(&addr);
-      if (a == nullptr) {
-        note(fmt::format("{}: {}", sentinel,
-                         std::holds_alternative<redis_proto::MasterUnknown>(addr)
-                             ? std::string("does not monitor that name")
-                             : std::get<redis_proto::ReplyFault>(addr).message));
-        return ask_next();
-      }
-      if (!redis_proto::worth_trying(*a, announced, tried)) {
-        note(
-            fmt::format("{}: names {}:{}, the announced old primary or one already tried", sentinel, a->host, a->port));
-        return ask_next();
-      }
-      tried.push_back(*a);
-      const RedisOptions o2 = route->with_client([&](RedisClient& c) { return c.sentinel()->options_of_primary(*a); });
-      return check(o2, i);
-    } catch (const ConnectionError& e) {  // TimeoutError too: the next sentinel
-      note(fmt::format("{}: {}", sentinel, e.what()));
-    } catch (...) {
-      return route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      const auto view = redis_proto::parse_sentinel_master(o.replies.at(0));
+      if (const auto* v = std::get_if<redis_proto::MasterView>(&view))
+        answer = redis_proto::SentinelAnswer{i, *v};
+      else
+        fault = std::holds_alternative<redis_proto::MasterUnknown>(view)
+                    ? std::string("does not monitor that name")
+                    : std::get<redis_proto::ReplyFault>(view).message;
+    } catch (const std::exception& e) {  // ConnectionError, TimeoutError: no answer from it
+      fault = e.what();
     }
-    ask_next();
+    if (!answer) fault = fmt::format("{}: {}", sentinel, fault);
+    answered(std::move(answer), fault);
+  }
+
+  void answered(std::optional<redis_proto::SentinelAnswer> answer, const std::string& fault) {
+    bool last = false;
+    try {
+      std::lock_guard lk(mu);
+      if (answer)
+        answers.push_back(std::move(*answer));
+      else
+        add(why, fault);
+      last = --pending == 0;
+    } catch (...) {  // out of memory while noting it: still counted
+      std::lock_guard lk(mu);
+      last = --pending == 0;
+    }
+    if (last) decide();
+  }
+
+  // Every sentinel answered or failed: choose_primary, then ROLE at its choice.
+  void decide() {
+    try {
+      const auto choice = redis_proto::choose_primary(answers, configured, known);
+      if (const auto* no = std::get_if<redis_proto::NoPrimary>(&choice))
+        throw ConnectionError(fmt::format(
+            "dlock: no sentinel names the primary of '{}' that may be used now: {} ({}); nothing was asked of a data "
+            "node (a failover in progress: retried)",
+            master_name, no->why, why));
+      const auto& c = std::get<redis_proto::PrimaryChoice>(choice);
+      const RedisOptions primary =
+          route->with_client([&](RedisClient& rc) { return rc.sentinel()->options_of_primary(c.view.address); });
+      check(primary, c);
+    } catch (...) {
+      fail(std::current_exception());
+    }
   }
 
   // A link to `primary`, kept (as the first shared link) if ROLE says master.
-  void check(const RedisOptions& primary, std::optional<std::size_t> sentinel) {
+  void check(const RedisOptions& primary, const redis_proto::PrimaryChoice& choice) {
     std::shared_ptr<RedisLink> link;
     try {
       link = std::make_shared<RedisLink>(
@@ -234,16 +287,18 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
       RedisCall call;
       call.what = "ROLE";
       redis_proto::push_role(call.request);
-      link->send(std::move(call), [self = shared_from_this(), link, primary, sentinel](RedisOutcome o) {
-        self->on_role(link, primary, sentinel, std::move(o));
+      link->send(std::move(call), [self = shared_from_this(), link, primary, choice](RedisOutcome o) {
+        self->on_role(link, primary, choice, std::move(o));
       });
+    } catch (const ConnectionError& e) {  // TimeoutError too
+      refuse(choice, e.what());
     } catch (...) {
-      route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      fail(std::current_exception());
     }
   }
 
-  void on_role(const std::shared_ptr<RedisLink>& link, const RedisOptions& primary, std::optional<std::size_t> sentinel,
-               RedisOutcome o) {
+  void on_role(const std::shared_ptr<RedisLink>& link, const RedisOptions& primary,
+               const redis_proto::PrimaryChoice& choice, RedisOutcome o) {
     try {
       if (o.error) std::rethrow_exception(o.error);
       const RedisValue& reply = o.replies.at(0);
@@ -252,32 +307,36 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
       const auto* info = std::get_if<redis_proto::RoleInfo>(&role);
       if (info != nullptr && info->role == redis_proto::RoleInfo::Role::master) {
         route->with_client([&](RedisClient& c) {
-          c.sentinel()->found(sentinel, primary);
+          c.sentinel()->adopt(choice, primary);
           return 0;
         });
         return route->finish_resolve(link, primary, nullptr);
       }
       link->close();
-      note(fmt::format("{}: not the primary ({}; nothing was asked of it)", link->endpoint(),
-                       info == nullptr
-                           ? std::string("ROLE gave an unexpected reply")
-                           : fmt::format("ROLE says {}",
-                                         info->role == redis_proto::RoleInfo::Role::replica ? "replica" : "sentinel")));
-    } catch (const ConnectionError& e) {  // TimeoutError too: the next candidate
-      note(e.what());
+      refuse(choice, fmt::format("{}: not the primary ({}; nothing was asked of it)", link->endpoint(),
+                                 info == nullptr
+                                     ? std::string("ROLE gave an unexpected reply")
+                                     : fmt::format("ROLE says {}", info->role == redis_proto::RoleInfo::Role::replica
+                                                                       ? "replica"
+                                                                       : "sentinel")));
+    } catch (const ConnectionError& e) {  // TimeoutError too
+      refuse(choice, e.what());
     } catch (...) {  // ServerError (auth), as open() throws it; or detached
-      return route->finish_resolve(nullptr, std::nullopt, std::current_exception());
+      fail(std::current_exception());
     }
-    if (!sentinel && announced) {  // the announcement led nowhere: forgotten for the next search
-      try {
-        route->with_client([&](RedisClient& c) {
-          c.sentinel()->announcement_failed(*announced);
-          return 0;
-        });
-      } catch (...) {  // detached: the next request fails anyway
-      }
+  }
+
+  // The chosen primary cannot be used: the waiting operations fail (retried).
+  void refuse(const redis_proto::PrimaryChoice& choice, const std::string& reason) {
+    try {
+      add(why, reason);
+      throw ConnectionError(fmt::format(
+          "dlock: the primary of '{}' the sentinels name at configuration epoch {} cannot be used ({}); nothing was "
+          "asked of a data node (a failover in progress: retried)",
+          master_name, choice.view.config_epoch, why));
+    } catch (...) {
+      fail(std::current_exception());
     }
-    ask_next();
   }
 };
 
@@ -451,8 +510,10 @@ void AsyncRoute::get(std::string_view route_key, Got got) {
   if (!r) return;
   try {
     with_client([&](RedisClient& c) {
-      r->announced = c.sentinel()->announcement();
+      c.sentinel()->check_pace();  // throws while a failed round's spacing lasts
       r->order = c.sentinel()->ask_order();
+      r->configured = c.options().sentinel->sentinels.size();
+      r->known = c.sentinel()->knowledge();
       r->master_name = c.options().sentinel->master_name;
       return 0;
     });

@@ -23,7 +23,12 @@ RedisBackend::State::State(RedisOptions o)
                                                                [n = node.get()] { return n->current_server(); })
                                                          : nullptr}}) {}
 
-RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {}
+RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {
+  // Sentinel: when the primary changes, the release subscriber moves to it
+  // (a failed-over primary that still runs would keep its connection and
+  // never hear the new primary's releases).
+  if (state_->options.sentinel) state_->node->on_primary_moved(state_->subscriber.relocator());
+}
 
 RedisBackend::RedisBackend(std::string_view uri, RedisOptions base)
     : RedisBackend(parse_redis_uri(uri, std::move(base))) {}

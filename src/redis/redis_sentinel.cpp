@@ -125,6 +125,72 @@ bool worth_trying(const NodeAddress& answer, const std::optional<SwitchMaster>& 
   return std::find(tried.begin(), tried.end(), answer) == tried.end();
 }
 
+void push_sentinel_master(Request& request, std::string_view master_name) {
+  request.push({"SENTINEL", "MASTER", master_name});
+}
+
+MasterViewReply parse_sentinel_master(const Reply& r) {
+  if (r.is_error() && r.str.find("No such master") != std::string::npos) return MasterUnknown{};
+  if (r.type != T::array || r.elements.size() % 2 != 0) return fault(r, "SENTINEL MASTER");
+  const std::string* ip = nullptr;
+  std::optional<std::uint16_t> port;
+  std::optional<std::int64_t> epoch;
+  for (std::size_t i = 0; i + 1 < r.elements.size(); i += 2) {
+    const Reply& k = r.elements[i];
+    const Reply& v = r.elements[i + 1];
+    if (k.type != T::string) return fault(r, "SENTINEL MASTER");
+    if (k.str == "ip" && v.type == T::string && !v.str.empty()) ip = &v.str;
+    if (k.str == "port") port = port_of(v);
+    if (k.str == "config-epoch") epoch = offset_of(v);
+  }
+  if (ip == nullptr || !port || !epoch || *epoch < 0) return fault(r, "SENTINEL MASTER");
+  return MasterView{NodeAddress{*ip, *port}, static_cast<std::uint64_t>(*epoch)};
+}
+
+std::variant<PrimaryChoice, NoPrimary> choose_primary(const std::vector<SentinelAnswer>& answers,
+                                                      std::size_t configured, const SentinelKnowledge& known) {
+  const std::size_t majority = configured / 2 + 1;
+  if (answers.size() < majority)
+    return NoPrimary{fmt::format("{} of {} sentinels answered, fewer than the majority of {}", answers.size(),
+                                 configured, majority)};
+  const auto top = std::max_element(answers.begin(), answers.end(), [](const auto& a, const auto& b) {
+    return a.view.config_epoch < b.view.config_epoch;
+  });
+  const MasterView& best = top->view;
+  for (const SentinelAnswer& a : answers) {
+    if (a.view.config_epoch == best.config_epoch && !(a.view.address == best.address))
+      return NoPrimary{fmt::format("sentinels disagree at configuration epoch {} ({}:{} and {}:{})", best.config_epoch,
+                                   best.address.host, best.address.port, a.view.address.host, a.view.address.port)};
+  }
+  if (known.chosen && best.config_epoch < known.chosen->config_epoch)
+    return NoPrimary{
+        fmt::format("the sentinels that answered are at configuration epoch {}, behind epoch {} "
+                    "already used",
+                    best.config_epoch, known.chosen->config_epoch)};
+  // Another address at the epoch already used: taken only when a majority
+  // names it (the view this client adopted was a failover's passing state, or
+  // the sentinels settled otherwise); a lone answer could be a lagging
+  // sentinel's. Refusing for good would strand the client until the next
+  // failover (seen under load: every later round refused).
+  if (known.chosen && best.config_epoch == known.chosen->config_epoch && !(best.address == known.chosen->address)) {
+    const auto agreeing = static_cast<std::size_t>(
+        std::count_if(answers.begin(), answers.end(), [&](const SentinelAnswer& a) { return a.view == best; }));
+    if (agreeing < majority)
+      return NoPrimary{
+          fmt::format("{} of {} sentinels name {}:{} at configuration epoch {}, where {}:{} was used; "
+                      "fewer than the majority of {}",
+                      agreeing, configured, best.address.host, best.address.port, best.config_epoch,
+                      known.chosen->address.host, known.chosen->address.port, majority)};
+  }
+  if (known.announced && best.address == known.announced->from && !(known.announced->from == known.announced->to) &&
+      best.config_epoch <= known.epoch_when_announced)
+    return NoPrimary{
+        fmt::format("the sentinels that answered still name {}:{} at configuration epoch {}, which a "
+                    "+switch-master announced as the old primary",
+                    best.address.host, best.address.port, best.config_epoch)};
+  return PrimaryChoice{best, top->sentinel};
+}
+
 std::vector<std::size_t> SentinelRotation::order() const {
   std::vector<std::size_t> out;
   out.reserve(count_);

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <dlock/detail/format.hpp>
 #include <dlock/error.hpp>
 
 namespace dlock::detail {
@@ -144,16 +145,29 @@ RedisOptions SentinelClient::primary_options(const redis_proto::NodeAddress& a) 
   return o;
 }
 
-void SentinelClient::remember(RedisOptions primary) {
-  std::lock_guard lk(mu_);
-  last_ = std::move(primary);
-}
-
 void SentinelClient::announce(const redis_proto::SwitchMaster& sw) {
   RedisOptions primary = primary_options(sw.to);
   std::lock_guard lk(mu_);
   last_ = std::move(primary);
-  announced_ = sw;
+  known_.announced = sw;
+  known_.epoch_when_announced = known_.chosen ? known_.chosen->config_epoch : 0;
+  pacer_.news();
+}
+
+void SentinelClient::check_pace() const {
+  std::lock_guard lk(mu_);
+  const auto now = redis_proto::DiscoveryPacer::Clock::now();
+  if (pacer_.may_start(now)) return;
+  throw ConnectionError(fmt::format(
+      "dlock: the sentinels of '{}' were asked moments ago and named no primary that may be used ({}); they are "
+      "asked again in {} (a failover in progress: retried)",
+      options_.sentinel->master_name, pacer_.last_failure(),
+      format_duration(std::chrono::ceil<std::chrono::milliseconds>(pacer_.not_before() - now))));
+}
+
+void SentinelClient::round_failed(std::string why) {
+  std::lock_guard lk(mu_);
+  pacer_.failed(redis_proto::DiscoveryPacer::Clock::now(), std::move(why));
 }
 
 std::optional<RedisOptions> SentinelClient::last_primary() const {
@@ -174,18 +188,18 @@ std::string_view SentinelClient::primary_endpoint() const {
   return *it;
 }
 
-std::optional<redis_proto::NodeAddress> SentinelClient::ask(std::size_t i, std::string& why) const {
+std::optional<redis_proto::MasterView> SentinelClient::ask(std::size_t i, std::string& why) const {
   const RedisOptions so = sentinel_options(i);
   std::string answer;
   try {
     RedisLink link = RedisLink::open(so, RedisLinkSetup{.load_scripts = false, .check_eviction = false});
     RedisCall call;
-    call.what = "SENTINEL get-master-addr-by-name";
-    redis_proto::push_get_master_addr(call.request, options_.sentinel->master_name);
-    const auto addr = redis_proto::parse_master_addr(link.exec(std::move(call)).at(0));
-    if (const auto* a = std::get_if<redis_proto::NodeAddress>(&addr)) return *a;
-    answer = std::holds_alternative<redis_proto::MasterUnknown>(addr) ? std::string("does not monitor that name")
-                                                                      : std::get<redis_proto::ReplyFault>(addr).message;
+    call.what = "SENTINEL MASTER";
+    redis_proto::push_sentinel_master(call.request, options_.sentinel->master_name);
+    const auto view = redis_proto::parse_sentinel_master(link.exec(std::move(call)).at(0));
+    if (const auto* v = std::get_if<redis_proto::MasterView>(&view)) return *v;
+    answer = std::holds_alternative<redis_proto::MasterUnknown>(view) ? std::string("does not monitor that name")
+                                                                      : std::get<redis_proto::ReplyFault>(view).message;
   } catch (const std::exception& e) {
     answer = e.what();
   }
@@ -193,25 +207,60 @@ std::optional<redis_proto::NodeAddress> SentinelClient::ask(std::size_t i, std::
   return std::nullopt;
 }
 
-RedisOptions SentinelClient::discover() {
+redis_proto::PrimaryChoice SentinelClient::choose(std::string& why) {
+  check_pace();
+  // Every sentinel is asked, in turn (each bounded by connect_timeout and
+  // command_timeout): the newest view is the one of the highest epoch, and
+  // the first answer may be a lagging sentinel's (docs/safety.md).
   std::vector<std::size_t> order;
   {
     std::lock_guard lk(mu_);
     order = rotation_.order();
   }
-  std::string answers;
+  const redis_proto::SentinelKnowledge known = knowledge();
+  std::vector<redis_proto::SentinelAnswer> answers;
   for (std::size_t i : order) {
-    if (const auto a = ask(i, answers)) {
-      RedisOptions primary = primary_options(*a);
-      std::lock_guard lk(mu_);
-      rotation_.answered(i);
-      last_ = primary;
-      return primary;
-    }
+    if (auto view = ask(i, why)) answers.push_back(redis_proto::SentinelAnswer{i, std::move(*view)});
   }
-  throw ConnectionError(
-      fmt::format("dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node",
-                  options_.sentinel->master_name, answers));
+  auto choice = redis_proto::choose_primary(answers, options_.sentinel->sentinels.size(), known);
+  if (auto* c = std::get_if<redis_proto::PrimaryChoice>(&choice)) return std::move(*c);
+  ConnectionError e(fmt::format(
+      "dlock: no sentinel names the primary of '{}' that may be used now: {} ({}); nothing was asked of a data "
+      "node (a failover in progress: retried)",
+      options_.sentinel->master_name, std::get<redis_proto::NoPrimary>(choice).why, why));
+  round_failed(e.what());
+  throw e;
+}
+
+redis_proto::SentinelKnowledge SentinelClient::knowledge() const {
+  std::lock_guard lk(mu_);
+  return known_;
+}
+
+void SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary) {
+  std::function<void()> retire;
+  {
+    std::lock_guard lk(mu_);
+    rotation_.answered(choice.sentinel);
+    pacer_.succeeded();
+    if (known_.chosen && choice.view.config_epoch < known_.chosen->config_epoch) return;  // a newer round won
+    const bool moved = last_ && (last_->host != primary.host || last_->port != primary.port);
+    known_.chosen = choice.view;
+    if (known_.announced && choice.view.config_epoch > known_.epoch_when_announced) known_.announced.reset();
+    last_ = std::move(primary);
+    if (moved) retire = on_switch_;
+  }
+  // Connections pooled to the node found before are not to this epoch's
+  // primary: retired as after a +switch-master.
+  if (retire) retire();
+}
+
+RedisOptions SentinelClient::discover() {
+  std::string why;
+  const redis_proto::PrimaryChoice choice = choose(why);
+  RedisOptions primary = primary_options(choice.view.address);
+  adopt(choice, primary);
+  return primary;
 }
 
 std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
@@ -239,50 +288,22 @@ std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& pri
 }
 
 RedisLink SentinelClient::open(const RedisLinkSetup& setup) {
-  // The address a +switch-master announced first; then each sentinel's answer
-  // (redis_proto::worth_trying: not the announced old primary, not twice),
-  // each checked by ROLE, until one is the primary (docs/safety.md).
-  const RedisSentinelOptions& s = *options_.sentinel;
-  std::optional<redis_proto::SwitchMaster> announced;
-  std::vector<std::size_t> order;
-  {
-    std::lock_guard lk(mu_);
-    announced = announced_;
-    order = rotation_.order();
-  }
-  std::vector<redis_proto::NodeAddress> tried;
+  // The primary of the highest configuration epoch a majority of sentinels
+  // report (redis_proto::choose_primary), then ROLE at that address.
   std::string why;
-  if (announced) {
-    const RedisOptions primary = primary_options(announced->to);
-    tried.push_back(announced->to);
-    if (auto link = open_if_primary(primary, setup, why)) {
-      remember(primary);
-      return std::move(*link);
-    }
-    std::lock_guard lk(mu_);  // no longer the primary: the announcement is out of date for the next discovery
-    if (announced_ == announced) announced_.reset();
+  const redis_proto::PrimaryChoice choice = choose(why);
+  RedisOptions primary = primary_options(choice.view.address);
+  auto link = open_if_primary(primary, setup, why);  // a ServerError (auth) is thrown as before
+  if (!link) {
+    ConnectionError e(fmt::format(
+        "dlock: the primary of '{}' the sentinels name at configuration epoch {} cannot be used ({}); nothing was "
+        "asked of a data node (a failover in progress: retried)",
+        options_.sentinel->master_name, choice.view.config_epoch, why));
+    round_failed(e.what());
+    throw e;
   }
-  for (std::size_t i : order) {
-    const auto answer = ask(i, why);
-    if (!answer) continue;
-    if (!redis_proto::worth_trying(*answer, announced, tried)) {
-      why += fmt::format("{}{}: names {}:{}, the announced old primary or one already tried", why.empty() ? "" : "; ",
-                         redis_endpoint(sentinel_options(i)), answer->host, answer->port);
-      continue;
-    }
-    tried.push_back(*answer);
-    const RedisOptions primary = primary_options(*answer);
-    if (auto data = open_if_primary(primary, setup, why)) {  // a ServerError (auth) is thrown as before
-      std::lock_guard lk(mu_);
-      rotation_.answered(i);
-      last_ = primary;
-      return std::move(*data);
-    }
-  }
-  throw ConnectionError(
-      fmt::format("dlock: no sentinel names the primary of '{}' ({}); nothing was asked of a data node (a failover in "
-                  "progress: retried)",
-                  s.master_name, why));
+  adopt(choice, std::move(primary));
+  return std::move(*link);
 }
 
 void SentinelClient::watch(std::function<void()> on_switch) {
@@ -291,6 +312,7 @@ void SentinelClient::watch(std::function<void()> on_switch) {
     std::lock_guard lk(mu_);
     if (watch_) return;
     watch_ = w = std::make_shared<Watch>();
+    on_switch_ = on_switch;
   }
   std::lock_guard lk(w->mu);
   w->client = this;
@@ -301,22 +323,6 @@ void SentinelClient::watch(std::function<void()> on_switch) {
 std::vector<std::size_t> SentinelClient::ask_order() const {
   std::lock_guard lk(mu_);
   return rotation_.order();
-}
-
-std::optional<redis_proto::SwitchMaster> SentinelClient::announcement() const {
-  std::lock_guard lk(mu_);
-  return announced_;
-}
-
-void SentinelClient::found(std::optional<std::size_t> i, RedisOptions primary) {
-  std::lock_guard lk(mu_);
-  if (i) rotation_.answered(*i);
-  last_ = std::move(primary);
-}
-
-void SentinelClient::announcement_failed(const redis_proto::SwitchMaster& sw) {
-  std::lock_guard lk(mu_);
-  if (announced_ == sw) announced_.reset();
 }
 
 std::uint64_t SentinelClient::switches() const {

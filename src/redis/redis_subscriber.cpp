@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <new>
@@ -28,6 +29,7 @@
 #include <dlock/detail/redis_protocol.hpp>
 #include <dlock/detail/redis_transport.hpp>
 #include <dlock/error.hpp>
+#include <dlock/redis_options.hpp>
 #include <fmt/format.h>
 
 namespace dlock::detail {
@@ -134,6 +136,7 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
     Clock::time_point retry_at{};  // down, and not reconnected before then
     bool reconnect_scheduled = false;
     std::uint64_t sent = 0;  // SUBSCRIBE/UNSUBSCRIBE sent on the current link
+    std::string located;     // the endpoint of the current link (Server::locate's answer)
   };
 
   std::mutex mu;
@@ -171,6 +174,7 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
       const std::optional<RedisOptions> at =
           servers[s].locate ? servers[s].locate() : std::optional<RedisOptions>(servers[s].options);
       if (!at) throw std::runtime_error("no server located yet");
+      p.located = redis_endpoint(*at);
       p.link.emplace(RedisLink::open(
           *at, RedisLinkSetup{.load_scripts = false, .check_eviction = false},
           RedisLinkEvents{
@@ -277,6 +281,27 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
     cv.notify_all();
   }
 
+  // Under mu: relocate() for server s; a replaced link goes to `old`, to be
+  // closed outside the lock.
+  void relocate(std::size_t s, std::vector<std::optional<RedisLink>>& old) {
+    PerServer& p = per[s];
+    if (!servers[s].locate) return;
+    if (!p.link) {  // down: the new location is tried now, not after the retry delay
+      p.retry_at = {};
+      ensure_link(s);
+      return;
+    }
+    const std::optional<RedisOptions> at = servers[s].locate();
+    if (!at || redis_endpoint(*at) == p.located) return;
+    old.push_back(std::move(p.link));
+    p.link.reset();
+    p.connected = false;
+    p.table.on_disconnect();
+    p.retry_at = {};
+    ensure_link(s);  // a new link_id: the old link's callbacks are ignored
+    cv.notify_all();
+  }
+
   void on_lost(std::size_t s) {
     per[s].link.reset();
     failed(s);
@@ -293,9 +318,42 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
   }
 };
 
-RedisSubscriber::RedisSubscriber(std::vector<Server> servers) : core_(std::make_shared<Core>(std::move(servers))) {}
+struct RedisSubscriber::Anchor {
+  std::mutex mu;
+  RedisSubscriber* subscriber = nullptr;  // under mu; null once it is destroyed
+};
+
+RedisSubscriber::RedisSubscriber(std::vector<Server> servers)
+    : anchor_(std::make_shared<Anchor>()), core_(std::make_shared<Core>(std::move(servers))) {
+  anchor_->subscriber = this;
+}
+
+void RedisSubscriber::relocate() noexcept {
+  std::vector<std::optional<RedisLink>> old;
+  try {
+    const auto core = current();
+    std::lock_guard lk(core->mu);
+    if (core->stop) return;
+    for (std::size_t s = 0; s < core->per.size(); ++s) core->relocate(s, old);
+  } catch (...) {  // out of memory, or a locate() that threw: the reconnect after a loss still relocates
+  }
+  old.clear();  // closed outside the lock
+}
+
+std::function<void()> RedisSubscriber::relocator() const {
+  return [anchor = std::weak_ptr<Anchor>(anchor_)] {
+    const auto a = anchor.lock();
+    if (!a) return;
+    std::lock_guard lk(a->mu);
+    if (a->subscriber != nullptr) a->subscriber->relocate();
+  };
+}
 
 RedisSubscriber::~RedisSubscriber() {
+  {
+    std::lock_guard lk(anchor_->mu);  // no relocate() runs after this
+    anchor_->subscriber = nullptr;
+  }
   if (core_->inherited()) {  // a child's copy: nothing of it is ours to stop
     Core::abandon(std::move(core_));
     return;

@@ -327,6 +327,33 @@ TEST(RedisSentinel, RotationStartsWithTheLastSentinelThatAnswered) {
   EXPECT_TRUE(SentinelRotation(0).order().empty());
 }
 
+// While no usable primary is found, rounds are spaced 50, 100, 200, 400,
+// then 500 ms apart; a success or a +switch-master lets the next start at once.
+TEST(RedisSentinel, DiscoveryRoundsThatFindNoPrimaryAreSpacedOut) {
+  using std::chrono::milliseconds;
+  DiscoveryPacer p;
+  const DiscoveryPacer::Clock::time_point t0{std::chrono::seconds(100)};
+  EXPECT_TRUE(p.may_start(t0));
+  auto t = t0;
+  for (const long expected : {50, 100, 200, 400, 500, 500}) {
+    p.failed(t, "no majority");
+    EXPECT_FALSE(p.may_start(t + milliseconds(expected - 1))) << expected;
+    EXPECT_TRUE(p.may_start(t + milliseconds(expected))) << expected;
+    EXPECT_EQ(p.not_before(), t + milliseconds(expected));
+    t += milliseconds(expected);
+  }
+  EXPECT_EQ(p.last_failure(), "no majority");
+  p.news();  // +switch-master: at once, but a failure after it keeps the spacing
+  EXPECT_TRUE(p.may_start(t));
+  p.failed(t, "ROLE says replica");
+  EXPECT_FALSE(p.may_start(t + milliseconds(499)));
+  p.succeeded();
+  EXPECT_TRUE(p.may_start(t));
+  p.failed(t, "again");  // starts over at 50 ms
+  EXPECT_TRUE(p.may_start(t + milliseconds(50)));
+  EXPECT_FALSE(p.may_start(t + milliseconds(49)));
+}
+
 // A client heard +switch-master A -> B: it tries B first; a sentinel that has
 // not caught up still names A (which says master by ROLE until demoted): A is
 // not tried; a later answer C (another failover since) is, once.
@@ -347,6 +374,67 @@ TEST(RedisSentinel, DiscoveryAfterAnAnnouncementSkipsTheOldPrimaryAndWhatItTried
   // A switch back (B -> A) makes A the one to use.
   EXPECT_TRUE(worth_trying(a, SwitchMaster{"mymaster", b, a}, {}));
   EXPECT_FALSE(worth_trying(b, SwitchMaster{"mymaster", b, a}, {}));
+}
+
+// SENTINEL MASTER's flat field/value reply: the address and config-epoch.
+TEST(RedisSentinel, SentinelMasterReplyGivesTheAddressAndEpoch) {
+  const Reply r = resp(arr({bulk("name"), bulk("mymaster"), bulk("ip"), bulk("127.0.0.1"), bulk("port"), bulk("6380"),
+                            bulk("flags"), bulk("master"), bulk("config-epoch"), bulk("3")}));
+  EXPECT_EQ(std::get<MasterView>(parse_sentinel_master(r)), (MasterView{{"127.0.0.1", 6380}, 3}));
+  EXPECT_TRUE(
+      std::holds_alternative<MasterUnknown>(parse_sentinel_master(resp("-ERR No such master with that name\r\n"))));
+  for (const std::string& bad :
+       {arr({bulk("ip"), bulk("127.0.0.1"), bulk("port"), bulk("6380")}),  // no epoch
+        arr({bulk("ip"), bulk("127.0.0.1"), bulk("port"), bulk("0"), bulk("config-epoch"), bulk("1")}),
+        arr({bulk("ip"), bulk("127.0.0.1"), bulk("port"), bulk("1"), bulk("config-epoch"), bulk("-1")}),
+        arr({bulk("ip"), bulk("127.0.0.1"), bulk("port")}), std::string("-ERR other\r\n")}) {
+    EXPECT_TRUE(std::holds_alternative<ReplyFault>(parse_sentinel_master(resp(bad)))) << bad;
+  }
+}
+
+// The defect the 4-process pause test found: the first answer came from a
+// sentinel that had not learned the failover (epoch 1, the old primary A);
+// the newest view (epoch 2, B) is the one used.
+TEST(RedisSentinel, ChoosesTheHighestEpochFromAMajority) {
+  const NodeAddress a{"127.0.0.1", 1};
+  const NodeAddress b{"127.0.0.1", 2};
+  const auto choose = [](std::vector<SentinelAnswer> answers, const SentinelKnowledge& known = {}) {
+    return choose_primary(answers, 3, known);
+  };
+  // A lagging sentinel answers first: the higher epoch wins, and its sentinel is asked first next time.
+  auto c = choose({{0, {a, 1}}, {1, {b, 2}}});
+  ASSERT_TRUE(std::holds_alternative<PrimaryChoice>(c));
+  EXPECT_EQ(std::get<PrimaryChoice>(c).view, (MasterView{b, 2}));
+  EXPECT_EQ(std::get<PrimaryChoice>(c).sentinel, 1u);
+  // All agree (a tie on the same address).
+  c = choose({{0, {a, 1}}, {1, {a, 1}}, {2, {a, 1}}});
+  EXPECT_EQ(std::get<PrimaryChoice>(c).view, (MasterView{a, 1}));
+  // No quorum: one answer of three (it may be the lagging one), none at all.
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose({{2, {b, 2}}})));
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose({})));
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose_primary({{0, {a, 1}}}, 2, {}))) << "a majority of 2 is 2";
+  EXPECT_TRUE(std::holds_alternative<PrimaryChoice>(choose_primary({{0, {a, 1}}}, 1, {})));
+  // A tie on the epoch with different addresses: ambiguous, refused.
+  const auto tie = choose({{0, {a, 2}}, {1, {b, 2}}});
+  ASSERT_TRUE(std::holds_alternative<NoPrimary>(tie));
+  EXPECT_NE(std::get<NoPrimary>(tie).why.find("disagree"), std::string::npos) << std::get<NoPrimary>(tie).why;
+  // Never behind what this client used: a majority of lagging sentinels is refused.
+  const SentinelKnowledge used_b{MasterView{b, 2}, std::nullopt, 0};
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose({{0, {a, 1}}, {2, {a, 1}}}, used_b)));
+  // Another address at the epoch used: a majority names it (the adopted view was a
+  // failover's passing state), else refused.
+  EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {a, 2}}, {2, {a, 2}}}, used_b)).view, (MasterView{a, 2}));
+  EXPECT_FALSE(std::holds_alternative<NoPrimary>(choose_primary({{0, {a, 2}}}, 1, used_b))) << "1 of 1 is a majority";
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose_primary({{0, {a, 2}}, {1, {a, 1}}, {2, {a, 1}}}, 5, used_b)))
+      << "1 of 5 names A at epoch 2";
+  EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {b, 2}}, {2, {a, 1}}}, used_b)).view, (MasterView{b, 2}));
+  EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {a, 3}}, {2, {b, 2}}}, used_b)).view, (MasterView{a, 3}))
+      << "a later failover back to A";
+  // +switch-master A -> B heard while epoch 1 was known: A at epoch 1 is the old primary; A at epoch 3 is not.
+  const SentinelKnowledge heard{MasterView{a, 1}, SwitchMaster{"mymaster", a, b}, 1};
+  EXPECT_TRUE(std::holds_alternative<NoPrimary>(choose({{0, {a, 1}}, {1, {a, 1}}}, heard)));
+  EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {a, 1}}, {1, {b, 2}}}, heard)).view, (MasterView{b, 2}));
+  EXPECT_EQ(std::get<PrimaryChoice>(choose({{0, {a, 3}}, {1, {b, 2}}}, heard)).view, (MasterView{a, 3}));
 }
 
 // ---- Options and URIs ----

@@ -35,8 +35,8 @@ namespace dlock::detail {
 /// (RedisClient::async_route(); src/redis/redis_async_ha.cpp):
 ///   - one server: its shared links (RedisClient::shared_link());
 ///   - Sentinel: shared links to the primary, found as SentinelClient::open()
-///     finds it (the last +switch-master's address first, then each
-///     sentinel's answer, never the announced old primary, ROLE checked)
+///     finds it (every sentinel asked SENTINEL MASTER, the highest epoch of
+///     a majority by redis_proto::choose_primary, ROLE checked, adopted)
 ///     but with every connection and request asynchronous; found again after
 ///     a +switch-master, a connection error or a READONLY/MASTERDOWN reply;
 ///   - Cluster: the shared links of the slot's primary (a RedisClient per

@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -155,6 +156,11 @@ class RedisClient {
   /// The options of the server the pool connects to: options() itself, or
   /// with Sentinel the last primary found (nullopt before any). Never blocks.
   [[nodiscard]] std::optional<RedisOptions> current_server() const;
+  /// With Sentinel: `f` runs (on any thread; it must not block) whenever the
+  /// primary changed (a +switch-master heard, or a discovery that found
+  /// another one), after the pool let go of the old primary: the release
+  /// subscriber's relocate(). Set once, before the client is used.
+  void on_primary_moved(std::function<void()> f);
   /// With Sentinel, for tests: the +switch-master announcements received; else 0.
   [[nodiscard]] std::uint64_t failovers_seen() const;
   /// The server lock `name` lives on (RedisBackend::endpoint_of): with
@@ -201,6 +207,7 @@ class RedisClient {
   void on_failover() noexcept;         // +switch-master: the pool and the asynchronous route let go of the old primary
   void detach_async_route() noexcept;  // ~RedisClient: the route's later callbacks no longer reach this client
   std::shared_ptr<AsyncRoute> async_route_;  // under shared_mu_
+  std::function<void()> primary_moved_;      // on_primary_moved(); under shared_mu_
 };
 
 /// Sends batches[i] to nodes[i] for every i at once (nodes with an empty

@@ -106,6 +106,18 @@ class RedisSubscriber {
   /// a subscribe() now returns at once, and sees every message after it.
   [[nodiscard]] bool subscribed(const std::string& channel) const;
 
+  /// The servers' locations may have moved (Sentinel: the primary changed,
+  /// by a +switch-master or a discovery): a server whose Server::locate now
+  /// names another address than its connection's is reconnected there at
+  /// once, its subscriptions renewed (asynchronous waiters re-attempt at the
+  /// acknowledgement); one that is down is retried there at once. Without
+  /// it, a connection to a primary that was failed over but still runs stays
+  /// put and hears no release until the sentinels demote that node.
+  void relocate() noexcept;
+  /// relocate() as a callable that may outlive this subscriber (it does
+  /// nothing once the subscriber is destroyed): for a failover callback.
+  [[nodiscard]] std::function<void()> relocator() const;
+
   /// For tests: how many pub/sub connections are up (handshake done).
   [[nodiscard]] std::size_t connected() const;
   /// For tests: whether subscribe() was called (connections started).
@@ -121,6 +133,8 @@ class RedisSubscriber {
   /// core_, replaced by a fresh one first if it was inherited through fork().
   [[nodiscard]] std::shared_ptr<Core> current() const;
 
+  struct Anchor;  ///< relocator()'s way back to this subscriber, cut by the destructor
+  std::shared_ptr<Anchor> anchor_;
   mutable std::mutex core_mu_;  ///< guards core_ itself (not what it points at)
   mutable std::shared_ptr<Core> core_;
 };

@@ -111,20 +111,72 @@ TEST(RedisSentinelBackend, LockingResumesOnThePromotedReplicaAfterSigkillWithFen
                          "(its backoff is 4 s)";
 }
 
+// A failover whose old primary keeps running (SENTINEL FAILOVER here; under
+// load, sentinels that judge a busy new primary down fail over again while it
+// runs): the release subscriber's connection to the old primary is not lost,
+// so it must move to the new primary when the client learns of the switch.
+// Before: it stayed on the old one (no subscription on the new primary for
+// 10 s; after a second failover an asynchronous waiter heard no release).
+TEST(RedisSentinelBackend, TheReleaseSubscriberMovesToTheNewPrimaryWhenTheOldOneStillRuns) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  SentinelSetup setup;
+  ASSERT_TRUE(sentinels_ready(setup));
+  RedisBackend redis(sentinel_uri(setup), base_options());
+  const int old_primary = setup.primary().port();
+  const auto quiet = std::make_shared<Quiet>();
+  const auto numsub = [](int port) {
+    const auto n = RespConn(port).command({"PUBSUB", "NUMSUB", "sentinel:{moving}:released"});
+    return n.elements.size() == 2 ? n.elements[1].integer : -1;
+  };
+  Lock<RedisBackend> holder(redis, "moving", {.ttl = 30s, .observer = quiet});
+  ASSERT_TRUE(holder.try_lock());
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    Lock<RedisBackend> w(redis, "moving",
+                         {.ttl = 10s,
+                          .retry = {.initial_delay = 8s, .max_delay = 8s, .jitter = dlock::Jitter::none},
+                          .acquire_timeout = 25s,
+                          .observer = quiet});
+    try {
+      w.lock();
+      got = true;
+    } catch (const std::exception&) {  // got stays false
+    }
+  });
+  ASSERT_TRUE(eventually([&] { return numsub(old_primary) == 1; }, 5s)) << "the waiter did not subscribe";
+  const auto answer = RespConn(setup.sentinel(0).port())
+                          .command({"SENTINEL", "FAILOVER", std::string(SentinelSetup::master_name)});
+  ASSERT_EQ(answer.str, "OK") << "SENTINEL FAILOVER refused";
+  // The client learns of the switch (+switch-master, or its next discovery).
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto at = redis.node().current_server();
+        return at && at->port != old_primary;
+      },
+      15s))
+      << "the client did not learn of the failover";
+  const int new_primary = redis.node().current_server()->port;
+  EXPECT_TRUE(eventually([&] { return numsub(new_primary) == 1 && numsub(old_primary) == 0; }, 5s))
+      << "the release subscriber stayed on the old primary: " << numsub(old_primary) << " there, "
+      << numsub(new_primary) << " on the new one";
+  // The holder's lock was replicated before the switch: its release on the
+  // new primary wakes the waiter (whose backoff is 8 s).
+  EXPECT_EQ(holder.release(), dlock::ReleaseResult::released);
+  const auto released = std::chrono::steady_clock::now();
+  waiter.join();
+  EXPECT_TRUE(got);
+  EXPECT_LT(std::chrono::steady_clock::now() - released, 4s) << "the waiter was not woken by the release";
+}
+
 // The primary paused (SIGSTOP) past down-after-milliseconds: the pooled
 // requests to it time out (retried), the sentinels promote a replica, and
 // +switch-master retires the old connections. When the old primary comes
 // back it still believes it is the primary until the sentinels demote it:
 // nothing of dlock's may reach it meanwhile.
-// DISABLED: the known gap of docs/redis.md (Sentinel row) and docs/safety.md
-// ("Sentinel: a paused primary's return, an open defect"): on a loaded machine
-// this fails about 1 run in 2 with 1-2 tokens at or below one the resource had
-// seen (two primaries granting until the old one is demoted), on main as on
-// the branch that added the multi-process version. The fix (the primary of the
-// highest configuration epoch from a majority of sentinels) is on branch
-// `sentfix`, not merged: with it a release no longer reliably wakes an
-// asynchronous waiter after a SIGKILL failover (redis_ha_async_test).
-TEST(RedisSentinelBackend, DISABLED_APrimaryPausedPastDownAfterIsFailedOverAndItsReturnIsHarmless) {
+// Before the epoch rule (docs/safety.md, "Sentinel: the primary of the
+// highest configuration epoch") this failed about 1 run in 2 on a loaded
+// machine with 1-2 tokens at or below one the resource had seen.
+TEST(RedisSentinelBackend, APrimaryPausedPastDownAfterIsFailedOverAndItsReturnIsHarmless) {
   DLOCK_REQUIRE_OWN_REDIS();
   SentinelSetup setup;
   ASSERT_TRUE(sentinels_ready(setup));
