@@ -119,12 +119,6 @@ std::optional<SwitchMaster> parse_switch_master(std::string_view payload) {
                       NodeAddress{std::string(words[3]), *to_port}};
 }
 
-bool worth_trying(const NodeAddress& answer, const std::optional<SwitchMaster>& announced,
-                  const std::vector<NodeAddress>& tried) {
-  if (announced && answer == announced->from && !(announced->from == announced->to)) return false;
-  return std::find(tried.begin(), tried.end(), answer) == tried.end();
-}
-
 void push_sentinel_master(Request& request, std::string_view master_name) {
   request.push({"SENTINEL", "MASTER", master_name});
 }

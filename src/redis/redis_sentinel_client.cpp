@@ -255,14 +255,6 @@ void SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOption
   if (retire) retire();
 }
 
-RedisOptions SentinelClient::discover() {
-  std::string why;
-  const redis_proto::PrimaryChoice choice = choose(why);
-  RedisOptions primary = primary_options(choice.view.address);
-  adopt(choice, primary);
-  return primary;
-}
-
 std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
                                                          std::string& why) {
   try {

@@ -354,28 +354,6 @@ TEST(RedisSentinel, DiscoveryRoundsThatFindNoPrimaryAreSpacedOut) {
   EXPECT_FALSE(p.may_start(t + milliseconds(49)));
 }
 
-// A client heard +switch-master A -> B: it tries B first; a sentinel that has
-// not caught up still names A (which says master by ROLE until demoted): A is
-// not tried; a later answer C (another failover since) is, once.
-TEST(RedisSentinel, DiscoveryAfterAnAnnouncementSkipsTheOldPrimaryAndWhatItTried) {
-  const NodeAddress a{"127.0.0.1", 1};
-  const NodeAddress b{"127.0.0.1", 2};
-  const NodeAddress c{"127.0.0.1", 3};
-  const std::optional<SwitchMaster> heard = SwitchMaster{"mymaster", a, b};
-  std::vector<NodeAddress> tried{b};  // the announced primary, tried first
-  EXPECT_FALSE(worth_trying(a, heard, tried)) << "a stale sentinel's answer: the announced old primary";
-  EXPECT_FALSE(worth_trying(b, heard, tried)) << "already tried in this discovery";
-  EXPECT_TRUE(worth_trying(c, heard, tried));
-  tried.push_back(c);
-  EXPECT_FALSE(worth_trying(c, heard, tried));
-  // Nothing heard: every new answer is tried, the old primary too (ROLE checks it).
-  EXPECT_TRUE(worth_trying(a, std::nullopt, {}));
-  EXPECT_FALSE(worth_trying(a, std::nullopt, {a}));
-  // A switch back (B -> A) makes A the one to use.
-  EXPECT_TRUE(worth_trying(a, SwitchMaster{"mymaster", b, a}, {}));
-  EXPECT_FALSE(worth_trying(b, SwitchMaster{"mymaster", b, a}, {}));
-}
-
 // SENTINEL MASTER's flat field/value reply: the address and config-epoch.
 TEST(RedisSentinel, SentinelMasterReplyGivesTheAddressAndEpoch) {
   const Reply r = resp(arr({bulk("name"), bulk("mymaster"), bulk("ip"), bulk("127.0.0.1"), bulk("port"), bulk("6380"),

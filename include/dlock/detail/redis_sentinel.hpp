@@ -67,17 +67,6 @@ struct SwitchMaster {
 };
 [[nodiscard]] std::optional<SwitchMaster> parse_switch_master(std::string_view payload);
 
-/// Whether one discovery (SentinelClient::open) tries `answer`, a sentinel's
-/// name for the primary, with a connection and a ROLE check. `announced` is
-/// the last +switch-master heard for this master name (its new primary is
-/// tried first, before any sentinel is asked, and is in `tried` then), `tried`
-/// the addresses this discovery already tried. Not tried: an address already
-/// tried, and the announced OLD primary: a sentinel that has not caught up
-/// still names it, and ROLE says master there until it is demoted, so a client
-/// that heard the switch would otherwise lock on the old primary. Pure.
-[[nodiscard]] bool worth_trying(const NodeAddress& answer, const std::optional<SwitchMaster>& announced,
-                                const std::vector<NodeAddress>& tried);
-
 /// SENTINEL MASTER <name>: the sentinel's whole view of the master, of which
 /// the address and `config-epoch` are read.
 void push_sentinel_master(Request& request, std::string_view master_name);

@@ -40,11 +40,6 @@ class SentinelClient {
   /// Stops watching; no callback runs after it returns.
   ~SentinelClient();
 
-  /// The options of the primary as the sentinels name it now (`options`
-  /// with host and port replaced, sentinel cleared). Blocks: at most one
-  /// connect + one round trip per sentinel. Throws ConnectionError (naming
-  /// the master name and every sentinel's answer) when none names one.
-  [[nodiscard]] RedisOptions discover();
   /// A connection to the primary with `setup`: every sentinel is asked, the
   /// view of the highest configuration epoch is chosen when a majority
   /// answered (redis_proto::choose_primary: never behind the epoch this
@@ -57,11 +52,11 @@ class SentinelClient {
   /// `known`, and, once ROLE said master at the chosen address, adopt() so
   /// that this client's later discoveries never go behind that epoch.
   [[nodiscard]] redis_proto::SentinelKnowledge knowledge() const;
-  /// `choice` is in use at `primary` (ROLE checked, or discover()): the
+  /// `choice` is in use at `primary` (ROLE checked): the
   /// rotation, the epoch known and last_primary() follow it; watch()'s
   /// callback runs (the pool is retired) when the primary moved.
   void adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary);
-  /// The last primary found by discover() or announced by +switch-master.
+  /// The last primary found (open(), adopt()) or announced by +switch-master.
   [[nodiscard]] std::optional<RedisOptions> last_primary() const;
   /// last_primary() as "host:port", kept for the client's lifetime (at most
   /// 16 distinct ones: a label bound); empty before any, or past the bound.
@@ -70,7 +65,7 @@ class SentinelClient {
   /// Discovery rounds that find no usable primary are spaced out
   /// (redis_proto::DiscoveryPacer): throws ConnectionError, naming the last
   /// round's failure and when the next may start, while one may not start
-  /// yet; open() and discover() call it first, the asynchronous route before
+  /// yet; open() calls it first, the asynchronous route before
   /// each round it starts.
   void check_pace() const;
   /// A round found no usable primary (`why`: its error message).
