@@ -1110,7 +1110,7 @@ class Lock {
   // The blocking acquire's subscription (subscribe(owner)) wakes one waiter
   // per release: AcquirePlan::wakes_one.
   [[nodiscard]] bool wakes_one() const noexcept {
-    if constexpr (requires(B& b, std::string_view n) { b.subscribe_release_one(n); }) {
+    if constexpr (requires(B & b, std::string_view n) { b.subscribe_release_one(n); }) {
       if constexpr (QueuesFairly<B>) return !options_.fair;
       return true;
     } else {
