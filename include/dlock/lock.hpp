@@ -779,7 +779,8 @@ class Lock {
     const detail::AcquirePlan plan{.single = single,
                                    .notifies_release = NotifiesRelease<B>,
                                    .waits_on_server = WaitsOnServer<B>,
-                                   .cancellable = stop.stop_possible()};
+                                   .cancellable = stop.stop_possible(),
+                                   .wakes_one = wakes_one()};
     AcquireRun<std::mt19937_64> run(*this, deadline, plan, detail::thread_rng());
     std::optional<Subscription> subscription;
     if constexpr (requires { backend_.release_subscribed(name_); }) {
@@ -1103,6 +1104,17 @@ class Lock {
       return backend_.subscribe_release(name_);
     } else {
       return std::nullopt;
+    }
+  }
+
+  // The blocking acquire's subscription (subscribe(owner)) wakes one waiter
+  // per release: AcquirePlan::wakes_one.
+  [[nodiscard]] bool wakes_one() const noexcept {
+    if constexpr (requires(B & b, std::string_view n) { b.subscribe_release_one(n); }) {
+      if constexpr (QueuesFairly<B>) return !options_.fair;
+      return true;
+    } else {
+      return false;
     }
   }
 

@@ -211,6 +211,13 @@ class BackendView {
 
   [[nodiscard]] std::string_view kind() const { return backend_.kind(); }
   [[nodiscard]] std::string_view endpoint() const { return backend_.endpoint(); }
+  /// Forwarded when B names the server a lock lives on (RedisBackend with
+  /// Sentinel or Cluster): the primitive's keys share the name's hash tag, so
+  /// they live where the name's mutex would (events and metrics, issue 14).
+  [[nodiscard]] std::string_view endpoint_of(std::string_view name) const noexcept requires requires(const B& b) {
+    { b.endpoint_of(name) } -> std::convertible_to<std::string_view>;
+  }
+  { return backend_.endpoint_of(name); }
   /// The primitive for events and metrics (Event::primitive): Ops::primitive.
   [[nodiscard]] std::string_view primitive() const noexcept { return Ops::primitive; }
   /// Views of one backend (handle) are one backend for batching and ordering.

@@ -89,6 +89,14 @@ class Backoff {
     previous_ = retry_delay(policy_, retries_++, previous_, rng_);
     return previous_;
   }
+  /// The next delay as if the retries had reached max_delay (the policy's
+  /// jitter applied to max_delay); counts as a retry.
+  [[nodiscard]] std::chrono::microseconds next_at_cap() {
+    RetryPolicy capped = policy_;
+    capped.initial_delay = capped.max_delay;
+    previous_ = retry_delay(capped, retries_++, previous_, rng_);
+    return previous_;
+  }
   [[nodiscard]] std::uint32_t retries() const noexcept { return retries_; }
 
  private:

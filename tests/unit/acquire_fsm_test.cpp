@@ -71,6 +71,37 @@ TEST(AcquireFsm, SubscribedBeforeTheFirstAttemptWaitsAtTheFirstContention) {
   EXPECT_EQ(fsm.attempts(), 1u);
 }
 
+// A wake-one subscription (RedisBackend::subscribe_release_one) is woken by
+// every release it must see, so its contended waits are only backstop polls:
+// at max_delay from the first (the 10, 20, 40 ms polls of 256 waiters were a
+// third of the server calls per handoff), still capped by the holder's TTL.
+// A wait after a failed attempt keeps the fast start (an outage's retries).
+TEST(AcquireFsm, AWakeOneWaiterPollsAtTheCapWhileSubscribed) {
+  std::minstd_rand rng;
+  Fsm fsm(fixed, std::nullopt, std::nullopt, AcquirePlan{.notifies_release = true, .wakes_one = true}, rng);
+  (void)fsm.attempt_started(t0);
+  auto d = fsm.contended(std::nullopt, t0, false);
+  EXPECT_EQ(d.step, AcquireStep::attempt);  // subscribes, tries once more
+  (void)fsm.attempt_started(t0);
+  d = fsm.contended(1s, t0, false);
+  EXPECT_EQ(d.step, AcquireStep::wait);
+  EXPECT_TRUE(d.on_subscription);
+  EXPECT_EQ(d.wait, 80ms);  // the cap, not 10 ms
+  (void)fsm.attempt_started(t0 + 80ms);
+  EXPECT_EQ(fsm.contended(30ms, t0 + 80ms, false).wait, 30ms);  // the holder's TTL ends first
+  (void)fsm.attempt_started(t0 + 110ms);
+  d = fsm.failed(true, t0 + 110ms, t0 + 111ms, false);
+  EXPECT_EQ(d.step, AcquireStep::wait);
+  EXPECT_EQ(d.wait, 40ms);  // the policy's own schedule: the third retry, 10 ms * 2^2
+}
+
+TEST(AcquireFsm, AWakeOneWaiterNotYetSubscribedKeepsTheBackoff) {
+  std::minstd_rand rng;
+  Fsm fsm(fixed, std::nullopt, std::nullopt, AcquirePlan{.wakes_one = true}, rng);  // no subscription
+  (void)fsm.attempt_started(t0);
+  EXPECT_EQ(fsm.contended(std::nullopt, t0, false).wait, 10ms);
+}
+
 TEST(AcquireFsm, MaxAttemptsEndsOnContention) {
   std::minstd_rand rng;
   RetryPolicy three = fixed;

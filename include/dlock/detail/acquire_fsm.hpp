@@ -57,6 +57,12 @@ struct AcquirePlan {
   bool notifies_release = false;  ///< the backend models NotifiesRelease (and the driver can wait on it)
   bool waits_on_server = false;   ///< the backend models WaitsOnServer (and the driver uses acquire_wait)
   bool cancellable = false;       ///< the caller's stop token can be requested
+  /// The waits' subscription wakes one waiter per release and passes an
+  /// unused wake on (RedisBackend::subscribe_release_one): while subscribed, a
+  /// contended wait is only the backstop poll (a holder that died, a lost
+  /// pub/sub connection), so it is drawn at retry.max_delay from the first, as
+  /// fair mode's. Waits after a failed attempt keep the policy's fast start.
+  bool wakes_one = false;
 };
 
 template <class URBG>
@@ -110,7 +116,7 @@ class AcquireFsm {
     // is not missed (the wake-up protocol).
     if (subscribe && attempts_ == 1) return {.step = AcquireStep::attempt, .subscribe = true};
     if (plan_.waits_on_server) return {.step = AcquireStep::attempt};  // the server did the waiting
-    return with_subscribe(wait(holder_ttl, now), subscribe);
+    return with_subscribe(wait(holder_ttl, now, plan_.wakes_one && subscribed_), subscribe);
   }
 
   /// The attempt sent at `sent` failed at `now`; `transient`: a connection or
@@ -156,8 +162,10 @@ class AcquireFsm {
   }
   // The wait before the next attempt: the backoff, capped by the holder's
   // TTL, the deadline and the end of outage_timeout.
-  [[nodiscard]] AcquireDecision wait(std::optional<std::chrono::milliseconds> holder_ttl, TimePoint now) {
-    Clock::duration wait = saturating_ceil<Clock::duration>(backoff_.next());
+  // at_cap: a backstop poll of a wake-one waiter (AcquirePlan::wakes_one).
+  [[nodiscard]] AcquireDecision wait(std::optional<std::chrono::milliseconds> holder_ttl, TimePoint now,
+                                     bool at_cap = false) {
+    Clock::duration wait = saturating_ceil<Clock::duration>(at_cap ? backoff_.next_at_cap() : backoff_.next());
     if (holder_ttl) wait = std::min(wait, saturating_ceil<Clock::duration>(*holder_ttl));
     if (deadline_) wait = std::min(wait, saturating_sub(*deadline_, now));
     if (outage_since_ && outage_timeout_)  // give up on the outage on time

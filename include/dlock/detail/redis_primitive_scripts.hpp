@@ -82,10 +82,12 @@ template <std::size_t A, std::size_t B>
 /// keep_set(zset[, tokens]): expires the set's key (and its token hash) with
 /// its latest member.
 /// prune_leases(zset, tokens, now_ms): prune() that also drops the expired
-/// members' tokens from the lease set's token hash.
-/// grant_lease(zset, tokens, fence, owner, ttl_ms, c, fence_ms): records the
-/// lease of `owner` in the set with its token c (kept so that an in-doubt
-/// retry gets its own token back), keeps the counter alive and returns {1, c}.
+/// members' tokens from the lease set's token hash (one call when none expired).
+/// grant_lease(zset, tokens, fence, owner, ttl_ms, c, fence_ms, drawn): records
+/// the lease of `owner` in the set with its token c (kept so that an in-doubt
+/// retry gets its own token back), keeps the counter alive (`drawn`: c is the
+/// counter's value, just drawn; else the counter is read; `alone`: the set was
+/// empty, so this lease's expiry is the set's) and returns {1, c}.
 /// first_expiry(zset, now_ms): ms until the earliest member expires (-1: none).
 /// expiry(ttl_ms): the server-ms score of a lease or waiter that lives ttl_ms
 /// from now, rounded up, so that it is never earlier than TIME + ttl (and so
@@ -103,8 +105,8 @@ local function next_token(key, now)
     c = int(now + 1)
     redis.call('SET', key, c)
   else
-    redis.call('INCR', key)
-    c = redis.call('GET', key)
+    local n = redis.call('INCR', key)
+    if n < 9007199254740992 then c = int(n) else c = redis.call('GET', key) end
   end
   return c
 end
@@ -131,6 +133,7 @@ local function keep_set(zset, tokens)
 end
 local function prune_leases(zset, tokens, now_ms)
   local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms)
+  if #dead == 0 then return end
   for i = 1, #dead, 1000 do
     redis.call('HDEL', tokens, unpack(dead, i, math.min(i + 999, #dead)))
   end
@@ -146,11 +149,17 @@ local now_ms = math.floor(now / 1000)
 local function expiry(ttl_ms)
   return int(math.ceil(now / 1000) + tonumber(ttl_ms))
 end
-local function grant_lease(zset, tokens, fence, owner, ttl_ms, c, fence_ms)
-  keep_counter(fence, redis.call('GET', fence) or c, now, fence_ms)
-  redis.call('ZADD', zset, expiry(ttl_ms), owner)
+local function grant_lease(zset, tokens, fence, owner, ttl_ms, c, fence_ms, drawn, alone)
+  keep_counter(fence, drawn and c or redis.call('GET', fence) or c, now, fence_ms)
+  local e = expiry(ttl_ms)
+  redis.call('ZADD', zset, e, owner)
   redis.call('HSET', tokens, owner, c)
-  keep_set(zset, tokens)
+  if alone then
+    redis.call('PEXPIREAT', zset, e)
+    redis.call('PEXPIREAT', tokens, e)
+  else
+    keep_set(zset, tokens)
+  end
   return {1, c}
 end
 )lua");
@@ -176,11 +185,12 @@ else
   local waiting = redis.call('PTTL', KEYS[3])
   if waiting ~= -2 then return {0, waiting} end
 end
-if not c then
+local drawn = not c
+if drawn then
   c = reader_token(KEYS[4], now)
   if type(c) == 'table' then return c end
 end
-return grant_lease(KEYS[2], KEYS[5], KEYS[4], ARGV[1], ARGV[2], c, ARGV[3])
+return grant_lease(KEYS[2], KEYS[5], KEYS[4], ARGV[1], ARGV[2], c, ARGV[3], drawn)
 )lua");
 inline constexpr std::string_view redis_rw_read_acquire_script = redis_rw_read_acquire_text.view();
 
@@ -270,15 +280,19 @@ prune_leases(KEYS[1], KEYS[4], now_ms)
 local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local c
 if held then c = redis.call('HGET', KEYS[4], ARGV[1]) or redis.call('GET', KEYS[3]) end
-if not c then
+local drawn = not c
+local alone = false
+if drawn then
   local n = tonumber(redis.call('GET', KEYS[2]) or ARGV[4])
   if not n then return redis.error_reply('ERR permit count ' .. KEYS[2] .. ' is not a number') end
-  if not held and redis.call('ZCARD', KEYS[1]) >= n then
-    return {0, first_expiry(KEYS[1], now_ms)}
+  if not held then
+    local count = redis.call('ZCARD', KEYS[1])
+    if count >= n then return {0, first_expiry(KEYS[1], now_ms)} end
+    alone = count == 0
   end
   c = next_token(KEYS[3], now)
 end
-return grant_lease(KEYS[1], KEYS[4], KEYS[3], ARGV[1], ARGV[2], c, ARGV[3])
+return grant_lease(KEYS[1], KEYS[4], KEYS[3], ARGV[1], ARGV[2], c, ARGV[3], drawn, alone)
 )lua");
 inline constexpr std::string_view redis_sem_acquire_script = redis_sem_acquire_text.view();
 

@@ -163,6 +163,34 @@ TEST_F(RedisClusterAdminIt, MetricsCountEachLockUnderItsShardsPrimary) {
   for (const auto& [node, count] : per_node) EXPECT_EQ(metrics->endpoint_series("redis", node).held, 0) << node;
 }
 
+// The same for the primitives (a Lock over a BackendView): a read and a
+// write lease, a permit and a leadership each count under the primary of
+// their name's slot, not under the deployment's name.
+TEST_F(RedisClusterAdminIt, MetricsCountEachPrimitiveUnderItsShardsPrimary) {
+  auto metrics = std::make_shared<dlock::MetricsRegistry>();
+  const dlock::LockOptions options{.ttl = 30s, .observer = metrics};
+  std::map<std::string, int> per_node;
+  std::vector<std::unique_ptr<dlock::RwLock<RedisBackend>>> readers, writers;
+  std::vector<std::unique_ptr<dlock::Semaphore<RedisBackend>>> semaphores;
+  std::vector<std::unique_ptr<dlock::Election<RedisBackend>>> elections;
+  for (int i = 0; i < 6; ++i) {
+    const std::string r = "prim-r" + std::to_string(i), w = "prim-w" + std::to_string(i),
+                      s = "prim-s" + std::to_string(i), e = "prim-e" + std::to_string(i);
+    readers.push_back(std::make_unique<dlock::RwLock<RedisBackend>>(*redis_, r, options));
+    ASSERT_TRUE(readers.back()->try_lock_shared()) << r;
+    writers.push_back(std::make_unique<dlock::RwLock<RedisBackend>>(*redis_, w, options));
+    ASSERT_TRUE(writers.back()->try_lock()) << w;
+    semaphores.push_back(std::make_unique<dlock::Semaphore<RedisBackend>>(*redis_, s, 2, options));
+    ASSERT_TRUE(semaphores.back()->try_acquire()) << s;
+    elections.push_back(std::make_unique<dlock::Election<RedisBackend>>(*redis_, e, "me", options));
+    ASSERT_TRUE(elections.back()->try_campaign()) << e;
+    for (const std::string& n : {r, w, s, e}) ++per_node[node_of(map_, n)];
+  }
+  ASSERT_GE(per_node.size(), 2u);
+  for (const auto& [node, count] : per_node) EXPECT_EQ(metrics->endpoint_series("redis", node).held, count) << node;
+  EXPECT_EQ(metrics->endpoint_series("redis", redis_->endpoint()).held, 0);  // not the deployment's name
+}
+
 #ifdef DLOCKCTL
 TEST_F(RedisClusterAdminIt, DlockctlListsTheNamesOfEveryShard) {
   const auto r =

@@ -46,6 +46,18 @@ TEST(RedisSentinelAdmin, NamesThePrimaryReachedBeforeAndAfterAFailover) {
     EXPECT_EQ(admin.reached(), primary + " (" + std::string(redis.endpoint()) + ")");
     EXPECT_EQ(metrics->endpoint_series("redis", primary).held, 1);
     EXPECT_EQ(redis.endpoint_of("jobs:1"), primary);
+    {  // the primitives' series name the primary too (issue 14 item 5)
+      auto prims = std::make_shared<dlock::MetricsRegistry>();
+      dlock::Semaphore<dlock::RedisBackend> sem(redis, "jobs:2", 2, {.ttl = 30s, .observer = prims});
+      ASSERT_TRUE(sem.try_acquire());
+      dlock::RwLock<dlock::RedisBackend> rw(redis, "jobs:3", {.ttl = 30s, .observer = prims});
+      ASSERT_TRUE(rw.try_lock_shared());
+      EXPECT_EQ(prims->endpoint_series("redis", primary).held, 2);
+      EXPECT_EQ(prims->endpoint_series("redis", redis.endpoint()).held, 0);
+      sem.release();
+      rw.unlock_shared();
+      EXPECT_EQ(prims->endpoint_series("redis", primary).held, 0);
+    }
     ASSERT_EQ(dlock::test::RespConn(setup.primary().port()).command({"WAIT", "2", "2000"}).integer, 2);
     setup.primary().kill();
     // The lock is on the promoted replica now; the admin follows the sentinels.
