@@ -35,8 +35,9 @@ struct RedisAddress {
 struct RedisSentinelOptions {
   /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
   std::string master_name{};
-  /// The sentinels to ask, at least one (three or more in production); each
-  /// is asked in turn until one knows the primary.
+  /// The sentinels to ask, at least one (three or more in production); every
+  /// discovery asks each of them, and a majority must answer (the primary of
+  /// the highest configuration epoch is taken: docs/safety.md).
   std::vector<RedisAddress> sentinels{};
   /// ACL user for the sentinels (`sentinel sentinel-user`); empty: password-only AUTH.
   std::string username{};

@@ -306,11 +306,10 @@ struct AsyncRoute::Resolve : std::enable_shared_from_this<AsyncRoute::Resolve> {
       const auto role = redis_proto::parse_role(reply);
       const auto* info = std::get_if<redis_proto::RoleInfo>(&role);
       if (info != nullptr && info->role == redis_proto::RoleInfo::Role::master) {
-        route->with_client([&](RedisClient& c) {
-          c.sentinel()->adopt(choice, primary);
-          return 0;
-        });
-        return route->finish_resolve(link, primary, nullptr);
+        const bool adopted = route->with_client([&](RedisClient& c) { return c.sentinel()->adopt(choice, primary); });
+        if (adopted) return route->finish_resolve(link, primary, nullptr);
+        link->close();  // superseded while ROLE was asked: never used
+        route->with_client([&](RedisClient& c) -> int { c.sentinel()->throw_superseded(choice); });
       }
       link->close();
       refuse(choice, fmt::format("{}: not the primary ({}; nothing was asked of it)", link->endpoint(),

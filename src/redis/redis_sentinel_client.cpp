@@ -237,13 +237,13 @@ redis_proto::SentinelKnowledge SentinelClient::knowledge() const {
   return known_;
 }
 
-void SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary) {
+bool SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary) {
   std::function<void()> retire;
   {
     std::lock_guard lk(mu_);
     rotation_.answered(choice.sentinel);
+    if (redis_proto::superseded(choice.view, known_)) return false;  // a newer round or a +switch-master won
     pacer_.succeeded();
-    if (known_.chosen && choice.view.config_epoch < known_.chosen->config_epoch) return;  // a newer round won
     const bool moved = last_ && (last_->host != primary.host || last_->port != primary.port);
     known_.chosen = choice.view;
     if (known_.announced && choice.view.config_epoch > known_.epoch_when_announced) known_.announced.reset();
@@ -253,6 +253,19 @@ void SentinelClient::adopt(const redis_proto::PrimaryChoice& choice, RedisOption
   // Connections pooled to the node found before are not to this epoch's
   // primary: retired as after a +switch-master.
   if (retire) retire();
+  return true;
+}
+
+void SentinelClient::throw_superseded(const redis_proto::PrimaryChoice& choice) const {
+  std::string why;
+  {
+    std::lock_guard lk(mu_);
+    why = redis_proto::superseded(choice.view, known_).value_or("superseded");
+  }
+  throw ConnectionError(fmt::format(
+      "dlock: the primary of '{}' found at configuration epoch {} may no longer be used ({}); nothing was asked "
+      "of it (a failover in progress: retried)",
+      options_.sentinel->master_name, choice.view.config_epoch, why));
 }
 
 std::optional<RedisLink> SentinelClient::open_if_primary(const RedisOptions& primary, const RedisLinkSetup& setup,
@@ -294,7 +307,10 @@ RedisLink SentinelClient::open(const RedisLinkSetup& setup) {
     round_failed(e.what());
     throw e;
   }
-  adopt(choice, std::move(primary));
+  if (!adopt(choice, std::move(primary))) {
+    link->close();
+    throw_superseded(choice);
+  }
   return std::move(*link);
 }
 

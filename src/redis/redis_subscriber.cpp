@@ -318,9 +318,14 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
   }
 };
 
+// fork(): a child never takes mu (a parent thread may have held it inside
+// relocate() at the fork) and never relocates through an inherited anchor;
+// its subscriber reconnects where locate() says when its connection breaks.
 struct RedisSubscriber::Anchor {
+  const pid_t pid = ::getpid();
   std::mutex mu;
   RedisSubscriber* subscriber = nullptr;  // under mu; null once it is destroyed
+  [[nodiscard]] bool inherited() const noexcept { return pid != ::getpid(); }
 };
 
 RedisSubscriber::RedisSubscriber(std::vector<Server> servers)
@@ -343,14 +348,14 @@ void RedisSubscriber::relocate() noexcept {
 std::function<void()> RedisSubscriber::relocator() const {
   return [anchor = std::weak_ptr<Anchor>(anchor_)] {
     const auto a = anchor.lock();
-    if (!a) return;
+    if (!a || a->inherited()) return;
     std::lock_guard lk(a->mu);
     if (a->subscriber != nullptr) a->subscriber->relocate();
   };
 }
 
 RedisSubscriber::~RedisSubscriber() {
-  {
+  if (!anchor_->inherited()) {
     std::lock_guard lk(anchor_->mu);  // no relocate() runs after this
     anchor_->subscriber = nullptr;
   }

@@ -1,13 +1,19 @@
 // fork(): a lease inherited by a child process belongs to the parent. In the
 // child it is lost (queries say so) and releasing or extending it never
 // reaches the server, where the parent still holds it under the same owner id.
+#include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/dlock.hpp>
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "fork_support.hpp"
 
@@ -114,4 +120,43 @@ TEST(Fork, ALeaseInheritedByAChildIsLostThereAndTheParentKeepsIt) {
   lock.extend();
   EXPECT_EQ(lock.release(), dlock::ReleaseResult::released);
   EXPECT_EQ(guard.release(), dlock::ReleaseResult::released);
+}
+
+// A child forked while another parent thread is inside relocate() (Sentinel:
+// a +switch-master heard during the fork) destroys its inherited subscriber.
+// Its core's mutex is never taken in the child (Core::inherited()), but
+// ~RedisSubscriber takes the Anchor's mutex first, which the parent's thread
+// held at the fork. The parent's locate() is held open here to make the
+// window deterministic; in production it is the time relocate() runs.
+// Before: the child hung (3 s limit); found by review.
+TEST(Fork, AChildDestroysItsSubscriberWhileTheParentRelocates) {
+  std::atomic<bool> block{false};
+  std::atomic<bool> in_locate{false};
+  dlock::RedisOptions o;
+  o.host = "127.0.0.1";
+  o.port = 1;
+  std::vector<dlock::detail::RedisSubscriber::Server> servers{
+      {o, "127.0.0.1:1", [&]() -> std::optional<dlock::RedisOptions> {
+         if (block) {
+           in_locate = true;
+           while (block) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+         }
+         return std::nullopt;  // none located yet: the attempt counts as failed
+       }}};
+  auto sub = std::make_unique<dlock::detail::RedisSubscriber>(std::move(servers));
+  std::optional<dlock::detail::RedisSubscription> subscription;
+  subscription.emplace(sub->subscribe("review:ch", false));
+  block = true;
+  std::thread relocating([f = sub->relocator()] { f(); });
+  while (!in_locate) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const auto got = dlock::test::in_child_while(
+      [&] {
+        subscription.reset();
+        sub.reset();
+        return std::string("destroyed");
+      },
+      [] {}, std::chrono::seconds(3));
+  block = false;
+  relocating.join();
+  EXPECT_EQ(got, std::optional<std::string>("destroyed")) << "the child hung in ~RedisSubscriber";
 }

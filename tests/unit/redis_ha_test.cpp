@@ -6,6 +6,7 @@
 #include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_keys.hpp>
 #include <dlock/detail/redis_sentinel.hpp>
+#include <dlock/detail/redis_sentinel_client.hpp>
 #include <dlock/error.hpp>
 #include <dlock/redis_ha.hpp>
 #include <dlock/redis_options.hpp>
@@ -373,6 +374,43 @@ TEST(RedisSentinel, SentinelMasterReplyGivesTheAddressAndEpoch) {
 // The defect the 4-process pause test found: the first answer came from a
 // sentinel that had not learned the failover (epoch 1, the old primary A);
 // the newest view (epoch 2, B) is the one used.
+// A round that began before another round adopted a newer view (or before a
+// +switch-master was heard) and then found ROLE master at its own choice must
+// not be used: adopt() refuses it and the caller throws (found by review:
+// before, adopt() returned quietly and open() used the connection anyway).
+TEST(RedisSentinel, AChoiceSupersededWhileItsRoleWasCheckedIsRefused) {
+  const NodeAddress p1{"127.0.0.1", 1};
+  const NodeAddress p2{"127.0.0.1", 2};
+  const SentinelKnowledge at5{MasterView{p2, 5}, std::nullopt, 0};
+  EXPECT_TRUE(superseded(MasterView{p1, 4}, at5).has_value()) << "behind the epoch adopted meanwhile";
+  EXPECT_TRUE(superseded(MasterView{p1, 5}, at5).has_value()) << "another address at the same epoch";
+  EXPECT_FALSE(superseded(MasterView{p2, 5}, at5).has_value());
+  EXPECT_FALSE(superseded(MasterView{p1, 6}, at5).has_value());
+  EXPECT_FALSE(superseded(MasterView{p1, 4}, {}).has_value()) << "nothing known yet";
+  const SentinelKnowledge heard{MasterView{p1, 4}, SwitchMaster{"m", p1, p2}, 4};
+  EXPECT_TRUE(superseded(MasterView{p1, 4}, heard).has_value()) << "the announced old primary";
+  EXPECT_FALSE(superseded(MasterView{p2, 5}, heard).has_value());
+
+  dlock::RedisOptions o;
+  o.sentinel = dlock::RedisSentinelOptions{.master_name = "m", .sentinels = {{"127.0.0.1", 26379}}};
+  dlock::detail::SentinelClient client(o);  // connects to nothing until asked
+  dlock::RedisOptions at_p2 = o, at_p1 = o;
+  at_p2.port = 2;
+  at_p1.port = 1;
+  ASSERT_TRUE(client.adopt(PrimaryChoice{MasterView{p2, 5}, 0}, at_p2));
+  EXPECT_FALSE(client.adopt(PrimaryChoice{MasterView{p1, 4}, 0}, at_p1));
+  EXPECT_EQ(client.last_primary()->port, 2);
+  EXPECT_EQ(client.knowledge().chosen, (MasterView{p2, 5}));
+  try {
+    client.throw_superseded(PrimaryChoice{MasterView{p1, 4}, 0});
+    ADD_FAILURE() << "throw_superseded returned";
+  } catch (const dlock::ConnectionError& e) {
+    EXPECT_NE(std::string(e.what()).find("behind epoch 5"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(client.adopt(PrimaryChoice{MasterView{p1, 6}, 0}, at_p1));
+  EXPECT_EQ(client.last_primary()->port, 1);
+}
+
 TEST(RedisSentinel, ChoosesTheHighestEpochFromAMajority) {
   const NodeAddress a{"127.0.0.1", 1};
   const NodeAddress b{"127.0.0.1", 2};

@@ -126,6 +126,15 @@ struct NoPrimary {
                                                                     std::size_t configured,
                                                                     const SentinelKnowledge& known);
 
+/// Why `view`, chosen by a round that began with older knowledge, may no
+/// longer be used by a client that now knows `known` (another round adopted
+/// a newer view, or a +switch-master was heard, while this round was
+/// checking ROLE); nullopt when it may. Superseded: an epoch behind
+/// `known.chosen`'s; the same epoch with another address; the announced old
+/// primary at an epoch no newer than the one known when it was announced.
+/// Pure; SentinelClient::adopt() refuses such a view.
+[[nodiscard]] std::optional<std::string> superseded(const MasterView& view, const SentinelKnowledge& known);
+
 /// Which sentinel to ask next: in order, starting with the last one that
 /// answered (the clients' guideline). Pure; not thread-safe.
 class SentinelRotation {

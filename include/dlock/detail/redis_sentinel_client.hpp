@@ -55,7 +55,12 @@ class SentinelClient {
   /// `choice` is in use at `primary` (ROLE checked): the
   /// rotation, the epoch known and last_primary() follow it; watch()'s
   /// callback runs (the pool is retired) when the primary moved.
-  void adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary);
+  /// Returns false, adopting nothing, when what this client learned while
+  /// the round ran supersedes `choice` (redis_proto::superseded): the caller
+  /// must not use its connection (throw_superseded()).
+  [[nodiscard]] bool adopt(const redis_proto::PrimaryChoice& choice, RedisOptions primary);
+  /// The ConnectionError (retried) for a choice adopt() refused.
+  [[noreturn]] void throw_superseded(const redis_proto::PrimaryChoice& choice) const;
   /// The last primary found (open(), adopt()) or announced by +switch-master.
   [[nodiscard]] std::optional<RedisOptions> last_primary() const;
   /// last_primary() as "host:port", kept for the client's lifetime (at most
