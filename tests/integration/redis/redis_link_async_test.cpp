@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "redis_link_test_support.hpp"
 #include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -30,8 +31,9 @@ using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;
-using dlock::detail::RedisLinkSetup;
 using dlock::detail::RedisOutcome;
+using dlock::test::caller_io;
+using dlock::test::command;
 using dlock::test::RedisServer;
 using dlock::test::RedisTest;
 using dlock::test::SharedRedis;
@@ -42,15 +44,6 @@ namespace {
 [[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new SharedRedis);
 
 using RedisLinkAsyncTest = RedisTest;
-
-constexpr RedisLinkSetup caller_io{.load_scripts = false, .check_eviction = false, .caller_io = true};
-
-RedisCall command(std::initializer_list<std::string_view> args, std::string what = "a test command") {
-  RedisCall c;
-  c.request.push(args);
-  c.what = std::move(what);
-  return c;
-}
 
 // send_here() if the link is idle (true), else nothing (false); the outcome
 // goes to `out` when `io` runs.
@@ -73,6 +66,26 @@ bool wait_idle(RedisLink& link, asio::io_context& io) {
   }
   return false;
 }
+
+// A link to a server of its own, idle (wait_idle through `io`), then the
+// server paused (SIGSTOP): a request written now gets no answer.
+struct PausedLink {
+  explicit PausedLink(std::chrono::milliseconds command_timeout)
+      : link(RedisLink::open(with_timeout(server.options(), command_timeout), caller_io)),
+        io(std::make_unique<asio::io_context>()) {
+    (void)link.exec(command({"PING"}));
+    idle = wait_idle(link, *io);
+    server.pause();
+  }
+  static RedisOptions with_timeout(RedisOptions o, std::chrono::milliseconds t) {
+    o.command_timeout = t;
+    return o;
+  }
+  RedisServer server;
+  RedisLink link;
+  std::unique_ptr<asio::io_context> io;
+  bool idle = false;
+};
 
 template <class E>
 std::string error_of(const RedisOutcome& o) {
@@ -244,14 +257,11 @@ TEST_F(RedisLinkAsyncTest, ALinkTheServerClosedWhileIdleIsNotWrittenOn) {
 
 TEST_F(RedisLinkAsyncTest, AStoppedIoContextDoesNotStrandOtherRequestsOnItsLink) {
   DLOCK_REQUIRE_OWN_REDIS();
-  RedisServer server;
-  RedisOptions o = server.options();
-  o.command_timeout = 200ms;
-  RedisLink link = RedisLink::open(o, caller_io);
-  (void)link.exec(command({"PING"}));
-  auto io = std::make_unique<asio::io_context>();
-  ASSERT_TRUE(wait_idle(link, *io));
-  server.pause();
+  PausedLink p(200ms);
+  ASSERT_TRUE(p.idle);
+  RedisServer& server = p.server;
+  RedisLink& link = p.link;
+  auto& io = p.io;
   RedisCall ping = command({"PING"}, "the stopped context's request");
   std::optional<RedisOutcome> mine;
   ASSERT_TRUE(try_here(link, *io, ping, mine));
@@ -278,14 +288,11 @@ TEST_F(RedisLinkAsyncTest, AStoppedIoContextDoesNotStrandOtherRequestsOnItsLink)
 
 TEST_F(RedisLinkAsyncTest, AnIoContextDestroyedDuringItsExchangeDropsTheLink) {
   DLOCK_REQUIRE_OWN_REDIS();
-  RedisServer server;
-  RedisOptions o = server.options();
-  o.command_timeout = 5s;
-  RedisLink link = RedisLink::open(o, caller_io);
-  (void)link.exec(command({"PING"}));
-  auto io = std::make_unique<asio::io_context>();
-  ASSERT_TRUE(wait_idle(link, *io));
-  server.pause();
+  PausedLink p(5s);
+  ASSERT_TRUE(p.idle);
+  RedisServer& server = p.server;
+  RedisLink& link = p.link;
+  auto& io = p.io;
   RedisCall ping = command({"PING"});
   bool called = false;
   RedisLink::Done done = [&called](RedisOutcome) { called = true; };

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "redis_link_test_support.hpp"
 #include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -21,8 +22,9 @@ using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;
-using dlock::detail::RedisLinkSetup;
 using dlock::detail::RedisOutcome;
+using dlock::test::caller_io;
+using dlock::test::command;
 using dlock::test::RedisServer;
 using dlock::test::RedisTest;
 using dlock::test::SharedRedis;
@@ -32,15 +34,6 @@ namespace {
 [[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new SharedRedis);
 
 using RedisLinkFastPathTest = RedisTest;
-
-constexpr RedisLinkSetup caller_io{.load_scripts = false, .check_eviction = false, .caller_io = true};
-
-RedisCall command(std::initializer_list<std::string_view> args, std::string what = "a test command") {
-  RedisCall c;
-  c.request.push(args);
-  c.what = std::move(what);
-  return c;
-}
 
 // Waits (bounded) until `link` is idle: begin_here() takes it; a PING then.
 bool wait_idle(RedisLink& link) {
