@@ -108,24 +108,7 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
   std::atomic<int> mismatches{0}, errors{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < senders; ++t) {
-    threads.emplace_back([&, t] {
-      for (int round = 0; round < rounds; ++round) {  // bursts of 20 pipelined requests
-        RedisGather g(20);
-        std::vector<std::string> sent;
-        for (int i = 0; i < 20; ++i) {
-          sent.push_back("s" + std::to_string(t) + "-" + std::to_string(round) + "-" + std::to_string(i));
-          link.send(command({"ECHO", sent.back()}), g.slot(static_cast<std::size_t>(i)));
-        }
-        auto out = g.wait();
-        for (int i = 0; i < 20; ++i) {
-          if (out[i].error) {
-            ++errors;
-          } else if (out[i].replies.size() != 1 || out[i].replies[0].str != sent[i]) {
-            ++mismatches;
-          }
-        }
-      }
-    });
+    threads.emplace_back([&, t] { dlock::test::send_pipelined_bursts(link, t, rounds, 20, mismatches, errors); });
   }
   // One io_context thread: each request through send_here when the link is
   // idle, else through send(); the next one starts from the completion.
