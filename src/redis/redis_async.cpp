@@ -9,6 +9,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -54,7 +55,15 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
   std::vector<std::vector<ScriptCall>> batches;
   std::optional<std::chrono::steady_clock::time_point> deadline;
   std::string what, deadline_name;
-  std::optional<boost::asio::any_io_executor> ex;  // the caller's: send_here() on an idle link
+  // The caller's io_context (reactor_executor), for send_here() only while
+  // async_fan_out() runs on the caller's thread: later sends (from the I/O
+  // thread, maybe after the context is gone) take the I/O thread's way.
+  std::optional<boost::asio::any_io_executor> ex;
+  std::thread::id initiator;
+  std::atomic<bool> initiating{false};
+  [[nodiscard]] bool on_callers_thread() const {
+    return ex && initiating.load(std::memory_order_acquire) && std::this_thread::get_id() == initiator;
+  }
   std::function<void(std::vector<RedisOutcome>)> done;
   std::vector<RedisOutcome> out;
   std::atomic<std::size_t> left{0};
@@ -174,7 +183,7 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
             if (resend.empty()) return self->judged(i, link, std::move(host), std::move(o), again);
             self->send(i, std::move(link), std::move(host), std::move(resend), ScriptForm::eval, std::move(o), again);
           };
-      if (ex) {  // the caller's own exchange on an idle link: no hand-off to the I/O thread and back
+      if (on_callers_thread()) {  // the caller's own exchange on an idle link: no hand-off to the I/O thread and back
         if (l.send_here(call, *ex, on_reply)) return;
         if (l.broken() && form == ScriptForm::evalsha && !again) {  // closed while idle: nothing was sent
           routes[i]->failed(link);
@@ -196,6 +205,8 @@ void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<
                    std::optional<boost::asio::any_io_executor> ex) {
   auto f = std::make_shared<FanOut>();
   f->ex = std::move(ex);
+  f->initiator = std::this_thread::get_id();
+  f->initiating.store(true, std::memory_order_release);
   f->batches = std::move(batches);
   if (timeout) f->deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
   f->what = std::move(what);
@@ -222,6 +233,7 @@ void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<
     }
     f->start(i, false);
   }
+  f->initiating.store(false, std::memory_order_release);
   if (f->left.fetch_sub(1, std::memory_order_acq_rel) == 1) f->done(std::move(f->out));
 }
 
@@ -252,7 +264,7 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
                           }
                           work.complete(error, std::move(result));
                         },
-                        ex);
+                        detail::reactor_executor(ex));
 }
 
 }  // namespace

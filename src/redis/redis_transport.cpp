@@ -1133,11 +1133,8 @@ bool RedisLink::Impl::send_here(RedisCall& call, const asio::any_io_executor& ex
   }
   std::shared_ptr<AsyncHere> op;
   try {
-    // The io_context under the caller's executor (or its strand); other
-    // executors take the I/O thread's way.
-    asio::any_io_executor io = ex;
-    if (const auto* strand = ex.target<asio::strand<asio::any_io_executor>>()) io = strand->get_inner_executor();
-    if (io.target<asio::io_context::executor_type>() == nullptr) throw std::bad_alloc();
+    const asio::any_io_executor& io = ex;  // an io_context's (reactor_executor)
+    if (io.target<asio::io_context::executor_type>() == nullptr) throw std::bad_alloc();  // the I/O thread's way
     auto& caller_ctx = asio::query(io, asio::execution::context);
     // The reactor's services first, so that AsyncSockets shuts down before them.
     if (!asio::has_service<AsyncSockets>(caller_ctx)) asio::posix::stream_descriptor reactor_first(io);
@@ -1251,6 +1248,14 @@ bool RedisLink::inherited() const noexcept { return impl_ && impl_->pid != ::get
 int RedisLink::fd() const noexcept { return impl_ ? impl_->fd() : -1; }
 const std::string& RedisLink::endpoint() const noexcept { return impl_->endpoint; }
 const redis_proto::ScriptShas& RedisLink::shas() const noexcept { return impl_->shas; }
+
+std::optional<asio::any_io_executor> reactor_executor(const asio::any_io_executor& ex) {
+  asio::any_io_executor io = ex;
+  if (const auto* strand = ex.target<asio::strand<asio::any_io_executor>>()) io = strand->get_inner_executor();
+  const auto* plain = io.target<asio::io_context::executor_type>();
+  if (plain == nullptr) return std::nullopt;
+  return asio::any_io_executor(asio::prefer(*plain, asio::execution::outstanding_work.untracked));
+}
 
 bool take_caller_completion() noexcept { return std::exchange(AsyncHere::completing, false); }
 

@@ -116,7 +116,8 @@ class AsyncRoute : public std::enable_shared_from_this<AsyncRoute> {
 /// runs once with an outcome per node, on the I/O thread (or inside the call
 /// when no node was sent anything); it must not block. With `ex` (the
 /// caller's executor), a batch that finds its link idle is written and read
-/// on `ex` itself (RedisLink::send_here); `done` may then run there.
+/// on `ex` itself (RedisLink::send_here; `ex` from reactor_executor(): FanOut
+/// may outlive the context, a strand may not); `done` may then run there.
 void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<redis_proto::ScriptCall>> batches,
                    std::optional<std::chrono::milliseconds> timeout, std::string what, std::string deadline_name,
                    std::function<void(std::vector<RedisOutcome>)> done,

@@ -295,7 +295,7 @@ class RedisLink {
   [[nodiscard]] RedisOutcome end_here();
   /// The asynchronous fast path: on an idle caller_io link (the client's
   /// shared links), writes `call` on the calling thread and reads its replies
-  /// with `ex`'s own reactor, so that no hand-off to the I/O thread and back
+  /// with `ex`'s own reactor (`ex`: from reactor_executor()), so that no hand-off to the I/O thread and back
   /// is needed; `done` then runs on `ex` (never inside this call) and true is
   /// returned, with `call` and `done` moved from. False, both untouched, when
   /// the link is not idle (use send()) or the server closed it while idle
@@ -330,6 +330,12 @@ class RedisLink {
   void release() noexcept;
   std::shared_ptr<Impl> impl_;
 };
+
+/// The io_context executor under `ex` (itself, or a strand's inner one),
+/// untracked: what send_here() takes. It may outlive its context (unlike a
+/// strand, whose state dies with its context's services). nullopt for other
+/// executors (thread pools, ...): their requests take the I/O thread's way.
+[[nodiscard]] std::optional<boost::asio::any_io_executor> reactor_executor(const boost::asio::any_io_executor& ex);
 
 /// True on a thread running the completion of a send_here() exchange (on
 /// that caller's executor), for the first call there only: the completion
