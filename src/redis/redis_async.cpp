@@ -9,6 +9,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -36,7 +37,9 @@ std::shared_ptr<RedisLink> RedisClient::shared_link() {
   }
   std::erase_if(shared_links_, [](const std::shared_ptr<RedisLink>& l) { return l->broken(); });
   if (shared_links_.size() < std::max<std::size_t>(1, options_.pool_size)) {
-    shared_links_.push_back(std::make_shared<RedisLink>(RedisLink::open(options_, setup_)));
+    RedisLinkSetup setup = setup_;
+    setup.caller_io = true;  // idle, an asynchronous caller may do its own exchange on it (send_here)
+    shared_links_.push_back(std::make_shared<RedisLink>(RedisLink::open(options_, setup)));
     return shared_links_.back();
   }
   return shared_links_[shared_next_++ % shared_links_.size()];
@@ -52,6 +55,15 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
   std::vector<std::vector<ScriptCall>> batches;
   std::optional<std::chrono::steady_clock::time_point> deadline;
   std::string what, deadline_name;
+  // The caller's io_context (reactor_executor), for send_here() only while
+  // async_fan_out() runs on the caller's thread: later sends (from the I/O
+  // thread, maybe after the context is gone) take the I/O thread's way.
+  std::optional<boost::asio::any_io_executor> ex;
+  std::thread::id initiator;
+  std::atomic<bool> initiating{false};
+  [[nodiscard]] bool on_callers_thread() const {
+    return ex && initiating.load(std::memory_order_acquire) && std::this_thread::get_id() == initiator;
+  }
   std::function<void(std::vector<RedisOutcome>)> done;
   std::vector<RedisOutcome> out;
   std::atomic<std::size_t> left{0};
@@ -148,9 +160,14 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
       for (std::size_t k : calls)
         (void)detail::redis_proto::push_script_call(call.request, batches[i][k], link->shas(), form);
       RedisLink& l = *link;
-      l.send(
-          std::move(call), [self = shared_from_this(), i, link = std::move(link), host = std::move(host),
-                            calls = std::move(calls), form, first = std::move(first), again](RedisOutcome o) mutable {
+      RedisLink::Done on_reply =
+          [self = shared_from_this(), i, link, host = std::move(host), calls = std::move(calls), form,
+           first = std::move(first), again](RedisOutcome o) mutable {
+            if (o.error && o.unsent && form == ScriptForm::evalsha && !again) {
+              // The link broke before the batch was written (closed while idle): once more on another.
+              self->routes[i]->failed(link);
+              return self->start(i, true);
+            }
             if (o.error) return self->judged(i, link, std::move(host), std::move(o), again);
             if (form == ScriptForm::eval) {  // the resend: its replies into the first round's places
               for (std::size_t j = 0; j < calls.size() && j < o.replies.size(); ++j)
@@ -165,7 +182,15 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
                 resend.push_back(k);
             if (resend.empty()) return self->judged(i, link, std::move(host), std::move(o), again);
             self->send(i, std::move(link), std::move(host), std::move(resend), ScriptForm::eval, std::move(o), again);
-          });
+          };
+      if (on_callers_thread()) {  // the caller's own exchange on an idle link: no hand-off to the I/O thread and back
+        if (l.send_here(call, *ex, on_reply)) return;
+        if (l.broken() && form == ScriptForm::evalsha && !again) {  // closed while idle: nothing was sent
+          routes[i]->failed(link);
+          return start(i, true);
+        }
+      }
+      l.send(std::move(call), std::move(on_reply));
     } catch (...) {  // out of memory: this node's outcome
       node_done(i, RedisOutcome{{}, std::current_exception(), {}});
     }
@@ -176,8 +201,12 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
 
 void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<ScriptCall>> batches,
                    std::optional<std::chrono::milliseconds> timeout, std::string what, std::string deadline_name,
-                   std::function<void(std::vector<RedisOutcome>)> done) {
+                   std::function<void(std::vector<RedisOutcome>)> done,
+                   std::optional<boost::asio::any_io_executor> ex) {
   auto f = std::make_shared<FanOut>();
+  f->ex = std::move(ex);
+  f->initiator = std::this_thread::get_id();
+  f->initiating.store(true, std::memory_order_release);
   f->batches = std::move(batches);
   if (timeout) f->deadline = saturating_add(std::chrono::steady_clock::now(), *timeout);
   f->what = std::move(what);
@@ -204,6 +233,7 @@ void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<
     }
     f->start(i, false);
   }
+  f->initiating.store(false, std::memory_order_release);
   if (f->left.fetch_sub(1, std::memory_order_acq_rel) == 1) f->done(std::move(f->out));
 }
 
@@ -232,8 +262,9 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
                           } catch (...) {
                             error = std::current_exception();
                           }
-                          work.post(error, std::move(result));
-                        });
+                          work.complete(error, std::move(result));
+                        },
+                        detail::reactor_executor(ex));
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // See detail/redis_transport.hpp.
 #include <dlock/detail/redis_transport.hpp>
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -23,15 +24,19 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <fmt/format.h>
@@ -398,15 +403,25 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   // coroutines) costs one hand-off and one coalesced write.
   void drain() {
     std::vector<Pending> batch;
-    bool mine = true;
+    bool mine = true, was_idle = false;
     {
       std::lock_guard lk(own_mu);
       batch.swap(inbox);
-      if (setup.caller_io) mine = link_state::io_claim(own, false);
+      if (setup.caller_io) {
+        was_idle = own.owner == link_state::Owner::idle;
+        mine = link_state::io_claim(own, false);
+      }
     }
     for (Pending& p : batch) queued.push_back(std::move(p));
     if (phase == Phase::broken) return fail_pending();
-    if (!mine) return;  // a caller's exchange is on it: written when it gives the link back
+    // Broken by a caller's exchange (or close()) whose fail() is posted
+    // behind this drain: nothing more is written on it; that fail() reports
+    // these requests as never sent.
+    if (broken_flag) return;
+    // An idle link has no read armed: closed by the server meanwhile, it is
+    // noticed now, before anything is written on it.
+    if (was_idle && !peek_open()) return fail(here_why, here_detail);
+    if (!mine) return arm_timer();  // a caller's exchange is on it: written when it gives the link back
     flush();
     arm_timer();
   }
@@ -509,7 +524,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       next = link_state::caller_release(own, broke);
     }
     using link_state::AfterCaller;
-    if (next == AfterCaller::nothing) return;
+    if (next == AfterCaller::nothing || next == AfterCaller::seized) return;
     auto self = shared_from_this();
     try {
       asio::post(ctx, [self, next, why = here_why, detail = broke ? here_detail : std::string()] {
@@ -530,6 +545,14 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       std::lock_guard lk(own_mu);
       if (!link_state::caller_claim(own)) return true;  // the I/O thread watches it
     }
+    const bool open = peek_open();
+    caller_release(!open);
+    return open;
+  }
+
+  // Caller, owning an idle link: false if the server closed it meanwhile (or
+  // sent bytes nobody asked for): then broken, why recorded for the I/O thread.
+  bool peek_open() noexcept {
     char c;
     const ssize_t n = ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
     const bool open = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
@@ -538,7 +561,6 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       here_why = n > 0 ? Why::protocol : Why::eof;
       here_detail = n > 0 ? "a reply nobody asked for" : n == 0 ? "End of file" : std::strerror(errno);
     }
-    caller_release(!open);
     return open;
   }
 
@@ -564,44 +586,120 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     here_error = in_doubt(*here, why, here_detail);
   }
 
-  bool begin_here(RedisCall& call) {
-    if (!setup.caller_io || tls || events.push || call.request.commands() == 0 || broken_flag) return false;
+  // When a request written at `now` must be answered: command_timeout, or
+  // the caller's deadline if that comes first.
+  [[nodiscard]] Clock::time_point request_due(const std::optional<Clock::time_point>& deadline,
+                                              Clock::time_point now) const noexcept {
+    const auto due = saturating_add(now, options.command_timeout);
+    return deadline && *deadline < due ? *deadline : due;
+  }
+
+  // Caller: takes `call` as the exchange's request (the link already claimed).
+  void here_start(RedisCall& call) {
     Pending p;
     p.want = call.request.commands();
     p.deadline = call.deadline;
-    {
-      std::lock_guard lk(own_mu);
-      // A request sent before is written before this one.
-      if (!inbox.empty() || !link_state::caller_claim(own)) return false;
-    }
     p.what = std::move(call.what);
     p.deadline_name = std::move(call.deadline_name);
-    p.due = saturating_add(Clock::now(), options.command_timeout);
-    if (p.deadline && *p.deadline < p.due) {
-      p.due = *p.deadline;
-      p.caller_deadline_first = true;
-    }
+    const auto now = Clock::now();
+    p.due = request_due(p.deadline, now);
+    p.caller_deadline_first = p.due != saturating_add(now, options.command_timeout);
     here = std::move(p);
     here_error = nullptr;
-    const std::string_view bytes = call.request.payload();
+  }
+
+  // Caller: writes what it can of `bytes` from `off` without waiting.
+  enum class Step { done, wait, failed };
+  Step send_some(std::string_view bytes, std::size_t& off) {
 #ifdef MSG_NOSIGNAL
     constexpr int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
 #else
     constexpr int flags = MSG_DONTWAIT;  // SO_NOSIGPIPE is set by Asio where there is no MSG_NOSIGNAL
 #endif
-    for (std::size_t off = 0; off < bytes.size();) {
+    while (off < bytes.size()) {
       const ssize_t n = ::send(fd(), bytes.data() + off, bytes.size() - off, flags);
       if (n > 0) {
         off += static_cast<std::size_t>(n);
       } else if (n < 0 && errno == EINTR) {
         continue;
       } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        if (!wait_fd(POLLOUT, here->due)) {
-          here_fail(Why::timeout, {});
-          break;
-        }
+        return Step::wait;
       } else {
         here_fail(Why::io, std::strerror(n < 0 ? errno : EPIPE));
+        return Step::failed;
+      }
+    }
+    return Step::done;
+  }
+
+  // Caller: takes what the parser holds for the exchange's request. done:
+  // answered; failed: here_error; wait: more to read.
+  Step take_replies() {
+    Pending& p = *here;
+    while (p.got.size() < p.want) {
+      auto r = parser.next();
+      if (!r) break;
+      p.got.push_back(std::move(*r));
+    }
+    if (parser.error()) {
+      here_fail(Why::protocol, parser.error()->message);
+      return Step::failed;
+    }
+    if (p.got.size() < p.want) return Step::wait;
+    if (parser.buffered() == 0) return Step::done;
+    here_fail(Why::protocol, "a reply nobody asked for");
+    return Step::failed;
+  }
+
+  // Caller: the error of a read that failed (`eof`: closed or reset by the server).
+  void here_read_failed(bool eof, std::string detail) { here_fail(eof ? Why::eof : Why::io, std::move(detail)); }
+
+  // Caller: one recv without waiting, fed to the parser. wait: nothing came
+  // (or interrupted); failed: here_error.
+  Step recv_once() {
+    const ssize_t n = ::recv(fd(), rbuf.data(), rbuf.size(), MSG_DONTWAIT);
+    if (n > 0) {
+      parser.feed(std::string_view(rbuf.data(), static_cast<std::size_t>(n)));
+      return Step::done;
+    }
+    if (n == 0) {
+      here_read_failed(true, "End of file");
+      return Step::failed;
+    }
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Step::wait;
+    here_read_failed(errno == ECONNRESET, std::strerror(errno));
+    return Step::failed;
+  }
+
+  // Caller: the exchange's outcome; gives the link back.
+  RedisOutcome here_finish() {
+    RedisOutcome result;
+    const bool broke = here_error != nullptr;
+    if (broke) {
+      result = RedisOutcome{{}, std::move(here_error), {}};
+    } else {
+      result = RedisOutcome{std::move(here->got), nullptr, Clock::now()};
+    }
+    here.reset();
+    caller_release(broke);
+    return result;
+  }
+
+  bool begin_here(RedisCall& call) {
+    if (!setup.caller_io || tls || events.push || call.request.commands() == 0 || broken_flag) return false;
+    {
+      std::lock_guard lk(own_mu);
+      // A request sent before is written before this one.
+      if (!inbox.empty() || !link_state::caller_claim(own)) return false;
+    }
+    here_start(call);
+    const std::string_view bytes = call.request.payload();
+    std::size_t off = 0;
+    for (;;) {
+      const Step s = send_some(bytes, off);
+      if (s != Step::wait) break;
+      if (!wait_fd(POLLOUT, here->due)) {
+        here_fail(Why::timeout, {});
         break;
       }
     }
@@ -609,50 +707,44 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   }
 
   RedisOutcome end_here() {
-    RedisOutcome result;
-    if (!here_error) {
-      Pending& p = *here;
-      for (;;) {
-        while (p.got.size() < p.want) {
-          auto r = parser.next();
-          if (!r) break;
-          p.got.push_back(std::move(*r));
-        }
-        if (parser.error()) {
-          here_fail(Why::protocol, parser.error()->message);
-          break;
-        }
-        if (p.got.size() == p.want) {
-          if (parser.buffered() != 0) {
-            here_fail(Why::protocol, "a reply nobody asked for");
-            break;
-          }
-          result = RedisOutcome{std::move(p.got), nullptr, Clock::now()};
-          break;
-        }
-        if (!wait_fd(POLLIN, p.due)) {
-          here_fail(Why::timeout, {});
-          break;
-        }
-        const ssize_t n = ::recv(fd(), rbuf.data(), rbuf.size(), MSG_DONTWAIT);
-        if (n > 0) {
-          parser.feed(std::string_view(rbuf.data(), static_cast<std::size_t>(n)));
-        } else if (n == 0) {
-          here_fail(Why::eof, "End of file");
-          break;
-        } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-          here_fail(errno == ECONNRESET ? Why::eof : Why::io, std::strerror(errno));
-          break;
-        }
+    while (!here_error && take_replies() == Step::wait) {
+      if (!wait_fd(POLLIN, here->due)) {
+        here_fail(Why::timeout, {});
+        break;
       }
+      (void)recv_once();
     }
-    const bool broke = here_error != nullptr;
-    if (broke) result = RedisOutcome{{}, std::move(here_error), {}};
-    here.reset();
-    caller_release(broke);
-    return result;
+    return here_finish();
   }
 
+  bool send_here(RedisCall& call, const asio::any_io_executor& ex, Done& done);
+
+  // An asynchronous caller's exchange is this late past its deadline before
+  // the I/O thread seizes the link (its executor stopped running).
+  static constexpr std::chrono::seconds async_grace{1};
+  // When the I/O thread looks for an overdue asynchronous exchange (a hint
+  // for its timer; io_seize decides under own_mu).
+  std::atomic<Clock::rep> async_seize_hint{Clock::time_point::max().time_since_epoch().count()};
+  [[nodiscard]] Clock::time_point async_seize_at() const noexcept {
+    return Clock::time_point(Clock::duration(async_seize_hint.load(std::memory_order_relaxed)));
+  }
+  [[nodiscard]] bool seized() {
+    std::lock_guard lk(own_mu);
+    return own.seized;
+  }
+  // I/O thread: fails the link if an asynchronous caller's exchange on it is overdue.
+  void seize_if_overdue() {
+    const auto now = Clock::now();
+    if (now < async_seize_at()) return;
+    {
+      std::lock_guard lk(own_mu);
+      if (!link_state::io_seize(own, now, async_grace)) return;
+    }
+    async_seize_hint = Clock::time_point::max().time_since_epoch().count();
+    fail(Why::io, fmt::format("an asynchronous caller's executor stopped running during its request (more than {} "
+                              "past its deadline)",
+                              format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(async_grace))));
+  }
   void dispatch(RedisValue r) {
     if (phase == Phase::handshaking) {
       hs_replies.push_back(std::move(r));
@@ -682,6 +774,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     for (const Pending& p : inflight) at = std::min(at, p.due);
     for (const Pending& p : queued)
       if (p.deadline) at = std::min(at, *p.deadline);
+    if (setup.caller_io) at = std::min(at, async_seize_at());
     if (at == timer_at) return;
     timer_at = at;
     if (at == Clock::time_point::max()) {
@@ -698,6 +791,10 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   }
 
   void on_timer() {
+    if (setup.caller_io) {
+      seize_if_overdue();
+      if (phase == Phase::broken) return;
+    }
     const auto now = Clock::now();
     bool late = phase != Phase::ready && now >= phase_due;
     for (const Pending& p : inflight) late = late || now >= p.due;
@@ -805,6 +902,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
       // reference-counted runtime_error string) and must be gone before the
       // error reaches another thread, as fresh() ensures elsewhere.
       std::exception_ptr e;
+      bool unsent = false;
       if (why == Why::timeout && p.deadline && Clock::now() >= *p.deadline && !p.deadline_name.empty()) {
         e = std::make_exception_ptr(ConnectionError(fmt::format(
             "dlock: cannot connect to Redis at {}: {} within {} during {}; nothing was asked of it yet", endpoint,
@@ -813,10 +911,13 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
         e = std::make_exception_ptr(ConnectionError(
             fmt::format("dlock: the connection to Redis at {} broke before {} was sent ({}); nothing was asked of it",
                         endpoint, p.what, detail)));
+        unsent = true;
       } else {
         e = fresh(error);
       }
-      p.done(RedisOutcome{{}, std::move(e), {}});
+      RedisOutcome o{{}, std::move(e), {}};
+      o.unsent = unsent;
+      p.done(std::move(o));
     }
   }
 
@@ -839,12 +940,221 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     timer.cancel();
     resolver.cancel();
     // No QUIT and no TLS close_notify: closing is enough, and a dropped
-    // connection must not wait for a server that stopped answering.
+    // connection must not wait for a server that stopped answering. An
+    // asynchronous caller's executor may hold a duplicate of the descriptor
+    // (AsyncSockets): shutdown() ends the connection for it too.
+    if (setup.caller_io && fd() >= 0) (void)::shutdown(fd(), SHUT_RDWR);
     if (tcp_) tcp_->close(ec);
     if (unix_) unix_->close(ec);
     if (tls) tls->next_layer().close(ec);
   }
 };
+
+// ---- An asynchronous caller's exchange (RedisLink::send_here) ----
+
+// The links' sockets as seen by one execution context (a caller's): a
+// duplicate of each link's descriptor registered once with that context's
+// reactor, kept while the link lives and dropped when the context shuts down
+// (services shut down in reverse order of creation: this one is created
+// after the reactor, so its descriptors go first). Used only by the caller
+// that has the link (Owner::caller_async).
+class AsyncSockets : public asio::execution_context::service {
+ public:
+  using key_type = AsyncSockets;
+  static inline asio::execution_context::id id;
+  explicit AsyncSockets(asio::execution_context& ctx) : service(ctx) {}
+
+  struct Entry {
+    std::weak_ptr<RedisLink::Impl> link;
+    std::shared_ptr<asio::posix::stream_descriptor> sock;
+  };
+
+  // The context's socket for `link` (opened on first use, with `io`, an
+  // executor of this context's io_context); null if it cannot be opened (out
+  // of descriptors) or the context is shutting down.
+  std::shared_ptr<asio::posix::stream_descriptor> get(const std::shared_ptr<RedisLink::Impl>& link,
+                                                      const asio::any_io_executor& io) {
+    std::lock_guard lk(mu_);
+    if (shut_) return nullptr;
+    if (auto it = socks_.find(link.get()); it != socks_.end() && !it->second.link.expired()) return it->second.sock;
+    std::erase_if(socks_, [](const auto& e) {
+      auto l = e.second.link.lock();
+      return !l || l->broken_flag;
+    });
+    auto sock = std::make_shared<asio::posix::stream_descriptor>(io);
+    const int dup = ::fcntl(link->fd(), F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return nullptr;
+    error_code ec;
+    sock->assign(dup, ec);
+    if (ec) {
+      ::close(dup);
+      return nullptr;
+    }
+    socks_.insert_or_assign(link.get(), Entry{link, sock});
+    return sock;
+  }
+
+ private:
+  void shutdown() override {
+    std::unordered_map<const RedisLink::Impl*, Entry> socks;
+    {
+      std::lock_guard lk(mu_);
+      shut_ = true;
+      socks.swap(socks_);
+    }
+    for (auto& [link, e] : socks) {
+      error_code ec;
+      e.sock->close(ec);
+    }
+  }
+  std::mutex mu_;
+  bool shut_ = false;
+  std::unordered_map<const RedisLink::Impl*, Entry> socks_;  // by link (an expired entry's address may be reused)
+};
+
+// Runs on the caller's executor: the link's socket as its context sees it
+// (AsyncSockets) and a timer for the request's deadline. The link is the
+// caller's (Owner::caller_async) until finish().
+struct AsyncHere : std::enable_shared_from_this<AsyncHere> {
+  using Impl = RedisLink::Impl;
+  AsyncHere(std::shared_ptr<Impl> l, std::shared_ptr<asio::posix::stream_descriptor> s, const asio::any_io_executor& ex)
+      : link(std::move(l)), sock(std::move(s)), timer(ex) {}
+  AsyncHere(const AsyncHere&) = delete;
+  AsyncHere& operator=(const AsyncHere&) = delete;
+  // Destroyed unfinished: the executor's context was destroyed during the
+  // request. Nobody waits for its outcome; the link is dropped.
+  ~AsyncHere() {
+    if (finished) return;
+    link->broken_flag = true;
+    link->here_why = Impl::Why::io;
+    link->here_detail = "the caller's executor was destroyed during the request";
+    link->here_error = nullptr;
+    link->here.reset();
+    link->async_seize_hint = Clock::time_point::max().time_since_epoch().count();
+    link->caller_release(true);
+  }
+
+  // Writes the rest of the request (if the first send did not take it all), then reads.
+  void start(std::string payload, std::size_t off, Impl::Step sent) {
+    std::lock_guard held(mu);
+    timer.expires_at(link->here->due);
+    timer.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec) self->on_timer();
+    });
+    if (sent == Impl::Step::failed) {
+      asio::post(timer.get_executor(), [self = shared_from_this()] {
+        std::unique_lock lk(self->mu);
+        self->finish(lk);
+      });
+      return;
+    }
+    if (sent == Impl::Step::done) return read();
+    auto buf = std::make_shared<std::string>(std::move(payload));
+    asio::async_write(
+        *sock, asio::buffer(*buf) + off,
+        asio::bind_executor(timer.get_executor(), [self = shared_from_this(), buf](const error_code& ec, std::size_t) {
+          std::unique_lock lk(self->mu);
+          if (self->finished) return;
+          if (ec) {
+            self->link->here_fail(Impl::Why::io, ec.message());
+            return self->finish(lk);
+          }
+          self->read();
+        }));
+  }
+
+  // With mu held.
+  void read() {
+    // The completion runs through the caller's executor (a strand's, say),
+    // inline when that executor is free: the reply is read there.
+    sock->async_read_some(
+        asio::buffer(link->rbuf),
+        asio::bind_executor(timer.get_executor(), [self = shared_from_this()](const error_code& ec, std::size_t n) {
+          std::unique_lock lk(self->mu);
+          if (self->finished) return;
+          Impl& l = *self->link;
+          if (ec) {
+            if (l.seized())  // the I/O thread ended the connection: the request was overdue
+              l.here_fail(Impl::Why::timeout, {});
+            else
+              l.here_read_failed(ec == asio::error::eof || ec == asio::error::connection_reset, ec.message());
+            return self->finish(lk);
+          }
+          l.parser.feed(std::string_view(l.rbuf.data(), n));
+          if (l.take_replies() != Impl::Step::wait) return self->finish(lk);
+          self->read();
+        }));
+  }
+
+  void on_timer() {
+    std::unique_lock lk(mu);
+    if (finished) return;
+    link->here_fail(Impl::Why::timeout, {});
+    finish(lk);
+  }
+
+  // The outcome to `done` (here, on the caller's executor); the link given back.
+  void finish(std::unique_lock<std::mutex>& lk) {
+    finished = true;
+    error_code ec;
+    timer.cancel(ec);
+    if (link->here_error)
+      sock->close(ec);  // the link breaks: its socket here goes too (the link's own is closed by the I/O thread)
+    link->async_seize_hint = Clock::time_point::max().time_since_epoch().count();
+    RedisOutcome out = link->here_finish();
+    RedisLink::Done d = std::move(done);
+    lk.unlock();
+    completing = true;
+    struct Reset {
+      ~Reset() { completing = false; }
+    } reset;
+    d(std::move(out));
+  }
+  static inline thread_local bool completing = false;  // take_caller_completion()
+
+  std::shared_ptr<Impl> link;
+  std::shared_ptr<asio::posix::stream_descriptor> sock;
+  asio::steady_timer timer;
+  RedisLink::Done done;
+  std::mutex mu;  // the handlers' (an executor may run them on several threads)
+  bool finished = false;
+};
+
+bool RedisLink::Impl::send_here(RedisCall& call, const asio::any_io_executor& ex, Done& done) {
+  if (!setup.caller_io || tls || events.push || call.request.commands() == 0 || broken_flag) return false;
+  const auto due = request_due(call.deadline, Clock::now());
+  {
+    std::lock_guard lk(own_mu);
+    if (!inbox.empty() || !link_state::caller_claim_async(own, due)) return false;  // a request sent before goes first
+  }
+  if (!peek_open()) {  // closed by the server while idle: nothing written, the link dropped
+    caller_release(true);
+    return false;
+  }
+  std::shared_ptr<AsyncHere> op;
+  try {
+    const asio::any_io_executor& io = ex;  // an io_context's (reactor_executor)
+    if (io.target<asio::io_context::executor_type>() == nullptr) throw std::bad_alloc();  // the I/O thread's way
+    auto& caller_ctx = asio::query(io, asio::execution::context);
+    // The reactor's services first, so that AsyncSockets shuts down before them.
+    if (!asio::has_service<AsyncSockets>(caller_ctx)) asio::posix::stream_descriptor reactor_first(io);
+    auto sock = asio::use_service<AsyncSockets>(caller_ctx).get(shared_from_this(), io);
+    if (!sock) throw std::bad_alloc();
+    op = std::make_shared<AsyncHere>(shared_from_this(), std::move(sock), ex);
+  } catch (...) {                 // out of descriptors or memory: the I/O thread's way
+    if (op) op->finished = true;  // nothing was written: the link stays as it was
+    caller_release(false);
+    return false;
+  }
+  op->done = std::move(done);
+  async_seize_hint = saturating_add(due, async_grace).time_since_epoch().count();
+  here_start(call);
+  std::string payload(call.request.payload());
+  std::size_t off = 0;
+  const Step sent = send_some(payload, off);
+  op->start(std::move(payload), off, sent);
+  return true;
+}
 
 // ---- RedisLink ----
 
@@ -919,13 +1229,17 @@ void RedisLink::close() noexcept {
   impl_->broken_flag = true;  // never checked out or taken for a caller's exchange again
   try {
     asio::post(impl_->ctx, [impl = impl_] {
-      if (impl->io_claim(true)) impl->fail(Impl::Why::closed, "closed by dlock");  // else when the caller is done
+      if (impl->io_claim(true)) return impl->fail(Impl::Why::closed, "closed by dlock");
+      impl->arm_timer();  // when the caller is done (or seized if its executor stopped)
     });
   } catch (...) {  // out of memory: the link stays open until the process ends
   }
 }
 
 bool RedisLink::begin_here(RedisCall& call) { return impl_->begin_here(call); }
+bool RedisLink::send_here(RedisCall& call, const asio::any_io_executor& ex, Done& done) {
+  return impl_->send_here(call, ex, done);
+}
 RedisOutcome RedisLink::end_here() { return impl_->end_here(); }
 bool RedisLink::check_idle() noexcept { return impl_ && impl_->check_idle(); }
 bool RedisLink::broken() const noexcept { return !impl_ || impl_->broken_flag; }
@@ -934,6 +1248,16 @@ bool RedisLink::inherited() const noexcept { return impl_ && impl_->pid != ::get
 int RedisLink::fd() const noexcept { return impl_ ? impl_->fd() : -1; }
 const std::string& RedisLink::endpoint() const noexcept { return impl_->endpoint; }
 const redis_proto::ScriptShas& RedisLink::shas() const noexcept { return impl_->shas; }
+
+std::optional<asio::any_io_executor> reactor_executor(const asio::any_io_executor& ex) {
+  asio::any_io_executor io = ex;
+  if (const auto* strand = ex.target<asio::strand<asio::any_io_executor>>()) io = strand->get_inner_executor();
+  const auto* plain = io.target<asio::io_context::executor_type>();
+  if (plain == nullptr) return std::nullopt;
+  return asio::any_io_executor(asio::prefer(*plain, asio::execution::outstanding_work.untracked));
+}
+
+bool take_caller_completion() noexcept { return std::exchange(AsyncHere::completing, false); }
 
 void redis_io_after(std::chrono::milliseconds delay, std::function<void()> fn) {
   auto& ctx = IoThread::get().context();

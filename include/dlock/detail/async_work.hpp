@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 
@@ -101,6 +102,23 @@ class ExecutorCompletion {
           *slot_->ex, [h = std::static_pointer_cast<T>(std::move(held)), f = std::forward<F>(f)]() mutable { f(*h); });
       slot_->ex.reset();
     }
+  }
+
+  /// As post_held(), but runs `f(*held)` inside this call when the caller
+  /// already runs in the executor (boost::asio::dispatch). Only for a caller
+  /// that is itself a completion on that executor, never an initiating function.
+  template <class T, class F>
+  void dispatch_held(F&& f) const {
+    std::optional<boost::asio::any_io_executor> ex;  // tracked: the context keeps its work until the dispatch
+    std::shared_ptr<void> held;
+    {
+      std::lock_guard lk(slot_->mu);
+      if (!slot_->ex || !slot_->held) return;
+      held = std::move(slot_->held);
+      ex.swap(slot_->ex);
+    }
+    boost::asio::dispatch(
+        *ex, [h = std::static_pointer_cast<T>(std::move(held)), f = std::forward<F>(f)]() mutable { f(*h); });
   }
 
   /// Posts `f` to the executor, once; nothing if the context is gone (or

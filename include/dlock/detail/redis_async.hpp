@@ -114,10 +114,14 @@ class AsyncRoute : public std::enable_shared_from_this<AsyncRoute> {
 /// every node (its connect included), and a Cluster node is refused
 /// (InvalidArgument, as the blocking fan_out() refuses it). `done`
 /// runs once with an outcome per node, on the I/O thread (or inside the call
-/// when no node was sent anything); it must not block.
+/// when no node was sent anything); it must not block. With `ex` (the
+/// caller's executor), a batch that finds its link idle is written and read
+/// on `ex` itself (RedisLink::send_here; `ex` from reactor_executor(): FanOut
+/// may outlive the context, a strand may not); `done` may then run there.
 void async_fan_out(std::span<RedisClient* const> nodes, std::vector<std::vector<redis_proto::ScriptCall>> batches,
                    std::optional<std::chrono::milliseconds> timeout, std::string what, std::string deadline_name,
-                   std::function<void(std::vector<RedisOutcome>)> done);
+                   std::function<void(std::vector<RedisOutcome>)> done,
+                   std::optional<boost::asio::any_io_executor> ex = std::nullopt);
 
 /// A backend operation's completion `done(error, result)`, posted to `ex`
 /// from the I/O thread. `done` (and the operation state it holds) is kept
@@ -133,6 +137,14 @@ class ResultCompletion {
       : work_(ex, std::make_shared<Done>(std::move(done))) {}
   void post(std::exception_ptr error, R result) const {
     work_.post_held<Done>([error, result = std::move(result)](Done& done) mutable { done(error, std::move(result)); });
+  }
+  /// post(), or `done` at once when called from the completion of a caller's
+  /// own exchange (RedisLink::send_here) on this executor: no second trip
+  /// through the executor's queue.
+  void complete(std::exception_ptr error, R result) const {
+    if (!take_caller_completion()) return post(error, std::move(result));
+    work_.dispatch_held<Done>(
+        [error, result = std::move(result)](Done& done) mutable { done(error, std::move(result)); });
   }
 
  private:

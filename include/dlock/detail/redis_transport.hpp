@@ -54,6 +54,8 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
+
 #include "../redis_options.hpp"
 #include "redis_protocol.hpp"
 #include "warn_once.hpp"
@@ -140,11 +142,17 @@ enum class Owner {
   io,      ///< the I/O thread (connecting, or requests queued, in flight, being written or read)
   idle,    ///< nobody: ready, nothing pending, no read armed
   caller,  ///< a caller's exchange on its own thread (begin_here .. end_here)
+  /// an asynchronous caller's exchange on its own executor (send_here .. its
+  /// completion); unlike a thread, an executor may stop running, so the I/O
+  /// thread may seize such a link once the request is overdue (io_seize)
+  caller_async,
 };
 struct State {
   Owner owner = Owner::io;
   bool io_wanted = false;     ///< the I/O thread got requests while a caller had the link
   bool close_wanted = false;  ///< close() while a caller had the link
+  bool seized = false;        ///< the I/O thread failed the link during an asynchronous caller's exchange
+  std::chrono::steady_clock::time_point caller_due{};  ///< Owner::caller_async: its request's deadline
 };
 /// A caller's claim: only an idle link can be taken (true: now the caller's).
 [[nodiscard]] inline bool caller_claim(State& s) noexcept {
@@ -152,11 +160,21 @@ struct State {
   s.owner = Owner::caller;
   return true;
 }
+/// An asynchronous caller's claim (send_here), its request answered by `due`.
+[[nodiscard]] inline bool caller_claim_async(State& s, std::chrono::steady_clock::time_point due) noexcept {
+  if (s.owner != Owner::idle) return false;
+  s.owner = Owner::caller_async;
+  s.caller_due = due;
+  return true;
+}
+[[nodiscard]] inline bool caller_has(const State& s) noexcept {
+  return s.owner == Owner::caller || s.owner == Owner::caller_async;
+}
 /// The I/O thread wants the socket for new work (`closing`: to close it).
 /// True: it is the I/O thread's now. False: a caller has it; the work waits
 /// for caller_release().
 [[nodiscard]] inline bool io_claim(State& s, bool closing) noexcept {
-  if (s.owner == Owner::caller) {
+  if (caller_has(s)) {
     (closing ? s.close_wanted : s.io_wanted) = true;
     return false;
   }
@@ -169,8 +187,13 @@ enum class AfterCaller {
   resume,   ///< write what was queued meanwhile (and arm the read)
   close,    ///< close() came meanwhile
   fail,     ///< the caller's exchange broke the link: fail it (queued requests: nothing was sent)
+  seized,   ///< the I/O thread failed the link meanwhile (io_seize): nothing left to do
 };
 [[nodiscard]] inline AfterCaller caller_release(State& s, bool broke) noexcept {
+  if (s.seized) {
+    s.seized = s.io_wanted = s.close_wanted = false;
+    return AfterCaller::seized;  // the link stays the I/O thread's, broken
+  }
   const AfterCaller next = broke            ? AfterCaller::fail
                            : s.close_wanted ? AfterCaller::close
                            : s.io_wanted    ? AfterCaller::resume
@@ -178,6 +201,19 @@ enum class AfterCaller {
   s.io_wanted = s.close_wanted = false;
   s.owner = next == AfterCaller::nothing ? Owner::idle : Owner::io;
   return next;
+}
+/// The I/O thread takes a link from an asynchronous caller whose exchange is
+/// `grace` past its deadline at `now` (its executor stopped running): true,
+/// the link is the I/O thread's, to be failed; the caller's late completion
+/// finds it seized and gives nothing back. A thread's exchange
+/// (Owner::caller) is never seized: it is bounded by its own poll().
+[[nodiscard]] inline bool io_seize(State& s, std::chrono::steady_clock::time_point now,
+                                   std::chrono::steady_clock::duration grace) noexcept {
+  if (s.owner != Owner::caller_async || now - grace < s.caller_due) return false;
+  s.owner = Owner::io;
+  s.seized = true;
+  s.io_wanted = s.close_wanted = false;
+  return true;
 }
 /// Whether the I/O thread may leave a ready link idle (no read armed) now.
 struct IdleInputs {
@@ -208,6 +244,10 @@ struct RedisOutcome {
   std::vector<RedisValue> replies;
   std::exception_ptr error;
   std::chrono::steady_clock::time_point answered{};  ///< when the last reply came in
+  /// The error came before the request was written, on a link that had been
+  /// up (it broke, or the server closed it while idle): nothing was asked of
+  /// the server, and the request may be sent again on another link.
+  bool unsent = false;
 };
 
 /// Subscriber mode (the pub/sub connection): every reply that no request
@@ -253,6 +293,19 @@ class RedisLink {
   /// bounded as send()'s are (command_timeout or the call's deadline), and
   /// gives the link back. A failure breaks the link (never reused).
   [[nodiscard]] RedisOutcome end_here();
+  /// The asynchronous fast path: on an idle caller_io link (the client's
+  /// shared links), writes `call` on the calling thread and reads its replies
+  /// with `ex`'s own reactor (`ex`: from reactor_executor()), so that no hand-off to the I/O thread and back
+  /// is needed; `done` then runs on `ex` (never inside this call) and true is
+  /// returned, with `call` and `done` moved from. False, both untouched, when
+  /// the link is not idle (use send()) or the server closed it while idle
+  /// (then broken() is true: nothing was written). Bounded as send() is
+  /// (command_timeout or the call's deadline); a request written and not
+  /// answered is in doubt and breaks the link. If `ex`'s context stops
+  /// running, the I/O thread fails the link after that deadline (and a grace
+  /// period), so requests of others queued behind it are not stranded; if it
+  /// is destroyed, `done` is destroyed uncalled and the link is dropped.
+  [[nodiscard]] bool send_here(RedisCall& call, const boost::asio::any_io_executor& ex, Done& done);
   /// At checkout: false if the link is broken, or idle and closed by the
   /// server meanwhile (it is then broken). One recv(MSG_PEEK) on an idle link.
   [[nodiscard]] bool check_idle() noexcept;
@@ -277,6 +330,19 @@ class RedisLink {
   void release() noexcept;
   std::shared_ptr<Impl> impl_;
 };
+
+/// The io_context executor under `ex` (itself, or a strand's inner one),
+/// untracked: what send_here() takes. It may outlive its context (unlike a
+/// strand, whose state dies with its context's services). nullopt for other
+/// executors (thread pools, ...): their requests take the I/O thread's way.
+[[nodiscard]] std::optional<boost::asio::any_io_executor> reactor_executor(const boost::asio::any_io_executor& ex);
+
+/// True on a thread running the completion of a send_here() exchange (on
+/// that caller's executor), for the first call there only: the completion
+/// that asks is the exchange's own continuation, not an operation it started
+/// (whose completion must not run inside its initiating call). False
+/// everywhere else (the I/O thread included).
+[[nodiscard]] bool take_caller_completion() noexcept;
 
 /// Runs `fn` on the I/O thread after `delay` (timers of the transport's users,
 /// e.g. the subscriber's reconnects). `fn` must not block.

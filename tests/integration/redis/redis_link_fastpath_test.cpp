@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "redis_link_test_support.hpp"
 #include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -21,8 +22,9 @@ using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;
-using dlock::detail::RedisLinkSetup;
 using dlock::detail::RedisOutcome;
+using dlock::test::caller_io;
+using dlock::test::command;
 using dlock::test::RedisServer;
 using dlock::test::RedisTest;
 using dlock::test::SharedRedis;
@@ -32,15 +34,6 @@ namespace {
 [[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new SharedRedis);
 
 using RedisLinkFastPathTest = RedisTest;
-
-constexpr RedisLinkSetup caller_io{.load_scripts = false, .check_eviction = false, .caller_io = true};
-
-RedisCall command(std::initializer_list<std::string_view> args, std::string what = "a test command") {
-  RedisCall c;
-  c.request.push(args);
-  c.what = std::move(what);
-  return c;
-}
 
 // Waits (bounded) until `link` is idle: begin_here() takes it; a PING then.
 bool wait_idle(RedisLink& link) {
@@ -64,23 +57,8 @@ TEST_F(RedisLinkFastPathTest, CallersOwnExchangesNeverMixRepliesWithRequestsPipe
   std::atomic<int> mismatches{0}, errors{0}, here{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < senders; ++t) {
-    threads.emplace_back([&, t] {
-      for (int round = 0; round < per_sender / 30; ++round) {  // bursts of 30 pipelined requests
-        RedisGather g(30);
-        std::vector<std::string> sent;
-        for (int i = 0; i < 30; ++i) {
-          sent.push_back("s" + std::to_string(t) + "-" + std::to_string(round) + "-" + std::to_string(i));
-          link.send(command({"ECHO", sent.back()}), g.slot(static_cast<std::size_t>(i)));
-        }
-        auto out = g.wait();
-        for (int i = 0; i < 30; ++i) {
-          if (out[i].error) {
-            ++errors;
-          } else if (out[i].replies.size() != 1 || out[i].replies[0].str != sent[i]) {
-            ++mismatches;
-          }
-        }
-      }
+    threads.emplace_back([&, t] {  // bursts of 30 pipelined requests
+      dlock::test::send_pipelined_bursts(link, t, per_sender / 30, 30, mismatches, errors);
     });
   }
   threads.emplace_back([&] {  // the caller's own exchanges, whenever the link is idle

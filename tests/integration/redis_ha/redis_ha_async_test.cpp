@@ -9,6 +9,8 @@
 //   - Cluster: 120 coroutines on one thread over names on every shard keep
 //     exact counters and increasing tokens; a slot migrated under a held
 //     lock is followed (ASK, then MOVED) by asynchronous acquires;
+//   - Cluster failover: coroutines resume on the replica promoted after a
+//     SIGKILL of their shard's primary, with tokens that only increase;
 //   - Redlock's asynchronous rounds refuse a Cluster node as the blocking
 //     ones do.
 #include <dlock/detail/redis_cluster.hpp>
@@ -166,6 +168,36 @@ TEST_F(RedisClusterAsync, CoroutinesOnOneThreadOverEveryShardKeepExactCountersAn
   dlock::test::expect_coroutines_exclude_each_other(
       redis, "ac", 120, 5, 9, LockOptions{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}});
   EXPECT_EQ(redis.node().cluster()->moved_followed(), 0u);
+}
+
+// A Cluster of its own (the suite's shared one stays whole): coroutines on
+// one thread lock names on one shard while its primary is SIGKILLed and its
+// replica promoted (cluster-node-timeout 1 s); the acquires resume on the
+// new primary and a fenced resource never sees a token at or below one it saw.
+TEST(RedisClusterAsyncFailover, CoroutinesResumeOnThePromotedReplicaAfterSigkillWithTokensThatOnlyIncrease) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  dlock::test::ClusterSetup cluster;
+  const int entry = cluster.node(0).port();
+  RedisBackend redis("redis+cluster://127.0.0.1:" + std::to_string(entry), dlock::test::sentinel_test_options("ca:"));
+  const auto map = dlock::test::ClusterSuite::slot_map(entry);
+  const int victim = map.primary_for_key(dlock::detail::redis_keys("ca:", "c0").lock)->port;
+  std::string base = "c";
+  asio::io_context io;
+  AsyncTraffic traffic(io, redis, base, 1);  // one name: every coroutine on the victim's shard
+  traffic.spawn(8);
+  ASSERT_TRUE(traffic.progressed(100, 15s)) << traffic.first_error;
+  const auto killed = Clock::now();
+  cluster.by_port(victim)->kill();
+  const bool resumed = traffic.progressed(1, 30s);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed);
+  const bool more = resumed && traffic.progressed(100, 15s);
+  traffic.finish();
+  EXPECT_EQ(traffic.failed, 0) << traffic.first_error;
+  ASSERT_TRUE(resumed && more) << "the asynchronous acquires did not resume after the shard's primary was killed";
+  EXPECT_EQ(traffic.running, 0);
+  EXPECT_EQ(traffic.resource.violations(), 0) << "a fenced resource saw a token at or below one it had seen";
+  std::printf("cluster async: the first cycle completed %lld ms after SIGKILL of the shard's primary\n",
+              static_cast<long long>(took.count()));
 }
 
 TEST_F(RedisClusterAsync, AReleaseWakesAnAsynchronousWaiterOnAnyShard) {
