@@ -127,4 +127,9 @@ inline PrimitiveCall leader_extend_call(const RedisPrimitiveKeys& k, std::string
           k.leader, "extend"};
 }
 
+/// Redlock's read of who leads on one node: {candidate, term, owner id} or nil.
+inline PrimitiveCall redlock_leader_read_call(const RedisPrimitiveKeys& k) {
+  return {primitive_script_call<redlock_leader_read_script>({k.leader, k.leader_info}, {}), k.leader, "leader read"};
+}
+
 }  // namespace dlock::detail

@@ -431,4 +431,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('HMGET', KEYS[2], 'candidate', 'term')
 )lua";
 
+/// KEYS[1] leader, KEYS[2] leader_info. Who leads, for Redlock: {candidate,
+/// term, owner id}, or nil when nobody does (Redlock counts the nodes by the
+/// leader's owner id: redlock_judge_leader()).
+inline constexpr std::string_view redlock_leader_read_script = R"lua(
+local owner = redis.call('GET', KEYS[1])
+if not owner then return false end
+local info = redis.call('HMGET', KEYS[2], 'candidate', 'term')
+return {info[1], info[2], owner}
+)lua";
+
 }  // namespace dlock::detail
