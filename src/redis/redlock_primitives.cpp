@@ -108,6 +108,10 @@ detail::RedlockCalls leader_calls(const RedlockBackend& b, std::string_view name
           },
       .extend = [k](std::string_view owner,
                     std::chrono::milliseconds ttl) { return detail::leader_extend_call(k, owner, ttl).call; }};
+  c.raise = [k](std::string_view owner, std::uint64_t token, std::chrono::milliseconds ttl,
+                std::chrono::milliseconds fence_floor) {
+    return detail::leader_raise_call(k, owner, token, ttl, fence_floor).call;
+  };
   if (request != nullptr)
     c.acquire = acquire_of(k, *request,
                            [candidate = std::string(candidate)](const RedisPrimitiveKeys& keys, const AcquireRequest& r,

@@ -221,12 +221,11 @@ TEST_F(RedlockPrimitives, LeaderNeedsAQuorumToBeKnown) {
   EXPECT_THROW((void)e.leader(), dlock::ConnectionError);
 }
 
-// review: leader() names the leader with 4 of 5 nodes up, but the term it
-// reports is the largest *info* term among the nodes that answered; the
-// fence raise brings the other nodes' counters up to the token, not their
-// leader info, so when the node that gave the largest value is down, the
-// reported term is below the leader's own term (its fencing token).
-TEST_F(RedlockPrimitives, ReviewLeaderTermIsTheLeadersTokenWhenTheLargestNodeIsDown) {
+// leader() names the leader with 4 of 5 nodes up, and the term it reports is
+// the leader's own term (its fencing token) even when the node that gave the
+// largest counter value is down: the fence raise of a leader's grant also
+// writes the token into the leader info of the nodes it raises.
+TEST_F(RedlockPrimitives, LeaderTermIsTheLeadersTokenWhenTheLargestNodeIsDown) {
   RedlockBackend rl(roomy());
   dlock::RwLock<RedlockBackend> rw(rl, "who2", quick());
   ASSERT_TRUE(rw.try_lock());  // creates the counters on every node
