@@ -445,7 +445,9 @@ struct RedlockBackend::State {
     [[nodiscard]] std::vector<std::vector<ScriptCall>> raise_batches() const {
       std::vector<std::vector<ScriptCall>> raises(s.size());
       for (std::size_t i : raise)
-        raises[i].push_back(proto::fence_raise_call(calls.fence, *token, ttl, s.nodes[i]->options().fence_ttl));
+        raises[i].push_back(calls.raise
+                                ? calls.raise(owner, *token, ttl, s.nodes[i]->options().fence_ttl)
+                                : proto::fence_raise_call(calls.fence, *token, ttl, s.nodes[i]->options().fence_ttl));
       return raises;
     }
     [[nodiscard]] std::string raise_what() const { return fmt::format("fencing counter update of '{}'", name); }

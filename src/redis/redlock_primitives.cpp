@@ -108,6 +108,10 @@ detail::RedlockCalls leader_calls(const RedlockBackend& b, std::string_view name
           },
       .extend = [k](std::string_view owner,
                     std::chrono::milliseconds ttl) { return detail::leader_extend_call(k, owner, ttl).call; }};
+  c.raise = [k](std::string_view owner, std::uint64_t token, std::chrono::milliseconds ttl,
+                std::chrono::milliseconds fence_floor) {
+    return detail::leader_raise_call(k, owner, token, ttl, fence_floor).call;
+  };
   if (request != nullptr)
     c.acquire = acquire_of(k, *request,
                            [candidate = std::string(candidate)](const RedisPrimitiveKeys& keys, const AcquireRequest& r,
@@ -226,7 +230,7 @@ void RedlockBackend::async_extend_leader(std::string_view name, Lease<Handle>& l
 std::optional<LeaderInfo> RedlockBackend::leader(std::string_view name) {
   detail::validate_redis_lock_name(name);
   const auto k = detail::redis_primitive_keys(options().key_prefix, name);
-  const auto call = detail::primitive_script_call<detail::redis_leader_read_script>({k.leader, k.leader_info}, {});
+  const auto call = detail::redlock_leader_read_call(k).call;
   const std::string what = fmt::format("leader read of '{}'", k.leader);
   const auto replies = read_round(call, what);
   std::vector<std::optional<detail::RedlockLeaderAnswer>> answers;
@@ -240,9 +244,9 @@ std::optional<LeaderInfo> RedlockBackend::leader(std::string_view name) {
       const detail::RedisValue& r = replies[i].replies.at(0);
       detail::throw_if_error(r, endpoint, what);
       if (r.type != T::array) continue;  // nobody leads there
-      if (r.elements.size() != 2 || r.elements[0].type != T::string)
+      if (r.elements.size() != 3 || r.elements[0].type != T::string || r.elements[2].type != T::string)
         throw ServerError(fmt::format("dlock: unexpected reply to the {} at {}", what, endpoint));
-      detail::RedlockLeaderAnswer a{r.elements[0].str, std::nullopt};
+      detail::RedlockLeaderAnswer a{r.elements[0].str, std::nullopt, r.elements[2].str};
       if (r.elements[1].type == T::string) {
         std::uint64_t term = 0;
         const auto& s = r.elements[1].str;

@@ -321,7 +321,7 @@ TEST(RedlockOptions, TtlMustExceedTheDriftAllowance) {
             std::string::npos);
 }
 
-// Who leads an election on Redlock: the candidate a quorum of nodes names,
+// Who leads an election on Redlock: the leader (owner id) a quorum of nodes names,
 // with the largest term they report; unknown while failed nodes could make
 // up a quorum for someone.
 TEST(RedlockMath, LeaderNeedsAQuorumOfNodesNamingIt) {
@@ -331,7 +331,7 @@ TEST(RedlockMath, LeaderNeedsAQuorumOfNodesNamingIt) {
   const auto judge = [](const Answers& a, std::size_t failed) {
     return dlock::detail::redlock_judge_leader(a, failed, 3);
   };
-  const RedlockLeaderAnswer a5{"a", 5}, a7{"a", 7}, b9{"b", 9};
+  const RedlockLeaderAnswer a5{"a", 5, "owner-a"}, a7{"a", 7, "owner-a"}, b9{"b", 9, "owner-b"};
   auto j = judge({a5, a7, a5, std::nullopt, b9}, 0);
   EXPECT_EQ(j.outcome, RedlockLeader::leader);
   EXPECT_EQ(j.leader.candidate, "a");
@@ -341,6 +341,24 @@ TEST(RedlockMath, LeaderNeedsAQuorumOfNodesNamingIt) {
   EXPECT_EQ(judge({a5, a5, std::nullopt, b9, b9}, 0).outcome, RedlockLeader::none);  // a lease lapsing: nobody has 3
   EXPECT_EQ(judge({a5, a5, std::nullopt}, 2).outcome, RedlockLeader::unknown);       // "a" may hold the 2 failed
   EXPECT_EQ(judge({a5, std::nullopt, std::nullopt, std::nullopt}, 1).outcome, RedlockLeader::none);  // at most 2
+}
+
+// Nodes are counted by the leader's owner id, not by candidate name: an
+// in-doubt leftover of an earlier campaign plus a new partial grant under the
+// same candidate name (other owner ids) are no quorum for anyone.
+TEST(RedlockMath, LeaderIsCountedByOwnerIdNotByCandidateName) {
+  using dlock::detail::RedlockLeader;
+  using dlock::detail::RedlockLeaderAnswer;
+  using Answers = std::vector<std::optional<RedlockLeaderAnswer>>;
+  const RedlockLeaderAnswer old1{"a", 5, "owner-1"}, new2{"a", 9, "owner-2"};
+  const Answers split{old1, old1, new2, std::nullopt, std::nullopt};
+  EXPECT_EQ(dlock::detail::redlock_judge_leader(split, 0, 3).outcome, RedlockLeader::none);
+  EXPECT_EQ(dlock::detail::redlock_judge_leader(split, 1, 3).outcome, RedlockLeader::unknown);  // owner-1 may hold it
+  const Answers won{old1, new2, new2, new2, std::nullopt};
+  const auto j = dlock::detail::redlock_judge_leader(won, 0, 3);
+  EXPECT_EQ(j.outcome, RedlockLeader::leader);
+  EXPECT_EQ(j.leader.owner, "owner-2");
+  EXPECT_EQ(j.leader.term, 9u);  // owner-1's term does not count
 }
 
 }  // namespace

@@ -127,4 +127,18 @@ inline PrimitiveCall leader_extend_call(const RedisPrimitiveKeys& k, std::string
           k.leader, "extend"};
 }
 
+/// Redlock's fence raise of a leader's grant (`token`, its lease ttl, the
+/// node's fence_ttl floor): also writes the token as the term of `owner`'s info.
+inline PrimitiveCall leader_raise_call(const RedisPrimitiveKeys& k, std::string_view owner, std::uint64_t token,
+                                       std::chrono::milliseconds ttl, std::chrono::milliseconds fence_floor) {
+  return {primitive_script_call<redis_leader_raise_script>(
+              {k.fence, k.leader, k.leader_info},
+              {std::to_string(token), primitive_ms(fence_pttl(ttl, fence_floor)), std::string(owner)}),
+          k.leader, "leader fence raise"};
+}
+/// Redlock's read of who leads on one node: {candidate, term, owner id} or nil.
+inline PrimitiveCall redlock_leader_read_call(const RedisPrimitiveKeys& k) {
+  return {primitive_script_call<redlock_leader_read_script>({k.leader, k.leader_info}, {}), k.leader, "leader read"};
+}
+
 }  // namespace dlock::detail

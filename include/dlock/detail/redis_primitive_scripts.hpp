@@ -424,11 +424,34 @@ end
 return 1
 )lua";
 
+/// KEYS[1] fence, KEYS[2] leader, KEYS[3] leader_info; ARGV[1] token,
+/// ARGV[2] fence ttl ms, ARGV[3] owner id. Redlock's fence raise for a
+/// leader's grant: raises the counter as redis_fence_raise_script does and,
+/// if ARGV[3] still leads here, writes the token as the term into its info
+/// (never into another leader's), so that every node raised reports the
+/// grant's token as its term (docs/primitives.md, "Redlock"). Returns 1.
+inline constexpr auto redis_leader_raise_text = lua_join(lua_counter_helpers, R"lua(
+raise_counter(KEYS[1], ARGV[1], ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('HSET', KEYS[3], 'term', ARGV[1]) end
+return 1
+)lua");
+inline constexpr std::string_view redis_leader_raise_script = redis_leader_raise_text.view();
+
 /// KEYS[1] leader, KEYS[2] leader_info. Who leads: {candidate, term}, or nil
 /// when nobody does (the info is read only while the leader key exists).
 inline constexpr std::string_view redis_leader_read_script = R"lua(
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('HMGET', KEYS[2], 'candidate', 'term')
+)lua";
+
+/// KEYS[1] leader, KEYS[2] leader_info. Who leads, for Redlock: {candidate,
+/// term, owner id}, or nil when nobody does (Redlock counts the nodes by the
+/// leader's owner id: redlock_judge_leader()).
+inline constexpr std::string_view redlock_leader_read_script = R"lua(
+local owner = redis.call('GET', KEYS[1])
+if not owner then return false end
+local info = redis.call('HMGET', KEYS[2], 'candidate', 'term')
+return {info[1], info[2], owner}
 )lua";
 
 }  // namespace dlock::detail

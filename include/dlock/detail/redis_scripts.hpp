@@ -46,6 +46,10 @@ template <std::size_t A, std::size_t B>
 /// clock that TIME reads, so once the counter is gone, TIME exceeds every
 /// value it ever held by `ms`: forgetting it cannot make tokens go backwards
 /// (docs/safety.md, "Fencing tokens on Redis").
+///
+/// raise_counter(key, token, ms): raises the counter to `token` if it is lower
+/// (compared exactly, as decimal strings, not as Lua doubles), never lowers
+/// it, and keeps it for `ms` as keep_counter() does (Redlock's fence raise).
 inline constexpr char lua_counter_helpers[] = R"lua(
 local function now_us()
   local t = redis.call('TIME')
@@ -55,6 +59,14 @@ local function keep_counter(key, c, now, ms)
   local v = tonumber(c) or now
   if v < now then v = now end
   redis.call('PEXPIREAT', key, string.format('%.0f', math.floor(v / 1000) + 1 + tonumber(ms)))
+end
+local function raise_counter(key, token, ms)
+  local c = redis.call('GET', key)
+  if c == false or string.len(c) < string.len(token) or (string.len(c) == string.len(token) and c < token) then
+    redis.call('SET', key, token)
+    c = token
+  end
+  keep_counter(key, c, now_us(), ms)
 end
 )lua";
 
@@ -170,12 +182,7 @@ return 0
 /// nodes that granted; raising the granting nodes' counters to that maximum
 /// is what makes every later quorum see it (docs/safety.md).
 inline constexpr auto redis_fence_raise_text = lua_join(lua_counter_helpers, R"lua(
-local c = redis.call('GET', KEYS[1])
-if c == false or string.len(c) < string.len(ARGV[1]) or (string.len(c) == string.len(ARGV[1]) and c < ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  c = ARGV[1]
-end
-keep_counter(KEYS[1], c, now_us(), ARGV[2])
+raise_counter(KEYS[1], ARGV[1], ARGV[2])
 return 1
 )lua");
 inline constexpr std::string_view redis_fence_raise_script = redis_fence_raise_text.view();

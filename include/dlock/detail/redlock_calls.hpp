@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -29,6 +30,13 @@ struct RedlockCalls {
   std::function<redis_proto::ScriptCall(std::string_view owner, redis_proto::Publish)> release;
   /// The extension of `owner`'s lease to `ttl`.
   std::function<redis_proto::ScriptCall(std::string_view owner, std::chrono::milliseconds ttl)> extend;
+  /// The fence raise of `owner`'s grant with token `token` (lease ttl, the
+  /// node's fence_ttl floor) on a granting node whose counter is below it.
+  /// Empty: the mutex's (redis_proto::fence_raise_call); an election's also
+  /// writes the token as the term into the leader's info.
+  std::function<redis_proto::ScriptCall(std::string_view owner, std::uint64_t token, std::chrono::milliseconds ttl,
+                                        std::chrono::milliseconds fence_floor)>
+      raise{};
 };
 
 }  // namespace dlock::detail

@@ -185,22 +185,29 @@ enum class RedlockRelease {
 }
 
 /// One node's answer to "who leads" (an election on Redlock): the candidate
-/// and term in its leader info, or nullopt when nobody leads there.
+/// and term in its leader info and the leader's owner id (its leader key),
+/// or nullopt when nobody leads there.
 struct RedlockLeaderAnswer {
   std::string candidate;
   std::optional<std::uint64_t> term;
+  std::string owner{};
 };
 enum class RedlockLeader {
-  leader,   ///< a quorum names one candidate
-  none,     ///< no candidate can have a quorum, even with the failed nodes
+  leader,   ///< a quorum names one leader (owner id)
+  none,     ///< no leader can have a quorum, even with the failed nodes
   unknown,  ///< one could, through nodes that failed to answer
 };
 struct RedlockLeaderJudgement {
   RedlockLeader outcome = RedlockLeader::none;
-  RedlockLeaderAnswer leader{};  ///< with outcome leader: the candidate, the largest term its nodes report
+  RedlockLeaderAnswer leader{};  ///< with outcome leader: the owner, its candidate, the largest term its nodes report
 };
 /// Who leads, from the answers of the nodes that answered and the count of
-/// those that failed.
+/// those that failed. Nodes are counted by owner id (one campaign's lease),
+/// never by candidate name: a candidate's earlier, in-doubt campaign and its
+/// new partial one are different leases, and neither holds a quorum. The
+/// term is the largest the leader's own nodes report: a grant writes its
+/// token into a quorum of them, and none of its nodes holds a larger one
+/// (docs/primitives.md, "Redlock").
 [[nodiscard]] inline RedlockLeaderJudgement redlock_judge_leader(
     std::span<const std::optional<RedlockLeaderAnswer>> answers, std::size_t failed, std::size_t quorum) {
   RedlockLeaderJudgement best;
@@ -210,13 +217,13 @@ struct RedlockLeaderJudgement {
     std::size_t count = 0;
     std::optional<std::uint64_t> term;
     for (const auto& b : answers)
-      if (b && b->candidate == a->candidate) {
+      if (b && b->owner == a->owner) {
         ++count;
         if (b->term && (!term || *b->term > *term)) term = b->term;
       }
     if (count > best_count) {
       best_count = count;
-      best.leader = RedlockLeaderAnswer{a->candidate, term};
+      best.leader = RedlockLeaderAnswer{a->candidate, term, a->owner};
     }
   }
   if (best_count >= quorum) {

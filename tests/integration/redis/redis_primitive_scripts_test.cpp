@@ -402,3 +402,25 @@ TEST_F(PrimitiveScripts, OneLeaderAtATimeTermsIncreaseAndObserversSeeWhoLeads) {
   ASSERT_TRUE(c.ok);
   EXPECT_GT(num(c.token), num(b2.token));
 }
+
+// Redlock's leader raise writes the grant's token as the term only into its
+// own leader info (never another leader's), and raises the counter as the
+// mutex's raise does; Redlock's read names the owner id.
+TEST_F(PrimitiveScripts, LeaderRaiseWritesTheTermOnlyForItsOwnLeader) {
+  const auto a = campaign(id(1), "host-a:1");
+  ASSERT_TRUE(a.ok);
+  const std::string token = std::to_string(num(a.token) + 1000);
+  const auto raise = [&](const std::string& owner) {
+    return redis_.integer(redis_leader_raise_script, {k_.fence, k_.leader, k_.leader_info}, {token, "60000", owner});
+  };
+  EXPECT_EQ(raise(id(2)), 1);  // another owner: the counter only
+  EXPECT_EQ(leader(), (std::vector<std::string>{"host-a:1", a.token}));
+  EXPECT_EQ(redis_.call({"GET", k_.fence})->str, token);
+  EXPECT_EQ(raise(id(1)), 1);
+  EXPECT_EQ(leader(), (std::vector<std::string>{"host-a:1", token}));
+  auto r = redis_.eval(redlock_leader_read_script, {k_.leader, k_.leader_info}, {});
+  ASSERT_EQ(r->type, REDIS_REPLY_ARRAY);
+  ASSERT_EQ(r->elements, 3u);
+  EXPECT_EQ(std::string(r->element[2]->str), id(1));
+  EXPECT_EQ(campaign(id(1), "host-a:1").token, token);  // an in-doubt retry gets the raised term
+}

@@ -221,6 +221,28 @@ TEST_F(RedlockPrimitives, LeaderNeedsAQuorumToBeKnown) {
   EXPECT_THROW((void)e.leader(), dlock::ConnectionError);
 }
 
+// leader() names the leader with 4 of 5 nodes up, and the term it reports is
+// the leader's own term (its fencing token) even when the node that gave the
+// largest counter value is down: the fence raise of a leader's grant also
+// writes the token into the leader info of the nodes it raises.
+TEST_F(RedlockPrimitives, LeaderTermIsTheLeadersTokenWhenTheLargestNodeIsDown) {
+  RedlockBackend rl(roomy());
+  dlock::RwLock<RedlockBackend> rw(rl, "who2", quick());
+  ASSERT_TRUE(rw.try_lock());  // creates the counters on every node
+  const std::uint64_t first = rw.writer().fencing_token();
+  rw.unlock();
+  ASSERT_EQ(cmd(0, {"SET", fence("who2"), std::to_string(first + 1'000'000'000)}).str, "OK");
+  dlock::Election<RedlockBackend> e(rl, "who2", "me", {.ttl = 10s, .observer = quiet()});
+  e.campaign();
+  ASSERT_TRUE(e.leader().has_value());
+  EXPECT_EQ(e.leader()->term, e.term());
+  server(0).kill();
+  const auto seen = e.leader();
+  ASSERT_TRUE(seen.has_value());
+  EXPECT_EQ(seen->candidate, "me");
+  EXPECT_EQ(seen->term, e.term()) << "leader() reports a term below the leader's fencing token";
+}
+
 // A reader waiting behind a writer is cancelled promptly by its stop_token
 // (CancelledError) and leaves nothing on the nodes.
 TEST_F(RedlockPrimitives, AWaitingReaderIsCancelledByItsStopToken) {
