@@ -43,13 +43,16 @@ void expect_nothing_held(B& backend, const std::string& name, std::uint32_t perm
 /// `coroutines` coroutines on one io_context thread, `cycles` permits each
 /// of one `permits` semaphore, held across two suspensions: never more than
 /// `permits` holders at once (and `permits` reached), the loop never blocked.
+/// `configured`: the count each Semaphore is built with when it is not
+/// `permits` (an operator's count in force instead).
 template <class B>
 void expect_semaphore_bounds_holders(B& backend, const std::string& name, int coroutines, int cycles,
-                                     std::uint32_t permits, LockOptions o) {
+                                     std::uint32_t permits, LockOptions o, std::uint32_t configured = 0) {
   namespace asio = boost::asio;
   asio::io_context io;
   std::vector<std::unique_ptr<Semaphore<B>>> sems;  // a Semaphore object per coroutine, as separate processes
-  for (int i = 0; i < coroutines; ++i) sems.push_back(std::make_unique<Semaphore<B>>(backend, name, permits, o));
+  for (int i = 0; i < coroutines; ++i)
+    sems.push_back(std::make_unique<Semaphore<B>>(backend, name, configured != 0 ? configured : permits, o));
   int holders = 0, most = 0, finished = 0, failed = 0;
   for (int i = 0; i < coroutines; ++i) {
     asio::co_spawn(
