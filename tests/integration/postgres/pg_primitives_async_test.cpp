@@ -118,6 +118,20 @@ TEST(PgPrimitivesAsync, TheWritersViewPassesTheMutexAsyncChecks) {
   dlock::test::expect_extend_and_release_complete(writer, test_name() + "-ext");
 }
 
+// Fair mode on PostgreSQL is the server's queue, which only the blocking wait
+// joins: the asynchronous acquire (which polls) refuses it rather than be unfair.
+TEST(PgPrimitivesAsync, FairModeHasNoAsynchronousAcquireOnPostgresAndSaysSo) {
+  PostgresBackend pg(options());
+  dlock::Lock<PostgresBackend> fair(pg, test_name(), LockOptions{.ttl = 10s, .fair = true});
+  boost::asio::io_context io;
+  try {
+    fair.async_acquire(boost::asio::bind_executor(io, [](boost::system::error_code, auto) {}));
+    FAIL() << "fair mode's asynchronous acquire did not refuse";
+  } catch (const dlock::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("fair mode has no asynchronous acquire"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PgPrimitivesAsync, ThePermitsAndTheLeadersViewsPassTheMutexAsyncChecks) {
   PostgresBackend pg(options({.pool_size = 24}));
   pg.install_schema();
