@@ -4,8 +4,8 @@
 // semaphore of 3 permits never exceed 3 holders, readers overlap and a writer
 // never does, cancellation at random points leaves nothing held on the
 // server, exactly one campaign wins; each primitive's exclusive view passes
-// the mutex's async checks (support/async_checks.hpp); and fair mode, which
-// has no asynchronous acquire, refuses at once.
+// the mutex's async checks (support/async_checks.hpp); and the primitives
+// refuse fair mode (the mutex's is in redis_fair_async_test).
 #include <dlock/dlock.hpp>
 #include <dlock/election.hpp>
 #include <dlock/redis.hpp>
