@@ -24,7 +24,6 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -131,11 +130,10 @@ TEST_F(RedisFairAsync, GrantsFollowArrivalOrderAcrossCoroutinesAndThreads) {
 // of holding the head until its place lapsed), the queue ends empty, and a
 // 1 ms timer on the loop keeps ticking.
 TEST_F(RedisFairAsync, CancelledWaitersLeaveTheQueueAndNeverStallIt) {
-  constexpr int coroutines = 50, cancelled_ones = 20, threads_n = 4, cycles = 2;
+  constexpr int coroutines = 50, threads_n = 4, cycles = 2;
   const auto opts = fair_options();
   const auto waiter_ttl = dlock::detail::fair_waiter_ttl(opts);  // 1 s
   asio::io_context io;
-  std::mt19937 rng(16);
   std::atomic<long> counter{0};
   std::mutex mu;
   std::vector<Clock::time_point> grants;
@@ -144,41 +142,20 @@ TEST_F(RedisFairAsync, CancelledWaitersLeaveTheQueueAndNeverStallIt) {
     grants.push_back(Clock::now());
   };
   std::vector<std::unique_ptr<dlock::Lock<dlock::RedisBackend>>> locks;
-  std::vector<std::stop_source> stops(coroutines);
-  std::vector<std::unique_ptr<asio::steady_timer>> cancellers;
-  int done = 0, cancelled = 0, other = 0;
-  long acquired = 0;
-  for (int i = 0; i < coroutines; ++i) {
+  for (int i = 0; i < coroutines; ++i)
     locks.push_back(std::make_unique<dlock::Lock<dlock::RedisBackend>>(redis(), "cancel", opts));
-    asio::co_spawn(
-        io,
-        [&, i]() -> asio::awaitable<void> {
-          try {
-            for (int c = 0; c < cycles; ++c) {
-              auto g = co_await locks[i]->async_acquire(stops[i].get_token(), asio::use_awaitable);
-              note_grant();
-              ++acquired;
-              const long seen = counter.load();
-              co_await asio::post(io, asio::use_awaitable);  // an overlap would lose an increment
-              counter.store(seen + 1);
-              if (c % 2 == 0) co_await g.async_release(asio::use_awaitable);  // else ~AsyncGuard starts it
-            }
-          } catch (const boost::system::system_error& e) {
-            if (dlock::to_std(e.code()) == dlock::errc::cancelled) {
-              ++cancelled;
-            } else {
-              std::printf("coroutine %d: %s\n", i, e.what());
-              ++other;
-            }
-          }
-          ++done;
-        },
-        asio::detached);
-    if (i % (coroutines / cancelled_ones) == 0) {
-      cancellers.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::microseconds(rng() % 300000)));
-      cancellers.back()->async_wait([&, i](const boost::system::error_code&) { stops[i].request_stop(); });
+  dlock::test::CancelledTasks run;
+  auto body = [&](int i, std::stop_token stop) -> asio::awaitable<void> {
+    for (int c = 0; c < cycles; ++c) {
+      auto g = co_await locks[static_cast<std::size_t>(i)]->async_acquire(stop, asio::use_awaitable);
+      note_grant();
+      ++run.acquired;
+      const long seen = counter.load();
+      co_await asio::post(io, asio::use_awaitable);  // an overlap would lose an increment
+      counter.store(seen + 1);
+      if (c % 2 == 0) co_await g.async_release(asio::use_awaitable);  // else ~AsyncGuard starts it
     }
-  }
+  };
   std::vector<std::thread> threads;
   std::atomic<int> thread_failures{0};
   for (int t = 0; t < threads_n; ++t) {
@@ -202,10 +179,11 @@ TEST_F(RedisFairAsync, CancelledWaitersLeaveTheQueueAndNeverStallIt) {
   dlock::test::Ticker ticker(io);
   ticker.arm(Clock::now() + 1ms);
   const auto start = Clock::now();
-  while (done < coroutines && Clock::now() - start < 30s) io.run_one_for(100ms);
+  // Also runs the releases the last guards started and the cancelled waiters' queue leaves.
+  const auto cancels = [](int i) { return i % 5 < 2; };  // 20 of the 50
+  dlock::test::run_cancelled_tasks(io, run, coroutines, 16, 300ms, body, cancels);
   for (auto& t : threads) t.join();
   ticker.stop = true;
-  io.run_for(100ms);  // the releases the last guards started, the cancelled waiters' queue leaves
   std::sort(grants.begin(), grants.end());
   Clock::duration worst_gap{};
   for (std::size_t i = 1; i < grants.size(); ++i) worst_gap = std::max(worst_gap, grants[i] - grants[i - 1]);
@@ -213,15 +191,15 @@ TEST_F(RedisFairAsync, CancelledWaitersLeaveTheQueueAndNeverStallIt) {
     return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
   };
   std::printf(
-      "%ld grants, %d cancelled, %d other in %lld ms; worst gap between grants %lld ms (waiter ttl %lld ms); "
+      "%d grants, %d cancelled, %d other in %lld ms; worst gap between grants %lld ms (waiter ttl %lld ms); "
       "1 ms timer worst lag %lld us\n",
-      acquired + threads_n * cycles, cancelled, other, ms(Clock::now() - start), ms(worst_gap),
+      run.acquired + threads_n * cycles, run.cancelled, run.other, ms(Clock::now() - start), ms(worst_gap),
       static_cast<long long>(waiter_ttl.count()), ticker.worst_us());
-  ASSERT_EQ(done, coroutines);
-  EXPECT_EQ(other, 0);
+  ASSERT_EQ(run.done, coroutines);
+  EXPECT_EQ(run.other, 0);
   EXPECT_EQ(thread_failures.load(), 0);
-  EXPECT_GT(cancelled, 0);
-  EXPECT_EQ(counter.load(), acquired + threads_n * cycles) << "two holders overlapped";
+  EXPECT_GT(run.cancelled, 0);
+  EXPECT_EQ(counter.load(), run.acquired + threads_n * cycles) << "two holders overlapped";
   EXPECT_LT(worst_gap, waiter_ttl / 3) << "a handoff waited for a cancelled waiter's place to lapse";
   EXPECT_EQ(queued("cancel"), 0) << "a waiter's place was left in the queue";
   EXPECT_LT(ticker.worst, dlock::test::async_lag_bound) << "the loop's thread was blocked";
