@@ -146,6 +146,26 @@ concept QueuesFairly = NotifiesRelease<B> &&
   { b.subscribe_release(name, owner) } -> std::same_as<decltype(b.subscribe_release(name))>;
 };
 
+/// Optional capability: fair mode for the asynchronous acquire too
+/// (RedisBackend): QueuesFairly's operations without blocking a thread,
+///   b.async_try_acquire_fair(request, waiter_ttl, ex, done) and
+///   b.async_release_fair(name, lease, ex, done) (AsyncBackend's rules),
+///   b.async_leave_fair(name, owner) noexcept: leave_fair, fire and forget,
+///   b.subscribe_release_nowait(name, owner): the targeted subscription
+///        without waiting for the server (AsyncNotifiesRelease's on_release).
+/// Without it an asynchronous acquire of a fair Lock is refused (InvalidArgument).
+template <class B>
+concept AsyncQueuesFairly = QueuesFairly<B> && AsyncNotifiesRelease<B> &&
+    requires(B& b, const AcquireRequest& request, std::chrono::milliseconds waiter_ttl, std::string_view name,
+             Lease<typename B::Handle>& lease, const OwnerId& owner, const boost::asio::any_io_executor& ex,
+             AcquireCompletion<typename B::Handle> on_acquire, ReleaseCompletion on_release) {
+  b.async_try_acquire_fair(request, waiter_ttl, ex, on_acquire);
+  b.async_release_fair(name, lease, ex, on_release);
+  { b.async_leave_fair(name, owner) }
+  noexcept;
+  { b.subscribe_release_nowait(name, owner) } -> std::same_as<decltype(b.subscribe_release(name))>;
+};
+
 namespace detail {
 template <class B, bool = NotifiesRelease<B>>
 struct SubscriptionOf {
@@ -648,7 +668,8 @@ class Lock {
     // does not block everyone for a TTL (AbandonsInDoubt backends).
     ~AcquireRun() {
       if (!acquired_ && fsm_.in_doubt()) without_blocking_ ? lock_.abandon_nowait(owner_) : lock_.abandon(owner_);
-      if (!acquired_ && fsm_.attempts() > 0) lock_.leave_queue(owner_);  // fair mode: give up our place
+      if (!acquired_ && fsm_.attempts() > 0)  // fair mode: give up our place
+        without_blocking_ ? lock_.leave_queue_nowait(owner_) : lock_.leave_queue(owner_);
     }
 
     [[nodiscard]] detail::AcquireFsm<Rng>& fsm() noexcept { return fsm_; }
@@ -937,18 +958,25 @@ class Lock {
 
     void step(detail::AcquireDecision d) {
       auto self = this->shared_from_this();
-      if (d.subscribe) subscription_ = lock_.subscribe_nowait();  // before the attempt: no lost wake-up
+      if (d.subscribe) subscription_ = lock_.subscribe_nowait(&run_->owner());  // before the attempt: no lost wake-up
       switch (d.step) {
         case detail::AcquireStep::attempt: {
           released_ = false;  // a release seen from here on ends the next wait at once
           const auto [request, server_wait] = run_->begin_attempt();
           (void)server_wait;  // zero: no server-side waits in the asynchronous form
-          lock_.backend_.async_try_acquire(
-              request, strand_, [self](std::exception_ptr e, AcquireResult<handle_type> result) {
-                const bool stop = self->stop_.stop_requested();
-                self->step(e ? self->run_->failed(e, stop)
-                             : self->run_->answered(std::move(result), stop, self->to_release_));
-              });
+          auto answered = [self](std::exception_ptr e, AcquireResult<handle_type> result) {
+            const bool stop = self->stop_.stop_requested();
+            self->step(e ? self->run_->failed(e, stop)
+                         : self->run_->answered(std::move(result), stop, self->to_release_));
+          };
+          if constexpr (AsyncQueuesFairly<B>) {
+            if (lock_.options_.fair) {
+              lock_.backend_.async_try_acquire_fair(request, detail::fair_waiter_ttl(lock_.options_), strand_,
+                                                    std::move(answered));
+              return;
+            }
+          }
+          lock_.backend_.async_try_acquire(request, strand_, std::move(answered));
           return;
         }
         case detail::AcquireStep::wait:
@@ -964,9 +992,10 @@ class Lock {
           return finish(nullptr, true);
         case detail::AcquireStep::cancelled:
           if (to_release_) {  // a grant that raced the stop request
-            lock_.backend_.async_release(lock_.name_, *to_release_, strand_, [self](std::exception_ptr, ReleaseResult) {
-              self->finish(self->run_->end(detail::AcquireStep::cancelled), false);
-            });
+            detail::async_release_lease(lock_.backend_, lock_.name_, *to_release_, lock_.options_.fair, strand_,
+                                        [self](std::exception_ptr, ReleaseResult) {
+                                          self->finish(self->run_->end(detail::AcquireStep::cancelled), false);
+                                        });
             return;
           }
           [[fallthrough]];
@@ -1036,7 +1065,7 @@ class Lock {
 
   template <bool Guarded, class Token>
   auto async_acquire_until(std::optional<TimePoint> deadline, std::stop_token stop, Token&& token) {
-    if (options_.fair)
+    if (options_.fair && !AsyncQueuesFairly<B>)
       throw InvalidArgument(
           fmt::format("dlock: LockOptions.fair = true for lock '{}' on {} {}: fair mode has no "
                       "asynchronous acquire yet; use the blocking forms",
@@ -1080,6 +1109,14 @@ class Lock {
       if (options_.fair) backend_.leave_fair(name_, owner);
     }
   }
+  // leave_queue() for the asynchronous acquire: started without blocking.
+  void leave_queue_nowait(const OwnerId& owner) noexcept {
+    if constexpr (AsyncQueuesFairly<B>) {
+      if (options_.fair) backend_.async_leave_fair(name_, owner);
+    } else {
+      leave_queue(owner);  // not reached: an asynchronous acquire of a fair Lock needs AsyncQueuesFairly
+    }
+  }
   // abandon() started without blocking, when the backend can
   // (b.async_abandon(name, owner) noexcept: fire and forget).
   void abandon_nowait(const OwnerId& owner) noexcept {
@@ -1121,7 +1158,10 @@ class Lock {
   // subscribe() for the asynchronous acquire: without waiting for the
   // server's acknowledgement where the backend can (subscribe_release_nowait:
   // the acknowledgement then wakes the waiter, so no release is lost).
-  std::optional<Subscription> subscribe_nowait() {
+  std::optional<Subscription> subscribe_nowait(const OwnerId* owner = nullptr) {
+    if constexpr (AsyncQueuesFairly<B>) {  // fair mode: woken only by a release naming `owner` as the head
+      if (options_.fair && owner != nullptr) return backend_.subscribe_release_nowait(name_, *owner);
+    }
     if constexpr (requires { backend_.subscribe_release_nowait(name_); }) {
       return backend_.subscribe_release_nowait(name_);
     } else {

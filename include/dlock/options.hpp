@@ -89,7 +89,9 @@ struct LockOptions {
   /// On Redis a waiter attempts every retry.max_delay (a release wakes the
   /// head at once; the attempts only renew a waiter's place), so max_delay
   /// trades calls per second against how long a dead waiter holds the queue.
-  /// The blocking forms only: an asynchronous acquire of a fair Lock throws.
+  /// The asynchronous acquire queues the same way where the backend can do
+  /// it without blocking (AsyncQueuesFairly: Redis); on other backends
+  /// (PostgreSQL, whose asynchronous acquire polls) it throws InvalidArgument.
   bool fair = false;
 };
 

@@ -294,7 +294,8 @@ class PostgresBackend {
   // primitives_backend.hpp): the tries above on the mutex's asynchronous
   // session code (a pooled connection, pinned by a grant); release and extend
   // are the mutex's async_release / async_extend. The semaphore and the
-  // election have no asynchronous forms yet (docs/async.md, "Primitives").
+  // election have them too (AsyncSemaphoreBackend, AsyncElectionBackend),
+  // below their blocking forms.
   void async_try_acquire_shared(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                 AcquireCompletion<Handle> done) {
     async_try_read_write(request, true, ex, std::move(done));
@@ -332,6 +333,20 @@ class PostgresBackend {
                                                        std::chrono::milliseconds ttl, TimePoint started) {
     return extend(name, lease, ttl, started);
   }
+  /// try_acquire_permit without blocking a thread: the same statement on the
+  /// mutex's asynchronous session code (the table's existence asked
+  /// asynchronously once, as the fencing sequence's); release and extend are
+  /// the mutex's async_release / async_extend.
+  void async_try_acquire_permit(const AcquireRequest& request, std::uint32_t permits,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_permit(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    async_release(name, lease, ex, std::move(done));
+  }
+  void async_extend_permit(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    async_extend(name, lease, ttl, started, ex, std::move(done));
+  }
   /// The count in force for `name`: the operators' row, else `permits`.
   [[nodiscard]] std::uint32_t permits(std::string_view name, std::uint32_t permits);
   /// Operator: upserts (or, with nullopt, deletes) the name's row in the
@@ -345,6 +360,20 @@ class PostgresBackend {
   [[nodiscard]] AcquireResult<Handle> try_acquire_leader(const AcquireRequest& request, std::string_view candidate);
   [[nodiscard]] AcquireResult<Handle> acquire_wait_leader(const AcquireRequest& request, std::string_view candidate,
                                                           std::chrono::milliseconds max_wait);
+  /// try_acquire_leader without blocking a thread: the try, then (on a grant)
+  /// the application_name, each an asynchronous round trip on the pinned
+  /// connection; if naming fails the connection is closed (freeing the lock)
+  /// and the error reported. Release and extend are the mutex's async forms.
+  void async_try_acquire_leader(const AcquireRequest& request, std::string_view candidate,
+                                const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_leader(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                            ReleaseCompletion done) {
+    async_release(name, lease, ex, std::move(done));
+  }
+  void async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
+                           TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
+    async_extend(name, lease, ttl, started, ex, std::move(done));
+  }
   /// Releases and closes the leader's connection (its application_name names it).
   [[nodiscard]] ReleaseResult release_leader(std::string_view name, Lease<Handle>& lease) {
     return release(name, lease);
@@ -407,8 +436,8 @@ static_assert(WaitsOnServer<PostgresBackend>);
 static_assert(AsyncBackend<PostgresBackend>);
 static_assert(SharedLockBackend<PostgresBackend>);
 static_assert(AsyncSharedLockBackend<PostgresBackend>);
-static_assert(!AsyncSemaphoreBackend<PostgresBackend> && !AsyncElectionBackend<PostgresBackend>,
-              "not yet: the primitives' async members must not compile rather than block (docs/async.md)");
+static_assert(AsyncSemaphoreBackend<PostgresBackend>);
+static_assert(AsyncElectionBackend<PostgresBackend>);
 static_assert(SemaphoreBackend<PostgresBackend>);
 static_assert(ElectionBackend<PostgresBackend>);
 

@@ -86,9 +86,9 @@
 // The view then models AsyncBackend, so Lock<view> has the async forms and the
 // primitives' async members (RwLock::async_lock_shared, ...) compile. A
 // backend without them has none: those members are constrained on it (a
-// compile-time error), never run blocking underneath. MemoryPrimitives and
-// RedisBackend have them (AsyncSharedLockBackend, AsyncSemaphoreBackend,
-// AsyncElectionBackend below); PostgresBackend does not yet.
+// compile-time error), never run blocking underneath. MemoryPrimitives,
+// RedisBackend and PostgresBackend have them (AsyncSharedLockBackend,
+// AsyncSemaphoreBackend, AsyncElectionBackend below).
 //
 // Backends: MemoryPrimitives (memory_primitives.hpp), PostgresBackend
 // (postgres.hpp) and RedisBackend (redis.hpp; its scripts are in

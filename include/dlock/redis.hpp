@@ -255,6 +255,21 @@ class RedisBackend {
   void async_extend_leader(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                            TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done);
 
+  // ---- Fair mode without blocking a thread (AsyncQueuesFairly in lock.hpp;
+  // src/redis/redis_primitives_async.cpp): the fair scripts above, each one
+  // call on the shared asynchronous links ----
+  void async_try_acquire_fair(const AcquireRequest& request, std::chrono::milliseconds waiter_ttl,
+                              const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
+  void async_release_fair(std::string_view name, Lease<Handle>& lease, const boost::asio::any_io_executor& ex,
+                          ReleaseCompletion done);
+  /// leave_fair() started without waiting for its answer (fire and forget).
+  void async_leave_fair(std::string_view name, const OwnerId& owner) noexcept;
+  /// subscribe_release(name, owner) without waiting: targeted at `owner`
+  /// when this process's subscription to the name's releases is already
+  /// acknowledged (no wait then), else an untargeted subscribe_release_nowait
+  /// (every release wakes it; its next attempt finds whether it is the head).
+  [[nodiscard]] Subscription subscribe_release_nowait(std::string_view name, const OwnerId& owner);
+
   [[nodiscard]] const RedisOptions& options() const noexcept { return state_->options; }
   /// The node client (connection pool, scripts), for tools and tests.
   [[nodiscard]] detail::RedisClient& node() noexcept { return *state_->node; }

@@ -1053,11 +1053,12 @@ void post_blocking(const boost::asio::any_io_executor& ex, Done done, Op op) {
 }
 
 // What a session-scope try's round trip `out` on `s` means (as acquire()'s end
-// for a try): a grant pins `s`; contention returns it to the pool.
+// for a try): a grant pins `s`; contention returns it to the pool. A permit's
+// grant (`permit`: `key` is the semaphore's base key) pins the slot it took.
 AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgBackendState& st, std::string_view name,
                                         std::chrono::milliseconds ttl, TimePoint started, std::int64_t key, bool fence,
                                         bool keepalives, PgSessionPtr s, const PgOutcome& out,
-                                        detail::PgFamily family = detail::PgFamily::mutex) {
+                                        detail::PgFamily family = detail::PgFamily::mutex, bool permit = false) {
   if (!out.ok()) {
     if (out.fail == PgOutcome::Fail::none && out.sqlstate() == "40P01" && PQstatus(s->conn()) == CONNECTION_OK)
       st.checkin(std::move(s));  // deadlock: the connection is fine
@@ -1073,6 +1074,8 @@ AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgB
   if (keepalives) s->keepalive_ttl_ms = ttl.count();
   Grant<PgLockHandle> g;
   if (fence && !PQgetisnull(res, 0, 2)) g.token = std::strtoull(PQgetvalue(res, 0, 2), nullptr, 10);
+  if (permit)
+    key = detail::pg_permit_slot_key(key, static_cast<std::uint32_t>(std::strtoul(PQgetvalue(res, 0, 3), nullptr, 10)));
   g.valid_until = detail::saturating_add(started, ttl);
   detail::PgHandleAccess::pin(g.handle, std::move(s), key, family);
   return g;
@@ -1357,26 +1360,29 @@ class PgAsyncSharedTry : public std::enable_shared_from_this<PgAsyncSharedTry> {
 
 namespace {
 
-// Whether the fencing sequence exists, for an asynchronous try: the cached
-// answer at once, else asked without blocking (and cached, as has_fencing()
-// does); `then(error, fence)` runs on `ex` or inside this call.
-void async_fencing(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
-                   const boost::asio::any_io_executor& ex, std::function<void(std::exception_ptr, bool)> then) {
-  const int fencing = st.fencing.load(std::memory_order_acquire);
-  if (fencing >= 0) return then(nullptr, fencing == 1);
+// Whether relation `rel` of kind `relkind` exists, for an asynchronous try:
+// the answer cached in `known` at once, else asked without blocking (and
+// cached, as cached_exists() does); `then(error, present)` runs on `ex` or
+// inside this call.
+void async_cached_exists(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                         const boost::asio::any_io_executor& ex, std::atomic<int>& known, std::string rel, char relkind,
+                         std::string_view what, std::function<void(std::exception_ptr, bool)> then) {
+  const int k = known.load(std::memory_order_acquire);
+  if (k >= 0) return then(nullptr, k == 1);
   async_checkout(std::move(keep), st, ex, after(self.options().connect_timeout),
-                 [self, &st, ex, then = std::move(then)](std::exception_ptr e, PgSessionPtr s) mutable {
+                 [self, &st, &known, rel = std::move(rel), relkind, what, ex, then = std::move(then)](
+                     std::exception_ptr e, PgSessionPtr s) mutable {
                    if (e) return then(e, false);
                    detail::PgSession& session = *s;
                    auto held = std::make_shared<PgSessionPtr>(std::move(s));
-                   const std::string& seq = self.options().fencing_sequence;
                    session.async_run(
-                       exists_probe(), {PgParam::text(seq), PgParam::text("S")}, false,
-                       after(self.options().statement_timeout), ex, [self, &st, held, then](PgOutcome out) mutable {
+                       exists_probe(), {PgParam::text(rel), PgParam::text(std::string(1, relkind))}, false,
+                       after(self.options().statement_timeout), ex,
+                       [self, &st, &known, what, held, then](PgOutcome out) mutable {
                          if (!out.ok()) {
                            std::exception_ptr error;
                            try {
-                             detail::throw_outcome(out, self.endpoint(), "looking up the fencing sequence",
+                             detail::throw_outcome(out, self.endpoint(), fmt::format("looking up {}", what),
                                                    self.options().statement_timeout);
                            } catch (...) {
                              error = std::current_exception();
@@ -1386,62 +1392,79 @@ void async_fencing(const PostgresBackend& self, std::shared_ptr<void> keep, deta
                          const bool present = text_is_true(out.result.get(), 0, 0);
                          st.checkin(std::move(*held));
                          int expected = -1;
-                         st.fencing.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
+                         known.compare_exchange_strong(expected, present ? 1 : 0, std::memory_order_acq_rel);
                          then(nullptr, present);
                        });
                  });
 }
 
+// Whether the fencing sequence exists, for an asynchronous try (has_fencing() without blocking).
+void async_fencing(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                   const boost::asio::any_io_executor& ex, std::function<void(std::exception_ptr, bool)> then) {
+  async_cached_exists(self, std::move(keep), st, ex, st.fencing, self.options().fencing_sequence, 'S',
+                      "the fencing sequence", std::move(then));
+}
+
 // One try of `key` in `family` on a pooled connection, without blocking: a
 // grant pins the connection (the mutex's try without shared_sessions, and the
-// read-write lock's). The request's name stays valid until `done` runs.
+// primitives'). With `permit`, a semaphore's try (`key` its base key), the
+// blocking acquire()'s statement. The request's name stays valid until `done` runs.
 void async_pinned_try(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
                       const AcquireRequest& request, std::int64_t key, bool fence, detail::PgFamily family,
-                      const boost::asio::any_io_executor& ex, AcquireCompletion<PgLockHandle> done) {
+                      const boost::asio::any_io_executor& ex, AcquireCompletion<PgLockHandle> done,
+                      std::optional<PgPermitSpec> permit = std::nullopt) {
   const PostgresOptions& o = self.options();
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   const std::string_view name = request.name;
   const std::chrono::milliseconds ttl = request.ttl;
   const TimePoint started = request.started;
-  async_checkout(
-      std::move(keep), st, ex, after(o.connect_timeout),
-      [self, &st, ex, name, ttl, started, key, fence, xact, family, done = std::move(done)](std::exception_ptr e,
-                                                                                            PgSessionPtr s) mutable {
-        if (e) return done(e, Contended{});
-        const auto& set = st.statements.get(*s, xact, family);
-        std::vector<PgParam> params{PgParam::int8(key)};
-        detail::push_ttl_params(params, ttl);
-        if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
-        const bool keepalives = s->keepalive_ttl_ms != ttl.count();
-        detail::PgSession& session = *s;
-        auto held = std::make_shared<PgSessionPtr>(std::move(s));
-        auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, family,
-                     done](PgOutcome out) mutable {
-          if (auto rollback = xact_rollback(out, **held)) {
-            // A transaction-scope try that did not take the lock: end its transaction first.
-            auto answer = std::make_shared<PgOutcome>(std::move(out));
-            (*held)->async_command(
-                "ROLLBACK", after(self.options().statement_timeout), ex,
-                [self, &st, held, name, key, answer, done, contended = *rollback](PgOutcome rb) mutable {
-                  complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
-                    return rolled_back(self, st, name, key, std::move(*held), *answer, rb, contended);
-                  });
-                });
-            return;
-          }
-          complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
-            return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held), out, family);
-          });
-        };
-        const SteadyTime deadline = after(self.options().statement_timeout);
-        if (xact) {  // BEGIN and the try in one round trip, as the blocking acquire
-          const std::vector<PgParam> no_params;
-          session.async_run_pipelined({{st.statements.begin(), no_params}, {set.try_[fence][keepalives], params}},
-                                      false, deadline, ex, std::move(then));
-        } else {
-          session.async_run(set.try_[fence][keepalives], params, true, deadline, ex, std::move(then));
-        }
-      });
+  async_checkout(std::move(keep), st, ex, after(o.connect_timeout),
+                 [self, &st, ex, name, ttl, started, key, fence, xact, family, permit, done = std::move(done)](
+                     std::exception_ptr e, PgSessionPtr s) mutable {
+                   if (e) return done(e, Contended{});
+                   const auto& set = st.statements.get(*s, xact, family);
+                   std::vector<PgParam> params{PgParam::int8(key)};
+                   detail::push_ttl_params(params, ttl);
+                   if (permit) {
+                     params.push_back(PgParam::int8(permit->permits));
+                     params.push_back(PgParam::text(self.options().lock_namespace));
+                     params.push_back(PgParam::text(std::string(name)));
+                   }
+                   if (fence) params.push_back(PgParam::text(self.options().fencing_sequence));
+                   const bool keepalives = s->keepalive_ttl_ms != ttl.count();
+                   const detail::PgStatement& stmt =
+                       permit ? st.statements.permit(*s, xact, fence, keepalives, permit->table)
+                              : set.try_[fence][keepalives];
+                   detail::PgSession& session = *s;
+                   auto held = std::make_shared<PgSessionPtr>(std::move(s));
+                   auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, family,
+                                is_permit = permit.has_value(), done](PgOutcome out) mutable {
+                     if (auto rollback = xact_rollback(out, **held)) {
+                       // A transaction-scope try that did not take the lock: end its transaction first.
+                       auto answer = std::make_shared<PgOutcome>(std::move(out));
+                       (*held)->async_command(
+                           "ROLLBACK", after(self.options().statement_timeout), ex,
+                           [self, &st, held, name, key, answer, done, contended = *rollback](PgOutcome rb) mutable {
+                             complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
+                               return rolled_back(self, st, name, key, std::move(*held), *answer, rb, contended);
+                             });
+                           });
+                       return;
+                     }
+                     complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
+                       return try_outcome(self, st, name, ttl, started, key, fence, keepalives, std::move(*held), out,
+                                          family, is_permit);
+                     });
+                   };
+                   const SteadyTime deadline = after(self.options().statement_timeout);
+                   if (xact) {  // BEGIN and the try in one round trip, as the blocking acquire
+                     const std::vector<PgParam> no_params;
+                     session.async_run_pipelined({{st.statements.begin(), no_params}, {stmt, params}}, false, deadline,
+                                                 ex, std::move(then));
+                   } else {
+                     session.async_run(stmt, params, true, deadline, ex, std::move(then));
+                   }
+                 });
 }
 
 }  // namespace
@@ -1736,6 +1759,61 @@ std::optional<LeaderInfo> PostgresBackend::leader(std::string_view name) {
   const PGresult* r = o.result.get();
   if (PQntuples(r) == 0) return std::nullopt;
   return parse_leader(PQgetvalue(r, 0, 0));
+}
+
+// ---- the semaphore's and the election's asynchronous tries ----
+
+void PostgresBackend::async_try_acquire_permit(const AcquireRequest& request, std::uint32_t permits,
+                                               const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+  const std::int64_t key = primitive_key(request.name, detail::PgPrimitive::permit);
+  detail::PgBackendState& st = state(state_->pool);
+  async_fencing(
+      *this, state_, st, ex,
+      [self = *this, &st, request, key, permits, ex, done = std::move(done)](std::exception_ptr e, bool fence) mutable {
+        if (e) return done(e, Contended{});
+        // has_permits_table() without blocking: the operators' count is read in the try's statement if it exists.
+        async_cached_exists(self, self.state_, st, ex, st.permits_table,
+                            detail::pg_permits_table(self.options().fencing_sequence), 'r',
+                            "the semaphore_permits table",
+                            [self, &st, request, key, permits, fence, ex, done = std::move(done)](std::exception_ptr e2,
+                                                                                                  bool table) mutable {
+                              if (e2) return done(e2, Contended{});
+                              async_pinned_try(self, self.state_, st, request, key, fence, detail::PgFamily::exclusive,
+                                               ex, std::move(done), PgPermitSpec{permits, table});
+                            });
+      });
+}
+
+void PostgresBackend::async_try_acquire_leader(const AcquireRequest& request, std::string_view candidate,
+                                               const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+  const std::int64_t key = primitive_key(request.name, detail::PgPrimitive::leader);
+  detail::PgBackendState& st = state(state_->pool);
+  // As lead(): the lock, then (on a grant) the pinned session's application_name, one more round trip.
+  AcquireCompletion<Handle> named = [self = *this, &st, name = std::string(request.name),
+                                     candidate = std::string(candidate), ex,
+                                     done = std::move(done)](std::exception_ptr e, AcquireResult<Handle> r) mutable {
+    auto* g = std::get_if<Grant<PgLockHandle>>(&r);
+    if (e || !g) return done(e, std::move(r));
+    auto grant = std::make_shared<Grant<PgLockHandle>>(std::move(*g));
+    detail::PgSession& s = detail::PgHandleAccess::mark_leader(grant->handle);
+    const std::string app = fmt::format("dlock:{}:{}", grant->token ? std::to_string(*grant->token) : "", candidate);
+    const PostgresOptions& o = self.options();
+    s.async_run(st.statements.leader_name(), {PgParam::text(app)}, o.scope == PostgresOptions::Scope::session,
+                after(o.statement_timeout), ex, [self, name, grant, done](PgOutcome out) mutable {
+                  if (out.ok()) return done(nullptr, std::move(*grant));
+                  grant->handle = PgLockHandle();  // closes the session, which frees the lock
+                  complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
+                    detail::throw_outcome(out, self.endpoint(), fmt::format("naming the leader of election '{}'", name),
+                                          self.options().statement_timeout);
+                  });
+                });
+  };
+  async_fencing(
+      *this, state_, st, ex,
+      [self = *this, &st, request, key, ex, named = std::move(named)](std::exception_ptr e, bool fence) mutable {
+        if (e) return named(e, Contended{});
+        async_pinned_try(self, self.state_, st, request, key, fence, detail::PgFamily::exclusive, ex, std::move(named));
+      });
 }
 
 std::vector<PgAdvisoryLockInfo> PostgresBackend::monitor() {

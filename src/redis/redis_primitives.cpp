@@ -212,12 +212,8 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_fair(const Acquire
   detail::validate_redis_lock_name(request.name);
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, request.name);
   const std::string lock = detail::redis_keys(state_->options.key_prefix, request.name).lock;
-  const detail::PrimitiveCall c{
-      detail::primitive_script_call<detail::redis_fair_acquire_script>(
-          {lock, k.fence, k.fair_queue, k.fair_deadlines},
-          detail::primitive_acquire_args(request, state_->options.fence_ttl, primitive_ms(waiter_ttl))),
-      lock, "fair acquire"};
-  return acquire_by(*state_->node, c, request);
+  return acquire_by(*state_->node, detail::fair_acquire_call(lock, k, request, state_->options.fence_ttl, waiter_ttl),
+                    request);
 }
 
 ReleaseResult RedisBackend::release_fair(std::string_view name, Lease<Handle>& lease) {
@@ -225,11 +221,7 @@ ReleaseResult RedisBackend::release_fair(std::string_view name, Lease<Handle>& l
   detail::RedisClient& node = *state_->node;
   const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
   const std::string lock = detail::redis_keys(state_->options.key_prefix, name).lock;
-  const auto call = detail::primitive_script_call<detail::redis_fair_release_script>(
-      {lock, k.fair_queue, k.fair_deadlines}, {std::string(lease.owner.str()), k.channel});
-  const detail::ReleaseReply r = detail::parse_release_reply(run(node, call, "release", lock), node.endpoint(), lock);
-  if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), k.channel, r.publish_error);
-  return r.released ? ReleaseResult::released : ReleaseResult::not_held;
+  return release_by(node, detail::fair_release_call(lock, k, lease.owner.str()), k.channel);
 }
 
 void RedisBackend::leave_fair(std::string_view name, const OwnerId& owner) noexcept {
@@ -237,9 +229,8 @@ void RedisBackend::leave_fair(std::string_view name, const OwnerId& owner) noexc
     detail::validate_redis_lock_name(name);
     const auto k = detail::redis_primitive_keys(state_->options.key_prefix, name);
     const std::string lock = detail::redis_keys(state_->options.key_prefix, name).lock;
-    const auto call = detail::primitive_script_call<detail::redis_fair_leave_script>(
-        {lock, k.fair_queue, k.fair_deadlines}, {std::string(owner.str()), k.channel});
-    (void)run(*state_->node, call, "queue leave", lock);
+    const detail::PrimitiveCall c = detail::fair_leave_call(lock, k, owner.str());
+    (void)run(*state_->node, c.call, c.what, c.key);
   } catch (...) {  // the place lapses after the waiter ttl
   }
 }

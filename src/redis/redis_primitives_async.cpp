@@ -205,4 +205,46 @@ void RedisBackend::async_extend_leader(std::string_view name, Lease<Handle>& lea
                 [&](const auto& k) { return detail::leader_extend_call(k, lease.owner.str(), ttl); });
 }
 
+// ---- fair mode without blocking a thread (AsyncQueuesFairly in lock.hpp) ----
+
+void RedisBackend::async_try_acquire_fair(const AcquireRequest& request, std::chrono::milliseconds waiter_ttl,
+                                          const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+  Async::acquire(state_, *state_->node, state_->options, request, ex, std::move(done), [&](const auto& k) {
+    return detail::fair_acquire_call(state_->node->keys(request.name).lock, k, request, state_->options.fence_ttl,
+                                     waiter_ttl);
+  });
+}
+
+void RedisBackend::async_release_fair(std::string_view name, Lease<Handle>& lease,
+                                      const boost::asio::any_io_executor& ex, ReleaseCompletion done) {
+  Async::release(state_, *state_->node, state_->options, name, ex, std::move(done), [&](const auto& k) {
+    return detail::fair_release_call(state_->node->keys(name).lock, k, lease.owner.str());
+  });
+}
+
+void RedisBackend::async_leave_fair(std::string_view name, const OwnerId& owner) noexcept {
+  try {
+    detail::validate_redis_lock_name(name);
+    detail::PrimitiveCall c = detail::fair_leave_call(
+        state_->node->keys(name).lock, detail::redis_primitive_keys(state_->options.key_prefix, name), owner.str());
+    detail::RedisClient* const nodes[] = {state_->node.get()};
+    std::vector<std::vector<proto::ScriptCall>> batches(1);
+    batches[0].push_back(std::move(c.call));
+    detail::async_fan_out(nodes, std::move(batches), std::nullopt, fmt::format("{} of '{}'", c.what, c.key), {},
+                          [keep = state_](std::vector<detail::RedisOutcome>) {});
+  } catch (...) {  // an invalid name or out of memory: the place lapses after the waiter ttl
+  }
+}
+
+RedisBackend::Subscription RedisBackend::subscribe_release_nowait(std::string_view name, const OwnerId& owner) {
+  const std::string channel = state_->node->keys(name).channel;
+  // Targeted only when that costs no wait: subscribe_targeted() waits for the
+  // server's acknowledgement unless the channel is already acknowledged.
+  // Otherwise every release wakes this waiter, whose attempt then finds
+  // whether it is the head (an extra call, never a lost wake-up).
+  if (state_->subscriber.subscribed(channel))
+    return Subscription(state_->subscriber.subscribe_targeted(channel, std::string(owner.str())));
+  return Subscription(state_->subscriber.subscribe(channel, false));
+}
+
 }  // namespace dlock

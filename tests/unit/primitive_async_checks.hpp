@@ -46,13 +46,16 @@ void expect_nothing_held(B& backend, const std::string& name, std::uint32_t perm
 /// `coroutines` coroutines on one io_context thread, `cycles` permits each
 /// of one `permits` semaphore, held across two suspensions: never more than
 /// `permits` holders at once (and `permits` reached), the loop never blocked.
+/// `configured`: the count each Semaphore is built with when it is not
+/// `permits` (an operator's count in force instead).
 template <class B>
 void expect_semaphore_bounds_holders(B& backend, const std::string& name, int coroutines, int cycles,
-                                     std::uint32_t permits, LockOptions o) {
+                                     std::uint32_t permits, LockOptions o, std::uint32_t configured = 0) {
   namespace asio = boost::asio;
   asio::io_context io;
   std::vector<std::unique_ptr<Semaphore<B>>> sems;  // a Semaphore object per coroutine, as separate processes
-  for (int i = 0; i < coroutines; ++i) sems.push_back(std::make_unique<Semaphore<B>>(backend, name, permits, o));
+  for (int i = 0; i < coroutines; ++i)
+    sems.push_back(std::make_unique<Semaphore<B>>(backend, name, configured != 0 ? configured : permits, o));
   int holders = 0, most = 0, finished = 0, failed = 0;
   for (int i = 0; i < coroutines; ++i) {
     asio::co_spawn(
@@ -156,16 +159,12 @@ void expect_primitive_cancellation_leaves_nothing(B& backend, const std::string&
                                                   std::chrono::microseconds window = std::chrono::milliseconds(50)) {
   namespace asio = boost::asio;
   asio::io_context io;
-  std::mt19937 rng(seed);
   const LockOptions o{
       .ttl = std::chrono::seconds(10),
       .retry = {.initial_delay = std::chrono::microseconds(200), .max_delay = std::chrono::milliseconds(2)}};
   std::vector<std::unique_ptr<Semaphore<B>>> sems;
   std::vector<std::unique_ptr<RwLock<B>>> rws;
   std::vector<std::unique_ptr<Election<B>>> elections;
-  std::vector<std::stop_source> stops(static_cast<std::size_t>(tasks));
-  std::vector<std::unique_ptr<asio::steady_timer>> cancellers;
-  int acquired = 0, cancelled = 0, other = 0, done = 0;
   std::vector<int> kinds{1, 2};  // 0 permit, 1 reader, 2 writer, 3 leadership
   if constexpr (AsyncSemaphoreBackend<B>) kinds.push_back(0);
   if constexpr (AsyncElectionBackend<B>) kinds.push_back(3);
@@ -173,65 +172,41 @@ void expect_primitive_cancellation_leaves_nothing(B& backend, const std::string&
     sems.push_back(std::make_unique<Semaphore<B>>(backend, name, 2, o));
     rws.push_back(std::make_unique<RwLock<B>>(backend, name, o));
     elections.push_back(std::make_unique<Election<B>>(backend, name, "candidate-" + std::to_string(i), o));
-    asio::co_spawn(
-        io,
-        [&, i]() -> asio::awaitable<void> {
-          const std::stop_token stop = stops[i].get_token();
-          try {
-            switch (kinds[static_cast<std::size_t>(i) % kinds.size()]) {
-              case 0: {
-                if constexpr (AsyncSemaphoreBackend<B>) {
-                  auto p = co_await sems[i]->async_acquire(stop, asio::use_awaitable);
-                  ++acquired;
-                  co_await asio::post(io, asio::use_awaitable);
-                  co_await p.async_release(asio::use_awaitable);
-                }
-                break;
-              }
-              case 1: {
-                auto g = co_await rws[i]->async_lock_shared(stop, asio::use_awaitable);
-                ++acquired;
-                co_await asio::post(io, asio::use_awaitable);
-                co_await g.async_release(asio::use_awaitable);
-                break;
-              }
-              case 2: {
-                auto g = co_await rws[i]->async_lock(stop, asio::use_awaitable);
-                ++acquired;
-                co_await asio::post(io, asio::use_awaitable);
-                co_await g.async_release(asio::use_awaitable);
-                break;
-              }
-              default: {
-                if constexpr (AsyncElectionBackend<B>) {
-                  co_await elections[i]->async_campaign(stop, asio::use_awaitable);
-                  ++acquired;
-                  co_await asio::post(io, asio::use_awaitable);
-                  co_await elections[i]->async_resign(asio::use_awaitable);
-                }
-                break;
-              }
-            }
-          } catch (const boost::system::system_error& e) {
-            if (to_std(e.code()) == errc::cancelled) {
-              ++cancelled;
-            } else {
-              std::printf("task %d: %s\n", i, e.what());
-              ++other;
-            }
-          }
-          ++done;
-        },
-        asio::detached);
-    cancellers.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::microseconds(rng() % window.count())));
-    cancellers.back()->async_wait([&, i](const boost::system::error_code&) { stops[i].request_stop(); });
   }
-  run_until(io, &done, tasks, std::chrono::seconds(30));
-  std::printf("%d acquired, %d cancelled, %d other\n", acquired, cancelled, other);
-  ASSERT_EQ(done, tasks);
-  EXPECT_EQ(other, 0);
-  EXPECT_GT(cancelled, 0);
-  EXPECT_GT(acquired, 0);
+  CancelledTasks run;
+  auto hold = [&](auto guard) -> asio::awaitable<void> {  // a permit, reader or writer: held, then released
+    ++run.acquired;
+    co_await asio::post(io, asio::use_awaitable);
+    co_await guard.async_release(asio::use_awaitable);
+  };
+  auto body = [&](int i, std::stop_token stop) -> asio::awaitable<void> {
+    const auto at = static_cast<std::size_t>(i);
+    switch (kinds[at % kinds.size()]) {
+      case 0:
+        if constexpr (AsyncSemaphoreBackend<B>)
+          co_await hold(co_await sems[at]->async_acquire(stop, asio::use_awaitable));
+        break;
+      case 1:
+        co_await hold(co_await rws[at]->async_lock_shared(stop, asio::use_awaitable));
+        break;
+      case 2:
+        co_await hold(co_await rws[at]->async_lock(stop, asio::use_awaitable));
+        break;
+      default:
+        if constexpr (AsyncElectionBackend<B>) {
+          co_await elections[at]->async_campaign(stop, asio::use_awaitable);
+          ++run.acquired;
+          co_await asio::post(io, asio::use_awaitable);
+          co_await elections[at]->async_resign(asio::use_awaitable);
+        }
+        break;
+    }
+  };
+  run_cancelled_tasks(io, run, tasks, seed, window, body, [](int) { return true; });
+  ASSERT_EQ(run.done, tasks);
+  EXPECT_EQ(run.other, 0);
+  EXPECT_GT(run.cancelled, 0);
+  EXPECT_GT(run.acquired, 0);
   for (auto& e : elections) EXPECT_FALSE(e->is_leader());
   expect_nothing_held(backend, name, 2);
 }

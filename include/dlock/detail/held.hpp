@@ -102,6 +102,17 @@ ReleaseResult release_lease(B& b, std::string_view name, L& lease, bool fair) {
   return b.release(name, lease);
 }
 
+/// release_lease() without blocking (AsyncBackend): the fair-mode release
+/// where the backend has an asynchronous one (AsyncQueuesFairly), else the mutex's.
+template <class B, class L>
+void async_release_lease(B& b, std::string_view name, L& lease, bool fair, const boost::asio::any_io_executor& ex,
+                         ReleaseCompletion done) {
+  if constexpr (requires { b.async_release_fair(name, lease, ex, std::move(done)); }) {
+    if (fair) return b.async_release_fair(name, lease, ex, std::move(done));
+  }
+  b.async_release(name, lease, ex, std::move(done));
+}
+
 template <class B>
 class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
  public:
@@ -299,21 +310,23 @@ class Held final : public Beat, public std::enable_shared_from_this<Held<B>> {
     auto self = this->shared_from_this();
     if (previous == State::lost) {  // reported when it was lost; a quiet owner-checked cleanup
       if (!on_server) return finish(nullptr, ReleaseResult::not_held);
-      backend_.async_release(name_, lease_, ex, [self, done = std::move(done)](std::exception_ptr, ReleaseResult) {
-        done(nullptr, ReleaseResult::not_held);
-      });
+      async_release_lease(backend_, name_, lease_, fair_, ex,
+                          [self, done = std::move(done)](std::exception_ptr, ReleaseResult) {
+                            done(nullptr, ReleaseResult::not_held);
+                          });
       return;
     }
-    backend_.async_release(
-        name_, lease_, ex, [self, expired, done = std::move(done)](std::exception_ptr e, ReleaseResult result) {
-          if (expired) result = ReleaseResult::not_held;
-          if (e) {
-            self->report_exception(EventType::release_failed, e, "; the lock will expire by its TTL", "release");
-          } else {
-            self->emit_released(result);
-          }
-          done(e, result);
-        });
+    async_release_lease(backend_, name_, lease_, fair_, ex,
+                        [self, expired, done = std::move(done)](std::exception_ptr e, ReleaseResult result) {
+                          if (expired) result = ReleaseResult::not_held;
+                          if (e) {
+                            self->report_exception(EventType::release_failed, e, "; the lock will expire by its TTL",
+                                                   "release");
+                          } else {
+                            self->emit_released(result);
+                          }
+                          done(e, result);
+                        });
   }
 
   /// extend(ttl) without blocking; the completion gets null, or the

@@ -141,4 +141,24 @@ inline PrimitiveCall redlock_leader_read_call(const RedisPrimitiveKeys& k) {
   return {primitive_script_call<redlock_leader_read_script>({k.leader, k.leader_info}, {}), k.leader, "leader read"};
 }
 
+// ---- fair mode (the mutex's key `lock` with the name's queue) ----
+
+inline PrimitiveCall fair_acquire_call(const std::string& lock, const RedisPrimitiveKeys& k, const AcquireRequest& r,
+                                       std::chrono::milliseconds fence_ttl, std::chrono::milliseconds waiter_ttl) {
+  return {
+      primitive_script_call<redis_fair_acquire_script>({lock, k.fence, k.fair_queue, k.fair_deadlines},
+                                                       primitive_acquire_args(r, fence_ttl, primitive_ms(waiter_ttl))),
+      lock, "fair acquire"};
+}
+inline PrimitiveCall fair_release_call(const std::string& lock, const RedisPrimitiveKeys& k, std::string_view owner) {
+  return {primitive_script_call<redis_fair_release_script>({lock, k.fair_queue, k.fair_deadlines},
+                                                           {std::string(owner), k.channel}),
+          lock, "release"};
+}
+inline PrimitiveCall fair_leave_call(const std::string& lock, const RedisPrimitiveKeys& k, std::string_view owner) {
+  return {primitive_script_call<redis_fair_leave_script>({lock, k.fair_queue, k.fair_deadlines},
+                                                         {std::string(owner), k.channel}),
+          lock, "queue leave"};
+}
+
 }  // namespace dlock::detail

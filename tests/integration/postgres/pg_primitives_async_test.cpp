@@ -1,10 +1,12 @@
-// The read-write lock's asynchronous forms on PostgresBackend (issues 13 and
-// 16): the shared coroutine checks (tests/unit/primitive_async_checks.hpp) on
-// a real server, in both scopes: readers overlap and a writer never does,
-// cancellation at random points leaves no lease held on the server, and the
-// writer's view passes the mutex's async checks. The semaphore and the
-// election have no asynchronous forms on PostgreSQL yet: their async members
-// do not compile (static_assert in postgres.hpp), checked here too.
+// The primitives' asynchronous forms on PostgresBackend (issues 13 and 16):
+// the shared coroutine checks (tests/unit/primitive_async_checks.hpp) on a
+// real server, in both scopes: readers overlap and a writer never does, many
+// coroutines on 3 permits never exceed 3 holders while a 1 ms timer on the
+// same thread keeps ticking, one campaign wins with a term that increases on
+// the next leader and a stop_token ends the others' waits, cancellation at
+// random points (permits, readers, writers, campaigns) leaves no lease held on
+// the server (pg_locks, through monitor(), has none of the primitives' keys),
+// and the writer's, the permit's and the leader's views pass the mutex's async checks.
 #include <dlock/dlock.hpp>
 #include <dlock/election.hpp>
 #include <dlock/postgres.hpp>
@@ -35,13 +37,59 @@ template <class E>
 concept HasAsyncCampaign = requires(E& e) {
   e.async_campaign(boost::asio::use_awaitable);
 };
-static_assert(!HasAsyncAcquire<dlock::Semaphore<PostgresBackend>>, "no blocking call underneath an async form");
-static_assert(!HasAsyncCampaign<dlock::Election<PostgresBackend>>);
+static_assert(HasAsyncAcquire<dlock::Semaphore<PostgresBackend>>);
+static_assert(HasAsyncCampaign<dlock::Election<PostgresBackend>>);
 static_assert(dlock::AsyncBackend<dlock::detail::SharedView<PostgresBackend>>);
+static_assert(dlock::AsyncBackend<dlock::detail::PermitView<PostgresBackend>>);
+static_assert(dlock::AsyncBackend<dlock::detail::LeaderView<PostgresBackend>>);
 
 namespace {
 
 const LockOptions fast{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 10ms}};
+
+// No advisory lock of a primitive held or awaited on the server (pg_locks):
+// every test here ends with its leases released, and the server is this executable's.
+void expect_no_primitive_lock_on_the_server(PostgresBackend& pg) {
+  int left = 0;
+  for (const auto& row : pg.monitor()) left += row.primitive ? 1 : 0;
+  EXPECT_EQ(left, 0) << "a primitive's advisory lock was left in pg_locks";
+}
+
+TEST(PgPrimitivesAsync, FortyCoroutinesOnThreePermitsNeverExceedThree) {
+  PostgresBackend pg(options({.pool_size = 48}));
+  dlock::test::expect_semaphore_bounds_holders(pg, test_name(), 40, 3, 3, fast);
+  expect_no_primitive_lock_on_the_server(pg);
+}
+
+TEST(PgPrimitivesAsync, FortyCoroutinesOnThreePermitsInTransactionScope) {
+  PostgresBackend pg(options({.pool_size = 48, .scope = dlock::PostgresOptions::Scope::transaction}));
+  pg.install_schema();  // the operators' table exists: its count is read in the try (none set here)
+  dlock::test::expect_semaphore_bounds_holders(pg, test_name(), 40, 3, 3, fast);
+  expect_no_primitive_lock_on_the_server(pg);
+}
+
+TEST(PgPrimitivesAsync, TheOperatorsCountBindsTheAsynchronousAcquire) {
+  PostgresBackend pg(options({.pool_size = 48}));
+  pg.install_schema();
+  pg.set_permits(test_name(), 2);  // the callers say 5: the operators' 2 is in force
+  dlock::test::expect_semaphore_bounds_holders(pg, test_name(), 20, 3, 2, fast, 5);
+  pg.set_permits(test_name(), std::nullopt);
+  expect_no_primitive_lock_on_the_server(pg);
+}
+
+TEST(PgPrimitivesAsync, ExactlyOneCampaignWinsAndTheNextTermIsHigher) {
+  PostgresBackend pg(options({.pool_size = 16}));
+  pg.install_schema();  // terms are the fencing sequence's values
+  dlock::test::expect_one_campaign_wins(pg, test_name(), 5);
+  expect_no_primitive_lock_on_the_server(pg);
+}
+
+TEST(PgPrimitivesAsync, ExactlyOneCampaignWinsInTransactionScope) {
+  PostgresBackend pg(options({.pool_size = 16, .scope = dlock::PostgresOptions::Scope::transaction}));
+  pg.install_schema();
+  dlock::test::expect_one_campaign_wins(pg, test_name(), 5);
+  expect_no_primitive_lock_on_the_server(pg);
+}
 
 TEST(PgPrimitivesAsync, ReadersOverlapAndAWriterOverlapsNothing) {
   PostgresBackend pg(options({.pool_size = 32}));
@@ -58,6 +106,7 @@ TEST(PgPrimitivesAsync, CancellationAtRandomPointsLeavesNothingHeldOnTheServer) 
   (void)pg.has_fencing();  // the first tries' look-up done: the cancellations meet grants too
   // Within 500 ms: each task's first attempt opens a connection of its own (a lease pins one).
   dlock::test::expect_primitive_cancellation_leaves_nothing(pg, test_name(), 40, 5, 500ms);
+  expect_no_primitive_lock_on_the_server(pg);
 }
 
 TEST(PgPrimitivesAsync, TheWritersViewPassesTheMutexAsyncChecks) {
@@ -67,6 +116,33 @@ TEST(PgPrimitivesAsync, TheWritersViewPassesTheMutexAsyncChecks) {
   dlock::test::expect_coroutines_exclude_each_other(
       writer, test_name(), 40, 2, 2, LockOptions{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}});
   dlock::test::expect_extend_and_release_complete(writer, test_name() + "-ext");
+}
+
+// Fair mode on PostgreSQL is the server's queue, which only the blocking wait
+// joins: the asynchronous acquire (which polls) refuses it rather than be unfair.
+TEST(PgPrimitivesAsync, FairModeHasNoAsynchronousAcquireOnPostgresAndSaysSo) {
+  PostgresBackend pg(options());
+  dlock::Lock<PostgresBackend> fair(pg, test_name(), LockOptions{.ttl = 10s, .fair = true});
+  boost::asio::io_context io;
+  try {
+    fair.async_acquire(boost::asio::bind_executor(io, [](boost::system::error_code, auto) {}));
+    FAIL() << "fair mode's asynchronous acquire did not refuse";
+  } catch (const dlock::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("fair mode has no asynchronous acquire"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PgPrimitivesAsync, ThePermitsAndTheLeadersViewsPassTheMutexAsyncChecks) {
+  PostgresBackend pg(options({.pool_size = 24}));
+  pg.install_schema();
+  dlock::detail::PermitView<PostgresBackend> permit(pg, dlock::detail::PermitOps{1});
+  dlock::detail::LeaderView<PostgresBackend> leader(pg, dlock::detail::LeaderOps{"candidate"});
+  const LockOptions o{.ttl = 10s, .retry = {.initial_delay = 1ms, .max_delay = 20ms}};
+  dlock::test::expect_coroutines_exclude_each_other(permit, test_name() + "-permit", 24, 2, 2, o);
+  dlock::test::expect_extend_and_release_complete(permit, test_name() + "-permit-ext");
+  dlock::test::expect_coroutines_exclude_each_other(leader, test_name() + "-leader", 24, 2, 2, o);
+  dlock::test::expect_extend_and_release_complete(leader, test_name() + "-leader-ext");
+  expect_no_primitive_lock_on_the_server(pg);
 }
 
 }  // namespace

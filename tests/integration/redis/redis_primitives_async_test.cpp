@@ -4,8 +4,8 @@
 // semaphore of 3 permits never exceed 3 holders, readers overlap and a writer
 // never does, cancellation at random points leaves nothing held on the
 // server, exactly one campaign wins; each primitive's exclusive view passes
-// the mutex's async checks (support/async_checks.hpp); and fair mode, which
-// has no asynchronous acquire, refuses at once.
+// the mutex's async checks (support/async_checks.hpp); and the primitives
+// refuse fair mode (the mutex's is in redis_fair_async_test).
 #include <dlock/dlock.hpp>
 #include <dlock/election.hpp>
 #include <dlock/redis.hpp>
@@ -108,16 +108,8 @@ TEST_F(RedisPrimitivesAsync, CancellingAWaitingReaderLeavesNoReaderOnTheServer) 
   dlock::test::expect_nothing_held(redis(), "held", 1);
 }
 
-TEST_F(RedisPrimitivesAsync, FairModeHasNoAsynchronousAcquireAndSaysSo) {
-  dlock::Lock<RedisBackend> fair(redis(), "fair", LockOptions{.ttl = 10s, .fair = true});
-  asio::io_context io;
-  try {
-    fair.async_acquire(asio::bind_executor(io, [](boost::system::error_code, auto) {}));
-    FAIL() << "fair mode's asynchronous acquire did not refuse";
-  } catch (const dlock::InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("fair mode has no asynchronous acquire"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("'fair'"), std::string::npos) << e.what();
-  }
+TEST_F(RedisPrimitivesAsync, ThePrimitivesRefuseFairModeWhenBuilt) {
+  // The mutex's fair mode has an asynchronous acquire (redis_fair_async_test).
   // The primitives on Redis have no fair mode at all: refused when built.
   EXPECT_THROW(dlock::Semaphore<RedisBackend>(redis(), "fair", 2, LockOptions{.fair = true}), dlock::InvalidArgument);
 }
