@@ -189,9 +189,6 @@ std::optional<std::string> superseded(const MasterView& view, const SentinelKnow
   if (known.chosen && view.config_epoch < known.chosen->config_epoch)
     return fmt::format("configuration epoch {} is behind epoch {}, adopted meanwhile", view.config_epoch,
                        known.chosen->config_epoch);
-  if (known.chosen && view.config_epoch == known.chosen->config_epoch && !(view.address == known.chosen->address))
-    return fmt::format("{}:{} was adopted meanwhile at the same configuration epoch {}", known.chosen->address.host,
-                       known.chosen->address.port, view.config_epoch);
   if (known.announced && view.address == known.announced->from && !(known.announced->from == known.announced->to) &&
       view.config_epoch <= known.epoch_when_announced)
     return fmt::format("a +switch-master heard meanwhile names {}:{} the old primary", view.address.host,

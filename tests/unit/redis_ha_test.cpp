@@ -383,7 +383,8 @@ TEST(RedisSentinel, AChoiceSupersededWhileItsRoleWasCheckedIsRefused) {
   const NodeAddress p2{"127.0.0.1", 2};
   const SentinelKnowledge at5{MasterView{p2, 5}, std::nullopt, 0};
   EXPECT_TRUE(superseded(MasterView{p1, 4}, at5).has_value()) << "behind the epoch adopted meanwhile";
-  EXPECT_TRUE(superseded(MasterView{p1, 5}, at5).has_value()) << "another address at the same epoch";
+  EXPECT_FALSE(superseded(MasterView{p1, 5}, at5).has_value())
+      << "another address at the same epoch, which a majority named: not refused (it would strand the client)";
   EXPECT_FALSE(superseded(MasterView{p2, 5}, at5).has_value());
   EXPECT_FALSE(superseded(MasterView{p1, 6}, at5).has_value());
   EXPECT_FALSE(superseded(MasterView{p1, 4}, {}).has_value()) << "nothing known yet";

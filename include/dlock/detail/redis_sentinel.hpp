@@ -130,9 +130,12 @@ struct NoPrimary {
 /// longer be used by a client that now knows `known` (another round adopted
 /// a newer view, or a +switch-master was heard, while this round was
 /// checking ROLE); nullopt when it may. Superseded: an epoch behind
-/// `known.chosen`'s; the same epoch with another address; the announced old
-/// primary at an epoch no newer than the one known when it was announced.
-/// Pure; SentinelClient::adopt() refuses such a view.
+/// `known.chosen`'s; the announced old primary at an epoch no newer than the
+/// one known when it was announced. The same epoch with another address is
+/// not: choose_primary() took it from a majority, and sentinels do name two
+/// addresses at one epoch one after the other in a failover's passing states
+/// (seen under load); refusing it would strand the client until the next
+/// failover. Pure; SentinelClient::adopt() refuses a superseded view.
 [[nodiscard]] std::optional<std::string> superseded(const MasterView& view, const SentinelKnowledge& known);
 
 /// Which sentinel to ask next: in order, starting with the last one that

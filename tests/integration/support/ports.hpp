@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <stdexcept>
 
 namespace dlock::test {
@@ -26,6 +27,29 @@ inline int free_loopback_port() {
   }
   ::close(fd);
   return ntohs(a.sin_port);
+}
+
+/// A free loopback port for a Redis Cluster node, whose cluster bus listens
+/// on port + 10000: redis-server refuses a port above 55535 ("Redis port
+/// number too high"), which the kernel hands out about one time in five. Both
+/// ports are free right now (the harness still retries if the server fails).
+inline int free_cluster_port() {
+  const auto bindable = [](int port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return false;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+  };
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const int port = free_loopback_port();
+    if (port <= 55535 && bindable(port + 10000)) return port;
+  }
+  throw std::runtime_error("free_cluster_port: no port with a free bus port (+10000)");
 }
 
 /// A loopback socket that listens and never accepts or answers: the kernel

@@ -35,6 +35,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -123,8 +124,9 @@ class RedisServer {
     if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("RedisServer: mkdtemp failed");
     dir_ = tmpl;
     if (tls_ != TlsMode::off) certs_ = make_test_certificates(dir_);
+    const bool cluster = std::find(extra_args_.begin(), extra_args_.end(), "--cluster-enabled") != extra_args_.end();
     for (int attempt = 0;; ++attempt) {
-      port_ = free_loopback_port();
+      port_ = cluster ? free_cluster_port() : free_loopback_port();
       if (try_start()) return;
       if (attempt == 4) {
         std::filesystem::remove_all(dir_);
