@@ -160,29 +160,28 @@ struct FanOut : std::enable_shared_from_this<FanOut> {
       for (std::size_t k : calls)
         (void)detail::redis_proto::push_script_call(call.request, batches[i][k], link->shas(), form);
       RedisLink& l = *link;
-      RedisLink::Done on_reply =
-          [self = shared_from_this(), i, link, host = std::move(host), calls = std::move(calls), form,
-           first = std::move(first), again](RedisOutcome o) mutable {
-            if (o.error && o.unsent && form == ScriptForm::evalsha && !again) {
-              // The link broke before the batch was written (closed while idle): once more on another.
-              self->routes[i]->failed(link);
-              return self->start(i, true);
-            }
-            if (o.error) return self->judged(i, link, std::move(host), std::move(o), again);
-            if (form == ScriptForm::eval) {  // the resend: its replies into the first round's places
-              for (std::size_t j = 0; j < calls.size() && j < o.replies.size(); ++j)
-                first.replies[calls[j]] = std::move(o.replies[j]);
-              first.answered = o.answered;
-              return self->judged(i, link, std::move(host), std::move(first), again);
-            }
-            std::vector<std::size_t> resend;
-            for (std::size_t k = 0; k < o.replies.size(); ++k)
-              if (detail::redis_proto::after_script_reply(o.replies[k], ScriptForm::evalsha) ==
-                  detail::redis_proto::ScriptNext::resend_as_eval)
-                resend.push_back(k);
-            if (resend.empty()) return self->judged(i, link, std::move(host), std::move(o), again);
-            self->send(i, std::move(link), std::move(host), std::move(resend), ScriptForm::eval, std::move(o), again);
-          };
+      RedisLink::Done on_reply = [self = shared_from_this(), i, link, host = std::move(host), calls = std::move(calls),
+                                  form, first = std::move(first), again](RedisOutcome o) mutable {
+        if (o.error && o.unsent && form == ScriptForm::evalsha && !again) {
+          // The link broke before the batch was written (closed while idle): once more on another.
+          self->routes[i]->failed(link);
+          return self->start(i, true);
+        }
+        if (o.error) return self->judged(i, link, std::move(host), std::move(o), again);
+        if (form == ScriptForm::eval) {  // the resend: its replies into the first round's places
+          for (std::size_t j = 0; j < calls.size() && j < o.replies.size(); ++j)
+            first.replies[calls[j]] = std::move(o.replies[j]);
+          first.answered = o.answered;
+          return self->judged(i, link, std::move(host), std::move(first), again);
+        }
+        std::vector<std::size_t> resend;
+        for (std::size_t k = 0; k < o.replies.size(); ++k)
+          if (detail::redis_proto::after_script_reply(o.replies[k], ScriptForm::evalsha) ==
+              detail::redis_proto::ScriptNext::resend_as_eval)
+            resend.push_back(k);
+        if (resend.empty()) return self->judged(i, link, std::move(host), std::move(o), again);
+        self->send(i, std::move(link), std::move(host), std::move(resend), ScriptForm::eval, std::move(o), again);
+      };
       if (on_callers_thread()) {  // the caller's own exchange on an idle link: no hand-off to the I/O thread and back
         if (l.send_here(call, *ex, on_reply)) return;
         if (l.broken() && form == ScriptForm::evalsha && !again) {  // closed while idle: nothing was sent
@@ -251,20 +250,21 @@ void one_call(const std::shared_ptr<State>& state, detail::redis_proto::ScriptCa
   detail::RedisClient* const node[] = {state->node.get()};
   std::vector<std::vector<detail::redis_proto::ScriptCall>> batches(1);
   batches[0].push_back(std::move(call));
-  detail::async_fan_out(node, std::move(batches), std::nullopt, std::move(what), {},
-                        [state, work = detail::ResultCompletion<R>(ex, std::move(done)),
-                         judge = std::move(judge)](std::vector<detail::RedisOutcome> out) {
-                          R result{};
-                          std::exception_ptr error;
-                          try {
-                            if (out.at(0).error) std::rethrow_exception(out[0].error);
-                            result = judge(out[0].replies.at(0));
-                          } catch (...) {
-                            error = std::current_exception();
-                          }
-                          work.complete(error, std::move(result));
-                        },
-                        detail::reactor_executor(ex));
+  detail::async_fan_out(
+      node, std::move(batches), std::nullopt, std::move(what), {},
+      [state, work = detail::ResultCompletion<R>(ex, std::move(done)),
+       judge = std::move(judge)](std::vector<detail::RedisOutcome> out) {
+        R result{};
+        std::exception_ptr error;
+        try {
+          if (out.at(0).error) std::rethrow_exception(out[0].error);
+          result = judge(out[0].replies.at(0));
+        } catch (...) {
+          error = std::current_exception();
+        }
+        work.complete(error, std::move(result));
+      },
+      detail::reactor_executor(ex));
 }
 
 }  // namespace

@@ -144,8 +144,8 @@ TEST(RedisSentinelBackend, TheReleaseSubscriberMovesToTheNewPrimaryWhenTheOldOne
     }
   });
   ASSERT_TRUE(eventually([&] { return numsub(old_primary) == 1; }, 5s)) << "the waiter did not subscribe";
-  const auto answer = RespConn(setup.sentinel(0).port())
-                          .command({"SENTINEL", "FAILOVER", std::string(SentinelSetup::master_name)});
+  const auto answer =
+      RespConn(setup.sentinel(0).port()).command({"SENTINEL", "FAILOVER", std::string(SentinelSetup::master_name)});
   ASSERT_EQ(answer.str, "OK") << "SENTINEL FAILOVER refused";
   // The client learns of the switch (+switch-master, or its next discovery).
   ASSERT_TRUE(eventually(
