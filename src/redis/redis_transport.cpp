@@ -86,6 +86,9 @@ class IoThread {
       sigemptyset(&pipe);
       sigaddset(&pipe, SIGPIPE);
       pthread_sigmask(SIG_BLOCK, &pipe, nullptr);  // a SIGPIPE from here never reaches the process
+#ifdef __linux__
+      (void)pthread_setname_np(pthread_self(), "dlock-io");  // as ps, top and gdb show it
+#endif
       for (;;) {
         try {
           ctx_.run();
@@ -242,10 +245,50 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   std::string here_detail;
 
   [[nodiscard]] int fd() const noexcept {
+    if (const int f = quiet_fd.load(std::memory_order_relaxed); f >= 0) return f;
     if (tcp_) return tcp_->native_handle();
     if (unix_) return unix_->native_handle();
     if (tls) return tls->next_layer().native_handle();
     return -1;
+  }
+
+  // ---- quiet idle links ----
+  // An idle caller_io link's socket leaves the I/O thread's reactor: a
+  // registered descriptor wakes that thread for every reply a caller reads
+  // itself (epoll, edge-triggered), i.e. once per request and per node of a
+  // fan-out, for nothing. The I/O thread takes it back before its next read
+  // or write (attach). I/O thread only, except quiet_fd, which callers read
+  // through fd() while they own the link (same descriptor either way).
+  std::atomic<int> quiet_fd{-1};  // the descriptor while out of the reactor
+  std::optional<tcp::socket::protocol_type> tcp_protocol;
+
+  void detach() noexcept {
+    if (quiet_fd.load(std::memory_order_relaxed) >= 0 || !setup.caller_io || tls || events.push) return;
+    error_code ec;
+    int f = -1;
+    if (tcp_ && tcp_protocol) {
+      f = tcp_->release(ec);
+    } else if (unix_) {
+      f = unix_->release(ec);
+    }
+    if (!ec && f >= 0) quiet_fd.store(f, std::memory_order_relaxed);
+  }
+  // False (the link failed) if the socket cannot be registered again.
+  bool attach() {
+    const int f = quiet_fd.load(std::memory_order_relaxed);
+    if (f < 0) return true;
+    error_code ec;
+    if (tcp_) {
+      tcp_->assign(*tcp_protocol, f, ec);
+    } else {
+      unix_->assign(asio::local::stream_protocol(), f, ec);
+    }
+    if (ec) {
+      fail(Why::io, ec.message());  // closes quiet_fd
+      return false;
+    }
+    quiet_fd.store(-1, std::memory_order_relaxed);
+    return true;
   }
 
   template <class Buffers, class Handler>
@@ -306,7 +349,12 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
                                        "redis-server is running there and that RedisOptions {} is right",
                                        endpoint, ec.message(), unix_ ? "unix_socket" : "host and port"));
     }
-    if (tcp_) enable_keepalive(*tcp_);
+    if (tcp_) {
+      enable_keepalive(*tcp_);
+      error_code local;
+      const auto at = tcp_->local_endpoint(local);
+      if (!local) tcp_protocol = at.protocol();  // else it stays in the reactor (detach() needs it to attach again)
+    }
     if (tls) enable_keepalive(tls->next_layer());
     phase = Phase::handshaking;
     phase_due = saturating_add(Clock::now(), options.connect_timeout);
@@ -452,6 +500,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
   }
 
   void write_raw(std::string bytes) {
+    if (!attach()) return;
     writing = true;
     auto buf = std::make_shared<std::string>(std::move(bytes));
     auto self = shared_from_this();
@@ -466,6 +515,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
 
   void read_loop() {
     if (reading || phase == Phase::broken) return;
+    if (!attach()) return;
     reading = true;
     auto self = shared_from_this();
     async_read_some([self](const error_code& ec, std::size_t n) {
@@ -503,6 +553,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
                                           .writing = writing}))
       return false;
     arm_timer();  // nothing owed: cancelled
+    detach();
     std::lock_guard lk(own_mu);
     own.owner = link_state::Owner::idle;
     return true;
@@ -944,6 +995,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     // asynchronous caller's executor may hold a duplicate of the descriptor
     // (AsyncSockets): shutdown() ends the connection for it too.
     if (setup.caller_io && fd() >= 0) (void)::shutdown(fd(), SHUT_RDWR);
+    if (const int f = quiet_fd.exchange(-1); f >= 0) ::close(f);  // out of the reactor: closed here
     if (tcp_) tcp_->close(ec);
     if (unix_) unix_->close(ec);
     if (tls) tls->next_layer().close(ec);

@@ -10,6 +10,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,6 +89,52 @@ TEST_F(RedisLinkFastPathTest, CallersOwnExchangesNeverMixRepliesWithRequestsPipe
   EXPECT_EQ(errors.load(), 0);
   EXPECT_FALSE(link.broken());
   EXPECT_GT(here.load(), 0) << "the fast path was never taken: the test proves nothing";
+}
+
+// The I/O thread's context switches so far ("dlock-io" in /proc/self/task);
+// -1 if it is not found.
+long io_thread_switches() {
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (!std::getline(comm, name) || name != "dlock-io") continue;
+    std::ifstream status(task.path() / "status");
+    long total = 0;
+    for (std::string line; std::getline(status, line);) {
+      std::istringstream in(line);
+      std::string key;
+      long n = 0;
+      if (in >> key >> n && (key == "voluntary_ctxt_switches:" || key == "nonvoluntary_ctxt_switches:")) total += n;
+    }
+    return total;
+  }
+  return -1;
+}
+
+// An idle link's socket is out of the I/O thread's reactor: the replies a
+// caller reads itself do not wake that thread (before: once per request).
+TEST_F(RedisLinkFastPathTest, TheIoThreadSleepsThroughTheCallersOwnExchanges) {
+  RedisLink link = RedisLink::open(options(), caller_io);
+  (void)link.exec(command({"PING"}));  // connected (through the I/O thread)
+  ASSERT_TRUE(wait_idle(link));
+  const long before = io_thread_switches();
+  ASSERT_GE(before, 0) << "no thread named dlock-io";
+  constexpr int exchanges = 300;
+  for (int i = 0; i < exchanges; ++i) {
+    RedisCall c = command({"PING"});
+    ASSERT_TRUE(link.begin_here(c)) << "the idle link was not the caller's at exchange " << i;
+    const RedisOutcome o = link.end_here();
+    ASSERT_FALSE(o.error);
+  }
+  const long woken = io_thread_switches() - before;
+  EXPECT_LT(woken, exchanges / 10) << "the I/O thread woke for replies it does not read";
+  // The link still works through the I/O thread afterwards (back in its reactor).
+  RedisGather g(1);
+  link.send(command({"PING"}), g.slot(0));
+  const RedisOutcome o = std::move(g.wait()[0]);
+  ASSERT_FALSE(o.error);
+  EXPECT_EQ(o.replies.at(0).str, "PONG");
+  EXPECT_TRUE(wait_idle(link)) << "idle again, and the caller's again";
 }
 
 TEST_F(RedisLinkFastPathTest, ARequestWrittenByTheCallerThatGetsNoAnswerIsInDoubtAndNeverResent) {
