@@ -50,8 +50,8 @@ class RedisClient;
 /// Which primitive a set of keys belongs to.
 enum class RedisLockKind {
   mutex,       ///< P{N}: Lock<RedisBackend> / Lock<RedlockBackend>
-  rw,          ///< P{N}:rw:writer, :rw:readers, :rw:waiting: RwLock
-  semaphore,   ///< P{N}:sem:permits, :sem:count: Semaphore
+  rw,          ///< P{N}:rw:writer, :rw:readers, :rw:waiting, :rw:tokens: RwLock
+  semaphore,   ///< P{N}:sem:permits, :sem:count, :sem:tokens: Semaphore
   fair_queue,  ///< P{N} with P{N}:queue, :queue:ttl: a mutex in fair (FIFO) mode with waiters queued
   election,    ///< P{N}:leader, :leader:info: Election
 };
@@ -62,6 +62,10 @@ enum class RedisLockKind {
 struct RedisLeaseInfo {
   std::string owner;   ///< its owner id
   long long ttl_ms{};  ///< ms until it expires by the server clock (a queued waiter: until its deadline)
+  /// A reader's or permit's fencing token (what its holder's fencing_token()
+  /// says), from P{N}:rw:tokens / P{N}:sem:tokens; nullopt for queued waiters
+  /// and the waiting writer, or a lease whose entry is missing.
+  std::optional<std::string> token;
   friend bool operator==(const RedisLeaseInfo&, const RedisLeaseInfo&) = default;
 };
 
@@ -74,9 +78,9 @@ struct RedisLockInfo {
   long long ttl_ms = -2;                ///< the holder's key's PTTL: -1 no TTL, -2 no holder
   std::optional<std::string> token;     ///< the fencing counter P{N}:fence (election: the latest term issued)
   std::string wrong_type;               ///< non-empty: `key` holds this Redis type, so it is not a dlock lock
-  std::vector<RedisLeaseInfo> readers;  ///< rw: the live readers
+  std::vector<RedisLeaseInfo> readers;  ///< rw: the live readers (each with its token)
   std::optional<RedisLeaseInfo> waiting_writer;  ///< rw: the blocked writer that keeps new readers out
-  std::vector<RedisLeaseInfo> permits;           ///< semaphore: the live permits
+  std::vector<RedisLeaseInfo> permits;           ///< semaphore: the live permits (each with its token)
   std::optional<std::string> permit_count;  ///< semaphore: the operator's count (:sem:count); nullopt: the callers'
   std::vector<RedisLeaseInfo> queue;        ///< fair: the live waiters, in arrival order
   std::optional<std::string> candidate;     ///< election: the leader's candidate id
@@ -112,8 +116,10 @@ struct RedisWaitRecords {
 
 /// What force_release() deleted.
 struct RedisReleased {
-  std::string owner;      ///< the owner id it held
-  long long ttl_ms = -2;  ///< what was left of its TTL (-1: none)
+  std::string owner;                 ///< the owner id it held
+  long long ttl_ms = -2;             ///< what was left of its TTL (-1: none)
+  std::string key;                   ///< the key it was removed from (force_release_leases(); force_release(): empty)
+  std::optional<std::string> token;  ///< a reader's or permit's token (force_release_leases())
 };
 
 /// One Redis server (standalone or a primary), the key prefix of its options.
@@ -161,6 +167,18 @@ class RedisAdmin {
   /// still be working.
   [[nodiscard]] std::optional<RedisReleased> force_release(std::string_view name,
                                                            std::optional<std::string_view> owner = std::nullopt);
+  /// Force-releases the leases of `kind` under `name`: rw, its writer and
+  /// every reader; semaphore, every permit; with `owner`, only that owner's
+  /// lease. Reads them (inspect()), then runs the library's own release
+  /// script for each owner read, as its holder's release would: a reader or
+  /// permit leaves its set and its token's entry (P{N}:rw:tokens,
+  /// P{N}:sem:tokens) with it, and the release is published, so waiters
+  /// wake at once. A lease that expired or was released in between is not
+  /// in the result. mutex and fair_queue: force_release(); election:
+  /// InvalidArgument (its leader expires by its lease). The holders are not
+  /// told: they may still be working.
+  [[nodiscard]] std::vector<RedisReleased> force_release_leases(std::string_view name, RedisLockKind kind,
+                                                                std::optional<std::string_view> owner = std::nullopt);
   /// Sets the permit count of semaphore `name` for every client (the key
   /// P{N}:sem:count, without TTL), or with nullopt removes it so that each
   /// client's own count applies again. Holders keep their permits: a lower

@@ -8,6 +8,7 @@
 #include <dlock/detail/redis_cluster.hpp>
 #include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_key_roles.hpp>
+#include <dlock/detail/redis_primitive_calls.hpp>
 #include <dlock/error.hpp>
 #include <dlock/redis.hpp>
 #include <dlock/redlock.hpp>
@@ -68,9 +69,9 @@ std::vector<RedisKeyRole> roles_of(RedisLockKind kind) {
     case RedisLockKind::fair_queue:
       return {R::lock, R::fence, R::fair_queue, R::fair_deadlines};
     case RedisLockKind::rw:
-      return {R::rw_writer, R::fence, R::rw_readers, R::rw_waiting};
+      return {R::rw_writer, R::fence, R::rw_readers, R::rw_waiting, R::rw_tokens};
     case RedisLockKind::semaphore:
-      return {R::sem_permits, R::fence, R::sem_count};
+      return {R::sem_permits, R::fence, R::sem_count, R::sem_tokens};
     case RedisLockKind::election:
       return {R::leader, R::fence, R::leader_info};
   }
@@ -104,6 +105,8 @@ Shape shape_of(RedisKeyRole r) {
     case R::fair_deadlines:
       return Shape::zset;
     case R::leader_info:
+    case R::rw_tokens:
+    case R::sem_tokens:
       return Shape::hash;
     default:
       return Shape::string;
@@ -319,11 +322,18 @@ void read_routed(RedisClient& root, std::vector<Read>& reads) {
   }
 }
 
-std::vector<RedisLeaseInfo> leases(const KeyValue& v, long long now_ms) {
+// The live members of lease set `v`; with `tokens` (its token hash), each with its token.
+std::vector<RedisLeaseInfo> leases(const KeyValue& v, long long now_ms, const KeyValue* tokens = nullptr) {
+  std::map<std::string, std::string> token_of;
+  if (tokens)
+    for (const auto& [owner, token] : tokens->pairs) token_of.emplace(owner, token);
   std::vector<RedisLeaseInfo> out;
   for (const auto& [member, score] : v.pairs) {
     const long long left = to_number(score) - now_ms;
-    if (left > 0) out.push_back(RedisLeaseInfo{member, left});
+    if (left <= 0) continue;
+    RedisLeaseInfo l{.owner = member, .ttl_ms = left, .token = std::nullopt};
+    if (const auto it = token_of.find(member); it != token_of.end()) l.token = it->second;
+    out.push_back(std::move(l));
   }
   return out;
 }
@@ -360,17 +370,17 @@ RedisLockInfo info_of(const Read& r, RedisLockKind kind, std::string_view prefix
       for (const auto& [member, arrival] : value(R::fair_queue).pairs) {
         (void)arrival;  // ZRANGE gave them in arrival order
         if (const auto it = deadline.find(member); it != deadline.end())
-          info.queue.push_back(RedisLeaseInfo{member, it->second});
+          info.queue.push_back(RedisLeaseInfo{.owner = member, .ttl_ms = it->second, .token = std::nullopt});
       }
       break;
     }
     case RedisLockKind::rw:
-      info.readers = leases(value(R::rw_readers), now_ms);
+      info.readers = leases(value(R::rw_readers), now_ms, &value(R::rw_tokens));
       if (const KeyValue& w = value(R::rw_waiting); w.str && w.pttl != -2)
-        info.waiting_writer = RedisLeaseInfo{*w.str, w.pttl};
+        info.waiting_writer = RedisLeaseInfo{.owner = *w.str, .ttl_ms = w.pttl, .token = std::nullopt};
       break;
     case RedisLockKind::semaphore:
-      info.permits = leases(holder, now_ms);
+      info.permits = leases(holder, now_ms, &value(R::sem_tokens));
       info.permit_count = value(R::sem_count).str;
       break;
     case RedisLockKind::election:
@@ -443,7 +453,8 @@ RedisLockList RedisAdmin::list(const RedisListOptions& options) {
     if (out.truncated) break;
     scan(*node, pattern, [&](std::string key) {
       const auto k = detail::classify_redis_key(prefix(), key);
-      if (!k) return true;
+      // A token hash goes with its lease set (roles_of reads it): not a lock of its own.
+      if (!k || k->role == RedisKeyRole::rw_tokens || k->role == RedisKeyRole::sem_tokens) return true;
       names[k->name][static_cast<std::size_t>(k->role)] = true;
       if (k->role != RedisKeyRole::fence) locks.insert(k->name);
       out.truncated = options.limit != 0 && locks.size() > options.limit;
@@ -539,8 +550,46 @@ std::optional<RedisReleased> RedisAdmin::force_release(std::string_view name, st
     throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
                                   s.node, s.wrong_type));
   if (!s.owner || (owner && *s.owner != *owner)) return std::nullopt;
-  if (client_->release(client_->keys(name), *s.owner)) return RedisReleased{*s.owner, s.ttl_ms};
+  if (client_->release(client_->keys(name), *s.owner))
+    return RedisReleased{.owner = *s.owner, .ttl_ms = s.ttl_ms, .key = {}, .token = std::nullopt};
   return std::nullopt;
+}
+
+std::vector<RedisReleased> RedisAdmin::force_release_leases(std::string_view name, RedisLockKind kind,
+                                                            std::optional<std::string_view> owner) {
+  detail::validate_redis_lock_name(name);
+  if (kind == RedisLockKind::mutex || kind == RedisLockKind::fair_queue) {
+    auto released = force_release(name, owner);
+    if (!released) return {};
+    released->key = detail::redis_role_key(prefix(), name, RedisKeyRole::lock);
+    return {std::move(*released)};
+  }
+  if (kind != RedisLockKind::rw && kind != RedisLockKind::semaphore)
+    throw InvalidArgument(
+        fmt::format("dlock: force_release_leases of '{}': a {} is not released by force", name, kind_name(kind)));
+  std::optional<RedisLockInfo> s;
+  for (auto& l : inspect(name))
+    if (l.kind == kind) s = std::move(l);
+  if (!s) return {};
+  if (!s->wrong_type.empty())
+    throw ServerError(fmt::format("dlock: the key of lock '{}' on Redis at {} holds a {}, not a dlock lock", name,
+                                  s->node, s->wrong_type));
+  const auto mine = [&](const std::string& o) { return !owner || o == *owner; };
+  const detail::RedisPrimitiveKeys k = detail::redis_primitive_keys(prefix(), name);
+  RedisClient& node = node_for(*client_, name);
+  std::vector<RedisReleased> out;
+  // The writer's key is a mutex key: the mutex's release script, as RwLock's writer releases it.
+  if (kind == RedisLockKind::rw && s->owner && mine(*s->owner) &&
+      node.release(detail::RedisKeys{k.rw_writer, k.fence, k.channel}, *s->owner))
+    out.push_back(RedisReleased{.owner = *s->owner, .ttl_ms = s->ttl_ms, .key = k.rw_writer, .token = std::nullopt});
+  for (const RedisLeaseInfo& l : kind == RedisLockKind::rw ? s->readers : s->permits) {
+    if (!mine(l.owner)) continue;
+    const detail::PrimitiveCall c =
+        kind == RedisLockKind::rw ? detail::reader_release_call(k, l.owner) : detail::permit_release_call(k, l.owner);
+    if (detail::run_release_call(node, c, k.channel))
+      out.push_back(RedisReleased{.owner = l.owner, .ttl_ms = l.ttl_ms, .key = c.key, .token = l.token});
+  }
+  return out;
 }
 
 std::optional<std::string> RedisAdmin::set_permit_count(std::string_view name, std::optional<std::uint64_t> count) {

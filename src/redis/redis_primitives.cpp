@@ -51,13 +51,17 @@ AcquireResult<RedisBackend::Handle> RedisBackend::try_acquire_shared(const Acqui
   return acquire_by(*state_->node, detail::read_acquire_call(k, request, state_->options.fence_ttl), request);
 }
 
+bool detail::run_release_call(RedisClient& node, const PrimitiveCall& c, const std::string& channel) {
+  const ReleaseReply r = parse_release_reply(run(node, c.call, c.what, c.key), node.endpoint(), c.key);
+  if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), channel, r.publish_error);
+  return r.released;
+}
+
 namespace {
 
 // A release script's call (which may publish on `channel`) and answer.
 ReleaseResult release_by(detail::RedisClient& node, const detail::PrimitiveCall& c, const std::string& channel) {
-  const detail::ReleaseReply r = detail::parse_release_reply(run(node, c.call, c.what, c.key), node.endpoint(), c.key);
-  if (!r.publish_error.empty()) node.facts().note_publish_refusal(node.endpoint(), channel, r.publish_error);
-  return r.released ? ReleaseResult::released : ReleaseResult::not_held;
+  return detail::run_release_call(node, c, channel) ? ReleaseResult::released : ReleaseResult::not_held;
 }
 
 // An extend script's call and answer.

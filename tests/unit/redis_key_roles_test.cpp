@@ -39,6 +39,10 @@ TEST(RedisKeyRoles, TheLayoutsOwnKeys) {
             dlock::detail::redis_primitive_keys("p:", "n").rw_readers);
   EXPECT_EQ(redis_role_key("p:", "n", RedisKeyRole::leader_info),
             dlock::detail::redis_primitive_keys("p:", "n").leader_info);
+  EXPECT_EQ(redis_role_key("p:", "n", RedisKeyRole::rw_tokens),
+            dlock::detail::redis_primitive_keys("p:", "n").rw_tokens);
+  EXPECT_EQ(redis_role_key("p:", "n", RedisKeyRole::sem_tokens),
+            dlock::detail::redis_primitive_keys("p:", "n").sem_tokens);
 }
 
 TEST(RedisKeyRoles, NamesAndForeignKeys) {

@@ -130,8 +130,14 @@ const std::vector<Command>& commands() {
        "retry at once. The holder is NOT told: it keeps running its critical section until its\n"
        "next extend() fails. Use only when the holder is known to be gone or stuck.\n"
        "Without --yes: shows what would be deleted and exits 2. Exit 1 if the lock is not held.\n"
-       "With --owner ID: only if ID holds it. Exit 1 too if it changed hands after it was read.",
-       with(redis_conn(), {{"owner", "ID", "release only if this owner id holds it"}, opt_force, opt_yes}),
+       "With --owner ID: only if ID holds it. Exit 1 too if it changed hands after it was read.\n"
+       "--kind rw|semaphore: releases the read-write lock's writer and readers, or the semaphore's\n"
+       "permits (with --owner ID: only ID's lease), each with the library's release script: its\n"
+       "token's entry goes with it, and waiters wake.",
+       with(redis_conn(), {{"owner", "ID", "release only if this owner id holds it"},
+                           {"kind", "KIND", "mutex (default), rw or semaphore"},
+                           opt_force,
+                           opt_yes}),
        cmd_redis_release},
       {{"redis", "permits"},
        "NAME [--set N | --clear]",

@@ -64,9 +64,15 @@ void print_not_held(Context& ctx, const dlock::RedisOptions& o, std::string_view
   }
 }
 
-void write_leases_json(JsonWriter& j, std::string_view key, const std::vector<RedisLeaseInfo>& leases) {
+// Leases as {"owner", "ttl_ms"} (with `tokens`, a reader's or permit's, also "token").
+void write_leases_json(JsonWriter& j, std::string_view key, const std::vector<RedisLeaseInfo>& leases,
+                       bool tokens = false) {
   j.key(key).begin_array();
-  for (const auto& l : leases) j.begin_object().name("owner", l.owner).key("ttl_ms").value(l.ttl_ms).end_object();
+  for (const auto& l : leases) {
+    j.begin_object().name("owner", l.owner).key("ttl_ms").value(l.ttl_ms);
+    if (tokens) j.key("token").token(l.token);
+    j.end_object();
+  }
   j.end_array();
 }
 
@@ -79,7 +85,7 @@ void write_kind_json(JsonWriter& j, const RedisLockInfo& l) {
       write_leases_json(j, "queue", l.queue);
       break;
     case RedisLockKind::rw:
-      write_leases_json(j, "readers", l.readers);
+      write_leases_json(j, "readers", l.readers, true);
       j.key("waiting_writer");
       if (l.waiting_writer) {
         j.begin_object().name("owner", l.waiting_writer->owner).key("ttl_ms").value(l.waiting_writer->ttl_ms);
@@ -89,7 +95,7 @@ void write_kind_json(JsonWriter& j, const RedisLockInfo& l) {
       }
       break;
     case RedisLockKind::semaphore:
-      write_leases_json(j, "permits", l.permits);
+      write_leases_json(j, "permits", l.permits, true);
       j.key("permit_count").token(l.permit_count);
       break;
     case RedisLockKind::election:
@@ -122,12 +128,89 @@ std::string where(const dlock::RedisAdmin& admin, const RedisLockInfo& l) {
   return fmt::format("{} ({})", l.node, admin.endpoint());
 }
 
-void print_leases(std::ostream& out, std::string_view title, const std::vector<RedisLeaseInfo>& leases) {
+std::string token_text(const std::optional<std::string>& token) { return token ? escape_text(*token) : "-"; }
+
+// One line per lease (with `tokens`, a reader's or permit's, a TOKEN column).
+void print_leases(std::ostream& out, std::string_view title, const std::vector<RedisLeaseInfo>& leases,
+                  bool tokens = false) {
   out << title << leases.size() << "\n";
   if (leases.empty()) return;
-  Table t({"  OWNER", "TTL"});
-  for (const auto& l : leases) t.add({"  " + escape_text(l.owner), format_ttl(l.ttl_ms)});
+  Table t(tokens ? std::vector<std::string>{"  OWNER", "TTL", "TOKEN"} : std::vector<std::string>{"  OWNER", "TTL"});
+  for (const auto& l : leases) {
+    std::vector<std::string> row{"  " + escape_text(l.owner), format_ttl(l.ttl_ms)};
+    if (tokens) row.push_back(token_text(l.token));
+    t.add(std::move(row));
+  }
   out << t.render();
+}
+
+// `--kind` of release: mutex (default), rw or semaphore, by their kind_name().
+RedisLockKind release_kind(const std::optional<std::string>& arg) {
+  if (!arg) return RedisLockKind::mutex;
+  for (const RedisLockKind k : {RedisLockKind::mutex, RedisLockKind::rw, RedisLockKind::semaphore})
+    if (dlock::kind_name(k) == *arg) return k;
+  throw UsageError("--kind takes mutex, rw or semaphore (got '" + escape_text(*arg) + "')");
+}
+
+// The leases of `kind` (rw or semaphore) that release --kind would break: the
+// writer and the readers, or the permits; with `owner`, only its lease.
+std::vector<RedisLeaseInfo> breakable(const std::vector<RedisLockInfo>& found, RedisLockKind kind,
+                                      const std::optional<std::string>& owner) {
+  std::vector<RedisLeaseInfo> out;
+  const auto mine = [&](const std::string& o) { return !owner || o == *owner; };
+  for (const auto& l : found) {
+    if (l.kind != kind) continue;
+    if (l.owner && mine(*l.owner))
+      out.push_back(RedisLeaseInfo{.owner = *l.owner, .ttl_ms = l.ttl_ms, .token = std::nullopt});
+    for (const auto& r : kind == RedisLockKind::rw ? l.readers : l.permits)
+      if (mine(r.owner)) out.push_back(r);
+  }
+  return out;
+}
+
+// release --force --kind rw|semaphore: RedisAdmin::force_release_leases.
+int release_leases(Context& ctx, const dlock::RedisOptions& o, const std::string& name, RedisLockKind kind,
+                   const std::optional<std::string>& owner) {
+  return guarded(ctx, secrets_of(ctx), [&]() -> int {
+    dlock::RedisAdmin admin(o);
+    if (!ctx.args.has("yes")) {
+      const auto leases = breakable(admin.inspect(name), kind, owner);
+      if (leases.empty()) {
+        print_not_held(ctx, o, name, admin.reached());
+        return exit_not_found;
+      }
+      std::string owners;
+      for (const auto& l : leases) owners += (owners.empty() ? "" : ", ") + escape_text(l.owner);
+      ctx.err << fmt::format(
+          "dlockctl: would release {} lease(s) of {} {} on {} ({}) and wake its waiters; the holders are not told "
+          "and may still be working. Rerun with --yes to do it.\n",
+          leases.size(), dlock::kind_name(kind), quoted(name), admin.reached(), owners);
+      return exit_usage;
+    }
+    const auto removed = admin.force_release_leases(name, kind, owner);
+    if (removed.empty()) {
+      print_not_held(ctx, o, name, admin.reached());
+      return exit_not_found;
+    }
+    if (ctx.json) {
+      JsonWriter j;
+      j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix).name("name", name);
+      j.key("kind").value(dlock::kind_name(kind)).key("released").value(true).key("leases").begin_array();
+      for (const auto& r : removed) {
+        j.begin_object().name("owner", r.owner).name("key", r.key).key("ttl_ms").value(r.ttl_ms);
+        j.key("token").token(r.token).end_object();
+      }
+      j.end_array().end_object();
+      ctx.out << j.str() << "\n";
+      return exit_ok;
+    }
+    for (const auto& r : removed)
+      ctx.out << fmt::format("released {} ({}): removed owner {} from {} on {} ({} left, token {})\n", quoted(name),
+                             dlock::kind_name(kind), escape_text(r.owner), escape_text(r.key), admin.reached(),
+                             format_ttl(r.ttl_ms), token_text(r.token));
+    ctx.out << "waiters notified\n";
+    return exit_ok;
+  });
 }
 
 }  // namespace
@@ -238,7 +321,7 @@ int cmd_redis_inspect(Context& ctx) {
           print_leases(ctx.out, "queue    ", s.queue);
           break;
         case RedisLockKind::rw:
-          print_leases(ctx.out, "readers  ", s.readers);
+          print_leases(ctx.out, "readers  ", s.readers, true);
           if (s.waiting_writer)
             ctx.out << "writer waiting: " << escape_text(s.waiting_writer->owner) << " (mark expires in "
                     << format_ttl(s.waiting_writer->ttl_ms) << "; no new reader gets in)\n";
@@ -248,7 +331,7 @@ int cmd_redis_inspect(Context& ctx) {
                   << (s.permit_count ? escape_text(*s.permit_count) + " (set by an operator)"
                                      : std::string("(each caller's own)"))
                   << "\n";
-          print_leases(ctx.out, "permits  ", s.permits);
+          print_leases(ctx.out, "permits  ", s.permits, true);
           break;
         case RedisLockKind::election:
           ctx.out << "leader   " << (s.candidate ? escape_text(*s.candidate) : "-") << ", term "
@@ -272,8 +355,10 @@ int cmd_redis_release(Context& ctx) {
     throw UsageError("release breaks a lock that someone may still hold: give --force (and --yes to do it)");
   const auto owner = ctx.args.get("owner");
   if (owner && owner->empty()) throw UsageError("--owner must not be empty");
+  const RedisLockKind kind = release_kind(ctx.args.get("kind"));
   const auto o = redis_options(ctx);
   const std::string name = ctx.args.positionals().at(0);
+  if (kind != RedisLockKind::mutex) return release_leases(ctx, o, name, kind, owner);
   return guarded(ctx, secrets_of(ctx), [&]() -> int {
     dlock::RedisAdmin admin(o);
     const RedisLockInfo s = admin.inspect_mutexes({name}).at(0);
@@ -337,7 +422,7 @@ int cmd_redis_permits(Context& ctx) {
       j.begin_object().key("endpoint").value(admin.reached()).name("prefix", o.key_prefix).name("name", name);
       j.key("permit_count").token(current);
       if (previous) j.key("previous_count").token(*previous);
-      write_leases_json(j, "permits", permits);
+      write_leases_json(j, "permits", permits, true);
       j.end_object();
       ctx.out << j.str() << "\n";
       return exit_ok;
@@ -348,7 +433,7 @@ int cmd_redis_permits(Context& ctx) {
     if (previous) ctx.out << "was      " << text(*previous) << "\n";
     ctx.out << "semaphore " << quoted(name) << " on " << admin.reached() << "\n"
             << "count    " << text(current) << "\n";
-    print_leases(ctx.out, "permits  ", permits);
+    print_leases(ctx.out, "permits  ", permits, true);
     return exit_ok;
   });
 }

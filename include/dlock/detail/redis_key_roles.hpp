@@ -27,8 +27,10 @@ enum class RedisKeyRole : unsigned {
   fair_deadlines,
   leader,
   leader_info,
+  rw_tokens,   ///< RedisPrimitiveKeys::rw_tokens: reader owner id -> its lease's token
+  sem_tokens,  ///< RedisPrimitiveKeys::sem_tokens: permit owner id -> its lease's token
 };
-inline constexpr std::size_t redis_key_role_count = 11;
+inline constexpr std::size_t redis_key_role_count = 13;
 
 /// The key of `role` for lock `name` under `prefix`.
 [[nodiscard]] inline std::string redis_role_key(std::string_view prefix, std::string_view name, RedisKeyRole role) {
@@ -57,6 +59,10 @@ inline constexpr std::size_t redis_key_role_count = 11;
       return k.leader;
     case RedisKeyRole::leader_info:
       return k.leader_info;
+    case RedisKeyRole::rw_tokens:
+      return k.rw_tokens;
+    case RedisKeyRole::sem_tokens:
+      return k.sem_tokens;
   }
   return redis_keys(prefix, name).lock;
 }

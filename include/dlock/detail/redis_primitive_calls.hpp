@@ -82,6 +82,13 @@ inline PrimitiveCall member_extend_call(const std::string& set, const std::strin
           "extend"};
 }
 
+class RedisClient;
+/// Runs release call `c` (a lease set's release script, which may publish on
+/// `channel`) on `node`: true if the lease was released, false if it was not
+/// held. A refused PUBLISH is noted in node.facts(), not thrown.
+/// (src/redis/redis_primitives.cpp; RedisBackend and RedisAdmin use it.)
+bool run_release_call(RedisClient& node, const PrimitiveCall& c, const std::string& channel);
+
 inline PrimitiveCall reader_release_call(const RedisPrimitiveKeys& k, std::string_view owner) {
   return member_release_call(k.rw_readers, k.rw_tokens, k.channel, owner, true);
 }

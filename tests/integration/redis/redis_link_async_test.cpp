@@ -27,7 +27,6 @@
 #include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
-using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;
@@ -69,20 +68,12 @@ bool wait_idle(RedisLink& link, asio::io_context& io) {
 
 // A link to a server of its own, idle (wait_idle through `io`), then the
 // server paused (SIGSTOP): a request written now gets no answer.
-struct PausedLink {
+struct PausedLink : dlock::test::OwnServerLink {
   explicit PausedLink(std::chrono::milliseconds command_timeout)
-      : link(RedisLink::open(with_timeout(server.options(), command_timeout), caller_io)),
-        io(std::make_unique<asio::io_context>()) {
-    (void)link.exec(command({"PING"}));
+      : OwnServerLink(command_timeout), io(std::make_unique<asio::io_context>()) {
     idle = wait_idle(link, *io);
     server.pause();
   }
-  static RedisOptions with_timeout(RedisOptions o, std::chrono::milliseconds t) {
-    o.command_timeout = t;
-    return o;
-  }
-  RedisServer server;
-  RedisLink link;
   std::unique_ptr<asio::io_context> io;
   bool idle = false;
 };
@@ -155,17 +146,13 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
 
 TEST_F(RedisLinkAsyncTest, ARequestWrittenByAnAsyncCallerThatGetsNoAnswerIsInDoubtAndNeverResent) {
   DLOCK_REQUIRE_OWN_REDIS();
-  RedisServer server;
-  RedisOptions o = server.options();
-  o.key_prefix = prefix_;
-  o.command_timeout = 300ms;
-  RedisLink link = RedisLink::open(o, caller_io);
-  (void)link.exec(command({"PING"}));
+  dlock::test::OwnServerLink own(300ms, prefix_);
+  RedisLink& link = own.link;
   asio::io_context io;
   ASSERT_TRUE(wait_idle(link, io));
   const std::string counter = prefix_ + "counter";
 
-  server.pause();  // SIGSTOP: the request reaches the kernel's buffer, no answer comes
+  own.server.pause();  // SIGSTOP: the request reaches the kernel's buffer, no answer comes
   RedisCall incr = command({"INCR", counter}, "an increment of the test's counter");
   std::optional<RedisOutcome> out;
   ASSERT_TRUE(try_here(link, io, incr, out));
@@ -174,7 +161,7 @@ TEST_F(RedisLinkAsyncTest, ARequestWrittenByAnAsyncCallerThatGetsNoAnswerIsInDou
   io.restart();
   io.run();  // returns once the exchange completed: it was the context's only work
   const auto waited = std::chrono::steady_clock::now() - t0;
-  server.resume();
+  own.server.resume();
   ASSERT_TRUE(out && out->error);
   const std::string m = error_of<dlock::TimeoutError>(*out);
   EXPECT_NE(m.find("the request was sent; its outcome is unknown"), std::string::npos) << m;
@@ -187,9 +174,7 @@ TEST_F(RedisLinkAsyncTest, ARequestWrittenByAnAsyncCallerThatGetsNoAnswerIsInDou
   std::optional<RedisOutcome> never;
   EXPECT_FALSE(try_here(link, io, again, never));
   // The server ran the first increment once, after its pause; nothing was resent.
-  RedisLink check = RedisLink::open(o, caller_io);
-  EXPECT_EQ(check.exec(command({"GET", counter})).at(0).str, "1");
-  (void)check.exec(command({"DEL", counter}));
+  EXPECT_EQ(dlock::test::take_value(own.options, counter), "1");
 }
 
 TEST_F(RedisLinkAsyncTest, AConnectionKilledDuringAnAsyncExchangeIsInDoubt) {
@@ -200,15 +185,7 @@ TEST_F(RedisLinkAsyncTest, AConnectionKilledDuringAnAsyncExchangeIsInDoubt) {
   RedisCall pop = command({"BLPOP", prefix_ + "never", "5"}, "a blocking pop");
   std::optional<RedisOutcome> out;
   ASSERT_TRUE(try_here(link, io, pop, out));
-  std::thread killer([&] {
-    RedisLink other = RedisLink::open(options(), caller_io);
-    for (int i = 0; i < 500; ++i) {  // until the pop is blocked on the server
-      const auto list = other.exec(command({"CLIENT", "LIST", "ID", std::to_string(id)})).at(0).str;
-      if (list.find("cmd=blpop") != std::string::npos) break;
-      std::this_thread::sleep_for(2ms);
-    }
-    (void)other.exec(command({"CLIENT", "KILL", "ID", std::to_string(id)}));
-  });
+  std::thread killer([&] { dlock::test::kill_once_blocked_in_blpop(options(), id); });
   io.restart();
   io.run();
   killer.join();

@@ -21,14 +21,12 @@
 #include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
-using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;
 using dlock::detail::RedisOutcome;
 using dlock::test::caller_io;
 using dlock::test::command;
-using dlock::test::RedisServer;
 using dlock::test::RedisTest;
 using dlock::test::SharedRedis;
 
@@ -139,22 +137,18 @@ TEST_F(RedisLinkFastPathTest, TheIoThreadSleepsThroughTheCallersOwnExchanges) {
 
 TEST_F(RedisLinkFastPathTest, ARequestWrittenByTheCallerThatGetsNoAnswerIsInDoubtAndNeverResent) {
   DLOCK_REQUIRE_OWN_REDIS();
-  RedisServer server;
-  RedisOptions o = server.options();
-  o.key_prefix = prefix_;
-  o.command_timeout = 300ms;
-  RedisLink link = RedisLink::open(o, caller_io);
-  (void)link.exec(command({"PING"}));
+  dlock::test::OwnServerLink own(300ms, prefix_);
+  RedisLink& link = own.link;
   ASSERT_TRUE(wait_idle(link));
   const std::string counter = prefix_ + "counter";
 
-  server.pause();  // SIGSTOP: the request reaches the kernel's buffer, no answer comes
+  own.server.pause();  // SIGSTOP: the request reaches the kernel's buffer, no answer comes
   RedisCall incr = command({"INCR", counter}, "an increment of the test's counter");
   ASSERT_TRUE(link.begin_here(incr));
   const auto t0 = std::chrono::steady_clock::now();
   const RedisOutcome out = link.end_here();
   const auto waited = std::chrono::steady_clock::now() - t0;
-  server.resume();
+  own.server.resume();
   ASSERT_TRUE(out.error);
   try {
     std::rethrow_exception(out.error);
@@ -183,9 +177,7 @@ TEST_F(RedisLinkFastPathTest, ARequestWrittenByTheCallerThatGetsNoAnswerIsInDoub
     FAIL() << "not a ConnectionError: " << e.what();
   }
   // The server ran the first increment once, after its pause; nothing was resent.
-  RedisLink check = RedisLink::open(o, caller_io);
-  EXPECT_EQ(check.exec(command({"GET", counter})).at(0).str, "1");
-  (void)check.exec(command({"DEL", counter}));
+  EXPECT_EQ(dlock::test::take_value(own.options, counter), "1");
 }
 
 TEST_F(RedisLinkFastPathTest, AConnectionClosedDuringTheCallersExchangeIsInDoubt) {
@@ -194,15 +186,7 @@ TEST_F(RedisLinkFastPathTest, AConnectionClosedDuringTheCallersExchangeIsInDoubt
   ASSERT_TRUE(wait_idle(link));
   RedisCall pop = command({"BLPOP", prefix_ + "never", "5"}, "a blocking pop");
   ASSERT_TRUE(link.begin_here(pop));
-  std::thread killer([&] {
-    RedisLink other = RedisLink::open(options(), caller_io);
-    for (int i = 0; i < 500; ++i) {  // until the pop is blocked on the server
-      const auto list = other.exec(command({"CLIENT", "LIST", "ID", std::to_string(id)})).at(0).str;
-      if (list.find("cmd=blpop") != std::string::npos) break;
-      std::this_thread::sleep_for(2ms);
-    }
-    (void)other.exec(command({"CLIENT", "KILL", "ID", std::to_string(id)}));
-  });
+  std::thread killer([&] { dlock::test::kill_once_blocked_in_blpop(options(), id); });
   const RedisOutcome out = link.end_here();
   killer.join();
   ASSERT_TRUE(out.error);

@@ -1,16 +1,24 @@
 // Helpers of the transport's link tests (redis_link_fastpath_test,
-// redis_link_async_test): a caller_io link's setup and a request.
+// redis_link_async_test): a caller_io link's setup and a request, a link to a
+// server of the test's own (to pause), a connection killed once it blocks,
+// and a value read back on a fresh link.
 #pragma once
 
 #include <dlock/detail/redis_transport.hpp>
+#include <dlock/redis_options.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
+
+#include "support/redis_server.hpp"
 
 namespace dlock::test {
 
@@ -23,6 +31,47 @@ inline detail::RedisCall command(std::initializer_list<std::string_view> args, s
   c.request.push(args);
   c.what = std::move(what);
   return c;
+}
+
+/// A server of the test's own and a caller_io link to it, opened and used
+/// once (a PING): the in-doubt tests pause the server once the link is idle.
+/// Options: the server's, with `command_timeout` (and `prefix` if given).
+struct OwnServerLink {
+  explicit OwnServerLink(std::chrono::milliseconds command_timeout, std::optional<std::string> prefix = std::nullopt)
+      : options(options_of(server, command_timeout, std::move(prefix))),
+        link(detail::RedisLink::open(options, caller_io)) {
+    (void)link.exec(command({"PING"}));
+  }
+  static RedisOptions options_of(const RedisServer& s, std::chrono::milliseconds command_timeout,
+                                 std::optional<std::string> prefix) {
+    RedisOptions o = s.options();
+    if (prefix) o.key_prefix = std::move(*prefix);
+    o.command_timeout = command_timeout;
+    return o;
+  }
+  RedisServer server;
+  RedisOptions options;
+  detail::RedisLink link;
+};
+
+/// Kills (CLIENT KILL ID) connection `id` of the server at `o` once CLIENT
+/// LIST shows it blocked in a BLPOP (polled for about a second at most).
+inline void kill_once_blocked_in_blpop(const RedisOptions& o, long long id) {
+  detail::RedisLink other = detail::RedisLink::open(o, caller_io);
+  for (int i = 0; i < 500; ++i) {  // until the pop is blocked on the server
+    const auto list = other.exec(command({"CLIENT", "LIST", "ID", std::to_string(id)})).at(0).str;
+    if (list.find("cmd=blpop") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  (void)other.exec(command({"CLIENT", "KILL", "ID", std::to_string(id)}));
+}
+
+/// The value of `key` on the server at `o`, read on a fresh link, then deleted.
+inline std::string take_value(const RedisOptions& o, const std::string& key) {
+  detail::RedisLink check = detail::RedisLink::open(o, caller_io);
+  std::string value = check.exec(command({"GET", key})).at(0).str;
+  (void)check.exec(command({"DEL", key}));
+  return value;
 }
 
 /// Sender `t`: `rounds` bursts of `burst` ECHOs pipelined on `link` through

@@ -221,17 +221,6 @@ T run(asio::io_context& io, asio::awaitable<T> task) {
   return std::move(*out);
 }
 
-// The port sentinel `i` names as the primary (0 if it cannot say).
-int sentinel_primary_port(dlock::test::SentinelSetup& setup, std::size_t i = 0) {
-  try {
-    const auto r = RespConn(setup.sentinel(i).port())
-                       .command({"SENTINEL", "GET-MASTER-ADDR-BY-NAME", dlock::test::SentinelSetup::master_name});
-    if (r.elements.size() == 2) return std::stoi(r.elements[1].str);
-  } catch (const std::exception&) {
-  }
-  return 0;
-}
-
 // The asynchronous form of RedisSentinelProcesses.
 // AClientWhoseFirstSentinelLagsLocksOnTheNewPrimary: after a failover, the
 // old primary resumes (still master until the sentinels demote it) and a
@@ -245,57 +234,23 @@ TEST(RedisSentinelAsync, AClientWhoseFirstSentinelLagsIsNotGrantedOnTheResumedOl
   using dlock::test::SentinelSetup;
   SentinelSetup setup;
   ASSERT_TRUE(dlock::test::sentinels_ready(setup));
-  const int old_primary = setup.primary().port();
-  setup.primary().pause();
-  int new_primary = 0;
-  const bool failed_over = eventually(
-      [&] {
-        new_primary = sentinel_primary_port(setup);
-        return new_primary != 0 && new_primary != old_primary;
-      },
-      30s);
-  if (!failed_over) setup.primary().resume();
-  ASSERT_TRUE(failed_over) << "the sentinels did not fail the paused primary over";
-  std::string sentinels;
-  for (std::size_t i = 0; i < setup.sentinels(); ++i)
-    sentinels += ",127.0.0.1:" + std::to_string(setup.sentinel(i).port());
-  const std::string tail = "/" + std::string(SentinelSetup::master_name);
+  dlock::test::StaleSentinelScenario scenario(setup);
+  ASSERT_TRUE(scenario.fail_over()) << "the sentinels did not fail the paused primary over";
   const auto quiet = std::make_shared<dlock::test::Quiet>();
   asio::io_context io;
-  RedisBackend up_to_date("redis+sentinel://" + sentinels.substr(1) + tail,
-                          dlock::test::sentinel_test_options("alag:"));
+  RedisBackend up_to_date(scenario.up_to_date_uri(), dlock::test::sentinel_test_options("alag:"));
   Lock<RedisBackend> holder(up_to_date, "x", {.ttl = 30s, .observer = quiet});
-  ASSERT_TRUE(eventually(
-      [&] {
-        try {
-          return run(io, holder.async_try_lock_for(200ms, asio::use_awaitable));
-        } catch (const std::exception&) {  // the new primary not yet known to a majority: retried
-          return false;
-        }
-      },
-      10s));
-  ASSERT_EQ(up_to_date.endpoint_of("x"), "127.0.0.1:" + std::to_string(new_primary));
-  setup.primary().resume();
-  dlock::test::SentinelProcess stale(SentinelSetup::master_name, old_primary);
-  ASSERT_TRUE(eventually(
-      [&] {
-        try {
-          return RespConn(stale.port()).command({"PING"}).str == "PONG";
-        } catch (const std::exception&) {
-          return false;
-        }
-      },
-      5s));
+  ASSERT_TRUE(scenario.eventually_granted<std::exception>(
+      [&] { return run(io, holder.async_try_lock_for(200ms, asio::use_awaitable)); }));
+  ASSERT_EQ(up_to_date.endpoint_of("x"), "127.0.0.1:" + std::to_string(scenario.new_primary()));
+  ASSERT_TRUE(scenario.start_stale_sentinel());
   // The window this test is about: the old primary still says master.
-  const bool old_still_master = dlock::test::info_field(old_primary, "replication", "role") == "master";
-  RedisBackend lagging_first("redis+sentinel://127.0.0.1:" + std::to_string(stale.port()) + sentinels + tail,
-                             dlock::test::sentinel_test_options("alag:"));
+  const bool old_still_master = scenario.old_still_master();
+  RedisBackend lagging_first(scenario.lagging_first_uri(), dlock::test::sentinel_test_options("alag:"));
   Lock<RedisBackend> other(lagging_first, "x", {.ttl = 30s, .observer = quiet});
-  bool granted = false;
-  try {
-    granted = run(io, other.async_try_lock_for(300ms, asio::use_awaitable));
-  } catch (const std::exception&) {  // no primary that may be used: not granted
-  }
+  // No primary that may be used (an exception): not granted.
+  const bool granted =
+      scenario.granted<std::exception>([&] { return run(io, other.async_try_lock_for(300ms, asio::use_awaitable)); });
   EXPECT_FALSE(granted) << "granted a name held on the new primary: two holders at once";
   std::printf("async, lagging first sentinel: old primary %s when asked; granted: %s\n",
               old_still_master ? "still master" : "already demoted", granted ? "yes" : "no");

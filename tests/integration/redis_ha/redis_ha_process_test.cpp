@@ -34,24 +34,13 @@ using dlock::RedisBackend;
 using dlock::test::ClusterSetup;
 using dlock::test::eventually;
 using dlock::test::ProcessTraffic;
-using dlock::test::RespConn;
+using dlock::test::sentinel_primary_port;
 using dlock::test::SentinelSetup;
 
 namespace {
 
 long long ms_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
-}
-
-// The port sentinel `i` names as the primary (0 if it cannot say).
-int sentinel_primary_port(SentinelSetup& setup, std::size_t i = 0) {
-  try {
-    const auto r =
-        RespConn(setup.sentinel(i).port()).command({"SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelSetup::master_name});
-    if (r.elements.size() == 2) return std::stoi(r.elements[1].str);
-  } catch (const std::exception&) {
-  }
-  return 0;
 }
 
 ProcessTraffic::MakeBackend sentinel_backends(SentinelSetup& setup) {
@@ -139,54 +128,19 @@ TEST(RedisSentinelProcesses, AClientWhoseFirstSentinelLagsLocksOnTheNewPrimary) 
   DLOCK_REQUIRE_OWN_REDIS();
   SentinelSetup setup;
   ASSERT_TRUE(dlock::test::sentinels_ready(setup));
-  const int old_primary = setup.primary().port();
-  setup.primary().pause();
-  int new_primary = 0;
-  const bool failed_over = eventually(
-      [&] {
-        new_primary = sentinel_primary_port(setup);
-        return new_primary != 0 && new_primary != old_primary;
-      },
-      30s);
-  if (!failed_over) setup.primary().resume();
-  ASSERT_TRUE(failed_over) << "the sentinels did not fail the paused primary over";
-  std::string sentinels;
-  for (std::size_t i = 0; i < setup.sentinels(); ++i)
-    sentinels += ",127.0.0.1:" + std::to_string(setup.sentinel(i).port());
-  const std::string tail = "/" + std::string(SentinelSetup::master_name);
-  RedisBackend up_to_date("redis+sentinel://" + sentinels.substr(1) + tail, dlock::test::sentinel_test_options("lag:"));
+  dlock::test::StaleSentinelScenario scenario(setup);
+  ASSERT_TRUE(scenario.fail_over()) << "the sentinels did not fail the paused primary over";
+  RedisBackend up_to_date(scenario.up_to_date_uri(), dlock::test::sentinel_test_options("lag:"));
   dlock::Lock<RedisBackend> holder(up_to_date, "x", {.ttl = 30s});
-  ASSERT_TRUE(eventually(
-      [&] {
-        try {
-          return holder.try_lock();
-        } catch (const dlock::ConnectionError&) {  // the new primary not yet known to a majority: retried
-          return false;
-        }
-      },
-      10s));
-  ASSERT_EQ(up_to_date.endpoint_of("x"), "127.0.0.1:" + std::to_string(new_primary));
-  setup.primary().resume();
-  dlock::test::SentinelProcess stale(SentinelSetup::master_name, old_primary);
-  ASSERT_TRUE(eventually(
-      [&] {
-        try {
-          return RespConn(stale.port()).command({"PING"}).str == "PONG";
-        } catch (const std::exception&) {
-          return false;
-        }
-      },
-      5s));
+  ASSERT_TRUE(scenario.eventually_granted<dlock::ConnectionError>([&] { return holder.try_lock(); }));
+  ASSERT_EQ(up_to_date.endpoint_of("x"), "127.0.0.1:" + std::to_string(scenario.new_primary()));
+  ASSERT_TRUE(scenario.start_stale_sentinel());
   // The window this test is about: the old primary still says master.
-  const bool old_still_master = dlock::test::info_field(old_primary, "replication", "role") == "master";
-  RedisBackend lagging_first("redis+sentinel://127.0.0.1:" + std::to_string(stale.port()) + sentinels + tail,
-                             dlock::test::sentinel_test_options("lag:"));
+  const bool old_still_master = scenario.old_still_master();
+  RedisBackend lagging_first(scenario.lagging_first_uri(), dlock::test::sentinel_test_options("lag:"));
   dlock::Lock<RedisBackend> other(lagging_first, "x", {.ttl = 30s});
-  bool granted = false;
-  try {
-    granted = other.try_lock();
-  } catch (const dlock::ConnectionError&) {  // no primary that may be used: not granted
-  }
+  // No primary that may be used (ConnectionError): not granted.
+  const bool granted = scenario.granted<dlock::ConnectionError>([&] { return other.try_lock(); });
   EXPECT_FALSE(granted) << "granted a name held on the new primary: two holders at once (at "
                         << lagging_first.endpoint_of("x") << ")";
   std::printf("lagging first sentinel: old primary %s when asked; granted: %s\n",

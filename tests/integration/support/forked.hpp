@@ -68,6 +68,15 @@ inline pid_t spawn(const std::function<void()>& body) {
   return pid;
 }
 
+/// Forks `n` children, child i running body(i) as spawn() runs its body;
+/// their pids, in order, for join().
+inline std::vector<pid_t> spawn_n(int n, const std::function<void(int)>& body) {
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) pids.push_back(spawn([&body, i] { body(i); }));
+  return pids;
+}
+
+/// Waits for every child; each must have exited 0.
 inline void join(const std::vector<pid_t>& pids) {
   for (const pid_t p : pids) {
     int status = 0;

@@ -36,27 +36,24 @@ inline std::chrono::milliseconds since(std::chrono::steady_clock::time_point t0)
 template <class Make>
 void rw_writers_exclude(Make make, const std::string& name, const LockOptions& o, int procs, int cycles, int writers) {
   SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < procs; ++p) {
-    kids.push_back(spawn([&, p] {
-      auto backend = make();
-      RwLock<std::remove_cvref_t<decltype(backend)>> rw(backend, name, o);
-      for (int i = 0; i < cycles; ++i) {
-        if (p < writers && i % 3 == 0) {
-          std::unique_lock w(rw);
-          if (sh->writers.fetch_add(1) != 0 || sh->readers.load() != 0) sh->violations++;
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the critical section's work
-          sh->writers.fetch_sub(1);
-        } else {
-          std::shared_lock r(rw);
-          raise_max(sh->max_readers, sh->readers.fetch_add(1) + 1);
-          if (sh->writers.load() != 0) sh->violations++;
-          std::this_thread::sleep_for(std::chrono::milliseconds(2));
-          sh->readers.fetch_sub(1);
-        }
+  const std::vector<pid_t> kids = spawn_n(procs, [&](int p) {
+    auto backend = make();
+    RwLock<std::remove_cvref_t<decltype(backend)>> rw(backend, name, o);
+    for (int i = 0; i < cycles; ++i) {
+      if (p < writers && i % 3 == 0) {
+        std::unique_lock w(rw);
+        if (sh->writers.fetch_add(1) != 0 || sh->readers.load() != 0) sh->violations++;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the critical section's work
+        sh->writers.fetch_sub(1);
+      } else {
+        std::shared_lock r(rw);
+        raise_max(sh->max_readers, sh->readers.fetch_add(1) + 1);
+        if (sh->writers.load() != 0) sh->violations++;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        sh->readers.fetch_sub(1);
       }
-    }));
-  }
+    }
+  });
   join(kids);
   EXPECT_EQ(sh->violations.load(), 0);
   EXPECT_GT(sh->max_readers.load(), 1) << "readers never overlapped";
@@ -67,21 +64,18 @@ void rw_writers_exclude(Make make, const std::string& name, const LockOptions& o
 template <class Make>
 void rw_writer_behind_reader_stream(Make make, const std::string& name, const LockOptions& o) {
   SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < 3; ++p) {
-    kids.push_back(spawn([&] {
-      auto backend = make();
-      RwLock<std::remove_cvref_t<decltype(backend)>> rw(backend, name, o);
-      sh->ready++;
-      while (sh->done.load() == 0) {
-        std::shared_lock r(rw);
-        raise_max(sh->max_readers, sh->readers.fetch_add(1) + 1);
-        if (sh->writers.load() != 0) sh->violations++;
-        std::this_thread::sleep_for(std::chrono::milliseconds(30));
-        sh->readers.fetch_sub(1);
-      }
-    }));
-  }
+  const std::vector<pid_t> kids = spawn_n(3, [&](int) {
+    auto backend = make();
+    RwLock<std::remove_cvref_t<decltype(backend)>> rw(backend, name, o);
+    sh->ready++;
+    while (sh->done.load() == 0) {
+      std::shared_lock r(rw);
+      raise_max(sh->max_readers, sh->readers.fetch_add(1) + 1);
+      if (sh->writers.load() != 0) sh->violations++;
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      sh->readers.fetch_sub(1);
+    }
+  });
   ASSERT_TRUE(
       eventually([&] { return sh->ready.load() == 3 && sh->max_readers.load() >= 2; }, std::chrono::seconds(10)));
   auto backend = make();
@@ -112,21 +106,18 @@ template <class Make>
 void semaphore_never_exceeds(Make make, const std::string& name, const LockOptions& o, int procs, int cycles,
                              int permits) {
   SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < procs; ++p) {
-    kids.push_back(spawn([&] {
-      auto backend = make();
-      Semaphore<std::remove_cvref_t<decltype(backend)>> sem(backend, name, static_cast<std::uint32_t>(permits), o);
-      for (int i = 0; i < cycles; ++i) {
-        auto permit = sem.acquire_permit();
-        const int h = sh->holders.fetch_add(1) + 1;
-        raise_max(sh->max_holders, h);
-        if (h > permits) sh->violations++;
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        sh->holders.fetch_sub(1);
-      }
-    }));
-  }
+  const std::vector<pid_t> kids = spawn_n(procs, [&](int) {
+    auto backend = make();
+    Semaphore<std::remove_cvref_t<decltype(backend)>> sem(backend, name, static_cast<std::uint32_t>(permits), o);
+    for (int i = 0; i < cycles; ++i) {
+      auto permit = sem.acquire_permit();
+      const int h = sh->holders.fetch_add(1) + 1;
+      raise_max(sh->max_holders, h);
+      if (h > permits) sh->violations++;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      sh->holders.fetch_sub(1);
+    }
+  });
   join(kids);
   EXPECT_EQ(sh->violations.load(), 0);
   EXPECT_LE(sh->max_holders.load(), permits);
@@ -139,29 +130,26 @@ void semaphore_never_exceeds(Make make, const std::string& name, const LockOptio
 template <class Make>
 void election_one_leader_at_a_time(Make make, const std::string& name, const LockOptions& o, int rounds) {
   SharedMemory sh;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < 3; ++p) {
-    kids.push_back(spawn([&, p] {
-      auto backend = make();
-      Election<std::remove_cvref_t<decltype(backend)>> e(backend, name, "candidate-" + std::to_string(p), o);
-      for (int i = 0; i < rounds; ++i) {
-        e.campaign();
-        if (sh->leaders.fetch_add(1) != 0) sh->violations++;
-        const std::uint64_t term = e.term();
-        const auto seen = e.leader();
-        if (!seen || seen->candidate != e.candidate() || seen->term != term) sh->violations++;
-        for (int w = 0; w < 5; ++w) {
-          std::uint64_t m = sh->max_term.load();
-          while (term >= m && !sh->max_term.compare_exchange_weak(m, term)) {
-          }
-          if (term < m) sh->rejected++;
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const std::vector<pid_t> kids = spawn_n(3, [&](int p) {
+    auto backend = make();
+    Election<std::remove_cvref_t<decltype(backend)>> e(backend, name, "candidate-" + std::to_string(p), o);
+    for (int i = 0; i < rounds; ++i) {
+      e.campaign();
+      if (sh->leaders.fetch_add(1) != 0) sh->violations++;
+      const std::uint64_t term = e.term();
+      const auto seen = e.leader();
+      if (!seen || seen->candidate != e.candidate() || seen->term != term) sh->violations++;
+      for (int w = 0; w < 5; ++w) {
+        std::uint64_t m = sh->max_term.load();
+        while (term >= m && !sh->max_term.compare_exchange_weak(m, term)) {
         }
-        sh->leaders.fetch_sub(1);
-        (void)e.resign();
+        if (term < m) sh->rejected++;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
-    }));
-  }
+      sh->leaders.fetch_sub(1);
+      (void)e.resign();
+    }
+  });
   join(kids);
   EXPECT_EQ(sh->violations.load(), 0);
   EXPECT_EQ(sh->rejected.load(), 0) << "a leader wrote with a term below an earlier leader's";

@@ -375,6 +375,94 @@ inline bool sentinels_ready(SentinelSetup& setup, std::chrono::milliseconds time
       timeout);
 }
 
+/// The port sentinel `i` of `setup` names as the primary (0 if it cannot say).
+inline int sentinel_primary_port(SentinelSetup& setup, std::size_t i = 0) {
+  try {
+    const auto r =
+        RespConn(setup.sentinel(i).port()).command({"SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelSetup::master_name});
+    if (r.elements.size() == 2) return std::stoi(r.elements[1].str);
+  } catch (const std::exception&) {
+  }
+  return 0;
+}
+
+/// A client whose first sentinel lags (the blocking and asynchronous
+/// AClientWhoseFirstSentinelLags... tests): `setup`'s primary is failed over
+/// (fail_over()), a holder takes a name through the up-to-date sentinels on
+/// the new primary, then the old primary resumes (it says master until the
+/// sentinels demote it) and a fourth sentinel starts with the old
+/// configuration (start_stale_sentinel(): it names the old primary at epoch 0
+/// until a hello message, every 2 s, tells it the new one). A client that
+/// lists that sentinel first (lagging_first_uri()) must find the name held.
+class StaleSentinelScenario {
+ public:
+  explicit StaleSentinelScenario(SentinelSetup& setup) : setup_(setup) {}
+
+  /// Pauses the primary and waits up to 30 s for sentinel 0 to name another;
+  /// if it does not, resumes the primary and returns false.
+  [[nodiscard]] bool fail_over() {
+    old_primary_ = setup_.primary().port();
+    setup_.primary().pause();
+    const bool failed_over = eventually(
+        [&] {
+          new_primary_ = sentinel_primary_port(setup_);
+          return new_primary_ != 0 && new_primary_ != old_primary_;
+        },
+        std::chrono::seconds(30));
+    if (!failed_over) setup_.primary().resume();
+    return failed_over;
+  }
+  [[nodiscard]] int old_primary() const noexcept { return old_primary_; }
+  [[nodiscard]] int new_primary() const noexcept { return new_primary_; }
+  /// The three up-to-date sentinels (sentinel_uri()).
+  [[nodiscard]] std::string up_to_date_uri() const { return sentinel_uri(setup_); }
+
+  /// attempt() (an acquire); a `Refused` thrown is not granted.
+  template <class Refused>
+  [[nodiscard]] static bool granted(const std::function<bool()>& attempt) {
+    try {
+      return attempt();
+    } catch (const Refused&) {
+      return false;
+    }
+  }
+  /// granted() retried for up to 10 s: the holder's acquire on the new
+  /// primary, refused until a majority of the sentinels know it.
+  template <class Refused>
+  [[nodiscard]] static bool eventually_granted(const std::function<bool()>& attempt) {
+    return eventually([&] { return granted<Refused>(attempt); }, std::chrono::seconds(10));
+  }
+
+  /// Resumes the old primary and starts the stale sentinel; true once it
+  /// answers PING (within 5 s).
+  [[nodiscard]] bool start_stale_sentinel() {
+    setup_.primary().resume();
+    stale_ = std::make_unique<SentinelProcess>(SentinelSetup::master_name, old_primary_);
+    return eventually(
+        [&] {
+          try {
+            return RespConn(stale_->port()).command({"PING"}).str == "PONG";
+          } catch (const std::exception&) {
+            return false;
+          }
+        },
+        std::chrono::seconds(5));
+  }
+  /// The window the scenario is about: the old primary still says master.
+  [[nodiscard]] bool old_still_master() const { return info_field(old_primary_, "replication", "role") == "master"; }
+  /// The stale sentinel first, then the three up-to-date ones.
+  [[nodiscard]] std::string lagging_first_uri() const {
+    const std::string rest = up_to_date_uri().substr(std::string_view("redis+sentinel://").size());
+    return "redis+sentinel://127.0.0.1:" + std::to_string(stale_->port()) + "," + rest;
+  }
+
+ private:
+  SentinelSetup& setup_;
+  int old_primary_ = 0;
+  int new_primary_ = 0;
+  std::unique_ptr<SentinelProcess> stale_;
+};
+
 /// Three primaries and three replicas joined into one cluster.
 class ClusterSetup {
  public:

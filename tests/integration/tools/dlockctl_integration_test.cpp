@@ -320,6 +320,81 @@ TEST_F(ToolsRedis, ListAndInspectShowEachPrimitivesKind) {
   EXPECT_EQ(ctl(with_conn({"redis", "permits", "pool", "--set", "-1"})).rc, 2);
 }
 
+// A reader's and a permit's fencing tokens (P{N}:rw:tokens, P{N}:sem:tokens)
+// are shown with their leases, and a forced release of a lease (or of all of
+// a kind's leases) takes the lease's token entry with it.
+TEST_F(ToolsRedis, InspectShowsReaderAndPermitTokensAndForceReleaseDropsThem) {
+  const std::string name = "shared";
+  const auto k = dlock::detail::redis_primitive_keys(prefix_, name);
+  dlock::RwLock<dlock::RedisBackend> rw(redis(), name, {.ttl = 30s, .observer = quiet()});
+  dlock::Semaphore<dlock::RedisBackend> sem(redis(), name, 3, {.ttl = 30s, .observer = quiet()});
+  rw.lock_shared();
+  const std::string reader = rw.reader().owner_id();
+  const std::string reader_token = std::to_string(rw.reader().fencing_token());
+  auto permit_a = sem.acquire_permit();
+  auto permit_b = sem.acquire_permit();
+  const std::map<std::string, std::string> permit_tokens{
+      {permit_a.owner_id(), std::to_string(permit_a.fencing_token())},
+      {permit_b.owner_id(), std::to_string(permit_b.fencing_token())}};
+
+  RunResult r = ctl(with_conn({"redis", "inspect", name, "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  std::map<std::string, const Json*> kinds;
+  const Json doc = parse_json(r.out);
+  for (const auto& l : doc["kinds"].items) kinds[l["kind"].text] = &l;
+  ASSERT_TRUE(kinds.count("rw") && kinds.count("semaphore")) << r.out;
+  const Json& readers = (*kinds["rw"])["readers"];
+  ASSERT_EQ(readers.items.size(), 1u) << r.out;
+  EXPECT_EQ(readers.items[0]["owner"].text, reader);
+  EXPECT_EQ(readers.items[0]["token"].type, Json::Type::number) << r.out;
+  EXPECT_EQ(readers.items[0]["token"].text, reader_token) << r.out;
+  const Json& permits = (*kinds["semaphore"])["permits"];
+  ASSERT_EQ(permits.items.size(), 2u) << r.out;
+  for (const auto& p : permits.items) {
+    ASSERT_TRUE(permit_tokens.count(p["owner"].text)) << r.out;
+    EXPECT_EQ(p["token"].text, permit_tokens.at(p["owner"].text)) << r.out;
+  }
+  r = ctl(with_conn({"redis", "list", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_EQ(count_of(r.out, "\"token\":" + reader_token), 1u) << r.out;  // the reader's; the lock's is the counter
+  r = ctl(with_conn({"redis", "inspect", name}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_NE(r.out.find("TOKEN"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(reader_token), std::string::npos) << r.out;
+  for (const auto& [owner, token] : permit_tokens) EXPECT_NE(r.out.find(token), std::string::npos) << r.out;
+
+  // One reader by owner: its lease and its token entry go; the permits stay.
+  r = ctl(with_conn({"redis", "release", "--force", "--kind", "rw", "--owner", reader, name}));
+  EXPECT_EQ(r.rc, 2) << describe(r);  // without --yes nothing is released
+  EXPECT_EQ(cmd({"HEXISTS", k.rw_tokens, reader}).integer, 1);
+  r = ctl(with_conn({"redis", "release", "--force", "--kind", "rw", "--owner", reader, name, "--yes", "--json"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  const Json released = parse_json(r.out);
+  ASSERT_EQ(released["leases"].items.size(), 1u) << r.out;
+  EXPECT_EQ(released["leases"].items[0]["owner"].text, reader);
+  EXPECT_EQ(released["leases"].items[0]["token"].text, reader_token);
+  EXPECT_EQ(cmd({"ZSCORE", k.rw_readers, reader}).type, dlock::detail::RedisValue::Type::nil);
+  EXPECT_EQ(cmd({"HEXISTS", k.rw_tokens, reader}).integer, 0);
+  EXPECT_EQ(cmd({"EXISTS", k.rw_tokens}).integer, 0);
+  EXPECT_EQ(cmd({"HLEN", k.sem_tokens}).integer, 2);
+
+  // The whole semaphore: every permit and every token entry.
+  r = ctl(with_conn({"redis", "release", "--force", "--kind", "semaphore", name, "--yes"}));
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  for (const auto& [owner, token] : permit_tokens) {
+    EXPECT_NE(r.out.find(owner), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("token " + token), std::string::npos) << r.out;
+  }
+  EXPECT_EQ(cmd({"EXISTS", k.sem_permits}).integer, 0);
+  EXPECT_EQ(cmd({"EXISTS", k.sem_tokens}).integer, 0);
+  r = ctl(with_conn({"redis", "release", "--force", "--kind", "semaphore", name, "--yes"}));
+  EXPECT_EQ(r.rc, 1) << describe(r);
+  EXPECT_EQ(ctl(with_conn({"redis", "release", "--force", "--kind", "queue", name, "--yes"})).rc, 2);
+  EXPECT_EQ(permit_a.release(), dlock::ReleaseResult::not_held);
+  EXPECT_EQ(permit_b.release(), dlock::ReleaseResult::not_held);
+  rw.unlock_shared();
+}
+
 TEST_F(ToolsRedis, AwkwardNamesRoundTripThroughJson) {
   const std::string name = "q\"uote\\ {brace} new\nline caf\xc3\xa9 \x1b[31m";
   (void)cmd({"SET", key(name), "o", "PX", "30000"});
@@ -470,6 +545,7 @@ TEST(ToolsPassword, NeverAppearsInAnyOutput) {
       {{"redis", "list", "--json"}, env, 0},
       {{"redis", "inspect", "pw-lock", "--json"}, env, 0},
       {{"redis", "release", "--force", "pw-lock"}, env, 2},
+      {{"redis", "release", "--force", "--kind", "semaphore", "pw-lock", "--yes"}, env, 1},
       {{"deadlocks", "--json"}, env, 0},
       {{"watch", "--count", "1", "--interval", "0.1"}, env, 0},
       {{"redlock", "list", "--nodes", node, "--json"}, env, 0},
