@@ -54,6 +54,12 @@ struct RedisSubscriber::Channel {
   const std::string name;
   int refs = 0;                // live RedisSubscriptions
   std::uint64_t releases = 0;  // messages received, from any server
+  // No reference left, still subscribed until idle_since + linger (it keeps
+  // the last reference's want in the tables): a waiter back within it
+  // subscribes without a round trip (RedisSubscriber::linger).
+  bool lingering = false;
+  Clock::time_point idle_since{};
+  bool linger_timer = false;  // an end_linger() is scheduled
   // Targeted subscriptions (fair mode): a message whose payload names a
   // target wakes only that target's subscriptions; an empty one wakes all.
   struct Target {
@@ -148,7 +154,40 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
   bool started = false;
 
   [[nodiscard]] bool wanted() const {  // under mu
-    return std::any_of(channels.begin(), channels.end(), [](const auto& c) { return c.second->refs > 0; });
+    return std::any_of(channels.begin(), channels.end(),
+                       [](const auto& c) { return c.second->refs > 0 || c.second->lingering; });
+  }
+
+  // Under mu: the last reference to `ch` went. It stays subscribed for
+  // RedisSubscriber::linger (keeping that reference's want), then end_linger()
+  // unsubscribes unless a subscription came back meanwhile.
+  void start_linger(const std::shared_ptr<Channel>& ch) noexcept {
+    ch->lingering = true;
+    ch->idle_since = Clock::now();
+    ch->banked = false;            // a wake kept for its wake-one waiters, all gone: not for the next ones
+    if (ch->linger_timer) return;  // that one looks at idle_since when it fires
+    ch->linger_timer = true;
+    schedule(RedisSubscriber::linger, [w = std::weak_ptr<Channel>(ch)](Core& c) { c.end_linger(w.lock()); });
+  }
+
+  void end_linger(const std::shared_ptr<Channel>& ch) noexcept {  // under mu
+    if (!ch) return;
+    ch->linger_timer = false;
+    const auto it = channels.find(ch->name);
+    if (!ch->lingering || it == channels.end() || it->second != ch) return;
+    const auto left = ch->idle_since + RedisSubscriber::linger - Clock::now();
+    if (left > Clock::duration::zero()) {  // used and left again meanwhile: the rest of the new linger
+      ch->linger_timer = true;
+      schedule(std::chrono::ceil<std::chrono::milliseconds>(left),
+               [w = std::weak_ptr<Channel>(ch)](Core& c) { c.end_linger(w.lock()); });
+      return;
+    }
+    ch->lingering = false;
+    channels.erase(it);
+    for (std::size_t s = 0; s < per.size(); ++s) {
+      per[s].table.unwant(ch->name);
+      reconcile(s);  // UNSUBSCRIBE
+    }
   }
 
   // Under mu: a link for server s if there is none and one is wanted, at most
@@ -411,7 +450,7 @@ bool RedisSubscriber::subscribed(const std::string& channel) const {
   const auto core = current();
   std::lock_guard lk(core->mu);
   const auto it = core->channels.find(channel);
-  if (it == core->channels.end() || it->second->refs == 0) return false;
+  if (it == core->channels.end() || (it->second->refs == 0 && !it->second->lingering)) return false;
   return std::all_of(core->per.begin(), core->per.end(), [&](const auto& p) { return p.table.ready(channel); });
 }
 
@@ -447,8 +486,10 @@ RedisSubscription RedisSubscriber::subscribe(std::string channel, std::string ta
   auto it = core.channels.find(channel);
   if (it == core.channels.end()) it = core.channels.emplace(channel, std::move(fresh)).first;
   std::shared_ptr<Channel> ch = it->second;
-  for (auto& p : core.per) p.table.want(channel);  // may throw bad_alloc: before the reference is taken
+  if (!ch->lingering)
+    for (auto& p : core.per) p.table.want(channel);  // may throw bad_alloc: before the reference is taken
   Channel::Target* t = target.empty() ? nullptr : &ch->targets[target];  // may throw too
+  ch->lingering = false;  // a lingering channel's want is this reference's now
   ++ch->refs;
   if (t != nullptr) ++t->refs;
   if (one_waiter) ++ch->ones;
@@ -506,10 +547,14 @@ void RedisSubscription::reset() noexcept {
       --channel_->ones;
       if (std::exchange(holding_, false)) channel_->wake_one();  // woken but did not take it: the next one
     }
-    if (--channel_->refs == 0) core_->channels.erase(channel_->name);
-    for (std::size_t s = 0; s < core_->per.size(); ++s) {
-      core_->per[s].table.unwant(channel_->name);
-      core_->reconcile(s);  // UNSUBSCRIBE with the last reference
+    if (--channel_->refs == 0 && !core_->stop && RedisSubscriber::linger > RedisSubscriber::linger.zero()) {
+      core_->start_linger(channel_);  // the last reference: UNSUBSCRIBE after the linger
+    } else {
+      if (channel_->refs == 0) core_->channels.erase(channel_->name);
+      for (std::size_t s = 0; s < core_->per.size(); ++s) {
+        core_->per[s].table.unwant(channel_->name);
+        core_->reconcile(s);  // UNSUBSCRIBE with the last reference
+      }
     }
   }
   core_.reset();

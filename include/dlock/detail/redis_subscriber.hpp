@@ -13,7 +13,10 @@
 // among the servers: a down server does not hold a subscription up, it just
 // does not contribute. A message on the channel from any server bumps the
 // channel's release count and wakes the waiters through a condition
-// variable; the last reference sends UNSUBSCRIBE. Per server: a connection
+// variable; the last reference sends UNSUBSCRIBE, `linger` (1 s) after it
+// goes unless a new subscription came meanwhile (a process that takes the
+// same lock in a loop then subscribes again without a round trip and without
+// missing a release in between). Per server: a connection
 // that dies (or whose handshake takes longer than connect_timeout, or a
 // SUBSCRIBE's or UNSUBSCRIBE's reply longer than command_timeout) is dropped
 // without waking anyone (their own timeouts and the caller's backoff take
@@ -67,6 +70,15 @@ class RedisSubscriber {
     /// none known yet, the attempt counts as failed). Must not block.
     std::function<std::optional<RedisOptions>()> locate{};
   };
+
+  /// How long a channel stays subscribed after its last subscription goes: a
+  /// subscription to it within that time is acknowledged already, so
+  /// subscribe() returns at once and subscribed() is true (Lock then
+  /// subscribes before its first attempt and needs no second one: fair mode's
+  /// waiter that comes back to the queue costs one script call, not two plus
+  /// a SUBSCRIBE and an UNSUBSCRIBE). The cost: the process receives the
+  /// channel's messages that long after its last waiter left.
+  static constexpr std::chrono::milliseconds linger{1000};
 
   /// Does not connect: that waits for the first subscribe().
   explicit RedisSubscriber(std::vector<Server> servers);

@@ -3,6 +3,7 @@
 // queued stalls the queue at most its waiter ttl (a real TTL on the server:
 // that is the point), a release wakes only the head, and backends without
 // fair mode reject the option.
+#include <dlock/detail/redis_subscriber.hpp>
 #include <dlock/dlock.hpp>
 #include <dlock/memory.hpp>
 #include <dlock/redis.hpp>
@@ -18,11 +19,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "unit/test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -179,6 +182,46 @@ TEST_F(RedisFair, AReleaseWakesOnlyTheWaiterItNames) {
   EXPECT_FALSE(sub_b.wait_for(50ms));  // named another waiter
   (void)admin.node().command({"PUBLISH", channel, ""});
   EXPECT_TRUE(sub_b.wait_for(2s));  // names nobody: everyone may look
+}
+
+// A process that queues for the same lock again and again (its own backend,
+// as each of 8 processes has) keeps its pub/sub subscription between its
+// acquires (RedisSubscriber::linger): each return to the queue costs one
+// script call, not a SUBSCRIBE round trip, a second attempt and an
+// UNSUBSCRIBE; and the channel is still unsubscribed once it lingered.
+TEST_F(RedisFair, AWaiterBackInTheQueueKeepsItsSubscription) {
+  dlock::RedisBackend admin(options());
+  dlock::RedisBackend holder_backend(options());
+  dlock::RedisBackend waiter_backend(options());
+  const auto opts = fair_options(200ms);
+  dlock::Lock<dlock::RedisBackend> holder(holder_backend, "back", opts);
+  dlock::Lock<dlock::RedisBackend> waiter(waiter_backend, "back", opts);
+  const std::string channel = redis_keys_for("back").channel;
+  const auto stat = [&](std::string_view cmd) {  // calls of `cmd` the server answered so far
+    const std::string info = admin.node().command({"INFO", "commandstats"}).str;
+    const std::string field = "cmdstat_" + std::string(cmd) + ":calls=";
+    const auto at = info.find(field);
+    return at == std::string::npos ? 0LL : std::atoll(info.c_str() + at + field.size());
+  };
+  constexpr int cycles = 10;
+  const long long subscribes_before = stat("subscribe");
+  for (int c = 0; c < cycles; ++c) {
+    ASSERT_TRUE(holder.try_lock());
+    std::thread t([&] { waiter.lock(); });  // contended: it queues and waits on its subscription
+    const bool queued_up = dlock::test::eventually([&] { return queued(admin, "back") == 1; }, 5s);
+    holder.unlock();
+    t.join();
+    waiter.unlock();
+    ASSERT_TRUE(queued_up) << "cycle " << c;
+  }
+  const long long subscribes = stat("subscribe") - subscribes_before;
+  std::printf("%d returns to the queue: %lld SUBSCRIBEs\n", cycles, subscribes);
+  EXPECT_LE(subscribes, 1) << "each return to the queue subscribed again";
+  EXPECT_TRUE(waiter_backend.release_subscribed("back")) << "the subscription did not outlive the acquire";
+  const auto numsub = [&] { return admin.node().command({"PUBSUB", "NUMSUB", channel}).elements.at(1).integer; };
+  EXPECT_TRUE(dlock::test::eventually([&] { return numsub() == 0; }, dlock::detail::RedisSubscriber::linger + 3s))
+      << "still subscribed after the linger";
+  EXPECT_FALSE(waiter_backend.release_subscribed("back"));
 }
 
 TEST_F(RedisFair, ABackendWithoutFairModeRejectsItNamingTheField) {
