@@ -105,7 +105,7 @@ void two_hundred_coroutines(dlock::PostgresOptions::Scope scope, std::size_t sha
   EXPECT_EQ(seen.failed, 0);
   EXPECT_TRUE(seen.tokens_increase);
   EXPECT_EQ(seen.total, coroutines * cycles);
-  EXPECT_LT(seen.worst_lag, 100ms) << "the loop's thread was blocked";
+  EXPECT_LT(seen.worst_lag, dlock::test::async_lag_bound) << "the loop's thread was blocked";
   RawConn raw(conninfo());
   for (int n = 0; n < names; ++n) EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + std::to_string(n))), 0);
 }
@@ -295,18 +295,20 @@ TEST(PgAsync, SharedSessionTryReleaseAndExtendDoNotBlockTheLoop) {
   ticker.arm(Clock::now() + 1ms);
   std::exception_ptr release_error, extend_error;
   int completed = 0;
+  // The names stay valid until the completions run (AsyncBackend's rule).
+  const std::string name1 = name + "1", name2 = name + "2", name3 = name + "3";
   const auto start = Clock::now();
-  pg.async_release(name + "1", leases[1], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult) {
+  pg.async_release(name1, leases[1], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult) {
     release_error = e;
     ++completed;
   });
-  pg.async_extend(name + "2", leases[2], 20s, Clock::now(), io.get_executor(), [&](std::exception_ptr e, auto) {
+  pg.async_extend(name2, leases[2], 20s, Clock::now(), io.get_executor(), [&](std::exception_ptr e, auto) {
     extend_error = e;
     ticker.stop = ++completed == 3;
   });
   std::exception_ptr try_error;
   std::optional<dlock::AcquireResult<dlock::PgLockHandle>> tried;
-  pg.async_try_acquire({name + "3", owner, 10s, Clock::now()}, io.get_executor(),
+  pg.async_try_acquire({name3, owner, 10s, Clock::now()}, io.get_executor(),
                        [&](std::exception_ptr e, dlock::AcquireResult<dlock::PgLockHandle> r) {
                          try_error = e;
                          tried = std::move(r);
