@@ -239,6 +239,37 @@ TEST(PgAsyncWait, AnIoContextDestroyedMidWaitDropsItsWaitsOnTheServer) {
 
 namespace {
 
+// The read-write lock's asynchronous writer waits in the server's queue too
+// (ExclusiveView forwards async_acquire_wait_exclusive): while it waits, a new
+// reader is refused (writer preference, as behind a blocking writer), and it
+// gets the lock once the reader lets go. (While it polled, new readers kept
+// entering.)
+TEST(PgAsyncWait, AnAsynchronousWriterWaitingInTheQueueHoldsBackNewReaders) {
+  PostgresBackend pg(options());
+  const std::string name = test_name();
+  using Rw = dlock::RwLock<PostgresBackend>;
+  Rw first(pg, name, {.ttl = 30s}), writer(pg, name, {.ttl = 30s}), late(pg, name, {.ttl = 30s});
+  ASSERT_TRUE(first.try_lock_shared());
+  std::atomic<bool> wrote{false};
+  LoopThread loop;
+  writer.async_lock(asio::bind_executor(loop.io, [&](boost::system::error_code ec, Rw::async_write_guard g) {
+    EXPECT_FALSE(ec) << ec.message();
+    wrote = !ec && g.owns_lock();
+  }));
+  const bool refused = eventually_holds(
+      [&] {
+        if (!late.try_lock_shared()) return true;
+        late.unlock_shared();
+        return false;
+      },
+      2s);
+  EXPECT_TRUE(refused) << "new readers kept entering while the asynchronous writer waited";
+  EXPECT_FALSE(wrote.load());
+  first.unlock_shared();
+  EXPECT_TRUE(eventually_holds([&] { return wrote.load(); }, 2s));
+  loop.join();
+}
+
 // issue 13: a server of the test's own stopped (fast shutdown) while an
 // asynchronous acquire waits in its queue: the wait's session is terminated
 // (a ConnectionError), and later attempts are refused: errc::connection by the
