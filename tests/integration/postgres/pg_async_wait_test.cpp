@@ -139,8 +139,8 @@ TEST(PgAsyncWait, FairWaitersAreGrantedInArrivalOrderCoroutinesAndThreadsMixed) 
 // lock_timeout slice), the server drops the cancelled waits (pg_locks: no
 // waiting row of theirs remains), and the remaining waiters still get the
 // lock, in turn; nothing is left on the server at the end.
-TEST(PgAsyncWait, CancelledServerWaitsLeaveNoRowInPgLocksAndTheOthersStillGetTheLock) {
-  HeldLock held({.pool_size = 32});
+void cancel_half_of_the_waiters(dlock::PostgresOptions pg_options) {
+  HeldLock held(std::move(pg_options));
   RawConn& admin = held.admin;
   PostgresBackend& pg = held.pg;
   const std::string& name = held.name;
@@ -203,6 +203,16 @@ TEST(PgAsyncWait, CancelledServerWaitsLeaveNoRowInPgLocksAndTheOthersStillGetThe
   for (int i = 0; i < n; ++i) EXPECT_FALSE(locks[i]->owns_lock()) << i;
   EXPECT_TRUE(eventually_holds([&] { return advisory_rows(admin, key) == 0; }, 2s)) << advisory_rows(admin, key);
   loop.join();
+}
+
+TEST(PgAsyncWait, CancelledServerWaitsLeaveNoRowInPgLocksAndTheOthersStillGetTheLock) {
+  cancel_half_of_the_waiters({.pool_size = 32});
+}
+
+// The same with shared_sessions: each wait queues on a pooled connection of
+// its own (then tries on the shared session); a stop request closes it.
+TEST(PgAsyncWait, CancelledServerWaitsOnSharedSessionsLeaveNoRowInPgLocks) {
+  cancel_half_of_the_waiters({.pool_size = 32, .shared_sessions = 2});
 }
 
 // The io_context is stopped and destroyed while acquires wait in the server's
