@@ -83,6 +83,17 @@
 //        PostgresBackend (libpq in non-blocking mode on a stream_descriptor)
 //        are meant to.
 //
+//   AsyncWaitsOnServer: AsyncBackend and WaitsOnServer, and acquire_wait
+//        without blocking a thread:
+//          b.async_acquire_wait(const AcquireRequest&, max_wait, std::stop_token, executor, AcquireCompletion<H>)
+//        waits in the server's queue as acquire_wait does (AsyncBackend's
+//        rules for the completion); a stop request ends the wait promptly and
+//        leaves nothing queued or held on the server (it may complete as
+//        Contended, or with a grant that raced it, which the front end
+//        releases). The asynchronous acquire then uses it as the blocking one
+//        uses acquire_wait, and fair mode (LockOptions::fair) works
+//        asynchronously on that backend (PostgresBackend).
+//
 // extend() may also throw LockLostError when the lease is certainly gone for a
 // reason other than the server's word (e.g. the session that held it died).
 #pragma once
@@ -94,6 +105,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -258,6 +270,13 @@ concept AsyncBackend = Backend<B> &&
   { b.async_try_acquire(request, ex, std::move(on_acquire)) } -> std::same_as<void>;
   { b.async_release(name, lease, ex, std::move(on_release)) } -> std::same_as<void>;
   { b.async_extend(name, lease, ttl, started, ex, std::move(on_extend)) } -> std::same_as<void>;
+};
+
+template <class B>
+concept AsyncWaitsOnServer = AsyncBackend<B> && WaitsOnServer<B> &&
+    requires(B& b, const AcquireRequest& request, std::chrono::milliseconds max_wait, std::stop_token stop,
+             const boost::asio::any_io_executor& ex, AcquireCompletion<typename B::Handle> on_acquire) {
+  { b.async_acquire_wait(request, max_wait, stop, ex, std::move(on_acquire)) } -> std::same_as<void>;
 };
 
 }  // namespace dlock

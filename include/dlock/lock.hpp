@@ -153,7 +153,8 @@ concept QueuesFairly = NotifiesRelease<B> &&
 ///   b.async_leave_fair(name, owner) noexcept: leave_fair, fire and forget,
 ///   b.subscribe_release_nowait(name, owner): the targeted subscription
 ///        without waiting for the server (AsyncNotifiesRelease's on_release).
-/// Without it an asynchronous acquire of a fair Lock is refused (InvalidArgument).
+/// Without it (or AsyncWaitsOnServer, backend.hpp: the server's queue keeps
+/// the order) an asynchronous acquire of a fair Lock is refused (InvalidArgument).
 template <class B>
 concept AsyncQueuesFairly = QueuesFairly<B> && AsyncNotifiesRelease<B> &&
     requires(B& b, const AcquireRequest& request, std::chrono::milliseconds waiter_ttl, std::string_view name,
@@ -941,10 +942,14 @@ class Lock {
       if (stop_.stop_requested()) return finish(lock_.cancelled_exception(), false);
       if (lock_.try_enter_gate_async()) {
         in_gate_ = true;
-        run_.emplace(
-            lock_, deadline_,
-            detail::AcquirePlan{.notifies_release = AsyncNotifiesRelease<B>, .cancellable = stop_.stop_possible()},
-            rng_);
+        // A backend that waits on the server asynchronously (AsyncWaitsOnServer)
+        // ends that wait at once on a stop request: its waits need not be
+        // sliced short for cancellation (a slice's end loses the place in the queue).
+        run_.emplace(lock_, deadline_,
+                     detail::AcquirePlan{.notifies_release = AsyncNotifiesRelease<B>,
+                                         .waits_on_server = AsyncWaitsOnServer<B>,
+                                         .cancellable = !AsyncWaitsOnServer<B> && stop_.stop_possible()},
+                     rng_);
         run_->abandon_without_blocking();
         return step(run_->fsm().start(stop_.stop_requested()));
       }
@@ -962,8 +967,7 @@ class Lock {
       switch (d.step) {
         case detail::AcquireStep::attempt: {
           released_ = false;  // a release seen from here on ends the next wait at once
-          const auto [request, server_wait] = run_->begin_attempt();
-          (void)server_wait;  // zero: no server-side waits in the asynchronous form
+          const auto [request, server_wait] = run_->begin_attempt();  // server_wait: AsyncWaitsOnServer only
           auto answered = [self](std::exception_ptr e, AcquireResult<handle_type> result) {
             const bool stop = self->stop_.stop_requested();
             self->step(e ? self->run_->failed(e, stop)
@@ -973,6 +977,12 @@ class Lock {
             if (lock_.options_.fair) {
               lock_.backend_.async_try_acquire_fair(request, detail::fair_waiter_ttl(lock_.options_), strand_,
                                                     std::move(answered));
+              return;
+            }
+          }
+          if constexpr (AsyncWaitsOnServer<B>) {  // as attempt(): the wait in the server's queue
+            if (server_wait > server_wait.zero()) {
+              lock_.backend_.async_acquire_wait(request, server_wait, stop_, strand_, std::move(answered));
               return;
             }
           }
@@ -1065,7 +1075,7 @@ class Lock {
 
   template <bool Guarded, class Token>
   auto async_acquire_until(std::optional<TimePoint> deadline, std::stop_token stop, Token&& token) {
-    if (options_.fair && !AsyncQueuesFairly<B>)
+    if (options_.fair && !AsyncQueuesFairly<B> && !AsyncWaitsOnServer<B>)
       throw InvalidArgument(
           fmt::format("dlock: LockOptions.fair = true for lock '{}' on {} {}: fair mode has no "
                       "asynchronous acquire yet; use the blocking forms",

@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -254,6 +255,16 @@ class PostgresBackend {
                      ReleaseCompletion done);
   void async_extend(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl, TimePoint started,
                     const boost::asio::any_io_executor& ex, ExtendCompletion done);
+  /// acquire_wait without blocking a thread (AsyncWaitsOnServer): the same
+  /// statement, bounded the same way (lock_timeout = max_wait ends it as
+  /// contention; statement_timeout + max_wait bounds the round trip), waiting
+  /// in the server's queue, so fair mode's asynchronous acquire keeps arrival
+  /// order. A `stop` request ends it at once: the connection is closed (the
+  /// wait's session checks for its client every 100 ms,
+  /// client_connection_check_interval, PostgreSQL 14+), so nothing stays
+  /// queued or held on the server; it completes as contention.
+  void async_acquire_wait(const AcquireRequest& request, std::chrono::milliseconds max_wait, std::stop_token stop,
+                          const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done);
 
   // ---- the primitives (primitives_backend.hpp); called by RwLock, Semaphore, Election ----
   // Each lease is an advisory lock in the two-int4 key space
@@ -319,6 +330,20 @@ class PostgresBackend {
   void async_extend_exclusive(std::string_view name, Lease<Handle>& lease, std::chrono::milliseconds ttl,
                               TimePoint started, const boost::asio::any_io_executor& ex, ExtendCompletion done) {
     async_extend(name, lease, ttl, started, ex, std::move(done));
+  }
+  /// The read-write lock's server-side waits without blocking a thread
+  /// (acquire_wait_shared / acquire_wait_exclusive as async_acquire_wait is
+  /// acquire_wait's): a waiting asynchronous writer holds back new readers, as
+  /// a blocking one does, and a stop request ends a wait at once.
+  void async_acquire_wait_shared(const AcquireRequest& request, std::chrono::milliseconds max_wait,
+                                 std::stop_token stop, const boost::asio::any_io_executor& ex,
+                                 AcquireCompletion<Handle> done) {
+    async_try_read_write(request, true, ex, std::move(done), max_wait, std::move(stop));
+  }
+  void async_acquire_wait_exclusive(const AcquireRequest& request, std::chrono::milliseconds max_wait,
+                                    std::stop_token stop, const boost::asio::any_io_executor& ex,
+                                    AcquireCompletion<Handle> done) {
+    async_try_read_write(request, false, ex, std::move(done), max_wait, std::move(stop));
   }
 
   /// One statement, under the name's gate: if fewer than N of the name's
@@ -418,8 +443,10 @@ class PostgresBackend {
   [[nodiscard]] PoolStats pool_stats() const;
 
  private:
+  // The read-write lock's try, or with a positive max_wait its server-side wait.
   void async_try_read_write(const AcquireRequest& request, bool shared, const boost::asio::any_io_executor& ex,
-                            AcquireCompletion<Handle> done);
+                            AcquireCompletion<Handle> done, std::chrono::milliseconds max_wait = {},
+                            std::stop_token stop = {});
 
   struct State {  // shared by all copies
     PostgresOptions options;
@@ -434,6 +461,9 @@ class PostgresBackend {
 static_assert(Backend<PostgresBackend>);
 static_assert(WaitsOnServer<PostgresBackend>);
 static_assert(AsyncBackend<PostgresBackend>);
+static_assert(AsyncWaitsOnServer<PostgresBackend>);
+static_assert(AsyncWaitsOnServer<detail::SharedView<PostgresBackend>>);
+static_assert(AsyncWaitsOnServer<detail::ExclusiveView<PostgresBackend>>);
 static_assert(SharedLockBackend<PostgresBackend>);
 static_assert(AsyncSharedLockBackend<PostgresBackend>);
 static_assert(AsyncSemaphoreBackend<PostgresBackend>);

@@ -101,6 +101,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <stop_token>
 #include <string_view>
 #include <utility>
 
@@ -262,6 +263,14 @@ class BackendView {
     o.async_extend(b, name, lease, ttl, started, ex, std::move(done));
   }
   { ops_.async_extend(backend_, name, lease, ttl, started, ex, std::move(done)); }
+  /// Forwarded when B waits on the server asynchronously for this family
+  /// (AsyncWaitsOnServer): b.async_acquire_wait_shared / _exclusive.
+  void async_acquire_wait(const AcquireRequest& request, std::chrono::milliseconds max_wait, std::stop_token stop,
+                          const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) requires
+      requires(B& b, const Ops& o) {
+    o.async_acquire_wait(b, request, max_wait, stop, ex, std::move(done));
+  }
+  { ops_.async_acquire_wait(backend_, request, max_wait, std::move(stop), ex, std::move(done)); }
   /// Forwarded when B can subscribe without waiting for the server
   /// (RedisBackend), for the asynchronous acquire.
   [[nodiscard]] auto subscribe_release_nowait(std::string_view name) requires requires(B& b) {
@@ -312,6 +321,12 @@ struct SharedOps {
       -> decltype(b.async_try_acquire_shared(r, ex, std::move(done))) {
     return b.async_try_acquire_shared(r, ex, std::move(done));
   }
+  template <class B>
+  static auto async_acquire_wait(B& b, const AcquireRequest& r, std::chrono::milliseconds w, std::stop_token stop,
+                                 const boost::asio::any_io_executor& ex, AcquireCompletion<typename B::Handle> done)
+      -> decltype(b.async_acquire_wait_shared(r, w, std::move(stop), ex, std::move(done))) {
+    return b.async_acquire_wait_shared(r, w, std::move(stop), ex, std::move(done));
+  }
   template <class B, class L>
   static auto async_release(B& b, std::string_view name, L& lease, const boost::asio::any_io_executor& ex,
                             ReleaseCompletion done)
@@ -352,6 +367,12 @@ struct ExclusiveOps {
                                 AcquireCompletion<typename B::Handle> done)
       -> decltype(b.async_try_acquire_exclusive(r, ex, std::move(done))) {
     return b.async_try_acquire_exclusive(r, ex, std::move(done));
+  }
+  template <class B>
+  static auto async_acquire_wait(B& b, const AcquireRequest& r, std::chrono::milliseconds w, std::stop_token stop,
+                                 const boost::asio::any_io_executor& ex, AcquireCompletion<typename B::Handle> done)
+      -> decltype(b.async_acquire_wait_exclusive(r, w, std::move(stop), ex, std::move(done))) {
+    return b.async_acquire_wait_exclusive(r, w, std::move(stop), ex, std::move(done));
   }
   template <class B, class L>
   static auto async_release(B& b, std::string_view name, L& lease, const boost::asio::any_io_executor& ex,

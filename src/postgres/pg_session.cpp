@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <memory>
+#include <stop_token>
 #include <utility>
 
 #include <boost/asio/post.hpp>
@@ -269,10 +271,20 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   PgAsyncRoundTrip(PGconn* c, const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done,
                    std::optional<PipelineReader> pipeline = std::nullopt)
       : conn_(c), socket_(ex), timer_(ex), done_(std::move(done)), pipeline_(std::move(pipeline)) {}
+  PgAsyncRoundTrip(const PgAsyncRoundTrip&) = delete;
+  PgAsyncRoundTrip& operator=(const PgAsyncRoundTrip&) = delete;
+  // Destroyed unfinished (its io_context stopped or destroyed mid-statement):
+  // the fd stays the connection's, which `done_` closes (PQfinish) when it
+  // drops the session; the descriptor must not close it a second time.
+  ~PgAsyncRoundTrip() {
+    if (!finished_) (void)socket_.release();
+  }
 
   // `sent`: whether libpq accepted the request (else the outcome is "broken").
-  void start(bool sent, SteadyTime deadline) {
+  // A `stop` request ends it as the deadline does, with Fail::cancelled.
+  void start(bool sent, SteadyTime deadline, const std::stop_token& stop = {}) {
     if (!sent) return finish_broken();
+    if (stop.stop_possible()) stop_cb_.emplace(stop, StopPost{this->weak_from_this(), socket_.get_executor()});
     boost::system::error_code ec;
     socket_.assign(PQsocket(conn_), ec);
     if (ec) return finish_broken();
@@ -324,12 +336,31 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   }
   void finish() {
     finished_ = true;
+    stop_cb_.reset();
     timer_.cancel();
     (void)socket_.release();  // the fd stays the connection's: PQfinish closes it
     boost::asio::post(
         socket_.get_executor(),
         [done = std::move(done_), out = std::make_shared<PgOutcome>(std::move(out_))] { done(std::move(*out)); });
   }
+
+  // Runs on the thread that requests the stop: ends the round trip on its executor.
+  struct StopPost {
+    std::weak_ptr<PgAsyncRoundTrip> trip;
+    boost::asio::any_io_executor ex;
+    void operator()() noexcept {
+      try {
+        boost::asio::post(ex, [trip = trip] {
+          auto self = trip.lock();
+          if (!self || self->finished_) return;
+          self->out_.fail = PgOutcome::Fail::cancelled;
+          self->out_.result.reset();
+          self->finish();
+        });
+      } catch (...) {  // out of memory: the round trip ends at its deadline
+      }
+    }
+  };
 
   PGconn* conn_;
   boost::asio::posix::stream_descriptor socket_;
@@ -338,6 +369,7 @@ class PgAsyncRoundTrip : public std::enable_shared_from_this<PgAsyncRoundTrip> {
   std::optional<PipelineReader> pipeline_;
   PgOutcome out_;
   bool finished_ = false;
+  std::optional<std::stop_callback<StopPost>> stop_cb_;
 };
 
 }  // namespace
@@ -390,7 +422,8 @@ PgOutcome PgSession::run(const PgStatement& stmt, const std::vector<PgParam>& pa
 }
 
 PgOutcome PgSession::noted(PgOutcome out) noexcept {
-  if (out.fail != PgOutcome::Fail::none) failed_ = true;
+  // A cancelled round trip says nothing about the server: the pool need not suspect its other connections.
+  if (out.fail != PgOutcome::Fail::none && out.fail != PgOutcome::Fail::cancelled) failed_ = true;
   return out;
 }
 
@@ -455,14 +488,16 @@ PgOutcome PgSession::pipelined(std::initializer_list<PgCall> calls, bool prepare
 }
 
 void PgSession::async_run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline,
-                                    const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done) {
+                                    const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done,
+                                    std::stop_token stop) {
   if (inherited()) {
     boost::asio::post(ex, [done = std::move(done), this] { done(refuse_inherited()); });
     return;
   }
   std::optional<PipelineReader> reader = send_pipeline(conn_, calls, prepared, prepared_);
   const bool sent = reader.has_value();
-  std::make_shared<PgAsyncRoundTrip>(conn_, ex, noting(std::move(done)), std::move(reader))->start(sent, deadline);
+  std::make_shared<PgAsyncRoundTrip>(conn_, ex, noting(std::move(done)), std::move(reader))
+      ->start(sent, deadline, stop);
 }
 
 void PgSession::async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared,
@@ -525,6 +560,9 @@ void throw_outcome(const PgOutcome& o, std::string_view endpoint, std::string_vi
         fmt::format("dlock: PostgreSQL {}: {} got no answer within statement_timeout {}; "
                     "the connection was closed",
                     endpoint, what, format_duration(timeout)));
+  if (o.fail == PgOutcome::Fail::cancelled)
+    throw CancelledError(fmt::format(
+        "dlock: PostgreSQL {}: {} was cancelled by a stop request; the connection was closed", endpoint, what));
   if (o.fail == PgOutcome::Fail::broken || !o.result)
     throw ConnectionError(
         fmt::format("dlock: PostgreSQL {}: connection lost during {}: {}", endpoint, what, o.message));

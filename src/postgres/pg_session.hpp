@@ -23,6 +23,7 @@
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,6 +61,9 @@ struct PgOutcome {
     none,     ///< `result` holds the statement's result (which may be an error result)
     timeout,  ///< the deadline passed: the connection was left mid-statement and must be closed
     broken,   ///< the connection failed (closed by the server, network error)
+    /// a stop request ended an asynchronous round trip (async_run_pipelined's
+    /// `stop`): the connection was left mid-statement and must be closed
+    cancelled,
   };
   Fail fail = Fail::none;
   PgResult result;
@@ -125,9 +129,12 @@ class PgSession {
   void async_run(const PgStatement& stmt, const std::vector<PgParam>& params, bool prepared, SteadyTime deadline,
                  const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
   /// run_pipelined() without blocking a thread, as async_run (the calls are
-  /// sent before it returns: they need not outlive it).
+  /// sent before it returns: they need not outlive it). A `stop` request
+  /// ends it at once with Fail::cancelled (a server-side wait: the caller
+  /// closes the connection, which ends the wait on the server too).
   void async_run_pipelined(std::initializer_list<PgCall> calls, bool prepared, SteadyTime deadline,
-                           const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done);
+                           const boost::asio::any_io_executor& ex, std::function<void(PgOutcome)> done,
+                           std::stop_token stop = {});
   /// command() without blocking a thread, as async_run.
   void async_command(const char* sql, SteadyTime deadline, const boost::asio::any_io_executor& ex,
                      std::function<void(PgOutcome)> done);
@@ -137,7 +144,8 @@ class PgSession {
   /// of an idle-session timeout) since it was last used.
   [[nodiscard]] bool reusable() noexcept;
 
-  /// True once a round trip on it failed (timed out or broke): closing it then
+  /// True once a round trip on it failed (timed out or broke; not one a stop
+  /// request cancelled): closing it then
   /// makes the pool suspect its other idle connections (generation bump).
   [[nodiscard]] bool failed() const noexcept { return failed_; }
 

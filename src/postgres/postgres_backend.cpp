@@ -226,6 +226,13 @@ class PgStatements {
     // Runs before a wait, in the same pipeline: the wait's own statement_timeout
     // is the client's bound on it, whatever the server, role or database default.
     statement_timeout_ = make(id, "SELECT pg_catalog.set_config('statement_timeout', $1::text, true)", 1, 0);
+    // The asynchronous wait's (PostgreSQL 14+): also client_connection_check_interval
+    // ($2 ms), so that a wait whose connection the client closed (a stop
+    // request) leaves the server's queue within that interval.
+    async_wait_bounds_ = make(id,
+                              "SELECT pg_catalog.set_config('statement_timeout', $1::text, true), "
+                              "pg_catalog.set_config('client_connection_check_interval', $2::text, true)",
+                              2, 0);
     begin_ = make(id, "BEGIN", 0, 0);
     // Shared sessions: the unlock leaves the session's idle timeout alone (other
     // leases rely on it), and a wait queues for the lock on a connection of its
@@ -252,6 +259,10 @@ class PgStatements {
   }
   /// set_config('statement_timeout', $1 ms, true): local to the transaction.
   [[nodiscard]] const PgStatement& statement_timeout() const noexcept { return statement_timeout_; }
+  /// statement_timeout() plus client_connection_check_interval ($2) where the server has it.
+  [[nodiscard]] const PgStatement& async_wait_bounds(const PgSession& s) const noexcept {
+    return s.server_version() >= 140000 ? async_wait_bounds_ : statement_timeout_;
+  }
   [[nodiscard]] const PgStatement& begin() const noexcept { return begin_; }
   [[nodiscard]] const PgStatement& shared_unlock() const noexcept { return shared_unlock_; }
   [[nodiscard]] const PgStatement& wait_free() const noexcept { return wait_free_; }
@@ -358,7 +369,7 @@ class PgStatements {
   }
   Set sets_[pg_families][2][2];
   PgStatement permit_[2][2][2][2][2];
-  PgStatement statement_timeout_, begin_, shared_unlock_, wait_free_, leader_name_;
+  PgStatement statement_timeout_, async_wait_bounds_, begin_, shared_unlock_, wait_free_, leader_name_;
 };
 
 // The parameters that carry PgTtlSettings.
@@ -616,6 +627,13 @@ struct PgPermitSpec {
   bool table = false;
 };
 
+// The client's bound on a wait of `wait_ms` (statement_timeout + the wait, in
+// ms): set as the wait's own statement_timeout, so that a shorter server,
+// role or database default cannot cancel it.
+std::int64_t wait_bound_ms(const PostgresOptions& o, std::int64_t wait_ms) {
+  return std::min<std::int64_t>(INT_MAX, detail::pg_int_ms(o.statement_timeout) + wait_ms);
+}
+
 // The shared body of try_acquire and acquire_wait and of the primitives'
 // acquires on a pinned session. `wait` is null for a try. `key` is the lock's
 // key (a semaphore's base key with `permit`; on a grant, the slot's key).
@@ -648,8 +666,7 @@ AcquireResult<PgLockHandle> acquire(PostgresBackend& self, detail::PgBackendStat
   // One round trip in every case. A wait first sets its own statement_timeout
   // (the client's bound: statement_timeout + the wait), so that a shorter
   // server, role or database default cannot cancel it.
-  const std::vector<PgParam> no_params,
-      bound{PgParam::int8(std::min<std::int64_t>(INT_MAX, detail::pg_int_ms(o.statement_timeout) + wait_ms))};
+  const std::vector<PgParam> no_params, bound{PgParam::int8(wait_bound_ms(o, wait_ms))};
   const detail::PgCall begin{st.statements.begin(), no_params}, timeout{st.statements.statement_timeout(), bound},
       call{stmt, params};
   PgOutcome out = xact   ? (wait ? s->run_pipelined({begin, timeout, call}, false, deadline)
@@ -802,8 +819,7 @@ AcquireResult<PgLockHandle> shared_wait(PostgresBackend& self, detail::PgBackend
         detail::pg_int_ms(std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()));
     if (wait_ms <= 0) return res;
     PgSessionPtr s = st.checkout();
-    const std::vector<PgParam> bound{
-        PgParam::int8(std::min<std::int64_t>(INT_MAX, detail::pg_int_ms(o.statement_timeout) + wait_ms))},
+    const std::vector<PgParam> bound{PgParam::int8(wait_bound_ms(o, wait_ms))},
         params{PgParam::int8(key), PgParam::int8(wait_ms)};
     PgOutcome w =
         s->run_pipelined({{st.statements.statement_timeout(), bound}, {st.statements.wait_free(), params}}, true,
@@ -1060,8 +1076,12 @@ AcquireResult<PgLockHandle> try_outcome(const PostgresBackend& self, detail::PgB
                                         bool keepalives, PgSessionPtr s, const PgOutcome& out,
                                         detail::PgFamily family = detail::PgFamily::mutex, bool permit = false) {
   if (!out.ok()) {
-    if (out.fail == PgOutcome::Fail::none && out.sqlstate() == "40P01" && PQstatus(s->conn()) == CONNECTION_OK)
-      st.checkin(std::move(s));  // deadlock: the connection is fine
+    const std::string_view code = out.sqlstate();
+    if (out.fail == PgOutcome::Fail::none && (code == "40P01" || code == "55P03") &&
+        PQstatus(s->conn()) == CONNECTION_OK) {
+      st.checkin(std::move(s));  // deadlock, or a wait's lock_timeout: the connection is fine
+      if (code == "55P03") return Contended{};
+    }
     // Any other failure may have left the lock taken: closing `s` frees it.
     detail::throw_outcome(out, self.endpoint(), fmt::format("acquire of lock '{}' (key {})", name, key),
                           self.options().statement_timeout);
@@ -1405,26 +1425,57 @@ void async_fencing(const PostgresBackend& self, std::shared_ptr<void> keep, deta
                       "the fencing sequence", std::move(then));
 }
 
+// A server-side wait of an asynchronous acquire (async_acquire_wait): up to
+// `ms` in the server's queue; a `stop` request ends it (the connection is
+// closed, which takes it out of the queue: PgStatements::async_wait_bounds).
+struct PgWaitSpec {
+  std::int64_t ms = 0;  // > 0
+  std::stop_token stop;
+};
+
+// How often a waiting session checks that its client is still there
+// (client_connection_check_interval), so that a cancelled asynchronous wait,
+// whose connection is closed, leaves the server's queue promptly.
+constexpr std::int64_t pg_async_wait_check_ms = 100;
+
+// The parameters of PgStatements::async_wait_bounds(s) for a wait of `wait_ms`.
+std::vector<PgParam> async_wait_bound_params(const PostgresOptions& o, const detail::PgSession& s,
+                                             std::int64_t wait_ms) {
+  std::vector<PgParam> p{PgParam::int8(wait_bound_ms(o, wait_ms))};
+  if (s.server_version() >= 140000) p.push_back(PgParam::int8(pg_async_wait_check_ms));
+  return p;
+}
+
 // One try of `key` in `family` on a pooled connection, without blocking: a
 // grant pins the connection (the mutex's try without shared_sessions, and the
 // primitives'). With `permit`, a semaphore's try (`key` its base key), the
-// blocking acquire()'s statement. The request's name stays valid until `done` runs.
+// blocking acquire()'s statement. With `wait`, the blocking acquire()'s
+// server-side wait instead of the try: lock_timeout ends it as contention,
+// a stop request (Fail::cancelled) closes the connection and ends it as
+// contention too (the front end then reports the cancellation). The
+// request's name stays valid until `done` runs.
 void async_pinned_try(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
                       const AcquireRequest& request, std::int64_t key, bool fence, detail::PgFamily family,
                       const boost::asio::any_io_executor& ex, AcquireCompletion<PgLockHandle> done,
-                      std::optional<PgPermitSpec> permit = std::nullopt) {
+                      std::optional<PgPermitSpec> permit = std::nullopt,
+                      std::optional<PgWaitSpec> wait = std::nullopt) {
   const PostgresOptions& o = self.options();
   const bool xact = o.scope == PostgresOptions::Scope::transaction;
   const std::string_view name = request.name;
   const std::chrono::milliseconds ttl = request.ttl;
   const TimePoint started = request.started;
   async_checkout(std::move(keep), st, ex, after(o.connect_timeout),
-                 [self, &st, ex, name, ttl, started, key, fence, xact, family, permit, done = std::move(done)](
-                     std::exception_ptr e, PgSessionPtr s) mutable {
+                 [self, &st, ex, name, ttl, started, key, fence, xact, family, permit, wait = std::move(wait),
+                  done = std::move(done)](std::exception_ptr e, PgSessionPtr s) mutable {
                    if (e) return done(e, Contended{});
+                   if (wait && wait->stop.stop_requested()) {  // cancelled before it was sent
+                     st.checkin(std::move(s));
+                     return done(nullptr, Contended{});
+                   }
                    const auto& set = st.statements.get(*s, xact, family);
                    std::vector<PgParam> params{PgParam::int8(key)};
                    detail::push_ttl_params(params, ttl);
+                   if (wait) params.push_back(PgParam::int8(wait->ms));
                    if (permit) {
                      params.push_back(PgParam::int8(permit->permits));
                      params.push_back(PgParam::text(self.options().lock_namespace));
@@ -1434,11 +1485,16 @@ void async_pinned_try(const PostgresBackend& self, std::shared_ptr<void> keep, d
                    const bool keepalives = s->keepalive_ttl_ms != ttl.count();
                    const detail::PgStatement& stmt =
                        permit ? st.statements.permit(*s, xact, fence, keepalives, permit->table)
+                       : wait ? set.wait[fence][keepalives]
                               : set.try_[fence][keepalives];
                    detail::PgSession& session = *s;
                    auto held = std::make_shared<PgSessionPtr>(std::move(s));
                    auto then = [self, &st, ex, held, name, ttl, started, key, fence, keepalives, family,
                                 is_permit = permit.has_value(), done](PgOutcome out) mutable {
+                     if (out.fail == PgOutcome::Fail::cancelled) {  // a stop request ended the wait
+                       held->reset();  // closed: the server drops the wait (or a grant that raced it)
+                       return done(nullptr, Contended{});
+                     }
                      if (auto rollback = xact_rollback(out, **held)) {
                        // A transaction-scope try that did not take the lock: end its transaction first.
                        auto answer = std::make_shared<PgOutcome>(std::move(out));
@@ -1456,21 +1512,99 @@ void async_pinned_try(const PostgresBackend& self, std::shared_ptr<void> keep, d
                                           family, is_permit);
                      });
                    };
-                   const SteadyTime deadline = after(self.options().statement_timeout);
-                   if (xact) {  // BEGIN and the try in one round trip, as the blocking acquire
-                     const std::vector<PgParam> no_params;
-                     session.async_run_pipelined({{st.statements.begin(), no_params}, {stmt, params}}, false, deadline,
-                                                 ex, std::move(then));
+                   const std::int64_t wait_ms = wait ? wait->ms : 0;
+                   const SteadyTime deadline = detail::saturating_add(after(self.options().statement_timeout),
+                                                                      std::chrono::milliseconds(wait_ms));
+                   const std::vector<PgParam> no_params,
+                       bound = wait ? async_wait_bound_params(self.options(), session, wait_ms) : no_params;
+                   const detail::PgCall begin{st.statements.begin(), no_params},
+                       bounds{st.statements.async_wait_bounds(session), bound}, call{stmt, params};
+                   const std::stop_token stop = wait ? wait->stop : std::stop_token{};
+                   if (xact) {  // BEGIN (the wait's bounds) and the try in one round trip, as the blocking acquire
+                     if (wait) {
+                       session.async_run_pipelined({begin, bounds, call}, false, deadline, ex, std::move(then), stop);
+                     } else {
+                       session.async_run_pipelined({begin, call}, false, deadline, ex, std::move(then));
+                     }
+                   } else if (wait) {
+                     session.async_run_pipelined({bounds, call}, true, deadline, ex, std::move(then), stop);
                    } else {
                      session.async_run(stmt, params, true, deadline, ex, std::move(then));
                    }
                  });
 }
 
+// shared_wait without blocking a thread: a try on the shared session; on
+// contention, a wait in the server's queue on a pooled connection of its own
+// until the lock is free (given back in the same statement: wait_free), then
+// one more try, whose answer is the completion's (the front end asks again
+// for what is left). As the blocking form, no strict arrival order: a try
+// from elsewhere may take the lock between the wait and the try.
+void async_shared_wait(const PostgresBackend& self, std::shared_ptr<void> keep, detail::PgBackendState& st,
+                       const AcquireRequest& r, std::int64_t key, bool fence, PgWaitSpec wait,
+                       const boost::asio::any_io_executor& ex, AcquireCompletion<PgLockHandle> done) {
+  const SteadyTime end = after(std::chrono::milliseconds(wait.ms));
+  auto again = [self, keep, &st, r, key, fence, ex, done] {
+    std::make_shared<PgAsyncSharedTry>(self, keep, st, r, key, fence, ex, done)->start();
+  };
+  auto waited = [self, &st, key, name = r.name, done, again](std::shared_ptr<PgSessionPtr> held, PgOutcome w) {
+    if (w.fail == PgOutcome::Fail::cancelled) {
+      held->reset();  // closed: the server drops the wait (or what it took)
+      return done(nullptr, Contended{});
+    }
+    if (!w.ok()) {
+      if (w.fail == PgOutcome::Fail::none && w.sqlstate() == "55P03" && PQstatus((*held)->conn()) == CONNECTION_OK) {
+        st.checkin(std::move(*held));
+        return done(nullptr, Contended{});
+      }
+      held->reset();  // closing it frees whatever the wait may have taken
+      complete_now<AcquireResult<PgLockHandle>>(done, [&]() -> AcquireResult<PgLockHandle> {
+        detail::throw_outcome(w, self.endpoint(), fmt::format("wait for lock '{}' (key {})", name, key),
+                              self.options().statement_timeout);
+      });
+      return;
+    }
+    st.checkin(std::move(*held));
+    again();
+  };
+  auto tried = [self, keep, &st, key, end, stop = wait.stop, ex, done, waited](
+                   std::exception_ptr e, AcquireResult<PgLockHandle> res) mutable {
+    if (e || std::holds_alternative<Grant<PgLockHandle>>(res) || stop.stop_requested()) return done(e, std::move(res));
+    const std::int64_t left =
+        detail::pg_int_ms(std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()));
+    if (left <= 0) return done(nullptr, std::move(res));
+    async_checkout(
+        keep, st, ex, after(self.options().connect_timeout),
+        [self, &st, key, left, stop, ex, done, waited](std::exception_ptr checkout_error, PgSessionPtr s) mutable {
+          if (checkout_error) return done(checkout_error, Contended{});
+          detail::PgSession& session = *s;
+          auto held = std::make_shared<PgSessionPtr>(std::move(s));
+          const std::vector<PgParam> bound = async_wait_bound_params(self.options(), session, left),
+                                     params{PgParam::int8(key), PgParam::int8(left)};
+          session.async_run_pipelined(
+              {{st.statements.async_wait_bounds(session), bound}, {st.statements.wait_free(), params}}, true,
+              detail::saturating_add(after(self.options().statement_timeout), std::chrono::milliseconds(left)), ex,
+              [held, waited](PgOutcome w) { waited(held, std::move(w)); }, stop);
+        });
+  };
+  std::make_shared<PgAsyncSharedTry>(self, std::move(keep), st, r, key, fence, ex, std::move(tried))->start();
+}
+
 }  // namespace
 
 void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boost::asio::any_io_executor& ex,
                                         AcquireCompletion<Handle> done) {
+  async_acquire_wait(request, std::chrono::milliseconds::zero(), {}, ex, std::move(done));
+}
+
+void PostgresBackend::async_acquire_wait(const AcquireRequest& request, std::chrono::milliseconds max_wait,
+                                         std::stop_token stop, const boost::asio::any_io_executor& ex,
+                                         AcquireCompletion<Handle> done) {
+  // lock_timeout is an int of milliseconds (0 would mean forever: no wait is a
+  // try): a longer wait ends earlier, as contention.
+  std::optional<PgWaitSpec> wait;
+  if (const std::int64_t wait_ms = detail::pg_int_ms(max_wait); wait_ms > 0)
+    wait = PgWaitSpec{wait_ms, std::move(stop)};
   std::int64_t key = 0;
   try {
     key = advisory_key(request.name);
@@ -1481,13 +1615,17 @@ void PostgresBackend::async_try_acquire(const AcquireRequest& request, const boo
   detail::PgBackendState& st = state(state_->pool);
   async_fencing(
       *this, state_, st, ex,
-      [self = *this, &st, request, key, ex, done = std::move(done)](std::exception_ptr e, bool fence) mutable {
+      [self = *this, &st, request, key, wait = std::move(wait), ex, done = std::move(done)](std::exception_ptr e,
+                                                                                            bool fence) mutable {
         if (e) return done(e, Contended{});
         if (self.options().shared_sessions > 0) {
+          if (wait)
+            return async_shared_wait(self, self.state_, st, request, key, fence, std::move(*wait), ex, std::move(done));
           std::make_shared<PgAsyncSharedTry>(self, self.state_, st, request, key, fence, ex, std::move(done))->start();
           return;
         }
-        async_pinned_try(self, self.state_, st, request, key, fence, detail::PgFamily::mutex, ex, std::move(done));
+        async_pinned_try(self, self.state_, st, request, key, fence, detail::PgFamily::mutex, ex, std::move(done),
+                         std::nullopt, std::move(wait));
       });
 }
 
@@ -1586,17 +1724,23 @@ void PostgresBackend::async_extend(std::string_view name, Lease<Handle>& lease, 
 }
 
 void PostgresBackend::async_try_read_write(const AcquireRequest& request, bool shared,
-                                           const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done) {
+                                           const boost::asio::any_io_executor& ex, AcquireCompletion<Handle> done,
+                                           std::chrono::milliseconds max_wait, std::stop_token stop) {
   const std::int64_t key = primitive_key(request.name, detail::PgPrimitive::rw);
   detail::PgBackendState& st = state(state_->pool);
-  async_fencing(
-      *this, state_, st, ex,
-      [self = *this, &st, request, key, shared, ex, done = std::move(done)](std::exception_ptr e, bool fence) mutable {
-        if (e) return done(e, Contended{});
-        // Primitives pin a connection per lease, also with shared_sessions (as pinned()).
-        async_pinned_try(self, self.state_, st, request, key, fence,
-                         shared ? detail::PgFamily::shared : detail::PgFamily::exclusive, ex, std::move(done));
-      });
+  // lock_timeout 0 would mean forever: no wait is a try.
+  std::optional<PgWaitSpec> wait;
+  if (const std::int64_t wait_ms = detail::pg_int_ms(max_wait); wait_ms > 0)
+    wait = PgWaitSpec{wait_ms, std::move(stop)};
+  async_fencing(*this, state_, st, ex,
+                [self = *this, &st, request, key, shared, wait = std::move(wait), ex, done = std::move(done)](
+                    std::exception_ptr e, bool fence) mutable {
+                  if (e) return done(e, Contended{});
+                  // Primitives pin a connection per lease, also with shared_sessions (as pinned()).
+                  async_pinned_try(self, self.state_, st, request, key, fence,
+                                   shared ? detail::PgFamily::shared : detail::PgFamily::exclusive, ex, std::move(done),
+                                   std::nullopt, std::move(wait));
+                });
 }
 
 // ---- the primitives ----

@@ -105,7 +105,7 @@ void two_hundred_coroutines(dlock::PostgresOptions::Scope scope, std::size_t sha
   EXPECT_EQ(seen.failed, 0);
   EXPECT_TRUE(seen.tokens_increase);
   EXPECT_EQ(seen.total, coroutines * cycles);
-  EXPECT_LT(seen.worst_lag, 100ms) << "the loop's thread was blocked";
+  EXPECT_LT(seen.worst_lag, dlock::test::async_lag_bound) << "the loop's thread was blocked";
   RawConn raw(conninfo());
   for (int n = 0; n < names; ++n) EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + std::to_string(n))), 0);
 }
@@ -128,10 +128,21 @@ TEST(PgAsync, CancellationAtRandomPointsLeavesNoLockOnTheServer) {
   PostgresBackend pg(options({.pool_size = 24}));
   (void)pg.has_fencing();  // the first tries' look-up done: the cancellations (within 100 ms) meet grants too
   const std::string base = test_name();
-  dlock::test::expect_cancellation_leaves_nothing(pg, base, 60, 7);
-  RawConn raw(conninfo());  // and none of the server's advisory locks is left
-  EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + "0")), 0);
-  EXPECT_EQ(advisory_locks(raw, pg.advisory_key(base + "1")), 0);
+  // A cancelled wait in the server's queue ends with its closed session, which
+  // the server notices within client_connection_check_interval (100 ms): a
+  // dead waiter granted meanwhile holds the lock until its session ends, so
+  // "nothing left" is checked within 1 s.
+  const auto start = Clock::now();
+  dlock::test::expect_cancellation_leaves_nothing(pg, base, 60, 7, 1s);
+  RawConn raw(conninfo());  // and none of the server's advisory locks is left, granted or waiting
+  EXPECT_TRUE(eventually_holds(
+      [&] {
+        return advisory_locks(raw, pg.advisory_key(base + "0")) == 0 &&
+               advisory_locks(raw, pg.advisory_key(base + "1")) == 0;
+      },
+      1s));
+  std::printf("no advisory lock of either name left %lld ms after the start\n",
+              static_cast<long long>(since(start).count()));
 }
 
 // The session's server process stopped (SIGSTOP): the release gets no answer;
@@ -284,18 +295,20 @@ TEST(PgAsync, SharedSessionTryReleaseAndExtendDoNotBlockTheLoop) {
   ticker.arm(Clock::now() + 1ms);
   std::exception_ptr release_error, extend_error;
   int completed = 0;
+  // The names stay valid until the completions run (AsyncBackend's rule).
+  const std::string name1 = name + "1", name2 = name + "2", name3 = name + "3";
   const auto start = Clock::now();
-  pg.async_release(name + "1", leases[1], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult) {
+  pg.async_release(name1, leases[1], io.get_executor(), [&](std::exception_ptr e, dlock::ReleaseResult) {
     release_error = e;
     ++completed;
   });
-  pg.async_extend(name + "2", leases[2], 20s, Clock::now(), io.get_executor(), [&](std::exception_ptr e, auto) {
+  pg.async_extend(name2, leases[2], 20s, Clock::now(), io.get_executor(), [&](std::exception_ptr e, auto) {
     extend_error = e;
     ticker.stop = ++completed == 3;
   });
   std::exception_ptr try_error;
   std::optional<dlock::AcquireResult<dlock::PgLockHandle>> tried;
-  pg.async_try_acquire({name + "3", owner, 10s, Clock::now()}, io.get_executor(),
+  pg.async_try_acquire({name3, owner, 10s, Clock::now()}, io.get_executor(),
                        [&](std::exception_ptr e, dlock::AcquireResult<dlock::PgLockHandle> r) {
                          try_error = e;
                          tried = std::move(r);
@@ -381,17 +394,18 @@ std::vector<int> server_pids(int backend) {
 
 }  // namespace
 
-// The whole server stopped (SIGSTOP on the postmaster and every process it
-// forked, the waiter's sessions included) while an async_acquire polls a
-// held lock: an outage, so it completes with errc::connection by its
-// deadline (acquire_timeout plus one connect_timeout / statement_timeout for
-// the round trip in flight), not a hang and not the contention timeout, and
-// the loop keeps running. A round trip that timed out on the stopped server
-// makes the pool drop its other idle connections to it (generation bump), so
-// the next attempts connect and get no answer within connect_timeout (before
-// that fix, the warm pool's idle connections were tried one after the other,
-// each timing out, and the acquire ended with the TimeoutError of the last).
-TEST(PgAsync, AServerStoppedMidWaitGivesAConnectionErrorByTheDeadline) {
+// The whole server stops answering (SIGSTOP on the postmaster and every
+// process it forked, the waiter's sessions included) while an async_acquire
+// waits in the server's queue for a held lock (AsyncWaitsOnServer): the wait
+// in flight gets no answer within its wait (to the deadline) plus
+// statement_timeout, so the acquire completes with that round trip's
+// TimeoutError (outcome unknown; its connection closed, which frees whatever
+// it took once the server runs again) shortly after its deadline, not a hang,
+// and the loop keeps running. (While the asynchronous acquire polled, the next
+// attempts' connects got no answer and it ended with errc::connection; a
+// server that is stopped for real gives errc::connection with the wait too:
+// PgAsyncWait.AServerStoppedMidWaitGivesAConnectionErrorByTheDeadline.)
+TEST(PgAsync, AServerThatStopsAnsweringMidWaitGivesATimeoutByTheDeadline) {
   PostgresBackend pg(options({.connect_timeout = 300ms, .statement_timeout = 300ms}));
   const std::string name = test_name();
   Lock<PostgresBackend> holder(pg, name, LockOptions{.ttl = 10s});
@@ -435,7 +449,7 @@ TEST(PgAsync, AServerStoppedMidWaitGivesAConnectionErrorByTheDeadline) {
               ticker.worst_us());
   ASSERT_TRUE(completed);
   ASSERT_GT(stopped.size(), 3u);  // the postmaster, its helpers and the sessions
-  EXPECT_EQ(dlock::to_std(result), dlock::errc::connection) << result.message();
+  EXPECT_EQ(dlock::to_std(result), dlock::errc::timeout) << result.message();
   EXPECT_GE(took, 1s);
   EXPECT_LT(took, 2s);
   EXPECT_LT(ticker.worst, 100ms);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <thread>
 
 #include "support/postgres_server.hpp"
 
@@ -38,6 +39,33 @@ inline bool has_waiter(RawConn& raw, std::int64_t key) {
              "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
              "AND ((classid::int8 << 32) | objid::int8) = $1::int8",
              {std::to_string(key)}) != "0";
+}
+
+/// How many requests for the advisory lock `key` wait in the server's queue.
+inline int waiting_count(RawConn& raw, std::int64_t key) {
+  return std::stoi(
+      raw.exec("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+               "AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+               {std::to_string(key)}));
+}
+
+/// Advisory locks on `key`, granted or awaited, in the server.
+inline int advisory_rows(RawConn& raw, std::int64_t key) {
+  return std::stoi(
+      raw.exec("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+               "AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+               {std::to_string(key)}));
+}
+
+/// Polls `cond` (a server-side or cross-thread condition) every 5 ms until it holds or `limit` passes.
+template <class F>
+bool eventually_holds(F cond, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
 }
 
 inline std::chrono::milliseconds since(std::chrono::steady_clock::time_point t) {
