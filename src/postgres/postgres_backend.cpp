@@ -1167,12 +1167,16 @@ void with_turn(std::shared_ptr<detail::PgSharedSession> sh, const boost::asio::a
 using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
 
 // A pooled connection without blocking: an idle one, else a new one opened
-// asynchronously (async_connect), else (all pool_size in use) tried again
-// every millisecond on `ex` until `deadline`, then failing as checkout()
-// does. `then` runs on `ex` (an idle session: directly from here or a timer's
-// handler; otherwise posted).
+// asynchronously (async_connect), else (all pool_size in use) tried again on
+// `ex` until `deadline`, then failing as checkout() does: after 1 ms, then
+// twice as long each time up to async_checkout_max_wait (asynchronous
+// acquires waiting in the server's queue each keep a connection, so hundreds
+// of them can find the pool full for seconds: a 1 ms poll each would keep a
+// core busy). `then` runs on `ex` (an idle session: directly from here or a
+// timer's handler; otherwise posted).
+constexpr std::chrono::milliseconds async_checkout_max_wait{16};
 void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, const boost::asio::any_io_executor& ex,
-                    SteadyTime deadline, SessionThen then) {
+                    SteadyTime deadline, SessionThen then, std::chrono::milliseconds wait = std::chrono::milliseconds(1)) {
   detail::PgPool::Taken taken;
   try {
     taken = st.try_checkout();
@@ -1187,10 +1191,10 @@ void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, cons
     return;
   }
   if (taken.session) return then(nullptr, std::move(taken.session));
-  auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::chrono::milliseconds(1));
-  timer->async_wait([keep = std::move(keep), &st, ex, deadline, then = std::move(then),
-                     timer](const boost::system::error_code&) mutable {
-    async_checkout(std::move(keep), st, ex, deadline, std::move(then));
+  auto timer = std::make_shared<boost::asio::steady_timer>(ex, std::min(wait, async_checkout_max_wait));
+  timer->async_wait([keep = std::move(keep), &st, ex, deadline, then = std::move(then), timer,
+                     next = std::min(wait * 2, async_checkout_max_wait)](const boost::system::error_code&) mutable {
+    async_checkout(std::move(keep), st, ex, deadline, std::move(then), next);
   });
 }
 
