@@ -110,6 +110,29 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
   for (int t = 0; t < senders; ++t) {
     threads.emplace_back([&, t] { dlock::test::send_pipelined_bursts(link, t, rounds, 20, mismatches, errors); });
   }
+  // And a thread's own exchanges (begin_here) on the same link: the socket
+  // leaves the I/O thread's reactor while idle and comes back for its sends.
+  std::atomic<int> on_thread{0};
+  threads.emplace_back([&] {
+    for (int i = 0; i < 300; ++i) {
+      const std::string mine = "t-" + std::to_string(i);
+      RedisCall c = command({"ECHO", mine});
+      RedisOutcome o;
+      if (link.begin_here(c)) {
+        ++on_thread;
+        o = link.end_here();
+      } else {
+        RedisGather g(1);
+        link.send(std::move(c), g.slot(0));
+        o = std::move(g.wait()[0]);
+      }
+      if (o.error) {
+        ++errors;
+      } else if (o.replies.size() != 1 || o.replies[0].str != mine) {
+        ++mismatches;
+      }
+    }
+  });
   // One io_context thread: each request through send_here when the link is
   // idle, else through send(); the next one starts from the completion.
   int here = 0;
@@ -151,6 +174,7 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
   EXPECT_EQ(errors.load(), 0);
   EXPECT_FALSE(link.broken());
   EXPECT_GT(here, 0) << "the fast path was never taken: the test proves nothing";
+  EXPECT_GT(on_thread.load(), 0) << "no thread's own exchange: the test proves less";
 }
 
 TEST_F(RedisLinkAsyncTest, ARequestWrittenByAnAsyncCallerThatGetsNoAnswerIsInDoubtAndNeverResent) {
