@@ -316,4 +316,32 @@ TEST_F(RedisLinkAsyncTest, AnIoContextDestroyedDuringItsExchangeDropsTheLink) {
   EXPECT_TRUE(link.broken());
 }
 
+// The same for an asynchronous caller's exchange: a request queued behind it
+// whose deadline passes fails alone; the exchange completes (no seizure
+// before its own deadline and the grace period).
+TEST_F(RedisLinkAsyncTest, AQueuedRequestsDeadlineDoesNotBreakAnAsyncExchange) {
+  RedisOptions o = options();
+  o.command_timeout = 5s;
+  RedisLink link = RedisLink::open(o, caller_io);
+  (void)link.exec(command({"PING"}));
+  asio::io_context io;
+  ASSERT_TRUE(wait_idle(link, io));
+  RedisCall pop = command({"BLPOP", prefix_ + "empty", "0.3"}, "a blocking pop");  // nil after 300 ms
+  std::optional<RedisOutcome> mine;
+  ASSERT_TRUE(try_here(link, io, pop, mine));
+  RedisGather g(1);
+  RedisCall late = command({"INCR", prefix_ + "late"}, "a late increment");
+  late.deadline = std::chrono::steady_clock::now() + 30ms;
+  late.deadline_name = "the test's deadline 30ms";
+  link.send(std::move(late), g.slot(0));
+  const RedisOutcome behind = std::move(g.wait()[0]);
+  io.restart();
+  io.run();
+  ASSERT_TRUE(mine.has_value());
+  EXPECT_FALSE(mine->error) << "the asynchronous exchange was broken by another request's deadline";
+  ASSERT_TRUE(behind.error);
+  EXPECT_TRUE(behind.unsent);
+  EXPECT_FALSE(link.broken());
+}
+
 }  // namespace

@@ -377,4 +377,50 @@ TEST_F(RedisLinkFastPathTest, AChildDroppingAnInheritedIdleLinkClosesItsCopyOnly
   EXPECT_FALSE(link.broken());
 }
 
+// The message of `o`'s error ("" if none).
+std::string message_of(const RedisOutcome& o) {
+  try {
+    if (o.error) std::rethrow_exception(o.error);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
+
+// A request queued behind the caller's exchange whose own deadline passes
+// fails alone (never written): the I/O thread never fails the link, nor
+// shuts or closes its socket, under the caller reading on it.
+TEST_F(RedisLinkFastPathTest, AQueuedRequestsDeadlineNeverClosesTheSocketUnderTheCallersExchange) {
+  RedisOptions o = options();
+  o.command_timeout = 5s;
+  RedisLink link = RedisLink::open(o, caller_io);
+  (void)link.exec(command({"PING"}));
+  ASSERT_TRUE(wait_idle(link));
+  RedisCall pop = command({"BLPOP", prefix_ + "empty", "0.3"}, "a blocking pop");  // nil after 300 ms
+  ASSERT_TRUE(link.begin_here(pop));
+  RedisGather g(1);
+  RedisCall late = command({"INCR", prefix_ + "late"}, "a late increment");
+  late.deadline = std::chrono::steady_clock::now() + 30ms;
+  late.deadline_name = "the test's deadline 30ms";
+  link.send(std::move(late), g.slot(0));  // queued: the caller has the link
+  const RedisOutcome behind = std::move(g.wait()[0]);
+  const RedisOutcome mine = link.end_here();
+  EXPECT_FALSE(mine.error) << "the caller's exchange was broken by another request's deadline: " << message_of(mine);
+  ASSERT_TRUE(behind.error);
+  EXPECT_TRUE(behind.unsent) << "nothing was asked of the server for it: " << message_of(behind);
+  try {
+    std::rethrow_exception(behind.error);
+  } catch (const dlock::ConnectionError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("the test's deadline 30ms"), std::string::npos) << m;
+    EXPECT_NE(m.find("a late increment"), std::string::npos) << m;
+    EXPECT_NE(m.find("nothing was asked"), std::string::npos) << m;
+  } catch (const std::exception& e) {
+    FAIL() << "not a ConnectionError: " << e.what();
+  }
+  EXPECT_FALSE(link.broken());
+  EXPECT_TRUE(wait_idle(link));
+  EXPECT_EQ(link.exec(command({"GET", prefix_ + "late"})).at(0).type, dlock::detail::RedisValue::Type::nil);
+}
+
 }  // namespace
