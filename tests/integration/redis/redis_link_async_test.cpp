@@ -113,26 +113,7 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
   // And a thread's own exchanges (begin_here) on the same link: the socket
   // leaves the I/O thread's reactor while idle and comes back for its sends.
   std::atomic<int> on_thread{0};
-  threads.emplace_back([&] {
-    for (int i = 0; i < 300; ++i) {
-      const std::string mine = "t-" + std::to_string(i);
-      RedisCall c = command({"ECHO", mine});
-      RedisOutcome o;
-      if (link.begin_here(c)) {
-        ++on_thread;
-        o = link.end_here();
-      } else {
-        RedisGather g(1);
-        link.send(std::move(c), g.slot(0));
-        o = std::move(g.wait()[0]);
-      }
-      if (o.error) {
-        ++errors;
-      } else if (o.replies.size() != 1 || o.replies[0].str != mine) {
-        ++mismatches;
-      }
-    }
-  });
+  threads.emplace_back([&] { dlock::test::echo_here_or_sent(link, "t-", 300, on_thread, mismatches, errors); });
   // One io_context thread: each request through send_here when the link is
   // idle, else through send(); the next one starts from the completion.
   int here = 0;

@@ -69,24 +69,7 @@ TEST_F(RedisLinkFastPathTest, CallersOwnExchangesNeverMixRepliesWithRequestsPipe
     });
   }
   threads.emplace_back([&] {  // the caller's own exchanges, whenever the link is idle
-    for (int i = 0; i < direct_rounds; ++i) {
-      const std::string mine = "d-" + std::to_string(i);
-      RedisCall c = command({"ECHO", mine});
-      RedisOutcome o;
-      if (link.begin_here(c)) {
-        ++here;
-        o = link.end_here();
-      } else {
-        RedisGather g(1);
-        link.send(std::move(c), g.slot(0));
-        o = std::move(g.wait()[0]);
-      }
-      if (o.error) {
-        ++errors;
-      } else if (o.replies.size() != 1 || o.replies[0].str != mine) {
-        ++mismatches;
-      }
-    }
+    dlock::test::echo_here_or_sent(link, "d-", direct_rounds, here, mismatches, errors);
   });
   for (auto& t : threads) t.join();
   EXPECT_EQ(mismatches.load(), 0) << "a reply reached the wrong request";
@@ -330,22 +313,8 @@ TEST_F(RedisLinkFastPathTest, UnixSocketLinksLeaveTheReactorAndComeBack) {
   EXPECT_LT(io_thread_switches() - before, 10) << "the I/O thread woke for replies it does not read";
   std::atomic<int> mismatches{0}, errors{0};
   std::thread sender([&] { dlock::test::send_pipelined_bursts(link, 0, 10, 20, mismatches, errors); });
-  for (int i = 0; i < 200; ++i) {
-    RedisCall c = command({"ECHO", "u" + std::to_string(i)});
-    RedisOutcome out;
-    if (link.begin_here(c)) {
-      out = link.end_here();
-    } else {
-      RedisGather g(1);
-      link.send(std::move(c), g.slot(0));
-      out = std::move(g.wait()[0]);
-    }
-    if (out.error) {
-      ++errors;
-    } else if (out.replies.size() != 1 || out.replies[0].str != "u" + std::to_string(i)) {
-      ++mismatches;
-    }
-  }
+  std::atomic<int> here{0};
+  dlock::test::echo_here_or_sent(link, "u", 200, here, mismatches, errors);
   sender.join();
   EXPECT_EQ(mismatches.load(), 0);
   EXPECT_EQ(errors.load(), 0);
