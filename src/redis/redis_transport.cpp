@@ -845,6 +845,7 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     if (setup.caller_io) {
       seize_if_overdue();
       if (phase == Phase::broken) return;
+      if (caller_has_link()) return fail_late_queued();  // its socket is the caller's: never failed under it
     }
     const auto now = Clock::now();
     bool late = phase != Phase::ready && now >= phase_due;
@@ -852,6 +853,38 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
     for (const Pending& p : queued) late = late || (p.deadline && now >= *p.deadline);
     if (late) return fail(Why::timeout, {});
     arm_timer();
+  }
+
+  [[nodiscard]] bool caller_has_link() {
+    std::lock_guard lk(own_mu);
+    return link_state::caller_has(own);
+  }
+
+  // I/O thread, while a caller has the link: the queued requests whose
+  // deadline passed fail alone, never written; the link and the caller's
+  // exchange go on (the rest is written when the caller gives it back).
+  void fail_late_queued() {
+    const auto now = Clock::now();
+    std::vector<Pending> late;
+    for (auto it = queued.begin(); it != queued.end();) {
+      if (it->deadline && now >= *it->deadline) {
+        late.push_back(std::move(*it));
+        it = queued.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    arm_timer();
+    for (Pending& p : late) {
+      if (!p.done) continue;
+      std::exception_ptr e = std::make_exception_ptr(ConnectionError(
+          fmt::format("dlock: {} was not sent to Redis at {} within {}: its connection was busy with another "
+                      "request; nothing was asked of it",
+                      p.what, endpoint, p.deadline_name.empty() ? "its deadline" : p.deadline_name)));
+      RedisOutcome o{{}, std::move(e), {}};
+      o.unsent = true;
+      p.done(std::move(o));
+    }
   }
 
   // ---- failure ----

@@ -24,8 +24,13 @@
 // request is answered within command_timeout of being written (and by its own
 // deadline, if it has one). A link that failed, timed out or got a malformed
 // or unexpected reply is broken for good: every request on it completes with
-// an error, it is closed, and it is never reused. An idle link keeps reading,
-// so a server that closes it is noticed without a syscall at checkout.
+// an error, it is closed, and it is never reused. An idle caller_io link has
+// no read armed and its socket is out of the I/O thread's reactor: a server
+// that closes it is noticed at checkout (check_idle) or before the I/O
+// thread's next write. While a caller has the link, the I/O thread never
+// fails it (nor shuts or closes its socket) but for an overdue asynchronous
+// exchange (io_seize): a request queued behind the caller's exchange whose
+// deadline passes fails alone, never written (RedisOutcome::unsent).
 //
 // Errors (include/dlock/error.hpp, issue 11 item 19): ConnectionError when the
 // server could not be reached (connect refused or timed out, TLS refused, no

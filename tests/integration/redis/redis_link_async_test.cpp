@@ -101,6 +101,10 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
   for (int t = 0; t < senders; ++t) {
     threads.emplace_back([&, t] { dlock::test::send_pipelined_bursts(link, t, rounds, 20, mismatches, errors); });
   }
+  // And a thread's own exchanges (begin_here) on the same link: the socket
+  // leaves the I/O thread's reactor while idle and comes back for its sends.
+  std::atomic<int> on_thread{0};
+  threads.emplace_back([&] { dlock::test::echo_here_or_sent(link, "t-", 300, on_thread, mismatches, errors); });
   // One io_context thread: each request through send_here when the link is
   // idle, else through send(); the next one starts from the completion.
   int here = 0;
@@ -142,6 +146,7 @@ TEST_F(RedisLinkAsyncTest, AsyncExchangesNeverMixRepliesWithRequestsPipelinedOnT
   EXPECT_EQ(errors.load(), 0);
   EXPECT_FALSE(link.broken());
   EXPECT_GT(here, 0) << "the fast path was never taken: the test proves nothing";
+  EXPECT_GT(on_thread.load(), 0) << "no thread's own exchange: the test proves less";
 }
 
 TEST_F(RedisLinkAsyncTest, ARequestWrittenByAnAsyncCallerThatGetsNoAnswerIsInDoubtAndNeverResent) {
@@ -267,6 +272,34 @@ TEST_F(RedisLinkAsyncTest, AnIoContextDestroyedDuringItsExchangeDropsTheLink) {
   const std::string m = error_of<dlock::ConnectionError>(other);
   EXPECT_NE(m.find("nothing was asked"), std::string::npos) << m;
   EXPECT_TRUE(link.broken());
+}
+
+// The same for an asynchronous caller's exchange: a request queued behind it
+// whose deadline passes fails alone; the exchange completes (no seizure
+// before its own deadline and the grace period).
+TEST_F(RedisLinkAsyncTest, AQueuedRequestsDeadlineDoesNotBreakAnAsyncExchange) {
+  RedisOptions o = options();
+  o.command_timeout = 5s;
+  RedisLink link = RedisLink::open(o, caller_io);
+  (void)link.exec(command({"PING"}));
+  asio::io_context io;
+  ASSERT_TRUE(wait_idle(link, io));
+  RedisCall pop = command({"BLPOP", prefix_ + "empty", "0.3"}, "a blocking pop");  // nil after 300 ms
+  std::optional<RedisOutcome> mine;
+  ASSERT_TRUE(try_here(link, io, pop, mine));
+  RedisGather g(1);
+  RedisCall late = command({"INCR", prefix_ + "late"}, "a late increment");
+  late.deadline = std::chrono::steady_clock::now() + 30ms;
+  late.deadline_name = "the test's deadline 30ms";
+  link.send(std::move(late), g.slot(0));
+  const RedisOutcome behind = std::move(g.wait()[0]);
+  io.restart();
+  io.run();
+  ASSERT_TRUE(mine.has_value());
+  EXPECT_FALSE(mine->error) << "the asynchronous exchange was broken by another request's deadline";
+  ASSERT_TRUE(behind.error);
+  EXPECT_TRUE(behind.unsent);
+  EXPECT_FALSE(link.broken());
 }
 
 }  // namespace

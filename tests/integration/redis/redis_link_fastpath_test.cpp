@@ -8,6 +8,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <poll.h>
+
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -19,6 +22,7 @@
 
 #include "redis_link_test_support.hpp"
 #include "redis_test_support.hpp"
+#include "unit/fork_support.hpp"
 
 using namespace std::chrono_literals;
 using dlock::detail::RedisCall;
@@ -63,24 +67,7 @@ TEST_F(RedisLinkFastPathTest, CallersOwnExchangesNeverMixRepliesWithRequestsPipe
     });
   }
   threads.emplace_back([&] {  // the caller's own exchanges, whenever the link is idle
-    for (int i = 0; i < direct_rounds; ++i) {
-      const std::string mine = "d-" + std::to_string(i);
-      RedisCall c = command({"ECHO", mine});
-      RedisOutcome o;
-      if (link.begin_here(c)) {
-        ++here;
-        o = link.end_here();
-      } else {
-        RedisGather g(1);
-        link.send(std::move(c), g.slot(0));
-        o = std::move(g.wait()[0]);
-      }
-      if (o.error) {
-        ++errors;
-      } else if (o.replies.size() != 1 || o.replies[0].str != mine) {
-        ++mismatches;
-      }
-    }
+    dlock::test::echo_here_or_sent(link, "d-", direct_rounds, here, mismatches, errors);
   });
   for (auto& t : threads) t.join();
   EXPECT_EQ(mismatches.load(), 0) << "a reply reached the wrong request";
@@ -215,6 +202,178 @@ TEST_F(RedisLinkFastPathTest, ALinkTheServerClosedWhileIdleIsDroppedAtCheckoutNo
       lock.unlock();
     });
   }
+}
+
+// ---- idle links out of the I/O thread's reactor (quiet_fd) ----
+
+// The process's open descriptors.
+int open_descriptors() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n - 1;  // the iterator's own
+}
+
+// Waits (bounded) until the process has `want` open descriptors or fewer:
+// links are closed on the I/O thread, after their owner dropped them.
+int settle_descriptors(int want) {
+  int n = open_descriptors();
+  for (int i = 0; i < 2000 && n > want; ++i) {
+    std::this_thread::sleep_for(1ms);  // polling for the I/O thread's closes; no ordering depends on it
+    n = open_descriptors();
+  }
+  return n;
+}
+
+// Waits (bounded) until the server's close reached `link`'s socket (looked at, not read).
+bool closed_by_server(const RedisLink& link) {
+  pollfd pfd{link.fd(), POLLIN, 0};
+  return ::poll(&pfd, 1, 5000) == 1;
+}
+
+// A link dropped while out of the reactor closes its descriptor, whether
+// dropped idle, after the server closed it (found at checkout or by the I/O
+// thread before a write), or after the I/O thread took it back for a send.
+TEST_F(RedisLinkFastPathTest, LinksDroppedOutOfTheReactorLeaveNoDescriptorBehind) {
+  RedisLink killer = RedisLink::open(options(), caller_io);
+  (void)killer.exec(command({"PING"}));
+  ASSERT_TRUE(wait_idle(killer));
+  const int before = open_descriptors();
+  constexpr int cycles = 40;
+  for (int i = 0; i < cycles; ++i) {
+    RedisLink link = RedisLink::open(options(), caller_io);
+    const auto id = link.exec(command({"CLIENT", "ID"})).at(0).integer;
+    ASSERT_TRUE(wait_idle(link)) << "cycle " << i;
+    if (i % 4 == 1) {  // back in the reactor for one send, then idle again
+      RedisGather g(1);
+      link.send(command({"PING"}), g.slot(0));
+      ASSERT_FALSE(g.wait()[0].error);
+      ASSERT_TRUE(wait_idle(link));
+    } else if (i % 4 >= 2) {  // closed by the server while idle
+      ASSERT_EQ(killer.exec(command({"CLIENT", "KILL", "ID", std::to_string(id)})).at(0).integer, 1);
+      ASSERT_TRUE(closed_by_server(link));
+      if (i % 4 == 2) {
+        EXPECT_FALSE(link.check_idle());
+      } else {
+        RedisGather g(1);
+        link.send(command({"PING"}), g.slot(0));
+        const RedisOutcome o = std::move(g.wait()[0]);
+        ASSERT_TRUE(o.error);
+        EXPECT_TRUE(o.unsent);
+      }
+    }
+  }
+  EXPECT_EQ(settle_descriptors(before), before) << "descriptors leaked by " << cycles << " links";
+}
+
+// An idle link the server closed, given a request through the I/O thread
+// (not the caller's way): found closed before anything is written.
+TEST_F(RedisLinkFastPathTest, AnIdleLinkTheServerClosedIsNotWrittenOnByTheIoThread) {
+  RedisLink link = RedisLink::open(options(), caller_io);
+  const auto id = link.exec(command({"CLIENT", "ID"})).at(0).integer;
+  ASSERT_TRUE(wait_idle(link));
+  RedisLink other = RedisLink::open(options(), caller_io);
+  ASSERT_EQ(other.exec(command({"CLIENT", "KILL", "ID", std::to_string(id)})).at(0).integer, 1);
+  ASSERT_TRUE(closed_by_server(link));
+  RedisGather g(1);
+  link.send(command({"INCR", prefix_ + "closed"}), g.slot(0));
+  const RedisOutcome o = std::move(g.wait()[0]);
+  ASSERT_TRUE(o.error);
+  EXPECT_TRUE(o.unsent) << "nothing was asked of the server";
+  EXPECT_TRUE(link.broken());
+  EXPECT_EQ(other.exec(command({"GET", prefix_ + "closed"})).at(0).type, dlock::detail::RedisValue::Type::nil);
+}
+
+// Over a Unix socket the idle link leaves the reactor too, and comes back
+// for the I/O thread's requests, the caller's and the I/O thread's mixed.
+TEST_F(RedisLinkFastPathTest, UnixSocketLinksLeaveTheReactorAndComeBack) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  RedisOptions o = options();
+  o.unix_socket = SharedRedis::instance()->server()->unix_socket();
+  RedisLink link = RedisLink::open(o, caller_io);
+  (void)link.exec(command({"PING"}));
+  ASSERT_TRUE(wait_idle(link));
+  const long before = io_thread_switches();
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(link.exec(command({"ECHO", std::to_string(i)})).at(0).str, std::to_string(i));
+  EXPECT_LT(io_thread_switches() - before, 10) << "the I/O thread woke for replies it does not read";
+  std::atomic<int> mismatches{0}, errors{0};
+  std::thread sender([&] { dlock::test::send_pipelined_bursts(link, 0, 10, 20, mismatches, errors); });
+  std::atomic<int> here{0};
+  dlock::test::echo_here_or_sent(link, "u", 200, here, mismatches, errors);
+  sender.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_TRUE(wait_idle(link));
+}
+
+// fork(): a child that drops an inherited idle link (out of the reactor)
+// closes its copy of the descriptor; the parent's link keeps working both ways.
+TEST_F(RedisLinkFastPathTest, AChildDroppingAnInheritedIdleLinkClosesItsCopyOnly) {
+  RedisLink link = RedisLink::open(options(), caller_io);
+  (void)link.exec(command({"PING"}));
+  ASSERT_TRUE(wait_idle(link));
+  const int fd = link.fd();
+  ASSERT_GE(fd, 0);
+  const auto child = dlock::test::in_child([&]() -> std::string {
+    if (!link.inherited()) return "not inherited";
+    if (::fcntl(fd, F_GETFD) < 0) return "no descriptor inherited";
+    { RedisLink dropped = std::move(link); }
+    return ::fcntl(fd, F_GETFD) < 0 ? "ok" : "the inherited descriptor is still open";
+  });
+  ASSERT_TRUE(child.has_value());
+  EXPECT_EQ(*child, "ok");
+  EXPECT_EQ(link.exec(command({"ECHO", "mine"})).at(0).str, "mine");  // the caller's way
+  RedisGather g(1);
+  link.send(command({"ECHO", "io"}), g.slot(0));  // the I/O thread's
+  const RedisOutcome out = std::move(g.wait()[0]);
+  ASSERT_FALSE(out.error);
+  EXPECT_EQ(out.replies.at(0).str, "io");
+  EXPECT_FALSE(link.broken());
+}
+
+// The message of `o`'s error ("" if none).
+std::string message_of(const RedisOutcome& o) {
+  try {
+    if (o.error) std::rethrow_exception(o.error);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
+
+// A request queued behind the caller's exchange whose own deadline passes
+// fails alone (never written): the I/O thread never fails the link, nor
+// shuts or closes its socket, under the caller reading on it.
+TEST_F(RedisLinkFastPathTest, AQueuedRequestsDeadlineNeverClosesTheSocketUnderTheCallersExchange) {
+  RedisOptions o = options();
+  o.command_timeout = 5s;
+  RedisLink link = RedisLink::open(o, caller_io);
+  (void)link.exec(command({"PING"}));
+  ASSERT_TRUE(wait_idle(link));
+  RedisCall pop = command({"BLPOP", prefix_ + "empty", "0.3"}, "a blocking pop");  // nil after 300 ms
+  ASSERT_TRUE(link.begin_here(pop));
+  RedisGather g(1);
+  RedisCall late = command({"INCR", prefix_ + "late"}, "a late increment");
+  late.deadline = std::chrono::steady_clock::now() + 30ms;
+  late.deadline_name = "the test's deadline 30ms";
+  link.send(std::move(late), g.slot(0));  // queued: the caller has the link
+  const RedisOutcome behind = std::move(g.wait()[0]);
+  const RedisOutcome mine = link.end_here();
+  EXPECT_FALSE(mine.error) << "the caller's exchange was broken by another request's deadline: " << message_of(mine);
+  ASSERT_TRUE(behind.error);
+  EXPECT_TRUE(behind.unsent) << "nothing was asked of the server for it: " << message_of(behind);
+  try {
+    std::rethrow_exception(behind.error);
+  } catch (const dlock::ConnectionError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("the test's deadline 30ms"), std::string::npos) << m;
+    EXPECT_NE(m.find("a late increment"), std::string::npos) << m;
+    EXPECT_NE(m.find("nothing was asked"), std::string::npos) << m;
+  } catch (const std::exception& e) {
+    FAIL() << "not a ConnectionError: " << e.what();
+  }
+  EXPECT_FALSE(link.broken());
+  EXPECT_TRUE(wait_idle(link));
+  EXPECT_EQ(link.exec(command({"GET", prefix_ + "late"})).at(0).type, dlock::detail::RedisValue::Type::nil);
 }
 
 }  // namespace

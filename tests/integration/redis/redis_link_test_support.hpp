@@ -96,4 +96,29 @@ inline void send_pipelined_bursts(detail::RedisLink& link, int t, int rounds, in
   }
 }
 
+/// A caller's `rounds` ECHOs on `link` (tagged `tag`), each its own exchange
+/// (begin_here, counted in `here`) when the link is idle, else through the I/O
+/// thread (send()), each reply checked against its request.
+inline void echo_here_or_sent(detail::RedisLink& link, std::string_view tag, int rounds, std::atomic<int>& here,
+                              std::atomic<int>& mismatches, std::atomic<int>& errors) {
+  for (int i = 0; i < rounds; ++i) {
+    const std::string mine = std::string(tag) + std::to_string(i);
+    detail::RedisCall c = command({"ECHO", mine});
+    detail::RedisOutcome o;
+    if (link.begin_here(c)) {
+      ++here;
+      o = link.end_here();
+    } else {
+      detail::RedisGather g(1);
+      link.send(std::move(c), g.slot(0));
+      o = std::move(g.wait()[0]);
+    }
+    if (o.error) {
+      ++errors;
+    } else if (o.replies.size() != 1 || o.replies[0].str != mine) {
+      ++mismatches;
+    }
+  }
+}
+
 }  // namespace dlock::test
