@@ -264,14 +264,14 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
 
   void detach() noexcept {
     if (quiet_fd.load(std::memory_order_relaxed) >= 0 || !setup.caller_io || tls || events.push) return;
+    if (!(tcp_ && tcp_protocol) && !unix_) return;
+    // Stored first: fd() never reads -1 in between (a fork() there would leave
+    // the child's copy of the descriptor open: RedisLink::release closes fd()).
+    const int native = tcp_ ? tcp_->native_handle() : unix_->native_handle();
+    quiet_fd.store(native, std::memory_order_relaxed);
     error_code ec;
-    int f = -1;
-    if (tcp_ && tcp_protocol) {
-      f = tcp_->release(ec);
-    } else if (unix_) {
-      f = unix_->release(ec);
-    }
-    if (!ec && f >= 0) quiet_fd.store(f, std::memory_order_relaxed);
+    const int f = tcp_ ? tcp_->release(ec) : unix_->release(ec);
+    if (ec || f != native) quiet_fd.store(-1, std::memory_order_relaxed);  // still in the reactor
   }
   // False (the link failed) if the socket cannot be registered again.
   bool attach() {
