@@ -27,6 +27,7 @@
 #include "redis_test_support.hpp"
 
 using namespace std::chrono_literals;
+using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;

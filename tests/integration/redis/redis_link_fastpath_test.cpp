@@ -25,6 +25,7 @@
 #include "unit/fork_support.hpp"
 
 using namespace std::chrono_literals;
+using dlock::RedisOptions;
 using dlock::detail::RedisCall;
 using dlock::detail::RedisGather;
 using dlock::detail::RedisLink;
