@@ -1176,7 +1176,8 @@ using SessionThen = std::function<void(std::exception_ptr, PgSessionPtr)>;
 // timer's handler; otherwise posted).
 constexpr std::chrono::milliseconds async_checkout_max_wait{16};
 void async_checkout(std::shared_ptr<void> keep, detail::PgBackendState& st, const boost::asio::any_io_executor& ex,
-                    SteadyTime deadline, SessionThen then, std::chrono::milliseconds wait = std::chrono::milliseconds(1)) {
+                    SteadyTime deadline, SessionThen then,
+                    std::chrono::milliseconds wait = std::chrono::milliseconds(1)) {
   detail::PgPool::Taken taken;
   try {
     taken = st.try_checkout();
