@@ -90,8 +90,9 @@ struct LockOptions {
   /// head at once; the attempts only renew a waiter's place), so max_delay
   /// trades calls per second against how long a dead waiter holds the queue.
   /// The asynchronous acquire queues the same way where the backend can do
-  /// it without blocking (AsyncQueuesFairly: Redis); on other backends
-  /// (PostgreSQL, whose asynchronous acquire polls) it throws InvalidArgument.
+  /// it without blocking (AsyncQueuesFairly: Redis; AsyncWaitsOnServer:
+  /// PostgreSQL, whose asynchronous acquire waits in the server's queue); on
+  /// other backends it throws InvalidArgument.
   bool fair = false;
 };
 
