@@ -779,7 +779,7 @@ TimeoutError PgPool::pool_full() const {
 PgSessionPtr PgPool::checkout() {
   // The wait for a free slot and the connect each get connect_timeout.
   std::optional<Sessions::Checkout> c =
-      pool_.take(options_.connect_timeout, [this] { return std::unique_ptr<PgSession>(); });
+      pool_.take(options_.connect_timeout, [] { return std::unique_ptr<PgSession>(); });
   if (!c) throw pool_full();
   if (c->handle) return adopt(std::move(*c));
   try {  // a reserved slot: connect outside the pool's lock

@@ -23,7 +23,6 @@ namespace {
 
 namespace proto = detail::redis_proto;
 
-using detail::primitive_ms;
 
 detail::RedisValue run(detail::RedisClient& node, const proto::ScriptCall& call, std::string_view what,
                        std::string_view key) {
