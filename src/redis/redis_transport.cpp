@@ -543,6 +543,13 @@ struct RedisLink::Impl : std::enable_shared_from_this<Impl> {
 
   // I/O thread: leaves a ready link with nothing pending idle (no read armed).
   bool go_idle_if_done() {
+    // Only while the link is the I/O thread's: a handler posted earlier (by
+    // caller_release) may run after the link went idle and a caller took it;
+    // the parser and the ownership are then that caller's.
+    if (setup.caller_io) {
+      std::lock_guard lk(own_mu);
+      if (own.owner != link_state::Owner::io) return false;
+    }
     if (reading || !link_state::may_idle({.caller_io = setup.caller_io,
                                           .tls = tls != nullptr,
                                           .subscriber = static_cast<bool>(events.push),
