@@ -23,7 +23,6 @@ namespace {
 
 namespace proto = detail::redis_proto;
 
-
 detail::RedisValue run(detail::RedisClient& node, const proto::ScriptCall& call, std::string_view what,
                        std::string_view key) {
   return std::move(node.run_scripts(std::span(&call, 1), fmt::format("{} of '{}'", what, key)).at(0));
