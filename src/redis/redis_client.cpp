@@ -252,7 +252,12 @@ namespace {
 class Use {
  public:
   explicit Use(RedisClient& node) : node_(node), c_(node.take()), exceptions_(std::uncaught_exceptions()) {}
-  ~Use() { node_.give_back(std::move(c_), std::uncaught_exceptions() <= exceptions_ && !c_.handle.broken()); }
+  ~Use() {
+    // Decided before the call: its arguments may be evaluated in any order,
+    // and the link is moved out by the first one (clang evaluates it first).
+    const bool healthy = std::uncaught_exceptions() <= exceptions_ && !c_.handle.broken();
+    node_.give_back(std::move(c_), healthy);
+  }
   Use(const Use&) = delete;
   Use& operator=(const Use&) = delete;
   RedisLink& link() noexcept { return c_.handle; }
@@ -369,9 +374,10 @@ std::vector<RedisOutcome> fan_out(std::span<RedisClient* const> nodes,
     }
   }
   for (std::size_t i = 0; i < n; ++i)
-    if (links[i])
-      nodes[i]->give_back(std::move(*links[i]),
-                          !out[i].error && !links[i]->handle.broken() && !any_not_primary(out[i].replies));
+    if (links[i]) {
+      const bool healthy = !out[i].error && !links[i]->handle.broken() && !any_not_primary(out[i].replies);
+      nodes[i]->give_back(std::move(*links[i]), healthy);  // (not in one call: see ~Use)
+    }
   return out;
 }
 

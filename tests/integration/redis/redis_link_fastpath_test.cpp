@@ -205,6 +205,31 @@ TEST_F(RedisLinkFastPathTest, ALinkTheServerClosedWhileIdleIsDroppedAtCheckoutNo
   }
 }
 
+// The pool keeps a link that a call left healthy. Before: the link was
+// moved into give_back() by one argument while another asked it whether it
+// was broken; compilers that evaluate arguments left to right (clang) asked a
+// moved-from link, gave every link back as broken and opened a connection per
+// call (80 here, where one is right).
+TEST_F(RedisLinkFastPathTest, ALinkACallLeftHealthyIsReusedByTheNextCall) {
+  const auto connections_received = [&] {
+    RedisLink other = RedisLink::open(options(), caller_io);
+    const std::string info = other.exec(command({"INFO", "stats"})).at(0).str;
+    const auto at = info.find("total_connections_received:");
+    return at == std::string::npos ? -1LL : std::stoll(info.substr(at + 27));
+  };
+  dlock::Lock<dlock::RedisBackend> lock(redis(), "reused", {.ttl = 10s});
+  ASSERT_TRUE(lock.try_lock());  // the pool's first link
+  lock.unlock();
+  const long long before = connections_received();
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(lock.try_lock());  // a script round (fan_out)
+    lock.unlock();
+    (void)cmd({"PING"});  // a plain command (a checkout given back by its destructor)
+  }
+  EXPECT_EQ(connections_received() - before, 1) << "connections opened by 80 calls (the one counted is the probe's own)";
+  EXPECT_EQ(redis().node().open_connections(), 1u);
+}
+
 // ---- idle links out of the I/O thread's reactor (quiet_fd) ----
 
 // The process's open descriptors.
