@@ -226,7 +226,8 @@ TEST_F(RedisLinkFastPathTest, ALinkACallLeftHealthyIsReusedByTheNextCall) {
     lock.unlock();
     (void)cmd({"PING"});  // a plain command (a checkout given back by its destructor)
   }
-  EXPECT_EQ(connections_received() - before, 1) << "connections opened by 80 calls (the one counted is the probe's own)";
+  EXPECT_EQ(connections_received() - before, 1)
+      << "connections opened by 80 calls (the one counted is the probe's own)";
   EXPECT_EQ(redis().node().open_connections(), 1u);
 }
 
