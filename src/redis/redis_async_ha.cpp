@@ -494,10 +494,12 @@ void AsyncRoute::get(std::string_view route_key, Got got) {
       }
       host = primary_->host;
     } else {
+      // Allocated first: a throw after got moved into waiting_ would leave
+      // it there with resolving_ set and no resolution coming (never called).
+      if (!resolving_) r = std::make_shared<Resolve>();
       waiting_.push_back(std::move(got));
-      if (!resolving_) {
+      if (r) {
         resolving_ = true;
-        r = std::make_shared<Resolve>();
         r->route = shared_from_this();
       }
     }
