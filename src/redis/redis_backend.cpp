@@ -1,9 +1,11 @@
 // RedisBackend: the Backend operations as a thin layer over one RedisClient.
 #include <dlock/redis.hpp>
 
+#include <dlock/detail/redis_cluster_client.hpp>
 #include <dlock/detail/redis_waits.hpp>
 
 #include <algorithm>
+#include <cstddef>
 #include <exception>
 #include <string>
 #include <utility>
@@ -18,10 +20,15 @@ RedisBackend::State::State(RedisOptions o)
           {.options = options,
            .endpoint = node->endpoint(),
            // Sentinel: the release subscriber follows the primary the pool found.
-           // Cluster: it listens on one node (a PUBLISH reaches every node).
-           .locate = options.sentinel || options.cluster ? std::function<std::optional<RedisOptions>()>(
-                                                               [n = node.get()] { return n->current_server(); })
-                                                         : nullptr}}) {}
+           // Cluster: it listens on one node (a PUBLISH reaches every node),
+           // the next one at each reconnect (a dead node is left behind).
+           .locate =
+               options.cluster
+                   ? std::function<std::optional<RedisOptions>()>(
+                         [n = node.get(), turn = std::size_t{0}]() mutable { return n->cluster()->any_node(turn++); })
+               : options.sentinel
+                   ? std::function<std::optional<RedisOptions>()>([n = node.get()] { return n->current_server(); })
+                   : nullptr}}) {}
 
 RedisBackend::RedisBackend(RedisOptions options) : state_(std::make_shared<State>(std::move(options))) {
   // Sentinel: when the primary changes, the release subscriber moves to it

@@ -45,13 +45,13 @@ RedisClient& ClusterClient::node(const std::string& host, std::uint16_t port) {
   return *slot;
 }
 
-std::optional<RedisOptions> ClusterClient::any_node() const {
+std::optional<RedisOptions> ClusterClient::any_node(std::size_t turn) const {
   std::lock_guard lk(mu_);
-  if (map_ && !map_->ranges().empty()) {
-    const auto& p = map_->ranges().front().primary;
-    return node_options(p.host, p.port);
-  }
-  const RedisAddress& seed = options_.cluster->seeds.front();
+  const auto& seeds = options_.cluster->seeds;
+  const auto primaries = map_ ? map_->primaries() : std::vector<redis_proto::ClusterNode>{};
+  const std::size_t i = turn % (primaries.size() + seeds.size());
+  if (i < primaries.size()) return node_options(primaries[i].host, primaries[i].port);
+  const RedisAddress& seed = seeds[i - primaries.size()];
   return node_options(seed.host, static_cast<std::uint16_t>(seed.port));
 }
 

@@ -600,7 +600,7 @@ void SubscriptionTable::want(std::string_view channel) {
 void SubscriptionTable::unwant(std::string_view channel) {
   const auto it = channels_.find(channel);
   if (it == channels_.end() || it->second.refs == 0) return;
-  if (--it->second.refs == 0) it->second.refused = false;
+  if (--it->second.refs == 0) it->second.refused = it->second.lost = false;
   collect(it);
 }
 
@@ -677,22 +677,25 @@ PubSubEvent SubscriptionTable::on_reply(const Reply& r) {
       in_flight_.front().second != channel)
     return {K::unexpected, {}, {}};  // out of step with what we sent
   in_flight_.pop_front();
+  bool renewed = false;
   if (sub && it != channels_.end()) {
     Channel& c = it->second;
     if (c.pending_acks > 0) --c.pending_acks;
     if (c.pending_acks == 0 && c.sent) {
       c.acked = true;
       c.refused = false;
+      renewed = std::exchange(c.lost, false);
     }
     collect(it);
   }
-  return {sub ? K::subscribed : K::unsubscribed, channel, {}};
+  return {sub ? K::subscribed : K::unsubscribed, channel, {}, renewed};
 }
 
 void SubscriptionTable::on_disconnect() {
   in_flight_.clear();
   for (auto it = channels_.begin(); it != channels_.end();) {
-    it->second = Channel{.refs = it->second.refs};
+    const int refs = it->second.refs;
+    it->second = Channel{.refs = refs, .lost = refs > 0};
     const auto here = it++;
     collect(here);
   }

@@ -90,6 +90,22 @@ struct RedisSubscriber::Channel {
     w->cv.notify_one();
   }
 
+  // Under mu: a release, or what may have hidden one (a subscription renewed
+  // after a lost connection: an empty payload). A payload that names a
+  // target wakes that target's subscriptions only; an empty one wakes all.
+  void released(const std::string& payload) noexcept {
+    ++releases;
+    if (payload.empty()) {
+      ++unnamed;
+      for (auto& [who, t] : targets) t.cv.notify_all();
+    } else if (auto t = targets.find(payload); t != targets.end()) {
+      ++t->second.hits;
+      t->second.cv.notify_all();
+    }
+    wake_one();   // the blocking mutex waiters (subscribe_one): one of them
+    wake(false);  // asynchronous waiters (on_release): untargeted
+  }
+
   // Under mu: runs the pending wakers (a message, or an acknowledgement:
   // `ack`), or marks them for the next on_release().
   void wake(bool ack) noexcept {
@@ -284,22 +300,19 @@ struct RedisSubscriber::Core : std::enable_shared_from_this<RedisSubscriber::Cor
     using K = redis_proto::PubSubEvent::Kind;
     switch (ev.kind) {
       case K::message:
-        if (auto it = channels.find(ev.channel); it != channels.end()) {
-          Channel& ch = *it->second;
-          ++ch.releases;
-          if (ev.payload.empty()) {
-            ++ch.unnamed;
-            for (auto& [name, t] : ch.targets) t.cv.notify_all();
-          } else if (auto t = ch.targets.find(ev.payload); t != ch.targets.end()) {
-            ++t->second.hits;
-            t->second.cv.notify_all();
-          }
-          ch.wake_one();   // the blocking mutex waiters (subscribe_one): one of them
-          ch.wake(false);  // asynchronous waiters (on_release): untargeted
-        }
+        if (auto it = channels.find(ev.channel); it != channels.end()) it->second->released(ev.payload);
         break;
       case K::subscribed:
-        if (auto it = channels.find(ev.channel); it != channels.end()) it->second->wake(true);
+        if (auto it = channels.find(ev.channel); it != channels.end()) {
+          // Renewed after a lost connection (a failover's too): a release
+          // published meanwhile reached no one, so every kind of waiter
+          // tries again as after a release instead of sleeping out its backoff.
+          if (ev.renewed) {
+            it->second->released({});
+          } else {
+            it->second->wake(true);
+          }
+        }
         break;
       case K::refused:
         try {

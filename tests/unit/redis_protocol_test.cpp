@@ -669,6 +669,51 @@ TEST(SubscriptionTable, ReconnectResendsWhatIsWanted) {
   EXPECT_TRUE(t.ready("b"));
 }
 
+// A confirmation after a reconnect says that it renews a subscription the
+// connection lost (messages published in between were missed); a first
+// confirmation, or one of a channel no longer wanted at the loss, does not.
+TEST(SubscriptionTable, AConfirmationAfterAReconnectIsARenewal) {
+  SubscriptionTable t;
+  t.want("a");
+  t.want("b");
+  (void)t.take_commands();
+  EXPECT_FALSE(t.on_reply(sub_ack("a")).renewed);  // the first one
+  t.on_disconnect();                               // b's SUBSCRIBE was never answered: lost too
+  t.want("c");
+  EXPECT_EQ(commands_of(t.take_commands()), sub_bytes("a") + sub_bytes("b") + sub_bytes("c"));
+  auto e = t.on_reply(sub_ack("a"));
+  EXPECT_EQ(e.kind, PubSubEvent::Kind::subscribed);
+  EXPECT_TRUE(e.renewed);
+  EXPECT_TRUE(t.on_reply(sub_ack("b")).renewed);
+  EXPECT_FALSE(t.on_reply(sub_ack("c")).renewed);  // first wanted after the loss
+  t.on_disconnect();
+  (void)t.take_commands();
+  EXPECT_TRUE(t.on_reply(sub_ack("a")).renewed);  // once per loss
+  t.on_disconnect();
+  (void)t.take_commands();
+  t.on_disconnect();  // lost again before the confirmation: still one renewal owed
+  (void)t.take_commands();
+  EXPECT_TRUE(t.on_reply(sub_ack("a")).renewed);
+  EXPECT_TRUE(t.on_reply(sub_ack("b")).renewed);
+  EXPECT_TRUE(t.on_reply(sub_ack("c")).renewed);
+  // Unwanted while down and wanted again: a new subscription, not a renewal.
+  t.on_disconnect();
+  t.unwant("a");
+  t.want("a");
+  (void)t.take_commands();
+  EXPECT_FALSE(t.on_reply(sub_ack("a")).renewed);
+  // Refused after the reconnect: nothing renewed, and not reported later as a renewal.
+  t.on_disconnect();
+  (void)t.take_commands();
+  (void)t.on_reply(sub_ack("a"));
+  EXPECT_EQ(t.on_reply(error("NOPERM b")).kind, PubSubEvent::Kind::refused);
+  EXPECT_EQ(t.on_reply(sub_ack("c")).kind, PubSubEvent::Kind::subscribed);
+  t.unwant("b");
+  t.want("b");
+  (void)t.take_commands();
+  EXPECT_FALSE(t.on_reply(sub_ack("b")).renewed);
+}
+
 TEST(SubscriptionTable, RefusedSubscribeIsReportedNotResentUntilReconnectOrUnwant) {
   SubscriptionTable t;
   t.want("a");

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -60,8 +61,12 @@ class ClusterClient {
   /// is known yet). Throws ConnectionError when no node serves it.
   RedisClient& node_for_key(std::string_view key);
   /// A node to subscribe on (plain PUBLISH reaches every node of a cluster):
-  /// the first primary of the last map, else the first seed. Never blocks.
-  [[nodiscard]] std::optional<RedisOptions> any_node() const;
+  /// the `turn`-th of the last map's primaries followed by the seeds
+  /// (cycling; turn 0: the first primary, else the first seed). The release
+  /// subscriber asks with the next turn at each (re)connect, so that a node
+  /// that died is left for the next one even while the map still names it.
+  /// Never blocks.
+  [[nodiscard]] std::optional<RedisOptions> any_node(std::size_t turn = 0) const;
   /// The client of every primary of the slot map, read afresh (for
   /// administration: SCAN on each node, RedisAdmin::list). Throws
   /// ConnectionError when no node gives its map.

@@ -334,6 +334,10 @@ struct PubSubEvent {
   Kind kind = Kind::ignored;
   std::string channel;
   std::string payload;
+  /// subscribed: the confirmation renews a subscription that a lost
+  /// connection ended (on_disconnect() while it was wanted): messages
+  /// published in between reached no one here.
+  bool renewed = false;
 };
 
 /// The subscriber connection's table of channels (pure, for one server):
@@ -354,7 +358,8 @@ class SubscriptionTable {
   [[nodiscard]] Request take_ping();
   PubSubEvent on_reply(const Reply& reply);
   /// Every confirmation is lost with the connection; wanted channels are
-  /// subscribed again by the next take_commands().
+  /// subscribed again by the next take_commands(), and their confirmations
+  /// then say so (PubSubEvent::renewed).
   void on_disconnect();
 
   [[nodiscard]] bool ready(std::string_view channel) const;
@@ -369,6 +374,7 @@ class SubscriptionTable {
     int pending_acks = 0;  // SUBSCRIBEs sent and not yet answered
     bool acked = false;    // confirmed, and no command since
     bool refused = false;  // a SUBSCRIBE got an error reply; not resent until unwanted or reconnected
+    bool lost = false;     // wanted when the connection was lost: its next confirmation is a renewal
   };
   enum class Sent { subscribe, unsubscribe, ping };
   void collect(std::map<std::string, Channel, std::less<>>::iterator it);

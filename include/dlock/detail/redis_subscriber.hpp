@@ -23,7 +23,12 @@
 // over). It is reconnected and resubscribed one second after the failure at
 // the earliest, while there are subscribers or with the next subscription
 // after that; a subscription made within that second does not wait for the
-// server (it counts as failed at once). A server that answers SUBSCRIBE with
+// server (it counts as failed at once). A release published while a
+// subscription was down reached no one: its renewal (the server's
+// acknowledgement on the new connection, relocate() included) wakes the
+// channel's waiters as a release with no target does (wait_for() returns
+// true, one wake-one waiter is woken, on_release() runs), so they try again
+// instead of sleeping out their backoff. A server that answers SUBSCRIBE with
 // an error (e.g. NOPERM: an ACL user without permission for the channel)
 // counts as failed for that channel until it is unsubscribed (no reference
 // left) or the connection is lost: it is not retried meanwhile, and the error
@@ -121,7 +126,7 @@ class RedisSubscriber {
   /// The servers' locations may have moved (Sentinel: the primary changed,
   /// by a +switch-master or a discovery): a server whose Server::locate now
   /// names another address than its connection's is reconnected there at
-  /// once, its subscriptions renewed (asynchronous waiters re-attempt at the
+  /// once, its subscriptions renewed (their waiters try again at the
   /// acknowledgement); one that is down is retried there at once. Without
   /// it, a connection to a primary that was failed over but still runs stays
   /// put and hears no release until the sentinels demote that node.

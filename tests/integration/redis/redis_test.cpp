@@ -17,12 +17,14 @@
 #include <cstdint>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "support/fault_proxy.hpp"
 #include "unit/test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -381,6 +383,68 @@ TEST_F(RedisTest, DeadPubSubConnectionDoesNotHangWaitersAndReconnects) {
   ASSERT_TRUE(l.try_lock());
   l.unlock();
   EXPECT_TRUE(again.wait_for(2s));
+}
+
+// A release published while the pub/sub connection was down (between its
+// loss and the resubscription a second later; in a failover the sentinels'
+// CLIENT KILL TYPE pubsub on the promoted replica drops it too) reaches no
+// one. The resubscription wakes the channel's blocking waiters as a release
+// does (plain, wake-one and targeted), so they try again instead of sleeping
+// out their backoff. Before: none of the three was woken within 5 s.
+TEST_F(RedisTest, ARenewedSubscriptionWakesBlockingWaitersThatMayHaveMissedARelease) {
+  const std::string ch = redis_keys_for("renewed").channel;
+  dlock::detail::RedisSubscriber subscriber(options(), dlock::detail::redis_endpoint(options()));
+  auto plain = subscriber.subscribe(ch);
+  auto one = subscriber.subscribe_one(ch);
+  auto targeted = subscriber.subscribe_targeted(ch, "owner-1");
+  const auto numsub = [&] { return cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer; };
+  ASSERT_EQ(numsub(), 1);
+  const auto failures = subscriber.failures();
+  ASSERT_GE(cmd({"CLIENT", "KILL", "TYPE", "pubsub"}).integer, 1);
+  ASSERT_TRUE(dlock::test::eventually([&] { return subscriber.failures() > failures; }, 2s));
+  // Nobody hears it: the reconnect comes one second after the loss at the earliest.
+  ASSERT_EQ(cmd({"PUBLISH", ch, ""}).integer, 0);
+  EXPECT_TRUE(plain.wait_for(5s));
+  EXPECT_TRUE(one.wait_for(5s));
+  EXPECT_TRUE(targeted.wait_for(5s));
+  EXPECT_EQ(numsub(), 1);
+  EXPECT_TRUE(subscriber.subscribed(ch));
+  // An acknowledgement of a first SUBSCRIBE wakes nobody.
+  auto fresh = subscriber.subscribe(redis_keys_for("fresh").channel);
+  EXPECT_EQ(fresh.acknowledged(), 1u);
+  EXPECT_FALSE(fresh.wait_for(300ms));
+}
+
+// The same through relocate() (Sentinel: the primary moved): a release on
+// the new location before the subscription there is acknowledged wakes the
+// waiter when it is. The new location is this server behind a proxy that
+// holds the connection until the release is published. Before: not woken
+// within 5 s.
+TEST_F(RedisTest, ARelocatedSubscriptionWakesItsWaiterAtTheAcknowledgement) {
+  const std::string ch = redis_keys_for("relocated").channel;
+  dlock::test::FaultProxy proxy(options().port);
+  proxy.silence();
+  std::mutex mu;
+  RedisOptions at = options();
+  at.connect_timeout = 5s;
+  dlock::detail::RedisSubscriber subscriber(std::vector<dlock::detail::RedisSubscriber::Server>{
+      {.options = at, .endpoint = dlock::detail::redis_endpoint(at), .locate = [&]() -> std::optional<RedisOptions> {
+         std::lock_guard lk(mu);
+         return at;
+       }}});
+  auto sub = subscriber.subscribe(ch);
+  const auto numsub = [&] { return cmd({"PUBSUB", "NUMSUB", ch}).elements.at(1).integer; };
+  ASSERT_EQ(numsub(), 1);
+  {
+    std::lock_guard lk(mu);
+    at.port = proxy.port();
+  }
+  subscriber.relocate();  // the connection here is closed; the one through the proxy is held
+  ASSERT_TRUE(dlock::test::eventually([&] { return numsub() == 0; }, 2s));
+  ASSERT_EQ(cmd({"PUBLISH", ch, ""}).integer, 0);  // nobody hears it
+  proxy.heal();
+  EXPECT_TRUE(sub.wait_for(5s));
+  EXPECT_EQ(numsub(), 1);
 }
 
 TEST_F(RedisTest, SubscribeRefusedByTheAclIsReportedAndNeitherWaitedForNorRetried) {

@@ -10,7 +10,9 @@
 //     importing node) and then MOVED are followed, tokens keep increasing;
 //   - a primary killed (SIGKILL) under 4 locking threads: its replica is
 //     promoted, the router finds it, locking resumes, and a fenced resource
-//     never sees a token go backwards (a cluster of its own).
+//     never sees a token go backwards (a cluster of its own);
+//   - the node the release subscriber listens on killed: it moves to a live
+//     node although the router's map still names the dead one.
 // Skipped with DLOCK_TEST_REDIS (the suite starts its own servers).
 #include <dlock/detail/redis_cluster.hpp>
 #include <dlock/detail/redis_cluster_client.hpp>
@@ -252,6 +254,74 @@ TEST(RedisClusterFailoverIt, APrimaryKilledUnderLockTrafficIsReplacedByItsReplic
   // The killed node no longer serves s0's slot in the router's map.
   EXPECT_NE(redis.node().cluster()->node_for_key(dlock::detail::redis_keys("dlock:", "s0").lock).options().port,
             victim);
+}
+
+// The release subscriber listens on one node of a cluster (a PUBLISH reaches
+// every node). When that node dies, it must move to a live one: a router
+// whose lock traffic avoids the dead node's slots never refreshes its map,
+// so the node it names stays the dead one. Before: the subscriber retried the
+// dead node forever (no subscription anywhere for 10 s; the waiter slept out
+// its 5 s backoff).
+TEST(RedisClusterFailoverIt, TheReleaseSubscriberLeavesAKilledNodeForALiveOne) {
+  DLOCK_REQUIRE_OWN_REDIS();
+  ClusterSetup cluster;
+  RedisBackend redis("redis+cluster://127.0.0.1:" + std::to_string(cluster.node(0).port()));
+  const SlotMap map = dlock::test::ClusterSuite::slot_map(cluster.node(0).port());
+  const auto port_of = [&](const std::string& name) {
+    return map.primary_for_key(dlock::detail::redis_keys("dlock:", name).lock)->port;
+  };
+  const auto numsub = [&](int port, const std::string& channel) {
+    return RespConn(port).command({"PUBSUB", "NUMSUB", channel}).elements.at(1).integer;
+  };
+  const auto quiet = std::make_shared<dlock::test::Quiet>();
+  {
+    Lock<RedisBackend> warm(redis, "warm", {.ttl = 10s, .observer = quiet});  // the router loads its map
+    ASSERT_TRUE(warm.try_lock());
+  }
+  // The node the subscriber listens on.
+  int victim = 0;
+  {
+    auto sub = redis.subscribe_release("probe");
+    const std::string channel = dlock::detail::redis_keys("dlock:", "probe").channel;
+    for (std::size_t i = 0; i < cluster.size(); ++i)
+      if (numsub(cluster.node(i).port(), channel) == 1) victim = cluster.node(i).port();
+  }
+  ASSERT_NE(victim, 0);
+  std::string name;  // a lock whose slot is on another primary
+  for (int i = 0; name.empty(); ++i)
+    if (const std::string n = "live-" + std::to_string(i); port_of(n) != victim) name = n;
+  cluster.by_port(victim)->kill();
+  std::vector<int> live;
+  for (std::size_t i = 0; i < cluster.size(); ++i)
+    if (cluster.node(i).port() != victim) live.push_back(cluster.node(i).port());
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int port : live)
+          if (ClusterSetup::cluster_state(port) != "ok") return false;
+        return true;
+      },
+      20s))
+      << "the cluster did not recover from the loss of a primary";
+
+  Lock<RedisBackend> holder(redis, name, {.ttl = 60s, .observer = quiet});
+  ASSERT_TRUE(holder.try_lock());
+  std::optional<std::chrono::steady_clock::time_point> acquired_at;
+  std::thread waiter([&] { acquired_at = dlock::test::acquire_after_release(redis, name, quiet); });
+  const std::string channel = dlock::detail::redis_keys("dlock:", name).channel;
+  EXPECT_TRUE(eventually(
+      [&] {
+        for (int port : live)
+          if (numsub(port, channel) == 1) return true;
+        return false;
+      },
+      10s))
+      << "the release subscriber did not subscribe on a live node";
+  const auto released_at = std::chrono::steady_clock::now();
+  holder.unlock();
+  waiter.join();
+  ASSERT_TRUE(acquired_at.has_value());
+  // Its backoff is 5 s: sooner means the release's PUBLISH woke it.
+  EXPECT_LT(*acquired_at - released_at, 2s);
 }
 
 }  // namespace
