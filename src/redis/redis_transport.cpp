@@ -16,8 +16,10 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -68,8 +70,7 @@ bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.
 class IoThread {
  public:
   static IoThread& get() {
-    static std::mutex mu;
-    std::lock_guard lk(mu);
+    std::lock_guard lk(instance_mu());
     IoThread*& current = instance();
     if (current == nullptr || current->pid_ != ::getpid()) current = new IoThread();  // the old one is leaked
     return *current;
@@ -78,6 +79,12 @@ class IoThread {
 
  private:
   IoThread() : pid_(::getpid()), work_(asio::make_work_guard(ctx_)) {
+    // fork(): the I/O thread is parked between handlers at the instant of a
+    // fork (fork_prepare), so that it holds no lock a child may need: the
+    // allocator's (AddressSanitizer's is not fork-safe before LLVM 18), one of
+    // OpenSSL's, a pool's. Registered once per process tree (a child inherits it).
+    static std::once_flag atfork;
+    std::call_once(atfork, [] { (void)pthread_atfork(fork_prepare, fork_parent, nullptr); });
     // OpenSSL registers its own exit-time cleanup when initialised; initialised
     // first, it runs after stop_at_exit below, when this thread no longer uses it.
     OPENSSL_init_ssl(0, nullptr);
@@ -111,10 +118,61 @@ class IoThread {
     static IoThread* current = nullptr;
     return current;
   }
+  static std::mutex& instance_mu() {
+    static std::mutex mu;
+    return mu;
+  }
+
+  // fork(), in the forking thread: a handler posted to the I/O thread parks
+  // it (waiting on park_cv_, no lock held) until fork_parent() releases it.
+  // Waits at most park_bound for it to get there (a long handler, or one
+  // blocked on a lock the forking thread holds): then the fork goes ahead as
+  // before. Not from the I/O thread itself (it cannot park).
+  static constexpr std::chrono::milliseconds park_bound{1000};
+  static void fork_prepare() noexcept {
+    IoThread* t = nullptr;
+    {
+      std::lock_guard lk(instance_mu());
+      t = instance();
+    }
+    if (t == nullptr || t->pid_ != ::getpid() || t->thread_.get_id() == std::this_thread::get_id()) return;
+    std::unique_lock lk(t->park_mu_);
+    const std::uint64_t fork = ++t->forks_;
+    try {
+      asio::post(t->ctx_, [t, fork] {
+        std::unique_lock plk(t->park_mu_);
+        t->parked_ = fork;
+        t->park_cv_.notify_all();
+        t->park_cv_.wait(plk, [&] { return t->released_ >= fork; });
+      });
+    } catch (...) {  // out of memory: the fork goes ahead unparked
+      return;
+    }
+    (void)t->park_cv_.wait_for(lk, park_bound, [&] { return t->parked_ == fork; });
+  }
+  static void fork_parent() noexcept {
+    IoThread* t = nullptr;
+    {
+      std::lock_guard lk(instance_mu());
+      t = instance();
+    }
+    if (t == nullptr || t->pid_ != ::getpid()) return;
+    {
+      std::lock_guard lk(t->park_mu_);
+      t->released_ = t->forks_;  // also a park handler that runs late: it returns at once
+    }
+    t->park_cv_.notify_all();
+  }
+
   std::thread thread_;
   const pid_t pid_;
   asio::io_context ctx_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::mutex park_mu_;  // fork_prepare / fork_parent
+  std::condition_variable park_cv_;
+  std::uint64_t forks_ = 0;     // forks prepared
+  std::uint64_t parked_ = 0;    // the fork the I/O thread parked for
+  std::uint64_t released_ = 0;  // forks done in the parent
 };
 
 // TCP keepalive: a peer that vanished without a reset (host down, partition)

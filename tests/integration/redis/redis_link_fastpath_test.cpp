@@ -357,6 +357,30 @@ TEST_F(RedisLinkFastPathTest, AChildDroppingAnInheritedIdleLinkClosesItsCopyOnly
   EXPECT_FALSE(link.broken());
 }
 
+// fork(): the I/O thread is parked between handlers at the instant of a
+// fork, so a child never inherits a lock it held mid-handler (the allocator's
+// under AddressSanitizer, OpenSSL's, a pool's). Here a handler is 200 ms into
+// its run when another thread forks: the child's copy of memory shows the
+// handler finished. Before: the child saw it mid-run (and a CI run's child of
+// the conformance suite's TLS fork test hung until its alarm in the clang
+// ASan build, most likely so).
+TEST_F(RedisLinkFastPathTest, AForkWaitsForTheIoThreadToFinishTheHandlerItRuns) {
+  std::atomic<bool> entered{false}, inside{false};
+  dlock::detail::redis_io_after(0ms, [&] {
+    inside = true;
+    entered = true;
+    std::this_thread::sleep_for(200ms);  // a long handler: the fork comes in the middle of it
+    inside = false;
+  });
+  while (!entered) std::this_thread::yield();
+  const auto child = dlock::test::in_child([&]() -> std::string { return inside ? "mid-handler" : "ok"; });
+  ASSERT_TRUE(child.has_value());
+  EXPECT_EQ(*child, "ok");
+  // The I/O thread was released after the fork: it serves requests again.
+  RedisLink link = RedisLink::open(options());
+  EXPECT_EQ(link.exec(command({"ECHO", "after"})).at(0).str, "after");
+}
+
 // The message of `o`'s error ("" if none).
 std::string message_of(const RedisOutcome& o) {
   try {
